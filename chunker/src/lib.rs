@@ -1,0 +1,468 @@
+//! Pages → chunks.
+//!
+//! The chunker turns a run of bytes that starts at some address (a memory mapping, or a file at an
+//! offset) into *extents*. Each extent covers a byte range of the run and is either
+//! - **zero**: every page in it is all-zero; nothing is stored, the extent only records the range;
+//! - **data**: a [`Chunk`] whose id is the BLAKE3 hash of its uncompressed bytes, stored compressed
+//!   with zstd, or raw where compression does not pay.
+//!
+//! ## Granularity
+//! Runs are cut at *absolute* [`ChunkerConfig::chunk_size`] boundaries (64 KiB by default) and,
+//! inside each such block, at page boundaries between zero and non-zero pages. A chunk therefore
+//! never spans two blocks, and the same bytes at the same alignment always give the same chunk
+//! id, in whatever run they were presented. An incremental dump hands the chunker only the pages
+//! that were written; they become chunks of their own (a sub-range of a block), so unchanged data
+//! is never rewritten, while full dumps get the speed of 64 KiB blocks. `benches/` measures the
+//! trade-off (see the README for figures).
+//!
+//! ## Parallelism
+//! [`chunk_run`] processes blocks independently; [`Parallelism::Serial`] and
+//! [`Parallelism::Rayon`] run the very same per-block function, so both give identical extents,
+//! ids and stored bytes (tested below).
+#![forbid(unsafe_code)]
+
+use std::cell::RefCell;
+use std::fmt;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Size of a memory page; zero detection works at this granularity.
+pub const PAGE_SIZE: usize = 4096;
+/// Default chunk (block) size: see the module doc for the choice.
+pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
+/// Default zstd level: level 1 is the fastest that still compresses text-like pages well.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+/// Content address of a chunk: BLAKE3 over its uncompressed bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// Hashes `data` into its chunk id.
+    pub fn of(data: &[u8]) -> Self {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    /// Lower-case hex form of the id.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses a 64-character hex id.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(ChunkId(out))
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+/// How a chunk's bytes are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Compression {
+    /// Stored as is.
+    None = 0,
+    /// Stored as one zstd frame.
+    Zstd = 1,
+}
+
+impl Compression {
+    /// The on-disk code of this compression.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Decodes an on-disk code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A chunk ready to be stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// BLAKE3 of the uncompressed bytes.
+    pub id: ChunkId,
+    /// Length of the uncompressed bytes.
+    pub raw_len: u32,
+    /// How `data` is encoded.
+    pub compression: Compression,
+    /// The bytes as stored.
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chunk")
+            .field("id", &self.id)
+            .field("raw_len", &self.raw_len)
+            .field("compression", &self.compression)
+            .field("stored_len", &self.data.len())
+            .finish()
+    }
+}
+
+/// One piece of a chunked run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkedExtent {
+    /// Absolute start (address or file offset).
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// `None` for an all-zero extent.
+    pub chunk: Option<Chunk>,
+}
+
+/// Serial or parallel processing of blocks; both give identical output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parallelism {
+    /// One block after the other on the calling thread.
+    Serial,
+    /// Blocks spread over rayon's global pool.
+    Rayon,
+}
+
+/// Chunker settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkerConfig {
+    /// Block size: a power of two, a multiple of [`PAGE_SIZE`].
+    pub chunk_size: usize,
+    /// zstd level (1..=19).
+    pub zstd_level: i32,
+    /// Serial or rayon.
+    pub parallelism: Parallelism,
+    /// Store raw when the compressed form saves less than 1/`min_saving_div` of the bytes.
+    pub min_saving_div: usize,
+}
+
+impl Default for ChunkerConfig {
+    fn default() -> Self {
+        ChunkerConfig {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            parallelism: Parallelism::Rayon,
+            min_saving_div: 16,
+        }
+    }
+}
+
+/// Errors from decoding a stored chunk.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// zstd refused the stored bytes.
+    #[error("chunk {id}: zstd decompression failed: {source}")]
+    Decompress {
+        /// The chunk.
+        id: ChunkId,
+        /// zstd's error.
+        source: std::io::Error,
+    },
+    /// The decoded length is not the recorded one.
+    #[error("chunk {id}: decoded {got} bytes, expected {expected}")]
+    Length {
+        /// The chunk.
+        id: ChunkId,
+        /// Bytes decoded.
+        got: usize,
+        /// Bytes recorded in the index.
+        expected: usize,
+    },
+    /// The decoded bytes do not hash to the id.
+    #[error("chunk {id}: content does not match its id (hash {actual})")]
+    Hash {
+        /// The chunk expected.
+        id: ChunkId,
+        /// Hash of what was read.
+        actual: ChunkId,
+    },
+}
+
+/// True when every byte of `data` is zero.
+pub fn is_zero(data: &[u8]) -> bool {
+    // Or-folding fixed-size lanes lets the compiler vectorise; the tail is checked bytewise.
+    let mut lanes = data.chunks_exact(64);
+    for lane in &mut lanes {
+        let mut acc = 0u64;
+        for word in lane.chunks_exact(8) {
+            acc |= u64::from_ne_bytes([
+                word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+            ]);
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    lanes.remainder().iter().all(|&b| b == 0)
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> Vec<u8> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            let c = zstd::bulk::Compressor::new(level).expect("zstd compressor with a valid level");
+            *slot = Some((level, c));
+        }
+        let (_, c) = slot.as_mut().expect("set above");
+        // Compressing into a Vec cannot fail for in-memory input of this size.
+        c.compress(data).expect("zstd compress in memory")
+    })
+}
+
+/// Hashes and encodes one chunk's bytes.
+pub fn make_chunk(data: &[u8], cfg: &ChunkerConfig) -> Chunk {
+    let id = ChunkId::of(data);
+    let packed = compress(data, cfg.zstd_level);
+    let pays = packed.len() + data.len() / cfg.min_saving_div.max(1) < data.len();
+    let (compression, stored) = if pays {
+        (Compression::Zstd, packed)
+    } else {
+        (Compression::None, data.to_vec())
+    };
+    Chunk {
+        id,
+        raw_len: u32::try_from(data.len()).expect("chunk larger than 4 GiB"),
+        compression,
+        data: stored,
+    }
+}
+
+/// Decodes a stored chunk and checks it against its id.
+pub fn decode_chunk(
+    id: &ChunkId,
+    compression: Compression,
+    raw_len: usize,
+    stored: &[u8],
+) -> Result<Vec<u8>, ChunkError> {
+    let raw = match compression {
+        Compression::None => stored.to_vec(),
+        Compression::Zstd => zstd::bulk::decompress(stored, raw_len)
+            .map_err(|source| ChunkError::Decompress { id: *id, source })?,
+    };
+    if raw.len() != raw_len {
+        return Err(ChunkError::Length { id: *id, got: raw.len(), expected: raw_len });
+    }
+    let actual = ChunkId::of(&raw);
+    if actual != *id {
+        return Err(ChunkError::Hash { id: *id, actual });
+    }
+    Ok(raw)
+}
+
+/// Splits one block (never crossing a `chunk_size` boundary) into zero and data extents.
+fn chunk_block(start: u64, block: &[u8], cfg: &ChunkerConfig) -> Vec<ChunkedExtent> {
+    let mut out = Vec::with_capacity(1);
+    let mut run_start = 0usize;
+    let mut run_zero: Option<bool> = None;
+    let flush = |from: usize, to: usize, zero: bool, out: &mut Vec<ChunkedExtent>| {
+        if to > from {
+            out.push(ChunkedExtent {
+                start: start + from as u64,
+                len: (to - from) as u64,
+                chunk: (!zero).then(|| make_chunk(&block[from..to], cfg)),
+            });
+        }
+    };
+    // Pages are counted from the absolute address so that a run that does not start on a page
+    // boundary is still tested page by page.
+    let mut pos = 0usize;
+    while pos < block.len() {
+        let page_end = (((start as usize + pos) / PAGE_SIZE + 1) * PAGE_SIZE - start as usize)
+            .min(block.len());
+        let zero = is_zero(&block[pos..page_end]);
+        match run_zero {
+            Some(z) if z == zero => {}
+            Some(z) => {
+                flush(run_start, pos, z, &mut out);
+                run_start = pos;
+                run_zero = Some(zero);
+            }
+            None => run_zero = Some(zero),
+        }
+        pos = page_end;
+    }
+    if let Some(z) = run_zero {
+        flush(run_start, block.len(), z, &mut out);
+    }
+    out
+}
+
+/// Cuts `data`, which starts at absolute position `start`, into blocks at `chunk_size` boundaries.
+fn blocks(start: u64, data: &[u8], chunk_size: usize) -> Vec<(u64, &[u8])> {
+    let mut out = Vec::with_capacity(data.len() / chunk_size + 2);
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let abs = start + pos as u64;
+        let to_boundary = chunk_size - (abs % chunk_size as u64) as usize;
+        let end = (pos + to_boundary).min(data.len());
+        out.push((abs, &data[pos..end]));
+        pos = end;
+    }
+    out
+}
+
+/// Chunks a run of bytes starting at `start`. Extents come out in address order, cover the run
+/// exactly, and adjacent zero extents are merged.
+pub fn chunk_run(start: u64, data: &[u8], cfg: &ChunkerConfig) -> Vec<ChunkedExtent> {
+    assert!(
+        cfg.chunk_size.is_power_of_two() && cfg.chunk_size % PAGE_SIZE == 0,
+        "chunk size must be a power-of-two multiple of the page size"
+    );
+    let blocks = blocks(start, data, cfg.chunk_size);
+    let per_block: Vec<Vec<ChunkedExtent>> = match cfg.parallelism {
+        Parallelism::Serial => blocks.iter().map(|(s, b)| chunk_block(*s, b, cfg)).collect(),
+        Parallelism::Rayon => blocks.par_iter().map(|(s, b)| chunk_block(*s, b, cfg)).collect(),
+    };
+    let mut out: Vec<ChunkedExtent> = Vec::with_capacity(per_block.len());
+    for ext in per_block.into_iter().flatten() {
+        match out.last_mut() {
+            Some(prev) if prev.chunk.is_none() && ext.chunk.is_none() => prev.len += ext.len,
+            _ => out.push(ext),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn sample(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut data = vec![0u8; len];
+        for (i, page) in data.chunks_mut(PAGE_SIZE).enumerate() {
+            match i % 4 {
+                0 | 1 => {}
+                2 => {
+                    for (j, b) in page.iter_mut().enumerate() {
+                        *b = b"the quick brown fox "[j % 20];
+                    }
+                }
+                _ => rng.fill(page),
+            }
+        }
+        data
+    }
+
+    fn reassemble(start: u64, len: usize, exts: &[ChunkedExtent]) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        let mut expect = start;
+        for e in exts {
+            assert_eq!(e.start, expect, "extents must be contiguous");
+            expect += e.len;
+            if let Some(c) = &e.chunk {
+                let raw = decode_chunk(&c.id, c.compression, c.raw_len as usize, &c.data).unwrap();
+                assert_eq!(raw.len() as u64, e.len);
+                let off = (e.start - start) as usize;
+                out[off..off + raw.len()].copy_from_slice(&raw);
+            }
+        }
+        assert_eq!(expect, start + len as u64);
+        out
+    }
+
+    #[test]
+    fn round_trip_and_cover() {
+        let data = sample(3 * 1024 * 1024 + 5000, 7);
+        for start in [0u64, 0x7f00_0000_0000, 4096 * 3, 123] {
+            let exts = chunk_run(start, &data, &ChunkerConfig::default());
+            assert_eq!(reassemble(start, data.len(), &exts), data);
+            for e in &exts {
+                if let Some(c) = &e.chunk {
+                    let block = e.start / DEFAULT_CHUNK_SIZE as u64;
+                    let last = (e.start + e.len - 1) / DEFAULT_CHUNK_SIZE as u64;
+                    assert_eq!(block, last, "a chunk never spans two blocks");
+                    assert!(c.raw_len as usize <= DEFAULT_CHUNK_SIZE);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn serial_and_parallel_are_identical() {
+        let data = sample(8 * 1024 * 1024, 11);
+        let serial = ChunkerConfig { parallelism: Parallelism::Serial, ..Default::default() };
+        let par = ChunkerConfig { parallelism: Parallelism::Rayon, ..Default::default() };
+        let a = chunk_run(0x1000_0000, &data, &serial);
+        let b = chunk_run(0x1000_0000, &data, &par);
+        assert_eq!(a, b);
+        assert!(a.iter().any(|e| e.chunk.is_none()));
+        assert!(a.iter().any(|e| matches!(&e.chunk, Some(c) if c.compression == Compression::Zstd)));
+        assert!(a.iter().any(|e| matches!(&e.chunk, Some(c) if c.compression == Compression::None)));
+    }
+
+    #[test]
+    fn zero_pages_are_not_stored_and_merge() {
+        let data = vec![0u8; 10 * DEFAULT_CHUNK_SIZE];
+        let exts = chunk_run(0, &data, &ChunkerConfig::default());
+        assert_eq!(exts.len(), 1);
+        assert_eq!(exts[0].len, data.len() as u64);
+        assert!(exts[0].chunk.is_none());
+    }
+
+    #[test]
+    fn same_bytes_same_alignment_same_id() {
+        let data = sample(4 * DEFAULT_CHUNK_SIZE, 3);
+        let whole = chunk_run(0, &data, &ChunkerConfig::default());
+        // Presenting the second half on its own gives the same chunks for it.
+        let half = chunk_run(2 * DEFAULT_CHUNK_SIZE as u64, &data[2 * DEFAULT_CHUNK_SIZE..], &ChunkerConfig::default());
+        let tail: Vec<_> = whole.iter().filter(|e| e.start >= 2 * DEFAULT_CHUNK_SIZE as u64).cloned().collect();
+        assert_eq!(tail, half);
+    }
+
+    #[test]
+    fn known_vector() {
+        // BLAKE3 of the empty input, from the BLAKE3 reference test vectors.
+        assert_eq!(
+            ChunkId::of(b"").to_hex(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        let page = vec![0xabu8; PAGE_SIZE];
+        assert_eq!(ChunkId::of(&page), ChunkId(*blake3::hash(&page).as_bytes()));
+    }
+
+    #[test]
+    fn corrupt_chunk_is_detected() {
+        let data = sample(DEFAULT_CHUNK_SIZE, 5);
+        let exts = chunk_run(0, &data, &ChunkerConfig::default());
+        let c = exts.iter().find_map(|e| e.chunk.clone()).unwrap();
+        let mut bad = c.data.clone();
+        let n = bad.len();
+        bad[n / 2] ^= 0x40;
+        assert!(decode_chunk(&c.id, c.compression, c.raw_len as usize, &bad).is_err());
+        assert!(decode_chunk(&c.id, c.compression, c.raw_len as usize, &c.data[..n - 1]).is_err());
+    }
+
+    #[test]
+    fn is_zero_edges() {
+        assert!(is_zero(&[]));
+        let mut v = vec![0u8; 4099];
+        assert!(is_zero(&v));
+        v[4098] = 1;
+        assert!(!is_zero(&v));
+        v[4098] = 0;
+        v[0] = 1;
+        assert!(!is_zero(&v));
+    }
+}

@@ -1,0 +1,205 @@
+//! The RocksDB index: column families and their record encodings.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `chunks` | chunk id (32 bytes) | version 1, pack u64, offset u64, stored u32, raw u32, compression u8 (LE, 26 bytes) |
+//! | `packs` | pack id (u64 BE) | version 1, file size u64, chunk count u32 (LE, 13 bytes) |
+//! | `manifests` | checkpoint id (8 bytes) | sealed [`crate::manifest::Manifest`] |
+//! | `summaries` | checkpoint id (8 bytes) | sealed [`crate::manifest::CheckpointSummary`] |
+//! | `default` | `format` | store format version (u32 LE) |
+use std::path::Path;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use zap_chunker::{ChunkId, Compression};
+
+use crate::pack::{ChunkLoc, PackId};
+use crate::{Result, StoreError};
+
+pub const CF_CHUNKS: &str = "chunks";
+pub const CF_PACKS: &str = "packs";
+pub const CF_MANIFESTS: &str = "manifests";
+pub const CF_SUMMARIES: &str = "summaries";
+const CFS: [&str; 4] = [CF_CHUNKS, CF_PACKS, CF_MANIFESTS, CF_SUMMARIES];
+const FORMAT_KEY: &[u8] = b"format";
+/// Store format version recorded in the index.
+pub const STORE_FORMAT: u32 = 1;
+
+/// A pack as the index records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackRecord {
+    pub size: u64,
+    pub chunks: u32,
+}
+
+pub struct Index {
+    db: DB,
+}
+
+fn corrupt_value(cf: &str, key: &[u8], detail: &str) -> StoreError {
+    StoreError::Corrupt { what: format!("index record {cf}/{}", hex::encode(key)), detail: detail.into() }
+}
+
+pub fn encode_loc(loc: &ChunkLoc) -> [u8; 26] {
+    let mut v = [0u8; 26];
+    v[0] = 1;
+    v[1..9].copy_from_slice(&loc.pack.0.to_le_bytes());
+    v[9..17].copy_from_slice(&loc.offset.to_le_bytes());
+    v[17..21].copy_from_slice(&loc.stored_len.to_le_bytes());
+    v[21..25].copy_from_slice(&loc.raw_len.to_le_bytes());
+    v[25] = loc.compression.code();
+    v
+}
+
+pub fn decode_loc(key: &[u8], v: &[u8]) -> Result<ChunkLoc> {
+    if v.len() != 26 || v[0] != 1 {
+        return Err(corrupt_value(CF_CHUNKS, key, "bad length or version"));
+    }
+    let compression =
+        Compression::from_code(v[25]).ok_or_else(|| corrupt_value(CF_CHUNKS, key, "unknown compression"))?;
+    Ok(ChunkLoc {
+        pack: PackId(u64::from_le_bytes(v[1..9].try_into().expect("8"))),
+        offset: u64::from_le_bytes(v[9..17].try_into().expect("8")),
+        stored_len: u32::from_le_bytes(v[17..21].try_into().expect("4")),
+        raw_len: u32::from_le_bytes(v[21..25].try_into().expect("4")),
+        compression,
+    })
+}
+
+pub fn encode_pack(rec: &PackRecord) -> [u8; 13] {
+    let mut v = [0u8; 13];
+    v[0] = 1;
+    v[1..9].copy_from_slice(&rec.size.to_le_bytes());
+    v[9..13].copy_from_slice(&rec.chunks.to_le_bytes());
+    v
+}
+
+fn decode_pack(key: &[u8], v: &[u8]) -> Result<PackRecord> {
+    if v.len() != 13 || v[0] != 1 {
+        return Err(corrupt_value(CF_PACKS, key, "bad length or version"));
+    }
+    Ok(PackRecord {
+        size: u64::from_le_bytes(v[1..9].try_into().expect("8")),
+        chunks: u32::from_le_bytes(v[9..13].try_into().expect("4")),
+    })
+}
+
+pub fn chunk_key(key: &[u8]) -> Result<ChunkId> {
+    let arr: [u8; 32] = key.try_into().map_err(|_| corrupt_value(CF_CHUNKS, key, "key is not 32 bytes"))?;
+    Ok(ChunkId(arr))
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        opts.set_max_open_files(256);
+        opts.set_keep_log_file_num(4);
+        let cfs = CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| StoreError::index("open", e))?;
+        let index = Index { db };
+        match index.db.get(FORMAT_KEY).map_err(|e| StoreError::index("read format", e))? {
+            None => index
+                .db
+                .put_opt(FORMAT_KEY, STORE_FORMAT.to_le_bytes(), &synced())
+                .map_err(|e| StoreError::index("write format", e))?,
+            Some(v) if v.as_slice() == STORE_FORMAT.to_le_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Invalid(format!(
+                    "index at {} has store format {:?}, this build reads {STORE_FORMAT}",
+                    path.display(),
+                    v
+                )))
+            }
+        }
+        Ok(index)
+    }
+
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        match self.db.get_pinned_cf(self.cf(CF_CHUNKS), id.0).map_err(|e| StoreError::index("read chunk", e))? {
+            None => Ok(None),
+            Some(v) => decode_loc(&id.0, &v).map(Some),
+        }
+    }
+
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_CHUNKS), id.0)
+            .map_err(|e| StoreError::index("read chunk", e))?
+            .is_some())
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf), key).map_err(|e| StoreError::index("read", e))
+    }
+
+    /// Every (key, value) of a column family, in key order.
+    pub fn scan(&self, cf: &str) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+        self.db
+            .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
+            .map(|r| r.map_err(|e| StoreError::index("scan", e)))
+            .collect()
+    }
+
+    pub fn packs(&self) -> Result<Vec<(PackId, PackRecord)>> {
+        self.scan(CF_PACKS)?
+            .into_iter()
+            .map(|(k, v)| {
+                let key: [u8; 8] =
+                    k.as_ref().try_into().map_err(|_| corrupt_value(CF_PACKS, &k, "key is not 8 bytes"))?;
+                Ok((PackId(u64::from_be_bytes(key)), decode_pack(&k, &v)?))
+            })
+            .collect()
+    }
+
+    pub fn chunks(&self) -> Result<Vec<(ChunkId, ChunkLoc)>> {
+        self.scan(CF_CHUNKS)?.into_iter().map(|(k, v)| Ok((chunk_key(&k)?, decode_loc(&k, &v)?))).collect()
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { index: self, batch: WriteBatch::default() }
+    }
+}
+
+pub fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+/// An atomic group of index updates.
+pub struct Batch<'a> {
+    index: &'a Index,
+    batch: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put_chunk(&mut self, id: &ChunkId, loc: &ChunkLoc) {
+        self.batch.put_cf(self.index.cf(CF_CHUNKS), id.0, encode_loc(loc));
+    }
+    pub fn delete_chunk(&mut self, id: &ChunkId) {
+        self.batch.delete_cf(self.index.cf(CF_CHUNKS), id.0);
+    }
+    pub fn put_pack(&mut self, id: PackId, rec: &PackRecord) {
+        self.batch.put_cf(self.index.cf(CF_PACKS), id.0.to_be_bytes(), encode_pack(rec));
+    }
+    pub fn delete_pack(&mut self, id: PackId) {
+        self.batch.delete_cf(self.index.cf(CF_PACKS), id.0.to_be_bytes());
+    }
+    pub fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.index.cf(cf), key, value);
+    }
+    pub fn delete(&mut self, cf: &str, key: &[u8]) {
+        self.batch.delete_cf(self.index.cf(cf), key);
+    }
+    /// Writes the batch durably (synced WAL) and atomically.
+    pub fn commit(self, step: &'static str) -> Result<()> {
+        self.index.db.write_opt(self.batch, &synced()).map_err(|e| StoreError::index(step, e))
+    }
+}

@@ -1,0 +1,69 @@
+//! The Zap image store: a content-addressed chunk store for checkpoint images.
+//!
+//! ```text
+//!   engine / cli ──chunks──▶ ChunkSink (writer) ──▶ packs/<id>.pack   (chunk bytes, zstd or raw)
+//!                 ──manifest─▶ commit ──one synced RocksDB batch──▶ index/ (chunk → pack location,
+//!                                                                   packs, manifests, summaries)
+//!   restore ◀── materialize ◀── read_chunk (verify BLAKE3) ◀── packs + index
+//! ```
+//!
+//! - [`ImageStore`] and [`ChunkSink`] are the narrow interface the engine uses; [`LocalStore`]
+//!   (packs on the local disk, RocksDB index) is the embedded implementation. An object-store
+//!   backend for many hosts would implement the same two traits.
+//! - A chunk is stored once however many checkpoints reference it (the index is consulted before
+//!   writing). Manifests ([`manifest`]) map images to chunks; they are sealed in a versioned,
+//!   checksummed [`envelope`]. Pack files have their own header and checksummed trailer ([`pack`]).
+//! - Atomicity: chunks go to pack files under temporary names, are fsynced and renamed; then a
+//!   single synced RocksDB write batch records the chunks, the packs, the manifest and its summary.
+//!   Nothing is visible before that batch; a writer killed at any point leaves only files that no
+//!   index entry names, and the next open removes them.
+//! - Every read checks the chunk against its id. `verify` reads everything; `gc` frees what no
+//!   manifest references, rewriting or dropping packs.
+#![deny(missing_docs)]
+
+pub mod envelope;
+mod error;
+pub mod image;
+mod index;
+pub mod local;
+mod maint;
+pub mod manifest;
+pub mod pack;
+mod sys;
+
+pub use error::{Result, StoreError};
+pub use image::{materialize, store_run};
+pub use local::{LocalStore, LocalWriter, StoreOptions};
+pub use maint::{GcReport, StoreStats, VerifyProblem, VerifyReport};
+pub use manifest::{CheckpointId, CheckpointSummary, Extent, ExtentData, Image, ImageKind, Manifest};
+pub use zap_chunker::{Chunk, ChunkId};
+
+/// The writing half of a store: chunks in, then one manifest that makes them a checkpoint.
+pub trait ChunkSink {
+    /// True when the store (or this writer) already holds `id`.
+    fn contains(&mut self, id: &ChunkId) -> Result<bool>;
+    /// Stores `chunk` unless it is already there. Returns true when it was new.
+    fn put(&mut self, chunk: &Chunk) -> Result<bool>;
+    /// Makes the chunks durable and the manifest visible, atomically. Consumes the writer.
+    fn commit(self, manifest: Manifest) -> Result<CheckpointSummary>;
+}
+
+/// The narrow interface over a checkpoint image store.
+pub trait ImageStore: Sync {
+    /// The writer type.
+    type Writer<'a>: ChunkSink
+    where
+        Self: 'a;
+    /// Starts writing a checkpoint. Chunks written are invisible until commit.
+    fn writer(&self) -> Result<Self::Writer<'_>>;
+    /// Reads a chunk's uncompressed bytes, checked against its id.
+    fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>>;
+    /// Loads a checkpoint's manifest.
+    fn manifest(&self, id: &CheckpointId) -> Result<Manifest>;
+    /// Lists checkpoints, oldest first.
+    fn list(&self) -> Result<Vec<CheckpointSummary>>;
+    /// Finds the checkpoint whose id starts with `prefix` (at least 4 hex digits).
+    fn resolve(&self, prefix: &str) -> Result<CheckpointId>;
+    /// Deletes a checkpoint's manifest; its chunks are freed by the next GC if unreferenced.
+    fn delete(&self, id: &CheckpointId) -> Result<()>;
+}

@@ -1,0 +1,466 @@
+//! The embedded store: pack files on the local disk, indexed in RocksDB.
+//!
+//! ```text
+//! <root>/            0700
+//!   STORE            marker: "zap-store 1"
+//!   lock             flock'd by the process that has the store open; holds its pid
+//!   index/           RocksDB (see the index module for the column families)
+//!   packs/<id>.pack  pack files; `<id>.pack.tmp` while being written
+//! ```
+//!
+//! One process has a store open at a time (an exclusive `flock` on `lock`, taken before RocksDB
+//! opens); others wait for it up to [`StoreOptions::lock_timeout`] and then fail with
+//! [`StoreError::Busy`]. Inside the process, writers and GC are kept apart by a read/write lock, so
+//! a chunk that a writer found in the index (and will not write again) cannot be freed under it.
+//!
+//! Recovery on open: temporary packs and packs the index does not record are what a killed writer
+//! or GC left; they are deleted. Visible checkpoints are exactly those whose commit batch landed.
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use zap_chunker::{decode_chunk, Chunk, ChunkId};
+
+use crate::envelope;
+use crate::index::{Index, PackRecord, CF_MANIFESTS, CF_SUMMARIES};
+use crate::manifest::{
+    CheckpointId, CheckpointSummary, ExtentData, Manifest, MANIFEST_MAGIC, MANIFEST_VERSION, SUMMARY_MAGIC,
+    SUMMARY_VERSION,
+};
+use crate::pack::{self, ChunkLoc, PackId, PackWriter};
+use crate::{sys, ChunkSink, ImageStore, Result, StoreError};
+
+const MARKER: &str = "STORE";
+const MARKER_TEXT: &str = "zap-store 1\n";
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Create the store if the directory holds none.
+    pub create: bool,
+    /// How long to wait for another process to release the store.
+    pub lock_timeout: Duration,
+    /// A pack is closed and a new one started past this size.
+    pub pack_target: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { create: false, lock_timeout: Duration::from_secs(120), pack_target: 128 << 20 }
+    }
+}
+
+/// A store on the local disk.
+pub struct LocalStore {
+    root: PathBuf,
+    packs_dir: PathBuf,
+    pub(crate) index: Index,
+    opts: StoreOptions,
+    /// Writers hold it shared, GC exclusive.
+    pub(crate) gc_lock: RwLock<()>,
+    open_packs: Mutex<HashMap<PackId, Arc<File>>>,
+    _lock: File,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn mkdir_private(path: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::io("create directory", path, e)),
+    }
+}
+
+/// fsyncs a directory so that renames and creations in it are durable.
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(|e| StoreError::io("fsync directory", path, e))
+}
+
+fn take_lock(root: &Path, timeout: Duration) -> Result<File> {
+    let path = root.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::io("open lock file", &path, e))?;
+    let start = Instant::now();
+    let mut warned = false;
+    loop {
+        if sys::try_lock_exclusive(&file).map_err(|e| StoreError::io("lock", &path, e))? {
+            file.set_len(0).map_err(|e| StoreError::io("write lock file", &path, e))?;
+            file.rewind().map_err(|e| StoreError::io("write lock file", &path, e))?;
+            write!(file, "pid {}", std::process::id()).map_err(|e| StoreError::io("write lock file", &path, e))?;
+            return Ok(file);
+        }
+        let mut holder = String::new();
+        let _ = File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
+        if start.elapsed() >= timeout {
+            return Err(StoreError::Busy {
+                path: root.to_path_buf(),
+                holder: if holder.is_empty() { "another process".into() } else { holder },
+                waited_s: start.elapsed().as_secs(),
+            });
+        }
+        if !warned && start.elapsed() > Duration::from_millis(500) {
+            tracing::warn!(store = %root.display(), holder = %holder, "waiting for the store lock");
+            warned = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl LocalStore {
+    /// Opens (or with `opts.create`, creates) the store at `root`, recovering from any write that
+    /// was interrupted.
+    pub fn open(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
+        sys::tighten_umask();
+        let root = root.as_ref().to_path_buf();
+        let marker = root.join(MARKER);
+        match std::fs::read_to_string(&marker) {
+            Ok(text) if text == MARKER_TEXT => {}
+            Ok(text) => {
+                return Err(StoreError::Corrupt {
+                    what: format!("store marker {}", marker.display()),
+                    detail: format!("unexpected content {:?}", text.trim_end()),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !opts.create {
+                    return Err(StoreError::NotAStore(root));
+                }
+                if let Some(parent) = root.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| StoreError::io("create directory", parent, e))?;
+                }
+                mkdir_private(&root)?;
+            }
+            Err(e) => return Err(StoreError::io("read store marker", &marker, e)),
+        }
+        let lock = take_lock(&root, opts.lock_timeout)?;
+        let packs_dir = root.join("packs");
+        mkdir_private(&packs_dir)?;
+        let index = Index::open(&root.join("index"))?;
+        if !marker.exists() {
+            // Written last, so a directory without it never looks like a finished store.
+            let tmp = root.join("STORE.tmp");
+            std::fs::write(&tmp, MARKER_TEXT).map_err(|e| StoreError::io("write store marker", &tmp, e))?;
+            std::fs::rename(&tmp, &marker).map_err(|e| StoreError::io("write store marker", &marker, e))?;
+            sync_dir(&root)?;
+        }
+        let store = LocalStore {
+            root,
+            packs_dir,
+            index,
+            opts,
+            gc_lock: RwLock::new(()),
+            open_packs: Mutex::new(HashMap::new()),
+            _lock: lock,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn packs_dir(&self) -> &Path {
+        &self.packs_dir
+    }
+
+    pub(crate) fn pack_path(&self, id: PackId) -> PathBuf {
+        self.packs_dir.join(id.file_name())
+    }
+
+    /// Deletes pack files that no committed batch recorded.
+    fn recover(&self) -> Result<()> {
+        let known: HashSet<PackId> = self.index.packs()?.into_iter().map(|(id, _)| id).collect();
+        let dir = std::fs::read_dir(&self.packs_dir).map_err(|e| StoreError::io("list packs", &self.packs_dir, e))?;
+        let mut removed = 0;
+        for entry in dir {
+            let entry = entry.map_err(|e| StoreError::io("list packs", &self.packs_dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let orphan = match PackId::from_file_name(&name) {
+                Some(id) => !known.contains(&id),
+                None => name.ends_with(".tmp"),
+            };
+            if orphan {
+                std::fs::remove_file(entry.path()).map_err(|e| StoreError::io("remove orphan pack", &entry.path(), e))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed pack files left by an interrupted write or GC");
+            sync_dir(&self.packs_dir)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pack_file(&self, id: PackId) -> Result<Arc<File>> {
+        let mut open = self.open_packs.lock().expect("pack cache lock");
+        if let Some(f) = open.get(&id) {
+            return Ok(f.clone());
+        }
+        let path = self.pack_path(id);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::Corrupt { what: format!("pack {id}"), detail: format!("file {} is missing", path.display()) }
+            } else {
+                StoreError::io("open pack", &path, e)
+            }
+        })?;
+        let file = Arc::new(file);
+        if open.len() > 512 {
+            open.clear();
+        }
+        open.insert(id, file.clone());
+        Ok(file)
+    }
+
+    pub(crate) fn forget_pack(&self, id: PackId) {
+        self.open_packs.lock().expect("pack cache lock").remove(&id);
+    }
+
+    /// Reads and checks a chunk at a known location.
+    pub(crate) fn read_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
+        let file = self.pack_file(loc.pack)?;
+        let stored = pack::read_stored(&file, &self.pack_path(loc.pack), loc)?;
+        decode_chunk(id, loc.compression, loc.raw_len as usize, &stored).map_err(|e| StoreError::Corrupt {
+            what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Where a chunk is stored, if it is.
+    pub fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        self.index.chunk(id)
+    }
+
+    /// Loads a checkpoint's summary.
+    pub fn summary(&self, id: &CheckpointId) -> Result<CheckpointSummary> {
+        let bytes = self.index.get(CF_SUMMARIES, &id.0)?.ok_or_else(|| StoreError::NotFound(id.to_hex()))?;
+        envelope::open(SUMMARY_MAGIC, SUMMARY_VERSION, &bytes)
+            .map(|(s, _)| s)
+            .map_err(|e| StoreError::Corrupt { what: format!("summary of checkpoint {id}"), detail: e.to_string() })
+    }
+
+    pub(crate) fn decode_manifest(id_hex: &str, bytes: &[u8]) -> Result<Manifest> {
+        envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, bytes)
+            .map(|(m, _)| m)
+            .map_err(|e| StoreError::Corrupt { what: format!("manifest of checkpoint {id_hex}"), detail: e.to_string() })
+    }
+}
+
+impl ImageStore for LocalStore {
+    type Writer<'a> = LocalWriter<'a>;
+
+    fn writer(&self) -> Result<LocalWriter<'_>> {
+        Ok(LocalWriter {
+            store: self,
+            _guard: self.gc_lock.read().expect("gc lock"),
+            pack: None,
+            finished: Vec::new(),
+            new: HashMap::new(),
+        })
+    }
+
+    fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.index.chunk(id)?.ok_or_else(|| StoreError::MissingChunk {
+            id: id.to_hex(),
+            context: "not in the index".into(),
+        })?;
+        self.read_at(id, &loc)
+    }
+
+    fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {
+        let bytes = self.index.get(CF_MANIFESTS, &id.0)?.ok_or_else(|| StoreError::NotFound(id.to_hex()))?;
+        Self::decode_manifest(&id.to_hex(), &bytes)
+    }
+
+    fn list(&self) -> Result<Vec<CheckpointSummary>> {
+        let mut out = Vec::new();
+        for (k, v) in self.index.scan(CF_SUMMARIES)? {
+            let (s, _): (CheckpointSummary, u16) = envelope::open(SUMMARY_MAGIC, SUMMARY_VERSION, &v).map_err(|e| {
+                StoreError::Corrupt { what: format!("summary of checkpoint {}", hex::encode(&k)), detail: e.to_string() }
+            })?;
+            out.push(s);
+        }
+        out.sort_by_key(|s| (s.created_ms, s.id));
+        Ok(out)
+    }
+
+    fn resolve(&self, prefix: &str) -> Result<CheckpointId> {
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(StoreError::Invalid(format!(
+                "{prefix:?} is not a checkpoint id (give at least 4 hex digits)"
+            )));
+        }
+        let matches: Vec<CheckpointId> = self
+            .index
+            .scan(CF_SUMMARIES)?
+            .into_iter()
+            .filter_map(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok().map(CheckpointId))
+            .filter(|id| id.to_hex().starts_with(&prefix))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(StoreError::NotFound(prefix)),
+            [one] => Ok(*one),
+            many => Err(StoreError::Ambiguous {
+                prefix,
+                candidates: many.iter().map(|c| c.to_hex()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    fn delete(&self, id: &CheckpointId) -> Result<()> {
+        if self.index.get(CF_SUMMARIES, &id.0)?.is_none() {
+            return Err(StoreError::NotFound(id.to_hex()));
+        }
+        let mut batch = self.index.batch();
+        batch.delete(CF_MANIFESTS, &id.0);
+        batch.delete(CF_SUMMARIES, &id.0);
+        batch.commit("delete checkpoint")
+    }
+}
+
+/// Writes one checkpoint's chunks into packs; nothing is visible until [`ChunkSink::commit`].
+pub struct LocalWriter<'a> {
+    store: &'a LocalStore,
+    _guard: RwLockReadGuard<'a, ()>,
+    pack: Option<PackWriter>,
+    finished: Vec<(PackId, u64, u32)>,
+    new: HashMap<ChunkId, ChunkLoc>,
+}
+
+impl LocalWriter<'_> {
+    fn close_pack(&mut self) -> Result<()> {
+        if let Some(p) = self.pack.take() {
+            if p.is_empty() {
+                return Ok(()); // dropped: its temporary file is removed
+            }
+            let (id, size, entries) = p.finish()?;
+            self.finished.push((id, size, entries.len() as u32));
+        }
+        Ok(())
+    }
+
+    /// Bytes of new chunk data written so far.
+    pub fn new_bytes(&self) -> u64 {
+        self.new.values().map(|l| u64::from(l.stored_len)).sum()
+    }
+}
+
+impl ChunkSink for LocalWriter<'_> {
+    fn contains(&mut self, id: &ChunkId) -> Result<bool> {
+        Ok(self.new.contains_key(id) || self.store.index.has_chunk(id)?)
+    }
+
+    fn put(&mut self, chunk: &Chunk) -> Result<bool> {
+        if self.contains(&chunk.id)? {
+            return Ok(false);
+        }
+        if self.pack.as_ref().is_some_and(|p| p.len() >= self.store.opts.pack_target) {
+            self.close_pack()?;
+        }
+        if self.pack.is_none() {
+            self.pack = Some(PackWriter::create(&self.store.packs_dir, PackId(sys::random_u64()))?);
+        }
+        let loc = self.pack.as_mut().expect("opened above").append(chunk)?;
+        self.new.insert(chunk.id, loc);
+        Ok(true)
+    }
+
+    fn commit(mut self, mut manifest: Manifest) -> Result<CheckpointSummary> {
+        manifest.validate().map_err(|e| StoreError::Invalid(format!("manifest {:?}: {e}", manifest.name)))?;
+        // Every referenced chunk must exist, and every extent must fit inside its chunk.
+        let mut distinct: HashMap<ChunkId, ChunkLoc> = HashMap::new();
+        for (img, ext, id) in manifest.chunk_refs() {
+            let loc = match distinct.get(&id) {
+                Some(l) => *l,
+                None => {
+                    let l = match self.new.get(&id) {
+                        Some(l) => *l,
+                        None => self.store.index.chunk(&id)?.ok_or_else(|| StoreError::MissingChunk {
+                            id: id.to_hex(),
+                            context: format!("referenced by image {:?} at {:#x}", img.name, ext.start),
+                        })?,
+                    };
+                    distinct.insert(id, l);
+                    l
+                }
+            };
+            let ExtentData::Chunk { offset, .. } = ext.data else { unreachable!("chunk_refs yields chunks") };
+            if u64::from(offset) + ext.len > u64::from(loc.raw_len) {
+                return Err(StoreError::Invalid(format!(
+                    "image {:?}: extent at {:#x} wants {} bytes from offset {offset} of chunk {id} ({} bytes)",
+                    img.name, ext.start, ext.len, loc.raw_len
+                )));
+            }
+        }
+        self.close_pack()?;
+        if !self.finished.is_empty() {
+            sync_dir(&self.store.packs_dir)?;
+        }
+        manifest.id = CheckpointId(sys::random_u64().to_le_bytes());
+        manifest.created_ms = now_ms();
+        let sealed = envelope::seal(MANIFEST_MAGIC, MANIFEST_VERSION, &manifest);
+        let logical: u64 = manifest.images.iter().map(|i| i.logical_len()).sum();
+        let zero: u64 = manifest
+            .images
+            .iter()
+            .flat_map(|i| &i.extents)
+            .filter(|e| e.data == ExtentData::Zero)
+            .map(|e| e.len)
+            .sum();
+        let summary = CheckpointSummary {
+            id: manifest.id,
+            parent: manifest.parent,
+            created_ms: manifest.created_ms,
+            name: manifest.name.clone(),
+            kind: manifest.kind.clone(),
+            labels: manifest.labels.clone(),
+            images: manifest.images.len() as u64,
+            logical_bytes: logical,
+            zero_bytes: zero,
+            chunks: distinct.len() as u64,
+            chunk_raw_bytes: distinct.values().map(|l| u64::from(l.raw_len)).sum(),
+            chunk_stored_bytes: distinct.values().map(|l| u64::from(l.stored_len)).sum(),
+            new_chunks: self.new.len() as u64,
+            new_stored_bytes: self.new_bytes(),
+            manifest_bytes: sealed.len() as u64,
+        };
+        let mut batch = self.store.index.batch();
+        for (id, loc) in &self.new {
+            batch.put_chunk(id, loc);
+        }
+        for (id, size, chunks) in &self.finished {
+            batch.put_pack(*id, &PackRecord { size: *size, chunks: *chunks });
+        }
+        batch.put(CF_MANIFESTS, &manifest.id.0, &sealed);
+        batch.put(CF_SUMMARIES, &manifest.id.0, &envelope::seal(SUMMARY_MAGIC, SUMMARY_VERSION, &summary));
+        batch.commit("commit checkpoint")?;
+        self.finished.clear();
+        Ok(summary)
+    }
+}
+
+impl Drop for LocalWriter<'_> {
+    fn drop(&mut self) {
+        // An uncommitted writer's finished packs are not in the index: remove them now rather than
+        // leave them for the next open's recovery.
+        for (id, _, _) in self.finished.drain(..) {
+            let _ = std::fs::remove_file(self.store.pack_path(id));
+        }
+    }
+}
