@@ -401,7 +401,12 @@ mod tests {
 
     #[test]
     fn serial_and_parallel_are_identical() {
-        let data = sample(8 * 1024 * 1024, 11);
+        let mut data = sample(8 * 1024 * 1024, 11);
+        // A block of pure noise, which must be stored raw.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        let mut noise = vec![0u8; DEFAULT_CHUNK_SIZE];
+        rng.fill(&mut noise[..]);
+        data.extend_from_slice(&noise);
         let serial = ChunkerConfig { parallelism: Parallelism::Serial, ..Default::default() };
         let par = ChunkerConfig { parallelism: Parallelism::Rayon, ..Default::default() };
         let a = chunk_run(0x1000_0000, &data, &serial);

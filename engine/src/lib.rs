@@ -1,1 +1,18 @@
-//! placeholder
+//! The Zap engine: freezing processes and moving their state into and out of the image store.
+//!
+//! - [`freeze`]: stop every thread of a process with ptrace (seize + interrupt), without a signal.
+//! - [`maps`]: the process's memory layout from `/proc/PID/maps`.
+//! - [`memdump`]: store a live process's memory image and check it back.
+//! - `sys`: the raw syscalls, each behind a safe function.
+//!
+//! Full checkpoint/restore (registers, files, signals, restore with the same PID) is being built
+//! on these pieces; see the open issues.
+#![deny(missing_docs)]
+
+mod error;
+pub mod freeze;
+pub mod maps;
+pub mod memdump;
+mod sys;
+
+pub use error::{EngineError, Result};

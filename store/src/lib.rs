@@ -32,7 +32,7 @@ pub mod pack;
 mod sys;
 
 pub use error::{Result, StoreError};
-pub use image::{materialize, store_run};
+pub use image::{clip, materialize, overlay, store_run};
 pub use local::{LocalStore, LocalWriter, StoreOptions};
 pub use maint::{GcReport, StoreStats, VerifyProblem, VerifyReport};
 pub use manifest::{CheckpointId, CheckpointSummary, Extent, ExtentData, Image, ImageKind, Manifest};

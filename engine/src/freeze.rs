@@ -1,0 +1,99 @@
+//! Stopping a process consistently: every thread is PTRACE_SEIZEd and PTRACE_INTERRUPTed, so it
+//! stops without any signal being sent to it (the process cannot observe the stop the way it
+//! would observe SIGSTOP). Dropping the [`Frozen`] guard detaches every thread, which then runs on.
+//!
+//! Threads created while we seize are caught by re-reading `/proc/PID/task` until a pass finds no
+//! new thread. A signal that arrives during the stop is delivered and the thread is stopped
+//! again; the interrupt stays pending until the thread reaches its event stop.
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::{sys, EngineError, Result};
+
+const PTRACE_EVENT_STOP: i32 = 128;
+
+/// A process whose threads are all stopped under ptrace.
+pub struct Frozen {
+    pid: i32,
+    threads: Vec<i32>,
+}
+
+fn list_threads(pid: i32) -> Result<BTreeSet<i32>> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = std::fs::read_dir(&dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            EngineError::Proc { pid, detail: "no such process".into() }
+        } else {
+            EngineError::io("list threads", Path::new(&dir), e)
+        }
+    })?;
+    Ok(entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect())
+}
+
+fn stop_thread(tid: i32) -> Result<bool> {
+    sys::ptrace_interrupt(tid).map_err(|source| EngineError::Sys { step: "ptrace interrupt", pid: tid, source })?;
+    loop {
+        let status = sys::wait_thread(tid).map_err(|source| EngineError::Sys { step: "wait for stop", pid: tid, source })?;
+        if sys::exited(status) {
+            return Ok(false);
+        }
+        match sys::stopped_signal(status) {
+            Some(_) if status >> 16 == PTRACE_EVENT_STOP => return Ok(true),
+            Some(sig) => {
+                // A signal-delivery stop came first: deliver it and wait for the interrupt stop.
+                sys::ptrace_cont(tid, sig).map_err(|source| EngineError::Sys { step: "ptrace cont", pid: tid, source })?;
+            }
+            None => {}
+        }
+    }
+}
+
+impl Frozen {
+    /// Stops every thread of `pid`.
+    pub fn freeze(pid: i32) -> Result<Frozen> {
+        let mut frozen = Frozen { pid, threads: Vec::new() };
+        let mut seen: BTreeSet<i32> = BTreeSet::new();
+        loop {
+            let now = list_threads(pid)?;
+            let fresh: Vec<i32> = now.difference(&seen).copied().collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for tid in fresh {
+                seen.insert(tid);
+                match sys::ptrace_seize(tid) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue, // exited meanwhile
+                    Err(source) => return Err(EngineError::Sys { step: "ptrace seize", pid: tid, source }),
+                }
+                if stop_thread(tid)? {
+                    frozen.threads.push(tid);
+                }
+            }
+        }
+        if frozen.threads.is_empty() {
+            return Err(EngineError::Proc { pid, detail: "process exited while being frozen".into() });
+        }
+        Ok(frozen)
+    }
+
+    /// The process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Its stopped threads.
+    pub fn threads(&self) -> &[i32] {
+        &self.threads
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &tid in &self.threads {
+            if let Err(e) = sys::ptrace_detach(tid) {
+                tracing::warn!(tid, error = %e, "detach failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Raw syscalls of the engine, behind safe functions. Logic modules call these, never libc.
+use std::io;
+
+fn check(rc: libc::c_long, what: &str, pid: i32) -> io::Result<libc::c_long> {
+    if rc == -1 {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("{what} pid {pid}: {e}")))
+    } else {
+        Ok(rc)
+    }
+}
+
+/// PTRACE_SEIZE the thread `tid` (no signal is sent; the thread keeps running).
+pub fn ptrace_seize(tid: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_SEIZE takes no pointers (addr and data are 0: no options).
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) };
+    check(rc, "ptrace(SEIZE)", tid).map(drop)
+}
+
+/// PTRACE_INTERRUPT a seized thread: it stops at the next opportunity.
+pub fn ptrace_interrupt(tid: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_INTERRUPT takes no pointers.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0usize, 0usize) };
+    check(rc, "ptrace(INTERRUPT)", tid).map(drop)
+}
+
+/// PTRACE_DETACH a stopped thread, letting it run on.
+pub fn ptrace_detach(tid: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_DETACH with data 0 (no signal to deliver) takes no pointers.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, 0usize) };
+    check(rc, "ptrace(DETACH)", tid).map(drop)
+}
+
+/// Waits for a state change of the traced thread `tid`; returns the raw wait status.
+pub fn wait_thread(tid: i32) -> io::Result<i32> {
+    let mut status = 0i32;
+    loop {
+        // SAFETY: `status` is a valid, writable i32 for the duration of the call.
+        let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if rc == tid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(io::Error::new(e.kind(), format!("waitpid tid {tid}: {e}")));
+        }
+    }
+}
+
+/// Decodes a wait status: `Some(signal)` when the thread is in a ptrace stop.
+pub fn stopped_signal(status: i32) -> Option<i32> {
+    libc::WIFSTOPPED(status).then(|| libc::WSTOPSIG(status))
+}
+
+/// True when the status says the thread has exited or was killed.
+pub fn exited(status: i32) -> bool {
+    libc::WIFEXITED(status) || libc::WIFSIGNALED(status)
+}
+
+/// PTRACE_CONT a thread in a ptrace stop, delivering `sig` (0 for none).
+pub fn ptrace_cont(tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_CONT's data is a signal number passed by value; no pointers.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0usize, sig as usize) };
+    check(rc, "ptrace(CONT)", tid).map(drop)
+}
