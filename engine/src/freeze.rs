@@ -8,7 +8,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::{sys, EngineError, Result};
+use crate::sys::ptrace as sys;
+use crate::{EngineError, Result};
 
 const PTRACE_EVENT_STOP: i32 = 128;
 
@@ -80,6 +81,11 @@ impl Frozen {
     /// The process.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Gives up the threads without detaching (the process was killed).
+    pub fn forget(mut self) {
+        self.threads.clear();
     }
 
     /// Its stopped threads.

@@ -9,10 +9,17 @@
 //! on these pieces; see the open issues.
 #![deny(missing_docs)]
 
+pub mod attrs;
+pub mod cpu;
 mod error;
+pub mod files;
 pub mod freeze;
+pub mod inject;
 pub mod maps;
+pub mod mem;
 pub mod memdump;
+pub mod process;
+pub mod signals;
 mod sys;
 
 pub use error::{EngineError, Result};

@@ -1,4 +1,4 @@
-//! Raw syscalls of the engine, behind safe functions. Logic modules call these, never libc.
+//! ptrace requests that start, stop and resume threads, and wait(2) for them.
 use std::io;
 
 fn check(rc: libc::c_long, what: &str, pid: i32) -> io::Result<libc::c_long> {
@@ -10,10 +10,11 @@ fn check(rc: libc::c_long, what: &str, pid: i32) -> io::Result<libc::c_long> {
     }
 }
 
-/// PTRACE_SEIZE the thread `tid` (no signal is sent; the thread keeps running).
+/// PTRACE_SEIZE the thread `tid` (no signal is sent; the thread keeps running). Syscall stops
+/// are reported with bit 7 set in the signal (PTRACE_O_TRACESYSGOOD).
 pub fn ptrace_seize(tid: i32) -> io::Result<()> {
-    // SAFETY: PTRACE_SEIZE takes no pointers (addr and data are 0: no options).
-    let rc = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) };
+    // SAFETY: PTRACE_SEIZE takes no pointers; data carries the options by value.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, libc::PTRACE_O_TRACESYSGOOD as usize) };
     check(rc, "ptrace(SEIZE)", tid).map(drop)
 }
 
@@ -62,4 +63,24 @@ pub fn ptrace_cont(tid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: PTRACE_CONT's data is a signal number passed by value; no pointers.
     let rc = unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0usize, sig as usize) };
     check(rc, "ptrace(CONT)", tid).map(drop)
+}
+
+/// PTRACE_SYSCALL: resume until the next syscall entry or exit, delivering `sig` (0 for none).
+pub fn ptrace_syscall(tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_SYSCALL's data is a signal number passed by value; no pointers.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SYSCALL, tid, 0usize, sig as usize) };
+    check(rc, "ptrace(SYSCALL)", tid).map(drop)
+}
+
+/// Sends `sig` to thread `tid` (tgkill, with the thread group read from /proc).
+pub fn tgkill(tid: i32, sig: i32) -> io::Result<()> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
+    let tgid: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no Tgid for tid {tid}")))?;
+    // SAFETY: tgkill takes plain integers.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) };
+    check(rc, "tgkill", tid).map(drop)
 }

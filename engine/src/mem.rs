@@ -1,0 +1,314 @@
+//! Memory of a process: the mapping table and the pages that have to be saved.
+//!
+//! Which pages are saved is read from `/proc/PID/pagemap` (bit 63 present, 62 swapped, 61
+//! file-backed or shared):
+//! - private anonymous mappings (heap, stacks): every present or swapped page;
+//! - private file mappings (the binary, libraries): only pages that were written (present and no
+//!   longer file pages), so unchanged code and data are read back from the file on restore;
+//! - shared anonymous mappings: every present or swapped page;
+//! - shared file mappings: nothing (the file holds the data);
+//! - `[vdso]`, `[vvar]`: nothing; restore maps this kernel's vDSO at the saved address
+//!   (`arch_prctl(ARCH_MAP_VDSO_64)`), so clock calls keep working.
+//!
+//! Restore recreates each mapping at its address with `mmap(MAP_FIXED)` injected into the new
+//! process, then writes the saved pages through `/proc/PID/mem` (which also writes read-only
+//! mappings, making private copies of file pages as the original had).
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use zap_chunker::{ChunkerConfig, PAGE_SIZE};
+use zap_store::{clip, materialize, store_run, ChunkSink, Extent, ExtentData, Image, ImageKind, ImageStore};
+
+use crate::inject::Injector;
+use crate::maps::{read_maps, Mapping};
+use crate::{EngineError, Result};
+
+const WINDOW: u64 = 64 << 20;
+const ARCH_MAP_VDSO_64: u64 = 0x2003;
+
+/// What backs a mapping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backing {
+    /// Anonymous memory (heap, stack, mmap'd anonymous).
+    Anon,
+    /// A file, at `offset`.
+    File {
+        /// Path of the file.
+        path: String,
+        /// Offset of the mapping's first byte in the file.
+        offset: u64,
+    },
+    /// The kernel's vDSO and its data pages (`[vdso]`, `[vvar]`, `[vvar_vclock]`).
+    Vdso,
+    /// `[vsyscall]`: fixed by the kernel, nothing to restore.
+    Vsyscall,
+}
+
+/// One mapping of the saved process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaState {
+    /// First address.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    /// MAP_SHARED rather than MAP_PRIVATE.
+    pub shared: bool,
+    /// Grows down (a stack).
+    pub growsdown: bool,
+    /// Backing.
+    pub backing: Backing,
+    /// Name in /proc/PID/maps (`[heap]`, `[stack]`, a path...).
+    pub name: String,
+    /// Name of the image holding its saved pages, if any.
+    pub image: Option<String>,
+}
+
+fn prot_of(perms: &str) -> u32 {
+    let b = perms.as_bytes();
+    let mut p = 0;
+    if b.first() == Some(&b'r') {
+        p |= libc::PROT_READ;
+    }
+    if b.get(1) == Some(&b'w') {
+        p |= libc::PROT_WRITE;
+    }
+    if b.get(2) == Some(&b'x') {
+        p |= libc::PROT_EXEC;
+    }
+    p as u32
+}
+
+/// VmFlags of every mapping, from /proc/PID/smaps, in maps order.
+fn vm_flags(pid: i32) -> Result<Vec<(u64, Vec<String>)>> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
+    let mut out = Vec::new();
+    let mut start = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(s) = start.take() {
+                out.push((s, flags.split_whitespace().map(String::from).collect()));
+            }
+        } else if let Some((range, _)) = line.split_once(' ') {
+            if let Some((s, _)) = range.split_once('-') {
+                if let Ok(s) = u64::from_str_radix(s, 16) {
+                    if !line.contains(':') || line.split_whitespace().count() >= 5 {
+                        start = Some(s);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
+    Ok(match m.path.as_str() {
+        "[vdso]" | "[vvar]" | "[vvar_vclock]" => Backing::Vdso,
+        "[vsyscall]" => Backing::Vsyscall,
+        "" | "[heap]" | "[stack]" => Backing::Anon,
+        p if p.starts_with("[anon:") || p.starts_with("[anon_shmem:") => Backing::Anon,
+        p if p.starts_with('[') => {
+            return Err(EngineError::Proc { pid, detail: format!("mapping {:#x} {p}: unsupported special mapping", m.start) })
+        }
+        p if p.ends_with(" (deleted)") || p.starts_with("/memfd:") || p.starts_with("/SYSV") => {
+            return Err(EngineError::Proc {
+                pid,
+                detail: format!("mapping {:#x} {p}: deleted, memfd or SysV shared memory is not supported yet", m.start),
+            })
+        }
+        "/dev/zero" => Backing::Anon,
+        p => Backing::File { path: p.to_string(), offset: m.offset },
+    })
+}
+
+/// The mapping table of a stopped process.
+pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
+    let maps = read_maps(pid)?;
+    let flags = vm_flags(pid)?;
+    maps.iter()
+        .map(|m| {
+            let growsdown = flags.iter().find(|(s, _)| *s == m.start).is_some_and(|(_, f)| f.iter().any(|x| x == "gd"));
+            Ok(VmaState {
+                start: m.start,
+                end: m.end,
+                prot: prot_of(&m.perms),
+                shared: m.shared(),
+                growsdown,
+                backing: classify(pid, m)?,
+                name: m.path.clone(),
+                image: None,
+            })
+        })
+        .collect()
+}
+
+/// Reads the pagemap entries of `[start, end)`.
+fn pagemap(pagemap: &File, path: &Path, start: u64, end: u64) -> Result<Vec<u64>> {
+    let pages = ((end - start) / PAGE_SIZE as u64) as usize;
+    let mut raw = vec![0u8; pages * 8];
+    pagemap
+        .read_exact_at(&mut raw, start / PAGE_SIZE as u64 * 8)
+        .map_err(|e| EngineError::io("read pagemap", path, e))?;
+    Ok(raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8"))).collect())
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Which pages of `vma` must be saved, as runs of (start, end).
+fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
+    let keep = |e: u64| match (&vma.backing, vma.shared) {
+        (Backing::Vdso | Backing::Vsyscall, _) => false,
+        (Backing::File { .. }, true) => false,
+        (Backing::File { .. }, false) => e & PM_SWAPPED != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
+        (Backing::Anon, _) => e & (PM_PRESENT | PM_SWAPPED) != 0,
+    };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (i, &e) in entries.iter().enumerate() {
+        if keep(e) {
+            let a = vma.start + (i * PAGE_SIZE) as u64;
+            match runs.last_mut() {
+                Some(r) if r.1 == a => r.1 = a + PAGE_SIZE as u64,
+                _ => runs.push((a, a + PAGE_SIZE as u64)),
+            }
+        }
+    }
+    runs
+}
+
+/// Figures of a memory dump.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemDumpFigures {
+    /// Bytes read from the process.
+    pub bytes_read: u64,
+    /// Stored bytes that were new.
+    pub new_bytes: u64,
+}
+
+/// Saves the pages of every mapping of the stopped process `pid` into `sink`, returning one image
+/// per mapping that has saved pages (and setting `vma.image`).
+pub fn save_pages<S: ChunkSink>(
+    pid: i32,
+    vmas: &mut [VmaState],
+    sink: &mut S,
+    cfg: &ChunkerConfig,
+) -> Result<(Vec<Image>, MemDumpFigures)> {
+    let mem_path = format!("/proc/{pid}/mem");
+    let pm_path = format!("/proc/{pid}/pagemap");
+    let mem = File::open(&mem_path).map_err(|e| EngineError::io("open", mem_path.as_ref(), e))?;
+    let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
+    let mut images = Vec::new();
+    let mut figures = MemDumpFigures::default();
+    let mut buf = Vec::new();
+    for vma in vmas.iter_mut() {
+        if matches!(vma.backing, Backing::Vdso | Backing::Vsyscall) {
+            continue;
+        }
+        let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;
+        let mut extents = Vec::new();
+        for (from, to) in runs_to_save(vma, &entries) {
+            let mut pos = from;
+            while pos < to {
+                let len = (to - pos).min(WINDOW);
+                buf.resize(len as usize, 0);
+                mem.read_exact_at(&mut buf, pos).map_err(|e| EngineError::Proc {
+                    pid,
+                    detail: format!("read memory at {pos:#x}+{len:#x} ({}): {e}", vma.name),
+                })?;
+                figures.bytes_read += len;
+                let (mut ext, new) = store_run(sink, cfg, pos, &buf)?;
+                figures.new_bytes += new;
+                extents.append(&mut ext);
+                pos += len;
+            }
+        }
+        if !extents.is_empty() {
+            let name = format!("mem/{:x}", vma.start);
+            vma.image = Some(name.clone());
+            images.push(Image { name, kind: ImageKind::Memory, extents });
+        }
+    }
+    Ok((images, figures))
+}
+
+/// Recreates the mapping table in the process being restored (whose address space holds nothing
+/// but the injection trampoline). Returns nothing; pages are written by [`restore_pages`].
+pub fn restore_layout(inj: &mut Injector, vmas: &[VmaState]) -> Result<()> {
+    // The vDSO block ([vvar], [vvar_vclock], [vdso]) goes first, at its saved start.
+    if let Some(v) = vmas.iter().find(|v| v.backing == Backing::Vdso) {
+        inj.call("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, [ARCH_MAP_VDSO_64, v.start, 0, 0, 0, 0])?;
+    }
+    let scratch_len = 8192u64;
+    for v in vmas {
+        let len = v.end - v.start;
+        let prot = u64::from(v.prot);
+        let share = if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        let grows = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
+        match &v.backing {
+            Backing::Vdso | Backing::Vsyscall => {}
+            Backing::Anon => {
+                let flags = (share | libc::MAP_ANONYMOUS | libc::MAP_FIXED | grows) as u64;
+                inj.call("mmap anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0])?;
+            }
+            Backing::File { path, offset } => {
+                let scratch = inj.scratch(scratch_len)?;
+                let mut p = path.as_bytes().to_vec();
+                p.push(0);
+                inj.write_mem(scratch, &p)?;
+                let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
+                let fd = inj.call("open mapped file", libc::SYS_open, [scratch, (mode | libc::O_CLOEXEC) as u64, 0, 0, 0, 0])?;
+                let flags = (share | libc::MAP_FIXED | grows) as u64;
+                let r = inj.call("mmap file", libc::SYS_mmap, [v.start, len, prot, flags, fd, *offset]);
+                inj.call("close mapped file", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                r.map_err(|e| EngineError::Proc { pid: 0, detail: format!("map {path} at {:#x}: {e}", v.start) })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the saved pages into the restored process. Zero extents of anonymous memory are
+/// skipped (fresh anonymous memory is zero); over file pages they are written.
+pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState], images: &[Image]) -> Result<u64> {
+    let mut written = 0u64;
+    let mut buf = Vec::new();
+    for v in vmas {
+        let Some(name) = &v.image else { continue };
+        let img = images.iter().find(|i| &i.name == name).ok_or_else(|| EngineError::Proc {
+            pid: 0,
+            detail: format!("checkpoint lacks image {name} for mapping {:#x}", v.start),
+        })?;
+        let anon = v.backing == Backing::Anon;
+        // Pieces of at most one window, then runs of contiguous pieces of at most one window.
+        let mut pieces: Vec<Extent> = Vec::new();
+        for e in img.extents.iter().filter(|e| !(anon && e.data == ExtentData::Zero)) {
+            let mut pos = e.start;
+            while pos < e.end() {
+                let end = (pos + WINDOW).min(e.end());
+                pieces.extend(clip(std::slice::from_ref(e), pos, end));
+                pos = end;
+            }
+        }
+        let mut i = 0;
+        while i < pieces.len() {
+            let start = pieces[i].start;
+            let mut j = i;
+            while j + 1 < pieces.len() && pieces[j + 1].start == pieces[j].end() && pieces[j + 1].end() - start <= WINDOW {
+                j += 1;
+            }
+            let end = pieces[j].end();
+            buf.resize((end - start) as usize, 0);
+            materialize(store, &pieces[i..=j], start, &mut buf)?;
+            inj.write_mem(start, &buf)?;
+            written += end - start;
+            i = j + 1;
+        }
+    }
+    Ok(written)
+}

@@ -1,0 +1,349 @@
+//! Checkpoint and restore of one single-threaded process.
+//!
+//! ## Checkpoint
+//! 1. Freeze: PTRACE_SEIZE + PTRACE_INTERRUPT ([`crate::freeze`]); no signal reaches the process.
+//! 2. Save the mapping table, then the fds (pipe buffers are copied with `tee` from a
+//!    `pidfd_getfd` duplicate, so nothing is consumed).
+//! 3. Inject syscalls through a `syscall` instruction of the target's vDSO ([`crate::inject`]) to
+//!    read what only the process itself can ask: signal handlers, the tid address, the alternate
+//!    stack, the robust list, brk.
+//! 4. Save registers (rewound if stopped in a syscall), XSAVE area, masks, queued signals.
+//! 5. Store the pages ([`crate::mem`]) and commit the manifest; the engine state
+//!    ([`ProcessImage`]) rides in the manifest's state blob, versioned.
+//! 6. Kill the process, or with `leave_running` let it continue (its registers rewound so an
+//!    interrupted syscall is made again).
+//!
+//! ## Restore: ptrace-driven, no restorer blob
+//! A new PID namespace is created; its init (ours) clones the target with the saved PID
+//! (`clone3` + `set_tid`). The target maps a one-page trampoline (`syscall`) at an address the
+//! saved layout leaves free and stops. From outside, through that trampoline, we unmap everything
+//! else, map the vDSO and every saved mapping at its address, write the pages through
+//! `/proc/PID/mem`, recreate the fds, handlers, attributes, mm boundaries, rseq, robust list and
+//! credentials, unmap the trampoline, load the registers, XSAVE area and mask, and detach. A
+//! ptrace driver was chosen over a position-independent restorer blob: every step is a syscall
+//! whose failure we see and report with its name, and nothing of ours is left in the process.
+//! The restored process is a child of our init, not of `zap`, and does not depend on the
+//! original.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use zap_chunker::ChunkerConfig;
+use zap_store::{CheckpointId, CheckpointSummary, ImageStore, Manifest};
+
+use crate::attrs::ProcAttrs;
+use crate::cpu::{rewind, Rewind, ThreadState};
+use crate::files::{self, FdState};
+use crate::freeze::Frozen;
+use crate::inject::{find_syscall_insn, Injector};
+use crate::mem::{self, VmaState};
+use crate::signals::{self, SignalState};
+use crate::sys::{clone as sysclone, regs};
+use crate::{EngineError, Result};
+
+/// Manifest kind of a process checkpoint.
+pub const KIND: &str = "process";
+/// Version of the [`ProcessImage`] encoding (first byte of the state blob).
+pub const IMAGE_VERSION: u8 = 1;
+/// Highest user address on x86-64 with 4-level page tables.
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+const MMAP_MIN: u64 = 0x10000;
+
+/// Everything about a process except its page contents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    /// Host pid at checkpoint time.
+    pub host_pid: i32,
+    /// The pid the process saw itself as (innermost namespace).
+    pub vpid: i32,
+    /// Its threads (one, for now).
+    pub threads: Vec<ThreadState>,
+    /// Attributes.
+    pub attrs: ProcAttrs,
+    /// Handlers and shared pending signals.
+    pub signals: SignalState,
+    /// Mapping table.
+    pub vmas: Vec<VmaState>,
+    /// File descriptors.
+    pub fds: Vec<FdState>,
+}
+
+impl ProcessImage {
+    /// Encodes into a manifest state blob.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![IMAGE_VERSION];
+        v.extend(postcard::to_stdvec(self).expect("postcard encodes process images"));
+        v
+    }
+
+    /// Decodes a manifest state blob.
+    pub fn decode(blob: &[u8]) -> Result<Self> {
+        match blob.split_first() {
+            Some((&IMAGE_VERSION, rest)) => postcard::from_bytes(rest)
+                .map_err(|e| EngineError::Proc { pid: 0, detail: format!("process image does not decode: {e}") }),
+            Some((v, _)) => Err(EngineError::Proc { pid: 0, detail: format!("process image version {v} not supported") }),
+            None => Err(EngineError::Proc { pid: 0, detail: "empty process image".into() }),
+        }
+    }
+}
+
+/// How to checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointOptions {
+    /// Let the process run on afterwards (default: kill it).
+    pub leave_running: bool,
+    /// Checkpoint name (default: the process's comm).
+    pub name: Option<String>,
+    /// Parent checkpoint to record.
+    pub parent: Option<CheckpointId>,
+    /// Chunker settings.
+    pub chunker: ChunkerConfig,
+}
+
+/// What a checkpoint did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointReport {
+    /// The committed checkpoint.
+    pub summary: CheckpointSummary,
+    /// How long the process was stopped, ms.
+    pub frozen_ms: f64,
+    /// Bytes of memory read.
+    pub bytes_read: u64,
+}
+
+fn vpid_of(pid: i32) -> Result<i32> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", Path::new(&path), e))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| EngineError::Proc { pid, detail: "no NSpid in /proc status".into() })
+}
+
+/// Checkpoints process `pid` into `store`.
+pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
+    let t0 = Instant::now();
+    let vpid = vpid_of(pid)?;
+    let frozen = Frozen::freeze(pid)?;
+    if frozen.threads().len() != 1 {
+        return Err(EngineError::Proc {
+            pid,
+            detail: format!("has {} threads; multi-threaded processes are not supported yet", frozen.threads().len()),
+        });
+    }
+    let tid = frozen.threads()[0];
+    let mut vmas = mem::save_layout(pid)?;
+    let fds = files::save(pid)?;
+    let mut inj = Injector::new(pid, tid, find_syscall_insn(pid)?)?;
+    let saved = (|| {
+        let thread = ThreadState::save(tid, &mut inj)?;
+        let attrs = ProcAttrs::save(pid, &mut inj)?;
+        let sigs = SignalState::save(&mut inj, pid)?;
+        Ok::<_, EngineError>((thread, attrs, sigs))
+    })();
+    let running_regs = rewind(*inj.saved_regs(), Rewind::SameProcess);
+    inj.set_saved_regs(running_regs);
+    inj.finish()?;
+    let (thread, attrs, signals) = saved?;
+    let mut writer = store.writer()?;
+    let (images, figures) = mem::save_pages(pid, &mut vmas, &mut writer, &opts.chunker)?;
+    let image = ProcessImage { host_pid: pid, vpid, threads: vec![thread], attrs, signals, vmas, fds };
+    let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
+    manifest.parent = opts.parent;
+    manifest.labels.insert("pid".into(), pid.to_string());
+    manifest.labels.insert("vpid".into(), vpid.to_string());
+    manifest.images = images;
+    manifest.state = image.encode();
+    let summary = zap_store::ChunkSink::commit(writer, manifest)?;
+    if !opts.leave_running {
+        sysclone::kill(pid, libc::SIGKILL).map_err(|source| EngineError::Sys { step: "kill after checkpoint", pid, source })?;
+        frozen.forget();
+    } else {
+        drop(frozen);
+    }
+    Ok(CheckpointReport { summary, frozen_ms: t0.elapsed().as_secs_f64() * 1e3, bytes_read: figures.bytes_read })
+}
+
+/// A restored process.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restored {
+    /// Its pid on the host.
+    pub pid: i32,
+    /// The pid it sees itself as.
+    pub vpid: i32,
+    /// Host pid of the namespace's init (our reaper), the restored process's parent.
+    pub init_pid: i32,
+    /// What the kernel refused to restore (e.g. raising a hard rlimit).
+    pub warnings: Vec<String>,
+    /// Time from start to the process running, ms.
+    pub restore_ms: f64,
+}
+
+/// A free page-aligned address in the saved layout for the trampoline.
+fn trampoline_addr(vmas: &[VmaState]) -> u64 {
+    let mut candidate = MMAP_MIN;
+    for v in vmas {
+        if v.start >= candidate + 4096 {
+            break;
+        }
+        candidate = candidate.max(v.end);
+    }
+    candidate
+}
+
+fn find_child(init: i32, timeout: Duration) -> Result<i32> {
+    let path = format!("/proc/{init}/task/{init}/children");
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            if let Some(pid) = s.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                return Ok(pid);
+            }
+        }
+        if let Some(status) = sysclone::try_reap(init) {
+            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+            let detail = match code {
+                sysclone::INIT_EXIT_CLONE_FAILED => "could not create the process with its saved pid (clone3 set_tid)".to_string(),
+                other => format!("namespace init exited with status {other} before the process started"),
+            };
+            return Err(EngineError::Proc { pid: init, detail });
+        }
+        if start.elapsed() > timeout {
+            return Err(EngineError::Proc { pid: init, detail: "restored process did not appear".into() });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits until the target has mapped its trampoline and sleeps in `pause`.
+fn wait_ready(pid: i32, tramp: u64, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let mapped = crate::maps::read_maps(pid).map(|m| m.iter().any(|v| v.start == tramp)).unwrap_or(false);
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let in_pause = syscall.split_whitespace().next() == Some(&libc::SYS_pause.to_string());
+        match stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) {
+            Some("S") if in_pause && mapped => return Ok(()),
+            Some("Z") | None => {
+                let detail = if sysclone::try_reap(pid).is_some() || stat.is_empty() {
+                    "restore target died before it was taken over (trampoline address taken?)"
+                } else {
+                    "restore target died before it was taken over"
+                };
+                return Err(EngineError::Proc { pid, detail: detail.into() })
+            }
+            _ => {}
+        }
+        if start.elapsed() > timeout {
+            return Err(EngineError::Proc { pid, detail: "restore target did not become ready".into() });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Restores checkpoint `id` as a new process in a new PID namespace, with its saved pid.
+pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> {
+    let t0 = Instant::now();
+    let manifest = store.manifest(id)?;
+    if manifest.kind != KIND {
+        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process", manifest.kind) });
+    }
+    let image = ProcessImage::decode(&manifest.state)?;
+    if image.vpid == 1 {
+        return Err(EngineError::Proc { pid: image.vpid, detail: "restoring a namespace init (pid 1) is not supported yet".into() });
+    }
+    let thread = image.threads.first().ok_or_else(|| EngineError::Proc { pid: image.vpid, detail: "no threads saved".into() })?;
+    let tramp = trampoline_addr(&image.vmas);
+    let init = sysclone::spawn_pidns_target(image.vpid, tramp)
+        .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
+    let result = (|| {
+        let pid = find_child(init, Duration::from_secs(5))?;
+        wait_ready(pid, tramp, Duration::from_secs(5))?;
+        let frozen = Frozen::freeze(pid)?;
+        let warnings = drive_restore(store, &manifest, &image, thread, pid, tramp)?;
+        drop(frozen); // detach: the process runs
+        Ok(Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 })
+    })();
+    if result.is_err() {
+        // Nothing half-restored stays behind: the init's death takes the target with it.
+        let _ = sysclone::kill(init, libc::SIGKILL);
+        let start = Instant::now();
+        while sysclone::try_reap(init).is_none() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    result
+}
+
+fn drive_restore<S: ImageStore>(
+    store: &S,
+    manifest: &Manifest,
+    image: &ProcessImage,
+    thread: &ThreadState,
+    pid: i32,
+    tramp: u64,
+) -> Result<Vec<String>> {
+    let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
+    let mut inj = Injector::new(pid, pid, tramp)?;
+    // Block every signal while we work; the saved mask is loaded at the end.
+    regs::set_sigmask(pid, !0u64).map_err(sys_err("block signals"))?;
+    inj.call("alarm(0)", libc::SYS_alarm, [0; 6])?;
+    inj.call("close_range", libc::SYS_close_range, [0, u64::from(u32::MAX), 0, 0, 0, 0])?;
+    // Unregister the rseq area inherited from our init, then clear the address space.
+    let inherited = regs::get_rseq(pid).map_err(sys_err("read rseq"))?;
+    if inherited.rseq_abi_pointer != 0 {
+        const RSEQ_FLAG_UNREGISTER: u64 = 1;
+        inj.call(
+            "rseq unregister",
+            libc::SYS_rseq,
+            [inherited.rseq_abi_pointer, u64::from(inherited.rseq_abi_size), RSEQ_FLAG_UNREGISTER, u64::from(inherited.signature), 0, 0],
+        )?;
+    }
+    inj.call("munmap below trampoline", libc::SYS_munmap, [0, tramp, 0, 0, 0, 0])?;
+    inj.call("munmap above trampoline", libc::SYS_munmap, [tramp + 4096, TASK_SIZE - tramp - 4096, 0, 0, 0, 0])?;
+    mem::restore_layout(&mut inj, &image.vmas)?;
+    mem::restore_pages(store, &inj, &image.vmas, &manifest.images)?;
+    files::restore(&mut inj, &image.fds, std::process::id())?;
+    image.signals.restore_actions(&mut inj)?;
+    let mut warnings = image.attrs.restore(&mut inj)?;
+    // Per-thread kernel state.
+    inj.call("set_tid_address", libc::SYS_set_tid_address, [thread.tid_address, 0, 0, 0, 0, 0])?;
+    if thread.robust_list.0 != 0 {
+        inj.call("set_robust_list", libc::SYS_set_robust_list, [thread.robust_list.0, thread.robust_list.1, 0, 0, 0, 0])?;
+    }
+    let scratch = inj.scratch(4096)?;
+    if thread.altstack.1 & libc::SS_DISABLE == 0 {
+        let mut ss = Vec::with_capacity(24);
+        ss.extend_from_slice(&thread.altstack.0.to_le_bytes());
+        ss.extend_from_slice(&thread.altstack.1.to_le_bytes());
+        ss.extend_from_slice(&[0u8; 4]);
+        ss.extend_from_slice(&thread.altstack.2.to_le_bytes());
+        inj.write_mem(scratch, &ss)?;
+        inj.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
+    }
+    if thread.rseq.rseq_abi_pointer != 0 {
+        inj.call(
+            "rseq register",
+            libc::SYS_rseq,
+            [thread.rseq.rseq_abi_pointer, u64::from(thread.rseq.rseq_abi_size), 0, u64::from(thread.rseq.signature), 0, 0],
+        )?;
+    }
+    signals::requeue(&mut inj, image.vpid, image.vpid, &image.signals.shared_pending, true)?;
+    signals::requeue(&mut inj, image.vpid, image.vpid, &thread.pending, false)?;
+    image.attrs.restore_creds(&mut inj)?;
+    // Last: drop the scratch page and the trampoline, then load the saved CPU state.
+    inj.release_scratch()?;
+    inj.syscall(libc::SYS_munmap, [tramp, 4096, 0, 0, 0, 0])?;
+    regs::set_xstate(pid, &thread.xstate).map_err(sys_err("load xstate"))?;
+    regs::set_sigmask(pid, thread.sigmask).map_err(sys_err("load signal mask"))?;
+    regs::set_regs(pid, &thread.regs()?).map_err(sys_err("load registers"))?;
+    inj.forget();
+    if !warnings.is_empty() {
+        tracing::warn!(pid, ?warnings, "restored with warnings");
+    }
+    warnings.shrink_to_fit();
+    Ok(warnings)
+}

@@ -1,0 +1,138 @@
+//! Creating the restore target: a new PID namespace whose init (ours) clones a child with a
+//! chosen PID (`clone3` with `set_tid`) that maps a one-page syscall trampoline and stops itself.
+//!
+//! The two children run between fork and their end with raw syscalls only (no allocation, no
+//! locks), so this is safe to call from a multi-threaded process.
+use std::io;
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Bytes of the trampoline: `syscall` then `int3` (never reached: we stop at syscall exit).
+pub const TRAMPOLINE: [u8; 3] = [0x0f, 0x05, 0xcc];
+
+fn clone3(args: &CloneArgs) -> i64 {
+    // SAFETY: clone3 reads `args` (valid, correctly sized); without CLONE_VM and without a stack
+    // it behaves like fork: the child continues on a copy of this stack.
+    unsafe { libc::syscall(libc::SYS_clone3, args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(1)
+}
+
+/// Exit codes of the init process, so the parent can say what failed.
+pub const INIT_EXIT_CLONE_FAILED: i32 = 100;
+/// The target could not map its trampoline (the address was taken).
+pub const TARGET_EXIT_TRAMPOLINE: i32 = 101;
+
+/// Body of the target child: map the trampoline at `tramp`, then wait to be taken over (in
+/// `pause`, so no stop state lingers after we detach). If nobody takes it over within 30 s, the
+/// alarm ends it. Raw syscalls only.
+fn target_child(tramp: u64) -> ! {
+    // SAFETY: mmap with MAP_FIXED_NOREPLACE at a page-aligned address; no existing mapping is
+    // touched (the call fails instead). The page is then written through the returned pointer,
+    // which is valid for 4096 bytes. kill/_exit take integers.
+    unsafe {
+        let p = libc::mmap(
+            tramp as *mut libc::c_void,
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED || p as u64 != tramp {
+            libc::_exit(TARGET_EXIT_TRAMPOLINE);
+        }
+        let code = p.cast::<u8>();
+        for (i, b) in TRAMPOLINE.iter().enumerate() {
+            *code.add(i) = *b;
+        }
+        libc::syscall(libc::SYS_alarm, 30);
+        loop {
+            libc::syscall(libc::SYS_pause);
+        }
+    }
+}
+
+/// Body of the namespace's init: start the target with PID `vpid`, then reap until no child is
+/// left. Raw syscalls only.
+fn init_child(vpid: i32, tramp: u64) -> ! {
+    // SAFETY: plain syscalls on integers and on pointers to locals that outlive each call.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+        }
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let tids = [vpid];
+        let args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            set_tid: tids.as_ptr() as u64,
+            set_tid_size: 1,
+            ..Default::default()
+        };
+        let rc = clone3(&args);
+        if rc == 0 {
+            target_child(tramp);
+        }
+        if rc < 0 {
+            libc::_exit(INIT_EXIT_CLONE_FAILED);
+        }
+        loop {
+            let mut status = 0;
+            let r = libc::waitpid(-1, &mut status, 0);
+            if r < 0 && errno() == libc::ECHILD {
+                libc::_exit(0);
+            }
+        }
+    }
+}
+
+/// Starts an init in a new PID namespace that creates the target with `vpid` and a trampoline
+/// page at `tramp`. Returns the init's host pid.
+pub fn spawn_pidns_target(vpid: i32, tramp: u64) -> io::Result<i32> {
+    let args = CloneArgs { flags: libc::CLONE_NEWPID as u64, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let rc = clone3(&args);
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if rc == 0 {
+        init_child(vpid, tramp);
+    }
+    Ok(rc as i32)
+}
+
+/// Reaps `pid` if it has exited; returns its wait status.
+pub fn try_reap(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: status is a valid i32; WNOHANG makes this non-blocking.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    (r == pid).then_some(status)
+}
+
+/// Sends a signal to a process.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill takes integers.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Syscalls on other processes that need no ptrace stop.
+use std::io;
+
+/// Reads the (soft, hard) limit of `resource` of process `pid`.
+pub fn prlimit_get(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: new_limit is null (read only); old_limit points to a valid rlimit64.
+    let rc = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// A pidfd for process `pid` (closed on drop).
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+/// A duplicate, in this process, of fd `target_fd` of the process behind `pidfd`.
+pub fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, target_fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes plain integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+/// Copies the bytes buffered in the pipe `src` without consuming them.
+pub fn pipe_peek(src: &std::os::fd::OwnedFd) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just created these fds; we take sole ownership.
+    let (r, w) = unsafe { (std::fs::File::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: both fds are valid; F_GETPIPE_SZ/F_SETPIPE_SZ take integers.
+    let size = unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if size > 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    }
+    // SAFETY: tee between two valid pipe fds; no pointers.
+    let n = unsafe { libc::tee(src.as_raw_fd(), w.as_raw_fd(), usize::MAX >> 1, libc::SPLICE_F_NONBLOCK) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EAGAIN) {
+            return Ok(Vec::new()); // empty pipe
+        }
+        return Err(e);
+    }
+    drop(w);
+    let mut out = Vec::with_capacity(n as usize);
+    (&r).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// The buffer size of the pipe `fd`.
+pub fn pipe_size(fd: &std::os::fd::OwnedFd) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETPIPE_SZ takes no argument.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
