@@ -48,3 +48,111 @@ fn counter_continues_after_restore() {
     assert_consecutive(&after);
     assert_eq!(&after[..before.len()], &before[..]);
 }
+
+fn text(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Runs one test program through the protocol of `progs/zaptest.h`: start, wait for "ready",
+/// checkpoint (the original is killed), restore, create the go file, wait for "ok". Returns the
+/// output file's text.
+fn run_case(name: &str, gcc: &[&str], extra: &[String]) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = build(name, dir.path(), gcc)?;
+    Some(run_prog(&prog, dir.path(), extra))
+}
+
+fn run_prog(prog: &std::path::Path, dir: &std::path::Path, extra: &[String]) -> String {
+    let out = dir.join("out");
+    let go = dir.join("go");
+    let mut args = vec![out.to_str().unwrap().to_string(), go.to_str().unwrap().to_string()];
+    args.extend(extra.iter().cloned());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let orig = start(prog, &argv);
+    let pid = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ready")), "{}: no ready: {}", prog.display(), text(&out));
+    let store = store(dir);
+    let report = checkpoint(&store, pid, &CheckpointOptions::default()).expect("checkpoint");
+    drop(orig);
+    wait_gone(pid);
+    let restored = RestoredProc(restore(&store, &report.summary.id).expect("restore"));
+    assert_eq!(restored.0.vpid, pid);
+    std::fs::write(&go, b"go").unwrap();
+    let done = wait_for(Duration::from_secs(30), || {
+        let t = text(&out);
+        t.lines().any(|l| l.starts_with("ok") || l.starts_with("FAIL"))
+    });
+    let t = text(&out);
+    assert!(done, "{}: restored program did not finish: {t:?}", prog.display());
+    assert!(!t.contains("FAIL"), "{}: {t}", prog.display());
+    t
+}
+
+#[test]
+fn large_heap_is_intact() {
+    run_case("heap", &[], &[]);
+}
+
+#[test]
+fn private_and_shared_file_mappings() {
+    let dir = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..65536).map(|i| b'a' + (i % 26) as u8).collect();
+    let (a, b) = (dir.path().join("private.dat"), dir.path().join("shared.dat"));
+    std::fs::write(&a, &content).unwrap();
+    std::fs::write(&b, &content).unwrap();
+    let extra = [a.to_str().unwrap().to_string(), b.to_str().unwrap().to_string()];
+    run_case("filemap", &[], &extra).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), content, "a private mapping must not write to its file");
+    let shared = std::fs::read(&b).unwrap();
+    assert_eq!(&shared[100..113], b"shared-before");
+    assert_eq!(&shared[200..212], b"shared-after", "writes through the restored shared mapping reach the file");
+}
+
+#[test]
+fn file_offsets_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, r) = (dir.path().join("written.dat"), dir.path().join("read.dat"));
+    std::fs::write(&r, (0..1000).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()).unwrap();
+    run_case("fileoff", &[], &[w.to_str().unwrap().into(), r.to_str().unwrap().into()]).unwrap();
+    let data = std::fs::read(&w).unwrap();
+    assert_eq!(data.len(), 2000, "no lost or duplicated bytes");
+    assert!(data[..1000].iter().all(|&b| b == b'A') && data[1000..].iter().all(|&b| b == b'B'));
+}
+
+#[test]
+fn pipe_with_buffered_data_and_eventfd() {
+    run_case("pipe", &[], &[]);
+}
+
+#[test]
+fn signal_handlers_and_blocked_pending_signal() {
+    run_case("signals", &[], &[]);
+}
+
+#[test]
+fn fpu_and_avx_registers_mid_computation() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpuinfo.split_whitespace().any(|f| f == "avx") {
+        eprintln!("SKIP: this CPU has no AVX");
+        return;
+    }
+    let t = run_case("fpu", &["-mavx"], &[]).unwrap_or_default();
+    assert!(t.contains("ok"));
+}
+
+#[test]
+fn vdso_clock_calls_keep_working() {
+    run_case("vdso", &[], &[]);
+}
+
+#[test]
+fn statically_linked_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prog) = build("heap", dir.path(), &["-static"]) else { return };
+    let maps_has_no_libc = {
+        let out = std::process::Command::new("file").arg(&prog).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).contains("statically")).unwrap_or(true)
+    };
+    assert!(maps_has_no_libc, "gcc -static did not produce a static binary");
+    run_prog(&prog, dir.path(), &[]);
+}
