@@ -156,3 +156,153 @@ fn statically_linked_binary() {
     assert!(maps_has_no_libc, "gcc -static did not produce a static binary");
     run_prog(&prog, dir.path(), &[]);
 }
+
+/// Debian programs: the output file is written by the program itself (python's file object,
+/// bash's `>>` redirection); lines are consecutive numbers, so a restore must continue exactly.
+fn run_numbered(cmd: &str, args: &[&str], out: &std::path::Path, dir: &std::path::Path) {
+    let Ok(path) = which(cmd) else {
+        eprintln!("SKIP: {cmd} not installed");
+        return;
+    };
+    let orig = start(&path, args);
+    let pid = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(20), || lines(out).len() >= 5), "{cmd} did not start: {}", text(out));
+    let store = store(dir);
+    let report = checkpoint(&store, pid, &CheckpointOptions::default()).unwrap_or_else(|e| panic!("checkpoint {cmd}: {e}"));
+    drop(orig);
+    wait_gone(pid);
+    let before = lines(out);
+    let restored = RestoredProc(restore(&store, &report.summary.id).unwrap_or_else(|e| panic!("restore {cmd}: {e}")));
+    assert!(
+        wait_for(Duration::from_secs(20), || lines(out).len() >= before.len() + 5),
+        "restored {cmd} did not continue: {:?}",
+        lines(out)
+    );
+    let after = lines(out);
+    for w in after.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{cmd}: sequence broken around {w:?}");
+    }
+    assert_eq!(&after[..before.len()], &before[..]);
+    drop(restored);
+}
+
+fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(cmd))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+#[test]
+fn python3_with_object_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("py.out");
+    let script = format!(
+        r#"
+import time
+class Counter:
+    def __init__(self):
+        self.n = 0
+        self.history = {{}}
+    def tick(self):
+        self.n += 1
+        self.history[self.n] = "x" * (self.n % 50)
+        return self.n
+c = Counter()
+f = open({out:?}, "a", buffering=1)
+while True:
+    n = c.tick()
+    assert len(c.history) == n and c.history[n] == "x" * (n % 50)
+    f.write("%d\n" % n)
+    time.sleep(0.01)
+"#,
+        out = out.to_str().unwrap()
+    );
+    run_numbered("python3", &["-c", &script], &out, dir.path());
+}
+
+#[test]
+fn bash_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bash.out");
+    let script = format!(
+        "i=0; exec 3>>{out}; while true; do i=$((i+1)); echo $i >&3; s=0; for ((j=1; j<=200; j++)); do s=$((s+j)); done; done",
+        out = out.to_str().unwrap()
+    );
+    run_numbered("bash", &["-c", &script], &out, dir.path());
+}
+
+#[test]
+fn leave_running_then_two_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prog) = build("counter", dir.path(), &[]) else { return };
+    let out = dir.path().join("counter.out");
+    let orig = start(&prog, &[out.to_str().unwrap()]);
+    let pid = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(5), || lines(&out).len() >= 3));
+    let store = store(dir.path());
+    let report = checkpoint(&store, pid, &CheckpointOptions { leave_running: true, ..Default::default() }).expect("checkpoint");
+    // The original goes on after a --leave-running checkpoint.
+    let n = lines(&out).len();
+    assert!(wait_for(Duration::from_secs(5), || lines(&out).len() >= n + 3), "original stopped after leave-running");
+    drop(orig);
+    wait_gone(pid);
+    // Two copies from the same checkpoint, each in its own PID namespace with the same pid.
+    let first = RestoredProc(restore(&store, &report.summary.id).expect("first restore"));
+    let second = RestoredProc(restore(&store, &report.summary.id).expect("second restore"));
+    assert_eq!((first.0.vpid, second.0.vpid), (pid, pid));
+    assert_ne!(first.0.pid, second.0.pid);
+    assert_ne!(first.0.init_pid, second.0.init_pid);
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap();
+    assert_ne!(ns(first.0.pid), ns(second.0.pid), "separate PID namespaces");
+    let base = lines(&out).len();
+    assert!(wait_for(Duration::from_secs(10), || lines(&out).len() >= base + 6), "restored copies did not run");
+    // Both continue from the checkpointed counter: every value they append follows one that was
+    // in the file at checkpoint time or that they appended themselves.
+    let all = lines(&out);
+    let checkpointed: Vec<u64> = all[..n].to_vec();
+    let c_last = *checkpointed.last().unwrap();
+    let new: Vec<u64> = all[base..].to_vec();
+    let min_new = *new.iter().min().unwrap();
+    assert!(min_new <= c_last + 1000 * 3, "copies did not resume from the checkpoint: {new:?} after {c_last}");
+    for p in [first.0.pid, second.0.pid] {
+        let st = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+        let state = st.rsplit_once(')').unwrap().1.split_whitespace().next().unwrap().to_string();
+        assert!(state == "R" || state == "S", "restored copy {p} is in state {state}");
+    }
+}
+
+#[test]
+fn unsupported_fd_fails_loudly_and_leaves_the_process_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sock.out");
+    let script = format!(
+        "import socket, time\na, b = socket.socketpair()\nf = open({:?}, 'a', buffering=1)\nn = 0\nwhile True:\n    n += 1\n    f.write('%d\\n' % n)\n    time.sleep(0.01)\n",
+        out.to_str().unwrap()
+    );
+    let Ok(py) = which("python3") else {
+        eprintln!("SKIP: python3 not installed");
+        return;
+    };
+    let orig = start(&py, &["-c", &script]);
+    let pid = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(20), || lines(&out).len() >= 3));
+    let store = store(dir.path());
+    let err = checkpoint(&store, pid, &CheckpointOptions::default()).unwrap_err().to_string();
+    assert!(err.contains(&format!("pid {pid}")) && err.contains("fd ") && err.contains("socket"), "{err}");
+    assert!(store.list().unwrap().is_empty(), "a failed checkpoint commits nothing");
+    let n = lines(&out).len();
+    assert!(wait_for(Duration::from_secs(5), || lines(&out).len() >= n + 3), "process stopped after a failed checkpoint");
+}
+
+#[test]
+fn gone_pid_is_a_clear_error() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id() as i32;
+    child.wait().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = checkpoint(&store(dir.path()), pid, &CheckpointOptions::default()).unwrap_err().to_string();
+    assert!(err.contains(&pid.to_string()), "{err}");
+}
