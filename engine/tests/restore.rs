@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use zap_engine::process::{checkpoint, restore, CheckpointOptions};
-use zap_store::{LocalStore, StoreOptions};
+use zap_store::{ImageStore, LocalStore, StoreOptions};
 
 fn store(dir: &std::path::Path) -> LocalStore {
     LocalStore::open(dir.join("store"), StoreOptions { create: true, ..Default::default() }).unwrap()
