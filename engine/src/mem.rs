@@ -191,43 +191,62 @@ pub struct MemDumpFigures {
     pub new_bytes: u64,
 }
 
-/// Saves the pages of every mapping of the stopped process `pid` into `sink`, returning one image
-/// per mapping that has saved pages (and setting `vma.image`).
-pub fn save_pages<S: ChunkSink>(
-    pid: i32,
-    vmas: &mut [VmaState],
-    sink: &mut S,
-    cfg: &ChunkerConfig,
-) -> Result<(Vec<Image>, MemDumpFigures)> {
+/// Pages copied out of a stopped process: per mapping, runs of (address, bytes).
+pub struct PageCopy {
+    runs: Vec<(usize, u64, Vec<u8>)>,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
+/// Copies the pages that must be saved (see the module doc) out of the stopped process `pid`.
+/// This is all the process has to be stopped for; chunking and storing happen afterwards
+/// ([`store_pages`]).
+pub fn copy_pages(pid: i32, vmas: &[VmaState]) -> Result<PageCopy> {
     let mem_path = format!("/proc/{pid}/mem");
     let pm_path = format!("/proc/{pid}/pagemap");
     let mem = File::open(&mem_path).map_err(|e| EngineError::io("open", mem_path.as_ref(), e))?;
     let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
-    let mut images = Vec::new();
-    let mut figures = MemDumpFigures::default();
-    let mut buf = Vec::new();
-    for vma in vmas.iter_mut() {
+    let mut copy = PageCopy { runs: Vec::new(), bytes: 0 };
+    for (idx, vma) in vmas.iter().enumerate() {
         if matches!(vma.backing, Backing::Vdso | Backing::Vsyscall) {
             continue;
         }
         let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;
-        let mut extents = Vec::new();
         for (from, to) in runs_to_save(vma, &entries) {
             let mut pos = from;
             while pos < to {
                 let len = (to - pos).min(WINDOW);
-                buf.resize(len as usize, 0);
+                let mut buf = vec![0u8; len as usize];
                 mem.read_exact_at(&mut buf, pos).map_err(|e| EngineError::Proc {
                     pid,
                     detail: format!("read memory at {pos:#x}+{len:#x} ({}): {e}", vma.name),
                 })?;
-                figures.bytes_read += len;
-                let (mut ext, new) = store_run(sink, cfg, pos, &buf)?;
-                figures.new_bytes += new;
-                extents.append(&mut ext);
+                copy.bytes += len;
+                copy.runs.push((idx, pos, buf));
                 pos += len;
             }
         }
+    }
+    Ok(copy)
+}
+
+/// Chunks and stores copied pages into `sink`, returning one image per mapping that has saved
+/// pages (and setting `vma.image`).
+pub fn store_pages<S: ChunkSink>(
+    copy: PageCopy,
+    vmas: &mut [VmaState],
+    sink: &mut S,
+    cfg: &ChunkerConfig,
+) -> Result<(Vec<Image>, MemDumpFigures)> {
+    let mut figures = MemDumpFigures { bytes_read: copy.bytes, new_bytes: 0 };
+    let mut per_vma: Vec<Vec<Extent>> = vec![Vec::new(); vmas.len()];
+    for (idx, pos, buf) in copy.runs {
+        let (mut ext, new) = store_run(sink, cfg, pos, &buf)?;
+        figures.new_bytes += new;
+        per_vma[idx].append(&mut ext);
+    }
+    let mut images = Vec::new();
+    for (vma, extents) in vmas.iter_mut().zip(per_vma) {
         if !extents.is_empty() {
             let name = format!("mem/{:x}", vma.start);
             vma.image = Some(name.clone());

@@ -8,10 +8,13 @@
 //!    read what only the process itself can ask: signal handlers, the tid address, the alternate
 //!    stack, the robust list, brk.
 //! 4. Save registers (rewound if stopped in a syscall), XSAVE area, masks, queued signals.
-//! 5. Store the pages ([`crate::mem`]) and commit the manifest; the engine state
-//!    ([`ProcessImage`]) rides in the manifest's state blob, versioned.
-//! 6. Kill the process, or with `leave_running` let it continue (its registers rewound so an
-//!    interrupted syscall is made again).
+//! 5. Copy the pages to save out of the process ([`crate::mem::copy_pages`]). With
+//!    `leave_running` this ends the stop: the process continues (its registers rewound so an
+//!    interrupted syscall is made again) while its pages are chunked and stored.
+//! 6. Chunk and store the copied pages and commit the manifest; the engine state
+//!    ([`ProcessImage`]) rides in the manifest's state blob, versioned. Without
+//!    `leave_running` the process is killed only after the commit, so a failure to store leaves
+//!    it running and nothing visible in the store.
 //!
 //! ## Restore: ptrace-driven, no restorer blob
 //! A new PID namespace is created; its init (ours) clones the target with the saved PID
@@ -105,8 +108,10 @@ pub struct CheckpointOptions {
 pub struct CheckpointReport {
     /// The committed checkpoint.
     pub summary: CheckpointSummary,
-    /// How long the process was stopped, ms.
+    /// How long the process was stopped, ms (metadata and copying its pages).
     pub frozen_ms: f64,
+    /// Time to the committed checkpoint, ms.
+    pub total_ms: f64,
     /// Bytes of memory read.
     pub bytes_read: u64,
 }
@@ -147,8 +152,20 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     inj.set_saved_regs(running_regs);
     inj.finish()?;
     let (thread, attrs, signals) = saved?;
+    // Copy the pages out; after this the process no longer needs to be stopped.
+    let copy = mem::copy_pages(pid, &vmas)?;
+    let bytes_read = copy.bytes;
+    // With leave_running the process goes on now. Otherwise it stays stopped until the
+    // checkpoint is committed, so that a failure to store leaves it running rather than lost.
+    let frozen = if opts.leave_running {
+        drop(frozen);
+        None
+    } else {
+        Some(frozen)
+    };
+    let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
-    let (images, figures) = mem::save_pages(pid, &mut vmas, &mut writer, &opts.chunker)?;
+    let (images, _) = mem::store_pages(copy, &mut vmas, &mut writer, &opts.chunker)?;
     let image = ProcessImage { host_pid: pid, vpid, threads: vec![thread], attrs, signals, vmas, fds };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
     manifest.parent = opts.parent;
@@ -157,13 +174,13 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     manifest.images = images;
     manifest.state = image.encode();
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
-    if !opts.leave_running {
+    let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if let Some(frozen) = frozen {
         sysclone::kill(pid, libc::SIGKILL).map_err(|source| EngineError::Sys { step: "kill after checkpoint", pid, source })?;
         frozen.forget();
-    } else {
-        drop(frozen);
     }
-    Ok(CheckpointReport { summary, frozen_ms: t0.elapsed().as_secs_f64() * 1e3, bytes_read: figures.bytes_read })
+    let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
+    Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read })
 }
 
 /// A restored process.
@@ -179,6 +196,19 @@ pub struct Restored {
     pub warnings: Vec<String>,
     /// Time from start to the process running, ms.
     pub restore_ms: f64,
+}
+
+impl Restored {
+    /// Kills the restored process and its namespace init, and reaps the init (a child of the
+    /// caller). For tests and benchmarks that restore a process they then end.
+    pub fn kill_and_reap(&self) {
+        let _ = sysclone::kill(self.pid, libc::SIGKILL);
+        let _ = sysclone::kill(self.init_pid, libc::SIGKILL);
+        let start = Instant::now();
+        while sysclone::try_reap(self.init_pid).is_none() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 /// A free page-aligned address in the saved layout for the trampoline.
