@@ -3,10 +3,16 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `chunks` | chunk id (32 bytes) | version 1, pack u64, offset u64, stored u32, raw u32, compression u8 (LE, 26 bytes) |
-//! | `packs` | pack id (u64 BE) | version 1, file size u64, chunk count u32 (LE, 13 bytes) |
+//! | `packs` | pack id (u64 BE) | version 1, file size u64, chunk count u32, chunk data bytes u64 (LE, 21 bytes) |
+//! | `pending` | pack id (u64 BE) | empty: a pack being written; recovery may delete its file |
 //! | `manifests` | checkpoint id (8 bytes) | sealed [`crate::manifest::Manifest`] |
 //! | `summaries` | checkpoint id (8 bytes) | sealed [`crate::manifest::CheckpointSummary`] |
 //! | `default` | `format` | store format version (u32 LE) |
+//! | `default` | `seq` | commit sequence number (u64 LE), +1 with every batch |
+//!
+//! The sequence number is also written, after each batch, to `<store>/index.seq` outside RocksDB.
+//! An index whose number is below that file's has lost commits (a damaged RocksDB MANIFEST or
+//! log rolled it back): opening it is refused instead of silently missing checkpoints.
 use std::path::Path;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -19,7 +25,8 @@ pub const CF_CHUNKS: &str = "chunks";
 pub const CF_PACKS: &str = "packs";
 pub const CF_MANIFESTS: &str = "manifests";
 pub const CF_SUMMARIES: &str = "summaries";
-const CFS: [&str; 4] = [CF_CHUNKS, CF_PACKS, CF_MANIFESTS, CF_SUMMARIES];
+pub const CF_PENDING: &str = "pending";
+const CFS: [&str; 5] = [CF_CHUNKS, CF_PACKS, CF_MANIFESTS, CF_SUMMARIES, CF_PENDING];
 const FORMAT_KEY: &[u8] = b"format";
 /// Store format version recorded in the index.
 pub const STORE_FORMAT: u32 = 1;
@@ -27,13 +34,21 @@ pub const STORE_FORMAT: u32 = 1;
 /// A pack as the index records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackRecord {
+    /// File size.
     pub size: u64,
+    /// Chunks written into the pack.
     pub chunks: u32,
+    /// Stored bytes of those chunks (the blob area).
+    pub data_bytes: u64,
 }
 
 pub struct Index {
     db: DB,
+    seq: std::sync::Mutex<u64>,
+    seq_file: std::path::PathBuf,
 }
+
+const SEQ_KEY: &[u8] = b"seq";
 
 fn corrupt_value(cf: &str, key: &[u8], detail: &str) -> StoreError {
     StoreError::Corrupt { what: format!("index record {cf}/{}", hex::encode(key)), detail: detail.into() }
@@ -65,21 +80,23 @@ pub fn decode_loc(key: &[u8], v: &[u8]) -> Result<ChunkLoc> {
     })
 }
 
-pub fn encode_pack(rec: &PackRecord) -> [u8; 13] {
-    let mut v = [0u8; 13];
+pub fn encode_pack(rec: &PackRecord) -> [u8; 21] {
+    let mut v = [0u8; 21];
     v[0] = 1;
     v[1..9].copy_from_slice(&rec.size.to_le_bytes());
     v[9..13].copy_from_slice(&rec.chunks.to_le_bytes());
+    v[13..21].copy_from_slice(&rec.data_bytes.to_le_bytes());
     v
 }
 
 fn decode_pack(key: &[u8], v: &[u8]) -> Result<PackRecord> {
-    if v.len() != 13 || v[0] != 1 {
+    if v.len() != 21 || v[0] != 1 {
         return Err(corrupt_value(CF_PACKS, key, "bad length or version"));
     }
     Ok(PackRecord {
         size: u64::from_le_bytes(v[1..9].try_into().expect("8")),
         chunks: u32::from_le_bytes(v[9..13].try_into().expect("4")),
+        data_bytes: u64::from_le_bytes(v[13..21].try_into().expect("8")),
     })
 }
 
@@ -89,16 +106,48 @@ pub fn chunk_key(key: &[u8]) -> Result<ChunkId> {
 }
 
 impl Index {
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens the index; `create` only for a new store. An existing store whose index is missing
+    /// is an error, never an empty index (which would disown every pack).
+    pub fn open(path: &Path, seq_file: &Path, create: bool) -> Result<Self> {
+        if !create && !path.join("CURRENT").exists() {
+            return Err(StoreError::Corrupt {
+                what: format!("index {}", path.display()),
+                detail: "missing (no CURRENT file); the packs are kept untouched".into(),
+            });
+        }
         let mut opts = Options::default();
-        opts.create_if_missing(true);
+        opts.create_if_missing(create);
         opts.create_missing_column_families(true);
         opts.set_paranoid_checks(true);
+        // A damaged write-ahead log is an error to report, not records to drop silently. Synced
+        // writes mean a killed process never leaves a torn log.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
         let cfs = CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| StoreError::index("open", e))?;
-        let index = Index { db };
+        let seq = match db.get(SEQ_KEY).map_err(|e| StoreError::index("read sequence", e))? {
+            None => 0,
+            Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| corrupt_value("default", SEQ_KEY, "bad sequence"))?),
+        };
+        let on_disk = match std::fs::read_to_string(seq_file) {
+            Ok(t) => t.trim().parse::<u64>().map_err(|_| StoreError::Corrupt {
+                what: format!("sequence file {}", seq_file.display()),
+                detail: format!("unparsable content {:?}", t.trim()),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(StoreError::io("read sequence file", seq_file, e)),
+        };
+        if seq < on_disk {
+            return Err(StoreError::Corrupt {
+                what: format!("index {}", path.display()),
+                detail: format!(
+                    "it is at commit {seq} but the store reached commit {on_disk}: the index lost recent commits \
+                     (damaged MANIFEST or log); refusing to open so that nothing is lost or deleted"
+                ),
+            });
+        }
+        let index = Index { db, seq: std::sync::Mutex::new(seq), seq_file: seq_file.to_path_buf() };
         match index.db.get(FORMAT_KEY).map_err(|e| StoreError::index("read format", e))? {
             None => index
                 .db
@@ -162,6 +211,25 @@ impl Index {
         self.scan(CF_CHUNKS)?.into_iter().map(|(k, v)| Ok((chunk_key(&k)?, decode_loc(&k, &v)?))).collect()
     }
 
+    /// Pack ids with a pending record: packs being (or left half) written.
+    pub fn pending(&self) -> Result<Vec<PackId>> {
+        self.scan(CF_PENDING)?
+            .into_iter()
+            .map(|(k, _)| {
+                let key: [u8; 8] =
+                    k.as_ref().try_into().map_err(|_| corrupt_value(CF_PENDING, &k, "key is not 8 bytes"))?;
+                Ok(PackId(u64::from_be_bytes(key)))
+            })
+            .collect()
+    }
+
+    /// Durably records that pack `id` is about to be written.
+    pub fn mark_pending(&self, id: PackId) -> Result<()> {
+        self.db
+            .put_cf_opt(self.cf(CF_PENDING), id.0.to_be_bytes(), b"", &synced())
+            .map_err(|e| StoreError::index("record pending pack", e))
+    }
+
     pub fn batch(&self) -> Batch<'_> {
         Batch { index: self, batch: WriteBatch::default() }
     }
@@ -192,14 +260,35 @@ impl Batch<'_> {
     pub fn delete_pack(&mut self, id: PackId) {
         self.batch.delete_cf(self.index.cf(CF_PACKS), id.0.to_be_bytes());
     }
+    pub fn set_pending(&mut self, id: PackId) {
+        self.batch.put_cf(self.index.cf(CF_PENDING), id.0.to_be_bytes(), b"");
+    }
+    pub fn clear_pending(&mut self, id: PackId) {
+        self.batch.delete_cf(self.index.cf(CF_PENDING), id.0.to_be_bytes());
+    }
     pub fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
         self.batch.put_cf(self.index.cf(cf), key, value);
     }
     pub fn delete(&mut self, cf: &str, key: &[u8]) {
         self.batch.delete_cf(self.index.cf(cf), key);
     }
-    /// Writes the batch durably (synced WAL) and atomically.
-    pub fn commit(self, step: &'static str) -> Result<()> {
-        self.index.db.write_opt(self.batch, &synced()).map_err(|e| StoreError::index(step, e))
+    /// Writes the batch durably (synced WAL) and atomically, with the next sequence number,
+    /// then records that number in the sequence file.
+    pub fn commit(mut self, step: &'static str) -> Result<()> {
+        let mut seq = self.index.seq.lock().expect("sequence lock");
+        let next = *seq + 1;
+        self.batch.put(SEQ_KEY, next.to_le_bytes());
+        self.index.db.write_opt(self.batch, &synced()).map_err(|e| StoreError::index(step, e))?;
+        *seq = next;
+        let file = &self.index.seq_file;
+        let tmp = file.with_extension("seq.tmp");
+        std::fs::write(&tmp, format!("{next}\n"))
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, file))
+            .map_err(|e| StoreError::io("write sequence file", file, e))?;
+        if let Some(dir) = file.parent() {
+            crate::local::sync_dir(dir)?;
+        }
+        Ok(())
     }
 }

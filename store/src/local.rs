@@ -5,6 +5,7 @@
 //!   STORE            marker: "zap-store 1"
 //!   lock             flock'd by the process that has the store open; holds its pid
 //!   index/           RocksDB (see the index module for the column families)
+//!   index.seq        the index's commit sequence number, to detect an index that lost commits
 //!   packs/<id>.pack  pack files; `<id>.pack.tmp` while being written
 //! ```
 //!
@@ -148,7 +149,7 @@ impl LocalStore {
         let lock = take_lock(&root, opts.lock_timeout)?;
         let packs_dir = root.join("packs");
         mkdir_private(&packs_dir)?;
-        let index = Index::open(&root.join("index"))?;
+        let index = Index::open(&root.join("index"), &root.join("index.seq"), !marker.exists())?;
         if !marker.exists() {
             // Written last, so a directory without it never looks like a finished store.
             let tmp = root.join("STORE.tmp");
@@ -182,20 +183,45 @@ impl LocalStore {
         self.packs_dir.join(id.file_name())
     }
 
-    /// Deletes pack files that no committed batch recorded.
+    /// Deletes what an interrupted write or GC left: temporary pack files, and packs the index
+    /// marks pending (being written, or being dropped by GC) and does not record. A pack file
+    /// that is neither recorded nor pending proves that the index lost records: the store is
+    /// then refused, and nothing is deleted.
     fn recover(&self) -> Result<()> {
         let known: HashSet<PackId> = self.index.packs()?.into_iter().map(|(id, _)| id).collect();
-        let dir = std::fs::read_dir(&self.packs_dir).map_err(|e| StoreError::io("list packs", &self.packs_dir, e))?;
+        let pending = self.index.pending()?;
+        let mut unknown = Vec::new();
+        for entry in std::fs::read_dir(&self.packs_dir).map_err(|e| StoreError::io("list packs", &self.packs_dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io("list packs", &self.packs_dir, e))?;
+            if let Some(id) = PackId::from_file_name(&entry.file_name().to_string_lossy()) {
+                if !known.contains(&id) && !pending.contains(&id) {
+                    unknown.push(id.to_string());
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(StoreError::Corrupt {
+                what: format!("index of {}", self.root.display()),
+                detail: format!(
+                    "{} pack file(s) on disk are not recorded in it ({}{}): the index lost records; refusing to \
+                     open so that nothing is deleted",
+                    unknown.len(),
+                    unknown.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                    if unknown.len() > 3 { ", ..." } else { "" }
+                ),
+            });
+        }
         let mut removed = 0;
+        let dir = std::fs::read_dir(&self.packs_dir).map_err(|e| StoreError::io("list packs", &self.packs_dir, e))?;
         for entry in dir {
             let entry = entry.map_err(|e| StoreError::io("list packs", &self.packs_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let orphan = match PackId::from_file_name(&name) {
-                Some(id) => !known.contains(&id),
-                None => name.ends_with(".tmp"),
+            let leftover = match PackId::from_file_name(&name) {
+                Some(id) => pending.contains(&id) && !known.contains(&id),
+                None => name.ends_with(".pack.tmp"),
             };
-            if orphan {
-                std::fs::remove_file(entry.path()).map_err(|e| StoreError::io("remove orphan pack", &entry.path(), e))?;
+            if leftover {
+                std::fs::remove_file(entry.path()).map_err(|e| StoreError::io("remove unfinished pack", &entry.path(), e))?;
                 removed += 1;
             }
         }
@@ -203,7 +229,21 @@ impl LocalStore {
             tracing::info!(removed, "removed pack files left by an interrupted write or GC");
             sync_dir(&self.packs_dir)?;
         }
+        if !pending.is_empty() {
+            let mut batch = self.index.batch();
+            for id in pending {
+                batch.clear_pending(id);
+            }
+            batch.commit("clear pending packs")?;
+        }
         Ok(())
+    }
+
+    /// A new pack, durably marked pending first so that recovery knows it may delete it.
+    pub(crate) fn new_pack(&self) -> Result<PackWriter> {
+        let id = PackId(sys::random_u64());
+        self.index.mark_pending(id)?;
+        PackWriter::create(&self.packs_dir, id)
     }
 
     pub(crate) fn pack_file(&self, id: PackId) -> Result<Arc<File>> {
@@ -339,7 +379,7 @@ pub struct LocalWriter<'a> {
     store: &'a LocalStore,
     _guard: RwLockReadGuard<'a, ()>,
     pack: Option<PackWriter>,
-    finished: Vec<(PackId, u64, u32)>,
+    finished: Vec<(PackId, PackRecord)>,
     new: HashMap<ChunkId, ChunkLoc>,
 }
 
@@ -350,7 +390,8 @@ impl LocalWriter<'_> {
                 return Ok(()); // dropped: its temporary file is removed
             }
             let (id, size, entries) = p.finish()?;
-            self.finished.push((id, size, entries.len() as u32));
+            let data_bytes = entries.iter().map(|e| u64::from(e.stored_len)).sum();
+            self.finished.push((id, PackRecord { size, chunks: entries.len() as u32, data_bytes }));
         }
         Ok(())
     }
@@ -374,7 +415,7 @@ impl ChunkSink for LocalWriter<'_> {
             self.close_pack()?;
         }
         if self.pack.is_none() {
-            self.pack = Some(PackWriter::create(&self.store.packs_dir, PackId(sys::random_u64()))?);
+            self.pack = Some(self.store.new_pack()?);
         }
         let loc = self.pack.as_mut().expect("opened above").append(chunk)?;
         self.new.insert(chunk.id, loc);
@@ -444,8 +485,9 @@ impl ChunkSink for LocalWriter<'_> {
         for (id, loc) in &self.new {
             batch.put_chunk(id, loc);
         }
-        for (id, size, chunks) in &self.finished {
-            batch.put_pack(*id, &PackRecord { size: *size, chunks: *chunks });
+        for (id, rec) in &self.finished {
+            batch.put_pack(*id, rec);
+            batch.clear_pending(*id);
         }
         batch.put(CF_MANIFESTS, &manifest.id.0, &sealed);
         batch.put(CF_SUMMARIES, &manifest.id.0, &envelope::seal(SUMMARY_MAGIC, SUMMARY_VERSION, &summary));
@@ -459,7 +501,7 @@ impl Drop for LocalWriter<'_> {
     fn drop(&mut self) {
         // An uncommitted writer's finished packs are not in the index: remove them now rather than
         // leave them for the next open's recovery.
-        for (id, _, _) in self.finished.drain(..) {
+        for (id, _) in self.finished.drain(..) {
             let _ = std::fs::remove_file(self.store.pack_path(id));
         }
     }

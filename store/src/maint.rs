@@ -16,7 +16,7 @@ use zap_chunker::{Chunk, ChunkId};
 use crate::index::{PackRecord, CF_MANIFESTS};
 use crate::local::{sync_dir, LocalStore};
 use crate::manifest::CheckpointId;
-use crate::pack::{self, ChunkLoc, PackId, PackWriter};
+use crate::pack::{self, ChunkLoc, PackId};
 use crate::{ImageStore, Result, StoreError};
 
 /// One problem `verify` found.
@@ -223,7 +223,9 @@ impl LocalStore {
                     if !packs.contains_key(&pid) {
                         report.problems.push(VerifyProblem {
                             object: format!("pack {pid}"),
-                            detail: "file not recorded in the index (left by an interrupted write)".into(),
+                            detail: "file not recorded in the index (being written by another process, or the index \
+                                     lost its record); kept untouched"
+                                .into(),
                         });
                     }
                 }
@@ -260,12 +262,12 @@ impl LocalStore {
         report.live_chunks = by_pack.values().map(|(l, _)| l.len() as u64).sum();
         for (pid, rec) in &packs {
             let (alive, dead) = by_pack.remove(pid).unwrap_or_default();
-            let dead_bytes: u64 = dead
-                .iter()
-                .filter_map(|id| self.index.chunk(id).ok().flatten())
-                .map(|l| u64::from(l.stored_len))
-                .sum();
-            let dead_share = ratio(dead_bytes, rec.size.max(1));
+            // Dead bytes from the pack's own record: chunks freed by an earlier GC that did not
+            // rewrite the pack are counted too.
+            let live_bytes: u64 = alive.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
+            let dead_bytes = rec.data_bytes.saturating_sub(live_bytes);
+            let has_dead = (alive.len() as u64) < u64::from(rec.chunks);
+            let dead_share = ratio(dead_bytes, rec.data_bytes.max(1));
             let mut batch = self.index.batch();
             for id in &dead {
                 batch.delete_chunk(id);
@@ -273,11 +275,12 @@ impl LocalStore {
             report.freed_chunks += dead.len() as u64;
             if alive.is_empty() {
                 batch.delete_pack(*pid);
+                batch.set_pending(*pid); // its file is deleted next; recovery finishes the job
                 batch.commit("gc: drop pack")?;
                 self.remove_pack_file(*pid)?;
                 report.packs_deleted += 1;
-            } else if !dead.is_empty() && dead_share >= repack_threshold {
-                let mut w = PackWriter::create(self.packs_dir(), PackId(crate::sys::random_u64()))?;
+            } else if has_dead && dead_share >= repack_threshold {
+                let mut w = self.new_pack()?;
                 let mut moved = Vec::with_capacity(alive.len());
                 for (id, loc) in &alive {
                     let raw = self.read_at(id, loc)?; // never copy a corrupt chunk forward silently
@@ -291,8 +294,11 @@ impl LocalStore {
                 for (id, loc) in &moved {
                     batch.put_chunk(id, loc);
                 }
-                batch.put_pack(new_id, &PackRecord { size, chunks: entries.len() as u32 });
+                let data_bytes = entries.iter().map(|e| u64::from(e.stored_len)).sum();
+                batch.put_pack(new_id, &PackRecord { size, chunks: entries.len() as u32, data_bytes });
+                batch.clear_pending(new_id);
                 batch.delete_pack(*pid);
+                batch.set_pending(*pid);
                 batch.commit("gc: rewrite pack")?;
                 self.remove_pack_file(*pid)?;
                 report.packs_rewritten += 1;

@@ -217,6 +217,9 @@ pub fn read_trailer(file: &File, path: &Path) -> Result<Vec<PackEntry>> {
     if version != VERSION {
         return Err(corrupt(format!("unsupported pack version {version}")));
     }
+    if header[12..16] != [0, 0, 0, 0] {
+        return Err(corrupt("reserved header bytes are not zero".into()));
+    }
     let mut footer = [0u8; FOOTER_LEN as usize];
     file.read_exact_at(&mut footer, size - FOOTER_LEN)
         .map_err(|e| StoreError::io("read pack footer", path, e))?;

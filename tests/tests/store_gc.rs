@@ -1,0 +1,301 @@
+//! Garbage collection and store locking: what GC frees and what it must keep, GC against a
+//! writer of the same process, and a second process waiting for a held store.
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use zap_store::{
+    overlay, store_run, ChunkId, ChunkSink, Image, ImageStore, LocalStore, Manifest, StoreError,
+};
+use zap_tests::{
+    build_manifest, check_checkpoint, check_image, chunker_config, image_chunks, image_content, image_specs, options,
+    write_checkpoint, Readback, PAGE,
+};
+
+fn open(root: &Path) -> LocalStore {
+    LocalStore::open(root, options(true, Duration::from_secs(10))).expect("open store")
+}
+
+/// Every chunk a checkpoint references.
+fn chunks_of(store: &LocalStore, id: &zap_store::CheckpointId) -> BTreeSet<ChunkId> {
+    store.manifest(id).unwrap().images.iter().flat_map(image_chunks).collect()
+}
+
+fn assert_clean(store: &LocalStore) {
+    let report = store.verify(&|_, _| {}).unwrap();
+    assert!(report.ok(), "verify: {:#?}", report.problems);
+    assert_eq!(store.stats().unwrap().packs as usize, zap_tests::pack_files(store.root()).len());
+}
+
+#[test]
+fn gc_keeps_shared_chunks_and_frees_the_rest() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let store = open(&tmp.path().join("s"));
+    // Checkpoints 0 and 2 share the blocks common to all checkpoints, and nothing else.
+    let a = write_checkpoint(&store, 0).unwrap();
+    let b = write_checkpoint(&store, 2).unwrap();
+    let (ca, cb) = (chunks_of(&store, &a.id), chunks_of(&store, &b.id));
+    let shared: BTreeSet<ChunkId> = ca.intersection(&cb).copied().collect();
+    let only_a: BTreeSet<ChunkId> = ca.difference(&cb).copied().collect();
+    assert!(!shared.is_empty() && !only_a.is_empty(), "the generator must give shared and own chunks");
+    let dead_bytes: u64 = only_a.iter().map(|id| u64::from(store.locate(id).unwrap().unwrap().stored_len)).sum();
+    // A's chunks all sit in A's pack; after deleting A that pack is partly live (the shared
+    // chunks), so GC with threshold 0 must rewrite it.
+    let before = store.stats().unwrap();
+
+    store.delete(&a.id).unwrap();
+    assert!(matches!(store.manifest(&a.id), Err(StoreError::NotFound(_))));
+    // Deleting frees nothing by itself.
+    assert_eq!(store.stats().unwrap().pack_bytes, before.pack_bytes);
+    let report = store.gc(0.0).unwrap();
+    let after = store.stats().unwrap();
+    assert_eq!(report.checkpoints, 1);
+    assert_eq!(report.freed_chunks, only_a.len() as u64, "{report:?}");
+    assert!(report.packs_rewritten >= 1, "{report:?}");
+    assert_eq!((report.bytes_before, report.bytes_after), (before.pack_bytes, after.pack_bytes));
+    assert!(
+        after.pack_bytes + dead_bytes <= before.pack_bytes,
+        "pack bytes {} -> {}, {dead_bytes} dead bytes",
+        before.pack_bytes,
+        after.pack_bytes
+    );
+    for id in &only_a {
+        assert_eq!(store.locate(id).unwrap(), None, "chunk {id} only the deleted checkpoint used is still indexed");
+        assert!(matches!(store.read_chunk(id), Err(StoreError::MissingChunk { .. })));
+    }
+    for id in &cb {
+        assert!(store.locate(id).unwrap().is_some(), "chunk {id} of the kept checkpoint is gone");
+        store.read_chunk(id).unwrap();
+    }
+    assert!(check_checkpoint(&store, &b.id).is_correct());
+    assert_eq!(after.chunks, cb.len() as u64);
+    assert_clean(&store);
+
+    // A second GC finds nothing to do.
+    let again = store.gc(0.0).unwrap();
+    assert_eq!((again.freed_chunks, again.packs_deleted, again.packs_rewritten), (0, 0, 0), "{again:?}");
+    assert_eq!(store.stats().unwrap().pack_bytes, after.pack_bytes);
+
+    // Deleting the last checkpoint and collecting leaves no pack at all; the store stays usable.
+    store.delete(&b.id).unwrap();
+    let last = store.gc(0.0).unwrap();
+    assert!(last.packs_deleted >= 1, "{last:?}");
+    let empty = store.stats().unwrap();
+    assert_eq!((empty.checkpoints, empty.chunks, empty.packs, empty.pack_bytes), (0, 0, 0, 0));
+    assert!(zap_tests::pack_files(store.root()).is_empty());
+    let c = write_checkpoint(&store, 0).unwrap();
+    assert!(check_checkpoint(&store, &c.id).is_correct());
+    assert_clean(&store);
+}
+
+/// GC with a threshold that leaves a partly dead pack alone must not lose track of the dead
+/// bytes: a later GC with threshold 0 must reclaim them as if the first GC had not run.
+#[test]
+fn gc_reclaims_what_an_earlier_high_threshold_gc_left() {
+    let run = |thresholds: &[f64]| -> u64 {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let store = open(&tmp.path().join("s"));
+        let a = write_checkpoint(&store, 0).unwrap();
+        let b = write_checkpoint(&store, 2).unwrap();
+        store.delete(&a.id).unwrap();
+        for t in thresholds {
+            store.gc(*t).unwrap();
+        }
+        assert!(check_checkpoint(&store, &b.id).is_correct());
+        assert_clean(&store);
+        store.stats().unwrap().pack_bytes
+    };
+    let direct = run(&[0.0]);
+    let in_two_steps = run(&[1.0, 0.0]);
+    // The same live chunks end up in one rewritten pack either way; allow for trailer encoding.
+    assert!(
+        in_two_steps <= direct + 1024,
+        "gc(1.0) then gc(0.0) leaves {in_two_steps} pack bytes, gc(0.0) alone {direct}"
+    );
+}
+
+/// Stores `data` as one image at `start` and returns its extents.
+fn put_image<S: ChunkSink>(sink: &mut S, start: u64, data: &[u8]) -> Vec<zap_store::Extent> {
+    store_run(sink, &chunker_config(), start, data).unwrap().0
+}
+
+#[test]
+fn deleting_the_parent_keeps_the_child_restorable() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let store = open(&tmp.path().join("s"));
+    let spec = image_specs(7).swap_remove(0);
+    let parent_data = image_content(7, 0);
+    let mut w = store.writer().unwrap();
+    let parent_extents = put_image(&mut w, spec.start, &parent_data);
+    let mut m = Manifest::new("parent", "memory");
+    m.images.push(Image { name: spec.name.clone(), kind: spec.kind, extents: parent_extents.clone() });
+    let parent = w.commit(m).unwrap();
+
+    // The child changes single pages, a run of pages across a block boundary, one whole 64 KiB
+    // block (so that a parent chunk dies), zeroes a page and writes into the last page.
+    let mut child_data = parent_data.clone();
+    let blocks = spec.len / (16 * PAGE);
+    let ranges: Vec<(usize, usize)> = vec![
+        (3 * PAGE, 4 * PAGE),
+        (14 * PAGE, 18 * PAGE),
+        (32 * PAGE, 48 * PAGE),
+        (50 * PAGE, 51 * PAGE),
+        (spec.len - PAGE, spec.len),
+    ];
+    assert!(blocks > 4);
+    for (k, &(from, to)) in ranges.iter().enumerate() {
+        for (n, b) in child_data[from..to].iter_mut().enumerate() {
+            *b = if k == 3 { 0 } else { (zap_tests::mix((k * 1_000_003 + n / 8) as u64) >> (8 * (n % 8))) as u8 };
+        }
+    }
+    assert_ne!(child_data, parent_data);
+    let mut w = store.writer().unwrap();
+    let mut changed = Vec::new();
+    for &(from, to) in &ranges {
+        changed.extend(put_image(&mut w, spec.start + from as u64, &child_data[from..to]));
+    }
+    let child_extents = overlay(&parent_extents, &changed);
+    let mut m = Manifest::new("child", "memory");
+    m.parent = Some(parent.id);
+    m.images.push(Image { name: spec.name.clone(), kind: spec.kind, extents: child_extents });
+    let child = w.commit(m).unwrap();
+    assert_eq!(store.children(&parent.id).unwrap(), vec![child.id]);
+    let child_image = |store: &LocalStore| store.manifest(&child.id).unwrap().images.swap_remove(0);
+    let check = |store: &LocalStore| match check_image(store, &child_image(store), &spec, &child_data) {
+        Readback::Correct => {}
+        other => panic!("child: {other:?}"),
+    };
+    check(&store);
+    let shared: BTreeSet<ChunkId> = image_chunks(&child_image(&store))
+        .intersection(&chunks_of(&store, &parent.id))
+        .copied()
+        .collect();
+    assert!(!shared.is_empty(), "the child must reference parent chunks");
+
+    let before = store.stats().unwrap().pack_bytes;
+    store.delete(&parent.id).unwrap();
+    let report = store.gc(0.0).unwrap();
+    assert!(report.freed_chunks >= 1, "the replaced block's chunk must be freed: {report:?}");
+    assert!(store.stats().unwrap().pack_bytes < before);
+    for id in &shared {
+        assert!(store.locate(id).unwrap().is_some(), "parent chunk {id} the child uses was freed");
+    }
+    check(&store);
+    assert_clean(&store);
+    // And after reopening.
+    let root = store.root().to_path_buf();
+    drop(store);
+    let store = open(&root);
+    check(&store);
+    assert_eq!(store.list().unwrap().len(), 1);
+}
+
+#[test]
+fn gc_waits_for_a_writer_that_reuses_chunks_of_a_deleted_checkpoint() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let store = open(&tmp.path().join("s"));
+    // Checkpoints 0 and 1 share blocks (the common ones and the pair's).
+    let old = write_checkpoint(&store, 0).unwrap();
+    let old_chunks = chunks_of(&store, &old.id);
+
+    let mut w = store.writer().unwrap();
+    let manifest = build_manifest(&mut w, 1).unwrap();
+    let new_chunks: BTreeSet<ChunkId> = manifest.images.iter().flat_map(image_chunks).collect();
+    let reused: BTreeSet<ChunkId> = new_chunks.intersection(&old_chunks).copied().collect();
+    assert!(reused.len() > 10, "the writer must have deduplicated against the old checkpoint");
+
+    let deleted = AtomicBool::new(false);
+    let gc_done = AtomicBool::new(false);
+    let report = std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            // Now nothing committed references the reused chunks; only the writer needs them.
+            store.delete(&old.id).unwrap();
+            deleted.store(true, Ordering::SeqCst);
+            let r = store.gc(0.0);
+            gc_done.store(true, Ordering::SeqCst);
+            r
+        });
+        while !deleted.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!gc_done.load(Ordering::SeqCst), "gc ran while a writer was open");
+        let summary = w.commit(manifest).expect("commit after the old checkpoint was deleted");
+        let report = gc.join().unwrap().expect("gc");
+        (summary, report)
+    });
+    let (new, report) = report;
+    assert_eq!(report.checkpoints, 1, "gc must have seen the new checkpoint: {report:?}");
+    assert!(check_checkpoint(&store, &new.id).is_correct());
+    for id in &reused {
+        assert!(store.locate(id).unwrap().is_some(), "reused chunk {id} was freed");
+    }
+    for id in old_chunks.difference(&new_chunks) {
+        assert_eq!(store.locate(id).unwrap(), None, "chunk {id} of the deleted checkpoint survived gc");
+    }
+    assert_clean(&store);
+}
+
+#[test]
+fn a_second_opener_gets_busy_after_its_lock_timeout() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let root = tmp.path().join("s");
+    let holder = open(&root);
+    write_checkpoint(&holder, 0).unwrap();
+
+    // In this process: a second open is a second lock holder too.
+    let t = Instant::now();
+    match LocalStore::open(&root, options(false, Duration::from_millis(300))) {
+        Err(StoreError::Busy { holder: who, .. }) => {
+            assert!(who.contains(&format!("pid {}", std::process::id())), "holder {who:?}");
+        }
+        Err(e) => panic!("expected Busy, got {e}"),
+        Ok(_) => panic!("a held store opened twice"),
+    }
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "waited {waited:?}");
+
+    // Another process.
+    let probe = |timeout_ms: u64| {
+        Command::new(env!("CARGO_BIN_EXE_store_writer"))
+            .arg(&root)
+            .args(["probe", &timeout_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn store_writer probe")
+    };
+    let finish = |mut child: std::process::Child| {
+        let status = child.wait().expect("wait probe");
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status.code(), out, err)
+    };
+    let t = Instant::now();
+    let (code, out, err) = finish(probe(300));
+    assert_eq!(code, Some(3), "probe of a held store: {out} {err}");
+    let waited_ms: u64 = out.trim().strip_prefix("busy ").and_then(|n| n.parse().ok()).expect("busy <ms>");
+    assert!((300..5000).contains(&waited_ms), "probe waited {waited_ms} ms");
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    // A prober with a longer timeout gets the store once the holder lets go.
+    let child = probe(10_000);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(holder);
+    let t = Instant::now();
+    let (code, out, err) = finish(child);
+    assert_eq!((code, out.trim()), (Some(0), "opened"), "stderr: {err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "the waiting opener took {:?} after the release", t.elapsed());
+
+    // And nothing holds it now.
+    let (code, out, _) = finish(probe(0));
+    assert_eq!((code, out.trim()), (Some(0), "opened"));
+    let store = open(&root);
+    assert_eq!(store.list().unwrap().len(), 1);
+}
