@@ -1,1 +1,125 @@
-fn main(){}
+//! `zap`: checkpoint and restore Linux processes, and manage the image store they live in.
+//!
+//! This file holds the global options and the dispatch; each command group has its own module:
+//! - [`store_cmd`]: `zap store init|ls|show|rm` and the dispatch of the whole `store` group;
+//! - [`maint_cmd`]: `zap store verify|gc|stats`;
+//! - [`files_cmd`]: `zap store put|get`, checkpoints of plain files;
+//! - [`output`] and [`progress`]: what goes to stdout (human or `--json`) and to stderr.
+//!
+//! Exit status: 0 on success, 1 on any failure (printed as `zap: error: <message>`) or when
+//! `verify` finds problems, 2 on usage errors.
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use zap_store::{LocalStore, StoreOptions};
+
+mod error;
+mod files_cmd;
+mod maint_cmd;
+mod output;
+mod progress;
+mod store_cmd;
+
+use error::Result;
+use output::Output;
+
+/// Checkpoint/restore for Linux processes.
+#[derive(Parser)]
+#[command(
+    name = "zap",
+    version,
+    about = "Zap: checkpoint/restore for Linux processes, and the image store they live in",
+    after_help = "Exit status: 0 on success; 1 on failure, or when `zap store verify` finds problems; 2 on usage errors.",
+    propagate_version = true
+)]
+struct Cli {
+    /// The image store directory.
+    #[arg(long, global = true, env = "ZAP_STORE", default_value = "/var/lib/zap/store", value_name = "DIR")]
+    store: PathBuf,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log to stderr: -v info, -vv debug, -vvv trace (RUST_LOG, when set, takes precedence).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the image store.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
+}
+
+/// What every command gets from the global options.
+pub struct Ctx {
+    /// The store directory.
+    pub store: PathBuf,
+    /// `--json` was given.
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Opens the existing store.
+    pub fn open(&self) -> Result<LocalStore> {
+        Ok(LocalStore::open(&self.store, StoreOptions::default())?)
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.trim().is_empty() => EnvFilter::try_new(&s).unwrap_or_else(|e| {
+            progress::warn(format_args!("ignoring RUST_LOG={s:?}: {e}"));
+            EnvFilter::new(level)
+        }),
+        _ => EnvFilter::new(level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| progress::LogWriter)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .init();
+}
+
+/// Writes the output; a reader that went away (a closed pipe) is not an error.
+fn emit(out: &Output) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(out.text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let ctx = Ctx { store: cli.store, json: cli.json };
+    let result = match cli.command {
+        Command::Store(cmd) => store_cmd::run(&ctx, cmd),
+    };
+    match result {
+        Ok(out) => match emit(&out) {
+            Ok(()) if out.failed => ExitCode::FAILURE,
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("zap: error: write output: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("zap: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

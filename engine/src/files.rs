@@ -1,6 +1,6 @@
 //! File descriptors: regular files (path, flags, offset), directories, character devices, pipes
-//! (with the bytes buffered in them, read without consuming them), eventfds, and standard streams
-//! connected outside the process.
+//! and FIFOs (with the bytes buffered in them, read without consuming them), eventfds, and
+//! standard streams connected outside the process.
 //!
 //! A pipe whose two ends the process holds is restored as one new pipe with both ends and its
 //! data. A standard stream (fd 0-2) that leads outside the process (a terminal, a pipe or socket
@@ -39,6 +39,15 @@ pub enum FdKind {
         /// Buffer size.
         size: i32,
         /// Bytes buffered (recorded on one end only).
+        data: Vec<u8>,
+    },
+    /// A named pipe (FIFO), reopened by path.
+    Fifo {
+        /// Path.
+        path: String,
+        /// Its inode (several fds may share one FIFO).
+        ino: u64,
+        /// Bytes buffered (recorded on the first fd of the FIFO only).
         data: Vec<u8>,
     },
     /// An eventfd.
@@ -152,8 +161,20 @@ pub fn save(pid: i32) -> Result<Vec<FdState>> {
                 FdKind::Path { path: target.clone(), pos }
             } else if ft.is_char_device() {
                 FdKind::CharDev { path: target.clone() }
+            } else if ft.is_fifo() {
+                use std::os::unix::fs::MetadataExt;
+                let ino = meta.ino();
+                let data = if !data_taken.contains(&ino) {
+                    data_taken.push(ino);
+                    let dup = sysproc::pidfd_getfd(&pidfd, fd)
+                        .map_err(|source| EngineError::Sys { step: "pidfd_getfd fifo", pid, source })?;
+                    sysproc::pipe_peek(&dup).map_err(|source| EngineError::Sys { step: "read fifo buffer", pid, source })?
+                } else {
+                    Vec::new()
+                };
+                FdKind::Fifo { path: target.clone(), ino, data }
             } else {
-                return Err(unsupported(if ft.is_fifo() { "fifo" } else { "special file" }));
+                return Err(unsupported("special file"));
             }
         } else if target.ends_with(" (deleted)") {
             return Err(unsupported("deleted file"));
@@ -181,6 +202,7 @@ fn place(inj: &mut Injector, tmp: u64, st: &FdState) -> Result<()> {
 /// streams are connected to fd N of `zap_pid` (the restoring command), opened through /proc.
 pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> {
     let mut pipes: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut fifo_keepers: HashMap<u64, u64> = HashMap::new();
     let open_path = |inj: &mut Injector, path: &str, flags: u32| -> Result<u64> {
         let scratch = inj.scratch(8192)?;
         let mut p = path.as_bytes().to_vec();
@@ -198,6 +220,32 @@ pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> 
                 fd
             }
             FdKind::CharDev { path } => open_path(inj, path, st.flags)?,
+            FdKind::Fifo { path, ino, data } => {
+                // A read-write end of our own keeps the FIFO open, so that reopening either end
+                // does not block and refilled bytes stay buffered.
+                let keeper = match fifo_keepers.get(ino) {
+                    Some(k) => *k,
+                    None => {
+                        let k = open_path(inj, path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
+                        let k = inj.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [k, libc::F_DUPFD as u64, 10000, 0, 0, 0])
+                            .and_then(|hi| inj.call("close", libc::SYS_close, [k, 0, 0, 0, 0, 0]).map(|_| hi))?;
+                        fifo_keepers.insert(*ino, k);
+                        k
+                    }
+                };
+                if !data.is_empty() {
+                    let buf = inj.scratch(data.len() as u64 + 8192)?;
+                    inj.write_mem(buf + 8192, data)?;
+                    let n = inj.call("refill fifo", libc::SYS_write, [keeper, buf + 8192, data.len() as u64, 0, 0, 0])?;
+                    if n != data.len() as u64 {
+                        return Err(EngineError::Proc { pid: 0, detail: format!("fifo {path}: refilled {n} of {} bytes", data.len()) });
+                    }
+                }
+                let fd = open_path(inj, path, st.flags | libc::O_NONBLOCK as u32)?;
+                let status = st.flags & (libc::O_NONBLOCK | libc::O_APPEND) as u32;
+                inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
+                fd
+            }
             FdKind::External { .. } => open_path(inj, &format!("/proc/{zap_pid}/fd/{}", st.fd), st.flags)?,
             FdKind::Eventfd { count, semaphore } => {
                 let mut flags = st.flags & libc::O_NONBLOCK as u32;
@@ -248,6 +296,9 @@ pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> 
             }
         };
         place(inj, tmp, st)?;
+    }
+    for k in fifo_keepers.into_values() {
+        inj.call("close", libc::SYS_close, [k, 0, 0, 0, 0, 0])?;
     }
     for (r, w) in pipes.into_values() {
         inj.call("close", libc::SYS_close, [r, 0, 0, 0, 0, 0])?;

@@ -292,11 +292,15 @@ pub fn restore_layout(inj: &mut Injector, vmas: &[VmaState]) -> Result<()> {
     Ok(())
 }
 
+/// Restore writes go in windows of this size, several at once.
+const RESTORE_WINDOW: u64 = 8 << 20;
+
 /// Writes the saved pages into the restored process. Zero extents of anonymous memory are
-/// skipped (fresh anonymous memory is zero); over file pages they are written.
+/// skipped (fresh anonymous memory is zero); over file pages they are written. Windows are
+/// rebuilt from the store and written in parallel.
 pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState], images: &[Image]) -> Result<u64> {
-    let mut written = 0u64;
-    let mut buf = Vec::new();
+    use rayon::prelude::*;
+    let mut windows: Vec<Vec<Extent>> = Vec::new();
     for v in vmas {
         let Some(name) = &v.image else { continue };
         let img = images.iter().find(|i| &i.name == name).ok_or_else(|| EngineError::Proc {
@@ -309,7 +313,7 @@ pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState]
         for e in img.extents.iter().filter(|e| !(anon && e.data == ExtentData::Zero)) {
             let mut pos = e.start;
             while pos < e.end() {
-                let end = (pos + WINDOW).min(e.end());
+                let end = (pos + RESTORE_WINDOW).min(e.end());
                 pieces.extend(clip(std::slice::from_ref(e), pos, end));
                 pos = end;
             }
@@ -318,16 +322,24 @@ pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState]
         while i < pieces.len() {
             let start = pieces[i].start;
             let mut j = i;
-            while j + 1 < pieces.len() && pieces[j + 1].start == pieces[j].end() && pieces[j + 1].end() - start <= WINDOW {
+            while j + 1 < pieces.len()
+                && pieces[j + 1].start == pieces[j].end()
+                && pieces[j + 1].end() - start <= RESTORE_WINDOW
+            {
                 j += 1;
             }
-            let end = pieces[j].end();
-            buf.resize((end - start) as usize, 0);
-            materialize(store, &pieces[i..=j], start, &mut buf)?;
-            inj.write_mem(start, &buf)?;
-            written += end - start;
+            windows.push(pieces[i..=j].to_vec());
             i = j + 1;
         }
     }
-    Ok(written)
+    windows
+        .par_iter()
+        .map(|w| {
+            let (start, end) = (w[0].start, w[w.len() - 1].end());
+            let mut buf = vec![0u8; (end - start) as usize];
+            materialize(store, w, start, &mut buf)?;
+            inj.write_mem(start, &buf)?;
+            Ok(end - start)
+        })
+        .sum()
 }

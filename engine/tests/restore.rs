@@ -306,3 +306,13 @@ fn gone_pid_is_a_clear_error() {
     let err = checkpoint(&store(dir.path()), pid, &CheckpointOptions::default()).unwrap_err().to_string();
     assert!(err.contains(&pid.to_string()), "{err}");
 }
+
+#[test]
+fn named_fifo_with_buffered_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    run_case("fifo", &[], &[fifo.to_str().unwrap().into()]);
+}
