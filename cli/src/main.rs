@@ -1,6 +1,7 @@
 //! `zap`: checkpoint and restore Linux processes, and manage the image store they live in.
 //!
 //! This file holds the global options and the dispatch; each command group has its own module:
+//! - [`process_cmd`]: `zap checkpoint`, `zap restore` (and `zap ls`);
 //! - [`store_cmd`]: `zap store init|ls|show|rm` and the dispatch of the whole `store` group;
 //! - [`maint_cmd`]: `zap store verify|gc|stats`;
 //! - [`files_cmd`]: `zap store put|get`, checkpoints of plain files;
@@ -20,6 +21,7 @@ mod error;
 mod files_cmd;
 mod maint_cmd;
 mod output;
+mod process_cmd;
 mod progress;
 mod store_cmd;
 
@@ -51,6 +53,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Checkpoint a running process (prints the checkpoint id).
+    Checkpoint(process_cmd::CheckpointArgs),
+    /// Restore a process checkpoint in a new PID namespace (prints the host pid).
+    Restore(process_cmd::RestoreArgs),
+    /// List checkpoints (same as `zap store ls`).
+    Ls,
     /// Manage the image store.
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -106,6 +114,9 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let ctx = Ctx { store: cli.store, json: cli.json };
     let result = match cli.command {
+        Command::Checkpoint(args) => process_cmd::checkpoint(&ctx, &args),
+        Command::Restore(args) => process_cmd::restore(&ctx, &args),
+        Command::Ls => store_cmd::ls(&ctx),
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),
     };
     match result {

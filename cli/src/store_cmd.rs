@@ -81,7 +81,8 @@ fn init(ctx: &Ctx) -> Result<Output> {
     Ok(Output::text(out))
 }
 
-fn ls(ctx: &Ctx) -> Result<Output> {
+/// `zap store ls`, also `zap ls`: the checkpoints, oldest first.
+pub fn ls(ctx: &Ctx) -> Result<Output> {
     let store = ctx.open()?;
     let list = store.list()?;
     if ctx.json {

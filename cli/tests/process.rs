@@ -1,0 +1,108 @@
+//! `zap checkpoint` / `zap restore` / `zap ls` on a real python3 process: JSON fields, the
+//! restored process outliving `zap`, and clear failures for a gone pid and an unknown checkpoint.
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn zap(store: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zap")).arg("--store").arg(store).args(args).output().expect("run zap")
+}
+
+fn lines(p: &Path) -> Vec<u64> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Kills a pid this test created (through zap restore) when dropped.
+struct KillOnDrop(i32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill takes integers; the pid is a process this test restored.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn checkpoint_restore_and_ls_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let log = dir.path().join("count.log");
+    let script = format!(
+        "import time\nf = open({:?}, 'a', buffering=1)\nn = 0\nwhile True:\n    n += 1\n    f.write('%d\\n' % n)\n    time.sleep(0.01)\n",
+        log.to_str().unwrap()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: close_range only touches the child's fd table before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    let Ok(mut child) = cmd.spawn() else {
+        eprintln!("SKIP: python3 not installed");
+        return;
+    };
+    let pid = child.id() as i32;
+    assert!(wait_for(Duration::from_secs(20), || lines(&log).len() >= 5));
+
+    let out = zap(&store, &["checkpoint", "--pid", &pid.to_string(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 16);
+    child.wait().unwrap(); // killed by the checkpoint
+    let before = lines(&log);
+
+    let out = zap(&store, &["restore", &id[..8], "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_pid = r["pid"].as_i64().unwrap() as i32;
+    let _guard = KillOnDrop(new_pid);
+    assert_eq!(r["vpid"].as_i64().unwrap() as i32, pid);
+    // zap has exited; the restored process runs on and continues the count.
+    assert!(wait_for(Duration::from_secs(10), || lines(&log).len() >= before.len() + 5));
+    let after = lines(&log);
+    for w in after.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "count broken around {w:?}");
+    }
+
+    let out = zap(&store, &["ls", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["kind"], "process");
+
+    // Human output: just the id / the pid on stdout.
+    let out = zap(&store, &["checkpoint", "--pid", &new_pid.to_string(), "--leave-running"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().len(), 16);
+    assert!(Path::new(&format!("/proc/{new_pid}")).exists(), "--leave-running must not end the process");
+}
+
+#[test]
+fn gone_pid_and_unknown_checkpoint_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut c = Command::new("true").spawn().unwrap();
+    let gone = c.id();
+    c.wait().unwrap();
+    let out = zap(&store, &["checkpoint", "--pid", &gone.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zap: error:") && err.contains(&gone.to_string()), "{err}");
+    let out = zap(&store, &["restore", "abcdef12"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint matches"), "{}", String::from_utf8_lossy(&out.stderr));
+}
