@@ -106,3 +106,76 @@ fn gone_pid_and_unknown_checkpoint_fail_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint matches"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn stdout_to_another_process_follows_zap_restore() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let script = "import sys, time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.01)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    // SAFETY: close_range only touches the child's fd table before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    let Ok(mut child) = cmd.spawn() else {
+        eprintln!("SKIP: python3 not installed");
+        return;
+    };
+    let mut first = BufReader::new(child.stdout.take().unwrap());
+    let mut last = 0u64;
+    let mut line = String::new();
+    while last < 5 {
+        line.clear();
+        first.read_line(&mut line).unwrap();
+        last = line.trim().parse().unwrap();
+    }
+    let out = zap(&store, &["checkpoint", "--pid", &child.id().to_string(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    child.wait().unwrap();
+    // Whatever the original printed before it stopped.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut first, &mut rest).unwrap();
+    last = rest.lines().filter_map(|l| l.trim().parse().ok()).last().unwrap_or(last);
+    // Restore with zap's stdout on a pipe of ours: the restored process writes into it.
+    let mut restore = Command::new(env!("CARGO_BIN_EXE_zap"))
+        .arg("--store")
+        .arg(&store)
+        .args(["restore", &id, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(restore.stdout.take().unwrap());
+    let status = restore.wait().unwrap();
+    assert!(status.success());
+    let mut json = String::new();
+    let mut numbers = Vec::new();
+    let start = Instant::now();
+    while numbers.len() < 5 && start.elapsed() < Duration::from_secs(10) {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        // zap's pretty JSON never has a bare integer on a line; the process prints only those.
+        match line.trim().parse::<u64>() {
+            Ok(n) => numbers.push(n),
+            Err(_) => json.push_str(&line),
+        }
+    }
+    let pid = json.lines().find_map(|l| l.trim().strip_prefix("\"pid\": ")).map(|p| p.trim_end_matches(',').parse::<i32>().unwrap());
+    if let Some(p) = pid {
+        // SAFETY: kill takes integers; p is the process this test restored.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(numbers.len() >= 5, "restored process printed nothing on the new stdout: {numbers:?} {json}");
+    assert_eq!(numbers[0], last + 1, "output continues where it stopped: {numbers:?} after {last}");
+    for w in numbers.windows(2) {
+        assert_eq!(w[1], w[0] + 1);
+    }
+}

@@ -112,6 +112,8 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
         "[vsyscall]" => Backing::Vsyscall,
         "" | "[heap]" | "[stack]" => Backing::Anon,
         p if p.starts_with("[anon:") || p.starts_with("[anon_shmem:") => Backing::Anon,
+        // Shared anonymous memory is a private shmem file the kernel names this way.
+        "/dev/zero (deleted)" => Backing::Anon,
         p if p.starts_with('[') => {
             return Err(EngineError::Proc { pid, detail: format!("mapping {:#x} {p}: unsupported special mapping", m.start) })
         }

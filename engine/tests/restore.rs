@@ -316,3 +316,8 @@ fn named_fifo_with_buffered_data() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     run_case("fifo", &[], &[fifo.to_str().unwrap().into()]);
 }
+
+#[test]
+fn shared_anonymous_memory_and_guard_region() {
+    run_case("shmanon", &[], &[]);
+}
