@@ -9,6 +9,20 @@ fn zap(store: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_zap")).arg("--store").arg(store).args(args).output().expect("run zap")
 }
 
+/// Starts `python3 -c script` with only fds 0-2 (shells here may leak others into children).
+fn python(script: &str, stdout: Stdio) -> std::io::Result<std::process::Child> {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null());
+    // SAFETY: close_range only touches the child's fd table before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
 fn lines(p: &Path) -> Vec<u64> {
     std::fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
 }
@@ -42,16 +56,7 @@ fn checkpoint_restore_and_ls_from_the_command_line() {
         "import time\nf = open({:?}, 'a', buffering=1)\nn = 0\nwhile True:\n    n += 1\n    f.write('%d\\n' % n)\n    time.sleep(0.01)\n",
         log.to_str().unwrap()
     );
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: close_range only touches the child's fd table before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        })
-    };
-    let Ok(mut child) = cmd.spawn() else {
+    let Ok(mut child) = python(&script, Stdio::null()) else {
         eprintln!("SKIP: python3 not installed");
         return;
     };
@@ -113,16 +118,7 @@ fn stdout_to_another_process_follows_zap_restore() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let script = "import sys, time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.01)\n";
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-    // SAFETY: close_range only touches the child's fd table before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        })
-    };
-    let Ok(mut child) = cmd.spawn() else {
+    let Ok(mut child) = python(script, Stdio::piped()) else {
         eprintln!("SKIP: python3 not installed");
         return;
     };
