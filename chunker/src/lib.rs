@@ -325,7 +325,7 @@ fn blocks(start: u64, data: &[u8], chunk_size: usize) -> Vec<(u64, &[u8])> {
 /// exactly, and adjacent zero extents are merged.
 pub fn chunk_run(start: u64, data: &[u8], cfg: &ChunkerConfig) -> Vec<ChunkedExtent> {
     assert!(
-        cfg.chunk_size.is_power_of_two() && cfg.chunk_size % PAGE_SIZE == 0,
+        cfg.chunk_size.is_power_of_two() && cfg.chunk_size.is_multiple_of(PAGE_SIZE),
         "chunk size must be a power-of-two multiple of the page size"
     );
     let blocks = blocks(start, data, cfg.chunk_size);

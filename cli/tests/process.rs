@@ -137,7 +137,7 @@ fn stdout_to_another_process_follows_zap_restore() {
     // Whatever the original printed before it stopped.
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut first, &mut rest).unwrap();
-    last = rest.lines().filter_map(|l| l.trim().parse().ok()).last().unwrap_or(last);
+    last = rest.lines().filter_map(|l| l.trim().parse().ok()).next_back().unwrap_or(last);
     // Restore with zap's stdout on a pipe of ours: the restored process writes into it.
     let mut restore = Command::new(env!("CARGO_BIN_EXE_zap"))
         .arg("--store")

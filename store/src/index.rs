@@ -42,6 +42,9 @@ pub struct PackRecord {
     pub data_bytes: u64,
 }
 
+/// A raw (key, value) pair of a column family.
+pub type Row = (Box<[u8]>, Box<[u8]>);
+
 pub struct Index {
     db: DB,
     seq: std::sync::Mutex<u64>,
@@ -189,7 +192,7 @@ impl Index {
     }
 
     /// Every (key, value) of a column family, in key order.
-    pub fn scan(&self, cf: &str) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    pub fn scan(&self, cf: &str) -> Result<Vec<Row>> {
         self.db
             .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
             .map(|r| r.map_err(|e| StoreError::index("scan", e)))

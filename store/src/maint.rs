@@ -250,7 +250,9 @@ impl LocalStore {
         }
         let packs: BTreeMap<PackId, PackRecord> = self.index.packs()?.into_iter().collect();
         report.bytes_before = packs.values().map(|r| r.size).sum();
-        let mut by_pack: BTreeMap<PackId, (Vec<(ChunkId, ChunkLoc)>, Vec<ChunkId>)> = BTreeMap::new();
+        // Per pack: its live chunks (with locations) and its dead ones.
+        type LiveDead = (Vec<(ChunkId, ChunkLoc)>, Vec<ChunkId>);
+        let mut by_pack: BTreeMap<PackId, LiveDead> = BTreeMap::new();
         for (id, loc) in self.index.chunks()? {
             let slot = by_pack.entry(loc.pack).or_default();
             if live.contains(&id) {
