@@ -127,6 +127,24 @@ fn vpid_of(pid: i32) -> Result<i32> {
         .ok_or_else(|| EngineError::Proc { pid, detail: "no NSpid in /proc status".into() })
 }
 
+/// Fails when the process has an armed interval timer (`alarm`, `setitimer`) or POSIX timers:
+/// they are not saved yet, and a restore without them would silently change the program.
+fn refuse_timers(pid: i32, inj: &mut Injector) -> Result<()> {
+    let scratch = inj.scratch(4096)?;
+    for (which, name) in [(libc::ITIMER_REAL, "ITIMER_REAL (alarm)"), (libc::ITIMER_VIRTUAL, "ITIMER_VIRTUAL"), (libc::ITIMER_PROF, "ITIMER_PROF")] {
+        inj.call("getitimer", libc::SYS_getitimer, [which as u64, scratch, 0, 0, 0, 0])?;
+        let v = inj.read_mem(scratch, 32)?;
+        if v.iter().any(|&b| b != 0) {
+            return Err(EngineError::Proc { pid, detail: format!("interval timer {name} is armed; timers are not supported yet") });
+        }
+    }
+    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    if timers.lines().any(|l| l.starts_with("ID:")) {
+        return Err(EngineError::Proc { pid, detail: "has POSIX timers (timer_create); timers are not supported yet".into() });
+    }
+    Ok(())
+}
+
 /// Checkpoints process `pid` into `store`.
 pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
@@ -143,6 +161,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let fds = files::save(pid)?;
     let mut inj = Injector::new(pid, tid, find_syscall_insn(pid)?)?;
     let saved = (|| {
+        refuse_timers(pid, &mut inj)?;
         let thread = ThreadState::save(tid, &mut inj)?;
         let attrs = ProcAttrs::save(pid, &mut inj)?;
         let sigs = SignalState::save(&mut inj, pid)?;
