@@ -133,6 +133,14 @@ impl Index {
             None => 0,
             Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| corrupt_value("default", SEQ_KEY, "bad sequence"))?),
         };
+        // A writer killed while replacing the sequence file leaves its temporary copy; the real
+        // file is still the previous, complete one.
+        let stale = seq_file.with_extension("seq.tmp");
+        match std::fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove stale sequence file", &stale, e)),
+        }
         let on_disk = match std::fs::read_to_string(seq_file) {
             Ok(t) => t.trim().parse::<u64>().map_err(|_| StoreError::Corrupt {
                 what: format!("sequence file {}", seq_file.display()),
