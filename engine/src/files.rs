@@ -186,6 +186,20 @@ pub fn save(pid: i32) -> Result<Vec<FdState>> {
     Ok(out)
 }
 
+/// Writes the saved buffered bytes of a pipe or FIFO back into it through `fd` in the target.
+fn refill(inj: &mut Injector, fd: u64, data: &[u8], what: &str) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let buf = inj.scratch(data.len() as u64 + 8192)?;
+    inj.write_mem(buf + 8192, data)?;
+    let n = inj.call("refill pipe buffer", libc::SYS_write, [fd, buf + 8192, data.len() as u64, 0, 0, 0])?;
+    if n != data.len() as u64 {
+        return Err(EngineError::Proc { pid: 0, detail: format!("{what}: refilled {n} of {} bytes", data.len()) });
+    }
+    Ok(())
+}
+
 /// Places fd `tmp` at number `fd` with the saved descriptor flags.
 fn place(inj: &mut Injector, tmp: u64, st: &FdState) -> Result<()> {
     let cloexec = st.flags & libc::O_CLOEXEC as u32 != 0;
@@ -233,14 +247,7 @@ pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> 
                         k
                     }
                 };
-                if !data.is_empty() {
-                    let buf = inj.scratch(data.len() as u64 + 8192)?;
-                    inj.write_mem(buf + 8192, data)?;
-                    let n = inj.call("refill fifo", libc::SYS_write, [keeper, buf + 8192, data.len() as u64, 0, 0, 0])?;
-                    if n != data.len() as u64 {
-                        return Err(EngineError::Proc { pid: 0, detail: format!("fifo {path}: refilled {n} of {} bytes", data.len()) });
-                    }
-                }
+                refill(inj, keeper, data, &format!("fifo {path}"))?;
                 let fd = open_path(inj, path, st.flags | libc::O_NONBLOCK as u32)?;
                 let status = st.flags & (libc::O_NONBLOCK | libc::O_APPEND) as u32;
                 inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
@@ -280,14 +287,7 @@ pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> 
                         (hi_r, hi_w)
                     }
                 };
-                if !data.is_empty() {
-                    let buf = inj.scratch(data.len() as u64 + 8192)?;
-                    inj.write_mem(buf + 8192, data)?;
-                    let n = inj.call("refill pipe", libc::SYS_write, [w, buf + 8192, data.len() as u64, 0, 0, 0])?;
-                    if n != data.len() as u64 {
-                        return Err(EngineError::Proc { pid: 0, detail: format!("pipe {ino}: refilled {n} of {} bytes", data.len()) });
-                    }
-                }
+                refill(inj, w, data, &format!("pipe {ino}"))?;
                 let end = if *write_end { w } else { r };
                 let fd = inj.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [end, libc::F_DUPFD as u64, 0, 0, 0, 0])?;
                 let status = st.flags & (libc::O_NONBLOCK as u32);
