@@ -106,6 +106,28 @@ fn init_child(vpid: i32, tramp: u64) -> ! {
     }
 }
 
+/// Creates a restore target as a child of the calling process: a process with PID `vpid` (in the
+/// caller's PID namespace; the caller must be that namespace's init or have CAP_SYS_ADMIN over
+/// it) that maps the trampoline at `tramp` and waits in `pause` to be taken over (30 s at most).
+/// Returns the child's pid. Safe to call from a single-threaded process only (fork semantics).
+pub fn spawn_target(vpid: i32, tramp: u64) -> io::Result<i32> {
+    let tids = [vpid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let rc = clone3(&args);
+    if rc == 0 {
+        target_child(tramp);
+    }
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as i32)
+}
+
 /// Starts an init in a new PID namespace that creates the target with `vpid` and a trampoline
 /// page at `tramp`. Returns the init's host pid.
 pub fn spawn_pidns_target(vpid: i32, tramp: u64) -> io::Result<i32> {
