@@ -7,7 +7,16 @@
 //! to another process) is *external*: restore connects it to the same fd of the `zap restore`
 //! command, as a shell job would be. Any other kind of fd fails the checkpoint with an error that
 //! names the pid, the fd and the kind.
-use std::collections::HashMap;
+//!
+//! ## Shared descriptions
+//! Processes saved together (a pod) share a [`SaveContext`]. An fd that is the same open file
+//! description as an fd saved earlier (found with `kcmp(KCMP_FILE)`: a file opened before
+//! `fork`, a `dup`) is saved as [`FdKind::Dup`] and restored by taking that fd from the process
+//! that recreated it (`pidfd_getfd` injected into the restoring process), so offsets and status
+//! flags stay shared. A pipe whose ends are held by different processes of the group is created
+//! by the first of them; its other end is parked at a high fd (a *keeper*) until every process of
+//! the group has taken what it needs, then closed ([`RestoreContext::keepers`]).
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +66,13 @@ pub enum FdKind {
         /// EFD_SEMAPHORE.
         semaphore: bool,
     },
+    /// The same open file description as fd `fd` of process `vpid`, saved before this one.
+    Dup {
+        /// The process holding the first fd (its pid as the group sees it).
+        vpid: i32,
+        /// That fd.
+        fd: i32,
+    },
     /// A standard stream leading outside the process.
     External {
         /// What it was (`pipe:[123]`, `/dev/pts/0`, `socket:[9]`).
@@ -88,8 +104,18 @@ fn pipe_ino(target: &str) -> Option<u64> {
     target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Saves every fd of the stopped process `pid`.
-pub fn save(pid: i32) -> Result<Vec<FdState>> {
+/// What the fds saved so far look like, for processes saved together.
+#[derive(Default)]
+pub struct SaveContext {
+    /// Pipe inode -> (has a read end, has a write end) over every process of the group.
+    pipe_ends: HashMap<u64, (bool, bool)>,
+    /// Fds saved so far: (host pid, vpid, fd, link target).
+    saved: Vec<(i32, i32, i32, String)>,
+    /// Pipes and FIFOs whose buffered bytes were recorded already.
+    data_taken: HashSet<u64>,
+}
+
+fn list_fds(pid: i32) -> Result<Vec<(i32, String)>> {
     let dir = format!("/proc/{pid}/fd");
     let mut fds: Vec<(i32, String)> = std::fs::read_dir(&dir)
         .map_err(|e| EngineError::io("list fds", dir.as_ref(), e))?
@@ -101,15 +127,58 @@ pub fn save(pid: i32) -> Result<Vec<FdState>> {
         })
         .collect();
     fds.sort();
-    // Pipes: which inodes have both ends here.
-    let mut ends: HashMap<u64, (bool, bool)> = HashMap::new();
+    Ok(fds)
+}
+
+fn fd_flags(info: &HashMap<String, String>) -> u32 {
+    u32::from_str_radix(info.get("flags").map(String::as_str).unwrap_or("0"), 8).unwrap_or(0)
+}
+
+impl SaveContext {
+    /// A context for the group of (stopped) processes `pids`: pipes between them are allowed.
+    pub fn for_group(pids: &[i32]) -> Result<Self> {
+        let mut ctx = SaveContext::default();
+        for &pid in pids {
+            for (fd, target) in list_fds(pid)? {
+                if let Some(ino) = pipe_ino(&target) {
+                    let write = fd_flags(&fdinfo(pid, fd)?) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+                    let e = ctx.pipe_ends.entry(ino).or_default();
+                    if write {
+                        e.1 = true;
+                    } else {
+                        e.0 = true;
+                    }
+                }
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// An earlier saved fd that is the same open file description as `fd` of `pid`.
+    fn earlier(&self, pid: i32, fd: i32, target: &str) -> Result<Option<(i32, i32)>> {
+        for (p, vpid, f, t) in &self.saved {
+            if t == target {
+                let same = sysproc::same_file(*p, *f, pid, fd).map_err(|source| EngineError::Sys { step: "kcmp", pid, source })?;
+                if same {
+                    return Ok(Some((*vpid, *f)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Saves every fd of the stopped process `pid` (which sees itself as `vpid`).
+pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> {
+    let fds = list_fds(pid)?;
+    // Pipes of this process alone count when no group context knows them.
     let mut infos = HashMap::new();
     for (fd, target) in &fds {
         let info = fdinfo(pid, *fd)?;
         if let Some(ino) = pipe_ino(target) {
-            let flags = u32::from_str_radix(info.get("flags").map(String::as_str).unwrap_or("0"), 8).unwrap_or(0);
-            let e = ends.entry(ino).or_default();
-            if flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 {
+            let write = fd_flags(&info) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+            let e = ctx.pipe_ends.entry(ino).or_default();
+            if write {
                 e.1 = true;
             } else {
                 e.0 = true;
@@ -118,20 +187,23 @@ pub fn save(pid: i32) -> Result<Vec<FdState>> {
         infos.insert(*fd, info);
     }
     let pidfd = sysproc::pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
-    let mut data_taken: Vec<u64> = Vec::new();
     let mut out = Vec::new();
     for (fd, target) in fds {
         let info = &infos[&fd];
-        let flags = u32::from_str_radix(info.get("flags").map(String::as_str).unwrap_or("0"), 8).unwrap_or(0);
+        let flags = fd_flags(info);
+        if let Some((owner, owner_fd)) = ctx.earlier(pid, fd, &target)? {
+            out.push(FdState { fd, flags, kind: FdKind::Dup { vpid: owner, fd: owner_fd } });
+            ctx.saved.push((pid, vpid, fd, target));
+            continue;
+        }
         let unsupported = |kind: &str| EngineError::Proc { pid, detail: format!("fd {fd}: unsupported kind {kind} ({target})") };
         let kind = if let Some(ino) = pipe_ino(&target) {
-            if ends[&ino] == (true, true) {
+            if ctx.pipe_ends[&ino] == (true, true) {
                 let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
                 let dup = sysproc::pidfd_getfd(&pidfd, fd)
                     .map_err(|source| EngineError::Sys { step: "pidfd_getfd pipe", pid, source })?;
                 let size = sysproc::pipe_size(&dup).map_err(|source| EngineError::Sys { step: "pipe size", pid, source })?;
-                let data = if !data_taken.contains(&ino) {
-                    data_taken.push(ino);
+                let data = if ctx.data_taken.insert(ino) {
                     sysproc::pipe_peek(&dup).map_err(|source| EngineError::Sys { step: "read pipe buffer", pid, source })?
                 } else {
                     Vec::new()
@@ -140,7 +212,7 @@ pub fn save(pid: i32) -> Result<Vec<FdState>> {
             } else if fd <= 2 {
                 FdKind::External { what: target.clone() }
             } else {
-                return Err(unsupported("pipe to another process"));
+                return Err(unsupported("pipe to a process outside the checkpoint"));
             }
         } else if target.starts_with("socket:") || target.starts_with("/dev/pts/") || target == "/dev/tty" {
             if fd <= 2 {
@@ -164,8 +236,7 @@ pub fn save(pid: i32) -> Result<Vec<FdState>> {
             } else if ft.is_fifo() {
                 use std::os::unix::fs::MetadataExt;
                 let ino = meta.ino();
-                let data = if !data_taken.contains(&ino) {
-                    data_taken.push(ino);
+                let data = if ctx.data_taken.insert(ino) {
                     let dup = sysproc::pidfd_getfd(&pidfd, fd)
                         .map_err(|source| EngineError::Sys { step: "pidfd_getfd fifo", pid, source })?;
                     sysproc::pipe_peek(&dup).map_err(|source| EngineError::Sys { step: "read fifo buffer", pid, source })?
@@ -182,6 +253,7 @@ pub fn save(pid: i32) -> Result<Vec<FdState>> {
             return Err(unsupported(target.split(':').next().unwrap_or("unknown")));
         };
         out.push(FdState { fd, flags, kind });
+        ctx.saved.push((pid, vpid, fd, target));
     }
     Ok(out)
 }
@@ -212,11 +284,52 @@ fn place(inj: &mut Injector, tmp: u64, st: &FdState) -> Result<()> {
     Ok(())
 }
 
-/// Recreates the fds in the process being restored, whose fd table is empty. External standard
-/// streams are connected to fd N of `zap_pid` (the restoring command), opened through /proc.
-pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> {
-    let mut pipes: HashMap<u64, (u64, u64)> = HashMap::new();
-    let mut fifo_keepers: HashMap<u64, u64> = HashMap::new();
+/// What the processes restored so far created, for processes restored together.
+pub struct RestoreContext {
+    zap_pid: u32,
+    /// Pipe inode -> (vpid of the process that created it, its read and write keeper fds).
+    pipes: HashMap<u64, (i32, u64, u64)>,
+    /// FIFO inode -> (vpid, keeper fd).
+    fifos: HashMap<u64, (i32, u64)>,
+}
+
+impl RestoreContext {
+    /// A context for a restore run by the process `zap_pid` (external standard streams are
+    /// reopened through its /proc fds).
+    pub fn new(zap_pid: u32) -> Self {
+        RestoreContext { zap_pid, pipes: HashMap::new(), fifos: HashMap::new() }
+    }
+
+    /// The keeper fds left in process `vpid`, to be closed once every process has its fds.
+    pub fn keepers(&self, vpid: i32) -> Vec<u64> {
+        let mut v: Vec<u64> = self.pipes.values().filter(|p| p.0 == vpid).flat_map(|p| [p.1, p.2]).collect();
+        v.extend(self.fifos.values().filter(|f| f.0 == vpid).map(|f| f.1));
+        v
+    }
+}
+
+/// Takes fd `fd` of process `vpid` (same PID namespace) into the process `inj` drives.
+fn take_fd(inj: &mut Injector, self_vpid: i32, vpid: i32, fd: u64) -> Result<u64> {
+    if vpid == self_vpid {
+        return inj.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [fd, libc::F_DUPFD as u64, 0, 0, 0, 0]);
+    }
+    let pidfd = inj.call("pidfd_open", libc::SYS_pidfd_open, [vpid as u64, 0, 0, 0, 0, 0])?;
+    let got = inj.call("pidfd_getfd", libc::SYS_pidfd_getfd, [pidfd, fd, 0, 0, 0, 0]);
+    inj.call("close pidfd", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+    got
+}
+
+/// Parks fd `fd` at a number of 10000 or more, away from the numbers still to be placed.
+fn park(inj: &mut Injector, fd: u64) -> Result<u64> {
+    let hi = inj.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [fd, libc::F_DUPFD_CLOEXEC as u64, 10000, 0, 0, 0])?;
+    inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    Ok(hi)
+}
+
+/// Recreates the fds in the process being restored (which sees itself as `vpid` and whose fd
+/// table is empty). Pipe and FIFO keepers stay open; close them with [`RestoreContext::keepers`]
+/// once every process of the group has its fds.
+pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut RestoreContext) -> Result<()> {
     let open_path = |inj: &mut Injector, path: &str, flags: u32| -> Result<u64> {
         let scratch = inj.scratch(8192)?;
         let mut p = path.as_bytes().to_vec();
@@ -234,26 +347,23 @@ pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> 
                 fd
             }
             FdKind::CharDev { path } => open_path(inj, path, st.flags)?,
+            FdKind::Dup { vpid: owner, fd } => take_fd(inj, vpid, *owner, *fd as u64)
+                .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: take shared fd {fd} of pid {owner}: {e}", st.fd) })?,
             FdKind::Fifo { path, ino, data } => {
                 // A read-write end of our own keeps the FIFO open, so that reopening either end
                 // does not block and refilled bytes stay buffered.
-                let keeper = match fifo_keepers.get(ino) {
-                    Some(k) => *k,
-                    None => {
-                        let k = open_path(inj, path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
-                        let k = inj.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [k, libc::F_DUPFD as u64, 10000, 0, 0, 0])
-                            .and_then(|hi| inj.call("close", libc::SYS_close, [k, 0, 0, 0, 0, 0]).map(|_| hi))?;
-                        fifo_keepers.insert(*ino, k);
-                        k
-                    }
-                };
-                refill(inj, keeper, data, &format!("fifo {path}"))?;
+                if !ctx.fifos.contains_key(ino) {
+                    let k = open_path(inj, path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
+                    let k = park(inj, k)?;
+                    ctx.fifos.insert(*ino, (vpid, k));
+                    refill(inj, k, data, &format!("fifo {path}"))?;
+                }
                 let fd = open_path(inj, path, st.flags | libc::O_NONBLOCK as u32)?;
                 let status = st.flags & (libc::O_NONBLOCK | libc::O_APPEND) as u32;
                 inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
                 fd
             }
-            FdKind::External { .. } => open_path(inj, &format!("/proc/{zap_pid}/fd/{}", st.fd), st.flags)?,
+            FdKind::External { .. } => open_path(inj, &format!("/proc/{}/fd/{}", ctx.zap_pid, st.fd), st.flags)?,
             FdKind::Eventfd { count, semaphore } => {
                 let mut flags = st.flags & libc::O_NONBLOCK as u32;
                 if *semaphore {
@@ -269,7 +379,7 @@ pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> 
                 fd
             }
             FdKind::Pipe { ino, write_end, size, data } => {
-                let (r, w) = match pipes.get(ino) {
+                let (owner, r, w) = match ctx.pipes.get(ino) {
                     Some(p) => *p,
                     None => {
                         let scratch = inj.scratch(8192)?;
@@ -277,19 +387,15 @@ pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> 
                         let b = inj.read_mem(scratch, 8)?;
                         let r = u64::from(u32::from_le_bytes(b[0..4].try_into().expect("4")));
                         let w = u64::from(u32::from_le_bytes(b[4..8].try_into().expect("4")));
-                        // Keep both ends away from the numbers still to be placed.
-                        let hi_r = inj.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [r, libc::F_DUPFD as u64, 10000, 0, 0, 0])?;
-                        let hi_w = inj.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [w, libc::F_DUPFD as u64, 10000, 0, 0, 0])?;
-                        inj.call("close", libc::SYS_close, [r, 0, 0, 0, 0, 0])?;
-                        inj.call("close", libc::SYS_close, [w, 0, 0, 0, 0, 0])?;
-                        inj.call("fcntl(F_SETPIPE_SZ)", libc::SYS_fcntl, [hi_w, libc::F_SETPIPE_SZ as u64, *size as u64, 0, 0, 0])?;
-                        pipes.insert(*ino, (hi_r, hi_w));
-                        (hi_r, hi_w)
+                        let (r, w) = (park(inj, r)?, park(inj, w)?);
+                        inj.call("fcntl(F_SETPIPE_SZ)", libc::SYS_fcntl, [w, libc::F_SETPIPE_SZ as u64, *size as u64, 0, 0, 0])?;
+                        refill(inj, w, data, &format!("pipe {ino}"))?;
+                        ctx.pipes.insert(*ino, (vpid, r, w));
+                        (vpid, r, w)
                     }
                 };
-                refill(inj, w, data, &format!("pipe {ino}"))?;
                 let end = if *write_end { w } else { r };
-                let fd = inj.call("fcntl(F_DUPFD)", libc::SYS_fcntl, [end, libc::F_DUPFD as u64, 0, 0, 0, 0])?;
+                let fd = take_fd(inj, vpid, owner, end)?;
                 let status = st.flags & (libc::O_NONBLOCK as u32);
                 inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
                 fd
@@ -297,12 +403,13 @@ pub fn restore(inj: &mut Injector, fds: &[FdState], zap_pid: u32) -> Result<()> 
         };
         place(inj, tmp, st)?;
     }
-    for k in fifo_keepers.into_values() {
-        inj.call("close", libc::SYS_close, [k, 0, 0, 0, 0, 0])?;
-    }
-    for (r, w) in pipes.into_values() {
-        inj.call("close", libc::SYS_close, [r, 0, 0, 0, 0, 0])?;
-        inj.call("close", libc::SYS_close, [w, 0, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+/// Closes fds `fds` in the process `inj` drives (the keepers of [`RestoreContext::keepers`]).
+pub fn close_all(inj: &mut Injector, fds: &[u64]) -> Result<()> {
+    for &fd in fds {
+        inj.call("close keeper", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
     Ok(())
 }

@@ -233,12 +233,13 @@ pub fn copy_pages(pid: i32, vmas: &[VmaState]) -> Result<PageCopy> {
 }
 
 /// Chunks and stores copied pages into `sink`, returning one image per mapping that has saved
-/// pages (and setting `vma.image`).
+/// pages (and setting `vma.image`). Image names are `{prefix}mem/{start:x}`.
 pub fn store_pages<S: ChunkSink>(
     copy: PageCopy,
     vmas: &mut [VmaState],
     sink: &mut S,
     cfg: &ChunkerConfig,
+    prefix: &str,
 ) -> Result<(Vec<Image>, MemDumpFigures)> {
     let mut figures = MemDumpFigures { bytes_read: copy.bytes, new_bytes: 0 };
     let mut per_vma: Vec<Vec<Extent>> = vec![Vec::new(); vmas.len()];
@@ -250,7 +251,7 @@ pub fn store_pages<S: ChunkSink>(
     let mut images = Vec::new();
     for (vma, extents) in vmas.iter_mut().zip(per_vma) {
         if !extents.is_empty() {
-            let name = format!("mem/{:x}", vma.start);
+            let name = format!("{prefix}mem/{:x}", vma.start);
             vma.image = Some(name.clone());
             images.push(Image { name, kind: ImageKind::Memory, extents });
         }

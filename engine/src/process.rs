@@ -145,11 +145,11 @@ fn refuse_timers(pid: i32, inj: &mut Injector) -> Result<()> {
     Ok(())
 }
 
-/// Checkpoints process `pid` into `store`.
-pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
-    let t0 = Instant::now();
+/// Saves everything about the stopped process `pid` (every thread held by `frozen`) and copies
+/// its pages out. The process stays stopped; the caller stores the pages and decides whether it
+/// runs on. `files` says which fds may be shared with other processes being saved with it.
+pub fn save_process(pid: i32, frozen: &Frozen, files_ctx: &mut files::SaveContext) -> Result<(ProcessImage, mem::PageCopy)> {
     let vpid = vpid_of(pid)?;
-    let frozen = Frozen::freeze(pid)?;
     if frozen.threads().len() != 1 {
         return Err(EngineError::Proc {
             pid,
@@ -157,8 +157,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
         });
     }
     let tid = frozen.threads()[0];
-    let mut vmas = mem::save_layout(pid)?;
-    let fds = files::save(pid)?;
+    let vmas = mem::save_layout(pid)?;
+    let fds = files::save(pid, vpid, files_ctx)?;
     let mut inj = Injector::new(pid, tid, find_syscall_insn(pid)?)?;
     let saved = (|| {
         refuse_timers(pid, &mut inj)?;
@@ -173,6 +173,14 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let (thread, attrs, signals) = saved?;
     // Copy the pages out; after this the process no longer needs to be stopped.
     let copy = mem::copy_pages(pid, &vmas)?;
+    Ok((ProcessImage { host_pid: pid, vpid, threads: vec![thread], attrs, signals, vmas, fds }, copy))
+}
+
+/// Checkpoints process `pid` into `store`.
+pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
+    let t0 = Instant::now();
+    let frozen = Frozen::freeze(pid)?;
+    let (mut image, copy) = save_process(pid, &frozen, &mut files::SaveContext::default())?;
     let bytes_read = copy.bytes;
     // With leave_running the process goes on now. Otherwise it stays stopped until the
     // checkpoint is committed, so that a failure to store leaves it running rather than lost.
@@ -184,12 +192,11 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
-    let (images, _) = mem::store_pages(copy, &mut vmas, &mut writer, &opts.chunker)?;
-    let image = ProcessImage { host_pid: pid, vpid, threads: vec![thread], attrs, signals, vmas, fds };
+    let (images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "")?;
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
     manifest.parent = opts.parent;
     manifest.labels.insert("pid".into(), pid.to_string());
-    manifest.labels.insert("vpid".into(), vpid.to_string());
+    manifest.labels.insert("vpid".into(), image.vpid.to_string());
     manifest.images = images;
     manifest.state = image.encode();
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
@@ -231,7 +238,7 @@ impl Restored {
 }
 
 /// A free page-aligned address in the saved layout for the trampoline.
-fn trampoline_addr(vmas: &[VmaState]) -> u64 {
+pub fn trampoline_addr(vmas: &[VmaState]) -> u64 {
     let mut candidate = MMAP_MIN;
     for v in vmas {
         if v.start >= candidate + 4096 {
@@ -304,7 +311,6 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
     if image.vpid == 1 {
         return Err(EngineError::Proc { pid: image.vpid, detail: "restoring a namespace init (pid 1) is not supported yet".into() });
     }
-    let thread = image.threads.first().ok_or_else(|| EngineError::Proc { pid: image.vpid, detail: "no threads saved".into() })?;
     let tramp = trampoline_addr(&image.vmas);
     let init = sysclone::spawn_pidns_target(image.vpid, tramp)
         .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
@@ -312,7 +318,12 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         let pid = find_child(init, Duration::from_secs(5))?;
         wait_ready(pid, tramp, Duration::from_secs(5))?;
         let frozen = Frozen::freeze(pid)?;
-        let warnings = drive_restore(store, &manifest, &image, thread, pid, tramp)?;
+        let mut r = ProcRestore::begin(&image, pid, tramp)?;
+        r.memory(store, &manifest.images)?;
+        let mut ctx = files::RestoreContext::new(std::process::id());
+        r.files(&mut ctx)?;
+        r.close_fds(&ctx.keepers(image.vpid))?;
+        let warnings = r.finish()?;
         drop(frozen); // detach: the process runs
         Ok(Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 })
     })();
@@ -327,72 +338,119 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
     result
 }
 
-fn drive_restore<S: ImageStore>(
-    store: &S,
-    manifest: &Manifest,
-    image: &ProcessImage,
-    thread: &ThreadState,
+/// The restore of one process, step by step. The process is a bare clone that holds only the
+/// trampoline page and is stopped under ptrace; the caller calls, in order, [`ProcRestore::begin`],
+/// [`ProcRestore::memory`], [`ProcRestore::files`] and [`ProcRestore::finish`]. A pod restore
+/// interleaves these steps across its processes (all memory first, then fds in tree order so
+/// shared fds can be taken from the process that created them).
+pub struct ProcRestore<'a> {
+    image: &'a ProcessImage,
     pid: i32,
     tramp: u64,
-) -> Result<Vec<String>> {
-    let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
-    let mut inj = Injector::new(pid, pid, tramp)?;
-    // Block every signal while we work; the saved mask is loaded at the end.
-    regs::set_sigmask(pid, !0u64).map_err(sys_err("block signals"))?;
-    inj.call("alarm(0)", libc::SYS_alarm, [0; 6])?;
-    inj.call("close_range", libc::SYS_close_range, [0, u64::from(u32::MAX), 0, 0, 0, 0])?;
-    // Unregister the rseq area inherited from our init, then clear the address space.
-    let inherited = regs::get_rseq(pid).map_err(sys_err("read rseq"))?;
-    if inherited.rseq_abi_pointer != 0 {
-        const RSEQ_FLAG_UNREGISTER: u64 = 1;
-        inj.call(
-            "rseq unregister",
-            libc::SYS_rseq,
-            [inherited.rseq_abi_pointer, u64::from(inherited.rseq_abi_size), RSEQ_FLAG_UNREGISTER, u64::from(inherited.signature), 0, 0],
-        )?;
+    inj: Injector,
+}
+
+impl<'a> ProcRestore<'a> {
+    /// Takes over the bare process `pid` (host pid, stopped under ptrace): blocks signals, closes
+    /// inherited fds and clears its address space down to the trampoline at `tramp`.
+    pub fn begin(image: &'a ProcessImage, pid: i32, tramp: u64) -> Result<Self> {
+        let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
+        let mut inj = Injector::new(pid, pid, tramp)?;
+        // Block every signal while we work; the saved mask is loaded at the end.
+        regs::set_sigmask(pid, !0u64).map_err(sys_err("block signals"))?;
+        inj.call("alarm(0)", libc::SYS_alarm, [0; 6])?;
+        inj.call("close_range", libc::SYS_close_range, [0, u64::from(u32::MAX), 0, 0, 0, 0])?;
+        // Unregister the rseq area inherited from our init, then clear the address space.
+        let inherited = regs::get_rseq(pid).map_err(sys_err("read rseq"))?;
+        if inherited.rseq_abi_pointer != 0 {
+            const RSEQ_FLAG_UNREGISTER: u64 = 1;
+            inj.call(
+                "rseq unregister",
+                libc::SYS_rseq,
+                [inherited.rseq_abi_pointer, u64::from(inherited.rseq_abi_size), RSEQ_FLAG_UNREGISTER, u64::from(inherited.signature), 0, 0],
+            )?;
+        }
+        inj.call("munmap below trampoline", libc::SYS_munmap, [0, tramp, 0, 0, 0, 0])?;
+        inj.call("munmap above trampoline", libc::SYS_munmap, [tramp + 4096, TASK_SIZE - tramp - 4096, 0, 0, 0, 0])?;
+        Ok(ProcRestore { image, pid, tramp, inj })
     }
-    inj.call("munmap below trampoline", libc::SYS_munmap, [0, tramp, 0, 0, 0, 0])?;
-    inj.call("munmap above trampoline", libc::SYS_munmap, [tramp + 4096, TASK_SIZE - tramp - 4096, 0, 0, 0, 0])?;
-    mem::restore_layout(&mut inj, &image.vmas)?;
-    mem::restore_pages(store, &inj, &image.vmas, &manifest.images)?;
-    files::restore(&mut inj, &image.fds, std::process::id())?;
-    image.signals.restore_actions(&mut inj)?;
-    let mut warnings = image.attrs.restore(&mut inj)?;
-    // Per-thread kernel state.
-    inj.call("set_tid_address", libc::SYS_set_tid_address, [thread.tid_address, 0, 0, 0, 0, 0])?;
-    if thread.robust_list.0 != 0 {
-        inj.call("set_robust_list", libc::SYS_set_robust_list, [thread.robust_list.0, thread.robust_list.1, 0, 0, 0, 0])?;
+
+    /// Host pid of the process.
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
-    let scratch = inj.scratch(4096)?;
-    if thread.altstack.1 & libc::SS_DISABLE == 0 {
-        let mut ss = Vec::with_capacity(24);
-        ss.extend_from_slice(&thread.altstack.0.to_le_bytes());
-        ss.extend_from_slice(&thread.altstack.1.to_le_bytes());
-        ss.extend_from_slice(&[0u8; 4]);
-        ss.extend_from_slice(&thread.altstack.2.to_le_bytes());
-        inj.write_mem(scratch, &ss)?;
-        inj.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
+
+    /// The image being restored.
+    pub fn image(&self) -> &ProcessImage {
+        self.image
     }
-    if thread.rseq.rseq_abi_pointer != 0 {
-        inj.call(
-            "rseq register",
-            libc::SYS_rseq,
-            [thread.rseq.rseq_abi_pointer, u64::from(thread.rseq.rseq_abi_size), 0, u64::from(thread.rseq.signature), 0, 0],
-        )?;
+
+    /// The injector driving the process (for steps of the caller's own, e.g. creating children).
+    pub fn injector(&mut self) -> &mut Injector {
+        &mut self.inj
     }
-    signals::requeue(&mut inj, image.vpid, image.vpid, &image.signals.shared_pending, true)?;
-    signals::requeue(&mut inj, image.vpid, image.vpid, &thread.pending, false)?;
-    image.attrs.restore_creds(&mut inj)?;
-    // Last: drop the scratch page and the trampoline, then load the saved CPU state.
-    inj.release_scratch()?;
-    inj.syscall(libc::SYS_munmap, [tramp, 4096, 0, 0, 0, 0])?;
-    regs::set_xstate(pid, &thread.xstate).map_err(sys_err("load xstate"))?;
-    regs::set_sigmask(pid, thread.sigmask).map_err(sys_err("load signal mask"))?;
-    regs::set_regs(pid, &thread.regs()?).map_err(sys_err("load registers"))?;
-    inj.forget();
-    if !warnings.is_empty() {
-        tracing::warn!(pid, ?warnings, "restored with warnings");
+
+    /// Recreates the mappings and writes the saved pages (`images` of the manifest).
+    pub fn memory<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image]) -> Result<()> {
+        mem::restore_layout(&mut self.inj, &self.image.vmas)?;
+        mem::restore_pages(store, &self.inj, &self.image.vmas, images)?;
+        Ok(())
     }
-    warnings.shrink_to_fit();
-    Ok(warnings)
+
+    /// Recreates the fds.
+    pub fn files(&mut self, ctx: &mut files::RestoreContext) -> Result<()> {
+        files::restore(&mut self.inj, self.image.vpid, &self.image.fds, ctx)
+    }
+
+    /// Closes fds of ours left in the process (pipe keepers).
+    pub fn close_fds(&mut self, fds: &[u64]) -> Result<()> {
+        files::close_all(&mut self.inj, fds)
+    }
+
+    /// Signal handlers, attributes, per-thread state, queued signals and credentials; then drops
+    /// the trampoline and loads the CPU state. The process is left stopped, ready to be detached.
+    pub fn finish(self) -> Result<Vec<String>> {
+        let ProcRestore { image, pid, tramp, mut inj } = self;
+        let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
+        let thread = image.threads.first().ok_or_else(|| EngineError::Proc { pid: image.vpid, detail: "no threads saved".into() })?;
+        image.signals.restore_actions(&mut inj)?;
+        let mut warnings = image.attrs.restore(&mut inj)?;
+        // Per-thread kernel state.
+        inj.call("set_tid_address", libc::SYS_set_tid_address, [thread.tid_address, 0, 0, 0, 0, 0])?;
+        if thread.robust_list.0 != 0 {
+            inj.call("set_robust_list", libc::SYS_set_robust_list, [thread.robust_list.0, thread.robust_list.1, 0, 0, 0, 0])?;
+        }
+        let scratch = inj.scratch(4096)?;
+        if thread.altstack.1 & libc::SS_DISABLE == 0 {
+            let mut ss = Vec::with_capacity(24);
+            ss.extend_from_slice(&thread.altstack.0.to_le_bytes());
+            ss.extend_from_slice(&thread.altstack.1.to_le_bytes());
+            ss.extend_from_slice(&[0u8; 4]);
+            ss.extend_from_slice(&thread.altstack.2.to_le_bytes());
+            inj.write_mem(scratch, &ss)?;
+            inj.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
+        }
+        if thread.rseq.rseq_abi_pointer != 0 {
+            inj.call(
+                "rseq register",
+                libc::SYS_rseq,
+                [thread.rseq.rseq_abi_pointer, u64::from(thread.rseq.rseq_abi_size), 0, u64::from(thread.rseq.signature), 0, 0],
+            )?;
+        }
+        signals::requeue(&mut inj, image.vpid, image.vpid, &image.signals.shared_pending, true)?;
+        signals::requeue(&mut inj, image.vpid, image.vpid, &thread.pending, false)?;
+        image.attrs.restore_creds(&mut inj)?;
+        // Last: drop the scratch page and the trampoline, then load the saved CPU state.
+        inj.release_scratch()?;
+        inj.syscall(libc::SYS_munmap, [tramp, 4096, 0, 0, 0, 0])?;
+        regs::set_xstate(pid, &thread.xstate).map_err(sys_err("load xstate"))?;
+        regs::set_sigmask(pid, thread.sigmask).map_err(sys_err("load signal mask"))?;
+        regs::set_regs(pid, &thread.regs()?).map_err(sys_err("load registers"))?;
+        inj.forget();
+        if !warnings.is_empty() {
+            tracing::warn!(pid, ?warnings, "restored with warnings");
+        }
+        warnings.shrink_to_fit();
+        Ok(warnings)
+    }
 }

@@ -77,3 +77,15 @@ pub fn pipe_size(fd: &std::os::fd::OwnedFd) -> io::Result<i32> {
     }
     Ok(n)
 }
+
+/// True when fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file description
+/// (`kcmp(KCMP_FILE)`).
+pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> io::Result<bool> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp takes plain integers.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc == 0)
+}
