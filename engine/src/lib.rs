@@ -14,6 +14,7 @@ pub mod cpu;
 mod error;
 pub mod files;
 pub mod freeze;
+pub mod group;
 pub mod inject;
 pub mod maps;
 pub mod mem;

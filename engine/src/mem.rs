@@ -44,6 +44,14 @@ pub enum Backing {
     Vdso,
     /// `[vsyscall]`: fixed by the kernel, nothing to restore.
     Vsyscall,
+    /// Shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`, shown as `/dev/zero (deleted)`): a
+    /// kernel shmem object that processes forked after the mapping share.
+    Shmem {
+        /// Inode of the shmem object: mappings with the same inode share memory.
+        ino: u64,
+        /// Offset of the mapping's first byte in the object.
+        offset: u64,
+    },
 }
 
 /// One mapping of the saved process.
@@ -111,8 +119,11 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
         "[vdso]" | "[vvar]" | "[vvar_vclock]" => Backing::Vdso,
         "[vsyscall]" => Backing::Vsyscall,
         "" | "[heap]" | "[stack]" => Backing::Anon,
+        // Shared anonymous memory is a shmem file the kernel names this way.
+        p if m.shared() && (p == "/dev/zero (deleted)" || p.starts_with("[anon_shmem:")) => {
+            Backing::Shmem { ino: m.inode, offset: m.offset }
+        }
         p if p.starts_with("[anon:") || p.starts_with("[anon_shmem:") => Backing::Anon,
-        // Shared anonymous memory is a private shmem file the kernel names this way.
         "/dev/zero (deleted)" => Backing::Anon,
         p if p.starts_with('[') => {
             return Err(EngineError::Proc { pid, detail: format!("mapping {:#x} {p}: unsupported special mapping", m.start) })
@@ -169,7 +180,7 @@ fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
         (Backing::Vdso | Backing::Vsyscall, _) => false,
         (Backing::File { .. }, true) => false,
         (Backing::File { .. }, false) => e & PM_SWAPPED != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
-        (Backing::Anon, _) => e & (PM_PRESENT | PM_SWAPPED) != 0,
+        (Backing::Anon | Backing::Shmem { .. }, _) => e & (PM_PRESENT | PM_SWAPPED) != 0,
     };
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (i, &e) in entries.iter().enumerate() {
@@ -259,15 +270,26 @@ pub fn store_pages<S: ChunkSink>(
     Ok((images, figures))
 }
 
-/// Recreates the mapping table in the process being restored (whose address space holds nothing
-/// but the injection trampoline). Returns nothing; pages are written by [`restore_pages`].
-pub fn restore_layout(inj: &mut Injector, vmas: &[VmaState]) -> Result<()> {
+/// Shared anonymous memory already recreated by processes restored together: shmem inode ->
+/// (vpid of the process that created it, the address range it is mapped at there).
+#[derive(Default)]
+pub struct ShmContext {
+    owners: std::collections::HashMap<u64, (i32, u64, u64)>,
+}
+
+/// Recreates the mapping table in the process being restored (`vpid`, whose address space holds
+/// nothing but the injection trampoline). Shared anonymous memory that another process of the
+/// group recreated already (`shm`) is mapped from that process's `/proc/VPID/map_files` entry
+/// (the restoring process's /proc must be of its own PID namespace), so it is shared again.
+/// Returns, per mapping, whether its saved pages still have to be written ([`restore_pages`]).
+pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mut ShmContext) -> Result<Vec<bool>> {
+    let mut write = vec![true; vmas.len()];
     // The vDSO block ([vvar], [vvar_vclock], [vdso]) goes first, at its saved start.
     if let Some(v) = vmas.iter().find(|v| v.backing == Backing::Vdso) {
         inj.call("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, [ARCH_MAP_VDSO_64, v.start, 0, 0, 0, 0])?;
     }
     let scratch_len = 8192u64;
-    for v in vmas {
+    for (i, v) in vmas.iter().enumerate() {
         let len = v.end - v.start;
         let prot = u64::from(v.prot);
         let share = if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
@@ -278,6 +300,28 @@ pub fn restore_layout(inj: &mut Injector, vmas: &[VmaState]) -> Result<()> {
                 let flags = (share | libc::MAP_ANONYMOUS | libc::MAP_FIXED | grows) as u64;
                 inj.call("mmap anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0])?;
             }
+            Backing::Shmem { ino, offset } => match shm.owners.get(ino) {
+                Some(&(owner, ostart, oend)) if owner != vpid => {
+                    let path = format!("/proc/{owner}/map_files/{ostart:x}-{oend:x}");
+                    let scratch = inj.scratch(scratch_len)?;
+                    let mut p = path.as_bytes().to_vec();
+                    p.push(0);
+                    inj.write_mem(scratch, &p)?;
+                    let fd = inj
+                        .call("open shared memory", libc::SYS_open, [scratch, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0, 0, 0, 0])
+                        .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("open {path} (shared memory of pid {owner}): {e}") })?;
+                    let flags = (libc::MAP_SHARED | libc::MAP_FIXED | grows) as u64;
+                    let r = inj.call("mmap shared memory", libc::SYS_mmap, [v.start, len, prot, flags, fd, *offset]);
+                    inj.call("close shared memory", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                    r.map_err(|e| EngineError::Proc { pid: vpid, detail: format!("map {path} at {:#x}: {e}", v.start) })?;
+                    write[i] = false;
+                }
+                _ => {
+                    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED | grows) as u64;
+                    inj.call("mmap shared anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0])?;
+                    shm.owners.entry(*ino).or_insert((vpid, v.start, v.end));
+                }
+            },
             Backing::File { path, offset } => {
                 let scratch = inj.scratch(scratch_len)?;
                 let mut p = path.as_bytes().to_vec();
@@ -292,7 +336,7 @@ pub fn restore_layout(inj: &mut Injector, vmas: &[VmaState]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(write)
 }
 
 /// Restore writes go in windows of this size, several at once.
@@ -301,16 +345,16 @@ const RESTORE_WINDOW: u64 = 8 << 20;
 /// Writes the saved pages into the restored process. Zero extents of anonymous memory are
 /// skipped (fresh anonymous memory is zero); over file pages they are written. Windows are
 /// rebuilt from the store and written in parallel.
-pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState], images: &[Image]) -> Result<u64> {
+pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState], write: &[bool], images: &[Image]) -> Result<u64> {
     use rayon::prelude::*;
     let mut windows: Vec<Vec<Extent>> = Vec::new();
-    for v in vmas {
+    for (v, _) in vmas.iter().zip(write).filter(|(_, w)| **w) {
         let Some(name) = &v.image else { continue };
         let img = images.iter().find(|i| &i.name == name).ok_or_else(|| EngineError::Proc {
             pid: 0,
             detail: format!("checkpoint lacks image {name} for mapping {:#x}", v.start),
         })?;
-        let anon = v.backing == Backing::Anon;
+        let anon = matches!(v.backing, Backing::Anon | Backing::Shmem { .. });
         // Pieces of at most one window, then runs of contiguous pieces of at most one window.
         let mut pieces: Vec<Extent> = Vec::new();
         for e in img.extents.iter().filter(|e| !(anon && e.data == ExtentData::Zero)) {

@@ -116,7 +116,7 @@ pub struct CheckpointReport {
     pub bytes_read: u64,
 }
 
-fn vpid_of(pid: i32) -> Result<i32> {
+pub(crate) fn vpid_of(pid: i32) -> Result<i32> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", Path::new(&path), e))?;
     status
@@ -274,7 +274,7 @@ fn find_child(init: i32, timeout: Duration) -> Result<i32> {
 }
 
 /// Waits until the target has mapped its trampoline and sleeps in `pause`.
-fn wait_ready(pid: i32, tramp: u64, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_ready(pid: i32, tramp: u64, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -319,7 +319,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         wait_ready(pid, tramp, Duration::from_secs(5))?;
         let frozen = Frozen::freeze(pid)?;
         let mut r = ProcRestore::begin(&image, pid, tramp)?;
-        r.memory(store, &manifest.images)?;
+        r.memory(store, &manifest.images, &mut mem::ShmContext::default())?;
         let mut ctx = files::RestoreContext::new(std::process::id());
         r.files(&mut ctx)?;
         r.close_fds(&ctx.keepers(image.vpid))?;
@@ -390,10 +390,11 @@ impl<'a> ProcRestore<'a> {
         &mut self.inj
     }
 
-    /// Recreates the mappings and writes the saved pages (`images` of the manifest).
-    pub fn memory<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image]) -> Result<()> {
-        mem::restore_layout(&mut self.inj, &self.image.vmas)?;
-        mem::restore_pages(store, &self.inj, &self.image.vmas, images)?;
+    /// Recreates the mappings and writes the saved pages (`images` of the manifest); `shm` shares
+    /// shared anonymous memory with processes restored before this one.
+    pub fn memory<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image], shm: &mut mem::ShmContext) -> Result<()> {
+        let write = mem::restore_layout(&mut self.inj, self.image.vpid, &self.image.vmas, shm)?;
+        mem::restore_pages(store, &self.inj, &self.image.vmas, &write, images)?;
         Ok(())
     }
 

@@ -21,8 +21,11 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Bytes of the trampoline: `syscall` then `int3` (never reached: we stop at syscall exit).
-pub const TRAMPOLINE: [u8; 3] = [0x0f, 0x05, 0xcc];
+/// Bytes of the trampoline: `syscall` (the injection point), then a `pause` loop
+/// (`mov eax, SYS_pause; syscall; jmp back`). An injecting thread never runs past the first
+/// `syscall` (we stop it at syscall exit); a child created by an injected `fork`-like `clone3`
+/// does, and waits in the loop until it is taken over in turn.
+pub const TRAMPOLINE: [u8; 11] = [0x0f, 0x05, 0xb8, libc::SYS_pause as u8, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7];
 
 fn clone3(args: &CloneArgs) -> i64 {
     // SAFETY: clone3 reads `args` (valid, correctly sized); without CLONE_VM and without a stack
@@ -36,6 +39,8 @@ fn errno() -> i32 {
 
 /// Exit codes of the init process, so the parent can say what failed.
 pub const INIT_EXIT_CLONE_FAILED: i32 = 100;
+/// The group init could not mount its /proc.
+pub const INIT_EXIT_MOUNT_FAILED: i32 = 102;
 /// The target could not map its trampoline (the address was taken).
 pub const TARGET_EXIT_TRAMPOLINE: i32 = 101;
 
@@ -126,6 +131,53 @@ pub fn spawn_target(vpid: i32, tramp: u64) -> io::Result<i32> {
         return Err(io::Error::last_os_error());
     }
     Ok(rc as i32)
+}
+
+/// Starts an init in new PID and mount namespaces, with a fresh /proc of its PID namespace, that
+/// creates one restore target per pid of `top` (in order, see [`spawn_target`]) and then reaps
+/// until no child is left. Returns the init's host pid.
+pub fn spawn_pidns_group(top: &[i32], tramp: u64) -> io::Result<i32> {
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let rc = clone3(&args);
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if rc == 0 {
+        group_init(top, tramp);
+    }
+    Ok(rc as i32)
+}
+
+fn group_init(top: &[i32], tramp: u64) -> ! {
+    // SAFETY: plain syscalls on integers and on pointers to string literals and locals that
+    // outlive each call; `top` is this process's copy of the caller's slice.
+    unsafe {
+        libc::setsid();
+        let rc = libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null());
+        if rc != 0 || libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), 0, std::ptr::null()) != 0 {
+            libc::_exit(INIT_EXIT_MOUNT_FAILED);
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+        }
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        for &vpid in top {
+            if spawn_target(vpid, tramp).is_err() {
+                libc::_exit(INIT_EXIT_CLONE_FAILED);
+            }
+        }
+        loop {
+            let mut status = 0;
+            let r = libc::waitpid(-1, &mut status, 0);
+            if r < 0 && errno() == libc::ECHILD {
+                libc::_exit(0);
+            }
+        }
+    }
 }
 
 /// Starts an init in a new PID namespace that creates the target with `vpid` and a trampoline

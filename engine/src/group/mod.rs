@@ -1,0 +1,180 @@
+//! A group of processes checkpointed and restored together: the process tree with its
+//! parent/child links, sessions and process groups, zombies, and what the processes share (open
+//! file descriptions, pipes between them, shared anonymous memory).
+//!
+//! ## Saving
+//! The caller stops every process first (a pod freezes its cgroup; [`freeze_tree`] seizes a tree
+//! with ptrace). [`save`] orders the members parents first (the restore order), reads each
+//! member's place in the tree from `/proc/PID/status` (`NSpid`, `NSpgid`, `NSsid`, `PPid`) and
+//! saves each live member with [`crate::process::save_process`] through one
+//! [`files::SaveContext`], so descriptions shared between members are saved once. A zombie is
+//! saved as its pid and exit status.
+//!
+//! ## Restoring ([`restore`])
+//! A pid namespace init (ours) creates the *top* members (those whose parent is not in the
+//! group) with their saved pids. Then, for each member in order: it is taken over, its address
+//! space cleared, it calls `setsid` if it led a session, and it creates its own children with
+//! `clone3` + `set_tid` (they start as copies of the bare parent and wait in the trampoline's
+//! `pause` loop until they are taken over in turn). When the whole tree exists: memory for every
+//! member (shared anonymous memory is mapped from the first member that has it, through
+//! `/proc/VPID/map_files`), fds in save order (shared descriptions are taken from the member that
+//! recreated them), pipe keepers closed, process groups joined (leaders first), zombies made to
+//! exit with their status, and finally every member's attributes, credentials and CPU state.
+//! All members are released together.
+//!
+//! Limits: a member whose session or process group leader is outside the group, or that is in a
+//! session it did not create and its parent does not share, is restored in its parent's
+//! session/group with a warning.
+mod restore;
+mod save;
+
+use serde::{Deserialize, Serialize};
+
+use crate::process::ProcessImage;
+use crate::{EngineError, Result};
+
+pub use restore::{restore, restore_in, GroupRestored, TargetSpawner};
+pub use save::{freeze_tree, save, tree_of, SavedGroup};
+
+/// Version of the [`GroupImage`] encoding (first byte of the state blob).
+pub const GROUP_IMAGE_VERSION: u8 = 1;
+/// Manifest kind of a process-group checkpoint.
+pub const KIND: &str = "group";
+
+/// What a member is at checkpoint time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// A live process.
+    Live(Box<ProcessImage>),
+    /// A zombie waiting to be reaped by its parent.
+    Zombie {
+        /// Its wait status (exit code << 8, or the killing signal).
+        status: i32,
+    },
+}
+
+/// One process of the group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its pid in the group's PID namespace.
+    pub vpid: i32,
+    /// Its parent's vpid, or 0 when the parent is not in the group (the namespace init, or a
+    /// process outside).
+    pub ppid: i32,
+    /// Process group id (vpid; 0 when outside the namespace).
+    pub pgid: i32,
+    /// Session id (vpid; 0 when outside the namespace).
+    pub sid: i32,
+    /// Its state.
+    pub state: MemberState,
+}
+
+impl Member {
+    /// The process image of a live member.
+    pub fn image(&self) -> Option<&ProcessImage> {
+        match &self.state {
+            MemberState::Live(i) => Some(i),
+            MemberState::Zombie { .. } => None,
+        }
+    }
+}
+
+/// Everything about a group except page contents: members in restore order (parents first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupImage {
+    /// The members.
+    pub members: Vec<Member>,
+}
+
+impl GroupImage {
+    /// Encodes into a manifest state blob.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![GROUP_IMAGE_VERSION];
+        v.extend(postcard::to_stdvec(self).expect("postcard encodes group images"));
+        v
+    }
+
+    /// Decodes a manifest state blob.
+    pub fn decode(blob: &[u8]) -> Result<Self> {
+        let err = |detail: String| EngineError::Proc { pid: 0, detail };
+        match blob.split_first() {
+            Some((&GROUP_IMAGE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| err(format!("group image does not decode: {e}"))),
+            Some((v, _)) => Err(err(format!("group image version {v} not supported"))),
+            None => Err(err("empty group image".into())),
+        }
+    }
+
+    /// Members whose parent is not in the group, in order.
+    pub fn top(&self) -> Vec<i32> {
+        self.members.iter().filter(|m| m.ppid == 0).map(|m| m.vpid).collect()
+    }
+
+    /// Image name prefix of member `vpid`'s memory.
+    pub fn prefix(vpid: i32) -> String {
+        format!("p{vpid}/")
+    }
+}
+
+/// Chunks and stores every live member's copied pages into `sink`, as images named
+/// `p{vpid}/mem/{start:x}` (recorded in the members' mappings). Returns the images and the
+/// bytes newly stored.
+pub fn store_memory<W: zap_store::ChunkSink>(
+    saved: &mut SavedGroup,
+    sink: &mut W,
+    cfg: &zap_chunker::ChunkerConfig,
+) -> Result<(Vec<zap_store::Image>, u64)> {
+    let mut images = Vec::new();
+    let mut new_bytes = 0;
+    for (vpid, copy) in std::mem::take(&mut saved.copies) {
+        let member = saved.image.members.iter_mut().find(|m| m.vpid == vpid).expect("copy of a member");
+        let MemberState::Live(img) = &mut member.state else { continue };
+        let (mut imgs, fig) = crate::mem::store_pages(copy, &mut img.vmas, sink, cfg, &GroupImage::prefix(vpid))?;
+        new_bytes += fig.new_bytes;
+        images.append(&mut imgs);
+    }
+    Ok((images, new_bytes))
+}
+
+/// Checkpoints the process tree rooted at `root` (host pid) as a group: stopped with ptrace,
+/// saved, stored; then killed, or, with `leave_running`, released as soon as its pages are
+/// copied. For trees outside a pod (a pod checkpoint freezes its cgroup instead).
+pub fn checkpoint_tree<S: zap_store::ImageStore>(
+    store: &S,
+    root: i32,
+    opts: &crate::process::CheckpointOptions,
+) -> Result<crate::process::CheckpointReport> {
+    let t0 = std::time::Instant::now();
+    let (pids, frozen) = freeze_tree(root)?;
+    let mut saved = save(&pids, &frozen)?;
+    let bytes_read = saved.bytes_read;
+    let frozen = if opts.leave_running {
+        drop(frozen);
+        None
+    } else {
+        Some(frozen)
+    };
+    let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut writer = store.writer()?;
+    let (images, _) = store_memory(&mut saved, &mut writer, &opts.chunker)?;
+    let name = opts.name.clone().unwrap_or_else(|| {
+        saved.image.members.first().and_then(|m| m.image()).map(|i| i.attrs.comm.clone()).unwrap_or_else(|| "group".into())
+    });
+    let mut manifest = zap_store::Manifest::new(name, KIND);
+    manifest.parent = opts.parent;
+    manifest.labels.insert("pid".into(), root.to_string());
+    manifest.labels.insert("processes".into(), saved.image.members.len().to_string());
+    manifest.images = images;
+    manifest.state = saved.image.encode();
+    let summary = zap_store::ChunkSink::commit(writer, manifest)?;
+    let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if let Some(frozen) = frozen {
+        for &pid in pids.iter().rev() {
+            let _ = crate::sys::clone::kill(pid, libc::SIGKILL);
+        }
+        for f in frozen {
+            f.forget();
+        }
+    }
+    let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
+    Ok(crate::process::CheckpointReport { summary, frozen_ms, total_ms, bytes_read })
+}

@@ -1,0 +1,158 @@
+//! Saving a group: its members' places in the tree and each live member's state.
+use std::collections::{BTreeMap, HashMap};
+
+use super::{GroupImage, Member, MemberState};
+use crate::files::SaveContext;
+use crate::freeze::Frozen;
+use crate::mem::PageCopy;
+use crate::process::save_process;
+use crate::{EngineError, Result};
+
+/// A saved group: the image and, per live member (by vpid), its copied pages.
+pub struct SavedGroup {
+    /// The image (memory not yet stored).
+    pub image: GroupImage,
+    /// Copied pages per live member vpid.
+    pub copies: Vec<(i32, PageCopy)>,
+    /// Bytes copied.
+    pub bytes_read: u64,
+}
+
+struct Place {
+    host: i32,
+    vpid: i32,
+    host_ppid: i32,
+    pgid: i32,
+    sid: i32,
+    zombie: Option<i32>,
+}
+
+fn last_field(status: &str, key: &str) -> Option<i32> {
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse().ok())
+}
+
+fn place_of(pid: i32) -> Result<Place> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
+    let missing = |what: &str| EngineError::Proc { pid, detail: format!("no {what} in /proc/{pid}/status") };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // Fields after the command name start at field 3 (state); exit_code is field 52.
+    let zombie = (fields.first() == Some(&"Z")).then(|| fields.get(49).and_then(|c| c.parse().ok()).unwrap_or(0));
+    Ok(Place {
+        host: pid,
+        vpid: last_field(&status, "NSpid:").ok_or_else(|| missing("NSpid"))?,
+        host_ppid: last_field(&status, "PPid:").ok_or_else(|| missing("PPid"))?,
+        pgid: last_field(&status, "NSpgid:").ok_or_else(|| missing("NSpgid"))?,
+        sid: last_field(&status, "NSsid:").ok_or_else(|| missing("NSsid"))?,
+        zombie,
+    })
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// `root` and all its descendants (host pids), parents before children.
+pub fn tree_of(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        for k in children(out[i]) {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) == Some("Z"))
+        .unwrap_or(false)
+}
+
+/// Stops the tree rooted at `root` with ptrace, parents first, until a pass finds no new
+/// process (a child forked while we stopped its parent is caught on the next pass). Zombies are
+/// listed but not stopped. For groups that no cgroup holds; a pod uses its cgroup freezer.
+pub fn freeze_tree(root: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
+    let mut pids: Vec<i32> = Vec::new();
+    let mut frozen: Vec<Frozen> = Vec::new();
+    loop {
+        let now = tree_of(root);
+        let fresh: Vec<i32> = now.iter().copied().filter(|p| !pids.contains(p)).collect();
+        if fresh.is_empty() {
+            return Ok((pids, frozen));
+        }
+        for pid in fresh {
+            if !is_zombie(pid) {
+                frozen.push(Frozen::freeze(pid)?);
+            }
+            pids.push(pid);
+        }
+    }
+}
+
+/// Saves the stopped processes `pids` (host pids; every live one stopped by an entry of
+/// `frozen`, zombies not). Members come out parents first, siblings by pid.
+pub fn save(pids: &[i32], frozen: &[Frozen]) -> Result<SavedGroup> {
+    let places: Vec<Place> = pids.iter().map(|&p| place_of(p)).collect::<Result<_>>()?;
+    let vpid_of_host: HashMap<i32, i32> = places.iter().map(|p| (p.host, p.vpid)).collect();
+    // Order: parents first (breadth-first from the top members), siblings by vpid.
+    let mut kids: BTreeMap<i32, Vec<&Place>> = BTreeMap::new();
+    for p in &places {
+        let parent = vpid_of_host.get(&p.host_ppid).copied().unwrap_or(0);
+        kids.entry(parent).or_default().push(p);
+    }
+    for v in kids.values_mut() {
+        v.sort_by_key(|p| p.vpid);
+    }
+    let mut order: Vec<&Place> = kids.get(&0).cloned().unwrap_or_default();
+    let mut i = 0;
+    while i < order.len() {
+        if let Some(k) = kids.get(&order[i].vpid) {
+            order.extend(k.iter().copied());
+        }
+        i += 1;
+    }
+    if order.len() != places.len() {
+        return Err(EngineError::Proc { pid: pids.first().copied().unwrap_or(0), detail: "process tree has a cycle".into() });
+    }
+    let live: Vec<i32> = order.iter().filter(|p| p.zombie.is_none()).map(|p| p.host).collect();
+    let mut ctx = SaveContext::for_group(&live)?;
+    let mut members = Vec::new();
+    let mut copies = Vec::new();
+    let mut bytes_read = 0;
+    let in_group = |v: i32| places.iter().any(|p| p.vpid == v);
+    for p in order {
+        let ppid = vpid_of_host.get(&p.host_ppid).copied().unwrap_or(0);
+        let state = match p.zombie {
+            Some(status) => MemberState::Zombie { status },
+            None => {
+                let f = frozen.iter().find(|f| f.pid() == p.host).ok_or_else(|| EngineError::Proc {
+                    pid: p.host,
+                    detail: "process is not stopped (it appeared after the freeze?)".into(),
+                })?;
+                let (image, copy) = save_process(p.host, f, &mut ctx)?;
+                bytes_read += copy.bytes;
+                copies.push((p.vpid, copy));
+                MemberState::Live(Box::new(image))
+            }
+        };
+        let pgid = if in_group(p.pgid) { p.pgid } else { 0 };
+        let sid = if in_group(p.sid) { p.sid } else { 0 };
+        members.push(Member { vpid: p.vpid, ppid, pgid, sid, state });
+    }
+    Ok(SavedGroup { image: GroupImage { members }, copies, bytes_read })
+}
