@@ -1,6 +1,6 @@
 //! File descriptors: regular files (path, flags, offset), directories, character devices, pipes
-//! and FIFOs (with the bytes buffered in them, read without consuming them), eventfds, and
-//! standard streams connected outside the process.
+//! and FIFOs (with the bytes buffered in them, read without consuming them), eventfds, sockets
+//! ([`crate::sockets`]), and standard streams connected outside the process.
 //!
 //! A pipe whose two ends the process holds is restored as one new pipe with both ends and its
 //! data. A standard stream (fd 0-2) that leads outside the process (a terminal, a pipe or socket
@@ -73,6 +73,8 @@ pub enum FdKind {
         /// That fd.
         fd: i32,
     },
+    /// A socket.
+    Socket(crate::sockets::SocketState),
     /// A standard stream leading outside the process.
     External {
         /// What it was (`pipe:[123]`, `/dev/pts/0`, `socket:[9]`).
@@ -113,6 +115,12 @@ pub struct SaveContext {
     saved: Vec<(i32, i32, i32, String)>,
     /// Pipes and FIFOs whose buffered bytes were recorded already.
     data_taken: HashSet<u64>,
+    /// Sockets of the group.
+    pub sockets: crate::sockets::SocketContext,
+}
+
+fn socket_ino(target: &str) -> Option<u64> {
+    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 fn list_fds(pid: i32) -> Result<Vec<(i32, String)>> {
@@ -140,6 +148,9 @@ impl SaveContext {
         let mut ctx = SaveContext::default();
         for &pid in pids {
             for (fd, target) in list_fds(pid)? {
+                if let Some(ino) = socket_ino(&target) {
+                    ctx.sockets.holders.entry(ino).or_insert((pid, fd));
+                }
                 if let Some(ino) = pipe_ino(&target) {
                     let write = fd_flags(&fdinfo(pid, fd)?) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
                     let e = ctx.pipe_ends.entry(ino).or_default();
@@ -175,6 +186,9 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
     let mut infos = HashMap::new();
     for (fd, target) in &fds {
         let info = fdinfo(pid, *fd)?;
+        if let Some(ino) = socket_ino(target) {
+            ctx.sockets.holders.entry(ino).or_insert((pid, *fd));
+        }
         if let Some(ino) = pipe_ino(target) {
             let write = fd_flags(&info) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
             let e = ctx.pipe_ends.entry(ino).or_default();
@@ -214,7 +228,14 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
             } else {
                 return Err(unsupported("pipe to a process outside the checkpoint"));
             }
-        } else if target.starts_with("socket:") || target.starts_with("/dev/pts/") || target == "/dev/tty" {
+        } else if let Some(ino) = socket_ino(&target) {
+            let dup = sysproc::pidfd_getfd(&pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
+            match crate::sockets::save(pid, fd, ino, &dup, &mut ctx.sockets) {
+                Ok(st) => FdKind::Socket(st),
+                Err(_) if fd <= 2 => FdKind::External { what: target.clone() },
+                Err(e) => return Err(e),
+            }
+        } else if target.starts_with("/dev/pts/") || target == "/dev/tty" {
             if fd <= 2 {
                 FdKind::External { what: target.clone() }
             } else {
@@ -291,19 +312,22 @@ pub struct RestoreContext {
     pipes: HashMap<u64, (i32, u64, u64)>,
     /// FIFO inode -> (vpid, keeper fd).
     fifos: HashMap<u64, (i32, u64)>,
+    /// Sockets created so far.
+    pub sockets: crate::sockets::SocketRestore,
 }
 
 impl RestoreContext {
     /// A context for a restore run by the process `zap_pid` (external standard streams are
     /// reopened through its /proc fds).
     pub fn new(zap_pid: u32) -> Self {
-        RestoreContext { zap_pid, pipes: HashMap::new(), fifos: HashMap::new() }
+        RestoreContext { zap_pid, pipes: HashMap::new(), fifos: HashMap::new(), sockets: Default::default() }
     }
 
     /// The keeper fds left in process `vpid`, to be closed once every process has its fds.
     pub fn keepers(&self, vpid: i32) -> Vec<u64> {
         let mut v: Vec<u64> = self.pipes.values().filter(|p| p.0 == vpid).flat_map(|p| [p.1, p.2]).collect();
         v.extend(self.fifos.values().filter(|f| f.0 == vpid).map(|f| f.1));
+        v.extend(self.sockets.parked.values().filter(|s| s.0 == vpid).map(|s| s.1));
         v
     }
 }
@@ -360,6 +384,12 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
                 }
                 let fd = open_path(inj, path, st.flags | libc::O_NONBLOCK as u32)?;
                 let status = st.flags & (libc::O_NONBLOCK | libc::O_APPEND) as u32;
+                inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
+                fd
+            }
+            FdKind::Socket(sock) => {
+                let fd = crate::sockets::restore(inj, vpid, sock, &mut ctx.sockets, &mut |inj, owner, fd| take_fd(inj, vpid, owner, fd))?;
+                let status = st.flags & (libc::O_NONBLOCK as u32);
                 inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
                 fd
             }

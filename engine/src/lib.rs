@@ -21,6 +21,7 @@ pub mod mem;
 pub mod memdump;
 pub mod process;
 pub mod signals;
+pub mod sockets;
 mod sys;
 
 pub use error::{EngineError, Result};

@@ -279,7 +279,7 @@ fn unsupported_fd_fails_loudly_and_leaves_the_process_running() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sock.out");
     let script = format!(
-        "import socket, time\na, b = socket.socketpair()\nf = open({:?}, 'a', buffering=1)\nn = 0\nwhile True:\n    n += 1\n    f.write('%d\\n' % n)\n    time.sleep(0.01)\n",
+        "import socket, time\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen()\nc = socket.create_connection(l.getsockname())\ns, _ = l.accept()\nf = open({:?}, 'a', buffering=1)\nn = 0\nwhile True:\n    n += 1\n    f.write('%d\\n' % n)\n    time.sleep(0.01)\n",
         out.to_str().unwrap()
     );
     let Ok(py) = which("python3") else {
@@ -291,7 +291,7 @@ fn unsupported_fd_fails_loudly_and_leaves_the_process_running() {
     assert!(wait_for(Duration::from_secs(20), || lines(&out).len() >= 3));
     let store = store(dir.path());
     let err = checkpoint(&store, pid, &CheckpointOptions::default()).unwrap_err().to_string();
-    assert!(err.contains(&format!("pid {pid}")) && err.contains("fd ") && err.contains("socket"), "{err}");
+    assert!(err.contains(&format!("pid {pid}")) && err.contains("fd ") && err.contains("established TCP connection"), "{err}");
     assert!(store.list().unwrap().is_empty(), "a failed checkpoint commits nothing");
     let n = lines(&out).len();
     assert!(wait_for(Duration::from_secs(5), || lines(&out).len() >= n + 3), "process stopped after a failed checkpoint");
@@ -334,4 +334,36 @@ fn armed_timer_fails_loudly_and_leaves_the_process_running() {
     assert!(err.contains("ITIMER_REAL") && err.contains(&pid.to_string()), "{err}");
     let n = text(&out).lines().count();
     assert!(wait_for(Duration::from_secs(5), || text(&out).lines().count() > n + 3), "process stopped after a refused checkpoint");
+}
+
+#[test]
+fn unix_socketpairs_with_queued_data_and_listening_tcp() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prog) = build("sockets", dir.path(), &[]) else { return };
+    // A free port pair on loopback: bind port 0, take the number, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+    let orig = start(&prog, &[out.to_str().unwrap(), go.to_str().unwrap(), &port.to_string()]);
+    let pid = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ready")), "no ready: {}", text(&out));
+    let store = store(dir.path());
+    let report = checkpoint(&store, pid, &CheckpointOptions::default()).expect("checkpoint");
+    drop(orig);
+    wait_gone(pid);
+    let _restored = RestoredProc(restore(&store, &report.summary.id).expect("restore"));
+    std::fs::write(&go, b"go").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || text(&out).contains("listening") || text(&out).contains("FAIL")),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the restored listener");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut reply = [0u8; 4];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"pong");
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ok")), "{}", text(&out));
 }

@@ -4,3 +4,4 @@ pub mod ptrace;
 pub mod clone;
 pub mod proc;
 pub mod regs;
+pub mod sock;
