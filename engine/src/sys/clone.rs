@@ -5,26 +5,28 @@
 //! locks), so this is safe to call from a multi-threaded process.
 use std::io;
 
+/// The `clone_args` structure of `clone3(2)` (version 2, with `cgroup`).
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(crate) struct CloneArgs {
+    pub(crate) flags: u64,
+    pub(crate) pidfd: u64,
+    pub(crate) child_tid: u64,
+    pub(crate) parent_tid: u64,
+    pub(crate) exit_signal: u64,
+    pub(crate) stack: u64,
+    pub(crate) stack_size: u64,
+    pub(crate) tls: u64,
+    pub(crate) set_tid: u64,
+    pub(crate) set_tid_size: u64,
+    pub(crate) cgroup: u64,
 }
 
 /// Bytes of the trampoline: `syscall` then `int3` (never reached: we stop at syscall exit).
 pub const TRAMPOLINE: [u8; 3] = [0x0f, 0x05, 0xcc];
 
-fn clone3(args: &CloneArgs) -> i64 {
+/// Raw `clone3`: the child's pid in the parent, 0 in the child, -1 with errno on failure.
+pub(crate) fn clone3(args: &CloneArgs) -> i64 {
     // SAFETY: clone3 reads `args` (valid, correctly sized); without CLONE_VM and without a stack
     // it behaves like fork: the child continues on a copy of this stack.
     unsafe { libc::syscall(libc::SYS_clone3, args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) }

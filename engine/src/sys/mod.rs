@@ -2,5 +2,6 @@
 //! Every `unsafe` block here carries a `// SAFETY:` comment.
 pub mod ptrace;
 pub mod clone;
+pub mod ns;
 pub mod proc;
 pub mod regs;
