@@ -5,10 +5,12 @@
 //! - [`store_cmd`]: `zap store init|ls|show|rm` and the dispatch of the whole `store` group;
 //! - [`maint_cmd`]: `zap store verify|gc|stats`;
 //! - [`files_cmd`]: `zap store put|get`, checkpoints of plain files;
+//! - [`pod_cmd`]: `zap run|ps|exec|stop|kill|rm`, the pod lifecycle;
 //! - [`output`] and [`progress`]: what goes to stdout (human or `--json`) and to stderr.
 //!
-//! Exit status: 0 on success, 1 on any failure (printed as `zap: error: <message>`) or when
-//! `verify` finds problems, 2 on usage errors.
+//! Exit status: 0 on success, 1 on any failure (printed as `zap: error: <message>`, or
+//! `zap <command>: <message>` for the pod commands) or when `verify` finds problems, 2 on usage
+//! errors. `zap exec` exits with the status of the command it ran.
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +23,7 @@ mod error;
 mod files_cmd;
 mod maint_cmd;
 mod output;
+mod pod_cmd;
 mod process_cmd;
 mod progress;
 mod store_cmd;
@@ -62,6 +65,18 @@ enum Command {
     /// Manage the image store.
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
+    /// Start a command in a new pod (prints the pod name); the pod runs on after zap exits.
+    Run(pod_cmd::RunArgs),
+    /// List pods: state, processes, memory, address, last checkpoint.
+    Ps,
+    /// Run a command inside a running pod; exits with its status.
+    Exec(pod_cmd::ExecArgs),
+    /// Stop a pod: SIGTERM to all its processes, then kill after a timeout.
+    Stop(pod_cmd::StopArgs),
+    /// Kill every process of a pod at once.
+    Kill(pod_cmd::KillArgs),
+    /// Remove a pod that is not running (-f: kill it first).
+    Rm(pod_cmd::RmArgs),
 }
 
 /// What every command gets from the global options.
@@ -113,12 +128,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let ctx = Ctx { store: cli.store, json: cli.json };
-    let result = match cli.command {
-        Command::Checkpoint(args) => process_cmd::checkpoint(&ctx, &args),
-        Command::Restore(args) => process_cmd::restore(&ctx, &args),
-        Command::Ls => store_cmd::ls(&ctx),
-        Command::Store(cmd) => store_cmd::run(&ctx, cmd),
+    // The pod commands name themselves in errors (`zap run: ...`); the others say `zap: error:`.
+    let (pod_command, result) = match cli.command {
+        Command::Checkpoint(args) => (None, process_cmd::checkpoint(&ctx, &args)),
+        Command::Restore(args) => (None, process_cmd::restore(&ctx, &args)),
+        Command::Ls => (None, store_cmd::ls(&ctx)),
+        Command::Store(cmd) => (None, store_cmd::run(&ctx, cmd)),
+        Command::Run(args) => (Some("run"), pod_cmd::run(&ctx, &args)),
+        Command::Ps => (Some("ps"), pod_cmd::ps(&ctx)),
+        Command::Stop(args) => (Some("stop"), pod_cmd::stop(&ctx, &args)),
+        Command::Kill(args) => (Some("kill"), pod_cmd::kill(&ctx, &args)),
+        Command::Rm(args) => (Some("rm"), pod_cmd::rm(&ctx, &args)),
+        Command::Exec(args) => {
+            return match pod_cmd::exec(&args) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("zap exec: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
+    finish(pod_command, result)
+}
+
+/// Prints the output or the error (`zap: error: ...`, or `zap <cmd>: ...` for pod commands).
+fn finish(pod_command: Option<&str>, result: Result<Output>) -> ExitCode {
     match result {
         Ok(out) => match emit(&out) {
             Ok(()) if out.failed => ExitCode::FAILURE,
@@ -129,7 +164,10 @@ fn main() -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("zap: error: {e}");
+            match pod_command {
+                Some(name) => eprintln!("zap {name}: {e}"),
+                None => eprintln!("zap: error: {e}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -35,6 +35,24 @@ pub enum EngineError {
         /// What is wrong.
         detail: String,
     },
+    /// A step on a pod failed.
+    #[error("{step} in pod {pod}: {detail}")]
+    Pod {
+        /// The pod's name.
+        pod: String,
+        /// The step, with its object.
+        step: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A network setting is invalid.
+    #[error("{step}: {detail}")]
+    Net {
+        /// The step, with its object.
+        step: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] zap_store::StoreError),

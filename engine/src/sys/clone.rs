@@ -5,20 +5,21 @@
 //! locks), so this is safe to call from a multi-threaded process.
 use std::io;
 
+/// The `clone_args` structure of `clone3(2)` (version 2, with `cgroup`).
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(crate) struct CloneArgs {
+    pub(crate) flags: u64,
+    pub(crate) pidfd: u64,
+    pub(crate) child_tid: u64,
+    pub(crate) parent_tid: u64,
+    pub(crate) exit_signal: u64,
+    pub(crate) stack: u64,
+    pub(crate) stack_size: u64,
+    pub(crate) tls: u64,
+    pub(crate) set_tid: u64,
+    pub(crate) set_tid_size: u64,
+    pub(crate) cgroup: u64,
 }
 
 /// Bytes of the trampoline: `syscall` (the injection point), then a `pause` loop
@@ -27,7 +28,8 @@ struct CloneArgs {
 /// does, and waits in the loop until it is taken over in turn.
 pub const TRAMPOLINE: [u8; 11] = [0x0f, 0x05, 0xb8, libc::SYS_pause as u8, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7];
 
-fn clone3(args: &CloneArgs) -> i64 {
+/// Raw `clone3`: the child's pid in the parent, 0 in the child, -1 with errno on failure.
+pub(crate) fn clone3(args: &CloneArgs) -> i64 {
     // SAFETY: clone3 reads `args` (valid, correctly sized); without CLONE_VM and without a stack
     // it behaves like fork: the child continues on a copy of this stack.
     unsafe { libc::syscall(libc::SYS_clone3, args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) }

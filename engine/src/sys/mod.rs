@@ -2,6 +2,7 @@
 //! Every `unsafe` block here carries a `// SAFETY:` comment.
 pub mod ptrace;
 pub mod clone;
+pub mod ns;
 pub mod proc;
 pub mod regs;
 pub mod sock;

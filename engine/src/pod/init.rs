@@ -1,0 +1,251 @@
+//! The pod's PID 1 (`zap-init`): sets up the pod from inside, starts what it is told to, then
+//! reaps children and forwards signals until the pod's main process ends.
+//!
+//! ## Protocol with the creator (version [`PROTOCOL_VERSION`])
+//! The creator starts `zap-init` with two pipes: fd 3 (control, creator → init) and fd 4
+//! (status, init → creator). Both are text lines:
+//! 1. creator → init: one line of JSON, an [`InitConfig`] (its `version` must match);
+//! 2. init: closes every other fd, makes all mounts private, mounts a fresh `/proc`, sets the
+//!    hostname, then init → creator: `ready`;
+//! 3. creator configures the pod from outside (v1 cgroups, network), then creator → init: `go`;
+//! 4. init launches ([`Launch`]) and init → creator: `ok <main vpid>` or `err <message>`.
+//!
+//! A failure at any step is sent as `err <step>: <error>` and init exits with status 1. An EOF on
+//! the control pipe before `go` (the creator died) makes init exit too.
+//!
+//! ## Running
+//! Signals are blocked and read from a signalfd: SIGCHLD reaps every exited child; SIGTERM,
+//! SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to every other process of the pod
+//! (`kill(-1, sig)`). When the main process ends, init writes `<pod dir>/exit` (an [`ExitInfo`]
+//! as JSON, atomically) and exits; the kernel then kills what is left of the pod. Init keeps no
+//! fd a pod process could inherit (all close-on-exec).
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys::{clone as sysclone, ns};
+
+/// Version of the creator ↔ init protocol.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// fd of the control pipe in the init.
+pub const CONTROL_FD: i32 = 3;
+/// fd of the status pipe in the init.
+pub const STATUS_FD: i32 = 4;
+/// Signals the init forwards to the processes of the pod.
+pub const FORWARDED: [i32; 6] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+/// PATH used to find the command when its environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the pod's init starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Launch {
+    /// Run `argv` (PATH lookup) with `env` in `cwd`, stdout/stderr to the pod's console.log, stdin /dev/null.
+    Command {
+        /// The command and its arguments.
+        argv: Vec<String>,
+        /// Its environment.
+        env: Vec<(String, String)>,
+        /// Its working directory.
+        cwd: PathBuf,
+    },
+    /// For restoring a checkpoint: for each vpid in `top`, in order, create a bare process with
+    /// exactly that pid ([`crate::sys::clone::spawn_target`]: it maps a trampoline page at
+    /// `tramp` and pauses until taken over by ptrace). `main_vpid` is the process whose exit
+    /// ends the pod.
+    Restore {
+        /// The vpids to create, in order.
+        top: Vec<i32>,
+        /// Address of the trampoline page.
+        tramp: u64,
+        /// The process whose exit ends the pod.
+        main_vpid: i32,
+    },
+}
+
+/// What the creator sends the init (first line on the control pipe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitConfig {
+    /// Must be [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The pod directory (for `console.log` and `exit`).
+    pub pod_dir: PathBuf,
+    /// Hostname of the pod.
+    pub hostname: String,
+    /// What to start.
+    pub launch: Launch,
+}
+
+/// How the pod's main process ended (`<pod dir>/exit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, or 128 + signal number when killed by a signal.
+    pub code: i32,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// The raw wait status (-1 when not known, e.g. the pod was killed from outside).
+    pub wait_status: i32,
+}
+
+impl ExitInfo {
+    /// From a wait status.
+    pub fn from_wait_status(status: i32) -> Self {
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            ExitInfo { code: 128 + sig, signal: Some(sig), wait_status: status }
+        } else {
+            ExitInfo { code: libc::WEXITSTATUS(status), signal: None, wait_status: status }
+        }
+    }
+}
+
+/// Writes `<dir>/exit` atomically (tmp + rename).
+pub fn write_exit(dir: &Path, info: &ExitInfo) -> std::io::Result<()> {
+    let tmp = dir.join("exit.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(info).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, dir.join("exit"))
+}
+
+/// Finds `cmd` like `execvp` would, in `path` (colon-separated) unless it contains a `/`.
+pub fn resolve_command(cmd: &str, path: Option<&str>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if cmd.contains('/') {
+        return Some(PathBuf::from(cmd));
+    }
+    path.unwrap_or(DEFAULT_PATH)
+        .split(':')
+        .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(cmd))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+fn cstring(s: &str, what: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{what} {s:?} contains a NUL byte"))
+}
+
+/// Starts the pod's processes; returns the main vpid.
+fn launch(cfg: &InitConfig) -> Result<i32, String> {
+    match &cfg.launch {
+        Launch::Command { argv, env, cwd } => {
+            let cmd = argv.first().ok_or("start: empty command")?;
+            let step = format!("start {cmd:?}");
+            let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+            let path = resolve_command(cmd, path_var).ok_or_else(|| format!("{step}: No such file or directory"))?;
+            let c_path = cstring(&path.to_string_lossy(), "path").map_err(|e| format!("{step}: {e}"))?;
+            let c_argv = argv.iter().map(|a| cstring(a, "argument")).collect::<Result<Vec<_>, _>>()?;
+            let c_env = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"), "variable")).collect::<Result<Vec<_>, _>>()?;
+            let c_cwd = cstring(&cwd.to_string_lossy(), "directory")?;
+            let log = cfg.pod_dir.join("console.log");
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|e| format!("open {}: {e}", log.display()))?;
+            let null = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+            let prog = ns::Program { path: &c_path, argv: &c_argv, envp: &c_env };
+            ns::fork_exec(&prog, &c_cwd, null.as_fd(), out.as_fd()).map_err(|(s, e)| match s {
+                ns::ChildStep::Chdir => format!("{step}: chdir {}: {e}", cwd.display()),
+                _ => format!("{step}: {e}"),
+            })
+        }
+        Launch::Restore { top, tramp, main_vpid } => {
+            for &vpid in top {
+                let pid = sysclone::spawn_target(vpid, *tramp).map_err(|e| format!("create restore target {vpid}: {e}"))?;
+                if pid != vpid {
+                    return Err(format!("create restore target {vpid}: got pid {pid}"));
+                }
+            }
+            Ok(*main_vpid)
+        }
+    }
+}
+
+fn setup(cfg: &InitConfig) -> Result<(), String> {
+    if cfg.version != PROTOCOL_VERSION {
+        return Err(format!("protocol version {} (this zap-init speaks {PROTOCOL_VERSION})", cfg.version));
+    }
+    ns::make_mounts_private().map_err(|e| format!("make mounts private: {e}"))?;
+    ns::mount_proc().map_err(|e| format!("mount /proc: {e}"))?;
+    ns::sethostname(&cfg.hostname).map_err(|e| format!("set hostname {:?}: {e}", cfg.hostname))?;
+    Ok(())
+}
+
+/// Reaps children and forwards signals until `main_vpid` ends; writes the exit file then.
+fn supervise(sigfd: &OwnedFd, pod_dir: &Path, main_vpid: i32) -> i32 {
+    loop {
+        // A child may have ended before we got here: reap first, then wait for signals.
+        while let Some((pid, status)) = ns::reap_any() {
+            if pid == main_vpid {
+                let info = ExitInfo::from_wait_status(status);
+                let _ = write_exit(pod_dir, &info);
+                return info.code;
+            }
+        }
+        match ns::read_signal(sigfd) {
+            Ok(libc::SIGCHLD) => {}
+            Ok(sig) => {
+                let _ = sysclone::kill(-1, sig);
+            }
+            Err(_) => return 1,
+        }
+    }
+}
+
+/// The entry point of `zap-init`. Returns the exit status of the init.
+pub fn main() -> i32 {
+    // Drop leaked fds, then block our signals (children unblock them before exec).
+    let _ = ns::close_fds_from(STATUS_FD as u32 + 1);
+    let mut signals = FORWARDED.to_vec();
+    signals.push(libc::SIGCHLD);
+    let sigfd = ns::signalfd(&signals);
+    ns::setsid();
+    let (Ok(control), Ok(status)) = (ns::take_inherited_fd(CONTROL_FD), ns::take_inherited_fd(STATUS_FD)) else {
+        eprintln!("zap-init: run by zap only (expects its control pipes on fds 3 and 4)");
+        return 2;
+    };
+    let mut status = std::fs::File::from(status);
+    let mut report = move |line: &str| {
+        let _ = status.write_all(format!("{line}\n").as_bytes());
+    };
+    let sigfd = match sigfd {
+        Ok(fd) => fd,
+        Err(e) => {
+            report(&format!("err create signalfd: {e}"));
+            return 1;
+        }
+    };
+    let mut control = BufReader::new(std::fs::File::from(control));
+    let mut line = String::new();
+    if control.read_line(&mut line).is_err() {
+        report("err read configuration: read failed");
+        return 1;
+    }
+    let cfg: InitConfig = match serde_json::from_str(&line) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&format!("err read configuration: {e}"));
+            return 1;
+        }
+    };
+    if let Err(e) = setup(&cfg) {
+        report(&format!("err {e}"));
+        return 1;
+    }
+    report("ready");
+    line.clear();
+    if control.read_line(&mut line).is_err() || line.trim() != "go" {
+        return 1; // the creator gave up; it cleans up
+    }
+    drop(control);
+    let main_vpid = match launch(&cfg) {
+        Ok(v) => v,
+        Err(e) => {
+            report(&format!("err {e}"));
+            return 1;
+        }
+    };
+    report(&format!("ok {main_vpid}"));
+    drop(report);
+    supervise(&sigfd, &cfg.pod_dir, main_vpid)
+}

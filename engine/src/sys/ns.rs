@@ -1,0 +1,455 @@
+//! Namespaces, mounts and process creation for pods: `clone3` into new namespaces and a cgroup,
+//! `setns`, `mount`, `sethostname`, signalfd, and the fork+exec of the pod's command.
+//!
+//! Every function that forks prepares all its memory (C strings, pointer arrays) before the
+//! `clone3`, and the child runs raw syscalls only until `execve` or `_exit`: no allocation, no
+//! locks, so the callers may be multi-threaded.
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::clone::{clone3, CloneArgs};
+
+/// `CLONE_INTO_CGROUP` (the libc constant has the wrong width).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A NULL-terminated array of pointers into `strings` (which must outlive it).
+fn ptrs(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 just created these fds; we take sole ownership.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Takes ownership of an fd this process inherited (e.g. fd 3 of the pod's init), marking it
+/// close-on-exec. Fails if `fd` is not open.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_SETFD on an integer fd; fails with EBADF when it is not open.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    // SAFETY: the fd is open (checked above) and was handed to this process for it to own;
+    // nothing else in the process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Closes every fd from `first` up.
+pub fn close_fds_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes integers; no fd owned by Rust code is at or above `first` when
+    // the callers use it (at process start).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What [`spawn_init`] starts: the binary, its argv and envp, the namespaces and the cgroup.
+pub struct InitLaunch<'a> {
+    /// `CLONE_NEW*` flags.
+    pub ns_flags: u64,
+    /// An fd of the cgroup v2 directory the child starts in (`CLONE_INTO_CGROUP`).
+    pub cgroup: BorrowedFd<'a>,
+    /// The program.
+    pub exe: &'a CStr,
+    /// Its arguments (argv[0] included).
+    pub argv: &'a [CString],
+    /// Its environment.
+    pub envp: &'a [CString],
+    /// Fds that become 3, 4, ... in the child (in this order); all others are closed on exec.
+    pub fds: &'a [BorrowedFd<'a>],
+}
+
+/// Starts `launch.exe` in new namespaces and in a cgroup with `clone3` (+`CLONE_INTO_CGROUP`)
+/// followed at once by `execve`. Returns the child's host pid. If the exec fails, the child
+/// exits with status 127.
+pub fn spawn_init(launch: &InitLaunch<'_>) -> io::Result<i32> {
+    // Move the fds out of the way of 3, 4, ... so the dup3 calls in the child cannot clobber
+    // one another.
+    let mut high = Vec::with_capacity(launch.fds.len());
+    for fd in launch.fds {
+        // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd (>= 64) or -1.
+        let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) })?;
+        // SAFETY: fcntl just created this fd; we own it.
+        high.push(unsafe { OwnedFd::from_raw_fd(n) });
+    }
+    let argv = ptrs(launch.argv);
+    let envp = ptrs(launch.envp);
+    let args = CloneArgs {
+        flags: launch.ns_flags | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: launch.cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    let rc = clone3(&args);
+    if rc == 0 {
+        // Child: raw syscalls only.
+        // SAFETY: dup3/execve/_exit on integers and on pointers prepared before the clone (the
+        // child has its own copy of this memory).
+        unsafe {
+            for (i, fd) in high.iter().enumerate() {
+                if libc::dup3(fd.as_raw_fd(), 3 + i as i32, 0) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            libc::execve(launch.exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as i32)
+}
+
+/// Makes every mount of this process's mount namespace private (no propagation to or from the
+/// host).
+pub fn make_mounts_private() -> io::Result<()> {
+    // SAFETY: mount with a null source/type/data and valid C strings; no memory is written.
+    cvt(unsafe {
+        libc::mount(c"".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
+    })?;
+    Ok(())
+}
+
+/// Mounts a fresh procfs on `/proc` (it shows the caller's PID namespace).
+pub fn mount_proc() -> io::Result<()> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: all pointers are valid NUL-terminated strings or null.
+    cvt(unsafe { libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) })?;
+    Ok(())
+}
+
+/// Sets the hostname of the caller's UTS namespace.
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    cvt(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })?;
+    Ok(())
+}
+
+/// Starts a new session (the caller becomes its leader, away from any terminal's signals).
+pub fn setsid() {
+    // SAFETY: setsid takes no argument; failing (already a group leader) is harmless.
+    unsafe { libc::setsid() };
+}
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it in place.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks `signals` and returns a close-on-exec signalfd that reads them.
+pub fn signalfd(signals: &[i32]) -> io::Result<OwnedFd> {
+    let set = sigset(signals);
+    // SAFETY: set is initialised; the old mask is not wanted (null).
+    cvt(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) })?;
+    // SAFETY: -1 asks for a new fd; set is valid.
+    let fd = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) })?;
+    // SAFETY: signalfd just created this fd; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Blocks until a signal arrives on `fd` (from [`signalfd`]); returns its number.
+pub fn read_signal(fd: &OwnedFd) -> io::Result<i32> {
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    loop {
+        // SAFETY: info is valid for `size` bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        if n == size as isize {
+            return Ok(info.ssi_signo as i32);
+        }
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::from(io::ErrorKind::UnexpectedEof) });
+    }
+}
+
+/// Reaps one exited child without blocking: `Some((pid, wait status))`, or `None` if no child
+/// has exited (or there are no children).
+pub fn reap_any() -> Option<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: status is a valid i32; WNOHANG makes this non-blocking.
+    let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (r > 0).then_some((r, status))
+}
+
+/// Waits (blocking) for child `pid`; returns its wait status.
+pub fn wait_pid(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid i32.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(status);
+        }
+        if r < 0 && errno() != libc::EINTR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+}
+
+/// Waits up to `timeout_ms` for `fd` to become readable (or hung up). False on timeout.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: p is one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        if errno() != libc::EINTR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+}
+
+/// Which step of the child failed before its program ran, as reported through the error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildStep {
+    /// `chdir` to the working directory.
+    Chdir,
+    /// Joining the namespaces (`setns`).
+    Setns,
+    /// Creating the process inside the namespaces and the cgroup (`clone3`).
+    Clone,
+    /// `execve` of the program.
+    Exec,
+}
+
+impl ChildStep {
+    fn code(self) -> i32 {
+        match self {
+            ChildStep::Chdir => 1,
+            ChildStep::Setns => 2,
+            ChildStep::Clone => 3,
+            ChildStep::Exec => 4,
+        }
+    }
+
+    fn from_code(c: i32) -> Self {
+        match c {
+            1 => ChildStep::Chdir,
+            2 => ChildStep::Setns,
+            3 => ChildStep::Clone,
+            _ => ChildStep::Exec,
+        }
+    }
+}
+
+/// The program of a command to run: everything prepared before the fork.
+pub struct Program<'a> {
+    /// Absolute path of the program.
+    pub path: &'a CStr,
+    /// argv (argv[0] included).
+    pub argv: &'a [CString],
+    /// Environment.
+    pub envp: &'a [CString],
+}
+
+/// Reports `(step, errno)` on the error pipe and exits 127. Raw syscalls only.
+fn child_fail(pipe: RawFd, step: ChildStep) -> ! {
+    let msg = [step.code(), errno()];
+    // SAFETY: msg is 8 valid bytes; write/_exit take integers otherwise.
+    unsafe {
+        libc::write(pipe, msg.as_ptr().cast(), 8);
+        libc::_exit(127)
+    }
+}
+
+/// Reads the error pipe after the child closed it (by exec or exit): `Err` names the step.
+fn read_child_error(r: OwnedFd) -> Result<(), (ChildStep, io::Error)> {
+    use std::io::Read;
+    let mut buf = [0u8; 8];
+    let mut f = std::fs::File::from(r);
+    let mut got = 0;
+    while got < 8 {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((ChildStep::Exec, e)),
+        }
+    }
+    if got < 8 {
+        return Ok(());
+    }
+    let step = i32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
+    let err = i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes"));
+    Err((ChildStep::from_code(step), io::Error::from_raw_os_error(err)))
+}
+
+/// Forks and runs `prog` in `cwd`, with stdin from `stdin` and stdout+stderr to `out`, no
+/// blocked signals, in its own process group, and no other fd. Returns the child's pid once the
+/// program runs; if `chdir` or `execve` fails, reaps the child and says which step failed.
+pub fn fork_exec(
+    prog: &Program<'_>,
+    cwd: &CStr,
+    stdin: BorrowedFd<'_>,
+    out: BorrowedFd<'_>,
+) -> Result<i32, (ChildStep, io::Error)> {
+    let (r, w) = pipe().map_err(|e| (ChildStep::Clone, e))?;
+    let argv = ptrs(prog.argv);
+    let envp = ptrs(prog.envp);
+    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let rc = clone3(&args);
+    if rc == 0 {
+        let wfd = w.as_raw_fd();
+        // SAFETY: raw syscalls on integers and on memory prepared before the clone.
+        unsafe {
+            let empty = sigset(&[]);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::setpgid(0, 0);
+            libc::dup2(stdin.as_raw_fd(), 0);
+            libc::dup2(out.as_raw_fd(), 1);
+            libc::dup2(out.as_raw_fd(), 2);
+            if libc::chdir(cwd.as_ptr()) < 0 {
+                child_fail(wfd, ChildStep::Chdir);
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            libc::execve(prog.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            child_fail(wfd, ChildStep::Exec);
+        }
+    }
+    if rc < 0 {
+        return Err((ChildStep::Clone, io::Error::last_os_error()));
+    }
+    drop(w);
+    let pid = rc as i32;
+    match read_child_error(r) {
+        Ok(()) => Ok(pid),
+        Err(e) => {
+            let _ = wait_pid(pid);
+            Err(e)
+        }
+    }
+}
+
+/// Runs `prog` inside the namespaces of the process behind `pidfd` (all of `ns_flags`, joined
+/// with one `setns`), in the cgroup v2 `cgroup` and the cgroups v1 whose `cgroup.procs` files are
+/// open as `v1_procs`, with this process's fds 0-2, and waits for it.
+///
+/// Two children: the first joins the namespaces (a PID namespace applies to children only), the
+/// second is created by it with `CLONE_INTO_CGROUP` and execs `prog`; the first waits for it and
+/// exits with its exit code (128+signal if killed). Returns that code.
+pub fn run_in_namespaces(
+    pidfd: BorrowedFd<'_>,
+    ns_flags: i32,
+    cgroup: BorrowedFd<'_>,
+    v1_procs: &[BorrowedFd<'_>],
+    prog: &Program<'_>,
+) -> Result<i32, (ChildStep, io::Error)> {
+    let (r, w) = pipe().map_err(|e| (ChildStep::Clone, e))?;
+    let argv = ptrs(prog.argv);
+    let envp = ptrs(prog.envp);
+    let outer = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let inner = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    let rc = clone3(&outer);
+    if rc == 0 {
+        let wfd = w.as_raw_fd();
+        // SAFETY: raw syscalls on integers and on memory prepared before the clone.
+        unsafe {
+            // "0" moves the writer itself into a v1 cgroup; its child inherits it.
+            for fd in v1_procs {
+                if libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) < 0 {
+                    child_fail(wfd, ChildStep::Clone);
+                }
+            }
+            if libc::setns(pidfd.as_raw_fd(), ns_flags) < 0 {
+                child_fail(wfd, ChildStep::Setns);
+            }
+            let pid = clone3(&inner);
+            if pid == 0 {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+                libc::execve(prog.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                child_fail(wfd, ChildStep::Exec);
+            }
+            if pid < 0 {
+                child_fail(wfd, ChildStep::Clone);
+            }
+            libc::close(wfd);
+            let mut status = 0;
+            loop {
+                let r = libc::waitpid(pid as i32, &mut status, 0);
+                if r == pid as i32 {
+                    break;
+                }
+                if r < 0 && errno() != libc::EINTR {
+                    libc::_exit(127);
+                }
+            }
+            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+            libc::_exit(code);
+        }
+    }
+    if rc < 0 {
+        return Err((ChildStep::Clone, io::Error::last_os_error()));
+    }
+    drop(w);
+    let pid = rc as i32;
+    let reported = read_child_error(r);
+    let status = wait_pid(pid).map_err(|e| (ChildStep::Clone, e))?;
+    reported?;
+    Ok(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) })
+}
+
+/// Runs `cmd` with its process joined to the network namespace `netns` (an fd of
+/// `/proc/PID/ns/net`) before exec; returns its output.
+pub fn command_in_netns(cmd: &mut std::process::Command, netns: &OwnedFd) -> io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    let fd = netns.as_raw_fd();
+    // SAFETY: the hook runs in the forked child before exec and calls only setns, which is
+    // async-signal-safe; `fd` stays open in the child (it is inherited, close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    cmd.output()
+}
+
+/// An exclusive `flock` on `file`, released when the file is closed.
+pub fn flock_exclusive(file: &std::fs::File) -> io::Result<()> {
+    loop {
+        // SAFETY: flock takes integers.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        if errno() != libc::EINTR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+}
