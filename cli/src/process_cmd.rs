@@ -1,12 +1,16 @@
-//! `zap checkpoint`, `zap restore`, `zap ls`: checkpoints of running processes.
+//! `zap checkpoint`, `zap restore`, `zap ls`: checkpoints of pods and of running processes.
 //!
-//! `checkpoint --pid PID` freezes the process, stores its state and kills it (or with
-//! `--leave-running` lets it continue); `restore ID` recreates it in a new PID namespace with its
-//! saved pid and returns once it runs. The restored process is a child of a small init of ours
-//! in that namespace, not of `zap`, so it lives on after `zap` exits. External standard streams
+//! `checkpoint NAME` freezes pod NAME (its cgroup), stores every process and the pod's
+//! configuration, and kills and removes the pod (or with `--leave-running` lets it continue).
+//! `checkpoint --pid PID` does the same for one process, or with `--tree` for the process and
+//! all its descendants. `restore ID` recreates what the checkpoint holds: a pod (same name, or
+//! `--name`; same address, or `--ip`), or a process (tree) in a new PID namespace with its saved
+//! pids, and returns once it runs. Restored processes are children of an init of ours, not of
+//! `zap`, so they live on after `zap` exits. External standard streams of a process checkpoint
 //! (a terminal, a pipe to another process) are connected to `zap restore`'s own fds 0-2.
 use clap::Args;
 use serde_json::json;
+use zap_engine::pod::checkpoint::{self as podck, PodCheckpointOptions, PodRestoreOptions};
 use zap_engine::process::{self, CheckpointOptions};
 use zap_store::{ImageStore, LocalStore, StoreOptions};
 
@@ -17,13 +21,24 @@ use crate::Ctx;
 /// `zap checkpoint` arguments.
 #[derive(Args)]
 pub struct CheckpointArgs {
-    /// The process to checkpoint.
+    /// The pod to checkpoint.
+    #[arg(required_unless_present = "pid", conflicts_with = "pid")]
+    pod: Option<String>,
+    /// A process to checkpoint instead of a pod.
     #[arg(long)]
-    pid: i32,
-    /// Let the process run on after the checkpoint (default: kill it once the checkpoint is stored).
+    pid: Option<i32>,
+    /// With --pid: the process and all its descendants, as one group.
+    #[arg(long, requires = "pid")]
+    tree: bool,
+    /// Let the pod or process run on after the checkpoint (default: end it once the checkpoint
+    /// is stored; a pod is then removed).
     #[arg(long)]
     leave_running: bool,
-    /// Name of the checkpoint (default: the process name).
+    /// Save established TCP connections as closed (the application sees them fail) instead of
+    /// refusing the checkpoint.
+    #[arg(long)]
+    tcp_close: bool,
+    /// Name of the checkpoint (default: the pod or process name).
     #[arg(long)]
     name: Option<String>,
 }
@@ -33,6 +48,12 @@ pub struct CheckpointArgs {
 pub struct RestoreArgs {
     /// Checkpoint id or unique prefix (at least 4 hex digits).
     id: String,
+    /// Pod checkpoints: name of the restored pod (default: the saved name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Pod checkpoints: address of the restored pod, ADDR/PREFIX (default: the saved one).
+    #[arg(long)]
+    ip: Option<String>,
 }
 
 fn engine_err(e: zap_engine::EngineError) -> CliError {
@@ -42,12 +63,33 @@ fn engine_err(e: zap_engine::EngineError) -> CliError {
 /// Runs `zap checkpoint`.
 pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
     let store = LocalStore::open(&ctx.store, StoreOptions { create: true, ..StoreOptions::default() })?;
-    let opts = CheckpointOptions { leave_running: args.leave_running, name: args.name.clone(), ..Default::default() };
-    let r = process::checkpoint(&store, args.pid, &opts).map_err(engine_err)?;
+    let (r, what) = match (&args.pod, args.pid) {
+        (Some(pod), _) => {
+            let opts = PodCheckpointOptions {
+                leave_running: args.leave_running,
+                tcp_close: args.tcp_close,
+                name: args.name.clone(),
+                ..Default::default()
+            };
+            let r = podck::checkpoint(&store, &zap_engine::pod::run_dir(), pod, &opts).map_err(engine_err)?;
+            (r, format!("pod {pod}"))
+        }
+        (None, Some(pid)) => {
+            let opts = CheckpointOptions { leave_running: args.leave_running, name: args.name.clone(), ..Default::default() };
+            let r = if args.tree {
+                zap_engine::group::checkpoint_tree(&store, pid, &opts)
+            } else {
+                process::checkpoint(&store, pid, &opts)
+            };
+            (r.map_err(engine_err)?, format!("pid {pid}"))
+        }
+        (None, None) => return Err(CliError::Invalid("name a pod or give --pid".into())),
+    };
     let s = &r.summary;
     if ctx.json {
         return Output::json(&json!({
             "id": s.id.to_hex(),
+            "pod": args.pod,
             "pid": args.pid,
             "name": s.name,
             "left_running": args.leave_running,
@@ -61,14 +103,17 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
     let mut out = String::new();
     outln!(out, "{}", s.id);
     progress_note(&format!(
-        "checkpointed pid {} ({}): {} of memory, {} newly stored, stopped {:.0} ms, done in {:.0} ms{}",
-        args.pid,
+        "checkpointed {what} ({}): {} of memory, {} newly stored, stopped {:.0} ms, done in {:.0} ms{}",
         s.name,
         bytes(r.bytes_read),
         bytes(s.new_stored_bytes),
         r.frozen_ms,
         r.total_ms,
-        if args.leave_running { ", left running" } else { ", process killed" }
+        match (args.leave_running, args.pod.is_some()) {
+            (true, _) => ", left running",
+            (false, true) => ", pod stopped and removed",
+            (false, false) => ", process killed",
+        }
     ));
     Ok(Output::text(out))
 }
@@ -77,6 +122,27 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
 pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
     let store = ctx.open()?;
     let id = store.resolve(&args.id)?;
+    let kind = store.manifest(&id)?.kind;
+    if kind == podck::KIND {
+        return restore_pod(ctx, &store, &id, args);
+    }
+    if args.name.is_some() || args.ip.is_some() {
+        return Err(CliError::Invalid(format!("--name and --ip apply to pod checkpoints; {id} is a {kind} checkpoint")));
+    }
+    if kind == zap_engine::group::KIND {
+        let r = zap_engine::group::restore(&store, &id).map_err(engine_err)?;
+        for w in &r.warnings {
+            crate::progress::warn(w);
+        }
+        if ctx.json {
+            return Output::json(&json!({
+                "id": id.to_hex(), "init_pid": r.init_pid, "pids": r.pids, "restore_ms": r.restore_ms, "warnings": r.warnings,
+            }));
+        }
+        progress_note(&format!("restored {id}: {} processes in {:.0} ms", r.pids.len(), r.restore_ms));
+        let root = r.pids.first().map(|p| p.1).unwrap_or(r.init_pid);
+        return Ok(Output::text(format!("{root}\n")));
+    }
     let r = process::restore(&store, &id).map_err(engine_err)?;
     for w in &r.warnings {
         crate::progress::warn(w);
@@ -93,6 +159,28 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
     }
     progress_note(&format!("restored {id} as pid {} (pid {} in its namespace) in {:.0} ms", r.pid, r.vpid, r.restore_ms));
     Ok(Output::text(format!("{}\n", r.pid)))
+}
+
+fn restore_pod(ctx: &Ctx, store: &LocalStore, id: &zap_store::CheckpointId, args: &RestoreArgs) -> Result<Output> {
+    let init_exe = zap_engine::pod::default_init_exe().map_err(engine_err)?;
+    let opts = PodRestoreOptions { name: args.name.clone(), ip: args.ip.clone(), init_exe };
+    let r = podck::restore(store, &zap_engine::pod::run_dir(), id, &opts).map_err(engine_err)?;
+    for w in &r.group.warnings {
+        crate::progress::warn(w);
+    }
+    if ctx.json {
+        return Output::json(&json!({
+            "id": id.to_hex(),
+            "pod": r.name,
+            "ip": r.ip,
+            "init_pid": r.group.init_pid,
+            "pids": r.group.pids,
+            "restore_ms": r.group.restore_ms,
+            "warnings": r.group.warnings,
+        }));
+    }
+    progress_note(&format!("restored pod {} from {id}: {} processes in {:.0} ms", r.name, r.group.pids.len(), r.group.restore_ms));
+    Ok(Output::text(format!("{}\n", r.name)))
 }
 
 /// A line for the person at the terminal, on stderr, so stdout stays the one value scripts read.

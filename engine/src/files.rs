@@ -314,13 +314,24 @@ pub struct RestoreContext {
     fifos: HashMap<u64, (i32, u64)>,
     /// Sockets created so far.
     pub sockets: crate::sockets::SocketRestore,
+    /// Path prefixes to rewrite when reopening files: (saved prefix, prefix to open instead).
+    pub path_map: Vec<(String, String)>,
 }
 
 impl RestoreContext {
     /// A context for a restore run by the process `zap_pid` (external standard streams are
     /// reopened through its /proc fds).
     pub fn new(zap_pid: u32) -> Self {
-        RestoreContext { zap_pid, pipes: HashMap::new(), fifos: HashMap::new(), sockets: Default::default() }
+        RestoreContext { zap_pid, pipes: HashMap::new(), fifos: HashMap::new(), sockets: Default::default(), path_map: Vec::new() }
+    }
+
+    fn rewrite(&self, path: &str) -> String {
+        for (from, to) in &self.path_map {
+            if let Some(rest) = path.strip_prefix(from.as_str()) {
+                return format!("{to}{rest}");
+            }
+        }
+        path.to_string()
     }
 
     /// The keeper fds left in process `vpid`, to be closed once every process has its fds.
@@ -366,7 +377,7 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
     for st in fds {
         let tmp = match &st.kind {
             FdKind::Path { path, pos } => {
-                let fd = open_path(inj, path, st.flags)?;
+                let fd = open_path(inj, &ctx.rewrite(path), st.flags)?;
                 inj.call("lseek", libc::SYS_lseek, [fd, *pos, libc::SEEK_SET as u64, 0, 0, 0])?;
                 fd
             }

@@ -78,6 +78,52 @@ impl Frozen {
         Ok(frozen)
     }
 
+    /// Seizes and interrupts every thread of `pid` without waiting for the stops: for processes
+    /// held by a frozen cgroup, which reach their stop only once the cgroup is thawed (the
+    /// interrupt is handled before they return to user space). Call [`Frozen::wait_stopped`]
+    /// after the thaw. The cgroup freezer keeps the thread list stable meanwhile.
+    pub fn seize_frozen(pid: i32) -> Result<Frozen> {
+        let mut frozen = Frozen { pid, threads: Vec::new() };
+        for tid in list_threads(pid)? {
+            match sys::ptrace_seize(tid) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                Err(source) => return Err(EngineError::Sys { step: "ptrace seize", pid: tid, source }),
+            }
+            frozen.threads.push(tid);
+            sys::ptrace_interrupt(tid).map_err(|source| EngineError::Sys { step: "ptrace interrupt", pid: tid, source })?;
+        }
+        Ok(frozen)
+    }
+
+    /// Waits until every thread seized by [`Frozen::seize_frozen`] is in its interrupt stop.
+    pub fn wait_stopped(&mut self) -> Result<()> {
+        let mut alive = Vec::new();
+        for &tid in &self.threads {
+            loop {
+                let status = sys::wait_thread(tid).map_err(|source| EngineError::Sys { step: "wait for stop", pid: tid, source })?;
+                if sys::exited(status) {
+                    break;
+                }
+                match sys::stopped_signal(status) {
+                    Some(_) if status >> 16 == PTRACE_EVENT_STOP => {
+                        alive.push(tid);
+                        break;
+                    }
+                    Some(sig) => {
+                        sys::ptrace_cont(tid, sig).map_err(|source| EngineError::Sys { step: "ptrace cont", pid: tid, source })?;
+                    }
+                    None => {}
+                }
+            }
+        }
+        self.threads = alive;
+        if self.threads.is_empty() {
+            return Err(EngineError::Proc { pid: self.pid, detail: "process exited while being frozen".into() });
+        }
+        Ok(())
+    }
+
     /// The process.
     pub fn pid(&self) -> i32 {
         self.pid

@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessImage;
 use crate::{EngineError, Result};
 
-pub use restore::{restore, restore_in, GroupRestored, TargetSpawner};
-pub use save::{freeze_tree, save, tree_of, SavedGroup};
+pub use restore::{group_trampoline, restore, restore_in, GroupRestored, TargetSpawner};
+pub use save::{freeze_tree, is_zombie_pid, save, tree_of, SavedGroup};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob).
 pub const GROUP_IMAGE_VERSION: u8 = 1;
@@ -145,7 +145,7 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
 ) -> Result<crate::process::CheckpointReport> {
     let t0 = std::time::Instant::now();
     let (pids, frozen) = freeze_tree(root)?;
-    let mut saved = save(&pids, &frozen)?;
+    let mut saved = save(&pids, &frozen, false)?;
     let bytes_read = saved.bytes_read;
     let frozen = if opts.leave_running {
         drop(frozen);

@@ -54,7 +54,7 @@ impl GroupRestored {
 }
 
 /// The union of every member's mappings, sorted, for choosing a trampoline address free in all.
-fn group_trampoline(image: &GroupImage) -> u64 {
+pub fn group_trampoline(image: &GroupImage) -> u64 {
     let mut vmas: Vec<_> = image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.vmas.iter().cloned()).collect();
     vmas.sort_by_key(|v| v.start);
     trampoline_addr(&vmas)
@@ -74,7 +74,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<GroupResto
         return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process group", manifest.kind) });
     }
     let image = GroupImage::decode(&manifest.state)?;
-    restore_in(store, &manifest, &image, &mut PidnsSpawner)
+    restore_in(store, &manifest, &image, &mut PidnsSpawner, RestoreContext::new(std::process::id()))
 }
 
 /// Host pids of `parent`'s children, by their vpid.
@@ -122,13 +122,15 @@ fn clone_child(r: &mut ProcRestore<'_>, vpid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Restores `image` (from `manifest`) with an init started by `spawner`. On failure the init
-/// (and with it everything created) is killed before the error is returned.
+/// Restores `image` (from `manifest`) with an init started by `spawner`; `files` carries the
+/// fd restore settings (paths and addresses to rewrite). On failure the init (and with it
+/// everything created) is killed before the error is returned.
 pub fn restore_in<S: ImageStore>(
     store: &S,
     manifest: &Manifest,
     image: &GroupImage,
     spawner: &mut dyn TargetSpawner,
+    files: RestoreContext,
 ) -> Result<GroupRestored> {
     let t0 = Instant::now();
     let tramp = group_trampoline(image);
@@ -138,7 +140,7 @@ pub fn restore_in<S: ImageStore>(
     }
     let init = spawner.spawn(&top, tramp)?;
     let mut frozen: Vec<Frozen> = Vec::new();
-    let result = build(store, manifest, image, init, tramp, &mut frozen);
+    let result = build(store, manifest, image, init, tramp, &mut frozen, files);
     match result {
         Ok((pids, warnings)) => {
             drop(frozen); // every member runs from here
@@ -170,6 +172,7 @@ fn build<S: ImageStore>(
     init: i32,
     tramp: u64,
     frozen: &mut Vec<Frozen>,
+    mut fctx: RestoreContext,
 ) -> Result<Built> {
     let mut host: HashMap<i32, i32> = HashMap::new();
     for v in image.top() {
@@ -209,7 +212,6 @@ fn build<S: ImageStore>(
         r.memory(store, &manifest.images, &mut shm)?;
     }
     // 3. Fds in save order, then the pipe keepers go.
-    let mut fctx = RestoreContext::new(std::process::id());
     for r in &mut live {
         r.files(&mut fctx)?;
     }

@@ -77,7 +77,8 @@ pub fn tree_of(root: i32) -> Vec<i32> {
     out
 }
 
-fn is_zombie(pid: i32) -> bool {
+/// True when `pid` is a zombie.
+pub fn is_zombie_pid(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) == Some("Z"))
         .unwrap_or(false)
@@ -96,7 +97,7 @@ pub fn freeze_tree(root: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
             return Ok((pids, frozen));
         }
         for pid in fresh {
-            if !is_zombie(pid) {
+            if !is_zombie_pid(pid) {
                 frozen.push(Frozen::freeze(pid)?);
             }
             pids.push(pid);
@@ -105,8 +106,9 @@ pub fn freeze_tree(root: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
 }
 
 /// Saves the stopped processes `pids` (host pids; every live one stopped by an entry of
-/// `frozen`, zombies not). Members come out parents first, siblings by pid.
-pub fn save(pids: &[i32], frozen: &[Frozen]) -> Result<SavedGroup> {
+/// `frozen`, zombies not). Members come out parents first, siblings by pid. With `tcp_close`,
+/// established TCP connections are saved as closed sockets instead of failing the checkpoint.
+pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool) -> Result<SavedGroup> {
     let places: Vec<Place> = pids.iter().map(|&p| place_of(p)).collect::<Result<_>>()?;
     let vpid_of_host: HashMap<i32, i32> = places.iter().map(|p| (p.host, p.vpid)).collect();
     // Order: parents first (breadth-first from the top members), siblings by vpid.
@@ -131,6 +133,7 @@ pub fn save(pids: &[i32], frozen: &[Frozen]) -> Result<SavedGroup> {
     }
     let live: Vec<i32> = order.iter().filter(|p| p.zombie.is_none()).map(|p| p.host).collect();
     let mut ctx = SaveContext::for_group(&live)?;
+    ctx.sockets.tcp_close = tcp_close;
     let mut members = Vec::new();
     let mut copies = Vec::new();
     let mut bytes_read = 0;

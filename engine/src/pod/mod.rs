@@ -32,6 +32,7 @@
 //! ```
 //! Without an address a pod has only `lo` (up) in its own network namespace.
 pub mod cgroup;
+pub mod checkpoint;
 pub mod init;
 pub mod net;
 
@@ -206,7 +207,7 @@ fn alive(pid: i32, start: u64) -> bool {
     proc_stat(pid).is_some_and(|(st, t)| t == start && st != 'Z' && st != 'X')
 }
 
-fn pod_dir(root: &Path, name: &str) -> PathBuf {
+pub(crate) fn pod_dir(root: &Path, name: &str) -> PathBuf {
     root.join(name)
 }
 

@@ -9,7 +9,18 @@
 
 int main(int argc, char **argv) {
     zt_init(argc, argv);
-    CHECK(setsid() > 0, "setsid");
+    if (setsid() < 0) {
+        /* A process group leader (a pod's main process) cannot start a session: a child does,
+         * and the leader waits for it (a process blocked in wait4 across the restore). */
+        pid_t c = fork();
+        CHECK(c >= 0, "fork");
+        if (c > 0) {
+            int st = 0;
+            CHECK(waitpid(c, &st, 0) == c, "wait for the session leader");
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+        }
+        CHECK(setsid() > 0, "setsid");
+    }
     volatile uint64_t *shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(shm != MAP_FAILED, "mmap shared");
     int shared_file = open(argv[3], O_RDWR);

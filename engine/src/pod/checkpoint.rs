@@ -1,0 +1,283 @@
+//! Checkpoint and restore of a whole pod.
+//!
+//! ## Checkpoint ([`checkpoint`])
+//! The pod's cgroup is frozen (`cgroup.freeze`), so no process can fork or exit past the
+//! freeze. Every thread of every process but our init is then seized and interrupted with ptrace
+//! and the cgroup thawed: the threads enter their ptrace stops before returning to user space, so
+//! the pod stays stopped as one. The processes are saved as a group ([`crate::group`]), the pod's
+//! network configuration (address, MAC, routes) is read, and the pages are copied out. With
+//! `leave_running` the pod goes on from here; otherwise it stays stopped until the checkpoint is
+//! committed, and is then killed and removed (its state now lives in the checkpoint).
+//!
+//! ## Restore ([`restore`])
+//! A new pod is created ([`super::create`]) with the saved hostname, limits, address and MAC (a
+//! copy restored under another address gets a fresh MAC); its init creates the top processes
+//! with their pids and the group restore fills everything in. Files under the original pod's
+//! directory (its `console.log`) are reopened under the new pod's directory, and sockets bound to
+//! the old address are bound to the new one. On failure the half-made pod is removed.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use zap_chunker::ChunkerConfig;
+use zap_store::{CheckpointId, ImageStore, Manifest};
+
+use super::net::{self, NetConfig};
+use super::{cgroup_of, load, pod_dir, status, PodSpec, PodStatus};
+use crate::files::RestoreContext;
+use crate::freeze::Frozen;
+use crate::group::{self, GroupImage, GroupRestored, TargetSpawner};
+use crate::process::CheckpointReport;
+use crate::{EngineError, Result};
+
+/// Manifest kind of a pod checkpoint.
+pub const KIND: &str = "pod";
+/// Version of the [`PodImage`] encoding (first byte of the state blob).
+pub const POD_IMAGE_VERSION: u8 = 1;
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything about a pod except page contents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodImage {
+    /// The pod's name.
+    pub name: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Address with prefix.
+    pub ip: Option<String>,
+    /// The interface as it was (MAC, addresses, routes).
+    pub net: Option<NetConfig>,
+    /// Memory limit.
+    pub memory_limit: Option<u64>,
+    /// CPU limit.
+    pub cpus: Option<f64>,
+    /// The command the pod was started with.
+    pub argv: Vec<String>,
+    /// The process whose exit ends the pod.
+    pub main_vpid: i32,
+    /// The pod's run directory when saved (files under it are reopened in the new pod's).
+    pub pod_dir: String,
+    /// The processes.
+    pub group: GroupImage,
+}
+
+impl PodImage {
+    /// Encodes into a manifest state blob.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![POD_IMAGE_VERSION];
+        v.extend(postcard::to_stdvec(self).expect("postcard encodes pod images"));
+        v
+    }
+
+    /// Decodes a manifest state blob.
+    pub fn decode(blob: &[u8]) -> Result<Self> {
+        let err = |detail: String| EngineError::Proc { pid: 0, detail };
+        match blob.split_first() {
+            Some((&POD_IMAGE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| err(format!("pod image does not decode: {e}"))),
+            Some((v, _)) => Err(err(format!("pod image version {v} not supported"))),
+            None => Err(err("empty pod image".into())),
+        }
+    }
+}
+
+/// How to checkpoint a pod.
+#[derive(Clone, Debug, Default)]
+pub struct PodCheckpointOptions {
+    /// Let the pod run on (default: kill and remove it once the checkpoint is committed).
+    pub leave_running: bool,
+    /// Save established TCP connections as closed sockets instead of failing.
+    pub tcp_close: bool,
+    /// Checkpoint name (default: the pod's name).
+    pub name: Option<String>,
+    /// Parent checkpoint to record.
+    pub parent: Option<CheckpointId>,
+    /// Chunker settings.
+    pub chunker: ChunkerConfig,
+}
+
+fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -> EngineError {
+    EngineError::Pod { pod: pod.to_string(), step: step.into(), detail: detail.to_string() }
+}
+
+/// Stops every process of the pod but its init: freeze the cgroup, seize and interrupt every
+/// thread, thaw, wait for the ptrace stops. Returns the host pids (zombies included, not
+/// stopped) and the stopped processes.
+fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
+    cg.freeze(FREEZE_TIMEOUT)?;
+    let seized = (|| {
+        let pids: Vec<i32> = cg.procs().into_iter().filter(|&p| p != init_pid).collect();
+        let mut frozen = Vec::new();
+        for &pid in &pids {
+            if !group::is_zombie_pid(pid) {
+                frozen.push(Frozen::seize_frozen(pid)?);
+            }
+        }
+        Ok::<_, EngineError>((pids, frozen))
+    })();
+    let thawed = cg.thaw();
+    let (pids, mut frozen) = seized?;
+    thawed?;
+    for f in &mut frozen {
+        f.wait_stopped()?;
+    }
+    if pids.is_empty() {
+        return Err(pod_err(name, "checkpoint", "the pod has no process besides its init"));
+    }
+    Ok((pids, frozen))
+}
+
+/// Checkpoints pod `name` (in run directory `root`) into `store`.
+pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodCheckpointOptions) -> Result<CheckpointReport> {
+    let t0 = Instant::now();
+    let state = load(root, name)?;
+    if status(root, &state) != PodStatus::Running {
+        return Err(pod_err(name, "checkpoint", format!("the pod is {}", status(root, &state))));
+    }
+    let cg = cgroup_of(&state);
+    let (pids, frozen) = stop_pod(name, &cg, state.init_pid)?;
+    let net = match &state.ip {
+        Some(_) => Some(net::read_config(state.init_pid)?),
+        None => None,
+    };
+    let mut saved = group::save(&pids, &frozen, opts.tcp_close)?;
+    let bytes_read = saved.bytes_read;
+    let frozen = if opts.leave_running {
+        drop(frozen);
+        None
+    } else {
+        Some(frozen)
+    };
+    let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut writer = store.writer()?;
+    let (images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker)?;
+    let processes = saved.image.members.len();
+    let image = PodImage {
+        name: name.to_string(),
+        hostname: state.hostname.clone(),
+        ip: state.ip.clone(),
+        net,
+        memory_limit: state.memory_limit,
+        cpus: state.cpus,
+        argv: state.argv.clone(),
+        main_vpid: state.main_vpid,
+        pod_dir: format!("{}/", pod_dir(root, name).display()),
+        group: saved.image,
+    };
+    let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
+    manifest.parent = opts.parent;
+    manifest.labels.insert("pod".into(), name.to_string());
+    manifest.labels.insert("processes".into(), processes.to_string());
+    if let Some(ip) = &state.ip {
+        manifest.labels.insert("ip".into(), ip.clone());
+    }
+    manifest.images = images;
+    manifest.state = image.encode();
+    let summary = zap_store::ChunkSink::commit(writer, manifest)?;
+    let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    match frozen {
+        Some(frozen) => {
+            // The checkpoint holds the pod now: end it and remove what is left of it.
+            super::rm(root, name, true)?;
+            for f in frozen {
+                f.forget();
+            }
+        }
+        None => super::set_last_checkpoint(root, name, &summary.id.to_string())?,
+    }
+    let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
+    Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read })
+}
+
+/// How to restore a pod.
+#[derive(Clone, Debug, Default)]
+pub struct PodRestoreOptions {
+    /// Name of the new pod (default: the saved name).
+    pub name: Option<String>,
+    /// Address of the new pod (default: the saved one).
+    pub ip: Option<String>,
+    /// The `zap-init` binary.
+    pub init_exe: std::path::PathBuf,
+}
+
+/// A restored pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodRestored {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub ip: Option<String>,
+    /// The processes.
+    pub group: GroupRestored,
+}
+
+struct PodSpawner<'a> {
+    root: &'a Path,
+    spec: PodSpec,
+    main_vpid: i32,
+    created: bool,
+}
+
+impl TargetSpawner for PodSpawner<'_> {
+    fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32> {
+        let main_vpid = if top.contains(&self.main_vpid) { self.main_vpid } else { top[0] };
+        self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid };
+        let state = super::create(self.root, &self.spec)?;
+        self.created = true;
+        let log = pod_dir(self.root, &self.spec.name).join("console.log");
+        std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| EngineError::io("create", &log, e))?;
+        Ok(state.init_pid)
+    }
+}
+
+fn ipv4_of(cidr: &str) -> Option<[u8; 4]> {
+    cidr.split('/').next()?.parse::<std::net::Ipv4Addr>().ok().map(|a| a.octets())
+}
+
+/// Restores pod checkpoint `id` as a new pod in run directory `root`.
+pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &PodRestoreOptions) -> Result<PodRestored> {
+    let manifest = store.manifest(id)?;
+    if manifest.kind != KIND {
+        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a pod", manifest.kind) });
+    }
+    let image = PodImage::decode(&manifest.state)?;
+    let name = opts.name.clone().unwrap_or_else(|| image.name.clone());
+    super::validate_name(&name)?;
+    if load(root, &name).is_ok() {
+        return Err(pod_err(&name, "restore", "a pod of this name exists (remove it, or restore with another --name)"));
+    }
+    let ip = opts.ip.clone().or_else(|| image.ip.clone());
+    let same_address = opts.ip.is_none() || opts.ip == image.ip;
+    let mac = if same_address { image.net.as_ref().map(|n| n.mac.clone()) } else { None };
+    let spec = PodSpec {
+        name: name.clone(),
+        hostname: Some(image.hostname.clone()),
+        ip: ip.clone(),
+        mac,
+        memory_limit: image.memory_limit,
+        cpus: image.cpus,
+        launch: super::Launch::Restore { top: Vec::new(), tramp: 0, main_vpid: image.main_vpid },
+        init_exe: opts.init_exe.clone(),
+    };
+    let mut files = RestoreContext::new(std::process::id());
+    files.path_map.push((image.pod_dir.clone(), format!("{}/", pod_dir(root, &name).display())));
+    if let (Some(old), Some(new)) = (image.ip.as_deref().and_then(ipv4_of), ip.as_deref().and_then(ipv4_of)) {
+        if old != new {
+            files.sockets.rebind.push((old, new));
+        }
+    }
+    let mut spawner = PodSpawner { root, spec, main_vpid: image.main_vpid, created: false };
+    match group::restore_in(store, &manifest, &image.group, &mut spawner, files) {
+        Ok(group) => {
+            super::set_last_checkpoint(root, &name, &id.to_string())?;
+            Ok(PodRestored { name, ip, group })
+        }
+        Err(e) => {
+            if spawner.created {
+                if let Err(e2) = super::rm(root, &name, true) {
+                    tracing::warn!(pod = name, error = %e2, "cleanup after failed restore");
+                }
+            }
+            Err(e)
+        }
+    }
+}
