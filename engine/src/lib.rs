@@ -20,6 +20,7 @@ pub mod mem;
 pub mod memdump;
 pub mod process;
 pub mod signals;
+pub mod threads;
 mod sys;
 
 pub use error::{EngineError, Result};
