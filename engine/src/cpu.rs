@@ -137,15 +137,15 @@ impl ThreadState {
             inj.call("set_robust_list", libc::SYS_set_robust_list, [self.robust_list.0, self.robust_list.1, 0, 0, 0, 0])?;
         }
         let scratch = inj.scratch(4096)?;
-        if self.altstack.1 & libc::SS_DISABLE == 0 {
-            let mut ss = Vec::with_capacity(24);
-            ss.extend_from_slice(&self.altstack.0.to_le_bytes());
-            ss.extend_from_slice(&self.altstack.1.to_le_bytes());
-            ss.extend_from_slice(&[0u8; 4]);
-            ss.extend_from_slice(&self.altstack.2.to_le_bytes());
-            inj.write_mem(scratch, &ss)?;
-            inj.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
-        }
+        // Always set: a disabled stack must also replace one the restore target inherited.
+        let (sp, flags, size) = if self.altstack.1 & libc::SS_DISABLE == 0 { self.altstack } else { (0, libc::SS_DISABLE, 0) };
+        let mut ss = Vec::with_capacity(24);
+        ss.extend_from_slice(&sp.to_le_bytes());
+        ss.extend_from_slice(&flags.to_le_bytes());
+        ss.extend_from_slice(&[0u8; 4]);
+        ss.extend_from_slice(&size.to_le_bytes());
+        inj.write_mem(scratch, &ss)?;
+        inj.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
         if self.rseq.rseq_abi_pointer != 0 {
             inj.call(
                 "rseq register",

@@ -93,15 +93,21 @@ impl Frozen {
         self.threads.clear();
     }
 
-    /// Kills the process (SIGKILL) and collects the exits of its threads other than the main
-    /// one: a traced thread that exits stays a zombie until its tracer (us) waits for it, and the
-    /// main thread cannot be reaped by its parent before all of them are gone. The main thread is
-    /// left for its parent to reap, as for a single-threaded process.
+    /// Kills the process (SIGKILL) and collects the exits of its traced threads: a traced thread
+    /// that exits stays a zombie until its tracer (us) waits for it, and the main thread cannot
+    /// be reaped by its parent before all the others are gone. The main thread's exit is
+    /// collected too unless we are its parent, which then reaps it as it would any child.
     pub fn kill(mut self) -> Result<()> {
         let pid = self.pid;
         let threads = std::mem::take(&mut self.threads);
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok())));
+        let main_too = ppid != Some(std::process::id());
         crate::sys::clone::kill(pid, libc::SIGKILL).map_err(|source| EngineError::Sys { step: "kill", pid, source })?;
-        for tid in threads.into_iter().filter(|&t| t != pid) {
+        // The other threads first: the main thread's exit is reported only once they are gone.
+        let others = threads.iter().copied().filter(|&t| t != pid);
+        for tid in others.chain(threads.iter().copied().filter(|&t| t == pid && main_too)) {
             loop {
                 match sys::wait_thread_timeout(tid, Duration::from_secs(5)) {
                     Ok(Some(status)) if !sys::exited(status) => continue,

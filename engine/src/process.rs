@@ -340,13 +340,27 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         let pid = find_child(init, Duration::from_secs(5))?;
         wait_ready(pid, tramp, Duration::from_secs(5))?;
         let mut frozen = Frozen::freeze(pid)?;
-        let mut r = ProcRestore::begin(&image, pid, tramp)?;
-        r.memory(store, &manifest.images)?;
-        r.threads(&mut frozen)?;
-        let mut ctx = files::RestoreContext::new(std::process::id());
-        r.files(&mut ctx)?;
-        r.close_fds(&ctx.keepers(image.vpid))?;
-        let warnings = r.finish()?;
+        let steps = (|| {
+            let mut r = ProcRestore::begin(&image, pid, tramp)?;
+            r.memory(store, &manifest.images)?;
+            r.threads(&mut frozen)?;
+            let mut ctx = files::RestoreContext::new(std::process::id());
+            r.files(&mut ctx)?;
+            r.close_fds(&ctx.keepers(image.vpid))?;
+            r.finish()
+        })();
+        let warnings = match steps {
+            Ok(warnings) => warnings,
+            Err(e) => {
+                // Killed while still traced: a thread detached half-restored would run into the
+                // trampoline's int3 and take the others down while we detach them, leaving
+                // traced zombies that keep the namespace (and its init) from ending.
+                if let Err(kill) = frozen.kill() {
+                    tracing::warn!(pid, error = %kill, "could not kill the half-restored process");
+                }
+                return Err(e);
+            }
+        };
         drop(frozen); // detach: the process runs
         Ok(Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 })
     })();
@@ -434,8 +448,9 @@ impl<'a> ProcRestore<'a> {
         }
         threads::trace_clones(self.pid, true)?;
         for t in &image.threads[1..] {
-            let tid = threads::create(&mut self.inj, self.pid, t.vtid, Duration::from_secs(5))?;
+            let tid = threads::create(&mut self.inj, self.pid, t.vtid)?;
             frozen.adopt(tid);
+            threads::wait_first_stop(tid, Duration::from_secs(5))?;
             self.extra.push((tid, Injector::new(self.pid, tid, self.tramp)?));
         }
         threads::trace_clones(self.pid, false)
@@ -472,9 +487,12 @@ impl<'a> ProcRestore<'a> {
             // personality is per task; the main thread's was set with the attributes.
             tinj.call("personality", libc::SYS_personality, [u64::from(image.attrs.personality), 0, 0, 0, 0, 0])?;
         }
+        // Queued signals: the kernel lets only a thread itself queue a signal that looks like it
+        // came from tgkill or the kernel, so each thread requeues its own.
         signals::requeue(&mut inj, image.vpid, image.vpid, &image.signals.shared_pending, true)?;
-        for t in &image.threads {
-            signals::requeue(&mut inj, image.vpid, t.vtid, &t.pending, false)?;
+        signals::requeue(&mut inj, image.vpid, image.vpid, &thread.pending, false)?;
+        for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
+            signals::requeue(tinj, image.vpid, t.vtid, &t.pending, false)?;
         }
         // Credentials are per thread too; each thread drops its own.
         for (_, tinj) in extra.iter_mut() {

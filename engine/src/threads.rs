@@ -57,8 +57,9 @@ fn host_tid(pid: i32, vtid: i32) -> Result<i32> {
 
 /// Creates a thread with id `vtid` (in the process's PID namespace) in process `pid`, by
 /// injecting `clone3` through `main` (the injector of the main thread, which must trace clones:
-/// [`trace_clones`]). Returns the new thread's host tid once it is in its first ptrace stop.
-pub fn create(main: &mut Injector, pid: i32, vtid: i32, timeout: Duration) -> Result<i32> {
+/// [`trace_clones`]). Returns the new thread's host tid; it is traced by us and on its way to
+/// its first stop ([`wait_first_stop`]).
+pub fn create(main: &mut Injector, pid: i32, vtid: i32) -> Result<i32> {
     let scratch = main.scratch(4096)?;
     let set_tid = scratch + SET_TID_OFFSET;
     // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
@@ -78,7 +79,12 @@ pub fn create(main: &mut Injector, pid: i32, vtid: i32, timeout: Duration) -> Re
     if rc != i64::from(vtid) {
         return Err(EngineError::Proc { pid, detail: format!("thread created as {rc}, not with its saved tid {vtid}") });
     }
-    let tid = host_tid(pid, vtid)?;
+    host_tid(pid, vtid)
+}
+
+/// Waits (at most `timeout`) for the thread `tid` just created by [`create`] to reach its first
+/// stop, the PTRACE_EVENT_STOP of an auto-attached thread.
+pub fn wait_first_stop(tid: i32, timeout: Duration) -> Result<()> {
     loop {
         let status = pt::wait_thread_timeout(tid, timeout)
             .map_err(|source| EngineError::Sys { step: "wait for new thread", pid: tid, source })?
@@ -87,7 +93,7 @@ pub fn create(main: &mut Injector, pid: i32, vtid: i32, timeout: Duration) -> Re
             return Err(EngineError::Proc { pid: tid, detail: "new thread died before it stopped".into() });
         }
         match pt::stopped_signal(status) {
-            Some(_) if status >> 16 == PTRACE_EVENT_STOP => return Ok(tid),
+            Some(_) if status >> 16 == PTRACE_EVENT_STOP => return Ok(()),
             Some(sig) => {
                 return Err(EngineError::Proc { pid: tid, detail: format!("new thread stopped with {sig} (status {status:#x})") })
             }

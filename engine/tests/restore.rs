@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use zap_engine::process::{checkpoint, restore, CheckpointOptions};
+use zap_engine::process::{checkpoint, restore, CheckpointOptions, ProcessImage};
 use zap_store::{ImageStore, LocalStore, StoreOptions};
 
 fn store(dir: &std::path::Path) -> LocalStore {
@@ -390,6 +390,25 @@ fn threads_keep_tids_names_counters_and_condvar_handoffs() {
     let restored = RestoredProc(restore(&store, &report.summary.id).expect("restore"));
     assert_eq!(restored.0.vpid, pid);
     assert_eq!(thread_ids_and_names(restored.0.pid), threads_before, "same thread ids and names after restore");
+    // A second checkpoint of the restored process (it runs on) sees the same per-thread kernel
+    // state: tids, names, masks, queued signals, rseq areas, robust lists, tid addresses,
+    // alternate stacks.
+    let again = checkpoint(&store, restored.0.pid, &CheckpointOptions { leave_running: true, ..Default::default() })
+        .expect("checkpoint of the restored process");
+    let image = |id| ProcessImage::decode(&store.manifest(id).unwrap().state).unwrap();
+    let (first, second) = (image(&report.summary.id), image(&again.summary.id));
+    assert_eq!(first.threads.len(), 9);
+    assert_eq!(first.threads[0].vtid, pid, "main thread first");
+    let key = |t: &zap_engine::cpu::ThreadState| {
+        (t.vtid, t.name.clone(), t.sigmask, t.pending.clone(), t.rseq, t.robust_list, t.tid_address, t.altstack)
+    };
+    let (mut a, mut b): (Vec<_>, Vec<_>) = (first.threads.iter().map(key).collect(), second.threads.iter().map(key).collect());
+    a.sort_by_key(|k| k.0);
+    b.sort_by_key(|k| k.0);
+    assert_eq!(a, b, "per-thread state after restore");
+    assert!(a.iter().all(|k| k.4.rseq_abi_pointer != 0 && k.5 .0 != 0 && k.6 != 0), "glibc registered rseq, robust list, tid address");
+    assert_eq!(a.iter().filter(|k| k.7 .1 & libc::SS_DISABLE == 0).count(), 1, "one thread with an alternate stack");
+    assert_eq!(a.iter().filter(|k| !k.3.is_empty()).count(), 1, "one thread with a queued signal");
     assert!(
         wait_for(Duration::from_secs(10), || progress_lines(&out).len() >= before.len() + 3),
         "restored threads make no progress: {}",

@@ -3,10 +3,12 @@
  * counter). The main thread waits in pthread_join. Worker 0 appends "progress c0 .. c7 handoffs"
  * lines; once the go file exists it waits for every counter and the handoffs to move on and
  * stops everyone; main joins all and says "ok". Every worker keeps checking its tid, its name
- * and its TLS counter.
+ * and its TLS counter. Worker 2 has an alternate signal stack; worker 3 blocks SIGUSR1, which
+ * main queues for it alone, and after the go file checks it is still pending and handles it.
  * Build with -pthread. */
 #include "zaptest.h"
 #include <pthread.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 
@@ -21,6 +23,10 @@ static int turn;
 static unsigned long handoffs;
 static volatile int stop;
 static const char *go_path;
+static volatile int go_seen, usr1_checked;
+static volatile pid_t usr1_in; /* tid of the thread that handled SIGUSR1 */
+static char altstack[65536];
+static void on_usr1(int s) { (void)s; usr1_in = (pid_t)syscall(SYS_gettid); }
 
 static pid_t my_tid(void) { return (pid_t)syscall(SYS_gettid); }
 
@@ -52,7 +58,7 @@ static int check_after_go(void) {
     }
     for (int i = 0; i < N; i++)
         if (counter[i] < base[i] + 20) return 0;
-    if (get_handoffs() < h0 + 2 * N) return 0;
+    if (get_handoffs() < h0 + 2 * N || !usr1_checked) return 0;
     progress();
     pthread_mutex_lock(&mu);
     stop = 1;
@@ -61,12 +67,23 @@ static int check_after_go(void) {
     return 1;
 }
 
+static int stop_pending_check(void) { return go_seen && !usr1_checked; }
+
 static void *worker(void *arg) {
     int i = (int)(long)arg;
     char name[16];
     snprintf(name, sizeof name, "worker-%d", i);
     pthread_setname_np(pthread_self(), name);
     tids[i] = my_tid();
+    if (i == 2) {
+        /* An alternate signal stack of this thread only. */
+        stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack};
+        CHECK(sigaltstack(&ss, 0) == 0, "sigaltstack");
+    }
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    if (i == 3) pthread_sigmask(SIG_BLOCK, &usr1, 0); /* main queues SIGUSR1 for this thread */
     struct stat st;
     int go = 0;
     while (!stop) {
@@ -91,9 +108,19 @@ static void *worker(void *arg) {
             }
             pthread_mutex_unlock(&mu);
         }
+        if (i == 3 && stop_pending_check()) {
+            /* After the restore: SIGUSR1 is still queued for this thread, and handled here. */
+            sigset_t pend;
+            sigpending(&pend);
+            CHECK(sigismember(&pend, SIGUSR1), "SIGUSR1 no longer pending in worker 3");
+            CHECK(usr1_in == 0, "SIGUSR1 handled while blocked");
+            pthread_sigmask(SIG_UNBLOCK, &usr1, 0);
+            CHECK(usr1_in == tids[3], "SIGUSR1 handled in %d, not in worker 3", usr1_in);
+            usr1_checked = 1;
+        }
         if (i == 0 && counter[0] % 10 == 0) {
             progress();
-            if (!go) go = stat(go_path, &st) == 0;
+            if (!go) go = go_seen = stat(go_path, &st) == 0;
             if (go && check_after_go()) break;
         }
         usleep(500);
@@ -104,8 +131,12 @@ static void *worker(void *arg) {
 int main(int argc, char **argv) {
     zt_init(argc, argv);
     go_path = argv[2];
+    struct sigaction sa = {0};
+    sa.sa_handler = on_usr1;
+    sigaction(SIGUSR1, &sa, 0);
     for (long i = 0; i < N; i++) CHECK(pthread_create(&th[i], 0, worker, (void *)i) == 0, "pthread_create");
     while (get_handoffs() < 4 * N) usleep(1000);
+    CHECK(pthread_kill(th[3], SIGUSR1) == 0, "pthread_kill");
     char buf[200];
     int n = snprintf(buf, sizeof buf, "tids");
     for (int i = 0; i < N; i++) n += snprintf(buf + n, sizeof buf - n, " %d", tids[i]);
