@@ -3,11 +3,14 @@
  * counter). The main thread waits in pthread_join. Worker 0 appends "progress c0 .. c7 handoffs"
  * lines; once the go file exists it waits for every counter and the handoffs to move on and
  * stops everyone; main joins all and says "ok". Every worker keeps checking its tid, its name
- * and its TLS counter. Worker 2 has an alternate signal stack; worker 3 blocks SIGUSR1, which
- * main queues for it alone, and after the go file checks it is still pending and handles it.
+ * and its TLS counter. Worker 7 waits for its turn with a timeout. Worker 2 has an alternate
+ * signal stack; worker 3 blocks SIGUSR1, which main queues for it alone, and after the go file
+ * checks it is still pending and handles it.
  * Build with -pthread. */
 #include "zaptest.h"
+#include <errno.h>
 #include <pthread.h>
+#include <time.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -98,9 +101,22 @@ static void *worker(void *arg) {
             prctl(PR_GET_NAME, now);
             CHECK(strcmp(now, name) == 0, "worker %d is named %s", i, now);
         }
-        if (counter[i] % 5 == 0) {
+        if (counter[i] % 2 == 0) { /* every other step: wait for the token */
             pthread_mutex_lock(&mu);
-            while (turn != i && !stop) pthread_cond_wait(&cv, &mu);
+            while (turn != i && !stop) {
+                if (i == N - 1) {
+                    /* One worker waits with a timeout (a futex wait that restarts through the
+                     * kernel's restart block, so it returns EINTR after a restore). */
+                    struct timespec ts;
+                    clock_gettime(CLOCK_REALTIME, &ts);
+                    ts.tv_nsec += 20 * 1000 * 1000;
+                    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+                    int rc = pthread_cond_timedwait(&cv, &mu, &ts);
+                    CHECK(rc == 0 || rc == ETIMEDOUT, "pthread_cond_timedwait: %d", rc);
+                } else {
+                    pthread_cond_wait(&cv, &mu);
+                }
+            }
             if (!stop) {
                 handoffs++;
                 turn = (i + 1) % N;
