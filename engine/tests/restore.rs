@@ -461,3 +461,37 @@ while True:
     );
     run_numbered_threads("python3", &["-c", &script], &out, dir.path(), 5);
 }
+
+#[test]
+fn threads_checkpointed_again_from_a_restore_and_restored_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prog) = build("threads", dir.path(), &["-pthread"]) else { return };
+    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+    let orig = start(&prog, &[out.to_str().unwrap(), go.to_str().unwrap()]);
+    let pid = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ready")), "no ready: {}", text(&out));
+    let threads_before = thread_ids_and_names(pid);
+    let store = store(dir.path());
+    let first = checkpoint(&store, pid, &CheckpointOptions::default()).expect("checkpoint");
+    drop(orig);
+    wait_gone(pid);
+    let restored = RestoredProc(restore(&store, &first.summary.id).expect("restore"));
+    let n = progress_lines(&out).len();
+    assert!(wait_for(Duration::from_secs(10), || progress_lines(&out).len() >= n + 2), "restored copy makes no progress");
+    // Checkpoint the restored copy, which is not our child (its parent is the namespace's init):
+    // it is killed, and its threads' exits are collected so that its init can reap it.
+    let rpid = restored.0.pid;
+    let second = checkpoint(&store, rpid, &CheckpointOptions::default()).expect("checkpoint of the restored copy");
+    assert!(
+        wait_for(Duration::from_secs(2), || !std::path::Path::new(&format!("/proc/{rpid}")).exists()),
+        "killed restored copy was not reaped by its init"
+    );
+    drop(restored);
+    let again = RestoredProc(restore(&store, &second.summary.id).expect("second restore"));
+    assert_eq!(again.0.vpid, pid);
+    assert_eq!(thread_ids_and_names(again.0.pid), threads_before, "same thread ids and names after two restores");
+    std::fs::write(&go, b"go").unwrap();
+    let done = wait_for(Duration::from_secs(30), || text(&out).lines().any(|l| l.starts_with("ok") || l.starts_with("FAIL")));
+    let t = text(&out);
+    assert!(done && !t.contains("FAIL"), "twice restored program did not finish well: {}", t.lines().last().unwrap_or(""));
+}
