@@ -448,7 +448,7 @@ impl<'a> ProcRestore<'a> {
         }
         threads::trace_clones(self.pid, true)?;
         for t in &image.threads[1..] {
-            let tid = threads::create(&mut self.inj, self.pid, t.vtid)?;
+            let tid = threads::create(&mut self.inj, self.pid, t.vtid, frozen.threads())?;
             frozen.adopt(tid);
             threads::wait_first_stop(tid, Duration::from_secs(5))?;
             self.extra.push((tid, Injector::new(self.pid, tid, self.tramp)?));

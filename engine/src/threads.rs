@@ -43,12 +43,13 @@ pub fn trace_clones(tid: i32, on: bool) -> Result<()> {
     pt::ptrace_setoptions(tid, opts).map_err(|source| EngineError::Sys { step: "ptrace set options", pid: tid, source })
 }
 
-/// Host tid of the thread of `pid` whose id in the process's namespace is `vtid`.
-fn host_tid(pid: i32, vtid: i32) -> Result<i32> {
+/// Host tid of the thread of `pid` whose id in the process's namespace is `vtid`, looking only at
+/// threads not in `known`.
+fn host_tid(pid: i32, vtid: i32, known: &[i32]) -> Result<i32> {
     let dir = format!("/proc/{pid}/task");
     let entries = std::fs::read_dir(&dir).map_err(|e| EngineError::io("list threads", std::path::Path::new(&dir), e))?;
     for tid in entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok())) {
-        if vtid_of(pid, tid).ok() == Some(vtid) {
+        if !known.contains(&tid) && vtid_of(pid, tid).ok() == Some(vtid) {
             return Ok(tid);
         }
     }
@@ -57,9 +58,9 @@ fn host_tid(pid: i32, vtid: i32) -> Result<i32> {
 
 /// Creates a thread with id `vtid` (in the process's PID namespace) in process `pid`, by
 /// injecting `clone3` through `main` (the injector of the main thread, which must trace clones:
-/// [`trace_clones`]). Returns the new thread's host tid; it is traced by us and on its way to
-/// its first stop ([`wait_first_stop`]).
-pub fn create(main: &mut Injector, pid: i32, vtid: i32) -> Result<i32> {
+/// [`trace_clones`]). Returns the new thread's host tid (one not in `known`, the threads we
+/// already hold); it is traced by us and on its way to its first stop ([`wait_first_stop`]).
+pub fn create(main: &mut Injector, pid: i32, vtid: i32, known: &[i32]) -> Result<i32> {
     let scratch = main.scratch(4096)?;
     let set_tid = scratch + SET_TID_OFFSET;
     // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
@@ -79,7 +80,7 @@ pub fn create(main: &mut Injector, pid: i32, vtid: i32) -> Result<i32> {
     if rc != i64::from(vtid) {
         return Err(EngineError::Proc { pid, detail: format!("thread created as {rc}, not with its saved tid {vtid}") });
     }
-    host_tid(pid, vtid)
+    host_tid(pid, vtid, known)
 }
 
 /// Waits (at most `timeout`) for the thread `tid` just created by [`create`] to reach its first
