@@ -31,7 +31,6 @@
 //! driver was chosen over a position-independent restorer blob: every step is a syscall whose
 //! failure we see and report with its name, and nothing of ours is left in the process. The
 //! restored process is a child of our init, not of `zap`, and does not depend on the original.
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -122,14 +121,7 @@ pub struct CheckpointReport {
 }
 
 fn vpid_of(pid: i32) -> Result<i32> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", Path::new(&path), e))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .and_then(|v| v.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| EngineError::Proc { pid, detail: "no NSpid in /proc status".into() })
+    crate::cpu::vtid_of(pid, pid)
 }
 
 /// Fails when the process has an armed interval timer (`alarm`, `setitimer`) or POSIX timers:
