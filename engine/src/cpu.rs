@@ -1,6 +1,9 @@
 //! CPU and per-thread state: general registers, the XSAVE area (x87/SSE/AVX), FS/GS bases (part
-//! of the general registers on x86-64), the blocked mask, the thread's queued signals, and its
-//! rseq registration.
+//! of the general registers on x86-64), the blocked mask, the thread's queued signals, its rseq
+//! registration, tid address, robust list, alternate stack and name, and the thread id the
+//! process sees (`vtid`). What takes a syscall inside the thread is read and written with an
+//! [`Injector`] driving that very thread ([`ThreadState::save`], [`ThreadState::restore_kernel_state`]);
+//! the CPU state is loaded last through ptrace ([`ThreadState::load_cpu`]).
 //!
 //! A thread stopped inside an interruptible syscall shows `rax = -ERESTART*`. [`rewind`] turns
 //! that into the registers of a thread about to make the same syscall again, as the kernel itself
@@ -9,6 +12,7 @@
 //! since that block does not survive.
 use serde::{Deserialize, Serialize};
 
+use crate::inject::Injector;
 use crate::sys::regs::{self, Regs, RseqConfig};
 use crate::{EngineError, Result};
 
@@ -51,8 +55,10 @@ pub fn rewind(mut r: Regs, mode: Rewind) -> Regs {
 /// Saved state of one thread.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadState {
-    /// Thread id as the process saw it.
+    /// Host thread id at checkpoint time.
     pub tid: i32,
+    /// Thread id as the process saw it (innermost PID namespace; the last field of `NSpid`).
+    pub vtid: i32,
     /// Thread name (`/proc/TID/comm`).
     pub name: String,
     /// General registers, kernel field order, already rewound for a restore.
@@ -77,11 +83,28 @@ fn sys_err(step: &'static str, pid: i32) -> impl FnOnce(std::io::Error) -> Engin
     move |source| EngineError::Sys { step, pid, source }
 }
 
+/// The id of thread `tid` of process `pid` in the innermost PID namespace (last field of `NSpid`).
+pub fn vtid_of(pid: i32, tid: i32) -> Result<i32> {
+    let path = format!("/proc/{pid}/task/{tid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", std::path::Path::new(&path), e))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| EngineError::Proc { pid: tid, detail: "no NSpid in /proc status".into() })
+}
+
 impl ThreadState {
-    /// Saves what ptrace can read of a stopped thread; `inj` fills in what takes a syscall inside
-    /// it (tid address, alternate stack, robust list).
-    pub fn save(tid: i32, inj: &mut crate::inject::Injector) -> Result<ThreadState> {
-        let name = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default().trim_end().to_string();
+    /// Saves what ptrace can read of the stopped thread `tid` of process `pid`; `inj`, which must
+    /// drive that same thread, fills in what takes a syscall inside it (tid address, alternate
+    /// stack, robust list).
+    pub fn save(pid: i32, tid: i32, inj: &mut Injector) -> Result<ThreadState> {
+        if inj.tid() != tid {
+            return Err(EngineError::Proc { pid: tid, detail: format!("thread state read through thread {}", inj.tid()) });
+        }
+        let vtid = vtid_of(pid, tid)?;
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
         let regs = regs::regs_to_words(&rewind(*inj.saved_regs(), Rewind::Restored));
         let xstate = regs::get_xstate(tid).map_err(sys_err("read xstate", tid))?;
         let sigmask = regs::get_sigmask(tid).map_err(sys_err("read signal mask", tid))?;
@@ -102,7 +125,49 @@ impl ThreadState {
         let rl = inj.read_mem(scratch, 16)?;
         let robust_list =
             (u64::from_le_bytes(rl[0..8].try_into().expect("8")), u64::from_le_bytes(rl[8..16].try_into().expect("8")));
-        Ok(ThreadState { tid, name, regs, xstate, sigmask, pending, rseq, robust_list, tid_address, altstack })
+        Ok(ThreadState { tid, vtid, name, regs, xstate, sigmask, pending, rseq, robust_list, tid_address, altstack })
+    }
+
+    /// Sets the thread's own kernel state from inside it (`inj` drives the restored thread): tid
+    /// address, robust list, alternate stack, rseq registration and name. Queued signals, the
+    /// mask and the CPU state come later.
+    pub fn restore_kernel_state(&self, inj: &mut Injector) -> Result<()> {
+        inj.call("set_tid_address", libc::SYS_set_tid_address, [self.tid_address, 0, 0, 0, 0, 0])?;
+        if self.robust_list.0 != 0 {
+            inj.call("set_robust_list", libc::SYS_set_robust_list, [self.robust_list.0, self.robust_list.1, 0, 0, 0, 0])?;
+        }
+        let scratch = inj.scratch(4096)?;
+        // Always set: a disabled stack must also replace one the restore target inherited.
+        let (sp, flags, size) = if self.altstack.1 & libc::SS_DISABLE == 0 { self.altstack } else { (0, libc::SS_DISABLE, 0) };
+        let mut ss = Vec::with_capacity(24);
+        ss.extend_from_slice(&sp.to_le_bytes());
+        ss.extend_from_slice(&flags.to_le_bytes());
+        ss.extend_from_slice(&[0u8; 4]);
+        ss.extend_from_slice(&size.to_le_bytes());
+        inj.write_mem(scratch, &ss)?;
+        inj.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
+        if self.rseq.rseq_abi_pointer != 0 {
+            inj.call(
+                "rseq register",
+                libc::SYS_rseq,
+                [self.rseq.rseq_abi_pointer, u64::from(self.rseq.rseq_abi_size), 0, u64::from(self.rseq.signature), 0, 0],
+            )?;
+        }
+        if !self.name.is_empty() {
+            let mut name: Vec<u8> = self.name.bytes().take(15).collect();
+            name.push(0);
+            inj.write_mem(scratch, &name)?;
+            inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
+        }
+        Ok(())
+    }
+
+    /// Loads the XSAVE area, the blocked mask and, last, the general registers into the stopped
+    /// host thread `tid`. Nothing may be injected into it afterwards.
+    pub fn load_cpu(&self, tid: i32) -> Result<()> {
+        regs::set_xstate(tid, &self.xstate).map_err(sys_err("load xstate", tid))?;
+        regs::set_sigmask(tid, self.sigmask).map_err(sys_err("load signal mask", tid))?;
+        regs::set_regs(tid, &self.regs()?).map_err(sys_err("load registers", tid))
     }
 
     /// The general registers.

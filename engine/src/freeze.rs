@@ -1,12 +1,17 @@
 //! Stopping a process consistently: every thread is PTRACE_SEIZEd and PTRACE_INTERRUPTed, so it
 //! stops without any signal being sent to it (the process cannot observe the stop the way it
-//! would observe SIGSTOP). Dropping the [`Frozen`] guard detaches every thread, which then runs on.
+//! would observe SIGSTOP). Dropping the [`Frozen`] guard detaches every thread, which then runs on;
+//! [`Frozen::kill`] ends the process instead and collects the exits of its traced threads.
+//!
+//! Threads a restore creates in a stopped process (auto-attached through PTRACE_O_TRACECLONE) are
+//! taken into the guard with [`Frozen::adopt`], so they are detached with the others.
 //!
 //! Threads created while we seize are caught by re-reading `/proc/PID/task` until a pass finds no
 //! new thread. A signal that arrives during the stop is delivered and the thread is stopped
 //! again; the interrupt stays pending until the thread reaches its event stop.
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::sys::ptrace as sys;
 use crate::{EngineError, Result};
@@ -134,9 +139,48 @@ impl Frozen {
         self.threads.clear();
     }
 
+    /// Kills the process (SIGKILL) and collects the exits of its traced threads: a traced thread
+    /// that exits stays a zombie until its tracer (us) waits for it, and the main thread cannot
+    /// be reaped by its parent before all the others are gone. The main thread's exit is
+    /// collected too unless we are its parent, which then reaps it as it would any child.
+    pub fn kill(mut self) -> Result<()> {
+        let pid = self.pid;
+        let threads = std::mem::take(&mut self.threads);
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok())));
+        let main_too = ppid != Some(std::process::id());
+        crate::sys::clone::kill(pid, libc::SIGKILL).map_err(|source| EngineError::Sys { step: "kill", pid, source })?;
+        // The other threads first: the main thread's exit is reported only once they are gone.
+        let others = threads.iter().copied().filter(|&t| t != pid);
+        for tid in others.chain(threads.iter().copied().filter(|&t| t == pid && main_too)) {
+            loop {
+                match sys::wait_thread_timeout(tid, Duration::from_secs(5)) {
+                    Ok(Some(status)) if !sys::exited(status) => continue,
+                    Ok(Some(_)) => break,
+                    Ok(None) => {
+                        tracing::warn!(tid, "killed thread did not exit within 5 s");
+                        break;
+                    }
+                    Err(_) => break, // already collected
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Its stopped threads.
     pub fn threads(&self) -> &[i32] {
         &self.threads
+    }
+
+    /// Takes `tid` into the guard: a thread of the process that is already traced and stopped by
+    /// us (one auto-attached through PTRACE_O_TRACECLONE during a restore). It is detached with
+    /// the others.
+    pub fn adopt(&mut self, tid: i32) {
+        if !self.threads.contains(&tid) {
+            self.threads.push(tid);
+        }
     }
 }
 

@@ -48,6 +48,11 @@ impl Injector {
         Ok(Injector { tid, saved, syscall_ip, mem, mem_path, deferred: Vec::new(), scratch: None })
     }
 
+    /// The thread this injector drives.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
     /// The registers the thread had when we took over.
     pub fn saved_regs(&self) -> &Regs {
         &self.saved

@@ -25,6 +25,7 @@ pub mod pod;
 pub mod process;
 pub mod signals;
 pub mod sockets;
+pub mod threads;
 mod sys;
 
 pub use error::{EngineError, Result};

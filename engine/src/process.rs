@@ -1,13 +1,16 @@
-//! Checkpoint and restore of one single-threaded process.
+//! Checkpoint and restore of one process and all its threads.
 //!
 //! ## Checkpoint
-//! 1. Freeze: PTRACE_SEIZE + PTRACE_INTERRUPT ([`crate::freeze`]); no signal reaches the process.
+//! 1. Freeze: PTRACE_SEIZE + PTRACE_INTERRUPT of every thread ([`crate::freeze`]); no signal
+//!    reaches the process.
 //! 2. Save the mapping table, then the fds (pipe buffers are copied with `tee` from a
 //!    `pidfd_getfd` duplicate, so nothing is consumed).
 //! 3. Inject syscalls through a `syscall` instruction of the target's vDSO ([`crate::inject`]) to
-//!    read what only the process itself can ask: signal handlers, the tid address, the alternate
-//!    stack, the robust list, brk.
-//! 4. Save registers (rewound if stopped in a syscall), XSAVE area, masks, queued signals.
+//!    read what only the process itself can ask: through the main thread, the process-wide
+//!    signal handlers, attributes and brk; through each thread in turn (an injector of its own),
+//!    its tid address, alternate stack and robust list.
+//! 4. Save each thread's registers (rewound if stopped in a syscall), XSAVE area, mask, queued
+//!    signals, rseq registration, name and tid in the process's namespace ([`crate::cpu`]).
 //! 5. Copy the pages to save out of the process ([`crate::mem::copy_pages`]). With
 //!    `leave_running` this ends the stop: the process continues (its registers rewound so an
 //!    interrupted syscall is made again) while its pages are chunked and stored.
@@ -21,13 +24,13 @@
 //! (`clone3` + `set_tid`). The target maps a one-page trampoline (`syscall`) at an address the
 //! saved layout leaves free and stops. From outside, through that trampoline, we unmap everything
 //! else, map the vDSO and every saved mapping at its address, write the pages through
-//! `/proc/PID/mem`, recreate the fds, handlers, attributes, mm boundaries, rseq, robust list and
-//! credentials, unmap the trampoline, load the registers, XSAVE area and mask, and detach. A
-//! ptrace driver was chosen over a position-independent restorer blob: every step is a syscall
-//! whose failure we see and report with its name, and nothing of ours is left in the process.
-//! The restored process is a child of our init, not of `zap`, and does not depend on the
-//! original.
-use std::path::Path;
+//! `/proc/PID/mem`, create the other threads with their saved tids ([`crate::threads`]), recreate
+//! the fds, handlers, attributes, mm boundaries, and in every thread its rseq area, robust list,
+//! tid address, alternate stack, name and credentials, queue the saved signals, unmap the
+//! trampoline, load every thread's registers, XSAVE area and mask, and detach them all. A ptrace
+//! driver was chosen over a position-independent restorer blob: every step is a syscall whose
+//! failure we see and report with its name, and nothing of ours is left in the process. The
+//! restored process is a child of our init, not of `zap`, and does not depend on the original.
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -41,13 +44,14 @@ use crate::freeze::Frozen;
 use crate::inject::{find_syscall_insn, Injector};
 use crate::mem::{self, VmaState};
 use crate::signals::{self, SignalState};
+use crate::threads;
 use crate::sys::{clone as sysclone, regs};
 use crate::{EngineError, Result};
 
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 1;
+pub const IMAGE_VERSION: u8 = 2;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -59,7 +63,7 @@ pub struct ProcessImage {
     pub host_pid: i32,
     /// The pid the process saw itself as (innermost namespace).
     pub vpid: i32,
-    /// Its threads (one, for now).
+    /// Its threads, the main thread first.
     pub threads: Vec<ThreadState>,
     /// Attributes.
     pub attrs: ProcAttrs,
@@ -117,14 +121,7 @@ pub struct CheckpointReport {
 }
 
 pub(crate) fn vpid_of(pid: i32) -> Result<i32> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", Path::new(&path), e))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .and_then(|v| v.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| EngineError::Proc { pid, detail: "no NSpid in /proc status".into() })
+    crate::cpu::vtid_of(pid, pid)
 }
 
 /// Fails when the process has an armed interval timer (`alarm`, `setitimer`) or POSIX timers:
@@ -145,35 +142,53 @@ fn refuse_timers(pid: i32, inj: &mut Injector) -> Result<()> {
     Ok(())
 }
 
+/// Saves the state of one thread through an injector of its own (per-thread values such as the
+/// tid address need a syscall in that very thread), then puts its registers back, rewound so an
+/// interrupted syscall is made again when it runs on. `process_wide` reads what is saved once,
+/// through the main thread.
+fn save_thread<T>(
+    pid: i32,
+    tid: i32,
+    syscall_ip: u64,
+    process_wide: impl FnOnce(&mut Injector) -> Result<T>,
+) -> Result<(ThreadState, T)> {
+    let mut inj = Injector::new(pid, tid, syscall_ip)?;
+    let saved = (|| {
+        let extra = process_wide(&mut inj)?;
+        let thread = ThreadState::save(pid, tid, &mut inj)?;
+        Ok::<_, EngineError>((thread, extra))
+    })();
+    let running_regs = rewind(*inj.saved_regs(), Rewind::SameProcess);
+    inj.set_saved_regs(running_regs);
+    inj.finish()?;
+    saved
+}
+
 /// Saves everything about the stopped process `pid` (every thread held by `frozen`) and copies
 /// its pages out. The process stays stopped; the caller stores the pages and decides whether it
 /// runs on. `files` says which fds may be shared with other processes being saved with it.
 pub fn save_process(pid: i32, frozen: &Frozen, files_ctx: &mut files::SaveContext) -> Result<(ProcessImage, mem::PageCopy)> {
     let vpid = vpid_of(pid)?;
-    if frozen.threads().len() != 1 {
-        return Err(EngineError::Proc {
-            pid,
-            detail: format!("has {} threads; multi-threaded processes are not supported yet", frozen.threads().len()),
-        });
+    if !frozen.threads().contains(&pid) {
+        return Err(EngineError::Proc { pid, detail: "its main thread has exited; not supported".into() });
     }
-    let tid = frozen.threads()[0];
     let vmas = mem::save_layout(pid)?;
     let fds = files::save(pid, vpid, files_ctx)?;
-    let mut inj = Injector::new(pid, tid, find_syscall_insn(pid)?)?;
-    let saved = (|| {
-        refuse_timers(pid, &mut inj)?;
-        let thread = ThreadState::save(tid, &mut inj)?;
-        let attrs = ProcAttrs::save(pid, &mut inj)?;
-        let sigs = SignalState::save(&mut inj, pid)?;
-        Ok::<_, EngineError>((thread, attrs, sigs))
-    })();
-    let running_regs = rewind(*inj.saved_regs(), Rewind::SameProcess);
-    inj.set_saved_regs(running_regs);
-    inj.finish()?;
-    let (thread, attrs, signals) = saved?;
+    let syscall_ip = find_syscall_insn(pid)?;
+    // The main thread first: process-wide state is read through it.
+    let (main, (attrs, signals)) = save_thread(pid, pid, syscall_ip, |inj| {
+        refuse_timers(pid, inj)?;
+        let attrs = ProcAttrs::save(pid, inj)?;
+        let sigs = SignalState::save(inj, pid)?;
+        Ok((attrs, sigs))
+    })?;
+    let mut threads = vec![main];
+    for &tid in frozen.threads().iter().filter(|&&t| t != pid) {
+        threads.push(save_thread(pid, tid, syscall_ip, |_| Ok(()))?.0);
+    }
     // Copy the pages out; after this the process no longer needs to be stopped.
     let copy = mem::copy_pages(pid, &vmas)?;
-    Ok((ProcessImage { host_pid: pid, vpid, threads: vec![thread], attrs, signals, vmas, fds }, copy))
+    Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, fds }, copy))
 }
 
 /// Checkpoints process `pid` into `store`.
@@ -202,8 +217,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
     if let Some(frozen) = frozen {
-        sysclone::kill(pid, libc::SIGKILL).map_err(|source| EngineError::Sys { step: "kill after checkpoint", pid, source })?;
-        frozen.forget();
+        frozen.kill()?;
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
     Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read })
@@ -317,13 +331,28 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
     let result = (|| {
         let pid = find_child(init, Duration::from_secs(5))?;
         wait_ready(pid, tramp, Duration::from_secs(5))?;
-        let frozen = Frozen::freeze(pid)?;
-        let mut r = ProcRestore::begin(&image, pid, tramp)?;
-        r.memory(store, &manifest.images, &mut mem::ShmContext::default())?;
-        let mut ctx = files::RestoreContext::new(std::process::id());
-        r.files(&mut ctx)?;
-        r.close_fds(&ctx.keepers(image.vpid))?;
-        let warnings = r.finish()?;
+        let mut frozen = Frozen::freeze(pid)?;
+        let steps = (|| {
+            let mut r = ProcRestore::begin(&image, pid, tramp)?;
+            r.memory(store, &manifest.images, &mut mem::ShmContext::default())?;
+            r.threads(&mut frozen)?;
+            let mut ctx = files::RestoreContext::new(std::process::id());
+            r.files(&mut ctx)?;
+            r.close_fds(&ctx.keepers(image.vpid))?;
+            r.finish()
+        })();
+        let warnings = match steps {
+            Ok(warnings) => warnings,
+            Err(e) => {
+                // Killed while still traced: a thread detached half-restored would run into the
+                // trampoline's int3 and take the others down while we detach them, leaving
+                // traced zombies that keep the namespace (and its init) from ending.
+                if let Err(kill) = frozen.kill() {
+                    tracing::warn!(pid, error = %kill, "could not kill the half-restored process");
+                }
+                return Err(e);
+            }
+        };
         drop(frozen); // detach: the process runs
         Ok(Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 })
     })();
@@ -340,14 +369,18 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
 
 /// The restore of one process, step by step. The process is a bare clone that holds only the
 /// trampoline page and is stopped under ptrace; the caller calls, in order, [`ProcRestore::begin`],
-/// [`ProcRestore::memory`], [`ProcRestore::files`] and [`ProcRestore::finish`]. A pod restore
-/// interleaves these steps across its processes (all memory first, then fds in tree order so
-/// shared fds can be taken from the process that created them).
+/// [`ProcRestore::memory`], [`ProcRestore::threads`], [`ProcRestore::files`] and
+/// [`ProcRestore::finish`]. A pod restore interleaves these steps across its processes (all
+/// memory first, then fds in tree order so shared fds can be taken from the process that created
+/// them). Should a step fail, end the process with [`Frozen::kill`] rather than by detaching it.
 pub struct ProcRestore<'a> {
     image: &'a ProcessImage,
     pid: i32,
     tramp: u64,
     inj: Injector,
+    /// The extra threads created by [`ProcRestore::threads`]: host tid and an injector driving
+    /// it, in the order of `image.threads[1..]`.
+    extra: Vec<(i32, Injector)>,
 }
 
 impl<'a> ProcRestore<'a> {
@@ -372,7 +405,7 @@ impl<'a> ProcRestore<'a> {
         }
         inj.call("munmap below trampoline", libc::SYS_munmap, [0, tramp, 0, 0, 0, 0])?;
         inj.call("munmap above trampoline", libc::SYS_munmap, [tramp + 4096, TASK_SIZE - tramp - 4096, 0, 0, 0, 0])?;
-        Ok(ProcRestore { image, pid, tramp, inj })
+        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new() })
     }
 
     /// Host pid of the process.
@@ -398,6 +431,24 @@ impl<'a> ProcRestore<'a> {
         Ok(())
     }
 
+    /// Creates the saved extra threads, each with its saved tid, through the main thread
+    /// ([`crate::threads`]), and hands them to `frozen` (the guard holding the main thread) so
+    /// they are detached with it. Their own state is loaded by [`ProcRestore::finish`].
+    pub fn threads(&mut self, frozen: &mut Frozen) -> Result<()> {
+        let image = self.image;
+        if image.threads.len() <= 1 || !self.extra.is_empty() {
+            return Ok(());
+        }
+        threads::trace_clones(self.pid, true)?;
+        for t in &image.threads[1..] {
+            let tid = threads::create(&mut self.inj, self.pid, t.vtid, frozen.threads())?;
+            frozen.adopt(tid);
+            threads::wait_first_stop(tid, Duration::from_secs(5))?;
+            self.extra.push((tid, Injector::new(self.pid, tid, self.tramp)?));
+        }
+        threads::trace_clones(self.pid, false)
+    }
+
     /// Recreates the fds.
     pub fn files(&mut self, ctx: &mut files::RestoreContext) -> Result<()> {
         files::restore(&mut self.inj, self.image.vpid, &self.image.fds, ctx)
@@ -409,44 +460,47 @@ impl<'a> ProcRestore<'a> {
     }
 
     /// Signal handlers, attributes, per-thread state, queued signals and credentials; then drops
-    /// the trampoline and loads the CPU state. The process is left stopped, ready to be detached.
+    /// the trampoline and loads the CPU state of every thread. The process is left stopped, ready
+    /// to be detached.
     pub fn finish(self) -> Result<Vec<String>> {
-        let ProcRestore { image, pid, tramp, mut inj } = self;
-        let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
+        let ProcRestore { image, pid, tramp, mut inj, mut extra } = self;
         let thread = image.threads.first().ok_or_else(|| EngineError::Proc { pid: image.vpid, detail: "no threads saved".into() })?;
+        if extra.len() + 1 != image.threads.len() {
+            return Err(EngineError::Proc {
+                pid,
+                detail: format!("{} threads saved but {} restored (ProcRestore::threads not called?)", image.threads.len(), extra.len() + 1),
+            });
+        }
         image.signals.restore_actions(&mut inj)?;
         let mut warnings = image.attrs.restore(&mut inj)?;
-        // Per-thread kernel state.
-        inj.call("set_tid_address", libc::SYS_set_tid_address, [thread.tid_address, 0, 0, 0, 0, 0])?;
-        if thread.robust_list.0 != 0 {
-            inj.call("set_robust_list", libc::SYS_set_robust_list, [thread.robust_list.0, thread.robust_list.1, 0, 0, 0, 0])?;
+        // Per-thread kernel state, each from inside its thread.
+        thread.restore_kernel_state(&mut inj)?;
+        for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
+            t.restore_kernel_state(tinj)?;
+            // personality is per task; the main thread's was set with the attributes.
+            tinj.call("personality", libc::SYS_personality, [u64::from(image.attrs.personality), 0, 0, 0, 0, 0])?;
         }
-        let scratch = inj.scratch(4096)?;
-        if thread.altstack.1 & libc::SS_DISABLE == 0 {
-            let mut ss = Vec::with_capacity(24);
-            ss.extend_from_slice(&thread.altstack.0.to_le_bytes());
-            ss.extend_from_slice(&thread.altstack.1.to_le_bytes());
-            ss.extend_from_slice(&[0u8; 4]);
-            ss.extend_from_slice(&thread.altstack.2.to_le_bytes());
-            inj.write_mem(scratch, &ss)?;
-            inj.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
-        }
-        if thread.rseq.rseq_abi_pointer != 0 {
-            inj.call(
-                "rseq register",
-                libc::SYS_rseq,
-                [thread.rseq.rseq_abi_pointer, u64::from(thread.rseq.rseq_abi_size), 0, u64::from(thread.rseq.signature), 0, 0],
-            )?;
-        }
+        // Queued signals: the kernel lets only a thread itself queue a signal that looks like it
+        // came from tgkill or the kernel, so each thread requeues its own.
         signals::requeue(&mut inj, image.vpid, image.vpid, &image.signals.shared_pending, true)?;
         signals::requeue(&mut inj, image.vpid, image.vpid, &thread.pending, false)?;
+        for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
+            signals::requeue(tinj, image.vpid, t.vtid, &t.pending, false)?;
+        }
+        // Credentials are per thread too; each thread drops its own.
+        for (_, tinj) in extra.iter_mut() {
+            image.attrs.restore_creds(tinj)?;
+            tinj.release_scratch()?;
+        }
         image.attrs.restore_creds(&mut inj)?;
-        // Last: drop the scratch page and the trampoline, then load the saved CPU state.
+        // Last: drop the scratch page and the trampoline, then load the saved CPU states.
         inj.release_scratch()?;
         inj.syscall(libc::SYS_munmap, [tramp, 4096, 0, 0, 0, 0])?;
-        regs::set_xstate(pid, &thread.xstate).map_err(sys_err("load xstate"))?;
-        regs::set_sigmask(pid, thread.sigmask).map_err(sys_err("load signal mask"))?;
-        regs::set_regs(pid, &thread.regs()?).map_err(sys_err("load registers"))?;
+        thread.load_cpu(pid)?;
+        for ((tid, tinj), t) in extra.into_iter().zip(&image.threads[1..]) {
+            t.load_cpu(tid)?;
+            tinj.forget();
+        }
         inj.forget();
         if !warnings.is_empty() {
             tracing::warn!(pid, ?warnings, "restored with warnings");

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use zap_engine::process::{checkpoint, restore, CheckpointOptions};
+use zap_engine::process::{checkpoint, restore, CheckpointOptions, ProcessImage};
 use zap_store::{ImageStore, LocalStore, StoreOptions};
 
 fn store(dir: &std::path::Path) -> LocalStore {
@@ -160,6 +160,11 @@ fn statically_linked_binary() {
 /// Debian programs: the output file is written by the program itself (python's file object,
 /// bash's `>>` redirection); lines are consecutive numbers, so a restore must continue exactly.
 fn run_numbered(cmd: &str, args: &[&str], out: &std::path::Path, dir: &std::path::Path) {
+    run_numbered_threads(cmd, args, out, dir, 1);
+}
+
+/// [`run_numbered`] for a program that has at least `threads` threads when it is checkpointed.
+fn run_numbered_threads(cmd: &str, args: &[&str], out: &std::path::Path, dir: &std::path::Path, threads: usize) {
     let Ok(path) = which(cmd) else {
         eprintln!("SKIP: {cmd} not installed");
         return;
@@ -167,12 +172,16 @@ fn run_numbered(cmd: &str, args: &[&str], out: &std::path::Path, dir: &std::path
     let orig = start(&path, args);
     let pid = orig.0.id() as i32;
     assert!(wait_for(Duration::from_secs(20), || lines(out).len() >= 5), "{cmd} did not start: {}", text(out));
+    let count = || std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    assert!(wait_for(Duration::from_secs(10), || count() >= threads), "{cmd} has {} threads, want {threads}", count());
     let store = store(dir);
     let report = checkpoint(&store, pid, &CheckpointOptions::default()).unwrap_or_else(|e| panic!("checkpoint {cmd}: {e}"));
     drop(orig);
     wait_gone(pid);
     let before = lines(out);
     let restored = RestoredProc(restore(&store, &report.summary.id).unwrap_or_else(|e| panic!("restore {cmd}: {e}")));
+    let rcount = std::fs::read_dir(format!("/proc/{}/task", restored.0.pid)).map(|d| d.count()).unwrap_or(0);
+    assert!(rcount >= threads, "restored {cmd} has {rcount} threads, want {threads}");
     assert!(
         wait_for(Duration::from_secs(20), || lines(out).len() >= before.len() + 5),
         "restored {cmd} did not continue: {:?}",
@@ -334,6 +343,157 @@ fn armed_timer_fails_loudly_and_leaves_the_process_running() {
     assert!(err.contains("ITIMER_REAL") && err.contains(&pid.to_string()), "{err}");
     let n = text(&out).lines().count();
     assert!(wait_for(Duration::from_secs(5), || text(&out).lines().count() > n + 3), "process stopped after a refused checkpoint");
+}
+
+/// (id in the process's PID namespace, name) of every thread of `pid`, sorted.
+fn thread_ids_and_names(pid: i32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok())).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|tid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+            let vtid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?.trim_end().to_string();
+            Some((vtid, name))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn progress_lines(path: &std::path::Path) -> Vec<Vec<u64>> {
+    text(path)
+        .lines()
+        .filter_map(|l| l.strip_prefix("progress "))
+        .map(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).collect::<Vec<u64>>())
+        .filter(|v| v.len() == 9)
+        .collect()
+}
+
+#[test]
+fn threads_keep_tids_names_counters_and_condvar_handoffs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prog) = build("threads", dir.path(), &["-pthread"]) else { return };
+    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+    let orig = start(&prog, &[out.to_str().unwrap(), go.to_str().unwrap()]);
+    let pid = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ready")), "no ready: {}", text(&out));
+    let threads_before = thread_ids_and_names(pid);
+    assert_eq!(threads_before.len(), 9, "{threads_before:?}");
+    let store = store(dir.path());
+    let report = checkpoint(&store, pid, &CheckpointOptions::default()).expect("checkpoint");
+    drop(orig);
+    wait_gone(pid);
+    let before = progress_lines(&out);
+    let last_before = before.last().expect("progress before the checkpoint").clone();
+    let restored = RestoredProc(restore(&store, &report.summary.id).expect("restore"));
+    assert_eq!(restored.0.vpid, pid);
+    assert_eq!(thread_ids_and_names(restored.0.pid), threads_before, "same thread ids and names after restore");
+    // A second checkpoint of the restored process (it runs on) sees the same per-thread kernel
+    // state: tids, names, masks, queued signals, rseq areas, robust lists, tid addresses,
+    // alternate stacks.
+    let again = checkpoint(&store, restored.0.pid, &CheckpointOptions { leave_running: true, ..Default::default() })
+        .expect("checkpoint of the restored process");
+    let image = |id| ProcessImage::decode(&store.manifest(id).unwrap().state).unwrap();
+    let (first, second) = (image(&report.summary.id), image(&again.summary.id));
+    assert_eq!(first.threads.len(), 9);
+    assert_eq!(first.threads[0].vtid, pid, "main thread first");
+    let key = |t: &zap_engine::cpu::ThreadState| {
+        (t.vtid, t.name.clone(), t.sigmask, t.pending.clone(), t.rseq, t.robust_list, t.tid_address, t.altstack)
+    };
+    let (mut a, mut b): (Vec<_>, Vec<_>) = (first.threads.iter().map(key).collect(), second.threads.iter().map(key).collect());
+    a.sort_by_key(|k| k.0);
+    b.sort_by_key(|k| k.0);
+    assert_eq!(a, b, "per-thread state after restore");
+    assert!(a.iter().all(|k| k.4.rseq_abi_pointer != 0 && k.5 .0 != 0 && k.6 != 0), "glibc registered rseq, robust list, tid address");
+    assert_eq!(a.iter().filter(|k| k.7 .1 & libc::SS_DISABLE == 0).count(), 1, "one thread with an alternate stack");
+    assert_eq!(a.iter().filter(|k| !k.3.is_empty()).count(), 1, "one thread with a queued signal");
+    assert!(
+        wait_for(Duration::from_secs(10), || progress_lines(&out).len() >= before.len() + 3),
+        "restored threads make no progress: {}",
+        text(&out).lines().last().unwrap_or("")
+    );
+    let first_after = &progress_lines(&out)[before.len()];
+    for (i, (a, b)) in first_after.iter().zip(&last_before).enumerate() {
+        assert!(a >= b, "counter {i} went back from {b} to {a}");
+    }
+    std::fs::write(&go, b"go").unwrap();
+    let done = wait_for(Duration::from_secs(30), || text(&out).lines().any(|l| l.starts_with("ok") || l.starts_with("FAIL")));
+    let t = text(&out);
+    assert!(done && !t.contains("FAIL"), "restored program did not finish well: {}", t.lines().last().unwrap_or(""));
+    let last = progress_lines(&out).last().unwrap().clone();
+    assert!(last.iter().zip(&last_before).all(|(a, b)| a > b), "every counter advanced: {last_before:?} -> {last:?}");
+    // All threads joined: the process exits by itself.
+    let rpid = restored.0.pid;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{rpid}/stat"))
+                .map(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) == Some("Z"))
+                .unwrap_or(true)
+        }),
+        "restored program did not exit after ok"
+    );
+}
+
+#[test]
+fn python3_thread_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pool.out");
+    let script = format!(
+        r#"
+import time
+from concurrent.futures import ThreadPoolExecutor
+def work(k):
+    return sum(i * i for i in range(k))
+pool = ThreadPoolExecutor(max_workers=4)
+f = open({out:?}, "a", buffering=1)
+n = 0
+while True:
+    n += 1
+    ks = [1000 + (n * 7 + j) % 500 for j in range(8)]
+    got = list(pool.map(work, ks))
+    assert got == [sum(i * i for i in range(k)) for k in ks], (n, got)
+    f.write("%d\n" % n)
+    time.sleep(0.01)
+"#,
+        out = out.to_str().unwrap()
+    );
+    run_numbered_threads("python3", &["-c", &script], &out, dir.path(), 5);
+}
+
+#[test]
+fn threads_checkpointed_again_from_a_restore_and_restored_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prog) = build("threads", dir.path(), &["-pthread"]) else { return };
+    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+    let orig = start(&prog, &[out.to_str().unwrap(), go.to_str().unwrap()]);
+    let pid = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ready")), "no ready: {}", text(&out));
+    let threads_before = thread_ids_and_names(pid);
+    let store = store(dir.path());
+    let first = checkpoint(&store, pid, &CheckpointOptions::default()).expect("checkpoint");
+    drop(orig);
+    wait_gone(pid);
+    let restored = RestoredProc(restore(&store, &first.summary.id).expect("restore"));
+    let n = progress_lines(&out).len();
+    assert!(wait_for(Duration::from_secs(10), || progress_lines(&out).len() >= n + 2), "restored copy makes no progress");
+    // Checkpoint the restored copy, which is not our child (its parent is the namespace's init):
+    // it is killed, and its threads' exits are collected so that its init can reap it.
+    let rpid = restored.0.pid;
+    let second = checkpoint(&store, rpid, &CheckpointOptions::default()).expect("checkpoint of the restored copy");
+    assert!(
+        wait_for(Duration::from_secs(2), || !std::path::Path::new(&format!("/proc/{rpid}")).exists()),
+        "killed restored copy was not reaped by its init"
+    );
+    drop(restored);
+    let again = RestoredProc(restore(&store, &second.summary.id).expect("second restore"));
+    assert_eq!(again.0.vpid, pid);
+    assert_eq!(thread_ids_and_names(again.0.pid), threads_before, "same thread ids and names after two restores");
+    std::fs::write(&go, b"go").unwrap();
+    let done = wait_for(Duration::from_secs(30), || text(&out).lines().any(|l| l.starts_with("ok") || l.starts_with("FAIL")));
+    let t = text(&out);
+    assert!(done && !t.contains("FAIL"), "twice restored program did not finish well: {}", t.lines().last().unwrap_or(""));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Restoring a group: build the tree bare, then fill every member in (see the module doc of
-//! [`crate::group`]).
+//! [`crate::group`]): memory, threads, fds, process groups, then attributes and CPU state.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -149,7 +149,12 @@ pub fn restore_in<S: ImageStore>(
             Ok(restored)
         }
         Err(e) => {
-            drop(frozen);
+            // Killed while still traced, so that no half-restored thread runs.
+            for f in frozen {
+                if let Err(kill) = f.kill() {
+                    tracing::warn!(error = %kill, "could not kill a half-restored process");
+                }
+            }
             let _ = sysclone::kill(init, libc::SIGKILL);
             let start = Instant::now();
             while sysclone::try_reap(init).is_none() && start.elapsed() < Duration::from_secs(5) {
@@ -211,7 +216,12 @@ fn build<S: ImageStore>(
     for r in &mut live {
         r.memory(store, &manifest.images, &mut shm)?;
     }
-    // 3. Fds in save order, then the pipe keepers go.
+    // 3. Threads.
+    for r in &mut live {
+        let f = frozen.iter_mut().find(|f| f.pid() == r.pid()).expect("every member is stopped");
+        r.threads(f)?;
+    }
+    // 4. Fds in save order, then the pipe keepers go.
     for r in &mut live {
         r.files(&mut fctx)?;
     }
@@ -219,7 +229,7 @@ fn build<S: ImageStore>(
         let keep = fctx.keepers(r.image().vpid);
         r.close_fds(&keep)?;
     }
-    // 4. Process groups: leaders first, then members.
+    // 5. Process groups: leaders first, then members.
     let member = |vpid: i32| image.members.iter().find(|m| m.vpid == vpid).expect("member of the image");
     for leaders in [true, false] {
         for r in &mut live {
@@ -233,12 +243,12 @@ fn build<S: ImageStore>(
             }
         }
     }
-    // 5. Every live member's attributes, credentials and CPU state.
+    // 6. Every live member's attributes, credentials and CPU state.
     let mut pids: Vec<(i32, i32)> = image.members.iter().map(|m| (m.vpid, host[&m.vpid])).collect();
     for r in live {
         warnings.extend(r.finish()?);
     }
-    // 6. Zombies exit with their saved status when released.
+    // 7. Zombies exit with their saved status when released.
     for (pid, status) in zombies {
         let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
         let mut r = regs::get_regs(pid).map_err(sys_err("read registers"))?;

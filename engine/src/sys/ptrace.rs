@@ -84,3 +84,33 @@ pub fn tgkill(tid: i32, sig: i32) -> io::Result<()> {
     let rc = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) };
     check(rc, "tgkill", tid).map(drop)
 }
+
+/// PTRACE_SETOPTIONS on a stopped thread (e.g. `PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE`).
+pub fn ptrace_setoptions(tid: i32, options: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_SETOPTIONS takes the options by value in data; no pointers.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, tid, 0usize, options as usize) };
+    check(rc, "ptrace(SETOPTIONS)", tid).map(drop)
+}
+
+/// Like [`wait_thread`], but gives up after `timeout`: `Ok(None)` if `tid` reported nothing.
+pub fn wait_thread_timeout(tid: i32, timeout: std::time::Duration) -> io::Result<Option<i32>> {
+    let start = std::time::Instant::now();
+    loop {
+        let mut status = 0i32;
+        // SAFETY: `status` is a valid, writable i32; WNOHANG makes the call non-blocking.
+        let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if rc == tid {
+            return Ok(Some(status));
+        }
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(io::Error::new(e.kind(), format!("waitpid tid {tid}: {e}")));
+            }
+        }
+        if start.elapsed() >= timeout {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
