@@ -17,6 +17,7 @@
 //! by the first of them; its other end is parked at a high fd (a *keeper*) until every process of
 //! the group has taken what it needs, then closed ([`RestoreContext::keepers`]).
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -218,7 +219,19 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
                     .map_err(|source| EngineError::Sys { step: "pidfd_getfd pipe", pid, source })?;
                 let size = sysproc::pipe_size(&dup).map_err(|source| EngineError::Sys { step: "pipe size", pid, source })?;
                 let data = if ctx.data_taken.insert(ino) {
-                    sysproc::pipe_peek(&dup).map_err(|source| EngineError::Sys { step: "read pipe buffer", pid, source })?
+                    // The bytes are read from a read end: through /proc, a write end opens one.
+                    let read_end = if write_end {
+                        let path = format!("/proc/{pid}/fd/{fd}");
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .custom_flags(libc::O_NONBLOCK)
+                            .open(&path)
+                            .map_err(|e| EngineError::io("open read end of pipe", path.as_ref(), e))?
+                            .into()
+                    } else {
+                        dup.try_clone().map_err(|source| EngineError::Sys { step: "dup pipe", pid, source })?
+                    };
+                    sysproc::pipe_peek(&read_end).map_err(|source| EngineError::Sys { step: "read pipe buffer", pid, source })?
                 } else {
                     Vec::new()
                 };

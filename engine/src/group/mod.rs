@@ -50,6 +50,8 @@ pub enum MemberState {
     Zombie {
         /// Its wait status (exit code << 8, or the killing signal).
         status: i32,
+        /// Its name.
+        comm: String,
     },
 }
 

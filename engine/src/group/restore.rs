@@ -9,6 +9,7 @@ use zap_store::{CheckpointId, ImageStore, Manifest};
 use super::{GroupImage, MemberState};
 use crate::files::RestoreContext;
 use crate::freeze::Frozen;
+use crate::inject::Injector;
 use crate::mem::ShmContext;
 use crate::process::{trampoline_addr, vpid_of, wait_ready, ProcRestore};
 use crate::sys::{clone as sysclone, regs};
@@ -203,10 +204,18 @@ fn build<S: ImageStore>(
                 }
                 live.push(r);
             }
-            MemberState::Zombie { status } => {
+            MemberState::Zombie { status, comm } => {
                 if !kids.is_empty() {
                     return Err(EngineError::Proc { pid: m.vpid, detail: "a zombie with children cannot be restored".into() });
                 }
+                let mut inj = Injector::new(pid, pid, tramp)?;
+                let scratch = inj.scratch(4096)?;
+                let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
+                name.push(0);
+                inj.write_mem(scratch, &name)?;
+                inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
+                inj.release_scratch()?;
+                inj.forget();
                 zombies.push((pid, *status));
             }
         }
@@ -270,7 +279,7 @@ fn build<S: ImageStore>(
 /// Sends the killing signals of zombies that died by a signal (after the group was released).
 fn kill_signalled_zombies(image: &GroupImage, restored: &GroupRestored) {
     for m in &image.members {
-        if let MemberState::Zombie { status } = m.state {
+        if let MemberState::Zombie { status, .. } = m.state {
             if status & 0x7f != 0 {
                 if let Some(pid) = restored.host_pid(m.vpid) {
                     let _ = sysclone::kill(pid, status & 0x7f);

@@ -141,7 +141,10 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool) -> Result<SavedGro
     for p in order {
         let ppid = vpid_of_host.get(&p.host_ppid).copied().unwrap_or(0);
         let state = match p.zombie {
-            Some(status) => MemberState::Zombie { status },
+            Some(status) => MemberState::Zombie {
+                status,
+                comm: std::fs::read_to_string(format!("/proc/{}/comm", p.host)).unwrap_or_default().trim_end().to_string(),
+            },
             None => {
                 let f = frozen.iter().find(|f| f.pid() == p.host).ok_or_else(|| EngineError::Proc {
                     pid: p.host,

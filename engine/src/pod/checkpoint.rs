@@ -105,7 +105,13 @@ fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -
 fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
     cg.freeze(FREEZE_TIMEOUT)?;
     let seized = (|| {
-        let pids: Vec<i32> = cg.procs().into_iter().filter(|&p| p != init_pid).collect();
+        // Zombies have left the cgroup already: the tree under the init has them.
+        let mut pids: Vec<i32> = cg.procs().into_iter().filter(|&p| p != init_pid).collect();
+        for p in group::tree_of(init_pid) {
+            if p != init_pid && !pids.contains(&p) {
+                pids.push(p);
+            }
+        }
         let mut frozen = Vec::new();
         for &pid in &pids {
             if !group::is_zombie_pid(pid) {
