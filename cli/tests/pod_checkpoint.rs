@@ -211,3 +211,96 @@ fn listening_tcp_server_accepts_after_restore_and_in_a_copy() {
     assert_eq!(ask_retry(&addr, "d"), "served 3 d");
     assert_eq!(ask(&addr2, "e").unwrap(), "served 3 e");
 }
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn redis(host: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-h", host, "-p", "6379"]).args(args).output().expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn redis_data_set_survives_and_answers_a_new_client() {
+    if !have("redis-server") || !have("redis-cli") {
+        eprintln!("SKIP: redis-server/redis-cli not installed (scripts/setup.sh installs them)");
+        return;
+    }
+    let e = env();
+    let net = 100 + (std::process::id() % 100);
+    let ip = format!("10.79.{net}.2/24");
+    let host = format!("10.79.{net}.2");
+    let pod = name("redis");
+    let data = e.work.join("redis");
+    std::fs::create_dir_all(&data).unwrap();
+    ok(&e, &["run", "--name", &pod, "--ip", &ip, "--", "redis-server", "--bind", "0.0.0.0", "--port", "6379", "--save", "",
+        "--appendonly", "no", "--protected-mode", "no", "--dir", data.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || redis(&host, &["ping"]) == "PONG"), "redis did not start");
+    // 20000 keys and a list, written through a pipe of commands.
+    let mut cmds = String::new();
+    for i in 0..20000 {
+        cmds.push_str(&format!("SET key:{i} value-{}\n", i * 7));
+    }
+    for i in 0..500 {
+        cmds.push_str(&format!("RPUSH list item-{i}\n"));
+    }
+    let mut child = Command::new("redis-cli")
+        .args(["-h", &host, "-p", "6379", "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(cmds.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let digest = redis(&host, &["debug", "digest"]);
+    assert_eq!(redis(&host, &["dbsize"]), "20001");
+    let threads = |pod: &str| ok(&e, &["exec", pod, "--", "sh", "-c", "ls /proc/2/task | wc -l"]).trim().parse::<u32>().unwrap_or(0);
+    let threads_before = threads(&pod);
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    assert_ne!(redis(&host, &["ping"]), "PONG", "the checkpointed pod is gone");
+    ok(&e, &["restore", &id]);
+    assert!(wait_for(Duration::from_secs(10), || redis(&host, &["ping"]) == "PONG"), "restored redis does not answer");
+    assert_eq!(redis(&host, &["dbsize"]), "20001");
+    assert_eq!(redis(&host, &["debug", "digest"]), digest, "the data set is intact");
+    assert_eq!(redis(&host, &["get", "key:12345"]), format!("value-{}", 12345 * 7));
+    assert_eq!(redis(&host, &["lindex", "list", "499"]), "item-499");
+    assert_eq!(redis(&host, &["set", "after", "restore"]), "OK");
+    assert_eq!(redis(&host, &["get", "after"]), "restore");
+    assert_eq!(threads(&pod), threads_before, "every redis thread is back");
+}
+
+#[test]
+fn python_thread_pool_continues() {
+    if !have("python3") {
+        eprintln!("SKIP: python3 not installed");
+        return;
+    }
+    let e = env();
+    let pod = name("py");
+    let out = e.work.join("py.out");
+    // Each round, 4 workers square numbers; the main thread checks the sums and appends a line.
+    let script = format!(
+        "import concurrent.futures, time\n\
+         f = open({:?}, 'a', buffering=1)\n\
+         pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)\n\
+         r = 0\n\
+         while True:\n    r += 1\n    got = sum(pool.map(lambda x: x * x, range(r, r + 100)))\n    want = sum(x * x for x in range(r, r + 100))\n    f.write('%d %s\\n' % (r, 'ok' if got == want else 'BAD'))\n    time.sleep(0.01)\n",
+        out.to_str().unwrap()
+    );
+    ok(&e, &["run", "--name", &pod, "--", "python3", "-c", &script]);
+    let _g = PodGuard(&e, pod.clone());
+    let rounds = || std::fs::read_to_string(&out).unwrap_or_default().lines().count();
+    assert!(wait_for(Duration::from_secs(20), || rounds() >= 10), "pool did not start");
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    let at = rounds();
+    ok(&e, &["restore", &id]);
+    assert!(wait_for(Duration::from_secs(20), || rounds() >= at + 20), "pool did not continue");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.contains("BAD"), "{text}");
+    let nums: Vec<u64> = text.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    for w in nums.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "rounds continue without a gap or a restart");
+    }
+}

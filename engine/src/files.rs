@@ -76,6 +76,12 @@ pub enum FdKind {
     },
     /// A socket.
     Socket(crate::sockets::SocketState),
+    /// An epoll instance and what it watches: (target fd, event mask, user data). The watches
+    /// are added once every fd of the process exists.
+    Epoll {
+        /// The watched fds.
+        watches: Vec<(i32, u32, u64)>,
+    },
     /// A standard stream leading outside the process.
     External {
         /// What it was (`pipe:[123]`, `/dev/pts/0`, `socket:[9]`).
@@ -254,6 +260,22 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
             } else {
                 return Err(unsupported(if target.starts_with("socket:") { "socket" } else { "terminal" }));
             }
+        } else if target == "anon_inode:[eventpoll]" {
+            let path = format!("/proc/{pid}/fdinfo/{fd}");
+            let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
+            let mut watches = Vec::new();
+            for line in text.lines().filter(|l| l.starts_with("tfd:")) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let field = |key: &str| words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).copied();
+                let parsed = (|| {
+                    let tfd: i32 = field("tfd:")?.parse().ok()?;
+                    let events = u32::from_str_radix(field("events:")?, 16).ok()?;
+                    let data = u64::from_str_radix(field("data:")?, 16).ok()?;
+                    Some((tfd, events, data))
+                })();
+                watches.push(parsed.ok_or_else(|| EngineError::Proc { pid, detail: format!("fd {fd}: unreadable epoll watch {line:?}") })?);
+            }
+            FdKind::Epoll { watches }
         } else if target == "anon_inode:[eventfd]" {
             let count = u64::from_str_radix(info.get("eventfd-count").map(String::as_str).unwrap_or("0"), 16).unwrap_or(0);
             let semaphore = info.get("eventfd-semaphore").is_some_and(|v| v == "1");
@@ -417,6 +439,7 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
                 inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
                 fd
             }
+            FdKind::Epoll { .. } => inj.call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])?,
             FdKind::External { .. } => open_path(inj, &format!("/proc/{}/fd/{}", ctx.zap_pid, st.fd), st.flags)?,
             FdKind::Eventfd { count, semaphore } => {
                 let mut flags = st.flags & libc::O_NONBLOCK as u32;
@@ -456,6 +479,20 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
             }
         };
         place(inj, tmp, st)?;
+    }
+    // Epoll watches, now that every fd they name exists.
+    for st in fds {
+        if let FdKind::Epoll { watches } = &st.kind {
+            for &(tfd, events, data) in watches {
+                let scratch = inj.scratch(4096)?;
+                let mut ev = events.to_ne_bytes().to_vec();
+                ev.extend_from_slice(&data.to_ne_bytes());
+                inj.write_mem(scratch, &ev)?;
+                let args = [st.fd as u64, libc::EPOLL_CTL_ADD as u64, tfd as u64, scratch, 0, 0];
+                inj.call("epoll_ctl(ADD)", libc::SYS_epoll_ctl, args)
+                    .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: watch fd {tfd} again: {e}", st.fd) })?;
+            }
+        }
     }
     Ok(())
 }
