@@ -1,0 +1,148 @@
+//! Pods: what a pod costs a running program, and how long a pod of several processes holding
+//! 1 GiB in total is stopped by a checkpoint and takes to restore.
+//!
+//! 1. Overhead: a CPU-bound and a syscall-heavy workload (`progs/work.c`, each timing itself)
+//!    run alternately outside and inside a pod, 5 times each; medians and their ratio.
+//! 2. Checkpoint/restore: a pod running `sh` with 4 `bigmem` children of `--size-mib / 4` MiB
+//!    each (half zero pages, a quarter text, a quarter random). Checkpoint with
+//!    `--leave-running` (stop time, bytes), checkpoint that ends the pod (into a fresh store),
+//!    restore (time until every process runs).
+//!
+//! Run: `cargo run --release -p zap-benches --bin pod-bench [-- --size-mib N] [--dir DIR]`
+//! (needs `zap-init` built next to this binary: `cargo build --release --workspace`).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zap_benches::{machine, Args};
+use zap_engine::pod::checkpoint::{self as podck, PodCheckpointOptions, PodRestoreOptions};
+use zap_engine::pod::{self, Launch, PodSpec};
+use zap_store::{LocalStore, StoreOptions};
+
+fn gcc(src: &str, out: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("progs").join(src);
+    assert!(Command::new("gcc").args(["-O2", "-o"]).arg(out).arg(&src).status().expect("gcc").success());
+}
+
+fn read_ns(p: &Path) -> Option<f64> {
+    std::fs::read_to_string(p).ok()?.split_whitespace().next()?.parse::<f64>().ok()
+}
+
+fn wait_file(p: &Path, limit: Duration) -> f64 {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = read_ns(p) {
+            return v;
+        }
+        assert!(t.elapsed() < limit, "{} did not appear", p.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn spec(name: &str, argv: Vec<String>, init: &Path) -> PodSpec {
+    PodSpec {
+        name: name.into(),
+        hostname: None,
+        ip: None,
+        mac: None,
+        memory_limit: None,
+        cpus: None,
+        launch: Launch::Command { argv, env: vec![("PATH".into(), "/usr/bin:/bin".into())], cwd: PathBuf::from("/") },
+        init_exe: init.to_path_buf(),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+/// Removes the bench's pods even when it panics.
+struct Cleanup(PathBuf, Vec<String>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.1 {
+            let _ = pod::rm(&self.0, n, true);
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let tmp = tempfile::Builder::new().prefix("zap-podbench-").tempdir_in(&args.dir).expect("temp dir");
+    let run = tmp.path().join("run");
+    let init = std::env::current_exe().expect("exe").parent().expect("dir").join("zap-init");
+    assert!(init.is_file(), "build zap-init first: cargo build --release --workspace ({} missing)", init.display());
+    let (work, bigmem) = (tmp.path().join("work"), tmp.path().join("bigmem"));
+    gcc("work.c", &work);
+    gcc("bigmem.c", &bigmem);
+    let tag = std::process::id();
+    let mut cleanup = Cleanup(run.clone(), Vec::new());
+    println!("# pod-bench, machine: {}", machine());
+
+    // 1. Overhead.
+    for mode in ["cpu", "sys"] {
+        let (mut outside, mut inside) = (Vec::new(), Vec::new());
+        for i in 0..5 {
+            let f = tmp.path().join(format!("out-{mode}-{i}"));
+            let st = Command::new(&work).arg(mode).arg(&f).stdin(Stdio::null()).status().expect("run work");
+            assert!(st.success());
+            outside.push(read_ns(&f).expect("result") / 1e6);
+            let f = tmp.path().join(format!("in-{mode}-{i}"));
+            let name = format!("pb{tag}-{mode}{i}");
+            cleanup.1.push(name.clone());
+            let argv = vec![work.display().to_string(), mode.into(), f.display().to_string()];
+            pod::create(&run, &spec(&name, argv, &init)).expect("create pod");
+            inside.push(wait_file(&f, Duration::from_secs(120)) / 1e6);
+            pod::rm(&run, &name, true).expect("rm pod");
+        }
+        let (o, n) = (median(outside), median(inside));
+        println!("overhead {mode}: outside {o:.1} ms, in a pod {n:.1} ms (median of 5), ratio {:.4}", n / o);
+    }
+
+    // 2. Checkpoint and restore of a pod of several processes.
+    let per = args.size_mib / 4;
+    let ready = tmp.path().join("ready");
+    std::fs::create_dir_all(&ready).unwrap();
+    let script = format!(
+        "for i in 1 2 3 4; do {b} {per} {r}/$i & done; wait",
+        b = bigmem.display(),
+        r = ready.display()
+    );
+    let name = format!("pb{tag}-mem");
+    cleanup.1.push(name.clone());
+    pod::create(&run, &spec(&name, vec!["sh".into(), "-c".into(), script], &init)).expect("create pod");
+    let t = Instant::now();
+    while std::fs::read_dir(&ready).map(|d| d.count()).unwrap_or(0) < 4 {
+        assert!(t.elapsed() < Duration::from_secs(120), "bigmem processes did not get ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("\npod of 5 processes (sh + 4 x {per} MiB), {} MiB in total", per * 4);
+    let store = LocalStore::open(tmp.path().join("store"), StoreOptions { create: true, ..Default::default() }).expect("store");
+    let opts = PodCheckpointOptions { leave_running: true, ..Default::default() };
+    let r = podck::checkpoint(&store, &run, &name, &opts).expect("checkpoint");
+    println!(
+        "checkpoint --leave-running: pod stopped {:.0} ms (copied {:.0} MiB), committed after {:.0} ms; stored {:.1} MiB new",
+        r.frozen_ms,
+        r.bytes_read as f64 / 1048576.0,
+        r.total_ms,
+        r.summary.new_stored_bytes as f64 / 1048576.0
+    );
+    let store2 = LocalStore::open(tmp.path().join("store2"), StoreOptions { create: true, ..Default::default() }).expect("store");
+    let r2 = podck::checkpoint(&store2, &run, &name, &PodCheckpointOptions::default()).expect("checkpoint");
+    println!("checkpoint (pod ended after the commit): stopped {:.0} ms until committed", r2.frozen_ms);
+    drop(store2);
+    for round in 1..=2 {
+        let ropts = PodRestoreOptions { name: None, ip: None, init_exe: init.clone() };
+        let t = Instant::now();
+        let restored = podck::restore(&store, &run, &r.summary.id, &ropts).expect("restore");
+        println!(
+            "restore {round}: {:.0} ms until all {} processes run ({:.0} ms with pod creation)",
+            restored.group.restore_ms,
+            restored.group.pids.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        pod::rm(&run, &name, true).expect("rm");
+    }
+    drop(cleanup);
+}
