@@ -439,6 +439,7 @@ fn start(
         .map_err(|_| pod_err(name, "start init", "path contains a NUL byte"))?;
     let argv = [CString::new("zap-init").expect("no NUL")];
     let envp = [CString::new(format!("ZAP_POD={name}")).map_err(|_| pod_err(name, "start init", "bad name"))?];
+    let null = std::fs::File::open("/dev/null").map_err(|e| EngineError::io("open", Path::new("/dev/null"), e))?;
     let fds = [ctl_r.as_fd(), st_w.as_fd()];
     let launch = ns::InitLaunch {
         ns_flags: POD_NS as u64,
@@ -446,10 +447,11 @@ fn start(
         exe: &exe,
         argv: &argv,
         envp: &envp,
+        stdio: null.as_fd(),
         fds: &fds,
     };
     let pid = ns::spawn_init(&launch).map_err(|e| pod_err(name, format!("start init {}", spec.init_exe.display()), e))?;
-    drop((ctl_r, st_w, cg_dir));
+    drop((ctl_r, st_w, cg_dir, null));
     state.init_pid = pid;
     state.init_start = proc_stat(pid).map_or(0, |(_, t)| t);
     save(root, state)?;
