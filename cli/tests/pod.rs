@@ -215,8 +215,16 @@ fn run_exec_and_remove() {
 
     // A process started in the pod keeps running after zap exits.
     ok(pod.exec(&["sh", "-c", "sleep 200 >/dev/null 2>&1 &"]));
-    let procs = pod::procs_of(&n);
+    let mut procs = pod::procs_of(&n);
     assert!(procs.len() >= 3, "{procs:?}");
+    // Every process, exec'd ones included, is in the v1 cgroups of the limits too (hybrid).
+    procs.sort_unstable();
+    for dir in pod::v1_dirs(&n) {
+        let mut v1: Vec<i64> =
+            std::fs::read_to_string(format!("{dir}/cgroup.procs")).unwrap().lines().filter_map(|l| l.parse().ok()).collect();
+        v1.sort_unstable();
+        assert_eq!(v1, procs, "v1 cgroup {dir}");
+    }
 
     // rm refuses a running pod.
     let out = zap(&["rm", &n]);
@@ -238,6 +246,13 @@ mod pod {
             serde_json::from_slice(&std::fs::read(format!("{}/{name}/pod.json", super::RUN_DIR)).unwrap()).unwrap();
         let cg = st["cgroup"].as_str().unwrap();
         std::fs::read_to_string(format!("{cg}/cgroup.procs")).unwrap().lines().filter_map(|l| l.parse().ok()).collect()
+    }
+
+    /// The v1 cgroup directories of pod `name` (used for limits on hybrid hierarchies).
+    pub fn v1_dirs(name: &str) -> Vec<String> {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{}/{name}/pod.json", super::RUN_DIR)).unwrap()).unwrap();
+        st["cgroup_v1"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
     }
 }
 

@@ -372,20 +372,21 @@ pub fn create(root: &Path, spec: &PodSpec) -> Result<PodState> {
             if let Err(e2) = destroy(root, &state) {
                 tracing::warn!(pod = name, error = %e2, "cleanup after failed create");
             }
-            if state.init_pid > 0 {
-                reap_child(state.init_pid);
-            }
             Err(e)
         }
     }
 }
 
-/// Reaps `pid` if it is our child, waiting up to 2 s.
+/// Reaps the init `pid` if it is a child of this process (the pod was created by this process,
+/// e.g. a long-running program using the library), waiting up to 2 s for it to end.
 fn reap_child(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
     let start = Instant::now();
-    while sysclone::try_reap(pid).is_none() && start.elapsed() < Duration::from_secs(2) {
-        if proc_stat(pid).is_none() {
-            return; // not ours, or already reaped
+    while let Ok(None) = ns::try_reap_child(pid) {
+        if start.elapsed() > Duration::from_secs(2) {
+            return;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -506,6 +507,7 @@ fn kill_all(root: &Path, state: &PodState) -> Result<()> {
 pub fn kill(root: &Path, name: &str) -> Result<PodStatus> {
     let state = load(root, name)?;
     kill_all(root, &state)?;
+    reap_child(state.init_pid);
     Ok(status(root, &state))
 }
 
@@ -528,6 +530,7 @@ pub fn stop(root: &Path, name: &str, timeout: Duration) -> Result<PodStatus> {
     if status(root, &state) == PodStatus::Running {
         kill_all(root, &state)?;
     }
+    reap_child(state.init_pid);
     Ok(status(root, &state))
 }
 
@@ -546,6 +549,7 @@ fn destroy(root: &Path, state: &PodState) -> Result<()> {
     let name = state.name.as_str();
     let cg = cgroup_of(state);
     cg.kill(KILL_TIMEOUT).map_err(|e| pod_err(name, "kill", e))?;
+    reap_child(state.init_pid);
     // The veth's pod end dies with the network namespace; delete the host end and what only this
     // pod used.
     let cidr = state.ip.as_deref().and_then(|s| Cidr::parse(s).ok());

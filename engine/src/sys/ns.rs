@@ -208,6 +208,19 @@ pub fn reap_any() -> Option<(i32, i32)> {
     (r > 0).then_some((r, status))
 }
 
+/// Reaps child `pid` if it has ended: `Ok(Some(wait status))`, `Ok(None)` while it runs, and an
+/// error (ECHILD) when it is not a child of this process.
+pub fn try_reap_child(pid: i32) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: status is a valid i32; WNOHANG makes this non-blocking.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match r {
+        _ if r == pid => Ok(Some(status)),
+        0 => Ok(None),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Waits (blocking) for child `pid`; returns its wait status.
 pub fn wait_pid(pid: i32) -> io::Result<i32> {
     let mut status = 0;
