@@ -9,7 +9,9 @@
 //! ([`net`]), then starts the command (or, for restores, bare processes with chosen pids) and
 //! reports the outcome; `create` returns only then. Any failure removes everything created so
 //! far. The init is not tied to the `zap` process: the pod lives on after `zap` exits, and the
-//! init is reaped by whoever inherits it (the host's PID 1 or a subreaper).
+//! init is then reaped by whoever inherits it (the host's PID 1 or a subreaper). A process that
+//! created a pod and is still running (a program using this library) reaps the init itself in
+//! [`stop`], [`kill`] and [`rm`].
 //!
 //! The init forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to every process of
 //! the pod and exits when the main process ends, writing its status to `<pod dir>/exit`; the
@@ -261,7 +263,8 @@ pub fn load(root: &Path, name: &str) -> Result<PodState> {
     }
 }
 
-/// All pods of the run directory, by name.
+/// All pods of the run directory, by name (pods whose `pod.json` cannot be read are skipped
+/// with a warning).
 pub fn list(root: &Path) -> Result<Vec<PodState>> {
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
@@ -273,7 +276,10 @@ pub fn list(root: &Path) -> Result<Vec<PodState>> {
         let entry = entry.map_err(|e| EngineError::io("list pods in", root, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if entry.path().is_dir() && validate_name(&name).is_ok() {
-            pods.push(load(root, &name)?);
+            match load(root, &name) {
+                Ok(p) => pods.push(p),
+                Err(e) => tracing::warn!(pod = %name, error = %e, "skipping unreadable pod"),
+            }
         }
     }
     pods.sort_by(|a, b| a.name.cmp(&b.name));
@@ -320,10 +326,14 @@ pub fn create(root: &Path, spec: &PodSpec) -> Result<PodState> {
     if !spec.init_exe.is_file() {
         return Err(pod_err(name, format!("find init {}", spec.init_exe.display()), "no such file"));
     }
-    std::fs::create_dir_all(root).map_err(|e| EngineError::io("create run directory", root, e))?;
     {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
+        // Mode 0700 for the directories we create; an existing directory keeps its mode.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| EngineError::io("create run directory", root, e))?;
     }
     let dir = pod_dir(root, name);
     match std::fs::create_dir(&dir) {
@@ -553,14 +563,16 @@ fn destroy(root: &Path, state: &PodState) -> Result<()> {
     // The veth's pod end dies with the network namespace; delete the host end and what only this
     // pod used.
     let cidr = state.ip.as_deref().and_then(|s| Cidr::parse(s).ok());
-    let others: Vec<Cidr> = list(root)
-        .unwrap_or_default()
-        .iter()
-        .filter(|p| p.name != name)
-        .filter_map(|p| p.ip.as_deref().and_then(|s| Cidr::parse(s).ok()))
-        .collect();
+    let others = || -> Vec<Cidr> {
+        list(root)
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.name != name)
+            .filter_map(|p| p.ip.as_deref().and_then(|s| Cidr::parse(s).ok()))
+            .collect()
+    };
     if state.veth_host.is_some() || cidr.is_some() {
-        net::teardown(root, name, state.veth_host.as_deref(), cidr.as_ref(), &others)?;
+        net::teardown(root, name, state.veth_host.as_deref(), cidr.as_ref(), others)?;
     }
     cg.remove().map_err(|e| pod_err(name, "remove cgroup", e))?;
     let dir = pod_dir(root, name);

@@ -210,10 +210,18 @@ pub fn setup(root: &Path, pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&st
 }
 
 /// Removes pod `pod`'s network: its host veth `veth` (if given and present), then the gateway
-/// address of `cidr` and the bridge when nothing else uses them. `others` are the addresses of
-/// the other pods of the run directory.
-pub fn teardown(root: &Path, pod: &str, veth: Option<&str>, cidr: Option<&Cidr>, others: &[Cidr]) -> Result<()> {
+/// address of `cidr` and the bridge when nothing else uses them. `others` gives the addresses of
+/// the other pods of the run directory; it is called with the lock held, so a pod being set up
+/// at the same time is seen.
+pub fn teardown(
+    root: &Path,
+    pod: &str,
+    veth: Option<&str>,
+    cidr: Option<&Cidr>,
+    others: impl FnOnce() -> Vec<Cidr>,
+) -> Result<()> {
     let _lock = lock(root)?;
+    let others = others();
     if let Some(veth) = veth {
         if link_exists(veth) {
             ip_run(pod, format!("delete veth {veth}"), &["link", "del", veth], None)?;
