@@ -86,9 +86,15 @@ fn name(tag: &str) -> String {
     format!("t{}-{tag}", std::process::id())
 }
 
-/// Third octet of this test's subnet 10.77.X.0/24: unique per test (`k`) and per test process.
+/// Third octet of this test's subnet 10.77.X.0/24: unique per test (`k`) and per test process,
+/// and not in use on this host (other pods may be running).
 fn subnet(k: u32) -> u32 {
-    50 + (std::process::id() % 40) * 4 + k
+    let addrs = stdout(&Command::new("ip").args(["-o", "-4", "addr", "show"]).output().expect("ip addr"));
+    let first = 50 + (std::process::id() % 40) * 4 + k;
+    (0..150)
+        .map(|i| 50 + (first - 50 + i * 4) % 200)
+        .find(|x| !addrs.contains(&format!(" 10.77.{x}.")))
+        .expect("a free 10.77.X.0/24 subnet")
 }
 
 /// Live (not zombie) process?

@@ -44,7 +44,13 @@ fn freeze_thaw_procs_memory_and_network_config() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let name = format!("e{}-cg", std::process::id());
-    let x = 210 + std::process::id() % 40;
+    // A subnet 10.77.X.0/24 not in use on this host (other pods may be running).
+    let addrs = std::process::Command::new("ip").args(["-o", "-4", "addr", "show"]).output().unwrap().stdout;
+    let addrs = String::from_utf8_lossy(&addrs);
+    let x = (0..40)
+        .map(|i| 210 + (std::process::id() + i) % 40)
+        .find(|x| !addrs.contains(&format!(" 10.77.{x}.")))
+        .expect("a free subnet");
     let mut s = spec(&name, sleep_cmd());
     s.ip = Some(format!("10.77.{x}.2/24"));
     s.mac = Some(format!("02:77:01:00:{x:02x}:02"));
