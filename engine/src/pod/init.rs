@@ -2,11 +2,12 @@
 //! reaps children and forwards signals until the pod's main process ends.
 //!
 //! ## Protocol with the creator (version [`PROTOCOL_VERSION`])
-//! The creator starts `zap-init` with two pipes: fd 3 (control, creator → init) and fd 4
-//! (status, init → creator). Both are text lines:
+//! The creator starts `zap-init` with `/dev/null` on fds 0-2 and two pipes: fd 3 (control,
+//! creator → init) and fd 4 (status, init → creator). On start, init closes every other fd
+//! (shells leak some) and blocks the signals it handles. Both pipes carry text lines:
 //! 1. creator → init: one line of JSON, an [`InitConfig`] (its `version` must match);
-//! 2. init: closes every other fd, makes all mounts private, mounts a fresh `/proc`, sets the
-//!    hostname, then init → creator: `ready`;
+//! 2. init: makes all mounts private, mounts a fresh `/proc`, sets the hostname, then
+//!    init → creator: `ready`;
 //! 3. creator configures the pod from outside (v1 cgroups, network), then creator → init: `go`;
 //! 4. init launches ([`Launch`]) and init → creator: `ok <main vpid>` or `err <message>`.
 //!

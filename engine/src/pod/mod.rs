@@ -9,7 +9,9 @@
 //! ([`net`]), then starts the command (or, for restores, bare processes with chosen pids) and
 //! reports the outcome; `create` returns only then. Any failure removes everything created so
 //! far. The init is not tied to the `zap` process: the pod lives on after `zap` exits, and the
-//! init is reaped by whoever inherits it (the host's PID 1 or a subreaper).
+//! init is then reaped by whoever inherits it (the host's PID 1 or a subreaper). A process that
+//! created a pod and is still running (a program using this library) reaps the init itself in
+//! [`stop`], [`kill`] and [`rm`].
 //!
 //! The init forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to every process of
 //! the pod and exits when the main process ends, writing its status to `<pod dir>/exit`; the
@@ -262,7 +264,8 @@ pub fn load(root: &Path, name: &str) -> Result<PodState> {
     }
 }
 
-/// All pods of the run directory, by name.
+/// All pods of the run directory, by name (pods whose `pod.json` cannot be read are skipped
+/// with a warning).
 pub fn list(root: &Path) -> Result<Vec<PodState>> {
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
@@ -274,7 +277,10 @@ pub fn list(root: &Path) -> Result<Vec<PodState>> {
         let entry = entry.map_err(|e| EngineError::io("list pods in", root, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if entry.path().is_dir() && validate_name(&name).is_ok() {
-            pods.push(load(root, &name)?);
+            match load(root, &name) {
+                Ok(p) => pods.push(p),
+                Err(e) => tracing::warn!(pod = %name, error = %e, "skipping unreadable pod"),
+            }
         }
     }
     pods.sort_by(|a, b| a.name.cmp(&b.name));
@@ -321,10 +327,14 @@ pub fn create(root: &Path, spec: &PodSpec) -> Result<PodState> {
     if !spec.init_exe.is_file() {
         return Err(pod_err(name, format!("find init {}", spec.init_exe.display()), "no such file"));
     }
-    std::fs::create_dir_all(root).map_err(|e| EngineError::io("create run directory", root, e))?;
     {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
+        // Mode 0700 for the directories we create; an existing directory keeps its mode.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| EngineError::io("create run directory", root, e))?;
     }
     let dir = pod_dir(root, name);
     match std::fs::create_dir(&dir) {
@@ -373,20 +383,21 @@ pub fn create(root: &Path, spec: &PodSpec) -> Result<PodState> {
             if let Err(e2) = destroy(root, &state) {
                 tracing::warn!(pod = name, error = %e2, "cleanup after failed create");
             }
-            if state.init_pid > 0 {
-                reap_child(state.init_pid);
-            }
             Err(e)
         }
     }
 }
 
-/// Reaps `pid` if it is our child, waiting up to 2 s.
+/// Reaps the init `pid` if it is a child of this process (the pod was created by this process,
+/// e.g. a long-running program using the library), waiting up to 2 s for it to end.
 fn reap_child(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
     let start = Instant::now();
-    while sysclone::try_reap(pid).is_none() && start.elapsed() < Duration::from_secs(2) {
-        if proc_stat(pid).is_none() {
-            return; // not ours, or already reaped
+    while let Ok(None) = ns::try_reap_child(pid) {
+        if start.elapsed() > Duration::from_secs(2) {
+            return;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -440,6 +451,7 @@ fn start(
         .map_err(|_| pod_err(name, "start init", "path contains a NUL byte"))?;
     let argv = [CString::new("zap-init").expect("no NUL")];
     let envp = [CString::new(format!("ZAP_POD={name}")).map_err(|_| pod_err(name, "start init", "bad name"))?];
+    let null = std::fs::File::open("/dev/null").map_err(|e| EngineError::io("open", Path::new("/dev/null"), e))?;
     let fds = [ctl_r.as_fd(), st_w.as_fd()];
     let launch = ns::InitLaunch {
         ns_flags: POD_NS as u64,
@@ -447,10 +459,11 @@ fn start(
         exe: &exe,
         argv: &argv,
         envp: &envp,
+        stdio: null.as_fd(),
         fds: &fds,
     };
     let pid = ns::spawn_init(&launch).map_err(|e| pod_err(name, format!("start init {}", spec.init_exe.display()), e))?;
-    drop((ctl_r, st_w, cg_dir));
+    drop((ctl_r, st_w, cg_dir, null));
     state.init_pid = pid;
     state.init_start = proc_stat(pid).map_or(0, |(_, t)| t);
     save(root, state)?;
@@ -505,6 +518,7 @@ fn kill_all(root: &Path, state: &PodState) -> Result<()> {
 pub fn kill(root: &Path, name: &str) -> Result<PodStatus> {
     let state = load(root, name)?;
     kill_all(root, &state)?;
+    reap_child(state.init_pid);
     Ok(status(root, &state))
 }
 
@@ -527,6 +541,7 @@ pub fn stop(root: &Path, name: &str, timeout: Duration) -> Result<PodStatus> {
     if status(root, &state) == PodStatus::Running {
         kill_all(root, &state)?;
     }
+    reap_child(state.init_pid);
     Ok(status(root, &state))
 }
 
@@ -545,17 +560,20 @@ fn destroy(root: &Path, state: &PodState) -> Result<()> {
     let name = state.name.as_str();
     let cg = cgroup_of(state);
     cg.kill(KILL_TIMEOUT).map_err(|e| pod_err(name, "kill", e))?;
+    reap_child(state.init_pid);
     // The veth's pod end dies with the network namespace; delete the host end and what only this
     // pod used.
     let cidr = state.ip.as_deref().and_then(|s| Cidr::parse(s).ok());
-    let others: Vec<Cidr> = list(root)
-        .unwrap_or_default()
-        .iter()
-        .filter(|p| p.name != name)
-        .filter_map(|p| p.ip.as_deref().and_then(|s| Cidr::parse(s).ok()))
-        .collect();
+    let others = || -> Vec<Cidr> {
+        list(root)
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.name != name)
+            .filter_map(|p| p.ip.as_deref().and_then(|s| Cidr::parse(s).ok()))
+            .collect()
+    };
     if state.veth_host.is_some() || cidr.is_some() {
-        net::teardown(root, name, state.veth_host.as_deref(), cidr.as_ref(), &others)?;
+        net::teardown(root, name, state.veth_host.as_deref(), cidr.as_ref(), others)?;
     }
     cg.remove().map_err(|e| pod_err(name, "remove cgroup", e))?;
     let dir = pod_dir(root, name);

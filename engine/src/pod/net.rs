@@ -1,7 +1,7 @@
 //! Pod networking with iproute2 (`ip`), run on the host or, through `setns` on
 //! `/proc/<init>/ns/net`, inside a pod's network namespace.
 //!
-//! Topology: one host bridge [`BRIDGE`] (`zap0`). Each pod with an address gets a veth pair: the
+//! Topology: one host bridge [`BRIDGE`] (`zap0`, with the fixed MAC [`BRIDGE_MAC`]). Each pod with an address gets a veth pair: the
 //! host end `zv-<hash of the name>` is enslaved to the bridge and up; the other end is created
 //! directly in the pod's namespace, renamed `eth0`, given the pod's MAC (if any) and address,
 //! and brought up with `lo`; the pod's default route goes to the gateway, the first host
@@ -27,6 +27,10 @@ use crate::{EngineError, Result};
 pub const BRIDGE: &str = "zap0";
 /// The pod's interface name.
 pub const POD_IF: &str = "eth0";
+/// MAC address given to the bridge when we create it (locally administered). A bridge without
+/// an explicit address takes the lowest of its ports' and changes it as pods come and go, which
+/// leaves stale gateway entries in the pods' ARP caches.
+pub const BRIDGE_MAC: &str = "02:7a:61:70:00:01";
 
 /// A pod's IPv4 address with its prefix length (`10.77.0.2/24`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +176,12 @@ pub fn setup(root: &Path, pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&st
         });
     }
     if !link_exists(BRIDGE) {
-        ip_run(pod, format!("create bridge {BRIDGE}"), &["link", "add", BRIDGE, "type", "bridge"], None)?;
+        ip_run(
+            pod,
+            format!("create bridge {BRIDGE}"),
+            &["link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"],
+            None,
+        )?;
     }
     ip_run(pod, format!("bring up bridge {BRIDGE}"), &["link", "set", BRIDGE, "up"], None)?;
     let gw = format!("{}/{}", cidr.gateway(), cidr.prefix);
@@ -210,10 +219,18 @@ pub fn setup(root: &Path, pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&st
 }
 
 /// Removes pod `pod`'s network: its host veth `veth` (if given and present), then the gateway
-/// address of `cidr` and the bridge when nothing else uses them. `others` are the addresses of
-/// the other pods of the run directory.
-pub fn teardown(root: &Path, pod: &str, veth: Option<&str>, cidr: Option<&Cidr>, others: &[Cidr]) -> Result<()> {
+/// address of `cidr` and the bridge when nothing else uses them. `others` gives the addresses of
+/// the other pods of the run directory; it is called with the lock held, so a pod being set up
+/// at the same time is seen.
+pub fn teardown(
+    root: &Path,
+    pod: &str,
+    veth: Option<&str>,
+    cidr: Option<&Cidr>,
+    others: impl FnOnce() -> Vec<Cidr>,
+) -> Result<()> {
     let _lock = lock(root)?;
+    let others = others();
     if let Some(veth) = veth {
         if link_exists(veth) {
             ip_run(pod, format!("delete veth {veth}"), &["link", "del", veth], None)?;

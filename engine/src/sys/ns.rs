@@ -72,6 +72,9 @@ pub struct InitLaunch<'a> {
     pub argv: &'a [CString],
     /// Its environment.
     pub envp: &'a [CString],
+    /// The fd that becomes the child's stdin, stdout and stderr (e.g. `/dev/null`, so the child
+    /// does not keep the caller's terminal or pipes).
+    pub stdio: BorrowedFd<'a>,
     /// Fds that become 3, 4, ... in the child (in this order); all others are closed on exec.
     pub fds: &'a [BorrowedFd<'a>],
 }
@@ -82,13 +85,14 @@ pub struct InitLaunch<'a> {
 pub fn spawn_init(launch: &InitLaunch<'_>) -> io::Result<i32> {
     // Move the fds out of the way of 3, 4, ... so the dup3 calls in the child cannot clobber
     // one another.
-    let mut high = Vec::with_capacity(launch.fds.len());
-    for fd in launch.fds {
+    let mut high = Vec::with_capacity(launch.fds.len() + 1);
+    for fd in launch.fds.iter().chain(std::iter::once(&launch.stdio)) {
         // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd (>= 64) or -1.
         let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) })?;
         // SAFETY: fcntl just created this fd; we own it.
         high.push(unsafe { OwnedFd::from_raw_fd(n) });
     }
+    let (stdio, fds) = high.split_last().expect("stdio is in the list");
     let argv = ptrs(launch.argv);
     let envp = ptrs(launch.envp);
     let args = CloneArgs {
@@ -103,7 +107,12 @@ pub fn spawn_init(launch: &InitLaunch<'_>) -> io::Result<i32> {
         // SAFETY: dup3/execve/_exit on integers and on pointers prepared before the clone (the
         // child has its own copy of this memory).
         unsafe {
-            for (i, fd) in high.iter().enumerate() {
+            for target in 0..3 {
+                if libc::dup3(stdio.as_raw_fd(), target, 0) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            for (i, fd) in fds.iter().enumerate() {
                 if libc::dup3(fd.as_raw_fd(), 3 + i as i32, 0) < 0 {
                     libc::_exit(126);
                 }
@@ -197,6 +206,19 @@ pub fn reap_any() -> Option<(i32, i32)> {
     // SAFETY: status is a valid i32; WNOHANG makes this non-blocking.
     let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
     (r > 0).then_some((r, status))
+}
+
+/// Reaps child `pid` if it has ended: `Ok(Some(wait status))`, `Ok(None)` while it runs, and an
+/// error (ECHILD) when it is not a child of this process.
+pub fn try_reap_child(pid: i32) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: status is a valid i32; WNOHANG makes this non-blocking.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match r {
+        _ if r == pid => Ok(Some(status)),
+        0 => Ok(None),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// Waits (blocking) for child `pid`; returns its wait status.
