@@ -195,8 +195,8 @@ fn supervise(sigfd: &OwnedFd, pod_dir: &Path, main_vpid: i32) -> i32 {
 
 /// The entry point of `zap-init`. Returns the exit status of the init.
 pub fn main() -> i32 {
-    // Drop leaked fds and let go of our starter's stdio (a `zap run` whose output is a pipe must
-    // see it end), then block our signals (children unblock them before exec).
+    // Drop leaked fds, then block our signals (children unblock them before exec). Our stdio is
+    // /dev/null already (see `ns::InitLaunch::stdio`).
     let _ = ns::close_fds_from(STATUS_FD as u32 + 1);
     let mut signals = FORWARDED.to_vec();
     signals.push(libc::SIGCHLD);
@@ -206,7 +206,6 @@ pub fn main() -> i32 {
         eprintln!("zap-init: run by zap only (expects its control pipes on fds 3 and 4)");
         return 2;
     };
-    let _ = ns::stdio_to_null();
     let mut status = std::fs::File::from(status);
     let mut report = move |line: &str| {
         let _ = status.write_all(format!("{line}\n").as_bytes());

@@ -476,14 +476,3 @@ pub fn flock_exclusive(file: &std::fs::File) -> io::Result<()> {
     }
 }
 
-/// Points fds 0, 1 and 2 at /dev/null (a daemon must not hold its starter's terminal or pipes).
-pub fn stdio_to_null() -> io::Result<()> {
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
-    for fd in 0..3 {
-        // SAFETY: dup2 takes two fds; `null` is open for the duration of the call.
-        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
