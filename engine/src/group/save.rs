@@ -150,7 +150,9 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool) -> Result<SavedGro
                     pid: p.host,
                     detail: "process is not stopped (it appeared after the freeze?)".into(),
                 })?;
+                let t = std::time::Instant::now();
                 let (image, copy) = save_process(p.host, f, &mut ctx)?;
+                tracing::debug!(pid = p.host, ms = t.elapsed().as_secs_f64() * 1e3, bytes = copy.bytes, "process saved");
                 bytes_read += copy.bytes;
                 copies.push((p.vpid, copy));
                 MemberState::Live(Box::new(image))

@@ -141,6 +141,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     }
     let cg = cgroup_of(&state);
     let (pids, frozen) = stop_pod(name, &cg, state.init_pid)?;
+    let stopped_ms = t0.elapsed().as_secs_f64() * 1e3;
     let net = match &state.ip {
         Some(_) => Some(net::read_config(state.init_pid)?),
         None => None,
@@ -154,6 +155,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         Some(frozen)
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(pod = name, processes = pids.len(), stopped_ms, copied_ms, bytes_read, "pod stopped and saved");
     let mut writer = store.writer()?;
     let (images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker)?;
     let processes = saved.image.members.len();

@@ -9,8 +9,9 @@
 //! pod and pod to pod traffic then flow through the bridge with no host sysctl changed. Every
 //! pod, with or without an address, has `lo` up in its own namespace.
 //!
-//! Setup and teardown hold an `flock` on `<root>/net.lock` so concurrent `zap` commands do not
-//! race on the bridge and its addresses. Teardown deletes the host veth (the pod end goes with
+//! Setup and teardown hold an `flock` on `/run/zap/net.lock` (one lock for every run directory,
+//! since they share the bridge) so concurrent `zap` commands do not race on the bridge and its
+//! addresses. Teardown deletes the host veth (the pod end goes with
 //! it), the gateway address when no other pod of `<root>` uses the subnet, and the bridge when no
 //! other pod of `<root>` has an address and no interface is enslaved to it any more.
 use std::net::Ipv4Addr;
@@ -136,11 +137,15 @@ fn open_netns(pod: &str, init_pid: i32) -> Result<OwnedFd> {
     })
 }
 
-/// Holds `<root>/net.lock` while alive.
+/// Holds `/run/zap/net.lock` while alive.
 struct NetLock(#[allow(dead_code)] std::fs::File);
 
-fn lock(root: &Path) -> Result<NetLock> {
-    let path = root.join("net.lock");
+/// The lock serializing bridge changes, shared by all run directories.
+const NET_LOCK: &str = "/run/zap/net.lock";
+
+fn lock(_root: &Path) -> Result<NetLock> {
+    let path = Path::new(NET_LOCK);
+    std::fs::create_dir_all("/run/zap").map_err(|e| EngineError::io("create", Path::new("/run/zap"), e))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
