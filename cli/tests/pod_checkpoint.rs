@@ -198,6 +198,7 @@ fn listening_tcp_server_accepts_after_restore_and_in_a_copy() {
     ok(&e, &["run", "--name", &pod, "--ip", &ip, "--", "python3", "-c", SERVER]);
     let _g = PodGuard(&e, pod.clone());
     assert_eq!(ask_retry(&addr, "a"), "served 1 a");
+    let mac = mac_of(&e, &pod);
     // A second copy of the running pod under another name and address.
     let id = ok(&e, &["checkpoint", "--leave-running", &pod]).trim().to_string();
     assert_eq!(ask(&addr, "b").unwrap(), "served 2 b", "the original runs on");
@@ -210,6 +211,64 @@ fn listening_tcp_server_accepts_after_restore_and_in_a_copy() {
     ok(&e, &["restore", &id2]);
     assert_eq!(ask_retry(&addr, "d"), "served 3 d");
     assert_eq!(ask(&addr2, "e").unwrap(), "served 3 e");
+    assert_eq!(ok(&e, &["exec", &pod, "--", "hostname"]).trim(), pod, "hostname kept");
+    assert_eq!(mac_of(&e, &pod), mac, "MAC kept");
+    assert_ne!(mac_of(&e, &copy), mac, "the copy at another address has its own MAC");
+    // Removing the restored pod leaves nothing behind.
+    let host_pids = host_pids_of(&e, &pod);
+    assert!(!host_pids.is_empty());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    ok(&e, &["rm", "-f", &pod]);
+    assert_no_residue(&e, &pod, &host_pids, &mounts);
+}
+
+fn mac_of(e: &Env, pod: &str) -> String {
+    // Through netlink: the pod's /sys is the host's.
+    let out = ok(e, &["exec", pod, "--", "ip", "-o", "link", "show", "eth0"]);
+    out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap_or_default().to_string()
+}
+
+/// Host pids of a pod's processes (init included), from `zap ps --json` and /proc.
+fn host_pids_of(e: &Env, pod: &str) -> Vec<i32> {
+    let ps: serde_json::Value = serde_json::from_str(&ok(e, &["--json", "ps"])).unwrap();
+    let init = ps.as_array().unwrap().iter().find(|p| p["name"] == pod).expect("pod listed")["init_pid"].as_i64().unwrap() as i32;
+    let mut pids = vec![init];
+    let mut i = 0;
+    while i < pids.len() {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
+        pids.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        i += 1;
+    }
+    pids
+}
+
+fn assert_no_residue(e: &Env, pod: &str, pids: &[i32], mounts_before: &str) {
+    for &p in pids {
+        let alive = wait_for(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) == Some("Z"))
+                .unwrap_or(true)
+        });
+        assert!(alive, "process {p} of pod {pod} still runs");
+    }
+    for root in ["/sys/fs/cgroup/unified/zap", "/sys/fs/cgroup/zap", "/sys/fs/cgroup/memory/zap", "/sys/fs/cgroup/cpu/zap"] {
+        assert!(!Path::new(root).join(pod).exists(), "cgroup {root}/{pod} left behind");
+    }
+    assert!(!e.run.join(pod).exists(), "pod directory left behind");
+    let links = String::from_utf8_lossy(&Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).into_owned();
+    assert!(!links.contains(&zap_engine_veth(pod)), "veth left behind: {links}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert_eq!(mounts.lines().count(), mounts_before.lines().count(), "mounts changed");
+}
+
+/// The host end's name of a pod's veth (`zv-` + FNV-1a of the name, as `zap` makes it).
+fn zap_engine_veth(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("zv-{:08x}", (h ^ (h >> 32)) as u32)
 }
 
 fn have(cmd: &str) -> bool {

@@ -1,10 +1,11 @@
 /* A process tree: a session leader with a pipe to a counting child, a child in its own process
- * group, shared anonymous memory written by two processes, a file opened before fork whose
- * offset they share, and an unreaped zombie. */
+ * group connected by a unix socketpair with bytes in flight, shared anonymous memory written by
+ * two processes, a file opened before fork whose offset they share, and an unreaped zombie. */
 #include "zaptest.h"
 #include <signal.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 int main(int argc, char **argv) {
@@ -25,8 +26,9 @@ int main(int argc, char **argv) {
     CHECK(shm != MAP_FAILED, "mmap shared");
     int shared_file = open(argv[3], O_RDWR);
     CHECK(shared_file >= 0, "open shared file");
-    int p[2];
+    int p[2], us[2];
     CHECK(pipe(p) == 0, "pipe");
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, us) == 0, "socketpair");
     pid_t counter = fork();
     if (counter == 0) {
         close(p[0]);
@@ -44,9 +46,18 @@ int main(int argc, char **argv) {
     close(p[1]);
     pid_t grouped = fork();
     if (grouped == 0) {
+        /* Bytes in flight both ways on a unix socketpair shared with the parent; after the
+         * restore the child answers one message. */
+        close(us[0]);
         setpgid(0, 0);
+        CHECK(write(us[1], "from-child", 10) == 10, "socket write");
+        char m[16] = {0};
+        CHECK(read(us[1], m, 11) == 11 && memcmp(m, "from-parent", 11) == 0, "child socket read: %s", m);
+        CHECK(write(us[1], "answer", 6) == 6, "socket answer");
         for (;;) pause();
     }
+    close(us[1]);
+    CHECK(write(us[0], "from-parent", 11) == 11, "socket write parent");
     pid_t zombie = fork();
     if (zombie == 0) _exit(7);
     CHECK(setpgid(grouped, grouped) == 0 || getpgid(grouped) == grouped, "setpgid");
@@ -66,6 +77,9 @@ int main(int argc, char **argv) {
     int status = 0;
     CHECK(waitpid(zombie, &status, 0) == zombie, "reap zombie");
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 7, "zombie status %x", status);
+    char m[16] = {0};
+    CHECK(read(us[0], m, 10) == 10 && memcmp(m, "from-child", 10) == 0, "parent socket read: %s", m);
+    CHECK(read(us[0], m, 6) == 6 && memcmp(m, "answer", 6) == 0, "socket answer read");
     uint64_t next = 0;
     CHECK(read(p[0], &next, 8) == 8, "pipe after restore");
     CHECK(next == last + 1 || next > last, "counter continues (%lu after %lu)", (unsigned long)next, (unsigned long)last);
