@@ -363,3 +363,21 @@ fn python_thread_pool_continues() {
         assert_eq!(w[1], w[0] + 1, "rounds continue without a gap or a restart");
     }
 }
+
+#[test]
+fn system_v_shared_memory_and_semaphores() {
+    let e = env();
+    let Some(prog) = build_prog("sysv", &e.work) else { return };
+    let pod = name("sysv");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    let token = format!("token-{}", std::process::id());
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), &token]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text().contains("ready")), "no ready: {}", text());
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || text().contains("ok") || text().contains("FAIL")), "{}", text());
+    assert!(!text().contains("FAIL"), "{}", text());
+}

@@ -18,6 +18,7 @@ pub mod files;
 pub mod freeze;
 pub mod group;
 pub mod inject;
+pub mod ipc;
 pub mod maps;
 pub mod mem;
 pub mod memdump;

@@ -52,6 +52,12 @@ pub enum Backing {
         /// Offset of the mapping's first byte in the object.
         offset: u64,
     },
+    /// A System V shared memory segment (`/SYSV<key> (deleted)`), attached with `shmat`. Its
+    /// contents are saved once, with the IPC namespace ([`crate::ipc`]), not per process.
+    SysvShm {
+        /// The segment id (the inode number /proc/PID/maps shows).
+        shmid: i32,
+    },
 }
 
 /// One mapping of the saved process.
@@ -128,6 +134,7 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
         p if p.starts_with('[') => {
             return Err(EngineError::Proc { pid, detail: format!("mapping {:#x} {p}: unsupported special mapping", m.start) })
         }
+        p if p.starts_with("/SYSV") && m.offset == 0 => Backing::SysvShm { shmid: m.inode as i32 },
         p if p.ends_with(" (deleted)") || p.starts_with("/memfd:") || p.starts_with("/SYSV") => {
             return Err(EngineError::Proc {
                 pid,
@@ -177,7 +184,7 @@ const PM_FILE: u64 = 1 << 61;
 /// Which pages of `vma` must be saved, as runs of (start, end).
 fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
     let keep = |e: u64| match (&vma.backing, vma.shared) {
-        (Backing::Vdso | Backing::Vsyscall, _) => false,
+        (Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }, _) => false,
         (Backing::File { .. }, true) => false,
         (Backing::File { .. }, false) => e & PM_SWAPPED != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
         (Backing::Anon | Backing::Shmem { .. }, _) => e & (PM_PRESENT | PM_SWAPPED) != 0,
@@ -221,7 +228,7 @@ pub fn copy_pages(pid: i32, vmas: &[VmaState]) -> Result<PageCopy> {
     let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
     let mut copy = PageCopy { runs: Vec::new(), bytes: 0 };
     for (idx, vma) in vmas.iter().enumerate() {
-        if matches!(vma.backing, Backing::Vdso | Backing::Vsyscall) {
+        if matches!(vma.backing, Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }) {
             continue;
         }
         let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;
@@ -299,6 +306,22 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
             Backing::Anon => {
                 let flags = (share | libc::MAP_ANONYMOUS | libc::MAP_FIXED | grows) as u64;
                 inj.call("mmap anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0])?;
+            }
+            Backing::SysvShm { shmid } => {
+                let mut flags = 0;
+                if v.prot & libc::PROT_WRITE as u32 == 0 {
+                    flags |= libc::SHM_RDONLY;
+                }
+                if v.prot & libc::PROT_EXEC as u32 != 0 {
+                    flags |= libc::SHM_EXEC;
+                }
+                let at = inj
+                    .call("shmat", libc::SYS_shmat, [*shmid as u64, v.start, flags as u64, 0, 0, 0])
+                    .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("attach shared memory segment {shmid} at {:#x}: {e}", v.start) })?;
+                if at != v.start {
+                    return Err(EngineError::Proc { pid: vpid, detail: format!("segment {shmid} attached at {at:#x}, not {:#x}", v.start) });
+                }
+                write[i] = false;
             }
             Backing::Shmem { ino, offset } => match shm.owners.get(ino) {
                 Some(&(owner, ostart, oend)) if owner != vpid => {
@@ -389,4 +412,18 @@ pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState]
             Ok(end - start)
         })
         .sum()
+}
+
+/// Fails when the mappings attach a System V shared memory segment: such segments are saved
+/// with their IPC namespace, which only a pod checkpoint does.
+pub fn refuse_sysv_outside_pod(pid: i32, vmas: &[VmaState]) -> Result<()> {
+    match vmas.iter().find_map(|v| if let Backing::SysvShm { shmid } = v.backing { Some((shmid, v.start)) } else { None }) {
+        Some((shmid, start)) => Err(EngineError::Proc {
+            pid,
+            detail: format!(
+                "mapping {start:#x} attaches System V shared memory segment {shmid}: checkpoint its pod (zap checkpoint NAME), which saves the IPC namespace"
+            ),
+        }),
+        None => Ok(()),
+    }
 }

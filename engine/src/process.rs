@@ -196,6 +196,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
     let (mut image, copy) = save_process(pid, &frozen, &mut files::SaveContext::default())?;
+    mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
     let bytes_read = copy.bytes;
     // With leave_running the process goes on now. Otherwise it stays stopped until the
     // checkpoint is committed, so that a failure to store leaves it running rather than lost.

@@ -148,6 +148,11 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     let t0 = std::time::Instant::now();
     let (pids, frozen) = freeze_tree(root)?;
     let mut saved = save(&pids, &frozen, false)?;
+    for m in &saved.image.members {
+        if let Some(img) = m.image() {
+            crate::mem::refuse_sysv_outside_pod(m.vpid, &img.vmas)?;
+        }
+    }
     let bytes_read = saved.bytes_read;
     let frozen = if opts.leave_running {
         drop(frozen);

@@ -27,6 +27,7 @@ use super::{cgroup_of, load, pod_dir, status, PodSpec, PodStatus};
 use crate::files::RestoreContext;
 use crate::freeze::Frozen;
 use crate::group::{self, GroupImage, GroupRestored, TargetSpawner};
+use crate::ipc::{self, IpcState};
 use crate::process::CheckpointReport;
 use crate::{EngineError, Result};
 
@@ -59,6 +60,8 @@ pub struct PodImage {
     pub pod_dir: String,
     /// The processes.
     pub group: GroupImage,
+    /// System V IPC objects of the pod's IPC namespace.
+    pub ipc: IpcState,
 }
 
 impl PodImage {
@@ -147,6 +150,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         None => None,
     };
     let mut saved = group::save(&pids, &frozen, opts.tcp_close)?;
+    let mut writer = store.writer()?;
+    let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
     let bytes_read = saved.bytes_read;
     let frozen = if opts.leave_running {
         drop(frozen);
@@ -156,8 +161,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::info!(pod = name, processes = pids.len(), stopped_ms, copied_ms, bytes_read, "pod stopped and saved");
-    let mut writer = store.writer()?;
-    let (images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker)?;
+    let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker)?;
+    images.append(&mut ipc_images);
     let processes = saved.image.members.len();
     let image = PodImage {
         name: name.to_string(),
@@ -170,6 +175,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         main_vpid: state.main_vpid,
         pod_dir: format!("{}/", pod_dir(root, name).display()),
         group: saved.image,
+        ipc: ipc_state,
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
     manifest.parent = opts.parent;
@@ -218,19 +224,26 @@ pub struct PodRestored {
     pub group: GroupRestored,
 }
 
-struct PodSpawner<'a> {
+struct PodSpawner<'a, S> {
+    store: &'a S,
+    manifest: &'a Manifest,
+    ipc: &'a IpcState,
     root: &'a Path,
     spec: PodSpec,
     main_vpid: i32,
     created: bool,
+    init_pid: i32,
 }
 
-impl TargetSpawner for PodSpawner<'_> {
+impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32> {
         let main_vpid = if top.contains(&self.main_vpid) { self.main_vpid } else { top[0] };
         self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid };
         let state = super::create(self.root, &self.spec)?;
         self.created = true;
+        self.init_pid = state.init_pid;
+        // The IPC objects exist before any process attaches them.
+        self.ipc.restore(self.store, &self.manifest.images, state.init_pid)?;
         let log = pod_dir(self.root, &self.spec.name).join("console.log");
         std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| EngineError::io("create", &log, e))?;
         Ok(state.init_pid)
@@ -273,8 +286,11 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
             files.sockets.rebind.push((old, new));
         }
     }
-    let mut spawner = PodSpawner { root, spec, main_vpid: image.main_vpid, created: false };
-    match group::restore_in(store, &manifest, &image.group, &mut spawner, files) {
+    let mut spawner =
+        PodSpawner { store, manifest: &manifest, ipc: &image.ipc, root, spec, main_vpid: image.main_vpid, created: false, init_pid: 0 };
+    let result = group::restore_in(store, &manifest, &image.group, &mut spawner, files)
+        .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group));
+    match result {
         Ok(group) => {
             super::set_last_checkpoint(root, &name, &id.to_string())?;
             Ok(PodRestored { name, ip, group })

@@ -150,9 +150,9 @@ fn lock(_root: &Path) -> Result<NetLock> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(|e| EngineError::io("open", &path, e))?;
-    ns::flock_exclusive(&f).map_err(|e| EngineError::io("lock", &path, e))?;
+        .open(path)
+        .map_err(|e| EngineError::io("open", path, e))?;
+    ns::flock_exclusive(&f).map_err(|e| EngineError::io("lock", path, e))?;
     Ok(NetLock(f))
 }
 

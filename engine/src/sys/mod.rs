@@ -6,3 +6,4 @@ pub mod ns;
 pub mod proc;
 pub mod regs;
 pub mod sock;
+pub mod ipc;
