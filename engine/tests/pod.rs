@@ -93,8 +93,15 @@ fn restore_launch_creates_processes_with_the_given_pids() {
     let cg = pod::cgroup_of(&st);
     for vpid in [300, 301] {
         let pid = pod::host_pid_of(&cg, vpid).unwrap_or_else(|| panic!("no process with pid {vpid} in the pod"));
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        assert!(maps.lines().any(|l| l.starts_with("10000000-10001000 ")), "no trampoline in {pid}: {maps}");
+        // The target maps its trampoline right after it is created: give it a moment.
+        let has_trampoline = || {
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().lines().any(|l| l.starts_with("10000000-10001000 "))
+        };
+        let start = std::time::Instant::now();
+        while !has_trampoline() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(has_trampoline(), "no trampoline in {pid}");
     }
     // Killing the main process ends the pod.
     let main = pod::host_pid_of(&cg, 301).unwrap();
