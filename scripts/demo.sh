@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
 # Zap demo, as root on Debian: installs what is needed, builds, then
-#  1. runs a real program (python3 keeping state in objects), checkpoints it (the original is
-#     killed), restores it in a new PID namespace with its old pid, and shows it continue;
-#  2. takes a second, incremental checkpoint of the restored process while it keeps running;
+#  1. runs redis-server (a real, multi-threaded server) in a pod with its own PID, mount, UTS,
+#     IPC, network and cgroup namespaces and an address, loads data into it, checkpoints the
+#     whole pod (the pod is stopped and removed), restores it with the same pids, hostname,
+#     address and MAC, and shows the data intact and a new client served; then makes a second
+#     copy of the running pod under another name and address; removes both and checks that
+#     nothing is left;
+#  2. checkpoints a single python3 process keeping state in objects, restores it, and takes a
+#     second checkpoint while it keeps running;
 #  3. stores a real file set (Python's standard library) and reads it back, byte for byte;
-#  4. verifies the store, shows its statistics, deletes a checkpoint and collects garbage.
+#  4. verifies the store, shows its statistics, deletes checkpoints and collects garbage.
 # Everything it creates lives under a temporary directory that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root" >&2; exit 1; }
 scripts/setup.sh
-cargo build --release -p zap-cli
-ZAP="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/zap"
+cargo build --release -p zap-cli -p zap-engine
+bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
+ZAP="$bin/zap"
+export ZAP_INIT="$bin/zap-init"
 
 work=$(mktemp -d /var/tmp/zap-demo.XXXXXX)
 export ZAP_STORE="$work/store"
+export ZAP_RUN_DIR="$work/pods"
 pids=()
+pods=()
 cleanup() {
+  for p in "${pods[@]}"; do "$ZAP" rm -f "$p" >/dev/null 2>&1 || true; done
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
@@ -30,6 +40,51 @@ start_clean() {
     exec setsid "$@" </dev/null >/dev/null 2>&1 ) &
   echo $!
 }
+
+pod=demo-redis; copy=demo-copy
+net=$(( 200 + $$ % 50 ))
+ip=10.77.$net.2; ip2=10.77.$net.3
+mkdir -p "$work/redis"
+rcli() { redis-cli -h "$1" -p 6379 "${@:2}"; }
+
+say "1. redis-server in a pod ($pod, $ip)"
+"$ZAP" run --name "$pod" --ip "$ip/24" -- redis-server --bind 0.0.0.0 --port 6379 --save "" \
+  --appendonly no --protected-mode no --enable-debug-command yes --dir "$work/redis"
+pods+=("$pod")
+for _ in $(seq 50); do [ "$(rcli "$ip" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+for i in $(seq 1 20000); do echo "SET user:$i balance-$((i * 7))"; done | rcli "$ip" --pipe >/dev/null
+echo "loaded $(rcli "$ip" dbsize) keys; digest $(rcli "$ip" debug digest)"
+"$ZAP" ps
+echo "inside the pod:"; "$ZAP" exec "$pod" -- sh -c 'echo "  hostname $(hostname)"; ps -e -o pid=,comm= | sed "s/^/  /"; ip -br addr show eth0 | sed "s/^/  /"'
+digest=$(rcli "$ip" debug digest)
+
+say "checkpoint the whole pod (zap checkpoint $pod): frozen through its cgroup, then stopped and removed"
+id=$("$ZAP" checkpoint "$pod")
+"$ZAP" ps | grep -q "^$pod " && echo "pod still listed?" || echo "pod $pod is gone (its state is in checkpoint $id)"
+
+say "restore it (zap restore $id): same name, pids, hostname, address and MAC"
+"$ZAP" restore "$id"
+for _ in $(seq 50); do [ "$(rcli "$ip" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+echo "keys $(rcli "$ip" dbsize), user:12345 = $(rcli "$ip" get user:12345)"
+[ "$(rcli "$ip" debug digest)" = "$digest" ] && echo "the data set's digest is the same as before the checkpoint"
+echo "a new client: SET after restore -> $(rcli "$ip" set after restore), GET -> $(rcli "$ip" get after)"
+"$ZAP" exec "$pod" -- ps -e -o pid=,comm= | sed 's/^/  /'
+
+say "a second copy of the running pod, under another name and address ($copy, $ip2)"
+id2=$("$ZAP" checkpoint --leave-running "$pod")
+"$ZAP" restore "$id2" --name "$copy" --ip "$ip2/24"
+pods+=("$copy")
+for _ in $(seq 50); do [ "$(rcli "$ip2" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+echo "copy: keys $(rcli "$ip2" dbsize), after = $(rcli "$ip2" get after); original still serves: $(rcli "$ip" ping)"
+"$ZAP" ps
+
+say "remove both pods: nothing is left (processes, cgroups, veth, bridge, pod directories)"
+"$ZAP" rm -f "$pod"
+"$ZAP" rm -f "$copy"
+pods=()
+ls /sys/fs/cgroup/unified/zap/ /sys/fs/cgroup/zap/ 2>/dev/null | grep -E "^demo-" && echo "LEFT: cgroups" || echo "no cgroup left"
+ip -o link | grep -E "zv-|zap0" && echo "LEFT: links" || echo "no veth or bridge left"
+ls "$ZAP_RUN_DIR" | grep -E "^demo-" && echo "LEFT: pod directories" || echo "no pod directory left"
 
 cat > "$work/app.py" <<PY
 import time
@@ -51,7 +106,7 @@ while True:
     time.sleep(0.1)
 PY
 
-say "1. a python3 program keeping state in objects"
+say "2. a single python3 process keeping state in objects"
 pid=$(start_clean python3 "$work/app.py"); pids+=("$pid")
 sleep 2
 echo "pid $pid, last log line: $(tail -1 "$work/app.log")"
@@ -69,7 +124,7 @@ sleep 1.5
 echo "log continues where it stopped:"; tail -3 "$work/app.log"
 grep NSpid "/proc/$rpid/status"
 
-say "2. a second checkpoint while it keeps running (--leave-running): only new data is stored"
+say "a second checkpoint while it keeps running (--leave-running): only new data is stored"
 "$ZAP" checkpoint --pid "$rpid" --leave-running --json
 "$ZAP" ls
 
