@@ -1,7 +1,8 @@
-//! `zap`: checkpoint and restore Linux processes, and manage the image store they live in.
+//! `zap`: run pods, checkpoint and restore them (or single processes), and manage the image
+//! store the checkpoints live in.
 //!
 //! This file holds the global options and the dispatch; each command group has its own module:
-//! - [`process_cmd`]: `zap checkpoint`, `zap restore` (and `zap ls`);
+//! - [`process_cmd`]: `zap checkpoint`, `zap restore` of pods and processes (and `zap ls`);
 //! - [`store_cmd`]: `zap store init|ls|show|rm` and the dispatch of the whole `store` group;
 //! - [`maint_cmd`]: `zap store verify|gc|stats`;
 //! - [`files_cmd`]: `zap store put|get`, checkpoints of plain files;
@@ -56,9 +57,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Checkpoint a running process (prints the checkpoint id).
+    /// Checkpoint a pod, or a process with --pid (prints the checkpoint id).
     Checkpoint(process_cmd::CheckpointArgs),
-    /// Restore a process checkpoint in a new PID namespace (prints the host pid).
+    /// Restore a pod checkpoint (prints the pod name) or a process checkpoint (prints its host pid).
     Restore(process_cmd::RestoreArgs),
     /// List checkpoints (same as `zap store ls`).
     Ls,

@@ -1,14 +1,17 @@
 //! The Zap engine: freezing processes and moving their state into and out of the image store.
 //!
-//! - [`freeze`]: stop every thread of a process with ptrace (seize + interrupt), without a signal.
-//! - [`maps`]: the process's memory layout from `/proc/PID/maps`.
-//! - [`memdump`]: store a live process's memory image and check it back.
-//! - [`pod`]: pods, groups of processes in their own namespaces and cgroup, with our init as
-//!   PID 1 (`zap-init`).
+//! - [`pod`]: pods, groups of processes in their own namespaces and cgroup with our init as PID 1
+//!   (`zap-init`), and whole-pod checkpoint/restore ([`pod::checkpoint`]); [`ipc`]: the System V
+//!   IPC objects of a pod's IPC namespace.
+//! - [`group`]: a process tree saved and restored together (parents, sessions, process groups,
+//!   zombies, shared fds, pipes, unix sockets and anonymous memory).
+//! - [`process`]: one process, save and step-wise restore; its parts: [`mem`], [`cpu`] and
+//!   [`threads`], [`signals`], [`attrs`], [`files`] and [`sockets`].
+//! - [`freeze`]: stop every thread of a process with ptrace (seize + interrupt), without a signal;
+//!   [`inject`]: run syscalls inside a stopped thread.
+//! - [`maps`]: the process's memory layout; [`memdump`]: store a live process's memory image and
+//!   check it back.
 //! - `sys`: the raw syscalls, each behind a safe function.
-//!
-//! Full checkpoint/restore (registers, files, signals, restore with the same PID) is being built
-//! on these pieces; see the open issues.
 #![deny(missing_docs)]
 
 pub mod attrs;

@@ -7,7 +7,7 @@
 //! with ptrace). [`save`] orders the members parents first (the restore order), reads each
 //! member's place in the tree from `/proc/PID/status` (`NSpid`, `NSpgid`, `NSsid`, `PPid`) and
 //! saves each live member with [`crate::process::save_process`] through one
-//! [`files::SaveContext`], so descriptions shared between members are saved once. A zombie is
+//! [`crate::files::SaveContext`], so descriptions shared between members are saved once. A zombie is
 //! saved as its pid and exit status.
 //!
 //! ## Restoring ([`restore`])

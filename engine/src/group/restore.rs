@@ -19,7 +19,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates the init of a restored group: given the top members' pids and the trampoline
 /// address, starts an init (ours) in the group's namespaces that creates them with
-/// [`sysclone::spawn_target`]; returns the init's host pid.
+/// `spawn_target`; returns the init's host pid.
 pub trait TargetSpawner {
     /// Starts the init.
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32>;

@@ -53,7 +53,7 @@ pub enum Launch {
         cwd: PathBuf,
     },
     /// For restoring a checkpoint: for each vpid in `top`, in order, create a bare process with
-    /// exactly that pid ([`crate::sys::clone::spawn_target`]: it maps a trampoline page at
+    /// exactly that pid (`sys::clone::spawn_target`: it maps a trampoline page at
     /// `tramp` and pauses until taken over by ptrace). `main_vpid` is the process whose exit
     /// ends the pod.
     Restore {
