@@ -17,7 +17,7 @@
 //! `clone3` + `set_tid` (they start as copies of the bare parent and wait in the trampoline's
 //! `pause` loop until they are taken over in turn). When the whole tree exists: memory for every
 //! member (shared anonymous memory is mapped from the first member that has it, through
-//! `/proc/VPID/map_files`), fds in save order (shared descriptions are taken from the member that
+//! `/proc/VPID/map_files`), every member's threads, fds in save order (shared descriptions are taken from the member that
 //! recreated them), pipe keepers closed, process groups joined (leaders first), zombies made to
 //! exit with their status, and finally every member's attributes, credentials and CPU state.
 //! All members are released together.
