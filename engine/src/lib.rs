@@ -16,6 +16,7 @@
 
 pub mod attrs;
 pub mod cpu;
+pub mod dirty;
 mod error;
 pub mod files;
 pub mod freeze;

@@ -192,7 +192,7 @@ fn now_ms() -> u64 {
 }
 
 /// State and start time of a process: `(state char, start time)` from `/proc/PID/stat`.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
+pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
     if pid <= 0 {
         return None;
     }

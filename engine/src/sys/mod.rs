@@ -7,3 +7,4 @@ pub mod proc;
 pub mod regs;
 pub mod sock;
 pub mod ipc;
+pub mod uffd;
