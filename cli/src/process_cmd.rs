@@ -41,6 +41,10 @@ pub struct CheckpointArgs {
     /// Name of the checkpoint (default: the pod or process name).
     #[arg(long)]
     name: Option<String>,
+    /// Save all memory even when the pod's dirty pages are tracked since its last checkpoint
+    /// (by default such a checkpoint is incremental).
+    #[arg(long)]
+    full: bool,
 }
 
 /// `zap restore` arguments.
@@ -69,6 +73,7 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
                 leave_running: args.leave_running,
                 tcp_close: args.tcp_close,
                 name: args.name.clone(),
+                full: args.full,
                 ..Default::default()
             };
             let r = podck::checkpoint(&store, &zap_engine::pod::run_dir(), pod, &opts).map_err(engine_err)?;
@@ -93,6 +98,8 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
             "pid": args.pid,
             "name": s.name,
             "left_running": args.leave_running,
+            "mode": r.mode,
+            "parent": s.parent.map(|p| p.to_hex()),
             "frozen_ms": r.frozen_ms,
             "total_ms": r.total_ms,
             "memory_bytes": r.bytes_read,
@@ -103,8 +110,9 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
     let mut out = String::new();
     outln!(out, "{}", s.id);
     progress_note(&format!(
-        "checkpointed {what} ({}): {} of memory, {} newly stored, stopped {:.0} ms, done in {:.0} ms{}",
+        "checkpointed {what} ({}): {}; {} of memory read, {} newly stored, stopped {:.0} ms, done in {:.0} ms{}",
         s.name,
+        r.mode,
         bytes(r.bytes_read),
         bytes(s.new_stored_bytes),
         r.frozen_ms,

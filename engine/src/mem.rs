@@ -216,23 +216,85 @@ pub struct PageCopy {
     runs: Vec<(usize, u64, Vec<u8>)>,
     /// Bytes copied.
     pub bytes: u64,
+    /// Mappings saved as a delta on the parent checkpoint (by index), with their runs of pages
+    /// that are not present now (saved as zero).
+    pub delta: std::collections::BTreeMap<usize, Vec<(u64, u64)>>,
+}
+
+/// The parts of the sorted runs `a` that lie in the sorted runs `b`.
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (lo, hi) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if lo < hi {
+            out.push((lo, hi));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 /// Copies the pages that must be saved (see the module doc) out of the stopped process `pid`.
 /// This is all the process has to be stopped for; chunking and storing happen afterwards
 /// ([`store_pages`]).
 pub fn copy_pages(pid: i32, vmas: &[VmaState]) -> Result<PageCopy> {
+    copy_pages_since(pid, vmas, None)
+}
+
+/// Like [`copy_pages`], but with what a dirty-page tracker reported since the parent checkpoint:
+/// a private anonymous mapping that was tracked, wholly or in part, is saved as a delta on the
+/// parent (the written pages of its tracked parts, every page of its untracked parts, and its
+/// pages that are not present now as zero); every other mapping whole.
+pub fn copy_pages_since(pid: i32, vmas: &[VmaState], dirty: Option<&crate::dirty::Dirty>) -> Result<PageCopy> {
     let mem_path = format!("/proc/{pid}/mem");
     let pm_path = format!("/proc/{pid}/pagemap");
     let mem = File::open(&mem_path).map_err(|e| EngineError::io("open", mem_path.as_ref(), e))?;
     let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
-    let mut copy = PageCopy { runs: Vec::new(), bytes: 0 };
+    let mut copy = PageCopy { runs: Vec::new(), bytes: 0, delta: Default::default() };
     for (idx, vma) in vmas.iter().enumerate() {
         if matches!(vma.backing, Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }) {
             continue;
         }
         let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;
-        for (from, to) in runs_to_save(vma, &entries) {
+        let mut runs = runs_to_save(vma, &entries);
+        let tracked: Vec<(u64, u64)> = match dirty {
+            Some(d) if vma.backing == Backing::Anon && !vma.shared => intersect(&[(vma.start, vma.end)], &d.tracked),
+            _ => Vec::new(),
+        };
+        if let (Some(d), false) = (dirty, tracked.is_empty()) {
+            // Tracked parts: only written pages; untracked parts: every page. Pages not present
+            // now are zero, wherever they are (laid over the parent, they hide what it held).
+            let mut wanted = intersect(&tracked, &d.written);
+            let mut pos = vma.start;
+            for &(a, b) in &tracked {
+                if a > pos {
+                    wanted.push((pos, a));
+                }
+                pos = b;
+            }
+            if pos < vma.end {
+                wanted.push((pos, vma.end));
+            }
+            wanted.sort_unstable();
+            runs = intersect(&runs, &wanted);
+            let mut absent: Vec<(u64, u64)> = Vec::new();
+            for (i, &e) in entries.iter().enumerate() {
+                if e & (PM_PRESENT | PM_SWAPPED) == 0 {
+                    let a = vma.start + (i * PAGE_SIZE) as u64;
+                    match absent.last_mut() {
+                        Some(r) if r.1 == a => r.1 = a + PAGE_SIZE as u64,
+                        _ => absent.push((a, a + PAGE_SIZE as u64)),
+                    }
+                }
+            }
+            copy.delta.insert(idx, absent);
+        }
+        for (from, to) in runs {
             let mut pos = from;
             while pos < to {
                 let len = (to - pos).min(WINDOW);
@@ -251,13 +313,16 @@ pub fn copy_pages(pid: i32, vmas: &[VmaState]) -> Result<PageCopy> {
 }
 
 /// Chunks and stores copied pages into `sink`, returning one image per mapping that has saved
-/// pages (and setting `vma.image`). Image names are `{prefix}mem/{start:x}`.
+/// pages (and setting `vma.image`). Image names are `{prefix}mem/{start:x}`. Mappings copied as
+/// a delta are laid over the same process's images in `parent` (its images named
+/// `{prefix}mem/...`): unchanged pages keep the parent's chunks.
 pub fn store_pages<S: ChunkSink>(
     copy: PageCopy,
     vmas: &mut [VmaState],
     sink: &mut S,
     cfg: &ChunkerConfig,
     prefix: &str,
+    parent: Option<&[Image]>,
 ) -> Result<(Vec<Image>, MemDumpFigures)> {
     let mut figures = MemDumpFigures { bytes_read: copy.bytes, new_bytes: 0 };
     let mut per_vma: Vec<Vec<Extent>> = vec![Vec::new(); vmas.len()];
@@ -265,6 +330,19 @@ pub fn store_pages<S: ChunkSink>(
         let (mut ext, new) = store_run(sink, cfg, pos, &buf)?;
         figures.new_bytes += new;
         per_vma[idx].append(&mut ext);
+    }
+    if !copy.delta.is_empty() {
+        let parent = parent.ok_or_else(|| EngineError::Proc { pid: 0, detail: "a delta copy needs its parent checkpoint".into() })?;
+        let mine = format!("{prefix}mem/");
+        let mut base: Vec<Extent> = parent.iter().filter(|i| i.name.starts_with(&mine)).flat_map(|i| i.extents.iter().cloned()).collect();
+        base.sort_by_key(|e| e.start);
+        for (idx, absent) in copy.delta {
+            let v = &vmas[idx];
+            let mut changed = std::mem::take(&mut per_vma[idx]);
+            changed.extend(absent.iter().map(|&(a, b)| Extent { start: a, len: b - a, data: ExtentData::Zero }));
+            changed.sort_by_key(|e| e.start);
+            per_vma[idx] = zap_store::overlay(&clip(&base, v.start, v.end), &changed);
+        }
     }
     let mut images = Vec::new();
     for (vma, extents) in vmas.iter_mut().zip(per_vma) {

@@ -118,6 +118,8 @@ pub struct CheckpointReport {
     pub total_ms: f64,
     /// Bytes of memory read.
     pub bytes_read: u64,
+    /// How the memory was saved: `full` (and why) or `incremental` (and with which tracker).
+    pub mode: String,
 }
 
 pub(crate) fn vpid_of(pid: i32) -> Result<i32> {
@@ -166,8 +168,15 @@ fn save_thread<T>(
 
 /// Saves everything about the stopped process `pid` (every thread held by `frozen`) and copies
 /// its pages out. The process stays stopped; the caller stores the pages and decides whether it
-/// runs on. `files` says which fds may be shared with other processes being saved with it.
-pub fn save_process(pid: i32, frozen: &Frozen, files_ctx: &mut files::SaveContext) -> Result<(ProcessImage, mem::PageCopy)> {
+/// runs on. `files` says which fds may be shared with other processes being saved with it;
+/// `dirty`, what a tracker reported since the parent checkpoint (only written pages are then
+/// copied from tracked mappings, see [`mem::copy_pages_since`]).
+pub fn save_process(
+    pid: i32,
+    frozen: &Frozen,
+    files_ctx: &mut files::SaveContext,
+    dirty: Option<&crate::dirty::Dirty>,
+) -> Result<(ProcessImage, mem::PageCopy)> {
     let vpid = vpid_of(pid)?;
     if !frozen.threads().contains(&pid) {
         return Err(EngineError::Proc { pid, detail: "its main thread has exited; not supported".into() });
@@ -187,7 +196,7 @@ pub fn save_process(pid: i32, frozen: &Frozen, files_ctx: &mut files::SaveContex
         threads.push(save_thread(pid, tid, syscall_ip, |_| Ok(()))?.0);
     }
     // Copy the pages out; after this the process no longer needs to be stopped.
-    let copy = mem::copy_pages(pid, &vmas)?;
+    let copy = mem::copy_pages_since(pid, &vmas, dirty)?;
     Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, fds }, copy))
 }
 
@@ -195,7 +204,7 @@ pub fn save_process(pid: i32, frozen: &Frozen, files_ctx: &mut files::SaveContex
 pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
-    let (mut image, copy) = save_process(pid, &frozen, &mut files::SaveContext::default())?;
+    let (mut image, copy) = save_process(pid, &frozen, &mut files::SaveContext::default(), None)?;
     mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
     let bytes_read = copy.bytes;
     // With leave_running the process goes on now. Otherwise it stays stopped until the
@@ -208,7 +217,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
-    let (images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "")?;
+    let (images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", None)?;
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
     manifest.parent = opts.parent;
     manifest.labels.insert("pid".into(), pid.to_string());
@@ -221,7 +230,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
         frozen.kill()?;
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
-    Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read })
+    Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode: "full".into() })
 }
 
 /// A restored process.

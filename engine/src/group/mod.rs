@@ -34,7 +34,7 @@ use crate::process::ProcessImage;
 use crate::{EngineError, Result};
 
 pub use restore::{group_trampoline, restore, restore_in, GroupRestored, TargetSpawner};
-pub use save::{freeze_tree, is_zombie_pid, save, tree_of, SavedGroup};
+pub use save::{freeze_tree, is_zombie_pid, save, tree_of, SavedGroup, Tracking};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob).
 pub const GROUP_IMAGE_VERSION: u8 = 1;
@@ -118,19 +118,20 @@ impl GroupImage {
 }
 
 /// Chunks and stores every live member's copied pages into `sink`, as images named
-/// `p{vpid}/mem/{start:x}` (recorded in the members' mappings). Returns the images and the
-/// bytes newly stored.
+/// `p{vpid}/mem/{start:x}` (recorded in the members' mappings); members saved as deltas are laid
+/// over their images in `parent`. Returns the images and the bytes newly stored.
 pub fn store_memory<W: zap_store::ChunkSink>(
     saved: &mut SavedGroup,
     sink: &mut W,
     cfg: &zap_chunker::ChunkerConfig,
+    parent: Option<&[zap_store::Image]>,
 ) -> Result<(Vec<zap_store::Image>, u64)> {
     let mut images = Vec::new();
     let mut new_bytes = 0;
     for (vpid, copy) in std::mem::take(&mut saved.copies) {
         let member = saved.image.members.iter_mut().find(|m| m.vpid == vpid).expect("copy of a member");
         let MemberState::Live(img) = &mut member.state else { continue };
-        let (mut imgs, fig) = crate::mem::store_pages(copy, &mut img.vmas, sink, cfg, &GroupImage::prefix(vpid))?;
+        let (mut imgs, fig) = crate::mem::store_pages(copy, &mut img.vmas, sink, cfg, &GroupImage::prefix(vpid), parent)?;
         new_bytes += fig.new_bytes;
         images.append(&mut imgs);
     }
@@ -147,7 +148,7 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
 ) -> Result<crate::process::CheckpointReport> {
     let t0 = std::time::Instant::now();
     let (pids, frozen) = freeze_tree(root)?;
-    let mut saved = save(&pids, &frozen, false)?;
+    let mut saved = save(&pids, &frozen, false, None)?;
     for m in &saved.image.members {
         if let Some(img) = m.image() {
             crate::mem::refuse_sysv_outside_pod(m.vpid, &img.vmas)?;
@@ -162,7 +163,7 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
-    let (images, _) = store_memory(&mut saved, &mut writer, &opts.chunker)?;
+    let (images, _) = store_memory(&mut saved, &mut writer, &opts.chunker, None)?;
     let name = opts.name.clone().unwrap_or_else(|| {
         saved.image.members.first().and_then(|m| m.image()).map(|i| i.attrs.comm.clone()).unwrap_or_else(|| "group".into())
     });
@@ -183,5 +184,5 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
         }
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
-    Ok(crate::process::CheckpointReport { summary, frozen_ms, total_ms, bytes_read })
+    Ok(crate::process::CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode: "full".into() })
 }

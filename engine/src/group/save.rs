@@ -8,6 +8,17 @@ use crate::mem::PageCopy;
 use crate::process::save_process;
 use crate::{EngineError, Result};
 
+/// Dirty-page tracking of a group's members between checkpoints.
+#[derive(Default)]
+pub struct Tracking {
+    /// Tracker state by host pid, as armed at the parent checkpoint.
+    pub armed: std::collections::HashMap<i32, crate::dirty::Armed>,
+    /// Members (vpids) saved as deltas on the parent.
+    pub incremental: Vec<i32>,
+    /// Members saved whole although tracked before, and why.
+    pub lost: Vec<(i32, String)>,
+}
+
 /// A saved group: the image and, per live member (by vpid), its copied pages.
 pub struct SavedGroup {
     /// The image (memory not yet stored).
@@ -108,7 +119,10 @@ pub fn freeze_tree(root: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
 /// Saves the stopped processes `pids` (host pids; every live one stopped by an entry of
 /// `frozen`, zombies not). Members come out parents first, siblings by pid. With `tcp_close`,
 /// established TCP connections are saved as closed sockets instead of failing the checkpoint.
-pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool) -> Result<SavedGroup> {
+///
+/// With `tracking`, a member whose tracker state is valid is saved as a delta on the parent
+/// checkpoint (only the pages written since are copied), and its tracker is re-armed.
+pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, mut tracking: Option<&mut Tracking>) -> Result<SavedGroup> {
     let places: Vec<Place> = pids.iter().map(|&p| place_of(p)).collect::<Result<_>>()?;
     let vpid_of_host: HashMap<i32, i32> = places.iter().map(|p| (p.host, p.vpid)).collect();
     // Order: parents first (breadth-first from the top members), siblings by vpid.
@@ -151,7 +165,23 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool) -> Result<SavedGro
                     detail: "process is not stopped (it appeared after the freeze?)".into(),
                 })?;
                 let t = std::time::Instant::now();
-                let (image, copy) = save_process(p.host, f, &mut ctx)?;
+                let mut dirty = None;
+                if let Some(tr) = tracking.as_deref_mut() {
+                    if let Some(armed) = tr.armed.get_mut(&p.host) {
+                        let vmas = crate::mem::save_layout(p.host)?;
+                        match crate::dirty::collect(armed, &vmas) {
+                            Ok(d) => {
+                                tr.incremental.push(p.vpid);
+                                dirty = Some(d);
+                            }
+                            Err(e) => {
+                                tr.armed.remove(&p.host);
+                                tr.lost.push((p.vpid, e.to_string()));
+                            }
+                        }
+                    }
+                }
+                let (image, copy) = save_process(p.host, f, &mut ctx, dirty.as_ref())?;
                 tracing::debug!(pid = p.host, ms = t.elapsed().as_secs_f64() * 1e3, bytes = copy.bytes, "process saved");
                 bytes_read += copy.bytes;
                 copies.push((p.vpid, copy));

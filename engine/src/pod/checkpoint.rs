@@ -28,6 +28,7 @@ use crate::files::RestoreContext;
 use crate::freeze::Frozen;
 use crate::group::{self, GroupImage, GroupRestored, TargetSpawner};
 use crate::ipc::{self, IpcState};
+use crate::dirty;
 use crate::process::CheckpointReport;
 use crate::{EngineError, Result};
 
@@ -96,6 +97,10 @@ pub struct PodCheckpointOptions {
     pub parent: Option<CheckpointId>,
     /// Chunker settings.
     pub chunker: ChunkerConfig,
+    /// Save all memory even when the pod is tracked (default: incremental when possible).
+    pub full: bool,
+    /// Extra manifest labels.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -> EngineError {
@@ -135,13 +140,107 @@ fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Ve
     Ok((pids, frozen))
 }
 
-/// Checkpoints pod `name` (in run directory `root`) into `store`.
+/// Dirty-page tracking of a pod between checkpoints, kept in `<pod dir>/tracker.bin`: the
+/// checkpoint it is relative to and the tracker state of each process.
+#[derive(Serialize, Deserialize)]
+struct TrackerFile {
+    parent: String,
+    members: Vec<dirty::Armed>,
+}
+
+const TRACKER_VERSION: u8 = 1;
+
+fn tracker_path(root: &Path, name: &str) -> std::path::PathBuf {
+    pod_dir(root, name).join("tracker.bin")
+}
+
+fn read_tracker(root: &Path, name: &str) -> Option<TrackerFile> {
+    let bytes = std::fs::read(tracker_path(root, name)).ok()?;
+    match bytes.split_first() {
+        Some((&TRACKER_VERSION, rest)) => postcard::from_bytes(rest).ok(),
+        _ => None,
+    }
+}
+
+fn write_tracker(root: &Path, name: &str, t: &TrackerFile) -> Result<()> {
+    let path = tracker_path(root, name);
+    let tmp = path.with_extension("tmp");
+    let mut bytes = vec![TRACKER_VERSION];
+    bytes.extend(postcard::to_stdvec(t).expect("postcard encodes tracker state"));
+    std::fs::write(&tmp, bytes).map_err(|e| EngineError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| EngineError::io("rename", &path, e))
+}
+
+/// The incremental base of a checkpoint: the parent and the tracker states, or why there is none.
+fn incremental_base<S: ImageStore>(
+    store: &S,
+    root: &Path,
+    name: &str,
+    last: Option<&str>,
+    full: bool,
+) -> std::result::Result<(Manifest, group::Tracking), String> {
+    if full {
+        return Err("--full".into());
+    }
+    let t = read_tracker(root, name)
+        .ok_or("no tracked earlier checkpoint of this pod (first checkpoint, restored pod, or the last one ended the pod)")?;
+    // The state is used once: a checkpoint that fails after the tracker re-armed must not leave
+    // it behind, or the next checkpoint would miss the pages written before the failure.
+    let _ = std::fs::remove_file(tracker_path(root, name));
+    if last != Some(t.parent.as_str()) {
+        return Err(format!("the tracker state belongs to checkpoint {}, not to the pod's last one", t.parent));
+    }
+    let id = CheckpointId::from_hex(&t.parent).ok_or_else(|| format!("tracker state names a bad checkpoint id {}", t.parent))?;
+    let parent = store.manifest(&id).map_err(|e| format!("parent checkpoint {id} is unreadable: {e}"))?;
+    let armed = t.members.into_iter().map(|a| (a.pid, a)).collect();
+    Ok((parent, group::Tracking { armed, ..Default::default() }))
+}
+
+/// Arms tracking on every live member of the stopped pod that is not tracked yet (their pages
+/// were just copied, so the next checkpoint can be relative to this one). Failures only make the
+/// next checkpoint of that process full.
+fn arm_members(
+    pids: &[i32],
+    frozen: &[Frozen],
+    init_pid: i32,
+    tracking: &mut group::Tracking,
+    image: &GroupImage,
+) -> Result<dirty::Backend> {
+    let backend = dirty::default_backend()?;
+    for &pid in pids {
+        if tracking.armed.contains_key(&pid) || !frozen.iter().any(|f| f.pid() == pid) {
+            continue;
+        }
+        let Some(vpid) = image.members.iter().find(|m| m.image().is_some_and(|i| i.host_pid == pid)).map(|m| m.vpid) else {
+            continue;
+        };
+        let armed = (|| {
+            let vmas = crate::mem::save_layout(pid)?;
+            let mut inj = crate::inject::Injector::new(pid, pid, crate::inject::find_syscall_insn(pid)?)?;
+            let r = dirty::arm(pid, &mut inj, backend, dirty::Keeper::Process { pid: init_pid, target_vpid: vpid }, &vmas);
+            inj.finish()?;
+            r
+        })();
+        match armed {
+            Ok(a) => {
+                tracking.armed.insert(pid, a);
+            }
+            Err(e) => tracing::warn!(pid, error = %e, "dirty tracking not armed; its next checkpoint is full"),
+        }
+    }
+    Ok(backend)
+}
+
+/// Checkpoints pod `name` (in run directory `root`) into `store`. When the pod's last
+/// checkpoint armed dirty-page tracking, this one is incremental: only pages written since are
+/// read, and unchanged memory refers to the parent's chunks (the report's `mode` says which).
 pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodCheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
     let state = load(root, name)?;
     if status(root, &state) != PodStatus::Running {
         return Err(pod_err(name, "checkpoint", format!("the pod is {}", status(root, &state))));
     }
+    let base = incremental_base(store, root, name, state.last_checkpoint.as_deref(), opts.full);
     let cg = cgroup_of(&state);
     let (pids, frozen) = stop_pod(name, &cg, state.init_pid)?;
     let stopped_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -149,10 +248,27 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         Some(_) => Some(net::read_config(state.init_pid)?),
         None => None,
     };
-    let mut saved = group::save(&pids, &frozen, opts.tcp_close)?;
+    let (parent, mut tracking, mut mode) = match base {
+        Ok((m, t)) => (Some(m), t, String::new()),
+        Err(why) => (None, group::Tracking::default(), format!("full: {why}")),
+    };
+    let mut saved = group::save(&pids, &frozen, opts.tcp_close, Some(&mut tracking))?;
+    if parent.is_some() {
+        let live = saved.image.members.iter().filter(|m| m.image().is_some()).count();
+        mode = format!("incremental: {} of {live} processes from their dirty pages", tracking.incremental.len());
+        for (vpid, why) in &tracking.lost {
+            mode.push_str(&format!("; pid {vpid} whole ({why})"));
+        }
+    }
     let mut writer = store.writer()?;
     let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
     let bytes_read = saved.bytes_read;
+    let backend = if opts.leave_running { Some(arm_members(&pids, &frozen, state.init_pid, &mut tracking, &saved.image)?) } else { None };
+    if let Some(b) = backend {
+        if parent.is_some() {
+            mode.push_str(&format!(" (tracker {b})"));
+        }
+    }
     let frozen = if opts.leave_running {
         drop(frozen);
         None
@@ -160,8 +276,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         Some(frozen)
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
-    tracing::info!(pod = name, processes = pids.len(), stopped_ms, copied_ms, bytes_read, "pod stopped and saved");
-    let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker)?;
+    tracing::info!(pod = name, processes = pids.len(), stopped_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
+    let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, parent.as_ref().map(|m| m.images.as_slice()))?;
     images.append(&mut ipc_images);
     let processes = saved.image.members.len();
     let image = PodImage {
@@ -178,9 +294,13 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         ipc: ipc_state,
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
-    manifest.parent = opts.parent;
+    manifest.parent = parent.as_ref().map(|m| m.id).or(opts.parent);
     manifest.labels.insert("pod".into(), name.to_string());
     manifest.labels.insert("processes".into(), processes.to_string());
+    manifest.labels.insert("mode".into(), if parent.is_some() { "incremental".into() } else { "full".into() });
+    for (k, v) in &opts.labels {
+        manifest.labels.insert(k.clone(), v.clone());
+    }
     if let Some(ip) = &state.ip {
         manifest.labels.insert("ip".into(), ip.clone());
     }
@@ -196,10 +316,14 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
                 f.forget();
             }
         }
-        None => super::set_last_checkpoint(root, name, &summary.id.to_string())?,
+        None => {
+            super::set_last_checkpoint(root, name, &summary.id.to_string())?;
+            let members = tracking.armed.into_values().collect();
+            write_tracker(root, name, &TrackerFile { parent: summary.id.to_string(), members })?;
+        }
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
-    Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read })
+    Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode })
 }
 
 /// How to restore a pod.

@@ -1,0 +1,152 @@
+//! Incremental pod checkpoints from the dirty-page tracker: a program churning through random
+//! pages of a 64 MiB buffer (with pages thrown away and a mapping that comes and goes) is
+//! checkpointed full, then incrementally twice; restores of the chain's middle and end, and of
+//! the end after its root was deleted and collected, must hold exactly what the program wrote.
+//! Run with each tracker this kernel has (uffd-wp here) and the content-hash fallback.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+    work: PathBuf,
+    tracker: &'static str,
+}
+
+fn zap(e: &Env, args: &[&str]) -> Output {
+    let bin = env!("CARGO_BIN_EXE_zap");
+    Command::new(bin)
+        .arg("--store")
+        .arg(&e.store)
+        .args(args)
+        .env("ZAP_RUN_DIR", "/run/zap/test-pods")
+        .env("ZAP_INIT", Path::new(bin).parent().unwrap().join("zap-init"))
+        .env("ZAP_TRACKER", e.tracker)
+        .output()
+        .expect("run zap")
+}
+
+fn ok(e: &Env, args: &[&str]) -> String {
+    let out = zap(e, args);
+    assert!(out.status.success(), "zap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(e: &Env, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(e, &a)).expect("json")
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+struct PodGuard<'a>(&'a Env, String);
+impl Drop for PodGuard<'_> {
+    fn drop(&mut self) {
+        let _ = zap(self.0, &["rm", "-f", &self.1]);
+    }
+}
+
+fn progress(out: &Path) -> u64 {
+    std::fs::read_to_string(out).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).last().unwrap_or(0)
+}
+
+/// Restores `id` as pod `pod`, lets it check its memory, and removes it.
+fn restore_and_verify(e: &Env, id: &str, pod: &str, what: &str) {
+    let _ = std::fs::remove_file(e.work.join("go"));
+    ok(e, &["restore", id, "--name", pod]);
+    let _g = PodGuard(e, pod.to_string());
+    let log = e.work.join("out");
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    std::fs::write(e.work.join("go"), b"go").unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default()[before..].to_string();
+    assert!(wait_for(Duration::from_secs(20), || text().contains("ok") || text().contains("FAIL")), "{what}: {}", text());
+    assert!(!text().contains("FAIL"), "{what}: restored memory differs from what the program wrote: {}", text());
+}
+
+fn run(tracker: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let e = Env { store: dir.path().join("store"), work, tracker, _dir: dir };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/churn.c");
+    let prog = e.work.join("churn");
+    match Command::new("gcc").args(["-O1", "-o"]).arg(&prog).arg(&src).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("gcc: {s}"),
+        Err(err) => {
+            eprintln!("SKIP: gcc not available ({err})");
+            return;
+        }
+    }
+    let pod = format!("inc{}-{}", std::process::id(), &tracker[..4]);
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), "64"]);
+    let guard = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || progress(&out) >= 300), "churn did not start");
+    let full = json(&e, &["checkpoint", "--leave-running", &pod]);
+    assert!(full["mode"].as_str().unwrap().starts_with("full"), "{full}");
+    let p0 = progress(&out);
+    assert!(wait_for(Duration::from_secs(10), || progress(&out) >= p0 + 500));
+    let inc1 = json(&e, &["checkpoint", "--leave-running", &pod]);
+    assert!(inc1["mode"].as_str().unwrap().starts_with("incremental"), "{inc1}");
+    assert_eq!(inc1["parent"], full["id"], "the incremental checkpoint's parent is the full one");
+    let (full_read, inc_read) = (full["memory_bytes"].as_u64().unwrap(), inc1["memory_bytes"].as_u64().unwrap());
+    assert!(inc_read * 4 < full_read, "incremental read {inc_read} bytes, full {full_read}: not proportional to what changed");
+    let p1 = progress(&out);
+    assert!(wait_for(Duration::from_secs(10), || progress(&out) >= p1 + 500));
+    let inc2 = json(&e, &["checkpoint", &pod]);
+    assert!(inc2["mode"].as_str().unwrap().starts_with("incremental"), "{inc2}");
+    drop(guard);
+    let (id0, id1, id2) = (full["id"].as_str().unwrap(), inc1["id"].as_str().unwrap(), inc2["id"].as_str().unwrap());
+    restore_and_verify(&e, id2, &pod, "end of the chain");
+    restore_and_verify(&e, id1, &pod, "middle of the chain");
+    ok(&e, &["store", "rm", id0]);
+    ok(&e, &["store", "gc"]);
+    restore_and_verify(&e, id2, &pod, "end of the chain after its root was deleted");
+    // A restored pod is not tracked: its first checkpoint is full, and says why.
+    std::fs::remove_file(&go).unwrap();
+    ok(&e, &["restore", id2, "--name", &pod]);
+    let _g = PodGuard(&e, pod.clone());
+    let again = json(&e, &["checkpoint", "--leave-running", &pod]);
+    assert!(again["mode"].as_str().unwrap().starts_with("full: no tracked"), "{again}");
+}
+
+#[test]
+fn incremental_chain_with_uffd_wp() {
+    if let Err(e) = zap_engine_support("uffd-wp") {
+        eprintln!("SKIP: {e}");
+        return;
+    }
+    run("uffd-wp");
+}
+
+#[test]
+fn incremental_chain_with_content_hash() {
+    run("content-hash");
+}
+
+#[test]
+fn incremental_chain_with_soft_dirty() {
+    if let Err(e) = zap_engine_support("soft-dirty") {
+        eprintln!("SKIP: {e}");
+        return;
+    }
+    run("soft-dirty");
+}
+
+/// Whether the kernel has what a tracker needs (asks the engine's probe).
+fn zap_engine_support(tracker: &str) -> Result<(), String> {
+    let b: zap_engine::dirty::Backend = tracker.parse()?;
+    zap_engine::dirty::check(b).map_err(|e| e.to_string())
+}
