@@ -15,6 +15,7 @@
 //! with their pids and the group restore fills everything in. Files under the original pod's
 //! directory (its `console.log`) are reopened under the new pod's directory, and sockets bound to
 //! the old address are bound to the new one. On failure the half-made pod is removed.
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,9 @@ pub struct PodCheckpointOptions {
     pub parent: Option<CheckpointId>,
     /// Chunker settings.
     pub chunker: ChunkerConfig,
+    /// Extra manifest labels (the labels the pod checkpoint sets itself, `pod`, `processes` and
+    /// `ip`, take precedence).
+    pub labels: BTreeMap<String, String>,
 }
 
 fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -> EngineError {
@@ -179,6 +183,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
     manifest.parent = opts.parent;
+    manifest.labels.extend(opts.labels.clone());
     manifest.labels.insert("pod".into(), name.to_string());
     manifest.labels.insert("processes".into(), processes.to_string());
     if let Some(ip) = &state.ip {
