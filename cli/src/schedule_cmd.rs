@@ -86,11 +86,11 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// A period in the largest unit that shows it exactly (`500ms`, `30s`, `5m`, `1h`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
@@ -266,7 +266,25 @@ pub fn start(ctx: &Ctx, name: &str, every: Duration, keep: usize, tcp_close: boo
     let start = proc_stat(pid).map(|(_, t)| t).ok_or_else(|| CliError::Invalid(format!("checkpoint scheduler {pid} ended at once (see {})", log_path.display())))?;
     let s = Schedule { pid, start, every_ms: every.as_millis() as u64, keep, tcp_close, started_ms: now_ms() };
     save(&root, name, &s)?;
+    // Return once it has left our session (it does so first thing), so that nothing sent to
+    // ours (a terminal hangup) reaches it.
+    let t = Instant::now();
+    while session_of(pid) != Some(pid) {
+        if !s.running() || t.elapsed() > Duration::from_secs(5) {
+            return Err(CliError::Invalid(format!(
+                "checkpoint scheduler {pid} did not start (see {})",
+                log_path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     Ok(s)
+}
+
+/// Session id of a process (`/proc/PID/stat` field 6).
+fn session_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Output of a started schedule.
