@@ -191,6 +191,8 @@ fn killed_pod_rolls_back_to_its_latest_periodic_checkpoint() {
         "no checkpoints: {}",
         log_of(&e, &pod)
     );
+    // Somewhere in the middle of a period.
+    std::thread::sleep(Duration::from_millis(300));
     ok(&e, &["kill", &pod]);
     let at_kill = read_num(&count).unwrap();
     assert!(wait_for(Duration::from_secs(5), || !running(pid)), "kill stops the scheduler");
@@ -310,4 +312,34 @@ fn rollback_without_checkpoint_fails_and_leaves_the_pod_running() {
     assert_eq!(me["state"], "running");
     let v = read_num(&count).unwrap();
     assert!(wait_for(Duration::from_secs(5), || read_num(&count).unwrap_or(0) > v + 3), "the counter runs on");
+}
+
+#[test]
+fn schedule_at_run_is_replaced_and_ends_with_stop() {
+    let e = env();
+    let pod = name("run");
+    let count = e.work.join("count");
+    let script = format!("while true; do date +%s%N > {c}; sleep 0.05; done", c = count.display());
+    let out: serde_json::Value = serde_json::from_str(&ok(
+        &e,
+        &["--json", "run", "--name", &pod, "--checkpoint-every", "200ms", "--keep", "2", "--", "sh", "-c", &script],
+    ))
+    .unwrap();
+    let _g = PodGuard(&e, pod.clone());
+    let first = out["scheduler_pid"].as_i64().expect("scheduler pid") as i32;
+    assert!(wait_for(Duration::from_secs(60), || checkpoint_lines(&log_of(&e, &pod)).len() >= 4), "{}", log_of(&e, &pod));
+    assert_eq!(periodic_in_store(&e, &pod).len(), 2);
+    // A second schedule replaces the first.
+    let second = start_schedule(&e, &pod, "300ms", "1");
+    assert_ne!(second, first);
+    assert!(!running(first), "the first scheduler stopped");
+    assert!(running(second));
+    assert!(log_of(&e, &pod).contains(&format!("scheduler {first} exits: the schedule was stopped or replaced")), "{}", log_of(&e, &pod));
+    let n = checkpoint_lines(&log_of(&e, &pod)).len();
+    assert!(wait_for(Duration::from_secs(60), || checkpoint_lines(&log_of(&e, &pod)).len() >= n + 2), "{}", log_of(&e, &pod));
+    assert_eq!(periodic_in_store(&e, &pod).len(), 1, "keep 1");
+    assert!(ok(&e, &["ps"]).contains("every 300ms, keep 1"));
+    ok(&e, &["stop", "--timeout", "2", &pod]);
+    assert!(wait_for(Duration::from_secs(5), || !running(second)), "stop ends the scheduler");
+    assert!(!ok(&e, &["ps"]).contains("every 300ms"));
 }
