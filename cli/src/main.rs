@@ -7,6 +7,7 @@
 //! - [`maint_cmd`]: `zap store verify|gc|stats`;
 //! - [`files_cmd`]: `zap store put|get`, checkpoints of plain files;
 //! - [`pod_cmd`]: `zap run|ps|exec|stop|kill|rm`, the pod lifecycle;
+//! - [`schedule_cmd`]: periodic checkpoints (`--every`, the hidden `__schedule`) and `zap rollback`;
 //! - [`output`] and [`progress`]: what goes to stdout (human or `--json`) and to stderr.
 //!
 //! Exit status: 0 on success, 1 on any failure (printed as `zap: error: <message>`, or
@@ -27,6 +28,7 @@ mod output;
 mod pod_cmd;
 mod process_cmd;
 mod progress;
+mod schedule_cmd;
 mod store_cmd;
 
 use error::Result;
@@ -78,6 +80,11 @@ enum Command {
     Kill(pod_cmd::KillArgs),
     /// Remove a pod that is not running (-f: kill it first).
     Rm(pod_cmd::RmArgs),
+    /// Replace a pod by one of its checkpoints (default: the latest), same name, pids, address.
+    Rollback(schedule_cmd::RollbackArgs),
+    /// The checkpoint scheduler that `--every` starts (internal).
+    #[command(name = "__schedule", hide = true)]
+    Schedule(schedule_cmd::ScheduleArgs),
 }
 
 /// What every command gets from the global options.
@@ -140,6 +147,8 @@ fn main() -> ExitCode {
         Command::Stop(args) => (Some("stop"), pod_cmd::stop(&ctx, &args)),
         Command::Kill(args) => (Some("kill"), pod_cmd::kill(&ctx, &args)),
         Command::Rm(args) => (Some("rm"), pod_cmd::rm(&ctx, &args)),
+        Command::Rollback(args) => (Some("rollback"), schedule_cmd::rollback(&ctx, &args)),
+        Command::Schedule(args) => (Some("__schedule"), schedule_cmd::run(&ctx, &args)),
         Command::Exec(args) => {
             return match pod_cmd::exec(&args) {
                 Ok(code) => ExitCode::from(code),

@@ -13,7 +13,7 @@ use zap_engine::pod::{self, cgroup::parse_size, Launch, PodSpec, PodStatus};
 
 use crate::error::{CliError, Result};
 use crate::output::{bytes, outln, utc, Align, Output, Table};
-use crate::Ctx;
+use crate::{schedule_cmd, Ctx};
 
 /// `zap run` arguments.
 #[derive(Args)]
@@ -36,6 +36,12 @@ pub struct RunArgs {
     /// CPU limit in CPUs, e.g. 1.5.
     #[arg(long, value_name = "N", value_parser = parse_cpus)]
     cpus: Option<f64>,
+    /// Checkpoint the pod on this schedule (like `zap checkpoint NAME --every`), e.g. 30s.
+    #[arg(long, value_name = "PERIOD", value_parser = crate::schedule_cmd::parse_duration)]
+    checkpoint_every: Option<Duration>,
+    /// With --checkpoint-every: how many periodic checkpoints to keep.
+    #[arg(long, value_name = "N", requires = "checkpoint_every", default_value_t = 10)]
+    keep: usize,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -108,6 +114,12 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<Output> {
         init_exe,
     };
     let st = pod::create(&pod::run_dir(), &spec).map_err(engine_err)?;
+    let sched = match args.checkpoint_every {
+        Some(every) => Some(schedule_cmd::start(ctx, &st.name, every, args.keep, false).map_err(|e| {
+            CliError::Invalid(format!("pod {} runs, but its checkpoint schedule did not start: {e}", st.name))
+        })?),
+        None => None,
+    };
     if ctx.json {
         return Output::json(&json!({
             "name": st.name,
@@ -118,6 +130,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<Output> {
             "ip": st.ip,
             "veth_host": st.veth_host,
             "cgroup": st.cgroup,
+            "scheduler_pid": sched.as_ref().map(|s| s.pid),
         }));
     }
     Ok(Output::text(format!("{}\n", st.name)))
@@ -132,13 +145,14 @@ pub fn ps(ctx: &Ctx) -> Result<Output> {
         .map(|p| {
             let cg = pod::cgroup_of(p);
             let procs = cg.procs().len();
-            (p, pod::status(&root, p), procs, if procs > 0 { cg.memory_bytes() } else { 0 })
+            let sched = schedule_cmd::running(&root, &p.name);
+            (p, pod::status(&root, p), procs, if procs > 0 { cg.memory_bytes() } else { 0 }, sched)
         })
         .collect();
     if ctx.json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(p, s, procs, mem)| {
+            .map(|(p, s, procs, mem, sched)| {
                 json!({
                     "name": p.name,
                     "state": match s { PodStatus::Running => "running", PodStatus::Exited(_) => "exited", PodStatus::Dead => "dead" },
@@ -151,6 +165,9 @@ pub fn ps(ctx: &Ctx) -> Result<Output> {
                     "main_pid": p.main_pid,
                     "created_ms": p.created_ms,
                     "last_checkpoint": p.last_checkpoint,
+                    "schedule": sched.as_ref().map(|s| json!({
+                        "scheduler_pid": s.pid, "every_ms": s.every_ms, "keep": s.keep,
+                    })),
                     "argv": p.argv,
                 })
             })
@@ -165,8 +182,9 @@ pub fn ps(ctx: &Ctx) -> Result<Output> {
         ("IP", Align::Left),
         ("CREATED", Align::Left),
         ("LAST CHECKPOINT", Align::Left),
+        ("CHECKPOINTS", Align::Left),
     ]);
-    for (p, s, procs, mem) in &rows {
+    for (p, s, procs, mem, sched) in &rows {
         t.row(vec![
             p.name.clone(),
             s.to_string(),
@@ -175,6 +193,7 @@ pub fn ps(ctx: &Ctx) -> Result<Output> {
             p.ip.clone().unwrap_or_else(|| "-".into()),
             utc(p.created_ms),
             p.last_checkpoint.clone().unwrap_or_else(|| "-".into()),
+            sched.as_ref().map_or_else(|| "-".into(), |s| s.describe()),
         ]);
     }
     let mut out = String::new();
@@ -193,23 +212,48 @@ pub fn exec(args: &ExecArgs) -> Result<u8> {
 
 /// Runs `zap stop`.
 pub fn stop(ctx: &Ctx, args: &StopArgs) -> Result<Output> {
-    let s = pod::stop(&pod::run_dir(), &args.name, Duration::from_secs(args.timeout)).map_err(engine_err)?;
+    let root = pod::run_dir();
+    // Ask the scheduler to stop first, so that it takes no checkpoint of a pod being stopped.
+    let sched = schedule_cmd::request_stop(&root, &args.name);
+    let s = pod::stop(&root, &args.name, Duration::from_secs(args.timeout)).map_err(engine_err);
+    end_scheduler(&args.name, sched);
+    let s = s?;
     status_output(ctx, &args.name, s)
 }
 
 /// Runs `zap kill`.
 pub fn kill(ctx: &Ctx, args: &KillArgs) -> Result<Output> {
-    let s = pod::kill(&pod::run_dir(), &args.name).map_err(engine_err)?;
+    let root = pod::run_dir();
+    let sched = schedule_cmd::request_stop(&root, &args.name);
+    let s = pod::kill(&root, &args.name).map_err(engine_err);
+    end_scheduler(&args.name, sched);
+    let s = s?;
     status_output(ctx, &args.name, s)
 }
 
 /// Runs `zap rm`.
 pub fn rm(ctx: &Ctx, args: &RmArgs) -> Result<Output> {
-    pod::rm(&pod::run_dir(), &args.name, args.force).map_err(engine_err)?;
+    let root = pod::run_dir();
+    // A running pod that `rm` refuses keeps its schedule.
+    let refused = !args.force
+        && pod::load(&root, &args.name).is_ok_and(|st| pod::status(&root, &st) == PodStatus::Running);
+    let sched = if refused { None } else { schedule_cmd::request_stop(&root, &args.name) };
+    let r = pod::rm(&root, &args.name, args.force).map_err(engine_err);
+    end_scheduler(&args.name, sched);
+    r?;
     if ctx.json {
         return Output::json(&json!({ "name": args.name, "removed": true }));
     }
     Ok(Output::text(format!("{}\n", args.name)))
+}
+
+/// Waits a little for a scheduler asked to stop, then kills it (its pod is ending anyway).
+fn end_scheduler(name: &str, sched: Option<schedule_cmd::Schedule>) {
+    if let Some(s) = sched {
+        if !schedule_cmd::wait_stopped(&s, Duration::from_secs(3), true) {
+            crate::progress::warn(format_args!("pod {name}: checkpoint scheduler {} did not stop", s.pid));
+        }
+    }
 }
 
 fn status_output(ctx: &Ctx, name: &str, s: PodStatus) -> Result<Output> {

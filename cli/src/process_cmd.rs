@@ -45,6 +45,15 @@ pub struct CheckpointArgs {
     /// (by default such a checkpoint is incremental).
     #[arg(long)]
     full: bool,
+    /// Checkpoint the pod on a schedule, e.g. 500ms, 30s, 5m, 1h (at least 100ms), by a
+    /// background process that outlives zap (log: <pod dir>/checkpoints.log); replaces any
+    /// earlier schedule of the pod. Prints the scheduler's pid.
+    #[arg(long, value_name = "PERIOD", value_parser = crate::schedule_cmd::parse_duration, conflicts_with_all = ["pid", "name"])]
+    every: Option<std::time::Duration>,
+    /// With --every: how many of the periodic checkpoints to keep (older ones are deleted and
+    /// garbage-collected).
+    #[arg(long, value_name = "N", requires = "every", default_value_t = 10)]
+    keep: usize,
 }
 
 /// `zap restore` arguments.
@@ -66,6 +75,10 @@ fn engine_err(e: zap_engine::EngineError) -> CliError {
 
 /// Runs `zap checkpoint`.
 pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
+    if let (Some(every), Some(pod)) = (args.every, &args.pod) {
+        let s = crate::schedule_cmd::start(ctx, pod, every, args.keep, args.tcp_close)?;
+        return crate::schedule_cmd::started_output(ctx, pod, &s);
+    }
     let store = LocalStore::open(&ctx.store, StoreOptions { create: true, ..StoreOptions::default() })?;
     let (r, what) = match (&args.pod, args.pid) {
         (Some(pod), _) => {

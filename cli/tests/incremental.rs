@@ -58,7 +58,7 @@ impl Drop for PodGuard<'_> {
 }
 
 fn progress(out: &Path) -> u64 {
-    std::fs::read_to_string(out).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).last().unwrap_or(0)
+    std::fs::read_to_string(out).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).next_back().unwrap_or(0)
 }
 
 /// Restores `id` as pod `pod`, lets it check its memory, and removes it.

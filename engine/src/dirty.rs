@@ -385,15 +385,12 @@ pub fn collect(armed: &mut Armed, vmas: &[VmaState]) -> Result<Dirty> {
                 for (i, h) in hashes.iter().enumerate() {
                     let addr = start + i as u64 * PAGE;
                     let before = armed.hashes.iter().find(|(a, b, _)| *a <= addr && addr < *b).map(|(a, _, hs)| hs[((addr - a) / PAGE) as usize]);
-                    match before {
-                        Some(old) => {
-                            push_page(&mut d.tracked, addr);
-                            if old != *h {
-                                push_page(&mut d.written, addr);
-                            }
+                    if let Some(old) = before {
+                        push_page(&mut d.tracked, addr);
+                        if old != *h {
+                            push_page(&mut d.written, addr);
                         }
-                        None => {} // new page range: untracked
-                    }
+                    } // else a new page range: untracked
                 }
             }
             armed.hashes = now;

@@ -15,6 +15,7 @@
 //! with their pids and the group restore fills everything in. Files under the original pod's
 //! directory (its `console.log`) are reopened under the new pod's directory, and sockets bound to
 //! the old address are bound to the new one. On failure the half-made pod is removed.
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -99,8 +100,9 @@ pub struct PodCheckpointOptions {
     pub chunker: ChunkerConfig,
     /// Save all memory even when the pod is tracked (default: incremental when possible).
     pub full: bool,
-    /// Extra manifest labels.
-    pub labels: std::collections::BTreeMap<String, String>,
+    /// Extra manifest labels (the labels the pod checkpoint sets itself, `pod`, `processes` and
+    /// `ip`, take precedence).
+    pub labels: BTreeMap<String, String>,
 }
 
 fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -> EngineError {
@@ -295,12 +297,10 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
     manifest.parent = parent.as_ref().map(|m| m.id).or(opts.parent);
+    manifest.labels.extend(opts.labels.clone());
     manifest.labels.insert("pod".into(), name.to_string());
     manifest.labels.insert("processes".into(), processes.to_string());
     manifest.labels.insert("mode".into(), if parent.is_some() { "incremental".into() } else { "full".into() });
-    for (k, v) in &opts.labels {
-        manifest.labels.insert(k.clone(), v.clone());
-    }
     if let Some(ip) = &state.ip {
         manifest.labels.insert("ip".into(), ip.clone());
     }
