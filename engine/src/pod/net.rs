@@ -238,7 +238,12 @@ pub fn teardown(
     let others = others();
     if let Some(veth) = veth {
         if link_exists(veth) {
-            ip_run(pod, format!("delete veth {veth}"), &["link", "del", veth], None)?;
+            // The kernel may remove the pair by itself meanwhile (the pod's namespace ending).
+            if let Err(e) = ip_run(pod, format!("delete veth {veth}"), &["link", "del", veth], None) {
+                if link_exists(veth) {
+                    return Err(e);
+                }
+            }
         }
     }
     if !link_exists(BRIDGE) {
