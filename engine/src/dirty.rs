@@ -20,7 +20,7 @@
 //! tracked now (new mappings, remapped ones — `mremap` drops the userfaultfd registration — and a
 //! forked child, which inherits none), is reported *untracked*, to be saved whole. For the
 //! userfaultfd backend a mapping counts as tracked only while `/proc/PID/smaps` shows its `uw`
-//! flag. Pages that are not present now must be saved as zero by the caller even when not
+//! flag ([`VmaState::uffd_wp`]). Pages that are not present now must be saved as zero by the caller even when not
 //! reported (`MADV_DONTNEED` empties a page without writing it); [`Dirty`] documents this.
 use std::collections::HashMap;
 use std::fs::File;
@@ -181,30 +181,6 @@ fn eligible(v: &VmaState) -> bool {
     v.backing == Backing::Anon && !v.shared
 }
 
-/// Mappings with the `uw` (userfaultfd write-protect) flag in smaps.
-fn uw_mappings(pid: i32) -> Result<Vec<(u64, u64)>> {
-    let path = format!("/proc/{pid}/smaps");
-    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
-    let mut out = Vec::new();
-    let mut cur: Option<(u64, u64)> = None;
-    for line in text.lines() {
-        if let Some(flags) = line.strip_prefix("VmFlags:") {
-            if let Some(r) = cur.take() {
-                if flags.split_whitespace().any(|f| f == "uw") {
-                    out.push(r);
-                }
-            }
-        } else if let Some((range, _)) = line.split_once(' ') {
-            if let Some((a, b)) = range.split_once('-') {
-                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                    cur = Some((a, b));
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn uffd_of(armed: &Armed) -> Result<OwnedFd> {
     let pid = armed.pid;
     match armed.keeper {
@@ -230,13 +206,10 @@ fn uffd_of(armed: &Armed) -> Result<OwnedFd> {
     }
 }
 
-/// Registers and write-protects the eligible mappings of `vmas` not tracked yet.
+/// Registers and write-protects the eligible mappings of `vmas` not tracked yet (`vmas` as
+/// read before, with their `uffd_wp` flags).
 fn register_new(pid: i32, uffd_fd: &OwnedFd, vmas: &[VmaState]) -> Result<()> {
-    let tracked = uw_mappings(pid)?;
-    for v in vmas.iter().filter(|v| eligible(v)) {
-        if tracked.iter().any(|&(a, b)| a <= v.start && v.end <= b) {
-            continue;
-        }
+    for v in vmas.iter().filter(|v| eligible(v) && !v.uffd_wp) {
         let len = v.end - v.start;
         // A mapping the kernel refuses (e.g. VM_PFNMAP) simply stays untracked.
         if uffd::register_wp(uffd_fd, v.start, len).is_ok() {
@@ -338,7 +311,7 @@ pub fn disarm(armed: &Armed) {
 
 /// Reports the pages of the stopped process `armed.pid` written since [`arm`] or the last
 /// collection, and re-arms (new eligible mappings are tracked from now on). `vmas` is its
-/// current mapping table.
+/// current mapping table ([`crate::mem::save_layout`], which reads the `uw` flags).
 pub fn collect(armed: &mut Armed, vmas: &[VmaState]) -> Result<Dirty> {
     let pid = armed.pid;
     if start_time(pid)? != armed.start_time {
@@ -350,12 +323,10 @@ pub fn collect(armed: &mut Armed, vmas: &[VmaState]) -> Result<Dirty> {
             let fd = uffd_of(armed)?;
             let pm_path = format!("/proc/{pid}/pagemap");
             let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
-            for (a, b) in uw_mappings(pid)? {
-                // Only the eligible mappings count: `uw` alone could come from the program's own
-                // userfaultfd on another kind of mapping.
-                if !vmas.iter().any(|v| eligible(v) && v.start <= a && b <= v.end) {
-                    continue;
-                }
+            // Only eligible mappings count: `uw` alone could come from the program's own
+            // userfaultfd on another kind of mapping.
+            for v in vmas.iter().filter(|v| eligible(v) && v.uffd_wp) {
+                let (a, b) = (v.start, v.end);
                 let w = uffd::scan_written(&pm, a, b).map_err(|source| EngineError::Sys { step: "PAGEMAP_SCAN", pid, source })?;
                 d.tracked.push((a, b));
                 d.written.extend(w);

@@ -79,6 +79,9 @@ pub struct VmaState {
     pub name: String,
     /// Name of the image holding its saved pages, if any.
     pub image: Option<String>,
+    /// Registered for userfaultfd write-protect tracking now (smaps `uw`); not saved.
+    #[serde(skip)]
+    pub uffd_wp: bool,
 }
 
 fn prot_of(perms: &str) -> u32 {
@@ -152,7 +155,9 @@ pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
     let flags = vm_flags(pid)?;
     maps.iter()
         .map(|m| {
-            let growsdown = flags.iter().find(|(s, _)| *s == m.start).is_some_and(|(_, f)| f.iter().any(|x| x == "gd"));
+            let vm = flags.iter().find(|(s, _)| *s == m.start).map(|(_, f)| f.as_slice()).unwrap_or_default();
+            let growsdown = vm.iter().any(|x| x == "gd");
+            let uffd_wp = vm.iter().any(|x| x == "uw");
             Ok(VmaState {
                 start: m.start,
                 end: m.end,
@@ -162,6 +167,7 @@ pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
                 backing: classify(pid, m)?,
                 name: m.path.clone(),
                 image: None,
+                uffd_wp,
             })
         })
         .collect()

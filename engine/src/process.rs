@@ -170,18 +170,23 @@ fn save_thread<T>(
 /// its pages out. The process stays stopped; the caller stores the pages and decides whether it
 /// runs on. `files` says which fds may be shared with other processes being saved with it;
 /// `dirty`, what a tracker reported since the parent checkpoint (only written pages are then
-/// copied from tracked mappings, see [`mem::copy_pages_since`]).
+/// copied from tracked mappings, see [`mem::copy_pages_since`]); `layout`, its mapping table if
+/// the caller read it already.
 pub fn save_process(
     pid: i32,
     frozen: &Frozen,
     files_ctx: &mut files::SaveContext,
     dirty: Option<&crate::dirty::Dirty>,
+    layout: Option<Vec<VmaState>>,
 ) -> Result<(ProcessImage, mem::PageCopy)> {
     let vpid = vpid_of(pid)?;
     if !frozen.threads().contains(&pid) {
         return Err(EngineError::Proc { pid, detail: "its main thread has exited; not supported".into() });
     }
-    let vmas = mem::save_layout(pid)?;
+    let vmas = match layout {
+        Some(v) => v,
+        None => mem::save_layout(pid)?,
+    };
     let fds = files::save(pid, vpid, files_ctx)?;
     let syscall_ip = find_syscall_insn(pid)?;
     // The main thread first: process-wide state is read through it.
@@ -196,7 +201,9 @@ pub fn save_process(
         threads.push(save_thread(pid, tid, syscall_ip, |_| Ok(()))?.0);
     }
     // Copy the pages out; after this the process no longer needs to be stopped.
+    let t = Instant::now();
     let copy = mem::copy_pages_since(pid, &vmas, dirty)?;
+    tracing::trace!(pid, copy_ms = t.elapsed().as_secs_f64() * 1e3, "pages copied");
     Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, fds }, copy))
 }
 
@@ -204,7 +211,7 @@ pub fn save_process(
 pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
-    let (mut image, copy) = save_process(pid, &frozen, &mut files::SaveContext::default(), None)?;
+    let (mut image, copy) = save_process(pid, &frozen, &mut files::SaveContext::default(), None, None)?;
     mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
     let bytes_read = copy.bytes;
     // With leave_running the process goes on now. Otherwise it stays stopped until the

@@ -49,11 +49,21 @@ fn catchable(sig: i32) -> bool {
 }
 
 impl SignalState {
-    /// Reads the handler table through `inj` and the shared queue through ptrace.
+    /// Reads the handler table through `inj` and the shared queue through ptrace. Only the
+    /// signals that /proc/PID/status shows caught or ignored are asked for (a signal at its
+    /// default has nothing to save), and SIGCHLD, whose flags matter even at the default.
     pub fn save(inj: &mut Injector, tid: i32) -> Result<SignalState> {
         let scratch = inj.scratch(4096)?;
         let mut actions = Vec::new();
-        for sig in (1..=64).filter(|s| catchable(*s)) {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+        let mask = |key: &str| {
+            status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        };
+        let set = match (mask("SigIgn:"), mask("SigCgt:")) {
+            (Some(i), Some(c)) => i | c | 1 << (libc::SIGCHLD - 1),
+            _ => u64::MAX,
+        };
+        for sig in (1..=64).filter(|s| catchable(*s) && set & (1 << (s - 1)) != 0) {
             inj.call("rt_sigaction (read)", libc::SYS_rt_sigaction, [sig as u64, 0, scratch, 8, 0, 0])?;
             let act = Sigaction::from_bytes(&inj.read_mem(scratch, 32)?);
             if act != Sigaction::default() {

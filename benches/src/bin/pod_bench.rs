@@ -8,6 +8,12 @@
 //!    `--leave-running` (stop time, bytes), checkpoint that ends the pod (into a fresh store),
 //!    restore (time until every process runs).
 //!
+//! 3. Incremental: a pod of 4 `dirtier` processes (`--size-mib / 4` MiB each) that write to 1%
+//!    of their pages on a signal. After a first checkpoint (`--leave-running`, which arms the
+//!    dirty-page tracker), each round writes 1% and takes an incremental checkpoint, then a
+//!    full one (`--full`) for comparison; with the uffd-wp tracker and with the content-hash
+//!    fallback.
+//!
 //! Run: `cargo run --release -p zap-benches --bin pod-bench [-- --size-mib N] [--dir DIR]`
 //! (needs `zap-init` built next to this binary: `cargo build --release --workspace`).
 use std::path::{Path, PathBuf};
@@ -126,7 +132,7 @@ fn main() {
     // Twice: in a VM, the first run also pays for the first touch of guest memory that Zap's
     // copy buffers land on; the second shows the steady state of periodic checkpoints.
     let mut r = None;
-    for round in ["first", "second"] {
+    for round in ["first", "second (incremental: nothing was written since)"] {
         let c = podck::checkpoint(&store, &run, &name, &opts).expect("checkpoint");
         println!(
             "checkpoint --leave-running ({round}): pod stopped {:.0} ms (copied {:.0} MiB, {:.2} GB/s), committed after {:.0} ms; stored {:.1} MiB new",
@@ -155,5 +161,80 @@ fn main() {
         );
         pod::rm(&run, &name, true).expect("rm");
     }
+    incremental(&args, &run, &init, tmp.path(), tag, &mut cleanup);
     drop(cleanup);
+}
+
+fn incremental(args: &Args, run: &Path, init: &Path, tmp: &Path, tag: u32, cleanup: &mut Cleanup) {
+    let dirtier = tmp.join("dirtier");
+    gcc("dirtier.c", &dirtier);
+    let per = args.size_mib / 4;
+    for tracker in ["uffd-wp", "content-hash"] {
+        if let Err(e) = tracker.parse().map_err(|e: String| e).and_then(|b| zap_engine::dirty::check(b).map_err(|e| e.to_string())) {
+            println!("\n{tracker}: skipped ({e})");
+            continue;
+        }
+        // SAFETY: setting an environment variable before any thread of ours reads it.
+        unsafe { std::env::set_var("ZAP_TRACKER", tracker) };
+        let marks = tmp.join(format!("marks-{tracker}"));
+        std::fs::create_dir_all(&marks).unwrap();
+        let script = format!("for i in 1 2 3 4; do {d} {per} {m} $i & done; wait", d = dirtier.display(), m = marks.display());
+        let name = format!("pb{tag}-inc-{}", &tracker[..4]);
+        cleanup.1.push(name.clone());
+        pod::create(run, &spec(&name, vec!["sh".into(), "-c".into(), script], init)).expect("create pod");
+        let wait_marks = |n: usize| {
+            let t = Instant::now();
+            while (1..=4).any(|i| !marks.join(format!("{i}.{n}")).exists()) {
+                assert!(t.elapsed() < Duration::from_secs(120), "dirtier round {n} did not finish");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait_marks(0);
+        let state = pod::load(run, &name).unwrap();
+        let cg = pod::cgroup_of(&state);
+        let comm = |p: i32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        let pids: Vec<i32> = cg.procs().into_iter().filter(|&p| comm(p).trim() == "dirtier").collect();
+        assert_eq!(pids.len(), 4, "four dirtier processes");
+        let store = LocalStore::open(tmp.join(format!("store-{tracker}")), StoreOptions { create: true, ..Default::default() }).expect("store");
+        let lr = PodCheckpointOptions { leave_running: true, ..Default::default() };
+        let first = podck::checkpoint(&store, run, &name, &lr).expect("checkpoint");
+        println!("\n{tracker}: pod of 4 x {per} MiB writing 1% of its pages between checkpoints");
+        println!(
+            "  first (full, arms the tracker): stopped {:.0} ms, total {:.0} ms, read {:.0} MiB, new {:.1} MiB",
+            first.frozen_ms, first.total_ms, first.bytes_read as f64 / 1048576.0, first.summary.new_stored_bytes as f64 / 1048576.0
+        );
+        let mut round = 0;
+        let poke = |round: &mut usize| {
+            *round += 1;
+            for &p in &pids {
+                // SAFETY: kill takes integers; these are the bench's own processes (in its pod).
+                unsafe { libc::kill(p, libc::SIGUSR1) };
+            }
+            wait_marks(*round);
+        };
+        for _ in 0..3 {
+            poke(&mut round);
+            let inc = podck::checkpoint(&store, run, &name, &lr).expect("checkpoint");
+            println!(
+                "  incremental: stopped {:.0} ms, total {:.0} ms, read {:.1} MiB, new {:.2} MiB ({})",
+                inc.frozen_ms,
+                inc.total_ms,
+                inc.bytes_read as f64 / 1048576.0,
+                inc.summary.new_stored_bytes as f64 / 1048576.0,
+                inc.mode
+            );
+        }
+        poke(&mut round);
+        let full = podck::checkpoint(&store, run, &name, &PodCheckpointOptions { leave_running: true, full: true, ..Default::default() })
+            .expect("checkpoint");
+        println!(
+            "  full (--full) after the same 1%: stopped {:.0} ms, total {:.0} ms, read {:.0} MiB, new {:.2} MiB",
+            full.frozen_ms,
+            full.total_ms,
+            full.bytes_read as f64 / 1048576.0,
+            full.summary.new_stored_bytes as f64 / 1048576.0
+        );
+        drop(store);
+        pod::rm(run, &name, true).expect("rm");
+    }
 }

@@ -17,6 +17,8 @@ pub struct Tracking {
     pub incremental: Vec<i32>,
     /// Members saved whole although tracked before, and why.
     pub lost: Vec<(i32, String)>,
+    /// Re-arm the trackers but save every member whole (a `--full` checkpoint of a tracked pod).
+    pub whole: bool,
 }
 
 /// A saved group: the image and, per live member (by vpid), its copied pages.
@@ -166,23 +168,27 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, mut tracking: Opti
                 })?;
                 let t = std::time::Instant::now();
                 let mut dirty = None;
+                let mut layout = None;
                 if let Some(tr) = tracking.as_deref_mut() {
                     if let Some(armed) = tr.armed.get_mut(&p.host) {
                         let vmas = crate::mem::save_layout(p.host)?;
                         match crate::dirty::collect(armed, &vmas) {
-                            Ok(d) => {
+                            Ok(d) if !tr.whole => {
                                 tr.incremental.push(p.vpid);
                                 dirty = Some(d);
                             }
+                            Ok(_) => {}
                             Err(e) => {
                                 tr.armed.remove(&p.host);
                                 tr.lost.push((p.vpid, e.to_string()));
                             }
                         }
+                        layout = Some(vmas);
                     }
                 }
-                let (image, copy) = save_process(p.host, f, &mut ctx, dirty.as_ref())?;
-                tracing::debug!(pid = p.host, ms = t.elapsed().as_secs_f64() * 1e3, bytes = copy.bytes, "process saved");
+                let collect_ms = t.elapsed().as_secs_f64() * 1e3;
+                let (image, copy) = save_process(p.host, f, &mut ctx, dirty.as_ref(), layout)?;
+                tracing::debug!(pid = p.host, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, bytes = copy.bytes, "process saved");
                 bytes_read += copy.bytes;
                 copies.push((p.vpid, copy));
                 MemberState::Live(Box::new(image))

@@ -181,7 +181,7 @@ impl Cgroup {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, format!("not frozen after {timeout:?}")),
                 ));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_micros(100));
         }
         Ok(())
     }

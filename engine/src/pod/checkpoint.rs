@@ -113,7 +113,9 @@ fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -
 /// thread, thaw, wait for the ptrace stops. Returns the host pids (zombies included, not
 /// stopped) and the stopped processes.
 fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
+    let t0 = Instant::now();
     cg.freeze(FREEZE_TIMEOUT)?;
+    let frozen_at = t0.elapsed().as_secs_f64() * 1e3;
     let seized = (|| {
         // Zombies have left the cgroup already: the tree under the init has them.
         let mut pids: Vec<i32> = cg.procs().into_iter().filter(|&p| p != init_pid).collect();
@@ -133,9 +135,11 @@ fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Ve
     let thawed = cg.thaw();
     let (pids, mut frozen) = seized?;
     thawed?;
+    let thawed_at = t0.elapsed().as_secs_f64() * 1e3;
     for f in &mut frozen {
         f.wait_stopped()?;
     }
+    tracing::debug!(pod = name, frozen_at, thawed_at, stopped_at = t0.elapsed().as_secs_f64() * 1e3, "pod stopped");
     if pids.is_empty() {
         return Err(pod_err(name, "checkpoint", "the pod has no process besides its init"));
     }
@@ -181,9 +185,6 @@ fn incremental_base<S: ImageStore>(
     last: Option<&str>,
     full: bool,
 ) -> std::result::Result<(Manifest, group::Tracking), String> {
-    if full {
-        return Err("--full".into());
-    }
     let t = read_tracker(root, name)
         .ok_or("no tracked earlier checkpoint of this pod (first checkpoint, restored pod, or the last one ended the pod)")?;
     // The state is used once: a checkpoint that fails after the tracker re-armed must not leave
@@ -195,7 +196,7 @@ fn incremental_base<S: ImageStore>(
     let id = CheckpointId::from_hex(&t.parent).ok_or_else(|| format!("tracker state names a bad checkpoint id {}", t.parent))?;
     let parent = store.manifest(&id).map_err(|e| format!("parent checkpoint {id} is unreadable: {e}"))?;
     let armed = t.members.into_iter().map(|a| (a.pid, a)).collect();
-    Ok((parent, group::Tracking { armed, ..Default::default() }))
+    Ok((parent, group::Tracking { armed, whole: full, ..Default::default() }))
 }
 
 /// Arms tracking on every live member of the stopped pod that is not tracked yet (their pages
@@ -244,13 +245,17 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     }
     let base = incremental_base(store, root, name, state.last_checkpoint.as_deref(), opts.full);
     let cg = cgroup_of(&state);
+    // The pod's stop is timed from here: what came before (reading the parent) ran beside it.
+    let tf = Instant::now();
     let (pids, frozen) = stop_pod(name, &cg, state.init_pid)?;
-    let stopped_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let stopped_ms = tf.elapsed().as_secs_f64() * 1e3;
     let net = match &state.ip {
         Some(_) => Some(net::read_config(state.init_pid)?),
         None => None,
     };
     let (parent, mut tracking, mut mode) = match base {
+        // --full: the trackers are re-armed (kept), the memory saved whole.
+        Ok((_, t)) if opts.full => (None, t, "full: --full".to_string()),
         Ok((m, t)) => (Some(m), t, String::new()),
         Err(why) => (None, group::Tracking::default(), format!("full: {why}")),
     };
@@ -262,8 +267,10 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
             mode.push_str(&format!("; pid {vpid} whole ({why})"));
         }
     }
+    let saved_ms = tf.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
     let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
+    let ipc_ms = tf.elapsed().as_secs_f64() * 1e3;
     let bytes_read = saved.bytes_read;
     let backend = if opts.leave_running { Some(arm_members(&pids, &frozen, state.init_pid, &mut tracking, &saved.image)?) } else { None };
     if let Some(b) = backend {
@@ -277,8 +284,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     } else {
         Some(frozen)
     };
-    let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
-    tracing::info!(pod = name, processes = pids.len(), stopped_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
+    let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(pod = name, processes = pids.len(), stopped_ms, saved_ms, ipc_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
     let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, parent.as_ref().map(|m| m.images.as_slice()))?;
     images.append(&mut ipc_images);
     let processes = saved.image.members.len();
@@ -308,6 +315,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     manifest.state = image.encode();
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let stopped_until_commit_ms = tf.elapsed().as_secs_f64() * 1e3;
     match frozen {
         Some(frozen) => {
             // The checkpoint holds the pod now: end it and remove what is left of it.
@@ -322,7 +330,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
             write_tracker(root, name, &TrackerFile { parent: summary.id.to_string(), members })?;
         }
     }
-    let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
+    let frozen_ms = if opts.leave_running { copied_ms } else { stopped_until_commit_ms };
     Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode })
 }
 
