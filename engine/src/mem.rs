@@ -23,6 +23,7 @@ use zap_store::{clip, materialize, store_run, ChunkSink, Extent, ExtentData, Ima
 
 use crate::inject::Injector;
 use crate::maps::{read_maps, Mapping};
+use crate::sys::proc as sysproc;
 use crate::{EngineError, Result};
 
 const WINDOW: u64 = 64 << 20;
@@ -300,7 +301,38 @@ pub fn copy_pages_since(pid: i32, vmas: &[VmaState], dirty: Option<&crate::dirty
             }
             copy.delta.insert(idx, absent);
         }
+        // Small runs (the scattered pages of a delta) are read many at a time with
+        // process_vm_readv; large ones, and any batch it cannot read whole, through
+        // /proc/PID/mem (which also reads pages the process cannot).
+        let mut small: Vec<(u64, usize)> = Vec::new();
+        let flush = |small: &mut Vec<(u64, usize)>, copy: &mut PageCopy| -> Result<()> {
+            if small.is_empty() {
+                return Ok(());
+            }
+            let mut bufs: Vec<Vec<u8>> = small.iter().map(|&(_, l)| vec![0u8; l]).collect();
+            let want: usize = small.iter().map(|&(_, l)| l).sum();
+            if sysproc::vm_read(pid, small, &mut bufs).ok() != Some(want) {
+                for ((a, l), b) in small.iter().zip(bufs.iter_mut()) {
+                    mem.read_exact_at(b, *a).map_err(|e| EngineError::Proc {
+                        pid,
+                        detail: format!("read memory at {a:#x}+{l:#x} ({}): {e}", vma.name),
+                    })?;
+                }
+            }
+            for ((a, l), b) in small.drain(..).zip(bufs) {
+                copy.bytes += l as u64;
+                copy.runs.push((idx, a, b));
+            }
+            Ok(())
+        };
         for (from, to) in runs {
+            if to - from <= 64 * 1024 {
+                small.push((from, (to - from) as usize));
+                if small.len() == 1024 {
+                    flush(&mut small, &mut copy)?;
+                }
+                continue;
+            }
             let mut pos = from;
             while pos < to {
                 let len = (to - pos).min(WINDOW);
@@ -314,6 +346,7 @@ pub fn copy_pages_since(pid: i32, vmas: &[VmaState], dirty: Option<&crate::dirty
                 pos += len;
             }
         }
+        flush(&mut small, &mut copy)?;
     }
     Ok(copy)
 }
@@ -336,6 +369,9 @@ pub fn store_pages<S: ChunkSink>(
         let (mut ext, new) = store_run(sink, cfg, pos, &buf)?;
         figures.new_bytes += new;
         per_vma[idx].append(&mut ext);
+    }
+    for v in &mut per_vma {
+        v.sort_by_key(|e| e.start); // runs may be copied out of address order
     }
     if !copy.delta.is_empty() {
         let parent = parent.ok_or_else(|| EngineError::Proc { pid: 0, detail: "a delta copy needs its parent checkpoint".into() })?;

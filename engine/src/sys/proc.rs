@@ -89,3 +89,18 @@ pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> io::Result<bool> {
     }
     Ok(rc == 0)
 }
+
+/// Reads the remote ranges `(address, length)` of process `pid` into `bufs` (one buffer of the
+/// same length per range) with one `process_vm_readv`; returns the bytes read (short when a
+/// range is unreadable: the caller falls back to /proc/PID/mem).
+pub fn vm_read(pid: i32, remote: &[(u64, usize)], bufs: &mut [Vec<u8>]) -> io::Result<usize> {
+    let local: Vec<libc::iovec> = bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+    let rem: Vec<libc::iovec> = remote.iter().map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
+    // SAFETY: each local iovec describes a live buffer of ours of the given length; the remote
+    // iovecs are only addresses in the other process, checked by the kernel.
+    let n = unsafe { libc::process_vm_readv(pid, local.as_ptr(), local.len() as _, rem.as_ptr(), rem.len() as _, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
