@@ -103,6 +103,17 @@ fn run(tracker: &'static str) {
     assert_eq!(inc1["parent"], full["id"], "the incremental checkpoint's parent is the full one");
     let (full_read, inc_read) = (full["memory_bytes"].as_u64().unwrap(), inc1["memory_bytes"].as_u64().unwrap());
     assert!(inc_read * 4 < full_read, "incremental read {inc_read} bytes, full {full_read}: not proportional to what changed");
+    if tracker == "uffd-wp" {
+        // One userfaultfd parked in the pod's init per tracked process, not one per checkpoint.
+        let ps = json(&e, &["ps"]);
+        let init = ps.as_array().unwrap().iter().find(|p| p["name"] == pod.as_str()).unwrap()["init_pid"].as_i64().unwrap();
+        let parked = std::fs::read_dir(format!("/proc/{init}/fd"))
+            .unwrap()
+            .flatten()
+            .filter(|f| std::fs::read_link(f.path()).map(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]").unwrap_or(false))
+            .count();
+        assert_eq!(parked, 1, "userfaultfds parked in the init");
+    }
     let p1 = progress(&out);
     assert!(wait_for(Duration::from_secs(10), || progress(&out) >= p1 + 500));
     let inc2 = json(&e, &["checkpoint", &pod]);

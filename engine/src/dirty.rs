@@ -301,12 +301,27 @@ fn park(kpid: i32, target_vpid: i32, tfd: u64) -> Result<i32> {
     Ok(r? as i32)
 }
 
-/// Drops the tracking of `armed` (closes the userfaultfd this process or the keeper holds).
-pub fn disarm(armed: &Armed) {
-    if armed.keeper.is_none() {
-        here().lock().expect("tracker registry").remove(&armed.pid);
+/// Drops the tracking of `armed`: closes the userfaultfd this process holds for it, or the one
+/// parked in its keeper (which is stopped for a moment to close it).
+pub fn disarm(armed: &Armed) -> Result<()> {
+    match armed.keeper {
+        None => {
+            here().lock().expect("tracker registry").remove(&armed.pid);
+            Ok(())
+        }
+        Some((kpid, kstart, kfd)) => {
+            if start_time(kpid).ok() != Some(kstart) {
+                return Ok(()); // the keeper is gone, and the descriptor with it
+            }
+            let frozen = crate::freeze::Frozen::freeze(kpid)?;
+            let mut inj = Injector::new(kpid, frozen.threads()[0], crate::inject::find_syscall_insn(kpid)?)?;
+            let r = inj.call("close parked userfaultfd", libc::SYS_close, [kfd as u64, 0, 0, 0, 0, 0]);
+            let regs = crate::cpu::rewind(*inj.saved_regs(), crate::cpu::Rewind::SameProcess);
+            inj.set_saved_regs(regs);
+            inj.finish()?;
+            r.map(|_| ())
+        }
     }
-    // A parked descriptor goes with its keeper (the pod's init ends with the pod).
 }
 
 /// Reports the pages of the stopped process `armed.pid` written since [`arm`] or the last

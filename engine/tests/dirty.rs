@@ -129,7 +129,7 @@ fn run(backend: Backend) {
         // SAFETY: kill takes integers; the child is a process this test's program forked.
         unsafe { libc::kill(c, libc::SIGKILL) };
     }
-    dirty::disarm(&armed);
+    dirty::disarm(&armed).unwrap();
     drop(p);
 }
 

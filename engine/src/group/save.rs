@@ -19,6 +19,8 @@ pub struct Tracking {
     pub lost: Vec<(i32, String)>,
     /// Re-arm the trackers but save every member whole (a `--full` checkpoint of a tracked pod).
     pub whole: bool,
+    /// Tracker states given up (processes gone, or whose tracking was lost), to be disarmed.
+    pub dropped: Vec<crate::dirty::Armed>,
 }
 
 /// A saved group: the image and, per live member (by vpid), its copied pages.
@@ -179,7 +181,7 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, mut tracking: Opti
                             }
                             Ok(_) => {}
                             Err(e) => {
-                                tr.armed.remove(&p.host);
+                                tr.dropped.extend(tr.armed.remove(&p.host));
                                 tr.lost.push((p.vpid, e.to_string()));
                             }
                         }
@@ -197,6 +199,12 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, mut tracking: Opti
         let pgid = if in_group(p.pgid) { p.pgid } else { 0 };
         let sid = if in_group(p.sid) { p.sid } else { 0 };
         members.push(Member { vpid: p.vpid, ppid, pgid, sid, state });
+    }
+    if let Some(tr) = tracking {
+        let gone: Vec<i32> = tr.armed.keys().copied().filter(|pid| !live.contains(pid)).collect();
+        for pid in gone {
+            tr.dropped.extend(tr.armed.remove(&pid));
+        }
     }
     Ok(SavedGroup { image: GroupImage { members }, copies, bytes_read })
 }

@@ -328,6 +328,12 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
             super::set_last_checkpoint(root, name, &summary.id.to_string())?;
             let members = tracking.armed.into_values().collect();
             write_tracker(root, name, &TrackerFile { parent: summary.id.to_string(), members })?;
+            // Descriptors parked for processes that are gone or lost their tracking.
+            for a in &tracking.dropped {
+                if let Err(e) = dirty::disarm(a) {
+                    tracing::warn!(pid = a.pid, error = %e, "could not close a parked userfaultfd");
+                }
+            }
         }
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { stopped_until_commit_ms };
