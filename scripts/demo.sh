@@ -4,8 +4,9 @@
 #     IPC, network and cgroup namespaces and an address, loads data into it, checkpoints the
 #     whole pod (the pod is stopped and removed), restores it with the same pids, hostname,
 #     address and MAC, and shows the data intact and a new client served; then makes a second
-#     copy of the running pod under another name and address; removes both and checks that
-#     nothing is left;
+#     copy of the running pod under another name and address, takes an incremental checkpoint
+#     (only the pages written since the last one), removes both pods and checks that nothing is
+#     left;
 #  2. checkpoints a single python3 process keeping state in objects, restores it, and takes a
 #     second checkpoint while it keeps running;
 #  3. stores a real file set (Python's standard library) and reads it back, byte for byte;
@@ -76,6 +77,11 @@ id2=$("$ZAP" checkpoint --leave-running "$pod")
 pods+=("$copy")
 for _ in $(seq 50); do [ "$(rcli "$ip2" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
 echo "copy: keys $(rcli "$ip2" dbsize), after = $(rcli "$ip2" get after); original still serves: $(rcli "$ip" ping)"
+
+say "incremental: that --leave-running checkpoint armed the dirty-page tracker; write 100 keys and checkpoint again"
+for i in $(seq 1 100); do echo "SET new:$i v$i"; done | rcli "$ip" --pipe >/dev/null
+"$ZAP" checkpoint --leave-running "$pod" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  %s: %s; read %.1f MiB, stored %.1f KiB new, stopped %.0f ms (parent %s)" % (d["id"], d["mode"], d["memory_bytes"]/1048576, d["new_stored_bytes"]/1024, d["frozen_ms"], d["parent"]))'
+"$ZAP" ls
 "$ZAP" ps
 
 say "remove both pods: nothing is left (processes, cgroups, veth, bridge, pod directories)"
