@@ -395,3 +395,65 @@ fn system_v_shared_memory_and_semaphores() {
     assert!(wait_for(Duration::from_secs(10), || text().contains("ok") || text().contains("FAIL")), "{}", text());
     assert!(!text().contains("FAIL"), "{}", text());
 }
+
+#[test]
+fn refused_checkpoint_leaves_the_pod_running_and_the_store_unchanged() {
+    if !have("python3") {
+        eprintln!("SKIP: python3 not installed");
+        return;
+    }
+    let e = env();
+    let pod = name("tcpopen");
+    let count = e.work.join("count");
+    // An established TCP connection inside the pod (over its loopback), and a counter.
+    let script = format!(
+        "import socket, time\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen()\nc = socket.create_connection(l.getsockname())\ns, _ = l.accept()\nn = 0\nwhile True:\n    n += 1\n    open({c:?} + '.tmp', 'w').write(str(n))\n    __import__('os').rename({c:?} + '.tmp', {c:?})\n    time.sleep(0.01)\n",
+        c = count.to_str().unwrap()
+    );
+    ok(&e, &["run", "--name", &pod, "--", "python3", "-c", &script]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(20), || read_num(&count) >= 3), "counter did not start");
+    let out = zap(&e, &["checkpoint", &pod]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("established TCP connection") && err.contains("--tcp-close"), "{err}");
+    let n = read_num(&count);
+    assert!(wait_for(Duration::from_secs(5), || read_num(&count) > n + 5), "the pod must run on after a refused checkpoint");
+    let ls: serde_json::Value = serde_json::from_str(&ok(&e, &["--json", "ls"])).unwrap();
+    assert_eq!(ls.as_array().map(|a| a.len()), Some(0), "a refused checkpoint stores nothing: {ls}");
+    // With --tcp-close the connection is given up and the checkpoint goes through.
+    ok(&e, &["checkpoint", "--tcp-close", "--leave-running", &pod]);
+    let n = read_num(&count);
+    assert!(wait_for(Duration::from_secs(5), || read_num(&count) > n + 5), "still running");
+}
+
+#[test]
+fn corrupted_checkpoint_fails_restore_cleanly() {
+    let e = env();
+    let pod = name("corrupt");
+    let count = e.work.join("count");
+    let script = format!("i=0; while true; do i=$((i+1)); echo $i > {c}.tmp; mv {c}.tmp {c}; sleep 0.01; done", c = count.display());
+    ok(&e, &["run", "--name", &pod, "--ip", &format!("10.81.{}.2/24", 100 + std::process::id() % 100), "--", "sh", "-c", &script]);
+    let g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || read_num(&count) >= 3));
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    drop(g);
+    // Flip bytes in the middle of every pack file: the chunks' BLAKE3 check must catch it.
+    for p in std::fs::read_dir(e.store.join("packs")).unwrap().flatten() {
+        let mut data = std::fs::read(p.path()).unwrap();
+        let (mid, len) = (data.len() / 2, data.len());
+        for b in &mut data[mid..(mid + 64).min(len)] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(p.path(), data).unwrap();
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let out = zap(&e, &["restore", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a restore from damaged chunks must fail");
+    assert!(err.contains("chunk") || err.contains("pack"), "the error names what is damaged: {err}");
+    eprintln!("restore of a damaged checkpoint: {}", err.trim());
+    assert!(!ok(&e, &["ps"]).contains(&pod), "no half-restored pod is left");
+    assert_no_residue(&e, &pod, &[], &mounts);
+    let verify = zap(&e, &["store", "verify"]);
+    assert!(!verify.status.success(), "verify reports the damage");
+}
