@@ -239,6 +239,17 @@ fn arm_members(
 /// read, and unchanged memory refers to the parent's chunks (the report's `mode` says which).
 pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodCheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
+    load(root, name)?; // a clear error for an unknown pod before anything is created
+    // One checkpoint of a pod at a time (a manual one and the scheduler's may meet): the second
+    // waits for the first.
+    let lock_path = pod_dir(root, name).join("checkpoint.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| EngineError::io("open", &lock_path, e))?;
+    crate::sys::ns::flock_exclusive(&lock).map_err(|e| EngineError::io("lock", &lock_path, e))?;
     let state = load(root, name)?;
     if status(root, &state) != PodStatus::Running {
         return Err(pod_err(name, "checkpoint", format!("the pod is {}", status(root, &state))));
