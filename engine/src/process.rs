@@ -361,9 +361,9 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         let warnings = match steps {
             Ok(warnings) => warnings,
             Err(e) => {
-                // Killed while still traced: a thread detached half-restored would run into the
-                // trampoline's int3 and take the others down while we detach them, leaving
-                // traced zombies that keep the namespace (and its init) from ending.
+                // Killed while still traced: a thread detached half-restored would run whatever
+                // its registers held and could take the others down while we detach them,
+                // leaving traced zombies that keep the namespace (and its init) from ending.
                 if let Err(kill) = frozen.kill() {
                     tracing::warn!(pid, error = %kill, "could not kill the half-restored process");
                 }

@@ -487,7 +487,7 @@ fn start(
     }
     cg.enter_v1(pid)?;
     match cidr {
-        Some(c) => state.veth_host = Some(net::setup(root, name, pid, c, spec.mac.as_deref())?),
+        Some(c) => state.veth_host = Some(net::setup(name, pid, c, spec.mac.as_deref())?),
         None => net::setup_loopback(name, pid)?,
     }
     save(root, state)?;
@@ -573,7 +573,7 @@ fn destroy(root: &Path, state: &PodState) -> Result<()> {
             .collect()
     };
     if state.veth_host.is_some() || cidr.is_some() {
-        net::teardown(root, name, state.veth_host.as_deref(), cidr.as_ref(), others)?;
+        net::teardown(name, state.veth_host.as_deref(), cidr.as_ref(), others)?;
     }
     cg.remove().map_err(|e| pod_err(name, "remove cgroup", e))?;
     let dir = pod_dir(root, name);

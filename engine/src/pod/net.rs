@@ -12,8 +12,8 @@
 //! Setup and teardown hold an `flock` on `/run/zap/net.lock` (one lock for every run directory,
 //! since they share the bridge) so concurrent `zap` commands do not race on the bridge and its
 //! addresses. Teardown deletes the host veth (the pod end goes with
-//! it), the gateway address when no other pod of `<root>` uses the subnet, and the bridge when no
-//! other pod of `<root>` has an address and no interface is enslaved to it any more.
+//! it), the gateway address when no other pod of the run directory uses the subnet, and the bridge when no
+//! other pod of the run directory has an address and no interface is enslaved to it any more.
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -143,7 +143,7 @@ struct NetLock(#[allow(dead_code)] std::fs::File);
 /// The lock serializing bridge changes, shared by all run directories.
 const NET_LOCK: &str = "/run/zap/net.lock";
 
-fn lock(_root: &Path) -> Result<NetLock> {
+fn lock() -> Result<NetLock> {
     let path = Path::new(NET_LOCK);
     std::fs::create_dir_all("/run/zap").map_err(|e| EngineError::io("create", Path::new("/run/zap"), e))?;
     let f = std::fs::OpenOptions::new()
@@ -170,8 +170,8 @@ fn link_exists(name: &str) -> bool {
 /// Connects pod `pod` (whose init is `init_pid`) to the bridge with address `cidr` and
 /// optionally MAC `mac`. Returns the host veth's name. On failure, removes the veth again (the
 /// bridge and gateway address stay for [`teardown`]).
-pub fn setup(root: &Path, pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result<String> {
-    let _lock = lock(root)?;
+pub fn setup(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result<String> {
+    let _lock = lock()?;
     let veth = veth_name(pod);
     if link_exists(&veth) {
         return Err(EngineError::Pod {
@@ -228,13 +228,12 @@ pub fn setup(root: &Path, pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&st
 /// the other pods of the run directory; it is called with the lock held, so a pod being set up
 /// at the same time is seen.
 pub fn teardown(
-    root: &Path,
     pod: &str,
     veth: Option<&str>,
     cidr: Option<&Cidr>,
     others: impl FnOnce() -> Vec<Cidr>,
 ) -> Result<()> {
-    let _lock = lock(root)?;
+    let _lock = lock()?;
     let others = others();
     if let Some(veth) = veth {
         if link_exists(veth) {
