@@ -11,9 +11,9 @@
 //!
 //! Setup and teardown hold an `flock` on `/run/zap/net.lock` (one lock for every run directory,
 //! since they share the bridge) so concurrent `zap` commands do not race on the bridge and its
-//! addresses. Teardown deletes the host veth (the pod end goes with
-//! it), the gateway address when no other pod of the run directory uses the subnet, and the bridge when no
-//! other pod of the run directory has an address and no interface is enslaved to it any more.
+//! addresses. Teardown deletes the host veth (the pod end goes with it), the gateway address
+//! when no other pod of the run directory uses the subnet, and the bridge when no other pod of
+//! the run directory has an address and no interface is enslaved to it any more.
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
