@@ -225,6 +225,8 @@ fn listening_tcp_server_accepts_after_restore_and_in_a_copy() {
     assert_eq!(ask(&addr2, "e").unwrap(), "served 3 e");
     assert_eq!(ok(&e, &["exec", &pod, "--", "hostname"]).trim(), pod, "hostname kept");
     assert_eq!(mac_of(&e, &pod), mac, "MAC kept");
+    let sys_mac = ok(&e, &["exec", &pod, "--", "cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(sys_mac.trim(), mac, "the pod's /sys shows its own interface");
     assert_ne!(mac_of(&e, &copy), mac, "the copy at another address has its own MAC");
     // Removing the restored pod leaves nothing behind.
     let host_pids = host_pids_of(&e, &pod);

@@ -145,6 +145,18 @@ pub fn mount_proc() -> io::Result<()> {
     Ok(())
 }
 
+/// Mounts a fresh sysfs on /sys (it shows the caller's network namespace's interfaces) and the
+/// cgroup2 hierarchy on /sys/fs/cgroup (seen from the caller's cgroup namespace: the pod's own
+/// cgroup as its root).
+pub fn mount_sys() -> io::Result<()> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: all pointers are valid NUL-terminated strings or null.
+    cvt(unsafe { libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), flags, std::ptr::null()) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::mount(c"cgroup2".as_ptr(), c"/sys/fs/cgroup".as_ptr(), c"cgroup2".as_ptr(), flags, std::ptr::null()) })?;
+    Ok(())
+}
+
 /// Sets the hostname of the caller's UTS namespace.
 pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe `name`'s bytes.
