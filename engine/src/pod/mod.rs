@@ -6,8 +6,9 @@
 //! ([`init`]), with one `clone3` (all `CLONE_NEW*` flags above plus `CLONE_INTO_CGROUP`)
 //! followed at once by `execve`. The init is PID 1 of the pod: it mounts a private `/proc`, a
 //! `/sys` of the pod's network namespace (with cgroup2 on `/sys/fs/cgroup`), sets the hostname,
-//! waits while the creator adds it to the v1 cgroups and wires the network ([`net`]), then starts the command (or, for restores, bare processes with chosen pids) and
-//! reports the outcome; `create` returns only then. Any failure removes everything created so
+//! waits while the creator adds it to the v1 cgroups and wires the network ([`net`]), then
+//! starts the command (or, for restores, bare processes with chosen pids) and reports the
+//! outcome; `create` returns only then. Any failure removes everything created so
 //! far. The init is not tied to the `zap` process: the pod lives on after `zap` exits, and the
 //! init is then reaped by whoever inherits it (the host's PID 1 or a subreaper). A process that
 //! created a pod and is still running (a program using this library) reaps the init itself in
