@@ -234,6 +234,23 @@ fn arm_members(
     Ok(backend)
 }
 
+/// Fails when a process of the pod has a standard stream that leads outside it (a `zap exec`
+/// session attached to a terminal or to `zap exec`'s pipes): nothing in a restored pod could
+/// connect it again.
+fn refuse_external_streams(name: &str, image: &GroupImage) -> Result<()> {
+    for m in &image.members {
+        if let Some(fd) = m.image().and_then(|i| i.fds.iter().find(|f| matches!(f.kind, crate::files::FdKind::External { .. }))) {
+            let crate::files::FdKind::External { what } = &fd.kind else { unreachable!() };
+            return Err(pod_err(
+                name,
+                "checkpoint",
+                format!("pid {} has fd {} connected outside the pod ({what}), e.g. a running `zap exec`; wait for it to end", m.vpid, fd.fd),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checkpoints pod `name` (in run directory `root`) into `store`. When the pod's last
 /// checkpoint armed dirty-page tracking, this one is incremental: only pages written since are
 /// read, and unchanged memory refers to the parent's chunks (the report's `mode` says which).
@@ -271,6 +288,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         Err(why) => (None, group::Tracking::default(), format!("full: {why}")),
     };
     let mut saved = group::save(&pids, &frozen, opts.tcp_close, Some(&mut tracking))?;
+    refuse_external_streams(name, &saved.image)?;
     if parent.is_some() {
         let live = saved.image.members.iter().filter(|m| m.image().is_some()).count();
         mode = format!("incremental: {} of {live} processes from their dirty pages", tracking.incremental.len());
@@ -297,8 +315,10 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     };
     let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
     tracing::info!(pod = name, processes = pids.len(), stopped_ms, saved_ms, ipc_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
+    let ts = Instant::now();
     let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, parent.as_ref().map(|m| m.images.as_slice()))?;
     images.append(&mut ipc_images);
+    let stored_ms = ts.elapsed().as_secs_f64() * 1e3;
     let processes = saved.image.members.len();
     let image = PodImage {
         name: name.to_string(),
@@ -326,6 +346,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     manifest.state = image.encode();
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(pod = name, stored_ms, commit_ms = ts.elapsed().as_secs_f64() * 1e3 - stored_ms, total_ms, "checkpoint committed");
     let stopped_until_commit_ms = tf.elapsed().as_secs_f64() * 1e3;
     match frozen {
         Some(frozen) => {
