@@ -1,6 +1,7 @@
 //! File descriptors: regular files (path, flags, offset), directories, character devices, pipes
-//! and FIFOs (with the bytes buffered in them, read without consuming them), eventfds, sockets
-//! ([`crate::sockets`]), and standard streams connected outside the process.
+//! and FIFOs (with the bytes buffered in them, read without consuming them), eventfds, timerfds,
+//! signalfds, epoll instances, sockets ([`crate::sockets`]), and standard streams connected
+//! outside the process.
 //!
 //! A pipe whose two ends the process holds is restored as one new pipe with both ends and its
 //! data. A standard stream (fd 0-2) that leads outside the process (a terminal, a pipe or socket
@@ -76,6 +77,23 @@ pub enum FdKind {
     },
     /// A socket.
     Socket(crate::sockets::SocketState),
+    /// A timerfd: its clock and, as left to run, the time to the next expiration and the
+    /// interval. Expirations not yet read (`ticks`) come back as one immediate expiration.
+    Timerfd {
+        /// CLOCK_* id.
+        clockid: i32,
+        /// Time to the next expiration (s, ns); zero when disarmed.
+        value: (i64, i64),
+        /// Interval (s, ns).
+        interval: (i64, i64),
+        /// Expirations not yet read.
+        ticks: u64,
+    },
+    /// A signalfd and the signals it reads.
+    Signalfd {
+        /// Signal mask.
+        mask: u64,
+    },
     /// An epoll instance and what it watches: (target fd, event mask, user data). The watches
     /// are added once every fd of the process exists.
     Epoll {
@@ -260,6 +278,22 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
             } else {
                 return Err(unsupported(if target.starts_with("socket:") { "socket" } else { "terminal" }));
             }
+        } else if target == "anon_inode:[timerfd]" {
+            let pair = |key: &str| -> Option<(i64, i64)> {
+                let v = info.get(key)?.trim().trim_start_matches('(').trim_end_matches(')');
+                let (a, b) = v.split_once(',')?;
+                Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+            };
+            let bad = || EngineError::Proc { pid, detail: format!("fd {fd}: unreadable timerfd state") };
+            FdKind::Timerfd {
+                clockid: info.get("clockid").and_then(|v| v.parse().ok()).ok_or_else(bad)?,
+                value: pair("it_value").ok_or_else(bad)?,
+                interval: pair("it_interval").ok_or_else(bad)?,
+                ticks: info.get("ticks").and_then(|v| v.parse().ok()).unwrap_or(0),
+            }
+        } else if target == "anon_inode:[signalfd]" {
+            let mask = info.get("sigmask").and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+            FdKind::Signalfd { mask: mask.ok_or_else(|| EngineError::Proc { pid, detail: format!("fd {fd}: unreadable signalfd mask") })? }
         } else if target == "anon_inode:[eventpoll]" {
             let path = format!("/proc/{pid}/fdinfo/{fd}");
             let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
@@ -440,6 +474,25 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
                 fd
             }
             FdKind::Epoll { .. } => inj.call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])?,
+            FdKind::Timerfd { clockid, value, interval, ticks } => {
+                let flags = u64::from(st.flags & libc::O_NONBLOCK as u32);
+                let fd = inj.call("timerfd_create", libc::SYS_timerfd_create, [*clockid as u64, flags, 0, 0, 0, 0])?;
+                // Unread expirations come back as one that is due at once.
+                let value = if *ticks > 0 { (0, 1) } else { *value };
+                if value != (0, 0) {
+                    let scratch = inj.scratch(4096)?;
+                    let spec: Vec<u8> = [interval.0, interval.1, value.0, value.1].iter().flat_map(|w| w.to_ne_bytes()).collect();
+                    inj.write_mem(scratch, &spec)?;
+                    inj.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, 0, scratch, 0, 0, 0])?;
+                }
+                fd
+            }
+            FdKind::Signalfd { mask } => {
+                let scratch = inj.scratch(4096)?;
+                inj.write_mem(scratch, &mask.to_ne_bytes())?;
+                let flags = u64::from(st.flags & libc::O_NONBLOCK as u32);
+                inj.call("signalfd4", libc::SYS_signalfd4, [u64::MAX, scratch, 8, flags, 0, 0])?
+            }
             FdKind::External { .. } => open_path(inj, &format!("/proc/{}/fd/{}", ctx.zap_pid, st.fd), st.flags)?,
             FdKind::Eventfd { count, semaphore } => {
                 let mut flags = st.flags & libc::O_NONBLOCK as u32;

@@ -527,3 +527,8 @@ fn unix_socketpairs_with_queued_data_and_listening_tcp() {
     assert_eq!(&reply, b"pong");
     assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ok")), "{}", text(&out));
 }
+
+#[test]
+fn timerfd_and_signalfd() {
+    run_case("fdkinds", &[], &[]);
+}
