@@ -106,7 +106,7 @@ fn shell_pipeline_continues_after_restore() {
     let pod = name("pipe");
     let count = e.work.join("count");
     let script = format!(
-        "seq 1 100000000 | while read n; do echo $n > {c}.tmp; mv {c}.tmp {c}; sleep 0.01; done",
+        "echo console-start; seq 1 100000000 | while read n; do echo $n > {c}.tmp; mv {c}.tmp {c}; [ $((n % 20)) = 0 ] && echo line $n; sleep 0.01; done",
         c = count.display()
     );
     ok(&e, &["run", "--name", &pod, "--", "sh", "-c", &script]);
@@ -125,6 +125,12 @@ fn shell_pipeline_continues_after_restore() {
     assert!(after > at_checkpoint && after < at_checkpoint + 10_000, "counter continues from {at_checkpoint}: {after}");
     let after_procs = stable_procs(&e, &pod);
     assert_eq!(after_procs, before_procs, "same processes with the same pids");
+    // The console log came along and goes on.
+    let console = e.run.join(&pod).join("console.log");
+    let text = || std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(text().starts_with("console-start\n"), "console log kept: {:?}", &text()[..text().len().min(200)]);
+    let last_line = |t: &str| t.lines().filter_map(|l| l.strip_prefix("line ")?.parse::<u64>().ok()).next_back().unwrap_or(0);
+    assert!(wait_for(Duration::from_secs(10), || last_line(&text()) > at_checkpoint), "console log continues after the restore");
 }
 
 fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {

@@ -14,7 +14,9 @@
 //! copy restored under another address gets a fresh MAC); its init creates the top processes
 //! with their pids and the group restore fills everything in. Files under the original pod's
 //! directory (its `console.log`) are reopened under the new pod's directory, and sockets bound to
-//! the old address are bound to the new one. On failure the half-made pod is removed.
+//! the old address are bound to the new one. The pod's console log travels in the checkpoint (its
+//! last 16 MiB) and is put back before the processes resume. On failure the half-made pod is
+//! removed.
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -234,6 +236,22 @@ fn arm_members(
     Ok(backend)
 }
 
+/// Name of the image holding the pod's console log.
+const CONSOLE_IMAGE: &str = "console.log";
+/// How much of the end of a console log a checkpoint keeps.
+const CONSOLE_KEEP: u64 = 16 << 20;
+
+fn read_console(path: &Path) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut out = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_KEEP))).is_ok() {
+        let _ = f.take(CONSOLE_KEEP).read_to_end(&mut out);
+    }
+    out
+}
+
 /// Fails when a process of the pod has a standard stream that leads outside it (a `zap exec`
 /// session attached to a terminal or to `zap exec`'s pipes): nothing in a restored pod could
 /// connect it again.
@@ -299,6 +317,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let saved_ms = tf.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
     let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
+    // The pod's console log, read while the pod is stopped (its end is where the processes'
+    // appends continue after a restore); only its last CONSOLE_KEEP bytes are kept.
+    let console = read_console(&pod_dir(root, name).join("console.log"));
     let ipc_ms = tf.elapsed().as_secs_f64() * 1e3;
     let bytes_read = saved.bytes_read;
     let backend = if opts.leave_running { Some(arm_members(&pids, &frozen, state.init_pid, &mut tracking, &saved.image)?) } else { None };
@@ -318,6 +339,10 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let ts = Instant::now();
     let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, parent.as_ref().map(|m| m.images.as_slice()))?;
     images.append(&mut ipc_images);
+    if !console.is_empty() {
+        let (extents, _) = zap_store::store_run(&mut writer, &opts.chunker, 0, &console)?;
+        images.push(zap_store::Image { name: CONSOLE_IMAGE.into(), kind: zap_store::ImageKind::File, extents });
+    }
     let stored_ms = ts.elapsed().as_secs_f64() * 1e3;
     let processes = saved.image.members.len();
     let image = PodImage {
@@ -412,6 +437,14 @@ impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
         let state = super::create(self.root, &self.spec)?;
         self.created = true;
         self.init_pid = state.init_pid;
+        // The console log as it was, so the processes' appends continue it.
+        if let Some(img) = self.manifest.images.iter().find(|i| i.name == CONSOLE_IMAGE) {
+            let len = img.extents.iter().map(|e| e.end()).max().unwrap_or(0);
+            let mut buf = vec![0u8; len as usize];
+            zap_store::materialize(self.store, &img.extents, 0, &mut buf)?;
+            let log = pod_dir(self.root, &self.spec.name).join("console.log");
+            std::fs::write(&log, &buf).map_err(|e| EngineError::io("write", &log, e))?;
+        }
         // The IPC objects exist before any process attaches them.
         self.ipc.restore(self.store, &self.manifest.images, state.init_pid)?;
         let log = pod_dir(self.root, &self.spec.name).join("console.log");
