@@ -1,6 +1,6 @@
 //! File descriptors: regular files (path, flags, offset), directories, character devices, pipes
 //! and FIFOs (with the bytes buffered in them, read without consuming them), eventfds, timerfds,
-//! signalfds, epoll instances, sockets ([`crate::sockets`]), and standard streams connected
+//! signalfds, inotify instances (watches found again from their file handles), epoll instances, sockets ([`crate::sockets`]), and standard streams connected
 //! outside the process.
 //!
 //! A pipe whose two ends the process holds is restored as one new pipe with both ends and its
@@ -88,6 +88,12 @@ pub enum FdKind {
         interval: (i64, i64),
         /// Expirations not yet read.
         ticks: u64,
+    },
+    /// An inotify instance and its watches: (watch descriptor, path, mask). Events queued at
+    /// checkpoint time are not kept.
+    Inotify {
+        /// The watches.
+        watches: Vec<(i32, String, u32)>,
     },
     /// A signalfd and the signals it reads.
     Signalfd {
@@ -291,6 +297,29 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
                 interval: pair("it_interval").ok_or_else(bad)?,
                 ticks: info.get("ticks").and_then(|v| v.parse().ok()).unwrap_or(0),
             }
+        } else if target == "anon_inode:inotify" {
+            let path = format!("/proc/{pid}/fdinfo/{fd}");
+            let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
+            let mut watches = Vec::new();
+            for line in text.lines().filter_map(|l| l.strip_prefix("inotify ")) {
+                let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
+                let bad = || EngineError::Proc { pid, detail: format!("fd {fd}: unreadable inotify watch {line:?}") };
+                let wd: i32 = field("wd:").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+                let sdev = field("sdev:").and_then(|v| u64::from_str_radix(v, 16).ok()).ok_or_else(bad)?;
+                let mask = field("mask:").and_then(|v| u32::from_str_radix(v, 16).ok()).ok_or_else(bad)?;
+                let htype: i32 = field("fhandle-type:").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+                let handle = field("f_handle:")
+                    .and_then(|v| (0..v.len() / 2).map(|i| u8::from_str_radix(&v[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>())
+                    .ok_or_else(bad)?;
+                let target = sysproc::path_of_handle(pid, sdev, htype, &handle)
+                    .map_err(|e| EngineError::Proc { pid, detail: format!("fd {fd}: inotify watch {wd}: find its file: {e}") })?;
+                if target.ends_with(" (deleted)") {
+                    return Err(unsupported("inotify watch on a deleted file"));
+                }
+                watches.push((wd, target, mask));
+            }
+            watches.sort();
+            FdKind::Inotify { watches }
         } else if target == "anon_inode:[signalfd]" {
             let mask = info.get("sigmask").and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
             FdKind::Signalfd { mask: mask.ok_or_else(|| EngineError::Proc { pid, detail: format!("fd {fd}: unreadable signalfd mask") })? }
@@ -485,6 +514,35 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
                     inj.write_mem(scratch, &spec)?;
                     inj.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, 0, scratch, 0, 0, 0])?;
                 }
+                fd
+            }
+            FdKind::Inotify { watches } => {
+                // Watch descriptors are handed out in increasing order: throwaway watches on "/"
+                // fill the gaps, and the events their removal queues are read away.
+                let fd = inj.call("inotify_init1", libc::SYS_inotify_init1, [libc::IN_NONBLOCK as u64, 0, 0, 0, 0, 0])?;
+                let scratch = inj.scratch(8192)?;
+                let mut cur = 0i32;
+                for (wd, path, mask) in watches {
+                    while cur + 1 < *wd {
+                        inj.write_mem(scratch, b"/\0")?;
+                        let d = inj.call("inotify_add_watch (gap)", libc::SYS_inotify_add_watch, [fd, scratch, libc::IN_ATTRIB as u64, 0, 0, 0])?;
+                        inj.call("inotify_rm_watch (gap)", libc::SYS_inotify_rm_watch, [fd, d, 0, 0, 0, 0])?;
+                        cur = d as i32;
+                    }
+                    let mut p = path.as_bytes().to_vec();
+                    p.push(0);
+                    inj.write_mem(scratch, &p)?;
+                    let got = inj
+                        .call("inotify_add_watch", libc::SYS_inotify_add_watch, [fd, scratch, u64::from(*mask), 0, 0, 0])
+                        .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: watch {path} again: {e}", st.fd) })?;
+                    if got as i32 != *wd {
+                        return Err(EngineError::Proc { pid: vpid, detail: format!("fd {}: watch {path} came back as {got}, not {wd}", st.fd) });
+                    }
+                    cur = *wd;
+                }
+                while inj.syscall(libc::SYS_read, [fd, scratch, 8192, 0, 0, 0])? > 0 {}
+                let status = u64::from(st.flags & libc::O_NONBLOCK as u32);
+                inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status, 0, 0, 0])?;
                 fd
             }
             FdKind::Signalfd { mask } => {

@@ -529,6 +529,6 @@ fn unix_socketpairs_with_queued_data_and_listening_tcp() {
 }
 
 #[test]
-fn timerfd_and_signalfd() {
+fn timerfd_signalfd_and_inotify() {
     run_case("fdkinds", &[], &[]);
 }

@@ -104,3 +104,35 @@ pub fn vm_read(pid: i32, remote: &[(u64, usize)], bufs: &mut [Vec<u8>]) -> io::R
     }
     Ok(n as usize)
 }
+
+/// The path (in Zap's view) of the file an inotify watch of process `pid` names: its
+/// filesystem's device `sdev` (kernel encoding, major << 20 | minor) and file handle. The handle
+/// is opened (`open_by_handle_at`) relative to that filesystem's mount in `pid`'s mount table.
+pub fn path_of_handle(pid: i32, sdev: u64, handle_type: i32, handle: &[u8]) -> io::Result<String> {
+    use std::os::fd::AsRawFd;
+    let (major, minor) = (sdev >> 20, sdev & 0xfffff);
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let mount = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2)? == &format!("{major}:{minor}").as_str()).then(|| f.get(4).map(|m| m.to_string()))?
+        })
+        .next()
+        .ok_or_else(|| io::Error::other(format!("no mount of device {major}:{minor}")))?;
+    let dir = std::fs::File::open(format!("/proc/{pid}/root{mount}"))?;
+    let mut fh = Vec::with_capacity(8 + handle.len());
+    fh.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    fh.extend_from_slice(&handle_type.to_ne_bytes());
+    fh.extend_from_slice(handle);
+    // SAFETY: `fh` is a struct file_handle (handle_bytes, handle_type, then that many bytes);
+    // the kernel only reads it. The result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_by_handle_at, dir.as_raw_fd(), fh.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    let file: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) };
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    Ok(path.to_string_lossy().into_owned())
+}
