@@ -51,7 +51,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 2;
+pub const IMAGE_VERSION: u8 = 3;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -73,6 +73,11 @@ pub struct ProcessImage {
     pub vmas: Vec<VmaState>,
     /// File descriptors.
     pub fds: Vec<FdState>,
+    /// Armed interval timers: (ITIMER_*, raw `struct itimerval` with the time left). They run
+    /// on from the time left when the process was saved.
+    pub itimers: Vec<(i32, Vec<u8>)>,
+    /// POSIX timers, with the time they had left.
+    pub posix_timers: Vec<PosixTimer>,
 }
 
 impl ProcessImage {
@@ -126,22 +131,117 @@ pub(crate) fn vpid_of(pid: i32) -> Result<i32> {
     crate::cpu::vtid_of(pid, pid)
 }
 
-/// Fails when the process has an armed interval timer (`alarm`, `setitimer`) or POSIX timers:
-/// they are not saved yet, and a restore without them would silently change the program.
-fn refuse_timers(pid: i32, inj: &mut Injector) -> Result<()> {
+/// A POSIX timer (`timer_create`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    /// Its id in the process.
+    pub id: i32,
+    /// CLOCK_* id.
+    pub clockid: i32,
+    /// Signal sent on expiry.
+    pub signo: i32,
+    /// `sigev_value` passed with it.
+    pub value: u64,
+    /// SIGEV_* notification (SIGEV_THREAD_ID included).
+    pub notify: i32,
+    /// The thread signalled, for SIGEV_THREAD_ID (its tid in the process's namespace).
+    pub tid: i32,
+    /// Raw `struct itimerspec`: interval and time left.
+    pub spec: Vec<u8>,
+}
+
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+
+/// Reads the POSIX timers of `pid` from /proc/PID/timers and, through `inj`, their time left.
+fn save_posix_timers(pid: i32, inj: &mut Injector) -> Result<Vec<PosixTimer>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    let bad = |what: &str| EngineError::Proc { pid, detail: format!("unreadable POSIX timer {what} in /proc/{pid}/timers") };
+    let mut out = Vec::new();
+    let mut cur: Option<PosixTimer> = None;
+    for line in text.lines() {
+        let (k, v) = line.split_once(':').map(|(k, v)| (k.trim(), v.trim())).ok_or_else(|| bad("line"))?;
+        match k {
+            "ID" => {
+                out.extend(cur.take());
+                let id = v.parse().map_err(|_| bad("id"))?;
+                cur = Some(PosixTimer { id, clockid: 0, signo: 0, value: 0, notify: 0, tid: 0, spec: Vec::new() });
+            }
+            "signal" => {
+                let t = cur.as_mut().ok_or_else(|| bad("signal"))?;
+                let (n, val) = v.split_once('/').ok_or_else(|| bad("signal"))?;
+                t.signo = n.parse().map_err(|_| bad("signal"))?;
+                t.value = u64::from_str_radix(val, 16).map_err(|_| bad("sigev_value"))?;
+            }
+            "notify" => {
+                let t = cur.as_mut().ok_or_else(|| bad("notify"))?;
+                let (kind, target) = v.split_once('/').ok_or_else(|| bad("notify"))?;
+                t.notify = match kind {
+                    "signal" => libc::SIGEV_SIGNAL,
+                    "none" => libc::SIGEV_NONE,
+                    "thread" => libc::SIGEV_THREAD,
+                    _ => return Err(bad("notify kind")),
+                };
+                if let Some(tid) = target.strip_prefix("tid.") {
+                    t.notify |= libc::SIGEV_THREAD_ID;
+                    t.tid = tid.parse().map_err(|_| bad("tid"))?;
+                }
+            }
+            "ClockID" => cur.as_mut().ok_or_else(|| bad("clock"))?.clockid = v.parse().map_err(|_| bad("clock"))?,
+            _ => {}
+        }
+    }
+    out.extend(cur);
     let scratch = inj.scratch(4096)?;
-    for (which, name) in [(libc::ITIMER_REAL, "ITIMER_REAL (alarm)"), (libc::ITIMER_VIRTUAL, "ITIMER_VIRTUAL"), (libc::ITIMER_PROF, "ITIMER_PROF")] {
+    for t in &mut out {
+        inj.call("timer_gettime", libc::SYS_timer_gettime, [t.id as u64, scratch, 0, 0, 0, 0])?;
+        t.spec = inj.read_mem(scratch, 32)?;
+    }
+    Ok(out)
+}
+
+/// Recreates POSIX timers with their ids (`PR_TIMER_CREATE_RESTORE_IDS`, Linux 6.16+) and sets
+/// them to the time they had left.
+fn restore_posix_timers(inj: &mut Injector, vpid: i32, timers: &[PosixTimer]) -> Result<()> {
+    if timers.is_empty() {
+        return Ok(());
+    }
+    inj.call("prctl(PR_TIMER_CREATE_RESTORE_IDS)", libc::SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0]).map_err(|e| {
+        EngineError::Proc { pid: vpid, detail: format!("restoring POSIX timers needs Linux 6.16+ (PR_TIMER_CREATE_RESTORE_IDS): {e}") }
+    })?;
+    let scratch = inj.scratch(4096)?;
+    for t in timers {
+        // struct sigevent (64 bytes): sigev_value, sigev_signo, sigev_notify, then the tid.
+        let mut ev = vec![0u8; 64];
+        ev[0..8].copy_from_slice(&t.value.to_ne_bytes());
+        ev[8..12].copy_from_slice(&t.signo.to_ne_bytes());
+        ev[12..16].copy_from_slice(&t.notify.to_ne_bytes());
+        ev[16..20].copy_from_slice(&t.tid.to_ne_bytes());
+        inj.write_mem(scratch, &ev)?;
+        inj.write_mem(scratch + 64, &t.id.to_ne_bytes())?;
+        inj.call("timer_create", libc::SYS_timer_create, [t.clockid as u64, scratch, scratch + 64, 0, 0, 0])?;
+        let got = i32::from_ne_bytes(inj.read_mem(scratch + 64, 4)?.try_into().expect("4"));
+        if got != t.id {
+            return Err(EngineError::Proc { pid: vpid, detail: format!("POSIX timer {} came back as {got}", t.id) });
+        }
+        inj.write_mem(scratch + 128, &t.spec)?;
+        inj.call("timer_settime", libc::SYS_timer_settime, [t.id as u64, 0, scratch + 128, 0, 0, 0])?;
+    }
+    inj.call("prctl(PR_TIMER_CREATE_RESTORE_IDS off)", libc::SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+/// Reads the armed interval timers (`alarm`, `setitimer`): (which, raw `struct itimerval`).
+fn save_itimers(inj: &mut Injector) -> Result<Vec<(i32, Vec<u8>)>> {
+    let scratch = inj.scratch(4096)?;
+    let mut out = Vec::new();
+    for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
         inj.call("getitimer", libc::SYS_getitimer, [which as u64, scratch, 0, 0, 0, 0])?;
         let v = inj.read_mem(scratch, 32)?;
         if v.iter().any(|&b| b != 0) {
-            return Err(EngineError::Proc { pid, detail: format!("interval timer {name} is armed; timers are not supported yet") });
+            out.push((which, v));
         }
     }
-    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-    if timers.lines().any(|l| l.starts_with("ID:")) {
-        return Err(EngineError::Proc { pid, detail: "has POSIX timers (timer_create); timers are not supported yet".into() });
-    }
-    Ok(())
+    Ok(out)
 }
 
 /// Saves the state of one thread through an injector of its own (per-thread values such as the
@@ -190,11 +290,12 @@ pub fn save_process(
     let fds = files::save(pid, vpid, files_ctx)?;
     let syscall_ip = find_syscall_insn(pid)?;
     // The main thread first: process-wide state is read through it.
-    let (main, (attrs, signals)) = save_thread(pid, pid, syscall_ip, |inj| {
-        refuse_timers(pid, inj)?;
+    let (main, (attrs, signals, (itimers, posix_timers))) = save_thread(pid, pid, syscall_ip, |inj| {
+        let itimers = save_itimers(inj)?;
+        let timers = save_posix_timers(pid, inj)?;
         let attrs = ProcAttrs::save(pid, inj)?;
         let sigs = SignalState::save(inj, pid)?;
-        Ok((attrs, sigs))
+        Ok((attrs, sigs, (itimers, timers)))
     })?;
     let mut threads = vec![main];
     for &tid in frozen.threads().iter().filter(|&&t| t != pid) {
@@ -204,7 +305,7 @@ pub fn save_process(
     let t = Instant::now();
     let copy = mem::copy_pages_since(pid, &vmas, dirty)?;
     tracing::trace!(pid, copy_ms = t.elapsed().as_secs_f64() * 1e3, "pages copied");
-    Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, fds }, copy))
+    Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, fds, itimers, posix_timers }, copy))
 }
 
 /// Checkpoints process `pid` into `store`.
@@ -504,6 +605,13 @@ impl<'a> ProcRestore<'a> {
         for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
             signals::requeue(tinj, image.vpid, t.vtid, &t.pending, false)?;
         }
+        // Interval timers run on from the time they had left.
+        for (which, val) in &image.itimers {
+            let scratch = inj.scratch(4096)?;
+            inj.write_mem(scratch, val)?;
+            inj.call("setitimer", libc::SYS_setitimer, [*which as u64, scratch, 0, 0, 0, 0])?;
+        }
+        restore_posix_timers(&mut inj, image.vpid, &image.posix_timers)?;
         // Credentials are per thread too; each thread drops its own.
         for (_, tinj) in extra.iter_mut() {
             image.attrs.restore_creds(tinj)?;

@@ -332,17 +332,13 @@ fn shared_anonymous_memory_and_guard_region() {
 }
 
 #[test]
-fn armed_timer_fails_loudly_and_leaves_the_process_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(prog) = build("alarm", dir.path(), &[]) else { return };
-    let out = dir.path().join("out");
-    let orig = start(&prog, &[out.to_str().unwrap(), "/nonexistent"]);
-    let pid = orig.0.id() as i32;
-    assert!(wait_for(Duration::from_secs(5), || text(&out).contains("ready")));
-    let err = checkpoint(&store(dir.path()), pid, &CheckpointOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("ITIMER_REAL") && err.contains(&pid.to_string()), "{err}");
-    let n = text(&out).lines().count();
-    assert!(wait_for(Duration::from_secs(5), || text(&out).lines().count() > n + 3), "process stopped after a refused checkpoint");
+fn armed_interval_timers_run_on_after_restore() {
+    run_case("alarm", &[], &[]);
+}
+
+#[test]
+fn posix_timers_keep_their_ids_and_run_on() {
+    run_case("posixtimer", &["-lrt"], &[]);
 }
 
 /// (id in the process's PID namespace, name) of every thread of `pid`, sorted.
