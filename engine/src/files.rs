@@ -75,6 +75,20 @@ pub enum FdKind {
         /// That fd.
         fd: i32,
     },
+    /// A regular file that was deleted while open, or a memfd: its contents (at most
+    /// [`DELETED_FILE_LIMIT`] bytes) are saved. Restore makes an unnamed file (`O_TMPFILE`) with
+    /// them in the same directory (or /tmp when that is gone), or a memfd of the same name with
+    /// the same seals.
+    Deleted {
+        /// Its path before it was deleted (`/memfd:NAME` for a memfd).
+        path: String,
+        /// Offset.
+        pos: u64,
+        /// Contents.
+        data: Vec<u8>,
+        /// For a memfd: its seals (F_GET_SEALS).
+        memfd_seals: Option<u32>,
+    },
     /// A socket.
     Socket(crate::sockets::SocketState),
     /// A timerfd: its clock and, as left to run, the time to the next expiration and the
@@ -136,6 +150,9 @@ fn fdinfo(pid: i32, fd: i32) -> Result<HashMap<String, String>> {
 fn pipe_ino(target: &str) -> Option<u64> {
     target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
+
+/// The largest deleted-but-open file a checkpoint keeps (its bytes go into the image state).
+pub const DELETED_FILE_LIMIT: u64 = 64 << 20;
 
 /// What the fds saved so far look like, for processes saved together.
 #[derive(Default)]
@@ -366,8 +383,22 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
             } else {
                 return Err(unsupported("special file"));
             }
-        } else if target.ends_with(" (deleted)") {
-            return Err(unsupported("deleted file"));
+        } else if let Some(path) = target.strip_suffix(" (deleted)").filter(|p| p.starts_with('/')) {
+            let dup = sysproc::pidfd_getfd(&pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd deleted file", pid, source })?;
+            let file = std::fs::File::from(dup);
+            let meta = file.metadata().map_err(|e| EngineError::io("stat deleted file", path.as_ref(), e))?;
+            if !meta.is_file() {
+                return Err(unsupported("deleted special file"));
+            }
+            if meta.len() > DELETED_FILE_LIMIT {
+                return Err(unsupported(&format!("deleted file of {} bytes (the limit is {DELETED_FILE_LIMIT})", meta.len())));
+            }
+            let mut data = vec![0u8; meta.len() as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut data, 0).map_err(|e| EngineError::io("read deleted file", path.as_ref(), e))?;
+            let pos = info.get("pos").and_then(|p| p.parse().ok()).unwrap_or(0);
+            let memfd_seals = path.starts_with("/memfd:").then(|| sysproc::memfd_seals(&file)).transpose()
+                .map_err(|source| EngineError::Sys { step: "F_GET_SEALS", pid, source })?;
+            FdKind::Deleted { path: path.to_string(), pos, data, memfd_seals }
         } else {
             return Err(unsupported(target.split(':').next().unwrap_or("unknown")));
         };
@@ -480,6 +511,46 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
                 fd
             }
             FdKind::CharDev { path } => open_path(inj, path, st.flags)?,
+            FdKind::Deleted { path, pos, data, memfd_seals } => {
+                let dir = std::path::Path::new(path).parent().and_then(|d| d.to_str()).unwrap_or("/tmp").to_string();
+                let tmpfile = (libc::O_TMPFILE | libc::O_RDWR) as u64;
+                let mut fd = None;
+                if let (Some(name), Some(_)) = (path.strip_prefix("/memfd:"), memfd_seals) {
+                    let scratch = inj.scratch(8192)?;
+                    let mut p = name.as_bytes().to_vec();
+                    p.push(0);
+                    inj.write_mem(scratch, &p)?;
+                    let flags = libc::MFD_ALLOW_SEALING as u64;
+                    fd = Some(inj.call("memfd_create", libc::SYS_memfd_create, [scratch, flags, 0, 0, 0, 0])?);
+                }
+                for d in [dir.as_str(), "/tmp"].into_iter().filter(|_| fd.is_none()) {
+                    let scratch = inj.scratch(8192)?;
+                    let mut p = d.as_bytes().to_vec();
+                    p.push(0);
+                    inj.write_mem(scratch, &p)?;
+                    let rc = inj.syscall(libc::SYS_open, [scratch, tmpfile, 0o600, 0, 0, 0])?;
+                    if rc >= 0 {
+                        fd = Some(rc as u64);
+                        break;
+                    }
+                }
+                let fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("fd {}: no unnamed file for deleted {path}", st.fd) })?;
+                let scratch = inj.scratch((data.len() as u64).min(4 << 20) + 8192)?;
+                let mut done = 0usize;
+                while done < data.len() {
+                    let n = (data.len() - done).min(4 << 20);
+                    inj.write_mem(scratch, &data[done..done + n])?;
+                    let w = inj.call("write deleted file", libc::SYS_pwrite64, [fd, scratch, n as u64, done as u64, 0, 0])?;
+                    done += w as usize;
+                }
+                inj.call("lseek", libc::SYS_lseek, [fd, *pos, libc::SEEK_SET as u64, 0, 0, 0])?;
+                if let Some(seals) = memfd_seals.filter(|s| *s != 0) {
+                    inj.call("fcntl(F_ADD_SEALS)", libc::SYS_fcntl, [fd, libc::F_ADD_SEALS as u64, u64::from(seals), 0, 0, 0])?;
+                }
+                let status = st.flags & (libc::O_APPEND | libc::O_NONBLOCK) as u32;
+                inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
+                fd
+            }
             FdKind::Dup { vpid: owner, fd } => take_fd(inj, vpid, *owner, *fd as u64)
                 .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: take shared fd {fd} of pid {owner}: {e}", st.fd) })?,
             FdKind::Fifo { path, ino, data } => {

@@ -528,3 +528,8 @@ fn unix_socketpairs_with_queued_data_and_listening_tcp() {
 fn timerfd_signalfd_and_inotify() {
     run_case("fdkinds", &[], &[]);
 }
+
+#[test]
+fn deleted_files_tmpfiles_and_memfds() {
+    run_case("deleted", &[], &[]);
+}

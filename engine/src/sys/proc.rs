@@ -136,3 +136,14 @@ pub fn path_of_handle(pid: i32, sdev: u64, handle_type: i32, handle: &[u8]) -> i
     let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
     Ok(path.to_string_lossy().into_owned())
 }
+
+/// The seals of a memfd (`F_GET_SEALS`).
+pub fn memfd_seals(file: &std::fs::File) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GET_SEALS takes no argument.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as u32)
+}
