@@ -1,7 +1,9 @@
 //! Whole-pod checkpoint and restore from the command line, on real programs in real pods:
 //! a shell pipeline, a process tree with sessions, groups, a zombie and shared memory (our C
-//! program), a TCP server that accepts new clients after the restore (also in a second copy
-//! restored under another name and address), and no residue after `zap rm`.
+//! program), a TCP server that accepts new clients after the restore (from the host and from
+//! another pod; also in a second copy restored under another name and address), redis-server,
+//! a python3 thread pool, System V IPC, refused and damaged checkpoints, and no residue after
+//! `zap rm`.
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -229,6 +231,16 @@ fn listening_tcp_server_accepts_after_restore_and_in_a_copy() {
     ok(&e, &["restore", &id2]);
     assert_eq!(ask_retry(&addr, "d"), "served 3 d");
     assert_eq!(ask(&addr2, "e").unwrap(), "served 3 e");
+    // A client in another pod (its own network namespace) reaches the restored server too.
+    let client = name("tcpclient");
+    let ip3 = format!("10.78.{net}.4/24");
+    ok(&e, &["run", "--name", &client, "--ip", &ip3, "--", "sleep", "60"]);
+    let _g3 = PodGuard(&e, client.clone());
+    let server_ip = addr.split(':').next().unwrap();
+    let probe = format!(
+        "import socket\nc = socket.create_connection(('{server_ip}', 7070), timeout=10)\nc.sendall(b'f')\nprint(c.recv(64).decode())\n"
+    );
+    assert_eq!(ok(&e, &["exec", &client, "--", "python3", "-c", &probe]).trim(), "served 4 f");
     assert_eq!(ok(&e, &["exec", &pod, "--", "hostname"]).trim(), pod, "hostname kept");
     assert_eq!(mac_of(&e, &pod), mac, "MAC kept");
     let sys_mac = ok(&e, &["exec", &pod, "--", "cat", "/sys/class/net/eth0/address"]);
