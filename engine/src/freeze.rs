@@ -36,10 +36,53 @@ fn list_threads(pid: i32) -> Result<BTreeSet<i32>> {
     Ok(entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect())
 }
 
+/// How long a thread may take to reach its stop. A thread that takes longer is blocked where no
+/// signal reaches it (a vfork parent waiting for its child's exec, an uninterruptible wait).
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits for the next stop or exit of a traced thread, or fails after [`STOP_TIMEOUT`].
+fn wait_stop(tid: i32) -> Result<i32> {
+    match sys::wait_thread_timeout(tid, STOP_TIMEOUT) {
+        Ok(Some(status)) => Ok(status),
+        Ok(None) => Err(EngineError::Proc {
+            pid: tid,
+            detail: format!(
+                "did not stop within {} s (blocked where signals do not reach it: {})",
+                STOP_TIMEOUT.as_secs(),
+                wchan(tid)
+            ),
+        }),
+        Err(source) => Err(EngineError::Sys { step: "wait for stop", pid: tid, source }),
+    }
+}
+
+/// Where a thread sleeps in the kernel (/proc/TID/wchan), for error messages.
+pub fn wchan(tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{tid}/wchan")).unwrap_or_default()
+}
+
+/// Fails when `pid` is a vfork parent waiting for its child to exec or exit: it would not stop,
+/// and its child runs in its address space.
+pub fn refuse_vfork(pid: i32) -> Result<()> {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            // The wait is wait_for_vfork_done, often inlined into kernel_clone (nothing else
+            // sleeps there).
+            if std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("vfork") || w == "kernel_clone") {
+                return Err(EngineError::Proc {
+                    pid,
+                    detail: "waits in vfork for its child to exec (the child runs in its address space); not supported, try again".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn stop_thread(tid: i32) -> Result<bool> {
     sys::ptrace_interrupt(tid).map_err(|source| EngineError::Sys { step: "ptrace interrupt", pid: tid, source })?;
     loop {
-        let status = sys::wait_thread(tid).map_err(|source| EngineError::Sys { step: "wait for stop", pid: tid, source })?;
+        let status = wait_stop(tid)?;
         if sys::exited(status) {
             return Ok(false);
         }
@@ -57,6 +100,7 @@ fn stop_thread(tid: i32) -> Result<bool> {
 impl Frozen {
     /// Stops every thread of `pid`.
     pub fn freeze(pid: i32) -> Result<Frozen> {
+        refuse_vfork(pid)?;
         let mut frozen = Frozen { pid, threads: Vec::new() };
         let mut seen: BTreeSet<i32> = BTreeSet::new();
         loop {
@@ -106,7 +150,7 @@ impl Frozen {
         let mut alive = Vec::new();
         for &tid in &self.threads {
             loop {
-                let status = sys::wait_thread(tid).map_err(|source| EngineError::Sys { step: "wait for stop", pid: tid, source })?;
+                let status = wait_stop(tid)?;
                 if sys::exited(status) {
                     break;
                 }

@@ -66,3 +66,18 @@ fn process_tree_with_sessions_groups_zombie_pipe_and_shared_memory() {
     assert!(!t.contains("FAIL"), "{t}");
     eprintln!("restored tree said: {t:?}; warnings: {:?}", restored.0.warnings);
 }
+
+#[test]
+fn processes_sharing_an_address_space_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prog) = build("vfork", dir.path(), &[]) else { return };
+    let out = dir.path().join("out");
+    let orig = start(&prog, &[out.to_str().unwrap(), "/nonexistent"]);
+    let root = orig.0.id() as i32;
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") && tree_of(root).len() == 2));
+    let _tree = TreeGuard(tree_of(root));
+    let store = LocalStore::open(dir.path().join("store"), StoreOptions { create: true, ..Default::default() }).unwrap();
+    let err = group::checkpoint_tree(&store, root, &CheckpointOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("vfork"), "{err}");
+    assert!(zap_store::ImageStore::list(&store).unwrap().is_empty(), "nothing stored");
+}

@@ -150,6 +150,21 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, mut tracking: Opti
         return Err(EngineError::Proc { pid: pids.first().copied().unwrap_or(0), detail: "process tree has a cycle".into() });
     }
     let live: Vec<i32> = order.iter().filter(|p| p.zombie.is_none()).map(|p| p.host).collect();
+    // Processes that share an address space or an fd table (a vfork or posix_spawn caught
+    // between its clone and its exec, or CLONE_VM without CLONE_THREAD) cannot be saved one by
+    // one: refuse rather than restore them apart.
+    for (i, &a) in live.iter().enumerate() {
+        for &b in &live[i + 1..] {
+            for (kind, what) in [(1, "address space"), (2, "fd table")] {
+                if crate::sys::proc::share(a, b, kind).unwrap_or(false) {
+                    return Err(EngineError::Proc {
+                        pid: a,
+                        detail: format!("shares its {what} with process {b} (vfork or posix_spawn in progress?); not supported, try again"),
+                    });
+                }
+            }
+        }
+    }
     let mut ctx = SaveContext::for_group(&live)?;
     ctx.sockets.tcp_close = tcp_close;
     let mut members = Vec::new();

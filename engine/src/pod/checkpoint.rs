@@ -126,6 +126,9 @@ fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Ve
                 pids.push(p);
             }
         }
+        for &pid in &pids {
+            crate::freeze::refuse_vfork(pid)?;
+        }
         let mut frozen = Vec::new();
         for &pid in &pids {
             if !group::is_zombie_pid(pid) {

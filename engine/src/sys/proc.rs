@@ -78,6 +78,17 @@ pub fn pipe_size(fd: &std::os::fd::OwnedFd) -> io::Result<i32> {
     Ok(n)
 }
 
+/// True when processes `pid1` and `pid2` share the resource `kind` (`KCMP_VM` = 1: an address
+/// space, `KCMP_FILES` = 2: an fd table).
+pub fn share(pid1: i32, pid2: i32, kind: i32) -> io::Result<bool> {
+    // SAFETY: kcmp takes plain integers.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc == 0)
+}
+
 /// True when fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file description
 /// (`kcmp(KCMP_FILE)`).
 pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> io::Result<bool> {
