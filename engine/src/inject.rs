@@ -22,6 +22,8 @@ use crate::sys::regs::{self, Regs};
 use crate::{EngineError, Result};
 
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
+/// How long an injected syscall may take (a hung file system must not hang Zap).
+const SYSCALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Drives injected syscalls in one stopped thread.
 pub struct Injector {
@@ -70,8 +72,12 @@ impl Injector {
 
     fn wait_syscall_stop(&mut self) -> Result<()> {
         loop {
-            let status = pt::wait_thread(self.tid)
-                .map_err(|source| EngineError::Sys { step: "wait for syscall stop", pid: self.tid, source })?;
+            let status = pt::wait_thread_timeout(self.tid, SYSCALL_TIMEOUT)
+                .map_err(|source| EngineError::Sys { step: "wait for syscall stop", pid: self.tid, source })?
+                .ok_or_else(|| EngineError::Proc {
+                    pid: self.tid,
+                    detail: format!("an injected syscall did not return within {} s", SYSCALL_TIMEOUT.as_secs()),
+                })?;
             if pt::exited(status) {
                 return Err(EngineError::Proc { pid: self.tid, detail: "thread died during an injected syscall".into() });
             }

@@ -32,22 +32,6 @@ pub fn ptrace_detach(tid: i32) -> io::Result<()> {
     check(rc, "ptrace(DETACH)", tid).map(drop)
 }
 
-/// Waits for a state change of the traced thread `tid`; returns the raw wait status.
-pub fn wait_thread(tid: i32) -> io::Result<i32> {
-    let mut status = 0i32;
-    loop {
-        // SAFETY: `status` is a valid, writable i32 for the duration of the call.
-        let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
-        if rc == tid {
-            return Ok(status);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(io::Error::new(e.kind(), format!("waitpid tid {tid}: {e}")));
-        }
-    }
-}
-
 /// Decodes a wait status: `Some(signal)` when the thread is in a ptrace stop.
 pub fn stopped_signal(status: i32) -> Option<i32> {
     libc::WIFSTOPPED(status).then(|| libc::WSTOPSIG(status))
