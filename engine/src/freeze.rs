@@ -98,9 +98,17 @@ fn stop_thread(tid: i32) -> Result<bool> {
 }
 
 impl Frozen {
-    /// Stops every thread of `pid`.
+    /// Stops every thread of `pid`. A process caught in vfork (until its child execs) is waited
+    /// for, up to 2 s.
     pub fn freeze(pid: i32) -> Result<Frozen> {
-        refuse_vfork(pid)?;
+        let mut attempt = 0;
+        while let Err(e) = refuse_vfork(pid) {
+            if attempt >= 400 {
+                return Err(e);
+            }
+            attempt += 1;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let mut frozen = Frozen { pid, threads: Vec::new() };
         let mut seen: BTreeSet<i32> = BTreeSet::new();
         loop {

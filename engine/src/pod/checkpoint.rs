@@ -116,9 +116,11 @@ fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -
 /// stopped) and the stopped processes.
 fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
     let t0 = Instant::now();
-    cg.freeze(FREEZE_TIMEOUT)?;
-    let frozen_at = t0.elapsed().as_secs_f64() * 1e3;
-    let seized = (|| {
+    // A process caught in vfork (a shell starting a command) would not reach its ptrace stop
+    // until its child execs: let the pod run a moment and freeze again.
+    let mut attempt = 0;
+    let pids = loop {
+        cg.freeze(FREEZE_TIMEOUT)?;
         // Zombies have left the cgroup already: the tree under the init has them.
         let mut pids: Vec<i32> = cg.procs().into_iter().filter(|&p| p != init_pid).collect();
         for p in group::tree_of(init_pid) {
@@ -126,30 +128,45 @@ fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Ve
                 pids.push(p);
             }
         }
-        for &pid in &pids {
-            crate::freeze::refuse_vfork(pid)?;
+        match pids.iter().try_for_each(|&p| crate::freeze::refuse_vfork(p)) {
+            Ok(()) => break pids,
+            Err(e) if attempt >= VFORK_RETRIES => {
+                cg.thaw()?;
+                return Err(e);
+            }
+            Err(_) => {
+                cg.thaw()?;
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
+    };
+    let frozen_at = t0.elapsed().as_secs_f64() * 1e3;
+    let seized = (|| {
         let mut frozen = Vec::new();
         for &pid in &pids {
             if !group::is_zombie_pid(pid) {
                 frozen.push(Frozen::seize_frozen(pid)?);
             }
         }
-        Ok::<_, EngineError>((pids, frozen))
+        Ok::<_, EngineError>(frozen)
     })();
     let thawed = cg.thaw();
-    let (pids, mut frozen) = seized?;
+    let mut frozen = seized?;
     thawed?;
     let thawed_at = t0.elapsed().as_secs_f64() * 1e3;
     for f in &mut frozen {
         f.wait_stopped()?;
     }
-    tracing::debug!(pod = name, frozen_at, thawed_at, stopped_at = t0.elapsed().as_secs_f64() * 1e3, "pod stopped");
+    tracing::debug!(pod = name, attempt, frozen_at, thawed_at, stopped_at = t0.elapsed().as_secs_f64() * 1e3, "pod stopped");
     if pids.is_empty() {
         return Err(pod_err(name, "checkpoint", "the pod has no process besides its init"));
     }
     Ok((pids, frozen))
 }
+
+/// How often a freeze is retried while a process of the pod is caught in vfork (5 ms apart).
+const VFORK_RETRIES: u32 = 400;
 
 /// Dirty-page tracking of a pod between checkpoints, kept in `<pod dir>/tracker.bin`: the
 /// checkpoint it is relative to and the tracker state of each process.
