@@ -168,6 +168,19 @@ fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Ve
 /// How often a freeze is retried while a process of the pod is caught in vfork (5 ms apart).
 const VFORK_RETRIES: u32 = 400;
 
+/// Closes the userfaultfds of tracker states that will not be kept (a checkpoint that failed).
+struct DisarmOnFailure(Vec<dirty::Armed>);
+
+impl Drop for DisarmOnFailure {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            if let Err(e) = dirty::disarm(a) {
+                tracing::warn!(pid = a.pid, error = %e, "could not close a parked userfaultfd");
+            }
+        }
+    }
+}
+
 /// Dirty-page tracking of a pod between checkpoints, kept in `<pod dir>/tracker.bin`: the
 /// checkpoint it is relative to and the tracker state of each process.
 #[derive(Serialize, Deserialize)]
@@ -343,6 +356,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let ipc_ms = tf.elapsed().as_secs_f64() * 1e3;
     let bytes_read = saved.bytes_read;
     let backend = if opts.leave_running { Some(arm_members(&pids, &frozen, state.init_pid, &mut tracking, &saved.image)?) } else { None };
+    // Should anything fail from here on, no tracker state is kept: the descriptors parked for
+    // it are closed rather than left in the init.
+    let mut disarm_guard = DisarmOnFailure(tracking.armed.values().chain(&tracking.dropped).cloned().collect());
     if let Some(b) = backend {
         if parent.is_some() {
             mode.push_str(&format!(" (tracker {b})"));
@@ -400,11 +416,13 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
             for f in frozen {
                 f.forget();
             }
+            disarm_guard.0.clear(); // went with the pod
         }
         None => {
             super::set_last_checkpoint(root, name, &summary.id.to_string())?;
             let members = tracking.armed.into_values().collect();
             write_tracker(root, name, &TrackerFile { parent: summary.id.to_string(), members })?;
+            disarm_guard.0.clear();
             // Descriptors parked for processes that are gone or lost their tracking.
             for a in &tracking.dropped {
                 if let Err(e) = dirty::disarm(a) {
