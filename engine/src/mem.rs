@@ -142,7 +142,10 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
         p if p.ends_with(" (deleted)") || p.starts_with("/memfd:") || p.starts_with("/SYSV") => {
             return Err(EngineError::Proc {
                 pid,
-                detail: format!("mapping {:#x} {p}: deleted, memfd or SysV shared memory is not supported yet", m.start),
+                detail: format!(
+                    "mapping {:#x} {p}: mappings of deleted files, memfds and partial System V segments are not supported yet",
+                    m.start
+                ),
             })
         }
         "/dev/zero" => Backing::Anon,

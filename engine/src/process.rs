@@ -7,8 +7,8 @@
 //!    `pidfd_getfd` duplicate, so nothing is consumed).
 //! 3. Inject syscalls through a `syscall` instruction of the target's vDSO ([`crate::inject`]) to
 //!    read what only the process itself can ask: through the main thread, the process-wide
-//!    signal handlers, attributes and brk; through each thread in turn (an injector of its own),
-//!    its tid address, alternate stack and robust list.
+//!    signal handlers, attributes, brk, interval timers and POSIX timers; through each thread in
+//!    turn (an injector of its own), its tid address, alternate stack and robust list.
 //! 4. Save each thread's registers (rewound if stopped in a syscall), XSAVE area, mask, queued
 //!    signals, rseq registration, name and tid in the process's namespace ([`crate::cpu`]).
 //! 5. Copy the pages to save out of the process ([`crate::mem::copy_pages`]). With
