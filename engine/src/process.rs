@@ -26,8 +26,9 @@
 //! else, map the vDSO and every saved mapping at its address, write the pages through
 //! `/proc/PID/mem`, create the other threads with their saved tids ([`crate::threads`]), recreate
 //! the fds, handlers, attributes, mm boundaries, and in every thread its rseq area, robust list,
-//! tid address, alternate stack, name and credentials, queue the saved signals, unmap the
-//! trampoline, load every thread's registers, XSAVE area and mask, and detach them all. A ptrace
+//! tid address, alternate stack, name and credentials, queue the saved signals, re-arm the
+//! interval and POSIX timers, unmap the trampoline, load every thread's registers, XSAVE area and
+//! mask, and detach them all. A ptrace
 //! driver was chosen over a position-independent restorer blob: every step is a syscall whose
 //! failure we see and report with its name, and nothing of ours is left in the process. The
 //! restored process is a child of our init, not of `zap`, and does not depend on the original.
