@@ -222,6 +222,11 @@ fn listening_tcp_server_accepts_after_restore_and_in_a_copy() {
     // A second copy of the running pod under another name and address.
     let id = ok(&e, &["checkpoint", "--leave-running", &pod]).trim().to_string();
     assert_eq!(ask(&addr, "b").unwrap(), "served 2 b", "the original runs on");
+    // A copy at the same address as the running original is refused (and leaves nothing).
+    let clash = zap(&e, &["restore", &id, "--name", &copy]);
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert!(!clash.status.success() && err.contains("is the address of running pod"), "{err}");
+    assert!(!ok(&e, &["ps"]).contains(&copy), "no half-made copy");
     ok(&e, &["restore", &id, "--name", &copy, "--ip", &ip2]);
     let _g2 = PodGuard(&e, copy.clone());
     assert_eq!(ask_retry(&addr2, "c"), "served 2 c", "the copy continues from the checkpoint's state");

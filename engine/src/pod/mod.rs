@@ -320,6 +320,17 @@ pub fn create(root: &Path, spec: &PodSpec) -> Result<PodState> {
     let name = spec.name.as_str();
     validate_name(name)?;
     let cidr = spec.ip.as_deref().map(Cidr::parse).transpose()?;
+    if let Some(c) = &cidr {
+        // Two pods with one address on the bridge would each get the other's traffic.
+        let taken = list(root).unwrap_or_default().into_iter().find(|p| {
+            p.name != name
+                && status(root, p) == PodStatus::Running
+                && p.ip.as_deref().and_then(|ip| Cidr::parse(ip).ok()).is_some_and(|o| o.addr == c.addr)
+        });
+        if let Some(other) = taken {
+            return Err(pod_err(name, "check address", format!("{} is the address of running pod {}", c.addr, other.name)));
+        }
+    }
     let limits = Limits { memory: spec.memory_limit, cpus: spec.cpus };
     let hostname = spec.hostname.clone().unwrap_or_else(|| name.to_string());
     if hostname.is_empty() || hostname.len() > 64 {
