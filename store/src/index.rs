@@ -122,9 +122,12 @@ impl Index {
         opts.create_if_missing(create);
         opts.create_missing_column_families(true);
         opts.set_paranoid_checks(true);
-        // A damaged write-ahead log is an error to report, not records to drop silently. Synced
-        // writes mean a killed process never leaves a torn log.
-        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+        // A writer killed in the middle of writing a batch to the log (a large write(2) can be cut
+        // short by SIGKILL) leaves a torn last record: replay stops there and drops it. That
+        // batch never committed (its commit is the synced write and then the sequence file).
+        // Any record lost beyond that, a committed one, leaves the index behind the sequence
+        // file, and the open below refuses the store instead of losing anything silently.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
         let cfs = CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
