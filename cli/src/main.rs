@@ -39,7 +39,7 @@ use output::Output;
 #[command(
     name = "zap",
     version,
-    about = "Zap: checkpoint/restore for Linux processes, and the image store they live in",
+    about = "Zap: pods of Linux processes, checkpointed, restored and rolled back, and the image store their checkpoints live in",
     after_help = "Exit status: 0 on success; 1 on failure, or when `zap store verify` finds problems; 2 on usage errors.",
     propagate_version = true
 )]
