@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod attrs;
+mod blob;
 pub mod cpu;
 pub mod dirty;
 mod error;

@@ -84,19 +84,12 @@ pub struct ProcessImage {
 impl ProcessImage {
     /// Encodes into a manifest state blob.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = vec![IMAGE_VERSION];
-        v.extend(postcard::to_stdvec(self).expect("postcard encodes process images"));
-        v
+        crate::blob::encode(IMAGE_VERSION, self)
     }
 
     /// Decodes a manifest state blob.
     pub fn decode(blob: &[u8]) -> Result<Self> {
-        match blob.split_first() {
-            Some((&IMAGE_VERSION, rest)) => postcard::from_bytes(rest)
-                .map_err(|e| EngineError::Proc { pid: 0, detail: format!("process image does not decode: {e}") }),
-            Some((v, _)) => Err(EngineError::Proc { pid: 0, detail: format!("process image version {v} not supported") }),
-            None => Err(EngineError::Proc { pid: 0, detail: "empty process image".into() }),
-        }
+        crate::blob::decode(IMAGE_VERSION, "process image", blob)
     }
 }
 

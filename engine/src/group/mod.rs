@@ -31,7 +31,7 @@ mod save;
 use serde::{Deserialize, Serialize};
 
 use crate::process::ProcessImage;
-use crate::{EngineError, Result};
+use crate::Result;
 
 pub use restore::{group_trampoline, restore, restore_in, GroupRestored, TargetSpawner};
 pub use save::{freeze_tree, is_zombie_pid, save, tree_of, SavedGroup, Tracking};
@@ -91,19 +91,12 @@ pub struct GroupImage {
 impl GroupImage {
     /// Encodes into a manifest state blob.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = vec![GROUP_IMAGE_VERSION];
-        v.extend(postcard::to_stdvec(self).expect("postcard encodes group images"));
-        v
+        crate::blob::encode(GROUP_IMAGE_VERSION, self)
     }
 
     /// Decodes a manifest state blob.
     pub fn decode(blob: &[u8]) -> Result<Self> {
-        let err = |detail: String| EngineError::Proc { pid: 0, detail };
-        match blob.split_first() {
-            Some((&GROUP_IMAGE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| err(format!("group image does not decode: {e}"))),
-            Some((v, _)) => Err(err(format!("group image version {v} not supported"))),
-            None => Err(err("empty group image".into())),
-        }
+        crate::blob::decode(GROUP_IMAGE_VERSION, "group image", blob)
     }
 
     /// Members whose parent is not in the group, in order.

@@ -71,19 +71,12 @@ pub struct PodImage {
 impl PodImage {
     /// Encodes into a manifest state blob.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = vec![POD_IMAGE_VERSION];
-        v.extend(postcard::to_stdvec(self).expect("postcard encodes pod images"));
-        v
+        crate::blob::encode(POD_IMAGE_VERSION, self)
     }
 
     /// Decodes a manifest state blob.
     pub fn decode(blob: &[u8]) -> Result<Self> {
-        let err = |detail: String| EngineError::Proc { pid: 0, detail };
-        match blob.split_first() {
-            Some((&POD_IMAGE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| err(format!("pod image does not decode: {e}"))),
-            Some((v, _)) => Err(err(format!("pod image version {v} not supported"))),
-            None => Err(err("empty pod image".into())),
-        }
+        crate::blob::decode(POD_IMAGE_VERSION, "pod image", blob)
     }
 }
 
@@ -197,18 +190,13 @@ fn tracker_path(root: &Path, name: &str) -> std::path::PathBuf {
 
 fn read_tracker(root: &Path, name: &str) -> Option<TrackerFile> {
     let bytes = std::fs::read(tracker_path(root, name)).ok()?;
-    match bytes.split_first() {
-        Some((&TRACKER_VERSION, rest)) => postcard::from_bytes(rest).ok(),
-        _ => None,
-    }
+    crate::blob::decode(TRACKER_VERSION, "tracker state", &bytes).ok()
 }
 
 fn write_tracker(root: &Path, name: &str, t: &TrackerFile) -> Result<()> {
     let path = tracker_path(root, name);
     let tmp = path.with_extension("tmp");
-    let mut bytes = vec![TRACKER_VERSION];
-    bytes.extend(postcard::to_stdvec(t).expect("postcard encodes tracker state"));
-    std::fs::write(&tmp, bytes).map_err(|e| EngineError::io("write", &tmp, e))?;
+    std::fs::write(&tmp, crate::blob::encode(TRACKER_VERSION, t)).map_err(|e| EngineError::io("write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| EngineError::io("rename", &path, e))
 }
 

@@ -76,10 +76,9 @@ fn target_child(tramp: u64) -> ! {
     }
 }
 
-/// Body of the namespace's init: start the target with PID `vpid`, then reap until no child is
-/// left. Raw syscalls only.
-fn init_child(vpid: i32, tramp: u64) -> ! {
-    // SAFETY: plain syscalls on integers and on pointers to locals that outlive each call.
+/// The start of every init of ours: a session of its own, stdio on /dev/null, no other fd.
+fn init_setup() {
+    // SAFETY: plain syscalls on integers and on a string literal.
     unsafe {
         libc::setsid();
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
@@ -89,28 +88,31 @@ fn init_child(vpid: i32, tramp: u64) -> ! {
             libc::dup2(null, 2);
         }
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        let tids = [vpid];
-        let args = CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
-            set_tid: tids.as_ptr() as u64,
-            set_tid_size: 1,
-            ..Default::default()
-        };
-        let rc = clone3(&args);
-        if rc == 0 {
-            target_child(tramp);
-        }
-        if rc < 0 {
-            libc::_exit(INIT_EXIT_CLONE_FAILED);
-        }
-        loop {
-            let mut status = 0;
-            let r = libc::waitpid(-1, &mut status, 0);
-            if r < 0 && errno() == libc::ECHILD {
+    }
+}
+
+/// The rest of every init of ours: reap children until none is left, then exit.
+fn reap_until_empty() -> ! {
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid i32; waitpid and _exit take integers.
+        unsafe {
+            if libc::waitpid(-1, &mut status, 0) < 0 && errno() == libc::ECHILD {
                 libc::_exit(0);
             }
         }
     }
+}
+
+/// Body of the namespace's init: start the target with PID `vpid`, then reap until no child is
+/// left. Raw syscalls only.
+fn init_child(vpid: i32, tramp: u64) -> ! {
+    init_setup();
+    if spawn_target(vpid, tramp).is_err() {
+        // SAFETY: _exit takes an integer.
+        unsafe { libc::_exit(INIT_EXIT_CLONE_FAILED) };
+    }
+    reap_until_empty()
 }
 
 /// Creates a restore target as a child of the calling process: a process with PID `vpid` (in the
@@ -152,34 +154,21 @@ pub fn spawn_pidns_group(top: &[i32], tramp: u64) -> io::Result<i32> {
 }
 
 fn group_init(top: &[i32], tramp: u64) -> ! {
-    // SAFETY: plain syscalls on integers and on pointers to string literals and locals that
-    // outlive each call; `top` is this process's copy of the caller's slice.
+    // SAFETY: mount takes pointers to string literals or null; _exit takes an integer.
     unsafe {
-        libc::setsid();
         let rc = libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null());
         if rc != 0 || libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), 0, std::ptr::null()) != 0 {
             libc::_exit(INIT_EXIT_MOUNT_FAILED);
         }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            libc::dup2(null, 0);
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-        }
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        for &vpid in top {
-            if spawn_target(vpid, tramp).is_err() {
-                libc::_exit(INIT_EXIT_CLONE_FAILED);
-            }
-        }
-        loop {
-            let mut status = 0;
-            let r = libc::waitpid(-1, &mut status, 0);
-            if r < 0 && errno() == libc::ECHILD {
-                libc::_exit(0);
-            }
+    }
+    init_setup();
+    for &vpid in top {
+        if spawn_target(vpid, tramp).is_err() {
+            // SAFETY: _exit takes an integer.
+            unsafe { libc::_exit(INIT_EXIT_CLONE_FAILED) };
         }
     }
+    reap_until_empty()
 }
 
 /// Starts an init in a new PID namespace that creates the target with `vpid` and a trampoline
