@@ -3,59 +3,13 @@
 //! checkpointed full, then incrementally twice; restores of the chain's middle and end, and of
 //! the end after its root was deleted and collected, must hold exactly what the program wrote.
 //! Run with each tracker this kernel has (uffd-wp here) and the content-hash fallback.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+mod common;
 
-struct Env {
-    _dir: tempfile::TempDir,
-    store: PathBuf,
-    work: PathBuf,
-    tracker: &'static str,
-}
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-fn zap(e: &Env, args: &[&str]) -> Output {
-    let bin = env!("CARGO_BIN_EXE_zap");
-    Command::new(bin)
-        .arg("--store")
-        .arg(&e.store)
-        .args(args)
-        .env("ZAP_RUN_DIR", "/run/zap/test-pods")
-        .env("ZAP_INIT", Path::new(bin).parent().unwrap().join("zap-init"))
-        .env("ZAP_TRACKER", e.tracker)
-        .output()
-        .expect("run zap")
-}
-
-fn ok(e: &Env, args: &[&str]) -> String {
-    let out = zap(e, args);
-    assert!(out.status.success(), "zap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(e: &Env, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&ok(e, &a)).expect("json")
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
-struct PodGuard<'a>(&'a Env, String);
-impl Drop for PodGuard<'_> {
-    fn drop(&mut self) {
-        let _ = zap(self.0, &["rm", "-f", &self.1]);
-    }
-}
+use common::*;
 
 fn progress(out: &Path) -> u64 {
     std::fs::read_to_string(out).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).next_back().unwrap_or(0)
@@ -75,10 +29,8 @@ fn restore_and_verify(e: &Env, id: &str, pod: &str, what: &str) {
 }
 
 fn run(tracker: &'static str) {
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let e = Env { store: dir.path().join("store"), work, tracker, _dir: dir };
+    let mut e = env();
+    e.tracker = Some(tracker);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/churn.c");
     let prog = e.work.join("churn");
     match Command::new("gcc").args(["-O1", "-o"]).arg(&prog).arg(&src).status() {

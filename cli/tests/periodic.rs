@@ -2,68 +2,12 @@
 //! counter: a schedule that keeps the last N checkpoints and outlives `zap`; a pod killed and
 //! rolled back to its latest periodic checkpoint; rollback by steps and by id with the same pids
 //! and address; a rollback without any checkpoint.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn zap_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_zap")
-}
-
-struct Env {
-    _dir: tempfile::TempDir,
-    store: PathBuf,
-    run: PathBuf,
-    work: PathBuf,
-}
-
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let run = PathBuf::from("/run/zap/test-pods");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    Env { store, run, work, _dir: dir }
-}
-
-fn zap(e: &Env, args: &[&str]) -> Output {
-    let init = Path::new(zap_bin()).parent().unwrap().join("zap-init");
-    Command::new(zap_bin())
-        .arg("--store")
-        .arg(&e.store)
-        .args(args)
-        .env("ZAP_RUN_DIR", &e.run)
-        .env("ZAP_INIT", init)
-        .output()
-        .expect("run zap")
-}
-
-fn ok(e: &Env, args: &[&str]) -> String {
-    let out = zap(e, args);
-    assert!(out.status.success(), "zap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
-/// A pod this test made (by name); removed with `zap rm -f` on drop (which also stops its
-/// checkpoint scheduler).
-struct PodGuard<'a>(&'a Env, String);
-
-impl Drop for PodGuard<'_> {
-    fn drop(&mut self) {
-        let _ = zap(self.0, &["rm", "-f", &self.1]);
-    }
-}
+use common::*;
 
 fn name(tag: &str) -> String {
     format!("pc{}-{tag}", std::process::id())
@@ -209,32 +153,6 @@ fn killed_pod_rolls_back_to_its_latest_periodic_checkpoint() {
     assert!(first + 10 + 8 >= at_kill, "continues from {first}, killed at {at_kill}: more than a period lost");
     assert!(first <= at_kill + 1, "continues from {first}, killed at {at_kill}: not a checkpoint from before the kill");
     assert!(wait_for(Duration::from_secs(10), || read_num(&count).unwrap_or(0) >= first + 5), "the counter keeps increasing");
-}
-
-fn pod_procs(e: &Env, pod: &str) -> Vec<(i32, String)> {
-    let out = ok(e, &["exec", pod, "--", "ps", "-e", "-o", "pid=,comm="]);
-    let mut v: Vec<(i32, String)> = out
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.parse().ok()?, it.next()?.to_string()))
-        })
-        .filter(|(_, c)| c != "ps")
-        .collect();
-    v.sort();
-    v
-}
-
-/// The pod's long-lived processes: those in three samples 50 ms apart (the loop forks `mv` and
-/// `sleep` all the time).
-fn stable_procs(e: &Env, pod: &str) -> Vec<(i32, String)> {
-    let mut keep = pod_procs(e, pod);
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = pod_procs(e, pod);
-        keep.retain(|p| now.contains(p));
-    }
-    keep
 }
 
 fn eth0_addr(e: &Env, pod: &str) -> String {

@@ -4,98 +4,17 @@
 //! another pod; also in a second copy restored under another name and address), redis-server,
 //! a python3 thread pool, System V IPC, refused and damaged checkpoints, and no residue after
 //! `zap rm`.
+mod common;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn zap_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_zap")
-}
-
-struct Env {
-    _dir: tempfile::TempDir,
-    store: PathBuf,
-    run: PathBuf,
-    work: PathBuf,
-}
-
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let run = PathBuf::from("/run/zap/test-pods");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    Env { store, run, work, _dir: dir }
-}
-
-fn zap(e: &Env, args: &[&str]) -> Output {
-    let init = Path::new(zap_bin()).parent().unwrap().join("zap-init");
-    Command::new(zap_bin())
-        .arg("--store")
-        .arg(&e.store)
-        .args(args)
-        .env("ZAP_RUN_DIR", &e.run)
-        .env("ZAP_INIT", init)
-        .output()
-        .expect("run zap")
-}
-
-fn ok(e: &Env, args: &[&str]) -> String {
-    let out = zap(e, args);
-    assert!(out.status.success(), "zap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
-/// A pod this test made (by name); removed with `zap rm -f` on drop.
-struct PodGuard<'a>(&'a Env, String);
-
-impl Drop for PodGuard<'_> {
-    fn drop(&mut self) {
-        let _ = zap(self.0, &["rm", "-f", &self.1]);
-    }
-}
+use common::*;
 
 fn name(tag: &str) -> String {
     format!("ck{}-{tag}", std::process::id())
-}
-
-/// Pids (inside the pod) and names of the pod's processes, without the `ps` itself.
-fn pod_procs(e: &Env, pod: &str) -> Vec<(i32, String)> {
-    let out = ok(e, &["exec", pod, "--", "ps", "-e", "-o", "pid=,comm="]);
-    let mut v: Vec<(i32, String)> = out
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.parse().ok()?, it.next()?.to_string()))
-        })
-        .filter(|(_, c)| c != "ps")
-        .collect();
-    v.sort();
-    v
-}
-
-/// The pod's long-lived processes: those present in three samples taken 50 ms apart (a shell
-/// loop forks short-lived children all the time).
-fn stable_procs(e: &Env, pod: &str) -> Vec<(i32, String)> {
-    let mut keep = pod_procs(e, pod);
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = pod_procs(e, pod);
-        keep.retain(|p| now.contains(p));
-    }
-    keep
 }
 
 fn read_num(p: &Path) -> u64 {
@@ -293,19 +212,9 @@ fn assert_no_residue(e: &Env, pod: &str, pids: &[i32], mounts_before: &str) {
     }
     assert!(!e.run.join(pod).exists(), "pod directory left behind");
     let links = String::from_utf8_lossy(&Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).into_owned();
-    assert!(!links.contains(&zap_engine_veth(pod)), "veth left behind: {links}");
+    assert!(!links.contains(&zap_engine::pod::net::veth_name(pod)), "veth left behind: {links}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert_eq!(mounts.lines().count(), mounts_before.lines().count(), "mounts changed");
-}
-
-/// The host end's name of a pod's veth (`zv-` + FNV-1a of the name, as `zap` makes it).
-fn zap_engine_veth(name: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("zv-{:08x}", (h ^ (h >> 32)) as u32)
 }
 
 fn have(cmd: &str) -> bool {

@@ -1,0 +1,99 @@
+//! Helpers shared by the pod tests that run the `zap` binary against pods in
+//! `/run/zap/test-pods`, each test with a store and a work directory of its own.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// A test's store and work directory (removed on drop), and the tracker it asks for.
+pub struct Env {
+    _dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub run: PathBuf,
+    pub work: PathBuf,
+    /// `ZAP_TRACKER` for every `zap` run (None: the engine's default).
+    pub tracker: Option<&'static str>,
+}
+
+pub fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Env { store, run: PathBuf::from("/run/zap/test-pods"), work, tracker: None, _dir: dir }
+}
+
+/// Runs `zap --store STORE ARGS` with this test's run directory and the `zap-init` built next to
+/// `zap`.
+pub fn zap(e: &Env, args: &[&str]) -> Output {
+    let bin = env!("CARGO_BIN_EXE_zap");
+    let mut cmd = Command::new(bin);
+    cmd.arg("--store").arg(&e.store).args(args).env("ZAP_RUN_DIR", &e.run).env("ZAP_INIT", Path::new(bin).parent().unwrap().join("zap-init"));
+    if let Some(t) = e.tracker {
+        cmd.env("ZAP_TRACKER", t);
+    }
+    cmd.output().expect("run zap")
+}
+
+/// Like [`zap`], failing the test unless it succeeds; returns its stdout.
+pub fn ok(e: &Env, args: &[&str]) -> String {
+    let out = zap(e, args);
+    assert!(out.status.success(), "zap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like [`ok`] with `--json`, parsed.
+pub fn json(e: &Env, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(e, &a)).expect("json")
+}
+
+/// Waits until `f` holds, up to `limit`.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A pod this test made (by name); removed with `zap rm -f` on drop (which also stops its
+/// checkpoint scheduler).
+pub struct PodGuard<'a>(pub &'a Env, pub String);
+
+impl Drop for PodGuard<'_> {
+    fn drop(&mut self) {
+        let _ = zap(self.0, &["rm", "-f", &self.1]);
+    }
+}
+
+/// Pids (inside the pod) and names of the pod's processes, without the `ps` itself.
+pub fn pod_procs(e: &Env, pod: &str) -> Vec<(i32, String)> {
+    let out = ok(e, &["exec", pod, "--", "ps", "-e", "-o", "pid=,comm="]);
+    let mut v: Vec<(i32, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.parse().ok()?, it.next()?.to_string()))
+        })
+        .filter(|(_, c)| c != "ps")
+        .collect();
+    v.sort();
+    v
+}
+
+/// The pod's long-lived processes: those present in three samples taken 50 ms apart (a shell
+/// loop forks short-lived children all the time).
+pub fn stable_procs(e: &Env, pod: &str) -> Vec<(i32, String)> {
+    let mut keep = pod_procs(e, pod);
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = pod_procs(e, pod);
+        keep.retain(|p| now.contains(p));
+    }
+    keep
+}
