@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use zap_engine::pod::checkpoint::{self as podck, PodCheckpointOptions, PodRestoreOptions};
+use zap_engine::pod::{alive, pod_dir, proc_stat};
 use zap_engine::pod::{self, PodStatus};
 use zap_store::{CheckpointId, CheckpointSummary, ImageStore, LocalStore, StoreError, StoreOptions};
 
@@ -136,27 +137,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// State and start time of a process (`/proc/PID/stat` fields 3 and 22).
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    if pid <= 0 {
-        return None;
-    }
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let start = f.nth(18)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// True if `pid` is a live (not zombie) process that started at `start`.
-fn alive(pid: i32, start: u64) -> bool {
-    proc_stat(pid).is_some_and(|(st, t)| t == start && st != 'Z' && st != 'X')
-}
-
-fn pod_dir(root: &Path, name: &str) -> PathBuf {
-    root.join(name)
-}
 
 /// The pod's schedule as recorded, if any (running or not).
 pub fn load(root: &Path, name: &str) -> Option<Schedule> {

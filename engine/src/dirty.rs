@@ -169,12 +169,7 @@ fn here() -> &'static Mutex<HashMap<i32, OwnedFd>> {
 }
 
 fn start_time(pid: i32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| EngineError::io("read", format!("/proc/{pid}/stat").as_ref(), e))?;
-    s.rsplit_once(')')
-        .and_then(|(_, r)| r.split_whitespace().nth(19))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| EngineError::Proc { pid, detail: "unreadable start time".into() })
+    crate::pod::proc_stat(pid).map(|(_, t)| t).ok_or_else(|| EngineError::Proc { pid, detail: "no such process (or unreadable start time)".into() })
 }
 
 fn eligible(v: &VmaState) -> bool {

@@ -192,8 +192,9 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// State and start time of a process: `(state char, start time)` from `/proc/PID/stat`.
-pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
+/// State and start time of a process: `(state char, start time)` from `/proc/PID/stat`. The
+/// start time tells a process from a later one that reused its pid.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     if pid <= 0 {
         return None;
     }
@@ -206,11 +207,12 @@ pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
 }
 
 /// True if `pid` is a live (not zombie) process that started at `start`.
-fn alive(pid: i32, start: u64) -> bool {
+pub fn alive(pid: i32, start: u64) -> bool {
     proc_stat(pid).is_some_and(|(st, t)| t == start && st != 'Z' && st != 'X')
 }
 
-pub(crate) fn pod_dir(root: &Path, name: &str) -> PathBuf {
+/// The directory of pod `name` in run directory `root`.
+pub fn pod_dir(root: &Path, name: &str) -> PathBuf {
     root.join(name)
 }
 
