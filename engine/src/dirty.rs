@@ -281,19 +281,12 @@ pub fn arm(pid: i32, inj: &mut Injector, backend: Backend, keeper: Keeper, vmas:
 /// Takes fd `tfd` of the target (pid `target_vpid` in the keeper's view) into keeper `kpid`, a
 /// process of ours that is stopped for the purpose; returns the fd number there.
 fn park(kpid: i32, target_vpid: i32, tfd: u64) -> Result<i32> {
-    let frozen = crate::freeze::Frozen::freeze(kpid)?;
-    let mut inj = Injector::new(kpid, frozen.threads()[0], crate::inject::find_syscall_insn(kpid)?)?;
-    let r = (|| {
+    crate::inject::in_stopped_process(kpid, |inj| {
         let pidfd = inj.call("pidfd_open", libc::SYS_pidfd_open, [target_vpid as u64, 0, 0, 0, 0, 0])?;
         let got = inj.call("pidfd_getfd", libc::SYS_pidfd_getfd, [pidfd, tfd, 0, 0, 0, 0]);
         inj.call("close pidfd", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
-        got
-    })();
-    let regs = crate::cpu::rewind(*inj.saved_regs(), crate::cpu::Rewind::SameProcess);
-    inj.set_saved_regs(regs);
-    inj.finish()?;
-    drop(frozen);
-    Ok(r? as i32)
+        got.map(|fd| fd as i32)
+    })
 }
 
 /// Drops the tracking of `armed`: closes the userfaultfd this process holds for it, or the one
@@ -308,13 +301,9 @@ pub fn disarm(armed: &Armed) -> Result<()> {
             if start_time(kpid).ok() != Some(kstart) {
                 return Ok(()); // the keeper is gone, and the descriptor with it
             }
-            let frozen = crate::freeze::Frozen::freeze(kpid)?;
-            let mut inj = Injector::new(kpid, frozen.threads()[0], crate::inject::find_syscall_insn(kpid)?)?;
-            let r = inj.call("close parked userfaultfd", libc::SYS_close, [kfd as u64, 0, 0, 0, 0, 0]);
-            let regs = crate::cpu::rewind(*inj.saved_regs(), crate::cpu::Rewind::SameProcess);
-            inj.set_saved_regs(regs);
-            inj.finish()?;
-            r.map(|_| ())
+            crate::inject::in_stopped_process(kpid, |inj| {
+                inj.call("close parked userfaultfd", libc::SYS_close, [kfd as u64, 0, 0, 0, 0, 0]).map(|_| ())
+            })
         }
     }
 }

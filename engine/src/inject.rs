@@ -182,6 +182,18 @@ impl Injector {
     }
 }
 
+/// Stops process `pid` (ptrace), runs `f` with syscalls injected into its main thread, and lets
+/// it run on with its registers as they were (a syscall it was in is made again).
+pub fn in_stopped_process<T>(pid: i32, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
+    let frozen = crate::freeze::Frozen::freeze(pid)?;
+    let mut inj = Injector::new(pid, frozen.threads()[0], find_syscall_insn(pid)?)?;
+    let r = f(&mut inj);
+    let regs = crate::cpu::rewind(*inj.saved_regs(), crate::cpu::Rewind::SameProcess);
+    inj.set_saved_regs(regs);
+    inj.finish()?;
+    r
+}
+
 /// Finds a `syscall` instruction (0f 05) in the target's vDSO, for use as the injection point.
 pub fn find_syscall_insn(pid: i32) -> Result<u64> {
     let maps = crate::maps::read_maps(pid)?;

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use zap_engine::dirty::{self, Backend, Keeper};
-use zap_engine::freeze::Frozen;
-use zap_engine::inject::{find_syscall_insn, Injector};
+use zap_engine::inject::Injector;
 use zap_engine::mem::{save_layout, Backing, VmaState};
 
 const PAGE: u64 = 4096;
@@ -69,13 +68,7 @@ fn check(step: &str, before: &HashMap<u64, Vec<u8>>, after: &HashMap<u64, Vec<u8
 }
 
 fn stopped<T>(pid: i32, f: impl FnOnce(&mut Injector) -> T) -> T {
-    let frozen = Frozen::freeze(pid).expect("freeze");
-    let mut inj = Injector::new(pid, frozen.threads()[0], find_syscall_insn(pid).unwrap()).unwrap();
-    let r = f(&mut inj);
-    let regs = zap_engine::cpu::rewind(*inj.saved_regs(), zap_engine::cpu::Rewind::SameProcess);
-    inj.set_saved_regs(regs);
-    inj.finish().unwrap();
-    r
+    zap_engine::inject::in_stopped_process(pid, |inj| Ok(f(inj))).expect("stop the process")
 }
 
 fn run(backend: Backend) {
