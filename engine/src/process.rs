@@ -355,11 +355,7 @@ impl Restored {
     /// caller). For tests and benchmarks that restore a process they then end.
     pub fn kill_and_reap(&self) {
         let _ = sysclone::kill(self.pid, libc::SIGKILL);
-        let _ = sysclone::kill(self.init_pid, libc::SIGKILL);
-        let start = Instant::now();
-        while sysclone::try_reap(self.init_pid).is_none() && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        sysclone::kill_and_reap(self.init_pid);
     }
 }
 
@@ -470,11 +466,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
     })();
     if result.is_err() {
         // Nothing half-restored stays behind: the init's death takes the target with it.
-        let _ = sysclone::kill(init, libc::SIGKILL);
-        let start = Instant::now();
-        while sysclone::try_reap(init).is_none() && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        sysclone::kill_and_reap(init);
     }
     result
 }

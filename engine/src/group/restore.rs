@@ -46,11 +46,7 @@ impl GroupRestored {
 
     /// Kills the namespace init (and so the whole group) and reaps it (a child of the caller).
     pub fn kill_and_reap(&self) {
-        let _ = sysclone::kill(self.init_pid, libc::SIGKILL);
-        let start = Instant::now();
-        while sysclone::try_reap(self.init_pid).is_none() && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        sysclone::kill_and_reap(self.init_pid);
     }
 }
 
@@ -156,14 +152,7 @@ pub fn restore_in<S: ImageStore>(
                     tracing::warn!(error = %kill, "could not kill a half-restored process");
                 }
             }
-            let _ = sysclone::kill(init, libc::SIGKILL);
-            let start = Instant::now();
-            while sysclone::try_reap(init).is_none() && start.elapsed() < Duration::from_secs(5) {
-                if std::fs::metadata(format!("/proc/{init}")).is_err() {
-                    break; // not our child (a pod init): gone is enough
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            sysclone::kill_and_reap(init); // a pod init is not our child: gone is enough
             Err(e)
         }
     }

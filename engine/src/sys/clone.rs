@@ -185,6 +185,19 @@ pub fn spawn_pidns_target(vpid: i32, tramp: u64) -> io::Result<i32> {
     Ok(rc as i32)
 }
 
+/// Kills `pid` and reaps it if it is our child, waiting up to 5 s (a process that is not our
+/// child is waited for until it is gone).
+pub fn kill_and_reap(pid: i32) {
+    let _ = kill(pid, libc::SIGKILL);
+    let start = std::time::Instant::now();
+    while try_reap(pid).is_none() && start.elapsed() < std::time::Duration::from_secs(5) {
+        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// Reaps `pid` if it has exited; returns its wait status.
 pub fn try_reap(pid: i32) -> Option<i32> {
     let mut status = 0;
