@@ -4,12 +4,16 @@
 //! its pods even when it fails (`zap rm -f` in a guard). The test process makes itself a child
 //! subreaper so the inits of its pods, orphaned when `zap run` exits, are reparented to it and
 //! reaped by the guards (the host's PID 1 here reaps orphans slowly).
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Once;
 use std::time::{Duration, Instant};
+
+use common::wait_for;
 
 use serde_json::Value;
 
@@ -68,17 +72,6 @@ fn ok(o: Output) -> Output {
 
 fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON {e}: {}", stdout(o)))
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
 }
 
 /// A unique pod name for this test process.

@@ -1,9 +1,13 @@
 //! `zap checkpoint` / `zap restore` / `zap ls` on a real python3 process: JSON fields, the
 //! restored process outliving `zap`, and clear failures for a gone pid and an unknown checkpoint.
+mod common;
+
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::wait_for;
 
 fn zap(store: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_zap")).arg("--store").arg(store).args(args).output().expect("run zap")
@@ -25,17 +29,6 @@ fn python(script: &str, stdout: Stdio) -> std::io::Result<std::process::Child> {
 
 fn lines(p: &Path) -> Vec<u64> {
     std::fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
 }
 
 /// Kills a pid this test created (through zap restore) when dropped.
