@@ -495,10 +495,7 @@ fn park(inj: &mut Injector, fd: u64) -> Result<u64> {
 /// once every process of the group has its fds.
 pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut RestoreContext) -> Result<()> {
     let open_path = |inj: &mut Injector, path: &str, flags: u32| -> Result<u64> {
-        let scratch = inj.scratch(8192)?;
-        let mut p = path.as_bytes().to_vec();
-        p.push(0);
-        inj.write_mem(scratch, &p)?;
+        let scratch = inj.put_cstr(path.as_bytes())?;
         let flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC) as u32);
         inj.call("open", libc::SYS_open, [scratch, u64::from(flags), 0, 0, 0, 0])
             .map_err(|e| EngineError::Proc { pid: 0, detail: format!("reopen {path}: {e}") })
@@ -516,18 +513,12 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
                 let tmpfile = (libc::O_TMPFILE | libc::O_RDWR) as u64;
                 let mut fd = None;
                 if let (Some(name), Some(_)) = (path.strip_prefix("/memfd:"), memfd_seals) {
-                    let scratch = inj.scratch(8192)?;
-                    let mut p = name.as_bytes().to_vec();
-                    p.push(0);
-                    inj.write_mem(scratch, &p)?;
+                    let scratch = inj.put_cstr(name.as_bytes())?;
                     let flags = libc::MFD_ALLOW_SEALING as u64;
                     fd = Some(inj.call("memfd_create", libc::SYS_memfd_create, [scratch, flags, 0, 0, 0, 0])?);
                 }
                 for d in [dir.as_str(), "/tmp"].into_iter().filter(|_| fd.is_none()) {
-                    let scratch = inj.scratch(8192)?;
-                    let mut p = d.as_bytes().to_vec();
-                    p.push(0);
-                    inj.write_mem(scratch, &p)?;
+                    let scratch = inj.put_cstr(d.as_bytes())?;
                     let rc = inj.syscall(libc::SYS_open, [scratch, tmpfile, 0o600, 0, 0, 0])?;
                     if rc >= 0 {
                         fd = Some(rc as u64);
@@ -595,16 +586,14 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
                 let mut cur = 0i32;
                 for (wd, path, mask) in watches {
                     while cur + 1 < *wd {
-                        inj.write_mem(scratch, b"/\0")?;
-                        let d = inj.call("inotify_add_watch (gap)", libc::SYS_inotify_add_watch, [fd, scratch, libc::IN_ATTRIB as u64, 0, 0, 0])?;
+                        let root = inj.put_cstr(b"/")?;
+                        let d = inj.call("inotify_add_watch (gap)", libc::SYS_inotify_add_watch, [fd, root, libc::IN_ATTRIB as u64, 0, 0, 0])?;
                         inj.call("inotify_rm_watch (gap)", libc::SYS_inotify_rm_watch, [fd, d, 0, 0, 0, 0])?;
                         cur = d as i32;
                     }
-                    let mut p = path.as_bytes().to_vec();
-                    p.push(0);
-                    inj.write_mem(scratch, &p)?;
+                    let p = inj.put_cstr(path.as_bytes())?;
                     let got = inj
-                        .call("inotify_add_watch", libc::SYS_inotify_add_watch, [fd, scratch, u64::from(*mask), 0, 0, 0])
+                        .call("inotify_add_watch", libc::SYS_inotify_add_watch, [fd, p, u64::from(*mask), 0, 0, 0])
                         .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: watch {path} again: {e}", st.fd) })?;
                     if got as i32 != *wd {
                         return Err(EngineError::Proc { pid: vpid, detail: format!("fd {}: watch {path} came back as {got}, not {wd}", st.fd) });

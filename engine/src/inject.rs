@@ -145,6 +145,17 @@ impl Injector {
         Ok(addr)
     }
 
+    /// Writes `s` with a terminating NUL at the start of the scratch area (a path or a name for
+    /// the next syscall) and returns its address.
+    pub fn put_cstr(&mut self, s: &[u8]) -> Result<u64> {
+        let addr = self.scratch((s.len() as u64 + 1).max(8192))?;
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s);
+        v.push(0);
+        self.write_mem(addr, &v)?;
+        Ok(addr)
+    }
+
     /// Writes bytes into the target's memory.
     pub fn write_mem(&self, addr: u64, data: &[u8]) -> Result<()> {
         self.mem.write_all_at(data, addr).map_err(|e| EngineError::io("write process memory", &self.mem_path, e))

@@ -418,7 +418,6 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
     if let Some(v) = vmas.iter().find(|v| v.backing == Backing::Vdso) {
         inj.call("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, [ARCH_MAP_VDSO_64, v.start, 0, 0, 0, 0])?;
     }
-    let scratch_len = 8192u64;
     for (i, v) in vmas.iter().enumerate() {
         let len = v.end - v.start;
         let prot = u64::from(v.prot);
@@ -449,10 +448,7 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
             Backing::Shmem { ino, offset } => match shm.owners.get(ino) {
                 Some(&(owner, ostart, oend)) if owner != vpid => {
                     let path = format!("/proc/{owner}/map_files/{ostart:x}-{oend:x}");
-                    let scratch = inj.scratch(scratch_len)?;
-                    let mut p = path.as_bytes().to_vec();
-                    p.push(0);
-                    inj.write_mem(scratch, &p)?;
+                    let scratch = inj.put_cstr(path.as_bytes())?;
                     let fd = inj
                         .call("open shared memory", libc::SYS_open, [scratch, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0, 0, 0, 0])
                         .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("open {path} (shared memory of pid {owner}): {e}") })?;
@@ -469,10 +465,7 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                 }
             },
             Backing::File { path, offset } => {
-                let scratch = inj.scratch(scratch_len)?;
-                let mut p = path.as_bytes().to_vec();
-                p.push(0);
-                inj.write_mem(scratch, &p)?;
+                let scratch = inj.put_cstr(path.as_bytes())?;
                 let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
                 let fd = inj.call("open mapped file", libc::SYS_open, [scratch, (mode | libc::O_CLOEXEC) as u64, 0, 0, 0, 0])?;
                 let flags = (share | libc::MAP_FIXED | grows) as u64;

@@ -238,6 +238,16 @@ fn bind(inj: &mut Injector, fd: u64, addr: &[u8], ctx: &SocketRestore) -> Result
     Ok(())
 }
 
+/// Removes the file of a unix socket bound to a path (the original's is still there, and bind
+/// needs it gone); abstract names (starting with NUL) have none.
+fn unlink_socket_file(inj: &mut Injector, name: &[u8]) -> Result<()> {
+    if name.first().is_some_and(|&b| b != 0) {
+        let p = inj.put_cstr(name)?;
+        let _ = inj.syscall(libc::SYS_unlink, [p, 0, 0, 0, 0, 0]);
+    }
+    Ok(())
+}
+
 fn unix_addr(name: &[u8]) -> Vec<u8> {
     let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
     a.extend_from_slice(name);
@@ -294,27 +304,15 @@ pub fn restore(
         }
         SocketState::UnixListen { sock_type, name } => {
             let fd = inj.call("socket(AF_UNIX)", libc::SYS_socket, [libc::AF_UNIX as u64, *sock_type as u64, 0, 0, 0, 0])?;
-            if name.first().is_some_and(|&b| b != 0) {
-                // A path: the original's socket file is still there; bind needs it gone.
-                let mut path = name.clone();
-                path.push(0);
-                let p = put(inj, &path)?;
-                let _ = inj.syscall(libc::SYS_unlink, [p, 0, 0, 0, 0, 0]);
-            }
-            let addr = unix_addr(name);
-            bind(inj, fd, &addr, ctx)?;
+            unlink_socket_file(inj, name)?;
+            bind(inj, fd, &unix_addr(name), ctx)?;
             inj.call("listen", libc::SYS_listen, [fd, SOMAXCONN, 0, 0, 0, 0])?;
             Ok(fd)
         }
         SocketState::UnixUnconnected { sock_type, name } => {
             let fd = inj.call("socket(AF_UNIX)", libc::SYS_socket, [libc::AF_UNIX as u64, *sock_type as u64, 0, 0, 0, 0])?;
             if let Some(name) = name {
-                if name.first().is_some_and(|&b| b != 0) {
-                    let mut path = name.clone();
-                    path.push(0);
-                    let p = put(inj, &path)?;
-                    let _ = inj.syscall(libc::SYS_unlink, [p, 0, 0, 0, 0, 0]);
-                }
+                unlink_socket_file(inj, name)?;
                 bind(inj, fd, &unix_addr(name), ctx)?;
             }
             Ok(fd)

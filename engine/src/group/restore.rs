@@ -198,10 +198,7 @@ fn build<S: ImageStore>(
                     return Err(EngineError::Proc { pid: m.vpid, detail: "a zombie with children cannot be restored".into() });
                 }
                 let mut inj = Injector::new(pid, pid, tramp)?;
-                let scratch = inj.scratch(4096)?;
-                let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
-                name.push(0);
-                inj.write_mem(scratch, &name)?;
+                let scratch = inj.put_cstr(&comm.as_bytes()[..comm.len().min(15)])?;
                 inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
                 inj.release_scratch()?;
                 inj.forget();
