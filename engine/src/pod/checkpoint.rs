@@ -9,14 +9,14 @@
 //! `leave_running` the pod goes on from here; otherwise it stays stopped until the checkpoint is
 //! committed, and is then killed and removed (its state now lives in the checkpoint).
 //!
-//! ## Restore ([`restore`])
-//! A new pod is created ([`super::create`]) with the saved hostname, limits, address and MAC (a
-//! copy restored under another address gets a fresh MAC); its init creates the top processes
-//! with their pids and the group restore fills everything in. Files under the original pod's
-//! directory (its `console.log`) are reopened under the new pod's directory, and sockets bound to
-//! the old address are bound to the new one. The pod's console log travels in the checkpoint (its
-//! last 16 MiB) and is put back before the processes resume. On failure the half-made pod is
-//! removed.
+//! ## Stopped pods ([`StoppedPod`])
+//! The stop is a value: [`StoppedPod::stop`] takes the pod's checkpoint lock and stops it;
+//! [`StoppedPod::resume`] lets it run on, [`StoppedPod::end`] removes it (its state now lives
+//! elsewhere: a committed checkpoint, or a destination host). Dropping a `StoppedPod` resumes the
+//! pod, so an error anywhere between the stop and the end leaves the pod running. A checkpoint
+//! and a migration's final round are both built on it.
+//!
+//! Restore is in [`super::restore`] (re-exported here).
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,10 +26,10 @@ use zap_chunker::ChunkerConfig;
 use zap_store::{CheckpointId, ImageStore, Manifest};
 
 use super::net::{self, NetConfig};
-use super::{cgroup_of, load, pod_dir, status, PodSpec, PodStatus};
-use crate::files::RestoreContext;
+use super::{cgroup_of, load, pod_dir, status, PodState, PodStatus};
+pub use super::restore::{restore, PodRestoreOptions, PodRestored};
 use crate::freeze::Frozen;
-use crate::group::{self, GroupImage, GroupRestored, TargetSpawner};
+use crate::group::{self, GroupImage};
 use crate::ipc::{self, IpcState};
 use crate::dirty;
 use crate::process::CheckpointReport;
@@ -258,7 +258,7 @@ fn arm_members(
 }
 
 /// Name of the image holding the pod's console log.
-const CONSOLE_IMAGE: &str = "console.log";
+pub(crate) const CONSOLE_IMAGE: &str = "console.log";
 /// How much of the end of a console log a checkpoint keeps.
 const CONSOLE_KEEP: u64 = 16 << 20;
 
@@ -290,32 +290,129 @@ fn refuse_external_streams(name: &str, image: &GroupImage) -> Result<()> {
     Ok(())
 }
 
+/// A pod stopped as one (see the module doc): its checkpoint lock is held and every process but
+/// its init is stopped under ptrace. Dropping it resumes the pod.
+pub struct StoppedPod {
+    root: std::path::PathBuf,
+    name: String,
+    state: PodState,
+    /// Host pids of the pod's processes but its init (zombies included).
+    pids: Vec<i32>,
+    /// The stopped processes; `None` once resumed or ended.
+    frozen: Option<Vec<Frozen>>,
+    /// How long the stop took, ms.
+    stop_ms: f64,
+    _lock: PodLock,
+}
+
+/// A pod's checkpoint lock (`<pod dir>/checkpoint.lock`, `flock`): one checkpoint or migration of
+/// a pod at a time; a second waits for the first. Released on drop.
+pub struct PodLock(#[allow(dead_code)] std::fs::File);
+
+impl PodLock {
+    /// Takes the lock of pod `name`, waiting for its holder.
+    pub fn acquire(root: &Path, name: &str) -> Result<PodLock> {
+        load(root, name)?; // a clear error for an unknown pod before anything is created
+        let lock_path = pod_dir(root, name).join("checkpoint.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| EngineError::io("open", &lock_path, e))?;
+        crate::sys::ns::flock_exclusive(&lock).map_err(|e| EngineError::io("lock", &lock_path, e))?;
+        Ok(PodLock(lock))
+    }
+}
+
+impl StoppedPod {
+    /// Stops running pod `name` of run directory `root`. Waits for a checkpoint of the pod that
+    /// is under way (the scheduler's, say) to end first.
+    pub fn stop(root: &Path, name: &str) -> Result<StoppedPod> {
+        Self::stop_locked(root, name, PodLock::acquire(root, name)?)
+    }
+
+    /// Stops running pod `name` whose checkpoint lock the caller holds.
+    pub fn stop_locked(root: &Path, name: &str, lock: PodLock) -> Result<StoppedPod> {
+        let state = load(root, name)?;
+        if status(root, &state) != PodStatus::Running {
+            return Err(pod_err(name, "stop", format!("the pod is {}", status(root, &state))));
+        }
+        let t = Instant::now();
+        let (pids, frozen) = stop_pod(name, &cgroup_of(&state), state.init_pid)?;
+        let stop_ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok(StoppedPod { root: root.to_path_buf(), name: name.to_string(), state, pids, frozen: Some(frozen), stop_ms, _lock: lock })
+    }
+
+    /// The pod's recorded state.
+    pub fn state(&self) -> &PodState {
+        &self.state
+    }
+
+    /// The pod's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Host pids of the pod's processes (zombies included; not the init).
+    pub fn pids(&self) -> &[i32] {
+        &self.pids
+    }
+
+    /// The stopped processes (empty once resumed).
+    pub fn frozen(&self) -> &[Frozen] {
+        self.frozen.as_deref().unwrap_or(&[])
+    }
+
+    /// How long stopping the pod took, ms.
+    pub fn stop_ms(&self) -> f64 {
+        self.stop_ms
+    }
+
+    /// Lets the processes run on (an interrupted syscall is made again). The checkpoint lock is
+    /// kept until the value is dropped.
+    pub fn resume(&mut self) {
+        drop(self.frozen.take());
+    }
+
+    /// Ends the pod: kills its processes and removes everything of it (as `zap rm -f`).
+    pub fn end(mut self) -> Result<()> {
+        let frozen = self.frozen.take();
+        let r = super::rm(&self.root, &self.name, true);
+        if let Some(frozen) = frozen {
+            if r.is_ok() {
+                for f in frozen {
+                    f.forget();
+                }
+            }
+        }
+        r
+    }
+}
+
+impl Drop for StoppedPod {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
+
 /// Checkpoints pod `name` (in run directory `root`) into `store`. When the pod's last
 /// checkpoint armed dirty-page tracking, this one is incremental: only pages written since are
 /// read, and unchanged memory refers to the parent's chunks (the report's `mode` says which).
 pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodCheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
-    load(root, name)?; // a clear error for an unknown pod before anything is created
-    // One checkpoint of a pod at a time (a manual one and the scheduler's may meet): the second
-    // waits for the first.
-    let lock_path = pod_dir(root, name).join("checkpoint.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| EngineError::io("open", &lock_path, e))?;
-    crate::sys::ns::flock_exclusive(&lock).map_err(|e| EngineError::io("lock", &lock_path, e))?;
+    let lock = PodLock::acquire(root, name)?;
     let state = load(root, name)?;
     if status(root, &state) != PodStatus::Running {
         return Err(pod_err(name, "checkpoint", format!("the pod is {}", status(root, &state))));
     }
     let base = incremental_base(store, root, name, state.last_checkpoint.as_deref(), opts.full);
-    let cg = cgroup_of(&state);
     // The pod's stop is timed from here: what came before (reading the parent) ran beside it.
     let tf = Instant::now();
-    let (pids, frozen) = stop_pod(name, &cg, state.init_pid)?;
+    let mut stopped = StoppedPod::stop_locked(root, name, lock)?;
+    let state = stopped.state().clone();
     let stopped_ms = tf.elapsed().as_secs_f64() * 1e3;
+    let pids = stopped.pids().to_vec();
     let net = match &state.ip {
         Some(_) => Some(net::read_config(state.init_pid)?),
         None => None,
@@ -326,7 +423,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         Ok((m, t)) => (Some(m), t, String::new()),
         Err(why) => (None, group::Tracking::default(), format!("full: {why}")),
     };
-    let mut saved = group::save(&pids, &frozen, opts.tcp_close, Some(&mut tracking))?;
+    let mut saved = group::save(&pids, stopped.frozen(), opts.tcp_close, Some(&mut tracking))?;
     refuse_external_streams(name, &saved.image)?;
     if parent.is_some() {
         let live = saved.image.members.iter().filter(|m| m.image().is_some()).count();
@@ -343,7 +440,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let console = read_console(&pod_dir(root, name).join("console.log"));
     let ipc_ms = tf.elapsed().as_secs_f64() * 1e3;
     let bytes_read = saved.bytes_read;
-    let backend = if opts.leave_running { Some(arm_members(&pids, &frozen, state.init_pid, &mut tracking, &saved.image)?) } else { None };
+    let backend =
+        if opts.leave_running { Some(arm_members(&pids, stopped.frozen(), state.init_pid, &mut tracking, &saved.image)?) } else { None };
     // Should anything fail from here on, no tracker state is kept: the descriptors parked for
     // it are closed rather than left in the init.
     let mut disarm_guard = DisarmOnFailure(tracking.armed.values().chain(&tracking.dropped).cloned().collect());
@@ -352,12 +450,11 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
             mode.push_str(&format!(" (tracker {b})"));
         }
     }
-    let frozen = if opts.leave_running {
-        drop(frozen);
-        None
-    } else {
-        Some(frozen)
-    };
+    // With leave_running the pod goes on now. Otherwise it stays stopped until the checkpoint
+    // is committed, so that a failure to store leaves it running rather than lost.
+    if opts.leave_running {
+        stopped.resume();
+    }
     let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
     tracing::info!(pod = name, processes = pids.len(), stopped_ms, saved_ms, ipc_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
     let ts = Instant::now();
@@ -397,140 +494,22 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(pod = name, stored_ms, commit_ms = ts.elapsed().as_secs_f64() * 1e3 - stored_ms, total_ms, "checkpoint committed");
     let stopped_until_commit_ms = tf.elapsed().as_secs_f64() * 1e3;
-    match frozen {
-        Some(frozen) => {
-            // The checkpoint holds the pod now: end it and remove what is left of it.
-            super::rm(root, name, true)?;
-            for f in frozen {
-                f.forget();
-            }
-            disarm_guard.0.clear(); // went with the pod
-        }
-        None => {
-            super::set_last_checkpoint(root, name, &summary.id.to_string())?;
-            let members = tracking.armed.into_values().collect();
-            write_tracker(root, name, &TrackerFile { parent: summary.id.to_string(), members })?;
-            disarm_guard.0.clear();
-            // Descriptors parked for processes that are gone or lost their tracking.
-            for a in &tracking.dropped {
-                if let Err(e) = dirty::disarm(a) {
-                    tracing::warn!(pid = a.pid, error = %e, "could not close a parked userfaultfd");
-                }
+    if opts.leave_running {
+        super::set_last_checkpoint(root, name, &summary.id.to_string())?;
+        let members = tracking.armed.into_values().collect();
+        write_tracker(root, name, &TrackerFile { parent: summary.id.to_string(), members })?;
+        disarm_guard.0.clear();
+        // Descriptors parked for processes that are gone or lost their tracking.
+        for a in &tracking.dropped {
+            if let Err(e) = dirty::disarm(a) {
+                tracing::warn!(pid = a.pid, error = %e, "could not close a parked userfaultfd");
             }
         }
+    } else {
+        // The checkpoint holds the pod now: end it and remove what is left of it.
+        stopped.end()?;
+        disarm_guard.0.clear(); // went with the pod
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { stopped_until_commit_ms };
     Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode })
-}
-
-/// How to restore a pod.
-#[derive(Clone, Debug, Default)]
-pub struct PodRestoreOptions {
-    /// Name of the new pod (default: the saved name).
-    pub name: Option<String>,
-    /// Address of the new pod (default: the saved one).
-    pub ip: Option<String>,
-    /// The `zap-init` binary.
-    pub init_exe: std::path::PathBuf,
-}
-
-/// A restored pod.
-#[derive(Clone, Debug, Serialize)]
-pub struct PodRestored {
-    /// Its name.
-    pub name: String,
-    /// Its address.
-    pub ip: Option<String>,
-    /// The processes.
-    pub group: GroupRestored,
-}
-
-struct PodSpawner<'a, S> {
-    store: &'a S,
-    manifest: &'a Manifest,
-    ipc: &'a IpcState,
-    root: &'a Path,
-    spec: PodSpec,
-    main_vpid: i32,
-    created: bool,
-    init_pid: i32,
-}
-
-impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
-    fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32> {
-        let main_vpid = if top.contains(&self.main_vpid) { self.main_vpid } else { top[0] };
-        self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid };
-        let state = super::create(self.root, &self.spec)?;
-        self.created = true;
-        self.init_pid = state.init_pid;
-        // The console log as it was, so the processes' appends continue it.
-        if let Some(img) = self.manifest.images.iter().find(|i| i.name == CONSOLE_IMAGE) {
-            let len = img.extents.iter().map(|e| e.end()).max().unwrap_or(0);
-            let mut buf = vec![0u8; len as usize];
-            zap_store::materialize(self.store, &img.extents, 0, &mut buf)?;
-            let log = pod_dir(self.root, &self.spec.name).join("console.log");
-            std::fs::write(&log, &buf).map_err(|e| EngineError::io("write", &log, e))?;
-        }
-        // The IPC objects exist before any process attaches them.
-        self.ipc.restore(self.store, &self.manifest.images, state.init_pid)?;
-        let log = pod_dir(self.root, &self.spec.name).join("console.log");
-        std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| EngineError::io("create", &log, e))?;
-        Ok(state.init_pid)
-    }
-}
-
-fn ipv4_of(cidr: &str) -> Option<[u8; 4]> {
-    cidr.split('/').next()?.parse::<std::net::Ipv4Addr>().ok().map(|a| a.octets())
-}
-
-/// Restores pod checkpoint `id` as a new pod in run directory `root`.
-pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &PodRestoreOptions) -> Result<PodRestored> {
-    let manifest = store.manifest(id)?;
-    if manifest.kind != KIND {
-        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a pod", manifest.kind) });
-    }
-    let image = PodImage::decode(&manifest.state)?;
-    let name = opts.name.clone().unwrap_or_else(|| image.name.clone());
-    super::validate_name(&name)?;
-    if load(root, &name).is_ok() {
-        return Err(pod_err(&name, "restore", "a pod of this name exists (remove it, or restore with another --name)"));
-    }
-    let ip = opts.ip.clone().or_else(|| image.ip.clone());
-    let same_address = opts.ip.is_none() || opts.ip == image.ip;
-    let mac = if same_address { image.net.as_ref().map(|n| n.mac.clone()) } else { None };
-    let spec = PodSpec {
-        name: name.clone(),
-        hostname: Some(image.hostname.clone()),
-        ip: ip.clone(),
-        mac,
-        memory_limit: image.memory_limit,
-        cpus: image.cpus,
-        launch: super::Launch::Restore { top: Vec::new(), tramp: 0, main_vpid: image.main_vpid },
-        init_exe: opts.init_exe.clone(),
-    };
-    let mut files = RestoreContext::new(std::process::id());
-    files.path_map.push((image.pod_dir.clone(), format!("{}/", pod_dir(root, &name).display())));
-    if let (Some(old), Some(new)) = (image.ip.as_deref().and_then(ipv4_of), ip.as_deref().and_then(ipv4_of)) {
-        if old != new {
-            files.sockets.rebind.push((old, new));
-        }
-    }
-    let mut spawner =
-        PodSpawner { store, manifest: &manifest, ipc: &image.ipc, root, spec, main_vpid: image.main_vpid, created: false, init_pid: 0 };
-    let result = group::restore_in(store, &manifest, &image.group, &mut spawner, files)
-        .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group));
-    match result {
-        Ok(group) => {
-            super::set_last_checkpoint(root, &name, &id.to_string())?;
-            Ok(PodRestored { name, ip, group })
-        }
-        Err(e) => {
-            if spawner.created {
-                if let Err(e2) = super::rm(root, &name, true) {
-                    tracing::warn!(pod = name, error = %e2, "cleanup after failed restore");
-                }
-            }
-            Err(e)
-        }
-    }
 }

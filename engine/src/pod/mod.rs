@@ -38,6 +38,7 @@ pub mod cgroup;
 pub mod checkpoint;
 pub mod init;
 pub mod net;
+pub mod restore;
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,136 @@
+//! Restore of a whole pod ([`restore`]).
+//!
+//! A new pod is created ([`super::create`]) with the saved hostname, limits, address and MAC (a
+//! copy restored under another address gets a fresh MAC); its init creates the top processes
+//! with their pids and the group restore fills everything in. Files under the original pod's
+//! directory (its `console.log`) are reopened under the new pod's directory, and sockets bound to
+//! the old address are bound to the new one. The pod's console log travels in the checkpoint (its
+//! last 16 MiB) and is put back before the processes resume. On failure the half-made pod is
+//! removed.
+use std::path::Path;
+
+use serde::Serialize;
+use zap_store::{CheckpointId, ImageStore, Manifest};
+
+use super::checkpoint::{PodImage, CONSOLE_IMAGE, KIND};
+use super::{load, pod_dir, PodSpec};
+use crate::files::RestoreContext;
+use crate::group::{self, GroupRestored, TargetSpawner};
+use crate::ipc::IpcState;
+use crate::{EngineError, Result};
+
+fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -> EngineError {
+    EngineError::Pod { pod: pod.to_string(), step: step.into(), detail: detail.to_string() }
+}
+
+/// How to restore a pod.
+#[derive(Clone, Debug, Default)]
+pub struct PodRestoreOptions {
+    /// Name of the new pod (default: the saved name).
+    pub name: Option<String>,
+    /// Address of the new pod (default: the saved one).
+    pub ip: Option<String>,
+    /// The `zap-init` binary.
+    pub init_exe: std::path::PathBuf,
+}
+
+/// A restored pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodRestored {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub ip: Option<String>,
+    /// The processes.
+    pub group: GroupRestored,
+}
+
+struct PodSpawner<'a, S> {
+    store: &'a S,
+    manifest: &'a Manifest,
+    ipc: &'a IpcState,
+    root: &'a Path,
+    spec: PodSpec,
+    main_vpid: i32,
+    created: bool,
+    init_pid: i32,
+}
+
+impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
+    fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32> {
+        let main_vpid = if top.contains(&self.main_vpid) { self.main_vpid } else { top[0] };
+        self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid };
+        let state = super::create(self.root, &self.spec)?;
+        self.created = true;
+        self.init_pid = state.init_pid;
+        // The console log as it was, so the processes' appends continue it.
+        if let Some(img) = self.manifest.images.iter().find(|i| i.name == CONSOLE_IMAGE) {
+            let len = img.extents.iter().map(|e| e.end()).max().unwrap_or(0);
+            let mut buf = vec![0u8; len as usize];
+            zap_store::materialize(self.store, &img.extents, 0, &mut buf)?;
+            let log = pod_dir(self.root, &self.spec.name).join("console.log");
+            std::fs::write(&log, &buf).map_err(|e| EngineError::io("write", &log, e))?;
+        }
+        // The IPC objects exist before any process attaches them.
+        self.ipc.restore(self.store, &self.manifest.images, state.init_pid)?;
+        let log = pod_dir(self.root, &self.spec.name).join("console.log");
+        std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| EngineError::io("create", &log, e))?;
+        Ok(state.init_pid)
+    }
+}
+
+fn ipv4_of(cidr: &str) -> Option<[u8; 4]> {
+    cidr.split('/').next()?.parse::<std::net::Ipv4Addr>().ok().map(|a| a.octets())
+}
+
+/// Restores pod checkpoint `id` as a new pod in run directory `root`.
+pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &PodRestoreOptions) -> Result<PodRestored> {
+    let manifest = store.manifest(id)?;
+    if manifest.kind != KIND {
+        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a pod", manifest.kind) });
+    }
+    let image = PodImage::decode(&manifest.state)?;
+    let name = opts.name.clone().unwrap_or_else(|| image.name.clone());
+    super::validate_name(&name)?;
+    if load(root, &name).is_ok() {
+        return Err(pod_err(&name, "restore", "a pod of this name exists (remove it, or restore with another --name)"));
+    }
+    let ip = opts.ip.clone().or_else(|| image.ip.clone());
+    let same_address = opts.ip.is_none() || opts.ip == image.ip;
+    let mac = if same_address { image.net.as_ref().map(|n| n.mac.clone()) } else { None };
+    let spec = PodSpec {
+        name: name.clone(),
+        hostname: Some(image.hostname.clone()),
+        ip: ip.clone(),
+        mac,
+        memory_limit: image.memory_limit,
+        cpus: image.cpus,
+        launch: super::Launch::Restore { top: Vec::new(), tramp: 0, main_vpid: image.main_vpid },
+        init_exe: opts.init_exe.clone(),
+    };
+    let mut files = RestoreContext::new(std::process::id());
+    files.path_map.push((image.pod_dir.clone(), format!("{}/", pod_dir(root, &name).display())));
+    if let (Some(old), Some(new)) = (image.ip.as_deref().and_then(ipv4_of), ip.as_deref().and_then(ipv4_of)) {
+        if old != new {
+            files.sockets.rebind.push((old, new));
+        }
+    }
+    let mut spawner =
+        PodSpawner { store, manifest: &manifest, ipc: &image.ipc, root, spec, main_vpid: image.main_vpid, created: false, init_pid: 0 };
+    let result = group::restore_in(store, &manifest, &image.group, &mut spawner, files)
+        .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group));
+    match result {
+        Ok(group) => {
+            super::set_last_checkpoint(root, &name, &id.to_string())?;
+            Ok(PodRestored { name, ip, group })
+        }
+        Err(e) => {
+            if spawner.created {
+                if let Err(e2) = super::rm(root, &name, true) {
+                    tracing::warn!(pod = name, error = %e2, "cleanup after failed restore");
+                }
+            }
+            Err(e)
+        }
+    }
+}
