@@ -52,7 +52,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 3;
+pub const IMAGE_VERSION: u8 = 4;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -281,10 +281,11 @@ pub fn save_process(
         Some(v) => v,
         None => mem::save_layout(pid)?,
     };
-    let fds = files::save(pid, vpid, files_ctx)?;
+    let mut fds = files::save(pid, vpid, files_ctx)?;
     let syscall_ip = find_syscall_insn(pid)?;
     // The main thread first: process-wide state is read through it.
     let (main, (attrs, signals, (itimers, posix_timers))) = save_thread(pid, pid, syscall_ip, |inj| {
+        files::save_owners(inj, pid, &mut fds)?;
         let itimers = save_itimers(inj)?;
         let timers = save_posix_timers(pid, inj)?;
         let attrs = ProcAttrs::save(pid, inj)?;

@@ -1,16 +1,24 @@
 //! Descriptors that name a file: regular files and directories (reopened by path and seeked),
-//! character devices (reopened by path), and files deleted while open, `O_TMPFILE` files and
-//! memfds, whose contents are saved (at most [`DELETED_FILE_LIMIT`] bytes) and restored into an
-//! unnamed file in the same directory (or /tmp), or a memfd of the same name with the same seals.
+//! character devices (reopened by path), `O_PATH` descriptors of any file (reopened by path),
+//! directories deleted while open (recreated and removed again), and files deleted while open,
+//! `O_TMPFILE` files and memfds, whose contents are saved (at most [`DELETED_FILE_LIMIT`] bytes
+//! of data; holes, found with `SEEK_DATA`/`SEEK_HOLE`, stay holes) and restored into an unnamed
+//! file in the same directory (or /tmp), or a memfd of the same name with the same seals.
+//!
+//! A path that leads to another file than the one open (device and inode differ: something was
+//! mounted over it) is refused rather than reopened, as is a file deleted at its path but still
+//! linked elsewhere (its other name would be cut off from the copy), and `memfd_secret` memory.
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 
 use super::{FdKind, FdState};
 use crate::inject::Injector;
 use crate::sys::proc as sysproc;
 use crate::{EngineError, Result};
 
-/// The largest deleted-but-open file a checkpoint keeps (its bytes go into the image state).
+/// The most data (bytes outside holes) of a deleted-but-open file a checkpoint keeps (its bytes
+/// go into the image state).
 pub const DELETED_FILE_LIMIT: u64 = 64 << 20;
 
 fn pos_of(info: &HashMap<String, String>) -> u64 {
@@ -18,7 +26,8 @@ fn pos_of(info: &HashMap<String, String>) -> u64 {
 }
 
 /// Saves fd `fd` of `pid` whose link `target` is an absolute path that exists: a regular file,
-/// directory, character device or FIFO.
+/// directory, character device or FIFO. The path is looked up in the process's own view of the
+/// filesystem and must still lead to the open file.
 pub(super) fn save_path(
     pid: i32,
     fd: i32,
@@ -27,50 +36,121 @@ pub(super) fn save_path(
     pidfd: &OwnedFd,
     ctx: &mut super::SaveContext,
 ) -> Result<FdKind> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::metadata(target).map_err(|e| EngineError::io("stat fd target", target.as_ref(), e))?;
-    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd file", pid, source })?;
+    let open = std::fs::File::from(dup).metadata().map_err(|e| EngineError::io("stat open file", target.as_ref(), e))?;
+    let seen = format!("/proc/{pid}/root{target}");
+    let at_path = std::fs::metadata(&seen).map_err(|e| EngineError::io("stat fd target", target.as_ref(), e))?;
+    if (open.dev(), open.ino()) != (at_path.dev(), at_path.ino()) {
+        let what = format!(
+            "file whose path now leads to another file (open: device {:#x} inode {}, at the path: device {:#x} inode {})",
+            open.dev(),
+            open.ino(),
+            at_path.dev(),
+            at_path.ino()
+        );
+        return Err(super::unsupported(pid, fd, &what, target));
+    }
+    let ft = open.file_type();
     if ft.is_file() || ft.is_dir() {
         Ok(FdKind::Path { path: target.to_string(), pos: pos_of(info) })
     } else if ft.is_char_device() {
         Ok(FdKind::CharDev { path: target.to_string() })
     } else if ft.is_fifo() {
-        super::pipes::save_fifo(pid, fd, target, meta.ino(), pidfd, ctx)
+        let write_only = super::fd_flags(info) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+        super::pipes::save_fifo(pid, fd, (target, false, write_only), (open.dev(), open.ino()), pidfd, ctx)
     } else {
         Err(super::unsupported(pid, fd, "special file", target))
     }
 }
 
-/// Saves fd `fd` of `pid`, a file deleted while open (or a memfd) once at `path`: its contents.
-pub(super) fn save_deleted(pid: i32, fd: i32, path: &str, info: &HashMap<String, String>, pidfd: &OwnedFd) -> Result<FdKind> {
+/// Saves fd `fd` of `pid`, a file deleted while open (or a memfd) once at `path`: its contents
+/// (data ranges only), or, for a directory or FIFO, what it takes to make another.
+pub(super) fn save_deleted(
+    pid: i32,
+    fd: i32,
+    path: &str,
+    info: &HashMap<String, String>,
+    pidfd: &OwnedFd,
+    ctx: &mut super::SaveContext,
+) -> Result<FdKind> {
+    use std::os::unix::fs::FileTypeExt;
     let target = format!("{path} (deleted)");
+    if path == "/secretmem" {
+        return Err(super::unsupported(pid, fd, "memfd_secret memory (the kernel lets nobody else read it)", &target));
+    }
     let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd deleted file", pid, source })?;
     let file = std::fs::File::from(dup);
     let meta = file.metadata().map_err(|e| EngineError::io("stat deleted file", path.as_ref(), e))?;
+    if meta.is_dir() {
+        return Ok(FdKind::DeletedDir { path: path.to_string() });
+    }
+    if meta.file_type().is_fifo() {
+        let write_only = super::fd_flags(info) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+        return super::pipes::save_fifo(pid, fd, (path, true, write_only), (meta.dev(), meta.ino()), pidfd, ctx);
+    }
     if !meta.is_file() {
         return Err(super::unsupported(pid, fd, "deleted special file", &target));
     }
-    if meta.len() > DELETED_FILE_LIMIT {
-        let what = format!("deleted file of {} bytes (the limit is {DELETED_FILE_LIMIT})", meta.len());
+    let memfd = path.starts_with("/memfd:");
+    if meta.nlink() > 0 && !memfd {
+        let what = format!("file removed from this path but still linked elsewhere ({} links; inode {})", meta.nlink(), meta.ino());
         return Err(super::unsupported(pid, fd, &what, &target));
     }
-    let mut data = vec![0u8; meta.len() as usize];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut data, 0).map_err(|e| EngineError::io("read deleted file", path.as_ref(), e))?;
-    let memfd_seals = path
-        .starts_with("/memfd:")
+    let extents = read_data(&file, meta.len()).map_err(|e| EngineError::io("read deleted file", path.as_ref(), e))?;
+    let bytes: u64 = extents.iter().map(|(_, d)| d.len() as u64).sum();
+    if bytes > DELETED_FILE_LIMIT {
+        let what = format!("deleted file with {bytes} bytes of data (the limit is {DELETED_FILE_LIMIT})");
+        return Err(super::unsupported(pid, fd, &what, &target));
+    }
+    let memfd_seals = memfd
         .then(|| sysproc::memfd_seals(&file))
         .transpose()
         .map_err(|source| EngineError::Sys { step: "F_GET_SEALS", pid, source })?;
-    Ok(FdKind::Deleted { path: path.to_string(), pos: pos_of(info), data, memfd_seals })
+    Ok(FdKind::Deleted { path: path.to_string(), pos: pos_of(info), size: meta.len(), extents, memfd_seals })
+}
+
+/// The data ranges of `file` (`len` bytes long), each with its bytes: holes are left out.
+fn read_data(file: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let Some(start) = sysproc::seek_data(file, pos)? else { break };
+        let end = sysproc::seek_hole(file, start)?.min(len);
+        let mut data = vec![0u8; (end - start) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut data, start)?;
+        out.push((start, data));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Recreates a directory deleted while open (`FdKind::DeletedDir`): a new directory next to
+/// where it was (or in /tmp), opened with the saved flags and removed again.
+pub(super) fn restore_deleted_dir(inj: &mut Injector, vpid: i32, st: &FdState, path: &str) -> Result<u64> {
+    let dir = std::path::Path::new(path).parent().and_then(|d| d.to_str()).unwrap_or("/tmp").to_string();
+    for d in [dir.as_str(), "/tmp"] {
+        let name = format!("{d}/.zap-dir-{}-{}", st.fd, std::process::id());
+        let p = inj.put_cstr(name.as_bytes())?;
+        if inj.syscall(libc::SYS_mkdir, [p, 0o700, 0, 0, 0, 0])? < 0 {
+            continue;
+        }
+        let fd = inj.syscall(libc::SYS_open, [p, u64::from(st.flags & !(libc::O_CLOEXEC as u32)) | libc::O_DIRECTORY as u64, 0, 0, 0, 0])?;
+        inj.call("rmdir", libc::SYS_rmdir, [p, 0, 0, 0, 0, 0])?;
+        if fd >= 0 {
+            return Ok(fd as u64);
+        }
+    }
+    Err(EngineError::Proc { pid: vpid, detail: format!("fd {}: could not recreate the deleted directory {path}", st.fd) })
 }
 
 /// Recreates a deleted file or memfd (`FdKind::Deleted`) in the process `inj` drives; returns
-/// the new fd.
+/// the new fd, open with the saved access mode.
 pub(super) fn restore_deleted(
     inj: &mut Injector,
     vpid: i32,
     st: &FdState,
-    (path, pos, data, memfd_seals): (&str, u64, &[u8], Option<u32>),
+    (path, pos, size, extents, memfd_seals): (&str, u64, u64, &[(u64, Vec<u8>)], Option<u32>),
 ) -> Result<u64> {
     let dir = std::path::Path::new(path).parent().and_then(|d| d.to_str()).unwrap_or("/tmp").to_string();
     let tmpfile = (libc::O_TMPFILE | libc::O_RDWR) as u64;
@@ -89,19 +169,30 @@ pub(super) fn restore_deleted(
         }
     }
     let fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("fd {}: no unnamed file for deleted {path}", st.fd) })?;
-    let scratch = inj.scratch((data.len() as u64).min(4 << 20) + 8192)?;
-    let mut done = 0usize;
-    while done < data.len() {
-        let n = (data.len() - done).min(4 << 20);
-        inj.write_mem(scratch, &data[done..done + n])?;
-        let w = inj.call("write deleted file", libc::SYS_pwrite64, [fd, scratch, n as u64, done as u64, 0, 0])?;
-        done += w as usize;
+    inj.call("ftruncate deleted file", libc::SYS_ftruncate, [fd, size, 0, 0, 0, 0])?;
+    let largest = extents.iter().map(|(_, d)| d.len() as u64).max().unwrap_or(0);
+    let scratch = inj.scratch(largest.min(4 << 20) + 8192)?;
+    for (start, data) in extents {
+        let mut done = 0usize;
+        while done < data.len() {
+            let n = (data.len() - done).min(4 << 20);
+            inj.write_mem(scratch, &data[done..done + n])?;
+            let w = inj.call("write deleted file", libc::SYS_pwrite64, [fd, scratch, n as u64, start + done as u64, 0, 0])?;
+            done += w as usize;
+        }
     }
-    inj.call("lseek", libc::SYS_lseek, [fd, pos, libc::SEEK_SET as u64, 0, 0, 0])?;
     if let Some(seals) = memfd_seals.filter(|s| *s != 0) {
         inj.call("fcntl(F_ADD_SEALS)", libc::SYS_fcntl, [fd, libc::F_ADD_SEALS as u64, u64::from(seals), 0, 0, 0])?;
     }
-    let status = st.flags & (libc::O_APPEND | libc::O_NONBLOCK) as u32;
-    inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(status), 0, 0, 0])?;
+    // The copy was made read-write: reopen it with the saved access mode.
+    let fd = if st.flags & libc::O_ACCMODE as u32 != libc::O_RDWR as u32 {
+        let again = super::open_path(inj, &format!("/proc/self/fd/{fd}"), st.flags)
+            .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: reopen the copy of deleted {path}: {e}", st.fd) })?;
+        inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        again
+    } else {
+        fd
+    };
+    inj.call("lseek", libc::SYS_lseek, [fd, pos, libc::SEEK_SET as u64, 0, 0, 0])?;
     Ok(fd)
 }

