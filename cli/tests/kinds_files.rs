@@ -103,3 +103,109 @@ fn epoll_corner_cases_timerfd_ticks_eventfd_semaphore_signalfd_flags() {
     let e = env();
     run_kind(&e, "epollmore", &[], |_| {});
 }
+
+#[test]
+fn sqlite3_write_lock_held_across_restore_then_commits() {
+    if !have("sqlite3") {
+        eprintln!("SKIP: sqlite3 not installed");
+        return;
+    }
+    let e = env();
+    let pod = name("sqlite");
+    let (db, ready, go, done) = (e.work.join("db"), e.work.join("ready"), e.work.join("go"), e.work.join("done"));
+    // Debian's sqlite3 shell, fed by a shell: an open write transaction (BEGIN IMMEDIATE holds
+    // its RESERVED lock, a POSIX lock on the database file) with 100 rows, committed once the go
+    // file exists.
+    let script = format!(
+        "(echo 'CREATE TABLE IF NOT EXISTS t(x); BEGIN IMMEDIATE;'; for i in $(seq 1 100); do echo \"INSERT INTO t VALUES($i);\"; done; \
+         echo '.shell touch {ready}'; while [ ! -e {go} ]; do sleep 0.02; done; echo 'COMMIT;'; echo '.shell touch {done}') | sqlite3 {db}",
+        ready = ready.display(),
+        go = go.display(),
+        done = done.display(),
+        db = db.display()
+    );
+    ok(&e, &["run", "--name", &pod, "--", "sh", "-c", &script]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || ready.exists()), "the transaction did not start");
+    let write_from_outside = || Command::new("sqlite3").arg(&db).arg("INSERT INTO t VALUES(0);").output().unwrap();
+    let before = write_from_outside();
+    assert!(!before.status.success() && String::from_utf8_lossy(&before.stderr).contains("locked"), "locked before: {before:?}");
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    // The pod is gone: the lock with it.
+    let free = Command::new("sqlite3").arg(&db).arg("SELECT count(*) FROM t;").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&free.stdout).trim(), "0", "uncommitted rows are not visible: {free:?}");
+    ok(&e, &["restore", &id]);
+    let after = write_from_outside();
+    let err = String::from_utf8_lossy(&after.stderr);
+    assert!(!after.status.success() && err.contains("locked"), "another process must be refused the write lock after restore: {after:?}");
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || done.exists()), "the transaction did not commit after the restore");
+    let rows = Command::new("sqlite3").arg(&db).arg("SELECT count(*), sum(x) FROM t;").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "100|5050", "the rows are there: {rows:?}");
+}
+
+/// Runs `refused` holding `kind` in a pod: the checkpoint must fail naming `want`, and the
+/// program must run on.
+fn refused(kind: &str, want: &str, setup: impl FnOnce(&Path) -> Option<std::fs::File>) {
+    let e = env();
+    let Some(bin) = build_prog("refused", &e.work) else { return };
+    let pod = name(&format!("no-{kind}"));
+    let (out, go, dir) = (e.work.join("out"), e.work.join("go"), e.work.join("dir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let held = setup(&dir);
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    ok(&e, &["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), dir.to_str().unwrap(), kind]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text().contains("ready") || text().contains("FAIL")), "{kind}: {}", text());
+    if text().contains("SKIP") {
+        eprintln!("{}", text().lines().find(|l| l.starts_with("SKIP")).unwrap());
+        return;
+    }
+    let res = zap(&e, &["checkpoint", &pod]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{kind}: the checkpoint must be refused");
+    assert!(err.contains(want) && err.contains("fd "), "{kind}: the error names the fd and why: {err}");
+    eprintln!("{kind}: {}", err.trim());
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || text().contains("ok")), "{kind}: the pod must run on: {}", text());
+    let ls: serde_json::Value = serde_json::from_str(&ok(&e, &["--json", "ls"])).unwrap();
+    assert_eq!(ls.as_array().map(|a| a.len()), Some(0), "a refused checkpoint stores nothing: {ls}");
+    drop(held);
+}
+
+#[test]
+fn io_uring_is_refused_and_the_pod_runs_on() {
+    refused("uring", "io_uring", |_| None);
+}
+
+#[test]
+fn userfaultfd_is_refused() {
+    refused("uffd", "userfaultfd", |_| None);
+}
+
+#[test]
+fn inotify_with_queued_events_is_refused() {
+    refused("inotify", "inotify instance with", |_| None);
+}
+
+#[test]
+fn deleted_path_still_linked_elsewhere_is_refused() {
+    refused("linked", "still linked elsewhere", |_| None);
+}
+
+#[test]
+fn memfd_secret_is_refused() {
+    refused("secret", "memfd_secret", |_| None);
+}
+
+#[test]
+fn fifo_held_outside_the_pod_is_refused() {
+    refused("fifo-out", "outside the checkpoint", |dir| {
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        use std::os::unix::fs::OpenOptionsExt;
+        Some(std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap())
+    });
+}
