@@ -209,3 +209,9 @@ fn fifo_held_outside_the_pod_is_refused() {
         Some(std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap())
     });
 }
+
+#[test]
+fn mappings_of_deleted_files_and_memfds_shared_with_fds_and_children() {
+    let e = env();
+    run_kind(&e, "delmaps", &[], |_| {});
+}

@@ -35,6 +35,8 @@ pub mod locks;
 mod pipes;
 mod regular;
 
+pub use regular::{make_copy, FileContents};
+
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -113,18 +115,20 @@ pub enum FdKind {
         fd: i32,
     },
     /// A regular file that was deleted while open, or a memfd: its size and data ranges (at
-    /// most [`regular::DELETED_FILE_LIMIT`] bytes; holes stay holes) are saved. Restore makes an
-    /// unnamed file (`O_TMPFILE`) with them in the same directory (or /tmp when that is gone), or
-    /// a memfd of the same name with the same seals.
+    /// most [`regular::DELETED_FILE_LIMIT`] bytes; holes stay holes) are saved once per file.
+    /// Restore makes an unnamed file (`O_TMPFILE`) with them in the same directory (or /tmp when
+    /// that is gone), or a memfd of the same name with the same seals; other fds and mappings of
+    /// the same file share that copy.
     Deleted {
         /// Its path before it was deleted (`/memfd:NAME` for a memfd).
         path: String,
         /// Offset.
         pos: u64,
-        /// Size in bytes.
-        size: u64,
-        /// Data ranges: (offset, bytes); the rest is holes.
-        extents: Vec<(u64, Vec<u8>)>,
+        /// Its contents, unless another fd or a mapping carries them (`reopen`).
+        contents: Option<FileContents>,
+        /// Where the copy made for an earlier fd or a mapping is found: (vpid, path under
+        /// /proc/VPID/: `fd/N` or `map_files/START-END`).
+        reopen: Option<(i32, String)>,
         /// For a memfd: its seals (F_GET_SEALS).
         memfd_seals: Option<u32>,
     },
@@ -221,6 +225,9 @@ pub struct SaveContext {
     pub(crate) data_taken: HashSet<u64>,
     /// Pipes with a packet-mode (O_DIRECT) write end.
     pub(crate) packet_mode: HashSet<u64>,
+    /// Deleted files and memfds whose copy an fd saved so far or a mapping of the group makes:
+    /// (device, inode) -> (vpid, path under /proc/VPID/).
+    pub(crate) deleted: HashMap<(u64, u64), (i32, String)>,
     /// Sockets of the group.
     pub sockets: crate::sockets::SocketContext,
     /// Host pids of the processes saved together (every other process is outside).
@@ -532,7 +539,7 @@ pub(crate) fn park(inj: &mut Injector, fd: u64) -> Result<u64> {
 
 /// Opens `path` in the process `inj` drives with the saved open flags (those that create or
 /// truncate left out), for reopening a saved fd.
-pub(crate) fn open_path(inj: &mut Injector, path: &str, flags: u32) -> Result<u64> {
+pub fn open_path(inj: &mut Injector, path: &str, flags: u32) -> Result<u64> {
     let scratch = inj.put_cstr(path.as_bytes())?;
     let flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC) as u32);
     inj.call("open", libc::SYS_open, [scratch, u64::from(flags), 0, 0, 0, 0])
@@ -555,9 +562,7 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
             fd
         }
         FdKind::CharDev { path } => open_path(inj, path, st.flags)?,
-        FdKind::Deleted { path, pos, size, extents, memfd_seals } => {
-            regular::restore_deleted(inj, vpid, st, (path, *pos, *size, extents, *memfd_seals))?
-        }
+        FdKind::Deleted { .. } => regular::restore_deleted(inj, vpid, st)?,
         FdKind::DeletedDir { path } => regular::restore_deleted_dir(inj, vpid, st, &ctx.rewrite(path))?,
         FdKind::Pidfd { vpid: target } => {
             let flags = u64::from(st.flags & (libc::O_NONBLOCK | libc::O_EXCL) as u32);

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
+use serde::{Deserialize, Serialize};
+
 use super::{FdKind, FdState};
 use crate::inject::Injector;
 use crate::sys::proc as sysproc;
@@ -97,17 +99,76 @@ pub(super) fn save_deleted(
         let what = format!("file removed from this path but still linked elsewhere ({} links; inode {})", meta.nlink(), meta.ino());
         return Err(super::unsupported(pid, fd, &what, &target));
     }
-    let extents = read_data(&file, meta.len()).map_err(|e| EngineError::io("read deleted file", path.as_ref(), e))?;
-    let bytes: u64 = extents.iter().map(|(_, d)| d.len() as u64).sum();
-    if bytes > DELETED_FILE_LIMIT {
-        let what = format!("deleted file with {bytes} bytes of data (the limit is {DELETED_FILE_LIMIT})");
-        return Err(super::unsupported(pid, fd, &what, &target));
-    }
     let memfd_seals = memfd
         .then(|| sysproc::memfd_seals(&file))
         .transpose()
         .map_err(|source| EngineError::Sys { step: "F_GET_SEALS", pid, source })?;
-    Ok(FdKind::Deleted { path: path.to_string(), pos: pos_of(info), size: meta.len(), extents, memfd_seals })
+    // One copy per file: a mapping of it (restored before any fd) or an fd saved before carries
+    // the contents.
+    let key = (meta.dev(), meta.ino());
+    let reopen = match ctx.deleted_copy(key, pid)? {
+        Some(r) => Some(r),
+        None => {
+            ctx.deleted.insert(key, (crate::process::vpid_of(pid)?, format!("fd/{fd}")));
+            None
+        }
+    };
+    let contents = match reopen {
+        Some(_) => None,
+        None => Some(FileContents::read(&file, path).map_err(|detail| EngineError::Proc { pid, detail: format!("fd {fd} ({target}): {detail}") })?),
+    };
+    Ok(FdKind::Deleted { path: path.to_string(), pos: pos_of(info), contents, reopen, memfd_seals })
+}
+
+/// The contents of a deleted file or memfd: its size and data ranges (holes left out).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileContents {
+    /// Size in bytes.
+    pub size: u64,
+    /// Data ranges: (offset, bytes); the rest is holes.
+    pub extents: Vec<(u64, Vec<u8>)>,
+}
+
+impl FileContents {
+    /// Reads `file` (once at `path`); fails past [`DELETED_FILE_LIMIT`] bytes of data.
+    pub fn read(file: &std::fs::File, path: &str) -> std::result::Result<Self, String> {
+        let size = file.metadata().map_err(|e| format!("stat deleted {path}: {e}"))?.len();
+        let extents = read_data(file, size).map_err(|e| format!("read deleted {path}: {e}"))?;
+        let bytes: u64 = extents.iter().map(|(_, d)| d.len() as u64).sum();
+        if bytes > DELETED_FILE_LIMIT {
+            return Err(format!("deleted file {path} with {bytes} bytes of data (the limit is {DELETED_FILE_LIMIT})"));
+        }
+        Ok(FileContents { size, extents })
+    }
+}
+
+impl super::SaveContext {
+    /// Where a copy of the deleted file `key` (device, inode) will be found at restore, if a
+    /// mapping of the group or an fd saved before holds it: (vpid, path under /proc/VPID/).
+    fn deleted_copy(&mut self, key: (u64, u64), pid: i32) -> Result<Option<(i32, String)>> {
+        if let Some(r) = self.deleted.get(&key) {
+            return Ok(Some(r.clone()));
+        }
+        let mut pids = vec![pid];
+        pids.extend(self.group.iter().copied().filter(|&p| p != pid));
+        for p in pids {
+            for m in crate::maps::read_maps(p)? {
+                if m.inode != key.1 || !(m.path.ends_with(" (deleted)") || m.path.starts_with("/memfd:")) {
+                    continue;
+                }
+                let map_file = format!("/proc/{p}/map_files/{:x}-{:x}", m.start, m.end);
+                match std::fs::metadata(&map_file) {
+                    Ok(meta) if (meta.dev(), meta.ino()) == key => {
+                        let found = (crate::process::vpid_of(p)?, format!("map_files/{:x}-{:x}", m.start, m.end));
+                        self.deleted.insert(key, found.clone());
+                        return Ok(Some(found));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// The data ranges of `file` (`len` bytes long), each with its bytes: holes are left out.
@@ -144,18 +205,15 @@ pub(super) fn restore_deleted_dir(inj: &mut Injector, vpid: i32, st: &FdState, p
     Err(EngineError::Proc { pid: vpid, detail: format!("fd {}: could not recreate the deleted directory {path}", st.fd) })
 }
 
-/// Recreates a deleted file or memfd (`FdKind::Deleted`) in the process `inj` drives; returns
-/// the new fd, open with the saved access mode.
-pub(super) fn restore_deleted(
-    inj: &mut Injector,
-    vpid: i32,
-    st: &FdState,
-    (path, pos, size, extents, memfd_seals): (&str, u64, u64, &[(u64, Vec<u8>)], Option<u32>),
-) -> Result<u64> {
+/// Makes a copy of a deleted file (once at `path`) with `contents` in the process `inj` drives
+/// (which sees itself as `vpid`): a memfd of the same name for a memfd (sealing allowed), else an
+/// unnamed file (`O_TMPFILE`) in the same directory, or /tmp when that is gone. Returns its fd,
+/// open read-write.
+pub fn make_copy(inj: &mut Injector, vpid: i32, path: &str, contents: &FileContents) -> Result<u64> {
     let dir = std::path::Path::new(path).parent().and_then(|d| d.to_str()).unwrap_or("/tmp").to_string();
     let tmpfile = (libc::O_TMPFILE | libc::O_RDWR) as u64;
     let mut fd = None;
-    if let (Some(name), Some(_)) = (path.strip_prefix("/memfd:"), memfd_seals) {
+    if let Some(name) = path.strip_prefix("/memfd:") {
         let scratch = inj.put_cstr(name.as_bytes())?;
         let flags = libc::MFD_ALLOW_SEALING as u64;
         fd = Some(inj.call("memfd_create", libc::SYS_memfd_create, [scratch, flags, 0, 0, 0, 0])?);
@@ -168,11 +226,11 @@ pub(super) fn restore_deleted(
             break;
         }
     }
-    let fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("fd {}: no unnamed file for deleted {path}", st.fd) })?;
-    inj.call("ftruncate deleted file", libc::SYS_ftruncate, [fd, size, 0, 0, 0, 0])?;
-    let largest = extents.iter().map(|(_, d)| d.len() as u64).max().unwrap_or(0);
+    let fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("no unnamed file for a copy of deleted {path}") })?;
+    inj.call("ftruncate deleted file", libc::SYS_ftruncate, [fd, contents.size, 0, 0, 0, 0])?;
+    let largest = contents.extents.iter().map(|(_, d)| d.len() as u64).max().unwrap_or(0);
     let scratch = inj.scratch(largest.min(4 << 20) + 8192)?;
-    for (start, data) in extents {
+    for (start, data) in &contents.extents {
         let mut done = 0usize;
         while done < data.len() {
             let n = (data.len() - done).min(4 << 20);
@@ -181,18 +239,41 @@ pub(super) fn restore_deleted(
             done += w as usize;
         }
     }
-    if let Some(seals) = memfd_seals.filter(|s| *s != 0) {
-        inj.call("fcntl(F_ADD_SEALS)", libc::SYS_fcntl, [fd, libc::F_ADD_SEALS as u64, u64::from(seals), 0, 0, 0])?;
-    }
-    // The copy was made read-write: reopen it with the saved access mode.
-    let fd = if st.flags & libc::O_ACCMODE as u32 != libc::O_RDWR as u32 {
-        let again = super::open_path(inj, &format!("/proc/self/fd/{fd}"), st.flags)
-            .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: reopen the copy of deleted {path}: {e}", st.fd) })?;
-        inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-        again
-    } else {
-        fd
+    Ok(fd)
+}
+
+/// Recreates a deleted file or memfd (`FdKind::Deleted`) in the process `inj` drives: a new copy,
+/// or the copy a mapping or an earlier fd made (reopened through /proc); returns the new fd, open
+/// with the saved flags, at the saved offset, with the saved seals.
+pub(super) fn restore_deleted(inj: &mut Injector, vpid: i32, st: &FdState) -> Result<u64> {
+    let FdKind::Deleted { path, pos, contents, reopen, memfd_seals } = &st.kind else { unreachable!("a deleted file") };
+    let fd = match (reopen, contents) {
+        (Some((owner, at)), _) => {
+            let who = if *owner == vpid { "self".to_string() } else { owner.to_string() };
+            super::open_path(inj, &format!("/proc/{who}/{at}"), st.flags)
+                .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: reopen the copy of deleted {path}: {e}", st.fd) })?
+        }
+        (None, Some(c)) => {
+            let fd = make_copy(inj, vpid, path, c)?;
+            // The copy was made read-write: reopen it with the saved access mode.
+            if st.flags & libc::O_ACCMODE as u32 != libc::O_RDWR as u32 {
+                let again = super::open_path(inj, &format!("/proc/self/fd/{fd}"), st.flags)
+                    .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: reopen the copy of deleted {path}: {e}", st.fd) })?;
+                inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                again
+            } else {
+                fd
+            }
+        }
+        (None, None) => return Err(EngineError::Proc { pid: vpid, detail: format!("fd {}: deleted {path} saved without contents", st.fd) }),
     };
-    inj.call("lseek", libc::SYS_lseek, [fd, pos, libc::SEEK_SET as u64, 0, 0, 0])?;
+    if let Some(seals) = memfd_seals.filter(|s| *s != 0) {
+        let have = inj.call("fcntl(F_GET_SEALS)", libc::SYS_fcntl, [fd, libc::F_GET_SEALS as u64, 0, 0, 0, 0])? as u32;
+        if have & seals != seals {
+            inj.call("fcntl(F_ADD_SEALS)", libc::SYS_fcntl, [fd, libc::F_ADD_SEALS as u64, u64::from(seals & !have), 0, 0, 0])
+                .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: seal the copy of {path} with {seals:#x}: {e}", st.fd) })?;
+        }
+    }
+    inj.call("lseek", libc::SYS_lseek, [fd, *pos, libc::SEEK_SET as u64, 0, 0, 0])?;
     Ok(fd)
 }
