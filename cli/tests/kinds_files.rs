@@ -215,3 +215,9 @@ fn mappings_of_deleted_files_and_memfds_shared_with_fds_and_children() {
     let e = env();
     run_kind(&e, "delmaps", &[], |_| {});
 }
+
+#[test]
+fn pseudo_terminals_controlling_terminal_and_foreground_job() {
+    let e = env();
+    run_kind(&e, "ptys", &[], |_| {});
+}

@@ -34,8 +34,10 @@ mod holders;
 pub mod locks;
 mod pipes;
 mod regular;
+mod tty;
 
 pub use regular::{make_copy, FileContents};
+pub use tty::{set_foreground, take_ctty, PtyState};
 
 use std::collections::{HashMap, HashSet};
 
@@ -164,6 +166,22 @@ pub enum FdKind {
         /// The watched files.
         watches: Vec<anon::EpollWatch>,
     },
+    /// The master of a pseudo-terminal (`/dev/ptmx`), recreated with the same index.
+    PtyMaster {
+        /// Its index.
+        index: u32,
+        /// The pty's state, on the first fd of the pty saved.
+        state: Option<PtyState>,
+    },
+    /// A slave (`/dev/pts/N`) of a pseudo-terminal whose master the group holds.
+    PtySlave {
+        /// Its index.
+        index: u32,
+        /// The pty's state, on the first fd of the pty saved.
+        state: Option<PtyState>,
+    },
+    /// `/dev/tty` of a process whose controlling terminal is one of the group's ptys.
+    DevTty,
     /// A standard stream leading outside the process.
     External {
         /// What it was (`pipe:[123]`, `/dev/pts/0`, `socket:[9]`).
@@ -225,6 +243,10 @@ pub struct SaveContext {
     pub(crate) data_taken: HashSet<u64>,
     /// Pipes with a packet-mode (O_DIRECT) write end.
     pub(crate) packet_mode: HashSet<u64>,
+    /// Pty masters held by the group: index -> (host pid, fd), found on first need.
+    pub(crate) pty_masters: Option<HashMap<u32, (i32, i32)>>,
+    /// Ptys whose state was recorded already.
+    pub(crate) ptys_saved: HashSet<u32>,
     /// Deleted files and memfds whose copy an fd saved so far or a mapping of the group makes:
     /// (device, inode) -> (vpid, path under /proc/VPID/).
     pub(crate) deleted: HashMap<(u64, u64), (i32, String)>,
@@ -420,7 +442,10 @@ fn classify(
             Err(e) => Err(e),
         };
     }
-    if target.starts_with("/dev/pts/") || target == "/dev/tty" || target == "/dev/ptmx" || target.starts_with("/dev/pts/ptmx") {
+    if let Some(kind) = tty::save(pid, fd, target, info, pidfd, ctx)? {
+        return Ok(kind);
+    }
+    if target.starts_with("/dev/pts/") || target == "/dev/tty" || target == "/dev/ptmx" {
         return if fd <= 2 { Ok(FdKind::External { what: target.to_string() }) } else { Err(unsupported(pid, fd, "terminal", target)) };
     }
     if target == "anon_inode:[pidfd]" {
@@ -484,6 +509,11 @@ pub struct RestoreContext {
     pub(crate) done: HashSet<i32>,
     /// Epoll watches waiting for the process that holds their file.
     pub(crate) pending_epoll: Vec<anon::PendingWatch>,
+    /// Ptys recreated: index -> (vpid, master keeper fd).
+    pub(crate) ptys: HashMap<u32, (i32, u64)>,
+    /// Session leaders that took their controlling terminal back: vpid -> (slave keeper fd,
+    /// foreground process group to give it).
+    pub(crate) cttys: HashMap<i32, (u64, i32)>,
 }
 
 impl RestoreContext {
@@ -498,6 +528,8 @@ impl RestoreContext {
             path_map: Vec::new(),
             done: HashSet::new(),
             pending_epoll: Vec::new(),
+            ptys: HashMap::new(),
+            cttys: HashMap::new(),
         }
     }
 
@@ -515,6 +547,7 @@ impl RestoreContext {
         let mut v: Vec<u64> = self.pipes.values().filter(|p| p.0 == vpid).flat_map(|p| [p.1, p.2]).collect();
         v.extend(self.fifos.values().filter(|f| f.0 == vpid).map(|f| f.1));
         v.extend(self.sockets.parked.values().filter(|s| s.0 == vpid).map(|s| s.1));
+        v.extend(self.ptys.values().filter(|p| p.0 == vpid).map(|p| p.1));
         v
     }
 }
@@ -553,6 +586,9 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
     if let Some(fd) = anon::restore(inj, vpid, st)? {
         return Ok(fd);
     }
+    if let Some(fd) = tty::restore(inj, vpid, st, ctx)? {
+        return Ok(fd);
+    }
     Ok(match &st.kind {
         FdKind::Path { path, pos } => {
             let fd = open_path(inj, &ctx.rewrite(path), st.flags)?;
@@ -583,6 +619,7 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
         FdKind::Epoll { .. } | FdKind::Timerfd { .. } | FdKind::Inotify { .. } | FdKind::Signalfd { .. } | FdKind::Eventfd { .. } => {
             unreachable!("restored by files::anon")
         }
+        FdKind::PtyMaster { .. } | FdKind::PtySlave { .. } | FdKind::DevTty => unreachable!("restored by files::tty"),
     })
 }
 
@@ -664,6 +701,9 @@ impl FdState {
             FdKind::Signalfd { .. } => "signalfd",
             FdKind::Epoll { .. } => "epoll",
             FdKind::External { .. } => "external stream",
+            FdKind::PtyMaster { .. } => "pty master",
+            FdKind::PtySlave { .. } => "pty slave",
+            FdKind::DevTty => "/dev/tty",
         }
     }
 }

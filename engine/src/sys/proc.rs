@@ -240,3 +240,21 @@ pub fn timerfd_count_ticks(fd: &std::os::fd::OwnedFd) -> io::Result<u64> {
     }
     Ok(ticks)
 }
+
+/// `ioctl(fd, request, buf)` for a request that fills `buf` (whose size must be the one the
+/// request encodes or expects).
+pub fn ioctl_get(fd: &std::os::fd::OwnedFd, request: libc::c_ulong, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the caller passes a buffer of the size the request writes; the kernel writes no more.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), request, buf.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `ioctl(fd, request, &int)` for a request that returns one int.
+pub fn ioctl_int(fd: &std::os::fd::OwnedFd, request: libc::c_ulong) -> io::Result<i32> {
+    let mut b = [0u8; 4];
+    ioctl_get(fd, request, &mut b)?;
+    Ok(i32::from_ne_bytes(b))
+}
