@@ -36,7 +36,7 @@ mod pipes;
 mod regular;
 mod tty;
 
-pub use regular::{make_copy, FileContents};
+pub use regular::{load_contents, make_copy, store_contents, FileContents};
 pub use tty::{set_foreground, take_ctty, PtyState};
 
 use std::collections::{HashMap, HashSet};

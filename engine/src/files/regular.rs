@@ -20,8 +20,8 @@ use crate::sys::proc as sysproc;
 use crate::{EngineError, Result};
 
 /// The most data (bytes outside holes) of a deleted-but-open file a checkpoint keeps (its bytes
-/// go into the image state).
-pub const DELETED_FILE_LIMIT: u64 = 64 << 20;
+/// are held in memory while the checkpoint is taken, then go into the chunk store).
+pub const DELETED_FILE_LIMIT: u64 = 4 << 30;
 
 fn pos_of(info: &HashMap<String, String>) -> u64 {
     info.get("pos").and_then(|p| p.parse().ok()).unwrap_or(0)
@@ -120,13 +120,22 @@ pub(super) fn save_deleted(
     Ok(FdKind::Deleted { path: path.to_string(), pos: pos_of(info), contents, reopen, memfd_seals })
 }
 
-/// The contents of a deleted file or memfd: its size and data ranges (holes left out).
+/// The contents of a deleted file or memfd: its size and data ranges (holes left out). The bytes
+/// are read at save time and go into the checkpoint's chunk store as an image of their own
+/// ([`store_contents`]), named in `image`; restore reads them back from there
+/// ([`load_contents`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileContents {
     /// Size in bytes.
     pub size: u64,
-    /// Data ranges: (offset, bytes); the rest is holes.
-    pub extents: Vec<(u64, Vec<u8>)>,
+    /// Data ranges: (offset, length); the rest is holes.
+    pub ranges: Vec<(u64, u64)>,
+    /// The image holding the data ranges (at their offsets in the file).
+    pub image: String,
+    /// The bytes of the ranges, one after the other, between reading and storing, and again
+    /// once loaded for a restore.
+    #[serde(skip)]
+    pub data: Vec<u8>,
 }
 
 impl FileContents {
@@ -138,8 +147,73 @@ impl FileContents {
         if bytes > DELETED_FILE_LIMIT {
             return Err(format!("deleted file {path} with {bytes} bytes of data (the limit is {DELETED_FILE_LIMIT})"));
         }
-        Ok(FileContents { size, extents })
+        let ranges = extents.iter().map(|(o, d)| (*o, d.len() as u64)).collect();
+        let data = extents.into_iter().flat_map(|(_, d)| d).collect();
+        Ok(FileContents { size, ranges, image: String::new(), data })
     }
+}
+
+/// Every [`FileContents`] of a process image: in deleted-file fds and in mappings of deleted
+/// files.
+fn contents_of<'a>(fds: &'a mut [FdState], vmas: &'a mut [crate::mem::VmaState]) -> impl Iterator<Item = &'a mut FileContents> {
+    let from_fds = fds.iter_mut().filter_map(|f| match &mut f.kind {
+        FdKind::Deleted { contents: Some(c), .. } => Some(c),
+        _ => None,
+    });
+    let from_vmas = vmas.iter_mut().filter_map(|v| match &mut v.backing {
+        crate::mem::Backing::Deleted { contents: Some(c), .. } => Some(c),
+        _ => None,
+    });
+    from_fds.chain(from_vmas)
+}
+
+/// Chunks and stores the contents of the deleted files of a process image (its `fds` and
+/// `vmas`) into `sink`, one image each named `{prefix}file/N`; the bytes leave the image.
+pub fn store_contents<S: zap_store::ChunkSink>(
+    fds: &mut [FdState],
+    vmas: &mut [crate::mem::VmaState],
+    sink: &mut S,
+    cfg: &zap_chunker::ChunkerConfig,
+    prefix: &str,
+) -> Result<Vec<zap_store::Image>> {
+    let mut images = Vec::new();
+    for (n, c) in contents_of(fds, vmas).enumerate() {
+        let data = std::mem::take(&mut c.data);
+        let mut extents = Vec::new();
+        let mut at = 0usize;
+        for &(off, len) in &c.ranges {
+            let (mut e, _) = zap_store::store_run(sink, cfg, off, &data[at..at + len as usize])?;
+            extents.append(&mut e);
+            at += len as usize;
+        }
+        c.image = format!("{prefix}file/{n}");
+        images.push(zap_store::Image { name: c.image.clone(), kind: zap_store::ImageKind::File, extents });
+    }
+    Ok(images)
+}
+
+/// Reads back from `store` (the manifest's `images`) the contents of the deleted files of a
+/// process image, for its restore.
+pub fn load_contents<S: zap_store::ImageStore>(
+    store: &S,
+    images: &[zap_store::Image],
+    fds: &mut [FdState],
+    vmas: &mut [crate::mem::VmaState],
+) -> Result<()> {
+    for c in contents_of(fds, vmas) {
+        let img = images.iter().find(|i| i.name == c.image).ok_or_else(|| EngineError::Proc {
+            pid: 0,
+            detail: format!("checkpoint lacks image {} of a deleted file's contents", c.image),
+        })?;
+        let mut data = Vec::with_capacity(c.ranges.iter().map(|r| r.1 as usize).sum());
+        for &(off, len) in &c.ranges {
+            let mut buf = vec![0u8; len as usize];
+            zap_store::materialize(store, &zap_store::clip(&img.extents, off, off + len), off, &mut buf)?;
+            data.append(&mut buf);
+        }
+        c.data = data;
+    }
+    Ok(())
 }
 
 impl super::SaveContext {
@@ -228,14 +302,24 @@ pub fn make_copy(inj: &mut Injector, vpid: i32, path: &str, contents: &FileConte
     }
     let fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("no unnamed file for a copy of deleted {path}") })?;
     inj.call("ftruncate deleted file", libc::SYS_ftruncate, [fd, contents.size, 0, 0, 0, 0])?;
-    let largest = contents.extents.iter().map(|(_, d)| d.len() as u64).max().unwrap_or(0);
+    let largest = contents.ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let have: u64 = contents.ranges.iter().map(|r| r.1).sum();
+    if contents.data.len() as u64 != have {
+        return Err(EngineError::Proc { pid: vpid, detail: format!("copy of deleted {path}: {} of {have} bytes loaded", contents.data.len()) });
+    }
     let scratch = inj.scratch(largest.min(4 << 20) + 8192)?;
-    for (start, data) in &contents.extents {
+    let mut at = 0usize;
+    for &(start, len) in &contents.ranges {
+        let data = &contents.data[at..at + len as usize];
+        at += len as usize;
         let mut done = 0usize;
         while done < data.len() {
             let n = (data.len() - done).min(4 << 20);
             inj.write_mem(scratch, &data[done..done + n])?;
             let w = inj.call("write deleted file", libc::SYS_pwrite64, [fd, scratch, n as u64, start + done as u64, 0, 0])?;
+            if w == 0 {
+                return Err(EngineError::Proc { pid: vpid, detail: format!("copy of deleted {path}: short write") });
+            }
             done += w as usize;
         }
     }

@@ -3,7 +3,8 @@
  *   O_NOATIME, O_SYNC, O_DSYNC, O_DIRECT and O_RDONLY/O_WRONLY; a pipe with O_ASYNC whose
  *   signal owner is this process (F_SETOWN_EX) and whose signal is SIGRTMIN+1 (F_SETSIG);
  *   a directory deleted while open; a sparse deleted file of 200 MiB with data at 0 and at
- *   150 MiB only (holes must stay holes); a pidfd of a child. */
+ *   150 MiB only (holes must stay holes); a deleted file with 80 MiB of data (over what the
+ *   checkpoint's state may hold: it goes to the chunk store); a pidfd of a child. */
 #include "zaptest.h"
 #include <dirent.h>
 #include <errno.h>
@@ -58,6 +59,16 @@ int main(int argc, char **argv) {
     int sp = open(in_dir("sparse"), O_CREAT | O_RDWR, 0600);
     CHECK(sp >= 0 && pwrite(sp, "head", 4, 0) == 4 && pwrite(sp, "tail", 4, 150 << 20) == 4, "sparse");
     CHECK(ftruncate(sp, 200 << 20) == 0 && unlink(in_dir("sparse")) == 0 && lseek(sp, 7, SEEK_SET) == 7, "sparse size");
+    /* 80 MiB of data in a deleted file. */
+    int big = open(in_dir("big"), O_CREAT | O_RDWR, 0600);
+    CHECK(big >= 0 && unlink(in_dir("big")) == 0, "big");
+    static unsigned blk[1 << 18]; /* 1 MiB */
+    unsigned long long sum = 0;
+    for (int m = 0; m < 80; m++) {
+        for (int i = 0; i < (1 << 18); i++) blk[i] = (unsigned)(m * 2654435761u + i * 40503u);
+        CHECK(write(big, blk, sizeof blk) == (ssize_t)sizeof blk, "write big");
+        for (int i = 0; i < (1 << 18); i++) sum += blk[i];
+    }
     /* A pidfd of a child. */
     pid_t kid = fork();
     if (kid == 0)
@@ -88,6 +99,13 @@ int main(int argc, char **argv) {
     CHECK(pread(sp, buf, 4, 0) == 4 && memcmp(buf, "head", 4) == 0 && pread(sp, buf, 4, 150 << 20) == 4 && memcmp(buf, "tail", 4) == 0, "sparse data");
     CHECK(lseek(sp, 0, SEEK_CUR) == 7, "sparse offset");
     CHECK(lseek(sp, 4096, SEEK_HOLE) < (150 << 20), "a hole after the head");
+    unsigned long long back = 0;
+    CHECK(lseek(big, 0, SEEK_CUR) == 80 << 20 && lseek(big, 0, SEEK_END) == 80 << 20, "big offset and size");
+    for (int m = 0; m < 80; m++) {
+        CHECK(pread(big, blk, sizeof blk, (off_t)m << 20) == (ssize_t)sizeof blk, "read big");
+        for (int i = 0; i < (1 << 18); i++) back += blk[i];
+    }
+    CHECK(back == sum, "big contents");
     CHECK(syscall(SYS_pidfd_send_signal, pfd, SIGTERM, NULL, 0) == 0, "pidfd_send_signal (errno %d)", errno);
     int st;
     CHECK(waitpid(kid, &st, 0) == kid && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM, "the pidfd named our child");
