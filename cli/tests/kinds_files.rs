@@ -221,3 +221,13 @@ fn pseudo_terminals_controlling_terminal_and_foreground_job() {
     let e = env();
     run_kind(&e, "ptys", &[], |_| {});
 }
+
+#[test]
+fn file_whose_path_now_leads_elsewhere_is_refused() {
+    refused("replaced", "now leads to another file", |_| None);
+}
+
+#[test]
+fn pidfd_of_a_process_outside_is_refused() {
+    refused("pidfd-out", "pidfd of process", |_| None);
+}

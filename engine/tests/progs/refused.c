@@ -4,10 +4,13 @@
  *   inotify   an inotify instance with an event queued
  *   linked    a file removed from its path but still linked under another name
  *   fifo-out  a FIFO (argv[3]/fifo) that a process outside the pod holds open too
- *   secret    memfd_secret memory (prints SKIP when the kernel has none) */
+ *   secret    memfd_secret memory (prints SKIP when the kernel has none)
+ *   replaced  a file whose path another file was mounted over since it was opened
+ *   pidfd-out a pidfd of a process outside the pod (its init) */
 #include "zaptest.h"
 #include <errno.h>
 #include <sys/inotify.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 
 int main(int argc, char **argv) {
@@ -35,6 +38,14 @@ int main(int argc, char **argv) {
     } else if (!strcmp(kind, "fifo-out")) {
         snprintf(p, sizeof p, "%s/fifo", argv[3]);
         fd = open(p, O_RDWR);
+    } else if (!strcmp(kind, "replaced")) {
+        snprintf(p, sizeof p, "%s/a", argv[3]);
+        snprintf(q, sizeof q, "%s/b", argv[3]);
+        fd = open(p, O_CREAT | O_RDWR, 0600);
+        close(open(q, O_CREAT | O_RDWR, 0600));
+        CHECK(mount(q, p, NULL, MS_BIND, NULL) == 0, "bind mount over the open file: errno %d", errno);
+    } else if (!strcmp(kind, "pidfd-out")) {
+        fd = syscall(SYS_pidfd_open, getppid(), 0);
     } else if (!strcmp(kind, "secret")) {
         fd = syscall(447 /* memfd_secret */, 0);
         if (fd < 0) {
