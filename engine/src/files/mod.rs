@@ -470,7 +470,13 @@ fn pidfd_target(pid: i32, fd: i32, info: &HashMap<String, String>, ctx: &SaveCon
     if host <= 0 {
         return Err(unsupported(pid, fd, "pidfd of a process that has been reaped", "anon_inode:[pidfd]"));
     }
-    if !ctx.group.contains(&host) {
+    // A zombie child of the group is restored as a zombie, and exists while fds are restored.
+    let zombie_child = || {
+        let stat = std::fs::read_to_string(format!("/proc/{host}/stat")).unwrap_or_default();
+        let mut f = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace()).into_iter().flatten();
+        f.next() == Some("Z") && f.next().and_then(|pp| pp.parse().ok()).is_some_and(|pp: i32| ctx.group.contains(&pp))
+    };
+    if !ctx.group.contains(&host) && !zombie_child() {
         return Err(unsupported(pid, fd, &format!("pidfd of process {host} outside the checkpoint (or not running)"), "anon_inode:[pidfd]"));
     }
     let vpid = info

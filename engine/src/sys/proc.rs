@@ -227,6 +227,12 @@ pub fn timerfd_count_ticks(fd: &std::os::fd::OwnedFd) -> io::Result<u64> {
     use std::os::fd::AsRawFd;
     const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
     let mut ticks = 0u64;
+    // First make sure the count can be put back: TFD_IOC_SET_TICKS refuses 0 with EINVAL when
+    // the kernel has it (CONFIG_CHECKPOINT_RESTORE) and ENOTTY when not.
+    // SAFETY: TFD_IOC_SET_TICKS reads one u64 from the pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks) } == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+        return Err(io::Error::other("the kernel cannot set timerfd expirations (TFD_IOC_SET_TICKS, CONFIG_CHECKPOINT_RESTORE)"));
+    }
     // SAFETY: a timerfd reads exactly 8 bytes into `ticks`. MSG_DONTWAIT does not apply to
     // read, so a timerfd opened blocking is only read when fdinfo showed ticks due.
     let n = unsafe { libc::read(fd.as_raw_fd(), (&mut ticks as *mut u64).cast(), 8) };

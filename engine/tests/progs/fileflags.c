@@ -4,7 +4,8 @@
  *   signal owner is this process (F_SETOWN_EX) and whose signal is SIGRTMIN+1 (F_SETSIG);
  *   a directory deleted while open; a sparse deleted file of 200 MiB with data at 0 and at
  *   150 MiB only (holes must stay holes); a deleted file with 80 MiB of data (over what the
- *   checkpoint's state may hold: it goes to the chunk store); a pidfd of a child. */
+ *   checkpoint's state may hold: it goes to the chunk store); a pidfd of a child and one of an
+ *   exited child not reaped yet. */
 #include "zaptest.h"
 #include <dirent.h>
 #include <errno.h>
@@ -75,6 +76,13 @@ int main(int argc, char **argv) {
         for (;;) pause();
     int pfd = syscall(SYS_pidfd_open, kid, 0);
     CHECK(pfd >= 0, "pidfd_open");
+    /* And of a child that has exited, not reaped yet (a zombie). */
+    pid_t gone = fork();
+    if (gone == 0) _exit(7);
+    int zfd = syscall(SYS_pidfd_open, gone, 0);
+    CHECK(zfd >= 0, "pidfd_open zombie");
+    siginfo_t zi = {0};
+    CHECK(waitid(P_PID, gone, &zi, WEXITED | WNOWAIT) == 0, "zombie");
     say("ready");
     wait_go(argv[2]);
     for (int i = 0; i < 7; i++)
@@ -109,6 +117,8 @@ int main(int argc, char **argv) {
     CHECK(syscall(SYS_pidfd_send_signal, pfd, SIGTERM, NULL, 0) == 0, "pidfd_send_signal (errno %d)", errno);
     int st;
     CHECK(waitpid(kid, &st, 0) == kid && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM, "the pidfd named our child");
+    zi.si_pid = 0;
+    CHECK(waitid(P_PIDFD, zfd, &zi, WEXITED) == 0 && zi.si_pid == gone && zi.si_status == 7, "the pidfd of the zombie reaps it: %d %d", zi.si_pid, zi.si_status);
     say("ok");
     return 0;
 }
