@@ -184,8 +184,8 @@ pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
             if seen.insert(*file) {
                 let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
                 let f = File::open(&map_file).map_err(|e| EngineError::io("open mapped deleted file", map_file.as_ref(), e))?;
-                let read = crate::files::FileContents::read(&f, path).map_err(|e| EngineError::Proc { pid, detail: format!("mapping {:#x} {}: {e}", v.start, v.name) })?;
-                *contents = Some(read);
+                let read = crate::files::FileContents::read(&f, path);
+                *contents = Some(read.map_err(|e| EngineError::Proc { pid, detail: format!("mapping {:#x} {}: {e}", v.start, v.name) })?);
             }
         }
     }

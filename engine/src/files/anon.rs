@@ -207,7 +207,8 @@ pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &FdState) -> Result<Opt
                 const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
                 inj.write_mem(scratch + 64, &ticks.to_ne_bytes())?;
                 inj.call("ioctl(TFD_IOC_SET_TICKS)", libc::SYS_ioctl, [fd, TFD_IOC_SET_TICKS, scratch + 64, 0, 0, 0]).map_err(|e| {
-                    EngineError::Proc { pid: vpid, detail: format!("fd {}: set {ticks} unread timerfd expirations (needs CONFIG_CHECKPOINT_RESTORE): {e}", st.fd) }
+                    let detail = format!("fd {}: set {ticks} unread timerfd expirations (needs CONFIG_CHECKPOINT_RESTORE): {e}", st.fd);
+                    EngineError::Proc { pid: vpid, detail }
                 })?;
             }
             fd

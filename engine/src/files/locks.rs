@@ -106,7 +106,13 @@ pub(super) fn restore(inj: &mut Injector, vpid: i32, fd: i32, path: &str, locks:
     for l in locks {
         let fail = |e: EngineError| EngineError::Proc {
             pid: vpid,
-            detail: format!("fd {fd} ({path}): retake {:?} {} lock {}..{:?}: {e} (taken by another process since the checkpoint?)", l.kind, if l.write { "write" } else { "read" }, l.start, l.end),
+            detail: format!(
+                "fd {fd} ({path}): retake {:?} {} lock {}..{:?}: {e} (taken by another process since the checkpoint?)",
+                l.kind,
+                if l.write { "write" } else { "read" },
+                l.start,
+                l.end
+            ),
         };
         let fd = fd as u64;
         match l.kind {

@@ -1,6 +1,7 @@
-//! File descriptors: regular files (path, flags, offset), directories, character devices and
-//! deleted files ([`regular`]), pipes and FIFOs with the bytes buffered in them ([`pipes`]),
-//! eventfds, timerfds, signalfds, inotify and epoll instances ([`anon`]), sockets
+//! File descriptors: regular files (path, flags, offset), directories, character devices,
+//! `O_PATH` descriptors and deleted files, directories and memfds ([`regular`]), pipes and FIFOs
+//! with the bytes buffered in them ([`pipes`]), eventfds, timerfds, signalfds, inotify and epoll
+//! instances ([`anon`]), pseudo-terminals and controlling terminals ([`tty`]), pidfds, sockets
 //! ([`crate::sockets`]), and standard streams connected outside the process.
 //!
 //! A pipe is restored as one new pipe with its buffered data, its size and both ends where the

@@ -46,8 +46,8 @@ pub(super) fn save_pipe(pid: i32, fd: i32, ino: u64, write_end: bool, pidfd: &Ow
 }
 
 /// Saves fd `fd` of `pid`, a FIFO at `path` (`deleted`: the path it had; `write_only`: opened
-/// `O_WRONLY`) with device `dev` and inode `ino`; its buffered bytes are recorded with the first fd of the FIFO saved. A FIFO that a
-/// process outside the group holds is refused.
+/// `O_WRONLY`) with device `dev` and inode `ino`; its buffered bytes are recorded with the first
+/// fd of the FIFO saved. A FIFO that a process outside the group holds is refused.
 pub(super) fn save_fifo(
     pid: i32,
     fd: i32,

@@ -124,13 +124,17 @@ fn pty_state(pid: i32, fd: i32, index: u32, master: &OwnedFd, ctx: &SaveContext)
     let locked = sysproc::ioctl_int(master, TIOCGPTLCK as _).map_err(err("TIOCGPTLCK"))? != 0;
     let queued = sysproc::fionread(master).map_err(err("FIONREAD pty master"))?;
     if queued > 0 {
-        let what = format!("pseudo-terminal {index} with {queued} bytes of output not yet read by its master (they cannot be read without consuming them; try again)");
+        let what = format!(
+            "pseudo-terminal {index} with {queued} bytes of output not yet read by its master (they cannot be read without consuming them; try again)"
+        );
         return Err(super::unsupported(pid, fd, &what, "/dev/ptmx"));
     }
     let session = match sysproc::ioctl_int(master, TIOCGSID as _) {
         Err(_) => None, // no session has it as its controlling terminal
         Ok(sid) => {
-            let outside = |what: &str| super::unsupported(pid, fd, &format!("pseudo-terminal {index} controlling a {what} outside the checkpoint"), "/dev/ptmx");
+            let outside = |what: &str| {
+                super::unsupported(pid, fd, &format!("pseudo-terminal {index} controlling a {what} outside the checkpoint"), "/dev/ptmx")
+            };
             let vsid = group_vpid(ctx, sid, false).ok_or_else(|| outside("session"))?;
             let fg = sysproc::ioctl_int(master, TIOCGPGRP as _).map_err(err("TIOCGPGRP"))?;
             let vfg = group_vpid(ctx, fg, true).ok_or_else(|| outside("foreground process group"))?;
@@ -199,7 +203,8 @@ fn open_index(inj: &mut Injector, vpid: i32, index: u32) -> Result<u64> {
         }
         extra.push(fd);
         if n > index || extra.len() > 4096 {
-            break Err(EngineError::Proc { pid: vpid, detail: format!("pseudo-terminal {index} is in use on this machine (the kernel gave {n}); it cannot come back with its index") });
+            let detail = format!("pseudo-terminal {index} is in use on this machine (the kernel gave {n}); it cannot come back with its index");
+            break Err(EngineError::Proc { pid: vpid, detail });
         }
     };
     for fd in extra {
