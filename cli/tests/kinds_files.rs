@@ -231,3 +231,34 @@ fn file_whose_path_now_leads_elsewhere_is_refused() {
 fn pidfd_of_a_process_outside_is_refused() {
     refused("pidfd-out", "pidfd of process", |_| None);
 }
+
+#[test]
+fn script_shell_session_in_a_pty_keeps_its_terminal() {
+    if !have("script") {
+        eprintln!("SKIP: script (util-linux) not installed");
+        return;
+    }
+    let e = env();
+    let pod = name("script");
+    let w = |f: &str| e.work.join(f).to_str().unwrap().to_string();
+    // util-linux's script: a pty pair, a shell session whose controlling terminal is the slave,
+    // and a poll loop on the master that ends the session on any error.
+    let inner = format!(
+        "tty > {t}; while [ ! -e {go} ]; do sleep 0.02; done; tty > {t2}; [ -t 0 ] && echo isatty >> {t2}; \
+         [ \"$(ps -o tpgid= -p $$ | tr -d ' ')\" = \"$(ps -o pgid= -p $$ | tr -d ' ')\" ] && echo foreground >> {t2}; echo done > {d}",
+        t = w("t"),
+        go = w("go"),
+        t2 = w("t2"),
+        d = w("done")
+    );
+    std::fs::write(e.work.join("session.sh"), inner).unwrap();
+    ok(&e, &["run", "--name", &pod, "--", "script", "-qfec", &format!("sh {}", w("session.sh")), "/dev/null"]);
+    let _g = PodGuard(&e, pod.clone());
+    let read = |f: &str| std::fs::read_to_string(e.work.join(f)).unwrap_or_default();
+    assert!(wait_for(Duration::from_secs(10), || read("t").starts_with("/dev/pts/")), "no terminal: {:?}", read("t"));
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    std::fs::write(e.work.join("go"), b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || read("done").contains("done")), "the session did not go on: {:?}", read("t2"));
+    assert_eq!(read("t2"), format!("{}isatty\nforeground\n", read("t")), "same terminal, still a terminal, still in the foreground");
+}
