@@ -281,11 +281,10 @@ pub fn save_process(
         Some(v) => v,
         None => mem::save_layout(pid)?,
     };
-    let mut fds = files::save(pid, vpid, files_ctx)?;
+    let fds = files::save(pid, vpid, files_ctx)?;
     let syscall_ip = find_syscall_insn(pid)?;
     // The main thread first: process-wide state is read through it.
     let (main, (attrs, signals, (itimers, posix_timers))) = save_thread(pid, pid, syscall_ip, |inj| {
-        files::save_owners(inj, pid, &mut fds)?;
         let itimers = save_itimers(inj)?;
         let timers = save_posix_timers(pid, inj)?;
         let attrs = ProcAttrs::save(pid, inj)?;

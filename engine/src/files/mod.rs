@@ -18,7 +18,7 @@
 //! Besides its kind, each [`FdState`] keeps the open flags (every status flag: `O_APPEND`,
 //! `O_NONBLOCK`, `O_DIRECT`, `O_NOATIME`, `O_ASYNC`, `O_SYNC`/`O_DSYNC`, and `O_PATH`), the file
 //! locks held through it ([`locks`]: flock, POSIX record locks, OFD locks, leases) and its signal
-//! owner (`F_SETOWN_EX`, `F_SETSIG`, read by injection: [`save_owners`]). Restore sets the status
+//! owner (`F_GETOWN_EX`, `F_GETSIG` on a duplicate). Restore sets the status
 //! flags, retakes the locks and sets the owner once every fd of the process is in place, then
 //! checks with `F_GETFL` that the flags came back as saved: a difference fails the restore.
 //!
@@ -366,37 +366,51 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
         if !locks.is_empty() {
             locks::check_kind(pid, fd, &target, &kind, &locks)?;
         }
-        out.push(FdState { fd, flags, kind, locks, owner: None });
+        let owner = if matches!(kind, FdKind::Dup { .. }) || flags & libc::O_PATH as u32 != 0 { None } else { owner_of(pid, fd, &pidfd, ctx)? };
+        out.push(FdState { fd, flags, kind, locks, owner });
         ctx.saved.push((pid, vpid, fd, target));
     }
     Ok(out)
 }
 
 const F_SETSIG: u64 = 10;
-const F_GETSIG: u64 = 11;
 const F_SETOWN_EX: u64 = 15;
-const F_GETOWN_EX: u64 = 16;
 
-/// Reads, by injection into the stopped process (through `inj`, its main thread), the signal
-/// owner and signal of every fd in `fds` that is not a duplicate of one saved before (the owner
-/// belongs to the open file description).
-pub fn save_owners(inj: &mut Injector, pid: i32, fds: &mut [FdState]) -> Result<()> {
-    let scratch = inj.scratch(4096)?;
-    // An O_PATH fd has no owner (fcntl refuses it).
-    for st in fds.iter_mut().filter(|st| !matches!(st.kind, FdKind::Dup { .. }) && st.flags & libc::O_PATH as u32 == 0) {
-        let fd = st.fd as u64;
-        inj.write_mem(scratch, &[0u8; 8])?;
-        inj.call("fcntl(F_GETOWN_EX)", libc::SYS_fcntl, [fd, F_GETOWN_EX, scratch, 0, 0, 0])
-            .map_err(|e| EngineError::Proc { pid, detail: format!("fd {fd}: read its signal owner: {e}") })?;
-        let raw = inj.read_mem(scratch, 8)?;
-        let kind = i32::from_ne_bytes(raw[0..4].try_into().expect("4"));
-        let owner = i32::from_ne_bytes(raw[4..8].try_into().expect("4"));
-        let sig = inj.call("fcntl(F_GETSIG)", libc::SYS_fcntl, [fd, F_GETSIG, 0, 0, 0, 0])? as i32;
-        if owner != 0 || sig != 0 {
-            st.owner = Some(FdOwner { kind, pid: owner, sig });
-        }
+/// The signal owner and signal of fd `fd` of `pid` (its open file description's), read through a
+/// duplicate of it: `None` when it has none. The owner (a pid or process group as Zap sees it)
+/// must be a process or group of the checkpoint; an owner that has exited since is dropped,
+/// since signals to it reach nobody.
+fn owner_of(pid: i32, fd: i32, pidfd: &std::os::fd::OwnedFd, ctx: &SaveContext) -> Result<Option<FdOwner>> {
+    let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd (signal owner)", pid, source })?;
+    let (kind, host, sig) = sysproc::fd_owner(&dup).map_err(|source| EngineError::Sys { step: "F_GETOWN_EX", pid, source })?;
+    if host == 0 {
+        return Ok((sig != 0).then_some(FdOwner { kind, pid: 0, sig }));
     }
-    Ok(())
+    let status = |p: i32| std::fs::read_to_string(format!("/proc/{p}/status")).ok();
+    let field = |text: &str, key: &str, last: bool| {
+        let v = text.lines().find_map(|l| l.strip_prefix(key))?;
+        let mut w = v.split_whitespace();
+        (if last { w.next_back() } else { w.next() })?.parse::<i32>().ok()
+    };
+    const F_OWNER_PGRP: i32 = 2;
+    let group_pgrp = F_OWNER_PGRP;
+    let found = if kind == group_pgrp {
+        ctx.group.iter().find_map(|&p| {
+            let st = status(p)?;
+            (field(&st, "NSpgid:", false) == Some(host)).then(|| field(&st, "NSpgid:", true)).flatten()
+        })
+    } else {
+        // A process or one of its threads (F_OWNER_TID): its id as the group sees it.
+        ctx.group.iter().find_map(|&p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/task/{host}/status")).ok()?;
+            field(&st, "NSpid:", true)
+        })
+    };
+    match found {
+        Some(v) => Ok(Some(FdOwner { kind, pid: v, sig })),
+        None if kind != group_pgrp && status(host).is_none() => Ok(None),
+        None => Err(unsupported(pid, fd, &format!("descriptor whose signal owner ({host}) is outside the checkpoint"), "F_SETOWN")),
+    }
 }
 
 /// The error for an fd of a kind that cannot be saved.

@@ -264,3 +264,20 @@ pub fn ioctl_int(fd: &std::os::fd::OwnedFd, request: libc::c_ulong) -> io::Resul
     ioctl_get(fd, request, &mut b)?;
     Ok(i32::from_ne_bytes(b))
 }
+
+/// The signal owner of the open file description of `fd` (`F_GETOWN_EX`: kind and id, as this
+/// process sees it, 0 for none) and its signal (`F_GETSIG`).
+pub fn fd_owner(fd: &std::os::fd::OwnedFd) -> io::Result<(i32, i32, i32)> {
+    use std::os::fd::AsRawFd;
+    let mut owner = [0i32; 2];
+    // SAFETY: F_GETOWN_EX (16) writes a struct f_owner_ex (two ints) to the pointer.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), 16, owner.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_GETSIG (11) takes no argument.
+    let sig = unsafe { libc::fcntl(fd.as_raw_fd(), 11) };
+    if sig < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((owner[0], owner[1], sig))
+}
