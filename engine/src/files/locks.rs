@@ -141,3 +141,35 @@ pub(super) fn restore(inj: &mut Injector, vpid: i32, fd: i32, path: &str, locks:
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_and_refuses_what_cannot_come_back() {
+        let text = "pos:\t0\nflags:\t02\nlock:\t1: FLOCK  ADVISORY  WRITE 23140 fe:00:10010689 0 EOF\n\
+                    lock:\t2: POSIX  ADVISORY  READ 23140 fe:00:10010689 5 14\n\
+                    lock:\t3: OFDLCK ADVISORY  WRITE -1 fe:00:10010689 200 249\n\
+                    lock:\t4: LEASE  ACTIVE    READ 23140 fe:00:10010714 0 EOF\n";
+        let got = parse(1, 3, "/f", text).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                FileLock { kind: LockKind::Flock, write: true, start: 0, end: None },
+                FileLock { kind: LockKind::Posix, write: false, start: 5, end: Some(14) },
+                FileLock { kind: LockKind::Ofd, write: true, start: 200, end: Some(249) },
+                FileLock { kind: LockKind::Lease, write: false, start: 0, end: None },
+            ]
+        );
+        for (line, why) in [
+            ("lock:\t1: LEASE  BREAKING  READ 1 fe:00:1 0 EOF\n", "being broken"),
+            ("lock:\t1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF\n", "mandatory"),
+            ("lock:\t1: DELEG  ACTIVE    READ 1 fe:00:1 0 EOF\n", "delegation"),
+            ("lock:\t1: POSIX  ADVISORY\n", "unreadable"),
+        ] {
+            let err = parse(7, 4, "/f", line).unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains("fd 4"), "{line}: {err}");
+        }
+    }
+}
