@@ -71,7 +71,17 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<GroupResto
         return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process group", manifest.kind) });
     }
     let image = GroupImage::decode(&manifest.state)?;
-    restore_in(store, &manifest, &image, &mut PidnsSpawner, RestoreContext::new(std::process::id()))
+    // The group shares Zap's network namespace: its connections are locked one by one, under the
+    // table its checkpoint left (named after the first member).
+    let conns: Vec<_> = image.members.iter().filter_map(|m| m.image()).flat_map(crate::process::saved_connections).collect();
+    let tag = image.members.iter().find_map(|m| m.image()).map_or(0, |i| i.host_pid);
+    let netlock =
+        if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(std::process::id() as i32, tag, &conns)?) };
+    let r = restore_in(store, &manifest, &image, &mut PidnsSpawner, RestoreContext::new(std::process::id()))?;
+    if let Some(l) = netlock {
+        l.unlock()?;
+    }
+    Ok(r)
 }
 
 /// Host pids of `parent`'s children, by their vpid.

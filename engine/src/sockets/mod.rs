@@ -1,6 +1,8 @@
 //! Sockets: unix sockets connected inside the group (socketpairs and accepted/connected pairs,
-//! with the bytes queued in both directions), listening and unconnected unix sockets, listening
-//! TCP sockets and UDP sockets (bound, perhaps connected).
+//! with the bytes queued in both directions), listening and unconnected unix sockets, TCP
+//! sockets (listening, unconnected, and established or half-closed connections saved with the
+//! kernel's repair mode: [`tcp`]) and UDP sockets (bound, perhaps connected, with the datagrams
+//! queued for reading).
 //!
 //! Facts are read on a duplicate of the socket taken with `pidfd_getfd` (options, addresses,
 //! TCP state, queued data peeked with `MSG_PEEK` and a peek offset, so nothing is consumed),
@@ -9,12 +11,15 @@
 //!
 //! Restore injects `socket`/`socketpair`, `setsockopt`, `bind`, `listen`, `connect` and `sendto`
 //! into the process. A connected unix pair is created by the first of its two ends to be restored;
-//! the other end waits in a keeper fd for its owner, as pipe ends do. Not restored yet: connections
-//! waiting in a listener's backlog (they are dropped), datagrams queued on UDP sockets, and
-//! established TCP connections, which fail the checkpoint unless the caller asks to close them
-//! (they then come back as fresh, unconnected sockets).
+//! the other end waits in a keeper fd for its owner, as pipe ends do. A TCP connection is saved
+//! only while the network is locked ([`SocketContext::network_locked`]); with
+//! [`SocketContext::tcp_close`] connections are given up instead (they come back as fresh,
+//! unconnected sockets). Not restored yet: connections waiting in a listener's backlog (they are
+//! dropped).
+mod packet;
 mod inet;
 mod opts;
+pub mod tcp;
 mod unix;
 
 use std::collections::HashMap;
@@ -26,9 +31,10 @@ use crate::inject::Injector;
 use crate::sys::sock::{self, UnixDiag};
 use crate::{EngineError, Result};
 pub use opts::SockOpts;
+pub use tcp::{TcpConn, TcpOpts};
 
-const TCP_LISTEN: u8 = 10;
-const TCP_CLOSE: u8 = 7;
+const TCP_LISTEN: u8 = tcp::state::LISTEN;
+const TCP_CLOSE: u8 = tcp::state::CLOSE;
 const SOMAXCONN: u64 = 4096;
 
 /// A saved socket.
@@ -70,6 +76,8 @@ pub enum SocketState {
         addr: Vec<u8>,
         /// Options.
         opts: SockOpts,
+        /// TCP-level options.
+        tcp: TcpOpts,
     },
     /// A TCP socket neither listening nor connected (or an established connection the caller
     /// chose to close): restored unconnected, bound again if it was bound to a port.
@@ -80,7 +88,11 @@ pub enum SocketState {
         addr: Option<Vec<u8>>,
         /// Options.
         opts: SockOpts,
+        /// TCP-level options.
+        tcp: TcpOpts,
     },
+    /// An established or half-closed TCP connection, with its queues and sequence numbers.
+    TcpConn(Box<TcpConn>),
     /// A UDP socket.
     Udp {
         /// Family.
@@ -91,6 +103,8 @@ pub enum SocketState {
         peer: Option<Vec<u8>>,
         /// Options.
         opts: SockOpts,
+        /// Datagrams queued for reading: (payload, sender's raw address).
+        queued: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }
 
@@ -103,8 +117,11 @@ pub struct SocketContext {
     pub(crate) holders: HashMap<u64, (i32, i32)>,
     /// Unix pair ends already saved (their queues were recorded with the first end).
     pub(crate) pairs_done: std::collections::HashSet<u64>,
-    /// Close established TCP connections instead of failing.
+    /// Close established TCP connections instead of saving them.
     pub tcp_close: bool,
+    /// The network of the processes is locked ([`crate::pod::netlock`]): established TCP
+    /// connections may be saved. Without the lock they fail the checkpoint (unless `tcp_close`).
+    pub network_locked: bool,
 }
 
 fn port_of(addr: &[u8]) -> u16 {
@@ -143,13 +160,19 @@ fn put(inj: &mut Injector, bytes: &[u8]) -> Result<u64> {
     Ok(scratch)
 }
 
-fn bind(inj: &mut Injector, fd: u64, addr: &[u8], ctx: &SocketRestore) -> Result<()> {
+/// `addr` with its IPv4 address rewritten as `ctx.rebind` says (a copy under another address).
+fn rewrite(addr: &[u8], ctx: &SocketRestore) -> Vec<u8> {
     let mut addr = addr.to_vec();
     if addr.len() >= 8 && u16::from_ne_bytes([addr[0], addr[1]]) == libc::AF_INET as u16 {
         if let Some((_, new)) = ctx.rebind.iter().find(|(old, _)| old[..] == addr[4..8]) {
             addr[4..8].copy_from_slice(new);
         }
     }
+    addr
+}
+
+fn bind(inj: &mut Injector, fd: u64, addr: &[u8], ctx: &SocketRestore) -> Result<()> {
+    let addr = rewrite(addr, ctx);
     let p = put(inj, &addr)?;
     inj.call("bind", libc::SYS_bind, [fd, p, addr.len() as u64, 0, 0, 0])?;
     Ok(())
@@ -171,4 +194,57 @@ pub fn restore(
         Some(fd) => Ok(fd),
         None => unreachable!("every socket kind is unix or inet"),
     }
+}
+
+/// Every TCP connection (not listening, not closed) held by the processes `pids`: (local, peer)
+/// raw addresses, for locking them one by one.
+pub fn tcp_connections(pids: &[i32]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for_each_tcp(pids, |_, _, dup| {
+        let st = sock::tcp_state(dup)?;
+        if st != TCP_LISTEN && st != TCP_CLOSE {
+            out.push((sock::sockaddr(dup, false)?, sock::sockaddr(dup, true).unwrap_or_default()));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Puts every TCP socket of the processes `pids` in repair mode ([`tcp::silence`]), so that their
+/// end sends no FIN or RST. Returns how many connections were silenced.
+pub fn silence_tcp(pids: &[i32]) -> Result<usize> {
+    let mut n = 0;
+    for_each_tcp(pids, |pid, fd, dup| {
+        tcp::silence(dup).map_err(|e| std::io::Error::other(format!("pid {pid} fd {fd}: {e}")))?;
+        n += 1;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Calls `f(pid, fd, duplicate)` for every TCP socket held by `pids` (each socket once).
+fn for_each_tcp(pids: &[i32], mut f: impl FnMut(i32, i32, &OwnedFd) -> std::io::Result<()>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for &pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let Ok(pidfd) = crate::sys::proc::pidfd_open(pid) else { continue };
+        for e in dir.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(target) = std::fs::read_link(e.path()) else { continue };
+            let t = target.to_string_lossy();
+            let Some(ino) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse::<u64>().ok()) else {
+                continue;
+            };
+            if !seen.insert(ino) {
+                continue;
+            }
+            let dup = crate::sys::proc::pidfd_getfd(&pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
+            let family = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
+            let proto = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+            if (family == libc::AF_INET || family == libc::AF_INET6) && proto == libc::IPPROTO_TCP {
+                f(pid, fd, &dup).map_err(|source| EngineError::Sys { step: "TCP socket", pid, source })?;
+            }
+        }
+    }
+    Ok(())
 }
