@@ -23,6 +23,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait TargetSpawner {
     /// Starts the init.
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32>;
+
+    /// Called once every member is rebuilt, still stopped, just before they are all released
+    /// (a pod opens its network here). A failure ends the restore.
+    fn before_release(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A restored group.
@@ -147,7 +153,7 @@ pub fn restore_in<S: ImageStore>(
     }
     let init = spawner.spawn(&top, tramp)?;
     let mut frozen: Vec<Frozen> = Vec::new();
-    let result = build(store, manifest, image, init, tramp, &mut frozen, files);
+    let result = build(store, manifest, image, init, tramp, &mut frozen, files).and_then(|b| spawner.before_release().map(|()| b));
     match result {
         Ok((pids, warnings)) => {
             drop(frozen); // every member runs from here

@@ -10,8 +10,10 @@
 //!
 //! ## Connections
 //! The new pod's network is locked ([`super::netlock`]) as soon as its namespace exists, before
-//! any socket is made, and unlocked once every process runs, so the peers of its TCP connections
-//! see nothing until the pod is whole; [`PodRestoreOptions::keep_network_locked`] leaves it locked
+//! any socket is made, and opened once every process is rebuilt, just before they are released,
+//! so the peers of its TCP connections see nothing until the pod is whole; each connection then
+//! sends a window probe (a peer that no longer knows it answers with a reset, which the
+//! application sees at once: a rolled-back pod); [`PodRestoreOptions::keep_network_locked`] leaves it locked
 //! for the caller to open with [`super::netlock::unlock`] (a migration does, once the source pod
 //! has ended). A copy restored under another address cannot take over the original's
 //! connections (their peers talk to the original): they come back closed, with `ECONNABORTED`
@@ -63,6 +65,9 @@ pub struct PodRestored {
 }
 
 struct PodSpawner<'a, S> {
+    keep_locked: bool,
+    /// How long the network was locked, ms (set when it opens).
+    locked_ms: f64,
     store: &'a S,
     manifest: &'a Manifest,
     ipc: &'a IpcState,
@@ -96,6 +101,23 @@ impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
         let log = pod_dir(self.root, &self.spec.name).join("console.log");
         std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| EngineError::io("create", &log, e))?;
         Ok(state.init_pid)
+    }
+
+    /// Every process is rebuilt and still stopped: the network opens now (unless kept locked),
+    /// and each connection sends a window probe, so that a peer that no longer has it resets it
+    /// at once rather than when the application next sends.
+    fn before_release(&mut self) -> Result<()> {
+        let Some(lock) = self.netlock.take() else { return Ok(()) };
+        self.locked_ms = lock.held_ms() + lock.lock_ms;
+        if self.keep_locked {
+            lock.keep();
+            return Ok(());
+        }
+        lock.unlock()?;
+        let pids: Vec<i32> = crate::group::tree_of(self.init_pid).into_iter().filter(|&p| p != self.init_pid).collect();
+        let probed = crate::sockets::probe_tcp(&pids)?;
+        tracing::debug!(pod = self.spec.name, probed, locked_ms = self.locked_ms, "network opened");
+        Ok(())
     }
 }
 
@@ -145,19 +167,14 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
         created: false,
         init_pid: 0,
         netlock: None,
+        keep_locked: opts.keep_network_locked,
+        locked_ms: 0.0,
     };
     let result = group::restore_in(store, &manifest, &image.group, &mut spawner, files)
         .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group))
         .and_then(|group| {
             super::set_last_checkpoint(root, &name, &id.to_string())?;
-            let lock = spawner.netlock.take().expect("locked when the pod was created");
-            let network_locked_ms = lock.held_ms() + lock.lock_ms;
-            if opts.keep_network_locked {
-                lock.keep();
-            } else {
-                lock.unlock()?;
-            }
-            Ok((group, network_locked_ms))
+            Ok((group, spawner.locked_ms))
         });
     match result {
         Ok((group, network_locked_ms)) => Ok(PodRestored { name, ip, group, network_locked_ms }),

@@ -12,9 +12,9 @@ use crate::inject::Injector;
 use crate::sys::sock;
 use crate::{EngineError, Result};
 
-/// Saves inet socket (duplicated into Zap as `dup`, of `family` and `sock_type`) held by `pid`
-/// at `fd`.
-pub(super) fn save(pid: i32, fd: i32, family: i32, sock_type: i32, dup: &OwnedFd, ctx: &mut SocketContext) -> Result<SocketState> {
+/// Saves inet socket `ino` (duplicated into Zap as `dup`, of `family` and `sock_type`) held by
+/// `pid` at `fd`.
+pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup: &OwnedFd, ctx: &mut SocketContext) -> Result<SocketState> {
     let sys = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
     let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
     let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
@@ -35,7 +35,7 @@ pub(super) fn save(pid: i32, fd: i32, family: i32, sock_type: i32, dup: &OwnedFd
                     tcp::state_name(st)
                 )))
             }
-            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, family, st, dup, opts)?))),
+            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, family, st, dup, opts)?))),
         }
     } else if sock_type == libc::SOCK_DGRAM {
         let peer = sock::sockaddr(dup, true).ok();

@@ -140,7 +140,7 @@ pub fn save(pid: i32, fd: i32, ino: u64, dup: &OwnedFd, ctx: &mut SocketContext)
     let sock_type = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_TYPE).map_err(sys("socket type"))?;
     match family {
         libc::AF_UNIX => unix::save(pid, fd, ino, sock_type, dup, ctx),
-        libc::AF_INET | libc::AF_INET6 => inet::save(pid, fd, family, sock_type, dup, ctx),
+        libc::AF_INET | libc::AF_INET6 => inet::save(pid, fd, ino, family, sock_type, dup, ctx),
         other => Err(unsupported(format!("socket family {other}"))),
     }
 }
@@ -217,6 +217,23 @@ pub fn silence_tcp(pids: &[i32]) -> Result<usize> {
     for_each_tcp(pids, |pid, fd, dup| {
         tcp::silence(dup).map_err(|e| std::io::Error::other(format!("pid {pid} fd {fd}: {e}")))?;
         n += 1;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Makes every TCP connection of the (stopped) processes `pids` send a window probe now: repair
+/// mode on and off again (`SO_REUSEADDR`, which repair mode clears, is set back). Used when a
+/// restored pod's network opens: a peer that still has the connection answers with an ACK, one
+/// that does not (a rolled-back connection) with a reset, which the application then sees at
+/// once. Returns how many were probed.
+pub fn probe_tcp(pids: &[i32]) -> Result<usize> {
+    let mut n = 0;
+    for_each_tcp(pids, |_, _, dup| {
+        if tcp::repairable(sock::tcp_state(dup)?) {
+            tcp::probe(dup)?;
+            n += 1;
+        }
         Ok(())
     })?;
     Ok(n)

@@ -288,6 +288,32 @@ fn ip_port(addr: &[u8]) -> String {
     }
 }
 
+/// The peer of socket `ino` from `/proc/PID/net/tcp{,6}` (a connection still opening has no
+/// `getpeername` yet), as a raw sockaddr.
+pub(super) fn peer_from_proc(pid: i32, ino: u64, family: i32) -> Option<Vec<u8>> {
+    let file = if family == libc::AF_INET6 { "tcp6" } else { "tcp" };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).ok()?;
+    let line = text.lines().skip(1).find(|l| l.split_whitespace().nth(9).and_then(|i| i.parse::<u64>().ok()) == Some(ino))?;
+    let (addr, port) = line.split_whitespace().nth(2)?.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // The address is printed as 32-bit words in host order.
+    let mut bytes = Vec::new();
+    for w in 0..addr.len() / 8 {
+        bytes.extend_from_slice(&u32::from_str_radix(&addr[w * 8..w * 8 + 8], 16).ok()?.to_ne_bytes());
+    }
+    let mut sa = (family as u16).to_ne_bytes().to_vec();
+    sa.extend_from_slice(&port.to_be_bytes());
+    if family == libc::AF_INET6 {
+        sa.extend_from_slice(&[0; 4]);
+        sa.extend_from_slice(&bytes);
+        sa.extend_from_slice(&[0; 4]);
+    } else {
+        sa.extend_from_slice(&bytes);
+        sa.extend_from_slice(&[0; 8]);
+    }
+    Some(sa)
+}
+
 /// `local -> peer` for messages.
 pub fn describe(local: &[u8], peer: &[u8]) -> String {
     format!("{} -> {}", ip_port(local), ip_port(peer))
@@ -296,9 +322,9 @@ pub fn describe(local: &[u8], peer: &[u8]) -> String {
 /// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`) in TCP state `st`. The
 /// caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
 /// repair mode cannot restore.
-pub(super) fn save_conn(pid: i32, fd: i32, family: i32, st: u8, dup: &OwnedFd, opts: SockOpts) -> Result<TcpConn> {
+pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &OwnedFd, opts: SockOpts) -> Result<TcpConn> {
     let local = sock::sockaddr(dup, false).map_err(|source| EngineError::Sys { step: "getsockname", pid, source })?;
-    let peer = sock::sockaddr(dup, true).unwrap_or_default();
+    let peer = sock::sockaddr(dup, true).ok().or_else(|| peer_from_proc(pid, ino, family)).unwrap_or_default();
     let what = || format!("fd {fd}: TCP connection {} in state {}", describe(&local, &peer), state_name(st));
     let fail = |why: String| EngineError::Proc { pid, detail: format!("{}: {why}", what()) };
     if !repairable(st) {
@@ -386,6 +412,18 @@ pub fn silence(dup: &OwnedFd) -> std::io::Result<()> {
     }
 }
 
+/// Sends a window probe on connection `dup` (repair mode on, then off with a probe), keeping its
+/// `SO_REUSEADDR`.
+pub fn probe(dup: &OwnedFd) -> std::io::Result<()> {
+    let reuse = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    sock::setsockopt_int(dup, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)?;
+    let off = sock::setsockopt_int(dup, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF);
+    if reuse != 0 {
+        sock::setsockopt_int(dup, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse)?;
+    }
+    off
+}
+
 fn sendall(inj: &mut Injector, fd: u64, data: &[u8], flags: i32, what: &'static str) -> Result<()> {
     for chunk in data.chunks(CHUNK) {
         let p = put(inj, chunk)?;
@@ -466,18 +504,19 @@ pub(super) fn restore_conn(inj: &mut Injector, c: &TcpConn, local: &[u8], peer: 
             setopt_int(inj, fd, t, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
             sendall(inj, fd, &c.sent, 0, "refill send queue")?;
         }
+        // The peer's FIN first: the saved windows count it.
+        if fin_received(c.state) {
+            let seq = c.rcv_seq.wrapping_add(c.recv.len() as u32);
+            let ack = c.snd_seq;
+            super::packet::send_fin(inj.tid(), peer, local, seq, ack, c.options & TCPI_OPT_TIMESTAMPS != 0)
+                .map_err(|e| EngineError::Proc { pid, detail: format!("send the peer's FIN: {e}") })?;
+        }
         if let Some(w) = c.window {
             let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_ne_bytes()).collect();
             setopt(inj, fd, t, TCP_REPAIR_WINDOW, &bytes, "setsockopt(TCP_REPAIR_WINDOW)")?;
         }
         if fin_sent(c.state) && c.unsent.is_empty() {
             inj.call("shutdown(SHUT_WR) (repair)", libc::SYS_shutdown, [fd, libc::SHUT_WR as u64, 0, 0, 0, 0])?;
-        }
-        if fin_received(c.state) {
-            let seq = c.rcv_seq.wrapping_add(c.recv.len() as u32);
-            let ack = c.snd_seq;
-            super::packet::send_fin(inj.tid(), peer, local, seq, ack, c.options & TCPI_OPT_TIMESTAMPS != 0)
-                .map_err(|e| EngineError::Proc { pid, detail: format!("send the peer's FIN: {e}") })?;
         }
         setopt_int(inj, fd, t, TCP_REPAIR, TCP_REPAIR_OFF, "setsockopt(TCP_REPAIR off)")?;
         set_opts(inj, fd, c.family, true, &c.opts)?;
