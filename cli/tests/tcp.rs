@@ -642,3 +642,60 @@ fn failure_after_the_lock_unlocks_the_network() {
     let ls: serde_json::Value = serde_json::from_str(&ok(&e, &["--json", "ls"])).unwrap();
     assert_eq!(ls.as_array().map(|a| a.len()), Some(0), "nothing stored: {ls}");
 }
+
+const SLOW_ACCEPT: &str = r#"
+import os, socket, sys, time
+go = sys.argv[1]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7373))
+s.listen(16)
+while not os.path.exists(go):
+    time.sleep(0.02)
+conns = [s.accept()[0] for _ in range(5)]
+for i, c in enumerate(conns):
+    c.sendall(b'accepted')
+time.sleep(3600)
+"#;
+
+/// A backlog of 5 connections the application has not accepted cannot be put back on restore:
+/// the checkpoint is refused with an error naming the listener (not silently dropped), the pod
+/// runs on, and once the application has accepted them the checkpoint goes through and they come
+/// back as connections.
+#[test]
+fn backlog_not_yet_accepted_is_refused_not_dropped() {
+    if !tools() {
+        return;
+    }
+    let e = env();
+    let net = subnet(90);
+    let pod = name("backlog");
+    let go = e.work.join("go");
+    ok(&e, &["run", "--name", &pod, "--ip", &format!("{net}.2/24"), "--", "python3", "-c", SLOW_ACCEPT, go.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    let addr = format!("{net}.2:7373");
+    let mut conns: Vec<TcpStream> = (0..5).map(|_| connect_retry(&addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = zap(&e, &["checkpoint", &pod]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("5 connection(s) waiting to be accepted") && err.contains("0.0.0.0:7373"), "{err}");
+    let ls: serde_json::Value = serde_json::from_str(&ok(&e, &["--json", "ls"])).unwrap();
+    assert_eq!(ls.as_array().map(|a| a.len()), Some(0), "nothing stored: {ls}");
+    std::fs::write(&go, b"go").unwrap();
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 8];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"accepted", "the pod ran on and accepted them");
+    }
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    for c in &mut conns {
+        c.write_all(b"still here").unwrap();
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || ss(&e, &pod).iter().filter(|s| s.starts_with("ESTAB") && s.contains(":7373 ")).count() == 5),
+        "the 5 connections are back: {:?}",
+        ss(&e, &pod)
+    );
+}

@@ -24,7 +24,21 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
         let st = sock::tcp_state(dup).map_err(sys("TCP_INFO"))?;
         let tcp = tcp::tcp_opts_of(dup, st);
         match st {
-            TCP_LISTEN => Ok(SocketState::TcpListen { family, addr, opts, tcp }),
+            TCP_LISTEN => {
+                // Connections the kernel accepted and the application has not: no interface
+                // queues a connection on a listener again, so they cannot come back. Refused
+                // rather than dropped (unless the caller gives connections up).
+                let info = sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(sys("TCP_INFO"))?;
+                let waiting = info.get(24..28).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4")));
+                if waiting > 0 && !ctx.tcp_close {
+                    return Err(unsupported(format!(
+                        "listening TCP socket {} has {waiting} connection(s) waiting to be accepted; they cannot be put back in \
+                         its backlog on restore (let the application accept them and try again, or give them up with --tcp-close)",
+                        tcp::ip_port(&addr)
+                    )));
+                }
+                Ok(SocketState::TcpListen { family, addr, opts, tcp })
+            }
             TCP_CLOSE => Ok(SocketState::TcpFresh { family, addr: bound, opts, tcp }),
             _ if ctx.tcp_close => Ok(SocketState::TcpFresh { family, addr: None, opts, tcp }),
             st if !ctx.network_locked && tcp::repairable(st) => {

@@ -276,7 +276,7 @@ pub struct TcpConn {
     pub opts: SockOpts,
 }
 
-fn ip_port(addr: &[u8]) -> String {
+pub(super) fn ip_port(addr: &[u8]) -> String {
     if addr.len() >= 8 && u16::from_ne_bytes([addr[0], addr[1]]) == libc::AF_INET as u16 {
         let ip = std::net::Ipv4Addr::new(addr[4], addr[5], addr[6], addr[7]);
         format!("{ip}:{}", u16::from_be_bytes([addr[2], addr[3]]))
