@@ -490,6 +490,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
             r.threads(&mut frozen)?;
             let mut ctx = files::RestoreContext::new(std::process::id());
             r.files(&mut ctx)?;
+            crate::sockets::finish(&mut [(image.vpid, r.injector())], &mut ctx)?;
             r.close_fds(&ctx.keepers(image.vpid))?;
             r.finish()
         })();

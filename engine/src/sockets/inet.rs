@@ -5,7 +5,7 @@
 //! ([`super::packet`]).
 use std::os::fd::OwnedFd;
 
-use super::opts::{opts_of, set_opts};
+use super::opts::set_opts;
 use super::tcp::{self, Mode};
 use super::{bind, port_of, put, rewrite, SocketContext, SocketRestore, SocketState, SOMAXCONN, TCP_CLOSE, TCP_LISTEN};
 use crate::inject::Injector;
@@ -20,7 +20,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
     let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
     let bound = (port_of(&addr) != 0).then(|| addr.clone());
     if sock_type == libc::SOCK_STREAM {
-        let opts = opts_of(dup, family, true);
+        let opts = Box::new(super::options(pid, fd, dup, family, sock_type, true, ctx)?);
         let st = sock::tcp_state(dup).map_err(sys("TCP_INFO"))?;
         let tcp = tcp::tcp_opts_of(dup, st);
         match st {
@@ -49,12 +49,13 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
                     tcp::state_name(st)
                 )))
             }
-            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, family, st, dup, opts)?))),
+            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, family, st, dup, *opts)?))),
         }
     } else if sock_type == libc::SOCK_DGRAM {
         let peer = sock::sockaddr(dup, true).ok();
         let queued = sock::peek_datagrams(dup).map_err(sys("peek queued datagrams"))?;
-        Ok(SocketState::Udp { family, addr: bound, peer, opts: opts_of(dup, family, false), queued })
+        let opts = Box::new(super::options(pid, fd, dup, family, sock_type, false, ctx)?);
+        Ok(SocketState::Udp { family, addr: bound, peer, opts, queued })
     } else {
         Err(unsupported(format!("inet socket of type {sock_type}")))
     }

@@ -456,13 +456,11 @@ pub(super) fn restore_conn(inj: &mut Injector, c: &TcpConn, local: &[u8], peer: 
     let ctx = |e: EngineError| EngineError::Proc { pid, detail: format!("restore TCP connection {what}: {e}") };
     let t = libc::IPPROTO_TCP;
     let fd = inj.call("socket(tcp)", libc::SYS_socket, [c.family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
-    // IPV6_V6ONLY can only be set before the socket is bound; the other options after.
-    let mut opts = c.opts.clone();
-    let v6only = std::mem::take(&mut opts.v6only);
+    // Socket options go before the socket is bound (IPV6_V6ONLY must); SO_REUSEADDR, which
+    // repair mode clears, is set again when it ends.
+    let reuse = c.opts.ints.iter().find(|&&(l, n, _)| l == libc::SOL_SOCKET && n == libc::SO_REUSEADDR).map(|&(_, _, v)| v);
     (|| -> Result<()> {
-        if v6only {
-            setopt_int(inj, fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1, "setsockopt(IPV6_V6ONLY)")?;
-        }
+        set_opts(inj, fd, c.family, true, &c.opts)?;
         setopt_int(inj, fd, t, TCP_REPAIR, TCP_REPAIR_ON, "setsockopt(TCP_REPAIR)")?;
         setopt_int(inj, fd, t, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
         setopt_int(inj, fd, t, TCP_QUEUE_SEQ, c.snd_seq as i32, "setsockopt(TCP_QUEUE_SEQ send)")?;
@@ -477,7 +475,10 @@ pub(super) fn restore_conn(inj: &mut Injector, c: &TcpConn, local: &[u8], peer: 
             let p = put(inj, &(libc::AF_UNSPEC as u16).to_ne_bytes())?;
             inj.call("connect(AF_UNSPEC)", libc::SYS_connect, [fd, p, 2, 0, 0, 0])?;
             setopt_int(inj, fd, t, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP, "setsockopt(TCP_REPAIR off)")?;
-            return set_opts(inj, fd, c.family, true, &opts);
+            if let Some(v) = reuse {
+                setopt_int(inj, fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, v, "setsockopt(SO_REUSEADDR)")?;
+            }
+            return Ok(());
         }
         let mut ropts: Vec<u8> = Vec::new();
         let mut opt = |code: u32, val: u32| {
@@ -525,7 +526,9 @@ pub(super) fn restore_conn(inj: &mut Injector, c: &TcpConn, local: &[u8], peer: 
             inj.call("shutdown(SHUT_WR) (repair)", libc::SYS_shutdown, [fd, libc::SHUT_WR as u64, 0, 0, 0, 0])?;
         }
         setopt_int(inj, fd, t, TCP_REPAIR, TCP_REPAIR_OFF, "setsockopt(TCP_REPAIR off)")?;
-        set_opts(inj, fd, c.family, true, &opts)?;
+        if let Some(v) = reuse {
+            setopt_int(inj, fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, v, "setsockopt(SO_REUSEADDR)")?;
+        }
         set_tcp_opts(inj, fd, &c.tcp)?;
         if !c.unsent.is_empty() {
             sendall(inj, fd, &c.unsent, libc::MSG_DONTWAIT, "send unsent bytes")?;
