@@ -20,7 +20,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
     let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
     let bound = (port_of(&addr) != 0).then(|| addr.clone());
     if sock_type == libc::SOCK_STREAM {
-        let opts = Box::new(super::options(pid, fd, dup, family, sock_type, true, ctx)?);
+        let opts = Box::new(stream_opts(super::options(pid, fd, dup, family, sock_type, true, ctx)?));
         let st = sock::tcp_state(dup).map_err(sys("TCP_INFO"))?;
         let tcp = tcp::tcp_opts_of(dup, st);
         match st {
@@ -59,6 +59,21 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
     } else {
         Err(unsupported(format!("inet socket of type {sock_type}")))
     }
+}
+
+/// `o` without the multicast options, which a stream socket cannot have set: an accepted
+/// connection inherits them from the segment that opened it (its TTL and incoming interface),
+/// so they differ from a fresh socket's, but the kernel refuses to set them on TCP sockets.
+fn stream_opts(mut o: super::SockOpts) -> super::SockOpts {
+    const IP_MULTICAST: [i32; 3] = [libc::IP_MULTICAST_IF, libc::IP_MULTICAST_TTL, libc::IP_MULTICAST_LOOP];
+    const IPV6_MULTICAST: [i32; 3] = [libc::IPV6_MULTICAST_IF, libc::IPV6_MULTICAST_HOPS, libc::IPV6_MULTICAST_LOOP];
+    let multicast = |level: i32, name: i32| {
+        (level == libc::IPPROTO_IP && IP_MULTICAST.contains(&name)) || (level == libc::IPPROTO_IPV6 && IPV6_MULTICAST.contains(&name))
+    };
+    o.ints.retain(|&(l, n, _)| !multicast(l, n));
+    o.ifindex_opts.retain(|(l, n, _)| !multicast(*l, *n));
+    o.multicast_if = None;
+    o
 }
 
 /// The address datagrams for a socket bound to `addr` are sent to: its own, or loopback for a
