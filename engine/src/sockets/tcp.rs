@@ -20,15 +20,16 @@
 //! saved sequence numbers are those of the first queued byte, the FIN left out.
 //!
 //! ## Restoring ([`restore_conn`])
-//! Injected into the process: `socket`, repair on, the two queue sequence numbers, `bind` and
+//! Injected into the process: `socket`, the socket options ([`super::opts`]), repair on, the two
+//! queue sequence numbers, `bind` and
 //! `connect` (in repair mode `connect` only sets the connection up, nothing is sent), the
 //! handshake options (`TCP_REPAIR_OPTIONS`) and the timestamp (so the peer sees the same clock
 //! even on a host whose clock differs), the receive queue and the sent part of the send queue
 //! (written in repair mode they go straight into the queues, as received and as sent), the
 //! windows, a FIN of ours again with `shutdown(SHUT_WR)`, the peer's FIN as a segment from the
 //! peer (a raw packet Zap sends in the pod's namespace, marked so the network lock lets it
-//! through), repair off, the application's options, then the bytes not yet sent (a plain
-//! `send`), and the buffer sizes and their locks. The network of a pod being restored is locked
+//! through), repair off, `SO_REUSEADDR` again (repair mode clears it), the TCP-level options,
+//! then the bytes not yet sent (a plain `send`), and the buffer sizes and their locks. The network of a pod being restored is locked
 //! until the whole pod is: what the restored sockets send meanwhile is dropped, and the peers'
 //! retransmissions bring everything in step once it opens.
 //!
