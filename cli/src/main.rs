@@ -81,6 +81,12 @@ enum Command {
     /// Remove a pod that is not running (-f: kill it first).
     Rm(pod_cmd::RmArgs),
     /// Replace a pod by one of its checkpoints (default: the latest), same name, pids, address.
+    ///
+    /// TCP connections come back as they were at that checkpoint, with its old sequence numbers:
+    /// their peers have moved on (or saw the running pod's connections end when it was removed),
+    /// so they answer with a reset and the application gets ECONNRESET (or EPIPE) on those
+    /// connections. Listening sockets are back at once; clients simply connect again.
+    #[command(verbatim_doc_comment)]
     Rollback(schedule_cmd::RollbackArgs),
     /// The checkpoint scheduler that `--every` starts (internal).
     #[command(name = "__schedule", hide = true)]

@@ -8,6 +8,11 @@
 //! pids, and returns once it runs. Restored processes are children of an init of ours, not of
 //! `zap`, so they live on after `zap` exits. External standard streams of a process checkpoint
 //! (a terminal, a pipe to another process) are connected to `zap restore`'s own fds 0-2.
+//!
+//! Established TCP connections are saved with their state and come back connected (the
+//! engine's `sockets::tcp` and `pod::netlock`); `--tcp-close` gives them up instead. A pod
+//! restored as a copy under another address gets its connections back closed (the application
+//! sees `ECONNABORTED`); they stay the original's.
 use clap::Args;
 use serde_json::json;
 use zap_engine::pod::checkpoint::{self as podck, PodCheckpointOptions, PodRestoreOptions};
@@ -34,8 +39,9 @@ pub struct CheckpointArgs {
     /// is stored; a pod is then removed).
     #[arg(long)]
     leave_running: bool,
-    /// Save established TCP connections as closed (the application sees them fail) instead of
-    /// refusing the checkpoint.
+    /// Give established TCP connections up: they are saved as closed sockets (the application
+    /// sees them fail after the restore). By default they are saved with their state (sequence
+    /// numbers, queued bytes, options) while the network is locked, and come back connected.
     #[arg(long)]
     tcp_close: bool,
     /// Name of the checkpoint (default: the pod or process name).
@@ -93,7 +99,8 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
             (r, format!("pod {pod}"))
         }
         (None, Some(pid)) => {
-            let opts = CheckpointOptions { leave_running: args.leave_running, name: args.name.clone(), ..Default::default() };
+            let opts =
+                CheckpointOptions { leave_running: args.leave_running, name: args.name.clone(), tcp_close: args.tcp_close, ..Default::default() };
             let r = if args.tree {
                 zap_engine::group::checkpoint_tree(&store, pid, &opts)
             } else {
@@ -184,7 +191,7 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
 
 fn restore_pod(ctx: &Ctx, store: &LocalStore, id: &zap_store::CheckpointId, args: &RestoreArgs) -> Result<Output> {
     let init_exe = zap_engine::pod::default_init_exe().map_err(engine_err)?;
-    let opts = PodRestoreOptions { name: args.name.clone(), ip: args.ip.clone(), init_exe };
+    let opts = PodRestoreOptions { name: args.name.clone(), ip: args.ip.clone(), init_exe, ..Default::default() };
     let r = podck::restore(store, &zap_engine::pod::run_dir(), id, &opts).map_err(engine_err)?;
     for w in &r.group.warnings {
         crate::progress::warn(w);

@@ -26,7 +26,9 @@
 //! `zap rollback NAME [--to ID | --steps N]` picks one of the pod's checkpoints (label
 //! `pod=NAME`, kind `pod`, ordered by creation time; default the latest), stops the scheduler,
 //! removes the pod and restores the checkpoint under the same name (with its saved pids, address
-//! and MAC). A scheduler that was running is started again with the same settings.
+//! and MAC). A scheduler that was running is started again with the same settings. TCP
+//! connections come back with the checkpoint's (old) sequence numbers: their peers reset them and
+//! the application sees ECONNRESET on them, while its listeners serve new clients.
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -545,7 +547,7 @@ pub fn rollback(ctx: &Ctx, args: &RollbackArgs) -> Result<Output> {
     if pod::load(&root, name).is_ok() {
         pod::rm(&root, name, true).map_err(|e| CliError::Invalid(format!("rollback of pod {name}: removing the pod failed: {e}")))?;
     }
-    let opts = PodRestoreOptions { name: Some(name.to_string()), ip: None, init_exe };
+    let opts = PodRestoreOptions { name: Some(name.to_string()), ip: None, init_exe, ..Default::default() };
     let r = podck::restore(&store, &root, &id, &opts).map_err(|e| {
         CliError::Invalid(format!(
             "rollback of pod {name}: the pod was removed but restoring checkpoint {id} failed: {e} \

@@ -104,6 +104,34 @@ pub struct CheckpointOptions {
     pub parent: Option<CheckpointId>,
     /// Chunker settings.
     pub chunker: ChunkerConfig,
+    /// Save established TCP connections as closed sockets instead of with their state.
+    pub tcp_close: bool,
+}
+
+/// Locks the TCP connections of the stopped processes `pids` (their namespace may be the
+/// host's, so only their own segments are dropped: [`crate::pod::netlock::NetLock::connections`]).
+/// `None` when they hold none, or when `tcp_close` gives them up.
+pub(crate) fn lock_connections(pids: &[i32], tcp_close: bool) -> Result<Option<crate::pod::netlock::NetLock>> {
+    if tcp_close {
+        return Ok(None);
+    }
+    let conns = crate::sockets::tcp_connections(pids)?;
+    if conns.is_empty() {
+        return Ok(None);
+    }
+    crate::pod::netlock::NetLock::connections(pids[0], pids[0], &conns).map(Some)
+}
+
+/// The TCP connections (local, peer) of a saved process, to lock while it is restored.
+pub(crate) fn saved_connections(image: &ProcessImage) -> Vec<(Vec<u8>, Vec<u8>)> {
+    image
+        .fds
+        .iter()
+        .filter_map(|f| match &f.kind {
+            files::FdKind::Socket(crate::sockets::SocketState::TcpConn(c)) => Some((c.local.clone(), c.peer.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What a checkpoint did.
@@ -306,16 +334,23 @@ pub fn save_process(
 pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
-    let (mut image, copy) = save_process(pid, &frozen, &mut files::SaveContext::default(), None, None)?;
+    let netlock = lock_connections(&[pid], opts.tcp_close)?;
+    let mut ctx = files::SaveContext::default();
+    ctx.sockets.tcp_close = opts.tcp_close;
+    ctx.sockets.network_locked = true;
+    let (mut image, copy) = save_process(pid, &frozen, &mut ctx, None, None)?;
     mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
     let bytes_read = copy.bytes;
     // With leave_running the process goes on now. Otherwise it stays stopped until the
     // checkpoint is committed, so that a failure to store leaves it running rather than lost.
-    let frozen = if opts.leave_running {
+    let (frozen, netlock) = if opts.leave_running {
         drop(frozen);
-        None
+        if let Some(l) = netlock {
+            l.unlock()?;
+        }
+        (None, None)
     } else {
-        Some(frozen)
+        (Some(frozen), netlock)
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
@@ -330,7 +365,12 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
     if let Some(frozen) = frozen {
+        // Closing the connections must send nothing; they stay locked until restored.
+        crate::sockets::silence_tcp(&[pid])?;
         frozen.kill()?;
+        if let Some(l) = netlock {
+            l.keep();
+        }
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
     Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode: "full".into() })
@@ -435,6 +475,10 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         return Err(EngineError::Proc { pid: image.vpid, detail: "restoring a namespace init (pid 1) is not supported yet".into() });
     }
     let tramp = trampoline_addr(&image.vmas);
+    // The process shares Zap's network namespace: its connections are locked one by one.
+    let conns = saved_connections(&image);
+    let me = std::process::id() as i32;
+    let netlock = if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(me, image.host_pid, &conns)?) };
     let init = sysclone::spawn_pidns_target(image.vpid, tramp)
         .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
     let result = (|| {
@@ -464,6 +508,9 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
             }
         };
         drop(frozen); // detach: the process runs
+        if let Some(l) = netlock {
+            l.unlock()?;
+        }
         Ok(Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 })
     })();
     if result.is_err() {

@@ -155,7 +155,7 @@ fn main() {
     println!("checkpoint (pod ended after the commit): stopped {:.0} ms until committed", r2.frozen_ms);
     drop(store2);
     for round in 1..=2 {
-        let ropts = PodRestoreOptions { name: None, ip: None, init_exe: init.clone() };
+        let ropts = PodRestoreOptions { name: None, ip: None, init_exe: init.clone(), ..Default::default() };
         let t = Instant::now();
         let restored = podck::restore(&store, &run, &r.summary.id, &ropts).expect("restore");
         println!(

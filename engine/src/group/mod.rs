@@ -37,7 +37,7 @@ pub use restore::{group_trampoline, restore, restore_in, GroupRestored, TargetSp
 pub use save::{freeze_tree, is_zombie_pid, save, tree_of, SavedGroup, Tracking};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob).
-pub const GROUP_IMAGE_VERSION: u8 = 1;
+pub const GROUP_IMAGE_VERSION: u8 = 2;
 /// Manifest kind of a process-group checkpoint.
 pub const KIND: &str = "group";
 
@@ -142,18 +142,23 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
 ) -> Result<crate::process::CheckpointReport> {
     let t0 = std::time::Instant::now();
     let (pids, frozen) = freeze_tree(root)?;
-    let mut saved = save(&pids, &frozen, false, None)?;
+    let live: Vec<i32> = pids.iter().copied().filter(|&p| !is_zombie_pid(p)).collect();
+    let netlock = crate::process::lock_connections(&live, opts.tcp_close)?;
+    let mut saved = save(&pids, &frozen, opts.tcp_close, true, None)?;
     for m in &saved.image.members {
         if let Some(img) = m.image() {
             crate::mem::refuse_sysv_outside_pod(m.vpid, &img.vmas)?;
         }
     }
     let bytes_read = saved.bytes_read;
-    let frozen = if opts.leave_running {
+    let (frozen, netlock) = if opts.leave_running {
         drop(frozen);
-        None
+        if let Some(l) = netlock {
+            l.unlock()?;
+        }
+        (None, None)
     } else {
-        Some(frozen)
+        (Some(frozen), netlock)
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
@@ -170,6 +175,11 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
     if let Some(frozen) = frozen {
+        // Closing the connections must send nothing; they stay locked until restored.
+        crate::sockets::silence_tcp(&live)?;
+        if let Some(l) = netlock {
+            l.keep();
+        }
         for &pid in pids.iter().rev() {
             let _ = crate::sys::clone::kill(pid, libc::SIGKILL);
         }

@@ -23,6 +23,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait TargetSpawner {
     /// Starts the init.
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32>;
+
+    /// Called once every member is rebuilt, still stopped, just before they are all released
+    /// (a pod opens its network here). A failure ends the restore.
+    fn before_release(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A restored group.
@@ -71,7 +77,17 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<GroupResto
         return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process group", manifest.kind) });
     }
     let image = GroupImage::decode(&manifest.state)?;
-    restore_in(store, &manifest, &image, &mut PidnsSpawner, RestoreContext::new(std::process::id()))
+    // The group shares Zap's network namespace: its connections are locked one by one, under the
+    // table its checkpoint left (named after the first member).
+    let conns: Vec<_> = image.members.iter().filter_map(|m| m.image()).flat_map(crate::process::saved_connections).collect();
+    let tag = image.members.iter().find_map(|m| m.image()).map_or(0, |i| i.host_pid);
+    let netlock =
+        if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(std::process::id() as i32, tag, &conns)?) };
+    let r = restore_in(store, &manifest, &image, &mut PidnsSpawner, RestoreContext::new(std::process::id()))?;
+    if let Some(l) = netlock {
+        l.unlock()?;
+    }
+    Ok(r)
 }
 
 /// Host pids of `parent`'s children, by their vpid.
@@ -137,7 +153,7 @@ pub fn restore_in<S: ImageStore>(
     }
     let init = spawner.spawn(&top, tramp)?;
     let mut frozen: Vec<Frozen> = Vec::new();
-    let result = build(store, manifest, image, init, tramp, &mut frozen, files);
+    let result = build(store, manifest, image, init, tramp, &mut frozen, files).and_then(|b| spawner.before_release().map(|()| b));
     match result {
         Ok((pids, warnings)) => {
             drop(frozen); // every member runs from here

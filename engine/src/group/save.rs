@@ -122,11 +122,13 @@ pub fn freeze_tree(root: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
 
 /// Saves the stopped processes `pids` (host pids; every live one stopped by an entry of
 /// `frozen`, zombies not). Members come out parents first, siblings by pid. With `tcp_close`,
-/// established TCP connections are saved as closed sockets instead of failing the checkpoint.
+/// established TCP connections are saved as closed sockets; otherwise they are saved with their
+/// state, which needs `network_locked` (the caller holds a [`crate::pod::netlock::NetLock`]
+/// over them), or fail the checkpoint.
 ///
 /// With `tracking`, a member whose tracker state is valid is saved as a delta on the parent
 /// checkpoint (only the pages written since are copied), and its tracker is re-armed.
-pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, mut tracking: Option<&mut Tracking>) -> Result<SavedGroup> {
+pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, network_locked: bool, mut tracking: Option<&mut Tracking>) -> Result<SavedGroup> {
     let places: Vec<Place> = pids.iter().map(|&p| place_of(p)).collect::<Result<_>>()?;
     let vpid_of_host: HashMap<i32, i32> = places.iter().map(|p| (p.host, p.vpid)).collect();
     // Order: parents first (breadth-first from the top members), siblings by vpid.
@@ -167,6 +169,7 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, mut tracking: Opti
     }
     let mut ctx = SaveContext::for_group(&live)?;
     ctx.sockets.tcp_close = tcp_close;
+    ctx.sockets.network_locked = network_locked;
     let mut members = Vec::new();
     let mut copies = Vec::new();
     let mut bytes_read = 0;

@@ -10,11 +10,21 @@
 //! committed, and is then killed and removed (its state now lives in the checkpoint).
 //!
 //! ## Stopped pods ([`StoppedPod`])
-//! The stop is a value: [`StoppedPod::stop`] takes the pod's checkpoint lock and stops it;
-//! [`StoppedPod::resume`] lets it run on, [`StoppedPod::end`] removes it (its state now lives
-//! elsewhere: a committed checkpoint, or a destination host). Dropping a `StoppedPod` resumes the
-//! pod, so an error anywhere between the stop and the end leaves the pod running. A checkpoint
-//! and a migration's final round are both built on it.
+//! The stop is a value: [`StoppedPod::stop`] takes the pod's checkpoint lock, locks the pod's
+//! network ([`super::netlock`]: from here on no packet reaches or leaves the pod, so its TCP
+//! connections can be saved) and stops it; [`StoppedPod::resume`] lets it run on and unlocks the
+//! network, [`StoppedPod::end`] removes it (its state now lives elsewhere: a committed
+//! checkpoint, or a destination host). Dropping a `StoppedPod` resumes the pod, so an error
+//! anywhere between the stop and the end leaves the pod running with its network open.
+//!
+//! For a migration (whose final round is built on the same value) this means:
+//! - the network stays locked for as long as the caller keeps the pod stopped, and nothing of the
+//!   pod's connections moves meanwhile (what peers send is dropped and retransmitted later);
+//! - [`StoppedPod::end`] is silent on the wire: every TCP socket of the pod is put in repair mode
+//!   before the processes are killed, so closing them sends no FIN or RST, and the lock stays
+//!   until the namespace is gone;
+//! - the destination restores with [`PodRestoreOptions::keep_network_locked`] and opens its
+//!   network with [`super::netlock::unlock`] once the source has ended.
 //!
 //! Restore is in [`super::restore`] (re-exported here).
 use std::collections::BTreeMap;
@@ -26,6 +36,7 @@ use zap_chunker::ChunkerConfig;
 use zap_store::{CheckpointId, ImageStore, Manifest};
 
 use super::net::{self, NetConfig};
+use super::netlock::NetLock;
 use super::{cgroup_of, load, pod_dir, status, PodState, PodStatus};
 pub use super::restore::{restore, PodRestoreOptions, PodRestored};
 use crate::freeze::Frozen;
@@ -38,7 +49,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a pod checkpoint.
 pub const KIND: &str = "pod";
 /// Version of the [`PodImage`] encoding (first byte of the state blob).
-pub const POD_IMAGE_VERSION: u8 = 1;
+pub const POD_IMAGE_VERSION: u8 = 2;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything about a pod except page contents.
@@ -85,7 +96,8 @@ impl PodImage {
 pub struct PodCheckpointOptions {
     /// Let the pod run on (default: kill and remove it once the checkpoint is committed).
     pub leave_running: bool,
-    /// Save established TCP connections as closed sockets instead of failing.
+    /// Give established TCP connections up (saved as closed sockets; the application sees them
+    /// fail) instead of saving them with their state.
     pub tcp_close: bool,
     /// Checkpoint name (default: the pod's name).
     pub name: Option<String>,
@@ -302,6 +314,8 @@ pub struct StoppedPod {
     frozen: Option<Vec<Frozen>>,
     /// How long the stop took, ms.
     stop_ms: f64,
+    /// The pod's network lock; `None` once unlocked or kept for the end.
+    netlock: Option<NetLock>,
     _lock: PodLock,
 }
 
@@ -339,9 +353,26 @@ impl StoppedPod {
             return Err(pod_err(name, "stop", format!("the pod is {}", status(root, &state))));
         }
         let t = Instant::now();
+        // Locked first, so that nothing the processes sent before they stopped is acknowledged
+        // behind the checkpoint's back; a failure to stop drops (opens) the lock again.
+        let netlock = NetLock::namespace(&format!("pod {name}"), state.init_pid)?;
         let (pids, frozen) = stop_pod(name, &cgroup_of(&state), state.init_pid)?;
         let stop_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok(StoppedPod { root: root.to_path_buf(), name: name.to_string(), state, pids, frozen: Some(frozen), stop_ms, _lock: lock })
+        Ok(StoppedPod {
+            root: root.to_path_buf(),
+            name: name.to_string(),
+            state,
+            pids,
+            frozen: Some(frozen),
+            stop_ms,
+            netlock: Some(netlock),
+            _lock: lock,
+        })
+    }
+
+    /// How long taking the network lock took, ms.
+    pub fn netlock_ms(&self) -> f64 {
+        self.netlock.as_ref().map_or(0.0, |l| l.lock_ms)
     }
 
     /// The pod's recorded state.
@@ -369,14 +400,26 @@ impl StoppedPod {
         self.stop_ms
     }
 
-    /// Lets the processes run on (an interrupted syscall is made again). The checkpoint lock is
-    /// kept until the value is dropped.
-    pub fn resume(&mut self) {
+    /// Lets the processes run on (an interrupted syscall is made again) and unlocks the
+    /// network. The checkpoint lock is kept until the value is dropped.
+    pub fn resume(&mut self) -> Result<()> {
         drop(self.frozen.take());
+        match self.netlock.take() {
+            Some(l) => l.unlock(),
+            None => Ok(()),
+        }
     }
 
-    /// Ends the pod: kills its processes and removes everything of it (as `zap rm -f`).
+    /// Ends the pod: puts its TCP sockets in repair mode (closing them sends nothing), kills its
+    /// processes and removes everything of it (as `zap rm -f`). The network stays locked until
+    /// the namespace is gone.
     pub fn end(mut self) -> Result<()> {
+        let live: Vec<i32> = self.pids.iter().copied().filter(|&p| !group::is_zombie_pid(p)).collect();
+        let silenced = crate::sockets::silence_tcp(&live)?;
+        tracing::debug!(pod = self.name, silenced, "TCP sockets in repair mode before the end");
+        if let Some(l) = self.netlock.take() {
+            l.keep();
+        }
         let frozen = self.frozen.take();
         let r = super::rm(&self.root, &self.name, true);
         if let Some(frozen) = frozen {
@@ -392,8 +435,19 @@ impl StoppedPod {
 
 impl Drop for StoppedPod {
     fn drop(&mut self) {
-        self.resume();
+        if let Err(e) = self.resume() {
+            tracing::warn!(pod = self.name, error = %e, "resuming the pod");
+        }
     }
+}
+
+/// A failure injected for tests: `ZAP_FAIL_AT=<point>` makes the checkpoint fail at `point`
+/// (`after-netlock`: the pod stopped and its network locked).
+fn fail_point(name: &str, point: &str) -> Result<()> {
+    if std::env::var("ZAP_FAIL_AT").is_ok_and(|v| v == point) {
+        return Err(pod_err(name, "checkpoint", format!("failure injected at {point} (ZAP_FAIL_AT)")));
+    }
+    Ok(())
 }
 
 /// Checkpoints pod `name` (in run directory `root`) into `store`. When the pod's last
@@ -410,6 +464,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     // The pod's stop is timed from here: what came before (reading the parent) ran beside it.
     let tf = Instant::now();
     let mut stopped = StoppedPod::stop_locked(root, name, lock)?;
+    fail_point(name, "after-netlock")?;
     let state = stopped.state().clone();
     let stopped_ms = tf.elapsed().as_secs_f64() * 1e3;
     let pids = stopped.pids().to_vec();
@@ -423,7 +478,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         Ok((m, t)) => (Some(m), t, String::new()),
         Err(why) => (None, group::Tracking::default(), format!("full: {why}")),
     };
-    let mut saved = group::save(&pids, stopped.frozen(), opts.tcp_close, Some(&mut tracking))?;
+    let mut saved = group::save(&pids, stopped.frozen(), opts.tcp_close, true, Some(&mut tracking))?;
     refuse_external_streams(name, &saved.image)?;
     if parent.is_some() {
         let live = saved.image.members.iter().filter(|m| m.image().is_some()).count();
@@ -453,7 +508,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     // With leave_running the pod goes on now. Otherwise it stays stopped until the checkpoint
     // is committed, so that a failure to store leaves it running rather than lost.
     if opts.leave_running {
-        stopped.resume();
+        stopped.resume()?;
     }
     let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
     tracing::info!(pod = name, processes = pids.len(), stopped_ms, saved_ms, ipc_ms, copied_ms, bytes_read, mode, "pod stopped and saved");

@@ -38,6 +38,7 @@ pub mod cgroup;
 pub mod checkpoint;
 pub mod init;
 pub mod net;
+pub mod netlock;
 pub mod restore;
 
 use std::ffi::CString;

@@ -7,12 +7,25 @@
 //! the old address are bound to the new one. The pod's console log travels in the checkpoint (its
 //! last 16 MiB) and is put back before the processes resume. On failure the half-made pod is
 //! removed.
+//!
+//! ## Connections
+//! The new pod's network is locked ([`super::netlock`]) as soon as its namespace exists, before
+//! any socket is made, and opened once every process is rebuilt, just before they are released,
+//! so the peers of its TCP connections see nothing until the pod is whole; each connection then
+//! sends a window probe (a peer that no longer knows it answers with a reset, which the
+//! application sees at once: a rolled-back pod); [`PodRestoreOptions::keep_network_locked`] leaves it locked
+//! for the caller to open with [`super::netlock::unlock`] (a migration does, once the source pod
+//! has ended). A copy restored under another address cannot take over the original's
+//! connections (their peers talk to the original): they come back closed, with `ECONNABORTED`
+//! for the application, and nothing is sent to those peers. Connections with both ends in the
+//! pod come back connected in the copy too.
 use std::path::Path;
 
 use serde::Serialize;
 use zap_store::{CheckpointId, ImageStore, Manifest};
 
 use super::checkpoint::{PodImage, CONSOLE_IMAGE, KIND};
+use super::netlock::NetLock;
 use super::{load, pod_dir, PodSpec};
 use crate::files::RestoreContext;
 use crate::group::{self, GroupRestored, TargetSpawner};
@@ -32,6 +45,9 @@ pub struct PodRestoreOptions {
     pub ip: Option<String>,
     /// The `zap-init` binary.
     pub init_exe: std::path::PathBuf,
+    /// Leave the restored pod's network locked (for a migration's destination: unlock it with
+    /// [`super::netlock::unlock`] once the source is gone). Default: unlocked once the pod runs.
+    pub keep_network_locked: bool,
 }
 
 /// A restored pod.
@@ -43,9 +59,15 @@ pub struct PodRestored {
     pub ip: Option<String>,
     /// The processes.
     pub group: GroupRestored,
+    /// How long the pod's network was locked during the restore, ms (until it runs, or until
+    /// now when it is kept locked).
+    pub network_locked_ms: f64,
 }
 
 struct PodSpawner<'a, S> {
+    keep_locked: bool,
+    /// How long the network was locked, ms (set when it opens).
+    locked_ms: f64,
     store: &'a S,
     manifest: &'a Manifest,
     ipc: &'a IpcState,
@@ -54,6 +76,7 @@ struct PodSpawner<'a, S> {
     main_vpid: i32,
     created: bool,
     init_pid: i32,
+    netlock: Option<NetLock>,
 }
 
 impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
@@ -63,6 +86,8 @@ impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
         let state = super::create(self.root, &self.spec)?;
         self.created = true;
         self.init_pid = state.init_pid;
+        // Before any socket of the pod exists.
+        self.netlock = Some(NetLock::namespace(&format!("pod {}", self.spec.name), state.init_pid)?);
         // The console log as it was, so the processes' appends continue it.
         if let Some(img) = self.manifest.images.iter().find(|i| i.name == CONSOLE_IMAGE) {
             let len = img.extents.iter().map(|e| e.end()).max().unwrap_or(0);
@@ -76,6 +101,23 @@ impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
         let log = pod_dir(self.root, &self.spec.name).join("console.log");
         std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| EngineError::io("create", &log, e))?;
         Ok(state.init_pid)
+    }
+
+    /// Every process is rebuilt and still stopped: the network opens now (unless kept locked),
+    /// and each connection sends a window probe, so that a peer that no longer has it resets it
+    /// at once rather than when the application next sends.
+    fn before_release(&mut self) -> Result<()> {
+        let Some(lock) = self.netlock.take() else { return Ok(()) };
+        self.locked_ms = lock.held_ms() + lock.lock_ms;
+        if self.keep_locked {
+            lock.keep();
+            return Ok(());
+        }
+        lock.unlock()?;
+        let pids: Vec<i32> = crate::group::tree_of(self.init_pid).into_iter().filter(|&p| p != self.init_pid).collect();
+        let probed = crate::sockets::probe_tcp(&pids)?;
+        tracing::debug!(pod = self.spec.name, probed, locked_ms = self.locked_ms, "network opened");
+        Ok(())
     }
 }
 
@@ -115,15 +157,27 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
             files.sockets.rebind.push((old, new));
         }
     }
-    let mut spawner =
-        PodSpawner { store, manifest: &manifest, ipc: &image.ipc, root, spec, main_vpid: image.main_vpid, created: false, init_pid: 0 };
+    let mut spawner = PodSpawner {
+        store,
+        manifest: &manifest,
+        ipc: &image.ipc,
+        root,
+        spec,
+        main_vpid: image.main_vpid,
+        created: false,
+        init_pid: 0,
+        netlock: None,
+        keep_locked: opts.keep_network_locked,
+        locked_ms: 0.0,
+    };
     let result = group::restore_in(store, &manifest, &image.group, &mut spawner, files)
-        .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group));
-    match result {
-        Ok(group) => {
+        .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group))
+        .and_then(|group| {
             super::set_last_checkpoint(root, &name, &id.to_string())?;
-            Ok(PodRestored { name, ip, group })
-        }
+            Ok((group, spawner.locked_ms))
+        });
+    match result {
+        Ok((group, network_locked_ms)) => Ok(PodRestored { name, ip, group, network_locked_ms }),
         Err(e) => {
             if spawner.created {
                 if let Err(e2) = super::rm(root, &name, true) {

@@ -1,7 +1,9 @@
 //! Sockets: unix sockets of every type and state ([`unix`]: pairs, listeners with their
 //! backlogs, datagram receivers, half-closed sockets, with the messages queued on them and the
-//! fds and credentials those carry), listening TCP sockets and UDP sockets (bound, perhaps
-//! connected), and the options of all of them ([`opts`]).
+//! fds and credentials those carry), TCP sockets (listening, unconnected, and established or
+//! half-closed connections saved with the kernel's repair mode: [`tcp`]), UDP sockets (bound,
+//! perhaps connected, with the datagrams queued for reading), and the options of all of them
+//! ([`opts`]).
 //!
 //! Facts are read on a duplicate of the socket taken with `pidfd_getfd` (options, addresses,
 //! TCP state, queued messages peeked with `MSG_PEEK` and a peek offset, so nothing is consumed),
@@ -10,11 +12,15 @@
 //!
 //! Restore injects `socket`/`socketpair`, `setsockopt`, `bind`, `listen`, `connect`, `accept`
 //! into the processes; unix sockets are finished in a second pass, [`finish`], once every process
-//! of the group has its fds (their queued messages may carry any of them). Not restored yet:
-//! datagrams queued on UDP sockets, and established TCP connections, which fail the checkpoint
-//! unless the caller asks to close them (they then come back as fresh, unconnected sockets).
+//! of the group has its fds (their queued messages may carry any of them). A TCP connection is
+//! saved only while the network is locked ([`SocketContext::network_locked`]); with
+//! [`SocketContext::tcp_close`] connections are given up instead (they come back as fresh,
+//! unconnected sockets). A TCP listener with connections waiting to be accepted fails the
+//! checkpoint: nothing can queue them on it again.
 mod inet;
 mod opts;
+mod packet;
+pub mod tcp;
 mod unix;
 
 use std::collections::HashMap;
@@ -26,9 +32,10 @@ use crate::inject::Injector;
 use crate::sys::sock;
 use crate::{EngineError, Result};
 pub use opts::SockOpts;
+pub use tcp::{TcpConn, TcpOpts};
 
-const TCP_LISTEN: u8 = 10;
-const TCP_CLOSE: u8 = 7;
+const TCP_LISTEN: u8 = tcp::state::LISTEN;
+const TCP_CLOSE: u8 = tcp::state::CLOSE;
 const SOMAXCONN: u64 = 4096;
 
 /// A saved socket.
@@ -44,6 +51,8 @@ pub enum SocketState {
         addr: Vec<u8>,
         /// Options.
         opts: Box<SockOpts>,
+        /// TCP-level options.
+        tcp: TcpOpts,
     },
     /// A TCP socket neither listening nor connected (or an established connection the caller
     /// chose to close): restored unconnected, bound again if it was bound to a port.
@@ -54,7 +63,11 @@ pub enum SocketState {
         addr: Option<Vec<u8>>,
         /// Options.
         opts: Box<SockOpts>,
+        /// TCP-level options.
+        tcp: TcpOpts,
     },
+    /// An established or half-closed TCP connection, with its queues and sequence numbers.
+    TcpConn(Box<TcpConn>),
     /// A UDP socket.
     Udp {
         /// Family.
@@ -65,6 +78,8 @@ pub enum SocketState {
         peer: Option<Vec<u8>>,
         /// Options.
         opts: Box<SockOpts>,
+        /// Datagrams queued for reading: (payload, sender's raw address).
+        queued: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }
 
@@ -77,8 +92,11 @@ pub struct SocketContext {
     pub(crate) holders: HashMap<u64, (i32, i32)>,
     /// The processes of the group: host pid -> pid in the group's namespace.
     pub(crate) members: HashMap<i32, i32>,
-    /// Close established TCP connections instead of failing.
+    /// Close established TCP connections instead of saving them.
     pub tcp_close: bool,
+    /// The network of the processes is locked ([`crate::pod::netlock`]): established TCP
+    /// connections may be saved. Without the lock they fail the checkpoint (unless `tcp_close`).
+    pub network_locked: bool,
     /// Integer options of fresh sockets by (family, type, protocol), read on first need.
     pub(crate) defaults: HashMap<(i32, i32, i32), Option<opts::Defaults>>,
 }
@@ -107,7 +125,7 @@ pub fn save(pid: i32, fd: i32, ino: u64, dup: &OwnedFd, fctx: &mut crate::files:
     let sock_type = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_TYPE).map_err(sys("socket type"))?;
     match family {
         libc::AF_UNIX => unix::save(pid, fd, ino, sock_type, dup, fctx),
-        libc::AF_INET | libc::AF_INET6 => inet::save(pid, fd, family, sock_type, dup, &mut fctx.sockets),
+        libc::AF_INET | libc::AF_INET6 => inet::save(pid, fd, ino, family, sock_type, dup, &mut fctx.sockets),
         other => Err(unsupported(format!("socket family {other}"))),
     }
 }
@@ -133,13 +151,19 @@ fn put(inj: &mut Injector, bytes: &[u8]) -> Result<u64> {
     Ok(scratch)
 }
 
-fn bind(inj: &mut Injector, fd: u64, addr: &[u8], ctx: &SocketRestore) -> Result<()> {
+/// `addr` with its IPv4 address rewritten as `ctx.rebind` says (a copy under another address).
+fn rewrite(addr: &[u8], ctx: &SocketRestore) -> Vec<u8> {
     let mut addr = addr.to_vec();
     if addr.len() >= 8 && u16::from_ne_bytes([addr[0], addr[1]]) == libc::AF_INET as u16 {
         if let Some((_, new)) = ctx.rebind.iter().find(|(old, _)| old[..] == addr[4..8]) {
             addr[4..8].copy_from_slice(new);
         }
     }
+    addr
+}
+
+fn bind(inj: &mut Injector, fd: u64, addr: &[u8], ctx: &SocketRestore) -> Result<()> {
+    let addr = rewrite(addr, ctx);
     let p = put(inj, &addr)?;
     inj.call("bind", libc::SYS_bind, [fd, p, addr.len() as u64, 0, 0, 0])?;
     Ok(())
@@ -177,4 +201,74 @@ impl SocketRestore {
 /// the keepers.
 pub fn finish(procs: &mut [(i32, &mut Injector)], ctx: &mut crate::files::RestoreContext) -> Result<()> {
     unix::finish(procs, ctx)
+}
+
+/// Every TCP connection (not listening, not closed) held by the processes `pids`: (local, peer)
+/// raw addresses, for locking them one by one.
+pub fn tcp_connections(pids: &[i32]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for_each_tcp(pids, |_, _, dup| {
+        let st = sock::tcp_state(dup)?;
+        if st != TCP_LISTEN && st != TCP_CLOSE {
+            out.push((sock::sockaddr(dup, false)?, sock::sockaddr(dup, true).unwrap_or_default()));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Puts every TCP socket of the processes `pids` in repair mode ([`tcp::silence`]), so that their
+/// end sends no FIN or RST. Returns how many connections were silenced.
+pub fn silence_tcp(pids: &[i32]) -> Result<usize> {
+    let mut n = 0;
+    for_each_tcp(pids, |pid, fd, dup| {
+        tcp::silence(dup).map_err(|e| std::io::Error::other(format!("pid {pid} fd {fd}: {e}")))?;
+        n += 1;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Makes every TCP connection of the (stopped) processes `pids` send a window probe now: repair
+/// mode on and off again (`SO_REUSEADDR`, which repair mode clears, is set back). Used when a
+/// restored pod's network opens: a peer that still has the connection answers with an ACK, one
+/// that does not (a rolled-back connection) with a reset, which the application then sees at
+/// once. Returns how many were probed.
+pub fn probe_tcp(pids: &[i32]) -> Result<usize> {
+    let mut n = 0;
+    for_each_tcp(pids, |_, _, dup| {
+        if tcp::repairable(sock::tcp_state(dup)?) {
+            tcp::probe(dup)?;
+            n += 1;
+        }
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Calls `f(pid, fd, duplicate)` for every TCP socket held by `pids` (each socket once).
+fn for_each_tcp(pids: &[i32], mut f: impl FnMut(i32, i32, &OwnedFd) -> std::io::Result<()>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for &pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let Ok(pidfd) = crate::sys::proc::pidfd_open(pid) else { continue };
+        for e in dir.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(target) = std::fs::read_link(e.path()) else { continue };
+            let t = target.to_string_lossy();
+            let Some(ino) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse::<u64>().ok()) else {
+                continue;
+            };
+            if !seen.insert(ino) {
+                continue;
+            }
+            let dup = crate::sys::proc::pidfd_getfd(&pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
+            let family = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
+            let proto = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+            if (family == libc::AF_INET || family == libc::AF_INET6) && proto == libc::IPPROTO_TCP {
+                f(pid, fd, &dup).map_err(|source| EngineError::Sys { step: "TCP socket", pid, source })?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -424,3 +424,93 @@ fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
         }
     }
 }
+
+/// An `ioctl` that returns an int (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD).
+pub fn ioctl_int(fd: &OwnedFd, req: libc::c_ulong) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: these requests write one int to the pointer given.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut v as *mut libc::c_int) })?;
+    Ok(v)
+}
+
+/// One `recv(MSG_PEEK | MSG_DONTWAIT)` of at most `len` bytes (TCP repair mode peeks a whole
+/// queue this way); an empty queue gives no bytes.
+pub fn peek(fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len.max(1)];
+    // SAFETY: buf is valid for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EAGAIN) {
+            return Ok(Vec::new());
+        }
+        return Err(e);
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Every datagram queued for reading on a datagram socket, with its sender's raw address, without
+/// consuming any (MSG_PEEK with a peek offset, restored afterwards).
+pub fn peek_datagrams(fd: &OwnedFd) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let old = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let result = loop {
+        // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut alen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: buf, ss and alen describe buffers of the given sizes.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                (&mut ss as *mut libc::sockaddr_storage).cast(),
+                &mut alen,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error() == Some(libc::EAGAIN) { Ok(()) } else { Err(e) };
+        }
+        // SAFETY: the kernel wrote `alen` bytes (at most the buffer's size) into ss.
+        let addr = unsafe { std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), (alen as usize).min(std::mem::size_of_val(&ss))) };
+        out.push((buf[..n as usize].to_vec(), addr.to_vec()));
+        if out.len() > 100_000 {
+            break Err(io::Error::other("more than 100000 queued datagrams"));
+        }
+    };
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
+    result.map(|()| out)
+}
+
+/// A socket of Zap's in the network namespace `netns` (created by a short-lived thread that
+/// enters it), close-on-exec.
+pub fn socket_in_netns(netns: &std::fs::File, family: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this (scoped, short-lived) thread only; the fd is valid.
+            check(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) })?;
+            // SAFETY: socket takes integers.
+            let raw = check(unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, proto) })?;
+            // SAFETY: the kernel just returned this fd; we own it.
+            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .join()
+        .map_err(|_| io::Error::other("socket thread panicked"))?
+    })
+}
+
+/// Sends `data` to the raw address `to` on socket `fd`.
+pub fn send_to(fd: &OwnedFd, data: &[u8], to: &[u8]) -> io::Result<usize> {
+    // SAFETY: data and `to` are valid for their lengths.
+    let n = unsafe { libc::sendto(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), 0, to.as_ptr().cast(), to.len() as libc::socklen_t) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+

@@ -1,0 +1,122 @@
+//! Established TCP connections: how long a pod's network is locked around a checkpoint and a
+//! restore, and what its connections add to the time the pod is stopped.
+//!
+//! A pod with an address runs a python3 server that accepts N connections from this process and
+//! keeps them; on each, 1 KiB waits unread in each direction. For N = 0, 1, 100 and 1,000:
+//! - the network lock alone (nft table in the pod's namespace): take and release;
+//! - a checkpoint with `--leave-running`: how long the pod is stopped (its network is locked
+//!   for that time plus the lock's own cost);
+//! - a checkpoint that ends the pod followed by its restore: the lock is held from the stop
+//!   until the restored pod is released (checkpoint stopped time + restore until the network
+//!   opens); the connections are then checked (one round trip on each).
+//!
+//! Run: `cargo run --release -p zap-benches --bin net-bench [-- --dir DIR]` (as root; needs
+//! `zap-init` built next to this binary, python3 and nft).
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use zap_benches::{machine, Args};
+use zap_engine::pod::checkpoint::{self as podck, PodCheckpointOptions, PodRestoreOptions};
+use zap_engine::pod::netlock::NetLock;
+use zap_engine::pod::{self, Launch, PodSpec};
+use zap_store::{LocalStore, StoreOptions};
+
+const SERVER: &str = r#"
+import resource, socket, sys
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7400))
+s.listen(4096)
+conns = []
+for i in range(n):
+    c, _ = s.accept()
+    c.sendall(b'x' * 1024)
+    conns.append(c)
+open(sys.argv[2], 'w').write('ready')
+while True:
+    for c in conns:
+        pass
+    import time
+    time.sleep(3600)
+"#;
+
+fn main() {
+    let args = Args::parse();
+    println!("{}", machine());
+    let tmp = tempfile::tempdir_in(&args.dir).expect("temp dir");
+    let run = tmp.path().join("run");
+    let init = std::env::current_exe().expect("exe").with_file_name("zap-init");
+    assert!(init.exists(), "build zap-init first: cargo build --release --workspace");
+    let tag = std::process::id() % 100 + 100;
+    println!("| connections | lock + unlock (nft) | stopped, --leave-running | stopped until committed (pod ended) | restore: network locked | restore: until the pod runs | connections back |");
+    println!("|---|---|---|---|---|---|---|");
+    for n in [0usize, 1, 100, 1000] {
+        let name = format!("nb{tag}-{n}");
+        let ip = format!("10.93.{tag}.2/24");
+        let ready = tmp.path().join(format!("ready-{n}"));
+        let spec = PodSpec {
+            name: name.clone(),
+            hostname: None,
+            ip: Some(ip.clone()),
+            mac: None,
+            memory_limit: None,
+            cpus: None,
+            launch: Launch::Command {
+                argv: vec!["python3".into(), "-c".into(), SERVER.into(), n.to_string(), ready.display().to_string()],
+                env: std::env::vars().collect(),
+                cwd: "/".into(),
+            },
+            init_exe: init.clone(),
+        };
+        let state = pod::create(&run, &spec).expect("create pod");
+        let addr = format!("10.93.{tag}.2:7400");
+        let mut conns = Vec::new();
+        let t = Instant::now();
+        while conns.len() < n {
+            match TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)) {
+                Ok(c) => {
+                    let mut c = c;
+                    c.write_all(&[b'y'; 1024]).expect("send");
+                    conns.push(c);
+                }
+                Err(_) if conns.is_empty() && t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+        let t = Instant::now();
+        while !ready.exists() {
+            assert!(t.elapsed() < Duration::from_secs(30), "server not ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The lock alone.
+        let tl = Instant::now();
+        NetLock::namespace(&name, state.init_pid).expect("lock").unlock().expect("unlock");
+        let lock_ms = tl.elapsed().as_secs_f64() * 1e3;
+        let store_dir = tmp.path().join(format!("store-{n}"));
+        let store = LocalStore::open(&store_dir, StoreOptions { create: true, ..StoreOptions::default() }).expect("store");
+        let opts = PodCheckpointOptions { leave_running: true, ..Default::default() };
+        let r1 = podck::checkpoint(&store, &run, &name, &opts).expect("checkpoint --leave-running");
+        let opts = PodCheckpointOptions { leave_running: false, ..Default::default() };
+        let r2 = podck::checkpoint(&store, &run, &name, &opts).expect("checkpoint");
+        let ropts = PodRestoreOptions { init_exe: init.clone(), ..Default::default() };
+        let restored = podck::restore(&store, &run, &r2.summary.id, &ropts).expect("restore");
+        let back = established(restored.group.init_pid);
+        assert_eq!(back, n, "every connection is back");
+        println!(
+            "| {n} | {lock_ms:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {back} |",
+            r1.frozen_ms, r2.frozen_ms, restored.network_locked_ms, restored.group.restore_ms,
+        );
+        drop(conns);
+        pod::rm(&run, &name, true).expect("rm");
+    }
+}
+
+/// Established TCP connections in the network namespace of `pid` (from its /proc/net/tcp).
+fn established(pid: i32) -> usize {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    t.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count()
+}
