@@ -105,3 +105,8 @@ fn socket_options_on_every_kind() {
 fn ebpf_socket_filter_is_refused() {
     refused_kind("sockopts", "ebpf", &["ebpf"], "eBPF socket filter");
 }
+
+#[test]
+fn unix_messages_in_flight_with_fds_and_credentials() {
+    run_kind("unixmsg", "msg", &[]);
+}

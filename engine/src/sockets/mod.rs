@@ -112,10 +112,11 @@ pub fn save(pid: i32, fd: i32, ino: u64, dup: &OwnedFd, fctx: &mut crate::files:
     }
 }
 
-/// Before a group is saved: notes what the messages queued on unix socket `fd` of `pid` carry
+/// Before a group is saved: notes what the messages queued on unix socket `fd` (inode `ino`) of
+/// `pid` carry
 /// (see [`unix`]).
-pub(crate) fn prescan_inflight(pid: i32, fd: i32, ctx: &mut crate::files::SaveContext) -> Result<()> {
-    unix::prescan(pid, fd, ctx)
+pub(crate) fn prescan_inflight(pid: i32, fd: i32, ino: u64, ctx: &mut crate::files::SaveContext) -> Result<()> {
+    unix::prescan(pid, fd, ino, ctx)
 }
 
 /// What restoring sockets has created so far, for processes restored together.

@@ -169,9 +169,10 @@ pub struct UnixContext {
     copies: HashMap<u64, UnixSocket>,
     /// Fds in flight saved so far: (Zap's copy, its number).
     flight: Vec<(OwnedFd, u32)>,
-    /// Fds in flight found before saving (keeping sockets and pipes known to the group), kept
-    /// open until the group is saved.
-    pub(crate) prescanned: Vec<OwnedFd>,
+    /// Queues peeked before saving (to know the sockets and pipes their messages hold), by
+    /// socket inode, used when the socket is saved: a zero-length datagram peeked once is
+    /// skipped by later peeks.
+    peeked: HashMap<u64, Vec<sock::Peeked>>,
 }
 
 fn strip_nuls(raw: &[u8]) -> &[u8] {
@@ -307,16 +308,19 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
     };
     // Streams and seqpackets have a queue only once connected.
     let has_queue = sock_type == libc::SOCK_DGRAM || d.state == TCP_ESTABLISHED;
-    let queue = if has_queue { save_queue(pid, fd, sock_type, dup, fctx)? } else { Vec::new() };
+    let queue = if has_queue { save_queue(pid, fd, ino, sock_type, dup, fctx)? } else { Vec::new() };
     let opts = super::options(pid, fd, dup, libc::AF_UNIX, sock_type, false, &mut fctx.sockets)?;
     Ok(super::SocketState::Unix(Box::new(UnixSocket { ino, sock_type, name, conn, shutdown: d.shutdown, queue, opts })))
 }
 
 /// The messages queued on `dup` (fd `fd` of `pid`), with their fds described.
-fn save_queue(pid: i32, fd: i32, sock_type: i32, dup: &OwnedFd, fctx: &mut SaveContext) -> Result<Vec<UnixMsg>> {
+fn save_queue(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, fctx: &mut SaveContext) -> Result<Vec<UnixMsg>> {
     let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
     let stream = sock_type == libc::SOCK_STREAM;
-    let peeked = sock::peek_messages(dup, stream).map_err(|source| EngineError::Sys { step: "peek unix socket queue", pid, source })?;
+    let peeked = match fctx.sockets.unix.peeked.remove(&ino) {
+        Some(p) => p,
+        None => sock::peek_messages(dup, stream).map_err(|source| EngineError::Sys { step: "peek unix socket queue", pid, source })?,
+    };
     if stream {
         // Out-of-band data is skipped by peeks: the queue would come back without it.
         let queued: usize = peeked.iter().map(|m| m.data.len()).sum();
@@ -367,20 +371,20 @@ fn flight_fd(f: OwnedFd, fctx: &mut SaveContext) -> Result<FlightFd> {
 }
 
 /// Before a group is saved: notes the sockets and pipe ends passed in messages queued on unix
-/// socket `fd` of `pid` as held by the group (a peer or pipe end that only a message holds is
-/// then saved, not refused), keeping Zap's copies open until the group is saved.
-pub(crate) fn prescan(pid: i32, fd: i32, fctx: &mut SaveContext) -> Result<()> {
+/// socket `fd` (inode `ino`) of `pid` as held by the group (a peer or pipe end that only a
+/// message holds is then saved, not refused); the messages are kept for when the socket is saved.
+pub(crate) fn prescan(pid: i32, fd: i32, ino: u64, fctx: &mut SaveContext) -> Result<()> {
     let pidfd = crate::sys::proc::pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
     let dup = crate::sys::proc::pidfd_getfd(&pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
     let sock_type = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|source| EngineError::Sys { step: "socket type", pid, source })?;
     let peeked = sock::peek_messages(&dup, sock_type == libc::SOCK_STREAM).map_err(|source| EngineError::Sys { step: "peek unix socket queue", pid, source })?;
     let me = std::process::id() as i32;
-    for m in peeked {
-        for f in m.fds {
+    for m in &peeked {
+        for f in &m.fds {
             let target = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
             crate::files::note_inflight(me, f.as_raw_fd(), &target, fctx)?;
-            fctx.sockets.unix.prescanned.push(f);
         }
     }
+    fctx.sockets.unix.peeked.insert(ino, peeked);
     Ok(())
 }
