@@ -110,3 +110,13 @@ fn ebpf_socket_filter_is_refused() {
 fn unix_messages_in_flight_with_fds_and_credentials() {
     run_kind("unixmsg", "msg", &[]);
 }
+
+#[test]
+fn unix_names_backlogs_and_half_closed_pairs() {
+    run_kind("unixnames", "names", &[]);
+}
+
+#[test]
+fn unix_connection_written_before_accept_is_refused() {
+    refused_kind("unixnames", "early", &["backlog-data"], "written before it was accepted");
+}
