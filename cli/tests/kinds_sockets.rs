@@ -120,3 +120,13 @@ fn unix_names_backlogs_and_half_closed_pairs() {
 fn unix_connection_written_before_accept_is_refused() {
     refused_kind("unixnames", "early", &["backlog-data"], "written before it was accepted");
 }
+
+#[test]
+fn icmp_raw_packet_and_netlink_sockets() {
+    run_kind("rawsocks", "raw", &[]);
+}
+
+#[test]
+fn netlink_socket_of_another_protocol_is_refused() {
+    refused_kind("rawsocks", "nlother", &["netlink-other"], "netlink socket of protocol 4");
+}

@@ -1,7 +1,8 @@
 //! Sockets: unix sockets of every type and state ([`unix`]: pairs, listeners with their
 //! backlogs, datagram receivers, half-closed sockets, with the messages queued on them and the
 //! fds and credentials those carry), listening TCP sockets and UDP sockets (bound, perhaps
-//! connected), and the options of all of them ([`opts`]).
+//! connected), ICMP, raw IP and packet sockets ([`raw`]), route and uevent netlink sockets
+//! ([`netlink`]), and the options of all of them ([`opts`]).
 //!
 //! Facts are read on a duplicate of the socket taken with `pidfd_getfd` (options, addresses,
 //! TCP state, queued messages peeked with `MSG_PEEK` and a peek offset, so nothing is consumed),
@@ -14,7 +15,9 @@
 //! datagrams queued on UDP sockets, and established TCP connections, which fail the checkpoint
 //! unless the caller asks to close them (they then come back as fresh, unconnected sockets).
 mod inet;
+mod netlink;
 mod opts;
+mod raw;
 mod unix;
 
 use std::collections::HashMap;
@@ -55,6 +58,12 @@ pub enum SocketState {
         /// Options.
         opts: Box<SockOpts>,
     },
+    /// A ping (ICMP) or raw IP socket.
+    Raw(Box<raw::RawSocket>),
+    /// A packet socket.
+    Packet(Box<raw::PacketSocket>),
+    /// A netlink socket.
+    Netlink(Box<netlink::NetlinkSocket>),
     /// A UDP socket.
     Udp {
         /// Family.
@@ -105,9 +114,16 @@ pub fn save(pid: i32, fd: i32, ino: u64, dup: &OwnedFd, fctx: &mut crate::files:
     let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
     let family = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(sys("socket family"))?;
     let sock_type = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_TYPE).map_err(sys("socket type"))?;
+    let protocol = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+    let ctx = &mut fctx.sockets;
     match family {
         libc::AF_UNIX => unix::save(pid, fd, ino, sock_type, dup, fctx),
-        libc::AF_INET | libc::AF_INET6 => inet::save(pid, fd, family, sock_type, dup, &mut fctx.sockets),
+        libc::AF_INET | libc::AF_INET6 if raw::is_raw(sock_type, protocol) => {
+            Ok(SocketState::Raw(Box::new(raw::save(pid, fd, family, sock_type, protocol, dup, ctx)?)))
+        }
+        libc::AF_INET | libc::AF_INET6 => inet::save(pid, fd, family, sock_type, dup, ctx),
+        libc::AF_PACKET => Ok(SocketState::Packet(Box::new(raw::save_packet(pid, fd, sock_type, dup, ctx)?))),
+        libc::AF_NETLINK => Ok(SocketState::Netlink(Box::new(netlink::save(pid, fd, ino, sock_type, dup, ctx)?))),
         other => Err(unsupported(format!("socket family {other}"))),
     }
 }
@@ -155,8 +171,12 @@ pub fn restore(
     ctx: &mut SocketRestore,
     take: &mut dyn FnMut(&mut Injector, i32, u64) -> Result<u64>,
 ) -> Result<u64> {
-    if let SocketState::Unix(s) = st {
-        return unix::restore(inj, vpid, s, ctx, take);
+    match st {
+        SocketState::Unix(s) => return unix::restore(inj, vpid, s, ctx, take),
+        SocketState::Raw(s) => return raw::restore(inj, s, ctx),
+        SocketState::Packet(s) => return raw::restore_packet(inj, s),
+        SocketState::Netlink(s) => return netlink::restore(inj, s),
+        _ => {}
     }
     match inet::restore(inj, vpid, st, ctx)? {
         Some(fd) => Ok(fd),

@@ -131,6 +131,7 @@ const IP_INTS: &[(i32, i32, &str)] = &[
     (SOL_IP, 34, "IP_MULTICAST_LOOP"),
     (SOL_IP, 49, "IP_MULTICAST_ALL"),
     (SOL_IP, 51, "IP_LOCAL_PORT_RANGE"),
+    (255, 1, "ICMP_FILTER"),
 ];
 const IPV6_INTS: &[(i32, i32, &str)] = &[
     (SOL_IPV6, 26, "IPV6_V6ONLY"),
@@ -433,7 +434,7 @@ fn setsockopt(inj: &mut Injector, fd: u64, level: i32, name: i32, val: &[u8]) ->
 
 /// The index of interface `name` in the network namespace of the socket `fd` of the process
 /// `inj` drives.
-fn ifindex(inj: &mut Injector, fd: u64, name: &str) -> Result<i32> {
+pub(super) fn ifindex(inj: &mut Injector, fd: u64, name: &str) -> Result<i32> {
     let mut req = [0u8; 40];
     let n = name.len().min(15);
     req[..n].copy_from_slice(&name.as_bytes()[..n]);
