@@ -130,3 +130,12 @@ fn icmp_raw_packet_and_netlink_sockets() {
 fn netlink_socket_of_another_protocol_is_refused() {
     refused_kind("rawsocks", "nlother", &["netlink-other"], "netlink socket of protocol 4");
 }
+
+#[test]
+fn unix_socket_connected_outside_the_pod_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outside.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    refused_kind("unixnames", "outside", &["outside", path.to_str().unwrap()], "connected to a process outside the checkpoint (peer socket");
+    drop(listener);
+}

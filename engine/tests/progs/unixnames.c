@@ -6,7 +6,8 @@
  * seqpacket connection with queued records, a datagram client connected to a named receiver, and
  * half-closed socketpairs (the peer closed: queued bytes, then end of file; one whose peer left
  * unread data, with ECONNRESET pending).
- * argv[3] == "backlog-data": a client writes before being accepted (a checkpoint must refuse). */
+ * argv[3] == "backlog-data": a client writes before being accepted (a checkpoint must refuse).
+ * argv[3] == "outside": connects to the listener at argv[4], outside the pod (likewise). */
 #include "zaptest.h"
 #include <errno.h>
 #include <signal.h>
@@ -82,6 +83,14 @@ int main(int argc, char **argv) {
     mkdir(dir, 0755);
     unlink(rel_full);
 
+    if (argc > 4 && strcmp(argv[3], "outside") == 0) {
+        int c = client(SOCK_STREAM, argv[4], 0, NULL);
+        say("ready");
+        wait_go(argv[2]);
+        CHECK(write(c, "x", 1) == 1, "still connected");
+        say("ok");
+        return 0;
+    }
     if (argc > 3 && strcmp(argv[3], "backlog-data") == 0) {
         int l = listener(SOCK_STREAM, lpath, 0);
         int c = client(SOCK_STREAM, lpath, 0, NULL);

@@ -321,7 +321,14 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
                 }
                 UnixConn::Pending { listener: Box::new(target(l, ctx, "listener", pid, fd)?) }
             }
-            None => UnixConn::PeerGone { reset: sock::has_pending_error(dup) },
+            // A closed stream peer shut this end down both ways; a stream whose peer is neither
+            // that nor in a backlog of the group waits in the backlog of a listener elsewhere.
+            None if sock_type == libc::SOCK_DGRAM || d.shutdown == 3 => UnixConn::PeerGone { reset: sock::has_pending_error(dup) },
+            None => {
+                return Err(unsupported(
+                    "unix socket connected to a process outside the checkpoint (peer socket not yet accepted by its listener)".into(),
+                ))
+            }
         }
     } else {
         UnixConn::Unconnected
