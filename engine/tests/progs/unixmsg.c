@@ -121,6 +121,19 @@ int main(int argc, char **argv) {
     CHECK(sendto(su, "from-u", 6, 0, (struct sockaddr *)&ra, sizeof ra) == 6, "from u");
     close(sb);
     unlink(bpath);
+    /* A large stream queue: requeueing it needs more than the writer's default buffer. */
+    int big[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, big) == 0, "big pair");
+    fcntl(big[0], F_SETFL, O_NONBLOCK);
+    static char blob[150000];
+    for (int i = 0; i < (int)sizeof blob; i++) blob[i] = (char)(i * 7 + i / 251);
+    int queued = 0;
+    while (queued < (int)sizeof blob) {
+        int n = write(big[0], blob + queued, sizeof blob - queued);
+        if (n <= 0) break;
+        queued += n;
+    }
+    CHECK(queued > 100000, "queued %d bytes", queued);
     say("ready");
     wait_go(argv[2]);
 
@@ -166,6 +179,15 @@ int main(int argc, char **argv) {
     CHECK(x.n == 6 && memcmp(x.data, "from-u", 6) == 0 && x.fromlen <= sizeof(sa_family_t), "receiver 3: '%s' namelen %d", x.data, x.fromlen);
     struct stat st;
     CHECK(stat(bpath, &st) != 0, "the closed sender's file stays gone");
+    static char back[150000];
+    int got = 0;
+    fcntl(big[1], F_SETFL, O_NONBLOCK);
+    while (got < queued) {
+        int n = read(big[1], back + got, queued - got);
+        if (n <= 0) break;
+        got += n;
+    }
+    CHECK(got == queued && memcmp(back, blob, queued) == 0, "large stream queue: %d of %d bytes", got, queued);
     /* Still connected both ways. */
     CHECK(write(s[1], "back", 4) == 4 && read(s[0], buf, sizeof buf) == 4, "pair still connected");
     kill(child, SIGKILL);

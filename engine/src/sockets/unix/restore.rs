@@ -495,7 +495,7 @@ fn set_int(inj: &mut Injector, fd: u64, name: u64, v: i32) -> Result<()> {
 /// and requeued data may take more room than it did); returns its size and buffer lock to put
 /// back, when it was raised.
 fn grow_sndbuf(inj: &mut Injector, fd: u64, bytes: usize) -> Result<Option<(i32, i32)>> {
-    let want = (bytes.saturating_mul(2) + (1 << 20)).min(i32::MAX as usize / 2) as i32;
+    let want = (bytes.saturating_mul(2) + (64 << 10)).min(i32::MAX as usize / 2) as i32;
     let cur = get_int(inj, fd, libc::SO_SNDBUF as u64)?;
     if cur >= want {
         return Ok(None);
