@@ -1,5 +1,8 @@
-//! Socket syscalls on sockets duplicated into Zap (`pidfd_getfd`), and a `sock_diag` dump of
-//! the unix sockets of a network namespace (for their peers, which no other interface shows).
+//! Socket syscalls on sockets duplicated into Zap (`pidfd_getfd`): options, addresses, peeks at
+//! queued messages with their fds and credentials, the kernel's own file handle of a bound unix
+//! socket; sockets made in a process's network namespace from a short-lived thread; and a
+//! `sock_diag` dump of the unix sockets of a network namespace (for their peers, backlogs and
+//! files, which no other interface shows).
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -60,6 +60,20 @@ pub struct UnixRestore {
     seq: u32,
 }
 
+impl Drop for UnixRestore {
+    /// A restore that failed before [`finish`] leaves temporary socket directories behind in the
+    /// pod's view of the file system, which is the host's for /tmp and /run: remove them from
+    /// here (best effort; ours are named after this process).
+    fn drop(&mut self) {
+        let mine = format!("/.zap-unix-{}-", std::process::id());
+        for (_, path, dir) in self.cleanup.drain(..).rev() {
+            if path.contains(&mine) {
+                let _ = if dir { std::fs::remove_dir(&path) } else { std::fs::remove_file(&path) };
+            }
+        }
+    }
+}
+
 impl UnixRestore {
     /// Keeper fds left in process `vpid`.
     pub(crate) fn keepers(&self, vpid: i32) -> Vec<u64> {
