@@ -139,3 +139,8 @@ fn unix_socket_connected_outside_the_pod_is_refused() {
     refused_kind("unixnames", "outside", &["outside", path.to_str().unwrap()], "connected to a process outside the checkpoint (peer socket");
     drop(listener);
 }
+
+#[test]
+fn unsupported_fd_in_flight_is_refused() {
+    refused_kind("unixmsg", "pidfd", &["pidfd"], "passed in message 0 queued on the unix socket");
+}

@@ -4,13 +4,15 @@
  * message holds, a file shared with this process's own fd, an eventfd), an empty datagram, and an
  * unbound datagram receiver bound to a path with datagrams from a sender with an abstract name,
  * one bound to a path and closed since, and an unbound one. After the restore every message must
- * come back in order, with its boundaries, sender, credentials and working fds. */
+ * come back in order, with its boundaries, sender, credentials and working fds.
+ * argv[3] == "pidfd": a pidfd waits in a message instead (a checkpoint must refuse it). */
 #include "zaptest.h"
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 
@@ -74,6 +76,17 @@ static int bind_to(int s, const char *path, int abstract) {
 int main(int argc, char **argv) {
     zt_init(argc, argv);
     int one = 1;
+    if (argc > 3 && strcmp(argv[3], "pidfd") == 0) {
+        int p[2];
+        int pfd = syscall(SYS_pidfd_open, getpid(), 0);
+        CHECK(pfd >= 0 && socketpair(AF_UNIX, SOCK_DGRAM, 0, p) == 0, "pidfd and pair");
+        send_fds(p[0], "pidfd", &pfd, 1);
+        close(pfd); /* only the message holds it */
+        say("ready");
+        wait_go(argv[2]);
+        say("ok");
+        return 0;
+    }
     int s[2], g[2], q[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, s) == 0 && socketpair(AF_UNIX, SOCK_DGRAM, 0, g) == 0 && socketpair(AF_UNIX, SOCK_SEQPACKET, 0, q) == 0, "pairs");
     setsockopt(s[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
