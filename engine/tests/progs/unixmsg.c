@@ -96,11 +96,19 @@ int main(int argc, char **argv) {
     pid_t child = fork();
     if (child == 0) {
         CHECK(write(s[0], "from-child", 10) == 10 && send(g[0], "child-dgram", 11, 0) == 11, "child sends");
-        CHECK(write(sync[1], "x", 1) == 1, "sync");
+        /* A file only the child holds, passed too: saved as the child's description. */
+        char cpath[4096];
+        snprintf(cpath, sizeof cpath, "%s.child", argv[1]);
+        int cf = open(cpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+        CHECK(cf >= 0 && write(cf, "0123456789", 10) == 10 && lseek(cf, 3, SEEK_SET) == 3, "child file");
+        send_fds(g[0], "child-fd", &cf, 1);
+        char n = (char)cf;
+        CHECK(write(sync[1], &n, 1) == 1, "sync");
         for (;;) pause();
     }
     char b;
     CHECK(read(sync[0], &b, 1) == 1, "child done");
+    int child_fd = b;
     int pp[2];
     CHECK(pipe(pp) == 0 && write(pp[1], "pipe-data", 9) == 9, "data pipe");
     char path[4096];
@@ -116,6 +124,12 @@ int main(int argc, char **argv) {
     send_fds(g[0], "d2", &ev, 1);
     close(ev);
     CHECK(send(g[0], "", 0, 0) == 0, "empty datagram");
+    /* A connected socket passed in flight (as a server hands a connection to a worker), with
+     * bytes queued on it: only the message holds that end. */
+    int xp[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, xp) == 0 && write(xp[1], "inner", 5) == 5, "inner pair");
+    send_fds(g[0], "sock", &xp[0], 1);
+    close(xp[0]);
     send_fds(q[0], "q1", NULL, 0);
     send_fds(q[0], "q2-longer", &f, 1);
     /* An unbound receiver bound to a path, with datagrams from three senders. */
@@ -168,6 +182,15 @@ int main(int argc, char **argv) {
     x = get(g[1]);
     CHECK(x.n == 11 && memcmp(x.data, "child-dgram", 11) == 0 && x.pid == child, "dgram 1: %d '%s' pid %d", x.n, x.data, x.pid);
     x = get(g[1]);
+    CHECK(x.n == 8 && memcmp(x.data, "child-fd", 8) == 0 && x.nfds == 1 && x.pid == child, "dgram child-fd: %d '%s'", x.n, x.data);
+    CHECK(lseek(x.fds[0], 0, SEEK_CUR) == 3, "child's file offset in flight");
+    lseek(x.fds[0], 7, SEEK_SET);
+    char info[128], text[512] = {0};
+    snprintf(info, sizeof info, "/proc/%d/fdinfo/%d", child, child_fd);
+    int fi = open(info, O_RDONLY);
+    CHECK(fi >= 0 && read(fi, text, sizeof text - 1) > 0 && strncmp(text, "pos:\t7", 6) == 0, "shared with the child's fd: %s", text);
+    close(fi);
+    x = get(g[1]);
     CHECK(x.n == 2 && memcmp(x.data, "d1", 2) == 0 && x.nfds == 0, "dgram 2: %d '%s'", x.n, x.data);
     x = get(g[1]);
     CHECK(x.n == 2 && memcmp(x.data, "d2", 2) == 0 && x.nfds == 1, "dgram 3: %d '%s' %d fds", x.n, x.data, x.nfds);
@@ -175,6 +198,10 @@ int main(int argc, char **argv) {
     CHECK(read(x.fds[0], &cnt, 8) == 8 && cnt == 7, "eventfd in flight: %lu", (unsigned long)cnt);
     x = get(g[1]);
     CHECK(x.n == 0, "empty datagram: %d", x.n);
+    x = get(g[1]);
+    CHECK(x.n == 4 && memcmp(x.data, "sock", 4) == 0 && x.nfds == 1, "dgram 5: %d '%s'", x.n, x.data);
+    CHECK(read(x.fds[0], buf, sizeof buf) == 5 && memcmp(buf, "inner", 5) == 0, "socket in flight kept its queue");
+    CHECK(write(x.fds[0], "out", 3) == 3 && read(xp[1], buf, sizeof buf) == 3, "socket in flight still connected to its peer");
     x = get(g[1]);
     CHECK(x.n < 0 && errno == EAGAIN, "dgram empty: %d", x.n);
 
