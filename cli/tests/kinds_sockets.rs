@@ -142,5 +142,5 @@ fn unix_socket_connected_outside_the_pod_is_refused() {
 
 #[test]
 fn unsupported_fd_in_flight_is_refused() {
-    refused_kind("unixmsg", "pidfd", &["pidfd"], "passed in message 0 queued on the unix socket");
+    refused_kind("unixmsg", "uffd", &["uffd"], "passed in message 0 queued on the unix socket");
 }

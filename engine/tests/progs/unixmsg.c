@@ -5,7 +5,7 @@
  * unbound datagram receiver bound to a path with datagrams from a sender with an abstract name,
  * one bound to a path and closed since, and an unbound one. After the restore every message must
  * come back in order, with its boundaries, sender, credentials and working fds.
- * argv[3] == "pidfd": a pidfd waits in a message instead (a checkpoint must refuse it). */
+ * argv[3] == "uffd": a userfaultfd waits in a message instead (a checkpoint must refuse it). */
 #include "zaptest.h"
 #include <errno.h>
 #include <signal.h>
@@ -76,11 +76,11 @@ static int bind_to(int s, const char *path, int abstract) {
 int main(int argc, char **argv) {
     zt_init(argc, argv);
     int one = 1;
-    if (argc > 3 && strcmp(argv[3], "pidfd") == 0) {
+    if (argc > 3 && strcmp(argv[3], "uffd") == 0) {
         int p[2];
-        int pfd = syscall(SYS_pidfd_open, getpid(), 0);
-        CHECK(pfd >= 0 && socketpair(AF_UNIX, SOCK_DGRAM, 0, p) == 0, "pidfd and pair");
-        send_fds(p[0], "pidfd", &pfd, 1);
+        int pfd = syscall(SYS_userfaultfd, O_CLOEXEC);
+        CHECK(pfd >= 0 && socketpair(AF_UNIX, SOCK_DGRAM, 0, p) == 0, "userfaultfd and pair: %s", strerror(errno));
+        send_fds(p[0], "uffd", &pfd, 1);
         close(pfd); /* only the message holds it */
         say("ready");
         wait_go(argv[2]);
