@@ -70,6 +70,12 @@ int main(int argc, char **argv) {
     CHECK(raw >= 0, "raw icmp");
     struct icmp_filter flt = { .data = 1 << ICMP_ECHO };  /* drop echo requests, keep replies */
     CHECK(setsockopt(raw, SOL_RAW, ICMP_FILTER, &flt, sizeof flt) == 0, "icmp filter");
+    int raw6 = socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6);
+    CHECK(raw6 >= 0, "raw icmpv6");
+    uint32_t f6[8];
+    memset(f6, 0, sizeof f6);
+    f6[128 >> 5] |= 1u << (128 & 31); /* block echo requests (type 128) */
+    CHECK(setsockopt(raw6, 58 /* SOL_ICMPV6 */, 1 /* ICMP6_FILTER */, f6, sizeof f6) == 0, "icmp6 filter: %s", strerror(errno));
     int rawip = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
     CHECK(rawip >= 0 && geti(rawip, IPPROTO_IP, IP_HDRINCL) == 1, "IPPROTO_RAW");
 
@@ -122,6 +128,9 @@ int main(int argc, char **argv) {
     struct iphdr *ip = (struct iphdr *)buf;
     CHECK(n > (int)sizeof *ip && ((struct icmphdr *)(buf + ip->ihl * 4))->type == ICMP_ECHOREPLY, "raw sees only the reply (filter)");
     CHECK(geti(rawip, IPPROTO_IP, IP_HDRINCL) == 1, "IPPROTO_RAW hdrincl");
+    uint32_t g6[8];
+    socklen_t g6l = sizeof g6;
+    CHECK(getsockopt(raw6, 58, 1, g6, &g6l) == 0 && memcmp(g6, f6, sizeof f6) == 0, "icmp6 filter kept");
 
     struct sockaddr_ll lb;
     socklen_t lbl = sizeof lb;
