@@ -105,3 +105,42 @@ fn socket_options_on_every_kind() {
 fn ebpf_socket_filter_is_refused() {
     refused_kind("sockopts", "ebpf", &["ebpf"], "eBPF socket filter");
 }
+
+#[test]
+fn unix_messages_in_flight_with_fds_and_credentials() {
+    run_kind("unixmsg", "msg", &[]);
+}
+
+#[test]
+fn unix_names_backlogs_and_half_closed_pairs() {
+    run_kind("unixnames", "names", &[]);
+}
+
+#[test]
+fn unix_connection_written_before_accept_is_refused() {
+    refused_kind("unixnames", "early", &["backlog-data"], "written before it was accepted");
+}
+
+#[test]
+fn icmp_raw_packet_and_netlink_sockets() {
+    run_kind("rawsocks", "raw", &[]);
+}
+
+#[test]
+fn netlink_socket_of_another_protocol_is_refused() {
+    refused_kind("rawsocks", "nlother", &["netlink-other"], "netlink socket of protocol 4");
+}
+
+#[test]
+fn unix_socket_connected_outside_the_pod_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outside.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    refused_kind("unixnames", "outside", &["outside", path.to_str().unwrap()], "connected to a process outside the checkpoint (peer socket");
+    drop(listener);
+}
+
+#[test]
+fn unsupported_fd_in_flight_is_refused() {
+    refused_kind("unixmsg", "uffd", &["uffd"], "passed in message 0 queued on the unix socket");
+}

@@ -303,8 +303,8 @@ impl SaveContext {
                 if let Some(ino) = socket_ino(&target) {
                     ctx.sockets.holders.entry(ino).or_insert((pid, fd));
                     // Unix sockets show how many fds wait in their queues.
-                    if fdinfo(pid, fd)?.get("scm_fds").is_some_and(|n| n != "0") {
-                        queued.push((pid, fd));
+                    if !queued.iter().any(|q: &(i32, i32, u64)| q.2 == ino) && fdinfo(pid, fd)?.get("scm_fds").is_some_and(|n| n != "0") {
+                        queued.push((pid, fd, ino));
                     }
                 }
                 ctx.all_fds.push((pid, vpid, fd, target.clone()));
@@ -323,8 +323,8 @@ impl SaveContext {
                 }
             }
         }
-        for (pid, fd) in queued {
-            crate::sockets::prescan_inflight(pid, fd, &mut ctx)?;
+        for (pid, fd, ino) in queued {
+            crate::sockets::prescan_inflight(pid, fd, ino, &mut ctx)?;
         }
         Ok(ctx)
     }

@@ -185,7 +185,16 @@ pub(super) fn restore_pipe(
     ctx: &mut RestoreContext,
 ) -> Result<u64> {
     let (owner, r, w) = match ctx.pipes.get(&ino) {
-        Some(p) => *p,
+        Some(&(owner, r, w)) => {
+            // The bytes were recorded with an end restored after the one that made the pipe (an
+            // end passed in a unix socket message is saved before and restored after the rest).
+            if !data.is_empty() {
+                let wfd = take_fd(inj, vpid, owner, w)?;
+                refill(inj, wfd, data, packets, &format!("pipe {ino}"))?;
+                inj.call("close", libc::SYS_close, [wfd, 0, 0, 0, 0, 0])?;
+            }
+            (owner, r, w)
+        }
         None => {
             let scratch = inj.scratch(8192)?;
             // Packet mode (O_DIRECT) is set per end with the other status flags.

@@ -2,7 +2,8 @@
 //! backlogs, datagram receivers, half-closed sockets, with the messages queued on them and the
 //! fds and credentials those carry), TCP sockets (listening, unconnected, and established or
 //! half-closed connections saved with the kernel's repair mode: [`tcp`]), UDP sockets (bound,
-//! perhaps connected, with the datagrams queued for reading), and the options of all of them
+//! perhaps connected, with the datagrams queued for reading), ICMP, raw IP and packet sockets
+//! ([`raw`]), route and uevent netlink sockets ([`netlink`]), and the options of all of them
 //! ([`opts`]).
 //!
 //! Facts are read on a duplicate of the socket taken with `pidfd_getfd` (options, addresses,
@@ -18,8 +19,10 @@
 //! unconnected sockets). A TCP listener with connections waiting to be accepted fails the
 //! checkpoint: nothing can queue them on it again.
 mod inet;
+mod netlink;
 mod opts;
 mod packet;
+mod raw;
 pub mod tcp;
 mod unix;
 
@@ -68,6 +71,12 @@ pub enum SocketState {
     },
     /// An established or half-closed TCP connection, with its queues and sequence numbers.
     TcpConn(Box<TcpConn>),
+    /// A ping (ICMP) or raw IP socket.
+    Raw(Box<raw::RawSocket>),
+    /// A packet socket.
+    Packet(Box<raw::PacketSocket>),
+    /// A netlink socket.
+    Netlink(Box<netlink::NetlinkSocket>),
     /// A UDP socket.
     Udp {
         /// Family.
@@ -123,17 +132,25 @@ pub fn save(pid: i32, fd: i32, ino: u64, dup: &OwnedFd, fctx: &mut crate::files:
     let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
     let family = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(sys("socket family"))?;
     let sock_type = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_TYPE).map_err(sys("socket type"))?;
+    let protocol = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+    let ctx = &mut fctx.sockets;
     match family {
         libc::AF_UNIX => unix::save(pid, fd, ino, sock_type, dup, fctx),
-        libc::AF_INET | libc::AF_INET6 => inet::save(pid, fd, ino, family, sock_type, dup, &mut fctx.sockets),
+        libc::AF_INET | libc::AF_INET6 if raw::is_raw(sock_type, protocol) => {
+            Ok(SocketState::Raw(Box::new(raw::save(pid, fd, family, sock_type, protocol, dup, ctx)?)))
+        }
+        libc::AF_INET | libc::AF_INET6 => inet::save(pid, fd, ino, family, sock_type, dup, ctx),
+        libc::AF_PACKET => Ok(SocketState::Packet(Box::new(raw::save_packet(pid, fd, sock_type, dup, ctx)?))),
+        libc::AF_NETLINK => Ok(SocketState::Netlink(Box::new(netlink::save(pid, fd, ino, sock_type, dup, ctx)?))),
         other => Err(unsupported(format!("socket family {other}"))),
     }
 }
 
-/// Before a group is saved: notes what the messages queued on unix socket `fd` of `pid` carry
+/// Before a group is saved: notes what the messages queued on unix socket `fd` (inode `ino`) of
+/// `pid` carry
 /// (see [`unix`]).
-pub(crate) fn prescan_inflight(pid: i32, fd: i32, ctx: &mut crate::files::SaveContext) -> Result<()> {
-    unix::prescan(pid, fd, ctx)
+pub(crate) fn prescan_inflight(pid: i32, fd: i32, ino: u64, ctx: &mut crate::files::SaveContext) -> Result<()> {
+    unix::prescan(pid, fd, ino, ctx)
 }
 
 /// What restoring sockets has created so far, for processes restored together.
@@ -178,8 +195,12 @@ pub fn restore(
     ctx: &mut SocketRestore,
     take: &mut dyn FnMut(&mut Injector, i32, u64) -> Result<u64>,
 ) -> Result<u64> {
-    if let SocketState::Unix(s) = st {
-        return unix::restore(inj, vpid, s, ctx, take);
+    match st {
+        SocketState::Unix(s) => return unix::restore(inj, vpid, s, ctx, take),
+        SocketState::Raw(s) => return raw::restore(inj, s, ctx),
+        SocketState::Packet(s) => return raw::restore_packet(inj, s),
+        SocketState::Netlink(s) => return netlink::restore(inj, s),
+        _ => {}
     }
     match inet::restore(inj, vpid, st, ctx)? {
         Some(fd) => Ok(fd),

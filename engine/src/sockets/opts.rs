@@ -61,6 +61,8 @@ const SO_TIMESTAMPING_NEW: i32 = 65;
 const SO_BUF_LOCK: i32 = 72;
 const SOF_TIMESTAMPING_BIND_PHC: u32 = 1 << 15;
 const IP_OPTIONS: i32 = 4;
+const SOL_ICMPV6: i32 = 58;
+const ICMP6_FILTER: i32 = 1;
 const IP_MULTICAST_IF: i32 = 32;
 const IP_UNICAST_IF: i32 = 50;
 const IPV6_MULTICAST_IF: i32 = 17;
@@ -131,6 +133,7 @@ const IP_INTS: &[(i32, i32, &str)] = &[
     (SOL_IP, 34, "IP_MULTICAST_LOOP"),
     (SOL_IP, 49, "IP_MULTICAST_ALL"),
     (SOL_IP, 51, "IP_LOCAL_PORT_RANGE"),
+    (255, 1, "ICMP_FILTER"),
 ];
 const IPV6_INTS: &[(i32, i32, &str)] = &[
     (SOL_IPV6, 26, "IPV6_V6ONLY"),
@@ -259,6 +262,8 @@ pub struct SockOpts {
     pub ip_options: Option<Vec<u8>>,
     /// IP_MULTICAST_IF address.
     pub multicast_if: Option<[u8; 4]>,
+    /// ICMP6_FILTER of a raw ICMPv6 socket (struct icmp6_filter), when it blocks anything.
+    pub icmp6_filter: Option<Vec<u8>>,
     /// Options holding an interface index, saved by interface name: (level, option, name).
     pub ifindex_opts: Vec<(i32, i32, String)>,
     /// Multicast memberships.
@@ -398,6 +403,9 @@ pub(super) fn opts_of(pid: i32, fd: i32, dup: &OwnedFd, family: i32, tcp: bool, 
         o.ip_options = bytes(SOL_IP, IP_OPTIONS, 40).filter(|b| !b.is_empty());
         o.multicast_if = bytes(SOL_IP, IP_MULTICAST_IF, 4).filter(|b| b.len() == 4 && b != &[0; 4]).map(|b| b[..4].try_into().expect("4"));
     }
+    if family == libc::AF_INET6 {
+        o.icmp6_filter = bytes(SOL_ICMPV6, ICMP6_FILTER, 32).filter(|b| b.len() == 32 && b.iter().any(|&c| c != 0));
+    }
     let index_opts: &[(i32, i32)] = match family {
         libc::AF_INET => &[(SOL_IP, IP_UNICAST_IF)],
         libc::AF_INET6 => &[(SOL_IPV6, IPV6_UNICAST_IF), (SOL_IPV6, IPV6_MULTICAST_IF)],
@@ -433,7 +441,7 @@ fn setsockopt(inj: &mut Injector, fd: u64, level: i32, name: i32, val: &[u8]) ->
 
 /// The index of interface `name` in the network namespace of the socket `fd` of the process
 /// `inj` drives.
-fn ifindex(inj: &mut Injector, fd: u64, name: &str) -> Result<i32> {
+pub(super) fn ifindex(inj: &mut Injector, fd: u64, name: &str) -> Result<i32> {
     let mut req = [0u8; 40];
     let n = name.len().min(15);
     req[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -526,6 +534,9 @@ pub(super) fn set_opts(inj: &mut Injector, fd: u64, _family: i32, tcp: bool, o: 
     }
     if let Some(a) = o.multicast_if {
         setsockopt(inj, fd, SOL_IP, IP_MULTICAST_IF, &a)?;
+    }
+    if let Some(f) = &o.icmp6_filter {
+        setsockopt(inj, fd, SOL_ICMPV6, ICMP6_FILTER, f)?;
     }
     for (level, name, ifname) in &o.ifindex_opts {
         let idx = ifindex(inj, fd, ifname)?;

@@ -1,5 +1,8 @@
-//! Socket syscalls on sockets duplicated into Zap (`pidfd_getfd`), and a `sock_diag` dump of
-//! the unix sockets of a network namespace (for their peers, which no other interface shows).
+//! Socket syscalls on sockets duplicated into Zap (`pidfd_getfd`): options, addresses, peeks at
+//! queued messages with their fds and credentials, the kernel's own file handle of a bound unix
+//! socket; sockets made in a process's network namespace from a short-lived thread; and a
+//! `sock_diag` dump of the unix sockets of a network namespace (for their peers, backlogs and
+//! files, which no other interface shows).
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -67,6 +70,18 @@ pub fn ioctl_bytes(fd: &OwnedFd, request: libc::c_ulong, arg: &mut [u8]) -> io::
     // SAFETY: arg is valid for its length, which covers the request's struct.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), request, arg.as_mut_ptr()) })?;
     Ok(())
+}
+
+/// The path of the socket file of a unix socket bound to a path, from an `O_PATH` fd the kernel
+/// opens on it (SIOCUNIXFILE, Linux 6.x; needs CAP_NET_ADMIN), as `readlink` shows it (with
+/// " (deleted)" when the file was removed).
+pub fn unix_file(fd: &OwnedFd) -> io::Result<String> {
+    const SIOCUNIXFILE: libc::c_ulong = 0x89E0;
+    // SAFETY: SIOCUNIXFILE takes no argument and returns a new fd.
+    let raw = check(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCUNIXFILE, 0) })?;
+    // SAFETY: the kernel just returned this fd; we own it.
+    let file = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?.to_string_lossy().into_owned())
 }
 
 /// Bytes queued for reading (SIOCINQ).
@@ -250,11 +265,14 @@ fn peek_at(fd: &OwnedFd, off: i32, cap: usize, trunc: bool) -> io::Result<Option
 /// put back afterwards). Datagrams and seqpackets come one message each; stream bytes come in
 /// runs that end where the sender's credentials change and where a run carrying fds ends, the
 /// fds attached to the part of the run that came in their `sendmsg` (found by bisection).
+/// A stream with a pending error is peeked only up to its queued bytes (a read that finds the
+/// queue empty would take the error).
 pub fn peek_messages(fd: &OwnedFd, stream: bool) -> io::Result<Vec<Peeked>> {
     let old_off = getsockopt_int(fd, libc::SOL_SOCKET, SO_PEEK_OFF)?;
     let old_cred = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED)?;
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
-    let result = peek_all(fd, stream);
+    let limit = if stream && has_pending_error(fd) { Some(inq(fd)? as usize) } else { None };
+    let result = if limit == Some(0) { Ok(Vec::new()) } else { peek_all(fd, stream, limit) };
     let r1 = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, old_cred);
     let r2 = setsockopt_int(fd, libc::SOL_SOCKET, SO_PEEK_OFF, old_off);
     let out = result?;
@@ -263,15 +281,19 @@ pub fn peek_messages(fd: &OwnedFd, stream: bool) -> io::Result<Vec<Peeked>> {
     Ok(out)
 }
 
-fn peek_all(fd: &OwnedFd, stream: bool) -> io::Result<Vec<Peeked>> {
+fn peek_all(fd: &OwnedFd, stream: bool, limit: Option<usize>) -> io::Result<Vec<Peeked>> {
     const CHUNK: usize = 256 << 10;
     let mut out: Vec<Peeked> = Vec::new();
     let mut off: usize = 0;
     loop {
+        if limit.is_some_and(|l| off >= l) {
+            return Ok(out);
+        }
         if out.len() > 100_000 || off > i32::MAX as usize / 2 {
             return Err(io::Error::other("more than 100000 messages or 1 GiB queued"));
         }
-        let Some((n, mut m)) = peek_at(fd, off as i32, CHUNK, !stream)? else { return Ok(out) };
+        let cap = limit.map(|l| (l - off).min(CHUNK)).unwrap_or(CHUNK);
+        let Some((n, mut m)) = peek_at(fd, off as i32, cap, !stream)? else { return Ok(out) };
         if !stream && n > CHUNK {
             // A datagram larger than the buffer: peek it again whole.
             match peek_at(fd, off as i32, n, true)? {

@@ -139,6 +139,10 @@ int main(int argc, char **argv) {
     seti(d6, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1, "recvpktinfo");
     seti(d6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 17, "unicast hops");
     seti(d6, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 9, "mcast hops");
+    struct ipv6_mreq m6 = { .ipv6mr_interface = if_nametoindex("lo") };
+    inet_pton(AF_INET6, "ff15::1234", &m6.ipv6mr_multiaddr);
+    CHECK(setsockopt(d6, IPPROTO_IPV6, IPV6_JOIN_GROUP, &m6, sizeof m6) == 0, "join ff15::1234: %s", strerror(errno));
+    CHECK(setsockopt(d6, IPPROTO_IPV6, IPV6_MULTICAST_IF, &m6.ipv6mr_interface, sizeof(int)) == 0, "ipv6 multicast if");
     int sndbuf_u = geti(u, SOL_SOCKET, SO_SNDBUF), rcvbuf_u = geti(u, SOL_SOCKET, SO_RCVBUF), sndbuf_t = geti(t, SOL_SOCKET, SO_SNDBUF);
     int rcvbuf_d = geti(d, SOL_SOCKET, SO_RCVBUF);
     int cpu = geti(d, SOL_SOCKET, SO_INCOMING_CPU);
@@ -230,6 +234,15 @@ int main(int argc, char **argv) {
     EXPECT(d6, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1);
     EXPECT(d6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 17);
     EXPECT(d6, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 9);
+    EXPECT(d6, IPPROTO_IPV6, IPV6_MULTICAST_IF, (int)if_nametoindex("lo"));
+    struct group_filter *gf = calloc(1, GROUP_FILTER_SIZE(2));
+    socklen_t gfl = GROUP_FILTER_SIZE(2);
+    struct sockaddr_in6 *g6 = (struct sockaddr_in6 *)&gf->gf_group;
+    g6->sin6_family = AF_INET6;
+    g6->sin6_addr = m6.ipv6mr_multiaddr;
+    gf->gf_interface = if_nametoindex("lo");
+    gf->gf_numsrc = 2;
+    CHECK(getsockopt(d6, IPPROTO_IPV6, MCAST_MSFILTER, gf, &gfl) == 0 && gf->gf_fmode == MCAST_EXCLUDE, "ipv6 membership: %s", strerror(errno));
     say("ok");
     return 0;
 }

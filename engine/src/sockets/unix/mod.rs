@@ -169,9 +169,10 @@ pub struct UnixContext {
     copies: HashMap<u64, UnixSocket>,
     /// Fds in flight saved so far: (Zap's copy, its number).
     flight: Vec<(OwnedFd, u32)>,
-    /// Fds in flight found before saving (keeping sockets and pipes known to the group), kept
-    /// open until the group is saved.
-    pub(crate) prescanned: Vec<OwnedFd>,
+    /// Queues peeked before saving (to know the sockets and pipes their messages hold), by
+    /// socket inode, used when the socket is saved: a zero-length datagram peeked once is
+    /// skipped by later peeks.
+    peeked: HashMap<u64, Vec<sock::Peeked>>,
 }
 
 fn strip_nuls(raw: &[u8]) -> &[u8] {
@@ -188,28 +189,44 @@ fn name_bytes(raw: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Where the socket file of `raw` (a name of a socket of `pid`, whose file sock_diag gave as
-/// `vfs`) is.
-fn name_of(pid: i32, raw: &[u8], vfs: Option<(u32, u32)>) -> UnixName {
+/// Where the socket file of `raw` (a name of socket `dup` of `pid`, whose file sock_diag gave as
+/// `vfs`) is: the kernel opens the file itself (SIOCUNIXFILE), which tells where a relative name
+/// led however the process moved since, and whether the file was deleted; it is checked against
+/// the process's view of the file system.
+fn name_of(pid: i32, dup: Option<&OwnedFd>, raw: &[u8], vfs: Option<(u32, u32)>) -> UnixName {
     if raw.first() == Some(&0) {
         return UnixName { raw: raw.to_vec(), file: NameFile::Abstract };
     }
     let path = String::from_utf8_lossy(strip_nuls(raw)).into_owned();
     let relative = !path.starts_with('/');
-    let dir = relative.then(|| std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|p| p.to_string_lossy().into_owned())).flatten();
-    let full = if relative { format!("/proc/{pid}/cwd/{path}") } else { format!("/proc/{pid}/root{path}") };
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let file = match (std::fs::symlink_metadata(&full), vfs) {
-        (Ok(m), Some((ino, dev)))
-            if m.file_type().is_socket() && m.ino() == u64::from(ino) && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff =>
-        {
-            if relative && dir.is_none() {
-                NameFile::Gone
-            } else {
-                NameFile::At { dir, mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() }
-            }
+    let matches = |full: &str| match (std::fs::symlink_metadata(format!("/proc/{pid}/root{full}")), vfs) {
+        (Ok(m), Some((ino, dev))) => {
+            let same = m.file_type().is_socket() && m.ino() == u64::from(ino) && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff;
+            same.then(|| (m.mode() & 0o7777, m.uid(), m.gid()))
         }
-        _ => NameFile::Gone,
+        _ => None,
+    };
+    // Where the kernel says the file is.
+    let at = dup.and_then(|d| sock::unix_file(d).ok()).filter(|p| !p.ends_with(" (deleted)"));
+    let found = match at {
+        Some(full) if !relative && full == path => matches(&full).map(|m| (None, m)),
+        Some(full) if relative => full
+            .strip_suffix(&path)
+            .filter(|d| d.ends_with('/'))
+            .map(|d| d.trim_end_matches('/').to_string())
+            .and_then(|d| matches(&full).map(|m| (Some(if d.is_empty() { "/".to_string() } else { d }), m))),
+        Some(_) => None,
+        // No answer from the kernel: look where the name leads now.
+        None if !relative => matches(&path).map(|m| (None, m)),
+        None => std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .map(|c| c.to_string_lossy().into_owned())
+            .and_then(|cwd| matches(&format!("{}/{path}", cwd.trim_end_matches('/'))).map(|m| (Some(cwd), m))),
+    };
+    let file = match found {
+        Some((dir, (mode, uid, gid))) => NameFile::At { dir, mode, uid, gid },
+        None => NameFile::Gone,
     };
     UnixName { raw: strip_nuls(raw).to_vec(), file }
 }
@@ -234,7 +251,7 @@ fn target(ino: u64, ctx: &mut SocketContext, what: &str, pid: i32, fd: i32) -> R
     let dup = crate::sys::proc::pidfd_getfd(&pidfd, hfd).map_err(|source| EngineError::Sys { step: "pidfd_getfd unix socket", pid: hpid, source })?;
     let sock_type = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|source| EngineError::Sys { step: "socket type", pid: hpid, source })?;
     let d = diag_of(ctx, hpid, ino)?;
-    let name = d.name.as_deref().map(|raw| name_of(hpid, raw, d.vfs));
+    let name = d.name.as_deref().map(|raw| name_of(hpid, Some(&dup), raw, d.vfs));
     let conn = if d.state == TCP_LISTEN { UnixConn::Listen { backlog: d.rqlen.1 } } else { UnixConn::Unconnected };
     let opts = super::options(hpid, hfd, &dup, libc::AF_UNIX, sock_type, false, ctx)?;
     let s = UnixSocket { ino, sock_type, name, conn, shutdown: d.shutdown, queue: Vec::new(), opts };
@@ -253,7 +270,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
     let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
     let ctx = &mut fctx.sockets;
     let d = diag_of(ctx, pid, ino)?;
-    let name = d.name.as_deref().map(|raw| name_of(pid, raw, d.vfs));
+    let name = d.name.as_deref().map(|raw| name_of(pid, Some(dup), raw, d.vfs));
     // The listener of the group a connected socket was accepted from shares its name.
     let listener_named = |ctx: &SocketContext, raw: &[u8]| -> Option<u64> {
         ctx.unix.diag.as_ref()?.iter().find_map(|(i, l)| {
@@ -277,8 +294,9 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
         }
         let pd = diag_of(ctx, pid, peer)?;
         if u64::from(pd.peer) == ino {
-            let &(ppid, _) = ctx.holders.get(&peer).expect("checked");
-            let peer_name = pd.name.as_deref().map(|raw| name_of(ppid, raw, pd.vfs));
+            let &(ppid, pfd) = ctx.holders.get(&peer).expect("checked");
+            let pdup = crate::sys::proc::pidfd_open(ppid).and_then(|p| crate::sys::proc::pidfd_getfd(&p, pfd)).ok();
+            let peer_name = pd.name.as_deref().map(|raw| name_of(ppid, pdup.as_ref(), raw, pd.vfs));
             let via = [&name, &peer_name].into_iter().flatten().find_map(|n| listener_named(ctx, &n.raw));
             let listener = match via {
                 Some(l) if sock_type != libc::SOCK_DGRAM => Some(Box::new(target(l, ctx, "listener", pid, fd)?)),
@@ -288,7 +306,10 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
         } else {
             UnixConn::To { peer: Box::new(target(peer, ctx, "receiver", pid, fd)?) }
         }
-    } else if d.state == TCP_ESTABLISHED {
+    } else if d.has_peer {
+        // A peer of inode 0: a connection not yet accepted (its other end has no file yet), or
+        // a peer that was closed. (A datagram receiver that others connected to is marked
+        // established too, but has no peer.)
         let waiting = ctx.unix.diag.as_ref().and_then(|m| m.iter().find(|(_, l)| l.icons.contains(&(ino as u32))).map(|(i, _)| u64::from(*i)));
         match waiting {
             Some(l) => {
@@ -300,23 +321,41 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
                 }
                 UnixConn::Pending { listener: Box::new(target(l, ctx, "listener", pid, fd)?) }
             }
-            None => UnixConn::PeerGone { reset: sock::has_pending_error(dup) },
+            // A closed stream peer shut this end down both ways; a stream whose peer is neither
+            // that nor in a backlog of the group waits in the backlog of a listener elsewhere.
+            None if sock_type == libc::SOCK_DGRAM || d.shutdown == 3 => UnixConn::PeerGone { reset: sock::has_pending_error(dup) },
+            None => {
+                return Err(unsupported(
+                    "unix socket connected to a process outside the checkpoint (peer socket not yet accepted by its listener)".into(),
+                ))
+            }
         }
     } else {
         UnixConn::Unconnected
     };
     // Streams and seqpackets have a queue only once connected.
     let has_queue = sock_type == libc::SOCK_DGRAM || d.state == TCP_ESTABLISHED;
-    let queue = if has_queue { save_queue(pid, fd, sock_type, dup, fctx)? } else { Vec::new() };
+    let queue = if has_queue { save_queue(pid, fd, ino, sock_type, dup, fctx)? } else { Vec::new() };
     let opts = super::options(pid, fd, dup, libc::AF_UNIX, sock_type, false, &mut fctx.sockets)?;
     Ok(super::SocketState::Unix(Box::new(UnixSocket { ino, sock_type, name, conn, shutdown: d.shutdown, queue, opts })))
 }
 
 /// The messages queued on `dup` (fd `fd` of `pid`), with their fds described.
-fn save_queue(pid: i32, fd: i32, sock_type: i32, dup: &OwnedFd, fctx: &mut SaveContext) -> Result<Vec<UnixMsg>> {
+fn save_queue(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, fctx: &mut SaveContext) -> Result<Vec<UnixMsg>> {
     let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
     let stream = sock_type == libc::SOCK_STREAM;
-    let peeked = sock::peek_messages(dup, stream).map_err(|source| EngineError::Sys { step: "peek unix socket queue", pid, source })?;
+    if !stream && sock::has_pending_error(dup) {
+        // A datagram peek takes a pending error first; with nothing queued there is nothing to
+        // peek.
+        if sock::inq(dup).unwrap_or(1) != 0 {
+            return Err(unsupported("unix datagram socket has messages queued and an error pending, which peeking would consume".into()));
+        }
+        return Ok(Vec::new());
+    }
+    let peeked = match fctx.sockets.unix.peeked.remove(&ino) {
+        Some(p) => p,
+        None => sock::peek_messages(dup, stream).map_err(|source| EngineError::Sys { step: "peek unix socket queue", pid, source })?,
+    };
     if stream {
         // Out-of-band data is skipped by peeks: the queue would come back without it.
         let queued: usize = peeked.iter().map(|m| m.data.len()).sum();
@@ -367,20 +406,26 @@ fn flight_fd(f: OwnedFd, fctx: &mut SaveContext) -> Result<FlightFd> {
 }
 
 /// Before a group is saved: notes the sockets and pipe ends passed in messages queued on unix
-/// socket `fd` of `pid` as held by the group (a peer or pipe end that only a message holds is
-/// then saved, not refused), keeping Zap's copies open until the group is saved.
-pub(crate) fn prescan(pid: i32, fd: i32, fctx: &mut SaveContext) -> Result<()> {
+/// socket `fd` (inode `ino`) of `pid` as held by the group (a peer or pipe end that only a
+/// message holds is then saved, not refused); the messages are kept for when the socket is saved.
+pub(crate) fn prescan(pid: i32, fd: i32, ino: u64, fctx: &mut SaveContext) -> Result<()> {
     let pidfd = crate::sys::proc::pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
     let dup = crate::sys::proc::pidfd_getfd(&pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
     let sock_type = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|source| EngineError::Sys { step: "socket type", pid, source })?;
+    // A listener's count is of fds sent on connections not yet accepted (refused when saved); a
+    // datagram peek would take a pending error (also refused when saved).
+    let listening = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
+    if listening || (sock_type != libc::SOCK_STREAM && sock::has_pending_error(&dup)) {
+        return Ok(());
+    }
     let peeked = sock::peek_messages(&dup, sock_type == libc::SOCK_STREAM).map_err(|source| EngineError::Sys { step: "peek unix socket queue", pid, source })?;
     let me = std::process::id() as i32;
-    for m in peeked {
-        for f in m.fds {
+    for m in &peeked {
+        for f in &m.fds {
             let target = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
             crate::files::note_inflight(me, f.as_raw_fd(), &target, fctx)?;
-            fctx.sockets.unix.prescanned.push(f);
         }
     }
+    fctx.sockets.unix.peeked.insert(ino, peeked);
     Ok(())
 }

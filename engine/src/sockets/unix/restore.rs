@@ -60,6 +60,20 @@ pub struct UnixRestore {
     seq: u32,
 }
 
+impl Drop for UnixRestore {
+    /// A restore that failed before [`finish`] leaves temporary socket directories behind in the
+    /// pod's view of the file system, which is the host's for /tmp and /run: remove them from
+    /// here (best effort; ours are named after this process).
+    fn drop(&mut self) {
+        let mine = format!("/.zap-unix-{}-", std::process::id());
+        for (_, path, dir) in self.cleanup.drain(..).rev() {
+            if path.contains(&mine) {
+                let _ = if dir { std::fs::remove_dir(&path) } else { std::fs::remove_file(&path) };
+            }
+        }
+    }
+}
+
 impl UnixRestore {
     /// Keeper fds left in process `vpid`.
     pub(crate) fn keepers(&self, vpid: i32) -> Vec<u64> {
@@ -495,7 +509,7 @@ fn set_int(inj: &mut Injector, fd: u64, name: u64, v: i32) -> Result<()> {
 /// and requeued data may take more room than it did); returns its size and buffer lock to put
 /// back, when it was raised.
 fn grow_sndbuf(inj: &mut Injector, fd: u64, bytes: usize) -> Result<Option<(i32, i32)>> {
-    let want = (bytes.saturating_mul(2) + (1 << 20)).min(i32::MAX as usize / 2) as i32;
+    let want = (bytes.saturating_mul(2) + (64 << 10)).min(i32::MAX as usize / 2) as i32;
     let cur = get_int(inj, fd, libc::SO_SNDBUF as u64)?;
     if cur >= want {
         return Ok(None);
