@@ -171,3 +171,129 @@ fn copy_on_write_sharing_survives_an_incremental_checkpoint() {
     std::fs::write(&go, b"go").unwrap();
     expect(&out, "ok all");
 }
+
+/// Runs `prog` (built with `gcc_args`) in a pod, waits for "ready", checkpoints the pod (it
+/// ends), restores it, creates the go file and waits for "ok"; returns the program's output.
+fn checkpoint_and_check(tag: &str, prog: &str, gcc_args: &[&str], args: &[&str]) -> Option<String> {
+    let e = env();
+    let bin = build(prog, &e.work, gcc_args)?;
+    let pod = name(tag);
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    let mut run = vec!["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()];
+    run.extend_from_slice(args);
+    ok(&e, &run);
+    let _g = PodGuard(&e, pod.clone());
+    expect(&out, "ready");
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    assert!(!ok(&e, &["ps"]).contains(&pod), "the checkpoint ended the pod");
+    ok(&e, &["restore", &id]);
+    std::fs::write(&go, b"go").unwrap();
+    expect(&out, "\nok");
+    Some(text(&out))
+}
+
+#[test]
+fn stacks_and_mapping_flags_come_back_as_they_were() {
+    let Some(out) = checkpoint_and_check("flags", "memflags", &[], &[]) else { return };
+    for line in out.lines().filter(|l| l.starts_with("skip")) {
+        eprintln!("SKIP: {line}");
+    }
+}
+
+#[test]
+fn aio_contexts_keep_their_ids_and_completed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path().join("aio-file");
+    let Some(out) = checkpoint_and_check("aio", "memaio", &[], &[scratch.to_str().unwrap()]) else { return };
+    eprintln!("{}", out.lines().next().unwrap_or_default());
+}
+
+#[test]
+fn io_uring_is_refused_and_the_pod_runs_on() {
+    let e = env();
+    let Some(bin) = build("uring", &e.work, &[]) else { return };
+    let pod = name("uring");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    ok(&e, &["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    expect(&out, "ready");
+    let r = zap(&e, &["checkpoint", &pod]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "checkpoint of an io_uring must fail");
+    assert!(err.contains("anon_inode:[io_uring]") && err.contains("pid "), "error names the pid and the mapping: {err}");
+    std::fs::write(&go, b"go").unwrap();
+    expect(&out, "\nok");
+}
+
+/// Huge pages reserved for a test (`/proc/sys/vm/nr_hugepages`), given back on drop.
+struct HugePages(u64);
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+impl HugePages {
+    fn read() -> u64 {
+        std::fs::read_to_string(NR_HUGEPAGES).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+    fn set(n: u64) {
+        let _ = std::fs::write(NR_HUGEPAGES, n.to_string());
+    }
+    fn free() -> u64 {
+        let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        m.lines().find_map(|l| l.strip_prefix("HugePages_Free:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        HugePages::set(self.0);
+    }
+}
+
+/// A hugetlbfs mount of the test's, unmounted on drop.
+struct HugeMount(PathBuf);
+
+impl Drop for HugeMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn hugetlb_mappings_restored_when_huge_pages_are_free_refused_clearly_when_not() {
+    let e = env();
+    let Some(bin) = build("memhuge", &e.work, &[]) else { return };
+    let orig = HugePages::read();
+    let _pages = HugePages(orig);
+    HugePages::set(orig + 6);
+    if HugePages::free() < 6 {
+        eprintln!("SKIP: could not reserve 6 huge pages (/proc/sys/vm/nr_hugepages; memory too fragmented?)");
+        return;
+    }
+    let dir = e.work.join("huge");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount").args(["-t", "hugetlbfs", "zap-test-huge"]).arg(&dir).status().is_ok_and(|s| s.success());
+    let _mount = mounted.then(|| HugeMount(dir.clone()));
+    if !mounted {
+        eprintln!("SKIP: hugetlbfs files (mount -t hugetlbfs failed); anonymous hugetlb only");
+    }
+    let pod = name("huge");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    let mut run = vec!["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()];
+    if mounted {
+        run.push(dir.to_str().unwrap());
+    }
+    ok(&e, &run);
+    let _g = PodGuard(&e, pod.clone());
+    expect(&out, "ready");
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    // No free huge page: the restore fails and says why, leaving no pod behind.
+    HugePages::set(orig);
+    let r = zap(&e, &["restore", &id]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("huge pages"), "restore without huge pages: {err}");
+    assert!(!ok(&e, &["ps"]).contains(&pod), "no half-restored pod");
+    HugePages::set(orig + 6);
+    ok(&e, &["restore", &id]);
+    std::fs::write(&go, b"go").unwrap();
+    expect(&out, "\nok");
+}

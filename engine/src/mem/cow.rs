@@ -46,13 +46,13 @@ fn cover(pvmas: &[VmaState], start: u64, end: u64) -> Vec<(&VmaState, u64, u64)>
 /// at restore: the parent's mappings cover it without a gap, with the same origin, growth and
 /// reservation, and with flags the child's can be reached from.
 pub(crate) fn inheritable(v: &VmaState, pvmas: &[VmaState]) -> bool {
-    if v.shared || v.huge != 0 || !matches!(v.backing, Backing::Anon | Backing::File { .. }) {
+    if v.shared || !matches!(v.backing, Backing::Anon | Backing::File { .. }) {
         return false;
     }
     let parts = cover(pvmas, v.start, v.end);
     let mut pos = v.start;
     for (p, from, to) in &parts {
-        if *from != pos || p.shared || p.huge != 0 || p.growsdown != v.growsdown {
+        if *from != pos || p.shared || p.huge != v.huge || p.growsdown != v.growsdown {
             return false;
         }
         if p.flags.has(VmFlags::NORESERVE) != v.flags.has(VmFlags::NORESERVE) || !p.flags.as_inherited().can_become(v.flags) {

@@ -281,7 +281,7 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                 let flags = (share | libc::MAP_FIXED | grows) as u64;
                 let r = inj.call("mmap file", libc::SYS_mmap, [v.start, len, prot, flags, fd, *offset]);
                 inj.call("close mapped file", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-                r.map_err(|e| EngineError::Proc { pid: vpid, detail: format!("map {path} at {:#x}: {e}", v.start) })?;
+                r.map_err(|e| mmap_err(vpid, v, e))?;
             }
         }
         if !matches!(v.backing, Backing::Vdso | Backing::Vsyscall) {
