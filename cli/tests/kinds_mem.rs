@@ -297,3 +297,18 @@ fn hugetlb_mappings_restored_when_huge_pages_are_free_refused_clearly_when_not()
     std::fs::write(&go, b"go").unwrap();
     expect(&out, "\nok");
 }
+
+#[test]
+fn odd_layouts_mremap_fixed_noreplace_32bit_thousands_of_mappings_brk_and_modes() {
+    let t = std::time::Instant::now();
+    let Some(out) = checkpoint_and_check("odd", "memodd", &[], &["5000"]) else { return };
+    eprintln!("memodd: {} ({:.2} s for run, checkpoint, restore, check)", out.lines().next().unwrap_or_default(), t.elapsed().as_secs_f64());
+    for line in out.lines().filter(|l| l.starts_with("skip")) {
+        eprintln!("SKIP: {line}");
+    }
+}
+
+#[test]
+fn static_binary_calling_the_vsyscall_page() {
+    checkpoint_and_check("vsys", "memvsys", &["-static"], &[]);
+}

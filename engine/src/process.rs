@@ -290,7 +290,7 @@ pub fn save_process(
     // The main thread first: process-wide state is read through it.
     let (main, (attrs, signals, (itimers, posix_timers), mm)) = save_thread(pid, pid, syscall_ip, |inj| {
         mem::aio::check(pid, inj, &vmas)?;
-        let mm = mem::MmModes::save(pid, inj)?;
+        let mm = mem::MmModes::save(pid, inj, &vmas)?;
         let itimers = save_itimers(inj)?;
         let timers = save_posix_timers(pid, inj)?;
         let attrs = ProcAttrs::save(pid, inj)?;
@@ -553,13 +553,18 @@ impl<'a> ProcRestore<'a> {
         parent: Option<&ProcessImage>,
     ) -> Result<()> {
         let (vpid, vmas) = (self.image.vpid, &self.image.vmas);
+        let t = Instant::now();
         self.inj.scratch_at(mem::scratch_place(vmas, self.tramp, SCRATCH), SCRATCH)?;
         self.image.mm.restore_merge(&mut self.inj, vpid, parent.map(|p| &p.mm))?;
         let parent_vmas = parent.map(|p| p.vmas.as_slice());
         let write = mem::restore_layout(&mut self.inj, vpid, vmas, shm, parent_vmas)?;
         mem::cow::clear_kept(&mut self.inj, vpid, vmas, parent_vmas)?;
-        mem::restore_pages(store, &self.inj, vmas, &write, images)?;
-        mem::restore_after_pages(store, &mut self.inj, vpid, vmas, images, &self.image.mm)
+        let layout_ms = t.elapsed().as_secs_f64() * 1e3;
+        let bytes = mem::restore_pages(store, &self.inj, vmas, &write, images)?;
+        let pages_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms;
+        mem::restore_after_pages(store, &mut self.inj, vpid, vmas, images, &self.image.mm)?;
+        tracing::debug!(vpid, mappings = vmas.len(), layout_ms, pages_ms, bytes, ms = t.elapsed().as_secs_f64() * 1e3, "memory restored");
+        Ok(())
     }
 
     /// The last of the memory: `MADV_DONTFORK`, `MADV_WIPEONFORK` and seals, once the process

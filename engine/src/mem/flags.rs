@@ -162,6 +162,28 @@ pub(crate) fn read_smaps(pid: i32) -> Result<std::collections::HashMap<u64, Smap
     Ok(out)
 }
 
+/// The `VmFlags` mnemonics of the mapping of `pid` that holds `addr`, reading smaps only up to it.
+fn flags_at(pid: i32, addr: u64) -> Result<Vec<String>> {
+    use std::io::BufRead;
+    let path = format!("/proc/{pid}/smaps");
+    let f = std::fs::File::open(&path).map_err(|e| EngineError::io("open", path.as_ref(), e))?;
+    let mut inside = false;
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line.map_err(|e| EngineError::io("read", path.as_ref(), e))?;
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                inside = a <= addr && addr < b;
+                continue;
+            }
+        }
+        if let (true, Some(f)) = (inside, line.strip_prefix("VmFlags:")) {
+            return Ok(f.split_whitespace().map(String::from).collect());
+        }
+    }
+    Err(EngineError::Proc { pid, detail: format!("no mapping at {addr:#x} in {path}") })
+}
+
 /// The `mmap` flags a mapping needs besides sharing and `MAP_FIXED`: `MAP_GROWSDOWN`,
 /// `MAP_NORESERVE`, `MAP_HUGETLB` with its page size.
 pub(crate) fn mmap_extra(v: &VmaState) -> u64 {
@@ -279,25 +301,19 @@ pub struct MmModes {
 }
 
 impl MmModes {
-    /// Reads the modes of the stopped process `pid`, whose main thread `inj` drives. The kernel
-    /// shows `mlockall(MCL_FUTURE)` nowhere, so a one-page probe mapping is made in the process,
-    /// its flags read from smaps, and unmapped again.
-    pub fn save(pid: i32, inj: &mut Injector) -> Result<MmModes> {
+    /// Reads the modes of the stopped process `pid`, whose main thread `inj` drives, and whose
+    /// mappings are `vmas`. The kernel shows `mlockall(MCL_FUTURE)` nowhere, so a one-page probe
+    /// mapping is made in the process (low, in the first gap of its layout, so that only the
+    /// start of smaps is read), its flags read, and unmapped again.
+    pub fn save(pid: i32, inj: &mut Injector, vmas: &[VmaState]) -> Result<MmModes> {
         let ksm = std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).unwrap_or_default();
         let merge_any = ksm.lines().any(|l| l.split_once(':').is_some_and(|(k, v)| k.trim() == "ksm_merge_any" && v.trim() == "yes"));
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let probe = inj.call("mmap (probe for mlockall)", libc::SYS_mmap, [0, 4096, libc::PROT_NONE as u64, flags, u64::MAX, 0])?;
-        let smaps = read_smaps(pid);
+        let hint = super::scratch_place(vmas, 0, 4096);
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        let probe = inj.call("mmap (probe for mlockall)", libc::SYS_mmap, [hint, 4096, libc::PROT_NONE as u64, flags, u64::MAX, 0])?;
+        let names = flags_at(pid, probe);
         inj.call("munmap (probe for mlockall)", libc::SYS_munmap, [probe, 4096, 0, 0, 0, 0])?;
-        // The probe may have merged with a neighbour of the same flags: the entry covering it.
-        let smaps = smaps?;
-        let entry = smaps
-            .iter()
-            .filter(|(s, _)| **s <= probe)
-            .max_by_key(|(s, _)| **s)
-            .map(|(_, e)| e.names.clone())
-            .unwrap_or_default();
-        let f = VmFlags::from_mnemonics(entry.iter().map(String::as_str));
+        let f = VmFlags::from_mnemonics(names?.iter().map(String::as_str));
         Ok(MmModes { lock_future: f.has(VmFlags::LOCKED), lock_on_fault: f.has(VmFlags::LOCKONFAULT), merge_any })
     }
 

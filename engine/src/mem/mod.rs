@@ -383,10 +383,11 @@ const RESTORE_WINDOW: u64 = 8 << 20;
 /// rebuilt from the store and written in parallel.
 pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState], write: &[bool], images: &[Image]) -> Result<u64> {
     use rayon::prelude::*;
+    let by_name: std::collections::HashMap<&str, &Image> = images.iter().map(|i| (i.name.as_str(), i)).collect();
     let mut windows: Vec<Vec<Extent>> = Vec::new();
     for (v, _) in vmas.iter().zip(write).filter(|(_, w)| **w) {
         let Some(name) = &v.image else { continue };
-        let img = images.iter().find(|i| &i.name == name).ok_or_else(|| EngineError::Proc {
+        let img = by_name.get(name.as_str()).ok_or_else(|| EngineError::Proc {
             pid: 0,
             detail: format!("checkpoint lacks image {name} for mapping {:#x}", v.start),
         })?;

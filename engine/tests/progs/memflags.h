@@ -51,7 +51,7 @@ static int vma_of(const void *addr, struct vma_info *out) {
     return found;
 }
 
-static int has_flag(const struct vma_info *v, const char *mn) {
+__attribute__((unused)) static int has_flag(const struct vma_info *v, const char *mn) {
     char pat[8];
     snprintf(pat, sizeof pat, " %s ", mn);
     return strstr(v->flags, pat) != NULL;
@@ -59,7 +59,7 @@ static int has_flag(const struct vma_info *v, const char *mn) {
 
 /* The flags among `interesting` that the mapping holding addr has, space separated. */
 static const char *interesting = "dc wf hg nh dd mg lo lf sr rr nr sl gd";
-static void flags_among(const void *addr, char *out, size_t n) {
+__attribute__((unused)) static void flags_among(const void *addr, char *out, size_t n) {
     struct vma_info v;
     out[0] = 0;
     if (!vma_of(addr, &v)) {
@@ -85,7 +85,7 @@ static void zt_segv(int sig, siginfo_t *si, void *uc) {
 }
 
 /* Reads (write = 0) or writes one byte at p: 0 if it worked, else the SIGSEGV si_code. */
-static int try_access(volatile unsigned char *p, int write) {
+__attribute__((unused)) static int try_access(volatile unsigned char *p, int write) {
     struct sigaction sa = {0}, old;
     sa.sa_sigaction = zt_segv;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER;
