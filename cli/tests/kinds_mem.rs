@@ -312,3 +312,70 @@ fn odd_layouts_mremap_fixed_noreplace_32bit_thousands_of_mappings_brk_and_modes(
 fn static_binary_calling_the_vsyscall_page() {
     checkpoint_and_check("vsys", "memvsys", &["-static"], &[]);
 }
+
+const PREFORK: &str = r#"
+import hashlib, os, socket, sys
+data = bytes(range(256)) * (128 * 1024)          # 32 MiB, built before the fork
+table = [i * i for i in range(100000)]
+digest = hashlib.sha256(data).hexdigest()[:16]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', 7071))
+s.listen(64)
+for _ in range(4):
+    if os.fork() == 0:
+        for _ in range(1000):
+            c, _ = s.accept()
+            c.recv(64)
+            c.sendall(b'%d %s %d' % (os.getpid(), hashlib.sha256(data).hexdigest()[:16].encode(), sum(table[:1000])))
+            c.close()
+        os._exit(0)
+with open(sys.argv[1], 'w') as f:
+    f.write('ready %s\n' % digest)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"#;
+
+const ASK: &str = r#"
+import socket
+seen = set()
+for _ in range(6):
+    c = socket.create_connection(('127.0.0.1', 7071), timeout=20)
+    c.sendall(b'q')
+    seen.add(c.recv(128).decode())
+    c.close()
+print('\n'.join(sorted(seen)))
+"#;
+
+#[test]
+fn preforking_python_server_workers_keep_sharing_memory() {
+    if Command::new("python3").arg("-c").arg("pass").status().is_err() {
+        eprintln!("SKIP: python3 not installed");
+        return;
+    }
+    let e = env();
+    let pod = name("prefork");
+    let out = e.work.join("out");
+    ok(&e, &["run", "--name", &pod, "--", "python3", "-c", PREFORK, out.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    expect(&out, "ready");
+    let digest = text(&out).split_whitespace().nth(1).unwrap().to_string();
+    let answers = |e: &Env| ok(e, &["exec", &pod, "--", "python3", "-c", ASK]);
+    let first = answers(&e);
+    assert!(first.lines().all(|l| l.split_whitespace().nth(1) == Some(digest.as_str())), "{first}");
+    let pids = host_pids(&e, &pod);
+    assert_eq!(pids.len(), 5, "a parent and four workers: {pids:?}");
+    let pss_before: u64 = pids.iter().map(|&p| pss_kib(p)).sum();
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    let pids = host_pids(&e, &pod);
+    let pss_after: u64 = pids.iter().map(|&p| pss_kib(p)).sum();
+    eprintln!("prefork python3: Pss of the 5 processes {pss_before} KiB before, {pss_after} KiB after the restore");
+    // Private copies of the 32 MiB alone would add 128 MiB.
+    assert!(pss_after <= pss_before + pss_before / 10 + 4096, "memory grew: {pss_before} KiB -> {pss_after} KiB");
+    let after = answers(&e);
+    assert!(!after.is_empty() && after.lines().all(|l| l.split_whitespace().nth(1) == Some(digest.as_str())), "{after}");
+}

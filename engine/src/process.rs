@@ -480,10 +480,12 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
 
 /// The restore of one process, step by step. The process is a bare clone that holds only the
 /// trampoline page and is stopped under ptrace; the caller calls, in order, [`ProcRestore::begin`],
-/// [`ProcRestore::memory`], [`ProcRestore::threads`], [`ProcRestore::files`] and
-/// [`ProcRestore::finish`]. A pod restore interleaves these steps across its processes (all
-/// memory first, then fds in tree order so shared fds can be taken from the process that created
-/// them). Should a step fail, end the process with [`Frozen::kill`] rather than by detaching it.
+/// [`ProcRestore::memory`], [`ProcRestore::memory_late`], [`ProcRestore::threads`],
+/// [`ProcRestore::files`] and [`ProcRestore::finish`]. A pod restore interleaves these steps
+/// across its processes (memory parents first, each parent's before it makes the children that
+/// inherit pages from it, then fds in tree order so shared fds can be taken from the process that
+/// created them). Should a step fail, end the process with [`Frozen::kill`] rather than by
+/// detaching it.
 pub struct ProcRestore<'a> {
     image: &'a ProcessImage,
     pid: i32,

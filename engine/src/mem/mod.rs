@@ -1,18 +1,32 @@
 //! Memory of a process: the mapping table and the pages that have to be saved.
 //!
 //! Which pages are saved is read from `/proc/PID/pagemap` (bit 63 present, 62 swapped, 61
-//! file-backed or shared):
-//! - private anonymous mappings (heap, stacks): every present or swapped page;
+//! file-backed or shared, 58 guard page):
+//! - private anonymous mappings (heap, stacks): every present or swapped page, but those still
+//!   shared copy-on-write with the parent process when it is saved too ([`cow`]);
 //! - private file mappings (the binary, libraries): only pages that were written (present and no
 //!   longer file pages), so unchanged code and data are read back from the file on restore;
 //! - shared anonymous mappings: every present or swapped page;
 //! - shared file mappings: nothing (the file holds the data);
+//! - AIO rings: every page, with the kernel's position in them ([`aio`]);
 //! - `[vdso]`, `[vvar]`: nothing; restore maps this kernel's vDSO at the saved address
-//!   (`arch_prctl(ARCH_MAP_VDSO_64)`), so clock calls keep working.
+//!   (`arch_prctl(ARCH_MAP_VDSO_64)`), so clock calls keep working;
+//! - guard pages (`MADV_GUARD_INSTALL`): no page, recorded as runs and installed again.
+//!
+//! Each mapping also keeps its flags (smaps `VmFlags`: madvise advice, locks, `MAP_NORESERVE`,
+//! seals), its protection key and, for hugetlb, its page size ([`flags`]). Refused up front,
+//! naming the pid and the mapping: io_uring rings and other kernel objects mapped from an
+//! `anon_inode`, special mappings other than the vDSO and `[vsyscall]`, and an AIO ring that is
+//! not a context of the process itself.
 //!
 //! Restore recreates each mapping at its address with `mmap(MAP_FIXED)` injected into the new
-//! process, then writes the saved pages through `/proc/PID/mem` (which also writes read-only
-//! mappings, making private copies of file pages as the original had).
+//! process (hugetlb ones with `MAP_HUGETLB` and their page size: the machine must have free huge
+//! pages, or the restore fails saying how many it needs), sets its advice and protection key,
+//! then writes the saved pages through `/proc/PID/mem` (which also writes read-only mappings,
+//! making private copies of file pages as the original had), then restores AIO rings, guard
+//! pages, locks and `mlockall(MCL_FUTURE)`; what changes what `fork` copies, and seals, come last
+//! ([`restore_late`]), once the process has made its children. The injector's scratch page is
+//! placed in a gap of the saved layout ([`scratch_place`]) so no saved mapping lands on it.
 pub mod aio;
 pub mod cow;
 pub mod flags;
@@ -170,6 +184,15 @@ pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
             let uffd_wp = vm.iter().any(|x| x == "uw");
             let huge = if vm.iter().any(|x| x == "ht") { sm.kernel_page } else { 0 };
             let backing = classify(pid, m)?;
+            if let (Backing::SysvShm { shmid }, true) = (&backing, huge != 0) {
+                return Err(EngineError::Proc {
+                    pid,
+                    detail: format!(
+                        "mapping {:#x}-{:#x} attaches System V segment {shmid} of huge pages (SHM_HUGETLB): not supported (it would come back with normal pages)",
+                        m.start, m.end
+                    ),
+                });
+            }
             let special = matches!(backing, Backing::Vdso | Backing::Vsyscall);
             Ok(VmaState {
                 start: m.start,
