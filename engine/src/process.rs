@@ -52,7 +52,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 4;
+pub const IMAGE_VERSION: u8 = 6;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -325,7 +325,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
-    let (images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", None)?;
+    let (mut images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", None)?;
+    images.extend(files::store_contents(&mut image.fds, &mut image.vmas, &mut writer, &opts.chunker, "")?);
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
     manifest.parent = opts.parent;
     manifest.labels.insert("pid".into(), pid.to_string());
@@ -453,6 +454,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
             r.threads(&mut frozen)?;
             let mut ctx = files::RestoreContext::new(std::process::id());
             r.files(&mut ctx)?;
+            crate::sockets::finish(&mut [(image.vpid, r.injector())], &mut ctx)?;
             r.close_fds(&ctx.keepers(image.vpid))?;
             r.finish()
         })();
@@ -494,6 +496,8 @@ pub struct ProcRestore<'a> {
     /// The extra threads created by [`ProcRestore::threads`]: host tid and an injector driving
     /// it, in the order of `image.threads[1..]`.
     extra: Vec<(i32, Injector)>,
+    /// The image with its deleted files' contents loaded, when it has any.
+    loaded: Option<Box<ProcessImage>>,
 }
 
 impl<'a> ProcRestore<'a> {
@@ -524,7 +528,7 @@ impl<'a> ProcRestore<'a> {
         for (a, b) in mem::cow::outside(&keep, 0, TASK_SIZE) {
             inj.call("munmap all but the trampoline and inherited memory", libc::SYS_munmap, [a, b - a, 0, 0, 0, 0])?;
         }
-        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new() })
+        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new(), loaded: None })
     }
 
     /// Host pid of the process.
@@ -554,18 +558,36 @@ impl<'a> ProcRestore<'a> {
         shm: &mut mem::ShmContext,
         parent: Option<&ProcessImage>,
     ) -> Result<()> {
-        let (vpid, vmas) = (self.image.vpid, &self.image.vmas);
+        // Deleted files' contents come back from the store into a copy of the image.
+        self.load_contents(store, images)?;
+        let image = self.loaded.as_deref().unwrap_or(self.image);
+        let (vpid, vmas) = (image.vpid, &image.vmas);
         let t = Instant::now();
         self.inj.scratch_at(mem::scratch_place(vmas, self.tramp, SCRATCH), SCRATCH)?;
-        self.image.mm.restore_merge(&mut self.inj, vpid, parent.map(|p| &p.mm))?;
+        image.mm.restore_merge(&mut self.inj, vpid, parent.map(|p| &p.mm))?;
         let parent_vmas = parent.map(|p| p.vmas.as_slice());
         let write = mem::restore_layout(&mut self.inj, vpid, vmas, shm, parent_vmas)?;
         mem::cow::clear_kept(&mut self.inj, vpid, vmas, parent_vmas)?;
         let layout_ms = t.elapsed().as_secs_f64() * 1e3;
         let bytes = mem::restore_pages(store, &self.inj, vmas, &write, images)?;
         let pages_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms;
-        mem::restore_after_pages(store, &mut self.inj, vpid, vmas, images, &self.image.mm)?;
+        mem::restore_after_pages(store, &mut self.inj, vpid, vmas, images, &image.mm)?;
         tracing::debug!(vpid, mappings = vmas.len(), layout_ms, pages_ms, bytes, ms = t.elapsed().as_secs_f64() * 1e3, "memory restored");
+        Ok(())
+    }
+
+    /// Reads the contents of the image's deleted files back from the store, when it has any,
+    /// into a copy of the image kept for [`ProcRestore::files`].
+    fn load_contents<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image]) -> Result<()> {
+        let has = |img: &ProcessImage| {
+            img.fds.iter().any(|f| matches!(f.kind, files::FdKind::Deleted { contents: Some(_), .. }))
+                || img.vmas.iter().any(|v| matches!(v.backing, mem::Backing::Deleted { contents: Some(_), .. }))
+        };
+        if self.loaded.is_none() && has(self.image) {
+            let mut copy = self.image.clone();
+            files::load_contents(store, images, &mut copy.fds, &mut copy.vmas)?;
+            self.loaded = Some(Box::new(copy));
+        }
         Ok(())
     }
 
@@ -595,7 +617,8 @@ impl<'a> ProcRestore<'a> {
 
     /// Recreates the fds.
     pub fn files(&mut self, ctx: &mut files::RestoreContext) -> Result<()> {
-        files::restore(&mut self.inj, self.image.vpid, &self.image.fds, ctx)
+        let image = self.loaded.as_deref().unwrap_or(self.image);
+        files::restore(&mut self.inj, image.vpid, &image.fds, ctx)
     }
 
     /// Closes fds of ours left in the process (pipe keepers).
@@ -607,7 +630,7 @@ impl<'a> ProcRestore<'a> {
     /// the trampoline and loads the CPU state of every thread. The process is left stopped, ready
     /// to be detached.
     pub fn finish(self) -> Result<Vec<String>> {
-        let ProcRestore { image, pid, tramp, mut inj, mut extra } = self;
+        let ProcRestore { image, pid, tramp, mut inj, mut extra, .. } = self;
         let thread = image.threads.first().ok_or_else(|| EngineError::Proc { pid: image.vpid, detail: "no threads saved".into() })?;
         if extra.len() + 1 != image.threads.len() {
             return Err(EngineError::Proc {

@@ -53,8 +53,8 @@ fn runs_where(vma: &VmaState, entries: &[u64], pick: impl Fn(u64) -> bool) -> Ve
 fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
     let keep = |e: u64| match (&vma.backing, vma.shared) {
         (Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }, _) => false,
-        (Backing::File { .. }, true) => false,
-        (Backing::File { .. }, false) => has_page(e) && (e & PM_PRESENT == 0 || e & PM_FILE == 0),
+        (Backing::File { .. } | Backing::Deleted { .. }, true) => false,
+        (Backing::File { .. } | Backing::Deleted { .. }, false) => has_page(e) && (e & PM_PRESENT == 0 || e & PM_FILE == 0),
         (Backing::Anon | Backing::Shmem { .. } | Backing::Aio, _) => has_page(e),
     };
     runs_where(vma, entries, keep)
