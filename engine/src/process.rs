@@ -289,7 +289,7 @@ pub fn save_process(
     let syscall_ip = find_syscall_insn(pid)?;
     // The main thread first: process-wide state is read through it.
     let (main, (attrs, signals, (itimers, posix_timers), mm)) = save_thread(pid, pid, syscall_ip, |inj| {
-        mem::aio::check(pid, inj, &vmas)?;
+        mem::aio::check(pid, inj, &mut vmas)?;
         let mm = mem::MmModes::save(pid, inj, &vmas)?;
         let itimers = save_itimers(inj)?;
         let timers = save_posix_timers(pid, inj)?;

@@ -3,9 +3,13 @@
 //!
 //! ## Checkpoint
 //! The ring's pages are saved whole (header, head, tail, completed events not yet reaped). Each
-//! ring must be a context of the process itself ([`check`]: an injected `io_getevents` for no
-//! event answers 0 for a live context of the caller): a child made by `fork` keeps a copy of its
-//! parent's ring mapping without the context, and such a copy is refused.
+//! ring mapping is checked to be a context of the process itself ([`check`]: an injected
+//! `io_getevents` for no event answers 0 for a live context of the caller). A child made by
+//! `fork` keeps a copy of its parent's ring mapping without the context: such a copy is saved
+//! as inherited from the parent ([`check_copy`]: the parent, saved with it, has that very ring
+//! at the same place), and restored by `fork` from the restored parent (a ring file cannot be
+//! opened again through `/proc/PID/map_files`); a copy whose owner is not saved with it is
+//! refused.
 //!
 //! ## Restore
 //! [`create`]: `io_setup` with a size that gives a ring of the saved length (the kernel makes
@@ -53,8 +57,8 @@ fn err(vpid: i32, v: &VmaState, detail: impl std::fmt::Display) -> EngineError {
 
 /// Checks that each AIO ring mapping of the stopped process `pid` (main thread driven by `inj`)
 /// is a context of its own, with a sane header.
-pub fn check(pid: i32, inj: &mut Injector, vmas: &[VmaState]) -> Result<()> {
-    for v in vmas.iter().filter(|v| v.backing == Backing::Aio) {
+pub fn check(pid: i32, inj: &mut Injector, vmas: &mut [VmaState]) -> Result<()> {
+    for v in vmas.iter_mut().filter(|v| matches!(v.backing, Backing::Aio { .. })) {
         let header = inj.read_mem(v.start, HEADER as usize)?;
         if field(&header, 4) != AIO_RING_MAGIC || u64::from(field(&header, 7)) != HEADER || u64::from(field(&header, 1)) != events_in(v.end - v.start)
         {
@@ -63,15 +67,23 @@ pub fn check(pid: i32, inj: &mut Injector, vmas: &[VmaState]) -> Result<()> {
         let zero_timeout = inj.scratch(4096)?;
         inj.write_mem(zero_timeout, &[0u8; 16])?;
         let rc = inj.syscall(libc::SYS_io_getevents, [v.start, 0, 0, 0, zero_timeout, 0])?;
-        if rc != 0 {
-            return Err(err(
-                pid,
-                v,
-                "not a context of this process (a copy of its parent's ring kept after fork, or a destroyed context): not supported",
-            ));
+        if let Backing::Aio { own, .. } = &mut v.backing {
+            *own = rc == 0;
         }
     }
     Ok(())
+}
+
+/// Checks that the ring copy `v` (a mapping of a ring whose context the process does not own)
+/// is its parent's ring at the same place (`parent`: the parent's mappings, saved with it).
+pub(crate) fn check_copy(pid: i32, v: &VmaState, parent: Option<&[VmaState]>) -> Result<()> {
+    let Backing::Aio { ino, .. } = v.backing else { return Ok(()) };
+    let same = |p: &VmaState| p.start == v.start && p.end == v.end && p.backing == Backing::Aio { ino, own: true };
+    if parent.is_some_and(|p| p.iter().any(same)) {
+        Ok(())
+    } else {
+        Err(err(pid, v, "a ring whose context this process does not own, and not its parent's (saved with it) at the same place: not supported"))
+    }
 }
 
 /// Creates the context of ring `v` again in the process being restored, at the saved address.

@@ -76,7 +76,13 @@ pub enum Backing {
     },
     /// The completion ring of an AIO context (`io_setup`, `/[aio] (deleted)`); its address is the
     /// context id the program holds ([`aio`]).
-    Aio,
+    Aio {
+        /// Inode of the ring's file: a child made by `fork` maps the same one.
+        ino: u64,
+        /// The ring of a context of this process; false for a child's copy of its parent's ring
+        /// (the mapping without the context), mapped again from the restored owner.
+        own: bool,
+    },
     /// A file deleted while mapped, or a memfd. The first mapping of the file in the process
     /// carries its contents; restore makes one copy per group ([`crate::files::make_copy`]) and
     /// maps it wherever the file was mapped, shared with the fds of the same file.
@@ -157,7 +163,10 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
         // Hugetlb anonymous memory (MAP_HUGETLB): a file of the kernel's internal hugetlbfs.
         "/anon_hugepage (deleted)" if m.shared() => Backing::Shmem { ino: m.inode, offset: m.offset },
         "/anon_hugepage (deleted)" => Backing::Anon,
-        "/[aio] (deleted)" if m.shared() => Backing::Aio,
+        "/[aio] (deleted)" if m.shared() && m.offset == 0 => Backing::Aio { ino: m.inode, own: true },
+        "/[aio] (deleted)" => {
+            return Err(EngineError::Proc { pid, detail: format!("mapping {:#x}-{:#x}: part of an AIO ring: not supported", m.start, m.end) })
+        }
         p if p.starts_with("anon_inode:") => {
             let why = if p == "anon_inode:[io_uring]" {
                 "io_uring rings cannot be checkpointed (the kernel offers no way to save or recreate their state)"
@@ -285,6 +294,12 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
     for (i, v) in vmas.iter().enumerate() {
         let len = v.end - v.start;
         let prot = u64::from(v.prot);
+        if let Backing::Aio { own: false, .. } = v.backing {
+            // A copy of the parent's ring, copied again by fork from the restored parent.
+            aio::check_copy(vpid, v, parent)?;
+            write[i] = false;
+            continue;
+        }
         if !v.inherited.is_empty() {
             cow::adopt(inj, vpid, v, parent)?;
             continue;
@@ -297,7 +312,7 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                 let flags = (share | libc::MAP_ANONYMOUS | libc::MAP_FIXED | grows) as u64;
                 inj.call("mmap anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0]).map_err(|e| mmap_err(vpid, v, e))?;
             }
-            Backing::Aio => {
+            Backing::Aio { .. } => {
                 aio::create(inj, vpid, v)?;
                 write[i] = false;
             }
@@ -422,7 +437,7 @@ pub fn restore_after_pages<S: ImageStore>(
 ) -> Result<()> {
     const MADV_GUARD_INSTALL: u64 = 102;
     for v in vmas {
-        if v.backing == Backing::Aio {
+        if matches!(v.backing, Backing::Aio { own: true, .. }) {
             aio::restore_ring(store, inj, vpid, v, images)?;
         }
         for &(a, b) in &v.guards {

@@ -55,7 +55,7 @@ fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
         (Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }, _) => false,
         (Backing::File { .. } | Backing::Deleted { .. }, true) => false,
         (Backing::File { .. } | Backing::Deleted { .. }, false) => has_page(e) && (e & PM_PRESENT == 0 || e & PM_FILE == 0),
-        (Backing::Anon | Backing::Shmem { .. } | Backing::Aio, _) => has_page(e),
+        (Backing::Anon | Backing::Shmem { .. } | Backing::Aio { .. }, _) => has_page(e),
     };
     runs_where(vma, entries, keep)
 }
@@ -155,6 +155,12 @@ pub fn copy_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
         vma.inherited.clear();
         vma.guards.clear();
         if matches!(vma.backing, Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }) {
+            continue;
+        }
+        if let Backing::Aio { own: false, .. } = vma.backing {
+            // A child's copy of its parent's ring: mapped again by fork from the restored parent.
+            super::aio::check_copy(pid, vma, plan.parent.map(|(_, p)| p))?;
+            vma.inherited = vec![(vma.start, vma.end)];
             continue;
         }
         let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;

@@ -1,12 +1,15 @@
 /* AIO contexts (io_setup): one whose ring has wrapped around and holds three completed events not
- * yet reaped, one never used. After the restore the context ids are the same, the three events
- * come out with their data and results, the ring header agrees, and both contexts take and
- * complete new requests.  argv[3]: a scratch file. */
+ * yet reaped, one never used, and a child made by fork that keeps a copy of the first ring's
+ * mapping (without the context). After the restore the context ids are the same, the three events
+ * come out with their data and results, the ring header agrees, both contexts take and complete
+ * new requests, and in the child the copy shows the parent's ring while io_getevents on it
+ * fails as before.  argv[3]: a scratch file. */
 #include "zaptest.h"
 #include <errno.h>
 #include <linux/aio_abi.h>
 #include <stdint.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 struct ring {
     unsigned id, nr, head, tail, magic, compat, incompat, header_length;
@@ -44,6 +47,13 @@ int main(int argc, char **argv) {
     CHECK(io_setup(16, &ctx) == 0 && io_setup(4, &idle) == 0, "io_setup: %s", strerror(errno));
     struct ring *r = (struct ring *)ctx;
     struct io_event ev[8];
+    pid_t child = fork();
+    if (child == 0) {
+        wait_go(argv[2]);
+        CHECK(r->magic == 0xa10a10a1 && r->nr > 3, "child: the ring copy is gone");
+        CHECK(io_getevents(ctx, 0, 1, ev) < 0 && errno == EINVAL, "child: the parent's context works in the child");
+        _exit(0);
+    }
     /* Wrap the ring around once, then leave three completions unreaped. */
     int rounds = r->nr / 4 + 3;
     for (int i = 0; i < rounds; i++) {
@@ -68,6 +78,8 @@ int main(int argc, char **argv) {
         CHECK(n == 2 && ev[0].data == 500 && ev[1].res == 9 && !memcmp(buf[1], "12345678", 8), "context %d after restore: %ld", k, n);
     }
     CHECK(syscall(SYS_io_destroy, ctx) == 0 && syscall(SYS_io_destroy, idle) == 0, "io_destroy");
+    int st;
+    CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed");
     say("ok");
     return 0;
 }
