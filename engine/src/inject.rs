@@ -145,6 +145,23 @@ impl Injector {
         Ok(addr)
     }
 
+    /// Maps the scratch area (`len` bytes) at `addr`, which must be free, replacing the one mapped
+    /// before. During a restore the kernel's own choice of address could be one a saved mapping
+    /// is about to take.
+    pub fn scratch_at(&mut self, addr: u64, len: u64) -> Result<u64> {
+        self.release_scratch()?;
+        let len = len.div_ceil(4096) * 4096;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        let got = self.call("mmap scratch (fixed)", libc::SYS_mmap, [addr, len, prot, flags, u64::MAX, 0])?;
+        if got != addr {
+            self.call("munmap scratch", libc::SYS_munmap, [got, len, 0, 0, 0, 0])?;
+            return Err(EngineError::Proc { pid: self.tid, detail: format!("scratch area mapped at {got:#x}, not {addr:#x}") });
+        }
+        self.scratch = Some((addr, len));
+        Ok(addr)
+    }
+
     /// Writes `s` with a terminating NUL at the start of the scratch area (a path or a name for
     /// the next syscall) and returns its address.
     pub fn put_cstr(&mut self, s: &[u8]) -> Result<u64> {

@@ -52,10 +52,12 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 6;
+pub const IMAGE_VERSION: u8 = 7;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
+/// Size of the injector's scratch area during a restore, placed where no saved mapping goes.
+const SCRATCH: u64 = 64 << 10;
 
 /// Everything about a process except its page contents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +74,8 @@ pub struct ProcessImage {
     pub signals: SignalState,
     /// Mapping table.
     pub vmas: Vec<VmaState>,
+    /// Address-space modes for future mappings (`mlockall(MCL_FUTURE)`, KSM merge-any).
+    pub mm: mem::MmModes,
     /// File descriptors.
     pub fds: Vec<FdState>,
     /// Armed interval timers: (ITIMER_*, raw `struct itimerval` with the time left). They run
@@ -291,33 +295,35 @@ fn save_thread<T>(
 /// Saves everything about the stopped process `pid` (every thread held by `frozen`) and copies
 /// its pages out. The process stays stopped; the caller stores the pages and decides whether it
 /// runs on. `files` says which fds may be shared with other processes being saved with it;
-/// `dirty`, what a tracker reported since the parent checkpoint (only written pages are then
-/// copied from tracked mappings, see [`mem::copy_pages_since`]); `layout`, its mapping table if
-/// the caller read it already.
+/// `plan`, what the page copy knows besides (what a tracker reported since the parent
+/// checkpoint, the parent process whose pages it may share: see [`mem::copy_pages_since`]);
+/// `layout`, its mapping table if the caller read it already.
 pub fn save_process(
     pid: i32,
     frozen: &Frozen,
     files_ctx: &mut files::SaveContext,
-    dirty: Option<&crate::dirty::Dirty>,
+    plan: &mem::CopyPlan<'_>,
     layout: Option<Vec<VmaState>>,
 ) -> Result<(ProcessImage, mem::PageCopy)> {
     let vpid = vpid_of(pid)?;
     if !frozen.threads().contains(&pid) {
         return Err(EngineError::Proc { pid, detail: "its main thread has exited; not supported".into() });
     }
-    let vmas = match layout {
+    let mut vmas = match layout {
         Some(v) => v,
         None => mem::save_layout(pid)?,
     };
     let fds = files::save(pid, vpid, files_ctx)?;
     let syscall_ip = find_syscall_insn(pid)?;
     // The main thread first: process-wide state is read through it.
-    let (main, (attrs, signals, (itimers, posix_timers))) = save_thread(pid, pid, syscall_ip, |inj| {
+    let (main, (attrs, signals, (itimers, posix_timers), mm)) = save_thread(pid, pid, syscall_ip, |inj| {
+        mem::aio::check(pid, inj, &mut vmas)?;
+        let mm = mem::MmModes::save(pid, inj, &vmas)?;
         let itimers = save_itimers(inj)?;
         let timers = save_posix_timers(pid, inj)?;
         let attrs = ProcAttrs::save(pid, inj)?;
         let sigs = SignalState::save(inj, pid)?;
-        Ok((attrs, sigs, (itimers, timers)))
+        Ok((attrs, sigs, (itimers, timers), mm))
     })?;
     let mut threads = vec![main];
     for &tid in frozen.threads().iter().filter(|&&t| t != pid) {
@@ -325,9 +331,9 @@ pub fn save_process(
     }
     // Copy the pages out; after this the process no longer needs to be stopped.
     let t = Instant::now();
-    let copy = mem::copy_pages_since(pid, &vmas, dirty)?;
+    let copy = mem::copy_pages_since(pid, &mut vmas, plan)?;
     tracing::trace!(pid, copy_ms = t.elapsed().as_secs_f64() * 1e3, "pages copied");
-    Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, fds, itimers, posix_timers }, copy))
+    Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, mm, fds, itimers, posix_timers }, copy))
 }
 
 /// Checkpoints process `pid` into `store`.
@@ -338,7 +344,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let mut ctx = files::SaveContext::default();
     ctx.sockets.tcp_close = opts.tcp_close;
     ctx.sockets.network_locked = true;
-    let (mut image, copy) = save_process(pid, &frozen, &mut ctx, None, None)?;
+    let (mut image, copy) = save_process(pid, &frozen, &mut ctx, &mem::CopyPlan::default(), None)?;
     mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
     let bytes_read = copy.bytes;
     // With leave_running the process goes on now. Otherwise it stays stopped until the
@@ -487,7 +493,8 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         let mut frozen = Frozen::freeze(pid)?;
         let steps = (|| {
             let mut r = ProcRestore::begin(&image, pid, tramp)?;
-            r.memory(store, &manifest.images, &mut mem::ShmContext::default())?;
+            r.memory(store, &manifest.images, &mut mem::ShmContext::default(), None)?;
+            r.memory_late()?;
             r.threads(&mut frozen)?;
             let mut ctx = files::RestoreContext::new(std::process::id());
             r.files(&mut ctx)?;
@@ -522,10 +529,12 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
 
 /// The restore of one process, step by step. The process is a bare clone that holds only the
 /// trampoline page and is stopped under ptrace; the caller calls, in order, [`ProcRestore::begin`],
-/// [`ProcRestore::memory`], [`ProcRestore::threads`], [`ProcRestore::files`] and
-/// [`ProcRestore::finish`]. A pod restore interleaves these steps across its processes (all
-/// memory first, then fds in tree order so shared fds can be taken from the process that created
-/// them). Should a step fail, end the process with [`Frozen::kill`] rather than by detaching it.
+/// [`ProcRestore::memory`], [`ProcRestore::memory_late`], [`ProcRestore::threads`],
+/// [`ProcRestore::files`] and [`ProcRestore::finish`]. A pod restore interleaves these steps
+/// across its processes (memory parents first, each parent's before it makes the children that
+/// inherit pages from it, then fds in tree order so shared fds can be taken from the process that
+/// created them). Should a step fail, end the process with [`Frozen::kill`] rather than by
+/// detaching it.
 pub struct ProcRestore<'a> {
     image: &'a ProcessImage,
     pid: i32,
@@ -540,7 +549,9 @@ pub struct ProcRestore<'a> {
 
 impl<'a> ProcRestore<'a> {
     /// Takes over the bare process `pid` (host pid, stopped under ptrace): blocks signals, closes
-    /// inherited fds and clears its address space down to the trampoline at `tramp`.
+    /// inherited fds and clears its address space down to the trampoline at `tramp` and the
+    /// ranges it keeps of its parent's memory ([`mem::cow::keep_ranges`]: for a child made by a
+    /// restored parent, its mappings that inherit pages).
     pub fn begin(image: &'a ProcessImage, pid: i32, tramp: u64) -> Result<Self> {
         let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
         let mut inj = Injector::new(pid, pid, tramp)?;
@@ -558,8 +569,12 @@ impl<'a> ProcRestore<'a> {
                 [inherited.rseq_abi_pointer, u64::from(inherited.rseq_abi_size), RSEQ_FLAG_UNREGISTER, u64::from(inherited.signature), 0, 0],
             )?;
         }
-        inj.call("munmap below trampoline", libc::SYS_munmap, [0, tramp, 0, 0, 0, 0])?;
-        inj.call("munmap above trampoline", libc::SYS_munmap, [tramp + 4096, TASK_SIZE - tramp - 4096, 0, 0, 0, 0])?;
+        let mut keep = mem::cow::keep_ranges(&image.vmas);
+        keep.push((tramp, tramp + 4096));
+        keep.sort_unstable();
+        for (a, b) in mem::cow::outside(&keep, 0, TASK_SIZE) {
+            inj.call("munmap all but the trampoline and inherited memory", libc::SYS_munmap, [a, b - a, 0, 0, 0, 0])?;
+        }
         Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new(), loaded: None })
     }
 
@@ -579,13 +594,32 @@ impl<'a> ProcRestore<'a> {
     }
 
     /// Recreates the mappings and writes the saved pages (`images` of the manifest); `shm` shares
-    /// shared anonymous memory with processes restored before this one.
-    pub fn memory<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image], shm: &mut mem::ShmContext) -> Result<()> {
+    /// shared anonymous memory with processes restored before this one; `parent` is the image of
+    /// the restored parent this process was copied from after the parent's memory was restored
+    /// (it then inherits the pages it shared with it, [`mem::cow`]). Flags that change what
+    /// `fork` copies, and seals, wait for [`ProcRestore::memory_late`].
+    pub fn memory<S: ImageStore>(
+        &mut self,
+        store: &S,
+        images: &[zap_store::Image],
+        shm: &mut mem::ShmContext,
+        parent: Option<&ProcessImage>,
+    ) -> Result<()> {
         // Deleted files' contents come back from the store into a copy of the image.
         self.load_contents(store, images)?;
         let image = self.loaded.as_deref().unwrap_or(self.image);
-        let write = mem::restore_layout(&mut self.inj, image.vpid, &image.vmas, shm)?;
-        mem::restore_pages(store, &self.inj, &image.vmas, &write, images)?;
+        let (vpid, vmas) = (image.vpid, &image.vmas);
+        let t = Instant::now();
+        self.inj.scratch_at(mem::scratch_place(vmas, self.tramp, SCRATCH), SCRATCH)?;
+        image.mm.restore_merge(&mut self.inj, vpid, parent.map(|p| &p.mm))?;
+        let parent_vmas = parent.map(|p| p.vmas.as_slice());
+        let write = mem::restore_layout(&mut self.inj, vpid, vmas, shm, parent_vmas)?;
+        mem::cow::clear_kept(&mut self.inj, vpid, vmas, parent_vmas)?;
+        let layout_ms = t.elapsed().as_secs_f64() * 1e3;
+        let bytes = mem::restore_pages(store, &self.inj, vmas, &write, images)?;
+        let pages_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms;
+        mem::restore_after_pages(store, &mut self.inj, vpid, vmas, images, &image.mm)?;
+        tracing::debug!(vpid, mappings = vmas.len(), layout_ms, pages_ms, bytes, ms = t.elapsed().as_secs_f64() * 1e3, "memory restored");
         Ok(())
     }
 
@@ -602,6 +636,12 @@ impl<'a> ProcRestore<'a> {
             self.loaded = Some(Box::new(copy));
         }
         Ok(())
+    }
+
+    /// The last of the memory: `MADV_DONTFORK`, `MADV_WIPEONFORK` and seals, once the process
+    /// has made the children that inherit its memory.
+    pub fn memory_late(&mut self) -> Result<()> {
+        mem::restore_late(&mut self.inj, self.image.vpid, &self.image.vmas)
     }
 
     /// Creates the saved extra threads, each with its saved tid, through the main thread

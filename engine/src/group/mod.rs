@@ -12,15 +12,18 @@
 //!
 //! ## Restoring ([`restore`])
 //! A pid namespace init (ours) creates the *top* members (those whose parent is not in the
-//! group) with their saved pids. Then, for each member in order: it is taken over, its address
-//! space cleared, it calls `setsid` if it led a session, and it creates its own children with
-//! `clone3` + `set_tid` (they start as copies of the bare parent and wait in the trampoline's
-//! `pause` loop until they are taken over in turn). When the whole tree exists: memory for every
-//! member (shared anonymous memory is mapped from the first member that has it, through
-//! `/proc/VPID/map_files`), every member's threads, fds in save order (shared descriptions are taken from the member that
-//! recreated them), pipe keepers closed, process groups joined (leaders first), zombies made to
-//! exit with their status, and finally every member's attributes, credentials and CPU state.
-//! All members are released together.
+//! group) with their saved pids. Then, for each member in order (parents first): it is taken
+//! over, its address space cleared (but for the ranges it inherits from its parent, see
+//! [`crate::mem::cow`]), it calls `setsid` if it led a session, creates with `clone3` +
+//! `set_tid` the children that inherit none of its memory (they start as copies of the bare
+//! process and wait in the trampoline's `pause` loop until they are taken over in turn), gets its
+//! memory (shared anonymous memory is mapped from the first member that has it, through
+//! `/proc/VPID/map_files`), creates the children that share pages with it copy-on-write, so they
+//! inherit them, and sets what changes what `fork` copies (`MADV_DONTFORK`, `MADV_WIPEONFORK`)
+//! and seals. When the whole tree exists: every member's threads, fds in save order (shared
+//! descriptions are taken from the member that recreated them), pipe keepers closed, process
+//! groups joined (leaders first), zombies made to exit with their status, and finally every
+//! member's attributes, credentials and CPU state. All members are released together.
 //!
 //! Limits: a member whose session or process group leader is outside the group, or that is in a
 //! session it did not create and its parent does not share, is restored in its parent's

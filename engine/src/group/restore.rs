@@ -1,12 +1,12 @@
-//! Restoring a group: build the tree bare, then fill every member in (see the module doc of
-//! [`crate::group`]): memory, threads, fds, process groups, then attributes and CPU state.
+//! Restoring a group (see the module doc of [`crate::group`]): the tree and every member's
+//! memory, parents first; then threads, fds, process groups, attributes and CPU state.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use zap_store::{CheckpointId, ImageStore, Manifest};
 
-use super::{GroupImage, MemberState};
+use super::{GroupImage, Member, MemberState};
 use crate::files::RestoreContext;
 use crate::freeze::Frozen;
 use crate::inject::Injector;
@@ -190,13 +190,18 @@ fn build<S: ImageStore>(
         host.insert(v, wait_child(init, v, tramp)?);
     }
     let mut warnings = Vec::new();
-    // 1. The tree, bare: each member takes its session, then creates its children.
+    // 1. The tree and the memory, parents first: each member takes its session, makes the
+    // children that inherit none of its memory, gets its own memory (shared anonymous memory
+    // comes from the first member that maps it), makes the children that inherit pages from it
+    // (copy-on-write, see mem::cow), and only then sets what changes what fork copies.
     let mut live: Vec<ProcRestore<'_>> = Vec::new();
     let mut zombies: Vec<(i32, i32)> = Vec::new();
+    let mut shm = ShmContext::default();
     for m in &image.members {
         let pid = *host.get(&m.vpid).ok_or_else(|| EngineError::Proc { pid: m.vpid, detail: "was not created".into() })?;
         frozen.push(Frozen::freeze(pid)?);
-        let kids: Vec<i32> = image.members.iter().filter(|c| c.ppid == m.vpid).map(|c| c.vpid).collect();
+        let kids: Vec<&Member> = image.members.iter().filter(|c| c.ppid == m.vpid).collect();
+        let inherits = |c: &Member| c.image().is_some_and(|i| i.vmas.iter().any(|v| !v.inherited.is_empty()));
         match &m.state {
             MemberState::Live(img) => {
                 let mut r = ProcRestore::begin(img, pid, tramp)?;
@@ -206,10 +211,17 @@ fn build<S: ImageStore>(
                     let all = image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.fds.iter());
                     crate::files::take_ctty(r.injector(), m.vpid, all, &mut fctx)?;
                 }
-                for &k in &kids {
-                    clone_child(&mut r, k)?;
-                    host.insert(k, wait_child(pid, k, tramp)?);
+                for k in kids.iter().filter(|c| !inherits(c)) {
+                    clone_child(&mut r, k.vpid)?;
+                    host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);
                 }
+                let parent = image.members.iter().find(|p| p.vpid == m.ppid).and_then(Member::image).filter(|_| inherits(m));
+                r.memory(store, &manifest.images, &mut shm, parent)?;
+                for k in kids.iter().filter(|c| inherits(c)) {
+                    clone_child(&mut r, k.vpid)?;
+                    host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);
+                }
+                r.memory_late()?;
                 live.push(r);
             }
             MemberState::Zombie { status, comm } => {
@@ -225,17 +237,12 @@ fn build<S: ImageStore>(
             }
         }
     }
-    // 2. Memory, in order: shared anonymous memory comes from the first member that maps it.
-    let mut shm = ShmContext::default();
-    for r in &mut live {
-        r.memory(store, &manifest.images, &mut shm)?;
-    }
-    // 3. Threads.
+    // 2. Threads.
     for r in &mut live {
         let f = frozen.iter_mut().find(|f| f.pid() == r.pid()).expect("every member is stopped");
         r.threads(f)?;
     }
-    // 4. Fds in save order, then the pipe keepers go.
+    // 3. Fds in save order, then the pipe keepers go.
     for r in &mut live {
         r.files(&mut fctx)?;
     }
@@ -248,7 +255,7 @@ fn build<S: ImageStore>(
         let keep = fctx.keepers(r.image().vpid);
         r.close_fds(&keep)?;
     }
-    // 5. Process groups: leaders first, then members.
+    // 4. Process groups: leaders first, then members.
     let member = |vpid: i32| image.members.iter().find(|m| m.vpid == vpid).expect("member of the image");
     for leaders in [true, false] {
         for r in &mut live {
@@ -267,12 +274,12 @@ fn build<S: ImageStore>(
         let vpid = r.image().vpid;
         crate::files::set_foreground(r.injector(), vpid, &mut fctx)?;
     }
-    // 6. Every live member's attributes, credentials and CPU state.
+    // 5. Every live member's attributes, credentials and CPU state.
     let mut pids: Vec<(i32, i32)> = image.members.iter().map(|m| (m.vpid, host[&m.vpid])).collect();
     for r in live {
         warnings.extend(r.finish()?);
     }
-    // 7. Zombies exit with their saved status when released.
+    // 6. Zombies exit with their saved status when released.
     for (pid, status) in zombies {
         let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
         let mut r = regs::get_regs(pid).map_err(sys_err("read registers"))?;

@@ -21,6 +21,8 @@ pub struct Tracking {
     pub whole: bool,
     /// Tracker states given up (processes gone, or whose tracking was lost), to be disarmed.
     pub dropped: Vec<crate::dirty::Armed>,
+    /// The images of the parent checkpoint: what it holds of each member's memory.
+    pub parent_images: Vec<zap_store::Image>,
 }
 
 /// A saved group: the image and, per live member (by vpid), its copied pages.
@@ -207,7 +209,15 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, network_locked: bo
                     }
                 }
                 let collect_ms = t.elapsed().as_secs_f64() * 1e3;
-                let (image, copy) = save_process(p.host, f, &mut ctx, dirty.as_ref(), layout)?;
+                // What the parent checkpoint holds of this member, for a delta; its parent's
+                // image (saved before it), whose pages it may still share since a fork.
+                let base = match (&dirty, tracking.as_deref()) {
+                    (Some(_), Some(tr)) => Some(crate::mem::base_runs(&tr.parent_images, &GroupImage::prefix(p.vpid))),
+                    _ => None,
+                };
+                let parent = members.iter().find(|m: &&Member| m.vpid == ppid).and_then(Member::image).map(|i| (i.host_pid, i.vmas.as_slice()));
+                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: base.as_deref(), parent };
+                let (image, copy) = save_process(p.host, f, &mut ctx, &plan, layout)?;
                 tracing::debug!(pid = p.host, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, bytes = copy.bytes, "process saved");
                 bytes_read += copy.bytes;
                 copies.push((p.vpid, copy));

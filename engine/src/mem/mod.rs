@@ -1,23 +1,41 @@
 //! Memory of a process: the mapping table and the pages that have to be saved.
 //!
 //! Which pages are saved is read from `/proc/PID/pagemap` (bit 63 present, 62 swapped, 61
-//! file-backed or shared):
-//! - private anonymous mappings (heap, stacks): every present or swapped page;
+//! file-backed or shared, 58 guard page):
+//! - private anonymous mappings (heap, stacks): every present or swapped page, but those still
+//!   shared copy-on-write with the parent process when it is saved too ([`cow`]);
 //! - private file mappings (the binary, libraries): only pages that were written (present and no
 //!   longer file pages), so unchanged code and data are read back from the file on restore;
 //! - shared anonymous mappings: every present or swapped page;
 //! - shared file mappings: nothing (the file holds the data);
+//! - AIO rings: every page, with the kernel's position in them ([`aio`]);
 //! - `[vdso]`, `[vvar]`: nothing; restore maps this kernel's vDSO at the saved address
-//!   (`arch_prctl(ARCH_MAP_VDSO_64)`), so clock calls keep working.
+//!   (`arch_prctl(ARCH_MAP_VDSO_64)`), so clock calls keep working;
+//! - guard pages (`MADV_GUARD_INSTALL`): no page, recorded as runs and installed again.
+//!
+//! Each mapping also keeps its flags (smaps `VmFlags`: madvise advice, locks, `MAP_NORESERVE`,
+//! seals), its protection key and, for hugetlb, its page size ([`flags`]). Refused up front,
+//! naming the pid and the mapping: io_uring rings and other kernel objects mapped from an
+//! `anon_inode`, special mappings other than the vDSO and `[vsyscall]`, and an AIO ring that is
+//! not a context of the process itself.
 //!
 //! Restore recreates each mapping at its address with `mmap(MAP_FIXED)` injected into the new
-//! process, then writes the saved pages through `/proc/PID/mem` (which also writes read-only
-//! mappings, making private copies of file pages as the original had).
+//! process (hugetlb ones with `MAP_HUGETLB` and their page size: the machine must have free huge
+//! pages, or the restore fails saying how many it needs), sets its advice and protection key,
+//! then writes the saved pages through `/proc/PID/mem` (which also writes read-only mappings,
+//! making private copies of file pages as the original had), then restores AIO rings, guard
+//! pages, locks and `mlockall(MCL_FUTURE)`; what changes what `fork` copies, and seals, come last
+//! ([`restore_late`]), once the process has made its children. The injector's scratch page is
+//! placed in a gap of the saved layout ([`scratch_place`]) so no saved mapping lands on it.
+pub mod aio;
+pub mod cow;
+pub mod flags;
 mod pages;
 
 use serde::{Deserialize, Serialize};
 
-pub use pages::{copy_pages, copy_pages_since, store_pages, MemDumpFigures, PageCopy};
+pub use flags::{MmModes, VmFlags};
+pub use pages::{base_runs, copy_pages, copy_pages_since, store_pages, CopyPlan, MemDumpFigures, PageCopy};
 use zap_store::{clip, materialize, Extent, ExtentData, Image, ImageStore};
 
 use crate::inject::Injector;
@@ -56,6 +74,15 @@ pub enum Backing {
         /// The segment id (the inode number /proc/PID/maps shows).
         shmid: i32,
     },
+    /// The completion ring of an AIO context (`io_setup`, `/[aio] (deleted)`); its address is the
+    /// context id the program holds ([`aio`]).
+    Aio {
+        /// Inode of the ring's file: a child made by `fork` maps the same one.
+        ino: u64,
+        /// The ring of a context of this process; false for a child's copy of its parent's ring
+        /// (the mapping without the context), mapped again from the restored owner.
+        own: bool,
+    },
     /// A file deleted while mapped, or a memfd. The first mapping of the file in the process
     /// carries its contents; restore makes one copy per group ([`crate::files::make_copy`]) and
     /// maps it wherever the file was mapped, shared with the fds of the same file.
@@ -90,6 +117,18 @@ pub struct VmaState {
     pub name: String,
     /// Name of the image holding its saved pages, if any.
     pub image: Option<String>,
+    /// Flags restore sets again (smaps `VmFlags`, see [`flags`]).
+    pub flags: VmFlags,
+    /// Protection key (`pkey_mprotect`); 0 is the default key.
+    pub pkey: u32,
+    /// Page size of a hugetlb mapping (`MAP_HUGETLB`, hugetlbfs), bytes; 0 for normal pages.
+    pub huge: u64,
+    /// Runs of pages that were the very pages the parent process held at the same addresses
+    /// (shared copy-on-write since a fork): not stored, inherited from the restored parent
+    /// ([`cow`]).
+    pub inherited: Vec<(u64, u64)>,
+    /// Runs of guard pages (`MADV_GUARD_INSTALL`).
+    pub guards: Vec<(u64, u64)>,
     /// Registered for userfaultfd write-protect tracking now (smaps `uw`); not saved.
     #[serde(skip)]
     pub uffd_wp: bool,
@@ -110,30 +149,6 @@ fn prot_of(perms: &str) -> u32 {
     p as u32
 }
 
-/// VmFlags of every mapping, from /proc/PID/smaps, in maps order.
-fn vm_flags(pid: i32) -> Result<Vec<(u64, Vec<String>)>> {
-    let path = format!("/proc/{pid}/smaps");
-    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
-    let mut out = Vec::new();
-    let mut start = None;
-    for line in text.lines() {
-        if let Some(flags) = line.strip_prefix("VmFlags:") {
-            if let Some(s) = start.take() {
-                out.push((s, flags.split_whitespace().map(String::from).collect()));
-            }
-        } else if let Some((range, _)) = line.split_once(' ') {
-            if let Some((s, _)) = range.split_once('-') {
-                if let Ok(s) = u64::from_str_radix(s, 16) {
-                    if !line.contains(':') || line.split_whitespace().count() >= 5 {
-                        start = Some(s);
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
     Ok(match m.path.as_str() {
         "[vdso]" | "[vvar]" | "[vvar_vclock]" => Backing::Vdso,
@@ -145,6 +160,21 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
         }
         p if p.starts_with("[anon:") || p.starts_with("[anon_shmem:") => Backing::Anon,
         "/dev/zero (deleted)" => Backing::Anon,
+        // Hugetlb anonymous memory (MAP_HUGETLB): a file of the kernel's internal hugetlbfs.
+        "/anon_hugepage (deleted)" if m.shared() => Backing::Shmem { ino: m.inode, offset: m.offset },
+        "/anon_hugepage (deleted)" => Backing::Anon,
+        "/[aio] (deleted)" if m.shared() && m.offset == 0 => Backing::Aio { ino: m.inode, own: true },
+        "/[aio] (deleted)" => {
+            return Err(EngineError::Proc { pid, detail: format!("mapping {:#x}-{:#x}: part of an AIO ring: not supported", m.start, m.end) })
+        }
+        p if p.starts_with("anon_inode:") => {
+            let why = if p == "anon_inode:[io_uring]" {
+                "io_uring rings cannot be checkpointed (the kernel offers no way to save or recreate their state)"
+            } else {
+                "mappings of kernel objects (anon_inode) are not supported"
+            };
+            return Err(EngineError::Proc { pid, detail: format!("mapping {:#x}-{:#x} {p}: {why}", m.start, m.end) });
+        }
         p if p.starts_with('[') => {
             return Err(EngineError::Proc { pid, detail: format!("mapping {:#x} {p}: unsupported special mapping", m.start) })
         }
@@ -191,21 +221,40 @@ pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
 
 fn layout_of(pid: i32) -> Result<Vec<VmaState>> {
     let maps = read_maps(pid)?;
-    let flags = vm_flags(pid)?;
+    let smaps = flags::read_smaps(pid)?;
+    let none = flags::SmapsEntry::default();
     maps.iter()
         .map(|m| {
-            let vm = flags.iter().find(|(s, _)| *s == m.start).map(|(_, f)| f.as_slice()).unwrap_or_default();
+            let sm = smaps.get(&m.start).unwrap_or(&none);
+            let vm = &sm.names;
             let growsdown = vm.iter().any(|x| x == "gd");
             let uffd_wp = vm.iter().any(|x| x == "uw");
+            let huge = if vm.iter().any(|x| x == "ht") { sm.kernel_page } else { 0 };
+            let backing = classify(pid, m)?;
+            if let (Backing::SysvShm { shmid }, true) = (&backing, huge != 0) {
+                return Err(EngineError::Proc {
+                    pid,
+                    detail: format!(
+                        "mapping {:#x}-{:#x} attaches System V segment {shmid} of huge pages (SHM_HUGETLB): not supported (it would come back with normal pages)",
+                        m.start, m.end
+                    ),
+                });
+            }
+            let special = matches!(backing, Backing::Vdso | Backing::Vsyscall);
             Ok(VmaState {
                 start: m.start,
                 end: m.end,
                 prot: prot_of(&m.perms),
                 shared: m.shared(),
                 growsdown,
-                backing: classify(pid, m)?,
+                backing,
                 name: m.path.clone(),
                 image: None,
+                flags: if special { VmFlags::default() } else { VmFlags::from_mnemonics(vm.iter().map(String::as_str)) },
+                pkey: sm.pkey,
+                huge,
+                inherited: Vec::new(),
+                guards: Vec::new(),
                 uffd_wp,
             })
         })
@@ -222,12 +271,22 @@ pub struct ShmContext {
 }
 
 /// Recreates the mapping table in the process being restored (`vpid`, whose address space holds
-/// nothing but the injection trampoline). Shared anonymous memory that another process of the
-/// group recreated already (`shm`) is mapped from that process's `/proc/VPID/map_files` entry
-/// (the restoring process's /proc must be of its own PID namespace), so it is shared again.
-/// Returns, per mapping, whether its saved pages still have to be written ([`restore_pages`]).
-pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mut ShmContext) -> Result<Vec<bool>> {
+/// nothing but the injection trampoline and, for a child that inherits pages, the ranges of its
+/// parent's mappings it keeps, see [`cow`]; `parent` is that parent's mapping table). Shared
+/// anonymous memory that another process of the group recreated already (`shm`) is mapped from
+/// that process's `/proc/VPID/map_files` entry (the restoring process's /proc must be of its own
+/// PID namespace), so it is shared again. Flags are set as they were, but locks, seals and the
+/// fork flags ([`restore_after_pages`], [`restore_late`]). Returns, per mapping, whether its
+/// saved pages still have to be written ([`restore_pages`]).
+pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mut ShmContext, parent: Option<&[VmaState]>) -> Result<Vec<bool>> {
     let mut write = vec![true; vmas.len()];
+    // Protection keys before any mapping uses one; keys copied from the parent are given back.
+    let mut inherited_keys: Vec<u32> = parent.unwrap_or(&[]).iter().filter(|p| flags::pkey_settable(p)).map(|p| p.pkey).collect();
+    inherited_keys.sort_unstable();
+    inherited_keys.dedup();
+    if vmas.iter().any(flags::pkey_settable) || !inherited_keys.is_empty() {
+        flags::restore_pkeys(inj, vpid, vmas, &inherited_keys)?;
+    }
     // The vDSO block ([vvar], [vvar_vclock], [vdso]) goes first, at its saved start.
     if let Some(v) = vmas.iter().find(|v| v.backing == Backing::Vdso) {
         inj.call("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, [ARCH_MAP_VDSO_64, v.start, 0, 0, 0, 0])?;
@@ -235,13 +294,27 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
     for (i, v) in vmas.iter().enumerate() {
         let len = v.end - v.start;
         let prot = u64::from(v.prot);
+        if let Backing::Aio { own: false, .. } = v.backing {
+            // A copy of the parent's ring, copied again by fork from the restored parent.
+            aio::check_copy(vpid, v, parent)?;
+            write[i] = false;
+            continue;
+        }
+        if !v.inherited.is_empty() {
+            cow::adopt(inj, vpid, v, parent)?;
+            continue;
+        }
         let share = if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
-        let grows = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
+        let grows = flags::mmap_extra(v) as i32;
         match &v.backing {
             Backing::Vdso | Backing::Vsyscall => {}
             Backing::Anon => {
                 let flags = (share | libc::MAP_ANONYMOUS | libc::MAP_FIXED | grows) as u64;
-                inj.call("mmap anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0])?;
+                inj.call("mmap anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0]).map_err(|e| mmap_err(vpid, v, e))?;
+            }
+            Backing::Aio { .. } => {
+                aio::create(inj, vpid, v)?;
+                write[i] = false;
             }
             Backing::SysvShm { shmid } => {
                 let mut flags = 0;
@@ -274,7 +347,8 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                 }
                 _ => {
                     let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED | grows) as u64;
-                    inj.call("mmap shared anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0])?;
+                    inj.call("mmap shared anonymous", libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0])
+                        .map_err(|e| mmap_err(vpid, v, e))?;
                     shm.owners.entry(*ino).or_insert((vpid, v.start, v.end));
                 }
             },
@@ -308,11 +382,98 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                 let flags = (share | libc::MAP_FIXED | grows) as u64;
                 let r = inj.call("mmap file", libc::SYS_mmap, [v.start, len, prot, flags, fd, *offset]);
                 inj.call("close mapped file", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-                r.map_err(|e| EngineError::Proc { pid: 0, detail: format!("map {path} at {:#x}: {e}", v.start) })?;
+                r.map_err(|e| mmap_err(vpid, v, e))?;
             }
+        }
+        if !matches!(v.backing, Backing::Vdso | Backing::Vsyscall) {
+            flags::apply_early(inj, vpid, v, v.start, len, VmFlags::default())?;
+            if flags::pkey_settable(v) {
+                flags::apply_pkey(inj, vpid, v, v.start, len)?;
+            }
+            restore_anon_name(inj, vpid, v)?;
         }
     }
     Ok(write)
+}
+
+fn mmap_err(vpid: i32, v: &VmaState, e: EngineError) -> EngineError {
+    let hint = if v.huge != 0 {
+        format!(
+            " (a hugetlb mapping: it needs {} free huge pages of {} KiB, see /proc/sys/vm/nr_hugepages)",
+            (v.end - v.start).div_ceil(v.huge),
+            v.huge >> 10
+        )
+    } else {
+        String::new()
+    };
+    EngineError::Proc { pid: vpid, detail: format!("map {:#x}-{:#x} {}: {e}{hint}", v.start, v.end, v.name) }
+}
+
+/// Names anonymous memory again (`[anon:NAME]`, `[anon_shmem:NAME]`: `PR_SET_VMA_ANON_NAME`).
+fn restore_anon_name(inj: &mut Injector, vpid: i32, v: &VmaState) -> Result<()> {
+    const PR_SET_VMA: u64 = 0x5356_4d41;
+    const PR_SET_VMA_ANON_NAME: u64 = 0;
+    let name = match (&v.backing, v.name.strip_suffix(']')) {
+        (Backing::Anon, Some(n)) => n.strip_prefix("[anon:"),
+        (Backing::Shmem { .. }, Some(n)) => n.strip_prefix("[anon_shmem:"),
+        _ => None,
+    };
+    let Some(name) = name else { return Ok(()) };
+    let ptr = inj.put_cstr(name.as_bytes())?;
+    inj.call("prctl(PR_SET_VMA_ANON_NAME)", libc::SYS_prctl, [PR_SET_VMA, PR_SET_VMA_ANON_NAME, v.start, v.end - v.start, ptr, 0])
+        .map(|_| ())
+        .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("name mapping {:#x} {:?} again: {e}", v.start, v.name) })
+}
+
+/// Once the pages are written (restore): the AIO rings' contents and kernel positions ([`aio`]),
+/// guard pages, locks, and `mlockall(MCL_FUTURE)`.
+pub fn restore_after_pages<S: ImageStore>(
+    store: &S,
+    inj: &mut Injector,
+    vpid: i32,
+    vmas: &[VmaState],
+    images: &[Image],
+    modes: &MmModes,
+) -> Result<()> {
+    const MADV_GUARD_INSTALL: u64 = 102;
+    for v in vmas {
+        if matches!(v.backing, Backing::Aio { own: true, .. }) {
+            aio::restore_ring(store, inj, vpid, v, images)?;
+        }
+        for &(a, b) in &v.guards {
+            inj.call("madvise(MADV_GUARD_INSTALL)", libc::SYS_madvise, [a, b - a, MADV_GUARD_INSTALL, 0, 0, 0]).map_err(|e| {
+                EngineError::Proc { pid: vpid, detail: format!("install guard pages {a:#x}-{b:#x} again (Linux 6.13+): {e}") }
+            })?;
+        }
+        flags::apply_lock(inj, vpid, v)?;
+    }
+    modes.restore_lock(inj, vpid)
+}
+
+/// Once the restored process has made its children: the flags that change what `fork` copies
+/// (`MADV_DONTFORK`, `MADV_WIPEONFORK`) and seals.
+pub fn restore_late(inj: &mut Injector, vpid: i32, vmas: &[VmaState]) -> Result<()> {
+    for v in vmas.iter().filter(|v| !matches!(v.backing, Backing::Vdso | Backing::Vsyscall)) {
+        flags::apply_late(inj, vpid, v)?;
+    }
+    Ok(())
+}
+
+/// A free place of `len` bytes for the injector's scratch area in the restored layout `vmas`
+/// (sorted), away from the trampoline page at `tramp`: the first gap that holds it.
+pub fn scratch_place(vmas: &[VmaState], tramp: u64, len: u64) -> u64 {
+    const LOW: u64 = 0x10000;
+    let mut taken: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+    taken.push((tramp, tramp + 4096));
+    taken.sort_unstable();
+    let mut pos = LOW;
+    for (a, b) in taken {
+        if a >= pos + len {
+            break;
+        }
+        pos = pos.max(b);
+    }
+    pos
 }
 
 /// Restore writes go in windows of this size, several at once.
@@ -323,17 +484,20 @@ const RESTORE_WINDOW: u64 = 8 << 20;
 /// rebuilt from the store and written in parallel.
 pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState], write: &[bool], images: &[Image]) -> Result<u64> {
     use rayon::prelude::*;
+    let by_name: std::collections::HashMap<&str, &Image> = images.iter().map(|i| (i.name.as_str(), i)).collect();
     let mut windows: Vec<Vec<Extent>> = Vec::new();
     for (v, _) in vmas.iter().zip(write).filter(|(_, w)| **w) {
         let Some(name) = &v.image else { continue };
-        let img = images.iter().find(|i| &i.name == name).ok_or_else(|| EngineError::Proc {
+        let img = by_name.get(name.as_str()).ok_or_else(|| EngineError::Proc {
             pid: 0,
             detail: format!("checkpoint lacks image {name} for mapping {:#x}", v.start),
         })?;
         let anon = matches!(v.backing, Backing::Anon | Backing::Shmem { .. });
+        // Pages inherited from the parent process are there already.
+        let own = if v.inherited.is_empty() { img.extents.clone() } else { pages::within(&img.extents, &cow::outside(&v.inherited, v.start, v.end)) };
         // Pieces of at most one window, then runs of contiguous pieces of at most one window.
         let mut pieces: Vec<Extent> = Vec::new();
-        for e in img.extents.iter().filter(|e| !(anon && e.data == ExtentData::Zero)) {
+        for e in own.iter().filter(|e| !(anon && e.data == ExtentData::Zero)) {
             let mut pos = e.start;
             while pos < e.end() {
                 let end = (pos + RESTORE_WINDOW).min(e.end());

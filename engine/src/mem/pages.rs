@@ -26,18 +26,19 @@ fn pagemap(pagemap: &File, path: &Path, start: u64, end: u64) -> Result<Vec<u64>
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+/// A guard page (`MADV_GUARD_INSTALL`, Linux 6.15+ reports it): a marker, no page.
+const PM_GUARD: u64 = 1 << 58;
 
-/// Which pages of `vma` must be saved, as runs of (start, end).
-fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
-    let keep = |e: u64| match (&vma.backing, vma.shared) {
-        (Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }, _) => false,
-        (Backing::File { .. } | Backing::Deleted { .. }, true) => false,
-        (Backing::File { .. } | Backing::Deleted { .. }, false) => e & PM_SWAPPED != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
-        (Backing::Anon | Backing::Shmem { .. }, _) => e & (PM_PRESENT | PM_SWAPPED) != 0,
-    };
+/// A page that holds data: present, or swapped out (a guard marker also shows as swapped).
+fn has_page(e: u64) -> bool {
+    e & PM_PRESENT != 0 || (e & PM_SWAPPED != 0 && e & PM_GUARD == 0)
+}
+
+/// Runs of the pages of `vma` (pagemap `entries` from its start) for which `pick` holds.
+fn runs_where(vma: &VmaState, entries: &[u64], pick: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (i, &e) in entries.iter().enumerate() {
-        if keep(e) {
+        if pick(e) {
             let a = vma.start + (i * PAGE_SIZE) as u64;
             match runs.last_mut() {
                 Some(r) if r.1 == a => r.1 = a + PAGE_SIZE as u64,
@@ -46,6 +47,32 @@ fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
         }
     }
     runs
+}
+
+/// Which pages of `vma` must be saved, as runs of (start, end).
+fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
+    let keep = |e: u64| match (&vma.backing, vma.shared) {
+        (Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }, _) => false,
+        (Backing::File { .. } | Backing::Deleted { .. }, true) => false,
+        (Backing::File { .. } | Backing::Deleted { .. }, false) => has_page(e) && (e & PM_PRESENT == 0 || e & PM_FILE == 0),
+        (Backing::Anon | Backing::Shmem { .. } | Backing::Aio { .. }, _) => has_page(e),
+    };
+    runs_where(vma, entries, keep)
+}
+
+/// What a copy knows besides the process itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyPlan<'a> {
+    /// What a dirty-page tracker reported since the parent checkpoint: tracked private
+    /// anonymous mappings are copied as deltas (see [`copy_pages_since`]).
+    pub dirty: Option<&'a crate::dirty::Dirty>,
+    /// With `dirty`: the address runs the parent checkpoint holds pages of for this process (its
+    /// images' extents). Pages outside them were not saved then (they were shared with the
+    /// parent process, or absent) and are copied whether written or not.
+    pub base: Option<&'a [(u64, u64)]>,
+    /// The process's parent, saved in the same checkpoint and stopped: its host pid and mapping
+    /// table. Pages still shared with it since a fork are not copied ([`super::cow`]).
+    pub parent: Option<(i32, &'a [VmaState])>,
 }
 
 /// Figures of a memory dump.
@@ -65,6 +92,19 @@ pub struct PageCopy {
     /// Mappings saved as a delta on the parent checkpoint (by index), with their runs of pages
     /// that are not present now (saved as zero).
     pub delta: std::collections::BTreeMap<usize, Vec<(u64, u64)>>,
+}
+
+/// `runs` sorted, with overlapping and touching runs joined.
+fn merge(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    runs.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    for (a, b) in runs {
+        match out.last_mut() {
+            Some(r) if a <= r.1 => r.1 = r.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }
 
 /// The parts of the sorted runs `a` that lie in the sorted runs `b`.
@@ -87,35 +127,65 @@ fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 /// Copies the pages that must be saved (see the module doc) out of the stopped process `pid`.
 /// This is all the process has to be stopped for; chunking and storing happen afterwards
-/// ([`store_pages`]).
-pub fn copy_pages(pid: i32, vmas: &[VmaState]) -> Result<PageCopy> {
-    copy_pages_since(pid, vmas, None)
+/// ([`store_pages`]). Records each mapping's guard pages.
+pub fn copy_pages(pid: i32, vmas: &mut [VmaState]) -> Result<PageCopy> {
+    copy_pages_since(pid, vmas, &CopyPlan::default())
 }
 
-/// Like [`copy_pages`], but with what a dirty-page tracker reported since the parent checkpoint:
-/// a private anonymous mapping that was tracked, wholly or in part, is saved as a delta on the
-/// parent (the written pages of its tracked parts, every page of its untracked parts, and its
-/// pages that are not present now as zero); every other mapping whole.
-pub fn copy_pages_since(pid: i32, vmas: &[VmaState], dirty: Option<&crate::dirty::Dirty>) -> Result<PageCopy> {
+/// Like [`copy_pages`], with what `plan` knows. With a dirty-page tracker's report, a private
+/// anonymous mapping that was tracked, wholly or in part, is saved as a delta on the parent
+/// checkpoint (the written pages of its tracked parts, the pages the parent checkpoint does not
+/// hold, every page of its untracked parts, and its pages that are not present now as zero);
+/// every other mapping whole. With the parent process, the pages of private mappings it still
+/// shares with it are left out and recorded in [`VmaState::inherited`].
+pub fn copy_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) -> Result<PageCopy> {
     let mem_path = format!("/proc/{pid}/mem");
     let pm_path = format!("/proc/{pid}/pagemap");
     let mem = File::open(&mem_path).map_err(|e| EngineError::io("open", mem_path.as_ref(), e))?;
     let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
+    let parent_pm = match plan.parent {
+        Some((ppid, _)) => {
+            let path = format!("/proc/{ppid}/pagemap");
+            Some((File::open(&path).map_err(|e| EngineError::io("open", path.as_ref(), e))?, path))
+        }
+        None => None,
+    };
     let mut copy = PageCopy { runs: Vec::new(), bytes: 0, delta: Default::default() };
-    for (idx, vma) in vmas.iter().enumerate() {
+    for (idx, vma) in vmas.iter_mut().enumerate() {
+        vma.inherited.clear();
+        vma.guards.clear();
         if matches!(vma.backing, Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }) {
             continue;
         }
+        if let Backing::Aio { own: false, .. } = vma.backing {
+            // A child's copy of its parent's ring: mapped again by fork from the restored parent.
+            super::aio::check_copy(pid, vma, plan.parent.map(|(_, p)| p))?;
+            vma.inherited = vec![(vma.start, vma.end)];
+            continue;
+        }
         let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;
+        vma.guards = runs_where(vma, &entries, |e| e & PM_GUARD != 0);
         let mut runs = runs_to_save(vma, &entries);
-        let tracked: Vec<(u64, u64)> = match dirty {
+        if let (Some((_, pvmas)), Some((ppm, ppath))) = (plan.parent, &parent_pm) {
+            if super::cow::inheritable(vma, pvmas) {
+                let pentries = pagemap(ppm, ppath.as_ref(), vma.start, vma.end)?;
+                vma.inherited = super::cow::same_pages(vma, &entries, &pentries);
+                runs = intersect(&runs, &super::cow::outside(&vma.inherited, vma.start, vma.end));
+            }
+        }
+        let tracked: Vec<(u64, u64)> = match plan.dirty {
             Some(d) if vma.backing == Backing::Anon && !vma.shared => intersect(&[(vma.start, vma.end)], &d.tracked),
             _ => Vec::new(),
         };
-        if let (Some(d), false) = (dirty, tracked.is_empty()) {
-            // Tracked parts: only written pages; untracked parts: every page. Pages not present
-            // now are zero, wherever they are (laid over the parent, they hide what it held).
+        if let (Some(d), false) = (plan.dirty, tracked.is_empty()) {
+            // Tracked parts: only written pages and what the parent checkpoint lacks; untracked
+            // parts: every page. Pages not present now are zero, wherever they are (laid over the
+            // parent, they hide what it held).
             let mut wanted = intersect(&tracked, &d.written);
+            let base = plan.base.unwrap_or(&[]);
+            for r in &tracked {
+                wanted.extend(super::cow::outside(base, r.0, r.1));
+            }
             let mut pos = vma.start;
             for &(a, b) in &tracked {
                 if a > pos {
@@ -126,20 +196,10 @@ pub fn copy_pages_since(pid: i32, vmas: &[VmaState], dirty: Option<&crate::dirty
             if pos < vma.end {
                 wanted.push((pos, vma.end));
             }
-            wanted.sort_unstable();
-            runs = intersect(&runs, &wanted);
-            let mut absent: Vec<(u64, u64)> = Vec::new();
-            for (i, &e) in entries.iter().enumerate() {
-                if e & (PM_PRESENT | PM_SWAPPED) == 0 {
-                    let a = vma.start + (i * PAGE_SIZE) as u64;
-                    match absent.last_mut() {
-                        Some(r) if r.1 == a => r.1 = a + PAGE_SIZE as u64,
-                        _ => absent.push((a, a + PAGE_SIZE as u64)),
-                    }
-                }
-            }
-            copy.delta.insert(idx, absent);
+            runs = intersect(&runs, &merge(wanted));
+            copy.delta.insert(idx, runs_where(vma, &entries, |e| !has_page(e)));
         }
+        let vma = &*vma;
         // Small runs (the scattered pages of a delta) are read many at a time with
         // process_vm_readv; large ones, and any batch it cannot read whole, through
         // /proc/PID/mem (which also reads pages the process cannot).
@@ -225,6 +285,13 @@ pub fn store_pages<S: ChunkSink>(
             per_vma[idx] = zap_store::overlay(&clip(&base, v.start, v.end), &changed);
         }
     }
+    // Pages shared with the parent process are never in the child's image (a parent checkpoint
+    // may have held them when they were still the child's own).
+    for (v, extents) in vmas.iter().zip(per_vma.iter_mut()) {
+        if !v.inherited.is_empty() {
+            *extents = within(extents, &super::cow::outside(&v.inherited, v.start, v.end));
+        }
+    }
     let mut images = Vec::new();
     for (vma, extents) in vmas.iter_mut().zip(per_vma) {
         if !extents.is_empty() {
@@ -234,4 +301,25 @@ pub fn store_pages<S: ChunkSink>(
         }
     }
     Ok((images, figures))
+}
+
+/// The parts of the sorted extents `extents` inside the sorted runs `runs`.
+pub(crate) fn within(extents: &[Extent], runs: &[(u64, u64)]) -> Vec<Extent> {
+    let mut out = Vec::new();
+    for &(a, b) in runs {
+        let first = extents.partition_point(|e| e.end() <= a);
+        let last = extents.partition_point(|e| e.start < b);
+        if first < last {
+            out.extend(clip(&extents[first..last], a, b));
+        }
+    }
+    out
+}
+
+/// The address runs of the pages a checkpoint's `images` hold for the process whose image names
+/// start with `prefix` (`p{vpid}/` in a group, empty for a single process): the extents of its
+/// memory images, joined.
+pub fn base_runs(images: &[Image], prefix: &str) -> Vec<(u64, u64)> {
+    let mine = format!("{prefix}mem/");
+    merge(images.iter().filter(|i| i.name.starts_with(&mine)).flat_map(|i| i.extents.iter().map(|e| (e.start, e.end()))).collect())
 }

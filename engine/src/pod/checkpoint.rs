@@ -231,7 +231,8 @@ fn incremental_base<S: ImageStore>(
     let id = CheckpointId::from_hex(&t.parent).ok_or_else(|| format!("tracker state names a bad checkpoint id {}", t.parent))?;
     let parent = store.manifest(&id).map_err(|e| format!("parent checkpoint {id} is unreadable: {e}"))?;
     let armed = t.members.into_iter().map(|a| (a.pid, a)).collect();
-    Ok((parent, group::Tracking { armed, whole: full, ..Default::default() }))
+    let parent_images = parent.images.clone();
+    Ok((parent, group::Tracking { armed, whole: full, parent_images, ..Default::default() }))
 }
 
 /// Arms tracking on every live member of the stopped pod that is not tracked yet (their pages
