@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use zap_chunker::ChunkerConfig;
 use zap_store::{CheckpointId, CheckpointSummary, ImageStore, Manifest};
 
-use crate::attrs::ProcAttrs;
+use crate::attrs::{self, ProcAttrs};
 use crate::cpu::{rewind, Rewind, ThreadState};
 use crate::files::{self, FdState};
 use crate::freeze::Frozen;
@@ -52,7 +52,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 3;
+pub const IMAGE_VERSION: u8 = 4;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -284,16 +284,24 @@ pub fn save_process(
     let fds = files::save(pid, vpid, files_ctx)?;
     let syscall_ip = find_syscall_insn(pid)?;
     // The main thread first: process-wide state is read through it.
-    let (main, (attrs, signals, (itimers, posix_timers))) = save_thread(pid, pid, syscall_ip, |inj| {
+    let (main, (attrs, signals, (itimers, mut posix_timers))) = save_thread(pid, pid, syscall_ip, |inj| {
         let itimers = save_itimers(inj)?;
         let timers = save_posix_timers(pid, inj)?;
-        let attrs = ProcAttrs::save(pid, inj)?;
+        let attrs = ProcAttrs::save(pid, inj, frozen.stop_signal())?;
         let sigs = SignalState::save(inj, pid)?;
         Ok((attrs, sigs, (itimers, timers)))
     })?;
     let mut threads = vec![main];
     for &tid in frozen.threads().iter().filter(|&&t| t != pid) {
         threads.push(save_thread(pid, tid, syscall_ip, |_| Ok(()))?.0);
+    }
+    // /proc/PID/timers names the thread a SIGEV_THREAD_ID timer signals by its id in our PID
+    // namespace; the restored timer needs its id in the process's.
+    for t in posix_timers.iter_mut().filter(|t| t.notify & libc::SIGEV_THREAD_ID != 0) {
+        t.tid = threads.iter().find(|th| th.tid == t.tid).map(|th| th.vtid).ok_or_else(|| EngineError::Proc {
+            pid,
+            detail: format!("POSIX timer {} signals thread {}, which is not one of its threads", t.id, t.tid),
+        })?;
     }
     // Copy the pages out; after this the process no longer needs to be stopped.
     let t = Instant::now();
@@ -461,7 +469,11 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
                 return Err(e);
             }
         };
-        drop(frozen); // detach: the process runs
+        // Detach: the process runs, or goes back into the job-control stop it was saved in.
+        match image.attrs.stop_signal {
+            Some(sig) => frozen.detach_stopped(sig)?,
+            None => drop(frozen),
+        }
         Ok(Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 })
     })();
     if result.is_err() {
@@ -485,6 +497,11 @@ pub struct ProcRestore<'a> {
     /// The extra threads created by [`ProcRestore::threads`]: host tid and an injector driving
     /// it, in the order of `image.threads[1..]`.
     extra: Vec<(i32, Injector)>,
+    /// How many seccomp filters every thread has and the main thread installed before the
+    /// others were cloned (None: not yet).
+    shared_filters: Option<usize>,
+    /// What the kernel refused so far.
+    warnings: Vec<String>,
 }
 
 impl<'a> ProcRestore<'a> {
@@ -509,7 +526,7 @@ impl<'a> ProcRestore<'a> {
         }
         inj.call("munmap below trampoline", libc::SYS_munmap, [0, tramp, 0, 0, 0, 0])?;
         inj.call("munmap above trampoline", libc::SYS_munmap, [tramp + 4096, TASK_SIZE - tramp - 4096, 0, 0, 0, 0])?;
-        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new() })
+        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new(), shared_filters: None, warnings: Vec::new() })
     }
 
     /// Host pid of the process.
@@ -535,11 +552,14 @@ impl<'a> ProcRestore<'a> {
         Ok(())
     }
 
-    /// Creates the saved extra threads, each with its saved tid, through the main thread
-    /// ([`crate::threads`]), and hands them to `frozen` (the guard holding the main thread) so
-    /// they are detached with it. Their own state is loaded by [`ProcRestore::finish`].
+    /// Sets what the threads inherit from the main thread (loginuid, the seccomp filters they
+    /// all have), then creates the saved extra threads, each with its saved tid, through the
+    /// main thread ([`crate::threads`]), and hands them to `frozen` (the guard holding the main
+    /// thread) so they are detached with it. Their own state is loaded by
+    /// [`ProcRestore::finish`].
     pub fn threads(&mut self, frozen: &mut Frozen) -> Result<()> {
         let image = self.image;
+        self.inherited_attrs()?;
         if image.threads.len() <= 1 || !self.extra.is_empty() {
             return Ok(());
         }
@@ -553,6 +573,25 @@ impl<'a> ProcRestore<'a> {
         threads::trace_clones(self.pid, false)
     }
 
+    /// Step 1 of the restore order of [`crate::attrs`]: the main thread's loginuid (one audit
+    /// session for the threads cloned after, as before) and the oldest seccomp filters every
+    /// thread has, installed once in the main thread (the threads cloned after share them).
+    fn inherited_attrs(&mut self) -> Result<()> {
+        if self.shared_filters.is_some() {
+            return Ok(());
+        }
+        if let Some(main) = self.image.threads.first() {
+            main.attrs.task.restore_loginuid(&mut self.inj, true, &mut self.warnings)?;
+        }
+        let all: Vec<&attrs::seccomp::Seccomp> = self.image.threads.iter().map(|t| &t.attrs.seccomp).collect();
+        let count = attrs::seccomp::shared_count(&all);
+        if let Some(main) = all.first() {
+            attrs::seccomp::install_shared(&mut self.inj, main, count)?;
+        }
+        self.shared_filters = Some(count);
+        Ok(())
+    }
+
     /// Recreates the fds.
     pub fn files(&mut self, ctx: &mut files::RestoreContext) -> Result<()> {
         files::restore(&mut self.inj, self.image.vpid, &self.image.fds, ctx)
@@ -563,11 +602,14 @@ impl<'a> ProcRestore<'a> {
         files::close_all(&mut self.inj, fds)
     }
 
-    /// Signal handlers, attributes, per-thread state, queued signals and credentials; then drops
-    /// the trampoline and loads the CPU state of every thread. The process is left stopped, ready
-    /// to be detached.
-    pub fn finish(self) -> Result<Vec<String>> {
-        let ProcRestore { image, pid, tramp, mut inj, mut extra } = self;
+    /// Signal handlers, attributes, per-thread state, queued signals and credentials (in the
+    /// order of [`crate::attrs`]); then drops the trampoline and loads the CPU state of every
+    /// thread. The process is left stopped, ready to be detached (see
+    /// [`crate::freeze::Frozen::detach_stopped`] for one saved stopped).
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        self.inherited_attrs()?;
+        let ProcRestore { image, pid, tramp, mut inj, mut extra, shared_filters, mut warnings } = self;
+        let shared_filters = shared_filters.unwrap_or(0);
         let thread = image.threads.first().ok_or_else(|| EngineError::Proc { pid: image.vpid, detail: "no threads saved".into() })?;
         if extra.len() + 1 != image.threads.len() {
             return Err(EngineError::Proc {
@@ -575,14 +617,21 @@ impl<'a> ProcRestore<'a> {
                 detail: format!("{} threads saved but {} restored (ProcRestore::threads not called?)", image.threads.len(), extra.len() + 1),
             });
         }
+        // A thread's own loginuid first: a chroot may hide /proc.
+        for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
+            let own_session = t.attrs.task.sessionid != thread.attrs.task.sessionid;
+            t.attrs.task.restore_loginuid(tinj, own_session, &mut warnings)?;
+        }
         image.signals.restore_actions(&mut inj)?;
-        let mut warnings = image.attrs.restore(&mut inj)?;
-        // Per-thread kernel state, each from inside its thread.
+        warnings.extend(image.attrs.restore(&mut inj, pid)?);
+        // Per-thread kernel state and scheduling, each from inside its thread.
         thread.restore_kernel_state(&mut inj)?;
+        thread.attrs.restore_sched(&mut inj, &mut warnings)?;
         for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
             t.restore_kernel_state(tinj)?;
             // personality is per task; the main thread's was set with the attributes.
             tinj.call("personality", libc::SYS_personality, [u64::from(image.attrs.personality), 0, 0, 0, 0, 0])?;
+            t.attrs.restore_sched(tinj, &mut warnings)?;
         }
         // Queued signals: the kernel lets only a thread itself queue a signal that looks like it
         // came from tgkill or the kernel, so each thread requeues its own.
@@ -598,17 +647,22 @@ impl<'a> ProcRestore<'a> {
             inj.call("setitimer", libc::SYS_setitimer, [*which as u64, scratch, 0, 0, 0, 0])?;
         }
         restore_posix_timers(&mut inj, image.vpid, &image.posix_timers)?;
-        // Credentials are per thread too; each thread drops its own.
-        for (_, tinj) in extra.iter_mut() {
-            image.attrs.restore_creds(tinj)?;
+        // Credentials, seccomp, no_new_privs are per thread too; each thread sets its own.
+        for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
+            t.attrs.restore_creds(tinj, shared_filters, &mut warnings)?;
             tinj.release_scratch()?;
         }
-        image.attrs.restore_creds(&mut inj)?;
-        // Last: drop the scratch page and the trampoline, then load the saved CPU states.
+        thread.attrs.restore_creds(&mut inj, shared_filters, &mut warnings)?;
+        // After every uid change: dumpable, memory-deny-write-execute.
+        image.attrs.restore_last(&mut inj, &mut warnings)?;
+        // Last: drop the scratch page and the trampoline, then what is set through ptrace and the
+        // saved CPU states.
         inj.release_scratch()?;
         inj.syscall(libc::SYS_munmap, [tramp, 4096, 0, 0, 0, 0])?;
+        thread.attrs.restore_traced(pid)?;
         thread.load_cpu(pid)?;
         for ((tid, tinj), t) in extra.into_iter().zip(&image.threads[1..]) {
+            t.attrs.restore_traced(tid)?;
             t.load_cpu(tid)?;
             tinj.forget();
         }

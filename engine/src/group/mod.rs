@@ -37,7 +37,7 @@ pub use restore::{group_trampoline, restore, restore_in, GroupRestored, TargetSp
 pub use save::{freeze_tree, is_zombie_pid, save, tree_of, SavedGroup, Tracking};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob).
-pub const GROUP_IMAGE_VERSION: u8 = 1;
+pub const GROUP_IMAGE_VERSION: u8 = 2;
 /// Manifest kind of a process-group checkpoint.
 pub const KIND: &str = "group";
 

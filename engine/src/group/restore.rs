@@ -139,8 +139,20 @@ pub fn restore_in<S: ImageStore>(
     let mut frozen: Vec<Frozen> = Vec::new();
     let result = build(store, manifest, image, init, tramp, &mut frozen, files);
     match result {
-        Ok((pids, warnings)) => {
-            drop(frozen); // every member runs from here
+        Ok((pids, mut warnings)) => {
+            // Every member runs from here, but those saved stopped go back into their stop.
+            for f in frozen {
+                let host = f.pid();
+                let member = pids.iter().find(|&&(_, h)| h == host).and_then(|&(v, _)| image.members.iter().find(|m| m.vpid == v));
+                match member.and_then(|m| m.image()).and_then(|i| i.attrs.stop_signal) {
+                    Some(sig) => {
+                        if let Err(e) = f.detach_stopped(sig) {
+                            warnings.push(format!("pid {host}: not put back into its stop (signal {sig}): {e}"));
+                        }
+                    }
+                    None => drop(f),
+                }
+            }
             let restored = GroupRestored { init_pid: init, pids, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
             kill_signalled_zombies(image, &restored);
             Ok(restored)

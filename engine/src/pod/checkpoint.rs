@@ -38,7 +38,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a pod checkpoint.
 pub const KIND: &str = "pod";
 /// Version of the [`PodImage`] encoding (first byte of the state blob).
-pub const POD_IMAGE_VERSION: u8 = 1;
+pub const POD_IMAGE_VERSION: u8 = 2;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything about a pod except page contents.

@@ -1,17 +1,6 @@
 //! Syscalls on other processes that need no ptrace stop.
 use std::io;
 
-/// Reads the (soft, hard) limit of `resource` of process `pid`.
-pub fn prlimit_get(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
-    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: new_limit is null (read only); old_limit points to a valid rlimit64.
-    let rc = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((old.rlim_cur, old.rlim_max))
-}
-
 /// A pidfd for process `pid` (closed on drop).
 pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
