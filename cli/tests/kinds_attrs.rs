@@ -111,3 +111,72 @@ fn seccomp_filters_in_order_and_strict_mode() {
     let (_, warnings) = cycle(&e, "seccomp", &prog, &[], &["ready", "child ready"], &["ok", "child ok"]);
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+#[test]
+fn stopped_processes_stay_stopped_with_their_signal() {
+    let e = env();
+    let Some(prog) = build_prog("attrs_stop", &e.work) else { return };
+    cycle(&e, "stop", &prog, &[], &["ready"], &["ok"]);
+}
+
+#[test]
+fn job_stopped_from_a_shell_comes_back_stopped() {
+    if Command::new("bash").arg("-c").arg("true").status().is_err() {
+        eprintln!("SKIP: bash not installed");
+        return;
+    }
+    let e = env();
+    let pod = name("job");
+    let w = |f: &str| e.work.join(f).to_str().unwrap().to_string();
+    // Job control on: the job is in a group of its own; `kill -TSTP %1` stops it as ^Z would.
+    // The shell then waits without forking (a builtin `read` with a timeout on a FIFO it holds
+    // open both ways), so the checkpoint never finds it between a fork and an exec.
+    let script = format!(
+        "set -m; sleep 1000 & while [ \"$(cat /proc/$!/comm)\" != sleep ]; do :; done; kill -TSTP %1; while ! jobs -l | grep -q Stopped; do sleep 0.02; done; mkfifo {fifo}; exec 5<>{fifo}; \
+         echo ready > {out}; while [ ! -e {go} ]; do read -t 0.05 -u 5 x; done; ps -o stat= -p $! > {s1}; jobs -l > {jobs}; \
+         kill -CONT %1; sleep 0.3; ps -o stat= -p $! > {s2}; kill %1; wait; echo done >> {out}",
+        fifo = w("fifo"),
+        out = w("out"),
+        go = w("go"),
+        s1 = w("state1"),
+        s2 = w("state2"),
+        jobs = w("jobs")
+    );
+    ok(&e, &["run", "--name", &pod, "--", "bash", "-c", &script]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&e.work.join("out")).contains("ready")), "job not stopped");
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    let stat = ok(&e, &["exec", &pod, "--", "ps", "-e", "-o", "stat=,comm="]);
+    assert!(stat.lines().any(|l| l.trim_start().starts_with('T') && l.ends_with("sleep")), "the job is stopped after the restore: {stat}");
+    std::fs::write(e.work.join("go"), b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || text(&e.work.join("out")).contains("done")), "shell did not finish");
+    assert!(text(&e.work.join("state1")).trim_start().starts_with('T'), "stopped: {}", text(&e.work.join("state1")));
+    assert!(text(&e.work.join("jobs")).contains("Stopped"), "bash sees its job stopped: {}", text(&e.work.join("jobs")));
+    assert!(!text(&e.work.join("state2")).trim_start().starts_with('T'), "resumed by SIGCONT: {}", text(&e.work.join("state2")));
+}
+
+#[test]
+fn posix_timers_signal_the_same_thread() {
+    let e = env();
+    let Some(prog) = build_prog("attrs_timer", &e.work) else { return };
+    cycle(&e, "timer", &prog, &[], &["ready"], &["ok"]);
+}
+
+#[test]
+fn process_traced_by_another_tracer_is_refused_and_keeps_running() {
+    let e = env();
+    let Some(prog) = build_prog("attrs_traced", &e.work) else { return };
+    let pod = name("traced");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready")), "{}", text(&out));
+    let r = zap(&e, &["checkpoint", &pod]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("is traced by process"), "refused naming the tracer: {err}");
+    assert!(ok(&e, &["ps"]).lines().any(|l| l.starts_with(&format!("{pod} ")) && l.contains("running")), "the pod runs on");
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ok") || text(&out).contains("FAIL")), "{}", text(&out));
+    assert!(text(&out).contains("child runs") && !text(&out).contains("FAIL"), "{}", text(&out));
+}
