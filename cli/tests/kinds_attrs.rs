@@ -180,3 +180,134 @@ fn process_traced_by_another_tracer_is_refused_and_keeps_running() {
     assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ok") || text(&out).contains("FAIL")), "{}", text(&out));
     assert!(text(&out).contains("child runs") && !text(&out).contains("FAIL"), "{}", text(&out));
 }
+
+/// One HTTP/1.0 GET on a fresh connection: the body, or why not.
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut c = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))?;
+    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: zap\r\n\r\n").as_bytes())?;
+    let mut s = String::new();
+    c.read_to_string(&mut s)?;
+    match s.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(std::io::Error::other(format!("bad answer: {:?}", &s[..s.len().min(80)]))),
+    }
+}
+
+/// (user, pid in the pod) of the pod's nginx processes.
+fn nginx_procs(e: &Env, pod: &str) -> Vec<(String, i32)> {
+    let out = ok(e, &["exec", pod, "--", "ps", "-e", "-o", "user=,pid=,comm="]);
+    let mut v: Vec<(String, i32)> = out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && f[2] == "nginx").then(|| (f[0].to_string(), f[1].parse().unwrap_or(0)))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn nginx_master_as_root_workers_as_www_data_serve_across_checkpoints() {
+    if Command::new("nginx").arg("-v").output().is_err() {
+        eprintln!("SKIP: nginx not installed");
+        return;
+    }
+    if !Command::new("id").arg("www-data").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIP: no www-data user");
+        return;
+    }
+    let e = env();
+    open_work_dir(&e);
+    let www = e.work.join("www");
+    std::fs::create_dir_all(e.work.join("tmp")).unwrap();
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::set_permissions(&www, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let page: String = (0..2000).map(|i| format!("line {i} of the page\n")).collect();
+    std::fs::write(www.join("index.html"), "hello from nginx\n").unwrap();
+    std::fs::write(www.join("big.html"), &page).unwrap();
+    let w = |p: &str| e.work.join(p).to_str().unwrap().to_string();
+    let conf = format!(
+        "worker_processes 2; user www-data; pid {pid}; error_log {err}; daemon off; master_process on;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{ access_log off; client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;\n\
+         uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi; keepalive_timeout 0;\n\
+         server {{ listen 8080; root {www}; location / {{ }} }} }}\n",
+        pid = w("nginx.pid"),
+        err = w("error.log"),
+        t = w("tmp"),
+        www = www.display()
+    );
+    std::fs::write(e.work.join("nginx.conf"), conf).unwrap();
+    let net = 100 + (std::process::id() % 100);
+    let (ip, addr) = (format!("10.81.{net}.2/24"), format!("10.81.{net}.2:8080"));
+    let pod = name("nginx");
+    ok(&e, &["run", "--name", &pod, "--ip", &ip, "--", "nginx", "-c", &w("nginx.conf")]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || http_get(&addr, "/").is_ok()), "nginx does not answer: {}", text(&e.work.join("error.log")));
+    let procs = nginx_procs(&e, &pod);
+    let users: Vec<&str> = procs.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(users, ["root", "www-data", "www-data"], "master as root, workers as www-data: {procs:?}");
+    // A client fetching pages without pause, for at most 60 s or 20,000 requests.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (addr, stop, page) = (addr.clone(), stop.clone(), page.clone());
+        std::thread::spawn(move || {
+            let (mut good, mut bad, t0) = (Vec::new(), 0u32, Instant::now());
+            for i in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || t0.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                match http_get(&addr, if i % 2 == 0 { "/" } else { "/big.html" }) {
+                    Ok(body) => {
+                        assert!(body == "hello from nginx\n" || body == page, "wrong page: {:?}", &body[..body.len().min(60)]);
+                        good.push(Instant::now());
+                    }
+                    Err(_) => bad += 1,
+                }
+            }
+            (good, bad)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // While it serves: a checkpoint that arms dirty tracking in every process (www-data ones
+    // too), then an incremental one. Connections caught open are closed (--tcp-close).
+    json(&e, &["checkpoint", "--leave-running", "--tcp-close", &pod]);
+    let second = json(&e, &["checkpoint", "--leave-running", "--tcp-close", &pod]);
+    let mode = second["mode"].as_str().unwrap_or_default().to_string();
+    assert!(mode.starts_with("incremental: 3 of 3"), "every process tracked, the workers of www-data too: {mode}");
+    // The checkpoint that ends the pod, then the restore, while the client goes on.
+    let id = json(&e, &["checkpoint", "--tcp-close", &pod])["id"].as_str().unwrap().to_string();
+    let ended = Instant::now();
+    ok(&e, &["restore", &id]);
+    assert!(wait_for(Duration::from_secs(10), || http_get(&addr, "/big.html").is_ok_and(|b| b == page)), "restored nginx answers");
+    assert_eq!(nginx_procs(&e, &pod), procs, "same processes, pids and users after the restore");
+    let status = |pid: i32| ok(&e, &["exec", &pod, "--", "cat", &format!("/proc/{pid}/status")]);
+    for (user, pid) in &procs {
+        let st = status(*pid);
+        let cap_eff = st.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap_or("").trim().to_string();
+        if user == "www-data" {
+            assert!(st.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().skip(1).all(|u| u == "33")), "worker uids: {st}");
+            assert_eq!(cap_eff, "0000000000000000", "a worker has no capabilities");
+        } else {
+            assert_ne!(cap_eff, "0000000000000000", "the master keeps root's capabilities");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The master still manages its workers: a reload starts new ones, which drop to www-data.
+    ok(&e, &["exec", &pod, "--", "sh", "-c", &format!("kill -HUP $(cat {})", w("nginx.pid"))]);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let now = nginx_procs(&e, &pod);
+            now.len() == 3 && now[0] == procs[0] && now[1..].iter().all(|p| p.0 == "www-data" && !procs.contains(p))
+        }),
+        "reload replaced the workers: {:?}",
+        nginx_procs(&e, &pod)
+    );
+    assert_eq!(http_get(&addr, "/").unwrap(), "hello from nginx\n", "new workers serve");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (good, bad) = client.join().unwrap();
+    let after = good.iter().filter(|t| **t > ended).count();
+    assert!(good.len() > after && after >= 10, "the client was served before ({}) and after ({after}) the restore; {bad} failed", good.len() - after);
+}
