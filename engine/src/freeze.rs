@@ -21,8 +21,9 @@
 //! it back into the stop. A restored process is put back into its stop by
 //! [`Frozen::detach_stopped`], which queues the saved stop signal before detaching, so the stop
 //! happens before any of its threads runs a user instruction and the parent's `waitpid`
-//! (WUNTRACED) reports it with that signal. A process already traced by another tracer (a
-//! debugger) cannot be seized: it is refused with an error naming the tracer.
+//! (WUNTRACED) reports it with that signal (a group restore then takes the report back where the
+//! parent had collected it before the checkpoint: [`crate::group`]). A process already traced by
+//! another tracer (a debugger) cannot be seized: it is refused with an error naming the tracer.
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;

@@ -470,8 +470,8 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
             }
         };
         // Detach: the process runs, or goes back into the job-control stop it was saved in.
-        match image.attrs.stop_signal {
-            Some(sig) => frozen.detach_stopped(sig)?,
+        match image.attrs.stop {
+            Some(stop) => frozen.detach_stopped(stop.signal)?,
             None => drop(frozen),
         }
         Ok(Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 })

@@ -134,9 +134,19 @@ pub struct ProcAttrs {
     pub oom_score_adj: i32,
     /// `PR_SET_CHILD_SUBREAPER`.
     pub child_subreaper: bool,
-    /// The job-control signal that had stopped the process (SIGSTOP, SIGTSTP, SIGTTIN,
-    /// SIGTTOU), if it was stopped.
-    pub stop_signal: Option<i32>,
+    /// The job-control stop the process was in, if any.
+    pub stop: Option<JobStop>,
+}
+
+/// A process stopped by a job-control signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStop {
+    /// The signal that stopped it (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU).
+    pub signal: i32,
+    /// Its parent could still collect the stop with `waitpid(WUNTRACED)` (it had not yet). A
+    /// restored stop is reported again only then; one the parent had collected is collected
+    /// again, in the restored parent, before it runs ([`crate::group`]).
+    pub parent_may_wait: bool,
 }
 
 /// Saved attributes of one thread.
@@ -184,7 +194,8 @@ const NLIMITS: u32 = 16;
 impl ProcAttrs {
     /// Reads the process-wide attributes of a stopped process; `inj` drives its main thread and
     /// answers what /proc does not (brk, limits, prctl flags). `stop_signal` is what the freeze
-    /// saw ([`crate::freeze::Frozen::stop_signal`]).
+    /// saw ([`crate::freeze::Frozen::stop_signal`]); whether the parent collected the stop is
+    /// for the caller to tell (a parent in the same checkpoint is asked by [`crate::group`]).
     pub fn save(pid: i32, inj: &mut Injector, stop_signal: Option<i32>) -> Result<ProcAttrs> {
         let status = read(pid, "status")?;
         let bad = |what: &str| EngineError::Proc { pid, detail: format!("cannot parse {what}") };
@@ -216,7 +227,7 @@ impl ProcAttrs {
             mm_flags: MmFlags::save(pid, inj)?,
             oom_score_adj,
             child_subreaper,
-            stop_signal,
+            stop: stop_signal.map(|signal| JobStop { signal, parent_may_wait: true }),
         })
     }
 

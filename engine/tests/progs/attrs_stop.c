@@ -1,9 +1,12 @@
-/* Stopped processes: four children, each in a process group of its own and counting in shared
+/* Stopped processes: five children, each in a process group of its own and counting in shared
  * memory, stopped by the parent with SIGSTOP (the first has two counting threads), SIGTSTP,
- * SIGTTIN and SIGTTOU. The parent checks with waitid(WNOWAIT) that each is stopped without
- * consuming the report. After the restore it checks that each child is still stopped (state T,
- * its counter does not move), that waitpid(WUNTRACED) reports it with the same stop signal, then
- * resumes it with SIGCONT (waitpid reports WIFCONTINUED, the counter moves again) and ends it. */
+ * SIGTTIN, SIGTTOU and SIGSTOP. The parent blocks SIGCHLD. It checks with waitid(WNOWAIT) that
+ * the first four are stopped without collecting their stops, collects the fifth's with waitpid,
+ * and takes the SIGCHLDs the stops queued. After the restore it checks that no SIGCHLD is pending
+ * (nothing happened since), that each child is still stopped (state T, its counter does not
+ * move), that waitpid(WUNTRACED) reports the first four with their stop signals and nothing for
+ * the fifth (collected before), then resumes each with SIGCONT (waitpid reports WIFCONTINUED, the
+ * counter moves again) and ends it. */
 #include "zaptest.h"
 #include <errno.h>
 #include <pthread.h>
@@ -11,8 +14,9 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 
-static const int sigs[] = {SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU};
-#define N 4
+static const int sigs[] = {SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGSTOP};
+#define N 5
+#define COLLECTED 4 /* the child whose stop the parent collects before the checkpoint */
 static volatile long *counters; /* N counters, then the second thread's of child 0 */
 
 static void *count_more(void *arg) {
@@ -44,6 +48,10 @@ static long moved(int i, int ms) {
 
 int main(int argc, char **argv) {
     zt_init(argc, argv);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
     counters = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(counters != MAP_FAILED, "mmap");
     pid_t kids[N];
@@ -51,6 +59,7 @@ int main(int argc, char **argv) {
         kids[i] = fork();
         CHECK(kids[i] >= 0, "fork");
         if (kids[i] == 0) {
+            sigprocmask(SIG_UNBLOCK, &chld, NULL);
             setpgid(0, 0); /* its own group, not orphaned: SIGTSTP, SIGTTIN and SIGTTOU stop it */
             if (i == 0) {
                 pthread_t t;
@@ -64,8 +73,11 @@ int main(int argc, char **argv) {
         while (counters[i] < 3 || (i == 0 && counters[N] < 3)) usleep(1000);
         CHECK(kill(kids[i], sigs[i]) == 0, "kill");
         siginfo_t si = {0};
-        CHECK(waitid(P_PID, kids[i], &si, WSTOPPED | WNOWAIT) == 0 && si.si_code == CLD_STOPPED && si.si_status == sigs[i],
+        CHECK(waitid(P_PID, kids[i], &si, WSTOPPED | (i == COLLECTED ? 0 : WNOWAIT)) == 0 && si.si_code == CLD_STOPPED && si.si_status == sigs[i],
               "child %d not stopped by %d (code %d status %d)", i, sigs[i], si.si_code, si.si_status);
+    }
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&chld, NULL, &zero) == SIGCHLD) {
     }
     for (int i = 0; i < N; i++) {
         while (state(kids[i]) != 'T') usleep(1000);
@@ -73,10 +85,17 @@ int main(int argc, char **argv) {
     }
     say("ready");
     wait_go(argv[2]);
+    sigset_t pending;
+    sigpending(&pending);
+    CHECK(!sigismember(&pending, SIGCHLD), "a SIGCHLD is pending after the restore, none was before");
     for (int i = 0; i < N; i++) {
         CHECK(state(kids[i]) == 'T', "child %d: state %c after the restore, want T", i, state(kids[i]));
         CHECK(moved(i, 100) == 0, "child %d counts after the restore", i);
         int st = 0;
+        if (i == COLLECTED) {
+            CHECK(waitpid(kids[i], &st, WUNTRACED | WNOHANG) == 0, "child %d: its stop, collected before, is reported again (%#x)", i, st);
+            continue;
+        }
         CHECK(waitpid(kids[i], &st, WUNTRACED | WNOHANG) == kids[i] && WIFSTOPPED(st) && WSTOPSIG(st) == sigs[i],
               "child %d: waitpid reports status %#x, want stopped by %d", i, st, sigs[i]);
     }
