@@ -95,6 +95,57 @@ fn other_user_with_caps_limits_securebits_and_seccomp() {
     assert!(warnings.is_empty(), "restored without warnings: {warnings:?}");
 }
 
+/// Kills a process this test restored when dropped (its namespace init then ends by itself).
+struct KillOnDrop(i32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill takes integers; the pid is a process this test restored.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn other_user_process_outside_a_pod() {
+    use std::os::unix::process::CommandExt;
+    let e = env();
+    open_work_dir(&e);
+    let Some(prog) = build_prog("attrs_user", &e.work) else { return };
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    let port = (900 + std::process::id() % 100).to_string();
+    let mut cmd = Command::new(&prog);
+    // No stream that leads to this test: a restored process would get `zap restore`'s instead.
+    let null = std::process::Stdio::null;
+    cmd.arg(&out).arg(&go).arg(&port).stdin(null()).stdout(null()).stderr(null());
+    // SAFETY: close_range only touches the child's fd table before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id().to_string();
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") || text(&out).contains("FAIL")), "{}", text(&out));
+    let id = json(&e, &["checkpoint", "--pid", &pid])["id"].as_str().unwrap().to_string();
+    child.wait().unwrap(); // ended by the checkpoint
+    let r = json(&e, &["restore", &id]);
+    let _guard = KillOnDrop(r["pid"].as_i64().unwrap() as i32);
+    assert_eq!(r["warnings"].as_array().map_or(0, |w| w.len()), 0, "{r}");
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ok") || text(&out).contains("FAIL")), "{}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+}
+
+#[test]
+fn setuid_program_and_root_without_capabilities() {
+    let e = env();
+    let Some(prog) = build_prog("attrs_setuid", &e.work) else { return };
+    let file = e.work.join("owned");
+    std::fs::write(&file, b"x").unwrap();
+    let (_, warnings) = cycle(&e, "setuid", &prog, &[file.to_str().unwrap()], &["ready", "child ready"], &["ok", "child ok"]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
 #[test]
 fn scheduling_and_per_thread_attributes() {
     let e = env();
