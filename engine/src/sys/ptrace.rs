@@ -113,7 +113,10 @@ pub fn ptrace_setoptions(tid: i32, options: i32) -> io::Result<()> {
 }
 
 /// Like [`wait_thread`], but gives up after `timeout`: `Ok(None)` if `tid` reported nothing.
+/// A ptrace stop usually comes within microseconds (an injected syscall's entry and exit): the
+/// first 100 µs are polled yielding the CPU, then every 200 µs.
 pub fn wait_thread_timeout(tid: i32, timeout: std::time::Duration) -> io::Result<Option<i32>> {
+    const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
     let start = std::time::Instant::now();
     loop {
         let mut status = 0i32;
@@ -128,10 +131,15 @@ pub fn wait_thread_timeout(tid: i32, timeout: std::time::Duration) -> io::Result
                 return Err(io::Error::new(e.kind(), format!("waitpid tid {tid}: {e}")));
             }
         }
-        if start.elapsed() >= timeout {
+        let waited = start.elapsed();
+        if waited >= timeout {
             return Ok(None);
         }
-        std::thread::sleep(std::time::Duration::from_micros(200));
+        if waited < SPIN {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
     }
 }
 
