@@ -8,7 +8,9 @@
 //! 3. Inject syscalls through a `syscall` instruction of the target's vDSO ([`crate::inject`]) to
 //!    read what only the process itself can ask: through the main thread, the process-wide
 //!    signal handlers, attributes, brk, interval timers and POSIX timers; through each thread in
-//!    turn (an injector of its own), its tid address, alternate stack and robust list.
+//!    turn (an injector of its own), its tid address, alternate stack, robust list and
+//!    attributes ([`crate::attrs`]). A SIGEV_THREAD_ID timer's thread is kept as the process
+//!    sees it.
 //! 4. Save each thread's registers (rewound if stopped in a syscall), XSAVE area, mask, queued
 //!    signals, rseq registration, name and tid in the process's namespace ([`crate::cpu`]).
 //! 5. Copy the pages to save out of the process ([`crate::mem::copy_pages`]). With
@@ -24,11 +26,13 @@
 //! (`clone3` + `set_tid`). The target maps a one-page trampoline (`syscall`) at an address the
 //! saved layout leaves free and stops. From outside, through that trampoline, we unmap everything
 //! else, map the vDSO and every saved mapping at its address, write the pages through
-//! `/proc/PID/mem`, create the other threads with their saved tids ([`crate::threads`]), recreate
-//! the fds, handlers, attributes, mm boundaries, and in every thread its rseq area, robust list,
-//! tid address, alternate stack, name and credentials, queue the saved signals, re-arm the
-//! interval and POSIX timers, unmap the trampoline, load every thread's registers, XSAVE area and
-//! mask, and detach them all. A ptrace
+//! `/proc/PID/mem`, create the other threads with their saved tids ([`crate::threads`]; what they
+//! inherit from the main thread, its loginuid and the seccomp filters they all have, is set
+//! before), recreate the fds, handlers, attributes, mm boundaries, and in every thread its rseq
+//! area, robust list, tid address, alternate stack, name, scheduling and credentials (in the
+//! order of [`crate::attrs`]), queue the saved signals, re-arm the interval and POSIX timers,
+//! unmap the trampoline, load every thread's registers, XSAVE area and mask, and detach them all
+//! (a process saved in a job-control stop goes back into it: [`Frozen::detach_stopped`]). A ptrace
 //! driver was chosen over a position-independent restorer blob: every step is a syscall whose
 //! failure we see and report with its name, and nothing of ours is left in the process. The
 //! restored process is a child of our init, not of `zap`, and does not depend on the original.
