@@ -628,14 +628,14 @@ impl<'a> ProcRestore<'a> {
         }
         image.signals.restore_actions(&mut inj)?;
         warnings.extend(image.attrs.restore(&mut inj, pid)?);
-        // Per-thread kernel state and scheduling, each from inside its thread.
+        // Per-thread kernel state, each from inside its thread.
         thread.restore_kernel_state(&mut inj)?;
-        thread.attrs.restore_sched(&mut inj, &mut warnings)?;
+        thread.attrs.restore_flags(&mut inj, &mut warnings)?;
         for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
             t.restore_kernel_state(tinj)?;
             // personality is per task; the main thread's was set with the attributes.
             tinj.call("personality", libc::SYS_personality, [u64::from(image.attrs.personality), 0, 0, 0, 0, 0])?;
-            t.attrs.restore_sched(tinj, &mut warnings)?;
+            t.attrs.restore_flags(tinj, &mut warnings)?;
         }
         // Queued signals: the kernel lets only a thread itself queue a signal that looks like it
         // came from tgkill or the kernel, so each thread requeues its own.
@@ -651,7 +651,7 @@ impl<'a> ProcRestore<'a> {
             inj.call("setitimer", libc::SYS_setitimer, [*which as u64, scratch, 0, 0, 0, 0])?;
         }
         restore_posix_timers(&mut inj, image.vpid, &image.posix_timers)?;
-        // Credentials, seccomp, no_new_privs are per thread too; each thread sets its own.
+        // Credentials, scheduling, seccomp, no_new_privs are per thread too; each thread sets its own.
         for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
             t.attrs.restore_creds(tinj, shared_filters, &mut warnings)?;
             tinj.release_scratch()?;

@@ -15,8 +15,8 @@
 //! 5. `PR_CAP_AMBIENT_RAISE` of each saved ambient capability (needs it in the permitted and
 //!    inheritable sets, and must come before SECBIT_NO_CAP_AMBIENT_RAISE);
 //! 6. `PR_SET_SECUREBITS` with the saved bits (needs CAP_SETPCAP; replaces keepcaps);
-//! 7. the caller's step (the thread's seccomp filters, which need CAP_SYS_ADMIN unless
-//!    no_new_privs is set);
+//! 7. the caller's step (the thread's scheduling, which may need CAP_SYS_NICE, and seccomp
+//!    filters, which need CAP_SYS_ADMIN unless no_new_privs is set);
 //! 8. `PR_SET_NO_NEW_PRIVS` if it was set;
 //! 9. `capset` to the saved effective, permitted and inheritable sets.
 //!
@@ -152,13 +152,13 @@ impl Creds {
     }
 
     /// Restores the credentials in the thread `inj` drives, in the order of the module doc;
-    /// `between` runs at step 7, while the thread still has CAP_SYS_ADMIN in its effective set
-    /// and no no_new_privs.
+    /// `between` runs at step 7, while the thread still has the restorer's capabilities in its
+    /// effective set (CAP_SYS_ADMIN, CAP_SYS_NICE) and no no_new_privs.
     pub fn restore(
         &self,
         inj: &mut Injector,
         warnings: &mut Vec<String>,
-        between: impl FnOnce(&mut Injector) -> Result<()>,
+        between: impl FnOnce(&mut Injector, &mut Vec<String>) -> Result<()>,
     ) -> Result<()> {
         let tid = inj.tid();
         let saved = self.caps;
@@ -221,8 +221,8 @@ impl Creds {
             return Err(EngineError::Proc { pid: tid, detail: "restoring securebits needs CAP_SETPCAP, which the restorer lacks".into() });
         }
         inj.call("prctl(PR_SET_SECUREBITS)", libc::SYS_prctl, [pr::SET_SECUREBITS, u64::from(self.securebits), 0, 0, 0, 0])?;
-        // 7. The caller's step (seccomp).
-        between(inj)?;
+        // 7. The caller's step (scheduling, seccomp).
+        between(inj, warnings)?;
         // 8. no_new_privs.
         if self.no_new_privs {
             inj.call("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [pr::SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0])?;

@@ -35,18 +35,21 @@
 //! 2. The other threads' loginuid where it differs, before a chroot can hide `/proc`.
 //! 3. Process-wide ([`ProcAttrs::restore`]): name, chroot, cwd, umask, personality, rlimits,
 //!    `PR_SET_MM_MAP`, child-subreaper, THP, membarrier registrations, KSM, oom_score_adj.
-//! 4. Per thread ([`ThreadAttrs::restore_sched`]): affinity before the policy (a deadline task
-//!    refuses a narrower affinity), `sched_setattr`, then I/O priority and timer slack (both
-//!    follow the policy), speculation controls, TSC, CPUID, MCE policy, I/O flusher.
+//! 4. Per thread ([`ThreadAttrs::restore_flags`]): speculation controls, TSC, CPUID, MCE
+//!    policy, I/O flusher.
 //! 5. Signals, timers (not here).
 //! 6. Per thread, credentials and what depends on them ([`ThreadAttrs::restore_creds`], see
 //!    [`creds`]): inheritable set while the bounding set is still full, bounding set drop
 //!    (needs CAP_SETPCAP), `PR_SET_KEEPCAPS`, groups, gids and uids (keepcaps keeps the
 //!    permitted set through the uid change, which empties the effective set), effective set
 //!    raised to the permitted one again, ambient raise (before SECBIT_NO_CAP_AMBIENT_RAISE),
-//!    securebits (needs CAP_SETPCAP), the thread's own seccomp filters or strict mode (need
-//!    CAP_SYS_ADMIN or no_new_privs), no_new_privs, the saved effective and permitted sets, and
-//!    the parent-death signal (a uid change clears it).
+//!    securebits (needs CAP_SETPCAP), scheduling ([`sched`]: affinity before the policy, since a
+//!    deadline task refuses a narrower affinity, then `sched_setattr`, then I/O priority and
+//!    timer slack, which follow the policy; a real-time policy, a lower nice value or a
+//!    real-time I/O class need CAP_SYS_NICE, and a thread under SCHED_IDLE or a deadline budget
+//!    runs the few injected syscalls left only when the scheduler lets it), the thread's own
+//!    seccomp filters or strict mode (need CAP_SYS_ADMIN or no_new_privs), no_new_privs, the
+//!    saved effective and permitted sets, and the parent-death signal (a uid change clears it).
 //! 7. Process-wide, after every thread's uid change ([`ProcAttrs::restore_last`]): the dumpable
 //!    flag (a uid change resets it to `fs.suid_dumpable`), then memory-deny-write-execute.
 //! 8. After the last injected syscall, through ptrace: syscall user dispatch
@@ -295,17 +298,20 @@ impl ThreadAttrs {
     }
 
     /// Step 4 of the order in the module doc, in the restored thread `inj` drives.
-    pub fn restore_sched(&self, inj: &mut Injector, warnings: &mut Vec<String>) -> Result<()> {
-        self.sched.restore(inj, warnings)?;
+    pub fn restore_flags(&self, inj: &mut Injector, warnings: &mut Vec<String>) -> Result<()> {
         self.task.restore_flags(inj, warnings)
     }
 
     /// Step 6 of the order in the module doc, in the restored thread `inj` drives:
-    /// credentials, then the thread's seccomp filters after the first `shared_filters` (those
-    /// installed in the threads step), no_new_privs, final capabilities, parent-death signal.
+    /// credentials, then, while the thread still has its capabilities, its scheduling and its
+    /// seccomp filters after the first `shared_filters` (those installed in the threads step),
+    /// then no_new_privs, the final capabilities and the parent-death signal.
     pub fn restore_creds(&self, inj: &mut Injector, shared_filters: usize, warnings: &mut Vec<String>) -> Result<()> {
-        let seccomp = &self.seccomp;
-        self.creds.restore(inj, warnings, |inj| seccomp.restore_own(inj, shared_filters))?;
+        let (sched, seccomp) = (&self.sched, &self.seccomp);
+        self.creds.restore(inj, warnings, |inj, warnings| {
+            sched.restore(inj, warnings)?;
+            seccomp.restore_own(inj, shared_filters)
+        })?;
         self.task.restore_pdeathsig(inj)
     }
 

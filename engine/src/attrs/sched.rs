@@ -1,8 +1,11 @@
 //! Scheduling of a thread: policy (SCHED_OTHER, BATCH, IDLE, FIFO, RR, DEADLINE, EXT), real-time
 //! priority, nice value, `sched_attr` flags (reset-on-fork, reclaim, overrun), deadline
-//! parameters and utilization clamps; CPU affinity; I/O priority; timer slack. All per thread,
-//! read and set by the thread itself (`sched_getattr(0, ..)`, `sched_getaffinity(0, ..)`,
-//! `ioprio_get(IOPRIO_WHO_PROCESS, 0)`, `PR_GET_TIMERSLACK`).
+//! parameters and utilization clamps; CPU affinity; I/O priority; timer slack. All per thread;
+//! read from outside where no privilege is needed (`sched_getattr`, `getpriority`,
+//! `sched_getaffinity`, `ioprio_get` on the thread), the timer slack by the thread itself
+//! (`PR_GET_TIMERSLACK`); set by the thread itself, late (see [`super`]'s order: the injected
+//! syscalls after it then run under the thread's own policy, which may be SCHED_IDLE or a
+//! deadline budget, only for the last few steps).
 //!
 //! Restore order: affinity first (a deadline task refuses a narrower affinity), then the policy
 //! (a real-time policy keeps the nice value it is given only while the policy is a fair one, so
@@ -16,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{errno_text, pr};
 use crate::inject::Injector;
-use crate::Result;
+use crate::sys::proc as sysproc;
+use crate::{EngineError, Result};
 
 /// Saved scheduling state of a thread.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +54,6 @@ const SETTABLE_FLAGS: u64 = 0x7;
 const SCHED_FLAG_KEEP_ALL: u64 = 0x8 | 0x10;
 const SCHED_FLAG_UTIL_CLAMP: u64 = 0x20 | 0x40;
 const IOPRIO_WHO_PROCESS: u64 = 1;
-const AFFINITY_BYTES: u64 = 1024;
 
 impl Sched {
     fn attr_bytes(&self, policy: u32, flags: u64, nice: i32) -> Vec<u8> {
@@ -82,30 +85,18 @@ impl Sched {
         }
     }
 
-    /// The thread's scheduling as `sched_getattr` sees it, without affinity, I/O priority and
-    /// slack.
-    fn get_attr(inj: &mut Injector) -> Result<Sched> {
-        let scratch = inj.scratch(4096)?;
-        inj.write_mem(scratch, &[0u8; SCHED_ATTR_SIZE])?;
-        inj.call("sched_getattr", libc::SYS_sched_getattr, [0, scratch, SCHED_ATTR_SIZE as u64, 0, 0, 0])?;
-        Ok(Sched::parse(&inj.read_mem(scratch, SCHED_ATTR_SIZE)?))
-    }
-
-    fn get_affinity(inj: &mut Injector) -> Result<Vec<u8>> {
-        let scratch = inj.scratch(4096)?;
-        let n = inj.call("sched_getaffinity", libc::SYS_sched_getaffinity, [0, AFFINITY_BYTES, scratch, 0, 0, 0])?;
-        inj.read_mem(scratch, n as usize)
-    }
-
-    /// Reads the scheduling state of the stopped thread `inj` drives.
+    /// Reads the scheduling state of the stopped thread `inj` drives. What another process may
+    /// read without privilege is read from outside (a thread under SCHED_IDLE or a deadline
+    /// budget runs each injected syscall only when the scheduler lets it); the timer slack is
+    /// asked of the thread.
     pub fn save(inj: &mut Injector) -> Result<Sched> {
-        let mut s = Sched::get_attr(inj)?;
-        // sched_getattr shows the nice value only under a fair policy; the raw getpriority gives
-        // 20 - nice under any.
-        let prio = inj.call("getpriority", libc::SYS_getpriority, [libc::PRIO_PROCESS as u64, 0, 0, 0, 0, 0])?;
-        s.nice = 20 - prio as i32;
-        s.affinity = Sched::get_affinity(inj)?;
-        s.ioprio = inj.call("ioprio_get", libc::SYS_ioprio_get, [IOPRIO_WHO_PROCESS, 0, 0, 0, 0, 0])? as u32;
+        let tid = inj.tid();
+        let sys = |step: &'static str| move |source| EngineError::Sys { step, pid: tid, source };
+        let mut s = Sched::parse(&sysproc::sched_getattr(tid, SCHED_ATTR_SIZE).map_err(sys("sched_getattr"))?);
+        // sched_getattr shows the nice value only under a fair policy.
+        s.nice = sysproc::nice_of(tid).map_err(sys("getpriority"))?;
+        s.affinity = sysproc::sched_getaffinity(tid).map_err(sys("sched_getaffinity"))?;
+        s.ioprio = sysproc::ioprio_get(tid).map_err(sys("ioprio_get"))?;
         s.timer_slack = inj.call("prctl(PR_GET_TIMERSLACK)", libc::SYS_prctl, [pr::GET_TIMERSLACK, 0, 0, 0, 0, 0])?;
         Ok(s)
     }
@@ -113,7 +104,8 @@ impl Sched {
     /// Sets the scheduling state in the restored thread `inj` drives (order in the module doc).
     pub fn restore(&self, inj: &mut Injector, warnings: &mut Vec<String>) -> Result<()> {
         let tid = inj.tid();
-        if !self.affinity.is_empty() && Sched::get_affinity(inj)? != self.affinity {
+        let sys = |step: &'static str| move |source| EngineError::Sys { step, pid: tid, source };
+        if !self.affinity.is_empty() && sysproc::sched_getaffinity(tid).map_err(sys("sched_getaffinity"))? != self.affinity {
             let scratch = inj.scratch(4096)?;
             inj.write_mem(scratch, &self.affinity)?;
             let rc = inj.syscall(libc::SYS_sched_setaffinity, [0, self.affinity.len() as u64, scratch, 0, 0, 0])?;
@@ -145,7 +137,7 @@ impl Sched {
                 break;
             }
         }
-        let now = Sched::get_attr(inj)?;
+        let now = Sched::parse(&sysproc::sched_getattr(tid, SCHED_ATTR_SIZE).map_err(sys("sched_getattr"))?);
         if now.util != self.util {
             let scratch = inj.scratch(4096)?;
             inj.write_mem(scratch, &self.attr_bytes(self.policy, SCHED_FLAG_KEEP_ALL | SCHED_FLAG_UTIL_CLAMP, self.nice))?;
@@ -154,8 +146,7 @@ impl Sched {
                 warnings.push(format!("thread {tid}: utilization clamps {:?} not restored: {}", self.util, errno_text(rc)));
             }
         }
-        let ioprio = inj.call("ioprio_get", libc::SYS_ioprio_get, [IOPRIO_WHO_PROCESS, 0, 0, 0, 0, 0])? as u32;
-        if ioprio != self.ioprio {
+        if sysproc::ioprio_get(tid).map_err(sys("ioprio_get"))? != self.ioprio {
             let rc = inj.syscall(libc::SYS_ioprio_set, [IOPRIO_WHO_PROCESS, 0, u64::from(self.ioprio), 0, 0, 0])?;
             if rc < 0 {
                 warnings.push(format!(

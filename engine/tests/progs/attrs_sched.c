@@ -8,14 +8,18 @@
  *          with a note where the kernel refuses them before the checkpoint)
  *   rr:    SCHED_RR priority 5, over nice 3 (kept for when it goes back to a fair policy)
  *   other: SCHED_OTHER nice -5, I/O priority left to follow the nice value
+ *   dl:    SCHED_DEADLINE runtime 1 ms, deadline 10 ms, period 20 ms (skipped with a note where
+ *          the kernel refuses it)
  * and, process-wide: oom_score_adj 345, child subreaper, THP disabled, membarrier registrations
- * (private expedited, global expedited), not dumpable, loginuid 4242 where it can be set.
+ * (private expedited, global expedited), not dumpable, loginuid 4242 where it can be set,
+ * memory-deny-write-execute (a writable and executable mapping is then refused).
  * After the restore every thread checks its own values and main checks the process's. */
 #include "zaptest.h"
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -34,8 +38,17 @@ struct attr {
 
 static int ncpu;
 
+#define DL_RUNTIME 1000000ull
+#define DL_DEADLINE 10000000ull
+#define DL_PERIOD 20000000ull
+
 static int setattr(int policy, int prio, int nice, unsigned long long flags) {
     struct attr a = {sizeof a, policy, flags, nice, prio, 0, 0, 0, 0, 0};
+    if (policy == SCHED_DEADLINE) {
+        a.runtime = DL_RUNTIME;
+        a.deadline = DL_DEADLINE;
+        a.period = DL_PERIOD;
+    }
     return syscall(SYS_sched_setattr, 0, &a, 0);
 }
 
@@ -73,6 +86,7 @@ static struct spec specs[] = {
     {"fifo", SCHED_FIFO, 10, 0, RESET_ON_FORK, IOPRIO(1, 2), 0, 0, -1},
     {"rr", SCHED_RR, 5, 3, 0, -1, 0, 0, -1},
     {"other", SCHED_OTHER, 0, -5, 0, -1, 0, 0, -1},
+    {"dl", SCHED_DEADLINE, 0, 0, 0, -1, 0, 0, -1},
 };
 #define NSPEC (sizeof specs / sizeof specs[0])
 
@@ -85,7 +99,8 @@ static void setup(struct spec *s) {
     sched_getaffinity(0, sizeof s->aff, &s->aff);
     if (s->policy == SCHED_FIFO || s->policy == SCHED_RR) CHECK(setattr(SCHED_OTHER, 0, s->nice, 0) == 0, "%s nice", s->name);
     if (setattr(s->policy, s->prio, s->nice, s->flags) != 0) {
-        CHECK(errno == EPERM && (s->policy == SCHED_FIFO || s->policy == SCHED_RR), "%s sched_setattr: %s", s->name, strerror(errno));
+        CHECK((errno == EPERM || errno == EBUSY) && s->policy != SCHED_OTHER && s->policy != SCHED_BATCH && s->policy != SCHED_IDLE,
+              "%s sched_setattr: %s", s->name, strerror(errno));
         say("note: %s: the kernel refuses policy %d here (%s): not checked", s->name, s->policy, strerror(errno));
         s->skip = 1;
     }
@@ -104,6 +119,9 @@ static void check(struct spec *s, const char *when) {
         CHECK(a.policy == (unsigned)s->policy, "%s %s: policy %u, want %d", when, s->name, a.policy, s->policy);
         CHECK(a.prio == (unsigned)s->prio, "%s %s: priority %u, want %d", when, s->name, a.prio, s->prio);
         CHECK((a.flags & RESET_ON_FORK) == s->flags, "%s %s: flags %llx", when, s->name, a.flags);
+        if (s->policy == SCHED_DEADLINE)
+            CHECK(a.runtime == DL_RUNTIME && a.deadline == DL_DEADLINE && a.period == DL_PERIOD, "%s %s: deadline parameters %llu %llu %llu",
+                  when, s->name, a.runtime, a.deadline, a.period);
     }
     errno = 0;
     int nice = getpriority(PRIO_PROCESS, 0); /* sched_getattr shows it only under a fair policy */
@@ -176,6 +194,8 @@ int main(int argc, char **argv) {
     setup(&specs[0]);
     check(&specs[0], "before");
     CHECK(prctl(PR_SET_DUMPABLE, 0) == 0, "dumpable");
+    int mdwe = prctl(65 /* PR_SET_MDWE */, 1 /* PR_MDWE_REFUSE_EXEC_GAIN */, 0, 0, 0) == 0;
+    if (!mdwe) say("note: no memory-deny-write-execute here (%s): not checked", strerror(errno));
     say("ready");
     wait_go(go);
     check(&specs[0], "after");
@@ -190,6 +210,11 @@ int main(int argc, char **argv) {
                        prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, 0, 0, 0));
     if (mce) CHECK(prctl(PR_MCE_KILL_GET, 0, 0, 0, 0) == PR_MCE_KILL_EARLY, "MCE kill policy");
     CHECK(prctl(PR_GET_DUMPABLE) == 0, "dumpable %d", prctl(PR_GET_DUMPABLE));
+    if (mdwe) {
+        CHECK(prctl(66 /* PR_GET_MDWE */, 0, 0, 0, 0) == 1, "memory-deny-write-execute %d", prctl(66, 0, 0, 0, 0));
+        void *wx = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        CHECK(wx == MAP_FAILED, "a writable and executable mapping is refused under MDWE");
+    }
     for (unsigned i = 1; i < NSPEC; i++) {
         pthread_join(t[i], NULL);
         CHECK(specs[i].ok, "thread %s", specs[i].name);
