@@ -237,9 +237,9 @@ fn note_collected_stops(members: &mut [Member], vpid_of_host: &HashMap<i32, i32>
     const WNOWAIT: u64 = 0x0100_0000;
     const CLD_STOPPED: i32 = 5;
     let host_of = |vpid: i32| vpid_of_host.iter().find(|(_, &v)| v == vpid).map(|(&h, _)| h);
-    for i in 0..members.len() {
-        let (vpid, ppid) = (members[i].vpid, members[i].ppid);
-        let MemberState::Live(img) = &mut members[i].state else { continue };
+    for member in members.iter_mut() {
+        let (vpid, ppid) = (member.vpid, member.ppid);
+        let MemberState::Live(img) = &mut member.state else { continue };
         let (Some(stop), Some(parent)) = (img.attrs.stop.as_mut(), (ppid != 0).then(|| host_of(ppid)).flatten()) else { continue };
         let mut inj = Injector::new(parent, parent, find_syscall_insn(parent)?)?;
         let asked = (|| {
