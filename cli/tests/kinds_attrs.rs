@@ -196,9 +196,16 @@ fn job_stopped_from_a_shell_comes_back_stopped() {
     ok(&e, &["run", "--name", &pod, "--", "bash", "-c", &script]);
     let _g = PodGuard(&e, pod.clone());
     assert!(wait_for(Duration::from_secs(10), || text(&e.work.join("out")).contains("ready")), "job not stopped");
+    // A checkpoint that lets the pod run on leaves the job stopped and the shell undisturbed.
+    let job_state = || ok(&e, &["exec", &pod, "--", "ps", "-e", "-o", "stat=,comm="]);
+    ok(&e, &["checkpoint", "--leave-running", &pod]);
+    std::thread::sleep(Duration::from_millis(200));
+    let stat = job_state();
+    assert!(stat.lines().any(|l| l.trim_start().starts_with('T') && l.ends_with("sleep")), "still stopped after --leave-running: {stat}");
+    assert!(stat.lines().any(|l| l.ends_with("bash")), "the shell runs on: {stat}");
     let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
     ok(&e, &["restore", &id]);
-    let stat = ok(&e, &["exec", &pod, "--", "ps", "-e", "-o", "stat=,comm="]);
+    let stat = job_state();
     assert!(stat.lines().any(|l| l.trim_start().starts_with('T') && l.ends_with("sleep")), "the job is stopped after the restore: {stat}");
     std::fs::write(e.work.join("go"), b"go").unwrap();
     assert!(wait_for(Duration::from_secs(10), || text(&e.work.join("out")).contains("done")), "shell did not finish");
