@@ -1,9 +1,11 @@
 //! CPU and per-thread state: general registers, the XSAVE area (x87/SSE/AVX), FS/GS bases (part
 //! of the general registers on x86-64), the blocked mask, the thread's queued signals, its rseq
-//! registration, tid address, robust list, alternate stack and name, and the thread id the
-//! process sees (`vtid`). What takes a syscall inside the thread is read and written with an
-//! [`Injector`] driving that very thread ([`ThreadState::save`], [`ThreadState::restore_kernel_state`]);
-//! the CPU state is loaded last through ptrace ([`ThreadState::load_cpu`]).
+//! registration, tid address, robust list, alternate stack and name, the thread id the process
+//! sees (`vtid`), and the thread's attributes ([`crate::attrs::ThreadAttrs`]: credentials,
+//! capabilities, seccomp, scheduling...), restored by [`crate::process::ProcRestore::finish`].
+//! What takes a syscall inside the thread is read and written with an [`Injector`] driving that
+//! very thread ([`ThreadState::save`], [`ThreadState::restore_kernel_state`]); the CPU state is
+//! loaded last through ptrace ([`ThreadState::load_cpu`]).
 //!
 //! A thread stopped inside an interruptible syscall shows `rax = -ERESTART*`. [`rewind`] turns
 //! that into the registers of a thread about to make the same syscall again, as the kernel itself
@@ -12,6 +14,7 @@
 //! since that block does not survive; a poll without a timeout is simply made again.
 use serde::{Deserialize, Serialize};
 
+use crate::attrs::ThreadAttrs;
 use crate::inject::Injector;
 use crate::sys::regs::{self, Regs, RseqConfig};
 use crate::{EngineError, Result};
@@ -83,6 +86,8 @@ pub struct ThreadState {
     pub tid_address: u64,
     /// Alternate signal stack: (sp, flags, size).
     pub altstack: (u64, i32, u64),
+    /// Credentials, capabilities, seccomp, scheduling and the thread's other attributes.
+    pub attrs: ThreadAttrs,
 }
 
 fn sys_err(step: &'static str, pid: i32) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -104,7 +109,7 @@ pub fn vtid_of(pid: i32, tid: i32) -> Result<i32> {
 impl ThreadState {
     /// Saves what ptrace can read of the stopped thread `tid` of process `pid`; `inj`, which must
     /// drive that same thread, fills in what takes a syscall inside it (tid address, alternate
-    /// stack, robust list).
+    /// stack, robust list, the thread's attributes: [`ThreadAttrs`]).
     pub fn save(pid: i32, tid: i32, inj: &mut Injector) -> Result<ThreadState> {
         if inj.tid() != tid {
             return Err(EngineError::Proc { pid: tid, detail: format!("thread state read through thread {}", inj.tid()) });
@@ -131,7 +136,8 @@ impl ThreadState {
         let rl = inj.read_mem(scratch, 16)?;
         let robust_list =
             (u64::from_le_bytes(rl[0..8].try_into().expect("8")), u64::from_le_bytes(rl[8..16].try_into().expect("8")));
-        Ok(ThreadState { tid, vtid, name, regs, xstate, sigmask, pending, rseq, robust_list, tid_address, altstack })
+        let attrs = ThreadAttrs::save(pid, tid, inj)?;
+        Ok(ThreadState { tid, vtid, name, regs, xstate, sigmask, pending, rseq, robust_list, tid_address, altstack, attrs })
     }
 
     /// Sets the thread's own kernel state from inside it (`inj` drives the restored thread): tid

@@ -3,7 +3,8 @@
 //! One interface, three backends, chosen at run time ([`support`] probes the kernel once):
 //! - [`Backend::UffdWp`]: userfaultfd write-protection in async mode (`UFFD_FEATURE_WP_ASYNC` +
 //!   `WP_UNPOPULATED`, Linux 6.7+). The userfaultfd is created inside the stopped target (an
-//!   injected syscall, since it belongs to the mm of its creator), duplicated into Zap with
+//!   injected syscall, since it belongs to the mm of its creator; with `UFFD_USER_MODE_ONLY`, so
+//!   that a process of another user may create it too), duplicated into Zap with
 //!   `pidfd_getfd` and closed in the target, so the program never sees it. Zap registers the
 //!   process's private anonymous mappings and write-protects them; a write then just clears the
 //!   page's protection, which `PAGEMAP_SCAN` on `/proc/PID/pagemap` reports (`PAGE_IS_WRITTEN`)
@@ -252,8 +253,18 @@ pub fn arm(pid: i32, inj: &mut Injector, backend: Backend, keeper: Keeper, vmas:
         }
         Backend::ContentHash => armed.hashes = hash_all(pid, vmas)?,
         Backend::UffdWp => {
+            // UFFD_USER_MODE_ONLY: a process without CAP_SYS_PTRACE (another user's) may create
+            // one under vm.unprivileged_userfaultfd = 0; async write-protection resolves every
+            // fault in the kernel, from user or kernel mode, so it tracks the same.
+            const UFFD_USER_MODE_ONLY: u64 = 1;
             let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-            let tfd = inj.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
+            let tfd = match inj.syscall(libc::SYS_userfaultfd, [flags | UFFD_USER_MODE_ONLY, 0, 0, 0, 0, 0])? {
+                rc if rc == -(libc::EINVAL as i64) => inj.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?,
+                rc if rc < 0 => {
+                    return Err(EngineError::Sys { step: "userfaultfd", pid, source: std::io::Error::from_raw_os_error((-rc) as i32) })
+                }
+                rc => rc as u64,
+            };
             let result = (|| {
                 let pidfd = sysproc::pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
                 let fd = sysproc::pidfd_getfd(&pidfd, tfd as i32)

@@ -9,6 +9,21 @@
 //! Threads created while we seize are caught by re-reading `/proc/PID/task` until a pass finds no
 //! new thread. A signal that arrives during the stop is delivered and the thread is stopped
 //! again; the interrupt stays pending until the thread reaches its event stop.
+//!
+//! Every thread is seized with PTRACE_O_SUSPEND_SECCOMP where the kernel grants it, so a seccomp
+//! filter of the process (or strict mode) never sees the syscalls we inject; without it, a
+//! process under seccomp is refused before anything is injected.
+//!
+//! **Stopped processes.** A process stopped by a job-control signal (`kill -STOP`, SIGTSTP,
+//! SIGTTIN, SIGTTOU) reports its group stop to the seizing tracer as a PTRACE_EVENT_STOP whose
+//! signal is the stop signal (an interrupt reports SIGTRAP): [`Frozen::stop_signal`] keeps it. A
+//! seized thread resumed to run an injected syscall runs despite the group stop; detaching puts
+//! it back into the stop. A restored process is put back into its stop by
+//! [`Frozen::detach_stopped`], which queues the saved stop signal before detaching, so the stop
+//! happens before any of its threads runs a user instruction and the parent's `waitpid`
+//! (WUNTRACED) reports it with that signal (a group restore then takes the report back where the
+//! parent had collected it before the checkpoint: [`crate::group`]). A process already traced by
+//! another tracer (a debugger) cannot be seized: it is refused with an error naming the tracer.
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +37,7 @@ const PTRACE_EVENT_STOP: i32 = 128;
 pub struct Frozen {
     pid: i32,
     threads: Vec<i32>,
+    stop_signal: Option<i32>,
 }
 
 fn list_threads(pid: i32) -> Result<BTreeSet<i32>> {
@@ -79,15 +95,27 @@ pub fn refuse_vfork(pid: i32) -> Result<()> {
     Ok(())
 }
 
-fn stop_thread(tid: i32) -> Result<bool> {
-    sys::ptrace_interrupt(tid).map_err(|source| EngineError::Sys { step: "ptrace interrupt", pid: tid, source })?;
+/// How a seized thread came to its event stop.
+enum Stopped {
+    /// It exited meanwhile.
+    Exited,
+    /// Stopped by our interrupt.
+    Interrupted,
+    /// In a group stop (the process is stopped by a job-control signal): that signal.
+    GroupStop(i32),
+}
+
+/// Waits for the event stop of a seized and interrupted thread, delivering signals that come
+/// first (a stop signal among them puts the thread into a group stop, reported as such).
+fn wait_event_stop(tid: i32) -> Result<Stopped> {
     loop {
         let status = wait_stop(tid)?;
         if sys::exited(status) {
-            return Ok(false);
+            return Ok(Stopped::Exited);
         }
         match sys::stopped_signal(status) {
-            Some(_) if status >> 16 == PTRACE_EVENT_STOP => return Ok(true),
+            Some(libc::SIGTRAP) if status >> 16 == PTRACE_EVENT_STOP => return Ok(Stopped::Interrupted),
+            Some(sig) if status >> 16 == PTRACE_EVENT_STOP => return Ok(Stopped::GroupStop(sig)),
             Some(sig) => {
                 // A signal-delivery stop came first: deliver it and wait for the interrupt stop.
                 sys::ptrace_cont(tid, sig).map_err(|source| EngineError::Sys { step: "ptrace cont", pid: tid, source })?;
@@ -95,6 +123,53 @@ fn stop_thread(tid: i32) -> Result<bool> {
             None => {}
         }
     }
+}
+
+/// Seizes thread `tid`: `Ok(false)` if it exited meanwhile. A thread another tracer holds is
+/// refused by name.
+fn seize(tid: i32) -> Result<bool> {
+    match sys::ptrace_seize(tid) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false), // exited meanwhile
+        Err(source) => {
+            if let Some(tracer) = tracer_of(tid).filter(|&t| t != 0) {
+                let comm = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+                return Err(EngineError::Proc {
+                    pid: tid,
+                    detail: format!(
+                        "is traced by process {tracer} ({}), a debugger or another tracer; a traced process cannot be checkpointed (detach it first)",
+                        comm.trim()
+                    ),
+                });
+            }
+            Err(EngineError::Sys { step: "ptrace seize", pid: tid, source })
+        }
+    }
+}
+
+/// The pid of the tracer of `tid` (0: none), from `/proc/TID/status`.
+pub fn tracer_of(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Fails when thread `tid` (just seized) runs under seccomp and its filters are not suspended
+/// while we trace it: they would judge the syscalls we inject.
+fn refuse_unsuspended_seccomp(tid: i32) -> Result<()> {
+    if sys::seccomp_suspended() {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+    let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(str::trim).unwrap_or("0");
+    if mode != "0" {
+        return Err(EngineError::Proc {
+            pid: tid,
+            detail: format!(
+                "runs under seccomp (mode {mode}) and this kernel does not let a tracer suspend it (PTRACE_O_SUSPEND_SECCOMP needs CONFIG_CHECKPOINT_RESTORE and CAP_SYS_ADMIN)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl Frozen {
@@ -109,7 +184,7 @@ impl Frozen {
             attempt += 1;
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let mut frozen = Frozen { pid, threads: Vec::new() };
+        let mut frozen = Frozen { pid, threads: Vec::new(), stop_signal: None };
         let mut seen: BTreeSet<i32> = BTreeSet::new();
         loop {
             let now = list_threads(pid)?;
@@ -119,14 +194,17 @@ impl Frozen {
             }
             for tid in fresh {
                 seen.insert(tid);
-                match sys::ptrace_seize(tid) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue, // exited meanwhile
-                    Err(source) => return Err(EngineError::Sys { step: "ptrace seize", pid: tid, source }),
+                if !seize(tid)? {
+                    continue;
                 }
-                if stop_thread(tid)? {
-                    frozen.threads.push(tid);
+                sys::ptrace_interrupt(tid).map_err(|source| EngineError::Sys { step: "ptrace interrupt", pid: tid, source })?;
+                match wait_event_stop(tid)? {
+                    Stopped::Exited => continue,
+                    Stopped::Interrupted => {}
+                    Stopped::GroupStop(sig) => frozen.stop_signal = Some(sig),
                 }
+                frozen.threads.push(tid);
+                refuse_unsuspended_seccomp(tid)?;
             }
         }
         if frozen.threads.is_empty() {
@@ -140,14 +218,13 @@ impl Frozen {
     /// interrupt is handled before they return to user space). Call [`Frozen::wait_stopped`]
     /// after the thaw. The cgroup freezer keeps the thread list stable meanwhile.
     pub fn seize_frozen(pid: i32) -> Result<Frozen> {
-        let mut frozen = Frozen { pid, threads: Vec::new() };
+        let mut frozen = Frozen { pid, threads: Vec::new(), stop_signal: None };
         for tid in list_threads(pid)? {
-            match sys::ptrace_seize(tid) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
-                Err(source) => return Err(EngineError::Sys { step: "ptrace seize", pid: tid, source }),
+            if !seize(tid)? {
+                continue;
             }
             frozen.threads.push(tid);
+            refuse_unsuspended_seccomp(tid)?;
             sys::ptrace_interrupt(tid).map_err(|source| EngineError::Sys { step: "ptrace interrupt", pid: tid, source })?;
         }
         Ok(frozen)
@@ -157,22 +234,12 @@ impl Frozen {
     pub fn wait_stopped(&mut self) -> Result<()> {
         let mut alive = Vec::new();
         for &tid in &self.threads {
-            loop {
-                let status = wait_stop(tid)?;
-                if sys::exited(status) {
-                    break;
-                }
-                match sys::stopped_signal(status) {
-                    Some(_) if status >> 16 == PTRACE_EVENT_STOP => {
-                        alive.push(tid);
-                        break;
-                    }
-                    Some(sig) => {
-                        sys::ptrace_cont(tid, sig).map_err(|source| EngineError::Sys { step: "ptrace cont", pid: tid, source })?;
-                    }
-                    None => {}
-                }
+            match wait_event_stop(tid)? {
+                Stopped::Exited => continue,
+                Stopped::Interrupted => {}
+                Stopped::GroupStop(sig) => self.stop_signal = Some(sig),
             }
+            alive.push(tid);
         }
         self.threads = alive;
         if self.threads.is_empty() {
@@ -184,6 +251,32 @@ impl Frozen {
     /// The process.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The job-control signal (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) that had stopped the process
+    /// when we seized it, if it was stopped.
+    pub fn stop_signal(&self) -> Option<i32> {
+        self.stop_signal
+    }
+
+    /// Detaches every thread like dropping the guard, but leaves the process stopped by `sig`
+    /// (a job-control stop signal): the signal is queued to the process while all its threads
+    /// are still held, so whichever thread runs first takes it and stops the others before any
+    /// of them returns to user space. Threads that block `sig` are detached last, so that one
+    /// that can take it is always released before them. The parent is told of the stop
+    /// (SIGCHLD, `waitpid` with WUNTRACED) as for any stop.
+    pub fn detach_stopped(mut self, sig: i32) -> Result<()> {
+        let pid = self.pid;
+        crate::sys::clone::kill(pid, sig).map_err(|source| EngineError::Sys { step: "queue the saved stop signal", pid, source })?;
+        let mut order = std::mem::take(&mut self.threads);
+        order.sort_by_key(|&tid| crate::sys::regs::get_sigmask(tid).map(|m| m & (1 << (sig - 1)) != 0).unwrap_or(true));
+        let mut first_err = None;
+        for tid in order {
+            if let Err(source) = sys::ptrace_detach(tid) {
+                first_err.get_or_insert(EngineError::Sys { step: "ptrace detach", pid: tid, source });
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Gives up the threads without detaching (the process was killed).

@@ -8,7 +8,9 @@
 //! 3. Inject syscalls through a `syscall` instruction of the target's vDSO ([`crate::inject`]) to
 //!    read what only the process itself can ask: through the main thread, the process-wide
 //!    signal handlers, attributes, brk, interval timers and POSIX timers; through each thread in
-//!    turn (an injector of its own), its tid address, alternate stack and robust list.
+//!    turn (an injector of its own), its tid address, alternate stack, robust list and
+//!    attributes ([`crate::attrs`]). A SIGEV_THREAD_ID timer's thread is kept as the process
+//!    sees it.
 //! 4. Save each thread's registers (rewound if stopped in a syscall), XSAVE area, mask, queued
 //!    signals, rseq registration, name and tid in the process's namespace ([`crate::cpu`]).
 //! 5. Copy the pages to save out of the process ([`crate::mem::copy_pages`]). With
@@ -24,11 +26,13 @@
 //! (`clone3` + `set_tid`). The target maps a one-page trampoline (`syscall`) at an address the
 //! saved layout leaves free and stops. From outside, through that trampoline, we unmap everything
 //! else, map the vDSO and every saved mapping at its address, write the pages through
-//! `/proc/PID/mem`, create the other threads with their saved tids ([`crate::threads`]), recreate
-//! the fds, handlers, attributes, mm boundaries, and in every thread its rseq area, robust list,
-//! tid address, alternate stack, name and credentials, queue the saved signals, re-arm the
-//! interval and POSIX timers, unmap the trampoline, load every thread's registers, XSAVE area and
-//! mask, and detach them all. A ptrace
+//! `/proc/PID/mem`, create the other threads with their saved tids ([`crate::threads`]; what they
+//! inherit from the main thread, its loginuid and the seccomp filters they all have, is set
+//! before), recreate the fds, handlers, attributes, mm boundaries, and in every thread its rseq
+//! area, robust list, tid address, alternate stack, name, scheduling and credentials (in the
+//! order of [`crate::attrs`]), queue the saved signals, re-arm the interval and POSIX timers,
+//! unmap the trampoline, load every thread's registers, XSAVE area and mask, and detach them all
+//! (a process saved in a job-control stop goes back into it: [`Frozen::detach_stopped`]). A ptrace
 //! driver was chosen over a position-independent restorer blob: every step is a syscall whose
 //! failure we see and report with its name, and nothing of ours is left in the process. The
 //! restored process is a child of our init, not of `zap`, and does not depend on the original.
@@ -38,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use zap_chunker::ChunkerConfig;
 use zap_store::{CheckpointId, CheckpointSummary, ImageStore, Manifest};
 
-use crate::attrs::ProcAttrs;
+use crate::attrs::{self, ProcAttrs};
 use crate::cpu::{rewind, Rewind, ThreadState};
 use crate::files::{self, FdState};
 use crate::freeze::Frozen;
@@ -52,7 +56,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 7;
+pub const IMAGE_VERSION: u8 = 8;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -316,18 +320,26 @@ pub fn save_process(
     let fds = files::save(pid, vpid, files_ctx)?;
     let syscall_ip = find_syscall_insn(pid)?;
     // The main thread first: process-wide state is read through it.
-    let (main, (attrs, signals, (itimers, posix_timers), mm)) = save_thread(pid, pid, syscall_ip, |inj| {
+    let (main, (attrs, signals, (itimers, mut posix_timers), mm)) = save_thread(pid, pid, syscall_ip, |inj| {
         mem::aio::check(pid, inj, &mut vmas)?;
         let mm = mem::MmModes::save(pid, inj, &vmas)?;
         let itimers = save_itimers(inj)?;
         let timers = save_posix_timers(pid, inj)?;
-        let attrs = ProcAttrs::save(pid, inj)?;
+        let attrs = ProcAttrs::save(pid, inj, frozen.stop_signal())?;
         let sigs = SignalState::save(inj, pid)?;
         Ok((attrs, sigs, (itimers, timers), mm))
     })?;
     let mut threads = vec![main];
     for &tid in frozen.threads().iter().filter(|&&t| t != pid) {
         threads.push(save_thread(pid, tid, syscall_ip, |_| Ok(()))?.0);
+    }
+    // /proc/PID/timers names the thread a SIGEV_THREAD_ID timer signals by its id in our PID
+    // namespace; the restored timer needs its id in the process's.
+    for t in posix_timers.iter_mut().filter(|t| t.notify & libc::SIGEV_THREAD_ID != 0) {
+        t.tid = threads.iter().find(|th| th.tid == t.tid).map(|th| th.vtid).ok_or_else(|| EngineError::Proc {
+            pid,
+            detail: format!("POSIX timer {} signals thread {}, which is not one of its threads", t.id, t.tid),
+        })?;
     }
     // Copy the pages out; after this the process no longer needs to be stopped.
     let t = Instant::now();
@@ -514,7 +526,11 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
                 return Err(e);
             }
         };
-        drop(frozen); // detach: the process runs
+        // Detach: the process runs, or goes back into the job-control stop it was saved in.
+        match image.attrs.stop {
+            Some(stop) => frozen.detach_stopped(stop.signal)?,
+            None => drop(frozen),
+        }
         if let Some(l) = netlock {
             l.unlock()?;
         }
@@ -545,6 +561,11 @@ pub struct ProcRestore<'a> {
     extra: Vec<(i32, Injector)>,
     /// The image with its deleted files' contents loaded, when it has any.
     loaded: Option<Box<ProcessImage>>,
+    /// How many seccomp filters every thread has and the main thread installed before the
+    /// others were cloned (None: not yet).
+    shared_filters: Option<usize>,
+    /// What the kernel refused so far.
+    warnings: Vec<String>,
 }
 
 impl<'a> ProcRestore<'a> {
@@ -575,7 +596,7 @@ impl<'a> ProcRestore<'a> {
         for (a, b) in mem::cow::outside(&keep, 0, TASK_SIZE) {
             inj.call("munmap all but the trampoline and inherited memory", libc::SYS_munmap, [a, b - a, 0, 0, 0, 0])?;
         }
-        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new(), loaded: None })
+        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new(), loaded: None, shared_filters: None, warnings: Vec::new() })
     }
 
     /// Host pid of the process.
@@ -644,11 +665,14 @@ impl<'a> ProcRestore<'a> {
         mem::restore_late(&mut self.inj, self.image.vpid, &self.image.vmas)
     }
 
-    /// Creates the saved extra threads, each with its saved tid, through the main thread
-    /// ([`crate::threads`]), and hands them to `frozen` (the guard holding the main thread) so
-    /// they are detached with it. Their own state is loaded by [`ProcRestore::finish`].
+    /// Sets what the threads inherit from the main thread (loginuid, the seccomp filters they
+    /// all have), then creates the saved extra threads, each with its saved tid, through the
+    /// main thread ([`crate::threads`]), and hands them to `frozen` (the guard holding the main
+    /// thread) so they are detached with it. Their own state is loaded by
+    /// [`ProcRestore::finish`].
     pub fn threads(&mut self, frozen: &mut Frozen) -> Result<()> {
         let image = self.image;
+        self.inherited_attrs()?;
         if image.threads.len() <= 1 || !self.extra.is_empty() {
             return Ok(());
         }
@@ -662,6 +686,25 @@ impl<'a> ProcRestore<'a> {
         threads::trace_clones(self.pid, false)
     }
 
+    /// Step 1 of the restore order of [`crate::attrs`]: the main thread's loginuid (one audit
+    /// session for the threads cloned after, as before) and the oldest seccomp filters every
+    /// thread has, installed once in the main thread (the threads cloned after share them).
+    fn inherited_attrs(&mut self) -> Result<()> {
+        if self.shared_filters.is_some() {
+            return Ok(());
+        }
+        if let Some(main) = self.image.threads.first() {
+            main.attrs.task.restore_loginuid(&mut self.inj, true, &mut self.warnings)?;
+        }
+        let all: Vec<&attrs::seccomp::Seccomp> = self.image.threads.iter().map(|t| &t.attrs.seccomp).collect();
+        let count = attrs::seccomp::shared_count(&all);
+        if let Some(main) = all.first() {
+            attrs::seccomp::install_shared(&mut self.inj, main, count)?;
+        }
+        self.shared_filters = Some(count);
+        Ok(())
+    }
+
     /// Recreates the fds.
     pub fn files(&mut self, ctx: &mut files::RestoreContext) -> Result<()> {
         let image = self.loaded.as_deref().unwrap_or(self.image);
@@ -673,11 +716,14 @@ impl<'a> ProcRestore<'a> {
         files::close_all(&mut self.inj, fds)
     }
 
-    /// Signal handlers, attributes, per-thread state, queued signals and credentials; then drops
-    /// the trampoline and loads the CPU state of every thread. The process is left stopped, ready
-    /// to be detached.
-    pub fn finish(self) -> Result<Vec<String>> {
-        let ProcRestore { image, pid, tramp, mut inj, mut extra, .. } = self;
+    /// Signal handlers, attributes, per-thread state, queued signals and credentials (in the
+    /// order of [`crate::attrs`]); then drops the trampoline and loads the CPU state of every
+    /// thread. The process is left stopped, ready to be detached (see
+    /// [`crate::freeze::Frozen::detach_stopped`] for one saved stopped).
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        self.inherited_attrs()?;
+        let ProcRestore { image, pid, tramp, mut inj, mut extra, shared_filters, mut warnings, .. } = self;
+        let shared_filters = shared_filters.unwrap_or(0);
         let thread = image.threads.first().ok_or_else(|| EngineError::Proc { pid: image.vpid, detail: "no threads saved".into() })?;
         if extra.len() + 1 != image.threads.len() {
             return Err(EngineError::Proc {
@@ -685,14 +731,21 @@ impl<'a> ProcRestore<'a> {
                 detail: format!("{} threads saved but {} restored (ProcRestore::threads not called?)", image.threads.len(), extra.len() + 1),
             });
         }
+        // A thread's own loginuid first: a chroot may hide /proc.
+        for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
+            let own_session = t.attrs.task.sessionid != thread.attrs.task.sessionid;
+            t.attrs.task.restore_loginuid(tinj, own_session, &mut warnings)?;
+        }
         image.signals.restore_actions(&mut inj)?;
-        let mut warnings = image.attrs.restore(&mut inj)?;
+        warnings.extend(image.attrs.restore(&mut inj, pid)?);
         // Per-thread kernel state, each from inside its thread.
         thread.restore_kernel_state(&mut inj)?;
+        thread.attrs.restore_flags(&mut inj, &mut warnings)?;
         for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
             t.restore_kernel_state(tinj)?;
             // personality is per task; the main thread's was set with the attributes.
             tinj.call("personality", libc::SYS_personality, [u64::from(image.attrs.personality), 0, 0, 0, 0, 0])?;
+            t.attrs.restore_flags(tinj, &mut warnings)?;
         }
         // Queued signals: the kernel lets only a thread itself queue a signal that looks like it
         // came from tgkill or the kernel, so each thread requeues its own.
@@ -708,17 +761,22 @@ impl<'a> ProcRestore<'a> {
             inj.call("setitimer", libc::SYS_setitimer, [*which as u64, scratch, 0, 0, 0, 0])?;
         }
         restore_posix_timers(&mut inj, image.vpid, &image.posix_timers)?;
-        // Credentials are per thread too; each thread drops its own.
-        for (_, tinj) in extra.iter_mut() {
-            image.attrs.restore_creds(tinj)?;
+        // Credentials, scheduling, seccomp, no_new_privs are per thread too; each thread sets its own.
+        for ((_, tinj), t) in extra.iter_mut().zip(&image.threads[1..]) {
+            t.attrs.restore_creds(tinj, shared_filters, &mut warnings)?;
             tinj.release_scratch()?;
         }
-        image.attrs.restore_creds(&mut inj)?;
-        // Last: drop the scratch page and the trampoline, then load the saved CPU states.
+        thread.attrs.restore_creds(&mut inj, shared_filters, &mut warnings)?;
+        // After every uid change: dumpable, memory-deny-write-execute.
+        image.attrs.restore_last(&mut inj, &mut warnings)?;
+        // Last: drop the scratch page and the trampoline, then what is set through ptrace and the
+        // saved CPU states.
         inj.release_scratch()?;
         inj.syscall(libc::SYS_munmap, [tramp, 4096, 0, 0, 0, 0])?;
+        thread.attrs.restore_traced(pid)?;
         thread.load_cpu(pid)?;
         for ((tid, tinj), t) in extra.into_iter().zip(&image.threads[1..]) {
+            t.attrs.restore_traced(tid)?;
             t.load_cpu(tid)?;
             tinj.forget();
         }

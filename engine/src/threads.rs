@@ -35,8 +35,9 @@ const THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_SYSVSEM) as u64;
 
 /// Lets the main thread `tid` report the threads it creates (PTRACE_O_TRACECLONE), or stops that.
+/// The options we seize with (seccomp suspended) are kept; new threads inherit them.
 pub fn trace_clones(tid: i32, on: bool) -> Result<()> {
-    let mut opts = libc::PTRACE_O_TRACESYSGOOD;
+    let mut opts = pt::base_options();
     if on {
         opts |= libc::PTRACE_O_TRACECLONE;
     }

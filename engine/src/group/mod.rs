@@ -23,7 +23,12 @@
 //! and seals. When the whole tree exists: every member's threads, fds in save order (shared
 //! descriptions are taken from the member that recreated them), pipe keepers closed, process
 //! groups joined (leaders first), zombies made to exit with their status, and finally every
-//! member's attributes, credentials and CPU state. All members are released together.
+//! member's attributes, credentials and CPU state.
+//! All members are released together, children first: a member saved in a job-control stop is
+//! stopped again with its signal, and its parent, still held, collects the stop again (an
+//! injected `waitid`) if it had collected it before the checkpoint (which the save asked it with
+//! `waitid(WNOWAIT)`), and loses the SIGCHLD the stop queued unless one was pending for it then;
+//! so the parent's `waitpid(WUNTRACED)` and pending signals are as they were.
 //!
 //! Limits: a member whose session or process group leader is outside the group, or that is in a
 //! session it did not create and its parent does not share, is restored in its parent's

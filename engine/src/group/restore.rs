@@ -155,8 +155,8 @@ pub fn restore_in<S: ImageStore>(
     let mut frozen: Vec<Frozen> = Vec::new();
     let result = build(store, manifest, image, init, tramp, &mut frozen, files).and_then(|b| spawner.before_release().map(|()| b));
     match result {
-        Ok((pids, warnings)) => {
-            drop(frozen); // every member runs from here
+        Ok((pids, mut warnings)) => {
+            release(image, &pids, frozen, &mut warnings);
             let restored = GroupRestored { init_pid: init, pids, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
             kill_signalled_zombies(image, &restored);
             Ok(restored)
@@ -309,4 +309,110 @@ fn kill_signalled_zombies(image: &GroupImage, restored: &GroupRestored) {
             }
         }
     }
+}
+
+/// Lets every member run (step 8 of [`crate::attrs`]'s order), those saved stopped back into
+/// their job-control stop. Children go before parents, so that a parent is still held when its
+/// children's stops complete: it collects again, with an injected `waitid`, each stop it had
+/// collected before the checkpoint, and loses the SIGCHLD the stops queued unless one was
+/// pending for it then. What cannot be put back is reported in `warnings`.
+fn release(image: &GroupImage, pids: &[(i32, i32)], frozen: Vec<Frozen>, warnings: &mut Vec<String>) {
+    let host = |vpid: i32| pids.iter().find(|p| p.0 == vpid).map(|p| p.1);
+    let mut held: HashMap<i32, Frozen> = frozen.into_iter().map(|f| (f.pid(), f)).collect();
+    for m in image.members.iter().rev() {
+        let (Some(img), Some(h)) = (m.image(), host(m.vpid)) else { continue };
+        let stopped: Vec<(i32, i32, bool)> = image
+            .members
+            .iter()
+            .filter(|c| c.ppid == m.vpid)
+            .filter_map(|c| Some((c.vpid, host(c.vpid)?, c.image()?.attrs.stop?.parent_may_wait)))
+            .collect();
+        if !stopped.is_empty() {
+            if let Err(e) = recollect(h, img, &stopped) {
+                warnings.push(format!("pid {}: the stops of its children may be reported to it again: {e}", m.vpid));
+            }
+        }
+        if let Some(stop) = img.attrs.stop {
+            if let Some(f) = held.remove(&h) {
+                if let Err(e) = f.detach_stopped(stop.signal) {
+                    warnings.push(format!("pid {}: not put back into its stop (signal {}): {e}", m.vpid, stop.signal));
+                }
+            }
+        }
+    }
+    drop(held); // the others run
+}
+
+/// In the restored parent `parent` (host pid; still held, registers loaded), once its stopped
+/// children (vpid, host pid, whether it could still collect the stop) are all stopped: collects
+/// the stops it had collected before, and drops the SIGCHLD they queued if it had none pending.
+fn recollect(parent: i32, img: &crate::process::ProcessImage, children: &[(i32, i32, bool)]) -> Result<()> {
+    const P_PID: u64 = 1;
+    const WNOHANG: u64 = 1;
+    const WSTOPPED: u64 = 2;
+    const SIGCHLD_BIT: u64 = 1 << (libc::SIGCHLD - 1);
+    let t0 = Instant::now();
+    for &(vpid, h, _) in children {
+        while !all_threads_stopped(h) {
+            if t0.elapsed() > READY_TIMEOUT {
+                return Err(EngineError::Proc { pid: vpid, detail: "did not stop again".into() });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let is_sigchld = |info: &Vec<u8>| info.get(..4).is_some_and(|b| i32::from_le_bytes(b.try_into().expect("4")) == libc::SIGCHLD);
+    let had_sigchld = img.signals.shared_pending.iter().chain(img.threads.iter().flat_map(|t| t.pending.iter())).any(is_sigchld);
+    // Whether the stops queue a SIGCHLD for the parent: not with SA_NOCLDSTOP or SIG_IGN, and at
+    // the default action (ignore) only where the thread that cloned the children (the main one)
+    // blocks it.
+    let act = img.signals.actions.iter().find(|(s, _)| *s == libc::SIGCHLD).map(|(_, a)| *a).unwrap_or_default();
+    let main_mask = img.threads.first().map_or(0, |t| t.sigmask);
+    let queued = act.handler != 1 && act.flags & libc::SA_NOCLDSTOP as u64 == 0 && (act.handler != 0 || main_mask & SIGCHLD_BIT != 0);
+    let recollect: Vec<i32> = children.iter().filter(|c| !c.2).map(|c| c.0).collect();
+    if recollect.is_empty() && (had_sigchld || !queued) {
+        return Ok(());
+    }
+    let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid: parent, source };
+    // Every signal blocked while we inject, so that the SIGCHLD is not delivered meanwhile.
+    let mask = regs::get_sigmask(parent).map_err(sys_err("read signal mask"))?;
+    regs::set_sigmask(parent, !0u64).map_err(sys_err("block signals"))?;
+    let mut inj = Injector::new(parent, parent, crate::inject::find_syscall_insn(parent)?)?;
+    let done = (|| {
+        let scratch = inj.scratch(4096)?;
+        for vpid in recollect {
+            inj.call("waitid (collect a stop again)", libc::SYS_waitid, [P_PID, vpid as u64, scratch, WSTOPPED | WNOHANG, 0, 0])?;
+        }
+        if queued && !had_sigchld {
+            while shared_pending(parent) & SIGCHLD_BIT == 0 {
+                if t0.elapsed() > READY_TIMEOUT {
+                    return Err(EngineError::Proc { pid: parent, detail: "the SIGCHLD of its children's stops did not come".into() });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // sigset {SIGCHLD}, then a zero timeout.
+            inj.write_mem(scratch, &SIGCHLD_BIT.to_le_bytes())?;
+            inj.write_mem(scratch + 8, &[0u8; 16])?;
+            inj.call("rt_sigtimedwait (drop SIGCHLD)", libc::SYS_rt_sigtimedwait, [scratch, 0, scratch + 8, 8, 0, 0])?;
+        }
+        Ok::<(), EngineError>(())
+    })();
+    inj.finish()?;
+    regs::set_sigmask(parent, mask).map_err(sys_err("restore signal mask"))?;
+    done
+}
+
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .is_ok_and(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) == Some("T"))
+    })
+}
+
+/// The process-wide pending signals of `pid` (`ShdPnd` of /proc/PID/status).
+fn shared_pending(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("ShdPnd:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
+        .unwrap_or(0)
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::{GroupImage, Member, MemberState};
 use crate::files::SaveContext;
 use crate::freeze::Frozen;
+use crate::inject::{find_syscall_insn, Injector};
 use crate::mem::PageCopy;
 use crate::process::save_process;
 use crate::{EngineError, Result};
@@ -228,6 +229,7 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, network_locked: bo
         let sid = if in_group(p.sid) { p.sid } else { 0 };
         members.push(Member { vpid: p.vpid, ppid, pgid, sid, state });
     }
+    note_collected_stops(&mut members, &vpid_of_host)?;
     if let Some(tr) = tracking {
         let gone: Vec<i32> = tr.armed.keys().copied().filter(|pid| !live.contains(pid)).collect();
         for pid in gone {
@@ -235,4 +237,42 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, network_locked: bo
         }
     }
     Ok(SavedGroup { image: GroupImage { members }, copies, bytes_read })
+}
+
+/// For each member stopped by a job-control signal whose parent is a member too, asks the parent
+/// (still stopped by us) whether it can still collect the stop: a `waitid(P_PID, child,
+/// WSTOPPED | WNOWAIT | WNOHANG)` injected into it, which leaves the state as it was. A stop the
+/// parent has collected already must not be reported to it again after the restore.
+fn note_collected_stops(members: &mut [Member], vpid_of_host: &HashMap<i32, i32>) -> Result<()> {
+    const P_PID: u64 = 1;
+    const WNOHANG: u64 = 1;
+    const WSTOPPED: u64 = 2;
+    const WNOWAIT: u64 = 0x0100_0000;
+    const CLD_STOPPED: i32 = 5;
+    let host_of = |vpid: i32| vpid_of_host.iter().find(|(_, &v)| v == vpid).map(|(&h, _)| h);
+    for member in members.iter_mut() {
+        let (vpid, ppid) = (member.vpid, member.ppid);
+        let MemberState::Live(img) = &mut member.state else { continue };
+        let (Some(stop), Some(parent)) = (img.attrs.stop.as_mut(), (ppid != 0).then(|| host_of(ppid)).flatten()) else { continue };
+        let mut inj = Injector::new(parent, parent, find_syscall_insn(parent)?)?;
+        let asked = (|| {
+            let scratch = inj.scratch(4096)?;
+            inj.write_mem(scratch, &[0u8; 128])?;
+            inj.call("waitid (WNOWAIT: may the parent collect the stop?)", libc::SYS_waitid, [
+                P_PID,
+                vpid as u64,
+                scratch,
+                WSTOPPED | WNOWAIT | WNOHANG,
+                0,
+                0,
+            ])?;
+            let info = inj.read_mem(scratch, 20)?;
+            let code = i32::from_le_bytes(info[8..12].try_into().expect("4"));
+            let pid = i32::from_le_bytes(info[16..20].try_into().expect("4"));
+            Ok::<bool, EngineError>(pid == vpid && code == CLD_STOPPED)
+        })();
+        inj.finish()?;
+        stop.parent_may_wait = asked?;
+    }
+    Ok(())
 }

@@ -1,17 +1,6 @@
 //! Syscalls on other processes that need no ptrace stop.
 use std::io;
 
-/// Reads the (soft, hard) limit of `resource` of process `pid`.
-pub fn prlimit_get(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
-    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: new_limit is null (read only); old_limit points to a valid rlimit64.
-    let rc = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((old.rlim_cur, old.rlim_max))
-}
-
 /// A pidfd for process `pid` (closed on drop).
 pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
@@ -280,4 +269,49 @@ pub fn fd_owner(fd: &std::os::fd::OwnedFd) -> io::Result<(i32, i32, i32)> {
         return Err(io::Error::last_os_error());
     }
     Ok((owner[0], owner[1], sig))
+}
+
+/// `sched_getattr` of thread `tid` (another process's thread: reading needs no privilege): the
+/// raw `struct sched_attr` of `size` bytes.
+pub fn sched_getattr(tid: i32, size: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size];
+    // SAFETY: `buf` has room for `size` bytes, which is the size we pass; flags are 0.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, tid, buf.as_mut_ptr(), size as u32, 0u32) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buf)
+}
+
+/// The CPU affinity mask of thread `tid`, as many bytes as the kernel's cpumask.
+pub fn sched_getaffinity(tid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: the raw syscall writes at most `buf.len()` bytes into `buf` and returns how many.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_getaffinity, tid, buf.len(), buf.as_mut_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+/// The I/O priority of thread `tid` (`ioprio_get(IOPRIO_WHO_PROCESS, tid)`).
+pub fn ioprio_get(tid: i32) -> io::Result<u32> {
+    const IOPRIO_WHO_PROCESS: i32 = 1;
+    // SAFETY: ioprio_get takes integers.
+    let rc = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as u32)
+}
+
+/// The nice value of thread `tid`, whatever its policy (the raw `getpriority` returns 20 - nice).
+pub fn nice_of(tid: i32) -> io::Result<i32> {
+    // SAFETY: getpriority takes integers.
+    let rc = unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, tid) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(20 - rc as i32)
 }
