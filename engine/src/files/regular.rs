@@ -28,7 +28,8 @@ pub(super) fn save_path(
     ctx: &mut super::SaveContext,
 ) -> Result<FdKind> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::metadata(target).map_err(|e| EngineError::io("stat fd target", target.as_ref(), e))?;
+    // The path as the process sees it (its root, its mount namespace).
+    let meta = std::fs::metadata(format!("/proc/{pid}/root{target}")).map_err(|e| EngineError::io("stat fd target", target.as_ref(), e))?;
     let ft = meta.file_type();
     if ft.is_file() || ft.is_dir() {
         Ok(FdKind::Path { path: target.to_string(), pos: pos_of(info) })

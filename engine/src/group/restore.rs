@@ -23,6 +23,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait TargetSpawner {
     /// Starts the init.
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32>;
+
+    /// Called for each live member (vpid, host pid) right after it was taken over and its
+    /// address space cleared, before it creates its children (which inherit what it is given
+    /// here, e.g. namespaces of its own); `ppid` is its parent's vpid (0: the init).
+    fn member_taken(&mut self, _vpid: i32, _pid: i32, _ppid: i32, _inj: &mut Injector) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once every member is restored (vpid, host pid), before any is released.
+    fn before_release(&mut self, _pids: &[(i32, i32)]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A restored group.
@@ -137,7 +149,8 @@ pub fn restore_in<S: ImageStore>(
     }
     let init = spawner.spawn(&top, tramp)?;
     let mut frozen: Vec<Frozen> = Vec::new();
-    let result = build(store, manifest, image, init, tramp, &mut frozen, files);
+    let result = build(store, manifest, image, init, tramp, &mut frozen, files, spawner)
+        .and_then(|(pids, warnings)| spawner.before_release(&pids).map(|()| (pids, warnings)));
     match result {
         Ok((pids, warnings)) => {
             drop(frozen); // every member runs from here
@@ -168,6 +181,7 @@ fn build<S: ImageStore>(
     tramp: u64,
     frozen: &mut Vec<Frozen>,
     mut fctx: RestoreContext,
+    spawner: &mut dyn TargetSpawner,
 ) -> Result<Built> {
     let mut host: HashMap<i32, i32> = HashMap::new();
     for v in image.top() {
@@ -187,6 +201,7 @@ fn build<S: ImageStore>(
                 if m.sid == m.vpid {
                     r.injector().call("setsid", libc::SYS_setsid, [0; 6])?;
                 }
+                spawner.member_taken(m.vpid, pid, m.ppid, r.injector())?;
                 for &k in &kids {
                     clone_child(&mut r, k)?;
                     host.insert(k, wait_child(pid, k, tramp)?);

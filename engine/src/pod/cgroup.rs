@@ -155,13 +155,23 @@ impl Cgroup {
         fs::File::open(&self.v2).map_err(|e| EngineError::io("open cgroup", &self.v2, e))
     }
 
-    /// Host pids of the processes in the cgroup (empty if it is gone).
+    /// Host pids of the processes in the cgroup and in the cgroups the pod made under it (empty
+    /// if it is gone).
     pub fn procs(&self) -> Vec<i32> {
-        fs::read_to_string(self.v2.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        let mut out = Vec::new();
+        for rel in super::cgroups::subtree(&self.v2) {
+            let dir = if rel.is_empty() { self.v2.clone() } else { self.v2.join(rel) };
+            out.extend(fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        out
+    }
+
+    /// The cgroup directory process `pid` is in, when it is this cgroup or one under it.
+    pub fn dir_of_process(&self, pid: i32) -> Option<PathBuf> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let dir = v2_root().ok()?.join(path.trim_start_matches('/'));
+        dir.starts_with(&self.v2).then_some(dir)
     }
 
     fn events_say(&self, key: &str, value: &str) -> Result<bool> {
@@ -191,8 +201,9 @@ impl Cgroup {
         write(&self.v2.join("cgroup.freeze"), "0", "thaw cgroup")
     }
 
-    /// Kills every process of the cgroup (`cgroup.kill`) and waits up to `timeout` until it is
-    /// empty. A cgroup that no longer exists counts as empty.
+    /// Kills every process of the cgroup and of the cgroups under it (`cgroup.kill`, frozen ones
+    /// included) and waits up to `timeout` until they are empty. A cgroup that no longer exists
+    /// counts as empty.
     pub fn kill(&self, timeout: Duration) -> Result<()> {
         if !self.v2.exists() {
             return Ok(());
@@ -235,10 +246,12 @@ impl Cgroup {
             .sum()
     }
 
-    /// Removes the cgroup directories (they must be empty of processes). Directories already
-    /// gone are fine. A just-emptied cgroup may stay busy for a moment; this retries for 2 s.
+    /// Removes the cgroup directories and the cgroups the pod made under them, deepest first
+    /// (they must be empty of processes). Directories already gone are fine. A just-emptied
+    /// cgroup may stay busy for a moment; this retries for 2 s.
     pub fn remove(&self) -> Result<()> {
         for dir in std::iter::once(&self.v2).chain(&self.v1) {
+            super::cgroups::remove_subtree(dir).map_err(|e| EngineError::io("remove cgroup", dir, e))?;
             let start = Instant::now();
             loop {
                 match fs::remove_dir(dir) {

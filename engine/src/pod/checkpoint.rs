@@ -37,8 +37,9 @@ use crate::{EngineError, Result};
 
 /// Manifest kind of a pod checkpoint.
 pub const KIND: &str = "pod";
-/// Version of the [`PodImage`] encoding (first byte of the state blob).
-pub const POD_IMAGE_VERSION: u8 = 1;
+/// Version of the [`PodImage`] encoding (first byte of the state blob). 2: what the processes
+/// made inside the pod ([`PodImage::inside`]).
+pub const POD_IMAGE_VERSION: u8 = 2;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything about a pod except page contents.
@@ -66,6 +67,8 @@ pub struct PodImage {
     pub group: GroupImage,
     /// System V IPC objects of the pod's IPC namespace.
     pub ipc: IpcState,
+    /// What the processes made inside the pod: mounts, sub-cgroups, namespaces of their own.
+    pub inside: super::inside::InsideImage,
 }
 
 impl PodImage {
@@ -435,6 +438,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let saved_ms = tf.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
     let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
+    // Mounts, sub-cgroups and nested namespaces, read while the pod is stopped.
+    let (inside, mut inside_images) = super::inside::save(root, &state, &saved.image, &mut writer, &opts.chunker)?;
+    ipc_images.append(&mut inside_images);
     // The pod's console log, read while the pod is stopped (its end is where the processes'
     // appends continue after a restore); only its last CONSOLE_KEEP bytes are kept.
     let console = read_console(&pod_dir(root, name).join("console.log"));
@@ -478,6 +484,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         pod_dir: format!("{}/", pod_dir(root, name).display()),
         group: saved.image,
         ipc: ipc_state,
+        inside,
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
     manifest.parent = parent.as_ref().map(|m| m.id).or(opts.parent);

@@ -35,8 +35,12 @@
 //! ```
 //! Without an address a pod has only `lo` (up) in its own network namespace.
 pub mod cgroup;
+pub mod cgroups;
 pub mod checkpoint;
 pub mod init;
+pub mod inside;
+pub mod mounts;
+pub mod nested;
 pub mod net;
 pub mod restore;
 
@@ -500,6 +504,8 @@ fn start(
     if ready != "ready" {
         return Err(pod_err(name, format!("set up by init {pid}"), format!("unexpected answer {ready:?}")));
     }
+    // The mounts as the init set them up: what the pod's own mounts are told apart from.
+    mounts::record_base(&pod_dir(root, name), pid)?;
     cg.enter_v1(pid)?;
     match cidr {
         Some(c) => state.veth_host = Some(net::setup(name, pid, c, spec.mac.as_deref())?),
@@ -621,7 +627,12 @@ pub fn exec(root: &Path, name: &str, argv: &[String], env: &[(String, String)]) 
         return Err(pod_err(name, "exec", "the pod is not running"));
     }
     let cg = cgroup_of(&state);
-    let cg_dir = cg.open_dir()?;
+    // The init's cgroup: the pod's own, or the one a manager inside the pod moved it to (a cgroup
+    // that hands controllers to its children may hold no process).
+    let cg_dir = match cg.dir_of_process(state.init_pid) {
+        Some(dir) => std::fs::File::open(&dir).map_err(|e| EngineError::io("open cgroup", &dir, e))?,
+        None => cg.open_dir()?,
+    };
     let mut v1 = Vec::new();
     for dir in &cg.v1 {
         let p = dir.join("cgroup.procs");

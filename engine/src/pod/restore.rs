@@ -13,6 +13,7 @@ use serde::Serialize;
 use zap_store::{CheckpointId, ImageStore, Manifest};
 
 use super::checkpoint::{PodImage, CONSOLE_IMAGE, KIND};
+use super::inside::InsideRestore;
 use super::{load, pod_dir, PodSpec};
 use crate::files::RestoreContext;
 use crate::group::{self, GroupRestored, TargetSpawner};
@@ -54,6 +55,7 @@ struct PodSpawner<'a, S> {
     main_vpid: i32,
     created: bool,
     init_pid: i32,
+    inside: InsideRestore<'a, S>,
 }
 
 impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
@@ -73,9 +75,19 @@ impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
         }
         // The IPC objects exist before any process attaches them.
         self.ipc.restore(self.store, &self.manifest.images, state.init_pid)?;
+        // Names, cgroup tree and mounts exist before any process is restored.
+        self.inside.pod_created(&state)?;
         let log = pod_dir(self.root, &self.spec.name).join("console.log");
         std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| EngineError::io("create", &log, e))?;
         Ok(state.init_pid)
+    }
+
+    fn member_taken(&mut self, vpid: i32, pid: i32, ppid: i32, inj: &mut crate::inject::Injector) -> Result<()> {
+        self.inside.member_taken(vpid, pid, ppid, inj)
+    }
+
+    fn before_release(&mut self, pids: &[(i32, i32)]) -> Result<()> {
+        self.inside.before_release(pids)
     }
 }
 
@@ -115,8 +127,9 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
             files.sockets.rebind.push((old, new));
         }
     }
+    let inside = InsideRestore::new(&name, &image.inside, store, &manifest.images);
     let mut spawner =
-        PodSpawner { store, manifest: &manifest, ipc: &image.ipc, root, spec, main_vpid: image.main_vpid, created: false, init_pid: 0 };
+        PodSpawner { store, manifest: &manifest, ipc: &image.ipc, root, spec, main_vpid: image.main_vpid, created: false, init_pid: 0, inside };
     let result = group::restore_in(store, &manifest, &image.group, &mut spawner, files)
         .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group));
     match result {

@@ -1,0 +1,68 @@
+//! What processes make inside a pod, checkpointed with the pod (which ends) and restored: mounts
+//! (`mounts.c`), sub-cgroups (`cgroups.c`) and namespaces of their own (`nested.c`). Each C
+//! program sets its state up, says "ready", waits for the go file the test creates after the
+//! restore, checks everything it set up and says "ok" or "FAIL <why>". Plus what is refused
+//! (the pod keeps running) and `zap rm` of pods whatever they made.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn name(tag: &str) -> String {
+    format!("kp{}-{tag}", std::process::id())
+}
+
+fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{name}.c"));
+    let out = out_dir.join(name);
+    match Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&out).arg(&src).status() {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
+        Err(err) => {
+            eprintln!("SKIP: gcc not available ({err})");
+            None
+        }
+    }
+}
+
+/// Runs `prog` (built from engine/tests/progs) in a new pod with `opts`, waits for "ready",
+/// checkpoints the pod (which ends it), restores it, creates the go file and waits for the
+/// program's verdict. Returns the program's output.
+fn round_trip(e: &Env, tag: &str, prog: &str, opts: &[&str], extra: &[&str]) -> Option<String> {
+    let bin = build_prog(prog, &e.work)?;
+    let pod = name(tag);
+    let (out, go) = (e.work.join(format!("{tag}.out")), e.work.join(format!("{tag}.go")));
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    let mut args = vec!["run", "--name", &pod];
+    args.extend_from_slice(opts);
+    let (bin, out_s, go_s) = (bin.to_str().unwrap().to_string(), out.to_str().unwrap().to_string(), go.to_str().unwrap().to_string());
+    args.extend(["--", bin.as_str(), out_s.as_str(), go_s.as_str()]);
+    args.extend_from_slice(extra);
+    ok(e, &args);
+    let _g = PodGuard(e, pod.clone());
+    assert!(wait_for(Duration::from_secs(20), || text().contains("ready") || text().contains("FAIL")), "no ready: {}", text());
+    assert!(!text().contains("FAIL"), "{}", text());
+    let before = stable_procs(e, &pod);
+    let id = ok(e, &["checkpoint", &pod]).trim().to_string();
+    assert!(!String::from_utf8_lossy(&zap(e, &["ps"]).stdout).contains(&pod), "checkpointed pod was removed");
+    ok(e, &["restore", &id]);
+    assert_eq!(stable_procs(e, &pod), before, "same processes with the same pids");
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || text().contains("\nok") || text().contains("FAIL")), "no verdict: {}", text());
+    assert!(!text().contains("FAIL"), "{}", text());
+    Some(text())
+}
+
+#[test]
+fn mounts_made_in_the_pod_come_back() {
+    let e = env();
+    let w = e.work.join("w");
+    std::fs::create_dir(&w).unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    round_trip(&e, "mounts", "mounts", &[], &[w.to_str().unwrap()]);
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(w.to_str().unwrap()), "a pod mount reached the host");
+    drop(mounts);
+}
