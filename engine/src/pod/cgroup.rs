@@ -201,6 +201,30 @@ impl Cgroup {
         write(&self.v2.join("cgroup.freeze"), "0", "thaw cgroup")
     }
 
+    /// Clears `cgroup.freeze` of the cgroups under this one that the pod froze itself, and
+    /// returns them (paths under this cgroup). While this cgroup is frozen nothing runs; once it
+    /// is thawed, their processes can be stopped with ptrace and have syscalls injected (a
+    /// frozen process would not run the injected syscall). [`Cgroup::refreeze`] undoes it.
+    pub fn thaw_children(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for rel in super::cgroups::subtree(&self.v2).into_iter().skip(1) {
+            let f = self.v2.join(&rel).join("cgroup.freeze");
+            if fs::read_to_string(&f).is_ok_and(|v| v.trim() == "1") {
+                write(&f, "0", "thaw cgroup")?;
+                out.push(rel);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Freezes again the cgroups [`Cgroup::thaw_children`] thawed.
+    pub fn refreeze(&self, children: &[String]) -> Result<()> {
+        for rel in children {
+            write(&self.v2.join(rel).join("cgroup.freeze"), "1", "freeze cgroup")?;
+        }
+        Ok(())
+    }
+
     /// Kills every process of the cgroup and of the cgroups under it (`cgroup.kill`, frozen ones
     /// included) and waits up to `timeout` until they are empty. A cgroup that no longer exists
     /// counts as empty.

@@ -153,8 +153,9 @@ fn cgroup_of(file: &str) -> std::io::Result<(String, Vec<String>)> {
 }
 
 /// Saves the pod's cgroup tree and where its processes are. `init_pid` is the init's host pid,
-/// `members` the (vpid, host pid) of the live processes.
-pub fn save(pod: &str, cg: &Cgroup, init_pid: i32, members: &[(i32, i32)]) -> Result<CgroupTree> {
+/// `members` the (vpid, host pid) of the live processes, `frozen` the cgroups the pod froze
+/// (thawed by Zap while the pod is stopped).
+pub fn save(pod: &str, cg: &Cgroup, init_pid: i32, members: &[(i32, i32)], frozen: &[String]) -> Result<CgroupTree> {
     let mut tree = CgroupTree {
         controllers: read_trim(&cg.v2.join("cgroup.controllers")).unwrap_or_default().split_whitespace().map(str::to_string).collect(),
         ..Default::default()
@@ -180,7 +181,7 @@ pub fn save(pod: &str, cg: &Cgroup, init_pid: i32, members: &[(i32, i32)]) -> Re
             path: path.clone(),
             cgtype,
             subtree_control: read_trim(&dir.join("cgroup.subtree_control")).unwrap_or_default().split_whitespace().map(str::to_string).collect(),
-            frozen: read_trim(&dir.join("cgroup.freeze")).as_deref() == Some("1"),
+            frozen: !path.is_empty() && (frozen.contains(&path) || read_trim(&dir.join("cgroup.freeze")).as_deref() == Some("1")),
             settings,
         });
     }

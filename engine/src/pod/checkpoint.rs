@@ -108,9 +108,10 @@ fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -
 }
 
 /// Stops every process of the pod but its init: freeze the cgroup, seize and interrupt every
-/// thread, thaw, wait for the ptrace stops. Returns the host pids (zombies included, not
-/// stopped) and the stopped processes.
-fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
+/// thread, thaw (with the sub-cgroups the pod froze itself, which are frozen again before the
+/// processes are released), wait for the ptrace stops. Returns the host pids (zombies included,
+/// not stopped), the stopped processes and the sub-cgroups thawed.
+fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Vec<i32>, Vec<Frozen>, Vec<String>)> {
     let t0 = Instant::now();
     // A process caught in vfork (a shell starting a command) would not reach its ptrace stop
     // until its child execs: let the pod run a moment and freeze again.
@@ -147,18 +148,31 @@ fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Ve
         }
         Ok::<_, EngineError>(frozen)
     })();
+    let children = match &seized {
+        Ok(_) => cg.thaw_children(),
+        Err(_) => Ok(Vec::new()),
+    };
     let thawed = cg.thaw();
-    let mut frozen = seized?;
-    thawed?;
+    let (mut frozen, children) = match (seized, children) {
+        (Ok(f), Ok(c)) => (f, c),
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+    };
+    if let Err(e) = thawed {
+        let _ = cg.refreeze(&children);
+        return Err(e);
+    }
     let thawed_at = t0.elapsed().as_secs_f64() * 1e3;
     for f in &mut frozen {
-        f.wait_stopped()?;
+        if let Err(e) = f.wait_stopped() {
+            let _ = cg.refreeze(&children);
+            return Err(e);
+        }
     }
     tracing::debug!(pod = name, attempt, frozen_at, thawed_at, stopped_at = t0.elapsed().as_secs_f64() * 1e3, "pod stopped");
     if pids.is_empty() {
         return Err(pod_err(name, "checkpoint", "the pod has no process besides its init"));
     }
-    Ok((pids, frozen))
+    Ok((pids, frozen, children))
 }
 
 /// How often a freeze is retried while a process of the pod is caught in vfork (5 ms apart).
@@ -305,6 +319,8 @@ pub struct StoppedPod {
     frozen: Option<Vec<Frozen>>,
     /// How long the stop took, ms.
     stop_ms: f64,
+    /// Sub-cgroups the pod had frozen itself, thawed for the stop (see [`stop_pod`]).
+    thawed: Vec<String>,
     _lock: PodLock,
 }
 
@@ -342,9 +358,9 @@ impl StoppedPod {
             return Err(pod_err(name, "stop", format!("the pod is {}", status(root, &state))));
         }
         let t = Instant::now();
-        let (pids, frozen) = stop_pod(name, &cgroup_of(&state), state.init_pid)?;
+        let (pids, frozen, thawed) = stop_pod(name, &cgroup_of(&state), state.init_pid)?;
         let stop_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok(StoppedPod { root: root.to_path_buf(), name: name.to_string(), state, pids, frozen: Some(frozen), stop_ms, _lock: lock })
+        Ok(StoppedPod { root: root.to_path_buf(), name: name.to_string(), state, pids, frozen: Some(frozen), stop_ms, thawed, _lock: lock })
     }
 
     /// The pod's recorded state.
@@ -375,7 +391,19 @@ impl StoppedPod {
     /// Lets the processes run on (an interrupted syscall is made again). The checkpoint lock is
     /// kept until the value is dropped.
     pub fn resume(&mut self) {
-        drop(self.frozen.take());
+        if let Some(frozen) = self.frozen.take() {
+            // Frozen again while still stopped: those processes go from ptrace to the freezer.
+            if let Err(e) = cgroup_of(&self.state).refreeze(&self.thawed) {
+                tracing::warn!(pod = self.name, error = %e, "could not freeze again a cgroup the pod had frozen");
+            }
+            drop(frozen);
+        }
+    }
+
+    /// Sub-cgroups (paths under the pod's cgroup) the pod had frozen itself; they are thawed
+    /// while the pod is stopped (see [`stop_pod`]) and frozen again when it resumes.
+    pub fn frozen_subcgroups(&self) -> &[String] {
+        &self.thawed
     }
 
     /// Ends the pod: kills its processes and removes everything of it (as `zap rm -f`).
@@ -439,7 +467,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let mut writer = store.writer()?;
     let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
     // Mounts, sub-cgroups and nested namespaces, read while the pod is stopped.
-    let (inside, mut inside_images) = super::inside::save(root, &state, &saved.image, &mut writer, &opts.chunker)?;
+    let (inside, mut inside_images) = super::inside::save(root, &state, &saved.image, stopped.frozen_subcgroups(), &mut writer, &opts.chunker)?;
     ipc_images.append(&mut inside_images);
     // The pod's console log, read while the pod is stopped (its end is where the processes'
     // appends continue after a restore); only its last CONSOLE_KEEP bytes are kept.

@@ -36,13 +36,21 @@ pub struct InsideImage {
 }
 
 /// Saves what the processes of stopped pod `state` (run directory `root`) made inside it;
-/// `group` is the saved process group. File data and System V objects of nested namespaces go
-/// through `sink`; their images are returned.
-pub fn save<W: ChunkSink>(root: &Path, state: &PodState, group: &GroupImage, sink: &mut W, cfg: &ChunkerConfig) -> Result<(InsideImage, Vec<Image>)> {
+/// `group` is the saved process group, `frozen` the sub-cgroups the pod had frozen (thawed while
+/// it is stopped). File data and System V objects of nested namespaces go through `sink`; their
+/// images are returned.
+pub fn save<W: ChunkSink>(
+    root: &Path,
+    state: &PodState,
+    group: &GroupImage,
+    frozen: &[String],
+    sink: &mut W,
+    cfg: &ChunkerConfig,
+) -> Result<(InsideImage, Vec<Image>)> {
     let name = state.name.as_str();
     let members: Vec<(i32, i32)> = group.members.iter().filter_map(|m| m.image().map(|i| (m.vpid, i.host_pid))).collect();
     let cg = cgroup_of(state);
-    let tree = cgroups::save(name, &cg, state.init_pid, &members)?;
+    let tree = cgroups::save(name, &cg, state.init_pid, &members, frozen)?;
     let pod_cgroup = cgroups::hierarchy_path(&cg)?;
     let saved = nested::save(name, state.init_pid, &members, &pod_cgroup, sink, cfg)?;
     let mut images = saved.images;
