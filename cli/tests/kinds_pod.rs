@@ -29,9 +29,10 @@ fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
 }
 
 /// Runs `prog` (built from engine/tests/progs) in a new pod with `opts`, waits for "ready",
-/// checkpoints the pod (which ends it), restores it, creates the go file and waits for the
-/// program's verdict. Returns the program's output.
-fn round_trip(e: &Env, tag: &str, prog: &str, opts: &[&str], extra: &[&str]) -> Option<String> {
+/// checkpoints the pod with `--leave-running` (it goes on; `between` then looks at it), then
+/// checkpoints it again (incremental; the pod ends), restores it, creates the go file and waits
+/// for the program's verdict. Returns the program's output.
+fn round_trip(e: &Env, tag: &str, prog: &str, opts: &[&str], extra: &[&str], between: &dyn Fn(&str)) -> Option<String> {
     let bin = build_prog(prog, &e.work)?;
     let pod = name(tag);
     let (out, go) = (e.work.join(format!("{tag}.out")), e.work.join(format!("{tag}.go")));
@@ -46,6 +47,10 @@ fn round_trip(e: &Env, tag: &str, prog: &str, opts: &[&str], extra: &[&str]) -> 
     assert!(wait_for(Duration::from_secs(20), || text().contains("ready") || text().contains("FAIL")), "no ready: {}", text());
     assert!(!text().contains("FAIL"), "{}", text());
     let before = stable_procs(e, &pod);
+    ok(e, &["checkpoint", "--leave-running", &pod]);
+    assert_eq!(stable_procs(e, &pod), before, "the pod goes on after --leave-running");
+    between(&pod);
+    assert!(!text().contains("FAIL"), "{}", text());
     let id = ok(e, &["checkpoint", &pod]).trim().to_string();
     assert!(!String::from_utf8_lossy(&zap(e, &["ps"]).stdout).contains(&pod), "checkpointed pod was removed");
     ok(e, &["restore", &id]);
@@ -62,7 +67,7 @@ fn mounts_made_in_the_pod_come_back() {
     let w = e.work.join("w");
     std::fs::create_dir(&w).unwrap();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    round_trip(&e, "mounts", "mounts", &[], &[w.to_str().unwrap()]);
+    round_trip(&e, "mounts", "mounts", &[], &[w.to_str().unwrap()], &|_| {});
     assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(w.to_str().unwrap()), "a pod mount reached the host");
     drop(mounts);
 }
@@ -71,11 +76,34 @@ fn mounts_made_in_the_pod_come_back() {
 fn sub_cgroups_made_in_the_pod_come_back() {
     let e = env();
     // Limits make the memory and cpu controllers available to the pod where cgroup v2 has them.
-    let out = round_trip(&e, "cgroups", "cgroups", &["--memory", "256M", "--cpus", "1"], &[]);
+    // A checkpoint that lets the pod go on leaves the cgroup the pod froze frozen.
+    let still_frozen = |pod: &str| {
+        let st: serde_json::Value = serde_json::from_slice(&std::fs::read(e.run.join(pod).join("pod.json")).unwrap()).unwrap();
+        let fz = Path::new(st["cgroup"].as_str().unwrap()).join("fz");
+        assert_eq!(std::fs::read_to_string(fz.join("cgroup.freeze")).unwrap().trim(), "1");
+        assert!(wait_for(Duration::from_secs(5), || std::fs::read_to_string(fz.join("cgroup.events")).unwrap().contains("frozen 1")));
+    };
+    let out = round_trip(&e, "cgroups", "cgroups", &["--memory", "256M", "--cpus", "1"], &[], &still_frozen);
     if let Some(out) = out {
         let ctrls = out.lines().find_map(|l| l.strip_prefix("ready")).unwrap_or("").trim().to_string();
         if ctrls.is_empty() {
             eprintln!("note: the pod's cgroup offered no controller here (hybrid hierarchy); tree, placement, threads, freezing and tree limits were checked");
         }
     }
+}
+
+#[test]
+fn namespaces_made_in_the_pod_come_back() {
+    if !Path::new("/proc/self/timens_offsets").exists() {
+        eprintln!("SKIP: time namespaces (CONFIG_TIME_NS)");
+        return;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("SKIP: iproute2 (ip) not installed");
+        return;
+    }
+    let e = env();
+    let w = e.work.join("w");
+    std::fs::create_dir(&w).unwrap();
+    round_trip(&e, "nested", "nested", &[], &[w.to_str().unwrap()], &|_| {});
 }
