@@ -107,3 +107,51 @@ fn namespaces_made_in_the_pod_come_back() {
     std::fs::create_dir(&w).unwrap();
     round_trip(&e, "nested", "nested", &[], &[w.to_str().unwrap()], &|_| {});
 }
+
+/// A pod running `script` (sh -c, in work directory W) whose checkpoint must fail naming
+/// `expect`; the pod keeps running with the same processes and the store gets no checkpoint.
+fn refused(e: &Env, tag: &str, script: &str, expect: &str) {
+    let pod = name(tag);
+    let w = e.work.join(tag);
+    std::fs::create_dir_all(&w).unwrap();
+    let ready = w.join("ready");
+    let full = format!("cd {w} && {script} && touch {ready} && exec sleep 1000", w = w.display(), ready = ready.display());
+    ok(e, &["run", "--name", &pod, "--", "sh", "-c", &full]);
+    let _g = PodGuard(e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || ready.exists()), "{tag}: setup did not finish ({script})");
+    let before = stable_procs(e, &pod);
+    let listed = ok(e, &["ls"]);
+    let out = zap(e, &["checkpoint", &pod]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{tag}: checkpoint should fail");
+    assert!(err.contains(expect) && err.contains(&pod), "{tag}: {err}");
+    eprintln!("{tag}: {}", err.trim());
+    assert_eq!(stable_procs(e, &pod), before, "{tag}: the pod runs on");
+    assert_eq!(ok(e, &["ls"]), listed, "{tag}: no checkpoint stored");
+}
+
+#[test]
+fn what_cannot_be_restored_is_refused_and_the_pod_runs_on() {
+    let e = env();
+    if Command::new("unshare").arg("--help").output().is_err() || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("SKIP: unshare (util-linux) or ip (iproute2) not installed");
+        return;
+    }
+    ok(&e, &["store", "init"]);
+    refused(&e, "pidns", "(unshare --pid --fork sleep 1000 &) && sleep 0.3", "nested PID namespaces are not supported");
+    refused(&e, "userns", "(unshare --user sleep 1000 &) && sleep 0.3", "user namespace of its own");
+    refused(
+        &e,
+        "veth",
+        "(unshare --net sh -c 'ip link add zv0 type veth peer name zv1 && exec sleep 1000' &) && sleep 0.5",
+        "it has interface zv",
+    );
+    refused(&e, "nsfs", "touch nsf && mount --bind /proc/self/ns/net nsf", "namespace file");
+    refused(&e, "mqueue", "mkdir mq && mount -t mqueue none mq && touch mq/zapq", "POSIX message queue /zapq");
+    refused(
+        &e,
+        "overlay",
+        "mkdir lo up wk ov && mount -t overlay overlay -o lowerdir=$PWD/lo,upperdir=$PWD/up,workdir=$PWD/wk ov && rmdir lo",
+        "no longer exists",
+    );
+}

@@ -454,6 +454,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         Ok((m, t)) => (Some(m), t, String::new()),
         Err(why) => (None, group::Tracking::default(), format!("full: {why}")),
     };
+    // Namespaces the processes cannot be restored in (nested PID or user) are refused first.
+    super::inside::refuse_early(name, state.init_pid, &pids)?;
     let mut saved = group::save(&pids, stopped.frozen(), opts.tcp_close, Some(&mut tracking))?;
     refuse_external_streams(name, &saved.image)?;
     if parent.is_some() {

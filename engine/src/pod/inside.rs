@@ -70,6 +70,13 @@ pub fn save<W: ChunkSink>(
     Ok((InsideImage { mounts, cgroups: tree, nested: saved.image }, images))
 }
 
+/// Fails for processes (host pids, zombies skipped) of a stopped pod whose init is `init_pid`
+/// that are in namespaces the restore cannot make (see [`nested::refuse_unrestorable`]);
+/// called before anything else is saved.
+pub fn refuse_early(pod: &str, init_pid: i32, pids: &[i32]) -> Result<()> {
+    nested::refuse_unrestorable(pod, init_pid, pids)
+}
+
 /// The restore of an [`InsideImage`] (see the module doc).
 pub struct InsideRestore<'a, S> {
     pod: String,

@@ -527,6 +527,12 @@ fn start(
 fn kill_all(root: &Path, state: &PodState) -> Result<()> {
     let running = status(root, state) == PodStatus::Running;
     cgroup_of(state).kill(KILL_TIMEOUT).map_err(|e| pod_err(&state.name, "kill", e))?;
+    // The init leaves its cgroup before it has finished exiting (as PID 1 it first waits for the
+    // rest of its namespace): wait until it is gone too.
+    let t = Instant::now();
+    while alive(state.init_pid, state.init_start) && t.elapsed() < KILL_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let dir = pod_dir(root, &state.name);
     if running && !dir.join("exit").exists() {
         let info = ExitInfo { code: 128 + libc::SIGKILL, signal: Some(libc::SIGKILL), wait_status: -1 };

@@ -259,6 +259,34 @@ pub struct SavedNested {
     pub images: Vec<Image>,
 }
 
+/// Fails when a process (host pids `pids`, zombies skipped) is in a user namespace or a PID
+/// namespace of its own, or will start its children in a PID namespace of their own.
+pub fn refuse_unrestorable(pod: &str, init_pid: i32, pids: &[i32]) -> Result<()> {
+    let ino = |pid: i32, name: &str| ns_ino(pid, name).map_err(|e| pod_err(pod, "checkpoint", format!("pid {pid}: {name} namespace: {e}")));
+    let (pod_user, pod_pid) = (ino(init_pid, "user")?, ino(init_pid, "pid")?);
+    for &pid in pids {
+        if crate::group::is_zombie_pid(pid) {
+            continue;
+        }
+        // The pid in the pod's namespace: the second of NSpid (host, pod, nested ...).
+        let vpid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().nth(1)?.parse::<i32>().ok()))
+            .unwrap_or(pid);
+        let who = |what: &str| pod_err(pod, "checkpoint", format!("pid {vpid} (host pid {pid}) {what}"));
+        if ino(pid, "user")? != pod_user {
+            return Err(who("is in a user namespace of its own: not supported"));
+        }
+        if ino(pid, "pid")? != pod_pid {
+            return Err(who("is in a PID namespace made inside the pod: nested PID namespaces are not supported"));
+        }
+        if ino(pid, "pid_for_children")? != pod_pid {
+            return Err(who("made a PID namespace for its children: nested PID namespaces are not supported"));
+        }
+    }
+    Ok(())
+}
+
 /// Saves the namespaces made inside the pod (see the module doc). `members` are the live
 /// processes, (vpid, host pid), parents first; `pod_cgroup` is the pod's cgroup as a path of the
 /// v2 hierarchy.
@@ -320,19 +348,20 @@ pub fn save<W: ChunkSink>(
         }
     }
     let mut images = Vec::new();
+    let vpid_of = |host: i32| members.iter().find(|m| m.1 == host).map_or(host, |m| m.0);
     for (n, &(_, pid)) in seen[UTS].iter().enumerate() {
         let u = read_uts(pid).map_err(|e| pod_err(pod, format!("read UTS namespace {n}"), e))?;
         image.uts.push(u);
     }
     refuse_posix_queues(pod, init_pid, "the pod's IPC namespace")?;
     for (n, &(_, pid)) in seen[IPC].iter().enumerate() {
-        refuse_posix_queues(pod, pid, &format!("IPC namespace of pid {pid}"))?;
+        refuse_posix_queues(pod, pid, &format!("the IPC namespace of pid {}", vpid_of(pid)))?;
         let (st, mut imgs) = crate::ipc::save_prefixed(pid, sink, cfg, &format!("ipc{n}/"))?;
         images.append(&mut imgs);
         image.ipc.push(st);
     }
     for &(_, pid) in &seen[NET] {
-        let net = save_net(pid).map_err(|e| pod_err(pod, format!("save the network namespace of pid {pid}"), e))?;
+        let net = save_net(pid).map_err(|e| pod_err(pod, format!("save the network namespace of pid {}", vpid_of(pid)), e))?;
         image.net.push(net);
     }
     if !seen[NET].is_empty() {
@@ -346,7 +375,7 @@ pub fn save<W: ChunkSink>(
         image.time.push(parse_offsets(&text).map_err(|e| pod_err(pod, "read time offsets", e))?);
     }
     for &(_, pid) in &seen[CGROUP] {
-        let root = cgroup_ns_root(pid, pod_cgroup).map_err(|e| pod_err(pod, format!("save the cgroup namespace of pid {pid}"), e))?;
+        let root = cgroup_ns_root(pid, pod_cgroup).map_err(|e| pod_err(pod, format!("save the cgroup namespace of pid {}", vpid_of(pid)), e))?;
         image.cgroup.push(root);
     }
     image.mnt = seen[MNT].len();
