@@ -173,6 +173,7 @@ pub fn restore_in<S: ImageStore>(
 
 type Built = (Vec<(i32, i32)>, Vec<String>);
 
+#[allow(clippy::too_many_arguments)]
 fn build<S: ImageStore>(
     store: &S,
     manifest: &Manifest,

@@ -469,7 +469,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let mut writer = store.writer()?;
     let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
     // Mounts, sub-cgroups and nested namespaces, read while the pod is stopped.
-    let (inside, mut inside_images) = super::inside::save(root, &state, &saved.image, stopped.frozen_subcgroups(), &mut writer, &opts.chunker)?;
+    let (inside, mut inside_images, file_data) =
+        super::inside::save(root, &state, &saved.image, stopped.frozen_subcgroups(), &mut writer, &opts.chunker)?;
     ipc_images.append(&mut inside_images);
     // The pod's console log, read while the pod is stopped (its end is where the processes'
     // appends continue after a restore); only its last CONSOLE_KEEP bytes are kept.
@@ -496,6 +497,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let ts = Instant::now();
     let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, parent.as_ref().map(|m| m.images.as_slice()))?;
     images.append(&mut ipc_images);
+    // Files of the pod's in-memory file systems, copied while it was stopped.
+    images.append(&mut file_data.store(&mut writer, &opts.chunker)?);
     if !console.is_empty() {
         let (extents, _) = zap_store::store_run(&mut writer, &opts.chunker, 0, &console)?;
         images.push(zap_store::Image { name: CONSOLE_IMAGE.into(), kind: zap_store::ImageKind::File, extents });

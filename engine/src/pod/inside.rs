@@ -37,8 +37,9 @@ pub struct InsideImage {
 
 /// Saves what the processes of stopped pod `state` (run directory `root`) made inside it;
 /// `group` is the saved process group, `frozen` the sub-cgroups the pod had frozen (thawed while
-/// it is stopped). File data and System V objects of nested namespaces go through `sink`; their
-/// images are returned.
+/// it is stopped). System V objects of nested namespaces are stored through `sink` (their
+/// images are returned); the files of in-memory file systems are copied out, to be stored with
+/// [`mounts::FileData::store`] once the pod may run on.
 pub fn save<W: ChunkSink>(
     root: &Path,
     state: &PodState,
@@ -46,14 +47,14 @@ pub fn save<W: ChunkSink>(
     frozen: &[String],
     sink: &mut W,
     cfg: &ChunkerConfig,
-) -> Result<(InsideImage, Vec<Image>)> {
+) -> Result<(InsideImage, Vec<Image>, mounts::FileData)> {
     let name = state.name.as_str();
     let members: Vec<(i32, i32)> = group.members.iter().filter_map(|m| m.image().map(|i| (m.vpid, i.host_pid))).collect();
     let cg = cgroup_of(state);
     let tree = cgroups::save(name, &cg, state.init_pid, &members, frozen)?;
     let pod_cgroup = cgroups::hierarchy_path(&cg)?;
     let saved = nested::save(name, state.init_pid, &members, &pod_cgroup, sink, cfg)?;
-    let mut images = saved.images;
+    let images = saved.images;
     let mut saver = mounts::Saver::new(name);
     let pod_err = |step: &str, e: std::io::Error| EngineError::Pod { pod: name.to_string(), step: step.to_string(), detail: e.to_string() };
     let pod_table = mounts::read_table(state.init_pid).map_err(|e| pod_err("read the pod's mounts", e))?;
@@ -64,10 +65,9 @@ pub fn save<W: ChunkSink>(
         let now = mounts::read_table(pid).map_err(|e| pod_err(&format!("read the mounts of pid {pid}"), e))?;
         nested_mnt.push(saver.save_ns(pid, &pod_table, &now, true)?);
     }
-    let (superblocks, mut fs_images) = saver.finish(sink, cfg)?;
-    images.append(&mut fs_images);
+    let (superblocks, data) = saver.finish()?;
     let mounts = MountsImage { superblocks, pod: pod_ns, nested: nested_mnt };
-    Ok((InsideImage { mounts, cgroups: tree, nested: saved.image }, images))
+    Ok((InsideImage { mounts, cgroups: tree, nested: saved.image }, images, data))
 }
 
 /// Fails for processes (host pids, zombies skipped) of a stopped pod whose init is `init_pid`

@@ -292,9 +292,12 @@ pub fn set_times_at(dir: RawFd, path: &OsStr, atime: (i64, i64), mtime: (i64, i6
     Ok(())
 }
 
-/// Extended attributes of `path` in `dir` (not following a final symlink): (name, value).
-/// `None` when this kernel cannot read them without opening the node (before Linux 6.13).
-pub fn xattrs_at(dir: RawFd, path: &OsStr) -> io::Result<Option<Vec<(Vec<u8>, Vec<u8>)>>> {
+/// Extended attributes: (name, value).
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Extended attributes of `path` in `dir` (not following a final symlink). `None` when this
+/// kernel cannot read them without opening the node (before Linux 6.13).
+pub fn xattrs_at(dir: RawFd, path: &OsStr) -> io::Result<Option<Xattrs>> {
     let c = cpath(path)?;
     let flags = libc::AT_SYMLINK_NOFOLLOW as u64 | if path.is_empty() { libc::AT_EMPTY_PATH as u64 } else { 0 };
     let mut names = vec![0u8; 4096];
@@ -338,7 +341,7 @@ pub fn xattrs_at(dir: RawFd, path: &OsStr) -> io::Result<Option<Vec<(Vec<u8>, Ve
 }
 
 /// Extended attributes of an open file or directory: (name, value).
-pub fn xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
     let mut names = vec![0u8; 65536];
     // SAFETY: names is valid for its length.
     let n = unsafe { libc::flistxattr(fd.as_raw_fd(), names.as_mut_ptr().cast(), names.len()) };

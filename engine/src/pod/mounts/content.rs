@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use zap_chunker::ChunkerConfig;
 use zap_store::{ChunkSink, Extent, ImageStore};
 
+
 use crate::sys::mount as sys;
 
 /// Files are placed in the image at multiples of this.
@@ -126,23 +127,38 @@ fn pieces(off: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
     })
 }
 
-/// Where the save of the files of one file system puts its data.
-pub struct DataOut<'a, W> {
-    /// The chunk sink.
-    pub sink: &'a mut W,
-    /// Chunker settings.
-    pub cfg: &'a ChunkerConfig,
-    /// The image's extents so far.
-    pub extents: Vec<Extent>,
+/// The data of the files of one file system, copied out while the pod is stopped and stored
+/// later ([`DataOut::store`]): pieces at their image offsets.
+#[derive(Default)]
+pub struct DataOut {
+    /// (image offset, bytes), in increasing order.
+    pub pieces: Vec<(u64, Vec<u8>)>,
     /// Next free image offset.
     pub next: u64,
     /// Inodes with several names seen so far: inode → path from the file system's root.
     pub links: HashMap<u64, Vec<u8>>,
 }
 
+impl DataOut {
+    /// Bytes copied.
+    pub fn bytes(&self) -> u64 {
+        self.pieces.iter().map(|p| p.1.len() as u64).sum()
+    }
+
+    /// Chunks and stores the copied data; returns the image's extents.
+    pub fn store<W: ChunkSink>(self, sink: &mut W, cfg: &ChunkerConfig) -> zap_store::Result<Vec<Extent>> {
+        let mut extents = Vec::new();
+        for (start, data) in self.pieces {
+            let (mut ext, _) = zap_store::store_run(sink, cfg, start, &data)?;
+            extents.append(&mut ext);
+        }
+        Ok(extents)
+    }
+}
+
 /// Saves the files under directory `dir` (a descriptor of the root of a detached mount whose
-/// root is `at` in its file system).
-pub fn save_tree<W: ChunkSink>(dir: BorrowedFd<'_>, at: &str, out: &mut DataOut<'_, W>) -> Result<Tree, String> {
+/// root is `at` in its file system), copying file data into `out`.
+pub fn save_tree(dir: BorrowedFd<'_>, at: &str, out: &mut DataOut) -> Result<Tree, String> {
     let at_path = at.trim_start_matches('/').as_bytes().to_vec();
     let mut nodes = Vec::new();
     // A real descriptor of the directory (that of a detached mount is O_PATH).
@@ -167,14 +183,14 @@ pub fn save_tree<W: ChunkSink>(dir: BorrowedFd<'_>, at: &str, out: &mut DataOut<
 }
 
 #[allow(clippy::too_many_arguments)]
-fn save_node<W: ChunkSink>(
+fn save_node(
     parent: BorrowedFd<'_>,
     path: &[u8],
     dirfd: i32,
     name: &OsStr,
     st: sys::Stat,
     at_path: &[u8],
-    out: &mut DataOut<'_, W>,
+    out: &mut DataOut,
     subdirs: Option<&mut Vec<(OwnedFd, Vec<u8>)>>,
 ) -> Result<Node, String> {
     let fmt = st.mode & libc::S_IFMT;
@@ -231,13 +247,11 @@ fn save_node<W: ChunkSink>(
             let ranges = sys::data_ranges(fd.as_fd(), st.size).map_err(|e| err("find data in", e))?;
             let base = out.next;
             let file = std::fs::File::from(fd);
-            let mut buf = Vec::new();
             for &(off, len) in &ranges {
                 for (p, n) in pieces(off, len) {
-                    buf.resize(n as usize, 0);
+                    let mut buf = vec![0u8; n as usize];
                     file.read_exact_at(&mut buf, p).map_err(|e| err("read", e))?;
-                    let (mut ext, _) = zap_store::store_run(out.sink, out.cfg, base + p, &buf).map_err(|e| format!("store {}: {e}", show(path)))?;
-                    out.extents.append(&mut ext);
+                    out.pieces.push((base + p, buf));
                 }
             }
             if st.size > 0 {

@@ -443,11 +443,11 @@ impl Saver {
     }
 
     /// Reads the files of every in-memory file system created in the pod (and checks that those
-    /// remade empty are empty), storing file data through `sink`. Returns the file systems and
-    /// their images.
-    pub fn finish<W: ChunkSink>(self, sink: &mut W, cfg: &ChunkerConfig) -> Result<(Vec<Superblock>, Vec<Image>)> {
+    /// remade empty are empty), copying file data out (the pod may run on once this returns;
+    /// [`FileData::store`] stores it). Returns the file systems and their data.
+    pub fn finish(self) -> Result<(Vec<Superblock>, FileData)> {
         let Saver { pod, mut superblocks, sb_mounts, namespaces, .. } = self;
-        let mut images = Vec::new();
+        let mut data = FileData::default();
         for (n, (sb, mounts)) in superblocks.iter_mut().zip(&sb_mounts).enumerate() {
             let must_be_empty = matches!(sb.fstype.as_str(), "bpf" | "hugetlbfs");
             if remakeable(&sb.fstype) != Some(true) && !must_be_empty {
@@ -460,7 +460,7 @@ impl Saver {
                     roots.push(m);
                 }
             }
-            let mut out = content::DataOut { sink: &mut *sink, cfg, extents: Vec::new(), next: 0, links: HashMap::new() };
+            let mut out = content::DataOut::default();
             for m in roots {
                 let step = format!("save the files of {} mounted at {}", sb.fstype, m.mountpoint);
                 let fd = clone_mount(&namespaces[m.ns], &m.key, &sb.fstype, &m.root, "").map_err(|e| pod_err(&pod, &step, e))?;
@@ -478,13 +478,35 @@ impl Saver {
                 let tree = content::save_tree(fd.as_fd(), &m.root, &mut out).map_err(|e| pod_err(&pod, &step, e))?;
                 sb.trees.push(tree);
             }
-            if !out.extents.is_empty() {
+            if !out.pieces.is_empty() {
                 let name = format!("mounts/fs{n}");
-                images.push(Image { name: name.clone(), kind: ImageKind::File, extents: out.extents });
-                sb.image = Some(name);
+                sb.image = Some(name.clone());
+                data.0.push((name, out));
             }
         }
-        Ok((superblocks, images))
+        Ok((superblocks, data))
+    }
+}
+
+/// File data of the in-memory file systems of a pod, copied out and not yet stored: (image
+/// name, data).
+#[derive(Default)]
+pub struct FileData(Vec<(String, content::DataOut)>);
+
+impl FileData {
+    /// Bytes copied.
+    pub fn bytes(&self) -> u64 {
+        self.0.iter().map(|d| d.1.bytes()).sum()
+    }
+
+    /// Chunks and stores the data through `sink`; returns the images.
+    pub fn store<W: ChunkSink>(self, sink: &mut W, cfg: &ChunkerConfig) -> Result<Vec<Image>> {
+        let mut images = Vec::new();
+        for (name, d) in self.0 {
+            let extents = d.store(sink, cfg)?;
+            images.push(Image { name, kind: ImageKind::File, extents });
+        }
+        Ok(images)
     }
 }
 
