@@ -155,3 +155,88 @@ fn what_cannot_be_restored_is_refused_and_the_pod_runs_on() {
         "no longer exists",
     );
 }
+
+/// The mount tables of pod `pod`'s namespaces (the init's, then each other one a process is in),
+/// normalized: per mount its mount point, root, options, type, source and super options, and
+/// peer groups named by the mounts in them (numbers differ after a restore); sorted.
+fn mount_tables(e: &Env, pod: &str) -> Vec<String> {
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(e.run.join(pod).join("pod.json")).unwrap()).unwrap();
+    let init = st["init_pid"].as_i64().unwrap();
+    let cg = Path::new(st["cgroup"].as_str().unwrap()).to_path_buf();
+    let ns_of = |p: i64| std::fs::read_link(format!("/proc/{p}/ns/mnt")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut seen = vec![ns_of(init)];
+    let mut readers = vec![init];
+    for p in std::fs::read_to_string(cg.join("cgroup.procs")).unwrap().lines().filter_map(|l| l.parse::<i64>().ok()) {
+        let ns = ns_of(p);
+        if !ns.is_empty() && !seen.contains(&ns) {
+            seen.push(ns);
+            readers.push(p);
+        }
+    }
+    let mut rows = Vec::new();
+    for (tag, p) in readers.iter().enumerate() {
+        for l in std::fs::read_to_string(format!("/proc/{p}/mountinfo")).unwrap().lines() {
+            let (left, right) = l.split_once(" - ").unwrap();
+            let f: Vec<&str> = left.split(' ').collect();
+            rows.push((tag, f[3].to_string(), f[4].to_string(), f[5].to_string(), f[6..].iter().map(|s| s.to_string()).collect::<Vec<_>>(), right.to_string()));
+        }
+    }
+    let mut groups: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for r in &rows {
+        for o in &r.4 {
+            if let Some(g) = o.strip_prefix("shared:") {
+                groups.entry(g.to_string()).or_default().push(format!("{}{}", r.0, r.2));
+            }
+        }
+    }
+    let label = |g: &str| groups.get(g).map(|v| { let mut v = v.clone(); v.sort(); v.join("|") }).unwrap_or_else(|| format!("outside:{g}"));
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|(tag, root, mp, opts, optional, right)| {
+            let prop: Vec<String> = optional
+                .iter()
+                .map(|o| match o.split_once(':') {
+                    Some((k @ ("shared" | "master"), g)) => format!("{k}:{}", label(g)),
+                    _ => o.clone(),
+                })
+                .collect();
+            format!("{tag} {mp} {root} {opts} [{}] {right}", prop.join(" "))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn mount_tables_come_back_the_same() {
+    if Command::new("unshare").arg("--help").output().is_err() {
+        eprintln!("SKIP: unshare (util-linux) not installed");
+        return;
+    }
+    let e = env();
+    let pod = name("mtab");
+    let w = e.work.join("w");
+    std::fs::create_dir(&w).unwrap();
+    // systemd-like: everything shared; a tmpfs with a bind of a subdirectory (peers), a slave
+    // bind, a read-only bind of a host directory; a process in a slave copy of the namespace
+    // with a tmpfs of its own under a shared mount and one of the pod's mounts gone.
+    let script = format!(
+        "cd {w} && mount --make-rshared / && mkdir -p a b s h hb && mount -t tmpfs -o size=1m,mode=700 ta a && mkdir a/sub && \
+         mount --bind a/sub b && mount --bind a s && mount --make-slave s && mount --bind h hb && mount -o remount,bind,ro hb && \
+         (unshare --mount --propagation slave sh -c 'umount {w}/hb; mount -t tmpfs tn {w}/a/sub; touch {w}/nested-ready; exec sleep 1000' &) && \
+         while [ ! -e nested-ready ]; do sleep 0.05; done; touch ready; exec sleep 1000",
+        w = w.display()
+    );
+    ok(&e, &["run", "--name", &pod, "--", "sh", "-c", &script]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || w.join("ready").exists()), "setup did not finish");
+    let before = mount_tables(&e, &pod);
+    assert!(before.iter().any(|l| l.starts_with("1 ")), "no nested namespace: {before:#?}");
+    assert!(before.iter().any(|l| l.contains("[master:")) && before.iter().any(|l| l.contains("[shared:")), "{before:#?}");
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    let after = mount_tables(&e, &pod);
+    let gone: Vec<_> = before.iter().filter(|l| !after.contains(l)).collect();
+    let new: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
+    assert!(gone.is_empty() && new.is_empty(), "mount tables differ:\nbefore only: {gone:#?}\nafter only: {new:#?}");
+}

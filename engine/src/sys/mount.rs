@@ -416,6 +416,16 @@ pub fn open_tree(dir: RawFd, path: &OsStr, clone: bool) -> io::Result<OwnedFd> {
     Ok(owned(fd))
 }
 
+/// A detached copy of the mount at `path` (relative to `dir`) with everything mounted under it
+/// (`OPEN_TREE_CLONE | AT_RECURSIVE`).
+pub fn open_tree_recursive(dir: RawFd, path: &OsStr) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    let flags = libc::O_CLOEXEC as u32 | OPEN_TREE_CLONE | libc::AT_RECURSIVE as u32;
+    // SAFETY: c is a valid C string; open_tree takes integers otherwise.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_open_tree, dir, c.as_ptr(), flags) })?;
+    Ok(owned(fd))
+}
+
 /// Attaches (or moves) mount `from` at `path` relative to `to_dir` (empty: on `to_dir` itself).
 pub fn move_mount(from: BorrowedFd<'_>, to_dir: RawFd, path: &OsStr) -> io::Result<()> {
     let c = cpath(path)?;

@@ -129,7 +129,27 @@ impl<'a, S: ImageStore> Restorer<'a, S> {
                 Parent::Base(r) => Some(r),
                 Parent::Added(_) => None,
             });
-            for r in wanted.chain(ns.kept.iter().map(|k| &k.at)) {
+            let wanted: Vec<&MountRef> = wanted.chain(ns.kept.iter().map(|k| &k.at)).collect();
+            // Covered ones first (a starting mount under the pod's /proc or /sys, changed by a
+            // recursive operation such as `mount --make-rshared /`): reaching them replaces the
+            // mounts that cover them by copies.
+            for r in &wanted {
+                let i = find(r).ok_or_else(|| format!("mount {} ({}) is not on this host", r.mountpoint(), r.fstype))?;
+                if !base_fd.contains_key(r) && !live.hiders(i).is_empty() {
+                    let fd = uncover(&proc, r).map_err(|e| format!("reach mount {} under the mounts that cover it: {e}", r.mountpoint()))?;
+                    base_fd.insert(r, fd);
+                }
+            }
+            let live = own_table(&proc).map_err(|e| format!("read mount table: {e}"))?;
+            let keys = live.keys();
+            let find = |r: &MountRef| live.find(&keys, &r.key, &r.fstype);
+            for (r, fd) in &base_fd {
+                let id = sys::mount_id_at(fd.as_raw_fd(), OsStr::new("")).map_err(|e| format!("open mount {}: {e}", r.mountpoint()))?;
+                if find(r).map(|i| live.mounts[i].id) != Some(id) {
+                    return Err(format!("mount {} was replaced while reaching another covered mount", r.mountpoint()));
+                }
+            }
+            for r in wanted {
                 if base_fd.contains_key(r) {
                     continue;
                 }
@@ -206,6 +226,40 @@ impl<'a, S: ImageStore> Restorer<'a, S> {
         }
         Ok(())
     }
+}
+
+/// A descriptor of mount `r` of the calling thread's mount namespace, which other mounts cover:
+/// each covering mount (the topmost at its mount point, with what is mounted under it) is
+/// copied and detached, `r` opened, and the copies attached back where they were, last detached
+/// first. The namespace then has the same mounts, those that covered `r` as new copies. Every
+/// mount is private at this point of a restore, so nothing propagates.
+fn uncover(proc: &OwnedFd, r: &MountRef) -> std::io::Result<OwnedFd> {
+    let mut copies: Vec<(String, OwnedFd)> = Vec::new();
+    let result = (|| {
+        for _ in 0..256 {
+            let t = own_table(proc)?;
+            let keys = t.keys();
+            let i = t.find(&keys, &r.key, &r.fstype).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "gone"))?;
+            let mut hiders = t.hiders(i);
+            if hiders.is_empty() {
+                let fd = sys::open_tree(sys::CWD, OsStr::new(&t.mounts[i].mountpoint), false)?;
+                if sys::mount_id_at(fd.as_raw_fd(), OsStr::new(""))? != t.mounts[i].id {
+                    return Err(std::io::Error::other("still covered"));
+                }
+                return Ok(fd);
+            }
+            hiders.sort_by_key(|&h| t.mounts[h].mountpoint.len());
+            let mp = t.mounts[hiders[0]].mountpoint.clone();
+            let copy = sys::open_tree_recursive(sys::CWD, OsStr::new(&mp))?;
+            sys::umount_detach(OsStr::new(&mp))?;
+            copies.push((mp, copy));
+        }
+        Err(std::io::Error::other("too many covering mounts"))
+    })();
+    for (mp, copy) in copies.into_iter().rev() {
+        sys::move_mount(copy.as_fd(), sys::CWD, OsStr::new(&mp))?;
+    }
+    result
 }
 
 /// Gives mount `fd` its saved propagation: the peer group of a mount restored in it already
