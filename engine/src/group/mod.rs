@@ -20,7 +20,9 @@
 //! `/proc/VPID/map_files`), every member's threads, fds in save order (shared descriptions are taken from the member that
 //! recreated them), pipe keepers closed, process groups joined (leaders first), zombies made to
 //! exit with their status, and finally every member's attributes, credentials and CPU state.
-//! All members are released together.
+//! All members are released together. The caller's [`TargetSpawner`] is told when each member
+//! has been taken over (before it creates its children: a pod puts it into namespaces of its
+//! own there) and before the members are released (a pod moves them into their cgroups).
 //!
 //! Limits: a member whose session or process group leader is outside the group, or that is in a
 //! session it did not create and its parent does not share, is restored in its parent's

@@ -8,6 +8,11 @@
 //! `memory.limit_in_bytes` and `cpu.cfs_quota_us` + `cpu.cfs_period_us`. A v1 cgroup holds
 //! nothing until a process is put into its `cgroup.procs`: the pod's init is added before the
 //! pod's command starts, so every process of the pod inherits it.
+//!
+//! The pod may make cgroups under its own (see [`super::cgroups`]): [`Cgroup::procs`] lists the
+//! processes of all of them, [`Cgroup::kill`] ends them all and [`Cgroup::remove`] removes them
+//! deepest first; a checkpoint's stop thaws those the pod froze while it holds the pod
+//! ([`Cgroup::thaw_children`], [`Cgroup::refreeze`]).
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -3,9 +3,12 @@
 //! ## Checkpoint ([`checkpoint`])
 //! The pod's cgroup is frozen (`cgroup.freeze`), so no process can fork or exit past the
 //! freeze. Every thread of every process but our init is then seized and interrupted with ptrace
-//! and the cgroup thawed: the threads enter their ptrace stops before returning to user space, so
-//! the pod stays stopped as one. The processes are saved as a group ([`crate::group`]), the pod's
-//! network configuration (address, MAC, routes) is read, and the pages are copied out. With
+//! and the cgroup thawed (with the sub-cgroups the pod froze itself, which are frozen again
+//! before the processes are let go): the threads enter their ptrace stops before returning to
+//! user space, so the pod stays stopped as one. The processes are saved as a group
+//! ([`crate::group`]), the pod's network configuration (address, MAC, routes) is read, what the
+//! processes made inside the pod (mounts and the files of in-memory file systems, sub-cgroups,
+//! namespaces of their own: [`super::inside`]) is saved, and the pages are copied out. With
 //! `leave_running` the pod goes on from here; otherwise it stays stopped until the checkpoint is
 //! committed, and is then killed and removed (its state now lives in the checkpoint).
 //!

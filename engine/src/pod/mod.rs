@@ -21,7 +21,9 @@
 //! ## State on disk
 //! The run directory ([`run_dir`]: `/run/zap/pods`, or `$ZAP_RUN_DIR`, mode 0700) holds one
 //! directory per pod: `pod.json` (a [`PodState`], replaced atomically), `console.log` (the
-//! command's stdout and stderr) and `exit` (an [`init::ExitInfo`]). `pod.json` is written
+//! command's stdout and stderr), `exit` (an [`init::ExitInfo`]) and `mounts.base` (the pod's
+//! mount table as its init set it up, what the pod's own mounts are told apart from:
+//! [`mounts`]). `pod.json` is written
 //! before anything else is created, so a pod whose creation was interrupted can still be
 //! removed. A pod's status ([`PodStatus`]) is computed live: running when its init is alive and
 //! has the start time recorded in `pod.json` (guarding against pid reuse), exited when the exit
@@ -34,6 +36,13 @@
 //!             └── zv-5e6f7a8b ═══ veth ═══ eth0 10.77.0.3/24  (pod b)
 //! ```
 //! Without an address a pod has only `lo` (up) in its own network namespace.
+//!
+//! ## What the pod makes inside itself
+//! A pod's processes may mount file systems, make cgroups under the pod's and make namespaces
+//! of their own; a checkpoint saves those and a restore makes them again before the processes
+//! run ([`inside`]: [`mounts`], [`cgroups`], [`nested`]). [`rm`] removes a pod whatever it made:
+//! `cgroup.kill` ends every process of the pod's cgroup and of those under it (frozen ones too),
+//! the cgroups are removed deepest first, and mounts and namespaces go with the processes.
 pub mod cgroup;
 pub mod cgroups;
 pub mod checkpoint;
@@ -573,7 +582,8 @@ pub fn stop(root: &Path, name: &str, timeout: Duration) -> Result<PodStatus> {
 }
 
 /// Removes pod `name`: refuses a running pod unless `force` (then kills it), then deletes its
-/// network, cgroups and directory. Works on half-created pods too.
+/// network, cgroups (with those the pod made under its own) and directory. Works on
+/// half-created pods and pods whose init died too.
 pub fn rm(root: &Path, name: &str, force: bool) -> Result<()> {
     let state = load(root, name)?;
     if status(root, &state) == PodStatus::Running && !force {

@@ -5,8 +5,10 @@
 //! with their pids and the group restore fills everything in. Files under the original pod's
 //! directory (its `console.log`) are reopened under the new pod's directory, and sockets bound to
 //! the old address are bound to the new one. The pod's console log travels in the checkpoint (its
-//! last 16 MiB) and is put back before the processes resume. On failure the half-made pod is
-//! removed.
+//! last 16 MiB) and is put back before the processes resume. What the processes had made inside
+//! the pod is made again ([`super::inside`]): names, cgroup tree and mounts before any process is
+//! restored, namespaces of their own as each process is rebuilt, cgroup placement before they
+//! run. On failure the half-made pod is removed.
 use std::path::Path;
 
 use serde::Serialize;
