@@ -415,3 +415,103 @@ fn failures_are_clear_and_leave_nothing() {
     assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
     assert_eq!(pod.state()["state"], "running");
 }
+
+/// The cgroup v2 root of this host.
+fn v2_root() -> &'static str {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/unified"
+    }
+}
+
+/// Host pids of every process in pod `name`'s cgroup and the cgroups under it.
+fn all_procs_of(name: &str) -> Vec<i64> {
+    let st: Value = serde_json::from_slice(&std::fs::read(format!("{RUN_DIR}/{name}/pod.json")).unwrap()).unwrap();
+    let mut dirs = vec![PathBuf::from(st["cgroup"].as_str().unwrap())];
+    let mut out = Vec::new();
+    while let Some(d) = dirs.pop() {
+        out.extend(std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse::<i64>().ok()));
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// `zap rm -f` removes a pod whatever its processes made: sub-cgroups holding processes (one
+/// frozen, one deep), stacked tmpfs mounts, a mount namespace of its own, a network namespace
+/// with a veth pair to the pod's.
+#[test]
+fn rm_removes_what_the_pod_made() {
+    if Command::new("unshare").arg("--help").output().is_err() {
+        eprintln!("SKIP: unshare (util-linux) not installed");
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path();
+    let n = name("made");
+    let script = format!(
+        "cg=/sys/fs/cgroup; mkdir -p $cg/svc/a $cg/fz $cg/deep/er/still && \
+         sleep 1000 & echo $! > $cg/svc/a/cgroup.procs; \
+         sleep 1000 & echo $! > $cg/fz/cgroup.procs; echo 1 > $cg/fz/cgroup.freeze; \
+         sleep 1000 & echo $! > $cg/deep/er/still/cgroup.procs; \
+         mkdir -p {w}/t && mount -t tmpfs t {w}/t && mount -t tmpfs t2 {w}/t; \
+         unshare --mount sh -c 'mount -t tmpfs x {w}/t; exec sleep 1000' & \
+         unshare --net sh -c 'ip link add zrm0 type veth peer name zrm1 netns 1; exec sleep 1000' & \
+         sleep 0.5; touch {w}/ready; exec sleep 1000",
+        w = w.display()
+    );
+    let pod = Pod::run(&n, &[], &["sh", "-c", &script]);
+    assert!(wait_for(Duration::from_secs(10), || w.join("ready").exists()), "setup did not finish");
+    let pids = all_procs_of(&n);
+    assert!(pids.len() >= 6, "{pids:?}");
+    let st: Value = serde_json::from_slice(&std::fs::read(format!("{RUN_DIR}/{n}/pod.json")).unwrap()).unwrap();
+    let cg = PathBuf::from(st["cgroup"].as_str().unwrap());
+    assert!(cg.join("deep/er/still").exists() && cg.join("fz").exists());
+    // ps counts the processes of the sub-cgroups.
+    let listed = pod.state();
+    assert_eq!(listed["state"], "running", "{listed}");
+    assert!(listed["processes"].as_u64().unwrap() >= 6, "{listed}");
+    ok(zap(&["rm", "-f", &n]));
+    assert_removed(&pod, &pids, None, &mounts);
+    assert!(!cg.exists(), "cgroup {} left", cg.display());
+    assert!(!links().contains("zrm0") && !links().contains("zrm1"), "veth left: {}", links());
+}
+
+/// A pod whose init was killed from outside (its processes die with it; its sub-cgroups stay)
+/// and a pod whose creation was interrupted (a directory and a cgroup tree, no pod.json) are
+/// removed without -f and leave nothing.
+#[test]
+fn rm_removes_dead_and_half_created_pods() {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let n = name("dead");
+    let script = "mkdir -p /sys/fs/cgroup/s/t && sleep 1000 & echo $! > /sys/fs/cgroup/s/t/cgroup.procs; exec sleep 1000";
+    let pod = Pod::run(&n, &[], &["sh", "-c", script]);
+    let st: Value = serde_json::from_slice(&std::fs::read(format!("{RUN_DIR}/{n}/pod.json")).unwrap()).unwrap();
+    let cg = PathBuf::from(st["cgroup"].as_str().unwrap());
+    assert!(wait_for(Duration::from_secs(5), || all_procs_of(&n).len() >= 3));
+    let pids = all_procs_of(&n);
+    // SAFETY: kill on the init of the pod this test created.
+    unsafe { libc::kill(pod.init_pid as i32, libc::SIGKILL) };
+    pod.reap_init();
+    assert!(wait_for(Duration::from_secs(5), || pod.state()["state"] == "dead"), "{}", pod.state());
+    ok(zap(&["rm", &n]));
+    assert_removed(&pod, &pids, None, &mounts);
+    assert!(!cg.exists(), "cgroup {} left", cg.display());
+
+    // Interrupted at its start: a pod directory without pod.json and a cgroup tree.
+    let n = name("half");
+    let cg = Path::new(v2_root()).join("zap").join(&n);
+    std::fs::create_dir_all(Path::new(RUN_DIR).join(&n)).unwrap();
+    std::fs::create_dir_all(cg.join("sub/deeper")).unwrap();
+    let half = Pod { name: n.clone(), init_pid: 0 };
+    assert!(String::from_utf8_lossy(&ok(zap(&["ps"])).stdout).contains(&n), "a half-created pod is listed");
+    ok(zap(&["rm", &n]));
+    assert!(!cg.exists(), "cgroup {} left", cg.display());
+    assert!(!Path::new(RUN_DIR).join(&n).exists(), "pod dir left");
+    drop(half);
+}

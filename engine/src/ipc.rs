@@ -71,6 +71,12 @@ fn num<T: std::str::FromStr>(row: &[&str], i: usize, what: &str) -> std::io::Res
 /// Reads the IPC objects of the IPC namespace of process `pid` (stopped, with the rest of its
 /// pod), storing segment contents through `sink`; returns them and the images of the contents.
 pub fn save<W: ChunkSink>(pid: i32, sink: &mut W, cfg: &ChunkerConfig) -> Result<(IpcState, Vec<Image>)> {
+    save_prefixed(pid, sink, cfg, "ipc/")
+}
+
+/// Like [`save`], naming the images of segment contents `{prefix}shm/{id}` (one prefix per IPC
+/// namespace saved in one checkpoint).
+pub fn save_prefixed<W: ChunkSink>(pid: i32, sink: &mut W, cfg: &ChunkerConfig, prefix: &str) -> Result<(IpcState, Vec<Image>)> {
     let ipc_err = |e: std::io::Error| EngineError::Proc { pid, detail: format!("read System V IPC objects: {e}") };
     type Raw = (Vec<(ShmSegment, Vec<u8>)>, Vec<SemSet>, usize);
     let (segments, sem, queues): Raw = sys::in_ipc_ns(pid, || {
@@ -112,7 +118,7 @@ pub fn save<W: ChunkSink>(pid: i32, sink: &mut W, cfg: &ChunkerConfig) -> Result
     let mut images = Vec::new();
     for (mut seg, data) in segments {
         let (extents, _) = store_run(sink, cfg, 0, &data)?;
-        seg.image = format!("ipc/shm/{}", seg.id);
+        seg.image = format!("{prefix}shm/{}", seg.id);
         images.push(Image { name: seg.image.clone(), kind: ImageKind::Memory, extents });
         shm.push(seg);
     }

@@ -29,6 +29,9 @@
 //! injected `waitid`) if it had collected it before the checkpoint (which the save asked it with
 //! `waitid(WNOWAIT)`), and loses the SIGCHLD the stop queued unless one was pending for it then;
 //! so the parent's `waitpid(WUNTRACED)` and pending signals are as they were.
+//! The caller's [`TargetSpawner`] is told when each member has been taken over (before it creates
+//! its children: a pod puts it into namespaces of its own there) and before the members are
+//! released (a pod moves them into their cgroups).
 //!
 //! Limits: a member whose session or process group leader is outside the group, or that is in a
 //! session it did not create and its parent does not share, is restored in its parent's

@@ -24,9 +24,17 @@ pub trait TargetSpawner {
     /// Starts the init.
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32>;
 
-    /// Called once every member is rebuilt, still stopped, just before they are all released
-    /// (a pod opens its network here). A failure ends the restore.
-    fn before_release(&mut self) -> Result<()> {
+    /// Called for each live member (vpid, host pid) right after it was taken over and its
+    /// address space cleared, before it creates its children (which inherit what it is given
+    /// here, e.g. namespaces of its own); `ppid` is its parent's vpid (0: the init).
+    fn member_taken(&mut self, _vpid: i32, _pid: i32, _ppid: i32, _inj: &mut Injector) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once every member is rebuilt (vpid, host pid), still stopped, just before they
+    /// are all released (a pod opens its network and places them in cgroups here). A failure
+    /// ends the restore.
+    fn before_release(&mut self, _pids: &[(i32, i32)]) -> Result<()> {
         Ok(())
     }
 }
@@ -153,7 +161,8 @@ pub fn restore_in<S: ImageStore>(
     }
     let init = spawner.spawn(&top, tramp)?;
     let mut frozen: Vec<Frozen> = Vec::new();
-    let result = build(store, manifest, image, init, tramp, &mut frozen, files).and_then(|b| spawner.before_release().map(|()| b));
+    let result = build(store, manifest, image, init, tramp, &mut frozen, files, spawner)
+        .and_then(|(pids, warnings)| spawner.before_release(&pids).map(|()| (pids, warnings)));
     match result {
         Ok((pids, mut warnings)) => {
             release(image, &pids, frozen, &mut warnings);
@@ -176,6 +185,7 @@ pub fn restore_in<S: ImageStore>(
 
 type Built = (Vec<(i32, i32)>, Vec<String>);
 
+#[allow(clippy::too_many_arguments)]
 fn build<S: ImageStore>(
     store: &S,
     manifest: &Manifest,
@@ -184,6 +194,7 @@ fn build<S: ImageStore>(
     tramp: u64,
     frozen: &mut Vec<Frozen>,
     mut fctx: RestoreContext,
+    spawner: &mut dyn TargetSpawner,
 ) -> Result<Built> {
     let mut host: HashMap<i32, i32> = HashMap::new();
     for v in image.top() {
@@ -211,6 +222,7 @@ fn build<S: ImageStore>(
                     let all = image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.fds.iter());
                     crate::files::take_ctty(r.injector(), m.vpid, all, &mut fctx)?;
                 }
+                spawner.member_taken(m.vpid, pid, m.ppid, r.injector())?;
                 for k in kids.iter().filter(|c| !inherits(c)) {
                     clone_child(&mut r, k.vpid)?;
                     host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);

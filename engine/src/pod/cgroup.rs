@@ -8,6 +8,11 @@
 //! `memory.limit_in_bytes` and `cpu.cfs_quota_us` + `cpu.cfs_period_us`. A v1 cgroup holds
 //! nothing until a process is put into its `cgroup.procs`: the pod's init is added before the
 //! pod's command starts, so every process of the pod inherits it.
+//!
+//! The pod may make cgroups under its own (see [`super::cgroups`]): [`Cgroup::procs`] lists the
+//! processes of all of them, [`Cgroup::kill`] ends them all and [`Cgroup::remove`] removes them
+//! deepest first; a checkpoint's stop thaws those the pod froze while it holds the pod
+//! ([`Cgroup::thaw_children`], [`Cgroup::refreeze`]).
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -155,13 +160,23 @@ impl Cgroup {
         fs::File::open(&self.v2).map_err(|e| EngineError::io("open cgroup", &self.v2, e))
     }
 
-    /// Host pids of the processes in the cgroup (empty if it is gone).
+    /// Host pids of the processes in the cgroup and in the cgroups the pod made under it (empty
+    /// if it is gone).
     pub fn procs(&self) -> Vec<i32> {
-        fs::read_to_string(self.v2.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        let mut out = Vec::new();
+        for rel in super::cgroups::subtree(&self.v2) {
+            let dir = if rel.is_empty() { self.v2.clone() } else { self.v2.join(rel) };
+            out.extend(fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        out
+    }
+
+    /// The cgroup directory process `pid` is in, when it is this cgroup or one under it.
+    pub fn dir_of_process(&self, pid: i32) -> Option<PathBuf> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let dir = v2_root().ok()?.join(path.trim_start_matches('/'));
+        dir.starts_with(&self.v2).then_some(dir)
     }
 
     fn events_say(&self, key: &str, value: &str) -> Result<bool> {
@@ -191,8 +206,33 @@ impl Cgroup {
         write(&self.v2.join("cgroup.freeze"), "0", "thaw cgroup")
     }
 
-    /// Kills every process of the cgroup (`cgroup.kill`) and waits up to `timeout` until it is
-    /// empty. A cgroup that no longer exists counts as empty.
+    /// Clears `cgroup.freeze` of the cgroups under this one that the pod froze itself, and
+    /// returns them (paths under this cgroup). While this cgroup is frozen nothing runs; once it
+    /// is thawed, their processes can be stopped with ptrace and have syscalls injected (a
+    /// frozen process would not run the injected syscall). [`Cgroup::refreeze`] undoes it.
+    pub fn thaw_children(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for rel in super::cgroups::subtree(&self.v2).into_iter().skip(1) {
+            let f = self.v2.join(&rel).join("cgroup.freeze");
+            if fs::read_to_string(&f).is_ok_and(|v| v.trim() == "1") {
+                write(&f, "0", "thaw cgroup")?;
+                out.push(rel);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Freezes again the cgroups [`Cgroup::thaw_children`] thawed.
+    pub fn refreeze(&self, children: &[String]) -> Result<()> {
+        for rel in children {
+            write(&self.v2.join(rel).join("cgroup.freeze"), "1", "freeze cgroup")?;
+        }
+        Ok(())
+    }
+
+    /// Kills every process of the cgroup and of the cgroups under it (`cgroup.kill`, frozen ones
+    /// included) and waits up to `timeout` until they are empty. A cgroup that no longer exists
+    /// counts as empty.
     pub fn kill(&self, timeout: Duration) -> Result<()> {
         if !self.v2.exists() {
             return Ok(());
@@ -235,10 +275,12 @@ impl Cgroup {
             .sum()
     }
 
-    /// Removes the cgroup directories (they must be empty of processes). Directories already
-    /// gone are fine. A just-emptied cgroup may stay busy for a moment; this retries for 2 s.
+    /// Removes the cgroup directories and the cgroups the pod made under them, deepest first
+    /// (they must be empty of processes). Directories already gone are fine. A just-emptied
+    /// cgroup may stay busy for a moment; this retries for 2 s.
     pub fn remove(&self) -> Result<()> {
         for dir in std::iter::once(&self.v2).chain(&self.v1) {
+            super::cgroups::remove_subtree(dir).map_err(|e| EngineError::io("remove cgroup", dir, e))?;
             let start = Instant::now();
             loop {
                 match fs::remove_dir(dir) {

@@ -3,9 +3,12 @@
 //! ## Checkpoint ([`checkpoint`])
 //! The pod's cgroup is frozen (`cgroup.freeze`), so no process can fork or exit past the
 //! freeze. Every thread of every process but our init is then seized and interrupted with ptrace
-//! and the cgroup thawed: the threads enter their ptrace stops before returning to user space, so
-//! the pod stays stopped as one. The processes are saved as a group ([`crate::group`]), the pod's
-//! network configuration (address, MAC, routes) is read, and the pages are copied out. With
+//! and the cgroup thawed (with the sub-cgroups the pod froze itself, which are frozen again
+//! before the processes are let go): the threads enter their ptrace stops before returning to
+//! user space, so the pod stays stopped as one. The processes are saved as a group
+//! ([`crate::group`]), the pod's network configuration (address, MAC, routes) is read, what the
+//! processes made inside the pod (mounts and the files of in-memory file systems, sub-cgroups,
+//! namespaces of their own: [`super::inside`]) is saved, and the pages are copied out. With
 //! `leave_running` the pod goes on from here; otherwise it stays stopped until the checkpoint is
 //! committed, and is then killed and removed (its state now lives in the checkpoint).
 //!
@@ -48,8 +51,9 @@ use crate::{EngineError, Result};
 
 /// Manifest kind of a pod checkpoint.
 pub const KIND: &str = "pod";
-/// Version of the [`PodImage`] encoding (first byte of the state blob).
-pub const POD_IMAGE_VERSION: u8 = 2;
+/// Version of the [`PodImage`] encoding (first byte of the state blob). 2: TCP connections and
+/// the network lock; 3: what the processes made inside the pod ([`PodImage::inside`]).
+pub const POD_IMAGE_VERSION: u8 = 3;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything about a pod except page contents.
@@ -77,6 +81,8 @@ pub struct PodImage {
     pub group: GroupImage,
     /// System V IPC objects of the pod's IPC namespace.
     pub ipc: IpcState,
+    /// What the processes made inside the pod: mounts, sub-cgroups, namespaces of their own.
+    pub inside: super::inside::InsideImage,
 }
 
 impl PodImage {
@@ -117,9 +123,10 @@ fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -
 }
 
 /// Stops every process of the pod but its init: freeze the cgroup, seize and interrupt every
-/// thread, thaw, wait for the ptrace stops. Returns the host pids (zombies included, not
-/// stopped) and the stopped processes.
-fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
+/// thread, thaw (with the sub-cgroups the pod froze itself, which are frozen again before the
+/// processes are released), wait for the ptrace stops. Returns the host pids (zombies included,
+/// not stopped), the stopped processes and the sub-cgroups thawed.
+fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Vec<i32>, Vec<Frozen>, Vec<String>)> {
     let t0 = Instant::now();
     // A process caught in vfork (a shell starting a command) would not reach its ptrace stop
     // until its child execs: let the pod run a moment and freeze again.
@@ -156,18 +163,31 @@ fn stop_pod(name: &str, cg: &super::cgroup::Cgroup, init_pid: i32) -> Result<(Ve
         }
         Ok::<_, EngineError>(frozen)
     })();
+    let children = match &seized {
+        Ok(_) => cg.thaw_children(),
+        Err(_) => Ok(Vec::new()),
+    };
     let thawed = cg.thaw();
-    let mut frozen = seized?;
-    thawed?;
+    let (mut frozen, children) = match (seized, children) {
+        (Ok(f), Ok(c)) => (f, c),
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+    };
+    if let Err(e) = thawed {
+        let _ = cg.refreeze(&children);
+        return Err(e);
+    }
     let thawed_at = t0.elapsed().as_secs_f64() * 1e3;
     for f in &mut frozen {
-        f.wait_stopped()?;
+        if let Err(e) = f.wait_stopped() {
+            let _ = cg.refreeze(&children);
+            return Err(e);
+        }
     }
     tracing::debug!(pod = name, attempt, frozen_at, thawed_at, stopped_at = t0.elapsed().as_secs_f64() * 1e3, "pod stopped");
     if pids.is_empty() {
         return Err(pod_err(name, "checkpoint", "the pod has no process besides its init"));
     }
-    Ok((pids, frozen))
+    Ok((pids, frozen, children))
 }
 
 /// How often a freeze is retried while a process of the pod is caught in vfork (5 ms apart).
@@ -317,6 +337,8 @@ pub struct StoppedPod {
     stop_ms: f64,
     /// The pod's network lock; `None` once unlocked or kept for the end.
     netlock: Option<NetLock>,
+    /// Sub-cgroups the pod had frozen itself, thawed for the stop (see [`stop_pod`]).
+    thawed: Vec<String>,
     _lock: PodLock,
 }
 
@@ -357,7 +379,7 @@ impl StoppedPod {
         // Locked first, so that nothing the processes sent before they stopped is acknowledged
         // behind the checkpoint's back; a failure to stop drops (opens) the lock again.
         let netlock = NetLock::namespace(&format!("pod {name}"), state.init_pid)?;
-        let (pids, frozen) = stop_pod(name, &cgroup_of(&state), state.init_pid)?;
+        let (pids, frozen, thawed) = stop_pod(name, &cgroup_of(&state), state.init_pid)?;
         let stop_ms = t.elapsed().as_secs_f64() * 1e3;
         Ok(StoppedPod {
             root: root.to_path_buf(),
@@ -367,6 +389,7 @@ impl StoppedPod {
             frozen: Some(frozen),
             stop_ms,
             netlock: Some(netlock),
+            thawed,
             _lock: lock,
         })
     }
@@ -404,11 +427,23 @@ impl StoppedPod {
     /// Lets the processes run on (an interrupted syscall is made again) and unlocks the
     /// network. The checkpoint lock is kept until the value is dropped.
     pub fn resume(&mut self) -> Result<()> {
-        drop(self.frozen.take());
+        if let Some(frozen) = self.frozen.take() {
+            // Frozen again while still stopped: those processes go from ptrace to the freezer.
+            if let Err(e) = cgroup_of(&self.state).refreeze(&self.thawed) {
+                tracing::warn!(pod = self.name, error = %e, "could not freeze again a cgroup the pod had frozen");
+            }
+            drop(frozen);
+        }
         match self.netlock.take() {
             Some(l) => l.unlock(),
             None => Ok(()),
         }
+    }
+
+    /// Sub-cgroups (paths under the pod's cgroup) the pod had frozen itself; they are thawed
+    /// while the pod is stopped (see [`stop_pod`]) and frozen again when it resumes.
+    pub fn frozen_subcgroups(&self) -> &[String] {
+        &self.thawed
     }
 
     /// Ends the pod: puts its TCP sockets in repair mode (closing them sends nothing), kills its
@@ -479,6 +514,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         Ok((m, t)) => (Some(m), t, String::new()),
         Err(why) => (None, group::Tracking::default(), format!("full: {why}")),
     };
+    // Namespaces the processes cannot be restored in (nested PID or user) are refused first.
+    super::inside::refuse_early(name, state.init_pid, &pids)?;
     let mut saved = group::save(&pids, stopped.frozen(), opts.tcp_close, true, Some(&mut tracking))?;
     refuse_external_streams(name, &saved.image)?;
     if parent.is_some() {
@@ -491,6 +528,10 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let saved_ms = tf.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
     let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
+    // Mounts, sub-cgroups and nested namespaces, read while the pod is stopped.
+    let (inside, mut inside_images, file_data) =
+        super::inside::save(root, &state, &saved.image, stopped.frozen_subcgroups(), &mut writer, &opts.chunker)?;
+    ipc_images.append(&mut inside_images);
     // The pod's console log, read while the pod is stopped (its end is where the processes'
     // appends continue after a restore); only its last CONSOLE_KEEP bytes are kept.
     let console = read_console(&pod_dir(root, name).join("console.log"));
@@ -516,6 +557,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let ts = Instant::now();
     let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, parent.as_ref().map(|m| m.images.as_slice()))?;
     images.append(&mut ipc_images);
+    // Files of the pod's in-memory file systems, copied while it was stopped.
+    images.append(&mut file_data.store(&mut writer, &opts.chunker)?);
     if !console.is_empty() {
         let (extents, _) = zap_store::store_run(&mut writer, &opts.chunker, 0, &console)?;
         images.push(zap_store::Image { name: CONSOLE_IMAGE.into(), kind: zap_store::ImageKind::File, extents });
@@ -534,6 +577,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         pod_dir: format!("{}/", pod_dir(root, name).display()),
         group: saved.image,
         ipc: ipc_state,
+        inside,
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
     manifest.parent = parent.as_ref().map(|m| m.id).or(opts.parent);

@@ -21,7 +21,9 @@
 //! ## State on disk
 //! The run directory ([`run_dir`]: `/run/zap/pods`, or `$ZAP_RUN_DIR`, mode 0700) holds one
 //! directory per pod: `pod.json` (a [`PodState`], replaced atomically), `console.log` (the
-//! command's stdout and stderr) and `exit` (an [`init::ExitInfo`]). `pod.json` is written
+//! command's stdout and stderr), `exit` (an [`init::ExitInfo`]) and `mounts.base` (the pod's
+//! mount table as its init set it up, what the pod's own mounts are told apart from:
+//! [`mounts`]). `pod.json` is written
 //! before anything else is created, so a pod whose creation was interrupted can still be
 //! removed. A pod's status ([`PodStatus`]) is computed live: running when its init is alive and
 //! has the start time recorded in `pod.json` (guarding against pid reuse), exited when the exit
@@ -34,9 +36,20 @@
 //!             └── zv-5e6f7a8b ═══ veth ═══ eth0 10.77.0.3/24  (pod b)
 //! ```
 //! Without an address a pod has only `lo` (up) in its own network namespace.
+//!
+//! ## What the pod makes inside itself
+//! A pod's processes may mount file systems, make cgroups under the pod's and make namespaces
+//! of their own; a checkpoint saves those and a restore makes them again before the processes
+//! run ([`inside`]: [`mounts`], [`cgroups`], [`nested`]). [`rm`] removes a pod whatever it made:
+//! `cgroup.kill` ends every process of the pod's cgroup and of those under it (frozen ones too),
+//! the cgroups are removed deepest first, and mounts and namespaces go with the processes.
 pub mod cgroup;
+pub mod cgroups;
 pub mod checkpoint;
 pub mod init;
+pub mod inside;
+pub mod mounts;
+pub mod nested;
 pub mod net;
 pub mod netlock;
 pub mod restore;
@@ -501,6 +514,8 @@ fn start(
     if ready != "ready" {
         return Err(pod_err(name, format!("set up by init {pid}"), format!("unexpected answer {ready:?}")));
     }
+    // The mounts as the init set them up: what the pod's own mounts are told apart from.
+    mounts::record_base(&pod_dir(root, name), pid)?;
     cg.enter_v1(pid)?;
     match cidr {
         Some(c) => state.veth_host = Some(net::setup(name, pid, c, spec.mac.as_deref())?),
@@ -522,6 +537,12 @@ fn start(
 fn kill_all(root: &Path, state: &PodState) -> Result<()> {
     let running = status(root, state) == PodStatus::Running;
     cgroup_of(state).kill(KILL_TIMEOUT).map_err(|e| pod_err(&state.name, "kill", e))?;
+    // The init leaves its cgroup before it has finished exiting (as PID 1 it first waits for the
+    // rest of its namespace): wait until it is gone too.
+    let t = Instant::now();
+    while alive(state.init_pid, state.init_start) && t.elapsed() < KILL_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let dir = pod_dir(root, &state.name);
     if running && !dir.join("exit").exists() {
         let info = ExitInfo { code: 128 + libc::SIGKILL, signal: Some(libc::SIGKILL), wait_status: -1 };
@@ -562,7 +583,8 @@ pub fn stop(root: &Path, name: &str, timeout: Duration) -> Result<PodStatus> {
 }
 
 /// Removes pod `name`: refuses a running pod unless `force` (then kills it), then deletes its
-/// network, cgroups and directory. Works on half-created pods too.
+/// network, cgroups (with those the pod made under its own) and directory. Works on
+/// half-created pods and pods whose init died too.
 pub fn rm(root: &Path, name: &str, force: bool) -> Result<()> {
     let state = load(root, name)?;
     if status(root, &state) == PodStatus::Running && !force {
@@ -622,7 +644,12 @@ pub fn exec(root: &Path, name: &str, argv: &[String], env: &[(String, String)]) 
         return Err(pod_err(name, "exec", "the pod is not running"));
     }
     let cg = cgroup_of(&state);
-    let cg_dir = cg.open_dir()?;
+    // The init's cgroup: the pod's own, or the one a manager inside the pod moved it to (a cgroup
+    // that hands controllers to its children may hold no process).
+    let cg_dir = match cg.dir_of_process(state.init_pid) {
+        Some(dir) => std::fs::File::open(&dir).map_err(|e| EngineError::io("open cgroup", &dir, e))?,
+        None => cg.open_dir()?,
+    };
     let mut v1 = Vec::new();
     for dir in &cg.v1 {
         let p = dir.join("cgroup.procs");

@@ -5,8 +5,10 @@
 //! with their pids and the group restore fills everything in. Files under the original pod's
 //! directory (its `console.log`) are reopened under the new pod's directory, and sockets bound to
 //! the old address are bound to the new one. The pod's console log travels in the checkpoint (its
-//! last 16 MiB) and is put back before the processes resume. On failure the half-made pod is
-//! removed.
+//! last 16 MiB) and is put back before the processes resume. What the processes had made inside
+//! the pod is made again ([`super::inside`]): names, cgroup tree and mounts before any process is
+//! restored, namespaces of their own as each process is rebuilt, cgroup placement before they
+//! run. On failure the half-made pod is removed.
 //!
 //! ## Connections
 //! The new pod's network is locked ([`super::netlock`]) as soon as its namespace exists, before
@@ -26,6 +28,7 @@ use zap_store::{CheckpointId, ImageStore, Manifest};
 
 use super::checkpoint::{PodImage, CONSOLE_IMAGE, KIND};
 use super::netlock::NetLock;
+use super::inside::InsideRestore;
 use super::{load, pod_dir, PodSpec};
 use crate::files::RestoreContext;
 use crate::group::{self, GroupRestored, TargetSpawner};
@@ -77,6 +80,7 @@ struct PodSpawner<'a, S> {
     created: bool,
     init_pid: i32,
     netlock: Option<NetLock>,
+    inside: InsideRestore<'a, S>,
 }
 
 impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
@@ -98,15 +102,22 @@ impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
         }
         // The IPC objects exist before any process attaches them.
         self.ipc.restore(self.store, &self.manifest.images, state.init_pid)?;
+        // Names, cgroup tree and mounts exist before any process is restored.
+        self.inside.pod_created(&state)?;
         let log = pod_dir(self.root, &self.spec.name).join("console.log");
         std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| EngineError::io("create", &log, e))?;
         Ok(state.init_pid)
     }
 
-    /// Every process is rebuilt and still stopped: the network opens now (unless kept locked),
-    /// and each connection sends a window probe, so that a peer that no longer has it resets it
-    /// at once rather than when the application next sends.
-    fn before_release(&mut self) -> Result<()> {
+    fn member_taken(&mut self, vpid: i32, pid: i32, ppid: i32, inj: &mut crate::inject::Injector) -> Result<()> {
+        self.inside.member_taken(vpid, pid, ppid, inj)
+    }
+
+    /// Every process is rebuilt and still stopped: they are placed in their cgroups, then the
+    /// network opens (unless kept locked) and each connection sends a window probe, so that a
+    /// peer that no longer has it resets it at once rather than when the application next sends.
+    fn before_release(&mut self, pids: &[(i32, i32)]) -> Result<()> {
+        self.inside.before_release(pids)?;
         let Some(lock) = self.netlock.take() else { return Ok(()) };
         self.locked_ms = lock.held_ms() + lock.lock_ms;
         if self.keep_locked {
@@ -157,6 +168,7 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
             files.sockets.rebind.push((old, new));
         }
     }
+    let inside = InsideRestore::new(&name, &image.inside, store, &manifest.images);
     let mut spawner = PodSpawner {
         store,
         manifest: &manifest,
@@ -169,6 +181,7 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
         netlock: None,
         keep_locked: opts.keep_network_locked,
         locked_ms: 0.0,
+        inside,
     };
     let result = group::restore_in(store, &manifest, &image.group, &mut spawner, files)
         .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group))

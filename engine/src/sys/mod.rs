@@ -8,3 +8,4 @@ pub mod regs;
 pub mod sock;
 pub mod ipc;
 pub mod uffd;
+pub mod mount;

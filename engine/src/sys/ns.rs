@@ -488,3 +488,43 @@ pub fn flock_exclusive(file: &std::fs::File) -> io::Result<()> {
     }
 }
 
+
+/// Runs `f` on a short-lived thread that first joined the namespaces `ns` (descriptors of
+/// `/proc/PID/ns/*` files, each with its `CLONE_NEW*` type) and, with `copy_mounts`, then made
+/// itself a private copy of the mount namespace it joined (whatever `f` mounts or unmounts there
+/// reaches no other namespace). Joining a mount namespace resets the thread's root and working
+/// directory to that namespace's root.
+pub fn in_namespaces<T: Send>(ns: &[(BorrowedFd<'_>, i32)], copy_mounts: bool, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if copy_mounts || ns.iter().any(|(_, t)| *t == libc::CLONE_NEWNS) {
+                // SAFETY: unshare on this thread only (a mount namespace can be joined only by a
+                // thread that shares its root and working directory with no other).
+                cvt(unsafe { libc::unshare(libc::CLONE_FS) })?;
+            }
+            for (fd, t) in ns {
+                // SAFETY: setns on this thread only; the descriptor is valid.
+                cvt(unsafe { libc::setns(fd.as_raw_fd(), *t) })?;
+            }
+            if copy_mounts {
+                // SAFETY: unshare on this thread only.
+                cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+                super::mount::make_all_private()?;
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?
+    })
+}
+
+/// The inode of the network namespace socket `sock` belongs to (`SIOCGSKNS`).
+pub fn socket_netns(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor.
+    let fd = cvt(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGSKNS) })?;
+    // SAFETY: the ioctl just created this descriptor; we own it.
+    let ns = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    use std::os::unix::fs::MetadataExt;
+    Ok(ns.metadata()?.ino())
+}
