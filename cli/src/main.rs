@@ -44,9 +44,14 @@ use output::Output;
     propagate_version = true
 )]
 struct Cli {
-    /// The image store directory.
-    #[arg(long, global = true, env = "ZAP_STORE", default_value = "/var/lib/zap/store", value_name = "DIR")]
-    store: PathBuf,
+    /// The Zap root of this host: its run directory (DIR/pods), store (DIR/store), migration
+    /// state, keys, locks and cgroup parent all derive from it, so several hosts can share one
+    /// machine (default: /run/zap/pods, /var/lib/zap/store, /etc/zap/keys, cgroup zap).
+    #[arg(long, global = true, env = "ZAP_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// The image store directory (default: ROOT/store with --root, else /var/lib/zap/store).
+    #[arg(long, global = true, env = "ZAP_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -135,7 +140,12 @@ fn emit(out: &Output) -> io::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let ctx = Ctx { store: cli.store, json: cli.json };
+    if let Some(root) = &cli.root {
+        // The engine reads the root from the environment (as do the processes zap starts, such
+        // as the checkpoint scheduler); nothing else runs yet in this process.
+        std::env::set_var("ZAP_ROOT", root);
+    }
+    let ctx = Ctx { store: cli.store.unwrap_or_else(zap_engine::host::store_dir), json: cli.json };
     // The pod commands name themselves in errors (`zap run: ...`); the others say `zap: error:`.
     let (pod_command, result) = match cli.command {
         Command::Checkpoint(args) => (None, process_cmd::checkpoint(&ctx, &args)),
