@@ -31,6 +31,7 @@ pub mod ipc;
 pub mod maps;
 pub mod mem;
 pub mod memdump;
+pub mod migrate;
 pub mod pod;
 pub mod process;
 pub mod signals;

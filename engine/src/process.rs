@@ -491,6 +491,13 @@ impl<'a> ProcRestore<'a> {
     /// Takes over the bare process `pid` (host pid, stopped under ptrace): blocks signals, closes
     /// inherited fds and clears its address space down to the trampoline at `tramp`.
     pub fn begin(image: &'a ProcessImage, pid: i32, tramp: u64) -> Result<Self> {
+        Ok(Self::adopt(image, pid, tramp, Self::take_over(pid, tramp)?))
+    }
+
+    /// The first half of [`ProcRestore::begin`], which needs no image: takes over the bare
+    /// process `pid` and returns the injector driving it. A migration's destination does this
+    /// long before the image is known, and fills the memory in while the source still runs.
+    pub fn take_over(pid: i32, tramp: u64) -> Result<Injector> {
         let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
         let mut inj = Injector::new(pid, pid, tramp)?;
         // Block every signal while we work; the saved mask is loaded at the end.
@@ -509,7 +516,13 @@ impl<'a> ProcRestore<'a> {
         }
         inj.call("munmap below trampoline", libc::SYS_munmap, [0, tramp, 0, 0, 0, 0])?;
         inj.call("munmap above trampoline", libc::SYS_munmap, [tramp + 4096, TASK_SIZE - tramp - 4096, 0, 0, 0, 0])?;
-        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new() })
+        Ok(inj)
+    }
+
+    /// The second half of [`ProcRestore::begin`]: the restore of `image` into the process `pid`
+    /// taken over with [`ProcRestore::take_over`] (whose memory may already be in place).
+    pub fn adopt(image: &'a ProcessImage, pid: i32, tramp: u64, inj: Injector) -> Self {
+        ProcRestore { image, pid, tramp, inj, extra: Vec::new() }
     }
 
     /// Host pid of the process.

@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessImage;
 use crate::Result;
 
-pub use restore::{group_trampoline, restore, restore_in, GroupRestored, TargetSpawner};
-pub use save::{freeze_tree, is_zombie_pid, save, tree_of, SavedGroup, Tracking};
+pub use restore::{clone_child, complete, group_trampoline, restore, restore_in, wait_child, BareTree, Built, GroupRestored, TargetSpawner, TreeShape};
+pub use save::{freeze_tree, is_zombie_pid, save, shape_of, tree_of, SavedGroup, Tracking};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob).
 pub const GROUP_IMAGE_VERSION: u8 = 1;

@@ -86,7 +86,9 @@ fn children_by_vpid(parent: i32) -> HashMap<i32, i32> {
     out
 }
 
-fn wait_child(parent: i32, vpid: i32, tramp: u64) -> Result<i32> {
+/// Waits until `parent` has a child of pid `vpid` (in its namespace) ready in the trampoline;
+/// returns its host pid.
+pub fn wait_child(parent: i32, vpid: i32, tramp: u64) -> Result<i32> {
     let start = Instant::now();
     loop {
         if let Some(&host) = children_by_vpid(parent).get(&vpid) {
@@ -100,9 +102,8 @@ fn wait_child(parent: i32, vpid: i32, tramp: u64) -> Result<i32> {
     }
 }
 
-/// Injects `clone3` with `set_tid = [vpid]` (a fork-like child) into the process `r` drives.
-fn clone_child(r: &mut ProcRestore<'_>, vpid: i32) -> Result<()> {
-    let inj = r.injector();
+/// Injects `clone3` with `set_tid = [vpid]` (a fork-like child) into the process `inj` drives.
+pub fn clone_child(inj: &mut Injector, vpid: i32) -> Result<()> {
     let scratch = inj.scratch(4096)?;
     // struct clone_args (11 u64) followed by the set_tid array.
     let mut args = [0u64; 12];
@@ -131,72 +132,150 @@ pub fn restore_in<S: ImageStore>(
 ) -> Result<GroupRestored> {
     let t0 = Instant::now();
     let tramp = group_trampoline(image);
-    let top = image.top();
     if image.members.iter().any(|m| m.vpid == 1) {
         return Err(EngineError::Proc { pid: 1, detail: "the group's namespace init (pid 1) cannot be a member".into() });
     }
-    let init = spawner.spawn(&top, tramp)?;
-    let mut frozen: Vec<Frozen> = Vec::new();
-    let result = build(store, manifest, image, init, tramp, &mut frozen, files);
-    match result {
-        Ok((pids, warnings)) => {
-            drop(frozen); // every member runs from here
-            let restored = GroupRestored { init_pid: init, pids, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
-            kill_signalled_zombies(image, &restored);
-            Ok(restored)
-        }
-        Err(e) => {
-            // Killed while still traced, so that no half-restored thread runs.
-            for f in frozen {
-                if let Err(kill) = f.kill() {
-                    tracing::warn!(error = %kill, "could not kill a half-restored process");
-                }
-            }
-            sysclone::kill_and_reap(init); // a pod init is not our child: gone is enough
-            Err(e)
-        }
+    let shape = TreeShape::of(image);
+    let init = spawner.spawn(&shape.top(), tramp)?;
+    let mut tree = BareTree { init, tramp, host: HashMap::new(), frozen: Vec::new(), injectors: HashMap::new() };
+    let result = tree.build(&shape).and_then(|()| {
+        let mut shm = ShmContext::default();
+        complete(&mut tree, image, files, |r| r.memory(store, &manifest.images, &mut shm))
+    });
+    tree.finish(image, result, t0)
+}
+
+/// The shape of a process tree: what a bare tree is built from ([`BareTree::build`]), known
+/// before the processes' images are (a migration reads it from `/proc` while the source runs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TreeShape {
+    /// Members in restore order (parents first): (vpid, parent vpid or 0, leads its session,
+    /// alive (not a zombie)).
+    pub members: Vec<(i32, i32, bool, bool)>,
+}
+
+impl TreeShape {
+    /// The shape of a saved group.
+    pub fn of(image: &GroupImage) -> Self {
+        TreeShape { members: image.members.iter().map(|m| (m.vpid, m.ppid, m.sid == m.vpid, m.image().is_some())).collect() }
+    }
+
+    /// Members whose parent is not in the group, in order.
+    pub fn top(&self) -> Vec<i32> {
+        self.members.iter().filter(|m| m.1 == 0).map(|m| m.0).collect()
     }
 }
 
-type Built = (Vec<(i32, i32)>, Vec<String>);
+/// A group's processes created bare with their pids ([`BareTree::build`]): live members taken
+/// over and cleared down to the trampoline, zombies-to-be waiting; all stopped under ptrace.
+pub struct BareTree {
+    /// Host pid of the namespace init (ours).
+    pub init: i32,
+    /// The trampoline address.
+    pub tramp: u64,
+    /// Host pid of each member, by vpid.
+    pub host: HashMap<i32, i32>,
+    /// The stopped members.
+    pub frozen: Vec<Frozen>,
+    /// The injector driving each live member, by vpid (until [`complete`] takes it).
+    pub injectors: HashMap<i32, Injector>,
+}
 
-fn build<S: ImageStore>(
-    store: &S,
-    manifest: &Manifest,
-    image: &GroupImage,
-    init: i32,
-    tramp: u64,
-    frozen: &mut Vec<Frozen>,
-    mut fctx: RestoreContext,
-) -> Result<Built> {
-    let mut host: HashMap<i32, i32> = HashMap::new();
-    for v in image.top() {
-        host.insert(v, wait_child(init, v, tramp)?);
+impl BareTree {
+    /// An empty tree under init `init` (whose top members exist or are being created).
+    pub fn new(init: i32, tramp: u64) -> Self {
+        BareTree { init, tramp, host: HashMap::new(), frozen: Vec::new(), injectors: HashMap::new() }
     }
+
+    /// Builds the tree bare: each member is taken over, takes its session, then creates its
+    /// own children (`clone3` + `set_tid`).
+    pub fn build(&mut self, shape: &TreeShape) -> Result<()> {
+        for v in shape.top() {
+            self.host.insert(v, wait_child(self.init, v, self.tramp)?);
+        }
+        for &(vpid, _, leads_session, live) in &shape.members {
+            let pid = *self.host.get(&vpid).ok_or_else(|| EngineError::Proc { pid: vpid, detail: "was not created".into() })?;
+            self.frozen.push(Frozen::freeze(pid)?);
+            let kids: Vec<i32> = shape.members.iter().filter(|c| c.1 == vpid).map(|c| c.0).collect();
+            if live {
+                let mut inj = ProcRestore::take_over(pid, self.tramp)?;
+                if leads_session {
+                    inj.call("setsid", libc::SYS_setsid, [0; 6])?;
+                }
+                for &k in &kids {
+                    clone_child(&mut inj, k)?;
+                    self.host.insert(k, wait_child(pid, k, self.tramp)?);
+                }
+                self.injectors.insert(vpid, inj);
+            } else if !kids.is_empty() {
+                return Err(EngineError::Proc { pid: vpid, detail: "a zombie with children cannot be restored".into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the restore: on success every member runs from here (the result says how long it
+    /// took since `t0`); on failure every member is killed while still traced and the init
+    /// with them.
+    pub fn finish(self, image: &GroupImage, result: Result<Built>, t0: Instant) -> Result<GroupRestored> {
+        let BareTree { init, frozen, .. } = self;
+        match result {
+            Ok((pids, warnings)) => {
+                drop(frozen); // every member runs from here
+                let restored = GroupRestored { init_pid: init, pids, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
+                kill_signalled_zombies(image, &restored);
+                Ok(restored)
+            }
+            Err(e) => {
+                kill_tree(init, frozen);
+                Err(e)
+            }
+        }
+    }
+
+    /// Kills every member (while still traced, so that no half-restored thread runs) and the init.
+    pub fn abandon(self) {
+        kill_tree(self.init, self.frozen)
+    }
+}
+
+fn kill_tree(init: i32, frozen: Vec<Frozen>) {
+    for f in frozen {
+        if let Err(kill) = f.kill() {
+            tracing::warn!(error = %kill, "could not kill a half-restored process");
+        }
+    }
+    sysclone::kill_and_reap(init); // a pod init is not our child: gone is enough
+}
+
+/// (vpid, host pid) of every member, and the warnings of the restore.
+pub type Built = (Vec<(i32, i32)>, Vec<String>);
+
+/// Fills every member of the bare `tree` in from `image`: `memory` for each live member (in
+/// order: shared anonymous memory comes from the first member that maps it; a migration whose
+/// memory is in place already passes a no-op), threads, fds, process groups, attributes and CPU
+/// state, zombies. The members stay stopped; [`BareTree::finish`] releases them.
+pub fn complete(
+    tree: &mut BareTree,
+    image: &GroupImage,
+    mut fctx: RestoreContext,
+    mut memory: impl FnMut(&mut ProcRestore<'_>) -> Result<()>,
+) -> Result<Built> {
+    let tramp = tree.tramp;
     let mut warnings = Vec::new();
-    // 1. The tree, bare: each member takes its session, then creates its children.
     let mut live: Vec<ProcRestore<'_>> = Vec::new();
     let mut zombies: Vec<(i32, i32)> = Vec::new();
     for m in &image.members {
-        let pid = *host.get(&m.vpid).ok_or_else(|| EngineError::Proc { pid: m.vpid, detail: "was not created".into() })?;
-        frozen.push(Frozen::freeze(pid)?);
-        let kids: Vec<i32> = image.members.iter().filter(|c| c.ppid == m.vpid).map(|c| c.vpid).collect();
+        let pid = *tree.host.get(&m.vpid).ok_or_else(|| EngineError::Proc { pid: m.vpid, detail: "was not created".into() })?;
         match &m.state {
             MemberState::Live(img) => {
-                let mut r = ProcRestore::begin(img, pid, tramp)?;
-                if m.sid == m.vpid {
-                    r.injector().call("setsid", libc::SYS_setsid, [0; 6])?;
-                }
-                for &k in &kids {
-                    clone_child(&mut r, k)?;
-                    host.insert(k, wait_child(pid, k, tramp)?);
-                }
-                live.push(r);
+                let inj = tree
+                    .injectors
+                    .remove(&m.vpid)
+                    .ok_or_else(|| EngineError::Proc { pid: m.vpid, detail: "was not taken over (a zombie in the bare tree?)".into() })?;
+                live.push(ProcRestore::adopt(img, pid, tramp, inj));
             }
             MemberState::Zombie { status, comm } => {
-                if !kids.is_empty() {
-                    return Err(EngineError::Proc { pid: m.vpid, detail: "a zombie with children cannot be restored".into() });
-                }
                 let mut inj = Injector::new(pid, pid, tramp)?;
                 let scratch = inj.put_cstr(&comm.as_bytes()[..comm.len().min(15)])?;
                 inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
@@ -206,14 +285,13 @@ fn build<S: ImageStore>(
             }
         }
     }
-    // 2. Memory, in order: shared anonymous memory comes from the first member that maps it.
-    let mut shm = ShmContext::default();
+    // 2. Memory, in order.
     for r in &mut live {
-        r.memory(store, &manifest.images, &mut shm)?;
+        memory(r)?;
     }
     // 3. Threads.
     for r in &mut live {
-        let f = frozen.iter_mut().find(|f| f.pid() == r.pid()).expect("every member is stopped");
+        let f = tree.frozen.iter_mut().find(|f| f.pid() == r.pid()).expect("every member is stopped");
         r.threads(f)?;
     }
     // 4. Fds in save order, then the pipe keepers go.
@@ -239,7 +317,7 @@ fn build<S: ImageStore>(
         }
     }
     // 6. Every live member's attributes, credentials and CPU state.
-    let mut pids: Vec<(i32, i32)> = image.members.iter().map(|m| (m.vpid, host[&m.vpid])).collect();
+    let mut pids: Vec<(i32, i32)> = image.members.iter().map(|m| (m.vpid, tree.host[&m.vpid])).collect();
     for r in live {
         warnings.extend(r.finish()?);
     }

@@ -184,6 +184,20 @@ struct TrackerFile {
 
 const TRACKER_VERSION: u8 = 1;
 
+/// Drops the pod's dirty-page tracking between checkpoints (its parked userfaultfds are closed
+/// and its tracker state deleted): another tracker (a migration's) is about to take the pod's
+/// memory, and the pod's next checkpoint will be full.
+pub fn drop_tracking(root: &Path, name: &str) {
+    if let Some(t) = read_tracker(root, name) {
+        for a in &t.members {
+            if let Err(e) = dirty::disarm(a) {
+                tracing::warn!(pid = a.pid, error = %e, "could not close a parked userfaultfd");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(tracker_path(root, name));
+}
+
 fn tracker_path(root: &Path, name: &str) -> std::path::PathBuf {
     pod_dir(root, name).join("tracker.bin")
 }
@@ -262,7 +276,7 @@ pub(crate) const CONSOLE_IMAGE: &str = "console.log";
 /// How much of the end of a console log a checkpoint keeps.
 const CONSOLE_KEEP: u64 = 16 << 20;
 
-fn read_console(path: &Path) -> Vec<u8> {
+pub(crate) fn read_console(path: &Path) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -276,7 +290,7 @@ fn read_console(path: &Path) -> Vec<u8> {
 /// Fails when a process of the pod has a standard stream that leads outside it (a `zap exec`
 /// session attached to a terminal or to `zap exec`'s pipes): nothing in a restored pod could
 /// connect it again.
-fn refuse_external_streams(name: &str, image: &GroupImage) -> Result<()> {
+pub(crate) fn refuse_external_streams(name: &str, image: &GroupImage) -> Result<()> {
     for m in &image.members {
         if let Some(fd) = m.image().and_then(|i| i.fds.iter().find(|f| matches!(f.kind, crate::files::FdKind::External { .. }))) {
             let crate::files::FdKind::External { what } = &fd.kind else { unreachable!() };
@@ -302,7 +316,8 @@ pub struct StoppedPod {
     frozen: Option<Vec<Frozen>>,
     /// How long the stop took, ms.
     stop_ms: f64,
-    _lock: PodLock,
+    /// The checkpoint lock (taken back by [`StoppedPod::into_lock`]).
+    lock: Option<PodLock>,
 }
 
 /// A pod's checkpoint lock (`<pod dir>/checkpoint.lock`, `flock`): one checkpoint or migration of
@@ -341,7 +356,7 @@ impl StoppedPod {
         let t = Instant::now();
         let (pids, frozen) = stop_pod(name, &cgroup_of(&state), state.init_pid)?;
         let stop_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok(StoppedPod { root: root.to_path_buf(), name: name.to_string(), state, pids, frozen: Some(frozen), stop_ms, _lock: lock })
+        Ok(StoppedPod { root: root.to_path_buf(), name: name.to_string(), state, pids, frozen: Some(frozen), stop_ms, lock: Some(lock) })
     }
 
     /// The pod's recorded state.
@@ -372,6 +387,20 @@ impl StoppedPod {
     /// Lets the processes run on (an interrupted syscall is made again). The checkpoint lock is
     /// kept until the value is dropped.
     pub fn resume(&mut self) {
+        drop(self.frozen.take());
+    }
+
+    /// Lets the processes run on and gives the checkpoint lock back to the caller, who goes on
+    /// working on the pod (a migration between its rounds).
+    pub fn into_lock(mut self) -> PodLock {
+        self.resume();
+        self.lock.take().expect("a stopped pod holds its lock")
+    }
+
+    /// Leaves the pod stopped after this value is gone: the caller froze its cgroup (a
+    /// migration whose handover has an unknown outcome); the processes are let go by ptrace but
+    /// stay frozen until someone thaws the cgroup.
+    pub fn leave_frozen(mut self) {
         drop(self.frozen.take());
     }
 
