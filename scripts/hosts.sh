@@ -29,7 +29,9 @@
 #
 # A host is also a mount namespace of its own in which /srv/zap is the host's private
 # directory ROOT/srv: files a pod keeps there (a database's directory) are the host's own, as on
-# separate machines, and `zap migrate --copy /srv/zap/...` carries them.
+# separate machines, and `zap migrate --copy /srv/zap/...` carries them. A small holder process
+# (`sleep`, its pid in DIR/NAME.pid) keeps each host's namespaces; `exec` enters them through it,
+# so it works from anywhere, including from inside another host (a `--via` command).
 set -euo pipefail
 
 P=${ZAP_HOSTS_PREFIX:-zh}
@@ -44,13 +46,11 @@ die() { echo "hosts.sh: $*" >&2; exit 1; }
 
 ns_of() { if [ "$1" = client ]; then echo "$P-client"; else echo "$P-$1"; fi; }
 root_of() { echo "$DIR/$1"; }
-mnt_of() { echo "$DIR/mnt/$1"; }
+holder_of() { cat "$DIR/$1.pid" 2>/dev/null; }
 
 up() {
   ip netns list | grep -qw "$P-lan" && die "topology $P exists already (scripts/hosts.sh down first)"
-  mkdir -p "$DIR/mnt" "$SRV"
-  # A private mount point for the hosts' mount namespace files (as ip netns does for /run/netns).
-  mountpoint -q "$DIR/mnt" || { mount --bind "$DIR/mnt" "$DIR/mnt"; mount --make-private "$DIR/mnt"; }
+  mkdir -p "$DIR" "$SRV"
   ip netns add "$P-lan"
   ip -n "$P-lan" link set lo up
   ip -n "$P-lan" link add lan0 type bridge
@@ -73,8 +73,19 @@ up() {
     ip -n "$ns" link set zap0 up
     ip -n "$ns" route add default via "$NET.1"
     printf '{"bridge": "zap0", "gateway": "%s.1", "external": true}\n' "$NET" > "$root/net.json"
-    touch "$(mnt_of "$h")"
-    unshare --mount="$(mnt_of "$h")" --propagation slave mount --bind "$root/srv" "$SRV"
+    # The holder: in the host's network namespace and a mount namespace of its own.
+    setsid nsenter --net="/run/netns/$ns" unshare --mount --propagation slave \
+      sh -c "mount --bind '$root/srv' '$SRV' && exec sleep infinity" </dev/null >/dev/null 2>&1 &
+    echo $! > "$DIR/$h.pid"
+  done
+  # Wait until every holder sits in its own namespaces, with its /srv/zap mounted.
+  for h in "${HOSTS[@]}"; do
+    local hp; hp=$(holder_of "$h")
+    for _ in $(seq 200); do
+      [ "$(cat "/proc/$hp/comm" 2>/dev/null)" = sleep ] && break
+      sleep 0.01
+    done
+    [ "$(cat "/proc/$hp/comm" 2>/dev/null)" = sleep ] || die "host $h: holder process did not start"
   done
   ip netns add "$P-client"
   ip -n "$P-client" link set lo up
@@ -93,18 +104,22 @@ exec_on() {
   local ns; ns=$(ns_of "$name")
   ip netns list | grep -qw "$ns" || die "no host or client $name in topology $P"
   if [ "$name" = client ]; then
-    exec ip netns exec "$ns" "$@"
+    exec nsenter --net="/run/netns/$ns" "$@"
   fi
-  exec nsenter --mount="$(mnt_of "$name")" ip netns exec "$ns" env ZAP_ROOT="$(root_of "$name")" "$@"
+  local holder; holder=$(holder_of "$name")
+  [ -n "$holder" ] && [ -d "/proc/$holder" ] || die "host $name has no holder process (scripts/hosts.sh up)"
+  # nsenter, not `ip netns exec`, which would mount a sysfs of the namespace over /sys and hide
+  # the cgroup hierarchies Zap works in.
+  exec nsenter -t "$holder" --mount --net env ZAP_ROOT="$(root_of "$name")" "$@"
 }
 
 down() {
   local zap=${ZAP:-$(command -v zap || true)} h
   for h in "${HOSTS[@]}"; do
     local root; root=$(root_of "$h")
-    if [ -n "$zap" ] && [ -d "$root/pods" ] && ip netns list | grep -qw "$(ns_of "$h")"; then
+    if [ -n "$zap" ] && [ -d "$root/pods" ] && [ -n "$(holder_of "$h")" ]; then
       for pod in $(ls "$root/pods" 2>/dev/null); do
-        nsenter --mount="$(mnt_of "$h")" ip netns exec "$(ns_of "$h")" env ZAP_ROOT="$root" "$zap" rm -f "$pod" >/dev/null 2>&1 || true
+        nsenter -t "$(holder_of "$h")" --mount --net env ZAP_ROOT="$root" "$zap" rm -f "$pod" >/dev/null 2>&1 || true
       done
     fi
   done
@@ -113,14 +128,14 @@ down() {
   done
   ip netns del "$P-lan" 2>/dev/null || true
   for h in "${HOSTS[@]}"; do
-    umount "$(mnt_of "$h")" 2>/dev/null || true
+    local hp; hp=$(holder_of "$h")
+    [ -n "$hp" ] && kill "$hp" 2>/dev/null || true
     # The host's cgroup parent (zap-<host>-<hash>, derived from its root), once empty.
     local cg; cg=$(cgparent "$(root_of "$h")")
     for d in /sys/fs/cgroup/unified/"$cg" /sys/fs/cgroup/"$cg" /sys/fs/cgroup/*/"$cg"; do
       [ -d "$d" ] && rmdir "$d" 2>/dev/null || true
     done
   done
-  umount "$DIR/mnt" 2>/dev/null || true
   rm -rf "$DIR"
 }
 

@@ -284,6 +284,15 @@ impl Session {
                     die_here("commit");
                     wire::send(ch, &Msg::Running(running))?;
                     wire::flush(ch)?;
+                    // Announced after the answer: the pod runs and holds its address already;
+                    // the announcements only tell the LAN's switches and neighbours sooner.
+                    if let Some(state) = &self.prepared {
+                        if state.ip.is_some() {
+                            if let Err(e) = net::announce(&state.name, state.init_pid, 3) {
+                                tracing::warn!(pod = state.name, error = %e, "could not announce the address");
+                            }
+                        }
+                    }
                 }
                 Msg::Ended => {
                     let checkpoint = if self.offer.keep_checkpoint { Some(self.keep_checkpoint()?) } else { None };
@@ -474,7 +483,7 @@ impl Session {
         self.journal.state = DestState::Committed;
         journal::write(&self.jpath, &self.journal)?;
         journal::record_outcome(&self.offer.session, "committed")?;
-        go_live(&state.name, &state)?;
+        go_live(&state.name, &state, false)?;
         Ok(wire::Running { commit_ms: t.elapsed().as_secs_f64() * 1e3 })
     }
 
@@ -542,8 +551,9 @@ impl Session {
     }
 }
 
-/// Puts a restored pod on the LAN and lets it run: attach its veth, thaw, announce its address.
-fn go_live(name: &str, state: &pod::PodState) -> Result<()> {
+/// Puts a restored pod on the LAN and lets it run: attach its veth, thaw, and with `announce`
+/// announce its address.
+fn go_live(name: &str, state: &pod::PodState, announce: bool) -> Result<()> {
     if let Some(veth) = &state.veth_host {
         let attached = std::process::Command::new("ip")
             .args(["-o", "link", "show", "dev", veth])
@@ -554,7 +564,7 @@ fn go_live(name: &str, state: &pod::PodState) -> Result<()> {
         }
     }
     pod::cgroup_of(state).thaw()?;
-    if state.ip.is_some() {
+    if announce && state.ip.is_some() {
         if let Err(e) = net::announce(name, state.init_pid, 3) {
             tracing::warn!(pod = name, error = %e, "could not announce the address");
         }
@@ -597,7 +607,7 @@ pub fn sweep_session(root: &Path, dir: &Path) {
     match j.state {
         DestState::Committed => {
             if let Ok(state) = pod::load(root, &j.pod) {
-                if let Err(e) = go_live(&j.pod, &state) {
+                if let Err(e) = go_live(&j.pod, &state, true) {
                     tracing::warn!(pod = j.pod, error = %e, "could not finish a committed migration");
                     return;
                 }

@@ -128,8 +128,9 @@ impl PodReader {
     }
 
     /// Reads a round from the running pod: the pages written since the last round (all pages of
-    /// what is not tracked).
-    pub fn read(&mut self) -> Result<RoundData> {
+    /// what is not tracked), or with `all` (round 0) every page (the trackers are collected
+    /// first all the same, so that what is written from here on is reported next round).
+    pub fn read(&mut self, all: bool) -> Result<RoundData> {
         let pids = self.pids();
         let (shape, order) = crate::group::shape_of(&pids)?;
         let mut members = Vec::new();
@@ -139,7 +140,7 @@ impl PodReader {
             }
             let read = (|| {
                 let vmas = crate::mem::save_layout(host)?;
-                let whole = self.whole_next.remove(&host);
+                let whole = self.whole_next.remove(&host) || all;
                 let dirty = match self.armed.get_mut(&host) {
                     Some(a) => match dirty::collect(a, &vmas) {
                         Ok(d) if !whole => Some(d),

@@ -334,15 +334,26 @@ impl Skeleton {
         Ok(())
     }
 
-    /// Applies extents received for process `vpid` to it and to `mem`: chunk data is written,
-    /// zero extents clear what the process held there. Returns the bytes written.
+    /// Applies extents received for process `vpid` to it and to `mem`: chunk data is written;
+    /// a zero extent clears what the process held there, and over a private file mapping (whose
+    /// untouched pages hold the file's bytes) it is written as zeros. Returns the bytes written.
     pub fn put(&mut self, vpid: i32, mem: &mut MemberMem, extents: &[Extent], read: &ChunkReader<'_>) -> Result<u64> {
+        let vmas = self.mapped.get(&vpid).cloned().unwrap_or_default();
+        let mut zeros: Vec<Extent> = Vec::new();
         for z in extents.iter().filter(|e| e.data == ExtentData::Zero) {
-            for (a, b) in chunk_ranges(&mem.extents, z.start, z.end()) {
-                self.clear(vpid, a, b, true)?;
+            for v in vmas.iter().filter(|v| v.end > z.start && v.start < z.end()) {
+                let (a, b) = (v.start.max(z.start), v.end.min(z.end()));
+                if matches!(v.backing, Backing::File { .. }) && !v.shared {
+                    zeros.push(Extent { start: a, len: b - a, data: ExtentData::Zero });
+                } else {
+                    for (x, y) in chunk_ranges(&mem.extents, a, b) {
+                        self.clear(vpid, x, y, true)?;
+                    }
+                }
             }
         }
-        let data: Vec<Extent> = extents.iter().filter(|e| e.data != ExtentData::Zero).copied().collect();
+        let mut data: Vec<Extent> = extents.iter().filter(|e| e.data != ExtentData::Zero).copied().collect();
+        data.extend(zeros);
         let n = self.write(vpid, &data, read)?;
         mem.extents = zap_store::overlay(&mem.extents, extents);
         Ok(n)

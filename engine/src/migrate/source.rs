@@ -396,7 +396,7 @@ fn run(
         if cut_here(&format!("round{n}")) {
             return Err(mig_err(format!("round {n}"), "test hook", "link cut on purpose (ZAP_MIGRATE_FAULT)"));
         }
-        let data = reader.read()?;
+        let data = reader.read(n == 0)?;
         let since = prev_collect.elapsed().as_secs_f64();
         prev_collect = Instant::now();
         let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
@@ -480,6 +480,11 @@ fn final_round(
     if cut_here("final") {
         return Err(mig_err("final round", "test hook", "link cut on purpose (ZAP_MIGRATE_FAULT)"));
     }
+    // The interface's configuration does not change while the pod runs: read before the stop.
+    let net_config = match &state.ip {
+        Some(_) => Some(net::read_config(state.init_pid)?),
+        None => None,
+    };
     let tf = Instant::now();
     let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
     let stopped = StoppedPod::stop_locked(root, name, lock)?;
@@ -505,10 +510,6 @@ fn final_round(
         let (extents, _) = zap_store::store_run(&mut other, &opts.chunker, 0, &console)?;
         images.push(zap_store::Image { name: podck::CONSOLE_IMAGE.into(), kind: zap_store::ImageKind::File, extents });
     }
-    let net_config = match &state.ip {
-        Some(_) => Some(net::read_config(state.init_pid)?),
-        None => None,
-    };
     report.final_save_ms = tf.elapsed().as_secs_f64() * 1e3 - report.final_stop_ms;
     let ts = Instant::now();
     remote.round_start(&RoundStart { n, last: true, shape, main_vpid: state.main_vpid, layouts })?;
