@@ -52,7 +52,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 3;
+pub const IMAGE_VERSION: u8 = 4;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -446,6 +446,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
             r.threads(&mut frozen)?;
             let mut ctx = files::RestoreContext::new(std::process::id());
             r.files(&mut ctx)?;
+            crate::sockets::finish(&mut [(image.vpid, r.injector())], &mut ctx)?;
             r.close_fds(&ctx.keepers(image.vpid))?;
             r.finish()
         })();

@@ -161,6 +161,15 @@ pub struct SaveContext {
     pub(crate) data_taken: HashSet<u64>,
     /// Sockets of the group.
     pub sockets: crate::sockets::SocketContext,
+    /// Every fd of the group: (host pid, vpid, fd, link target), for finding the fds passed in
+    /// unix socket messages among them.
+    all_fds: Vec<(i32, i32, i32, String)>,
+}
+
+/// The pid process `pid` has in its innermost namespace.
+fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse().ok())
 }
 
 fn socket_ino(target: &str) -> Option<u64> {
@@ -190,11 +199,19 @@ impl SaveContext {
     /// A context for the group of (stopped) processes `pids`: pipes between them are allowed.
     pub fn for_group(pids: &[i32]) -> Result<Self> {
         let mut ctx = SaveContext::default();
+        let mut queued = Vec::new();
         for &pid in pids {
+            let vpid = ns_pid(pid).unwrap_or(pid);
+            ctx.sockets.members.insert(pid, vpid);
             for (fd, target) in list_fds(pid)? {
                 if let Some(ino) = socket_ino(&target) {
                     ctx.sockets.holders.entry(ino).or_insert((pid, fd));
+                    // Unix sockets show how many fds wait in their queues.
+                    if fdinfo(pid, fd)?.get("scm_fds").is_some_and(|n| n != "0") {
+                        queued.push((pid, fd));
+                    }
                 }
+                ctx.all_fds.push((pid, vpid, fd, target.clone()));
                 if let Some(ino) = pipes::pipe_ino(&target) {
                     let write = fd_flags(&fdinfo(pid, fd)?) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
                     let e = ctx.pipe_ends.entry(ino).or_default();
@@ -205,6 +222,9 @@ impl SaveContext {
                     }
                 }
             }
+        }
+        for (pid, fd) in queued {
+            crate::sockets::prescan_inflight(pid, fd, &mut ctx)?;
         }
         Ok(ctx)
     }
@@ -226,6 +246,7 @@ impl SaveContext {
 /// Saves every fd of the stopped process `pid` (which sees itself as `vpid`).
 pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> {
     let fds = list_fds(pid)?;
+    ctx.sockets.members.entry(pid).or_insert(vpid);
     // Pipes of this process alone count when no group context knows them.
     let mut infos = HashMap::new();
     for (fd, target) in &fds {
@@ -288,7 +309,7 @@ fn classify(
     }
     if let Some(ino) = socket_ino(target) {
         let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
-        return match crate::sockets::save(pid, fd, ino, &dup, &mut ctx.sockets) {
+        return match crate::sockets::save(pid, fd, ino, &dup, ctx) {
             Ok(st) => Ok(FdKind::Socket(st)),
             Err(_) if fd <= 2 => Ok(FdKind::External { what: target.to_string() }),
             Err(e) => Err(e),
@@ -307,6 +328,46 @@ fn classify(
         return regular::save_deleted(pid, fd, path, info, pidfd);
     }
     Err(unsupported(pid, fd, target.split(':').next().unwrap_or("unknown"), target))
+}
+
+/// Notes fd `fd` of `pid` (a copy of an fd passed in a unix socket message, link target
+/// `target`) as held by the group before it is saved: a pipe end or socket that only a message
+/// holds is then not taken for one held outside the checkpoint.
+pub(crate) fn note_inflight(pid: i32, fd: i32, target: &str, ctx: &mut SaveContext) -> Result<()> {
+    if let Some(ino) = socket_ino(target) {
+        ctx.sockets.holders.entry(ino).or_insert((pid, fd));
+    }
+    if let Some(ino) = pipes::pipe_ino(target) {
+        let write = fd_flags(&fdinfo(pid, fd)?) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+        let e = ctx.pipe_ends.entry(ino).or_default();
+        if write {
+            e.1 = true;
+        } else {
+            e.0 = true;
+        }
+    }
+    Ok(())
+}
+
+/// Describes an fd passed in a unix socket message, whose copy Zap holds as `f` (installed by a
+/// peek): the same open file description as an fd of the group ([`FdKind::Dup`]), or a file
+/// saved like any fd. Its number is Zap's, meaningless on restore.
+pub(crate) fn save_inflight(f: &std::os::fd::OwnedFd, ctx: &mut SaveContext) -> Result<FdState> {
+    use std::os::fd::AsRawFd;
+    let me = std::process::id() as i32;
+    let fd = f.as_raw_fd();
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let info = fdinfo(me, fd)?;
+    let flags = fd_flags(&info);
+    for (p, vpid, pfd, t) in &ctx.all_fds {
+        if *t == target && sysproc::same_file(me, fd, *p, *pfd).unwrap_or(false) {
+            return Ok(FdState { fd: -1, flags, kind: FdKind::Dup { vpid: *vpid, fd: *pfd } });
+        }
+    }
+    note_inflight(me, fd, &target, ctx)?;
+    let pidfd = sysproc::pidfd_open(me).map_err(|source| EngineError::Sys { step: "pidfd_open", pid: me, source })?;
+    let kind = classify(me, fd, &target, &info, flags, &pidfd, ctx)?;
+    Ok(FdState { fd: -1, flags, kind })
 }
 
 /// Places fd `tmp` at number `fd` with the saved descriptor flags.
@@ -354,7 +415,7 @@ impl RestoreContext {
     pub fn keepers(&self, vpid: i32) -> Vec<u64> {
         let mut v: Vec<u64> = self.pipes.values().filter(|p| p.0 == vpid).flat_map(|p| [p.1, p.2]).collect();
         v.extend(self.fifos.values().filter(|f| f.0 == vpid).map(|f| f.1));
-        v.extend(self.sockets.parked.values().filter(|s| s.0 == vpid).map(|s| s.1));
+        v.extend(self.sockets.keepers(vpid));
         v
     }
 }

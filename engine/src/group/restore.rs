@@ -298,6 +298,11 @@ pub fn complete(
     for r in &mut live {
         r.files(&mut fctx)?;
     }
+    {
+        // Messages queued on unix sockets, once every fd they may carry exists.
+        let mut procs: Vec<(i32, &mut Injector)> = live.iter_mut().map(|r| (r.image().vpid, r.injector())).collect();
+        crate::sockets::finish(&mut procs, &mut fctx)?;
+    }
     for r in &mut live {
         let keep = fctx.keepers(r.image().vpid);
         r.close_fds(&keep)?;
