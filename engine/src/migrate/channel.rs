@@ -178,8 +178,9 @@ impl Channel {
             MigrateError::Link { step, detail } => MigrateError::Auth {
                 step,
                 detail: format!(
-                    "{detail}: the destination did not accept this host's key {} (add it there with `zap key allow`)",
-                    me.public
+                    "{detail}: either the destination does not accept this host's key {me} (run `zap key allow {me}` there), \
+                     or it is not the host of key {peer} (check --peer-key)",
+                    me = me.public
                 ),
             },
             other => other,

@@ -345,7 +345,13 @@ pub fn migrate(
     let jpath = journal::source_path(root, name);
     let mut j = SourceJournal { session: session.clone(), dest: dest.to_string(), peer_key: peer.to_string(), state: SourceState::Precopy, pid, start };
     journal::write(&jpath, &j)?;
-    let r = run(root, name, &mut state, lock, &mut ch, &mut reader, opts, &mut report, progress, &mut j, &jpath);
+    let mut r = run(root, name, &mut state, lock, &mut ch, &mut reader, opts, &mut report, progress, &mut j, &jpath);
+    if let Err(MigrateError::Link { .. }) = &r {
+        // The destination may have said why it closed while we were still sending.
+        if let Some(reason) = wire::peer_reason(&mut ch) {
+            r = Err(reason);
+        }
+    }
     reader.disarm();
     match r {
         Ok(()) => {

@@ -503,11 +503,15 @@ pub fn send(ch: &mut Channel, msg: &Msg) -> Result<()> {
     let mut body = encode_body(msg);
     let step = format!("send {kind:?}");
     if let Some(f) = fault() {
-        if kind == Kind::Chunk && f == "corrupt-chunk" && !body.is_empty() {
+        if let (Msg::Chunk(c), "corrupt-chunk") = (msg, f.as_str()) {
+            // The first chunk goes out with one byte of its content flipped (sent uncompressed,
+            // under its true id): only the BLAKE3 check can catch it.
             static ONCE: std::sync::Once = std::sync::Once::new();
             ONCE.call_once(|| {
-                let last = body.len() - 1;
-                body[last] ^= 0x40;
+                if let Ok(mut raw) = zap_chunker::decode_chunk(&c.id, c.compression, c.raw_len as usize, &c.data) {
+                    raw[0] ^= 0x40;
+                    body = encode_body(&Msg::Chunk(Chunk { id: c.id, raw_len: c.raw_len, compression: Compression::None, data: raw }));
+                }
             });
         }
         if f == format!("truncate@{kind:?}") {
@@ -523,6 +527,15 @@ pub fn send(ch: &mut Channel, msg: &Msg) -> Result<()> {
     }
     ch.write(&header(kind, body.len()), &step)?;
     ch.write(&body, &step)
+}
+
+/// After a failed write: the reason the peer gave before it closed, if it sent one.
+pub fn peer_reason(ch: &mut Channel) -> Option<MigrateError> {
+    ch.timeout = std::time::Duration::from_secs(2);
+    match recv(ch, "read the peer's reason") {
+        Err(e @ MigrateError::Peer { .. }) => Some(e),
+        _ => None,
+    }
 }
 
 fn header(kind: Kind, len: usize) -> Vec<u8> {
