@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessImage;
 use crate::Result;
 
-pub use restore::{clone_child, complete, group_trampoline, restore, restore_in, wait_child, BareTree, Built, GroupRestored, TargetSpawner, TreeShape};
+pub use restore::{clone_child, complete, group_trampoline, has_ctty, restore, restore_in, take_ctty, wait_child, BareTree, Built, GroupRestored, TargetSpawner, TreeShape};
 pub use save::{freeze_tree, is_zombie_pid, save, shape_of, tree_of, SavedGroup, Tracking};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob).
@@ -127,6 +127,7 @@ pub fn store_memory<W: zap_store::ChunkSink>(
         let (mut imgs, fig) = crate::mem::store_pages(copy, &mut img.vmas, sink, cfg, &GroupImage::prefix(vpid), parent)?;
         new_bytes += fig.new_bytes;
         images.append(&mut imgs);
+        images.append(&mut crate::files::store_contents(&mut img.fds, &mut img.vmas, sink, cfg, &GroupImage::prefix(vpid))?);
     }
     Ok((images, new_bytes))
 }

@@ -138,11 +138,31 @@ pub fn restore_in<S: ImageStore>(
     let shape = TreeShape::of(image);
     let init = spawner.spawn(&shape.top(), tramp)?;
     let mut tree = BareTree { init, tramp, host: HashMap::new(), frozen: Vec::new(), injectors: HashMap::new() };
-    let result = tree.build(&shape).and_then(|()| {
+    let mut files = files;
+    let built = tree.build(&shape, &mut |inj, vpid| take_ctty(image, inj, vpid, &mut files));
+    let result = built.and_then(|()| {
         let mut shm = ShmContext::default();
         complete(&mut tree, image, files, |r| r.memory(store, &manifest.images, &mut shm))
     });
     tree.finish(image, result, t0)
+}
+
+/// Gives session leader `vpid` its controlling terminal back, if it had one among the group's
+/// pseudo-terminals ([`crate::files::take_ctty`]).
+pub fn take_ctty(image: &GroupImage, inj: &mut Injector, vpid: i32, files: &mut RestoreContext) -> Result<()> {
+    let all = image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.fds.iter());
+    crate::files::take_ctty(inj, vpid, all, files)
+}
+
+/// True when a session leader of `image` had a controlling terminal, which it must take before
+/// its children exist (a tree built without the image lacks it).
+pub fn has_ctty(image: &GroupImage) -> bool {
+    image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.fds.iter()).any(|f| match &f.kind {
+        crate::files::FdKind::PtyMaster { state: Some(s), .. } | crate::files::FdKind::PtySlave { state: Some(s), .. } => {
+            s.session.is_some_and(|(sid, _)| image.members.iter().any(|m| m.vpid == sid && m.sid == sid))
+        }
+        _ => false,
+    })
 }
 
 /// The shape of a process tree: what a bare tree is built from ([`BareTree::build`]), known
@@ -187,9 +207,10 @@ impl BareTree {
         BareTree { init, tramp, host: HashMap::new(), frozen: Vec::new(), injectors: HashMap::new() }
     }
 
-    /// Builds the tree bare: each member is taken over, takes its session, then creates its
-    /// own children (`clone3` + `set_tid`).
-    pub fn build(&mut self, shape: &TreeShape) -> Result<()> {
+    /// Builds the tree bare: each member is taken over, takes its session (and, through
+    /// `on_leader`, whatever a session leader must hold before its children exist: its
+    /// controlling terminal), then creates its own children (`clone3` + `set_tid`).
+    pub fn build(&mut self, shape: &TreeShape, on_leader: &mut dyn FnMut(&mut Injector, i32) -> Result<()>) -> Result<()> {
         for v in shape.top() {
             self.host.insert(v, wait_child(self.init, v, self.tramp)?);
         }
@@ -201,6 +222,7 @@ impl BareTree {
                 let mut inj = ProcRestore::take_over(pid, self.tramp)?;
                 if leads_session {
                     inj.call("setsid", libc::SYS_setsid, [0; 6])?;
+                    on_leader(&mut inj, vpid)?;
                 }
                 for &k in &kids {
                     clone_child(&mut inj, k)?;
@@ -320,6 +342,11 @@ pub fn complete(
                 warnings.push(format!("pid {}: could not join process group {}: {e}", m.vpid, m.pgid));
             }
         }
+    }
+    // Terminals get their foreground process groups back.
+    for r in &mut live {
+        let vpid = r.image().vpid;
+        crate::files::set_foreground(r.injector(), vpid, &mut fctx)?;
     }
     // 6. Every live member's attributes, credentials and CPU state.
     let mut pids: Vec<(i32, i32)> = image.members.iter().map(|m| (m.vpid, tree.host[&m.vpid])).collect();

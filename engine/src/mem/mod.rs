@@ -56,6 +56,19 @@ pub enum Backing {
         /// The segment id (the inode number /proc/PID/maps shows).
         shmid: i32,
     },
+    /// A file deleted while mapped, or a memfd. The first mapping of the file in the process
+    /// carries its contents; restore makes one copy per group ([`crate::files::make_copy`]) and
+    /// maps it wherever the file was mapped, shared with the fds of the same file.
+    Deleted {
+        /// Its path before it was deleted (`/memfd:NAME` for a memfd).
+        path: String,
+        /// Device and inode: mappings and fds of the same file share one copy.
+        file: (u64, u64),
+        /// Offset of the mapping's first byte in the file.
+        offset: u64,
+        /// The file's contents, on the process's first mapping of it.
+        contents: Option<crate::files::FileContents>,
+    },
 }
 
 /// One mapping of the saved process.
@@ -136,11 +149,19 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
             return Err(EngineError::Proc { pid, detail: format!("mapping {:#x} {p}: unsupported special mapping", m.start) })
         }
         p if p.starts_with("/SYSV") && m.offset == 0 => Backing::SysvShm { shmid: m.inode as i32 },
+        p if (p.ends_with(" (deleted)") || p.starts_with("/memfd:")) && !p.starts_with("/SYSV") => {
+            let path = p.strip_suffix(" (deleted)").unwrap_or(p).to_string();
+            let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            let file = std::fs::File::open(&map_file).map_err(|e| EngineError::io("open mapped deleted file", map_file.as_ref(), e))?;
+            let meta = file.metadata().map_err(|e| EngineError::io("stat mapped deleted file", map_file.as_ref(), e))?;
+            use std::os::unix::fs::MetadataExt;
+            Backing::Deleted { path, file: (meta.dev(), meta.ino()), offset: m.offset, contents: None }
+        }
         p if p.ends_with(" (deleted)") || p.starts_with("/memfd:") || p.starts_with("/SYSV") => {
             return Err(EngineError::Proc {
                 pid,
                 detail: format!(
-                    "mapping {:#x} {p}: mappings of deleted files, memfds and partial System V segments are not supported yet",
+                    "mapping {:#x} {p}: mappings of part of a System V segment are not supported",
                     m.start
                 ),
             })
@@ -150,8 +171,25 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
     })
 }
 
-/// The mapping table of a stopped process.
+/// The mapping table of a stopped process. A deleted file mapped several times carries its
+/// contents on its first mapping only.
 pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
+    let mut vmas = layout_of(pid)?;
+    let mut seen = std::collections::HashSet::new();
+    for v in &mut vmas {
+        if let Backing::Deleted { file, contents, path, .. } = &mut v.backing {
+            if seen.insert(*file) {
+                let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                let f = std::fs::File::open(&map_file).map_err(|e| EngineError::io("open mapped deleted file", map_file.as_ref(), e))?;
+                let read = crate::files::FileContents::read(&f, path);
+                *contents = Some(read.map_err(|e| EngineError::Proc { pid, detail: format!("mapping {:#x} {}: {e}", v.start, v.name) })?);
+            }
+        }
+    }
+    Ok(vmas)
+}
+
+fn layout_of(pid: i32) -> Result<Vec<VmaState>> {
     let maps = read_maps(pid)?;
     let flags = vm_flags(pid)?;
     maps.iter()
@@ -179,6 +217,8 @@ pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
 #[derive(Default)]
 pub struct ShmContext {
     owners: std::collections::HashMap<u64, (i32, u64, u64)>,
+    /// Deleted files and memfds recreated so far: (device, inode) -> where they are mapped.
+    deleted: std::collections::HashMap<(u64, u64), (i32, u64, u64)>,
 }
 
 /// Recreates the mapping table in the process being restored (`vpid`, whose address space holds
@@ -238,6 +278,29 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                     shm.owners.entry(*ino).or_insert((vpid, v.start, v.end));
                 }
             },
+            Backing::Deleted { path, file, offset, contents } => {
+                let writable = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
+                let fd = match shm.deleted.get(file) {
+                    // Another mapping of the same file, recreated already: share it.
+                    Some(&(owner, s, e)) => {
+                        let who = if owner == vpid { "self".to_string() } else { owner.to_string() };
+                        let mode = if writable { libc::O_RDWR } else { libc::O_RDONLY };
+                        crate::files::open_path(inj, &format!("/proc/{who}/map_files/{s:x}-{e:x}"), mode as u32)?
+                    }
+                    None => {
+                        let c = contents.as_ref().ok_or_else(|| EngineError::Proc {
+                            pid: vpid,
+                            detail: format!("mapping {:#x} of deleted {path}: no saved contents", v.start),
+                        })?;
+                        crate::files::make_copy(inj, vpid, path, c)?
+                    }
+                };
+                let flags = (share | libc::MAP_FIXED | grows) as u64;
+                let r = inj.call("mmap deleted file", libc::SYS_mmap, [v.start, len, prot, flags, fd, *offset]);
+                inj.call("close mapped file", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                r.map_err(|e| EngineError::Proc { pid: vpid, detail: format!("map deleted {path} at {:#x}: {e}", v.start) })?;
+                shm.deleted.entry(*file).or_insert((vpid, v.start, v.end));
+            }
             Backing::File { path, offset } => {
                 let scratch = inj.put_cstr(path.as_bytes())?;
                 let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };

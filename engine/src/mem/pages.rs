@@ -31,8 +31,8 @@ const PM_FILE: u64 = 1 << 61;
 fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
     let keep = |e: u64| match (&vma.backing, vma.shared) {
         (Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }, _) => false,
-        (Backing::File { .. }, true) => false,
-        (Backing::File { .. }, false) => e & PM_SWAPPED != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
+        (Backing::File { .. } | Backing::Deleted { .. }, true) => false,
+        (Backing::File { .. } | Backing::Deleted { .. }, false) => e & PM_SWAPPED != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
         (Backing::Anon | Backing::Shmem { .. }, _) => e & (PM_PRESENT | PM_SWAPPED) != 0,
     };
     let mut runs: Vec<(u64, u64)> = Vec::new();

@@ -375,7 +375,7 @@ impl Session {
                 main_vpid: r.main_vpid,
                 init_exe: &self.init_exe,
             };
-            self.skeleton = Some(Skeleton::create(&self.root, &plan, &r.shape, tramp)?);
+            self.skeleton = Some(Skeleton::create(&self.root, &plan, &r.shape, tramp, &mut |_, _| Ok(()))?);
             if self.skeleton.is_some() && why != "first round" {
                 tracing::info!(round = r.n, why, "prepared pod rebuilt");
             }
@@ -411,10 +411,48 @@ impl Session {
         sk.end_member(vpid, mem, &cur.whole, &normalize(cur.covered))
     }
 
+    /// Rebuilds the prepared pod for `image` (a session leader must take its controlling terminal
+    /// before its children exist, which a tree built without the image could not do), its
+    /// memory written again from the extents received.
+    fn rebuild_for(&mut self, image: &PodImage, files: &mut crate::files::RestoreContext) -> Result<()> {
+        if let Some(old) = self.skeleton.take() {
+            old.destroy()?;
+        }
+        let shape = TreeShape::of(&image.group);
+        let tramp = crate::group::group_trampoline(&image.group);
+        let o = &self.offer;
+        let plan = PodPlan {
+            name: &o.name,
+            hostname: &o.hostname,
+            ip: o.ip.as_deref(),
+            mac: o.mac.as_deref(),
+            memory_limit: o.memory_limit,
+            cpus: o.cpus,
+            main_vpid: image.main_vpid,
+            init_exe: &self.init_exe,
+        };
+        let mut sk = Skeleton::create(&self.root, &plan, &shape, tramp, &mut |inj, vpid| group::take_ctty(&image.group, inj, vpid, files))?;
+        let read = Self::reader(&self.cache, &self.spool);
+        for m in &image.group.members {
+            if let Some(img) = m.image() {
+                let mem = self.mems.entry(m.vpid).or_default();
+                sk.patch_layout(m.vpid, &img.vmas, false, mem, &read)?;
+            }
+        }
+        drop(read);
+        self.skeleton = Some(sk);
+        self.rebuilt_last = Some("a session leader has a controlling terminal".into());
+        Ok(())
+    }
+
     /// The final round's restore into the prepared pod; the pod stays frozen and off the LAN.
     fn restore(&mut self, f: FinalState) -> Result<Ready> {
         let t = Instant::now();
         let image = PodImage::decode(&f.pod_image)?;
+        let mut files = crate::files::RestoreContext::new(std::process::id());
+        if group::has_ctty(&image.group) {
+            self.rebuild_for(&image, &mut files)?;
+        }
         let sk = self.skeleton.as_mut().ok_or_else(|| mig_err("final round", "restore", "no prepared pod"))?;
         if TreeShape::of(&image.group) != sk.shape {
             return Err(mig_err("final round", "restore", "the pod image's process tree is not the final round's"));
@@ -442,7 +480,6 @@ impl Session {
                 }
             }
         }
-        let mut files = crate::files::RestoreContext::new(std::process::id());
         files.path_map.push((image.pod_dir.clone(), format!("{}/", dir.display())));
         let ipv4 = |c: &str| c.split('/').next()?.parse::<std::net::Ipv4Addr>().ok().map(|a| a.octets());
         if let (Some(old), Some(new)) = (image.ip.as_deref().and_then(ipv4), self.offer.ip.as_deref().and_then(ipv4)) {

@@ -177,8 +177,15 @@ pub struct PodPlan<'a> {
 }
 
 impl Skeleton {
-    /// Creates the pod (network detached) and its process tree of `shape`, with trampoline `tramp`.
-    pub fn create(root: &Path, plan: &PodPlan<'_>, shape: &TreeShape, tramp: u64) -> Result<Skeleton> {
+    /// Creates the pod (network detached) and its process tree of `shape`, with trampoline
+    /// `tramp`; `on_leader` runs in each session leader before its children exist.
+    pub fn create(
+        root: &Path,
+        plan: &PodPlan<'_>,
+        shape: &TreeShape,
+        tramp: u64,
+        on_leader: &mut dyn FnMut(&mut Injector, i32) -> crate::Result<()>,
+    ) -> Result<Skeleton> {
         let top = shape.top();
         let main_vpid = if top.contains(&plan.main_vpid) { plan.main_vpid } else { top.first().copied().unwrap_or(plan.main_vpid) };
         let spec = pod::PodSpec {
@@ -201,7 +208,7 @@ impl Skeleton {
                 pod::save(root, &state)?;
             }
             let mut tree = BareTree::new(state.init_pid, tramp);
-            if let Err(e) = tree.build(shape) {
+            if let Err(e) = tree.build(shape, on_leader) {
                 tree.abandon();
                 return Err(e.into());
             }
