@@ -164,7 +164,7 @@ pub fn migrate(ctx: &Ctx, args: &MigrateArgs) -> Result<Output> {
         keep_checkpoint: args.keep_checkpoint,
         dry_run: args.dry_run,
         copy: args.copy.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect(),
-        chunker: Default::default(),
+        chunker: migrate::cache::chunker(),
     };
     let mut conn = transport::connect(&dest, &args.remote_zap).map_err(mig)?;
     let stream = conn.stream.take().expect("a new connection has its stream");

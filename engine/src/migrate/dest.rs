@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use zap_chunker::{Chunk, ChunkId, Compression};
 use zap_store::{ImageStore, LocalStore, StoreOptions};
 
+
 use super::channel::{Channel, Stream};
 use super::journal::{self, DestJournal, DestState};
 use super::keys::KeyFiles;
@@ -109,6 +110,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
         image: None,
         final_images: Vec::new(),
         prepared: None,
+        cache_store: super::cache::open(false, Duration::from_millis(300)).map_err(|e| tracing::debug!(error = %e, "migration cache not consulted")).ok(),
     };
     journal::write(&s.jpath, &s.journal)?;
     let r = s.run(&mut ch);
@@ -235,6 +237,9 @@ struct Session {
     final_images: Vec<zap_store::Image>,
     /// The restored pod's state, once ready.
     prepared: Option<pod::PodState>,
+    /// The host's migration cache, held while pages arrive (only migrations use it; another
+    /// migration to this host meanwhile goes without it).
+    cache_store: Option<LocalStore>,
 }
 
 impl Session {
@@ -274,6 +279,7 @@ impl Session {
                     }
                 }
                 Msg::Final(f) => {
+                    self.cache_store = None;
                     let ready = self.restore(f)?;
                     die_here("ready");
                     wire::send(ch, &Msg::Ready(ready))?;
@@ -296,6 +302,9 @@ impl Session {
                 }
                 Msg::Ended => {
                     let checkpoint = if self.offer.keep_checkpoint { Some(self.keep_checkpoint()?) } else { None };
+                    if let Err(e) = super::cache::keep(&self.spool, &self.offer.name, &self.offer.session) {
+                        tracing::warn!(pod = self.offer.name, error = %e, "could not keep the pod's chunks in the migration cache");
+                    }
                     let _ = wire::send(ch, &Msg::Done(wire::Done { checkpoint }));
                     let _ = wire::flush(ch);
                     self.cleanup_dir();
@@ -321,21 +330,18 @@ impl Session {
         self.cache.clear();
         let mut need: Vec<bool> = ids.iter().map(|id| !self.spool.has(id)).collect();
         let missing: Vec<usize> = need.iter().enumerate().filter(|(_, n)| **n).map(|(i, _)| i).collect();
-        if !missing.is_empty() {
-            let opts = StoreOptions { create: false, lock_timeout: Duration::from_millis(300), ..Default::default() };
-            match LocalStore::open(crate::host::store_dir(), opts) {
-                Ok(store) => {
-                    for i in missing {
-                        let id = ids[i];
-                        if store.locate(&id)?.is_some() {
-                            let raw = store.read_chunk(&id)?;
-                            self.spool.add(&Chunk { id, raw_len: raw.len() as u32, compression: Compression::None, data: raw.clone() })?;
-                            self.cache.insert(id, Arc::new(raw));
-                            need[i] = false;
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "store not consulted for chunks"),
+        // Then this host's migration cache (opened for the session, see `run`).
+        if let Some(store) = &self.cache_store {
+            for i in missing {
+                let id = ids[i];
+                let raw = match store.read_chunk(&id) {
+                    Ok(raw) => raw,
+                    Err(zap_store::StoreError::MissingChunk { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                self.spool.add(&Chunk { id, raw_len: raw.len() as u32, compression: Compression::None, data: raw.clone() })?;
+                self.cache.insert(id, Arc::new(raw));
+                need[i] = false;
             }
         }
         self.ack.had_chunks += need.iter().filter(|n| !**n).count() as u64;

@@ -11,7 +11,8 @@
 //!   taken the same way).
 //! - [`source`]: the source's state machine (rounds, convergence, final round, handover,
 //!   recovery); [`dest`]: the destination's (checks, the prepared pod, restore, handover, sweep);
-//!   [`skeleton`]: the prepared pod; [`spool`]: the chunks a session received;
+//!   [`skeleton`]: the prepared pod; [`spool`]: the chunks a session received or offered;
+//!   [`cache`]: the chunks of the pods that last left or arrived, found again by a later migration;
 //!   [`journal`]: what each side records so that an interrupted migration can be resolved.
 //!
 //! ## The protocol
@@ -58,6 +59,7 @@
 //! The destination builds the pod's processes bare during round 0 and writes every round's pages
 //! straight into them ([`skeleton`]); the final round writes only the last dirty pages and
 //! restores the non-memory state, so its cost does not grow with the pod's memory.
+pub mod cache;
 pub mod channel;
 pub mod dest;
 pub mod journal;

@@ -294,26 +294,42 @@ impl Skeleton {
         Ok(bytes)
     }
 
-    /// Writes `extents` (chunk extents with their bytes, zero extents as zeros) into process `vpid`.
+    /// Writes `extents` (chunk extents with their bytes, zero extents as zeros; in address order)
+    /// into process `vpid`: contiguous extents go in one write of at most 8 MiB, writes in
+    /// parallel.
     pub fn write(&mut self, vpid: i32, extents: &[Extent], read: &ChunkReader<'_>) -> Result<u64> {
         use rayon::prelude::*;
+        const RUN: u64 = 8 << 20;
         let inj = self.tree.injectors.get(&vpid).ok_or_else(|| mig_err("prepare memory", format!("pid {vpid}"), "not a live process of the prepared pod"))?;
-        extents
-            .par_iter()
-            .map(|e| {
-                match e.data {
-                    ExtentData::Zero => inj.write_mem(e.start, &vec![0u8; e.len as usize])?,
-                    ExtentData::Chunk { id, offset } => {
+        let mut sorted: Vec<Extent> = extents.to_vec();
+        sorted.sort_by_key(|e| e.start);
+        let mut runs: Vec<&[Extent]> = Vec::new();
+        let mut i = 0;
+        while i < sorted.len() {
+            let mut j = i;
+            while j + 1 < sorted.len() && sorted[j + 1].start == sorted[j].end() && sorted[j + 1].end() - sorted[i].start <= RUN {
+                j += 1;
+            }
+            runs.push(&sorted[i..=j]);
+            i = j + 1;
+        }
+        runs.par_iter()
+            .map(|run| {
+                let base = run[0].start;
+                let mut buf = vec![0u8; (run[run.len() - 1].end() - base) as usize];
+                for e in run.iter() {
+                    if let ExtentData::Chunk { id, offset } = e.data {
                         let raw = read(&id)?;
-                        let from = offset as usize;
-                        let to = from + e.len as usize;
+                        let (from, to) = (offset as usize, offset as usize + e.len as usize);
                         let bytes = raw.get(from..to).ok_or_else(|| {
                             mig_err("prepare memory", format!("pid {vpid} at {:#x}", e.start), format!("chunk {id} has {} bytes, the extent wants {from}..{to}", raw.len()))
                         })?;
-                        inj.write_mem(e.start, bytes)?;
+                        let at = (e.start - base) as usize;
+                        buf[at..at + bytes.len()].copy_from_slice(bytes);
                     }
                 }
-                Ok(e.len)
+                inj.write_mem(base, &buf)?;
+                Ok(buf.len() as u64)
             })
             .sum()
     }

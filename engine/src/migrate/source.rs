@@ -77,7 +77,7 @@ impl Default for MigrateOptions {
             keep_checkpoint: false,
             dry_run: false,
             copy: Vec::new(),
-            chunker: ChunkerConfig::default(),
+            chunker: super::cache::chunker(),
         }
     }
 }
@@ -91,6 +91,8 @@ fn cut_here(step: &str) -> bool {
 /// The remote destination as a [`RoundSink`], with the round's figures.
 struct Remote<'c> {
     ch: &'c mut Channel,
+    /// Every chunk offered, for the host's cache once the pod has left.
+    spool: Option<super::spool::Spool>,
     /// Chunks the destination holds (it had them, or we sent them).
     known: HashSet<ChunkId>,
     fig: RoundReport,
@@ -125,6 +127,11 @@ impl RoundSink for Remote<'_> {
 
     fn offer(&mut self, chunks: Vec<Chunk>) -> Result<(u64, u64)> {
         let before = chunks.len();
+        if let Some(s) = &self.spool {
+            for c in &chunks {
+                s.add(c)?;
+            }
+        }
         let fresh: Vec<Chunk> = chunks.into_iter().filter(|c| !self.known.contains(&c.id)).collect();
         let mut had = (before - fresh.len()) as u64;
         let mut bytes = 0;
@@ -390,12 +397,45 @@ fn run(
     reader.arm(&stopped)?;
     let arm_ms = stopped.stop_ms() + arm_stop.elapsed().as_secs_f64() * 1e3;
     let lock = stopped.into_lock();
-    let mut remote = Remote { ch, known: HashSet::new(), fig: RoundReport::default() };
+    let out_dir = crate::host::migrate_dir().join(format!("out-{}", j.session));
+    let spool = std::fs::create_dir_all(&out_dir).ok().and_then(|()| super::spool::Spool::create(&out_dir.join("chunks.spool")).ok());
+    let mut remote = Remote { ch, spool, known: HashSet::new(), fig: RoundReport::default() };
+    let r = rounds(root, name, state, lock, &mut remote, reader, opts, report, progress, j, jpath, arm_ms);
+    if r.is_ok() {
+        if let Some(s) = &remote.spool {
+            // The pod has left: its chunks stay in the cache for a migration back.
+            if let Err(e) = super::cache::keep(s, name, &j.session) {
+                tracing::warn!(pod = name, error = %e, "could not keep the pod's chunks in the migration cache");
+            }
+        }
+    }
+    drop(remote.spool.take());
+    let _ = std::fs::remove_dir_all(&out_dir);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rounds(
+    root: &Path,
+    name: &str,
+    state: &mut PodState,
+    lock: podck::PodLock,
+    remote: &mut Remote<'_>,
+    reader: &mut PodReader,
+    opts: &MigrateOptions,
+    report: &mut Report,
+    progress: &mut dyn FnMut(&RoundReport),
+    j: &mut SourceJournal,
+    jpath: &Path,
+    arm_ms: f64,
+) -> Result<()> {
     let mut throttle = Throttle::new();
     let mut prev_collect = Instant::now();
     let mut history: Vec<u64> = Vec::new();
     let mut extra_rounds = 0;
-    let fixed_ms = 30.0 + arm_ms;
+    // The final round's own costs: the stop, saving the rest of the pod, restoring it there.
+    let fixed_ms = 40.0 + arm_ms;
+    let mut best = (0u64, 1.0f64);
     let mut n = 0u32;
     loop {
         let tr = Instant::now();
@@ -411,7 +451,7 @@ fn run(
         remote.round_start(&RoundStart { n, last: false, shape: data.shape.clone(), main_vpid: state.main_vpid, layouts })?;
         let (mut bytes, mut dirty) = (0u64, 0u64);
         for m in &data.members {
-            send_member(&mut remote, m.vpid, &m.vmas, &m.copy, &opts.chunker)?;
+            send_member(remote, m.vpid, &m.vmas, &m.copy, &opts.chunker)?;
             bytes += m.copy.bytes;
             dirty += m.dirty_pages;
         }
@@ -433,10 +473,14 @@ fn run(
         progress(&fig);
         report.rounds.push(fig.clone());
         history.push(if n == 0 { u64::MAX } else { bytes });
+        // The rate at which memory goes through (the largest round shows it best; small rounds
+        // are mostly their fixed costs).
+        if bytes >= best.0 {
+            best = (bytes, fig.mem_rate.max(1.0));
+        }
         // Converged? (Round 0 tells nothing about the dirty rate.)
         if n > 0 {
-            let rate = if fig.mem_rate > 0.0 { fig.mem_rate } else { 1e9 };
-            let expected = fig.dirty_rate * secs / rate * 1e3 + fixed_ms;
+            let expected = fig.dirty_rate * secs / best.1 * 1e3 + fixed_ms;
             let shrinking = history.len() < 4 || history.windows(2).rev().take(3).any(|w| (w[1] as f64) < w[0] as f64 * 0.95);
             if expected <= opts.max_downtime_ms {
                 report.converged = format!("expected final round {expected:.0} ms fits --max-downtime {} ms", opts.max_downtime_ms);
@@ -465,7 +509,7 @@ fn run(
         n += 1;
     }
     n += 1;
-    final_round(root, name, state, lock, &mut remote, reader, opts, report, progress, n, j, jpath)
+    final_round(root, name, state, lock, remote, reader, opts, report, progress, n, j, jpath)
 }
 
 #[allow(clippy::too_many_arguments)]

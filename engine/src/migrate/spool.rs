@@ -30,9 +30,21 @@ struct Loc {
 /// The spool of one session.
 pub struct Spool {
     path: PathBuf,
-    file: Mutex<(File, u64)>,
+    file: Mutex<Tail>,
     index: Mutex<HashMap<ChunkId, Loc>>,
 }
+
+/// The file and the records appended but not written yet.
+struct Tail {
+    file: File,
+    /// Bytes in the file.
+    flushed: u64,
+    /// Records after them.
+    buf: Vec<u8>,
+}
+
+/// Records are written to the file in pieces of about this size.
+const FLUSH_AT: usize = 4 << 20;
 
 fn store_io(step: &'static str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::io(step, path, e)
@@ -42,7 +54,7 @@ impl Spool {
     /// Creates (truncates) the spool file `path`.
     pub fn create(path: &Path) -> zap_store::Result<Spool> {
         let file = File::options().read(true).write(true).create(true).truncate(true).open(path).map_err(|e| store_io("create spool", path, e))?;
-        Ok(Spool { path: path.to_path_buf(), file: Mutex::new((file, 0)), index: Mutex::new(HashMap::new()) })
+        Ok(Spool { path: path.to_path_buf(), file: Mutex::new(Tail { file, flushed: 0, buf: Vec::new() }), index: Mutex::new(HashMap::new()) })
     }
 
     /// True when the spool holds `id`.
@@ -71,11 +83,16 @@ impl Spool {
         rec.extend_from_slice(&chunk.raw_len.to_le_bytes());
         rec.extend_from_slice(&(chunk.data.len() as u32).to_le_bytes());
         rec.extend_from_slice(&chunk.data);
-        let mut f = self.file.lock().expect("spool file");
-        let offset = f.1;
-        f.0.write_all(&rec).map_err(|e| store_io("append to spool", &self.path, e))?;
-        f.1 += rec.len() as u64;
-        drop(f);
+        let mut t = self.file.lock().expect("spool file");
+        let offset = t.flushed + t.buf.len() as u64;
+        t.buf.extend_from_slice(&rec);
+        if t.buf.len() >= FLUSH_AT {
+            let Tail { file, flushed, buf } = &mut *t;
+            file.write_all(buf).map_err(|e| store_io("append to spool", &self.path, e))?;
+            *flushed += buf.len() as u64;
+            buf.clear();
+        }
+        drop(t);
         let loc = Loc { offset: offset + HEADER, compression: chunk.compression, raw_len: chunk.raw_len, stored_len: chunk.data.len() as u32 };
         self.index.lock().expect("spool index").insert(chunk.id, loc);
         Ok(())
@@ -90,8 +107,13 @@ impl Spool {
             .get(id)
             .ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "not in the migration spool".into() })?;
         let mut data = vec![0u8; loc.stored_len as usize];
-        let f = self.file.lock().expect("spool file");
-        f.0.read_exact_at(&mut data, loc.offset).map_err(|e| store_io("read spool", &self.path, e))?;
+        let t = self.file.lock().expect("spool file");
+        if loc.offset >= t.flushed {
+            let from = (loc.offset - t.flushed) as usize;
+            data.copy_from_slice(&t.buf[from..from + loc.stored_len as usize]);
+        } else {
+            t.file.read_exact_at(&mut data, loc.offset).map_err(|e| store_io("read spool", &self.path, e))?;
+        }
         Ok(Chunk { id: *id, raw_len: loc.raw_len, compression: loc.compression, data })
     }
 
