@@ -95,7 +95,15 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
     let mut s = Session {
         root: root.to_path_buf(),
         jpath: dir.join("session.json"),
-        journal: DestJournal { session: offer.session.clone(), pod: offer.name.clone(), state: DestState::Receiving, pid, start },
+        journal: DestJournal {
+            session: offer.session.clone(),
+            pod: offer.name.clone(),
+            state: DestState::Receiving,
+            pid,
+            start,
+            copy_dirs: offer.copy_dirs.clone(),
+            placed: false,
+        },
         spool: Spool::create(&dir.join("chunks.spool"))?,
         dir,
         offer,
@@ -111,6 +119,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
         final_images: Vec::new(),
         prepared: None,
         cache_store: super::cache::open(false, Duration::from_millis(300)).map_err(|e| tracing::debug!(error = %e, "migration cache not consulted")).ok(),
+        dirs: Default::default(),
     };
     journal::write(&s.jpath, &s.journal)?;
     let r = s.run(&mut ch);
@@ -240,6 +249,8 @@ struct Session {
     /// The host's migration cache, held while pages arrive (only migrations use it; another
     /// migration to this host meanwhile goes without it).
     cache_store: Option<LocalStore>,
+    /// Directories carried with the pod.
+    dirs: super::copydir::DestDirs,
 }
 
 impl Session {
@@ -268,6 +279,10 @@ impl Session {
                 }
                 Msg::Put(p) => self.put(p)?,
                 Msg::MemberEnd(vpid) => self.member_end(vpid)?,
+                Msg::Files(u) => {
+                    let read = Self::reader(&self.cache, &self.spool);
+                    self.ack.written_bytes += self.dirs.apply(&u, &self.offer.copy_dirs, &self.offer.session, &read)?;
+                }
                 Msg::RoundEnd(e) => {
                     let last = self.round.as_ref().is_some_and(|r| r.last);
                     if !last {
@@ -475,6 +490,10 @@ impl Session {
             zap_store::materialize(&self.spool, &img.extents, 0, &mut console)?;
         }
         std::fs::write(&log, &console).map_err(|e| mig_err("final round: console log", log.display(), e))?;
+        // The carried directories go in place before any file of the pod is reopened.
+        self.journal.placed = true;
+        journal::write(&self.jpath, &self.journal)?;
+        self.dirs.place()?;
         // System V objects, then the segments attached to them.
         image.ipc.restore(&self.spool, &f.images, init_pid)?;
         let read = Self::reader(&self.cache, &self.spool);
@@ -589,6 +608,7 @@ impl Session {
                 tracing::warn!(error = %e, "could not remove the restored pod");
             }
         }
+        self.dirs.discard();
         let _ = journal::record_outcome(&self.offer.session, "discarded");
         self.cleanup_dir();
     }
@@ -658,6 +678,12 @@ pub fn sweep_session(root: &Path, dir: &Path) {
             let _ = journal::record_outcome(&j.session, "committed");
         }
         DestState::Receiving | DestState::Prepared => {
+            for d in &j.copy_dirs {
+                let _ = std::fs::remove_dir_all(format!("{d}.zap-incoming-{}", j.session));
+                if j.placed {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
             if pod::load(root, &j.pod).is_ok() {
                 if let Err(e) = pod::rm(root, &j.pod, true) {
                     tracing::warn!(pod = j.pod, error = %e, "could not remove an abandoned incoming pod");

@@ -66,6 +66,12 @@ pub struct DestJournal {
     pub pid: i32,
     /// Its start time.
     pub start: u64,
+    /// Directories carried with the pod (staged beside their place as `DIR.zap-incoming-SESSION`).
+    #[serde(default)]
+    pub copy_dirs: Vec<String>,
+    /// The carried directories are (being) put in place.
+    #[serde(default)]
+    pub placed: bool,
 }
 
 /// Writes `value` as JSON to `path` atomically.

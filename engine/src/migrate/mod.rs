@@ -13,6 +13,7 @@
 //!   recovery); [`dest`]: the destination's (checks, the prepared pod, restore, handover, sweep);
 //!   [`skeleton`]: the prepared pod; [`spool`]: the chunks a session received or offered;
 //!   [`cache`]: the chunks of the pods that last left or arrived, found again by a later migration;
+//!   [`copydir`]: directories carried with the pod (`--copy`);
 //!   [`journal`]: what each side records so that an interrupted migration can be resolved.
 //!
 //! ## The protocol
@@ -61,6 +62,7 @@
 //! restores the non-memory state, so its cost does not grow with the pod's memory.
 pub mod cache;
 pub mod channel;
+pub mod copydir;
 pub mod dest;
 pub mod journal;
 pub mod keys;

@@ -41,6 +41,10 @@ pub trait RoundSink {
     fn put(&mut self, vpid: i32, extents: Vec<Extent>) -> Result<()>;
     /// The process's pages are all sent.
     fn member_end(&mut self, vpid: i32) -> Result<()>;
+    /// Changes in a carried directory (their chunks were offered).
+    fn files(&mut self, update: super::wire::FilesUpdate) -> Result<()> {
+        Err(super::mig_err("copy", update.dir, "directories are carried by migrations only"))
+    }
 }
 
 /// Whether a mapping's pages are saved at all (see [`crate::mem`]).

@@ -166,6 +166,10 @@ impl RoundSink for Remote<'_> {
     fn member_end(&mut self, vpid: i32) -> Result<()> {
         self.send(&Msg::MemberEnd(vpid))
     }
+
+    fn files(&mut self, update: wire::FilesUpdate) -> Result<()> {
+        self.send(&Msg::Files(update))
+    }
 }
 
 /// Files the pod has open or mapped that the destination must have (regular files outside
@@ -306,6 +310,7 @@ pub fn migrate(
     ch.rate_limit = opts.bandwidth;
     let session = journal::new_session();
     let mut reader = PodReader::new(state.clone());
+    let mut dirs = super::copydir::SourceDirs::new(&opts.copy)?;
     let mac = match &state.ip {
         Some(_) if opts.ip.is_none() || opts.ip == state.ip => Some(net::read_config(state.init_pid)?.mac),
         _ => None,
@@ -322,7 +327,7 @@ pub fn migrate(
         memory_bytes: pod::cgroup_of(&state).memory_bytes(),
         files: files_in_use(&reader.pids(), &[opts.copy.clone(), vec![pod::pod_dir(root, name)]].concat()),
         copy_dirs: opts.copy.iter().map(|p| p.display().to_string()).collect(),
-        copy_bytes: 0,
+        copy_bytes: opts.copy.iter().map(|d| super::copydir::size_of(d)).sum(),
         kernel: kernel_release(),
         keep_checkpoint: opts.keep_checkpoint,
         dry_run: opts.dry_run,
@@ -352,7 +357,7 @@ pub fn migrate(
     let jpath = journal::source_path(root, name);
     let mut j = SourceJournal { session: session.clone(), dest: dest.to_string(), peer_key: peer.to_string(), state: SourceState::Precopy, pid, start };
     journal::write(&jpath, &j)?;
-    let mut r = run(root, name, &mut state, lock, &mut ch, &mut reader, opts, &mut report, progress, &mut j, &jpath);
+    let mut r = run(root, name, &mut state, lock, &mut ch, &mut reader, &mut dirs, opts, &mut report, progress, &mut j, &jpath);
     if let Err(MigrateError::Link { .. }) = &r {
         // The destination may have said why it closed while we were still sending.
         if let Some(reason) = wire::peer_reason(&mut ch) {
@@ -384,6 +389,7 @@ fn run(
     lock: podck::PodLock,
     ch: &mut Channel,
     reader: &mut PodReader,
+    dirs: &mut super::copydir::SourceDirs,
     opts: &MigrateOptions,
     report: &mut Report,
     progress: &mut dyn FnMut(&RoundReport),
@@ -400,7 +406,7 @@ fn run(
     let out_dir = crate::host::migrate_dir().join(format!("out-{}", j.session));
     let spool = std::fs::create_dir_all(&out_dir).ok().and_then(|()| super::spool::Spool::create(&out_dir.join("chunks.spool")).ok());
     let mut remote = Remote { ch, spool, known: HashSet::new(), fig: RoundReport::default() };
-    let r = rounds(root, name, state, lock, &mut remote, reader, opts, report, progress, j, jpath, arm_ms);
+    let r = rounds(root, name, state, lock, &mut remote, reader, dirs, opts, report, progress, j, jpath, arm_ms);
     if r.is_ok() {
         if let Some(s) = &remote.spool {
             // The pod has left: its chunks stay in the cache for a migration back.
@@ -422,6 +428,7 @@ fn rounds(
     lock: podck::PodLock,
     remote: &mut Remote<'_>,
     reader: &mut PodReader,
+    dirs: &mut super::copydir::SourceDirs,
     opts: &MigrateOptions,
     report: &mut Report,
     progress: &mut dyn FnMut(&RoundReport),
@@ -455,6 +462,7 @@ fn rounds(
             bytes += m.copy.bytes;
             dirty += m.dirty_pages;
         }
+        bytes += dirs.send(remote, &opts.chunker)?;
         let ack = remote.round_end(n, false)?.unwrap_or_default();
         let secs = tr.elapsed().as_secs_f64().max(1e-6);
         let mut fig = std::mem::take(&mut remote.fig);
@@ -509,7 +517,7 @@ fn rounds(
         n += 1;
     }
     n += 1;
-    final_round(root, name, state, lock, remote, reader, opts, report, progress, n, j, jpath)
+    final_round(root, name, state, lock, remote, reader, dirs, opts, report, progress, n, j, jpath)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -520,6 +528,7 @@ fn final_round(
     lock: podck::PodLock,
     remote: &mut Remote<'_>,
     reader: &mut PodReader,
+    dirs: &mut super::copydir::SourceDirs,
     opts: &MigrateOptions,
     report: &mut Report,
     progress: &mut dyn FnMut(&RoundReport),
@@ -569,6 +578,8 @@ fn final_round(
         bytes += copy.bytes;
     }
     dirty += bytes / 4096;
+    // What changed in the carried directories while the pod ran, and until it stopped.
+    bytes += dirs.send(remote, &opts.chunker)?;
     remote.offer(std::mem::take(&mut other.0))?;
     remote.round_end(n, true)?;
     saved.copies.clear();
