@@ -49,7 +49,11 @@ pub trait RoundSink {
 
 /// Whether a mapping's pages are saved at all (see [`crate::mem`]).
 pub fn saved(v: &VmaState) -> bool {
-    !matches!(v.backing, Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }) && !(v.shared && matches!(v.backing, Backing::File { .. }))
+    match v.backing {
+        Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. } => false,
+        Backing::File { .. } => !v.shared,
+        _ => true,
+    }
 }
 
 /// The ranges of `vmas` a copy holds whole (every saved mapping not copied as a delta).
