@@ -8,6 +8,7 @@
 //! - [`files_cmd`]: `zap store put|get`, checkpoints of plain files;
 //! - [`pod_cmd`]: `zap run|ps|exec|stop|kill|rm`, the pod lifecycle;
 //! - [`schedule_cmd`]: periodic checkpoints (`--every`, the hidden `__schedule`) and `zap rollback`;
+//! - [`migrate_cmd`]: `zap migrate`, `zap receive` (and its hidden worker), `zap key`;
 //! - [`output`] and [`progress`]: what goes to stdout (human or `--json`) and to stderr.
 //!
 //! Exit status: 0 on success, 1 on any failure (printed as `zap: error: <message>`, or
@@ -24,6 +25,7 @@ use zap_store::{LocalStore, StoreOptions};
 mod error;
 mod files_cmd;
 mod maint_cmd;
+mod migrate_cmd;
 mod output;
 mod pod_cmd;
 mod process_cmd;
@@ -44,9 +46,14 @@ use output::Output;
     propagate_version = true
 )]
 struct Cli {
-    /// The image store directory.
-    #[arg(long, global = true, env = "ZAP_STORE", default_value = "/var/lib/zap/store", value_name = "DIR")]
-    store: PathBuf,
+    /// The Zap root of this host: its run directory (DIR/pods), store (DIR/store), migration
+    /// state, keys, locks and cgroup parent all derive from it, so several hosts can share one
+    /// machine (default: /run/zap/pods, /var/lib/zap/store, /etc/zap/keys, cgroup zap).
+    #[arg(long, global = true, env = "ZAP_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// The image store directory (default: ROOT/store with --root, else /var/lib/zap/store).
+    #[arg(long, global = true, env = "ZAP_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -91,6 +98,16 @@ enum Command {
     /// The checkpoint scheduler that `--every` starts (internal).
     #[command(name = "__schedule", hide = true)]
     Schedule(schedule_cmd::ScheduleArgs),
+    /// Move a running pod to another host (live migration); --recover resolves an interrupted one.
+    Migrate(migrate_cmd::MigrateArgs),
+    /// Receive migrating pods: on stdin/stdout (--stdio, for ssh and --via) or on a port (--listen).
+    Receive(migrate_cmd::ReceiveArgs),
+    /// One migration session on stdin/stdout (internal: `zap receive` starts it).
+    #[command(name = "__receive-worker", hide = true)]
+    ReceiveWorker,
+    /// This host's keys for migration: gen, show, allow (a source), trust (a destination).
+    #[command(subcommand)]
+    Key(migrate_cmd::KeyCommand),
 }
 
 /// What every command gets from the global options.
@@ -141,7 +158,12 @@ fn emit(out: &Output) -> io::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let ctx = Ctx { store: cli.store, json: cli.json };
+    if let Some(root) = &cli.root {
+        // The engine reads the root from the environment (as do the processes zap starts, such
+        // as the checkpoint scheduler); nothing else runs yet in this process.
+        std::env::set_var("ZAP_ROOT", root);
+    }
+    let ctx = Ctx { store: cli.store.unwrap_or_else(zap_engine::host::store_dir), json: cli.json };
     // The pod commands name themselves in errors (`zap run: ...`); the others say `zap: error:`.
     let (pod_command, result) = match cli.command {
         Command::Checkpoint(args) => (None, process_cmd::checkpoint(&ctx, &args)),
@@ -155,6 +177,10 @@ fn main() -> ExitCode {
         Command::Rm(args) => (Some("rm"), pod_cmd::rm(&ctx, &args)),
         Command::Rollback(args) => (Some("rollback"), schedule_cmd::rollback(&ctx, &args)),
         Command::Schedule(args) => (Some("__schedule"), schedule_cmd::run(&ctx, &args)),
+        Command::Migrate(args) => (Some("migrate"), migrate_cmd::migrate(&ctx, &args)),
+        Command::Receive(args) => (Some("receive"), migrate_cmd::receive(&ctx, &args)),
+        Command::ReceiveWorker => (Some("receive"), migrate_cmd::worker()),
+        Command::Key(cmd) => (None, migrate_cmd::key(&ctx, &cmd)),
         Command::Exec(args) => {
             return match pod_cmd::exec(&args) {
                 Ok(code) => ExitCode::from(code),

@@ -80,3 +80,18 @@ impl Write for LogWriter {
         io::stderr().flush()
     }
 }
+
+/// Shows `line` as the current status on a terminal: the last status moves up into the
+/// scrollback and `line` stays under it (a migration's rounds).
+pub fn status(line: &str) {
+    static BAR: LazyLock<ProgressBar> = LazyLock::new(|| {
+        let style = ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let bar = BARS.add(ProgressBar::new_spinner().with_style(style));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    if let Some(prev) = Some(BAR.message()).filter(|m| !m.is_empty()) {
+        BAR.println(prev);
+    }
+    BAR.set_message(line.to_string());
+}

@@ -11,6 +11,9 @@
 //!   [`inject`]: run syscalls inside a stopped thread.
 //! - [`maps`]: the process's memory layout; [`memdump`]: store a live process's memory image and
 //!   check it back.
+//! - [`host`]: where a host keeps its state (`$ZAP_ROOT`: run directory, store, cgroup parent,
+//!   locks, keys) and how its pods reach the network; [`migrate`]: live migration of a pod to
+//!   another host.
 //! - `sys`: the raw syscalls, each behind a safe function.
 #![deny(missing_docs)]
 
@@ -22,11 +25,13 @@ mod error;
 pub mod files;
 pub mod freeze;
 pub mod group;
+pub mod host;
 pub mod inject;
 pub mod ipc;
 pub mod maps;
 pub mod mem;
 pub mod memdump;
+pub mod migrate;
 pub mod pod;
 pub mod process;
 pub mod signals;

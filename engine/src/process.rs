@@ -574,6 +574,15 @@ impl<'a> ProcRestore<'a> {
     /// ranges it keeps of its parent's memory ([`mem::cow::keep_ranges`]: for a child made by a
     /// restored parent, its mappings that inherit pages).
     pub fn begin(image: &'a ProcessImage, pid: i32, tramp: u64) -> Result<Self> {
+        Ok(Self::adopt(image, pid, tramp, Self::take_over(pid, tramp, &mem::cow::keep_ranges(&image.vmas))?))
+    }
+
+    /// The first half of [`ProcRestore::begin`], which needs no image: takes over the bare
+    /// process `pid`, clears its address space but for the trampoline and the ranges `keep`
+    /// (sorted), and returns the injector driving it. A migration's destination does this long
+    /// before the image is known (keeping nothing), and fills the memory in while the source
+    /// still runs.
+    pub fn take_over(pid: i32, tramp: u64, keep: &[(u64, u64)]) -> Result<Injector> {
         let sys_err = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
         let mut inj = Injector::new(pid, pid, tramp)?;
         // Block every signal while we work; the saved mask is loaded at the end.
@@ -590,13 +599,19 @@ impl<'a> ProcRestore<'a> {
                 [inherited.rseq_abi_pointer, u64::from(inherited.rseq_abi_size), RSEQ_FLAG_UNREGISTER, u64::from(inherited.signature), 0, 0],
             )?;
         }
-        let mut keep = mem::cow::keep_ranges(&image.vmas);
+        let mut keep = keep.to_vec();
         keep.push((tramp, tramp + 4096));
         keep.sort_unstable();
         for (a, b) in mem::cow::outside(&keep, 0, TASK_SIZE) {
             inj.call("munmap all but the trampoline and inherited memory", libc::SYS_munmap, [a, b - a, 0, 0, 0, 0])?;
         }
-        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new(), loaded: None, shared_filters: None, warnings: Vec::new() })
+        Ok(inj)
+    }
+
+    /// The second half of [`ProcRestore::begin`]: the restore of `image` into the process `pid`
+    /// taken over with [`ProcRestore::take_over`] (whose memory may already be in place).
+    pub fn adopt(image: &'a ProcessImage, pid: i32, tramp: u64, inj: Injector) -> Self {
+        ProcRestore { image, pid, tramp, inj, extra: Vec::new(), loaded: None, shared_filters: None, warnings: Vec::new() }
     }
 
     /// Host pid of the process.
@@ -657,6 +672,20 @@ impl<'a> ProcRestore<'a> {
             self.loaded = Some(Box::new(copy));
         }
         Ok(())
+    }
+
+    /// The rest of the memory of a process whose mappings and pages are in place already (a
+    /// migration's prepared process, [`crate::migrate`]): deleted files' contents (read from
+    /// `store`), the scratch area away from every mapping, merge modes, what is set after the
+    /// pages (AIO rings, guard pages, locks) and, last, what changes what `fork` copies.
+    pub fn memory_in_place<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image]) -> Result<()> {
+        self.load_contents(store, images)?;
+        let image = self.loaded.as_deref().unwrap_or(self.image);
+        let vpid = image.vpid;
+        self.inj.scratch_at(mem::scratch_place(&image.vmas, self.tramp, SCRATCH), SCRATCH)?;
+        image.mm.restore_merge(&mut self.inj, vpid, None)?;
+        mem::restore_after_pages(store, &mut self.inj, vpid, &image.vmas, images, &image.mm)?;
+        self.memory_late()
     }
 
     /// The last of the memory: `MADV_DONTFORK`, `MADV_WIPEONFORK` and seals, once the process

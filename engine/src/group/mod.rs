@@ -44,8 +44,8 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessImage;
 use crate::Result;
 
-pub use restore::{group_trampoline, restore, restore_in, GroupRestored, TargetSpawner};
-pub use save::{freeze_tree, is_zombie_pid, save, tree_of, SavedGroup, Tracking};
+pub use restore::{clone_child, complete, group_trampoline, has_ctty, restore, restore_in, take_ctty, wait_child, BareTree, Built, GroupRestored, TargetSpawner, TreeShape};
+pub use save::{freeze_tree, is_zombie_pid, save, shape_of, tree_of, SaveOptions, SavedGroup, Tracking};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob).
 pub const GROUP_IMAGE_VERSION: u8 = 2;
@@ -155,7 +155,7 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     let (pids, frozen) = freeze_tree(root)?;
     let live: Vec<i32> = pids.iter().copied().filter(|&p| !is_zombie_pid(p)).collect();
     let netlock = crate::process::lock_connections(&live, opts.tcp_close)?;
-    let mut saved = save(&pids, &frozen, opts.tcp_close, true, None)?;
+    let mut saved = save(&pids, &frozen, SaveOptions { tcp_close: opts.tcp_close, network_locked: true, no_cow: false }, None)?;
     for m in &saved.image.members {
         if let Some(img) = m.image() {
             crate::mem::refuse_sysv_outside_pod(m.vpid, &img.vmas)?;

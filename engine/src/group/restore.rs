@@ -110,7 +110,9 @@ fn children_by_vpid(parent: i32) -> HashMap<i32, i32> {
     out
 }
 
-fn wait_child(parent: i32, vpid: i32, tramp: u64) -> Result<i32> {
+/// Waits until `parent` has a child of pid `vpid` (in its namespace) ready in the trampoline;
+/// returns its host pid.
+pub fn wait_child(parent: i32, vpid: i32, tramp: u64) -> Result<i32> {
     let start = Instant::now();
     loop {
         if let Some(&host) = children_by_vpid(parent).get(&vpid) {
@@ -124,9 +126,8 @@ fn wait_child(parent: i32, vpid: i32, tramp: u64) -> Result<i32> {
     }
 }
 
-/// Injects `clone3` with `set_tid = [vpid]` (a fork-like child) into the process `r` drives.
-fn clone_child(r: &mut ProcRestore<'_>, vpid: i32) -> Result<()> {
-    let inj = r.injector();
+/// Injects `clone3` with `set_tid = [vpid]` (a fork-like child) into the process `inj` drives.
+pub fn clone_child(inj: &mut Injector, vpid: i32) -> Result<()> {
     let scratch = inj.scratch(4096)?;
     // struct clone_args (11 u64) followed by the set_tid array.
     let mut args = [0u64; 12];
@@ -155,62 +156,167 @@ pub fn restore_in<S: ImageStore>(
 ) -> Result<GroupRestored> {
     let t0 = Instant::now();
     let tramp = group_trampoline(image);
-    let top = image.top();
     if image.members.iter().any(|m| m.vpid == 1) {
         return Err(EngineError::Proc { pid: 1, detail: "the group's namespace init (pid 1) cannot be a member".into() });
     }
-    let init = spawner.spawn(&top, tramp)?;
-    let mut frozen: Vec<Frozen> = Vec::new();
-    let result = build(store, manifest, image, init, tramp, &mut frozen, files, spawner)
+    let init = spawner.spawn(&image.top(), tramp)?;
+    let mut tree = BareTree::new(init, tramp);
+    let result = build(store, manifest, image, &mut tree, files, spawner)
         .and_then(|(pids, warnings)| spawner.before_release(&pids).map(|()| (pids, warnings)));
-    match result {
-        Ok((pids, mut warnings)) => {
-            release(image, &pids, frozen, &mut warnings);
-            let restored = GroupRestored { init_pid: init, pids, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
-            kill_signalled_zombies(image, &restored);
-            Ok(restored)
+    tree.finish(image, result, t0)
+}
+
+/// Gives session leader `vpid` its controlling terminal back, if it had one among the group's
+/// pseudo-terminals ([`crate::files::take_ctty`]).
+pub fn take_ctty(image: &GroupImage, inj: &mut Injector, vpid: i32, files: &mut RestoreContext) -> Result<()> {
+    let all = image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.fds.iter());
+    crate::files::take_ctty(inj, vpid, all, files)
+}
+
+/// True when a session leader of `image` had a controlling terminal, which it must take before
+/// its children exist (a tree built without the image lacks it).
+pub fn has_ctty(image: &GroupImage) -> bool {
+    image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.fds.iter()).any(|f| match &f.kind {
+        crate::files::FdKind::PtyMaster { state: Some(s), .. } | crate::files::FdKind::PtySlave { state: Some(s), .. } => {
+            s.session.is_some_and(|(sid, _)| image.members.iter().any(|m| m.vpid == sid && m.sid == sid))
         }
-        Err(e) => {
-            // Killed while still traced, so that no half-restored thread runs.
-            for f in frozen {
-                if let Err(kill) = f.kill() {
-                    tracing::warn!(error = %kill, "could not kill a half-restored process");
-                }
-            }
-            sysclone::kill_and_reap(init); // a pod init is not our child: gone is enough
-            Err(e)
-        }
+        _ => false,
+    })
+}
+
+/// The shape of a process tree: what a bare tree is built from ([`BareTree::build`]), known
+/// before the processes' images are (a migration reads it from `/proc` while the source runs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TreeShape {
+    /// Members in restore order (parents first): (vpid, parent vpid or 0, leads its session,
+    /// alive (not a zombie)).
+    pub members: Vec<(i32, i32, bool, bool)>,
+}
+
+impl TreeShape {
+    /// The shape of a saved group.
+    pub fn of(image: &GroupImage) -> Self {
+        TreeShape { members: image.members.iter().map(|m| (m.vpid, m.ppid, m.sid == m.vpid, m.image().is_some())).collect() }
+    }
+
+    /// Members whose parent is not in the group, in order.
+    pub fn top(&self) -> Vec<i32> {
+        self.members.iter().filter(|m| m.1 == 0).map(|m| m.0).collect()
     }
 }
 
-type Built = (Vec<(i32, i32)>, Vec<String>);
+/// A group's processes created with their pids, stopped under ptrace: by [`BareTree::build`]
+/// bare (live members taken over and cleared down to the trampoline, zombies-to-be waiting), or
+/// by a whole restore ([`restore_in`]) with their memory.
+pub struct BareTree {
+    /// Host pid of the namespace init (ours).
+    pub init: i32,
+    /// The trampoline address.
+    pub tramp: u64,
+    /// Host pid of each member, by vpid.
+    pub host: HashMap<i32, i32>,
+    /// The stopped members.
+    pub frozen: Vec<Frozen>,
+    /// The injector driving each live member, by vpid (until [`complete`] takes it).
+    pub injectors: HashMap<i32, Injector>,
+}
 
-#[allow(clippy::too_many_arguments)]
+impl BareTree {
+    /// An empty tree under init `init` (whose top members exist or are being created).
+    pub fn new(init: i32, tramp: u64) -> Self {
+        BareTree { init, tramp, host: HashMap::new(), frozen: Vec::new(), injectors: HashMap::new() }
+    }
+
+    /// Builds the tree bare: each member is taken over, takes its session (and, through
+    /// `on_leader`, whatever a session leader must hold before its children exist: its
+    /// controlling terminal), then creates its own children (`clone3` + `set_tid`). No child
+    /// inherits memory from its parent here (a migration writes every process's pages).
+    pub fn build(&mut self, shape: &TreeShape, on_leader: &mut dyn FnMut(&mut Injector, i32) -> Result<()>) -> Result<()> {
+        for v in shape.top() {
+            self.host.insert(v, wait_child(self.init, v, self.tramp)?);
+        }
+        for &(vpid, _, leads_session, live) in &shape.members {
+            let pid = *self.host.get(&vpid).ok_or_else(|| EngineError::Proc { pid: vpid, detail: "was not created".into() })?;
+            self.frozen.push(Frozen::freeze(pid)?);
+            let kids: Vec<i32> = shape.members.iter().filter(|c| c.1 == vpid).map(|c| c.0).collect();
+            if live {
+                let mut inj = ProcRestore::take_over(pid, self.tramp, &[])?;
+                if leads_session {
+                    inj.call("setsid", libc::SYS_setsid, [0; 6])?;
+                    on_leader(&mut inj, vpid)?;
+                }
+                for &k in &kids {
+                    clone_child(&mut inj, k)?;
+                    self.host.insert(k, wait_child(pid, k, self.tramp)?);
+                }
+                self.injectors.insert(vpid, inj);
+            } else if !kids.is_empty() {
+                return Err(EngineError::Proc { pid: vpid, detail: "a zombie with children cannot be restored".into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the restore: on success every member runs from here, those saved in a job-control
+    /// stop stopped again ([`release`]; the result says how long it took since `t0`); on
+    /// failure every member is killed while still traced and the init with them.
+    pub fn finish(self, image: &GroupImage, result: Result<Built>, t0: Instant) -> Result<GroupRestored> {
+        let BareTree { init, frozen, .. } = self;
+        match result {
+            Ok((pids, mut warnings)) => {
+                release(image, &pids, frozen, &mut warnings);
+                let restored = GroupRestored { init_pid: init, pids, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
+                kill_signalled_zombies(image, &restored);
+                Ok(restored)
+            }
+            Err(e) => {
+                kill_tree(init, frozen);
+                Err(e)
+            }
+        }
+    }
+
+    /// Kills every member (while still traced, so that no half-restored thread runs) and the init.
+    pub fn abandon(self) {
+        kill_tree(self.init, self.frozen)
+    }
+}
+
+fn kill_tree(init: i32, frozen: Vec<Frozen>) {
+    for f in frozen {
+        if let Err(kill) = f.kill() {
+            tracing::warn!(error = %kill, "could not kill a half-restored process");
+        }
+    }
+    sysclone::kill_and_reap(init); // a pod init is not our child: gone is enough
+}
+
+/// (vpid, host pid) of every member, and the warnings of the restore.
+pub type Built = (Vec<(i32, i32)>, Vec<String>);
+
+/// The whole restore's first step: the tree and the memory, parents first. Each member takes
+/// its session, is handed to the spawner ([`TargetSpawner::member_taken`]), makes the children
+/// that inherit none of its memory, gets its own memory (shared anonymous memory comes from the
+/// first member that maps it), makes the children that inherit pages from it (copy-on-write, see
+/// [`crate::mem::cow`]), and only then sets what changes what fork copies. Then [`fill`].
 fn build<S: ImageStore>(
     store: &S,
     manifest: &Manifest,
     image: &GroupImage,
-    init: i32,
-    tramp: u64,
-    frozen: &mut Vec<Frozen>,
+    tree: &mut BareTree,
     mut fctx: RestoreContext,
     spawner: &mut dyn TargetSpawner,
 ) -> Result<Built> {
-    let mut host: HashMap<i32, i32> = HashMap::new();
+    let tramp = tree.tramp;
     for v in image.top() {
-        host.insert(v, wait_child(init, v, tramp)?);
+        tree.host.insert(v, wait_child(tree.init, v, tramp)?);
     }
-    let mut warnings = Vec::new();
-    // 1. The tree and the memory, parents first: each member takes its session, makes the
-    // children that inherit none of its memory, gets its own memory (shared anonymous memory
-    // comes from the first member that maps it), makes the children that inherit pages from it
-    // (copy-on-write, see mem::cow), and only then sets what changes what fork copies.
     let mut live: Vec<ProcRestore<'_>> = Vec::new();
     let mut zombies: Vec<(i32, i32)> = Vec::new();
     let mut shm = ShmContext::default();
     for m in &image.members {
-        let pid = *host.get(&m.vpid).ok_or_else(|| EngineError::Proc { pid: m.vpid, detail: "was not created".into() })?;
-        frozen.push(Frozen::freeze(pid)?);
+        let pid = *tree.host.get(&m.vpid).ok_or_else(|| EngineError::Proc { pid: m.vpid, detail: "was not created".into() })?;
+        tree.frozen.push(Frozen::freeze(pid)?);
         let kids: Vec<&Member> = image.members.iter().filter(|c| c.ppid == m.vpid).collect();
         let inherits = |c: &Member| c.image().is_some_and(|i| i.vmas.iter().any(|v| !v.inherited.is_empty()));
         match &m.state {
@@ -219,19 +325,18 @@ fn build<S: ImageStore>(
                 if m.sid == m.vpid {
                     r.injector().call("setsid", libc::SYS_setsid, [0; 6])?;
                     // Its controlling terminal, before its children, so that they inherit it.
-                    let all = image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.fds.iter());
-                    crate::files::take_ctty(r.injector(), m.vpid, all, &mut fctx)?;
+                    take_ctty(image, r.injector(), m.vpid, &mut fctx)?;
                 }
                 spawner.member_taken(m.vpid, pid, m.ppid, r.injector())?;
                 for k in kids.iter().filter(|c| !inherits(c)) {
-                    clone_child(&mut r, k.vpid)?;
-                    host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);
+                    clone_child(r.injector(), k.vpid)?;
+                    tree.host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);
                 }
                 let parent = image.members.iter().find(|p| p.vpid == m.ppid).and_then(Member::image).filter(|_| inherits(m));
                 r.memory(store, &manifest.images, &mut shm, parent)?;
                 for k in kids.iter().filter(|c| inherits(c)) {
-                    clone_child(&mut r, k.vpid)?;
-                    host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);
+                    clone_child(r.injector(), k.vpid)?;
+                    tree.host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);
                 }
                 r.memory_late()?;
                 live.push(r);
@@ -240,18 +345,63 @@ fn build<S: ImageStore>(
                 if !kids.is_empty() {
                     return Err(EngineError::Proc { pid: m.vpid, detail: "a zombie with children cannot be restored".into() });
                 }
-                let mut inj = Injector::new(pid, pid, tramp)?;
-                let scratch = inj.put_cstr(&comm.as_bytes()[..comm.len().min(15)])?;
-                inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
-                inj.release_scratch()?;
-                inj.forget();
-                zombies.push((pid, *status));
+                zombies.push(zombie(pid, tramp, comm, *status)?);
             }
         }
     }
+    fill(tree, image, fctx, live, zombies)
+}
+
+/// Gives the zombie-to-be `pid` its name; returns (pid, exit status) for [`fill`].
+fn zombie(pid: i32, tramp: u64, comm: &str, status: i32) -> Result<(i32, i32)> {
+    let mut inj = Injector::new(pid, pid, tramp)?;
+    let scratch = inj.put_cstr(&comm.as_bytes()[..comm.len().min(15)])?;
+    inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
+    inj.release_scratch()?;
+    inj.forget();
+    Ok((pid, status))
+}
+
+/// Fills every member of the bare `tree` in from `image`: `memory` for each live member (in
+/// order; a migration, whose mappings and pages are in place already, passes what is left of
+/// the memory: [`ProcRestore::memory_in_place`]), then threads, fds, process groups,
+/// attributes and CPU state, zombies ([`fill`]). The members stay stopped;
+/// [`BareTree::finish`] releases them.
+pub fn complete(
+    tree: &mut BareTree,
+    image: &GroupImage,
+    fctx: RestoreContext,
+    mut memory: impl FnMut(&mut ProcRestore<'_>) -> Result<()>,
+) -> Result<Built> {
+    let tramp = tree.tramp;
+    let mut live: Vec<ProcRestore<'_>> = Vec::new();
+    let mut zombies: Vec<(i32, i32)> = Vec::new();
+    for m in &image.members {
+        let pid = *tree.host.get(&m.vpid).ok_or_else(|| EngineError::Proc { pid: m.vpid, detail: "was not created".into() })?;
+        match &m.state {
+            MemberState::Live(img) => {
+                let inj = tree
+                    .injectors
+                    .remove(&m.vpid)
+                    .ok_or_else(|| EngineError::Proc { pid: m.vpid, detail: "was not taken over (a zombie in the bare tree?)".into() })?;
+                let mut r = ProcRestore::adopt(img, pid, tramp, inj);
+                memory(&mut r)?;
+                live.push(r);
+            }
+            MemberState::Zombie { status, comm } => zombies.push(zombie(pid, tramp, comm, *status)?),
+        }
+    }
+    fill(tree, image, fctx, live, zombies)
+}
+
+/// The steps after the memory, for members whose memory is in place: threads, fds, process
+/// groups, attributes and CPU state; zombies get their exit.
+fn fill(tree: &mut BareTree, image: &GroupImage, mut fctx: RestoreContext, mut live: Vec<ProcRestore<'_>>, zombies: Vec<(i32, i32)>) -> Result<Built> {
+    let tramp = tree.tramp;
+    let mut warnings = Vec::new();
     // 2. Threads.
     for r in &mut live {
-        let f = frozen.iter_mut().find(|f| f.pid() == r.pid()).expect("every member is stopped");
+        let f = tree.frozen.iter_mut().find(|f| f.pid() == r.pid()).expect("every member is stopped");
         r.threads(f)?;
     }
     // 3. Fds in save order, then the pipe keepers go.
@@ -287,7 +437,7 @@ fn build<S: ImageStore>(
         crate::files::set_foreground(r.injector(), vpid, &mut fctx)?;
     }
     // 5. Every live member's attributes, credentials and CPU state.
-    let mut pids: Vec<(i32, i32)> = image.members.iter().map(|m| (m.vpid, host[&m.vpid])).collect();
+    let mut pids: Vec<(i32, i32)> = image.members.iter().map(|m| (m.vpid, tree.host[&m.vpid])).collect();
     for r in live {
         warnings.extend(r.finish()?);
     }

@@ -123,20 +123,11 @@ pub fn freeze_tree(root: i32) -> Result<(Vec<i32>, Vec<Frozen>)> {
     }
 }
 
-/// Saves the stopped processes `pids` (host pids; every live one stopped by an entry of
-/// `frozen`, zombies not). Members come out parents first, siblings by pid. With `tcp_close`,
-/// established TCP connections are saved as closed sockets; otherwise they are saved with their
-/// state, which needs `network_locked` (the caller holds a [`crate::pod::netlock::NetLock`]
-/// over them), or fail the checkpoint.
-///
-/// With `tracking`, a member whose tracker state is valid is saved as a delta on the parent
-/// checkpoint (only the pages written since are copied), and its tracker is re-armed.
-pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, network_locked: bool, mut tracking: Option<&mut Tracking>) -> Result<SavedGroup> {
-    let places: Vec<Place> = pids.iter().map(|&p| place_of(p)).collect::<Result<_>>()?;
-    let vpid_of_host: HashMap<i32, i32> = places.iter().map(|p| (p.host, p.vpid)).collect();
-    // Order: parents first (breadth-first from the top members), siblings by vpid.
+/// The members in restore order: parents first (breadth-first from the top members), siblings
+/// by vpid.
+fn restore_order<'p>(pids: &[i32], places: &'p [Place], vpid_of_host: &HashMap<i32, i32>) -> Result<Vec<&'p Place>> {
     let mut kids: BTreeMap<i32, Vec<&Place>> = BTreeMap::new();
-    for p in &places {
+    for p in places {
         let parent = vpid_of_host.get(&p.host_ppid).copied().unwrap_or(0);
         kids.entry(parent).or_default().push(p);
     }
@@ -154,6 +145,48 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, network_locked: bo
     if order.len() != places.len() {
         return Err(EngineError::Proc { pid: pids.first().copied().unwrap_or(0), detail: "process tree has a cycle".into() });
     }
+    Ok(order)
+}
+
+/// The shape of the tree of processes `pids` (host pids, running or not) as a restore would
+/// build it, and the (vpid, host pid) of its members in that order. A migration reads it while
+/// the pod runs, for the destination to prepare the processes early.
+pub fn shape_of(pids: &[i32]) -> Result<(super::TreeShape, Vec<(i32, i32)>)> {
+    let places: Vec<Place> = pids.iter().map(|&p| place_of(p)).collect::<Result<_>>()?;
+    let vpid_of_host: HashMap<i32, i32> = places.iter().map(|p| (p.host, p.vpid)).collect();
+    let order = restore_order(pids, &places, &vpid_of_host)?;
+    let members = order
+        .iter()
+        .map(|p| (p.vpid, vpid_of_host.get(&p.host_ppid).copied().unwrap_or(0), p.sid == p.vpid, p.zombie.is_none()))
+        .collect();
+    Ok((super::TreeShape { members }, order.iter().map(|p| (p.vpid, p.host)).collect()))
+}
+
+/// How [`save`] treats what it finds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SaveOptions {
+    /// Established TCP connections are saved as closed sockets; otherwise they are saved with
+    /// their state, which needs `network_locked`, or fail the checkpoint.
+    pub tcp_close: bool,
+    /// The caller holds a [`crate::pod::netlock::NetLock`] over the processes' network.
+    pub network_locked: bool,
+    /// Every member's pages are saved whole, even those it still shares copy-on-write with its
+    /// parent (a migration's destination builds the tree before it knows the memory, so no child
+    /// can inherit pages there).
+    pub no_cow: bool,
+}
+
+/// Saves the stopped processes `pids` (host pids; every live one stopped by an entry of
+/// `frozen`, zombies not). Members come out parents first, siblings by pid. A child's pages it
+/// still shares with its parent are left to the parent's image ([`crate::mem::cow`]) unless
+/// `opts.no_cow`.
+///
+/// With `tracking`, a member whose tracker state is valid is saved as a delta on the parent
+/// checkpoint (only the pages written since are copied), and its tracker is re-armed.
+pub fn save(pids: &[i32], frozen: &[Frozen], opts: SaveOptions, mut tracking: Option<&mut Tracking>) -> Result<SavedGroup> {
+    let places: Vec<Place> = pids.iter().map(|&p| place_of(p)).collect::<Result<_>>()?;
+    let vpid_of_host: HashMap<i32, i32> = places.iter().map(|p| (p.host, p.vpid)).collect();
+    let order = restore_order(pids, &places, &vpid_of_host)?;
     let live: Vec<i32> = order.iter().filter(|p| p.zombie.is_none()).map(|p| p.host).collect();
     // Processes that share an address space or an fd table (a vfork or posix_spawn caught
     // between its clone and its exec, or CLONE_VM without CLONE_THREAD) cannot be saved one by
@@ -171,8 +204,8 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, network_locked: bo
         }
     }
     let mut ctx = SaveContext::for_group(&live)?;
-    ctx.sockets.tcp_close = tcp_close;
-    ctx.sockets.network_locked = network_locked;
+    ctx.sockets.tcp_close = opts.tcp_close;
+    ctx.sockets.network_locked = opts.network_locked;
     let mut members = Vec::new();
     let mut copies = Vec::new();
     let mut bytes_read = 0;
@@ -216,7 +249,11 @@ pub fn save(pids: &[i32], frozen: &[Frozen], tcp_close: bool, network_locked: bo
                     (Some(_), Some(tr)) => Some(crate::mem::base_runs(&tr.parent_images, &GroupImage::prefix(p.vpid))),
                     _ => None,
                 };
-                let parent = members.iter().find(|m: &&Member| m.vpid == ppid).and_then(Member::image).map(|i| (i.host_pid, i.vmas.as_slice()));
+                let parent = members
+                    .iter()
+                    .find(|m: &&Member| m.vpid == ppid && !opts.no_cow)
+                    .and_then(Member::image)
+                    .map(|i| (i.host_pid, i.vmas.as_slice()));
                 let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: base.as_deref(), parent };
                 let (image, copy) = save_process(p.host, f, &mut ctx, &plan, layout)?;
                 tracing::debug!(pid = p.host, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, bytes = copy.bytes, "process saved");

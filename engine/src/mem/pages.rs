@@ -107,6 +107,13 @@ fn merge(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
+impl PageCopy {
+    /// The copied runs: (index of the mapping, address, bytes).
+    pub fn runs(&self) -> impl Iterator<Item = (usize, u64, &[u8])> {
+        self.runs.iter().map(|(i, a, b)| (*i, *a, b.as_slice()))
+    }
+}
+
 /// The parts of the sorted runs `a` that lie in the sorted runs `b`.
 fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();

@@ -1,6 +1,9 @@
-//! The pod's cgroups: one cgroup v2 directory `<v2root>/zap/<name>` that holds every process of
-//! the pod (freeze, kill, process list), plus cgroup v1 directories `<v1root>/<ctrl>/zap/<name>`
-//! for memory/CPU limits when those controllers are not available in v2 (hybrid hierarchies).
+//! The pod's cgroups: one cgroup v2 directory `<v2root>/<parent>/<name>` that holds every process
+//! of the pod (freeze, kill, process list), plus cgroup v1 directories
+//! `<v1root>/<ctrl>/<parent>/<name>` for memory/CPU limits when those controllers are not
+//! available in v2 (hybrid hierarchies). The parent is `zap`, or on a host with a Zap root
+//! `zap-<tag>` derived from the root ([`crate::host::cgroup_parent`]), so that the pods of two
+//! hosts on one machine never share a cgroup.
 //!
 //! Layouts: pure v2 when `/sys/fs/cgroup/cgroup.controllers` exists; hybrid when
 //! `/sys/fs/cgroup/unified/cgroup.controllers` exists (v1 controllers then live in
@@ -89,15 +92,16 @@ impl Cgroup {
     /// `limits` will need.
     pub fn plan(name: &str, limits: &Limits) -> Result<Self> {
         let root = v2_root()?;
-        let parent = root.join("zap");
+        let parent_name = crate::host::cgroup_parent();
+        let parent = root.join(&parent_name);
         let mut v1 = Vec::new();
         let v1_root = Path::new(CGROUP_ROOT);
         let pure = root == v1_root;
         if limits.memory.is_some() && !(v2_has_controller(&root, "memory") || pure) {
-            v1.push(v1_root.join("memory/zap").join(name));
+            v1.push(v1_root.join("memory").join(&parent_name).join(name));
         }
         if limits.cpus.is_some() && !(v2_has_controller(&root, "cpu") || pure) {
-            v1.push(v1_root.join("cpu/zap").join(name));
+            v1.push(v1_root.join("cpu").join(&parent_name).join(name));
         }
         Ok(Cgroup { v2: parent.join(name), v1 })
     }

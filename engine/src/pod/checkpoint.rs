@@ -216,6 +216,20 @@ struct TrackerFile {
 
 const TRACKER_VERSION: u8 = 1;
 
+/// Drops the pod's dirty-page tracking between checkpoints (its parked userfaultfds are closed
+/// and its tracker state deleted): another tracker (a migration's) is about to take the pod's
+/// memory, and the pod's next checkpoint will be full.
+pub fn drop_tracking(root: &Path, name: &str) {
+    if let Some(t) = read_tracker(root, name) {
+        for a in &t.members {
+            if let Err(e) = dirty::disarm(a) {
+                tracing::warn!(pid = a.pid, error = %e, "could not close a parked userfaultfd");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(tracker_path(root, name));
+}
+
 fn tracker_path(root: &Path, name: &str) -> std::path::PathBuf {
     pod_dir(root, name).join("tracker.bin")
 }
@@ -295,7 +309,7 @@ pub(crate) const CONSOLE_IMAGE: &str = "console.log";
 /// How much of the end of a console log a checkpoint keeps.
 const CONSOLE_KEEP: u64 = 16 << 20;
 
-fn read_console(path: &Path) -> Vec<u8> {
+pub(crate) fn read_console(path: &Path) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -309,7 +323,7 @@ fn read_console(path: &Path) -> Vec<u8> {
 /// Fails when a process of the pod has a standard stream that leads outside it (a `zap exec`
 /// session attached to a terminal or to `zap exec`'s pipes): nothing in a restored pod could
 /// connect it again.
-fn refuse_external_streams(name: &str, image: &GroupImage) -> Result<()> {
+pub(crate) fn refuse_external_streams(name: &str, image: &GroupImage) -> Result<()> {
     for m in &image.members {
         if let Some(fd) = m.image().and_then(|i| i.fds.iter().find(|f| matches!(f.kind, crate::files::FdKind::External { .. }))) {
             let crate::files::FdKind::External { what } = &fd.kind else { unreachable!() };
@@ -339,7 +353,8 @@ pub struct StoppedPod {
     netlock: Option<NetLock>,
     /// Sub-cgroups the pod had frozen itself, thawed for the stop (see [`stop_pod`]).
     thawed: Vec<String>,
-    _lock: PodLock,
+    /// The checkpoint lock (taken back by [`StoppedPod::into_lock`]).
+    lock: Option<PodLock>,
 }
 
 /// A pod's checkpoint lock (`<pod dir>/checkpoint.lock`, `flock`): one checkpoint or migration of
@@ -390,7 +405,7 @@ impl StoppedPod {
             stop_ms,
             netlock: Some(netlock),
             thawed,
-            _lock: lock,
+            lock: Some(lock),
         })
     }
 
@@ -444,6 +459,24 @@ impl StoppedPod {
     /// while the pod is stopped (see [`stop_pod`]) and frozen again when it resumes.
     pub fn frozen_subcgroups(&self) -> &[String] {
         &self.thawed
+    }
+
+    /// Lets the processes run on, with their network open again, and gives the checkpoint lock
+    /// back to the caller, who goes on working on the pod (a migration between its rounds).
+    pub fn into_lock(mut self) -> Result<PodLock> {
+        self.resume()?;
+        Ok(self.lock.take().expect("a stopped pod holds its lock"))
+    }
+
+    /// Leaves the pod stopped after this value is gone: the caller froze its cgroup (a
+    /// migration whose handover has an unknown outcome); the processes are let go by ptrace but
+    /// stay frozen until someone thaws the cgroup, and the network stays locked until
+    /// [`super::netlock::unlock`].
+    pub fn leave_frozen(mut self) {
+        if let Some(l) = self.netlock.take() {
+            l.keep();
+        }
+        drop(self.frozen.take());
     }
 
     /// Ends the pod: puts its TCP sockets in repair mode (closing them sends nothing), kills its
@@ -516,7 +549,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     };
     // Namespaces the processes cannot be restored in (nested PID or user) are refused first.
     super::inside::refuse_early(name, state.init_pid, &pids)?;
-    let mut saved = group::save(&pids, stopped.frozen(), opts.tcp_close, true, Some(&mut tracking))?;
+    let mut saved = group::save(&pids, stopped.frozen(), group::SaveOptions { tcp_close: opts.tcp_close, network_locked: true, no_cow: false }, Some(&mut tracking))?;
     refuse_external_streams(name, &saved.image)?;
     if parent.is_some() {
         let live = saved.image.members.iter().filter(|m| m.image().is_some()).count();

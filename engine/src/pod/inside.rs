@@ -70,6 +70,37 @@ pub fn save<W: ChunkSink>(
     Ok((InsideImage { mounts, cgroups: tree, nested: saved.image }, images, data))
 }
 
+impl InsideImage {
+    /// What of this a live migration does not carry yet (a checkpoint and restore does), named
+    /// for the refusal; `None` when the pod made nothing but its names (which migrate).
+    pub fn beyond_migration(&self) -> Option<String> {
+        let mut what = Vec::new();
+        let m = &self.mounts;
+        if !m.superblocks.is_empty() || !m.pod.is_empty() || !m.nested.is_empty() {
+            what.push("mounts made in the pod");
+        }
+        if !self.cgroups.is_trivial() {
+            what.push("sub-cgroups made in the pod");
+        }
+        let n = &self.nested;
+        if !n.members.is_empty() || !n.uts.is_empty() || !n.ipc.is_empty() || !n.net.is_empty() || !n.time.is_empty() || !n.cgroup.is_empty() || n.mnt > 0 {
+            what.push("namespaces made in the pod");
+        }
+        (!what.is_empty()).then(|| what.join(", "))
+    }
+
+    /// Gives the new pod whose init is `init_pid` the hostname and domain name its processes had
+    /// set (a migration's destination; a restore does it in [`InsideRestore::pod_created`]).
+    pub fn restore_names(&self, pod: &str, init_pid: i32) -> Result<()> {
+        let names = &self.nested.pod_uts;
+        if names.hostname.is_empty() {
+            return Ok(());
+        }
+        nested::write_uts(init_pid, names)
+            .map_err(|e| EngineError::Pod { pod: pod.to_string(), step: "restore hostname and domain name".into(), detail: e.to_string() })
+    }
+}
+
 /// Fails for processes (host pids, zombies skipped) of a stopped pod whose init is `init_pid`
 /// that are in namespaces the restore cannot make (see [`nested::refuse_unrestorable`]);
 /// called before anything else is saved.

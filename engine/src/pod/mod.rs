@@ -19,7 +19,8 @@
 //! kernel then kills the rest of the pod's PID namespace.
 //!
 //! ## State on disk
-//! The run directory ([`run_dir`]: `/run/zap/pods`, or `$ZAP_RUN_DIR`, mode 0700) holds one
+//! The run directory ([`run_dir`]: `/run/zap/pods`, `<root>/pods` on a host with a Zap root, or
+//! `$ZAP_RUN_DIR`, mode 0700) holds one
 //! directory per pod: `pod.json` (a [`PodState`], replaced atomically), `console.log` (the
 //! command's stdout and stderr), `exit` (an [`init::ExitInfo`]) and `mounts.base` (the pod's
 //! mount table as its init set it up, what the pod's own mounts are told apart from:
@@ -69,7 +70,7 @@ pub use init::{ExitInfo, Launch};
 use net::Cidr;
 
 /// Default run directory of pods.
-pub const DEFAULT_RUN_DIR: &str = "/run/zap/pods";
+pub const DEFAULT_RUN_DIR: &str = crate::host::DEFAULT_RUN_DIR;
 /// Version of the `pod.json` format.
 pub const STATE_VERSION: u32 = 1;
 /// Namespaces of a pod.
@@ -169,9 +170,10 @@ fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -
     EngineError::Pod { pod: pod.to_string(), step: step.into(), detail: detail.to_string() }
 }
 
-/// The run directory: `$ZAP_RUN_DIR` or [`DEFAULT_RUN_DIR`].
+/// The run directory: `$ZAP_RUN_DIR`, else `<root>/pods` on a host with a Zap root, else
+/// [`DEFAULT_RUN_DIR`] (see [`crate::host`]).
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("ZAP_RUN_DIR").filter(|v| !v.is_empty()).map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from)
+    crate::host::run_dir()
 }
 
 /// `zap-init` next to the running executable, or `$ZAP_INIT`.

@@ -9,14 +9,22 @@
 //! pod and pod to pod traffic then flow through the bridge with no host sysctl changed. Every
 //! pod, with or without an address, has `lo` up in its own namespace.
 //!
-//! Setup and teardown hold an `flock` on `/run/zap/net.lock` (one lock for every run directory,
-//! since they share the bridge) so concurrent `zap` commands do not race on the bridge and its
-//! addresses. Teardown deletes the host veth (the pod end goes with it), the gateway address
-//! when no other pod of the run directory uses the subnet, and the bridge when no other pod of
-//! the run directory has an address and no interface is enslaved to it any more.
+//! Setup and teardown hold an `flock` on the host's net lock (`/run/zap/net.lock`, or
+//! `<root>/net.lock` on a host with a Zap root, [`crate::host`]: one lock for every run directory
+//! of the host, since they share the bridge) so concurrent `zap` commands do not race on the
+//! bridge and its addresses. Teardown deletes the host veth (the pod end goes with it), the
+//! gateway address when no other pod of the run directory uses the subnet, and the bridge when
+//! no other pod of the run directory has an address and no interface is enslaved to it any more.
+//!
+//! On a host whose bridge is joined to a LAN ([`crate::host::HostNet::external`]) the bridge and
+//! the gateway are not ours: setup only checks the bridge exists and routes the pod through the
+//! LAN's gateway; teardown only deletes the veth.
+//!
+//! A migration's destination sets the pod's network up *detached* ([`setup_detached`]: the host
+//! end stays down and off the bridge, so the pod is not on the LAN while the source still runs
+//! it) and [`attach`]es it at the handover, then announces the address ([`announce`]).
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
@@ -24,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::sys::ns;
 use crate::{EngineError, Result};
 
-/// The host bridge all pod veths are enslaved to.
+/// The bridge Zap creates for its pods when the host has no network of its own
+/// ([`crate::host::HostNet`]).
 pub const BRIDGE: &str = "zap0";
 /// The pod's interface name.
 pub const POD_IF: &str = "eth0";
@@ -137,22 +146,23 @@ fn open_netns(pod: &str, init_pid: i32) -> Result<OwnedFd> {
     })
 }
 
-/// Holds `/run/zap/net.lock` while alive.
+/// Holds the host's net lock while alive.
 struct NetLock(#[allow(dead_code)] std::fs::File);
 
-/// The lock serializing bridge changes, shared by all run directories.
-const NET_LOCK: &str = "/run/zap/net.lock";
-
+/// Takes the lock serializing bridge changes ([`crate::host::net_lock_path`]), shared by all run
+/// directories of the host.
 fn lock() -> Result<NetLock> {
-    let path = Path::new(NET_LOCK);
-    std::fs::create_dir_all("/run/zap").map_err(|e| EngineError::io("create", Path::new("/run/zap"), e))?;
+    let path = crate::host::net_lock_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| EngineError::io("create", dir, e))?;
+    }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path)
-        .map_err(|e| EngineError::io("open", path, e))?;
-    ns::flock_exclusive(&f).map_err(|e| EngineError::io("lock", path, e))?;
+        .open(&path)
+        .map_err(|e| EngineError::io("open", &path, e))?;
+    ns::flock_exclusive(&f).map_err(|e| EngineError::io("lock", &path, e))?;
     Ok(NetLock(f))
 }
 
@@ -171,6 +181,18 @@ fn link_exists(name: &str) -> bool {
 /// optionally MAC `mac`. Returns the host veth's name. On failure, removes the veth again (the
 /// bridge and gateway address stay for [`teardown`]).
 pub fn setup(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result<String> {
+    setup_with(pod, init_pid, cidr, mac, true)
+}
+
+/// Like [`setup`], but the host end of the veth stays down and off the bridge until [`attach`]:
+/// the pod's interface is configured and up inside, but nothing of it is on the host's network.
+pub fn setup_detached(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result<String> {
+    setup_with(pod, init_pid, cidr, mac, false)
+}
+
+fn setup_with(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>, attached: bool) -> Result<String> {
+    let hn = crate::host::net()?;
+    let bridge = hn.bridge.as_str();
     let _lock = lock()?;
     let veth = veth_name(pod);
     if link_exists(&veth) {
@@ -180,19 +202,31 @@ pub fn setup(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result
             detail: format!("interface {veth} already exists (another pod with a colliding name hash, or leftovers)"),
         });
     }
-    if !link_exists(BRIDGE) {
-        ip_run(
-            pod,
-            format!("create bridge {BRIDGE}"),
-            &["link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"],
-            None,
-        )?;
+    let gateway = match hn.gateway {
+        Some(gw) => {
+            if !link_exists(bridge) {
+                return Err(EngineError::Pod {
+                    pod: pod.into(),
+                    step: format!("find bridge {bridge}"),
+                    detail: "the host's LAN bridge (net.json) does not exist".into(),
+                });
+            }
+            gw
+        }
+        None => cidr.gateway(),
+    };
+    if !hn.external {
+        if !link_exists(bridge) {
+            ip_run(pod, format!("create bridge {bridge}"), &["link", "add", bridge, "address", BRIDGE_MAC, "type", "bridge"], None)?;
+        }
+        ip_run(pod, format!("bring up bridge {bridge}"), &["link", "set", bridge, "up"], None)?;
     }
-    ip_run(pod, format!("bring up bridge {BRIDGE}"), &["link", "set", BRIDGE, "up"], None)?;
-    let gw = format!("{}/{}", cidr.gateway(), cidr.prefix);
-    let addrs = ip_run(pod, format!("list addresses of {BRIDGE}"), &["-o", "-4", "addr", "show", "dev", BRIDGE], None)?;
-    if !addrs.split_whitespace().any(|w| w == gw) {
-        ip_run(pod, format!("add gateway {gw} to {BRIDGE}"), &["addr", "add", &gw, "dev", BRIDGE], None)?;
+    if hn.gateway.is_none() {
+        let gw = format!("{}/{}", cidr.gateway(), cidr.prefix);
+        let addrs = ip_run(pod, format!("list addresses of {bridge}"), &["-o", "-4", "addr", "show", "dev", bridge], None)?;
+        if !addrs.split_whitespace().any(|w| w == gw) {
+            ip_run(pod, format!("add gateway {gw} to {bridge}"), &["addr", "add", &gw, "dev", bridge], None)?;
+        }
     }
     let peer = veth.replacen("zv-", "zp-", 1);
     let pid = init_pid.to_string();
@@ -203,7 +237,9 @@ pub fn setup(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result
         None,
     )?;
     let inner = || -> Result<()> {
-        ip_run(pod, format!("enslave {veth} to {BRIDGE}"), &["link", "set", &veth, "master", BRIDGE, "up"], None)?;
+        if attached {
+            ip_run(pod, format!("enslave {veth} to {bridge}"), &["link", "set", &veth, "master", bridge, "up"], None)?;
+        }
         let netns = open_netns(pod, init_pid)?;
         let run = |step: &str, args: &[&str]| ip_run(pod, step.to_string(), args, Some(&netns));
         run("rename pod interface", &["link", "set", &peer, "name", POD_IF])?;
@@ -213,7 +249,13 @@ pub fn setup(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result
         run("set pod address", &["addr", "add", &cidr.to_string(), "dev", POD_IF])?;
         run("bring up pod interface", &["link", "set", POD_IF, "up"])?;
         run("bring up lo", &["link", "set", "lo", "up"])?;
-        run("add default route", &["route", "add", "default", "via", &cidr.gateway().to_string()])?;
+        let gw = gateway.to_string();
+        if attached {
+            run("add default route", &["route", "add", "default", "via", &gw])?;
+        } else {
+            // onlink: while detached the interface has no carrier, and the route must still be made.
+            run("add default route", &["route", "add", "default", "via", &gw, "dev", POD_IF, "onlink"])?;
+        }
         Ok(())
     };
     if let Err(e) = inner() {
@@ -221,6 +263,41 @@ pub fn setup(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result
         return Err(e);
     }
     Ok(veth)
+}
+
+/// Puts the host end `veth` of pod `pod` (set up with [`setup_detached`]) on the host's bridge
+/// and brings it up.
+pub fn attach(pod: &str, veth: &str) -> Result<()> {
+    let bridge = crate::host::net()?.bridge;
+    ip_run(pod, format!("attach {veth} to {bridge}"), &["link", "set", veth, "master", &bridge, "up"], None)?;
+    Ok(())
+}
+
+/// Takes the host end `veth` of pod `pod` off the bridge and down (the reverse of [`attach`]).
+pub fn detach(pod: &str, veth: &str) -> Result<()> {
+    ip_run(pod, format!("detach {veth}"), &["link", "set", veth, "nomaster", "down"], None)?;
+    Ok(())
+}
+
+/// Announces that the pod of `init_pid` now holds its address on this host: gratuitous ARP
+/// (`count` requests, 20 ms apart) from its interface, so that the LAN's switches and neighbours
+/// learn where the address (and its MAC) went.
+pub fn announce(pod: &str, init_pid: i32, count: u32) -> Result<()> {
+    let cfg = read_config(init_pid)?;
+    let mac = parse_mac(&cfg.mac)
+        .ok_or_else(|| EngineError::Pod { pod: pod.into(), step: "announce address".into(), detail: format!("bad MAC {:?}", cfg.mac) })?;
+    let netns = open_netns(pod, init_pid)?;
+    for a in &cfg.addrs {
+        let Ok(c) = Cidr::parse(a) else { continue };
+        crate::sys::arp::gratuitous(&netns, POD_IF, mac, c.addr.octets(), count)
+            .map_err(|e| EngineError::Pod { pod: pod.into(), step: format!("send gratuitous ARP for {}", c.addr), detail: e.to_string() })?;
+    }
+    Ok(())
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<std::result::Result<_, _>>().ok()?;
+    v.try_into().ok()
 }
 
 /// Removes pod `pod`'s network: its host veth `veth` (if given and present), then the gateway
@@ -233,6 +310,8 @@ pub fn teardown(
     cidr: Option<&Cidr>,
     others: impl FnOnce() -> Vec<Cidr>,
 ) -> Result<()> {
+    let hn = crate::host::net()?;
+    let bridge = hn.bridge.as_str();
     let _lock = lock()?;
     let others = others();
     if let Some(veth) = veth {
@@ -245,22 +324,22 @@ pub fn teardown(
             }
         }
     }
-    if !link_exists(BRIDGE) {
+    if hn.external || !link_exists(bridge) {
         return Ok(());
     }
-    if let Some(c) = cidr {
+    if let Some(c) = cidr.filter(|_| hn.gateway.is_none()) {
         let same_subnet = others.iter().any(|o| o.prefix == c.prefix && o.network() == c.network());
         if !same_subnet {
             let gw = format!("{}/{}", c.gateway(), c.prefix);
-            let addrs = ip_run(pod, format!("list addresses of {BRIDGE}"), &["-o", "-4", "addr", "show", "dev", BRIDGE], None)?;
+            let addrs = ip_run(pod, format!("list addresses of {bridge}"), &["-o", "-4", "addr", "show", "dev", bridge], None)?;
             if addrs.split_whitespace().any(|w| w == gw) {
-                ip_run(pod, format!("remove gateway {gw} from {BRIDGE}"), &["addr", "del", &gw, "dev", BRIDGE], None)?;
+                ip_run(pod, format!("remove gateway {gw} from {bridge}"), &["addr", "del", &gw, "dev", bridge], None)?;
             }
         }
     }
-    let slaves = ip_run(pod, format!("list ports of {BRIDGE}"), &["-o", "link", "show", "master", BRIDGE], None)?;
+    let slaves = ip_run(pod, format!("list ports of {bridge}"), &["-o", "link", "show", "master", bridge], None)?;
     if others.is_empty() && slaves.trim().is_empty() {
-        ip_run(pod, format!("delete bridge {BRIDGE}"), &["link", "del", BRIDGE], None)?;
+        ip_run(pod, format!("delete bridge {bridge}"), &["link", "del", bridge], None)?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Raw syscalls of the engine, behind safe functions. Logic modules call these, never libc.
 //! Every `unsafe` block here carries a `// SAFETY:` comment.
+pub mod arp;
 pub mod ptrace;
 pub mod clone;
 pub mod ns;

@@ -1,0 +1,362 @@
+//! Live migration between hosts (network namespaces on one LAN, `scripts/hosts.sh`), with real
+//! pods: a threaded python server keeps a counter and answers clients on the LAN. After every
+//! move the pod answers from its new host with its counter gone on (its memory came along), the
+//! same pids, hostname, address and MAC, and the old host has nothing of it. Faults at every
+//! step (the link cut, the destination killed), refusals (name, address, file, space, keys,
+//! protocol version, damaged data) each leave the pod running where it was and nothing on the
+//! destination; an unknown handover outcome is resolved by `--recover`.
+mod hosts;
+
+use std::time::{Duration, Instant};
+
+use hosts::Hosts;
+
+const SERVER: &str = r#"
+import socket, threading, time
+count = 0
+def tick():
+    global count
+    while True:
+        count += 1
+        time.sleep(0.01)
+threading.Thread(target=tick, daemon=True).start()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.sendall(("%d\n" % count).encode())
+    c.close()
+"#;
+
+/// The counter of the server at `ip`, asked from the client namespace (None if it does not answer).
+fn query(h: &Hosts, ip: &str) -> Option<u64> {
+    let code = format!("import socket; c = socket.create_connection(('{ip}', 7000), timeout=2); print(c.recv(64).decode().strip())");
+    let out = h.client(&["python3", "-c", &code]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn wait_answer(h: &Hosts, ip: &str) -> u64 {
+    let t = Instant::now();
+    loop {
+        if let Some(c) = query(h, ip) {
+            return c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "the server at {ip} does not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_server(h: &Hosts, host: &str, pod: &str, ip: &str) {
+    h.ok(host, &["run", "--name", pod, "--ip", &format!("{ip}/24"), "--", "python3", "-c", SERVER]);
+    wait_answer(h, ip);
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn moves_between_hosts_and_leaves_nothing_behind() {
+    let Some(h) = Hosts::up() else { return };
+    h.keys();
+    let ip = format!("{}.50", h.net);
+    start_server(&h, "a", "web", &ip);
+    let procs = h.procs("a", "web");
+    let ident = h.identity("a", "web");
+    assert!(ident.contains(&format!("{ip}/24")), "{ident}");
+    let mut host = "a";
+    for next in ["b", "c", "a"] {
+        let before = wait_answer(&h, &ip);
+        let init = h.init_pid(host, "web");
+        let out = h.migrate(host, next, "web", &["--json"]);
+        assert!(out.status.success(), "{host} -> {next}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let after = wait_answer(&h, &ip);
+        assert!(after >= before, "{host} -> {next}: the counter went on from {before}, not from scratch: {after}");
+        assert!(after < before + 100_000, "{host} -> {next}: {before} -> {after}");
+        assert_eq!(h.procs(next, "web"), procs, "{host} -> {next}: same pids");
+        assert_eq!(h.identity(next, "web"), ident, "{host} -> {next}: same hostname, MAC and address");
+        h.assert_clean(host, "web", Some(init));
+        assert!(report["downtime_ms"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["rounds"].as_array().unwrap().len() >= 2, "{report}");
+        host = next;
+    }
+    h.ok("a", &["rm", "-f", "web"]);
+}
+
+/// Runs one migration with a fault; it must fail and leave the pod running on `a`, untouched,
+/// and nothing on `b`.
+fn fault(h: &Hosts, ip: &str, src_env: &[(&str, &str)], dest_env: &str, want: &str) {
+    let before = wait_answer(h, ip);
+    let procs = h.procs("a", "web");
+    let out = h.migrate_env("a", "b", "web", &[], src_env, dest_env);
+    assert!(!out.status.success(), "{src_env:?} {dest_env}: the migration succeeded");
+    let err = stderr(&out);
+    assert!(err.contains(want), "{src_env:?} {dest_env}: error does not say {want:?}: {err}");
+    let after = wait_answer(h, ip);
+    assert!(after > before, "{src_env:?} {dest_env}: the pod runs on at the source ({before} -> {after})");
+    assert_eq!(h.procs("a", "web"), procs, "{src_env:?} {dest_env}: same processes");
+    assert!(!h.root("a").join("pods/web/migration.json").exists(), "{src_env:?} {dest_env}: journal left");
+    // The destination's supervisor sweeps a killed worker's session as soon as it is gone.
+    let t = Instant::now();
+    while h.root("b").join("pods/web").exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    h.assert_clean("b", "web", None);
+}
+
+#[test]
+fn faults_at_every_step_leave_the_pod_running() {
+    let Some(h) = Hosts::up() else { return };
+    h.keys();
+    let ip = format!("{}.51", h.net);
+    start_server(&h, "a", "web", &ip);
+    for step in ["round0", "round1", "final", "before-commit"] {
+        let f = format!("source-cut@{step}");
+        fault(&h, &ip, &[("ZAP_MIGRATE_FAULT", &f)], "", "link cut on purpose");
+    }
+    for step in ["offer", "round0", "round1", "final", "ready"] {
+        fault(&h, &ip, &[], &format!("ZAP_MIGRATE_FAULT=dest-die@{step}"), "link lost");
+    }
+    fault(&h, &ip, &[("ZAP_MIGRATE_FAULT", "corrupt-chunk")], "", "does not match its id");
+    fault(&h, &ip, &[("ZAP_MIGRATE_FAULT", "truncate@Put")], "", "truncated");
+    // After all that, a clean migration still works.
+    let out = h.migrate("a", "b", "web", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_answer(&h, &ip);
+    h.assert_clean("a", "web", None);
+    h.ok("b", &["rm", "-f", "web"]);
+}
+
+#[test]
+fn unknown_handover_outcome_is_recovered() {
+    let Some(h) = Hosts::up() else { return };
+    h.keys();
+    let ip = format!("{}.52", h.net);
+    start_server(&h, "a", "web", &ip);
+    // The link drops right after Commit: the destination runs the pod; the source must not.
+    let init = h.init_pid("a", "web");
+    let out = h.migrate_env("a", "b", "web", &[], &[("ZAP_MIGRATE_FAULT", "source-cut@after-commit")], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--recover"), "{}", stderr(&out));
+    let c = wait_answer(&h, &ip);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_answer(&h, &ip) > c, "the pod runs at the destination");
+    assert!(h.root("a").join("pods/web").exists(), "the source keeps its frozen copy until resolved");
+    let out = h.zap("a", &["migrate", "--recover", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("runs the pod"), "{}", String::from_utf8_lossy(&out.stdout));
+    h.assert_clean("a", "web", Some(init));
+    // The destination dies right after it committed: its supervisor finishes the commit.
+    let init = h.init_pid("b", "web");
+    let out = h.migrate_env("b", "c", "web", &[], &[], "ZAP_MIGRATE_FAULT=dest-die@commit");
+    assert!(!out.status.success());
+    let out = h.zap("b", &["migrate", "--recover", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    h.assert_clean("b", "web", Some(init));
+    wait_answer(&h, &ip);
+    h.ok("c", &["rm", "-f", "web"]);
+}
+
+#[test]
+fn refusals_name_the_problem_and_change_nothing() {
+    let Some(h) = Hosts::up() else { return };
+    let ip = format!("{}.53", h.net);
+    let a_key = h.ok("a", &["key", "gen"]).trim().to_string();
+    let b_key = h.ok("b", &["key", "gen"]).trim().to_string();
+    h.ok("c", &["key", "gen"]);
+    // The pod holds a file of host a's own (/srv/zap is per host).
+    let keep = "import time\nf = open('/srv/zap/data.txt', 'a')\nwhile True: time.sleep(1)\n";
+    h.exec("a", &["sh", "-c", "echo hello > /srv/zap/data.txt"]);
+    start_server(&h, "a", "web", &ip);
+    let holder = h.ok("a", &["exec", "web", "--", "sh", "-c", &format!("python3 -c \"{keep}\" </dev/null >/dev/null 2>&1 & echo $!")]);
+    let holder = holder.trim().to_string();
+    let check = |out: std::process::Output, want: &str| {
+        assert!(!out.status.success(), "accepted where it should refuse ({want})");
+        let err = stderr(&out);
+        assert!(err.contains(want), "error does not say {want:?}: {err}");
+        assert!(query(&h, &ip).is_some(), "the pod runs on ({want})");
+        h.assert_clean("b", "web", None);
+    };
+    // b does not accept a's key yet.
+    check(h.migrate("a", "b", "web", &[]), "zap key allow");
+    h.ok("b", &["key", "allow", &a_key]);
+    // The wrong destination key.
+    let c_key = h.key_of("c");
+    let via = h.via("b", "");
+    check(h.zap("a", &["migrate", "web", "--via", &via, "--peer-key", &c_key]), "check --peer-key");
+    // Another protocol version.
+    check(h.zap("a", &["migrate", "web", "--via", "printf 'ZAPMIG\\000\\011'; sleep 2", "--peer-key", &b_key]), "protocol version 9");
+    // The file is missing on b; a pod of that name and an address in use; no space.
+    h.ok("b", &["run", "--name", "web", "--", "sleep", "600"]);
+    h.ok("b", &["run", "--name", "other", "--ip", &format!("{}.54/24", h.net), "--", "sleep", "600"]);
+    let out = h.migrate_env("a", "b", "web", &["--ip", &format!("{}.54/24", h.net)], &[], "ZAP_MIGRATE_FAKE_FREE=1");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for want in ["/srv/zap/data.txt", "a pod named web exists", "is the address of pod other", "space:"] {
+        assert!(err.contains(want), "refusal does not list {want:?}: {err}");
+    }
+    assert!(query(&h, &ip).is_some());
+    h.ok("b", &["rm", "-f", "web"]);
+    h.ok("b", &["rm", "-f", "other"]);
+    // A dry run is refused for the file alone now; once the pod lets go of it, accepted.
+    let out = h.migrate("a", "b", "web", &["--dry-run"]);
+    assert!(!out.status.success() && stderr(&out).contains("/srv/zap/data.txt"), "{}", stderr(&out));
+    h.ok("a", &["exec", "web", "--", "kill", &holder]);
+    let t = Instant::now();
+    while h.ok("a", &["exec", "web", "--", "ps", "-e", "-o", "args="]).contains("data.txt") && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = h.migrate("a", "b", "web", &["--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dry run"));
+    h.assert_clean("b", "web", None);
+    h.ok("a", &["rm", "-f", "web"]);
+}
+
+fn build_migmem(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/migmem.c");
+    let out = dir.join("migmem");
+    match std::process::Command::new("gcc").args(["-O2", "-o"]).arg(&out).arg(&src).status() {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
+        Err(e) => {
+            eprintln!("SKIP: gcc not available ({e})");
+            None
+        }
+    }
+}
+
+/// Asks the memory program in pod `pod` on host `host` to check every page; its verdict.
+fn check_memory(h: &Hosts, host: &str, pod: &str, result: &std::path::Path) -> String {
+    let _ = std::fs::remove_file(result);
+    h.ok(host, &["exec", pod, "--", "sh", "-c", "kill -USR1 $(pidof migmem)"]);
+    let t = Instant::now();
+    while !result.exists() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::read_to_string(result).unwrap_or_default()
+}
+
+fn chunk_bytes(report: &serde_json::Value) -> u64 {
+    report["rounds"].as_array().unwrap().iter().map(|r| r["chunk_bytes"].as_u64().unwrap()).sum()
+}
+
+/// A 1 GiB pod writing 1% of its pages per second moves a→b with every page checked, and back:
+/// the second move finds in a's migration cache what did not change and sends little.
+#[test]
+fn big_memory_moves_and_back() {
+    let Some(h) = Hosts::up() else { return };
+    let work = tempfile::Builder::new().prefix("zap-migmem-").tempdir_in("/var/tmp").unwrap();
+    let Some(prog) = build_migmem(work.path()) else { return };
+    h.keys();
+    let (result, ready) = (work.path().join("result"), work.path().join("ready"));
+    h.ok("a", &["run", "--name", "big", "--", prog.to_str().unwrap(), "1024", "1", result.to_str().unwrap(), ready.to_str().unwrap()]);
+    let t = Instant::now();
+    while !ready.exists() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ready.exists(), "the memory program did not start");
+    let before = check_memory(&h, "a", "big", &result);
+    assert!(before.starts_with("ok 262144"), "memory before the move: {before}");
+    let mut reports = Vec::new();
+    let mut writes = vec![before.split_whitespace().nth(2).and_then(|w| w.parse::<u64>().ok()).unwrap()];
+    for (src, dst) in [("a", "b"), ("b", "a")] {
+        let init = h.init_pid(src, "big");
+        let out = h.migrate(src, dst, "big", &["--json"]);
+        assert!(out.status.success(), "{src} -> {dst}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let verdict = check_memory(&h, dst, "big", &result);
+        assert!(verdict.starts_with("ok 262144"), "{src} -> {dst}: every page as the program wrote it: {verdict}");
+        writes.push(verdict.split_whitespace().nth(2).and_then(|w| w.parse::<u64>().ok()).unwrap());
+        h.assert_clean(src, "big", Some(init));
+        eprintln!(
+            "{src} -> {dst}: {} rounds, {} chunks sent ({} bytes), {} on the wire, total {} ms, downtime {} ms, memory {}",
+            report["rounds"].as_array().unwrap().len(),
+            report["sent_chunks"],
+            chunk_bytes(&report),
+            report["wire_bytes"],
+            report["total_ms"],
+            report["downtime_ms"],
+            report["memory"]
+        );
+        reports.push(report);
+    }
+    let first = reports[0]["sent_chunks"].as_u64().unwrap();
+    let back = reports[1]["sent_chunks"].as_u64().unwrap();
+    // Pages written since the check before the first move bound the pages that changed since
+    // the pod left a (a page written twice counts twice); the program's table of generations and
+    // its stack add a few hundred.
+    let changed = writes[2] - writes[0] + 1024;
+    assert!(first > 100_000, "the first move sends the memory: {first} chunks");
+    assert!(back <= changed, "the move back sends only what changed since: {back} chunks for at most {changed} pages written");
+    h.ok("a", &["rm", "-f", "big"]);
+}
+
+const DB_WRITER: &str = r#"
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("create table if not exists t (id integer primary key, v text)")
+i = db.execute("select coalesce(max(id), 0) from t").fetchone()[0]
+while True:
+    i += 1
+    db.execute("begin")
+    db.execute("insert into t values (?, ?)", (i, "row %d " % i * 20))
+    db.execute("commit")
+    print("committed %d" % i, flush=True)
+    time.sleep(0.01)
+"#;
+
+fn db_rows(h: &Hosts, host: &str, path: &str) -> Vec<i64> {
+    let code = format!("import sqlite3; db = sqlite3.connect('file:{path}?mode=ro', uri=True, timeout=5); print(db.execute('pragma integrity_check').fetchone()[0]); print(' '.join(str(r[0]) for r in db.execute('select id from t order by id')))");
+    let out = h.exec(host, &["python3", "-c", &code]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("ok"), "{host}: integrity check of {path}: {text} {}", String::from_utf8_lossy(&out.stderr));
+    lines.next().unwrap_or("").split_whitespace().map(|v| v.parse().unwrap()).collect()
+}
+
+/// A pod writing to a sqlite database in its data directory moves with the directory
+/// (`--copy`): the database opens on the destination with every committed row, and the writer
+/// goes on there.
+#[test]
+fn data_directory_moves_with_the_pod() {
+    let Some(h) = Hosts::up() else { return };
+    h.keys();
+    let dir = "/srv/zap/db";
+    let db = format!("{dir}/data.sqlite");
+    h.exec("a", &["mkdir", "-p", dir]);
+    h.ok("a", &["run", "--name", "db", "--", "python3", "-c", DB_WRITER, &db]);
+    let t = Instant::now();
+    while db_rows(&h, "a", &db).len() < 30 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = db_rows(&h, "a", &db).len();
+    assert!(before >= 30, "the writer writes");
+    let init = h.init_pid("a", "db");
+    let out = h.migrate("a", "b", "db", &["--copy", dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    h.assert_clean("a", "db", Some(init));
+    assert!(!std::fs::read_dir(h.root("b").join("srv")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains("zap-incoming")), "staging left");
+    // The writer goes on at b, in b's copy of the directory.
+    let t = Instant::now();
+    let mut rows = db_rows(&h, "b", &db);
+    while rows.len() < before + 30 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+        rows = db_rows(&h, "b", &db);
+    }
+    assert!(rows.len() >= before + 30, "the writer goes on after the move: {} rows, {before} before", rows.len());
+    h.ok("b", &["kill", "db"]);
+    // Every commit the writer reported (its console came along), before and after the move, is
+    // in the database, which holds rows 1..N without a gap.
+    let console = std::fs::read_to_string(h.root("b").join("pods/db/console.log")).unwrap_or_default();
+    let reported: Vec<i64> = console.lines().filter_map(|l| l.strip_prefix("committed ")?.parse().ok()).collect();
+    assert!(reported.len() > before, "the console log came along: {} commits reported", reported.len());
+    let rows = db_rows(&h, "b", &db);
+    assert!(rows.iter().enumerate().all(|(i, &id)| id == i as i64 + 1), "rows 1..{} without a gap", rows.len());
+    let max = *reported.iter().max().unwrap();
+    assert!(rows.len() as i64 >= max, "no committed row lost: {} rows, commit {max} reported", rows.len());
+    h.ok("b", &["rm", "-f", "db"]);
+}

@@ -1,0 +1,408 @@
+//! The secure channel: a versioned preamble, a Noise handshake with static keys, then records
+//! encrypted and authenticated with the handshake's keys, over any byte stream.
+//!
+//! ```text
+//!  both sides, plaintext:  "ZAPMIG" u16-BE version                   (8 bytes, sent at once)
+//!  source → destination:   u16-BE len | Noise IK message 1           (e, es, s, ss)
+//!  destination → source:   u16-BE len | Noise IK message 2           (e, ee, se)
+//!  then, both ways:        u16-BE len | AES-256-GCM record           (≤ 65535 bytes, 16-byte tag)
+//! ```
+//! Noise pattern `IK` with X25519, AES-GCM and BLAKE2s (`Noise_IK_25519_AESGCM_BLAKE2s`,
+//! implemented by the `snow` crate): the source (initiator) knows the destination's static key
+//! beforehand (`--peer-key`, or the host's known destinations) and sends its own static key
+//! encrypted in message 1. The destination checks it against its accepted keys *before it
+//! answers*: a source it does not accept gets no message 2, the connection is closed and nothing
+//! it sent is read further. A destination without the expected private key cannot produce a
+//! message 2 the source can decrypt. The prologue binds both preambles into the handshake.
+//! Records after the handshake are a byte stream for [`super::wire`]; a flipped, dropped or
+//! reordered byte fails the record's tag, and the channel is dead from then on.
+//!
+//! Every read waits at most [`Channel::timeout`] (120 s unless `$ZAP_MIGRATE_TIMEOUT_MS`): a peer
+//! that hangs is treated as gone.
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use super::keys::{KeyPair, PublicKey};
+use super::{mig_err, MigrateError, Result};
+
+/// The migration protocol version, sent in the preamble. Bumped by any change of the handshake,
+/// the record layer or the messages ([`super::wire`]).
+pub const PROTOCOL_VERSION: u16 = 1;
+const MAGIC: &[u8; 6] = b"ZAPMIG";
+const NOISE: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
+/// Largest Noise message.
+const MAX_RECORD: usize = 65535;
+const TAG: usize = 16;
+/// Plaintext bytes per record.
+const MAX_PLAIN: usize = MAX_RECORD - TAG;
+
+/// The Noise parameters.
+pub fn params() -> snow::params::NoiseParams {
+    NOISE.parse().expect("valid Noise parameters")
+}
+
+/// The two halves of a byte stream (a child's pipes, a TCP connection).
+pub struct Stream {
+    /// Where we read from.
+    pub reader: Box<dyn Read + Send>,
+    /// A duplicate of its fd, polled before each read (for the timeout).
+    pub read_fd: OwnedFd,
+    /// Where we write to.
+    pub writer: Box<dyn Write + Send>,
+}
+
+/// An established channel.
+pub struct Channel {
+    stream: Stream,
+    noise: snow::TransportState,
+    /// Decrypted bytes not consumed yet.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// Plaintext waiting for a record.
+    wbuf: Vec<u8>,
+    /// How long a read may wait.
+    pub timeout: Duration,
+    /// The peer's static key.
+    pub peer: PublicKey,
+    /// Bytes written to the stream (records and headers).
+    pub sent_bytes: u64,
+    /// Bytes read from the stream.
+    pub recv_bytes: u64,
+    /// Most bytes per second to write (`--bandwidth`).
+    pub rate_limit: Option<u64>,
+    started: std::time::Instant,
+    scratch: Vec<u8>,
+}
+
+fn default_timeout() -> Duration {
+    let ms = std::env::var("ZAP_MIGRATE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(120_000);
+    Duration::from_millis(ms)
+}
+
+fn wait_readable(fd: &OwnedFd, timeout: Duration, step: &str) -> Result<()> {
+    match crate::sys::ns::poll_readable(fd.as_fd(), timeout.as_millis().min(i32::MAX as u128) as i32) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(MigrateError::Link { step: step.to_string(), detail: format!("the peer sent nothing for {} s", timeout.as_secs()) }),
+        Err(e) => Err(MigrateError::Link { step: step.to_string(), detail: e.to_string() }),
+    }
+}
+
+fn read_full(stream: &mut Stream, buf: &mut [u8], timeout: Duration, step: &str) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        wait_readable(&stream.read_fd, timeout, step)?;
+        match stream.reader.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(MigrateError::Link {
+                    step: step.to_string(),
+                    detail: if got == 0 { "the peer closed the connection".into() } else { format!("the peer closed the connection after {got} of {} bytes", buf.len()) },
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(MigrateError::Link { step: step.to_string(), detail: e.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+fn write_all(stream: &mut Stream, data: &[u8], step: &str) -> Result<()> {
+    stream.writer.write_all(data).map_err(|e| MigrateError::Link { step: step.to_string(), detail: e.to_string() })
+}
+
+fn flush(stream: &mut Stream, step: &str) -> Result<()> {
+    stream.writer.flush().map_err(|e| MigrateError::Link { step: step.to_string(), detail: e.to_string() })
+}
+
+fn preamble() -> [u8; 8] {
+    let mut p = [0u8; 8];
+    p[..6].copy_from_slice(MAGIC);
+    p[6..].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    p
+}
+
+/// Sends our preamble and checks the peer's.
+fn exchange_preamble(stream: &mut Stream, timeout: Duration) -> Result<()> {
+    let step = "handshake: protocol version";
+    write_all(stream, &preamble(), step)?;
+    flush(stream, step)?;
+    let mut theirs = [0u8; 8];
+    read_full(stream, &mut theirs, timeout, step)?;
+    if &theirs[..6] != MAGIC {
+        return Err(mig_err(step, "peer", format!("not a zap migration peer (it sent {:?})", String::from_utf8_lossy(&theirs))));
+    }
+    let v = u16::from_be_bytes([theirs[6], theirs[7]]);
+    if v != PROTOCOL_VERSION {
+        return Err(MigrateError::Version { ours: PROTOCOL_VERSION, theirs: v });
+    }
+    Ok(())
+}
+
+fn read_frame(stream: &mut Stream, timeout: Duration, step: &str) -> Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    read_full(stream, &mut len, timeout, step)?;
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    read_full(stream, &mut msg, timeout, step)?;
+    Ok(msg)
+}
+
+fn write_frame(stream: &mut Stream, msg: &[u8], step: &str) -> Result<()> {
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg);
+    write_all(stream, &out, step)?;
+    flush(stream, step)
+}
+
+fn noise_err(step: &str, e: snow::Error) -> MigrateError {
+    MigrateError::Auth { step: step.to_string(), detail: e.to_string() }
+}
+
+impl Channel {
+    /// The source's side: preamble, then Noise IK as initiator towards `peer`.
+    pub fn initiate(mut stream: Stream, me: &KeyPair, peer: PublicKey) -> Result<Channel> {
+        let timeout = default_timeout();
+        exchange_preamble(&mut stream, timeout)?;
+        let prologue = [preamble(), preamble()].concat();
+        let mut hs = snow::Builder::new(params())
+            .local_private_key(&me.private)
+            .and_then(|b| b.remote_public_key(&peer.0))
+            .and_then(|b| b.prologue(&prologue))
+            .and_then(|b| b.build_initiator())
+            .map_err(|e| noise_err("handshake: set up", e))?;
+        let mut buf = vec![0u8; MAX_RECORD];
+        let n = hs.write_message(&[], &mut buf).map_err(|e| noise_err("handshake: message 1", e))?;
+        write_frame(&mut stream, &buf[..n], "handshake: send message 1")?;
+        let reply = read_frame(&mut stream, timeout, "handshake: wait for the destination's answer").map_err(|e| match e {
+            MigrateError::Link { step, detail } => MigrateError::Auth {
+                step,
+                detail: format!(
+                    "{detail}: either the destination does not accept this host's key {me} (run `zap key allow {me}` there), \
+                     or it is not the host of key {peer} (check --peer-key)",
+                    me = me.public
+                ),
+            },
+            other => other,
+        })?;
+        hs.read_message(&reply, &mut buf).map_err(|_| MigrateError::Auth {
+            step: "handshake: check the destination".into(),
+            detail: format!("the destination does not hold the private key of {peer} (wrong --peer-key, or another host)"),
+        })?;
+        let noise = hs.into_transport_mode().map_err(|e| noise_err("handshake: finish", e))?;
+        Ok(Channel::new(stream, noise, peer, timeout))
+    }
+
+    /// The destination's side: preamble, then Noise IK as responder. A source whose key is not in
+    /// `accepted` gets no answer: the error says which key it was, and the caller drops the stream.
+    pub fn accept(mut stream: Stream, me: &KeyPair, accepted: &[PublicKey]) -> Result<Channel> {
+        let timeout = default_timeout();
+        exchange_preamble(&mut stream, timeout)?;
+        let prologue = [preamble(), preamble()].concat();
+        let mut hs = snow::Builder::new(params())
+            .local_private_key(&me.private)
+            .and_then(|b| b.prologue(&prologue))
+            .and_then(|b| b.build_responder())
+            .map_err(|e| noise_err("handshake: set up", e))?;
+        let first = read_frame(&mut stream, timeout, "handshake: wait for message 1")?;
+        let mut buf = vec![0u8; MAX_RECORD];
+        hs.read_message(&first, &mut buf).map_err(|_| MigrateError::Auth {
+            step: "handshake: message 1".into(),
+            detail: format!("the source did not address this host's key {} (its --peer-key is another host's)", me.public),
+        })?;
+        let peer = hs
+            .get_remote_static()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .map(PublicKey)
+            .ok_or_else(|| MigrateError::Auth { step: "handshake: message 1".into(), detail: "no static key".into() })?;
+        if !accepted.contains(&peer) {
+            return Err(MigrateError::Auth {
+                step: "handshake: authenticate the source".into(),
+                detail: format!("key {peer} is not accepted here (zap key allow {peer})"),
+            });
+        }
+        let n = hs.write_message(&[], &mut buf).map_err(|e| noise_err("handshake: message 2", e))?;
+        write_frame(&mut stream, &buf[..n], "handshake: send message 2")?;
+        let noise = hs.into_transport_mode().map_err(|e| noise_err("handshake: finish", e))?;
+        Ok(Channel::new(stream, noise, peer, timeout))
+    }
+
+    fn new(stream: Stream, noise: snow::TransportState, peer: PublicKey, timeout: Duration) -> Self {
+        Channel {
+            stream,
+            noise,
+            rbuf: Vec::new(),
+            rpos: 0,
+            wbuf: Vec::with_capacity(MAX_PLAIN),
+            timeout,
+            peer,
+            sent_bytes: 0,
+            recv_bytes: 0,
+            rate_limit: None,
+            started: std::time::Instant::now(),
+            scratch: vec![0u8; MAX_RECORD + 2],
+        }
+    }
+
+    fn seal_record(&mut self, step: &str) -> Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let n = self
+            .noise
+            .write_message(&self.wbuf, &mut self.scratch[2..])
+            .map_err(|e| mig_err(step, "record", format!("encrypt: {e}")))?;
+        self.scratch[..2].copy_from_slice(&(n as u16).to_be_bytes());
+        let (stream, scratch) = (&mut self.stream, &self.scratch);
+        write_all(stream, &scratch[..n + 2], step)?;
+        self.sent_bytes += n as u64 + 2;
+        self.wbuf.clear();
+        if let Some(rate) = self.rate_limit.filter(|&r| r > 0) {
+            // Never ahead of the allowed rate: sleep until the bytes sent so far are due.
+            let due = Duration::from_secs_f64(self.sent_bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `data` (records go out as they fill; [`Channel::flush`] sends the rest).
+    pub fn write(&mut self, mut data: &[u8], step: &str) -> Result<()> {
+        while !data.is_empty() {
+            let take = (MAX_PLAIN - self.wbuf.len()).min(data.len());
+            self.wbuf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.wbuf.len() == MAX_PLAIN {
+                self.seal_record(step)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends everything queued.
+    pub fn flush(&mut self, step: &str) -> Result<()> {
+        self.seal_record(step)?;
+        flush(&mut self.stream, step)
+    }
+
+    /// Reads exactly `out.len()` bytes.
+    pub fn read_exact(&mut self, out: &mut [u8], step: &str) -> Result<()> {
+        let mut got = 0;
+        while got < out.len() {
+            if self.rpos == self.rbuf.len() {
+                let rec = read_frame(&mut self.stream, self.timeout, step)?;
+                self.recv_bytes += rec.len() as u64 + 2;
+                let mut plain = vec![0u8; rec.len()];
+                let n = self.noise.read_message(&rec, &mut plain).map_err(|_| MigrateError::Corrupt {
+                    step: step.to_string(),
+                    detail: "a record failed its authentication tag (damaged or forged on the way)".into(),
+                })?;
+                plain.truncate(n);
+                self.rbuf = plain;
+                self.rpos = 0;
+            }
+            let take = (self.rbuf.len() - self.rpos).min(out.len() - got);
+            out[got..got + take].copy_from_slice(&self.rbuf[self.rpos..self.rpos + take]);
+            self.rpos += take;
+            got += take;
+        }
+        Ok(())
+    }
+
+    /// Test hook: writes `bytes` raw onto the stream, outside any record (a peer then sees a
+    /// damaged record).
+    pub fn write_raw_for_test(&mut self, bytes: &[u8]) -> Result<()> {
+        write_all(&mut self.stream, bytes, "test: raw bytes")?;
+        flush(&mut self.stream, "test: raw bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::keys::KeyFiles;
+    use std::os::unix::net::UnixStream;
+
+    fn stream(s: UnixStream) -> Stream {
+        let fd = s.as_fd().try_clone_to_owned().unwrap();
+        let w = s.try_clone().unwrap();
+        Stream { reader: Box::new(s), read_fd: fd, writer: Box::new(w) }
+    }
+
+    fn pair() -> (KeyPair, KeyPair, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = KeyFiles::at(&dir.path().join("a"));
+        let b = KeyFiles::at(&dir.path().join("b"));
+        a.generate(false).unwrap();
+        b.generate(false).unwrap();
+        (a.load().unwrap(), b.load().unwrap(), dir)
+    }
+
+    #[test]
+    fn handshake_and_records() {
+        let (src, dst, _d) = pair();
+        let (x, y) = UnixStream::pair().unwrap();
+        let src_pub = src.public;
+        let dst_pub = dst.public;
+        let t = std::thread::spawn(move || {
+            let mut c = Channel::accept(stream(y), &dst, &[src_pub]).unwrap();
+            let mut buf = vec![0u8; 200_000];
+            c.read_exact(&mut buf, "t").unwrap();
+            assert!(buf.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+            c.write(b"ok", "t").unwrap();
+            c.flush("t").unwrap();
+        });
+        let mut c = Channel::initiate(stream(x), &src, dst_pub).unwrap();
+        let data: Vec<u8> = (0..200_000).map(|i| (i % 251) as u8).collect();
+        c.write(&data, "t").unwrap();
+        c.flush("t").unwrap();
+        let mut ok = [0u8; 2];
+        c.read_exact(&mut ok, "t").unwrap();
+        assert_eq!(&ok, b"ok");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn unknown_source_gets_no_answer() {
+        let (src, dst, _d) = pair();
+        let (x, y) = UnixStream::pair().unwrap();
+        let dst_pub = dst.public;
+        let t = std::thread::spawn(move || {
+            let r = Channel::accept(stream(y), &dst, &[]);
+            assert!(matches!(r, Err(MigrateError::Auth { .. })), "refused");
+            // dropping the stream closes it without an answer
+        });
+        let r = Channel::initiate(stream(x), &src, dst_pub);
+        let Err(e) = r else { panic!("accepted") };
+        assert!(e.to_string().contains("zap key allow"), "{e}");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn wrong_destination_key_is_caught() {
+        let (src, dst, _d) = pair();
+        let (x, y) = UnixStream::pair().unwrap();
+        let src_pub = src.public;
+        let t = std::thread::spawn(move || Channel::accept(stream(y), &dst, &[src_pub]).map(|_| ()));
+        let r = Channel::initiate(stream(x), &src, PublicKey([9; 32]));
+        assert!(r.is_err());
+        let _ = t.join();
+    }
+
+    #[test]
+    fn other_version_is_named() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut other = b.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut p = preamble();
+            p[7] = 9;
+            other.write_all(&p).unwrap();
+            let _keep = b;
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let (src, _dst, _d) = pair();
+        let e = Channel::initiate(stream(a), &src, PublicKey([1; 32])).err().expect("refused");
+        assert!(matches!(e, MigrateError::Version { theirs: 9, .. }), "{e}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Byte streams between the two sides. The protocol runs over any of them unchanged:
+//!
+//! - `ssh://[user@]host[:port]`: `ssh` (the user's own keys and configuration) runs
+//!   `zap receive --stdio` on the host, like `zfs send | ssh host zfs receive`;
+//! - `tcp://host:port`: a connection to `zap receive --listen ADDR:PORT`;
+//! - `--via 'COMMAND'`: `sh -c COMMAND`, whose stdin and stdout reach a `zap receive --stdio`
+//!   (the tests use `ip netns exec NS zap receive --stdio`).
+//!
+//! The command's stderr is ours, so the receiving side's messages show where `zap migrate` runs.
+use std::os::fd::AsFd;
+use std::process::{Child, Command, Stdio};
+
+use super::channel::Stream;
+use super::{mig_err, Result};
+
+/// Where the destination is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// `ssh://[user@]host[:port]`.
+    Ssh {
+        /// `[user@]host`.
+        target: String,
+        /// Port.
+        port: Option<u16>,
+    },
+    /// `tcp://host:port`.
+    Tcp(String),
+    /// A command.
+    Via(String),
+}
+
+impl Dest {
+    /// Parses a destination (`via` is the `--via` command, if given).
+    pub fn parse(dest: Option<&str>, via: Option<&str>) -> Result<Dest> {
+        match (dest, via) {
+            (_, Some(cmd)) => Ok(Dest::Via(cmd.to_string())),
+            (Some(d), None) => {
+                if let Some(rest) = d.strip_prefix("ssh://") {
+                    let (target, port) = match rest.rsplit_once(':') {
+                        Some((t, p)) => (t.to_string(), Some(p.parse::<u16>().map_err(|_| mig_err("parse destination", d, "bad port"))?)),
+                        None => (rest.to_string(), None),
+                    };
+                    if target.is_empty() || target.starts_with('-') {
+                        return Err(mig_err("parse destination", d, "no host"));
+                    }
+                    Ok(Dest::Ssh { target, port })
+                } else if let Some(rest) = d.strip_prefix("tcp://") {
+                    if !rest.contains(':') {
+                        return Err(mig_err("parse destination", d, "tcp:// needs host:port"));
+                    }
+                    Ok(Dest::Tcp(rest.to_string()))
+                } else {
+                    Err(mig_err("parse destination", d, "expected ssh://[user@]host[:port], tcp://host:port, or --via 'COMMAND'"))
+                }
+            }
+            (None, None) => Err(mig_err("parse destination", "-", "give a destination (ssh://, tcp://) or --via 'COMMAND'")),
+        }
+    }
+
+    /// How the journal names it (to reconnect for `--recover`).
+    pub fn label(&self) -> String {
+        match self {
+            Dest::Ssh { target, port: Some(p) } => format!("ssh://{target}:{p}"),
+            Dest::Ssh { target, port: None } => format!("ssh://{target}"),
+            Dest::Tcp(a) => format!("tcp://{a}"),
+            Dest::Via(c) => format!("via:{c}"),
+        }
+    }
+
+    /// Parses a journal label back.
+    pub fn from_label(label: &str) -> Result<Dest> {
+        match label.strip_prefix("via:") {
+            Some(cmd) => Ok(Dest::Via(cmd.to_string())),
+            None => Dest::parse(Some(label), None),
+        }
+    }
+}
+
+/// An open stream, and the child process behind it (reaped on drop).
+pub struct Connection {
+    /// The stream.
+    pub stream: Option<Stream>,
+    child: Option<Child>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        drop(self.stream.take());
+        if let Some(mut c) = self.child.take() {
+            // The stream is closed: the other side ends; give it a moment, then make sure.
+            for _ in 0..100 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(mut cmd: Command, what: &str) -> Result<Connection> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| mig_err("connect", what, format!("start: {e}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stdin = child.stdin.take().expect("piped");
+    let read_fd = stdout.as_fd().try_clone_to_owned().map_err(|e| mig_err("connect", what, e))?;
+    Ok(Connection { stream: Some(Stream { reader: Box::new(stdout), read_fd, writer: Box::new(stdin) }), child: Some(child) })
+}
+
+/// Opens a stream to `dest`; `remote_zap` is the `zap` to run on an ssh host.
+pub fn connect(dest: &Dest, remote_zap: &str) -> Result<Connection> {
+    match dest {
+        Dest::Via(c) => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c").arg(c);
+            spawn(cmd, c)
+        }
+        Dest::Ssh { target, port } => {
+            let mut cmd = Command::new("ssh");
+            cmd.args(["-o", "BatchMode=yes", "-T"]);
+            if let Some(p) = port {
+                cmd.arg("-p").arg(p.to_string());
+            }
+            cmd.arg(target).arg(format!("{remote_zap} receive --stdio"));
+            spawn(cmd, &dest.label())
+        }
+        Dest::Tcp(addr) => {
+            let s = std::net::TcpStream::connect(addr).map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
+            s.set_nodelay(true).ok();
+            let w = s.try_clone().map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
+            let read_fd = s.as_fd().try_clone_to_owned().map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
+            Ok(Connection { stream: Some(Stream { reader: Box::new(s), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, w)) }), child: None })
+        }
+    }
+}
+
+/// A stream over this process's stdin and stdout (`zap receive --stdio`).
+pub fn stdio() -> Result<Stream> {
+    let stdin = std::io::stdin();
+    let read_fd = stdin.as_fd().try_clone_to_owned().map_err(|e| mig_err("open stdin", "fd 0", e))?;
+    Ok(Stream { reader: Box::new(std::fs::File::from(read_fd.try_clone().map_err(|e| mig_err("open stdin", "fd 0", e))?)), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, std::io::stdout())) })
+}
+
+/// A stream over an accepted TCP connection.
+pub fn tcp(s: std::net::TcpStream) -> Result<Stream> {
+    s.set_nodelay(true).ok();
+    let w = s.try_clone().map_err(|e| mig_err("accept", "tcp", e))?;
+    let read_fd = s.as_fd().try_clone_to_owned().map_err(|e| mig_err("accept", "tcp", e))?;
+    Ok(Stream { reader: Box::new(s), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, w)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert_eq!(Dest::parse(Some("ssh://root@b:2222"), None).unwrap(), Dest::Ssh { target: "root@b".into(), port: Some(2222) });
+        assert_eq!(Dest::parse(Some("ssh://b"), None).unwrap(), Dest::Ssh { target: "b".into(), port: None });
+        assert_eq!(Dest::parse(Some("tcp://10.0.0.2:7070"), None).unwrap(), Dest::Tcp("10.0.0.2:7070".into()));
+        assert!(Dest::parse(Some("tcp://nohost"), None).is_err());
+        assert!(Dest::parse(Some("ftp://x"), None).is_err());
+        assert!(Dest::parse(Some("ssh://-oProxyCommand=x"), None).is_err());
+        let v = Dest::parse(None, Some("ip netns exec b zap receive --stdio")).unwrap();
+        assert_eq!(Dest::from_label(&v.label()).unwrap(), v);
+        let t = Dest::parse(Some("tcp://h:1"), None).unwrap();
+        assert_eq!(Dest::from_label(&t.label()).unwrap(), t);
+    }
+}
