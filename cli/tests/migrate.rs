@@ -360,3 +360,110 @@ fn data_directory_moves_with_the_pod() {
     assert!(rows.len() as i64 >= max, "no committed row lost: {} rows, commit {max} reported", rows.len());
     h.ok("b", &["rm", "-f", "db"]);
 }
+
+const ECHO: &str = r#"
+import socket, threading
+def serve(c):
+    n = 0
+    for line in c.makefile("rb", buffering=0):
+        n += 1
+        c.sendall(b"%d %s" % (n, line))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7001))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A client that keeps one connection open: a line every 50 ms, each answer printed, until the
+/// stop file exists (at most 90 s). Exits 1 when the connection ends or fails.
+const PINGER: &str = r#"
+import os, socket, sys, time
+ip, stop = sys.argv[1], sys.argv[2]
+t0 = time.time()
+while True:
+    try:
+        c = socket.create_connection((ip, 7001), timeout=2)
+        break
+    except OSError:
+        if time.time() - t0 > 15: raise
+        time.sleep(0.1)
+c.settimeout(30)
+i = 0
+while time.time() - t0 < 90 and not os.path.exists(stop):
+    i += 1
+    c.sendall(b"ping %d\n" % i)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        d = c.recv(100)
+        if not d:
+            print("EOF", flush=True)
+            sys.exit(1)
+        buf += d
+    print(buf.decode().strip(), flush=True)
+    time.sleep(0.05)
+print("DONE", flush=True)
+"#;
+
+#[test]
+fn open_connection_survives_the_moves() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let Some(h) = Hosts::up() else { return };
+    h.keys();
+    let ip = format!("{}.53", h.net);
+    h.ok("a", &["run", "--name", "echo", "--ip", &format!("{ip}/24"), "--", "python3", "-c", ECHO]);
+    let stop = h.scratch().join("stop-pinger");
+    let mut child = h.spawn_client(&["python3", "-c", PINGER, &ip, stop.to_str().unwrap()]);
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let out = child.stdout.take().unwrap();
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let wait_lines = |n: usize, what: &str| {
+        let t = Instant::now();
+        while lines.lock().unwrap().len() < n {
+            assert!(t.elapsed() < Duration::from_secs(30), "{what}: only {:?}", lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_lines(10, "before the moves");
+    let mut host = "a";
+    for next in ["b", "a"] {
+        let init = h.init_pid(host, "echo");
+        let out = h.migrate(host, next, "echo", &[]);
+        assert!(out.status.success(), "{host} -> {next}: {}", stderr(&out));
+        h.assert_clean(host, "echo", Some(init));
+        let n = lines.lock().unwrap().len();
+        wait_lines(n + 10, &format!("after {host} -> {next}"));
+        host = next;
+    }
+    std::fs::write(&stop, "").unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    let lines = lines.lock().unwrap().clone();
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+    assert!(status.success(), "the client's connection broke: {:?} {err}", &lines[lines.len().saturating_sub(5)..]);
+    assert_eq!(lines.last().map(String::as_str), Some("DONE"));
+    // One connection throughout: the server's count of lines on it goes on with the client's.
+    for (k, l) in lines[..lines.len() - 1].iter().enumerate() {
+        assert_eq!(l, &format!("{} ping {}", k + 1, k + 1), "answer {k}");
+    }
+    h.ok("a", &["rm", "-f", "echo"]);
+}

@@ -207,6 +207,19 @@ impl Hosts {
     pub fn client(&self, args: &[&str]) -> Output {
         self.exec("client", args)
     }
+
+    /// Starts `args` in the client namespace without waiting (stdout piped); the child is the
+    /// command itself (the script execs it), for the caller to end by pid.
+    pub fn spawn_client(&self, args: &[&str]) -> std::process::Child {
+        let mut a = vec!["exec", "client", "--"];
+        a.extend_from_slice(args);
+        self.script_cmd(&a).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    }
+
+    /// A scratch directory that lives as long as the hosts.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 impl Drop for Hosts {

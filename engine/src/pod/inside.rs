@@ -76,8 +76,20 @@ impl InsideImage {
     pub fn beyond_migration(&self) -> Option<String> {
         let mut what = Vec::new();
         let m = &self.mounts;
-        if !m.superblocks.is_empty() || !m.pod.is_empty() || !m.nested.is_empty() {
-            what.push("mounts made in the pod");
+        let mounts: Vec<String> = m
+            .pod
+            .added
+            .iter()
+            .map(|a| format!("{} ({})", a.mountpoint, a.fstype))
+            .chain(m.pod.removed.iter().map(|r| format!("{} removed", r.mountpoint())))
+            .chain(m.pod.kept.iter().map(|k| format!("{} changed", k.at.mountpoint())))
+            .chain((!m.nested.is_empty()).then(|| format!("{} mount namespaces", m.nested.len())))
+            .collect();
+        let listed;
+        if !m.superblocks.is_empty() || !mounts.is_empty() {
+            let more = if mounts.len() > 4 { format!(" and {} more", mounts.len() - 4) } else { String::new() };
+            listed = format!("mounts made in the pod: {}{more}", mounts.iter().take(4).cloned().collect::<Vec<_>>().join(", "));
+            what.push(listed.as_str());
         }
         if !self.cgroups.is_trivial() {
             what.push("sub-cgroups made in the pod");
