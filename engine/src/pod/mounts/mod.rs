@@ -8,7 +8,8 @@
 //! `/sys/fs/cgroup`); for a namespace a process made (`unshare`), the pod's mounts at the
 //! checkpoint. Mounts are compared by key ([`table`]): mount points from the root down, type,
 //! device and root. For each namespace:
-//! - *removed*: starting mounts that are gone;
+//! - *removed*: starting mounts that are gone (not those whose mount point was deleted outside
+//!   the pod: the kernel detached them, the pod did not);
 //! - *kept*: starting mounts whose per-mount flags (read-only, nosuid, nodev, noexec, atime,
 //!   nosymfollow) changed, or whose propagation is not private;
 //! - *added*: new mounts in creation order, parents first: mount point, parent, flags,
@@ -397,7 +398,15 @@ impl Saver {
                 root: e.root.clone(),
             });
         }
-        out.removed = gone.into_iter().map(base_ref).collect();
+        // A starting mount whose mount point is gone was not unmounted by the pod: deleting a
+        // mount point outside (the host's `ip netns del` of a namespace file that existed when
+        // the pod was made) detaches the mounts on it in every namespace.
+        let root = format!("/proc/{pid}/root");
+        out.removed = gone
+            .into_iter()
+            .filter(|&j| std::fs::symlink_metadata(format!("{root}{}", base.mounts[j].mountpoint)).is_ok())
+            .map(base_ref)
+            .collect();
         Ok(out)
     }
 
