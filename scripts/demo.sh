@@ -10,7 +10,12 @@
 #  2. checkpoints a single python3 process keeping state in objects, restores it, and takes a
 #     second checkpoint while it keeps running;
 #  3. stores a real file set (Python's standard library) and reads it back, byte for byte;
-#  4. verifies the store, shows its statistics, deletes checkpoints and collects garbage.
+#  4. verifies the store, shows its statistics, deletes checkpoints and collects garbage;
+#  5. live migration: three hosts on one LAN (network namespaces, scripts/hosts.sh), redis-server
+#     in a pod on host a with a LAN address, a client on the LAN holding one TCP connection open
+#     (an INCR every 50 ms), the pod moved a -> b -> c while the client talks to it; the client's
+#     connection and the counter go on, the pids and address are the same, and nothing of the
+#     pod is left on the hosts it left.
 # Everything it creates lives under a temporary directory that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +31,12 @@ export ZAP_STORE="$work/store"
 export ZAP_RUN_DIR="$work/pods"
 pids=()
 pods=()
+hosts_up=
+export ZAP_HOSTS_PREFIX="zd$(( $$ % 100000 ))" ZAP_HOSTS_NET="10.98.$(( $$ % 200 + 1 ))" ZAP_HOSTS_DIR="$work/hosts" ZAP
 cleanup() {
   for p in "${pods[@]}"; do "$ZAP" rm -f "$p" >/dev/null 2>&1 || true; done
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  [ -n "$hosts_up" ] && scripts/hosts.sh down >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -150,4 +158,60 @@ echo "(nothing freed: python-stdlib-again still uses every chunk; now remove it 
 "$ZAP" store rm "$fid2"
 "$ZAP" store gc
 "$ZAP" store verify
+say "5. live migration between hosts a, b and c (network namespaces on one LAN: scripts/hosts.sh)"
+scripts/hosts.sh up
+hosts_up=1
+on() { local h=$1; shift; scripts/hosts.sh exec "$h" -- "$@"; }
+zap_on() { local h=$1; shift; on "$h" "$ZAP" "$@"; }
+for h in a b c; do zap_on "$h" key gen >"$work/key.$h"; done
+for h in a b c; do for o in a b c; do
+  [ "$h" = "$o" ] || zap_on "$h" key allow "$(cat "$work/key.$o")" --comment "$o" >/dev/null
+done; done
+mip="$ZAP_HOSTS_NET.50"
+zap_on a run --name moving --ip "$mip/24" -- redis-server --bind 0.0.0.0 --port 6379 --save "" \
+  --appendonly no --protected-mode no
+for _ in $(seq 50); do [ "$(on client redis-cli -h "$mip" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+for i in $(seq 1 5000); do echo "SET k:$i v$i"; done | on client redis-cli -h "$mip" --pipe >/dev/null
+cat > "$work/client.py" <<'PY'
+# One TCP connection to redis, an INCR every 50 ms, each answer logged; bounded to 120 s.
+import os, socket, sys, time
+ip, log, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+c = socket.create_connection((ip, 6379), timeout=30)
+out = open(log, "w", buffering=1)
+t0 = time.time()
+while time.time() - t0 < 120 and not os.path.exists(stop):
+    c.sendall(b"INCR ticks\r\n")
+    a = b""
+    while not a.endswith(b"\r\n"):
+        d = c.recv(64)
+        if not d:
+            out.write("connection closed by the server\n"); sys.exit(1)
+        a += d
+    out.write("%.2f %s port %d\n" % (time.time() - t0, a.decode().strip(), c.getsockname()[1]))
+    time.sleep(0.05)
+out.write("done: one connection throughout\n")
+PY
+on client python3 "$work/client.py" "$mip" "$work/client.log" "$work/client.stop" &
+client=$!
+sleep 1
+echo "client on the LAN ($ZAP_HOSTS_NET.200): $(tail -1 "$work/client.log")"
+echo "pod on host a: $(zap_on a exec moving -- ps -e -o pid=,comm= | tr -s ' \n' ' ')"
+src=a
+for dst in b c; do
+  say "migrate moving: $src -> $dst (pre-copy rounds over a Noise channel, then a short stop)"
+  zap_on "$src" migrate moving --via "$(realpath scripts/hosts.sh) exec $dst -- $ZAP receive --stdio" \
+    --peer-key "$(cat "$work/key.$dst")"
+  sleep 1
+  echo "client: $(tail -1 "$work/client.log")"
+  echo "on $dst: $(zap_on "$dst" exec moving -- ps -e -o pid=,comm= | tr -s ' \n' ' ')"
+  zap_on "$src" ps | grep -q '^moving ' && echo "LEFT on $src: the pod" || echo "nothing of the pod is left on $src"
+  src=$dst
+done
+touch "$work/client.stop"
+wait "$client" && tail -1 "$work/client.log"
+echo "answers: $(grep -c ' port ' "$work/client.log"), all on port(s) $(grep ' port ' "$work/client.log" | awk '{print $NF}' | sort -u | tr '\n' ' ')"
+echo "keys after two moves: $(on client redis-cli -h "$mip" dbsize), k:4242 = $(on client redis-cli -h "$mip" get k:4242)"
+zap_on c rm -f moving
+scripts/hosts.sh down
+hosts_up=
 say "done (the demo's processes and store are removed on exit)"
