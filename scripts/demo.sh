@@ -159,6 +159,8 @@ echo "(nothing freed: python-stdlib-again still uses every chunk; now remove it 
 "$ZAP" store gc
 "$ZAP" store verify
 say "5. live migration between hosts a, b and c (network namespaces on one LAN: scripts/hosts.sh)"
+# Each host has its own run directory and store under its root (ZAP_ROOT, set by hosts.sh).
+unset ZAP_STORE ZAP_RUN_DIR
 scripts/hosts.sh up
 hosts_up=1
 on() { local h=$1; shift; scripts/hosts.sh exec "$h" -- "$@"; }
