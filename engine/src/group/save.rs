@@ -24,6 +24,9 @@ pub struct Tracking {
     pub dropped: Vec<crate::dirty::Armed>,
     /// The images of the parent checkpoint: what it holds of each member's memory.
     pub parent_images: Vec<zap_store::Image>,
+    /// Whoever gets this copy holds every page of the earlier ones (a migration's destination,
+    /// filled by the pre-copy rounds): a tracked mapping's copy is only its written pages.
+    pub holds_all: bool,
 }
 
 /// A saved group: the image and, per live member (by vpid), its copied pages.
@@ -246,6 +249,7 @@ pub fn save(pids: &[i32], frozen: &[Frozen], opts: SaveOptions, mut tracking: Op
                 // What the parent checkpoint holds of this member, for a delta; its parent's
                 // image (saved before it), whose pages it may still share since a fork.
                 let base = match (&dirty, tracking.as_deref()) {
+                    (Some(_), Some(tr)) if tr.holds_all => Some(vec![(0, u64::MAX)]),
                     (Some(_), Some(tr)) => Some(crate::mem::base_runs(&tr.parent_images, &GroupImage::prefix(p.vpid))),
                     _ => None,
                 };

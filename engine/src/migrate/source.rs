@@ -549,7 +549,7 @@ fn final_round(
     let stopped = StoppedPod::stop_locked(root, name, lock)?;
     report.final_stop_ms = tf.elapsed().as_secs_f64() * 1e3;
     let pids = stopped.pids().to_vec();
-    let mut tracking = crate::group::Tracking { armed: std::mem::take(&mut reader.armed), ..Default::default() };
+    let mut tracking = crate::group::Tracking { armed: std::mem::take(&mut reader.armed), holds_all: true, ..Default::default() };
     // Namespaces no restore can make (nested PID or user) are refused before anything is saved.
     pod::inside::refuse_early(name, state.init_pid, &pids)?;
     let saved = crate::group::save(&pids, stopped.frozen(), crate::group::SaveOptions { tcp_close: false, network_locked: true, no_cow: true }, Some(&mut tracking));
