@@ -33,6 +33,12 @@
 //! its children: a pod puts it into namespaces of its own there) and before the members are
 //! released (a pod moves them into their cgroups).
 //!
+//! A migration's destination builds the tree before it knows the memory ([`BareTree::build`]:
+//! every member taken over and cleared, no child inheriting pages, so the source saves with
+//! [`SaveOptions::no_cow`]), fills the memory in round by round, and finishes with [`complete`]
+//! ([`crate::process::ProcRestore::memory_in_place`] for what is left of the memory); both paths
+//! share the steps after the memory and [`BareTree::finish`], which releases the members.
+//!
 //! Limits: a member whose session or process group leader is outside the group, or that is in a
 //! session it did not create and its parent does not share, is restored in its parent's
 //! session/group with a warning.
