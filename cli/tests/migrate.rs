@@ -332,7 +332,11 @@ fn data_directory_moves_with_the_pod() {
     h.exec("a", &["mkdir", "-p", dir]);
     h.ok("a", &["run", "--name", "db", "--", "python3", "-c", DB_WRITER, &db]);
     let t = Instant::now();
-    while db_rows(&h, "a", &db).len() < 30 && t.elapsed() < Duration::from_secs(20) {
+    // The writer makes the database first (a slow start under load).
+    while !h.exec("a", &["test", "-s", &db]).status.success() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while db_rows(&h, "a", &db).len() < 30 && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let before = db_rows(&h, "a", &db).len();

@@ -698,4 +698,71 @@ fn backlog_not_yet_accepted_is_refused_not_dropped() {
         "the 5 connections are back: {:?}",
         ss(&e, &pod)
     );
+    // The listener has its backlog (16) again: ss shows it as the listener's Send-Q.
+    let listen = ok(&e, &["exec", &pod, "--", "ss", "-tlnH"]);
+    assert!(listen.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[..4] == ["LISTEN", "0", "16", "0.0.0.0:7373"]), "{listen}");
+}
+
+const PROMPT_ACCEPT: &str = r#"
+import socket, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7474))
+s.listen(64)
+def serve(c):
+    c.sendall(b'hi')
+    c.recv(16)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A server that accepts at once, checkpointed while clients keep connecting: connections the
+/// kernel completed just before the network lock sit in the backlog when the pod stops; the
+/// checkpoint lets the pod accept them (network still locked) and goes through without a flag.
+#[test]
+fn connections_arriving_during_the_stop_are_accepted_first() {
+    if !tools() {
+        return;
+    }
+    let e = env();
+    let net = subnet(91);
+    let pod = name("burst");
+    ok(&e, &["run", "--name", &pod, "--ip", &format!("{net}.2/24"), "--", "python3", "-c", PROMPT_ACCEPT]);
+    let _g = PodGuard(&e, pod.clone());
+    let addr = format!("{net}.2:7474");
+    drop(connect_retry(&addr));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, made, addr) = (stop.clone(), made.clone(), addr.clone());
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
+                    if let Ok(c) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)) {
+                        made.fetch_add(1, Ordering::Relaxed);
+                        held.push(c);
+                        if held.len() > 20 {
+                            held.remove(0);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(wait_for(Duration::from_secs(10), || made.load(Ordering::Relaxed) > 50), "clients connect");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let out = zap(&e, &["checkpoint", "--leave-running", &pod]);
+        assert!(out.status.success(), "checkpoint while clients connect: {}", String::from_utf8_lossy(&out.stderr));
+        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(ids.len(), 3);
 }

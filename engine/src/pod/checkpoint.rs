@@ -394,7 +394,24 @@ impl StoppedPod {
         // Locked first, so that nothing the processes sent before they stopped is acknowledged
         // behind the checkpoint's back; a failure to stop drops (opens) the lock again.
         let netlock = NetLock::namespace(&format!("pod {name}"), state.init_pid)?;
-        let (pids, frozen, thawed) = stop_pod(name, &cgroup_of(&state), state.init_pid)?;
+        let cg = cgroup_of(&state);
+        let (mut pids, mut frozen, mut thawed) = stop_pod(name, &cg, state.init_pid)?;
+        // Connections a listener's backlog holds cannot be put back in one (no interface does
+        // that): the processes run on a moment to accept them. The network is locked, so no new
+        // connection completes meanwhile; a checkpoint still finds some after that refuses them.
+        for round in 1..=DRAIN_ROUNDS {
+            let waiting = listeners_waiting(state.init_pid);
+            if waiting == 0 {
+                break;
+            }
+            tracing::debug!(pod = name, waiting, round, "connections waiting in listen backlogs: letting the pod accept them");
+            if let Err(e) = cg.refreeze(&thawed) {
+                tracing::warn!(pod = name, error = %e, "could not freeze again a cgroup the pod had frozen");
+            }
+            drop(frozen);
+            std::thread::sleep(Duration::from_millis(5 * u64::from(round)));
+            (pids, frozen, thawed) = stop_pod(name, &cg, state.init_pid)?;
+        }
         let stop_ms = t.elapsed().as_secs_f64() * 1e3;
         Ok(StoppedPod {
             root: root.to_path_buf(),
@@ -508,6 +525,27 @@ impl Drop for StoppedPod {
             tracing::warn!(pod = self.name, error = %e, "resuming the pod");
         }
     }
+}
+
+/// How many times a stop lets the pod run on to accept the connections waiting in its
+/// listeners' backlogs ([`StoppedPod::stop_locked`]).
+const DRAIN_ROUNDS: u32 = 4;
+
+/// Connections waiting to be accepted on the TCP listeners of the network namespace of process
+/// `pid` (`/proc/PID/net/tcp{,6}`: a listener's `rx_queue` is its accept queue's length).
+fn listeners_waiting(pid: i32) -> u64 {
+    let mut n = 0;
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(3) == Some(&"0A") {
+                let rx = f.get(4).and_then(|q| q.split_once(':')).and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
+                n += rx.unwrap_or(0);
+            }
+        }
+    }
+    n
 }
 
 /// A failure injected for tests: `ZAP_FAIL_AT=<point>` makes the checkpoint fail at `point`

@@ -29,7 +29,10 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
                 // queues a connection on a listener again, so they cannot come back. Refused
                 // rather than dropped (unless the caller gives connections up).
                 let info = sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(sys("TCP_INFO"))?;
-                let waiting = info.get(24..28).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4")));
+                // For a listener, tcpi_unacked is its accept queue's length and tcpi_sacked
+                // the backlog it was given.
+                let word = |at: usize| info.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4")));
+                let (waiting, backlog) = (word(24), word(28));
                 if waiting > 0 && !ctx.tcp_close {
                     return Err(unsupported(format!(
                         "listening TCP socket {} has {waiting} connection(s) waiting to be accepted; they cannot be put back in \
@@ -37,7 +40,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
                         tcp::ip_port(&addr)
                     )));
                 }
-                Ok(SocketState::TcpListen { family, addr, opts, tcp })
+                Ok(SocketState::TcpListen { family, addr, opts, tcp, backlog })
             }
             TCP_CLOSE => Ok(SocketState::TcpFresh { family, addr: bound, opts, tcp }),
             _ if ctx.tcp_close => Ok(SocketState::TcpFresh { family, addr: None, opts, tcp }),
@@ -93,12 +96,13 @@ fn delivery_addr(addr: &[u8]) -> Vec<u8> {
 /// inet socket.
 pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &SocketState, ctx: &mut SocketRestore) -> Result<Option<u64>> {
     let fd = match st {
-        SocketState::TcpListen { family, addr, opts, tcp } => {
+        SocketState::TcpListen { family, addr, opts, tcp, backlog } => {
             let fd = inj.call("socket(tcp)", libc::SYS_socket, [*family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
             set_opts(inj, fd, *family, true, opts)?;
             tcp::set_tcp_opts(inj, fd, tcp)?;
             bind(inj, fd, addr, ctx).map_err(|e| EngineError::Proc { pid: vpid, detail: format!("rebind listening TCP socket: {e}") })?;
-            inj.call("listen", libc::SYS_listen, [fd, SOMAXCONN, 0, 0, 0, 0])?;
+            let backlog = if *backlog == 0 { SOMAXCONN } else { u64::from(*backlog) };
+            inj.call("listen", libc::SYS_listen, [fd, backlog, 0, 0, 0, 0])?;
             fd
         }
         SocketState::TcpFresh { family, addr, opts, tcp } => {

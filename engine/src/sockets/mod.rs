@@ -56,6 +56,9 @@ pub enum SocketState {
         opts: Box<SockOpts>,
         /// TCP-level options.
         tcp: TcpOpts,
+        /// The backlog given to `listen` (the kernel's `sk_max_ack_backlog`, capped by
+        /// `somaxconn`).
+        backlog: u32,
     },
     /// A TCP socket neither listening nor connected (or an established connection the caller
     /// chose to close): restored unconnected, bound again if it was bound to a port.
