@@ -332,13 +332,13 @@ fn nginx_master_as_root_workers_as_www_data_serve_across_checkpoints() {
     };
     std::thread::sleep(Duration::from_millis(300));
     // While it serves: a checkpoint that arms dirty tracking in every process (www-data ones
-    // too), then an incremental one. Connections caught open are closed (--tcp-close).
-    json(&e, &["checkpoint", "--leave-running", "--tcp-close", &pod]);
-    let second = json(&e, &["checkpoint", "--leave-running", "--tcp-close", &pod]);
+    // too), then an incremental one, with no flag: connections caught open are saved and come back.
+    json(&e, &["checkpoint", "--leave-running", &pod]);
+    let second = json(&e, &["checkpoint", "--leave-running", &pod]);
     let mode = second["mode"].as_str().unwrap_or_default().to_string();
     assert!(mode.starts_with("incremental: 3 of 3"), "every process tracked, the workers of www-data too: {mode}");
     // The checkpoint that ends the pod, then the restore, while the client goes on.
-    let id = json(&e, &["checkpoint", "--tcp-close", &pod])["id"].as_str().unwrap().to_string();
+    let id = json(&e, &["checkpoint", &pod])["id"].as_str().unwrap().to_string();
     let ended = Instant::now();
     let served_before = served.load(std::sync::atomic::Ordering::Relaxed);
     ok(&e, &["restore", &id]);
@@ -367,8 +367,6 @@ fn nginx_master_as_root_workers_as_www_data_serve_across_checkpoints() {
         nginx_procs(&e, &pod)
     );
     assert_eq!(http_get(&addr, "/").unwrap(), "hello from nginx\n", "new workers serve");
-    // The client's request caught by the checkpoint ends with its 2 s timeout (--tcp-close: the
-    // restored pod has no socket for it, and the client has nothing to send that would be reset).
     wait_for(Duration::from_secs(15), || served.load(std::sync::atomic::Ordering::Relaxed) >= served_before + 10);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (good, bad) = client.join().unwrap();
