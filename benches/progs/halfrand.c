@@ -2,9 +2,9 @@
  * other page zero and the others random (xorshift), every page touched; creates the file argv[2]
  * when ready and sleeps. On SIGUSR1 it checks every page against what it wrote and creates
  * argv[2].ok or argv[2].bad, so a restored copy can be
- * checked page by page by the program itself, whatever restored it. Each SIGUSR2 writes to 1% of
- * its pages, spread at random (each such page is rewritten with its own bytes, so the check
- * still holds while a dirty-page tracker sees the writes), then creates argv[2].N for round N. */
+ * checked page by page by the program itself, whatever restored it. Each SIGUSR2 changes 1% of
+ * its pages, spread at random (the first word of each is XORed with a new value, recorded in a
+ * table of its own so that the check still holds), then creates argv[2].N for round N. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,19 +17,22 @@ static volatile sig_atomic_t checks, dirties;
 static void on_usr1(int s) { (void)s; checks++; }
 static void on_usr2(int s) { (void)s; dirties++; }
 
+static uint64_t *delta; /* per page: what its first word was XORed with */
+
 static long walk(uint8_t *p, size_t pages, int check) {
     uint64_t x = 0x9e3779b97f4a7c15ull;
     for (size_t i = 0; i < pages; i++) {
         uint8_t *pg = p + i * 4096;
         if (i % 2 == 0) {
             if (!check) memset(pg, 0, 4096);
-            else for (int j = 0; j < 4096; j += 8) if (*(uint64_t *)(pg + j)) return (long)i;
+            else for (int j = 0; j < 4096; j += 8) if (*(uint64_t *)(pg + j) != (j ? 0 : delta[i])) return (long)i;
             continue;
         }
         for (int j = 0; j < 4096; j += 8) {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            uint64_t want = j ? x : x ^ delta[i];
             if (!check) memcpy(pg + j, &x, 8);
-            else if (memcmp(pg + j, &x, 8)) return (long)i;
+            else if (memcmp(pg + j, &want, 8)) return (long)i;
         }
     }
     return -1;
@@ -47,6 +50,8 @@ int main(int argc, char **argv) {
     size_t pages = strtoul(argv[1], 0, 10) * 256;
     uint8_t *p = mmap(0, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return 1;
+    delta = calloc(pages, sizeof *delta);
+    if (!delta) return 1;
     walk(p, pages, 0);
     signal(SIGUSR1, on_usr1);
     signal(SIGUSR2, on_usr2);
@@ -67,8 +72,10 @@ int main(int argc, char **argv) {
             dirtied++;
             for (size_t k = 0; k < pages / 100; k++) {
                 r ^= r << 13; r ^= r >> 7; r ^= r << 17;
-                volatile uint8_t *pg = p + (r % pages) * 4096;
-                for (int j = 0; j < 4096; j += 512) pg[j] = pg[j];
+                size_t i = r % pages;
+                uint64_t v = r | 1;
+                *(uint64_t *)(p + i * 4096) ^= v;
+                delta[i] ^= v;
             }
             snprintf(what, sizeof what, "%d", dirtied);
             mark(argv[2], what);

@@ -30,6 +30,7 @@ mod maint;
 pub mod manifest;
 pub mod pack;
 mod sys;
+pub mod tree;
 
 pub use error::{Result, StoreError};
 pub use image::{clip, materialize, overlay, store_run};
