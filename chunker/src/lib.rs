@@ -37,14 +37,34 @@ pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 /// Default zstd level: level 1 is the fastest that still compresses text-like pages well.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
-/// Content address of a chunk: BLAKE3 over its uncompressed bytes.
+/// BLAKE3 key-derivation context of the ids of chunks that have zero pages.
+const SPARSE_ID_CONTEXT: &str = "zap 2026 chunk id: length and pages, zero pages left out";
+
+/// Content address of a chunk: BLAKE3 over its uncompressed bytes when it has no zero page;
+/// otherwise BLAKE3 in key-derivation mode (its own domain, see `SPARSE_ID_CONTEXT`) over its
+/// length (u64 LE) and its [`Compression::Sparse`] form (page bitmap, then the non-zero pages),
+/// so that zero pages, often half of memory, are never hashed. Either way a pure function of
+/// the bytes ([`ChunkId::of`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ChunkId(pub [u8; 32]);
 
 impl ChunkId {
     /// Hashes `data` into its chunk id.
     pub fn of(data: &[u8]) -> Self {
-        ChunkId(*blake3::hash(data).as_bytes())
+        if pages(data).any(|(_, zero)| zero) {
+            Self::of_sparse(data.len(), &sparse(data))
+        } else {
+            ChunkId(*blake3::hash(data).as_bytes())
+        }
+    }
+
+    /// The id of the bytes whose [`Compression::Sparse`] form is `sparse` (`raw_len` bytes in
+    /// all): what [`ChunkId::of`] gives for bytes with a zero page, computed without them.
+    pub fn of_sparse(raw_len: usize, sparse: &[u8]) -> Self {
+        let mut h = blake3::Hasher::new_derive_key(SPARSE_ID_CONTEXT);
+        h.update(&(raw_len as u64).to_le_bytes());
+        h.update(sparse);
+        ChunkId(*h.finalize().as_bytes())
     }
 
     /// Lower-case hex form of the id.
@@ -270,7 +290,7 @@ fn pages(data: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> + 
 }
 
 /// The [`Compression::Sparse`] encoding of `data`.
-fn sparse(data: &[u8]) -> Vec<u8> {
+pub fn sparse(data: &[u8]) -> Vec<u8> {
     let n = data.len().div_ceil(PAGE_SIZE);
     let mut out = vec![0u8; n.div_ceil(8)];
     for (i, (range, zero)) in pages(data).enumerate() {
@@ -280,6 +300,24 @@ fn sparse(data: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The non-zero pages of a [`Compression::Sparse`] chunk of `raw_len` bytes, without copying
+/// them: (offset in the chunk, bytes). `None` when the encoding is malformed.
+pub fn sparse_pages(stored: &[u8], raw_len: usize) -> Option<Vec<(usize, &[u8])>> {
+    let n = raw_len.div_ceil(PAGE_SIZE);
+    let (bitmap, mut body) = stored.split_at_checked(n.div_ceil(8))?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            let len = ((i + 1) * PAGE_SIZE).min(raw_len) - i * PAGE_SIZE;
+            let (page, rest) = body.split_at_checked(len)?;
+            out.push((i * PAGE_SIZE, page));
+            body = rest;
+        }
+    }
+    let spare = bitmap.len() * 8 - n;
+    (body.is_empty() && (spare == 0 || bitmap[bitmap.len() - 1] >> (8 - spare) == 0)).then_some(out)
 }
 
 fn unsparse(stored: &[u8], raw_len: usize) -> Option<Vec<u8>> {
@@ -304,7 +342,6 @@ fn unsparse(stored: &[u8], raw_len: usize) -> Option<Vec<u8>> {
 /// them; otherwise, or at once when every non-zero page looks random ([`looks_random`]), the
 /// bytes as they are, with zero pages left out ([`Compression::Sparse`]) if it has any.
 pub fn make_chunk(data: &[u8], cfg: &ChunkerConfig) -> Chunk {
-    let id = ChunkId::of(data);
     let (mut zero, mut random, mut other) = (0usize, 0usize, 0usize);
     for (range, z) in pages(data) {
         if z {
@@ -315,10 +352,15 @@ pub fn make_chunk(data: &[u8], cfg: &ChunkerConfig) -> Chunk {
             other += 1;
         }
     }
+    let sparse_form = (zero > 0).then(|| sparse(data));
+    let id = match &sparse_form {
+        Some(s) => ChunkId::of_sparse(data.len(), s),
+        None => ChunkId(*blake3::hash(data).as_bytes()),
+    };
     let packed = (other > 0 || random == 0).then(|| compress(data, cfg.zstd_level));
-    let (compression, stored) = match packed {
-        Some(p) if p.len() + data.len() / cfg.min_saving_div.max(1) < data.len() => (Compression::Zstd, p),
-        _ if zero > 0 => (Compression::Sparse, sparse(data)),
+    let (compression, stored) = match (packed, sparse_form) {
+        (Some(p), _) if p.len() + data.len() / cfg.min_saving_div.max(1) < data.len() => (Compression::Zstd, p),
+        (_, Some(s)) => (Compression::Sparse, s),
         _ => (Compression::None, data.to_vec()),
     };
     Chunk {
@@ -340,7 +382,14 @@ pub fn decode_chunk(
         Compression::None => stored.to_vec(),
         Compression::Zstd => zstd::bulk::decompress(stored, raw_len)
             .map_err(|source| ChunkError::Decompress { id: *id, source })?,
-        Compression::Sparse => unsparse(stored, raw_len).ok_or(ChunkError::Sparse { id: *id })?,
+        Compression::Sparse => {
+            // Checked on the stored form itself, which is what its id hashes.
+            let actual = ChunkId::of_sparse(raw_len, stored);
+            if actual != *id {
+                return Err(ChunkError::Hash { id: *id, actual });
+            }
+            return unsparse(stored, raw_len).ok_or(ChunkError::Sparse { id: *id });
+        }
     };
     if raw.len() != raw_len {
         return Err(ChunkError::Length { id: *id, got: raw.len(), expected: raw_len });
@@ -498,6 +547,8 @@ mod tests {
         let odd: Vec<u8> = (0..3 * PAGE_SIZE + 100).map(|i| if i / PAGE_SIZE == 1 { 0 } else { rng.gen() }).collect();
         let id = ChunkId::of(&odd);
         let stored = sparse(&odd);
+        assert_eq!(id, ChunkId::of_sparse(odd.len(), &stored));
+        assert_ne!(id, ChunkId(*blake3::hash(&odd).as_bytes()), "sparse ids have their own domain");
         assert_eq!(stored.len(), 1 + odd.len() - PAGE_SIZE);
         assert_eq!(decode_chunk(&id, Compression::Sparse, odd.len(), &stored).unwrap(), odd);
         let mut bad = stored.clone();

@@ -27,6 +27,7 @@ pub mod ipc;
 pub mod maps;
 pub mod mem;
 pub mod memdump;
+pub mod pipeline;
 pub mod pod;
 pub mod process;
 pub mod signals;

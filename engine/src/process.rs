@@ -273,6 +273,20 @@ pub fn save_process(
     dirty: Option<&crate::dirty::Dirty>,
     layout: Option<Vec<VmaState>>,
 ) -> Result<(ProcessImage, mem::PageCopy)> {
+    save_process_pages(pid, frozen, files_ctx, dirty, layout, false)
+}
+
+/// [`save_process`], with `stream`: the pages are not copied out but only planned
+/// ([`mem::plan_pages_since`]), for the dump pipeline to read while it stores them; the process
+/// must then stay stopped until they are stored.
+pub fn save_process_pages(
+    pid: i32,
+    frozen: &Frozen,
+    files_ctx: &mut files::SaveContext,
+    dirty: Option<&crate::dirty::Dirty>,
+    layout: Option<Vec<VmaState>>,
+    stream: bool,
+) -> Result<(ProcessImage, mem::PageCopy)> {
     let vpid = vpid_of(pid)?;
     if !frozen.threads().contains(&pid) {
         return Err(EngineError::Proc { pid, detail: "its main thread has exited; not supported".into() });
@@ -297,7 +311,7 @@ pub fn save_process(
     }
     // Copy the pages out; after this the process no longer needs to be stopped.
     let t = Instant::now();
-    let copy = mem::copy_pages_since(pid, &vmas, dirty)?;
+    let copy = if stream { mem::plan_pages_since(pid, &vmas, dirty)? } else { mem::copy_pages_since(pid, &vmas, dirty)? };
     tracing::trace!(pid, copy_ms = t.elapsed().as_secs_f64() * 1e3, "pages copied");
     Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, fds, itimers, posix_timers }, copy))
 }
@@ -306,7 +320,9 @@ pub fn save_process(
 pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
-    let (mut image, copy) = save_process(pid, &frozen, &mut files::SaveContext::default(), None, None)?;
+    // A process that stays stopped until the commit has its pages read while they are stored.
+    let stream = !opts.leave_running;
+    let (mut image, copy) = save_process_pages(pid, &frozen, &mut files::SaveContext::default(), None, None, stream)?;
     mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
     let bytes_read = copy.bytes;
     // With leave_running the process goes on now. Otherwise it stays stopped until the
@@ -320,6 +336,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
     let (images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", None)?;
+    let stored_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
     manifest.parent = opts.parent;
     manifest.labels.insert("pid".into(), pid.to_string());
@@ -328,6 +345,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     manifest.state = image.encode();
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(pid, copied_ms, stored_ms, total_ms, bytes_read, "process checkpoint committed");
     if let Some(frozen) = frozen {
         frozen.kill()?;
     }
@@ -426,6 +444,7 @@ pub(crate) fn wait_ready(pid: i32, tramp: u64, timeout: Duration) -> Result<()> 
 pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> {
     let t0 = Instant::now();
     let manifest = store.manifest(id)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read");
     if manifest.kind != KIND {
         return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process", manifest.kind) });
     }
@@ -530,8 +549,11 @@ impl<'a> ProcRestore<'a> {
     /// Recreates the mappings and writes the saved pages (`images` of the manifest); `shm` shares
     /// shared anonymous memory with processes restored before this one.
     pub fn memory<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image], shm: &mut mem::ShmContext) -> Result<()> {
+        let t = Instant::now();
         let write = mem::restore_layout(&mut self.inj, self.image.vpid, &self.image.vmas, shm)?;
-        mem::restore_pages(store, &self.inj, &self.image.vmas, &write, images)?;
+        let layout_ms = t.elapsed().as_secs_f64() * 1e3;
+        let bytes = mem::restore_pages(store, &self.inj, &self.image.vmas, &write, images)?;
+        tracing::debug!(pid = self.pid, layout_ms, pages_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms, bytes, "memory restored");
         Ok(())
     }
 

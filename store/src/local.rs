@@ -51,7 +51,7 @@ impl std::hash::Hasher for IdHasher {
 }
 
 type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
-use crate::pack::{self, ChunkLoc, PackId, PackWriter};
+use crate::pack::{self, ChunkLoc, FinishedPack, PackId, PackWriter};
 use crate::{sys, ChunkSink, ImageStore, Result, StoreError};
 
 const MARKER: &str = "STORE";
@@ -397,6 +397,7 @@ impl ImageStore for LocalStore {
             store: self,
             _guard: self.gc_lock.read().expect("gc lock"),
             pack: None,
+            complete: Vec::new(),
             finished: Vec::new(),
             new: HashMap::new(),
         })
@@ -408,6 +409,25 @@ impl ImageStore for LocalStore {
             context: "not in the index".into(),
         })?;
         self.read_at(id, &loc)
+    }
+
+    fn read_chunk_bytes(&self, id: &ChunkId) -> Result<crate::ChunkBytes> {
+        let loc = self.index.chunk(id)?.ok_or_else(|| StoreError::MissingChunk {
+            id: id.to_hex(),
+            context: "not in the index".into(),
+        })?;
+        if loc.compression != zap_chunker::Compression::Sparse {
+            return self.read_at(id, &loc).map(crate::ChunkBytes::Raw);
+        }
+        let stored = pack::read_stored(&*self.pack_file(loc.pack)?, &self.pack_path(loc.pack), &loc)?;
+        let actual = ChunkId::of_sparse(loc.raw_len as usize, &stored);
+        if actual != *id || zap_chunker::sparse_pages(&stored, loc.raw_len as usize).is_none() {
+            return Err(StoreError::Corrupt {
+                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
+                detail: format!("sparse content does not match its id (hash {actual}) or is malformed"),
+            });
+        }
+        Ok(crate::ChunkBytes::Sparse { raw_len: loc.raw_len as usize, stored })
     }
 
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {
@@ -467,19 +487,34 @@ pub struct LocalWriter<'a> {
     store: &'a LocalStore,
     _guard: RwLockReadGuard<'a, ()>,
     pack: Option<PackWriter>,
+    /// Complete packs, made durable together at commit.
+    complete: Vec<FinishedPack>,
     finished: Vec<(PackId, PackRecord)>,
     new: HashMap<ChunkId, ChunkLoc>,
 }
 
 impl LocalWriter<'_> {
+    /// Completes the pack being written (its writeback starts; it is made durable at commit).
     fn close_pack(&mut self) -> Result<()> {
         if let Some(p) = self.pack.take() {
             if p.is_empty() {
                 return Ok(()); // dropped: its temporary file is removed
             }
-            let (id, size, entries) = p.finish()?;
-            let data_bytes = entries.iter().map(|e| u64::from(e.stored_len)).sum();
-            self.finished.push((id, PackRecord { size, chunks: entries.len() as u32, data_bytes }));
+            self.complete.push(p.complete()?);
+        }
+        Ok(())
+    }
+
+    /// Makes every complete pack durable (one fsync each, in parallel) and renames it into place.
+    fn sync_packs(&mut self) -> Result<()> {
+        let mut done = std::mem::take(&mut self.complete);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = done.iter_mut().map(|p| s.spawn(move || p.sync_and_rename())).collect();
+            handles.into_iter().try_for_each(|h| h.join().expect("pack sync thread"))
+        })?;
+        for p in done.iter_mut() {
+            let data_bytes = p.entries.iter().map(|e| u64::from(e.stored_len)).sum();
+            self.finished.push((p.id, PackRecord { size: p.size, chunks: p.entries.len() as u32, data_bytes }));
         }
         Ok(())
     }
@@ -608,6 +643,7 @@ impl ChunkSink for LocalWriter<'_> {
         }
         lap("chunks checked");
         self.close_pack()?;
+        self.sync_packs()?;
         if !self.finished.is_empty() {
             sync_dir(&self.store.packs_dir)?;
         }
