@@ -370,7 +370,9 @@ fn read_runs(pid: i32, mem: &File, vma: &VmaState, idx: usize, runs: &[(usize, u
         }
         let mut pos = from;
         while pos < to {
-            let len = (to - pos).min(WINDOW);
+            // Cut at absolute window boundaries: the blocks, hence the chunks, are the same as
+            // when the dump pipeline reads the same run.
+            let len = (to - pos).min(WINDOW - pos % WINDOW);
             let mut buf = vec![0u8; len as usize];
             mem.read_exact_at(&mut buf, pos).map_err(|e| EngineError::Proc {
                 pid,
