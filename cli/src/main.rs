@@ -25,6 +25,7 @@ mod error;
 mod files_cmd;
 mod maint_cmd;
 mod output;
+mod pager_cmd;
 mod pod_cmd;
 mod process_cmd;
 mod progress;
@@ -83,6 +84,8 @@ enum Command {
     /// Replace a pod by one of its checkpoints (default: the latest), same name, pids, address.
     Rollback(schedule_cmd::RollbackArgs),
     /// The checkpoint scheduler that `--every` starts (internal).
+    #[command(name = "__pager", hide = true)]
+    Pager(pager_cmd::PagerArgs),
     #[command(name = "__schedule", hide = true)]
     Schedule(schedule_cmd::ScheduleArgs),
 }
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
         Command::Rm(args) => (Some("rm"), pod_cmd::rm(&ctx, &args)),
         Command::Rollback(args) => (Some("rollback"), schedule_cmd::rollback(&ctx, &args)),
         Command::Schedule(args) => (Some("__schedule"), schedule_cmd::run(&ctx, &args)),
+        Command::Pager(args) => (None, pager_cmd::run(&ctx, &args)),
         Command::Exec(args) => {
             return match pod_cmd::exec(&args) {
                 Ok(code) => ExitCode::from(code),

@@ -24,6 +24,7 @@ pub mod freeze;
 pub mod group;
 pub mod inject;
 pub mod ipc;
+pub mod lazy;
 pub mod maps;
 pub mod mem;
 pub mod memdump;

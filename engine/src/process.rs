@@ -490,6 +490,65 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
     result
 }
 
+/// Restores checkpoint `id` like [`restore`], lazily: the process runs as soon as everything
+/// but the pages of its private anonymous memory is in place; a pager thread started here
+/// fills those while it runs ([`crate::lazy`]). The calling thread must live until the
+/// returned handle's [`crate::lazy::PagerHandle::wait`] returns: the restored namespace dies
+/// with it before. The pager reads its chunks from pack files it opened: `store` may be closed
+/// once this returns.
+pub fn restore_lazy(store: &zap_store::LocalStore, id: &CheckpointId) -> Result<(Restored, crate::lazy::PagerHandle)> {
+    let t0 = Instant::now();
+    let manifest = store.manifest(id)?;
+    if manifest.kind != KIND {
+        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process", manifest.kind) });
+    }
+    let image = ProcessImage::decode(&manifest.state)?;
+    if image.vpid == 1 {
+        return Err(EngineError::Proc { pid: image.vpid, detail: "restoring a namespace init (pid 1) is not supported yet".into() });
+    }
+    let tramp = trampoline_addr(&image.vmas);
+    let (guard_read, guard_write) = sysclone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: image.vpid, source })?;
+    use std::os::fd::AsRawFd;
+    let init = sysclone::spawn_pidns_target_guarded(image.vpid, tramp, guard_read.as_raw_fd())
+        .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
+    drop(guard_read);
+    let mut guard_write = Some(guard_write);
+    let result = (|| {
+        let pid = find_child(init, Duration::from_secs(5))?;
+        wait_ready(pid, tramp, Duration::from_secs(5))?;
+        let mut frozen = Frozen::freeze(pid)?;
+        let mut pager = None;
+        let steps = (|| {
+            let mut r = ProcRestore::begin(&image, pid, tramp)?;
+            let (uffd, ranges) = r.memory_lazy(store, &manifest.images, &mut mem::ShmContext::default())?;
+            let source = crate::lazy::ChunkSource::open(store, &ranges)?;
+            let guard = guard_write.take().expect("taken once");
+            pager = Some(crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, source, init, guard)));
+            r.threads(&mut frozen)?;
+            let mut ctx = files::RestoreContext::new(std::process::id());
+            r.files(&mut ctx)?;
+            r.close_fds(&ctx.keepers(image.vpid))?;
+            r.finish()
+        })();
+        let warnings = match steps {
+            Ok(warnings) => warnings,
+            Err(e) => {
+                if let Err(kill) = frozen.kill() {
+                    tracing::warn!(pid, error = %kill, "could not kill the half-restored process");
+                }
+                return Err(e);
+            }
+        };
+        drop(frozen);
+        let restored = Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
+        Ok((restored, pager.expect("started with the memory")))
+    })();
+    if result.is_err() {
+        sysclone::kill_and_reap(init);
+    }
+    result
+}
+
 /// The restore of one process, step by step. The process is a bare clone that holds only the
 /// trampoline page and is stopped under ptrace; the caller calls, in order, [`ProcRestore::begin`],
 /// [`ProcRestore::memory`], [`ProcRestore::threads`], [`ProcRestore::files`] and
@@ -555,6 +614,49 @@ impl<'a> ProcRestore<'a> {
         let bytes = mem::restore_pages(store, &self.inj, &self.image.vmas, &write, images)?;
         tracing::debug!(pid = self.pid, layout_ms, pages_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms, bytes, "memory restored");
         Ok(())
+    }
+
+    /// Like [`ProcRestore::memory`], but the pages of private anonymous mappings are not
+    /// written: those mappings are registered with a userfaultfd created in the process (missing
+    /// mode), returned with what they must hold, for a [`crate::lazy::Pager`] to fill while the
+    /// process runs. Start the pager before anything else touches the process's memory.
+    pub fn memory_lazy<S: ImageStore>(
+        &mut self,
+        store: &S,
+        images: &[zap_store::Image],
+        shm: &mut mem::ShmContext,
+    ) -> Result<(std::os::fd::OwnedFd, Vec<crate::lazy::LazyRange>)> {
+        use crate::sys::{proc as sysproc, uffd};
+        let pid = self.pid;
+        let mut write = mem::restore_layout(&mut self.inj, self.image.vpid, &self.image.vmas, shm)?;
+        let mut ranges = Vec::new();
+        for (i, v) in self.image.vmas.iter().enumerate() {
+            let Some(name) = v.image.as_ref().filter(|_| write[i] && v.backing == mem::Backing::Anon && !v.shared) else { continue };
+            let img = images.iter().find(|im| &im.name == name).ok_or_else(|| EngineError::Proc {
+                pid,
+                detail: format!("checkpoint lacks image {name} for mapping {:#x}", v.start),
+            })?;
+            write[i] = false;
+            ranges.push(crate::lazy::LazyRange { start: v.start, end: v.end, extents: img.extents.clone() });
+        }
+        mem::restore_pages(store, &self.inj, &self.image.vmas, &write, images)?;
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        let tfd = self.inj.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
+        let taken = (|| {
+            let pidfd = sysproc::pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
+            let fd = sysproc::pidfd_getfd(&pidfd, tfd as i32).map_err(|source| EngineError::Sys { step: "pidfd_getfd userfaultfd", pid, source })?;
+            uffd::api(&fd, uffd::UFFD_FEATURE_EVENT_FORK | uffd::UFFD_FEATURE_EVENT_REMAP)
+                .map_err(|source| EngineError::Sys { step: "userfaultfd API (missing mode, fork and remap events)", pid, source })?;
+            for r in &ranges {
+                uffd::register_missing(&fd, r.start, r.end - r.start).map_err(|source| EngineError::Proc {
+                    pid,
+                    detail: format!("register mapping {:#x}-{:#x} with userfaultfd: {source}", r.start, r.end),
+                })?;
+            }
+            Ok::<_, EngineError>(fd)
+        })();
+        self.inj.call("close userfaultfd", libc::SYS_close, [tfd, 0, 0, 0, 0, 0])?;
+        Ok((taken?, ranges))
     }
 
     /// Creates the saved extra threads, each with its saved tid, through the main thread

@@ -303,6 +303,14 @@ impl LocalStore {
         })
     }
 
+    /// An open handle on the pack that holds a chunk, and the chunk's location: what a reader
+    /// that must outlive the store's lock (a lazy restore's pager) keeps. The file stays
+    /// readable even if GC later removes it. Read it with [`read_located`].
+    pub fn open_chunk(&self, id: &ChunkId) -> Result<(Arc<File>, PathBuf, ChunkLoc)> {
+        let loc = self.index.chunk(id)?.ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "not in the index".into() })?;
+        Ok((self.pack_file(loc.pack)?, self.pack_path(loc.pack), loc))
+    }
+
     /// Where a chunk is stored, if it is.
     pub fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
         self.index.chunk(id)
@@ -387,6 +395,21 @@ impl LocalStore {
         }
         Ok(out)
     }
+}
+
+/// Reads and checks a chunk from a pack handle kept by [`LocalStore::open_chunk`], sparse
+/// chunks left sparse.
+pub fn read_located(id: &ChunkId, file: &File, path: &Path, loc: &ChunkLoc) -> Result<crate::ChunkBytes> {
+    let stored = pack::read_stored(file, path, loc)?;
+    let corrupt = |detail: String| StoreError::Corrupt { what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset), detail };
+    if loc.compression == zap_chunker::Compression::Sparse {
+        let actual = ChunkId::of_sparse(loc.raw_len as usize, &stored);
+        if actual != *id || zap_chunker::sparse_pages(&stored, loc.raw_len as usize).is_none() {
+            return Err(corrupt(format!("sparse content does not match its id (hash {actual}) or is malformed")));
+        }
+        return Ok(crate::ChunkBytes::Sparse { raw_len: loc.raw_len as usize, stored });
+    }
+    decode_chunk(id, loc.compression, loc.raw_len as usize, &stored).map(crate::ChunkBytes::Raw).map_err(|e| corrupt(e.to_string()))
 }
 
 impl ImageStore for LocalStore {
