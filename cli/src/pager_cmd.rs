@@ -3,8 +3,8 @@
 //! The pager must outlive the command, so the command does not restore itself: it starts
 //! `zap __pager ID` (same store; its own session; stderr to `$ZAP_PAGER_LOG` or /dev/null),
 //! which restores the process lazily ([`zap_engine::process::restore_lazy`]), closes the store
-//! (its chunks are read from pack files it keeps open, so other commands can use the store while
-//! pages stream in), writes one JSON line with the restored pid to its stdout, and serves and
+//! once it has opened the packs it needs (so other commands can use the store while pages
+//! stream in), writes one JSON line with the restored pid to its stdout, and serves and
 //! streams pages until all are in, then exits. The command passes that line on and exits. The
 //! restored process's namespace init is the pager's child, created with a death signal: if the
 //! pager dies before every page is in, the process is killed, never left waiting for a page.
@@ -76,9 +76,9 @@ pub fn run(ctx: &Ctx, args: &PagerArgs) -> Result<Output> {
     };
     let id = zap_store::CheckpointId::from_hex(&args.id).ok_or_else(|| CliError::Invalid(format!("{:?} is not a full checkpoint id", args.id)))?;
     let restored = (|| {
-        let store = ctx.open()?;
-        zap_engine::process::restore_lazy(&store, &id).map_err(|e| CliError::Invalid(e.to_string()))
-        // The store closes here: the pager reads from the packs it opened.
+        // The pager thread lets go of the store once it has opened the packs it needs.
+        let store = std::sync::Arc::new(ctx.open()?);
+        zap_engine::process::restore_lazy(store, &id).map_err(|e| CliError::Invalid(e.to_string()))
     })();
     let (r, pager) = match restored {
         Ok(x) => x,

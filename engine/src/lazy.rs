@@ -59,15 +59,18 @@ pub struct ChunkSource {
 impl ChunkSource {
     /// Opens the packs of every chunk `ranges` reference.
     pub fn open(store: &LocalStore, ranges: &[LazyRange]) -> Result<Self> {
-        let mut chunks = HashMap::new();
-        for e in ranges.iter().flat_map(|r| &r.extents) {
-            if let ExtentData::Chunk { id, .. } = e.data {
-                if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(id) {
-                    v.insert(store.open_chunk(&id)?);
-                }
-            }
-        }
-        Ok(ChunkSource { chunks })
+        let mut ids: Vec<ChunkId> = ranges
+            .iter()
+            .flat_map(|r| &r.extents)
+            .filter_map(|e| match e.data {
+                ExtentData::Chunk { id, .. } => Some(id),
+                ExtentData::Zero => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let opened = store.open_chunks(&ids)?;
+        Ok(ChunkSource { chunks: ids.into_iter().zip(opened).collect() })
     }
 
     fn read(&self, id: &ChunkId) -> Result<ChunkBytes> {
@@ -103,16 +106,21 @@ pub struct Pager {
     ranges: Vec<LazyRange>,
     /// Blocks in address order: (range index, start, end).
     blocks: Vec<(usize, u64, u64)>,
+    /// The store, until the packs are open (then dropped: the pager does not keep it).
+    store: Option<Arc<LocalStore>>,
     source: ChunkSource,
     guard: Option<OwnedFd>,
     init_pid: i32,
     report: PagerReport,
+    /// Faults to answer again: the process's layout was changing (a fork event not read yet).
+    retry: Vec<(usize, u64)>,
 }
 
 impl Pager {
     /// A pager for the process whose userfaultfd is `uffd`, restored under the guarded init
-    /// `init_pid` (whose guard pipe's write end is `guard`).
-    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, source: ChunkSource, init_pid: i32, guard: OwnedFd) -> Self {
+    /// `init_pid` (whose guard pipe's write end is `guard`). It opens the packs it needs from
+    /// `store` first (faults wait meanwhile), then lets go of the store.
+    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, store: Arc<LocalStore>, init_pid: i32, guard: OwnedFd) -> Self {
         let mut blocks = Vec::new();
         for (i, r) in ranges.iter().enumerate() {
             let mut b = r.start - r.start % BLOCK;
@@ -126,10 +134,12 @@ impl Pager {
             targets: vec![Target { uffd, served: vec![false; n], cursor: 0 }],
             ranges,
             blocks,
-            source,
+            store: Some(store),
+            source: ChunkSource { chunks: HashMap::new() },
             guard: Some(guard),
             init_pid,
             report: PagerReport { processes: 1, ..Default::default() },
+            retry: Vec::new(),
         }
     }
 
@@ -156,6 +166,9 @@ impl Pager {
     }
 
     fn serve_all(&mut self) -> Result<()> {
+        if let Some(store) = self.store.take() {
+            self.source = ChunkSource::open(&store, &self.ranges)?;
+        }
         while !self.targets.is_empty() {
             // Faults first, then a few blocks of streaming per process.
             let mut t = 0;
@@ -165,6 +178,11 @@ impl Pager {
                     Ok(events) => {
                         for ev in events {
                             self.on_event(t, ev)?;
+                        }
+                        for (rt, addr) in std::mem::take(&mut self.retry) {
+                            if rt < self.targets.len() {
+                                self.on_event(rt, uffd::Event::Fault(addr))?;
+                            }
                         }
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
@@ -201,8 +219,9 @@ impl Pager {
                 self.report.faults += 1;
                 let page = addr & !(PAGE - 1);
                 let idx = self.blocks.partition_point(|&(_, _, end)| end <= page);
-                if idx < self.blocks.len() && self.blocks[idx].1 <= page && !self.targets[t].served[idx] {
-                    self.serve_block(t, idx)?;
+                if idx < self.blocks.len() && self.blocks[idx].1 <= page && !self.targets[t].served[idx] && !self.serve_block(t, idx)? {
+                    self.retry.push((t, addr));
+                    return Ok(());
                 }
                 // Zero pages, holes and memory the process grew since: the zero page. A page
                 // copied in already answers EEXIST: then only wake its waiter.
@@ -210,6 +229,7 @@ impl Pager {
                 match uffd::zeropage(u, page, PAGE) {
                     Ok(true) => {}
                     Ok(false) => uffd::wake(u, page, PAGE).map_err(|source| EngineError::Sys { step: "userfaultfd wake", pid: self.init_pid, source })?,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => self.retry.push((t, addr)),
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                     Err(source) => return Err(EngineError::Sys { step: "userfaultfd zero page", pid: self.init_pid, source }),
                 }
@@ -228,7 +248,8 @@ impl Pager {
     }
 
     /// Copies block `b` into target `t`. `Ok(false)` when the target's memory there is gone
-    /// (unmapped meanwhile: nothing to fill).
+    /// (unmapped meanwhile: nothing to fill), or when its layout is changing (EAGAIN: an event,
+    /// a fork, is to be read first; the block stays to be served).
     fn serve_block(&mut self, t: usize, b: usize) -> Result<bool> {
         let (ri, from, to) = self.blocks[b];
         self.targets[t].served[b] = true;
@@ -251,6 +272,11 @@ impl Pager {
                 let dst = a + (off - cfrom) as u64;
                 match uffd::copy(&self.targets[t].uffd, dst, &piece) {
                     Ok(_) => self.report.bytes += piece.len() as u64,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                        self.targets[t].served[b] = false;
+                        self.report.blocks -= 1;
+                        return Ok(false);
+                    }
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINVAL) | Some(libc::EFAULT)) => return Ok(false),
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
                     Err(source) => return Err(EngineError::Sys { step: "userfaultfd copy", pid: self.init_pid, source }),

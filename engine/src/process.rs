@@ -494,11 +494,13 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
 /// but the pages of its private anonymous memory is in place; a pager thread started here
 /// fills those while it runs ([`crate::lazy`]). The calling thread must live until the
 /// returned handle's [`crate::lazy::PagerHandle::wait`] returns: the restored namespace dies
-/// with it before. The pager reads its chunks from pack files it opened: `store` may be closed
-/// once this returns.
-pub fn restore_lazy(store: &zap_store::LocalStore, id: &CheckpointId) -> Result<(Restored, crate::lazy::PagerHandle)> {
+/// with it before. The pager keeps `store` only until it has opened the packs it needs.
+pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &CheckpointId) -> Result<(Restored, crate::lazy::PagerHandle)> {
+    let store_ref = store.clone();
+    let store = &*store_ref;
     let t0 = Instant::now();
     let manifest = store.manifest(id)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read");
     if manifest.kind != KIND {
         return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process", manifest.kind) });
     }
@@ -521,9 +523,9 @@ pub fn restore_lazy(store: &zap_store::LocalStore, id: &CheckpointId) -> Result<
         let steps = (|| {
             let mut r = ProcRestore::begin(&image, pid, tramp)?;
             let (uffd, ranges) = r.memory_lazy(store, &manifest.images, &mut mem::ShmContext::default())?;
-            let source = crate::lazy::ChunkSource::open(store, &ranges)?;
+            tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
             let guard = guard_write.take().expect("taken once");
-            pager = Some(crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, source, init, guard)));
+            pager = Some(crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store_ref.clone(), init, guard)));
             r.threads(&mut frozen)?;
             let mut ctx = files::RestoreContext::new(std::process::id());
             r.files(&mut ctx)?;

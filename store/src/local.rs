@@ -311,6 +311,17 @@ impl LocalStore {
         Ok((self.pack_file(loc.pack)?, self.pack_path(loc.pack), loc))
     }
 
+    /// [`LocalStore::open_chunk`] for many chunks at once (batched index reads).
+    pub fn open_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(Arc<File>, PathBuf, ChunkLoc)>> {
+        ids.iter()
+            .zip(self.index.chunks_of(ids)?)
+            .map(|(id, loc)| {
+                let loc = loc.ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "not in the index".into() })?;
+                Ok((self.pack_file(loc.pack)?, self.pack_path(loc.pack), loc))
+            })
+            .collect()
+    }
+
     /// Where a chunk is stored, if it is.
     pub fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
         self.index.chunk(id)
