@@ -9,7 +9,7 @@
 //! that into the registers of a thread about to make the same syscall again, as the kernel itself
 //! does when a signal without handler interrupts it; a syscall that would restart through the
 //! kernel's restart block (nanosleep, poll with a timeout) returns EINTR instead after a restore,
-//! since that block does not survive.
+//! since that block does not survive; a poll without a timeout is simply made again.
 use serde::{Deserialize, Serialize};
 
 use crate::inject::Injector;
@@ -41,6 +41,12 @@ pub fn rewind(mut r: Regs, mode: Rewind) -> Regs {
             ERESTART_RESTARTBLOCK => match mode {
                 Rewind::SameProcess => {
                     r.rax = libc::SYS_restart_syscall as u64;
+                    r.rip -= 2;
+                }
+                // poll without a timeout keeps nothing in the restart block that its registers
+                // do not hold: it is made again, as the kernel would.
+                Rewind::Restored if r.orig_rax == libc::SYS_poll as u64 && (r.rdx as i32) < 0 => {
+                    r.rax = r.orig_rax;
                     r.rip -= 2;
                 }
                 Rewind::Restored => r.rax = (-(libc::EINTR as i64)) as u64,

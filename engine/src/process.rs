@@ -52,7 +52,7 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob).
-pub const IMAGE_VERSION: u8 = 3;
+pub const IMAGE_VERSION: u8 = 5;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -335,7 +335,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     };
     let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut writer = store.writer()?;
-    let (images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", None)?;
+    let (mut images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", None)?;
+    images.extend(files::store_contents(&mut image.fds, &mut image.vmas, &mut writer, &opts.chunker, "")?);
     let stored_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
     manifest.parent = opts.parent;
@@ -465,6 +466,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
             r.threads(&mut frozen)?;
             let mut ctx = files::RestoreContext::new(std::process::id());
             r.files(&mut ctx)?;
+            crate::sockets::finish(&mut [(image.vpid, r.injector())], &mut ctx)?;
             r.close_fds(&ctx.keepers(image.vpid))?;
             r.finish()
         })();
@@ -565,6 +567,8 @@ pub struct ProcRestore<'a> {
     /// The extra threads created by [`ProcRestore::threads`]: host tid and an injector driving
     /// it, in the order of `image.threads[1..]`.
     extra: Vec<(i32, Injector)>,
+    /// The image with its deleted files' contents loaded, when it has any.
+    loaded: Option<Box<ProcessImage>>,
 }
 
 impl<'a> ProcRestore<'a> {
@@ -589,7 +593,7 @@ impl<'a> ProcRestore<'a> {
         }
         inj.call("munmap below trampoline", libc::SYS_munmap, [0, tramp, 0, 0, 0, 0])?;
         inj.call("munmap above trampoline", libc::SYS_munmap, [tramp + 4096, TASK_SIZE - tramp - 4096, 0, 0, 0, 0])?;
-        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new() })
+        Ok(ProcRestore { image, pid, tramp, inj, extra: Vec::new(), loaded: None })
     }
 
     /// Host pid of the process.
@@ -610,11 +614,26 @@ impl<'a> ProcRestore<'a> {
     /// Recreates the mappings and writes the saved pages (`images` of the manifest); `shm` shares
     /// shared anonymous memory with processes restored before this one.
     pub fn memory<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image], shm: &mut mem::ShmContext) -> Result<()> {
-        let t = Instant::now();
-        let write = mem::restore_layout(&mut self.inj, self.image.vpid, &self.image.vmas, shm)?;
-        let layout_ms = t.elapsed().as_secs_f64() * 1e3;
-        let bytes = mem::restore_pages(store, &self.inj, &self.image.vmas, &write, images)?;
-        tracing::debug!(pid = self.pid, layout_ms, pages_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms, bytes, "memory restored");
+        // Deleted files' contents come back from the store into a copy of the image.
+        self.load_contents(store, images)?;
+        let image = self.loaded.as_deref().unwrap_or(self.image);
+        let write = mem::restore_layout(&mut self.inj, image.vpid, &image.vmas, shm)?;
+        mem::restore_pages(store, &self.inj, &image.vmas, &write, images)?;
+        Ok(())
+    }
+
+    /// Reads the contents of the image's deleted files back from the store, when it has any,
+    /// into a copy of the image kept for [`ProcRestore::files`].
+    fn load_contents<S: ImageStore>(&mut self, store: &S, images: &[zap_store::Image]) -> Result<()> {
+        let has = |img: &ProcessImage| {
+            img.fds.iter().any(|f| matches!(f.kind, files::FdKind::Deleted { contents: Some(_), .. }))
+                || img.vmas.iter().any(|v| matches!(v.backing, mem::Backing::Deleted { contents: Some(_), .. }))
+        };
+        if self.loaded.is_none() && has(self.image) {
+            let mut copy = self.image.clone();
+            files::load_contents(store, images, &mut copy.fds, &mut copy.vmas)?;
+            self.loaded = Some(Box::new(copy));
+        }
         Ok(())
     }
 
@@ -630,9 +649,11 @@ impl<'a> ProcRestore<'a> {
     ) -> Result<(std::os::fd::OwnedFd, Vec<crate::lazy::LazyRange>)> {
         use crate::sys::{proc as sysproc, uffd};
         let pid = self.pid;
-        let mut write = mem::restore_layout(&mut self.inj, self.image.vpid, &self.image.vmas, shm)?;
+        self.load_contents(store, images)?;
+        let image = self.loaded.as_deref().unwrap_or(self.image);
+        let mut write = mem::restore_layout(&mut self.inj, image.vpid, &image.vmas, shm)?;
         let mut ranges = Vec::new();
-        for (i, v) in self.image.vmas.iter().enumerate() {
+        for (i, v) in image.vmas.iter().enumerate() {
             let Some(name) = v.image.as_ref().filter(|_| write[i] && v.backing == mem::Backing::Anon && !v.shared) else { continue };
             let img = images.iter().find(|im| &im.name == name).ok_or_else(|| EngineError::Proc {
                 pid,
@@ -641,7 +662,7 @@ impl<'a> ProcRestore<'a> {
             write[i] = false;
             ranges.push(crate::lazy::LazyRange { start: v.start, end: v.end, extents: img.extents.clone() });
         }
-        mem::restore_pages(store, &self.inj, &self.image.vmas, &write, images)?;
+        mem::restore_pages(store, &self.inj, &image.vmas, &write, images)?;
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
         let tfd = self.inj.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
         let taken = (|| {
@@ -681,7 +702,8 @@ impl<'a> ProcRestore<'a> {
 
     /// Recreates the fds.
     pub fn files(&mut self, ctx: &mut files::RestoreContext) -> Result<()> {
-        files::restore(&mut self.inj, self.image.vpid, &self.image.fds, ctx)
+        let image = self.loaded.as_deref().unwrap_or(self.image);
+        files::restore(&mut self.inj, image.vpid, &image.fds, ctx)
     }
 
     /// Closes fds of ours left in the process (pipe keepers).
@@ -693,7 +715,7 @@ impl<'a> ProcRestore<'a> {
     /// the trampoline and loads the CPU state of every thread. The process is left stopped, ready
     /// to be detached.
     pub fn finish(self) -> Result<Vec<String>> {
-        let ProcRestore { image, pid, tramp, mut inj, mut extra } = self;
+        let ProcRestore { image, pid, tramp, mut inj, mut extra, .. } = self;
         let thread = image.threads.first().ok_or_else(|| EngineError::Proc { pid: image.vpid, detail: "no threads saved".into() })?;
         if extra.len() + 1 != image.threads.len() {
             return Err(EngineError::Proc {

@@ -1,13 +1,26 @@
-//! File descriptors: regular files (path, flags, offset), directories, character devices and
-//! deleted files ([`regular`]), pipes and FIFOs with the bytes buffered in them ([`pipes`]),
-//! eventfds, timerfds, signalfds, inotify and epoll instances ([`anon`]), sockets
+//! File descriptors: regular files (path, flags, offset), directories, character devices,
+//! `O_PATH` descriptors and deleted files, directories and memfds ([`regular`]), pipes and FIFOs
+//! with the bytes buffered in them ([`pipes`]), eventfds, timerfds, signalfds, inotify and epoll
+//! instances ([`anon`]), pseudo-terminals and controlling terminals ([`tty`]), pidfds, sockets
 //! ([`crate::sockets`]), and standard streams connected outside the process.
 //!
-//! A pipe whose two ends the process holds is restored as one new pipe with both ends and its
-//! data. A standard stream (fd 0-2) that leads outside the process (a terminal, a pipe or socket
-//! to another process) is *external*: restore connects it to the same fd of the `zap restore`
-//! command, as a shell job would be. Any other kind of fd fails the checkpoint with an error that
-//! names the pid, the fd and the kind.
+//! A pipe is restored as one new pipe with its buffered data, its size and both ends where the
+//! group held them; an end no process holds any more (a reader that exited, a write end closed
+//! with data still buffered) stays closed, so the reader sees the data then EOF, or the writer
+//! gets EPIPE, as before. Only a pipe or FIFO whose other end a process *outside* the checkpoint
+//! holds ([`holders`]) is refused; a standard stream (fd 0-2) that leads outside the process (a
+//! terminal, a pipe or socket to another process) is *external*: restore connects it to the same
+//! fd of the `zap restore` command, as a shell job would be. Any other kind of fd fails the
+//! checkpoint with an error that names the pid, the fd and the kind ([`anon`] lists the refused
+//! anonymous-inode kinds).
+//!
+//! ## What every fd carries
+//! Besides its kind, each [`FdState`] keeps the open flags (every status flag: `O_APPEND`,
+//! `O_NONBLOCK`, `O_DIRECT`, `O_NOATIME`, `O_ASYNC`, `O_SYNC`/`O_DSYNC`, and `O_PATH`), the file
+//! locks held through it ([`locks`]: flock, POSIX record locks, OFD locks, leases) and its signal
+//! owner (`F_GETOWN_EX`, `F_GETSIG` on a duplicate). Restore sets the status
+//! flags, retakes the locks and sets the owner once every fd of the process is in place, then
+//! checks with `F_GETFL` that the flags came back as saved: a difference fails the restore.
 //!
 //! ## Shared descriptions
 //! Processes saved together (a pod) share a [`SaveContext`]. An fd that is the same open file
@@ -18,8 +31,14 @@
 //! by the first of them; its other end is parked at a high fd (a *keeper*) until every process of
 //! the group has taken what it needs, then closed ([`RestoreContext::keepers`]).
 mod anon;
+mod holders;
+pub mod locks;
 mod pipes;
 mod regular;
+mod tty;
+
+pub use regular::{load_contents, make_copy, store_contents, FileContents};
+pub use tty::{set_foreground, take_ctty, PtyState};
 
 use std::collections::{HashMap, HashSet};
 
@@ -54,15 +73,35 @@ pub enum FdKind {
         size: i32,
         /// Bytes buffered (recorded on one end only).
         data: Vec<u8>,
+        /// In a packet-mode pipe, the lengths of the packets `data` holds.
+        packets: Vec<u32>,
     },
-    /// A named pipe (FIFO), reopened by path.
+    /// A named pipe (FIFO), reopened by path; one deleted while open is recreated under a
+    /// temporary name in the same directory (or /tmp) and unlinked at once.
     Fifo {
-        /// Path.
+        /// Path (for a deleted FIFO, the path it had).
         path: String,
         /// Its inode (several fds may share one FIFO).
         ino: u64,
         /// Bytes buffered (recorded on the first fd of the FIFO only).
         data: Vec<u8>,
+        /// In packet mode, the lengths of the packets `data` holds.
+        packets: Vec<u32>,
+        /// Buffer size (F_GETPIPE_SZ).
+        size: i32,
+        /// Deleted while open.
+        deleted: bool,
+    },
+    /// A directory deleted while open (it is empty): recreated as a new directory that is
+    /// removed again at once.
+    DeletedDir {
+        /// The path it had.
+        path: String,
+    },
+    /// A pidfd (`pidfd_open`) of a process of the group, reopened on the restored process.
+    Pidfd {
+        /// The process, as the group sees it.
+        vpid: i32,
     },
     /// An eventfd.
     Eventfd {
@@ -78,24 +117,29 @@ pub enum FdKind {
         /// That fd.
         fd: i32,
     },
-    /// A regular file that was deleted while open, or a memfd: its contents (at most
-    /// [`regular::DELETED_FILE_LIMIT`] bytes) are saved. Restore makes an unnamed file (`O_TMPFILE`) with
-    /// them in the same directory (or /tmp when that is gone), or a memfd of the same name with
-    /// the same seals.
+    /// A regular file that was deleted while open, or a memfd: its size and data ranges (at
+    /// most [`regular::DELETED_FILE_LIMIT`] bytes; holes stay holes) are saved once per file.
+    /// Restore makes an unnamed file (`O_TMPFILE`) with them in the same directory (or /tmp when
+    /// that is gone), or a memfd of the same name with the same seals; other fds and mappings of
+    /// the same file share that copy.
     Deleted {
         /// Its path before it was deleted (`/memfd:NAME` for a memfd).
         path: String,
         /// Offset.
         pos: u64,
-        /// Contents.
-        data: Vec<u8>,
+        /// Its contents, unless another fd or a mapping carries them (`reopen`).
+        contents: Option<FileContents>,
+        /// Where the copy made for an earlier fd or a mapping is found: (vpid, path under
+        /// /proc/VPID/: `fd/N` or `map_files/START-END`).
+        reopen: Option<(i32, String)>,
         /// For a memfd: its seals (F_GET_SEALS).
         memfd_seals: Option<u32>,
     },
     /// A socket.
     Socket(crate::sockets::SocketState),
     /// A timerfd: its clock and, as left to run, the time to the next expiration and the
-    /// interval. Expirations not yet read (`ticks`) come back as one immediate expiration.
+    /// interval. Expirations not yet read (`ticks`) come back as the same count
+    /// (`TFD_IOC_SET_TICKS`).
     Timerfd {
         /// CLOCK_* id.
         clockid: i32,
@@ -106,8 +150,8 @@ pub enum FdKind {
         /// Expirations not yet read.
         ticks: u64,
     },
-    /// An inotify instance and its watches: (watch descriptor, path, mask). Events queued at
-    /// checkpoint time are not kept.
+    /// An inotify instance and its watches: (watch descriptor, path, mask). An instance with
+    /// events queued at checkpoint time is refused (they cannot be read without consuming them).
     Inotify {
         /// The watches.
         watches: Vec<(i32, String, u32)>,
@@ -117,12 +161,28 @@ pub enum FdKind {
         /// Signal mask.
         mask: u64,
     },
-    /// An epoll instance and what it watches: (target fd, event mask, user data). The watches
-    /// are added once every fd of the process exists.
+    /// An epoll instance and what it watches. The watches are added once every fd of the
+    /// process exists.
     Epoll {
-        /// The watched fds.
-        watches: Vec<(i32, u32, u64)>,
+        /// The watched files.
+        watches: Vec<anon::EpollWatch>,
     },
+    /// The master of a pseudo-terminal (`/dev/ptmx`), recreated with the same index.
+    PtyMaster {
+        /// Its index.
+        index: u32,
+        /// The pty's state, on the first fd of the pty saved.
+        state: Option<PtyState>,
+    },
+    /// A slave (`/dev/pts/N`) of a pseudo-terminal whose master the group holds.
+    PtySlave {
+        /// Its index.
+        index: u32,
+        /// The pty's state, on the first fd of the pty saved.
+        state: Option<PtyState>,
+    },
+    /// `/dev/tty` of a process whose controlling terminal is one of the group's ptys.
+    DevTty,
     /// A standard stream leading outside the process.
     External {
         /// What it was (`pipe:[123]`, `/dev/pts/0`, `socket:[9]`).
@@ -139,15 +199,38 @@ pub struct FdState {
     pub flags: u32,
     /// Kind.
     pub kind: FdKind,
+    /// Locks held through this fd (see [`locks`] for which fd of a shared description holds
+    /// them).
+    pub locks: Vec<locks::FileLock>,
+    /// Who gets its I/O signals (`F_SETOWN_EX`) and which signal (`F_SETSIG`), when set.
+    pub owner: Option<FdOwner>,
+}
+
+/// The signal owner of an open file description: `F_GETOWN_EX` and `F_GETSIG`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdOwner {
+    /// F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP.
+    pub kind: i32,
+    /// The thread, process or process group, as the process sees it (0: none).
+    pub pid: i32,
+    /// The signal sent (0: SIGIO).
+    pub sig: i32,
+}
+
+/// The fdinfo of fd `fd` of `pid`: its `key: value` lines (the last of a repeated key) and the
+/// whole text (for the repeated `lock:` lines).
+fn fdinfo_full(pid: i32, fd: i32) -> Result<(HashMap<String, String>, String)> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
+    let map = text
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    Ok((map, text))
 }
 
 fn fdinfo(pid: i32, fd: i32) -> Result<HashMap<String, String>> {
-    let path = format!("/proc/{pid}/fdinfo/{fd}");
-    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io("read", path.as_ref(), e))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect())
+    Ok(fdinfo_full(pid, fd)?.0)
 }
 
 /// What the fds saved so far look like, for processes saved together.
@@ -159,8 +242,30 @@ pub struct SaveContext {
     saved: Vec<(i32, i32, i32, String)>,
     /// Pipes and FIFOs whose buffered bytes were recorded already.
     pub(crate) data_taken: HashSet<u64>,
+    /// Pipes with a packet-mode (O_DIRECT) write end.
+    pub(crate) packet_mode: HashSet<u64>,
+    /// Pty masters held by the group: index -> (host pid, fd), found on first need.
+    pub(crate) pty_masters: Option<HashMap<u32, (i32, i32)>>,
+    /// Ptys whose state was recorded already.
+    pub(crate) ptys_saved: HashSet<u32>,
+    /// Deleted files and memfds whose copy an fd saved so far or a mapping of the group makes:
+    /// (device, inode) -> (vpid, path under /proc/VPID/).
+    pub(crate) deleted: HashMap<(u64, u64), (i32, String)>,
     /// Sockets of the group.
     pub sockets: crate::sockets::SocketContext,
+    /// Host pids of the processes saved together (every other process is outside).
+    pub(crate) group: Vec<i32>,
+    /// Pipes and FIFOs held by processes outside the group, found on first need.
+    pub(crate) outside: Option<holders::Outside>,
+    /// Every fd of the group: (host pid, vpid, fd, link target), for finding the fds passed in
+    /// unix socket messages among them.
+    all_fds: Vec<(i32, i32, i32, String)>,
+}
+
+/// The pid process `pid` has in its innermost namespace.
+fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse().ok())
 }
 
 fn socket_ino(target: &str) -> Option<u64> {
@@ -189,14 +294,26 @@ fn fd_flags(info: &HashMap<String, String>) -> u32 {
 impl SaveContext {
     /// A context for the group of (stopped) processes `pids`: pipes between them are allowed.
     pub fn for_group(pids: &[i32]) -> Result<Self> {
-        let mut ctx = SaveContext::default();
+        let mut ctx = SaveContext { group: pids.to_vec(), ..Default::default() };
+        let mut queued = Vec::new();
         for &pid in pids {
+            let vpid = ns_pid(pid).unwrap_or(pid);
+            ctx.sockets.members.insert(pid, vpid);
             for (fd, target) in list_fds(pid)? {
                 if let Some(ino) = socket_ino(&target) {
                     ctx.sockets.holders.entry(ino).or_insert((pid, fd));
+                    // Unix sockets show how many fds wait in their queues.
+                    if fdinfo(pid, fd)?.get("scm_fds").is_some_and(|n| n != "0") {
+                        queued.push((pid, fd));
+                    }
                 }
+                ctx.all_fds.push((pid, vpid, fd, target.clone()));
                 if let Some(ino) = pipes::pipe_ino(&target) {
-                    let write = fd_flags(&fdinfo(pid, fd)?) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+                    let flags = fd_flags(&fdinfo(pid, fd)?);
+                    let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+                    if write && flags & libc::O_DIRECT as u32 != 0 {
+                        ctx.packet_mode.insert(ino);
+                    }
                     let e = ctx.pipe_ends.entry(ino).or_default();
                     if write {
                         e.1 = true;
@@ -205,6 +322,9 @@ impl SaveContext {
                     }
                 }
             }
+        }
+        for (pid, fd) in queued {
+            crate::sockets::prescan_inflight(pid, fd, &mut ctx)?;
         }
         Ok(ctx)
     }
@@ -225,16 +345,23 @@ impl SaveContext {
 
 /// Saves every fd of the stopped process `pid` (which sees itself as `vpid`).
 pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> {
+    if !ctx.group.contains(&pid) {
+        ctx.group.push(pid);
+    }
     let fds = list_fds(pid)?;
+    ctx.sockets.members.entry(pid).or_insert(vpid);
     // Pipes of this process alone count when no group context knows them.
     let mut infos = HashMap::new();
     for (fd, target) in &fds {
-        let info = fdinfo(pid, *fd)?;
+        let (info, text) = fdinfo_full(pid, *fd)?;
         if let Some(ino) = socket_ino(target) {
             ctx.sockets.holders.entry(ino).or_insert((pid, *fd));
         }
         if let Some(ino) = pipes::pipe_ino(target) {
             let write = fd_flags(&info) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+            if write && fd_flags(&info) & libc::O_DIRECT as u32 != 0 {
+                ctx.packet_mode.insert(ino);
+            }
             let e = ctx.pipe_ends.entry(ino).or_default();
             if write {
                 e.1 = true;
@@ -242,23 +369,69 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
                 e.0 = true;
             }
         }
-        infos.insert(*fd, info);
+        infos.insert(*fd, (info, text));
     }
     let pidfd = sysproc::pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
     let mut out = Vec::new();
     for (fd, target) in fds {
-        let info = &infos[&fd];
+        let (info, text) = &infos[&fd];
         let flags = fd_flags(info);
-        if let Some((owner, owner_fd)) = ctx.earlier(pid, fd, &target)? {
-            out.push(FdState { fd, flags, kind: FdKind::Dup { vpid: owner, fd: owner_fd } });
-            ctx.saved.push((pid, vpid, fd, target));
-            continue;
+        let held = locks::parse(pid, fd, &target, text)?;
+        let (kind, locks) = match ctx.earlier(pid, fd, &target)? {
+            // Locks of a description show on every fd of it: flock, OFD locks and leases are kept
+            // with the first fd saved, POSIX locks (owned by a process) with the process's first.
+            Some((owner, owner_fd)) if owner == vpid => (FdKind::Dup { vpid: owner, fd: owner_fd }, Vec::new()),
+            Some((owner, owner_fd)) => (FdKind::Dup { vpid: owner, fd: owner_fd }, held.into_iter().filter(|l| l.kind == locks::LockKind::Posix).collect()),
+            None => (classify(pid, fd, &target, info, flags, &pidfd, ctx)?, held),
+        };
+        if !locks.is_empty() {
+            locks::check_kind(pid, fd, &target, &kind, &locks)?;
         }
-        let kind = classify(pid, fd, &target, info, flags, &pidfd, ctx)?;
-        out.push(FdState { fd, flags, kind });
+        let owner = if matches!(kind, FdKind::Dup { .. }) || flags & libc::O_PATH as u32 != 0 { None } else { owner_of(pid, fd, &pidfd, ctx)? };
+        out.push(FdState { fd, flags, kind, locks, owner });
         ctx.saved.push((pid, vpid, fd, target));
     }
     Ok(out)
+}
+
+const F_SETSIG: u64 = 10;
+const F_SETOWN_EX: u64 = 15;
+
+/// The signal owner and signal of fd `fd` of `pid` (its open file description's), read through a
+/// duplicate of it: `None` when it has none. The owner (a pid or process group as Zap sees it)
+/// must be a process or group of the checkpoint; an owner that has exited since is dropped,
+/// since signals to it reach nobody.
+fn owner_of(pid: i32, fd: i32, pidfd: &std::os::fd::OwnedFd, ctx: &SaveContext) -> Result<Option<FdOwner>> {
+    let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd (signal owner)", pid, source })?;
+    let (kind, host, sig) = sysproc::fd_owner(&dup).map_err(|source| EngineError::Sys { step: "F_GETOWN_EX", pid, source })?;
+    if host == 0 {
+        return Ok((sig != 0).then_some(FdOwner { kind, pid: 0, sig }));
+    }
+    let status = |p: i32| std::fs::read_to_string(format!("/proc/{p}/status")).ok();
+    let field = |text: &str, key: &str, last: bool| {
+        let v = text.lines().find_map(|l| l.strip_prefix(key))?;
+        let mut w = v.split_whitespace();
+        (if last { w.next_back() } else { w.next() })?.parse::<i32>().ok()
+    };
+    const F_OWNER_PGRP: i32 = 2;
+    let group_pgrp = F_OWNER_PGRP;
+    let found = if kind == group_pgrp {
+        ctx.group.iter().find_map(|&p| {
+            let st = status(p)?;
+            (field(&st, "NSpgid:", false) == Some(host)).then(|| field(&st, "NSpgid:", true)).flatten()
+        })
+    } else {
+        // A process or one of its threads (F_OWNER_TID): its id as the group sees it.
+        ctx.group.iter().find_map(|&p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/task/{host}/status")).ok()?;
+            field(&st, "NSpid:", true)
+        })
+    };
+    match found {
+        Some(v) => Ok(Some(FdOwner { kind, pid: v, sig })),
+        None if kind != group_pgrp && status(host).is_none() => Ok(None),
+        None => Err(unsupported(pid, fd, &format!("descriptor whose signal owner ({host}) is outside the checkpoint"), "F_SETOWN")),
+    }
 }
 
 /// The error for an fd of a kind that cannot be saved.
@@ -276,37 +449,125 @@ fn classify(
     pidfd: &std::os::fd::OwnedFd,
     ctx: &mut SaveContext,
 ) -> Result<FdKind> {
-    if let Some(ino) = pipes::pipe_ino(target) {
-        return if ctx.pipe_ends[&ino] == (true, true) {
-            let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
-            pipes::save_pipe(pid, fd, ino, write_end, pidfd, ctx)
-        } else if fd <= 2 {
-            Ok(FdKind::External { what: target.to_string() })
-        } else {
-            Err(unsupported(pid, fd, "pipe to a process outside the checkpoint", target))
+    if flags & libc::O_PATH as u32 != 0 {
+        // An O_PATH descriptor only names a file: any kind is reopened by its path.
+        return match target.strip_suffix(" (deleted)") {
+            Some(_) => Err(unsupported(pid, fd, "O_PATH descriptor of a deleted file", target)),
+            None if target.starts_with('/') => Ok(FdKind::Path { path: target.to_string(), pos: 0 }),
+            None => Err(unsupported(pid, fd, "O_PATH descriptor of an object without a path", target)),
         };
+    }
+    if let Some(ino) = pipes::pipe_ino(target) {
+        if ctx.pipe_ends[&ino] != (true, true) {
+            if let Some(other) = ctx.outside_holder(holders::Key::Pipe(ino)) {
+                return if fd <= 2 {
+                    Ok(FdKind::External { what: target.to_string() })
+                } else {
+                    Err(unsupported(pid, fd, &format!("pipe that process {other} outside the checkpoint holds too"), target))
+                };
+            }
+        }
+        let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+        return pipes::save_pipe(pid, fd, ino, write_end, pidfd, ctx);
     }
     if let Some(ino) = socket_ino(target) {
         let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
-        return match crate::sockets::save(pid, fd, ino, &dup, &mut ctx.sockets) {
+        return match crate::sockets::save(pid, fd, ino, &dup, ctx) {
             Ok(st) => Ok(FdKind::Socket(st)),
             Err(_) if fd <= 2 => Ok(FdKind::External { what: target.to_string() }),
             Err(e) => Err(e),
         };
     }
-    if target.starts_with("/dev/pts/") || target == "/dev/tty" {
+    if let Some(kind) = tty::save(pid, fd, target, info, pidfd, ctx)? {
+        return Ok(kind);
+    }
+    if target.starts_with("/dev/pts/") || target == "/dev/tty" || target == "/dev/ptmx" {
         return if fd <= 2 { Ok(FdKind::External { what: target.to_string() }) } else { Err(unsupported(pid, fd, "terminal", target)) };
     }
-    if let Some(kind) = anon::save(pid, fd, target, info)? {
+    if target == "anon_inode:[pidfd]" {
+        return pidfd_target(pid, fd, info, ctx);
+    }
+    if let Some(kind) = anon::save(pid, fd, target, info, pidfd, ctx)? {
         return Ok(kind);
     }
     if target.starts_with('/') && !target.ends_with(" (deleted)") {
         return regular::save_path(pid, fd, target, info, pidfd, ctx);
     }
     if let Some(path) = target.strip_suffix(" (deleted)").filter(|p| p.starts_with('/')) {
-        return regular::save_deleted(pid, fd, path, info, pidfd);
+        return regular::save_deleted(pid, fd, path, info, pidfd, ctx);
     }
     Err(unsupported(pid, fd, target.split(':').next().unwrap_or("unknown"), target))
+}
+
+/// A pidfd: the process it refers to must be one of the group (it is reopened on the restored
+/// process); a pidfd of an outside or reaped process is refused.
+fn pidfd_target(pid: i32, fd: i32, info: &HashMap<String, String>, ctx: &SaveContext) -> Result<FdKind> {
+    let host: i32 = info.get("Pid").and_then(|v| v.parse().ok()).unwrap_or(-1);
+    if host <= 0 {
+        return Err(unsupported(pid, fd, "pidfd of a process that has been reaped", "anon_inode:[pidfd]"));
+    }
+    // A zombie child of the group is restored as a zombie, and exists while fds are restored.
+    let zombie_child = || {
+        let stat = std::fs::read_to_string(format!("/proc/{host}/stat")).unwrap_or_default();
+        let mut f = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace()).into_iter().flatten();
+        f.next() == Some("Z") && f.next().and_then(|pp| pp.parse().ok()).is_some_and(|pp: i32| ctx.group.contains(&pp))
+    };
+    if !ctx.group.contains(&host) && !zombie_child() {
+        return Err(unsupported(pid, fd, &format!("pidfd of process {host} outside the checkpoint (or not running)"), "anon_inode:[pidfd]"));
+    }
+    let vpid = info
+        .get("NSpid")
+        .and_then(|v| v.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| EngineError::Proc { pid, detail: format!("fd {fd}: pidfd without NSpid in its fdinfo") })?;
+    Ok(FdKind::Pidfd { vpid })
+}
+
+/// Notes fd `fd` of `pid` (a copy of an fd passed in a unix socket message, link target
+/// `target`) as held by the group before it is saved: a pipe end or socket that only a message
+/// holds is then not taken for one held outside the checkpoint.
+pub(crate) fn note_inflight(pid: i32, fd: i32, target: &str, ctx: &mut SaveContext) -> Result<()> {
+    if let Some(ino) = socket_ino(target) {
+        ctx.sockets.holders.entry(ino).or_insert((pid, fd));
+    }
+    if let Some(ino) = pipes::pipe_ino(target) {
+        let write = fd_flags(&fdinfo(pid, fd)?) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+        let e = ctx.pipe_ends.entry(ino).or_default();
+        if write {
+            e.1 = true;
+        } else {
+            e.0 = true;
+        }
+    }
+    Ok(())
+}
+
+/// Describes an fd passed in a unix socket message, whose copy Zap holds as `f` (installed by a
+/// peek): the same open file description as an fd of the group ([`FdKind::Dup`]), or a file
+/// saved like any fd. Its number is Zap's, meaningless on restore.
+pub(crate) fn save_inflight(f: &std::os::fd::OwnedFd, ctx: &mut SaveContext) -> Result<FdState> {
+    use std::os::fd::AsRawFd;
+    let me = std::process::id() as i32;
+    let fd = f.as_raw_fd();
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let info = fdinfo(me, fd)?;
+    let flags = fd_flags(&info);
+    for (p, vpid, pfd, t) in &ctx.all_fds {
+        if *t == target && sysproc::same_file(me, fd, *p, *pfd).unwrap_or(false) {
+            return Ok(FdState { fd: -1, flags, kind: FdKind::Dup { vpid: *vpid, fd: *pfd }, locks: Vec::new(), owner: None });
+        }
+    }
+    note_inflight(me, fd, &target, ctx)?;
+    let pidfd = sysproc::pidfd_open(me).map_err(|source| EngineError::Sys { step: "pidfd_open", pid: me, source })?;
+    let kind = classify(me, fd, &target, &info, flags, &pidfd, ctx)?;
+    // Locks held through the passed description would have no fd of the group to come back by.
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+    if let Some(l) = locks::parse(me, fd, &target, &text)?.first() {
+        let what = format!("file passed in a unix socket message that holds a {:?} lock", l.kind);
+        return Err(EngineError::Proc { pid: me, detail: format!("in-flight fd: unsupported kind {what} ({target})") });
+    }
+    let owner = if flags & libc::O_PATH as u32 != 0 { None } else { owner_of(me, fd, &pidfd, ctx)? };
+    Ok(FdState { fd: -1, flags, kind, locks: Vec::new(), owner })
 }
 
 /// Places fd `tmp` at number `fd` with the saved descriptor flags.
@@ -315,8 +576,9 @@ fn place(inj: &mut Injector, tmp: u64, st: &FdState) -> Result<()> {
     if tmp != st.fd as u64 {
         inj.call("dup3", libc::SYS_dup3, [tmp, st.fd as u64, if cloexec { libc::O_CLOEXEC as u64 } else { 0 }, 0, 0, 0])?;
         inj.call("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
-    } else if !cloexec {
-        inj.call("fcntl(F_SETFD)", libc::SYS_fcntl, [tmp, libc::F_SETFD as u64, 0, 0, 0, 0])?;
+    } else {
+        let fd_flags = if cloexec { libc::FD_CLOEXEC as u64 } else { 0 };
+        inj.call("fcntl(F_SETFD)", libc::SYS_fcntl, [tmp, libc::F_SETFD as u64, fd_flags, 0, 0, 0])?;
     }
     Ok(())
 }
@@ -332,13 +594,32 @@ pub struct RestoreContext {
     pub sockets: crate::sockets::SocketRestore,
     /// Path prefixes to rewrite when reopening files: (saved prefix, prefix to open instead).
     pub path_map: Vec<(String, String)>,
+    /// Processes whose fds are all in place.
+    pub(crate) done: HashSet<i32>,
+    /// Epoll watches waiting for the process that holds their file.
+    pub(crate) pending_epoll: Vec<anon::PendingWatch>,
+    /// Ptys recreated: index -> (vpid, master keeper fd).
+    pub(crate) ptys: HashMap<u32, (i32, u64)>,
+    /// Session leaders that took their controlling terminal back: vpid -> (slave keeper fd,
+    /// foreground process group to give it).
+    pub(crate) cttys: HashMap<i32, (u64, i32)>,
 }
 
 impl RestoreContext {
     /// A context for a restore run by the process `zap_pid` (external standard streams are
     /// reopened through its /proc fds).
     pub fn new(zap_pid: u32) -> Self {
-        RestoreContext { zap_pid, pipes: HashMap::new(), fifos: HashMap::new(), sockets: Default::default(), path_map: Vec::new() }
+        RestoreContext {
+            zap_pid,
+            pipes: HashMap::new(),
+            fifos: HashMap::new(),
+            sockets: Default::default(),
+            path_map: Vec::new(),
+            done: HashSet::new(),
+            pending_epoll: Vec::new(),
+            ptys: HashMap::new(),
+            cttys: HashMap::new(),
+        }
     }
 
     pub(crate) fn rewrite(&self, path: &str) -> String {
@@ -354,7 +635,8 @@ impl RestoreContext {
     pub fn keepers(&self, vpid: i32) -> Vec<u64> {
         let mut v: Vec<u64> = self.pipes.values().filter(|p| p.0 == vpid).flat_map(|p| [p.1, p.2]).collect();
         v.extend(self.fifos.values().filter(|f| f.0 == vpid).map(|f| f.1));
-        v.extend(self.sockets.parked.values().filter(|s| s.0 == vpid).map(|s| s.1));
+        v.extend(self.sockets.keepers(vpid));
+        v.extend(self.ptys.values().filter(|p| p.0 == vpid).map(|p| p.1));
         v
     }
 }
@@ -379,7 +661,7 @@ pub(crate) fn park(inj: &mut Injector, fd: u64) -> Result<u64> {
 
 /// Opens `path` in the process `inj` drives with the saved open flags (those that create or
 /// truncate left out), for reopening a saved fd.
-pub(crate) fn open_path(inj: &mut Injector, path: &str, flags: u32) -> Result<u64> {
+pub fn open_path(inj: &mut Injector, path: &str, flags: u32) -> Result<u64> {
     let scratch = inj.put_cstr(path.as_bytes())?;
     let flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC) as u32);
     inj.call("open", libc::SYS_open, [scratch, u64::from(flags), 0, 0, 0, 0])
@@ -393,17 +675,28 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
     if let Some(fd) = anon::restore(inj, vpid, st)? {
         return Ok(fd);
     }
+    if let Some(fd) = tty::restore(inj, vpid, st, ctx)? {
+        return Ok(fd);
+    }
     Ok(match &st.kind {
         FdKind::Path { path, pos } => {
             let fd = open_path(inj, &ctx.rewrite(path), st.flags)?;
-            inj.call("lseek", libc::SYS_lseek, [fd, *pos, libc::SEEK_SET as u64, 0, 0, 0])?;
+            if st.flags & libc::O_PATH as u32 == 0 {
+                inj.call("lseek", libc::SYS_lseek, [fd, *pos, libc::SEEK_SET as u64, 0, 0, 0])?;
+            }
             fd
         }
         FdKind::CharDev { path } => open_path(inj, path, st.flags)?,
-        FdKind::Deleted { path, pos, data, memfd_seals } => regular::restore_deleted(inj, vpid, st, (path, *pos, data, *memfd_seals))?,
+        FdKind::Deleted { .. } => regular::restore_deleted(inj, vpid, st)?,
+        FdKind::DeletedDir { path } => regular::restore_deleted_dir(inj, vpid, st, &ctx.rewrite(path))?,
+        FdKind::Pidfd { vpid: target } => {
+            let flags = u64::from(st.flags & (libc::O_NONBLOCK | libc::O_EXCL) as u32);
+            inj.call("pidfd_open", libc::SYS_pidfd_open, [*target as u64, flags, 0, 0, 0, 0])
+                .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: pidfd of process {target}: {e}", st.fd) })?
+        }
         FdKind::Dup { vpid: owner, fd } => take_fd(inj, vpid, *owner, *fd as u64)
             .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: take shared fd {fd} of pid {owner}: {e}", st.fd) })?,
-        FdKind::Fifo { path, ino, data } => pipes::restore_fifo(inj, vpid, st, path, *ino, data, ctx)?,
+        FdKind::Fifo { .. } => pipes::restore_fifo(inj, vpid, st, ctx)?,
         FdKind::Socket(sock) => {
             let fd = crate::sockets::restore(inj, vpid, sock, &mut ctx.sockets, &mut |inj, owner, fd| take_fd(inj, vpid, owner, fd))?;
             let status = st.flags & (libc::O_NONBLOCK as u32);
@@ -411,10 +704,11 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
             fd
         }
         FdKind::External { .. } => open_path(inj, &format!("/proc/{}/fd/{}", ctx.zap_pid, st.fd), st.flags)?,
-        FdKind::Pipe { ino, write_end, size, data } => pipes::restore_pipe(inj, vpid, st, (*ino, *write_end, *size, data), ctx)?,
+        FdKind::Pipe { ino, write_end, size, data, packets } => pipes::restore_pipe(inj, vpid, (*ino, *write_end, *size, data, packets), ctx)?,
         FdKind::Epoll { .. } | FdKind::Timerfd { .. } | FdKind::Inotify { .. } | FdKind::Signalfd { .. } | FdKind::Eventfd { .. } => {
             unreachable!("restored by files::anon")
         }
+        FdKind::PtyMaster { .. } | FdKind::PtySlave { .. } | FdKind::DevTty => unreachable!("restored by files::tty"),
     })
 }
 
@@ -426,7 +720,81 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
         let tmp = open_one(inj, vpid, st, ctx)?;
         place(inj, tmp, st)?;
     }
-    anon::add_epoll_watches(inj, vpid, fds)
+    anon::add_epoll_watches(inj, vpid, fds, ctx)?;
+    ctx.done.insert(vpid);
+    anon::add_pending_epoll_watches(inj, vpid, ctx)?;
+    // Last, since closing any fd of a file drops the process's POSIX locks on it: status flags,
+    // locks, then the signal owner (a lease sets the owner to its taker).
+    for st in fds {
+        set_status(inj, vpid, st)?;
+        if !st.locks.is_empty() {
+            let path = match &st.kind {
+                FdKind::Path { path, .. } | FdKind::Deleted { path, .. } | FdKind::CharDev { path } | FdKind::DeletedDir { path } => path.clone(),
+                other => format!("{other:?}").chars().take(60).collect(),
+            };
+            locks::restore(inj, vpid, st.fd, &path, &st.locks)?;
+        }
+        if let Some(o) = st.owner {
+            let scratch = inj.scratch(4096)?;
+            let mut raw = o.kind.to_ne_bytes().to_vec();
+            raw.extend_from_slice(&o.pid.to_ne_bytes());
+            inj.write_mem(scratch, &raw)?;
+            let fd = st.fd as u64;
+            inj.call("fcntl(F_SETOWN_EX)", libc::SYS_fcntl, [fd, F_SETOWN_EX, scratch, 0, 0, 0])
+                .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {fd}: set its signal owner to {:?}: {e}", o) })?;
+            inj.call("fcntl(F_SETSIG)", libc::SYS_fcntl, [fd, F_SETSIG, o.sig as u64, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
+/// Status flags `F_SETFL` can change.
+const SETFL_MASK: u32 = (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC) as u32;
+/// Flags checked after a restore: the access mode and every status flag.
+const CHECKED: u32 = SETFL_MASK | (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_PATH) as u32;
+
+/// Sets the status flags of the restored fd `st` as saved, then checks that its flags are the
+/// saved ones (access mode, O_SYNC/O_DSYNC, O_PATH included): a difference fails the restore.
+fn set_status(inj: &mut Injector, vpid: i32, st: &FdState) -> Result<()> {
+    let fd = st.fd as u64;
+    if st.flags & libc::O_PATH as u32 == 0 {
+        inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, u64::from(st.flags & SETFL_MASK), 0, 0, 0])
+            .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {fd}: set status flags {:#o}: {e}", st.flags & SETFL_MASK) })?;
+    }
+    let got = inj.call("fcntl(F_GETFL)", libc::SYS_fcntl, [fd, libc::F_GETFL as u64, 0, 0, 0, 0])? as u32;
+    if got & CHECKED != st.flags & CHECKED {
+        return Err(EngineError::Proc {
+            pid: vpid,
+            detail: format!("fd {fd}: came back with flags {:#o}, not {:#o} as saved ({:?})", got & CHECKED, st.flags & CHECKED, st.kind_name()),
+        });
+    }
+    Ok(())
+}
+
+impl FdState {
+    /// The kind's name, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.kind {
+            FdKind::Path { .. } => "file",
+            FdKind::CharDev { .. } => "device",
+            FdKind::Pipe { .. } => "pipe",
+            FdKind::Fifo { .. } => "fifo",
+            FdKind::DeletedDir { .. } => "deleted directory",
+            FdKind::Pidfd { .. } => "pidfd",
+            FdKind::Eventfd { .. } => "eventfd",
+            FdKind::Dup { .. } => "shared description",
+            FdKind::Deleted { .. } => "deleted file",
+            FdKind::Socket(_) => "socket",
+            FdKind::Timerfd { .. } => "timerfd",
+            FdKind::Inotify { .. } => "inotify",
+            FdKind::Signalfd { .. } => "signalfd",
+            FdKind::Epoll { .. } => "epoll",
+            FdKind::External { .. } => "external stream",
+            FdKind::PtyMaster { .. } => "pty master",
+            FdKind::PtySlave { .. } => "pty slave",
+            FdKind::DevTty => "/dev/tty",
+        }
+    }
 }
 
 /// Closes fds `fds` in the process `inj` drives (the keepers of [`RestoreContext::keepers`]).

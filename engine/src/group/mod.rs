@@ -127,6 +127,7 @@ pub fn store_memory<W: zap_store::ChunkSink>(
         let (mut imgs, fig) = crate::mem::store_pages(copy, &mut img.vmas, sink, cfg, &GroupImage::prefix(vpid), parent)?;
         new_bytes += fig.new_bytes;
         images.append(&mut imgs);
+        images.append(&mut crate::files::store_contents(&mut img.fds, &mut img.vmas, sink, cfg, &GroupImage::prefix(vpid))?);
     }
     Ok((images, new_bytes))
 }

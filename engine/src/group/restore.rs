@@ -186,6 +186,9 @@ fn build<S: ImageStore>(
                 let mut r = ProcRestore::begin(img, pid, tramp)?;
                 if m.sid == m.vpid {
                     r.injector().call("setsid", libc::SYS_setsid, [0; 6])?;
+                    // Its controlling terminal, before its children, so that they inherit it.
+                    let all = image.members.iter().filter_map(|m| m.image()).flat_map(|i| i.fds.iter());
+                    crate::files::take_ctty(r.injector(), m.vpid, all, &mut fctx)?;
                 }
                 for &k in &kids {
                     clone_child(&mut r, k)?;
@@ -220,6 +223,11 @@ fn build<S: ImageStore>(
     for r in &mut live {
         r.files(&mut fctx)?;
     }
+    {
+        // Messages queued on unix sockets, once every fd they may carry exists.
+        let mut procs: Vec<(i32, &mut Injector)> = live.iter_mut().map(|r| (r.image().vpid, r.injector())).collect();
+        crate::sockets::finish(&mut procs, &mut fctx)?;
+    }
     for r in &mut live {
         let keep = fctx.keepers(r.image().vpid);
         r.close_fds(&keep)?;
@@ -237,6 +245,11 @@ fn build<S: ImageStore>(
                 warnings.push(format!("pid {}: could not join process group {}: {e}", m.vpid, m.pgid));
             }
         }
+    }
+    // Terminals get their foreground process groups back.
+    for r in &mut live {
+        let vpid = r.image().vpid;
+        crate::files::set_foreground(r.injector(), vpid, &mut fctx)?;
     }
     // 6. Every live member's attributes, credentials and CPU state.
     let mut pids: Vec<(i32, i32)> = image.members.iter().map(|m| (m.vpid, host[&m.vpid])).collect();

@@ -3,7 +3,7 @@
 //! connected).
 use std::os::fd::OwnedFd;
 
-use super::opts::{opts_of, set_opts};
+use super::opts::set_opts;
 use super::{bind, port_of, put, SocketContext, SocketRestore, SocketState, SOMAXCONN, TCP_CLOSE, TCP_LISTEN};
 use crate::inject::Injector;
 use crate::sys::sock;
@@ -17,7 +17,7 @@ pub(super) fn save(pid: i32, fd: i32, family: i32, sock_type: i32, dup: &OwnedFd
     let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
     let bound = (port_of(&addr) != 0).then(|| addr.clone());
     if sock_type == libc::SOCK_STREAM {
-        let opts = opts_of(dup, family, true);
+        let opts = Box::new(super::options(pid, fd, dup, family, sock_type, true, ctx)?);
         match sock::tcp_state(dup).map_err(sys("TCP_INFO"))? {
             TCP_LISTEN => Ok(SocketState::TcpListen { family, addr, opts }),
             TCP_CLOSE => Ok(SocketState::TcpFresh { family, addr: bound, opts }),
@@ -28,7 +28,8 @@ pub(super) fn save(pid: i32, fd: i32, family: i32, sock_type: i32, dup: &OwnedFd
         }
     } else if sock_type == libc::SOCK_DGRAM {
         let peer = sock::sockaddr(dup, true).ok();
-        Ok(SocketState::Udp { family, addr: bound, peer, opts: opts_of(dup, family, false) })
+        let opts = Box::new(super::options(pid, fd, dup, family, sock_type, false, ctx)?);
+        Ok(SocketState::Udp { family, addr: bound, peer, opts })
     } else {
         Err(unsupported(format!("inet socket of type {sock_type}")))
     }

@@ -1,4 +1,30 @@
-//! Socket options saved with every socket and set again on restore.
+//! Socket options saved with every socket (unix, inet, raw, packet, netlink) and set again on
+//! restore.
+//!
+//! Saving reads the options on Zap's duplicate of the socket (`pidfd_getfd`). Integer options
+//! (the tables below, per level) are compared with a fresh socket of the same family, type and
+//! protocol made in the pod's network namespace, and only those that differ are recorded, so a
+//! restored socket keeps the kernel's defaults (and the sysctls they follow) wherever the program
+//! kept them. Buffer sizes are recorded when the program set them (the kernel's `SO_BUF_LOCK`
+//! bits say so; an unlocked TCP buffer is the kernel's autotuning, left to it); getsockopt
+//! answers twice what was asked, so restore asks for half, with `SO_SNDBUFFORCE`/`SO_RCVBUFFORCE`
+//! so that values above `wmem_max`/`rmem_max` come back too. The rest are read one by one:
+//! linger, timeouts, timestamps (the variant: old or new format, micro- or nanoseconds,
+//! `SO_TIMESTAMPING` flags and PHC), the bound device (by name), classic BPF filters
+//! (`SO_GET_FILTER`) and their lock, `SO_TXTIME`, IP options, the IPv4 multicast interface
+//! address, interface indexes (`IP_UNICAST_IF`, `IPV6_UNICAST_IF`, `IPV6_MULTICAST_IF`, saved by
+//! interface name), and multicast memberships: every group of the namespace's
+//! `/proc/net/igmp` and `/proc/net/igmp6` is asked of the socket with `MCAST_MSFILTER`, which
+//! answers the socket's own membership with its source filter.
+//!
+//! Refused: an eBPF socket filter (`SO_ATTACH_BPF`: the kernel cannot give it back). Not
+//! seen (the kernel shows them nowhere): reuseport BPF programs, and an IPv4 multicast interface
+//! chosen by index alone (`IP_MULTICAST_IF` with an `ip_mreqn` whose address is 0).
+//!
+//! Restore sets everything by injecting `setsockopt` into the process, before the socket is bound
+//! or connected; interface names are turned into the new namespace's indexes with an injected
+//! `SIOCGIFINDEX`.
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
@@ -6,49 +32,526 @@ use serde::{Deserialize, Serialize};
 use super::put;
 use crate::inject::Injector;
 use crate::sys::sock;
-use crate::Result;
+use crate::{EngineError, Result};
 
-/// Socket options that matter to a server.
+const SOL_SOCKET: i32 = libc::SOL_SOCKET;
+const SOL_IP: i32 = libc::IPPROTO_IP;
+const SOL_IPV6: i32 = libc::IPPROTO_IPV6;
+const SOL_PACKET: i32 = 263;
+const SOL_NETLINK: i32 = 270;
+
+// SOL_SOCKET option numbers (x86-64).
+const SO_SNDBUF: i32 = 7;
+const SO_RCVBUF: i32 = 8;
+const SO_LINGER: i32 = 13;
+const SO_RCVTIMEO: i32 = 20;
+const SO_SNDTIMEO: i32 = 21;
+const SO_BINDTODEVICE: i32 = 25;
+const SO_ATTACH_FILTER: i32 = 26;
+const SO_TIMESTAMP_OLD: i32 = 29;
+const SO_SNDBUFFORCE: i32 = 32;
+const SO_RCVBUFFORCE: i32 = 33;
+const SO_TIMESTAMPNS_OLD: i32 = 35;
+const SO_TIMESTAMPING_OLD: i32 = 37;
+const SO_LOCK_FILTER: i32 = 44;
+const SO_TXTIME: i32 = 61;
+const SO_TIMESTAMP_NEW: i32 = 63;
+const SO_TIMESTAMPNS_NEW: i32 = 64;
+const SO_TIMESTAMPING_NEW: i32 = 65;
+const SO_BUF_LOCK: i32 = 72;
+const SOF_TIMESTAMPING_BIND_PHC: u32 = 1 << 15;
+const IP_OPTIONS: i32 = 4;
+const IP_MULTICAST_IF: i32 = 32;
+const IP_UNICAST_IF: i32 = 50;
+const IPV6_MULTICAST_IF: i32 = 17;
+const IPV6_UNICAST_IF: i32 = 76;
+const MCAST_JOIN_GROUP: i32 = 42;
+const MCAST_MSFILTER: i32 = 48;
+const MCAST_EXCLUDE: u32 = 0;
+const SIOCGIFINDEX: u64 = 0x8933;
+const SIOCGIFNAME: libc::c_ulong = 0x8910;
+
+/// Integer options saved when they differ from a fresh socket's: (level, option, name).
+const SOCKET_INTS: &[(i32, i32, &str)] = &[
+    (SOL_SOCKET, 1, "SO_DEBUG"),
+    (SOL_SOCKET, 2, "SO_REUSEADDR"),
+    (SOL_SOCKET, 5, "SO_DONTROUTE"),
+    (SOL_SOCKET, 6, "SO_BROADCAST"),
+    (SOL_SOCKET, 9, "SO_KEEPALIVE"),
+    (SOL_SOCKET, 10, "SO_OOBINLINE"),
+    (SOL_SOCKET, 11, "SO_NO_CHECK"),
+    (SOL_SOCKET, 12, "SO_PRIORITY"),
+    (SOL_SOCKET, 15, "SO_REUSEPORT"),
+    (SOL_SOCKET, 16, "SO_PASSCRED"),
+    (SOL_SOCKET, 18, "SO_RCVLOWAT"),
+    (SOL_SOCKET, 34, "SO_PASSSEC"),
+    (SOL_SOCKET, 36, "SO_MARK"),
+    (SOL_SOCKET, 40, "SO_RXQ_OVFL"),
+    (SOL_SOCKET, 41, "SO_WIFI_STATUS"),
+    (SOL_SOCKET, 42, "SO_PEEK_OFF"),
+    (SOL_SOCKET, 43, "SO_NOFCS"),
+    (SOL_SOCKET, 45, "SO_SELECT_ERR_QUEUE"),
+    (SOL_SOCKET, 46, "SO_BUSY_POLL"),
+    (SOL_SOCKET, 47, "SO_MAX_PACING_RATE"),
+    (SOL_SOCKET, 49, "SO_INCOMING_CPU"),
+    (SOL_SOCKET, 60, "SO_ZEROCOPY"),
+    (SOL_SOCKET, 69, "SO_PREFER_BUSY_POLL"),
+    (SOL_SOCKET, 70, "SO_BUSY_POLL_BUDGET"),
+    (SOL_SOCKET, 73, "SO_RESERVE_MEM"),
+    (SOL_SOCKET, 74, "SO_TXREHASH"),
+    (SOL_SOCKET, 75, "SO_RCVMARK"),
+    (SOL_SOCKET, 76, "SO_PASSPIDFD"),
+    (SOL_SOCKET, 82, "SO_RCVPRIORITY"),
+    (SOL_SOCKET, 83, "SO_PASSRIGHTS"),
+    (SOL_SOCKET, 84, "SO_INQ"),
+];
+const IP_INTS: &[(i32, i32, &str)] = &[
+    (SOL_IP, 1, "IP_TOS"),
+    (SOL_IP, 2, "IP_TTL"),
+    (SOL_IP, 3, "IP_HDRINCL"),
+    (SOL_IP, 5, "IP_ROUTER_ALERT"),
+    (SOL_IP, 6, "IP_RECVOPTS"),
+    (SOL_IP, 7, "IP_RETOPTS"),
+    (SOL_IP, 8, "IP_PKTINFO"),
+    (SOL_IP, 10, "IP_MTU_DISCOVER"),
+    (SOL_IP, 11, "IP_RECVERR"),
+    (SOL_IP, 12, "IP_RECVTTL"),
+    (SOL_IP, 13, "IP_RECVTOS"),
+    (SOL_IP, 15, "IP_FREEBIND"),
+    (SOL_IP, 18, "IP_PASSSEC"),
+    (SOL_IP, 19, "IP_TRANSPARENT"),
+    (SOL_IP, 20, "IP_RECVORIGDSTADDR"),
+    (SOL_IP, 21, "IP_MINTTL"),
+    (SOL_IP, 22, "IP_NODEFRAG"),
+    (SOL_IP, 23, "IP_CHECKSUM"),
+    (SOL_IP, 24, "IP_BIND_ADDRESS_NO_PORT"),
+    (SOL_IP, 25, "IP_RECVFRAGSIZE"),
+    (SOL_IP, 26, "IP_RECVERR_RFC4884"),
+    (SOL_IP, 33, "IP_MULTICAST_TTL"),
+    (SOL_IP, 34, "IP_MULTICAST_LOOP"),
+    (SOL_IP, 49, "IP_MULTICAST_ALL"),
+    (SOL_IP, 51, "IP_LOCAL_PORT_RANGE"),
+];
+const IPV6_INTS: &[(i32, i32, &str)] = &[
+    (SOL_IPV6, 26, "IPV6_V6ONLY"),
+    (SOL_IPV6, 7, "IPV6_CHECKSUM"),
+    (SOL_IPV6, 16, "IPV6_UNICAST_HOPS"),
+    (SOL_IPV6, 18, "IPV6_MULTICAST_HOPS"),
+    (SOL_IPV6, 19, "IPV6_MULTICAST_LOOP"),
+    (SOL_IPV6, 22, "IPV6_ROUTER_ALERT"),
+    (SOL_IPV6, 23, "IPV6_MTU_DISCOVER"),
+    (SOL_IPV6, 25, "IPV6_RECVERR"),
+    (SOL_IPV6, 29, "IPV6_MULTICAST_ALL"),
+    (SOL_IPV6, 30, "IPV6_ROUTER_ALERT_ISOLATE"),
+    (SOL_IPV6, 31, "IPV6_RECVERR_RFC4884"),
+    (SOL_IPV6, 33, "IPV6_FLOWINFO_SEND"),
+    (SOL_IPV6, 36, "IPV6_HDRINCL"),
+    (SOL_IPV6, 49, "IPV6_RECVPKTINFO"),
+    (SOL_IPV6, 51, "IPV6_RECVHOPLIMIT"),
+    (SOL_IPV6, 53, "IPV6_RECVHOPOPTS"),
+    (SOL_IPV6, 56, "IPV6_RECVRTHDR"),
+    (SOL_IPV6, 58, "IPV6_RECVDSTOPTS"),
+    (SOL_IPV6, 60, "IPV6_RECVPATHMTU"),
+    (SOL_IPV6, 62, "IPV6_DONTFRAG"),
+    (SOL_IPV6, 66, "IPV6_RECVTCLASS"),
+    (SOL_IPV6, 67, "IPV6_TCLASS"),
+    (SOL_IPV6, 70, "IPV6_AUTOFLOWLABEL"),
+    (SOL_IPV6, 72, "IPV6_ADDR_PREFERENCES"),
+    (SOL_IPV6, 73, "IPV6_MINHOPCOUNT"),
+    (SOL_IPV6, 74, "IPV6_RECVORIGDSTADDR"),
+    (SOL_IPV6, 75, "IPV6_TRANSPARENT"),
+    (SOL_IPV6, 77, "IPV6_RECVFRAGSIZE"),
+    (SOL_IPV6, 78, "IPV6_FREEBIND"),
+];
+const PACKET_INTS: &[(i32, i32, &str)] = &[
+    (SOL_PACKET, 8, "PACKET_AUXDATA"),
+    (SOL_PACKET, 9, "PACKET_ORIGDEV"),
+    (SOL_PACKET, 10, "PACKET_VERSION"),
+    (SOL_PACKET, 12, "PACKET_RESERVE"),
+    (SOL_PACKET, 14, "PACKET_LOSS"),
+    (SOL_PACKET, 15, "PACKET_VNET_HDR"),
+    (SOL_PACKET, 17, "PACKET_TIMESTAMP"),
+    (SOL_PACKET, 20, "PACKET_QDISC_BYPASS"),
+    (SOL_PACKET, 23, "PACKET_IGNORE_OUTGOING"),
+];
+const NETLINK_INTS: &[(i32, i32, &str)] = &[
+    (SOL_NETLINK, 3, "NETLINK_PKTINFO"),
+    (SOL_NETLINK, 4, "NETLINK_BROADCAST_ERROR"),
+    (SOL_NETLINK, 5, "NETLINK_NO_ENOBUFS"),
+    (SOL_NETLINK, 8, "NETLINK_LISTEN_ALL_NSID"),
+    (SOL_NETLINK, 10, "NETLINK_CAP_ACK"),
+    (SOL_NETLINK, 11, "NETLINK_EXT_ACK"),
+    (SOL_NETLINK, 12, "NETLINK_GET_STRICT_CHK"),
+];
+
+/// The integer options that apply to sockets of `family`.
+fn int_table(family: i32) -> impl Iterator<Item = &'static (i32, i32, &'static str)> {
+    let extra: &[(i32, i32, &str)] = match family {
+        libc::AF_INET => IP_INTS,
+        libc::AF_INET6 => IPV6_INTS,
+        libc::AF_PACKET => PACKET_INTS,
+        libc::AF_NETLINK => NETLINK_INTS,
+        _ => &[],
+    };
+    SOCKET_INTS.iter().chain(extra)
+}
+
+/// The name of an option, for errors.
+fn opt_name(level: i32, name: i32) -> String {
+    SOCKET_INTS
+        .iter()
+        .chain(IP_INTS)
+        .chain(IPV6_INTS)
+        .chain(PACKET_INTS)
+        .chain(NETLINK_INTS)
+        .find(|o| o.0 == level && o.1 == name)
+        .map(|o| o.2.to_string())
+        .unwrap_or_else(|| format!("option {name} of level {level}"))
+}
+
+/// One multicast group a socket joined, with its source filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// IPPROTO_IP or IPPROTO_IPV6.
+    pub level: i32,
+    /// The interface, by name.
+    pub ifname: String,
+    /// The group (raw sockaddr_in or sockaddr_in6).
+    pub group: Vec<u8>,
+    /// MCAST_INCLUDE or MCAST_EXCLUDE.
+    pub mode: u32,
+    /// The sources included or excluded (raw sockaddrs).
+    pub sources: Vec<Vec<u8>>,
+}
+
+/// Socket options: those the program changed from the kernel's defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SockOpts {
-    /// SO_REUSEADDR.
-    pub reuseaddr: bool,
-    /// SO_REUSEPORT.
-    pub reuseport: bool,
-    /// SO_KEEPALIVE.
-    pub keepalive: bool,
     /// TCP_NODELAY.
     pub nodelay: bool,
-    /// IPV6_V6ONLY (IPv6 sockets only).
-    pub v6only: bool,
+    /// Integer options that differ from a fresh socket's: (level, option, value).
+    pub ints: Vec<(i32, i32, i32)>,
+    /// SO_SNDBUF as getsockopt reported it, when the program set it (locked).
+    pub sndbuf: Option<i32>,
+    /// SO_RCVBUF likewise.
+    pub rcvbuf: Option<i32>,
+    /// SO_BUF_LOCK bits (1 send, 2 receive).
+    pub buf_lock: i32,
+    /// SO_LINGER (onoff, seconds), when on.
+    pub linger: Option<(i32, i32)>,
+    /// SO_RCVTIMEO (seconds, microseconds), when set.
+    pub rcvtimeo: Option<(i64, i64)>,
+    /// SO_SNDTIMEO likewise.
+    pub sndtimeo: Option<(i64, i64)>,
+    /// The one of SO_TIMESTAMP{,NS}_{OLD,NEW} that is on.
+    pub timestamp: Option<i32>,
+    /// SO_TIMESTAMPING: flags, bound PHC index, new (64-bit time) variant.
+    pub timestamping: Option<(u32, i32, bool)>,
+    /// SO_BINDTODEVICE interface name.
+    pub device: Option<String>,
+    /// Classic BPF filter (struct sock_filter array).
+    pub filter: Option<Vec<u8>>,
+    /// SO_LOCK_FILTER.
+    pub lock_filter: bool,
+    /// SO_TXTIME (struct sock_txtime).
+    pub txtime: Option<Vec<u8>>,
+    /// IP_OPTIONS bytes.
+    pub ip_options: Option<Vec<u8>>,
+    /// IP_MULTICAST_IF address.
+    pub multicast_if: Option<[u8; 4]>,
+    /// Options holding an interface index, saved by interface name: (level, option, name).
+    pub ifindex_opts: Vec<(i32, i32, String)>,
+    /// Multicast memberships.
+    pub memberships: Vec<Membership>,
 }
 
-/// Reads the options of the socket `fd` (a duplicate in Zap) of `family`; TCP-level ones when `tcp`.
-pub(super) fn opts_of(fd: &OwnedFd, family: i32, tcp: bool) -> SockOpts {
-    let get = |level, name| sock::getsockopt_int(fd, level, name).map(|v| v != 0).unwrap_or(false);
-    SockOpts {
-        reuseaddr: get(libc::SOL_SOCKET, libc::SO_REUSEADDR),
-        reuseport: get(libc::SOL_SOCKET, libc::SO_REUSEPORT),
-        keepalive: get(libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-        nodelay: tcp && get(libc::IPPROTO_TCP, libc::TCP_NODELAY),
-        v6only: family == libc::AF_INET6 && get(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
-    }
+/// The integer options of a fresh socket of one kind, for comparison.
+pub(super) type Defaults = HashMap<(i32, i32), i32>;
+
+/// The defaults of a fresh socket of (`family`, `sock_type`, `protocol`) in the network namespace
+/// of `pid`; None when such a socket cannot be made (a ping socket outside `ping_group_range`
+/// falls back to a UDP socket's).
+pub(super) fn fresh_defaults(pid: i32, family: i32, sock_type: i32, protocol: i32) -> Option<Defaults> {
+    let make = |proto: i32| sock::in_netns(pid, move || sock::socket(family, sock_type, proto));
+    let fresh = make(protocol)
+        .or_else(|e| if protocol == libc::IPPROTO_ICMP || protocol == libc::IPPROTO_ICMPV6 { make(libc::IPPROTO_UDP) } else { Err(e) })
+        .ok()?;
+    Some(int_table(family).filter_map(|&(l, n, _)| sock::getsockopt_int(&fresh, l, n).ok().map(|v| ((l, n), v))).collect())
 }
 
-/// Sets the saved options `o` on the socket `fd` of the process `inj` drives.
-pub(super) fn set_opts(inj: &mut Injector, fd: u64, family: i32, tcp: bool, o: &SockOpts) -> Result<()> {
-    let mut set = |level: i32, name: i32, on: bool| -> Result<()> {
-        if on {
-            let p = put(inj, &1i32.to_ne_bytes())?;
-            inj.call("setsockopt", libc::SYS_setsockopt, [fd, level as u64, name as u64, p, 4, 0])?;
+fn ifname_of(index: i32, dup: &OwnedFd) -> Option<String> {
+    // struct ifreq: name[16], then the index.
+    let mut req = [0u8; 40];
+    req[16..20].copy_from_slice(&index.to_ne_bytes());
+    sock::ioctl_bytes(dup, SIOCGIFNAME, &mut req).ok()?;
+    let end = req[..16].iter().position(|&b| b == 0).unwrap_or(16);
+    Some(String::from_utf8_lossy(&req[..end]).into_owned())
+}
+
+/// Multicast groups of the namespace (from /proc/PID/net/igmp and igmp6): (level, ifindex,
+/// ifname, raw group sockaddr).
+fn namespace_groups(pid: i32, family: i32) -> Vec<(i32, u32, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if family == libc::AF_INET {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/igmp")).unwrap_or_default();
+        let mut dev: Option<(u32, String)> = None;
+        for line in text.lines().skip(1) {
+            if !line.starts_with(['\t', ' ']) {
+                let mut it = line.split_whitespace();
+                dev = it.next().and_then(|i| i.parse().ok()).zip(it.next().map(str::to_string));
+            } else if let (Some((idx, name)), Some(hex)) = (&dev, line.split_whitespace().next()) {
+                if let Ok(v) = u32::from_str_radix(hex, 16) {
+                    let mut sa = vec![0u8; 16];
+                    sa[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+                    // The kernel prints the network-order word as a host integer.
+                    sa[4..8].copy_from_slice(&v.to_ne_bytes());
+                    out.push((SOL_IP, *idx, name.clone(), sa));
+                }
+            }
         }
-        Ok(())
+    } else if family == libc::AF_INET6 {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/igmp6")).unwrap_or_default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 3 || f[2].len() != 32 {
+                continue;
+            }
+            let Ok(idx) = f[0].parse::<u32>() else { continue };
+            let mut sa = vec![0u8; 28];
+            sa[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            for i in 0..16 {
+                sa[8 + i] = u8::from_str_radix(&f[2][2 * i..2 * i + 2], 16).unwrap_or(0);
+            }
+            out.push((SOL_IPV6, idx, f[1].to_string(), sa));
+        }
+    }
+    out
+}
+
+/// Reads the options of socket `fd` of `pid` (duplicated into Zap as `dup`) of `family`;
+/// TCP-level ones when `tcp`. `defaults` are a fresh socket's of the same kind (None: record
+/// every readable integer option).
+pub(super) fn opts_of(pid: i32, fd: i32, dup: &OwnedFd, family: i32, tcp: bool, defaults: Option<&Defaults>) -> Result<SockOpts> {
+    let refuse = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
+    let sys = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
+    let int = |level, name| sock::getsockopt_int(dup, level, name).ok();
+    let mut o = SockOpts { nodelay: tcp && int(libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap_or(0) != 0, ..Default::default() };
+    for &(level, name, _) in int_table(family) {
+        if let Some(v) = int(level, name) {
+            if defaults.and_then(|d| d.get(&(level, name))) != Some(&v) {
+                o.ints.push((level, name, v));
+            }
+        }
+    }
+    // Buffers: saved when the program set them; SO_BUF_LOCK tells (Linux 5.14+).
+    match int(SOL_SOCKET, SO_BUF_LOCK) {
+        Some(lock) => {
+            o.buf_lock = lock;
+            o.sndbuf = if lock & 1 != 0 { int(SOL_SOCKET, SO_SNDBUF) } else { None };
+            o.rcvbuf = if lock & 2 != 0 { int(SOL_SOCKET, SO_RCVBUF) } else { None };
+        }
+        None => return Err(refuse("cannot tell whether its buffer sizes were set (no SO_BUF_LOCK: kernel older than 5.14)".into())),
+    }
+    let bytes = |level, name, cap| sock::getsockopt_bytes(dup, level, name, cap).ok();
+    if let Some(b) = bytes(SOL_SOCKET, SO_LINGER, 8).filter(|b| b.len() == 8) {
+        let on = i32::from_ne_bytes(b[0..4].try_into().expect("4"));
+        if on != 0 {
+            o.linger = Some((on, i32::from_ne_bytes(b[4..8].try_into().expect("4"))));
+        }
+    }
+    let timeval = |name| {
+        bytes(SOL_SOCKET, name, 16).filter(|b| b.len() == 16).and_then(|b| {
+            let (s, us) = (i64::from_ne_bytes(b[0..8].try_into().expect("8")), i64::from_ne_bytes(b[8..16].try_into().expect("8")));
+            (s != 0 || us != 0).then_some((s, us))
+        })
     };
-    set(libc::SOL_SOCKET, libc::SO_REUSEADDR, o.reuseaddr)?;
-    set(libc::SOL_SOCKET, libc::SO_REUSEPORT, o.reuseport)?;
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, o.keepalive)?;
-    set(libc::IPPROTO_TCP, libc::TCP_NODELAY, tcp && o.nodelay)?;
-    set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, family == libc::AF_INET6 && o.v6only)?;
+    o.rcvtimeo = timeval(SO_RCVTIMEO);
+    o.sndtimeo = timeval(SO_SNDTIMEO);
+    o.timestamp = [SO_TIMESTAMP_OLD, SO_TIMESTAMP_NEW, SO_TIMESTAMPNS_OLD, SO_TIMESTAMPNS_NEW]
+        .into_iter()
+        .find(|&n| int(SOL_SOCKET, n).unwrap_or(0) != 0);
+    if let Some(b) = bytes(SOL_SOCKET, SO_TIMESTAMPING_OLD, 8).filter(|b| b.len() >= 4) {
+        let flags = u32::from_ne_bytes(b[0..4].try_into().expect("4"));
+        if flags != 0 {
+            let phc = if b.len() == 8 { i32::from_ne_bytes(b[4..8].try_into().expect("4")) } else { 0 };
+            // The new variant answers only when it was the one set (its time-format flag is on).
+            let new = bytes(SOL_SOCKET, SO_TIMESTAMPING_NEW, 8).is_some_and(|b| b.len() >= 4 && b[..4] != [0; 4]);
+            o.timestamping = Some((flags, phc, new));
+        }
+    }
+    if let Some(b) = bytes(SOL_SOCKET, SO_BINDTODEVICE, 16).filter(|b| !b.is_empty()) {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        if end > 0 {
+            o.device = Some(String::from_utf8_lossy(&b[..end]).into_owned());
+        }
+    }
+    match sock::socket_filter(dup) {
+        Ok(f) => o.filter = f,
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            return Err(refuse("an eBPF socket filter is attached (SO_ATTACH_BPF); the kernel cannot give it back".into()))
+        }
+        Err(e) => return Err(sys("SO_GET_FILTER")(e)),
+    }
+    o.lock_filter = int(SOL_SOCKET, SO_LOCK_FILTER).unwrap_or(0) != 0;
+    o.txtime = bytes(SOL_SOCKET, SO_TXTIME, 8).filter(|b| b.len() == 8 && b.iter().any(|&c| c != 0));
+    if family == libc::AF_INET {
+        o.ip_options = bytes(SOL_IP, IP_OPTIONS, 40).filter(|b| !b.is_empty());
+        o.multicast_if = bytes(SOL_IP, IP_MULTICAST_IF, 4).filter(|b| b.len() == 4 && b != &[0; 4]).map(|b| b[..4].try_into().expect("4"));
+    }
+    let index_opts: &[(i32, i32)] = match family {
+        libc::AF_INET => &[(SOL_IP, IP_UNICAST_IF)],
+        libc::AF_INET6 => &[(SOL_IPV6, IPV6_UNICAST_IF), (SOL_IPV6, IPV6_MULTICAST_IF)],
+        _ => &[],
+    };
+    for &(level, name) in index_opts {
+        if let Some(idx) = int(level, name).filter(|&i| i > 0) {
+            let ifname = ifname_of(idx, dup).ok_or_else(|| refuse(format!("{} names interface {idx}, which has no name", opt_name(level, name))))?;
+            o.ifindex_opts.push((level, name, ifname));
+        }
+    }
+    for (level, ifindex, ifname, group) in namespace_groups(pid, family) {
+        if let Some((mode, sources)) = sock::multicast_filter(dup, level, ifindex, &group).map_err(sys("MCAST_MSFILTER"))? {
+            let keep = if level == SOL_IP { 16 } else { 28 };
+            let sources = sources.into_iter().map(|s| s[..keep].to_vec()).collect();
+            o.memberships.push(Membership { level, ifname, group, mode, sources });
+        }
+    }
+    Ok(o)
+}
+
+fn setsockopt(inj: &mut Injector, fd: u64, level: i32, name: i32, val: &[u8]) -> Result<()> {
+    let p = put(inj, val)?;
+    let rc = inj.syscall(libc::SYS_setsockopt, [fd, level as u64, name as u64, p, val.len() as u64, 0])?;
+    if rc < 0 {
+        return Err(EngineError::Proc {
+            pid: inj.tid(),
+            detail: format!("restore socket option {} on fd {fd}: {}", opt_name(level, name), std::io::Error::from_raw_os_error(-rc as i32)),
+        });
+    }
     Ok(())
 }
 
+/// The index of interface `name` in the network namespace of the socket `fd` of the process
+/// `inj` drives.
+fn ifindex(inj: &mut Injector, fd: u64, name: &str) -> Result<i32> {
+    let mut req = [0u8; 40];
+    let n = name.len().min(15);
+    req[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let p = put(inj, &req)?;
+    let rc = inj.syscall(libc::SYS_ioctl, [fd, SIOCGIFINDEX, p, 0, 0, 0])?;
+    if rc < 0 {
+        return Err(EngineError::Proc {
+            pid: inj.tid(),
+            detail: format!("interface {name} (used by socket fd {fd}) is not in the restored network namespace: {}", std::io::Error::from_raw_os_error(-rc as i32)),
+        });
+    }
+    let out = inj.read_mem(p + 16, 4)?;
+    Ok(i32::from_ne_bytes(out[..4].try_into().expect("4")))
+}
+
+/// Sets the saved options `o` on the socket `fd` of the process `inj` drives (before it is bound
+/// or connected).
+pub(super) fn set_opts(inj: &mut Injector, fd: u64, _family: i32, tcp: bool, o: &SockOpts) -> Result<()> {
+    let int = |v: i32| v.to_ne_bytes();
+    for &(level, name, v) in &o.ints {
+        setsockopt(inj, fd, level, name, &int(v))?;
+    }
+    if tcp && o.nodelay {
+        setsockopt(inj, fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &int(1))?;
+    }
+    for (val, plain, force) in [(o.sndbuf, SO_SNDBUF, SO_SNDBUFFORCE), (o.rcvbuf, SO_RCVBUF, SO_RCVBUFFORCE)] {
+        if let Some(v) = val {
+            // The kernel doubles what it is given; FORCE lifts the rmem_max/wmem_max cap.
+            if setsockopt(inj, fd, SOL_SOCKET, force, &int(v / 2)).is_err() {
+                setsockopt(inj, fd, SOL_SOCKET, plain, &int(v / 2))?;
+            }
+        }
+    }
+    if o.buf_lock != 0 || o.sndbuf.is_some() || o.rcvbuf.is_some() {
+        setsockopt(inj, fd, SOL_SOCKET, SO_BUF_LOCK, &int(o.buf_lock))?;
+    }
+    if let Some((on, secs)) = o.linger {
+        let mut b = on.to_ne_bytes().to_vec();
+        b.extend_from_slice(&secs.to_ne_bytes());
+        setsockopt(inj, fd, SOL_SOCKET, SO_LINGER, &b)?;
+    }
+    for (t, name) in [(o.rcvtimeo, SO_RCVTIMEO), (o.sndtimeo, SO_SNDTIMEO)] {
+        if let Some((s, us)) = t {
+            let mut b = s.to_ne_bytes().to_vec();
+            b.extend_from_slice(&us.to_ne_bytes());
+            setsockopt(inj, fd, SOL_SOCKET, name, &b)?;
+        }
+    }
+    if let Some((flags, phc, new)) = o.timestamping {
+        let name = if new { SO_TIMESTAMPING_NEW } else { SO_TIMESTAMPING_OLD };
+        if flags & SOF_TIMESTAMPING_BIND_PHC != 0 {
+            let mut b = flags.to_ne_bytes().to_vec();
+            b.extend_from_slice(&phc.to_ne_bytes());
+            setsockopt(inj, fd, SOL_SOCKET, name, &b)?;
+        } else {
+            setsockopt(inj, fd, SOL_SOCKET, name, &flags.to_ne_bytes())?;
+        }
+    }
+    // After SO_TIMESTAMPING, whose variant also sets the time format flag.
+    if let Some(name) = o.timestamp {
+        setsockopt(inj, fd, SOL_SOCKET, name, &int(1))?;
+    }
+    if let Some(dev) = &o.device {
+        setsockopt(inj, fd, SOL_SOCKET, SO_BINDTODEVICE, dev.as_bytes())?;
+    }
+    if let Some(filter) = &o.filter {
+        // struct sock_fprog: len (u16, padded to 8), then a pointer to the instructions.
+        let scratch = inj.scratch(filter.len() as u64 + 4096)?;
+        inj.write_mem(scratch + 16, filter)?;
+        let mut prog = ((filter.len() / 8) as u16).to_ne_bytes().to_vec();
+        prog.extend_from_slice(&[0; 6]);
+        prog.extend_from_slice(&(scratch + 16).to_ne_bytes());
+        inj.write_mem(scratch, &prog)?;
+        let rc = inj.syscall(libc::SYS_setsockopt, [fd, SOL_SOCKET as u64, SO_ATTACH_FILTER as u64, scratch, 16, 0])?;
+        if rc < 0 {
+            return Err(EngineError::Proc {
+                pid: inj.tid(),
+                detail: format!("restore the BPF filter of socket fd {fd}: {}", std::io::Error::from_raw_os_error(-rc as i32)),
+            });
+        }
+    }
+    if o.lock_filter {
+        setsockopt(inj, fd, SOL_SOCKET, SO_LOCK_FILTER, &int(1))?;
+    }
+    if let Some(t) = &o.txtime {
+        setsockopt(inj, fd, SOL_SOCKET, SO_TXTIME, t)?;
+    }
+    if let Some(b) = &o.ip_options {
+        setsockopt(inj, fd, SOL_IP, IP_OPTIONS, b)?;
+    }
+    if let Some(a) = o.multicast_if {
+        setsockopt(inj, fd, SOL_IP, IP_MULTICAST_IF, &a)?;
+    }
+    for (level, name, ifname) in &o.ifindex_opts {
+        let idx = ifindex(inj, fd, ifname)?;
+        // IPv4's IP_UNICAST_IF takes the index in network byte order.
+        let v = if *name == IP_UNICAST_IF { (idx as u32).to_be() as i32 } else { idx };
+        setsockopt(inj, fd, *level, *name, &int(v))?;
+    }
+    for m in &o.memberships {
+        let idx = ifindex(inj, fd, &m.ifname)? as u32;
+        // struct group_req: interface (u32, padded to 8), group (sockaddr_storage).
+        let mut req = vec![0u8; 136];
+        req[0..4].copy_from_slice(&idx.to_ne_bytes());
+        req[8..8 + m.group.len()].copy_from_slice(&m.group);
+        setsockopt(inj, fd, m.level, MCAST_JOIN_GROUP, &req)?;
+        if m.mode != MCAST_EXCLUDE || !m.sources.is_empty() {
+            // struct group_filter with the sources.
+            let mut f = vec![0u8; 144 + m.sources.len().max(1) * 128];
+            f[0..4].copy_from_slice(&idx.to_ne_bytes());
+            f[8..8 + m.group.len()].copy_from_slice(&m.group);
+            f[136..140].copy_from_slice(&m.mode.to_ne_bytes());
+            f[140..144].copy_from_slice(&(m.sources.len() as u32).to_ne_bytes());
+            for (i, s) in m.sources.iter().enumerate() {
+                f[144 + i * 128..144 + i * 128 + s.len()].copy_from_slice(s);
+            }
+            setsockopt(inj, fd, m.level, MCAST_MSFILTER, &f)?;
+        }
+    }
+    Ok(())
+}

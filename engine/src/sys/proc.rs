@@ -35,8 +35,10 @@ pub fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, target_fd: i32) -> io::Result<s
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
 }
 
-/// Copies the bytes buffered in the pipe `src` without consuming them.
-pub fn pipe_peek(src: &std::os::fd::OwnedFd) -> io::Result<Vec<u8>> {
+/// Copies the bytes buffered in the pipe `src` without consuming them, as the reads a reader
+/// would make: a packet (written to a packet-mode pipe, `O_DIRECT`) ends a read, so more than one
+/// part means the pipe holds packets, each part ending with one.
+pub fn pipe_peek(src: &std::os::fd::OwnedFd) -> io::Result<Vec<Vec<u8>>> {
     use std::io::Read;
     use std::os::fd::{AsRawFd, FromRawFd};
     let mut fds = [0i32; 2];
@@ -52,7 +54,7 @@ pub fn pipe_peek(src: &std::os::fd::OwnedFd) -> io::Result<Vec<u8>> {
         // SAFETY: as above.
         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
     }
-    // SAFETY: tee between two valid pipe fds; no pointers.
+    // SAFETY: tee between two valid pipe fds; no pointers. tee keeps each buffer's packet flag.
     let n = unsafe { libc::tee(src.as_raw_fd(), w.as_raw_fd(), usize::MAX >> 1, libc::SPLICE_F_NONBLOCK) };
     if n < 0 {
         let e = io::Error::last_os_error();
@@ -62,9 +64,15 @@ pub fn pipe_peek(src: &std::os::fd::OwnedFd) -> io::Result<Vec<u8>> {
         return Err(e);
     }
     drop(w);
-    let mut out = Vec::with_capacity(n as usize);
-    (&r).read_to_end(&mut out)?;
-    Ok(out)
+    let mut parts = Vec::new();
+    let mut buf = vec![0u8; n as usize + 1];
+    loop {
+        let got = (&r).read(&mut buf)?;
+        if got == 0 {
+            return Ok(parts);
+        }
+        parts.push(buf[..got].to_vec());
+    }
 }
 
 /// The buffer size of the pipe `fd`.
@@ -196,4 +204,119 @@ pub fn memfd_seals(file: &std::fs::File) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(rc as u32)
+}
+
+fn seek(file: &std::fs::File, pos: u64, whence: i32) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek takes plain integers.
+    let rc = unsafe { libc::lseek64(file.as_raw_fd(), pos as i64, whence) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(rc as u64))
+}
+
+/// The first byte of data at or after `pos` (`SEEK_DATA`), or `None` when only a hole follows.
+pub fn seek_data(file: &std::fs::File, pos: u64) -> io::Result<Option<u64>> {
+    seek(file, pos, libc::SEEK_DATA)
+}
+
+/// The first byte of a hole at or after `pos` (`SEEK_HOLE`; the end of the file counts as one).
+pub fn seek_hole(file: &std::fs::File, pos: u64) -> io::Result<u64> {
+    Ok(seek(file, pos, libc::SEEK_HOLE)?.unwrap_or(pos))
+}
+
+/// The queued bytes of an fd (`FIONREAD`): unread inotify events, for one.
+pub fn fionread(fd: &std::os::fd::OwnedFd) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer, which points to `n`.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+/// True when the file at fd `fd` of `pid` is the file an epoll instance (fd `epfd` of `epid`)
+/// watches under target fd number `tfd` (the `toff`-th watch with that number, in the order
+/// fdinfo lists them) (`kcmp(KCMP_EPOLL_TFD)`).
+pub fn is_epoll_target(pid: i32, fd: i32, epid: i32, epfd: i32, (tfd, toff): (i32, u32)) -> io::Result<bool> {
+    const KCMP_EPOLL_TFD: i32 = 7;
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot { efd: epfd as u32, tfd: tfd as u32, toff };
+    // SAFETY: kcmp only reads the slot, which lives for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid, epid, KCMP_EPOLL_TFD, fd, &slot as *const Slot) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc == 0)
+}
+
+/// Reads the unread expirations of the timerfd `fd` and puts the same count back
+/// (`TFD_IOC_SET_TICKS`), so the count is known without losing it; the read also moves a periodic
+/// timer on to its next expiration, as the owner's next read would. The timerfd's owner must be
+/// stopped. Returns the count (0 when none were due).
+pub fn timerfd_count_ticks(fd: &std::os::fd::OwnedFd) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+    let mut ticks = 0u64;
+    // First make sure the count can be put back: TFD_IOC_SET_TICKS refuses 0 with EINVAL when
+    // the kernel has it (CONFIG_CHECKPOINT_RESTORE) and ENOTTY when not.
+    // SAFETY: TFD_IOC_SET_TICKS reads one u64 from the pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks) } == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+        return Err(io::Error::other("the kernel cannot set timerfd expirations (TFD_IOC_SET_TICKS, CONFIG_CHECKPOINT_RESTORE)"));
+    }
+    // SAFETY: a timerfd reads exactly 8 bytes into `ticks`. MSG_DONTWAIT does not apply to
+    // read, so a timerfd opened blocking is only read when fdinfo showed ticks due.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut ticks as *mut u64).cast(), 8) };
+    if n != 8 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EAGAIN) { Ok(0) } else { Err(e) };
+    }
+    // SAFETY: TFD_IOC_SET_TICKS reads one u64 from the pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ticks)
+}
+
+/// `ioctl(fd, request, buf)` for a request that fills `buf` (whose size must be the one the
+/// request encodes or expects).
+pub fn ioctl_get(fd: &std::os::fd::OwnedFd, request: libc::c_ulong, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the caller passes a buffer of the size the request writes; the kernel writes no more.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), request, buf.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `ioctl(fd, request, &int)` for a request that returns one int.
+pub fn ioctl_int(fd: &std::os::fd::OwnedFd, request: libc::c_ulong) -> io::Result<i32> {
+    let mut b = [0u8; 4];
+    ioctl_get(fd, request, &mut b)?;
+    Ok(i32::from_ne_bytes(b))
+}
+
+/// The signal owner of the open file description of `fd` (`F_GETOWN_EX`: kind and id, as this
+/// process sees it, 0 for none) and its signal (`F_GETSIG`).
+pub fn fd_owner(fd: &std::os::fd::OwnedFd) -> io::Result<(i32, i32, i32)> {
+    use std::os::fd::AsRawFd;
+    let mut owner = [0i32; 2];
+    // SAFETY: F_GETOWN_EX (16) writes a struct f_owner_ex (two ints) to the pointer.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), 16, owner.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_GETSIG (11) takes no argument.
+    let sig = unsafe { libc::fcntl(fd.as_raw_fd(), 11) };
+    if sig < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((owner[0], owner[1], sig))
 }

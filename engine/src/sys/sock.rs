@@ -29,6 +29,118 @@ pub fn setsockopt_int(fd: &OwnedFd, level: i32, name: i32, v: i32) -> io::Result
     Ok(())
 }
 
+/// A socket option of up to `cap` bytes, as the kernel returns it.
+pub fn getsockopt_bytes(fd: &OwnedFd, level: i32, name: i32, cap: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; cap];
+    let mut len = cap as libc::socklen_t;
+    // SAFETY: buf and len describe a buffer of the given size.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) })?;
+    buf.truncate((len as usize).min(cap));
+    Ok(buf)
+}
+
+/// A new socket (close-on-exec) in the calling thread's network namespace.
+pub fn socket(family: i32, sock_type: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes integers.
+    let raw = check(unsafe { libc::socket(family, sock_type | libc::SOCK_CLOEXEC, protocol) })?;
+    // SAFETY: the kernel just returned this fd; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Runs `f` on a short-lived thread that has joined the network namespace of process `pid`
+/// (sockets it creates belong to that namespace, and /proc/sys/net shows that namespace).
+pub fn in_netns<T: Send>(pid: i32, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this (scoped, short-lived) thread only; the fd is valid.
+            check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })?;
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("network namespace thread panicked"))?
+    })
+}
+
+/// An ioctl on a socket whose argument is the buffer `arg` (read and written by the kernel).
+pub fn ioctl_bytes(fd: &OwnedFd, request: libc::c_ulong, arg: &mut [u8]) -> io::Result<()> {
+    // SAFETY: arg is valid for its length, which covers the request's struct.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), request, arg.as_mut_ptr()) })?;
+    Ok(())
+}
+
+/// Bytes queued for reading (SIOCINQ).
+pub fn inq(fd: &OwnedFd) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut v) })?;
+    Ok(v)
+}
+
+/// True when the socket has a pending error (POLLERR), found without clearing it (SO_ERROR would).
+pub fn has_pending_error(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: 0, revents: 0 };
+    // SAFETY: p is one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLERR != 0
+}
+
+/// What `SO_GET_FILTER` answers: `Ok(None)` without a filter, the classic BPF instructions
+/// (8 bytes each) of an attached classic filter, or `EACCES` for an eBPF program (which cannot
+/// be read back).
+pub fn socket_filter(fd: &OwnedFd) -> io::Result<Option<Vec<u8>>> {
+    // With length 0 the kernel answers the number of instructions in the length.
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: a zero-length buffer: the kernel writes only len.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, std::ptr::null_mut(), &mut len) })?;
+    if len == 0 {
+        return Ok(None);
+    }
+    // The length is counted in instructions (struct sock_filter, 8 bytes) both ways.
+    let mut buf = vec![0u8; len as usize * 8];
+    let mut n = len;
+    // SAFETY: buf holds n instructions of 8 bytes.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, buf.as_mut_ptr().cast(), &mut n) })?;
+    buf.truncate(n as usize * 8);
+    Ok(Some(buf))
+}
+
+/// The source filter of the multicast group `group` (a raw sockaddr) on interface `ifindex` as
+/// socket `fd` joined it (`MCAST_MSFILTER` at `level`, IPPROTO_IP or IPPROTO_IPV6): its mode
+/// (MCAST_INCLUDE or MCAST_EXCLUDE) and sources (raw sockaddrs), or None when the socket is not a
+/// member.
+pub fn multicast_filter(fd: &OwnedFd, level: i32, ifindex: u32, group: &[u8]) -> io::Result<Option<(u32, Vec<Vec<u8>>)>> {
+    // struct group_filter: interface (u32, padded to 8), group (sockaddr_storage, 128),
+    // fmode (u32), numsrc (u32), then numsrc sockaddr_storage.
+    const HEAD: usize = 144;
+    const SS: usize = 128;
+    let mut cap = 16usize;
+    loop {
+        let mut buf = vec![0u8; HEAD + cap * SS];
+        buf[0..4].copy_from_slice(&ifindex.to_ne_bytes());
+        buf[8..8 + group.len().min(SS)].copy_from_slice(&group[..group.len().min(SS)]);
+        buf[140..144].copy_from_slice(&(cap as u32).to_ne_bytes());
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: buf and len describe a buffer of the given size.
+        let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, libc::MCAST_MSFILTER, buf.as_mut_ptr().cast(), &mut len) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EADDRNOTAVAIL) | Some(libc::EINVAL) | Some(libc::ENODEV) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let fmode = u32::from_ne_bytes(buf[136..140].try_into().expect("4"));
+        let n = u32::from_ne_bytes(buf[140..144].try_into().expect("4")) as usize;
+        if n > cap {
+            cap = n;
+            continue;
+        }
+        let sources = (0..n).map(|i| buf[HEAD + i * SS..HEAD + (i + 1) * SS].to_vec()).collect();
+        return Ok(Some((fmode, sources)));
+    }
+}
+
 /// The raw socket address from getsockname (`peer == false`) or getpeername.
 pub fn sockaddr(fd: &OwnedFd, peer: bool) -> io::Result<Vec<u8>> {
     // SAFETY: sockaddr_storage is plain data; all-zero is valid.
@@ -51,33 +163,145 @@ pub fn tcp_state(fd: &OwnedFd) -> io::Result<u8> {
     Ok(info[0])
 }
 
-/// Every message queued for reading on the socket, without consuming it (MSG_PEEK with a peek
-/// offset, restored afterwards). Stream sockets give one run of bytes.
-pub fn peek_queue(fd: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
-    let old = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let result = loop {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EAGAIN) {
-                break Ok(());
+/// One message (or run of stream bytes) queued on a unix socket, as a peek saw it: its bytes,
+/// copies of the fds it carries (installed in Zap by the peek), the sender's credentials as
+/// `SCM_CREDENTIALS` shows them (pid in Zap's namespace, uid, gid), and the sender's address
+/// (raw sockaddr; empty for an unbound sender).
+#[derive(Debug)]
+pub struct Peeked {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// The passed fds (copies owned by Zap).
+    pub fds: Vec<OwnedFd>,
+    /// (pid, uid, gid) of the sender.
+    pub creds: Option<(i32, u32, u32)>,
+    /// The sender's address.
+    pub from: Vec<u8>,
+}
+
+const SO_PEEK_OFF: i32 = 42;
+const SCM_MAX_FD: usize = 253;
+
+/// One `recvmsg(MSG_PEEK)` of up to `cap` bytes at peek offset `off`; None when nothing more is
+/// queued. With `trunc`, the length returned is the whole message's (datagrams).
+fn peek_at(fd: &OwnedFd, off: i32, cap: usize, trunc: bool) -> io::Result<Option<(usize, Peeked)>> {
+    setsockopt_int(fd, libc::SOL_SOCKET, SO_PEEK_OFF, off)?;
+    let mut data = vec![0u8; cap.max(1)];
+    let mut name = [0u8; 128];
+    // Room for SCM_RIGHTS with SCM_MAX_FD fds and SCM_CREDENTIALS (and SCM_PIDFD, SCM_SECURITY).
+    let mut control = vec![0u8; 64 + SCM_MAX_FD * 4 + 256];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: cap };
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = name.len() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | if trunc { libc::MSG_TRUNC } else { 0 };
+    // SAFETY: msg points at buffers (name, iov, control) that live through the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EAGAIN) { Ok(None) } else { Err(e) };
+    }
+    let mut fds = Vec::new();
+    let mut creds = None;
+    let mut cmsg_seen = false;
+    // SAFETY: msg was filled by the kernel; CMSG_* walk its control buffer within controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            cmsg_seen = true;
+            let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            let p = libc::CMSG_DATA(c);
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                for i in 0..len / 4 {
+                    let raw = std::ptr::read_unaligned(p.add(4 * i).cast::<i32>());
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS && len >= 12 {
+                let u = std::ptr::read_unaligned(p.cast::<libc::ucred>());
+                creds = Some((u.pid, u.uid, u.gid));
+            } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == 0x4b {
+                // SCM_PIDFD (the socket has SO_PASSPIDFD): a pidfd installed in Zap; closed.
+                drop(OwnedFd::from_raw_fd(std::ptr::read_unaligned(p.cast::<i32>())));
             }
-            break Err(e);
+            c = libc::CMSG_NXTHDR(&msg, c);
         }
-        if n == 0 {
-            break Ok(());
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("control data of a queued message truncated (fds passed beyond Zap's fd limit?)"));
+    }
+    // Datagrams: without a message there is no control data, so a zero-length read with
+    // credentials is an empty message and one without is the end of the queue (EOF of a shut-down
+    // socket). Streams have no empty messages.
+    if n == 0 && (!trunc || !cmsg_seen) {
+        return Ok(None);
+    }
+    data.truncate((n as usize).min(cap));
+    let from = name[..(msg.msg_namelen as usize).min(name.len())].to_vec();
+    Ok(Some((n as usize, Peeked { data, fds, creds, from })))
+}
+
+/// Every message queued for reading on unix socket `fd` (a duplicate in Zap), without consuming
+/// any: peeked with a peek offset, with `SO_PASSCRED` on to see each sender's credentials (both
+/// put back afterwards). Datagrams and seqpackets come one message each; stream bytes come in
+/// runs that end where the sender's credentials change and where a run carrying fds ends, the
+/// fds attached to the part of the run that came in their `sendmsg` (found by bisection).
+pub fn peek_messages(fd: &OwnedFd, stream: bool) -> io::Result<Vec<Peeked>> {
+    let old_off = getsockopt_int(fd, libc::SOL_SOCKET, SO_PEEK_OFF)?;
+    let old_cred = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+    let result = peek_all(fd, stream);
+    let r1 = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, old_cred);
+    let r2 = setsockopt_int(fd, libc::SOL_SOCKET, SO_PEEK_OFF, old_off);
+    let out = result?;
+    r1?;
+    r2?;
+    Ok(out)
+}
+
+fn peek_all(fd: &OwnedFd, stream: bool) -> io::Result<Vec<Peeked>> {
+    const CHUNK: usize = 256 << 10;
+    let mut out: Vec<Peeked> = Vec::new();
+    let mut off: usize = 0;
+    loop {
+        if out.len() > 100_000 || off > i32::MAX as usize / 2 {
+            return Err(io::Error::other("more than 100000 messages or 1 GiB queued"));
         }
-        out.push(buf[..n as usize].to_vec());
-        if out.len() > 100_000 {
-            break Err(io::Error::other("more than 100000 queued messages"));
+        let Some((n, mut m)) = peek_at(fd, off as i32, CHUNK, !stream)? else { return Ok(out) };
+        if !stream && n > CHUNK {
+            // A datagram larger than the buffer: peek it again whole.
+            match peek_at(fd, off as i32, n, true)? {
+                Some((_, whole)) => m = whole,
+                None => return Err(io::Error::other("queued datagram vanished while peeking")),
+            }
         }
-    };
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
-    result.map(|()| out)
+        if stream && !m.fds.is_empty() && m.data.len() > 1 {
+            // The fds belong to the last buffer of the run; find where it starts: a peek of k
+            // bytes returns them exactly when it reaches into that buffer.
+            let (mut lo, mut hi) = (1usize, m.data.len());
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match peek_at(fd, off as i32, mid, false)? {
+                    Some((_, p)) if !p.fds.is_empty() => hi = mid,
+                    Some(_) => lo = mid + 1,
+                    None => return Err(io::Error::other("queued stream data vanished while peeking")),
+                }
+            }
+            let start = lo - 1;
+            if start > 0 {
+                let tail = m.data.split_off(start);
+                let head = Peeked { data: std::mem::replace(&mut m.data, tail), fds: Vec::new(), creds: m.creds, from: m.from.clone() };
+                off += head.data.len();
+                out.push(head);
+            }
+        }
+        off += m.data.len();
+        out.push(m);
+    }
 }
 
 /// What sock_diag says about one unix socket.
@@ -85,26 +309,29 @@ pub fn peek_queue(fd: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
 pub struct UnixDiag {
     /// TCP-like state (10 = listening, 1 = connected, 7 = unconnected).
     pub state: u8,
-    /// Inode of the peer (0 if none).
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    pub sock_type: u8,
+    /// Inode of the peer (0 if none, or if the peer was closed or is a connection not yet
+    /// accepted).
     pub peer: u32,
+    /// Whether sock_diag reported a peer at all (a peer of inode 0 is one that was closed or an
+    /// embryo in a listener's backlog).
+    pub has_peer: bool,
     /// Bound name (a path, or an abstract name starting with a NUL byte).
     pub name: Option<Vec<u8>>,
     /// Shutdown mask (1 = read, 2 = write).
     pub shutdown: u8,
+    /// For a listener: the inodes of the clients whose connections wait in its backlog.
+    pub icons: Vec<u32>,
+    /// Receive and send queue lengths (for a listener: backlog length and its limit).
+    pub rqlen: (u32, u32),
+    /// Inode and device (kernel encoding) of the socket file of a socket bound to a path.
+    pub vfs: Option<(u32, u32)>,
 }
 
 /// Dumps every unix socket of the network namespace of process `pid`, by inode.
 pub fn unix_sockets(pid: i32) -> io::Result<HashMap<u32, UnixDiag>> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this (scoped, short-lived) thread only; the fd is valid.
-            check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })?;
-            unix_dump()
-        })
-        .join()
-        .map_err(|_| io::Error::other("sock_diag thread panicked"))?
-    })
+    in_netns(pid, unix_dump)
 }
 
 fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
@@ -112,7 +339,10 @@ fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
     const NLM_F_REQUEST: u16 = 1;
     const NLM_F_DUMP: u16 = 0x300;
     const UDIAG_SHOW_NAME: u32 = 1;
+    const UDIAG_SHOW_VFS: u32 = 2;
     const UDIAG_SHOW_PEER: u32 = 4;
+    const UDIAG_SHOW_ICONS: u32 = 8;
+    const UDIAG_SHOW_RQLEN: u32 = 0x10;
     const UDIAG_SHOW_SHUTDOWN: u32 = 0x40;
     // SAFETY: socket takes integers.
     let raw = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
@@ -129,7 +359,7 @@ fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
     req.extend_from_slice(&0u16.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
     req.extend_from_slice(&0u32.to_ne_bytes()); // ino
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_SHUTDOWN).to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN).to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]); // no cookie
     // SAFETY: req is valid for its length.
     if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
@@ -159,7 +389,7 @@ fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
                 _ => {
                     let body = &msgs[16..len];
                     if body.len() >= 16 {
-                        let mut d = UnixDiag { state: body[2], ..Default::default() };
+                        let mut d = UnixDiag { sock_type: body[1], state: body[2], ..Default::default() };
                         let ino = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
                         let mut attrs = &body[16..];
                         while attrs.len() >= 4 {
@@ -169,9 +399,16 @@ fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
                                 break;
                             }
                             let data = &attrs[4..alen];
+                            let word = |i: usize| u32::from_ne_bytes(data[4 * i..4 * i + 4].try_into().expect("4"));
                             match atype {
                                 0 => d.name = Some(data.to_vec()),
-                                2 if data.len() >= 4 => d.peer = u32::from_ne_bytes(data[0..4].try_into().expect("4")),
+                                1 if data.len() >= 8 => d.vfs = Some((word(0), word(1))),
+                                2 if data.len() >= 4 => {
+                                    d.peer = word(0);
+                                    d.has_peer = true;
+                                }
+                                3 => d.icons = (0..data.len() / 4).map(word).collect(),
+                                4 if data.len() >= 8 => d.rqlen = (word(0), word(1)),
                                 6 if !data.is_empty() => d.shutdown = data[0],
                                 _ => {}
                             }

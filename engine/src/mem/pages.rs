@@ -1,0 +1,265 @@
+//! Pages of a process: which to save (from `/proc/PID/pagemap`), copying them out of the stopped
+//! process, and storing them as chunked images (see the module doc of [`crate::mem`]).
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use zap_chunker::{ChunkerConfig, PAGE_SIZE};
+use zap_store::{clip, ChunkSink, Extent, ExtentData, Image, ImageKind};
+
+use super::{Backing, VmaState};
+use crate::sys::proc as sysproc;
+use crate::{EngineError, Result};
+
+const WINDOW: u64 = 64 << 20;
+
+/// Reads the pagemap entries of `[start, end)`.
+fn pagemap(pagemap: &File, path: &Path, start: u64, end: u64) -> Result<Vec<u64>> {
+    let pages = ((end - start) / PAGE_SIZE as u64) as usize;
+    let mut raw = vec![0u8; pages * 8];
+    pagemap
+        .read_exact_at(&mut raw, start / PAGE_SIZE as u64 * 8)
+        .map_err(|e| EngineError::io("read pagemap", path, e))?;
+    Ok(raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8"))).collect())
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Which pages of `vma` must be saved, as runs of (start, end).
+fn runs_to_save(vma: &VmaState, entries: &[u64]) -> Vec<(u64, u64)> {
+    let keep = |e: u64| match (&vma.backing, vma.shared) {
+        (Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }, _) => false,
+        (Backing::File { .. } | Backing::Deleted { .. }, true) => false,
+        (Backing::File { .. } | Backing::Deleted { .. }, false) => e & PM_SWAPPED != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
+        (Backing::Anon | Backing::Shmem { .. }, _) => e & (PM_PRESENT | PM_SWAPPED) != 0,
+    };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (i, &e) in entries.iter().enumerate() {
+        if keep(e) {
+            let a = vma.start + (i * PAGE_SIZE) as u64;
+            match runs.last_mut() {
+                Some(r) if r.1 == a => r.1 = a + PAGE_SIZE as u64,
+                _ => runs.push((a, a + PAGE_SIZE as u64)),
+            }
+        }
+    }
+    runs
+}
+
+/// Figures of a memory dump.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemDumpFigures {
+    /// Bytes read from the process.
+    pub bytes_read: u64,
+    /// Stored bytes that were new.
+    pub new_bytes: u64,
+}
+
+/// Pages copied out of a stopped process: per mapping, runs of (address, bytes).
+pub struct PageCopy {
+    pub(crate) runs: Vec<(usize, u64, Vec<u8>)>,
+    /// Runs to save that are not copied yet, (mapping index, start, end): the dump pipeline
+    /// ([`crate::pipeline`]) reads them while it stores, so the process must stay stopped until
+    /// then (see [`plan_pages_since`]).
+    pub(crate) planned: Vec<(usize, u64, u64)>,
+    /// The process they are read from.
+    pub(crate) pid: i32,
+    /// Bytes copied (or, for planned runs, to be read).
+    pub bytes: u64,
+    /// Mappings saved as a delta on the parent checkpoint (by index), with their runs of pages
+    /// that are not present now (saved as zero).
+    pub delta: std::collections::BTreeMap<usize, Vec<(u64, u64)>>,
+}
+
+/// The parts of the sorted runs `a` that lie in the sorted runs `b`.
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (lo, hi) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if lo < hi {
+            out.push((lo, hi));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// Copies the pages that must be saved (see the module doc) out of the stopped process `pid`.
+/// This is all the process has to be stopped for; chunking and storing happen afterwards
+/// ([`store_pages`]).
+pub fn copy_pages(pid: i32, vmas: &[VmaState]) -> Result<PageCopy> {
+    copy_pages_since(pid, vmas, None)
+}
+
+/// Like [`copy_pages`], but with what a dirty-page tracker reported since the parent checkpoint:
+/// a private anonymous mapping that was tracked, wholly or in part, is saved as a delta on the
+/// parent (the written pages of its tracked parts, every page of its untracked parts, and its
+/// pages that are not present now as zero); every other mapping whole.
+pub fn copy_pages_since(pid: i32, vmas: &[VmaState], dirty: Option<&crate::dirty::Dirty>) -> Result<PageCopy> {
+    let mut plan = plan_pages_since(pid, vmas, dirty)?;
+    let planned = std::mem::take(&mut plan.planned);
+    let mem_path = format!("/proc/{pid}/mem");
+    let mem = File::open(&mem_path).map_err(|e| EngineError::io("open", mem_path.as_ref(), e))?;
+    let mut i = 0;
+    while i < planned.len() {
+        let idx = planned[i].0;
+        let mut j = i;
+        while j < planned.len() && planned[j].0 == idx {
+            j += 1;
+        }
+        read_runs(pid, &mem, &vmas[idx], idx, &planned[i..j], &mut plan)?;
+        i = j;
+    }
+    Ok(plan)
+}
+
+/// Like [`copy_pages_since`], but copies nothing yet: the runs to save are left in the returned
+/// [`PageCopy`] for the dump pipeline to read while it stores them. The process must stay
+/// stopped until they are stored.
+pub fn plan_pages_since(pid: i32, vmas: &[VmaState], dirty: Option<&crate::dirty::Dirty>) -> Result<PageCopy> {
+    let pm_path = format!("/proc/{pid}/pagemap");
+    let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
+    let mut copy = PageCopy { runs: Vec::new(), planned: Vec::new(), pid, bytes: 0, delta: Default::default() };
+    for (idx, vma) in vmas.iter().enumerate() {
+        if matches!(vma.backing, Backing::Vdso | Backing::Vsyscall | Backing::SysvShm { .. }) {
+            continue;
+        }
+        let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;
+        let mut runs = runs_to_save(vma, &entries);
+        let tracked: Vec<(u64, u64)> = match dirty {
+            Some(d) if vma.backing == Backing::Anon && !vma.shared => intersect(&[(vma.start, vma.end)], &d.tracked),
+            _ => Vec::new(),
+        };
+        if let (Some(d), false) = (dirty, tracked.is_empty()) {
+            // Tracked parts: only written pages; untracked parts: every page. Pages not present
+            // now are zero, wherever they are (laid over the parent, they hide what it held).
+            let mut wanted = intersect(&tracked, &d.written);
+            let mut pos = vma.start;
+            for &(a, b) in &tracked {
+                if a > pos {
+                    wanted.push((pos, a));
+                }
+                pos = b;
+            }
+            if pos < vma.end {
+                wanted.push((pos, vma.end));
+            }
+            wanted.sort_unstable();
+            runs = intersect(&runs, &wanted);
+            let mut absent: Vec<(u64, u64)> = Vec::new();
+            for (i, &e) in entries.iter().enumerate() {
+                if e & (PM_PRESENT | PM_SWAPPED) == 0 {
+                    let a = vma.start + (i * PAGE_SIZE) as u64;
+                    match absent.last_mut() {
+                        Some(r) if r.1 == a => r.1 = a + PAGE_SIZE as u64,
+                        _ => absent.push((a, a + PAGE_SIZE as u64)),
+                    }
+                }
+            }
+            copy.delta.insert(idx, absent);
+        }
+        copy.bytes += runs.iter().map(|(a, b)| b - a).sum::<u64>();
+        copy.planned.extend(runs.into_iter().map(|(a, b)| (idx, a, b)));
+    }
+    Ok(copy)
+}
+
+/// Copies the planned `runs` of mapping `vma` (index `idx`) into `copy`.
+fn read_runs(pid: i32, mem: &File, vma: &VmaState, idx: usize, runs: &[(usize, u64, u64)], copy: &mut PageCopy) -> Result<()> {
+    // Small runs (the scattered pages of a delta) are read many at a time with
+    // process_vm_readv; large ones, and any batch it cannot read whole, through
+    // /proc/PID/mem (which also reads pages the process cannot).
+    let mut small: Vec<(u64, usize)> = Vec::new();
+    let flush = |small: &mut Vec<(u64, usize)>, copy: &mut PageCopy| -> Result<()> {
+        if small.is_empty() {
+            return Ok(());
+        }
+        let mut bufs: Vec<Vec<u8>> = small.iter().map(|&(_, l)| vec![0u8; l]).collect();
+        let want: usize = small.iter().map(|&(_, l)| l).sum();
+        if sysproc::vm_read(pid, small, &mut bufs).ok() != Some(want) {
+            for ((a, l), b) in small.iter().zip(bufs.iter_mut()) {
+                mem.read_exact_at(b, *a).map_err(|e| EngineError::Proc {
+                    pid,
+                    detail: format!("read memory at {a:#x}+{l:#x} ({}): {e}", vma.name),
+                })?;
+            }
+        }
+        for ((a, _), b) in small.drain(..).zip(bufs) {
+            copy.runs.push((idx, a, b));
+        }
+        Ok(())
+    };
+    for &(_, from, to) in runs {
+        if to - from <= 64 * 1024 {
+            small.push((from, (to - from) as usize));
+            if small.len() == 1024 {
+                flush(&mut small, copy)?;
+            }
+            continue;
+        }
+        let mut pos = from;
+        while pos < to {
+            // Cut at absolute window boundaries: the blocks, hence the chunks, are the same as
+            // when the dump pipeline reads the same run.
+            let len = (to - pos).min(WINDOW - pos % WINDOW);
+            let mut buf = vec![0u8; len as usize];
+            mem.read_exact_at(&mut buf, pos).map_err(|e| EngineError::Proc {
+                pid,
+                detail: format!("read memory at {pos:#x}+{len:#x} ({}): {e}", vma.name),
+            })?;
+            copy.runs.push((idx, pos, buf));
+            pos += len;
+        }
+    }
+    flush(&mut small, copy)
+}
+
+/// Chunks and stores copied pages into `sink`, returning one image per mapping that has saved
+/// pages (and setting `vma.image`). Image names are `{prefix}mem/{start:x}`. Mappings copied as
+/// a delta are laid over the same process's images in `parent` (its images named
+/// `{prefix}mem/...`): unchanged pages keep the parent's chunks.
+pub fn store_pages<S: ChunkSink>(
+    mut copy: PageCopy,
+    vmas: &mut [VmaState],
+    sink: &mut S,
+    cfg: &ChunkerConfig,
+    prefix: &str,
+    parent: Option<&[Image]>,
+) -> Result<(Vec<Image>, MemDumpFigures)> {
+    let mut figures = MemDumpFigures { bytes_read: copy.bytes, new_bytes: 0 };
+    let names: Vec<&str> = vmas.iter().map(|v| v.name.as_str()).collect();
+    let (mut per_vma, new) = crate::pipeline::dump::store_copy(&mut copy, &names, sink, cfg)?;
+    figures.new_bytes = new;
+    for v in &mut per_vma {
+        v.sort_by_key(|e| e.start); // runs may be copied out of address order
+    }
+    if !copy.delta.is_empty() {
+        let parent = parent.ok_or_else(|| EngineError::Proc { pid: 0, detail: "a delta copy needs its parent checkpoint".into() })?;
+        let mine = format!("{prefix}mem/");
+        let mut base: Vec<Extent> = parent.iter().filter(|i| i.name.starts_with(&mine)).flat_map(|i| i.extents.iter().cloned()).collect();
+        base.sort_by_key(|e| e.start);
+        for (idx, absent) in copy.delta {
+            let v = &vmas[idx];
+            let mut changed = std::mem::take(&mut per_vma[idx]);
+            changed.extend(absent.iter().map(|&(a, b)| Extent { start: a, len: b - a, data: ExtentData::Zero }));
+            changed.sort_by_key(|e| e.start);
+            per_vma[idx] = zap_store::overlay(&clip(&base, v.start, v.end), &changed);
+        }
+    }
+    let mut images = Vec::new();
+    for (vma, extents) in vmas.iter_mut().zip(per_vma) {
+        if !extents.is_empty() {
+            let name = format!("{prefix}mem/{:x}", vma.start);
+            vma.image = Some(name.clone());
+            images.push(Image { name, kind: ImageKind::Memory, extents });
+        }
+    }
+    Ok((images, figures))
+}
