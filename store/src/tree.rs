@@ -228,7 +228,7 @@ pub struct Built {
 /// How the extents of an image are cut into leaves (content-defined, see the module doc).
 pub fn leaf_groups(extents: &[Extent]) -> Vec<std::ops::Range<usize>> {
     let mut at = 0;
-    groups(extents, LEAF_MAX, |i| mix(extents[i].start) % LEAF_TARGET == 0)
+    groups(extents, LEAF_MAX, |i| mix(extents[i].start).is_multiple_of(LEAF_TARGET))
         .into_iter()
         .map(|g| {
             at += g.len();
@@ -259,7 +259,7 @@ pub fn build_inner(mut level: Vec<NodeRef>, built: &mut Built) -> Option<NodeRef
         height += 1;
         let salt = mix(u64::from(height));
         let mut up = Vec::new();
-        for group in groups(&level, INNER_MAX, |i| mix(level[i].start ^ salt) % INNER_TARGET == 0) {
+        for group in groups(&level, INNER_MAX, |i| mix(level[i].start ^ salt).is_multiple_of(INNER_TARGET)) {
             let bytes = encode(&Node::Inner(group.to_vec()));
             let id = NodeId::of(&bytes);
             built.nodes.entry(id).or_insert((bytes, group.iter().map(|c| c.id).collect()));

@@ -335,7 +335,7 @@ fn manifest_trees_share_unchanged_subtrees_and_gc_frees_unreachable_nodes() {
     let mut changed = extents.clone();
     for k in 0..20 {
         let i = k * 1999 + 7;
-        changed[i].data = ExtentData::Chunk { id: chunks[(k % 8) as usize], offset: 0 };
+        changed[i].data = ExtentData::Chunk { id: chunks[k % 8], offset: 0 };
         if i % 2 == 0 {
             changed[i].data = ExtentData::Zero;
         }

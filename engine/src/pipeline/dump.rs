@@ -222,7 +222,7 @@ mod tests {
                 }
                 // A piece ends at a block boundary unless its run ends there.
                 let end = a + l as u64;
-                assert!(end % BLOCK == 0 || planned.iter().any(|r| r.2 == end), "piece ends mid-block at {end:#x}");
+                assert!(end.is_multiple_of(BLOCK) || planned.iter().any(|r| r.2 == end), "piece ends mid-block at {end:#x}");
             }
         }
         assert_eq!(covered, planned);
