@@ -309,8 +309,9 @@ fn nginx_master_as_root_workers_as_www_data_serve_across_checkpoints() {
     assert_eq!(users, ["root", "www-data", "www-data"], "master as root, workers as www-data: {procs:?}");
     // A client fetching pages without pause, for at most 60 s or 20,000 requests.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let client = {
-        let (addr, stop, page) = (addr.clone(), stop.clone(), page.clone());
+        let (addr, stop, page, served) = (addr.clone(), stop.clone(), page.clone(), served.clone());
         std::thread::spawn(move || {
             let (mut good, mut bad, t0) = (Vec::new(), 0u32, Instant::now());
             for i in 0..20_000 {
@@ -321,6 +322,7 @@ fn nginx_master_as_root_workers_as_www_data_serve_across_checkpoints() {
                     Ok(body) => {
                         assert!(body == "hello from nginx\n" || body == page, "wrong page: {:?}", &body[..body.len().min(60)]);
                         good.push(Instant::now());
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(_) => bad += 1,
                 }
@@ -339,6 +341,7 @@ fn nginx_master_as_root_workers_as_www_data_serve_across_checkpoints() {
     let id = json(&e, &["checkpoint", "--tcp-close", &pod])["id"].as_str().unwrap().to_string();
     let ended = Instant::now();
     ok(&e, &["restore", &id]);
+    let served_at_restore = served.load(std::sync::atomic::Ordering::Relaxed);
     assert!(wait_for(Duration::from_secs(10), || http_get(&addr, "/big.html").is_ok_and(|b| b == page)), "restored nginx answers");
     assert_eq!(nginx_procs(&e, &pod), procs, "same processes, pids and users after the restore");
     let status = |pid: i32| ok(&e, &["exec", &pod, "--", "cat", &format!("/proc/{pid}/status")]);
@@ -364,6 +367,9 @@ fn nginx_master_as_root_workers_as_www_data_serve_across_checkpoints() {
         nginx_procs(&e, &pod)
     );
     assert_eq!(http_get(&addr, "/").unwrap(), "hello from nginx\n", "new workers serve");
+    // The client may have been waiting out a SYN retransmission (1 s) since the pod ended: give
+    // it time to be served again rather than stop it first (bounded; checked below).
+    wait_for(Duration::from_secs(15), || served.load(std::sync::atomic::Ordering::Relaxed) >= served_at_restore + 10);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (good, bad) = client.join().unwrap();
     let after = good.iter().filter(|t| **t > ended).count();
