@@ -2,15 +2,18 @@
 //!
 //! The chunker turns a run of bytes that starts at some address (a memory mapping, or a file at an
 //! offset) into *extents*. Each extent covers a byte range of the run and is either
-//! - **zero**: every page in it is all-zero; nothing is stored, the extent only records the range;
+//! - **zero**: every byte in it is zero; nothing is stored, the extent only records the range;
 //! - **data**: a [`Chunk`] whose id is the BLAKE3 hash of its uncompressed bytes, stored compressed
-//!   with zstd, or raw where compression does not pay.
+//!   with zstd, or (where compression does not pay, decided at once for pages that look random)
+//!   raw, with its zero pages left out ([`Compression::Sparse`]).
 //!
 //! ## Granularity
-//! Runs are cut at *absolute* [`ChunkerConfig::chunk_size`] boundaries (64 KiB by default) and,
-//! inside each such block, at page boundaries between zero and non-zero pages. A chunk therefore
-//! never spans two blocks, and the same bytes at the same alignment always give the same chunk
-//! id, in whatever run they were presented. An incremental dump hands the chunker only the pages
+//! Runs are cut at *absolute* [`ChunkerConfig::chunk_size`] boundaries (64 KiB by default); a
+//! block that is all zero is a zero extent, any other is one chunk, zero pages inside it
+//! included (they cost nothing stored, and restore skips them). Memory in which zero and
+//! non-zero pages alternate therefore makes one chunk and one extent per block, not one per page.
+//! A chunk never spans two blocks, and the same bytes at the same alignment always give the same
+//! chunk id, in whatever run they were presented. An incremental dump hands the chunker only the pages
 //! that were written; they become chunks of their own (a sub-range of a block), so unchanged data
 //! is never rewritten, while full dumps get the speed of 64 KiB blocks. `benches/` measures the
 //! trade-off (see the README for figures).
@@ -34,14 +37,34 @@ pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 /// Default zstd level: level 1 is the fastest that still compresses text-like pages well.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
-/// Content address of a chunk: BLAKE3 over its uncompressed bytes.
+/// BLAKE3 key-derivation context of the ids of chunks that have zero pages.
+const SPARSE_ID_CONTEXT: &str = "zap 2026 chunk id: length and pages, zero pages left out";
+
+/// Content address of a chunk: BLAKE3 over its uncompressed bytes when it has no zero page;
+/// otherwise BLAKE3 in key-derivation mode (its own domain, see `SPARSE_ID_CONTEXT`) over its
+/// length (u64 LE) and its [`Compression::Sparse`] form (page bitmap, then the non-zero pages),
+/// so that zero pages, often half of memory, are never hashed. Either way a pure function of
+/// the bytes ([`ChunkId::of`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ChunkId(pub [u8; 32]);
 
 impl ChunkId {
     /// Hashes `data` into its chunk id.
     pub fn of(data: &[u8]) -> Self {
-        ChunkId(*blake3::hash(data).as_bytes())
+        if pages(data).any(|(_, zero)| zero) {
+            Self::of_sparse(data.len(), &sparse(data))
+        } else {
+            ChunkId(*blake3::hash(data).as_bytes())
+        }
+    }
+
+    /// The id of the bytes whose [`Compression::Sparse`] form is `sparse` (`raw_len` bytes in
+    /// all): what [`ChunkId::of`] gives for bytes with a zero page, computed without them.
+    pub fn of_sparse(raw_len: usize, sparse: &[u8]) -> Self {
+        let mut h = blake3::Hasher::new_derive_key(SPARSE_ID_CONTEXT);
+        h.update(&(raw_len as u64).to_le_bytes());
+        h.update(sparse);
+        ChunkId(*h.finalize().as_bytes())
     }
 
     /// Lower-case hex form of the id.
@@ -77,6 +100,10 @@ pub enum Compression {
     None = 0,
     /// Stored as one zstd frame.
     Zstd = 1,
+    /// Zero pages left out: a bitmap with one bit per page of the chunk (bit set: stored), then
+    /// the stored pages back to back (the last one may be short). For chunks whose non-zero
+    /// pages do not compress.
+    Sparse = 2,
 }
 
 impl Compression {
@@ -90,6 +117,7 @@ impl Compression {
         match code {
             0 => Some(Compression::None),
             1 => Some(Compression::Zstd),
+            2 => Some(Compression::Sparse),
             _ => None,
         }
     }
@@ -174,6 +202,12 @@ pub enum ChunkError {
         /// zstd's error.
         source: std::io::Error,
     },
+    /// A sparse chunk whose bitmap and pages do not add up.
+    #[error("chunk {id}: sparse encoding does not match its length")]
+    Sparse {
+        /// The chunk.
+        id: ChunkId,
+    },
     /// The decoded length is not the recorded one.
     #[error("chunk {id}: decoded {got} bytes, expected {expected}")]
     Length {
@@ -229,15 +263,105 @@ fn compress(data: &[u8], level: i32) -> Vec<u8> {
     })
 }
 
-/// Hashes and encodes one chunk's bytes.
+/// True when a page looks like random bytes, which zstd cannot shrink: 256 bytes sampled across
+/// it (every 16th) take more than 140 distinct values (random data gives about 162; text,
+/// code, pointers and small integers far fewer). Costs a 256-byte pass, not a compression.
+pub fn looks_random(page: &[u8]) -> bool {
+    if page.len() < 256 {
+        return false;
+    }
+    let step = page.len() / 256;
+    let mut seen = [false; 256];
+    let mut distinct = 0u32;
+    for i in 0..256 {
+        let b = page[i * step] as usize;
+        distinct += u32::from(!seen[b]);
+        seen[b] = true;
+    }
+    distinct > 140
+}
+
+/// The pages of `data` (from its start, the last one possibly short): (range, is zero).
+fn pages(data: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> + '_ {
+    (0..data.len()).step_by(PAGE_SIZE).map(move |from| {
+        let to = (from + PAGE_SIZE).min(data.len());
+        (from..to, is_zero(&data[from..to]))
+    })
+}
+
+/// The [`Compression::Sparse`] encoding of `data`.
+pub fn sparse(data: &[u8]) -> Vec<u8> {
+    let n = data.len().div_ceil(PAGE_SIZE);
+    let mut out = vec![0u8; n.div_ceil(8)];
+    for (i, (range, zero)) in pages(data).enumerate() {
+        if !zero {
+            out[i / 8] |= 1 << (i % 8);
+            out.extend_from_slice(&data[range]);
+        }
+    }
+    out
+}
+
+/// The non-zero pages of a [`Compression::Sparse`] chunk of `raw_len` bytes, without copying
+/// them: (offset in the chunk, bytes). `None` when the encoding is malformed.
+pub fn sparse_pages(stored: &[u8], raw_len: usize) -> Option<Vec<(usize, &[u8])>> {
+    let n = raw_len.div_ceil(PAGE_SIZE);
+    let (bitmap, mut body) = stored.split_at_checked(n.div_ceil(8))?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            let len = ((i + 1) * PAGE_SIZE).min(raw_len) - i * PAGE_SIZE;
+            let (page, rest) = body.split_at_checked(len)?;
+            out.push((i * PAGE_SIZE, page));
+            body = rest;
+        }
+    }
+    let spare = bitmap.len() * 8 - n;
+    (body.is_empty() && (spare == 0 || bitmap[bitmap.len() - 1] >> (8 - spare) == 0)).then_some(out)
+}
+
+fn unsparse(stored: &[u8], raw_len: usize) -> Option<Vec<u8>> {
+    let n = raw_len.div_ceil(PAGE_SIZE);
+    let (bitmap, mut body) = stored.split_at_checked(n.div_ceil(8))?;
+    let mut out = vec![0u8; raw_len];
+    for i in 0..n {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            let to = ((i + 1) * PAGE_SIZE).min(raw_len);
+            let len = to - i * PAGE_SIZE;
+            let (page, rest) = body.split_at_checked(len)?;
+            out[i * PAGE_SIZE..to].copy_from_slice(page);
+            body = rest;
+        }
+    }
+    // Unused bitmap bits must be clear and nothing may follow the last page: one encoding each.
+    let spare = bitmap.len() * 8 - n;
+    (body.is_empty() && (spare == 0 || bitmap[bitmap.len() - 1] >> (8 - spare) == 0)).then_some(out)
+}
+
+/// Hashes and encodes one chunk's bytes: zstd where it saves at least 1/`min_saving_div` of
+/// them; otherwise, or at once when every non-zero page looks random ([`looks_random`]), the
+/// bytes as they are, with zero pages left out ([`Compression::Sparse`]) if it has any.
 pub fn make_chunk(data: &[u8], cfg: &ChunkerConfig) -> Chunk {
-    let id = ChunkId::of(data);
-    let packed = compress(data, cfg.zstd_level);
-    let pays = packed.len() + data.len() / cfg.min_saving_div.max(1) < data.len();
-    let (compression, stored) = if pays {
-        (Compression::Zstd, packed)
-    } else {
-        (Compression::None, data.to_vec())
+    let (mut zero, mut random, mut other) = (0usize, 0usize, 0usize);
+    for (range, z) in pages(data) {
+        if z {
+            zero += 1;
+        } else if looks_random(&data[range]) {
+            random += 1;
+        } else {
+            other += 1;
+        }
+    }
+    let sparse_form = (zero > 0).then(|| sparse(data));
+    let id = match &sparse_form {
+        Some(s) => ChunkId::of_sparse(data.len(), s),
+        None => ChunkId(*blake3::hash(data).as_bytes()),
+    };
+    let packed = (other > 0 || random == 0).then(|| compress(data, cfg.zstd_level));
+    let (compression, stored) = match (packed, sparse_form) {
+        (Some(p), _) if p.len() + data.len() / cfg.min_saving_div.max(1) < data.len() => (Compression::Zstd, p),
+        (_, Some(s)) => (Compression::Sparse, s),
+        _ => (Compression::None, data.to_vec()),
     };
     Chunk {
         id,
@@ -258,6 +382,14 @@ pub fn decode_chunk(
         Compression::None => stored.to_vec(),
         Compression::Zstd => zstd::bulk::decompress(stored, raw_len)
             .map_err(|source| ChunkError::Decompress { id: *id, source })?,
+        Compression::Sparse => {
+            // Checked on the stored form itself, which is what its id hashes.
+            let actual = ChunkId::of_sparse(raw_len, stored);
+            if actual != *id {
+                return Err(ChunkError::Hash { id: *id, actual });
+            }
+            return unsparse(stored, raw_len).ok_or(ChunkError::Sparse { id: *id });
+        }
     };
     if raw.len() != raw_len {
         return Err(ChunkError::Length { id: *id, got: raw.len(), expected: raw_len });
@@ -269,42 +401,11 @@ pub fn decode_chunk(
     Ok(raw)
 }
 
-/// Splits one block (never crossing a `chunk_size` boundary) into zero and data extents.
-fn chunk_block(start: u64, block: &[u8], cfg: &ChunkerConfig) -> Vec<ChunkedExtent> {
-    let mut out = Vec::with_capacity(1);
-    let mut run_start = 0usize;
-    let mut run_zero: Option<bool> = None;
-    let flush = |from: usize, to: usize, zero: bool, out: &mut Vec<ChunkedExtent>| {
-        if to > from {
-            out.push(ChunkedExtent {
-                start: start + from as u64,
-                len: (to - from) as u64,
-                chunk: (!zero).then(|| make_chunk(&block[from..to], cfg)),
-            });
-        }
-    };
-    // Pages are counted from the absolute address so that a run that does not start on a page
-    // boundary is still tested page by page.
-    let mut pos = 0usize;
-    while pos < block.len() {
-        let page_end = (((start as usize + pos) / PAGE_SIZE + 1) * PAGE_SIZE - start as usize)
-            .min(block.len());
-        let zero = is_zero(&block[pos..page_end]);
-        match run_zero {
-            Some(z) if z == zero => {}
-            Some(z) => {
-                flush(run_start, pos, z, &mut out);
-                run_start = pos;
-                run_zero = Some(zero);
-            }
-            None => run_zero = Some(zero),
-        }
-        pos = page_end;
-    }
-    if let Some(z) = run_zero {
-        flush(run_start, block.len(), z, &mut out);
-    }
-    out
+/// One block (never crossing a `chunk_size` boundary): a zero extent when all its bytes are
+/// zero, else one chunk (zero pages inside it cost nothing stored: see [`make_chunk`]).
+fn chunk_block(start: u64, block: &[u8], cfg: &ChunkerConfig) -> ChunkedExtent {
+    let chunk = (!is_zero(block)).then(|| make_chunk(block, cfg));
+    ChunkedExtent { start, len: block.len() as u64, chunk }
 }
 
 /// Cuts `data`, which starts at absolute position `start`, into blocks at `chunk_size` boundaries.
@@ -329,12 +430,12 @@ pub fn chunk_run(start: u64, data: &[u8], cfg: &ChunkerConfig) -> Vec<ChunkedExt
         "chunk size must be a power-of-two multiple of the page size"
     );
     let blocks = blocks(start, data, cfg.chunk_size);
-    let per_block: Vec<Vec<ChunkedExtent>> = match cfg.parallelism {
+    let per_block: Vec<ChunkedExtent> = match cfg.parallelism {
         Parallelism::Serial => blocks.iter().map(|(s, b)| chunk_block(*s, b, cfg)).collect(),
         Parallelism::Rayon => blocks.par_iter().map(|(s, b)| chunk_block(*s, b, cfg)).collect(),
     };
     let mut out: Vec<ChunkedExtent> = Vec::with_capacity(per_block.len());
-    for ext in per_block.into_iter().flatten() {
+    for ext in per_block {
         match out.last_mut() {
             Some(prev) if prev.chunk.is_none() && ext.chunk.is_none() => prev.len += ext.len,
             _ => out.push(ext),
@@ -407,6 +508,7 @@ mod tests {
         let mut noise = vec![0u8; DEFAULT_CHUNK_SIZE];
         rng.fill(&mut noise[..]);
         data.extend_from_slice(&noise);
+        data.extend_from_slice(&vec![0u8; DEFAULT_CHUNK_SIZE]);
         let serial = ChunkerConfig { parallelism: Parallelism::Serial, ..Default::default() };
         let par = ChunkerConfig { parallelism: Parallelism::Rayon, ..Default::default() };
         let a = chunk_run(0x1000_0000, &data, &serial);
@@ -415,6 +517,45 @@ mod tests {
         assert!(a.iter().any(|e| e.chunk.is_none()));
         assert!(a.iter().any(|e| matches!(&e.chunk, Some(c) if c.compression == Compression::Zstd)));
         assert!(a.iter().any(|e| matches!(&e.chunk, Some(c) if c.compression == Compression::None)));
+    }
+
+    #[test]
+    fn zero_pages_inside_a_block_cost_nothing_and_random_pages_skip_zstd() {
+        // Every other page zero, the others random: one sparse chunk per block, half its size.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let mut data = vec![0u8; 4 * DEFAULT_CHUNK_SIZE];
+        for page in data.chunks_mut(PAGE_SIZE).skip(1).step_by(2) {
+            rng.fill(page);
+        }
+        let exts = chunk_run(0x40_0000, &data, &ChunkerConfig::default());
+        assert_eq!(exts.len(), 4);
+        for e in &exts {
+            let c = e.chunk.as_ref().unwrap();
+            assert_eq!(c.compression, Compression::Sparse);
+            assert_eq!(c.data.len(), DEFAULT_CHUNK_SIZE / 2 + 2);
+        }
+        assert_eq!(reassemble(0x40_0000, data.len(), &exts), data);
+        // Every corruption of a sparse chunk is caught (bitmap, pages, length).
+        let c = exts[0].chunk.clone().unwrap();
+        for i in [0, 1, 2, 100, c.data.len() - 1] {
+            let mut bad = c.data.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_chunk(&c.id, c.compression, c.raw_len as usize, &bad).is_err(), "flip at {i}");
+        }
+        assert!(decode_chunk(&c.id, c.compression, c.raw_len as usize, &c.data[1..]).is_err());
+        // A short last page and an unused bitmap bit.
+        let odd: Vec<u8> = (0..3 * PAGE_SIZE + 100).map(|i| if i / PAGE_SIZE == 1 { 0 } else { rng.gen() }).collect();
+        let id = ChunkId::of(&odd);
+        let stored = sparse(&odd);
+        assert_eq!(id, ChunkId::of_sparse(odd.len(), &stored));
+        assert_ne!(id, ChunkId(*blake3::hash(&odd).as_bytes()), "sparse ids have their own domain");
+        assert_eq!(stored.len(), 1 + odd.len() - PAGE_SIZE);
+        assert_eq!(decode_chunk(&id, Compression::Sparse, odd.len(), &stored).unwrap(), odd);
+        let mut bad = stored.clone();
+        bad[0] |= 0x80;
+        assert!(decode_chunk(&id, Compression::Sparse, odd.len(), &bad).is_err());
+        // Text is not random.
+        assert!(!looks_random(&b"the quick brown fox ".repeat(205)[..PAGE_SIZE]));
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod files_cmd;
 mod maint_cmd;
 mod migrate_cmd;
 mod output;
+mod pager_cmd;
 mod pod_cmd;
 mod process_cmd;
 mod progress;
@@ -95,6 +96,9 @@ enum Command {
     /// connections. Listening sockets are back at once; clients simply connect again.
     #[command(verbatim_doc_comment)]
     Rollback(schedule_cmd::RollbackArgs),
+    /// The pager of a lazy restore (internal: `zap restore --lazy` starts it).
+    #[command(name = "__pager", hide = true)]
+    Pager(pager_cmd::PagerArgs),
     /// The checkpoint scheduler that `--every` starts (internal).
     #[command(name = "__schedule", hide = true)]
     Schedule(schedule_cmd::ScheduleArgs),
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
         Command::Receive(args) => (Some("receive"), migrate_cmd::receive(&ctx, &args)),
         Command::ReceiveWorker => (Some("receive"), migrate_cmd::worker()),
         Command::Key(cmd) => (None, migrate_cmd::key(&ctx, &cmd)),
+        Command::Pager(args) => (None, pager_cmd::run(&ctx, &args)),
         Command::Exec(args) => {
             return match pod_cmd::exec(&args) {
                 Ok(code) => ExitCode::from(code),

@@ -73,6 +73,10 @@ pub struct RestoreArgs {
     /// Pod checkpoints: address of the restored pod, ADDR/PREFIX (default: the saved one).
     #[arg(long)]
     ip: Option<String>,
+    /// Process checkpoints: run at once and load the memory while running (a pager process
+    /// serves the pages from the store; if it dies before all are in, the process is killed).
+    #[arg(long)]
+    lazy: bool,
 }
 
 fn engine_err(e: zap_engine::EngineError) -> CliError {
@@ -151,11 +155,18 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
     let store = ctx.open()?;
     let id = store.resolve(&args.id)?;
     let kind = store.manifest(&id)?.kind;
+    if args.lazy && kind != process::KIND {
+        return Err(CliError::Invalid(format!("--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {kind} checkpoint")));
+    }
     if kind == podck::KIND {
         return restore_pod(ctx, &store, &id, args);
     }
     if args.name.is_some() || args.ip.is_some() {
         return Err(CliError::Invalid(format!("--name and --ip apply to pod checkpoints; {id} is a {kind} checkpoint")));
+    }
+    if args.lazy {
+        drop(store); // the pager opens it
+        return crate::pager_cmd::restore_lazy(ctx, &id);
     }
     if kind == zap_engine::group::KIND {
         let r = zap_engine::group::restore(&store, &id).map_err(engine_err)?;

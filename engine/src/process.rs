@@ -309,6 +309,20 @@ pub fn save_process(
     plan: &mem::CopyPlan<'_>,
     layout: Option<Vec<VmaState>>,
 ) -> Result<(ProcessImage, mem::PageCopy)> {
+    save_process_pages(pid, frozen, files_ctx, plan, layout, false)
+}
+
+/// [`save_process`], with `stream`: the pages are not copied out but only planned
+/// ([`mem::plan_pages_since`]), for the dump pipeline to read while it stores them; the process
+/// (and the parent process of `plan`) must then stay stopped until they are stored.
+pub fn save_process_pages(
+    pid: i32,
+    frozen: &Frozen,
+    files_ctx: &mut files::SaveContext,
+    plan: &mem::CopyPlan<'_>,
+    layout: Option<Vec<VmaState>>,
+    stream: bool,
+) -> Result<(ProcessImage, mem::PageCopy)> {
     let vpid = vpid_of(pid)?;
     if !frozen.threads().contains(&pid) {
         return Err(EngineError::Proc { pid, detail: "its main thread has exited; not supported".into() });
@@ -343,7 +357,7 @@ pub fn save_process(
     }
     // Copy the pages out; after this the process no longer needs to be stopped.
     let t = Instant::now();
-    let copy = mem::copy_pages_since(pid, &mut vmas, plan)?;
+    let copy = if stream { mem::plan_pages_since(pid, &mut vmas, plan)? } else { mem::copy_pages_since(pid, &mut vmas, plan)? };
     tracing::trace!(pid, copy_ms = t.elapsed().as_secs_f64() * 1e3, "pages copied");
     Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, mm, fds, itimers, posix_timers }, copy))
 }
@@ -356,7 +370,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let mut ctx = files::SaveContext::default();
     ctx.sockets.tcp_close = opts.tcp_close;
     ctx.sockets.network_locked = true;
-    let (mut image, copy) = save_process(pid, &frozen, &mut ctx, &mem::CopyPlan::default(), None)?;
+    // A process that stays stopped until the commit has its pages read while they are stored.
+    let stream = !opts.leave_running;
+    let (mut image, copy) = save_process_pages(pid, &frozen, &mut ctx, &mem::CopyPlan::default(), None, stream)?;
     mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
     let bytes_read = copy.bytes;
     // With leave_running the process goes on now. Otherwise it stays stopped until the
@@ -374,6 +390,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let mut writer = store.writer()?;
     let (mut images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", None)?;
     images.extend(files::store_contents(&mut image.fds, &mut image.vmas, &mut writer, &opts.chunker, "")?);
+    let stored_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
     manifest.parent = opts.parent;
     manifest.labels.insert("pid".into(), pid.to_string());
@@ -382,6 +399,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     manifest.state = image.encode();
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(pid, copied_ms, stored_ms, total_ms, bytes_read, "process checkpoint committed");
     if let Some(frozen) = frozen {
         // Closing the connections must send nothing; they stay locked until restored.
         crate::sockets::silence_tcp(&[pid])?;
@@ -485,6 +503,7 @@ pub(crate) fn wait_ready(pid: i32, tramp: u64, timeout: Duration) -> Result<()> 
 pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> {
     let t0 = Instant::now();
     let manifest = store.manifest(id)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read");
     if manifest.kind != KIND {
         return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process", manifest.kind) });
     }
@@ -541,6 +560,110 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         sysclone::kill_and_reap(init);
     }
     result
+}
+
+/// Restores checkpoint `id` like [`restore`], lazily: the process runs as soon as everything
+/// but the pages of its private anonymous memory is in place; a pager thread started here
+/// fills those while it runs ([`crate::lazy`]). The calling thread must live until the
+/// returned handle's [`crate::lazy::PagerHandle::wait`] returns: the restored namespace dies
+/// with it before. The pager keeps `store` only until it has opened the packs it needs.
+pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &CheckpointId) -> Result<(Restored, crate::lazy::PagerHandle)> {
+    let store_ref = store.clone();
+    let store = &*store_ref;
+    let t0 = Instant::now();
+    let manifest = store.manifest(id)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read");
+    if manifest.kind != KIND {
+        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process", manifest.kind) });
+    }
+    let image = ProcessImage::decode(&manifest.state)?;
+    if image.vpid == 1 {
+        return Err(EngineError::Proc { pid: image.vpid, detail: "restoring a namespace init (pid 1) is not supported yet".into() });
+    }
+    // Refused before anything is made.
+    lazy_unsupported(&image)?;
+    let tramp = trampoline_addr(&image.vmas);
+    // The process shares Zap's network namespace: its connections are locked one by one.
+    let conns = saved_connections(&image);
+    let me = std::process::id() as i32;
+    let netlock = if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(me, image.host_pid, &conns)?) };
+    let (guard_read, guard_write) = sysclone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: image.vpid, source })?;
+    use std::os::fd::AsRawFd;
+    let init = sysclone::spawn_pidns_target_guarded(image.vpid, tramp, guard_read.as_raw_fd())
+        .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
+    drop(guard_read);
+    let mut guard_write = Some(guard_write);
+    let result = (|| {
+        let pid = find_child(init, Duration::from_secs(5))?;
+        wait_ready(pid, tramp, Duration::from_secs(5))?;
+        let mut frozen = Frozen::freeze(pid)?;
+        let mut pager = None;
+        let steps = (|| {
+            let mut r = ProcRestore::begin(&image, pid, tramp)?;
+            let (uffd, ranges) = r.memory_lazy(store, &manifest.images, &mut mem::ShmContext::default())?;
+            tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
+            let guard = guard_write.take().expect("taken once");
+            pager = Some(crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store_ref.clone(), init, guard)));
+            r.memory_late()?;
+            r.threads(&mut frozen)?;
+            let mut ctx = files::RestoreContext::new(std::process::id());
+            r.files(&mut ctx)?;
+            crate::sockets::finish(&mut [(image.vpid, r.injector())], &mut ctx)?;
+            r.close_fds(&ctx.keepers(image.vpid))?;
+            r.finish()
+        })();
+        let warnings = match steps {
+            Ok(warnings) => warnings,
+            Err(e) => {
+                if let Err(kill) = frozen.kill() {
+                    tracing::warn!(pid, error = %kill, "could not kill the half-restored process");
+                }
+                return Err(e);
+            }
+        };
+        // Detach: the process runs, or goes back into the job-control stop it was saved in.
+        match image.attrs.stop {
+            Some(stop) => frozen.detach_stopped(stop.signal)?,
+            None => drop(frozen),
+        }
+        if let Some(l) = netlock {
+            l.unlock()?;
+        }
+        let restored = Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
+        Ok((restored, pager.expect("started with the memory")))
+    })();
+    if result.is_err() {
+        sysclone::kill_and_reap(init);
+    }
+    result
+}
+
+/// Fails, naming the mapping and why, when `image` holds memory a lazy restore cannot serve: a
+/// mapping that inherits pages from its parent process ([`mem::cow`]: the pages are not in the
+/// image, and a lazy restore has no restored parent to take them from).
+pub fn lazy_unsupported(image: &ProcessImage) -> Result<()> {
+    match image.vmas.iter().find(|v| !v.inherited.is_empty()) {
+        Some(v) => Err(EngineError::Proc {
+            pid: image.vpid,
+            detail: format!(
+                "lazy restore: mapping {:#x}-{:#x} ({}) inherits pages from its parent process, which a lazy restore of one process cannot serve; restore it without --lazy",
+                v.start, v.end, v.name
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// True when the pager may fill mapping `v` (see [`ProcRestore::memory_lazy`]): private
+/// anonymous memory of normal pages, with no guard pages, not locked, not sealed.
+fn lazy_servable(v: &VmaState) -> bool {
+    v.backing == mem::Backing::Anon
+        && !v.shared
+        && v.huge == 0
+        && v.inherited.is_empty()
+        && v.guards.is_empty()
+        && !v.flags.has(mem::VmFlags::LOCKED)
+        && !v.flags.has(mem::VmFlags::SEALED)
 }
 
 /// The restore of one process, step by step. The process is a bare clone that holds only the
@@ -692,6 +815,70 @@ impl<'a> ProcRestore<'a> {
     /// has made the children that inherit its memory.
     pub fn memory_late(&mut self) -> Result<()> {
         mem::restore_late(&mut self.inj, self.image.vpid, &self.image.vmas)
+    }
+
+    /// Like [`ProcRestore::memory`] (for a process without a restored parent), but the pages of
+    /// plain private anonymous mappings are not written: those mappings are registered with a
+    /// userfaultfd created in the process (missing mode), returned with what they must hold, for
+    /// a [`crate::lazy::Pager`] to fill while the process runs. Mappings a pager cannot fill
+    /// safely are written now, as [`ProcRestore::memory`] does: hugetlb ones (served a huge page
+    /// at a time), those with guard pages (installed after their pages), locked ones (`mlock`
+    /// would fault every page in while the process is held) and sealed ones. A mapping that
+    /// inherits pages from a parent process is refused ([`lazy_unsupported`]). Start the pager
+    /// before anything else touches the process's memory.
+    pub fn memory_lazy<S: ImageStore>(
+        &mut self,
+        store: &S,
+        images: &[zap_store::Image],
+        shm: &mut mem::ShmContext,
+    ) -> Result<(std::os::fd::OwnedFd, Vec<crate::lazy::LazyRange>)> {
+        use crate::sys::{proc as sysproc, uffd};
+        let pid = self.pid;
+        lazy_unsupported(self.image)?;
+        self.load_contents(store, images)?;
+        let image = self.loaded.as_deref().unwrap_or(self.image);
+        let (vpid, vmas) = (image.vpid, &image.vmas);
+        let t = Instant::now();
+        self.inj.scratch_at(mem::scratch_place(vmas, self.tramp, SCRATCH), SCRATCH)?;
+        image.mm.restore_merge(&mut self.inj, vpid, None)?;
+        let mut write = mem::restore_layout(&mut self.inj, vpid, vmas, shm, None)?;
+        let mut ranges = Vec::new();
+        for (i, v) in vmas.iter().enumerate() {
+            if !write[i] || !lazy_servable(v) {
+                continue;
+            }
+            let Some(name) = v.image.as_ref() else { continue };
+            let img = images.iter().find(|im| &im.name == name).ok_or_else(|| EngineError::Proc {
+                pid,
+                detail: format!("checkpoint lacks image {name} for mapping {:#x}", v.start),
+            })?;
+            write[i] = false;
+            ranges.push(crate::lazy::LazyRange { start: v.start, end: v.end, extents: img.extents.clone() });
+        }
+        let bytes = mem::restore_pages(store, &self.inj, vmas, &write, images)?;
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        let tfd = self.inj.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
+        let taken = (|| {
+            let pidfd = sysproc::pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
+            let fd = sysproc::pidfd_getfd(&pidfd, tfd as i32).map_err(|source| EngineError::Sys { step: "pidfd_getfd userfaultfd", pid, source })?;
+            uffd::api(&fd, uffd::UFFD_FEATURE_EVENT_FORK | uffd::UFFD_FEATURE_EVENT_REMAP)
+                .map_err(|source| EngineError::Sys { step: "userfaultfd API (missing mode, fork and remap events)", pid, source })?;
+            for r in &ranges {
+                uffd::register_missing(&fd, r.start, r.end - r.start).map_err(|source| EngineError::Proc {
+                    pid,
+                    detail: format!("register mapping {:#x}-{:#x} with userfaultfd: {source}", r.start, r.end),
+                })?;
+            }
+            Ok::<_, EngineError>(fd)
+        })();
+        self.inj.call("close userfaultfd", libc::SYS_close, [tfd, 0, 0, 0, 0, 0])?;
+        let uffd = taken?;
+        // Nothing after this touches the lazy mappings' pages: rings, guards and locks are on
+        // mappings written above.
+        mem::restore_after_pages(store, &mut self.inj, vpid, vmas, images, &image.mm)?;
+        let lazy: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        tracing::debug!(vpid, mappings = vmas.len(), lazy_mappings = ranges.len(), lazy, bytes, ms = t.elapsed().as_secs_f64() * 1e3, "memory registered lazily");
+        Ok((uffd, ranges))
     }
 
     /// Sets what the threads inherit from the main thread (loginuid, the seccomp filters they

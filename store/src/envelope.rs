@@ -78,6 +78,11 @@ pub fn seal<T: Serialize>(magic: [u8; 4], version: u16, value: &T) -> Vec<u8> {
     out
 }
 
+/// The format version an envelope's header states, without checking anything else.
+pub fn version_of(bytes: &[u8]) -> Option<u16> {
+    bytes.get(4..6).map(|v| u16::from_le_bytes([v[0], v[1]]))
+}
+
 /// Checks and decodes an envelope, returning the record and its format version.
 pub fn open<T: DeserializeOwned>(
     magic: [u8; 4],

@@ -5,7 +5,8 @@
 //! | `chunks` | chunk id (32 bytes) | version 1, pack u64, offset u64, stored u32, raw u32, compression u8 (LE, 26 bytes) |
 //! | `packs` | pack id (u64 BE) | version 1, file size u64, chunk count u32, chunk data bytes u64 (LE, 21 bytes) |
 //! | `pending` | pack id (u64 BE) | empty: a pack being written; recovery may delete its file |
-//! | `manifests` | checkpoint id (8 bytes) | sealed [`crate::manifest::Manifest`] |
+//! | `manifests` | checkpoint id (8 bytes) | sealed manifest (version 1: [`crate::manifest::Manifest`]; 2: images as tree roots) |
+//! | `nodes` | node id (32 bytes, BLAKE3 of the value) | a manifest tree node ([`crate::tree`]) |
 //! | `summaries` | checkpoint id (8 bytes) | sealed [`crate::manifest::CheckpointSummary`] |
 //! | `default` | `format` | store format version (u32 LE) |
 //! | `default` | `seq` | commit sequence number (u64 LE), +1 with every batch |
@@ -26,7 +27,8 @@ pub const CF_PACKS: &str = "packs";
 pub const CF_MANIFESTS: &str = "manifests";
 pub const CF_SUMMARIES: &str = "summaries";
 pub const CF_PENDING: &str = "pending";
-const CFS: [&str; 5] = [CF_CHUNKS, CF_PACKS, CF_MANIFESTS, CF_SUMMARIES, CF_PENDING];
+pub const CF_NODES: &str = "nodes";
+const CFS: [&str; 6] = [CF_CHUNKS, CF_PACKS, CF_MANIFESTS, CF_SUMMARIES, CF_PENDING, CF_NODES];
 const FORMAT_KEY: &[u8] = b"format";
 /// Store format version recorded in the index.
 pub const STORE_FORMAT: u32 = 1;
@@ -198,6 +200,46 @@ impl Index {
             .is_some())
     }
 
+    /// Locations of many chunks at once (batched reads), in the order of `ids`.
+    pub fn chunks_of(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLoc>>> {
+        let cf = self.cf(CF_CHUNKS);
+        self.db
+            .batched_multi_get_cf(cf, ids.iter().map(|id| &id.0[..]), false)
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| match r.map_err(|e| StoreError::index("read chunk", e))? {
+                None => Ok(None),
+                Some(v) => decode_loc(&id.0, &v).map(Some),
+            })
+            .collect()
+    }
+
+    pub fn has_node(&self, id: &crate::tree::NodeId) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_NODES), id.0).map_err(|e| StoreError::index("read manifest node", e))?.is_some())
+    }
+
+    /// The stored bytes of many nodes at once, in the order of `ids`.
+    pub fn nodes_of(&self, ids: &[crate::tree::NodeId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(CF_NODES);
+        self.db
+            .batched_multi_get_cf(cf, ids.iter().map(|id| &id.0[..]), false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(|e| StoreError::index("read manifest node", e)))
+            .collect()
+    }
+
+    /// Every node id in the index.
+    pub fn node_ids(&self) -> Result<Vec<crate::tree::NodeId>> {
+        self.db
+            .iterator_cf(self.cf(CF_NODES), rocksdb::IteratorMode::Start)
+            .map(|r| {
+                let (k, _) = r.map_err(|e| StoreError::index("scan manifest nodes", e))?;
+                let arr: [u8; 32] = k.as_ref().try_into().map_err(|_| corrupt_value(CF_NODES, &k, "key is not 32 bytes"))?;
+                Ok(crate::tree::NodeId(arr))
+            })
+            .collect()
+    }
+
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get_cf(self.cf(cf), key).map_err(|e| StoreError::index("read", e))
     }
@@ -279,6 +321,12 @@ impl Batch<'_> {
     }
     pub fn clear_pending(&mut self, id: PackId) {
         self.batch.delete_cf(self.index.cf(CF_PENDING), id.0.to_be_bytes());
+    }
+    pub fn put_node(&mut self, id: &crate::tree::NodeId, bytes: &[u8]) {
+        self.batch.put_cf(self.index.cf(CF_NODES), id.0, bytes);
+    }
+    pub fn delete_node(&mut self, id: &crate::tree::NodeId) {
+        self.batch.delete_cf(self.index.cf(CF_NODES), id.0);
     }
     pub fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
         self.batch.put_cf(self.index.cf(cf), key, value);

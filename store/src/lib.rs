@@ -30,13 +30,15 @@ mod maint;
 pub mod manifest;
 pub mod pack;
 mod sys;
+pub mod tree;
 
 pub use error::{Result, StoreError};
 pub use image::{clip, materialize, overlay, store_run};
-pub use local::{LocalStore, LocalWriter, StoreOptions};
+pub use local::{read_located, LocalStore, LocalWriter, StoreOptions};
 pub use maint::{GcReport, StoreStats, VerifyProblem, VerifyReport};
 pub use manifest::{CheckpointId, CheckpointSummary, Extent, ExtentData, Image, ImageKind, Manifest};
 pub use zap_chunker::{Chunk, ChunkId};
+
 
 /// The writing half of a store: chunks in, then one manifest that makes them a checkpoint.
 pub trait ChunkSink {
@@ -46,6 +48,79 @@ pub trait ChunkSink {
     fn put(&mut self, chunk: &Chunk) -> Result<bool>;
     /// Makes the chunks durable and the manifest visible, atomically. Consumes the writer.
     fn commit(self, manifest: Manifest) -> Result<CheckpointSummary>;
+}
+
+/// A chunk's bytes as read: whole, or sparse (zero pages left out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkBytes {
+    /// The uncompressed bytes.
+    Raw(Vec<u8>),
+    /// The [`zap_chunker::Compression::Sparse`] form of `raw_len` bytes, already checked.
+    Sparse {
+        /// Uncompressed length.
+        raw_len: usize,
+        /// Page bitmap, then the non-zero pages.
+        stored: Vec<u8>,
+    },
+}
+
+impl ChunkBytes {
+    /// Uncompressed length.
+    pub fn len(&self) -> usize {
+        match self {
+            ChunkBytes::Raw(v) => v.len(),
+            ChunkBytes::Sparse { raw_len, .. } => *raw_len,
+        }
+    }
+
+    /// True for a chunk of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pieces of bytes `[from, to)` of the chunk that must be written over memory that is
+    /// zero already: (offset in the chunk, bytes). With `skip_zero`, all-zero pages (of the
+    /// chunk's page grid) are left out; otherwise every byte is covered (zero pages as zeros).
+    pub fn pieces(&self, from: usize, to: usize, skip_zero: bool) -> Vec<(usize, std::borrow::Cow<'_, [u8]>)> {
+        use std::borrow::Cow;
+        let page = zap_chunker::PAGE_SIZE;
+        let mut out: Vec<(usize, Cow<'_, [u8]>)> = Vec::new();
+        match self {
+            ChunkBytes::Raw(v) => {
+                let mut pos = from;
+                while pos < to {
+                    let end = ((pos / page + 1) * page).min(to);
+                    let part = &v[pos..end];
+                    if !(skip_zero && zap_chunker::is_zero(part)) {
+                        match out.last_mut() {
+                            Some((off, Cow::Borrowed(prev))) if *off + prev.len() == pos => *prev = &v[*off..end],
+                            _ => out.push((pos, Cow::Borrowed(part))),
+                        }
+                    }
+                    pos = end;
+                }
+            }
+            ChunkBytes::Sparse { raw_len, stored } => {
+                let pages = zap_chunker::sparse_pages(stored, *raw_len).unwrap_or_default();
+                let mut pos = from;
+                for (off, bytes) in pages {
+                    let (a, b) = (off.max(from), (off + bytes.len()).min(to));
+                    if a >= b {
+                        continue;
+                    }
+                    if !skip_zero && a > pos {
+                        out.push((pos, Cow::Owned(vec![0; a - pos])));
+                    }
+                    out.push((a, Cow::Borrowed(&bytes[a - off..b - off])));
+                    pos = b;
+                }
+                if !skip_zero && pos < to {
+                    out.push((pos, Cow::Owned(vec![0; to - pos])));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The narrow interface over a checkpoint image store.
@@ -58,6 +133,12 @@ pub trait ImageStore: Sync {
     fn writer(&self) -> Result<Self::Writer<'_>>;
     /// Reads a chunk's uncompressed bytes, checked against its id.
     fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>>;
+    /// Reads a chunk, checked against its id, in the form cheapest to get: a
+    /// [`zap_chunker::Compression::Sparse`] chunk stays sparse (its zero pages need not be
+    /// written anywhere). By default, the uncompressed bytes.
+    fn read_chunk_bytes(&self, id: &ChunkId) -> Result<ChunkBytes> {
+        self.read_chunk(id).map(ChunkBytes::Raw)
+    }
     /// Loads a checkpoint's manifest.
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest>;
     /// Lists checkpoints, oldest first.

@@ -17,6 +17,7 @@
 //! Recovery on open: temporary packs and packs the index does not record are what a killed writer
 //! or GC left; they are deleted. Visible checkpoints are exactly those whose commit batch landed.
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -29,10 +30,28 @@ use zap_chunker::{decode_chunk, Chunk, ChunkId};
 use crate::envelope;
 use crate::index::{Index, PackRecord, CF_MANIFESTS, CF_SUMMARIES};
 use crate::manifest::{
-    CheckpointId, CheckpointSummary, ExtentData, Manifest, MANIFEST_MAGIC, MANIFEST_VERSION, SUMMARY_MAGIC,
-    SUMMARY_VERSION,
+    CheckpointId, CheckpointSummary, Extent, ExtentData, Image, Manifest, StoredImage, StoredManifest, MANIFEST_MAGIC,
+    MANIFEST_VERSION, SUMMARY_MAGIC, SUMMARY_VERSION,
 };
-use crate::pack::{self, ChunkLoc, PackId, PackWriter};
+use crate::tree::{self, Built, ChunkSize, Known, Leaf, Node, NodeId, NodeRef};
+
+/// Hashes a chunk id by its first 8 bytes: ids are BLAKE3 output, already uniform.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*b) << (8 * i);
+        }
+    }
+}
+
+type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
+use crate::pack::{self, ChunkLoc, FinishedPack, PackId, PackWriter};
 use crate::{sys, ChunkSink, ImageStore, Result, StoreError};
 
 const MARKER: &str = "STORE";
@@ -64,6 +83,8 @@ pub struct LocalStore {
     /// Writers hold it shared, GC exclusive.
     pub(crate) gc_lock: RwLock<()>,
     open_packs: Mutex<HashMap<PackId, Arc<File>>>,
+    /// Trees read or written in this process (see [`tree::Known`]); cleared by GC.
+    pub(crate) known: Mutex<Known>,
     _lock: File,
 }
 
@@ -164,6 +185,7 @@ impl LocalStore {
             opts,
             gc_lock: RwLock::new(()),
             open_packs: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
             _lock: lock,
         };
         store.recover()?;
@@ -281,6 +303,25 @@ impl LocalStore {
         })
     }
 
+    /// An open handle on the pack that holds a chunk, and the chunk's location: what a reader
+    /// that must outlive the store's lock (a lazy restore's pager) keeps. The file stays
+    /// readable even if GC later removes it. Read it with [`read_located`].
+    pub fn open_chunk(&self, id: &ChunkId) -> Result<(Arc<File>, PathBuf, ChunkLoc)> {
+        let loc = self.index.chunk(id)?.ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "not in the index".into() })?;
+        Ok((self.pack_file(loc.pack)?, self.pack_path(loc.pack), loc))
+    }
+
+    /// [`LocalStore::open_chunk`] for many chunks at once (batched index reads).
+    pub fn open_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(Arc<File>, PathBuf, ChunkLoc)>> {
+        ids.iter()
+            .zip(self.index.chunks_of(ids)?)
+            .map(|(id, loc)| {
+                let loc = loc.ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "not in the index".into() })?;
+                Ok((self.pack_file(loc.pack)?, self.pack_path(loc.pack), loc))
+            })
+            .collect()
+    }
+
     /// Where a chunk is stored, if it is.
     pub fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
         self.index.chunk(id)
@@ -294,11 +335,92 @@ impl LocalStore {
             .map_err(|e| StoreError::Corrupt { what: format!("summary of checkpoint {id}"), detail: e.to_string() })
     }
 
-    pub(crate) fn decode_manifest(id_hex: &str, bytes: &[u8]) -> Result<Manifest> {
-        envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, bytes)
-            .map(|(m, _)| m)
-            .map_err(|e| StoreError::Corrupt { what: format!("manifest of checkpoint {id_hex}"), detail: e.to_string() })
+    /// Decodes a sealed manifest of either version; a version-2 manifest's images are read from
+    /// their trees (every node checked against its id).
+    pub(crate) fn decode_manifest(&self, id_hex: &str, bytes: &[u8]) -> Result<Manifest> {
+        self.decode_manifest_visiting(id_hex, bytes, &mut |_| {})
     }
+
+    /// [`LocalStore::decode_manifest`], calling `visit` with every tree node read.
+    pub(crate) fn decode_manifest_visiting(&self, id_hex: &str, bytes: &[u8], visit: &mut dyn FnMut(&NodeId)) -> Result<Manifest> {
+        let corrupt = |detail: String| StoreError::Corrupt { what: format!("manifest of checkpoint {id_hex}"), detail };
+        if envelope::version_of(bytes) == Some(1) {
+            return envelope::open(MANIFEST_MAGIC, 1, bytes).map(|(m, _)| m).map_err(|e| corrupt(e.to_string()));
+        }
+        let (stored, _): (StoredManifest, u16) = envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, bytes).map_err(|e| corrupt(e.to_string()))?;
+        let roots: Vec<NodeRef> = stored.images.iter().filter_map(|i| i.root).collect();
+        let mut trees = self.load_trees(id_hex, &roots, visit)?.into_iter();
+        let images = stored
+            .images
+            .into_iter()
+            .map(|i| Image { extents: if i.root.is_some() { trees.next().unwrap_or_default() } else { Vec::new() }, name: i.name, kind: i.kind })
+            .collect();
+        Ok(Manifest {
+            id: stored.id,
+            parent: stored.parent,
+            created_ms: stored.created_ms,
+            name: stored.name,
+            kind: stored.kind,
+            labels: stored.labels,
+            images,
+            state: stored.state,
+        })
+    }
+
+    /// Reads the trees under `roots`, level by level with batched reads, checking every node
+    /// against its id and its place (height, range, extent count); returns each tree's extents.
+    /// `visit` sees every node id read.
+    pub(crate) fn load_trees(&self, id_hex: &str, roots: &[NodeRef], visit: &mut dyn FnMut(&NodeId)) -> Result<Vec<Vec<Extent>>> {
+        let bad = |id: &NodeId, detail: String| StoreError::Corrupt { what: format!("manifest node {id} of checkpoint {id_hex}"), detail };
+        let mut out: Vec<Vec<Extent>> = vec![Vec::new(); roots.len()];
+        // (tree, expected ref) in address order within each tree.
+        let mut level: Vec<(usize, NodeRef)> = roots.iter().copied().enumerate().collect();
+        while !level.is_empty() {
+            let ids: Vec<NodeId> = level.iter().map(|(_, r)| r.id).collect();
+            let bytes = self.index.nodes_of(&ids)?;
+            let mut next = Vec::new();
+            for ((tree, r), b) in level.into_iter().zip(bytes) {
+                visit(&r.id);
+                let b = b.ok_or_else(|| bad(&r.id, "missing from the index".into()))?;
+                let node = tree::decode(&r.id, &b).map_err(|e| bad(&r.id, e))?;
+                let (start, end, count) = match &node {
+                    Node::Leaf(l) if r.height == 0 && !l.extents.is_empty() => {
+                        let e = &l.extents;
+                        (e[0].start, e[e.len() - 1].end(), e.len() as u64)
+                    }
+                    Node::Inner(c) if r.height > 0 && r.height <= tree::MAX_HEIGHT && !c.is_empty() && c.iter().all(|c| c.height + 1 == r.height) => {
+                        (c[0].start, c[c.len() - 1].end, c.iter().map(|c| c.extents).sum())
+                    }
+                    _ => return Err(bad(&r.id, format!("not a node of height {} or empty", r.height))),
+                };
+                if (start, end, count) != (r.start, r.end, r.extents) {
+                    return Err(bad(&r.id, "its range or extent count differs from its parent's record".into()));
+                }
+                self.known.lock().expect("known trees lock").learn(r.id, &node);
+                match node {
+                    Node::Leaf(l) => out[tree].extend(l.extents),
+                    Node::Inner(c) => next.extend(c.into_iter().map(|c| (tree, c))),
+                }
+            }
+            level = next;
+        }
+        Ok(out)
+    }
+}
+
+/// Reads and checks a chunk from a pack handle kept by [`LocalStore::open_chunk`], sparse
+/// chunks left sparse.
+pub fn read_located(id: &ChunkId, file: &File, path: &Path, loc: &ChunkLoc) -> Result<crate::ChunkBytes> {
+    let stored = pack::read_stored(file, path, loc)?;
+    let corrupt = |detail: String| StoreError::Corrupt { what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset), detail };
+    if loc.compression == zap_chunker::Compression::Sparse {
+        let actual = ChunkId::of_sparse(loc.raw_len as usize, &stored);
+        if actual != *id || zap_chunker::sparse_pages(&stored, loc.raw_len as usize).is_none() {
+            return Err(corrupt(format!("sparse content does not match its id (hash {actual}) or is malformed")));
+        }
+        return Ok(crate::ChunkBytes::Sparse { raw_len: loc.raw_len as usize, stored });
+    }
+    decode_chunk(id, loc.compression, loc.raw_len as usize, &stored).map(crate::ChunkBytes::Raw).map_err(|e| corrupt(e.to_string()))
 }
 
 impl ImageStore for LocalStore {
@@ -309,6 +431,7 @@ impl ImageStore for LocalStore {
             store: self,
             _guard: self.gc_lock.read().expect("gc lock"),
             pack: None,
+            complete: Vec::new(),
             finished: Vec::new(),
             new: HashMap::new(),
         })
@@ -322,9 +445,28 @@ impl ImageStore for LocalStore {
         self.read_at(id, &loc)
     }
 
+    fn read_chunk_bytes(&self, id: &ChunkId) -> Result<crate::ChunkBytes> {
+        let loc = self.index.chunk(id)?.ok_or_else(|| StoreError::MissingChunk {
+            id: id.to_hex(),
+            context: "not in the index".into(),
+        })?;
+        if loc.compression != zap_chunker::Compression::Sparse {
+            return self.read_at(id, &loc).map(crate::ChunkBytes::Raw);
+        }
+        let stored = pack::read_stored(&*self.pack_file(loc.pack)?, &self.pack_path(loc.pack), &loc)?;
+        let actual = ChunkId::of_sparse(loc.raw_len as usize, &stored);
+        if actual != *id || zap_chunker::sparse_pages(&stored, loc.raw_len as usize).is_none() {
+            return Err(StoreError::Corrupt {
+                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
+                detail: format!("sparse content does not match its id (hash {actual}) or is malformed"),
+            });
+        }
+        Ok(crate::ChunkBytes::Sparse { raw_len: loc.raw_len as usize, stored })
+    }
+
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {
         let bytes = self.index.get(CF_MANIFESTS, &id.0)?.ok_or_else(|| StoreError::NotFound(id.to_hex()))?;
-        Self::decode_manifest(&id.to_hex(), &bytes)
+        self.decode_manifest(&id.to_hex(), &bytes)
     }
 
     fn list(&self) -> Result<Vec<CheckpointSummary>> {
@@ -379,19 +521,34 @@ pub struct LocalWriter<'a> {
     store: &'a LocalStore,
     _guard: RwLockReadGuard<'a, ()>,
     pack: Option<PackWriter>,
+    /// Complete packs, made durable together at commit.
+    complete: Vec<FinishedPack>,
     finished: Vec<(PackId, PackRecord)>,
     new: HashMap<ChunkId, ChunkLoc>,
 }
 
 impl LocalWriter<'_> {
+    /// Completes the pack being written (its writeback starts; it is made durable at commit).
     fn close_pack(&mut self) -> Result<()> {
         if let Some(p) = self.pack.take() {
             if p.is_empty() {
                 return Ok(()); // dropped: its temporary file is removed
             }
-            let (id, size, entries) = p.finish()?;
-            let data_bytes = entries.iter().map(|e| u64::from(e.stored_len)).sum();
-            self.finished.push((id, PackRecord { size, chunks: entries.len() as u32, data_bytes }));
+            self.complete.push(p.complete()?);
+        }
+        Ok(())
+    }
+
+    /// Makes every complete pack durable (one fsync each, in parallel) and renames it into place.
+    fn sync_packs(&mut self) -> Result<()> {
+        let mut done = std::mem::take(&mut self.complete);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = done.iter_mut().map(|p| s.spawn(move || p.sync_and_rename())).collect();
+            handles.into_iter().try_for_each(|h| h.join().expect("pack sync thread"))
+        })?;
+        for p in done.iter_mut() {
+            let data_bytes = p.entries.iter().map(|e| u64::from(e.stored_len)).sum();
+            self.finished.push((p.id, PackRecord { size: p.size, chunks: p.entries.len() as u32, data_bytes }));
         }
         Ok(())
     }
@@ -423,39 +580,127 @@ impl ChunkSink for LocalWriter<'_> {
     }
 
     fn commit(mut self, mut manifest: Manifest) -> Result<CheckpointSummary> {
+        let t0 = Instant::now();
+        let lap = |what: &str| tracing::debug!(step = what, ms = t0.elapsed().as_secs_f64() * 1e3, "commit");
         manifest.validate().map_err(|e| StoreError::Invalid(format!("manifest {:?}: {e}", manifest.name)))?;
-        // Every referenced chunk must exist, and every extent must fit inside its chunk.
-        let mut distinct: HashMap<ChunkId, ChunkLoc> = HashMap::new();
-        for (img, ext, id) in manifest.chunk_refs() {
-            let loc = match distinct.get(&id) {
-                Some(l) => *l,
-                None => {
-                    let l = match self.new.get(&id) {
-                        Some(l) => *l,
-                        None => self.store.index.chunk(&id)?.ok_or_else(|| StoreError::MissingChunk {
-                            id: id.to_hex(),
-                            context: format!("referenced by image {:?} at {:#x}", img.name, ext.start),
-                        })?,
-                    };
-                    distinct.insert(id, l);
-                    l
+        lap("validated");
+        // The images as trees. A leaf the store read or wrote in this process with the same
+        // extents (the parent's, typically) is reused as is; the others are encoded with the
+        // sizes of their chunks, which also proves that those chunks exist.
+        let mut known = self.store.known.lock().expect("known trees lock");
+        let mut built = Built::default();
+        let mut sizes: HashMap<ChunkId, ChunkSize> =
+            self.new.iter().map(|(id, l)| (*id, ChunkSize { raw: l.raw_len, stored: l.stored_len })).collect();
+        let mut per_image: Vec<Vec<(Range<usize>, Option<NodeId>)>> = Vec::with_capacity(manifest.images.len());
+        let mut unsized_ids: Vec<ChunkId> = Vec::new();
+        for img in &manifest.images {
+            let mut leaves = Vec::new();
+            for g in tree::leaf_groups(&img.extents) {
+                let reused = known.leaf(&img.extents[g.clone()]);
+                if reused.is_none() {
+                    for e in &img.extents[g.clone()] {
+                        if let ExtentData::Chunk { id, .. } = e.data {
+                            if !sizes.contains_key(&id) && !known.sizes.contains_key(&id) {
+                                unsized_ids.push(id);
+                            }
+                        }
+                    }
                 }
-            };
-            let ExtentData::Chunk { offset, .. } = ext.data else { unreachable!("chunk_refs yields chunks") };
-            if u64::from(offset) + ext.len > u64::from(loc.raw_len) {
-                return Err(StoreError::Invalid(format!(
-                    "image {:?}: extent at {:#x} wants {} bytes from offset {offset} of chunk {id} ({} bytes)",
-                    img.name, ext.start, ext.len, loc.raw_len
-                )));
+                leaves.push((g, reused));
+            }
+            per_image.push(leaves);
+        }
+        lap("leaves matched");
+        unsized_ids.sort_unstable();
+        unsized_ids.dedup();
+        for (id, loc) in unsized_ids.iter().zip(self.store.index.chunks_of(&unsized_ids)?) {
+            if let Some(l) = loc {
+                sizes.insert(*id, ChunkSize { raw: l.raw_len, stored: l.stored_len });
             }
         }
+        let size_of = |id: &ChunkId| sizes.get(id).or_else(|| known.sizes.get(id)).copied();
+        lap("chunks located");
+        let mut roots: Vec<Option<NodeRef>> = Vec::with_capacity(manifest.images.len());
+        for (img, leaves) in manifest.images.iter().zip(per_image) {
+            let mut refs = Vec::with_capacity(leaves.len());
+            for (g, reused) in leaves {
+                let extents = &img.extents[g];
+                if let Some(id) = reused {
+                    refs.push(tree::leaf_ref(id, extents));
+                    continue;
+                }
+                // Every chunk a new leaf references must exist, and every extent fit inside it;
+                // reused leaves were checked when they were written (the tree module's invariant).
+                let mut leaf_sizes = Vec::new();
+                for ext in extents {
+                    let ExtentData::Chunk { id, offset } = ext.data else { continue };
+                    let size = size_of(&id).ok_or_else(|| StoreError::MissingChunk {
+                        id: id.to_hex(),
+                        context: format!("referenced by image {:?} at {:#x}", img.name, ext.start),
+                    })?;
+                    if u64::from(offset) + ext.len > u64::from(size.raw) {
+                        return Err(StoreError::Invalid(format!(
+                            "image {:?}: extent at {:#x} wants {} bytes from offset {offset} of chunk {id} ({} bytes)",
+                            img.name, ext.start, ext.len, size.raw
+                        )));
+                    }
+                    leaf_sizes.push(size);
+                }
+                refs.push(tree::add_leaf(Leaf { extents: extents.to_vec(), sizes: leaf_sizes }, &mut built));
+            }
+            roots.push(tree::build_inner(refs, &mut built));
+        }
+        lap("trees built");
+        let root_ids: Vec<NodeId> = roots.iter().flatten().map(|r| r.id).collect();
+        let new_nodes = tree::missing(&built, &root_ids, |id| Ok(known.nodes.contains(id) || self.store.index.has_node(id)?))?;
+        lap("new nodes found");
+        // Distinct chunks referenced, with their sizes (all known by now: the new leaves' were
+        // looked up above, the reused leaves' came with them).
+        let mut distinct: HashMap<ChunkId, ChunkSize, BuildIdHasher> = HashMap::default();
+        let mut late: Vec<ChunkId> = Vec::new();
+        for (_, _, id) in manifest.chunk_refs() {
+            if let std::collections::hash_map::Entry::Vacant(v) = distinct.entry(id) {
+                match size_of(&id) {
+                    Some(s) => {
+                        v.insert(s);
+                    }
+                    None => late.push(id),
+                }
+            }
+        }
+        // A reused leaf found in the index rather than in memory brings no sizes: look those up.
+        late.sort_unstable();
+        late.dedup();
+        for (id, loc) in late.iter().zip(self.store.index.chunks_of(&late)?) {
+            let l = loc.ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "referenced by a stored manifest node".into() })?;
+            distinct.insert(*id, ChunkSize { raw: l.raw_len, stored: l.stored_len });
+        }
+        lap("chunks checked");
         self.close_pack()?;
+        self.sync_packs()?;
         if !self.finished.is_empty() {
             sync_dir(&self.store.packs_dir)?;
         }
+        lap("packs closed");
         manifest.id = CheckpointId(sys::random_u64().to_le_bytes());
         manifest.created_ms = now_ms();
-        let sealed = envelope::seal(MANIFEST_MAGIC, MANIFEST_VERSION, &manifest);
+        let stored = StoredManifest {
+            id: manifest.id,
+            parent: manifest.parent,
+            created_ms: manifest.created_ms,
+            name: manifest.name.clone(),
+            kind: manifest.kind.clone(),
+            labels: manifest.labels.clone(),
+            images: manifest
+                .images
+                .iter()
+                .zip(&roots)
+                .map(|(i, r)| StoredImage { name: i.name.clone(), kind: i.kind, root: *r })
+                .collect(),
+            state: std::mem::take(&mut manifest.state),
+        };
+        let sealed = envelope::seal(MANIFEST_MAGIC, MANIFEST_VERSION, &stored);
+        let node_bytes: u64 = new_nodes.iter().map(|id| built.nodes[id].0.len() as u64).sum();
         let logical: u64 = manifest.images.iter().map(|i| i.logical_len()).sum();
         let zero: u64 = manifest
             .images
@@ -475,11 +720,11 @@ impl ChunkSink for LocalWriter<'_> {
             logical_bytes: logical,
             zero_bytes: zero,
             chunks: distinct.len() as u64,
-            chunk_raw_bytes: distinct.values().map(|l| u64::from(l.raw_len)).sum(),
-            chunk_stored_bytes: distinct.values().map(|l| u64::from(l.stored_len)).sum(),
+            chunk_raw_bytes: distinct.values().map(|l| u64::from(l.raw)).sum(),
+            chunk_stored_bytes: distinct.values().map(|l| u64::from(l.stored)).sum(),
             new_chunks: self.new.len() as u64,
             new_stored_bytes: self.new_bytes(),
-            manifest_bytes: sealed.len() as u64,
+            manifest_bytes: sealed.len() as u64 + node_bytes,
         };
         let mut batch = self.store.index.batch();
         for (id, loc) in &self.new {
@@ -489,10 +734,20 @@ impl ChunkSink for LocalWriter<'_> {
             batch.put_pack(*id, rec);
             batch.clear_pending(*id);
         }
+        for id in &new_nodes {
+            batch.put_node(id, &built.nodes[id].0);
+        }
         batch.put(CF_MANIFESTS, &manifest.id.0, &sealed);
         batch.put(CF_SUMMARIES, &manifest.id.0, &envelope::seal(SUMMARY_MAGIC, SUMMARY_VERSION, &summary));
+        lap("batch built");
         batch.commit("commit checkpoint")?;
+        lap("batch committed");
         self.finished.clear();
+        for id in &new_nodes {
+            if let Ok(node) = tree::decode(id, &built.nodes[id].0) {
+                known.learn(*id, &node);
+            }
+        }
         Ok(summary)
     }
 }
@@ -504,5 +759,39 @@ impl Drop for LocalWriter<'_> {
         for (id, _) in self.finished.drain(..) {
             let _ = std::fs::remove_file(self.store.pack_path(id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Image, ImageKind};
+
+    /// A store written before manifest trees (version 1 manifests, whole extent lists) stays
+    /// readable; a manifest of a newer version is refused by version, not misread.
+    #[test]
+    fn version_1_manifests_are_read_and_newer_ones_refused() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let store = LocalStore::open(tmp.path().join("s"), StoreOptions { create: true, ..Default::default() }).unwrap();
+        let mut w = store.writer().unwrap();
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (extents, _) = crate::store_run(&mut w, &zap_chunker::ChunkerConfig::default(), 0x10000, &data).unwrap();
+        let mut m = Manifest::new("old", "memory");
+        m.images.push(Image { name: "mem".into(), kind: ImageKind::Memory, extents: extents.clone() });
+        let summary = w.commit(m.clone()).unwrap();
+        // Rewrite it as a version-1 manifest, as an older Zap wrote it.
+        m.id = summary.id;
+        m.created_ms = summary.created_ms;
+        let mut batch = store.index.batch();
+        batch.put(CF_MANIFESTS, &summary.id.0, &envelope::seal(MANIFEST_MAGIC, 1, &m));
+        batch.commit("test: old manifest").unwrap();
+        assert_eq!(store.manifest(&summary.id).unwrap(), m);
+        let report = store.verify(&|_, _| {}).unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        let mut batch = store.index.batch();
+        batch.put(CF_MANIFESTS, &summary.id.0, &envelope::seal(MANIFEST_MAGIC, MANIFEST_VERSION + 1, &m));
+        batch.commit("test: future manifest").unwrap();
+        let err = store.manifest(&summary.id).unwrap_err().to_string();
+        assert!(err.contains("format version 3 not supported"), "{err}");
     }
 }

@@ -1,7 +1,8 @@
 //! Store maintenance: verify, garbage collection, statistics.
 //!
-//! GC is mark and sweep: every manifest is decoded and the chunks it references are marked; index
-//! entries of unmarked chunks are removed, packs with no live chunk are dropped, and packs whose
+//! GC is mark and sweep: every manifest is decoded and the tree nodes it reaches and the chunks
+//! it references are marked; unmarked tree nodes are removed first (one batch), then index
+//! entries of unmarked chunks, packs with no live chunk are dropped, and packs whose
 //! dead share reaches the repack threshold are rewritten with only their live chunks. If any
 //! manifest cannot be decoded GC stops without freeing anything: it cannot know what that
 //! checkpoint needs. Each step is crash-safe: new packs are durable before the index batch that
@@ -17,6 +18,7 @@ use crate::index::{PackRecord, CF_MANIFESTS};
 use crate::local::{sync_dir, LocalStore};
 use crate::manifest::CheckpointId;
 use crate::pack::{self, ChunkLoc, PackId};
+use crate::tree::NodeId;
 use crate::{ImageStore, Result, StoreError};
 
 /// One problem `verify` found.
@@ -41,6 +43,8 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// Everything wrong, each on its object.
     pub problems: Vec<VerifyProblem>,
+    /// Manifest tree nodes that no checkpoint reaches (freed by the next GC).
+    pub unreachable_nodes: u64,
     /// Checkpoints that cannot be restored, with the number of bad chunks each references.
     pub broken: BTreeMap<String, u64>,
 }
@@ -61,6 +65,8 @@ pub struct GcReport {
     pub live_chunks: u64,
     /// Index entries of unreferenced chunks removed.
     pub freed_chunks: u64,
+    /// Manifest tree nodes no checkpoint reaches, removed.
+    pub freed_nodes: u64,
     /// Packs deleted outright.
     pub packs_deleted: u64,
     /// Packs rewritten with only their live chunks.
@@ -107,15 +113,16 @@ fn ratio(a: u64, b: u64) -> f64 {
 }
 
 impl LocalStore {
-    /// Decodes every manifest. Errors are returned per checkpoint.
-    fn all_manifests(&self) -> Result<Vec<(String, Result<crate::Manifest>)>> {
+    /// Decodes every manifest (reading and checking their tree nodes, each of which is passed to
+    /// `visit`). Errors are returned per checkpoint.
+    fn all_manifests(&self, visit: &mut dyn FnMut(&NodeId)) -> Result<Vec<(String, Result<crate::Manifest>)>> {
         Ok(self
             .index
             .scan(CF_MANIFESTS)?
             .into_iter()
             .map(|(k, v)| {
                 let id = hex::encode(&k);
-                let m = Self::decode_manifest(&id, &v);
+                let m = self.decode_manifest_visiting(&id, &v, visit);
                 (id, m)
             })
             .collect())
@@ -190,7 +197,10 @@ impl LocalStore {
         report.bytes = total;
         // Manifests: decode, and every chunk they need is present and sound.
         let present: HashMap<ChunkId, ChunkLoc> = chunks.into_iter().collect();
-        for (cid, m) in self.all_manifests()? {
+        let mut reachable: HashSet<NodeId> = HashSet::new();
+        for (cid, m) in self.all_manifests(&mut |id| {
+            reachable.insert(*id);
+        })? {
             report.checkpoints += 1;
             let m = match m {
                 Ok(m) => m,
@@ -215,6 +225,9 @@ impl LocalStore {
                 report.broken.insert(cid, broken_chunks.len() as u64);
             }
         }
+        // Tree nodes no checkpoint reaches are garbage (a crash between GC's steps, or a
+        // deleted checkpoint): reported, not a problem.
+        report.unreachable_nodes = self.index.node_ids()?.iter().filter(|id| !reachable.contains(id)).count() as u64;
         // Pack files the index does not know (another process may be writing them).
         if let Ok(dir) = std::fs::read_dir(self.packs_dir()) {
             for entry in dir.flatten() {
@@ -239,15 +252,31 @@ impl LocalStore {
     /// deleted. Blocks writers of this process while it runs.
     pub fn gc(&self, repack_threshold: f64) -> Result<GcReport> {
         let _exclusive = self.gc_lock.write().expect("gc lock");
+        // What this process remembers of stored trees may be freed below.
+        *self.known.lock().expect("known trees lock") = Default::default();
         let mut report = GcReport::default();
         let mut live: HashSet<ChunkId> = HashSet::new();
-        for (cid, m) in self.all_manifests()? {
+        let mut live_nodes: HashSet<NodeId> = HashSet::new();
+        for (cid, m) in self.all_manifests(&mut |id| {
+            live_nodes.insert(*id);
+        })? {
             let m = m.map_err(|e| {
                 StoreError::Invalid(format!("gc stopped, nothing freed: checkpoint {cid} cannot be read ({e})"))
             })?;
             live.extend(m.chunk_refs().map(|(_, _, id)| id));
             report.checkpoints += 1;
         }
+        // Unreachable tree nodes go first, in a batch of their own: a stored node promises that
+        // its chunks exist (see the tree module), so no node may outlive a chunk it names.
+        let dead_nodes: Vec<NodeId> = self.index.node_ids()?.into_iter().filter(|id| !live_nodes.contains(id)).collect();
+        if !dead_nodes.is_empty() {
+            let mut batch = self.index.batch();
+            for id in &dead_nodes {
+                batch.delete_node(id);
+            }
+            batch.commit("gc: drop manifest nodes")?;
+        }
+        report.freed_nodes = dead_nodes.len() as u64;
         let packs: BTreeMap<PackId, PackRecord> = self.index.packs()?.into_iter().collect();
         report.bytes_before = packs.values().map(|r| r.size).sum();
         // Per pack: its live chunks (with locations) and its dead ones.

@@ -7,7 +7,11 @@
 //! parent's chunks where nothing changed, so it never depends on the parent's manifest and
 //! deleting a parent never breaks it.
 //!
-//! Manifests are stored sealed in the [`crate::envelope`] with magic `ZAPM`.
+//! Manifests are stored sealed in the [`crate::envelope`] with magic `ZAPM`. Version 1 holds the
+//! images with all their extents; version 2 ([`StoredManifest`], written since) holds each image
+//! as the root of a tree of content-addressed nodes ([`crate::tree`]), so that a checkpoint
+//! writes only the nodes that differ from its parent's. Both are read; the in-memory
+//! [`Manifest`] is the same for both.
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -17,7 +21,7 @@ use zap_chunker::ChunkId;
 /// Magic of a sealed manifest.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"ZAPM";
 /// Current manifest format version.
-pub const MANIFEST_VERSION: u16 = 1;
+pub const MANIFEST_VERSION: u16 = 2;
 /// Magic of a sealed checkpoint summary.
 pub const SUMMARY_MAGIC: [u8; 4] = *b"ZAPS";
 /// Current summary format version.
@@ -180,6 +184,38 @@ impl Manifest {
     }
 }
 
+/// A manifest as version 2 stores it: every field of [`Manifest`], images as tree roots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredManifest {
+    /// See [`Manifest::id`].
+    pub id: CheckpointId,
+    /// See [`Manifest::parent`].
+    pub parent: Option<CheckpointId>,
+    /// See [`Manifest::created_ms`].
+    pub created_ms: u64,
+    /// See [`Manifest::name`].
+    pub name: String,
+    /// See [`Manifest::kind`].
+    pub kind: String,
+    /// See [`Manifest::labels`].
+    pub labels: BTreeMap<String, String>,
+    /// Images, each with the root of its extent tree.
+    pub images: Vec<StoredImage>,
+    /// See [`Manifest::state`].
+    pub state: Vec<u8>,
+}
+
+/// An image as version 2 stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredImage {
+    /// See [`Image::name`].
+    pub name: String,
+    /// See [`Image::kind`].
+    pub kind: ImageKind,
+    /// Root of the extent tree; `None` for an image without extents.
+    pub root: Option<crate::tree::NodeRef>,
+}
+
 /// The small record kept beside each manifest so that listing needs no manifest decoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointSummary {
@@ -211,6 +247,7 @@ pub struct CheckpointSummary {
     pub new_chunks: u64,
     /// Stored bytes this checkpoint added to the store.
     pub new_stored_bytes: u64,
-    /// Size of the sealed manifest.
+    /// Bytes of metadata this checkpoint wrote: its sealed manifest and the tree nodes that
+    /// were not stored yet.
     pub manifest_bytes: u64,
 }

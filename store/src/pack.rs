@@ -32,6 +32,8 @@ const VERSION: u32 = 1;
 /// Bytes of the pack header.
 pub const HEADER_LEN: u64 = 16;
 const FOOTER_LEN: u64 = 8 + 4 + 32 + 8;
+/// Writeback of a pack being written is started every this many bytes.
+pub const WRITEBACK_STEP: u64 = 16 << 20;
 
 /// Identifier of a pack file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -93,7 +95,42 @@ pub struct PackWriter {
     final_path: PathBuf,
     out: BufWriter<File>,
     pos: u64,
+    /// Bytes whose writeback was started.
+    flushed: u64,
     entries: Vec<PackEntry>,
+}
+
+/// A complete pack under its temporary name, not yet durable: [`FinishedPack::sync_and_rename`]
+/// makes it so. Dropped before that, its file is removed.
+pub struct FinishedPack {
+    /// The pack.
+    pub id: PackId,
+    /// File size.
+    pub size: u64,
+    /// Its chunks.
+    pub entries: Vec<PackEntry>,
+    file: File,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    renamed: bool,
+}
+
+impl FinishedPack {
+    /// fsyncs the pack and renames it into place. The caller fsyncs the directory.
+    pub fn sync_and_rename(&mut self) -> Result<()> {
+        self.file.sync_all().map_err(|e| StoreError::io("fsync pack", &self.tmp_path, e))?;
+        std::fs::rename(&self.tmp_path, &self.final_path).map_err(|e| StoreError::io("rename pack into place", &self.final_path, e))?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for FinishedPack {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
 }
 
 impl PackWriter {
@@ -113,7 +150,7 @@ impl PackWriter {
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
         out.write_all(&header).map_err(|e| StoreError::io("write pack header", &tmp_path, e))?;
-        Ok(PackWriter { id, tmp_path, final_path, out, pos: HEADER_LEN, entries: Vec::new() })
+        Ok(PackWriter { id, tmp_path, final_path, out, pos: HEADER_LEN, flushed: 0, entries: Vec::new() })
     }
 
     /// The pack being written.
@@ -151,11 +188,25 @@ impl PackWriter {
             compression: chunk.compression.code(),
         });
         self.pos += chunk.data.len() as u64;
+        if self.pos - self.flushed >= WRITEBACK_STEP {
+            self.out.flush().map_err(|e| StoreError::io("write chunk to pack", &self.tmp_path, e))?;
+            // Only a head start for the final fsync: a failure here changes nothing.
+            let _ = crate::sys::start_writeback(self.out.get_ref(), self.flushed, self.pos - self.flushed);
+            self.flushed = self.pos;
+        }
         Ok(loc)
     }
 
     /// Writes the trailer, fsyncs and renames the pack into place. The caller fsyncs the directory.
-    pub fn finish(mut self) -> Result<(PackId, u64, Vec<PackEntry>)> {
+    pub fn finish(self) -> Result<(PackId, u64, Vec<PackEntry>)> {
+        let mut done = self.complete()?;
+        done.sync_and_rename()?;
+        Ok((done.id, done.size, std::mem::take(&mut done.entries)))
+    }
+
+    /// Writes the trailer and starts its writeback, without waiting: the pack is complete but
+    /// not durable until [`FinishedPack::sync_and_rename`].
+    pub fn complete(mut self) -> Result<FinishedPack> {
         let trailer = postcard::to_stdvec(&self.entries).expect("postcard encodes pack entries");
         let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
         footer.extend_from_slice(&self.pos.to_le_bytes());
@@ -166,19 +217,32 @@ impl PackWriter {
         self.out.write_all(&trailer).map_err(|e| StoreError::io("write pack trailer", &path, e))?;
         self.out.write_all(&footer).map_err(|e| StoreError::io("write pack footer", &path, e))?;
         self.out.flush().map_err(|e| StoreError::io("flush pack", &path, e))?;
-        self.out.get_ref().sync_all().map_err(|e| StoreError::io("fsync pack", &path, e))?;
-        std::fs::rename(&path, &self.final_path)
-            .map_err(|e| StoreError::io("rename pack into place", &self.final_path, e))?;
         let size = self.pos + trailer.len() as u64 + FOOTER_LEN;
-        Ok((self.id, size, std::mem::take(&mut self.entries)))
+        let _ = crate::sys::start_writeback(self.out.get_ref(), self.flushed, size - self.flushed);
+        let file = self.out.get_ref().try_clone().map_err(|e| StoreError::io("flush pack", &path, e))?;
+        let done = FinishedPack {
+            id: self.id,
+            size,
+            entries: std::mem::take(&mut self.entries),
+            file,
+            tmp_path: self.tmp_path.clone(),
+            final_path: self.final_path.clone(),
+            renamed: false,
+        };
+        // From here on the finished pack owns the temporary file; this writer's drop must not
+        // remove it.
+        self.tmp_path = PathBuf::new();
+        Ok(done)
     }
 }
 
 impl Drop for PackWriter {
     fn drop(&mut self) {
-        // An abandoned pack (error or panic before finish) is removed; after finish() the temporary
-        // name no longer exists and this is a no-op.
-        let _ = std::fs::remove_file(&self.tmp_path);
+        // An abandoned pack (error or panic before finish) is removed; after complete() the
+        // finished pack owns the file and this is a no-op.
+        if !self.tmp_path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
     }
 }
 

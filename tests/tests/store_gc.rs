@@ -299,3 +299,75 @@ fn a_second_opener_gets_busy_after_its_lock_timeout() {
     let store = open(&root);
     assert_eq!(store.list().unwrap().len(), 1);
 }
+
+/// Manifests are trees of content-addressed nodes: a child that changes a few extents of a large
+/// image writes only the nodes that differ and shares the rest with its parent; deleting the
+/// parent and collecting keeps every node the child reaches and frees the others; with the
+/// child gone too, every node is freed.
+#[test]
+fn manifest_trees_share_unchanged_subtrees_and_gc_frees_unreachable_nodes() {
+    use zap_store::{Extent, ExtentData};
+    let tmp = tempfile::TempDir::new().unwrap();
+    let store = open(&tmp.path().join("s"));
+    // A fragmented image: 40,000 extents over 8 real chunks, zero extents between them.
+    let mut w = store.writer().unwrap();
+    let chunks: Vec<ChunkId> = (0..8u64)
+        .map(|k| {
+            let data: Vec<u8> = (0..PAGE).map(|n| (zap_tests::mix(k * 4096 + n as u64 / 8) >> (8 * (n % 8))) as u8).collect();
+            let ext = put_image(&mut w, 0x1000_0000 + k * PAGE as u64, &data);
+            match ext[0].data {
+                ExtentData::Chunk { id, .. } => id,
+                ExtentData::Zero => panic!("random page stored as zero"),
+            }
+        })
+        .collect();
+    let extents: Vec<Extent> = (0..40_000u64)
+        .map(|i| Extent {
+            start: 0x7f00_0000_0000 + i * 2 * PAGE as u64,
+            len: PAGE as u64,
+            data: if i % 2 == 0 { ExtentData::Chunk { id: chunks[(i / 2 % 8) as usize], offset: 0 } } else { ExtentData::Zero },
+        })
+        .collect();
+    let mut m = Manifest::new("parent", "memory");
+    m.images.push(Image { name: "big".into(), kind: zap_store::ImageKind::Memory, extents: extents.clone() });
+    let parent = w.commit(m).unwrap();
+    // The child changes 20 extents spread over the image.
+    let mut changed = extents.clone();
+    for k in 0..20 {
+        let i = k * 1999 + 7;
+        changed[i].data = ExtentData::Chunk { id: chunks[k % 8], offset: 0 };
+        if i % 2 == 0 {
+            changed[i].data = ExtentData::Zero;
+        }
+    }
+    let mut m = Manifest::new("child", "memory");
+    m.parent = Some(parent.id);
+    m.images.push(Image { name: "big".into(), kind: zap_store::ImageKind::Memory, extents: changed.clone() });
+    let child = store.writer().unwrap().commit(m).unwrap();
+    assert!(
+        child.manifest_bytes * 20 < parent.manifest_bytes,
+        "the child wrote {} bytes of metadata, the parent {}",
+        child.manifest_bytes,
+        parent.manifest_bytes
+    );
+    assert_eq!(store.manifest(&child.id).unwrap().images[0].extents, changed);
+    assert_eq!(store.manifest(&parent.id).unwrap().images[0].extents, extents);
+    assert_clean(&store);
+    // Parent deleted: the nodes only it reached are freed, the child's stay and read back.
+    store.delete(&parent.id).unwrap();
+    let r = store.gc(0.0).unwrap();
+    assert!(r.freed_nodes > 0 && r.freed_nodes < 200, "{r:?}");
+    assert_eq!(store.manifest(&child.id).unwrap().images[0].extents, changed);
+    assert_clean(&store);
+    assert_eq!(store.verify(&|_, _| {}).unwrap().unreachable_nodes, 0);
+    // Reopened, then the child deleted too: nothing is left.
+    let root = store.root().to_path_buf();
+    drop(store);
+    let store = open(&root);
+    assert_eq!(store.manifest(&child.id).unwrap().images[0].extents, changed);
+    store.delete(&child.id).unwrap();
+    let r = store.gc(0.0).unwrap();
+    assert!(r.freed_nodes > 100, "{r:?}");
+    assert_eq!(store.stats().unwrap().chunks, 0);
+    assert_eq!(store.verify(&|_, _| {}).unwrap().unreachable_nodes, 0);
+}

@@ -35,8 +35,8 @@ mod pages;
 use serde::{Deserialize, Serialize};
 
 pub use flags::{MmModes, VmFlags};
-pub use pages::{base_runs, copy_pages, copy_pages_since, store_pages, CopyPlan, MemDumpFigures, PageCopy};
-use zap_store::{clip, materialize, Extent, ExtentData, Image, ImageStore};
+pub use pages::{base_runs, copy_pages, copy_pages_since, plan_pages_since, store_pages, CopyPlan, MemDumpFigures, PageCopy};
+use zap_store::{clip, Extent, ExtentData, Image, ImageStore};
 
 use crate::inject::Injector;
 use crate::maps::{read_maps, Mapping};
@@ -479,13 +479,13 @@ pub fn scratch_place(vmas: &[VmaState], tramp: u64, len: u64) -> u64 {
 /// Restore writes go in windows of this size, several at once.
 const RESTORE_WINDOW: u64 = 8 << 20;
 
-/// Writes the saved pages into the restored process. Zero extents of anonymous memory are
-/// skipped (fresh anonymous memory is zero); over file pages they are written. Windows are
-/// rebuilt from the store and written in parallel.
+/// Writes the saved pages into the restored process. Zero extents and zero pages of anonymous
+/// memory are skipped (fresh anonymous memory is zero); over file pages they are written.
+/// Windows are rebuilt from the store and written in parallel ([`crate::pipeline::restore`]).
 pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState], write: &[bool], images: &[Image]) -> Result<u64> {
-    use rayon::prelude::*;
+    use crate::pipeline::restore::{write_windows, Window};
     let by_name: std::collections::HashMap<&str, &Image> = images.iter().map(|i| (i.name.as_str(), i)).collect();
-    let mut windows: Vec<Vec<Extent>> = Vec::new();
+    let mut windows: Vec<Window> = Vec::new();
     for (v, _) in vmas.iter().zip(write).filter(|(_, w)| **w) {
         let Some(name) = &v.image else { continue };
         let img = by_name.get(name.as_str()).ok_or_else(|| EngineError::Proc {
@@ -515,20 +515,11 @@ pub fn restore_pages<S: ImageStore>(store: &S, inj: &Injector, vmas: &[VmaState]
             {
                 j += 1;
             }
-            windows.push(pieces[i..=j].to_vec());
+            windows.push(Window { extents: pieces[i..=j].to_vec(), skip_zero: anon });
             i = j + 1;
         }
     }
-    windows
-        .par_iter()
-        .map(|w| {
-            let (start, end) = (w[0].start, w[w.len() - 1].end());
-            let mut buf = vec![0u8; (end - start) as usize];
-            materialize(store, w, start, &mut buf)?;
-            inj.write_mem(start, &buf)?;
-            Ok(end - start)
-        })
-        .sum()
+    write_windows(store, inj, &windows)
 }
 
 /// Fails when the mappings attach a System V shared memory segment: such segments are saved

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use zap_chunker::{ChunkerConfig, PAGE_SIZE};
-use zap_store::{clip, store_run, ChunkSink, Extent, ExtentData, Image, ImageKind};
+use zap_store::{clip, ChunkSink, Extent, ExtentData, Image, ImageKind};
 
 use super::{Backing, VmaState};
 use crate::sys::proc as sysproc;
@@ -86,8 +86,14 @@ pub struct MemDumpFigures {
 
 /// Pages copied out of a stopped process: per mapping, runs of (address, bytes).
 pub struct PageCopy {
-    runs: Vec<(usize, u64, Vec<u8>)>,
-    /// Bytes copied.
+    pub(crate) runs: Vec<(usize, u64, Vec<u8>)>,
+    /// Runs to save that are not copied yet, (mapping index, start, end): the dump pipeline
+    /// ([`crate::pipeline`]) reads them while it stores, so the process must stay stopped until
+    /// then (see [`plan_pages_since`]).
+    pub(crate) planned: Vec<(usize, u64, u64)>,
+    /// The process they are read from.
+    pub(crate) pid: i32,
+    /// Bytes copied (or, for planned runs, to be read).
     pub bytes: u64,
     /// Mappings saved as a delta on the parent checkpoint (by index), with their runs of pages
     /// that are not present now (saved as zero).
@@ -146,9 +152,29 @@ pub fn copy_pages(pid: i32, vmas: &mut [VmaState]) -> Result<PageCopy> {
 /// every other mapping whole. With the parent process, the pages of private mappings it still
 /// shares with it are left out and recorded in [`VmaState::inherited`].
 pub fn copy_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) -> Result<PageCopy> {
+    let mut copy = plan_pages_since(pid, vmas, plan)?;
+    let planned = std::mem::take(&mut copy.planned);
     let mem_path = format!("/proc/{pid}/mem");
-    let pm_path = format!("/proc/{pid}/pagemap");
     let mem = File::open(&mem_path).map_err(|e| EngineError::io("open", mem_path.as_ref(), e))?;
+    let mut i = 0;
+    while i < planned.len() {
+        let idx = planned[i].0;
+        let mut j = i;
+        while j < planned.len() && planned[j].0 == idx {
+            j += 1;
+        }
+        read_runs(pid, &mem, &vmas[idx], idx, &planned[i..j], &mut copy)?;
+        i = j;
+    }
+    Ok(copy)
+}
+
+/// Like [`copy_pages_since`] (the same pages, inherited runs and guard pages), but copies
+/// nothing yet: the runs to save are left in the returned [`PageCopy`] for the dump pipeline to
+/// read while it stores them. The process (and, with `plan.parent`, its parent) must stay
+/// stopped until they are stored.
+pub fn plan_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) -> Result<PageCopy> {
+    let pm_path = format!("/proc/{pid}/pagemap");
     let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
     let parent_pm = match plan.parent {
         Some((ppid, _)) => {
@@ -157,7 +183,7 @@ pub fn copy_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
         }
         None => None,
     };
-    let mut copy = PageCopy { runs: Vec::new(), bytes: 0, delta: Default::default() };
+    let mut copy = PageCopy { runs: Vec::new(), planned: Vec::new(), pid, bytes: 0, delta: Default::default() };
     for (idx, vma) in vmas.iter_mut().enumerate() {
         vma.inherited.clear();
         vma.guards.clear();
@@ -206,55 +232,60 @@ pub fn copy_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
             runs = intersect(&runs, &merge(wanted));
             copy.delta.insert(idx, runs_where(vma, &entries, |e| !has_page(e)));
         }
-        let vma = &*vma;
-        // Small runs (the scattered pages of a delta) are read many at a time with
-        // process_vm_readv; large ones, and any batch it cannot read whole, through
-        // /proc/PID/mem (which also reads pages the process cannot).
-        let mut small: Vec<(u64, usize)> = Vec::new();
-        let flush = |small: &mut Vec<(u64, usize)>, copy: &mut PageCopy| -> Result<()> {
-            if small.is_empty() {
-                return Ok(());
-            }
-            let mut bufs: Vec<Vec<u8>> = small.iter().map(|&(_, l)| vec![0u8; l]).collect();
-            let want: usize = small.iter().map(|&(_, l)| l).sum();
-            if sysproc::vm_read(pid, small, &mut bufs).ok() != Some(want) {
-                for ((a, l), b) in small.iter().zip(bufs.iter_mut()) {
-                    mem.read_exact_at(b, *a).map_err(|e| EngineError::Proc {
-                        pid,
-                        detail: format!("read memory at {a:#x}+{l:#x} ({}): {e}", vma.name),
-                    })?;
-                }
-            }
-            for ((a, l), b) in small.drain(..).zip(bufs) {
-                copy.bytes += l as u64;
-                copy.runs.push((idx, a, b));
-            }
-            Ok(())
-        };
-        for (from, to) in runs {
-            if to - from <= 64 * 1024 {
-                small.push((from, (to - from) as usize));
-                if small.len() == 1024 {
-                    flush(&mut small, &mut copy)?;
-                }
-                continue;
-            }
-            let mut pos = from;
-            while pos < to {
-                let len = (to - pos).min(WINDOW);
-                let mut buf = vec![0u8; len as usize];
-                mem.read_exact_at(&mut buf, pos).map_err(|e| EngineError::Proc {
-                    pid,
-                    detail: format!("read memory at {pos:#x}+{len:#x} ({}): {e}", vma.name),
-                })?;
-                copy.bytes += len;
-                copy.runs.push((idx, pos, buf));
-                pos += len;
-            }
-        }
-        flush(&mut small, &mut copy)?;
+        copy.bytes += runs.iter().map(|(a, b)| b - a).sum::<u64>();
+        copy.planned.extend(runs.into_iter().map(|(a, b)| (idx, a, b)));
     }
     Ok(copy)
+}
+
+/// Copies the planned `runs` of mapping `vma` (index `idx`) into `copy`.
+fn read_runs(pid: i32, mem: &File, vma: &VmaState, idx: usize, runs: &[(usize, u64, u64)], copy: &mut PageCopy) -> Result<()> {
+    // Small runs (the scattered pages of a delta) are read many at a time with
+    // process_vm_readv; large ones, and any batch it cannot read whole, through
+    // /proc/PID/mem (which also reads pages the process cannot).
+    let mut small: Vec<(u64, usize)> = Vec::new();
+    let flush = |small: &mut Vec<(u64, usize)>, copy: &mut PageCopy| -> Result<()> {
+        if small.is_empty() {
+            return Ok(());
+        }
+        let mut bufs: Vec<Vec<u8>> = small.iter().map(|&(_, l)| vec![0u8; l]).collect();
+        let want: usize = small.iter().map(|&(_, l)| l).sum();
+        if sysproc::vm_read(pid, small, &mut bufs).ok() != Some(want) {
+            for ((a, l), b) in small.iter().zip(bufs.iter_mut()) {
+                mem.read_exact_at(b, *a).map_err(|e| EngineError::Proc {
+                    pid,
+                    detail: format!("read memory at {a:#x}+{l:#x} ({}): {e}", vma.name),
+                })?;
+            }
+        }
+        for ((a, _), b) in small.drain(..).zip(bufs) {
+            copy.runs.push((idx, a, b));
+        }
+        Ok(())
+    };
+    for &(_, from, to) in runs {
+        if to - from <= 64 * 1024 {
+            small.push((from, (to - from) as usize));
+            if small.len() == 1024 {
+                flush(&mut small, copy)?;
+            }
+            continue;
+        }
+        let mut pos = from;
+        while pos < to {
+            // Cut at absolute window boundaries: the blocks, hence the chunks, are the same as
+            // when the dump pipeline reads the same run.
+            let len = (to - pos).min(WINDOW - pos % WINDOW);
+            let mut buf = vec![0u8; len as usize];
+            mem.read_exact_at(&mut buf, pos).map_err(|e| EngineError::Proc {
+                pid,
+                detail: format!("read memory at {pos:#x}+{len:#x} ({}): {e}", vma.name),
+            })?;
+            copy.runs.push((idx, pos, buf));
+            pos += len;
+        }
+    }
+    flush(&mut small, copy)
 }
 
 /// Chunks and stores copied pages into `sink`, returning one image per mapping that has saved
@@ -262,7 +293,7 @@ pub fn copy_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
 /// a delta are laid over the same process's images in `parent` (its images named
 /// `{prefix}mem/...`): unchanged pages keep the parent's chunks.
 pub fn store_pages<S: ChunkSink>(
-    copy: PageCopy,
+    mut copy: PageCopy,
     vmas: &mut [VmaState],
     sink: &mut S,
     cfg: &ChunkerConfig,
@@ -270,12 +301,9 @@ pub fn store_pages<S: ChunkSink>(
     parent: Option<&[Image]>,
 ) -> Result<(Vec<Image>, MemDumpFigures)> {
     let mut figures = MemDumpFigures { bytes_read: copy.bytes, new_bytes: 0 };
-    let mut per_vma: Vec<Vec<Extent>> = vec![Vec::new(); vmas.len()];
-    for (idx, pos, buf) in copy.runs {
-        let (mut ext, new) = store_run(sink, cfg, pos, &buf)?;
-        figures.new_bytes += new;
-        per_vma[idx].append(&mut ext);
-    }
+    let names: Vec<&str> = vmas.iter().map(|v| v.name.as_str()).collect();
+    let (mut per_vma, new) = crate::pipeline::dump::store_copy(&mut copy, &names, sink, cfg)?;
+    figures.new_bytes = new;
     for v in &mut per_vma {
         v.sort_by_key(|e| e.start); // runs may be copied out of address order
     }

@@ -185,6 +185,112 @@ pub fn spawn_pidns_target(vpid: i32, tramp: u64) -> io::Result<i32> {
     Ok(rc as i32)
 }
 
+/// Like [`spawn_pidns_target`], for a lazy restore: the init dies with the thread that calls
+/// this (`PR_SET_PDEATHSIG` SIGKILL), taking its whole PID namespace with it, until it reads
+/// `b'D'` from the pipe `guard` (its read end; the caller keeps the write end). It then clears
+/// that and closes the pipe, which the writer sees as POLLERR (see [`release_guard`]). EOF
+/// without `b'D'` kills the namespace too. So a pager that dies before every page is in never
+/// leaves a process waiting for a page that cannot come.
+pub fn spawn_pidns_target_guarded(vpid: i32, tramp: u64, guard: i32) -> io::Result<i32> {
+    let args = CloneArgs { flags: libc::CLONE_NEWPID as u64, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let rc = clone3(&args);
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if rc == 0 {
+        // SAFETY: plain syscalls on integers; the guard fd is ours, inherited.
+        unsafe {
+            // Had the parent died before this, the guard's write end is closed already and the
+            // loop below sees EOF (getppid says 0 across the namespace boundary either way).
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::dup2(guard, 3);
+            libc::setsid();
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::dup2(null, 1);
+                libc::dup2(null, 2);
+            }
+            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+            if spawn_target(vpid, tramp).is_err() {
+                libc::_exit(INIT_EXIT_CLONE_FAILED);
+            }
+        }
+        guarded_reap(3)
+    }
+    Ok(rc as i32)
+}
+
+/// The guarded init's loop: reap, and watch the guard pipe until it says done.
+fn guarded_reap(guard: i32) -> ! {
+    let mut watching = true;
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid i32; waitpid, poll, read, prctl, kill and _exit take
+        // integers or pointers to our stack.
+        unsafe {
+            loop {
+                let r = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if r < 0 && errno() == libc::ECHILD {
+                    libc::_exit(0);
+                }
+                if r <= 0 {
+                    break;
+                }
+            }
+            if !watching {
+                libc::waitpid(-1, &mut status, 0);
+                continue;
+            }
+            let mut pfd = libc::pollfd { fd: guard, events: libc::POLLIN, revents: 0 };
+            if libc::poll(&mut pfd, 1, 50) > 0 {
+                let mut b = 0u8;
+                let n = libc::read(guard, (&mut b as *mut u8).cast(), 1);
+                if n == 1 && b == b'D' {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
+                    libc::close(guard);
+                    watching = false;
+                } else if n == 0 {
+                    // The pager let go without saying done: its pages will never come.
+                    libc::kill(-1, libc::SIGKILL);
+                    libc::_exit(INIT_EXIT_CLONE_FAILED);
+                }
+            }
+        }
+    }
+}
+
+/// Tells a guarded init ([`spawn_pidns_target_guarded`]) that it no longer depends on us, and
+/// waits (up to `timeout`) until it has cleared its death signal and closed the pipe.
+pub fn release_guard(write_end: &std::os::fd::OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: writing one byte from our stack to a pipe fd we own.
+    if unsafe { libc::write(write_end.as_raw_fd(), b"D".as_ptr().cast(), 1) } != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        let mut pfd = libc::pollfd { fd: write_end.as_raw_fd(), events: 0, revents: 0 };
+        // SAFETY: one valid pollfd on our stack.
+        if unsafe { libc::poll(&mut pfd, 1, 20) } > 0 && pfd.revents & libc::POLLERR != 0 {
+            return Ok(());
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::TimedOut, "the namespace init did not take the release"))
+}
+
+/// A pipe with close-on-exec ends: (read, write).
+pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two ints in our array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// Kills `pid` and reaps it if it is our child, waiting up to 5 s (a process that is not our
 /// child is waited for until it is gone).
 pub fn kill_and_reap(pid: i32) {

@@ -113,6 +113,45 @@ pub fn vm_read(pid: i32, remote: &[(u64, usize)], bufs: &mut [Vec<u8>]) -> io::R
     Ok(n as usize)
 }
 
+/// Reads the remote ranges `(address, length)` of process `pid`, back to back, into `local`
+/// (at least as long as their sum) with one `process_vm_readv` (at most `IOV_MAX` ranges);
+/// returns the bytes read, short when a range is unreadable.
+pub fn vm_read_into(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<usize> {
+    let want: usize = remote.iter().map(|&(_, l)| l).sum();
+    assert!(want <= local.len() && remote.len() <= 1024, "vm_read_into: {want} bytes in {} ranges", remote.len());
+    let liov = libc::iovec { iov_base: local.as_mut_ptr().cast(), iov_len: want };
+    let rem: Vec<libc::iovec> = remote.iter().map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
+    // SAFETY: the local iovec lies inside `local`, a live buffer we hold mutably; the remote
+    // iovecs are only addresses in the other process, checked by the kernel.
+    let n = unsafe { libc::process_vm_readv(pid, &liov, 1, rem.as_ptr(), rem.len() as _, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Writes each `(remote address, bytes)` piece into process `pid` with `process_vm_writev`, at
+/// most `IOV_MAX` pieces per call; returns the bytes written, short when a remote range is not
+/// writable (a read-only mapping: the caller falls back to /proc/PID/mem from there).
+pub fn vm_write(pid: i32, pieces: &[(u64, &[u8])]) -> io::Result<usize> {
+    let mut done = 0usize;
+    for batch in pieces.chunks(1024) {
+        let local: Vec<libc::iovec> = batch.iter().map(|(_, b)| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
+        let rem: Vec<libc::iovec> = batch.iter().map(|&(a, b)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: b.len() }).collect();
+        // SAFETY: every local iovec describes a live slice we hold (the kernel only reads it);
+        // the remote iovecs are addresses in the other process, checked by the kernel.
+        let n = unsafe { libc::process_vm_writev(pid, local.as_ptr(), local.len() as _, rem.as_ptr(), rem.len() as _, 0) };
+        if n < 0 {
+            return if done > 0 { Ok(done) } else { Err(io::Error::last_os_error()) };
+        }
+        done += n as usize;
+        if (n as usize) < batch.iter().map(|(_, b)| b.len()).sum::<usize>() {
+            break;
+        }
+    }
+    Ok(done)
+}
+
 /// The path (in Zap's view) of the file an inotify watch of process `pid` names: its
 /// filesystem's device `sdev` (kernel encoding, major << 20 | minor) and file handle. The handle
 /// is opened (`open_by_handle_at`) relative to that filesystem's mount in `pid`'s mount table.

@@ -182,3 +182,130 @@ pub fn probe_soft_dirty() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `_IOWR(0xAA, 0x03, struct uffdio_copy)`.
+const UFFDIO_COPY: u64 = 0xC028_AA03;
+/// `_IOWR(0xAA, 0x04, struct uffdio_zeropage)`.
+const UFFDIO_ZEROPAGE: u64 = 0xC020_AA04;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioZeropage {
+    start: u64,
+    len: u64,
+    mode: u64,
+    zeropage: i64,
+}
+
+/// Registers `[start, start+len)` in missing mode: a fault on a page that is not present waits
+/// for whoever reads the userfaultfd to fill it.
+pub fn register_missing(uffd: &OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut r = UffdioRegister { start, len, mode: UFFDIO_REGISTER_MODE_MISSING, ioctls: 0 };
+    ioctl(uffd, UFFDIO_REGISTER, &mut r).map(|_| ())
+}
+
+/// Fills missing pages at `dst` with `src` (page multiple) and wakes the threads waiting on
+/// them. `Ok(false)` when some page there is present already (EEXIST: filled before, nothing
+/// to do); an error of kind ESRCH when the process is gone.
+pub fn copy(uffd: &OwnedFd, dst: u64, src: &[u8]) -> io::Result<bool> {
+    let mut c = UffdioCopy { dst, src: src.as_ptr() as u64, len: src.len() as u64, mode: 0, copy: 0 };
+    match ioctl(uffd, UFFDIO_COPY, &mut c) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Maps the zero page over the missing pages of `[start, start+len)` and wakes their waiters.
+pub fn zeropage(uffd: &OwnedFd, start: u64, len: u64) -> io::Result<bool> {
+    let mut z = UffdioZeropage { start, len, mode: 0, zeropage: 0 };
+    match ioctl(uffd, UFFDIO_ZEROPAGE, &mut z) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `_IOR(0xAA, 0x02, struct uffdio_range)`.
+const UFFDIO_WAKE: u64 = 0x8010_AA02;
+const UFFD_EVENT_FORK: u8 = 0x13;
+const UFFD_EVENT_REMAP: u8 = 0x14;
+/// Report forks: the child's registered mappings get a userfaultfd of their own, handed over.
+pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+/// Report `mremap` of registered mappings.
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+
+/// Wakes the threads waiting on `[start, start+len)`.
+pub fn wake(uffd: &OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut r = [start, len];
+    ioctl(uffd, UFFDIO_WAKE, &mut r).map(|_| ())
+}
+
+/// What a userfaultfd reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A thread waits for the page at this address.
+    Fault(u64),
+    /// The process forked; the child's registered mappings are served through this descriptor.
+    Fork(OwnedFd),
+    /// A registered range moved.
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Length.
+        len: u64,
+    },
+}
+
+/// Waits up to `timeout_ms` for events (empty on timeout). An error of kind ESRCH when the
+/// process is gone.
+pub fn events(uffd: &OwnedFd, timeout_ms: i32) -> io::Result<Vec<Event>> {
+    let mut pfd = libc::pollfd { fd: uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd on our stack.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(Vec::new()) } else { Err(e) };
+    }
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    let mut buf = [0u8; 32 * 64];
+    // SAFETY: reading into a buffer of ours of the given length; the fd is non-blocking.
+    let got = unsafe { libc::read(uffd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if got < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EAGAIN) { Ok(Vec::new()) } else { Err(e) };
+    }
+    let word = |m: &[u8], at: usize| u64::from_ne_bytes(m[at..at + 8].try_into().expect("8 bytes"));
+    Ok(buf[..got as usize]
+        .chunks_exact(32)
+        .filter_map(|m| match m[0] {
+            UFFD_EVENT_PAGEFAULT => Some(Event::Fault(word(m, 16))),
+            UFFD_EVENT_FORK => {
+                let fd = u32::from_ne_bytes(m[8..12].try_into().expect("4 bytes")) as i32;
+                // SAFETY: the kernel installed this descriptor in our table for us to own.
+                Some(Event::Fork(unsafe { OwnedFd::from_raw_fd(fd) }))
+            }
+            UFFD_EVENT_REMAP => Some(Event::Remap { from: word(m, 8), to: word(m, 16), len: word(m, 24) }),
+            _ => None,
+        })
+        .collect())
+}

@@ -1,0 +1,311 @@
+//! Lazy restore: the process runs at once, its memory is filled while it runs.
+//!
+//! ```text
+//!  restore (ProcRestore::memory_lazy)            pager (Pager::run, a thread of the restorer)
+//!  map every mapping; write the pages of all     serves each fault: the 64 KiB block that holds
+//!  but private anonymous ones; create a          the page (chunks read from packs kept open,
+//!  userfaultfd in the target (injected),         each checked against its id), UFFDIO_COPY of
+//!  take it (pidfd_getfd), register those         its non-zero pages, the zero page elsewhere;
+//!  mappings in missing mode; start the pager;    between faults, streams the other blocks in
+//!  the rest of the restore; detach: it runs      address order; when all are in: releases the
+//!                                                init's guard and closes the userfaultfd
+//! ```
+//!
+//! **The pager is never a weak point.** The namespace's init is created by the restoring thread
+//! with `PR_SET_PDEATHSIG` SIGKILL and a guard pipe ([`crate::sys::clone::spawn_pidns_target_guarded`]):
+//! if the restorer dies before every page is in, the kernel kills the init, and with it the
+//! whole PID namespace; the pager releases the guard only when it is done. A pager that cannot
+//! serve a page (a damaged chunk, a mapping moved with `mremap` while loading) kills the
+//! namespace rather than let the process read wrong memory. A fork while loading is followed:
+//! the child's mappings get a userfaultfd of their own (`UFFD_FEATURE_EVENT_FORK`) and are
+//! served from the same image. Faults outside the saved extents (a heap or stack that grew
+//! since) get the zero page, as fresh memory would.
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use zap_store::pack::ChunkLoc;
+use zap_store::{ChunkBytes, ChunkId, Extent, ExtentData, LocalStore};
+
+use crate::sys::{clone as sysclone, uffd};
+use crate::{EngineError, Result};
+
+/// Pages are served a block at a time (the chunker's block size).
+const BLOCK: u64 = zap_chunker::DEFAULT_CHUNK_SIZE as u64;
+const PAGE: u64 = zap_chunker::PAGE_SIZE as u64;
+
+/// One mapping restored lazily.
+#[derive(Clone, Debug)]
+pub struct LazyRange {
+    /// First address.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+    /// Its saved extents, in address order.
+    pub extents: Vec<Extent>,
+}
+
+/// The chunks a pager may need, with pack handles opened while the store was open: the pager
+/// does not hold the store (other commands can use it while pages stream in), and a pack GC
+/// removes meanwhile stays readable through its handle.
+pub struct ChunkSource {
+    chunks: HashMap<ChunkId, (Arc<File>, PathBuf, ChunkLoc)>,
+}
+
+impl ChunkSource {
+    /// Opens the packs of every chunk `ranges` reference.
+    pub fn open(store: &LocalStore, ranges: &[LazyRange]) -> Result<Self> {
+        let mut ids: Vec<ChunkId> = ranges
+            .iter()
+            .flat_map(|r| &r.extents)
+            .filter_map(|e| match e.data {
+                ExtentData::Chunk { id, .. } => Some(id),
+                ExtentData::Zero => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let opened = store.open_chunks(&ids)?;
+        Ok(ChunkSource { chunks: ids.into_iter().zip(opened).collect() })
+    }
+
+    fn read(&self, id: &ChunkId) -> Result<ChunkBytes> {
+        let (file, path, loc) = self.chunks.get(id).ok_or_else(|| EngineError::Proc { pid: 0, detail: format!("lazy restore: chunk {id} was not opened") })?;
+        Ok(zap_store::read_located(id, file, path, loc)?)
+    }
+}
+
+/// What a pager did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PagerReport {
+    /// Faults served.
+    pub faults: u64,
+    /// Blocks copied in, on demand or streamed.
+    pub blocks: u64,
+    /// Bytes copied in.
+    pub bytes: u64,
+    /// Processes served (the restored one and children it forked while loading).
+    pub processes: u64,
+    /// Time until every page was in, from the start of the pager, ms.
+    pub load_ms: f64,
+}
+
+struct Target {
+    uffd: OwnedFd,
+    served: Vec<bool>,
+    cursor: usize,
+}
+
+/// Serves the pages of lazily restored mappings (see the module doc).
+pub struct Pager {
+    targets: Vec<Target>,
+    ranges: Vec<LazyRange>,
+    /// Blocks in address order: (range index, start, end).
+    blocks: Vec<(usize, u64, u64)>,
+    /// The store, until the packs are open (then dropped: the pager does not keep it).
+    store: Option<Arc<LocalStore>>,
+    source: ChunkSource,
+    guard: Option<OwnedFd>,
+    init_pid: i32,
+    report: PagerReport,
+    /// Faults to answer again: the process's layout was changing (a fork event not read yet).
+    retry: Vec<(usize, u64)>,
+}
+
+impl Pager {
+    /// A pager for the process whose userfaultfd is `uffd`, restored under the guarded init
+    /// `init_pid` (whose guard pipe's write end is `guard`). It opens the packs it needs from
+    /// `store` first (faults wait meanwhile), then lets go of the store.
+    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, store: Arc<LocalStore>, init_pid: i32, guard: OwnedFd) -> Self {
+        let mut blocks = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            let mut b = r.start - r.start % BLOCK;
+            while b < r.end {
+                blocks.push((i, b.max(r.start), (b + BLOCK).min(r.end)));
+                b += BLOCK;
+            }
+        }
+        let n = blocks.len();
+        Pager {
+            targets: vec![Target { uffd, served: vec![false; n], cursor: 0 }],
+            ranges,
+            blocks,
+            store: Some(store),
+            source: ChunkSource { chunks: HashMap::new() },
+            guard: Some(guard),
+            init_pid,
+            report: PagerReport { processes: 1, ..Default::default() },
+            retry: Vec::new(),
+        }
+    }
+
+    /// Serves faults and streams every block in; returns when all are in (the guard released)
+    /// or when the processes are gone. On an error the namespace is killed first.
+    pub fn run(mut self) -> Result<PagerReport> {
+        let t0 = Instant::now();
+        let result = self.serve_all();
+        match result {
+            Ok(()) => {
+                self.report.load_ms = t0.elapsed().as_secs_f64() * 1e3;
+                if let Some(g) = self.guard.take() {
+                    sysclone::release_guard(&g, Duration::from_secs(5))
+                        .map_err(|source| EngineError::Sys { step: "release the lazy restore's guard", pid: self.init_pid, source })?;
+                }
+                Ok(self.report)
+            }
+            Err(e) => {
+                tracing::error!(init = self.init_pid, error = %e, "lazy restore failed: killing the restored processes");
+                let _ = sysclone::kill(self.init_pid, libc::SIGKILL);
+                Err(e)
+            }
+        }
+    }
+
+    fn serve_all(&mut self) -> Result<()> {
+        if let Some(store) = self.store.take() {
+            self.source = ChunkSource::open(&store, &self.ranges)?;
+        }
+        while !self.targets.is_empty() {
+            // Faults first, then a few blocks of streaming per process.
+            let mut t = 0;
+            while t < self.targets.len() {
+                let busy = self.targets[t].cursor < self.blocks.len();
+                match uffd::events(&self.targets[t].uffd, if busy { 0 } else { 100 }) {
+                    Ok(events) => {
+                        for ev in events {
+                            self.on_event(t, ev)?;
+                        }
+                        for (rt, addr) in std::mem::take(&mut self.retry) {
+                            if rt < self.targets.len() {
+                                self.on_event(rt, uffd::Event::Fault(addr))?;
+                            }
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                        self.targets.swap_remove(t); // the process is gone
+                        continue;
+                    }
+                    Err(source) => return Err(EngineError::Sys { step: "read userfaultfd events", pid: self.init_pid, source }),
+                }
+                for _ in 0..8 {
+                    let target = &mut self.targets[t];
+                    while target.cursor < self.blocks.len() && target.served[target.cursor] {
+                        target.cursor += 1;
+                    }
+                    if target.cursor >= self.blocks.len() {
+                        break;
+                    }
+                    let b = target.cursor;
+                    if !self.serve_block(t, b)? {
+                        break;
+                    }
+                }
+                t += 1;
+            }
+            if self.targets.iter().all(|t| t.cursor >= self.blocks.len()) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, t: usize, ev: uffd::Event) -> Result<()> {
+        match ev {
+            uffd::Event::Fault(addr) => {
+                self.report.faults += 1;
+                let page = addr & !(PAGE - 1);
+                let idx = self.blocks.partition_point(|&(_, _, end)| end <= page);
+                if idx < self.blocks.len() && self.blocks[idx].1 <= page && !self.targets[t].served[idx] && !self.serve_block(t, idx)? {
+                    self.retry.push((t, addr));
+                    return Ok(());
+                }
+                // Zero pages, holes and memory the process grew since: the zero page. A page
+                // copied in already answers EEXIST: then only wake its waiter.
+                let u = &self.targets[t].uffd;
+                match uffd::zeropage(u, page, PAGE) {
+                    Ok(true) => {}
+                    Ok(false) => uffd::wake(u, page, PAGE).map_err(|source| EngineError::Sys { step: "userfaultfd wake", pid: self.init_pid, source })?,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => self.retry.push((t, addr)),
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(source) => return Err(EngineError::Sys { step: "userfaultfd zero page", pid: self.init_pid, source }),
+                }
+                Ok(())
+            }
+            uffd::Event::Fork(fd) => {
+                self.report.processes += 1;
+                self.targets.push(Target { uffd: fd, served: vec![false; self.blocks.len()], cursor: 0 });
+                Ok(())
+            }
+            uffd::Event::Remap { from, to, len } => Err(EngineError::Proc {
+                pid: self.init_pid,
+                detail: format!("lazy restore: the process moved {from:#x}+{len:#x} to {to:#x} (mremap) before its pages were in; not supported"),
+            }),
+        }
+    }
+
+    /// Copies block `b` into target `t`. `Ok(false)` when the target's memory there is gone
+    /// (unmapped meanwhile: nothing to fill), or when its layout is changing (EAGAIN: an event,
+    /// a fork, is to be read first; the block stays to be served).
+    fn serve_block(&mut self, t: usize, b: usize) -> Result<bool> {
+        let (ri, from, to) = self.blocks[b];
+        self.targets[t].served[b] = true;
+        self.report.blocks += 1;
+        let extents = &self.ranges[ri].extents;
+        let first = extents.partition_point(|e| e.end() <= from);
+        let mut current: Option<(ChunkId, ChunkBytes)> = None;
+        for e in extents[first..].iter().take_while(|e| e.start < to) {
+            let ExtentData::Chunk { id, offset } = e.data else { continue };
+            if current.as_ref().map(|(c, _)| *c) != Some(id) {
+                current = Some((id, self.source.read(&id)?));
+            }
+            let bytes = &current.as_ref().expect("read above").1;
+            let (a, z) = (e.start.max(from), e.end().min(to));
+            let (cfrom, cto) = ((u64::from(offset) + (a - e.start)) as usize, (u64::from(offset) + (z - e.start)) as usize);
+            if cto > bytes.len() {
+                return Err(EngineError::Proc { pid: self.init_pid, detail: format!("lazy restore: extent at {:#x} wants bytes {cfrom}..{cto} of chunk {id}, which has {}", e.start, bytes.len()) });
+            }
+            for (off, piece) in bytes.pieces(cfrom, cto, true) {
+                let dst = a + (off - cfrom) as u64;
+                match uffd::copy(&self.targets[t].uffd, dst, &piece) {
+                    Ok(_) => self.report.bytes += piece.len() as u64,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                        self.targets[t].served[b] = false;
+                        self.report.blocks -= 1;
+                        return Ok(false);
+                    }
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINVAL) | Some(libc::EFAULT)) => return Ok(false),
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+                    Err(source) => return Err(EngineError::Sys { step: "userfaultfd copy", pid: self.init_pid, source }),
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A pager running in a thread of the restorer.
+pub struct PagerHandle {
+    thread: std::thread::JoinHandle<Result<PagerReport>>,
+}
+
+impl PagerHandle {
+    /// Starts `pager` in a thread.
+    pub fn start(pager: Pager) -> Self {
+        PagerHandle { thread: std::thread::Builder::new().name("zap-pager".into()).spawn(move || pager.run()).expect("spawn the pager thread") }
+    }
+
+    /// True once every page is in (or the pager stopped).
+    pub fn finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits until every page is in. The thread that restored must live until then: the
+    /// namespace's init dies with it before (see the module doc).
+    pub fn wait(self) -> Result<PagerReport> {
+        self.thread.join().map_err(|_| EngineError::Proc { pid: 0, detail: "lazy restore: the pager thread panicked".into() })?
+    }
+}
