@@ -31,11 +31,20 @@ struct Seen {
     gid: u32,
 }
 
+/// Lists `dir/rel` recursively. An entry removed while it is listed (the pod runs: a database's
+/// journal comes and goes) is left out, as if it had not been there.
 fn walk(dir: &Path, rel: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir.join(rel))? {
+    let entries = match std::fs::read_dir(dir.join(rel)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.as_os_str().is_empty() => return Ok(()),
+        r => r?,
+    };
+    for e in entries {
         let e = e?;
         let r = rel.join(e.file_name());
-        let m = std::fs::symlink_metadata(e.path())?;
+        let m = match std::fs::symlink_metadata(e.path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            r => r?,
+        };
         let is_dir = m.is_dir();
         out.push((r.clone(), m));
         if is_dir {
@@ -102,11 +111,26 @@ impl SourceDirs {
                     continue;
                 }
                 let path = dir.join(&rel);
+                // Gone since it was listed: not there this round (the next one sees it again, or
+                // removes it; the final round reads a stopped pod's files).
+                let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
                 let fkind = match kind {
                     0 => FileKind::Dir,
-                    1 => FileKind::Symlink(std::fs::read_link(&path).map_err(|e| mig_err("copy: read link", path.display(), e))?.display().to_string()),
+                    1 => match std::fs::read_link(&path) {
+                        Err(e) if gone(&e) => {
+                            present.remove(&rel);
+                            continue;
+                        }
+                        r => FileKind::Symlink(r.map_err(|e| mig_err("copy: read link", path.display(), e))?.display().to_string()),
+                    },
                     _ => {
-                        let data = std::fs::read(&path).map_err(|e| mig_err("copy: read", path.display(), e))?;
+                        let data = match std::fs::read(&path) {
+                            Err(e) if gone(&e) => {
+                                present.remove(&rel);
+                                continue;
+                            }
+                            r => r.map_err(|e| mig_err("copy: read", path.display(), e))?,
+                        };
                         read += data.len() as u64;
                         let mut chunks = Vec::new();
                         let mut extents = Vec::new();
