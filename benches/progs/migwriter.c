@@ -1,9 +1,9 @@
 /* The workload of migrate-bench: argv[1] MiB of anonymous memory, every page resident, in runs
  * of 16 pages that are either zero or random (about half each, chosen by a hash of the run), so
  * a copy that skips zero pages and does not compress random ones sends about half the memory.
- * Every 100 ms it rewrites argv[2] per mille of its pages, chosen at random (10 = 1% a second):
- * a random page gets new random bytes, a zero page is written with zeros (dirty, still zero), so
- * the memory keeps its make-up. A thread accepts TCP connections on port argv[4] and closes
+ * It rewrites argv[2] per mille of its pages a second (10 = 1% a second), a tenth every 100 ms,
+ * chosen at random: a random page gets new random bytes, a zero page is written with zeros
+ * (dirty, still zero), so the memory keeps its make-up. A thread accepts TCP connections on port argv[4] and closes
  * them (what the bench's pinger connects to). It says ready by creating argv[3]. argv[5] (optional)
  * seeds the random pages, so that runs do not share content (a migration cache would see it). */
 #include <netinet/in.h>
@@ -57,7 +57,7 @@ int main(int argc, char **argv) {
     if (r) fclose(r);
     uint64_t x = mix(seed ^ (uint64_t)time(NULL)) | 1;
     for (;;) {
-        for (size_t k = 0; k < pages * (size_t)permille / 1000; k++) {
+        for (size_t k = 0; k < pages * (size_t)permille / 10000; k++) {
             x = mix(x);
             size_t i = x % pages;
             fill(p + i * 4096, i, x);
