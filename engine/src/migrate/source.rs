@@ -552,7 +552,7 @@ fn final_round(
     let mut tracking = crate::group::Tracking { armed: std::mem::take(&mut reader.armed), holds_all: true, ..Default::default() };
     // Namespaces no restore can make (nested PID or user) are refused before anything is saved.
     pod::inside::refuse_early(name, state.init_pid, &pids)?;
-    let saved = crate::group::save(&pids, stopped.frozen(), crate::group::SaveOptions { tcp_close: false, network_locked: true, no_cow: true }, Some(&mut tracking));
+    let saved = crate::group::save(&pids, stopped.frozen(), crate::group::SaveOptions { tcp_close: false, network_locked: stopped.network_locked(), no_cow: true }, Some(&mut tracking));
     // The trackers stay ours to close, whatever happened.
     reader.armed = tracking.armed.drain().chain(tracking.dropped.drain(..).map(|a| (a.pid, a))).collect();
     let mut saved = saved?;

@@ -13,9 +13,9 @@
 //! committed, and is then killed and removed (its state now lives in the checkpoint).
 //!
 //! ## Stopped pods ([`StoppedPod`])
-//! The stop is a value: [`StoppedPod::stop`] takes the pod's checkpoint lock, locks the pod's
-//! network ([`super::netlock`]: from here on no packet reaches or leaves the pod, so its TCP
-//! connections can be saved) and stops it; [`StoppedPod::resume`] lets it run on and unlocks the
+//! The stop is a value: [`StoppedPod::stop`] takes the pod's checkpoint lock, stops the pod and,
+//! when it has TCP sockets, locks its network ([`super::netlock`]: from here on no packet reaches
+//! or leaves the pod, so its TCP connections can be saved); [`StoppedPod::resume`] lets it run on and unlocks the
 //! network, [`StoppedPod::end`] removes it (its state now lives elsewhere: a committed
 //! checkpoint, or a destination host). Dropping a `StoppedPod` resumes the pod, so an error
 //! anywhere between the stop and the end leaves the pod running with its network open.
@@ -391,16 +391,31 @@ impl StoppedPod {
             return Err(pod_err(name, "stop", format!("the pod is {}", status(root, &state))));
         }
         let t = Instant::now();
-        // Locked first, so that nothing the processes sent before they stopped is acknowledged
-        // behind the checkpoint's back; a failure to stop drops (opens) the lock again.
-        let netlock = NetLock::namespace(&format!("pod {name}"), state.init_pid)?;
         let cg = cgroup_of(&state);
         let (mut pids, mut frozen, mut thawed) = stop_pod(name, &cg, state.init_pid)?;
+        // The network is locked before anything of the pod is read, so that the kernel
+        // acknowledges nothing the checkpoint will not hold; a pod without a TCP socket (no
+        // process can make one while it is stopped) needs no lock, which saves the two `nft`
+        // runs. A failure to lock resumes the pod.
+        let netlock = if has_tcp_sockets(state.init_pid) {
+            match NetLock::namespace(&format!("pod {name}"), state.init_pid) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    if let Err(e) = cg.refreeze(&thawed) {
+                        tracing::warn!(pod = name, error = %e, "could not freeze again a cgroup the pod had frozen");
+                    }
+                    drop(frozen);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         // Connections a listener's backlog holds cannot be put back in one (no interface does
         // that): the processes run on a moment to accept them. The network is locked, so no new
         // connection completes meanwhile; a checkpoint still finds some after that refuses them.
         for round in 1..=DRAIN_ROUNDS {
-            let waiting = listeners_waiting(state.init_pid);
+            let waiting = if netlock.is_some() { listeners_waiting(state.init_pid) } else { 0 };
             if waiting == 0 {
                 break;
             }
@@ -420,13 +435,18 @@ impl StoppedPod {
             pids,
             frozen: Some(frozen),
             stop_ms,
-            netlock: Some(netlock),
+            netlock,
             thawed,
             lock: Some(lock),
         })
     }
 
-    /// How long taking the network lock took, ms.
+    /// Whether the pod's network is locked (it is when the pod had a TCP socket when it stopped).
+    pub fn network_locked(&self) -> bool {
+        self.netlock.is_some()
+    }
+
+    /// How long taking the network lock took, ms (0 when there was none to take).
     pub fn netlock_ms(&self) -> f64 {
         self.netlock.as_ref().map_or(0.0, |l| l.lock_ms)
     }
@@ -531,6 +551,12 @@ impl Drop for StoppedPod {
 /// listeners' backlogs ([`StoppedPod::stop_locked`]).
 const DRAIN_ROUNDS: u32 = 4;
 
+/// True when the network namespace of process `pid` has a TCP socket of any state (listening,
+/// connected, closing, in TIME_WAIT), or when that cannot be read.
+fn has_tcp_sockets(pid: i32) -> bool {
+    ["tcp", "tcp6"].iter().any(|f| std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).map_or(true, |t| t.lines().count() > 1))
+}
+
 /// Connections waiting to be accepted on the TCP listeners of the network namespace of process
 /// `pid` (`/proc/PID/net/tcp{,6}`: a listener's `rx_queue` is its accept queue's length).
 fn listeners_waiting(pid: i32) -> u64 {
@@ -587,7 +613,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     };
     // Namespaces the processes cannot be restored in (nested PID or user) are refused first.
     super::inside::refuse_early(name, state.init_pid, &pids)?;
-    let mut saved = group::save(&pids, stopped.frozen(), group::SaveOptions { tcp_close: opts.tcp_close, network_locked: true, no_cow: false }, Some(&mut tracking))?;
+    let mut saved = group::save(&pids, stopped.frozen(), group::SaveOptions { tcp_close: opts.tcp_close, network_locked: stopped.network_locked(), no_cow: false }, Some(&mut tracking))?;
     refuse_external_streams(name, &saved.image)?;
     if parent.is_some() {
         let live = saved.image.members.iter().filter(|m| m.image().is_some()).count();
