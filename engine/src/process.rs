@@ -525,13 +525,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         let steps = (|| {
             let mut r = ProcRestore::begin(&image, pid, tramp)?;
             r.memory(store, &manifest.images, &mut mem::ShmContext::default(), None)?;
-            r.memory_late()?;
-            r.threads(&mut frozen)?;
-            let mut ctx = files::RestoreContext::new(std::process::id());
-            r.files(&mut ctx)?;
-            crate::sockets::finish(&mut [(image.vpid, r.injector())], &mut ctx)?;
-            r.close_fds(&ctx.keepers(image.vpid))?;
-            r.finish()
+            r.finish_alone(&mut frozen)
         })();
         let warnings = match steps {
             Ok(warnings) => warnings,
@@ -604,13 +598,7 @@ pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &Checkpoin
             tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
             let guard = guard_write.take().expect("taken once");
             pager = Some(crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store_ref.clone(), init, guard)));
-            r.memory_late()?;
-            r.threads(&mut frozen)?;
-            let mut ctx = files::RestoreContext::new(std::process::id());
-            r.files(&mut ctx)?;
-            crate::sockets::finish(&mut [(image.vpid, r.injector())], &mut ctx)?;
-            r.close_fds(&ctx.keepers(image.vpid))?;
-            r.finish()
+            r.finish_alone(&mut frozen)
         })();
         let warnings = match steps {
             Ok(warnings) => warnings,
@@ -809,6 +797,20 @@ impl<'a> ProcRestore<'a> {
         image.mm.restore_merge(&mut self.inj, vpid, None)?;
         mem::restore_after_pages(store, &mut self.inj, vpid, &image.vmas, images, &image.mm)?;
         self.memory_late()
+    }
+
+    /// Everything after the memory for a process restored on its own (not in a group): the late
+    /// memory flags, threads, fds (a single process's unix messages and pipe keepers), then
+    /// attributes and CPU state. Returns the restore's warnings.
+    pub fn finish_alone(mut self, frozen: &mut Frozen) -> Result<Vec<String>> {
+        let vpid = self.image.vpid;
+        self.memory_late()?;
+        self.threads(frozen)?;
+        let mut ctx = files::RestoreContext::new(std::process::id());
+        self.files(&mut ctx)?;
+        crate::sockets::finish(&mut [(vpid, self.injector())], &mut ctx)?;
+        self.close_fds(&ctx.keepers(vpid))?;
+        self.finish()
     }
 
     /// The last of the memory: `MADV_DONTFORK`, `MADV_WIPEONFORK` and seals, once the process
