@@ -53,6 +53,7 @@ pub mod mounts;
 pub mod nested;
 pub mod net;
 pub mod netlock;
+pub mod precopy;
 pub mod restore;
 
 use std::ffi::CString;
