@@ -769,3 +769,60 @@ fn connections_arriving_during_the_stop_are_accepted_first() {
     }
     assert_eq!(ids.len(), 3);
 }
+
+/// The same for a single process (`--pid`): a server on the host's loopback that accepts at once,
+/// checkpointed three times with `--leave-running` while clients keep connecting; connections
+/// waiting in its backlog when it stops are accepted in a short run before the save.
+#[test]
+fn single_process_accepts_its_backlog_before_the_save() {
+    if !tools() {
+        return;
+    }
+    let e = env();
+    let port_file = e.work.join("port");
+    let script = format!(
+        "import os, socket, threading\nos.closerange(3, 65536)\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(64)\n\
+         open({:?}, 'w').write(str(s.getsockname()[1]))\n\
+         def serve(c):\n    c.sendall(b'hi')\n    c.recv(16)\n    c.close()\n\
+         while True:\n    c, _ = s.accept()\n    threading.Thread(target=serve, args=(c,), daemon=True).start()\n",
+        port_file.to_str().unwrap()
+    );
+    let child = Proc(spawn_alone(Command::new("python3").arg("-c").arg(&script)));
+    assert!(wait_for(Duration::from_secs(10), || !text(&port_file).is_empty()), "server did not start");
+    let addr = format!("127.0.0.1:{}", text(&port_file).trim());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, made, addr) = (stop.clone(), made.clone(), addr.clone());
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
+                    if let Ok(c) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)) {
+                        made.fetch_add(1, Ordering::Relaxed);
+                        held.push(c);
+                        if held.len() > 20 {
+                            held.remove(0);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    assert!(wait_for(Duration::from_secs(10), || made.load(Ordering::Relaxed) > 50), "clients connect");
+    let pid = child.0.id().to_string();
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let out = zap(&e, &["checkpoint", "--pid", &pid, "--leave-running"]);
+        if !out.status.success() {
+            failures.push(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(failures.is_empty(), "checkpoints while clients connect: {failures:?}");
+}

@@ -365,6 +365,83 @@ pub fn save_process_pages(
     Ok((ProcessImage { host_pid: pid, vpid, threads, attrs, signals, vmas, mm, fds, itimers, posix_timers }, copy))
 }
 
+/// The socket inodes process `pid` holds.
+fn socket_inodes(pid: i32) -> std::collections::HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Default::default() };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| l.to_str().and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']')).and_then(|i| i.parse().ok()))
+        .collect()
+}
+
+/// The TCP listeners of process `pid` (address, port), from `/proc/PID/net/tcp{,6}`.
+fn listeners_of(pid: i32) -> Vec<(std::net::IpAddr, u16)> {
+    let mine = socket_inodes(pid);
+    let mut out = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(3) != Some(&"0A") || !f.get(9).and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| mine.contains(&i)) {
+                continue;
+            }
+            let Some((addr, port)) = f.get(1).and_then(|a| a.split_once(':')) else { continue };
+            let Ok(port) = u16::from_str_radix(port, 16) else { continue };
+            // The address is printed as 32-bit words in host (little-endian) order.
+            let words: Vec<u32> = (0..addr.len() / 8).filter_map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok()).collect();
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let ip = match bytes.len() {
+                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).expect("4 bytes")),
+                16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes.as_slice()).expect("16 bytes")),
+                _ => continue,
+            };
+            out.push((ip, port));
+        }
+    }
+    out
+}
+
+/// Stops process `pid` and locks its connections (and, for its listeners, new connection
+/// requests: [`crate::pod::netlock::NetLock::connections_and_listeners`]). If its listeners
+/// hold connections it has not accepted yet (they cannot be put back in a backlog), lets it run
+/// a moment to accept them, up to twice [`crate::pod::checkpoint::DRAIN_ROUNDS`] times, and locks the
+/// connections it accepted too (a checkpoint that still finds some refuses them, naming the
+/// listener).
+fn freeze_locked(pid: i32, tcp_close: bool) -> Result<(Frozen, Option<crate::pod::netlock::NetLock>)> {
+    let lock = || -> Result<Option<crate::pod::netlock::NetLock>> {
+        if tcp_close {
+            return Ok(None);
+        }
+        let conns = crate::sockets::tcp_connections(&[pid])?;
+        let listeners = listeners_of(pid);
+        if conns.is_empty() && listeners.is_empty() {
+            return Ok(None);
+        }
+        crate::pod::netlock::NetLock::connections_and_listeners(pid, pid, &conns, &listeners).map(Some)
+    };
+    let mut frozen = Frozen::freeze(pid)?;
+    let mut netlock = lock()?;
+    // A process shares its namespace with others, and connections half-open when the lock came
+    // still complete: more rounds than a pod's, still bounded (at most 180 ms of running).
+    for round in 1..=2 * crate::pod::checkpoint::DRAIN_ROUNDS {
+        let waiting = if netlock.is_some() { crate::pod::checkpoint::listeners_waiting_in(pid, Some(&socket_inodes(pid))) } else { 0 };
+        if waiting == 0 {
+            break;
+        }
+        tracing::debug!(pid, waiting, round, "connections waiting in listen backlogs: letting the process accept them");
+        drop(frozen);
+        std::thread::sleep(Duration::from_millis(5 * u64::from(round)));
+        frozen = Frozen::freeze(pid)?;
+        // The same table, now with the connections just accepted (replaced in one transaction).
+        let relocked = lock()?;
+        if let Some(old) = netlock.take() {
+            old.keep();
+        }
+        netlock = relocked;
+    }
+    Ok((frozen, netlock))
+}
+
 /// Checkpoints process `pid` into `store`.
 pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
@@ -372,8 +449,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     // A process that runs on has its memory copied while it runs first.
     let mut pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(pid, false, &mut writer, &opts.chunker) } else { None };
     let tf = Instant::now();
-    let frozen = Frozen::freeze(pid)?;
-    let netlock = lock_connections(&[pid], opts.tcp_close)?;
+    let (frozen, netlock) = freeze_locked(pid, opts.tcp_close)?;
     let mut ctx = files::SaveContext::default();
     ctx.sockets.tcp_close = opts.tcp_close;
     ctx.sockets.network_locked = true;
@@ -428,8 +504,24 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(pid, copied_ms, stored_ms, total_ms, bytes_read, "process checkpoint committed");
     if let Some(frozen) = frozen {
-        // Closing the connections must send nothing; they stay locked until restored.
+        // Closing the connections must send nothing; they stay locked until restored (the
+        // restore replaces this table), but not its listeners: a peer trying to connect while
+        // the process is gone is refused, as by any closed port.
         crate::sockets::silence_tcp(&[pid])?;
+        let netlock = match netlock {
+            Some(l) => {
+                let conns = crate::sockets::tcp_connections(&[pid])?;
+                if conns.is_empty() {
+                    l.unlock()?;
+                    None
+                } else {
+                    let only_conns = crate::pod::netlock::NetLock::connections(pid, pid, &conns)?;
+                    l.keep();
+                    Some(only_conns)
+                }
+            }
+            None => None,
+        };
         frozen.kill()?;
         if let Some(l) = netlock {
             l.keep();

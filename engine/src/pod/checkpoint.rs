@@ -546,7 +546,7 @@ impl Drop for StoppedPod {
 
 /// How many times a stop lets the pod run on to accept the connections waiting in its
 /// listeners' backlogs ([`StoppedPod::stop_locked`]).
-const DRAIN_ROUNDS: u32 = 4;
+pub(crate) const DRAIN_ROUNDS: u32 = 4;
 
 /// True when the network namespace of process `pid` has a TCP socket of any state (listening,
 /// connected, closing, in TIME_WAIT), or when that cannot be read.
@@ -557,12 +557,19 @@ fn has_tcp_sockets(pid: i32) -> bool {
 /// Connections waiting to be accepted on the TCP listeners of the network namespace of process
 /// `pid` (`/proc/PID/net/tcp{,6}`: a listener's `rx_queue` is its accept queue's length).
 fn listeners_waiting(pid: i32) -> u64 {
+    listeners_waiting_in(pid, None)
+}
+
+/// Like [`listeners_waiting`], counting only the listeners whose socket inode is in `only` (the
+/// sockets of one process, whose namespace may hold other processes' listeners).
+pub(crate) fn listeners_waiting_in(pid: i32, only: Option<&std::collections::HashSet<u64>>) -> u64 {
     let mut n = 0;
     for file in ["tcp", "tcp6"] {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.get(3) == Some(&"0A") {
+            let mine = only.is_none_or(|set| f.get(9).and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| set.contains(&i)));
+            if f.get(3) == Some(&"0A") && mine {
                 let rx = f.get(4).and_then(|q| q.split_once(':')).and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
                 n += rx.unwrap_or(0);
             }

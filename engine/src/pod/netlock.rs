@@ -120,9 +120,27 @@ impl NetLock {
     /// namespace of process `pid`, with a table named after `tag` (the checkpointed process's pid,
     /// so that its restore finds and replaces the table its checkpoint left).
     pub fn connections(pid: i32, tag: i32, conns: &[(Vec<u8>, Vec<u8>)]) -> Result<NetLock> {
+        Self::connections_and_listeners(pid, tag, conns, &[])
+    }
+
+    /// Like [`NetLock::connections`], and drops the connection requests (SYN) that reach the
+    /// TCP listeners bound to `listeners` (address, port; an unspecified address matches any),
+    /// so that no connection completes into their backlogs meanwhile (the peer retries its SYN).
+    pub fn connections_and_listeners(pid: i32, tag: i32, conns: &[(Vec<u8>, Vec<u8>)], listeners: &[(std::net::IpAddr, u16)]) -> Result<NetLock> {
         let what = format!("pid {tag}");
         let netns = open_netns(&what, pid)?;
         let (mut rin, mut rout) = (String::new(), String::new());
+        for (addr, port) in listeners {
+            let daddr = match addr {
+                a if a.is_unspecified() => String::new(),
+                std::net::IpAddr::V4(a) => format!("ip daddr {a} "),
+                std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                    Some(v4) => format!("ip daddr {v4} "),
+                    None => format!("ip6 daddr {a} "),
+                },
+            };
+            rin.push_str(&format!("{daddr}tcp dport {port} tcp flags & (syn | ack) == syn drop; "));
+        }
         for (local, peer) in conns {
             let (Some((lf, la, lp)), Some((_, pa, pp))) = (addr_of(local), addr_of(peer)) else { continue };
             rin.push_str(&format!("{lf} saddr {pa} {lf} daddr {la} tcp sport {pp} tcp dport {lp} drop; "));

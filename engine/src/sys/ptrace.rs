@@ -1,10 +1,14 @@
 //! ptrace requests that start, stop and resume threads, and wait(2) for them.
 use std::io;
 
+/// The result of ptrace or wait call `what` on `pid`. The error is the OS error itself, so that
+/// callers can tell its code (`raw_os_error`: ESRCH for a thread that exited meanwhile); they add
+/// the step and the pid when they report it.
 fn check(rc: libc::c_long, what: &str, pid: i32) -> io::Result<libc::c_long> {
     if rc == -1 {
         let e = io::Error::last_os_error();
-        Err(io::Error::new(e.kind(), format!("{what} pid {pid}: {e}")))
+        tracing::trace!(pid, error = %e, "{what} failed");
+        Err(e)
     } else {
         Ok(rc)
     }
