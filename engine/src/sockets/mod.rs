@@ -18,6 +18,8 @@
 //! [`SocketContext::tcp_close`] connections are given up instead (they come back as fresh,
 //! unconnected sockets). A TCP listener with connections waiting to be accepted fails the
 //! checkpoint: nothing can queue them on it again.
+mod calls;
+pub mod conns;
 mod inet;
 mod netlink;
 mod opts;
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::inject::Injector;
 use crate::sys::sock;
 use crate::{EngineError, Result};
+pub use conns::ConnFd;
 pub use opts::SockOpts;
 pub use tcp::{TcpConn, TcpOpts};
 

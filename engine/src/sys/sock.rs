@@ -536,3 +536,73 @@ pub fn send_to(fd: &OwnedFd, data: &[u8], to: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+
+/// Sets a socket option to the bytes `val`.
+pub fn setsockopt_bytes(fd: &OwnedFd, level: i32, name: i32, val: &[u8]) -> io::Result<()> {
+    // SAFETY: val is valid for its length.
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, val.as_ptr().cast(), val.len() as libc::socklen_t) })?;
+    Ok(())
+}
+
+/// Attaches the classic BPF program `filter` (its instructions, 8 bytes each) to `fd`.
+pub fn attach_filter(fd: &OwnedFd, filter: &[u8]) -> io::Result<()> {
+    let mut insns: Vec<libc::sock_filter> = filter
+        .chunks_exact(8)
+        .map(|b| libc::sock_filter { code: u16::from_ne_bytes([b[0], b[1]]), jt: b[2], jf: b[3], k: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]) })
+        .collect();
+    let prog = libc::sock_fprog { len: insns.len() as u16, filter: insns.as_mut_ptr() };
+    // SAFETY: prog points to insns, alive for the call; the kernel copies them.
+    check(unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&prog as *const libc::sock_fprog).cast(), std::mem::size_of::<libc::sock_fprog>() as u32)
+    })?;
+    Ok(())
+}
+
+/// Binds `fd` to the raw address `addr`.
+pub fn bind(fd: &OwnedFd, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is valid for its length.
+    check(unsafe { libc::bind(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) })?;
+    Ok(())
+}
+
+/// Connects `fd` to the raw address `addr`.
+pub fn connect(fd: &OwnedFd, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is valid for its length.
+    check(unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) })?;
+    Ok(())
+}
+
+/// Sends `data` on `fd` with `flags`; returns how many bytes went.
+pub fn send(fd: &OwnedFd, data: &[u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: data is valid for its length.
+    let n = unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `shutdown(fd, how)`.
+pub fn shutdown(fd: &OwnedFd, how: i32) -> io::Result<()> {
+    // SAFETY: shutdown takes integers.
+    check(unsafe { libc::shutdown(fd.as_raw_fd(), how) })?;
+    Ok(())
+}
+
+/// Sets the status flags of the open file description of `fd` (`F_SETFL`) and returns them as
+/// the kernel then reports them (`F_GETFL`).
+pub fn set_status_flags(fd: &OwnedFd, flags: i32) -> io::Result<i32> {
+    // SAFETY: fcntl on a valid fd with integer arguments.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// The index of interface `name` in the network namespace of socket `fd` (`SIOCGIFINDEX`).
+pub fn ifindex(fd: &OwnedFd, name: &str) -> io::Result<i32> {
+    let mut req = [0u8; 40];
+    let n = name.len().min(15);
+    req[..n].copy_from_slice(&name.as_bytes()[..n]);
+    ioctl_bytes(fd, libc::SIOCGIFINDEX, &mut req)?;
+    Ok(i32::from_ne_bytes(req[16..20].try_into().expect("4")))
+}
