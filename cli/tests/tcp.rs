@@ -847,7 +847,7 @@ fn many_connections_keep_every_byte_both_ways() {
     }
     const N: usize = 300;
     let e = env();
-    let net = subnet(87);
+    let net = subnet(92);
     let pod = name("many");
     let (out, go) = (e.work.join("out"), e.work.join("go"));
     let n = N.to_string();

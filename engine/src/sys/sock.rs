@@ -606,3 +606,71 @@ pub fn ifindex(fd: &OwnedFd, name: &str) -> io::Result<i32> {
     ioctl_bytes(fd, libc::SIOCGIFINDEX, &mut req)?;
     Ok(i32::from_ne_bytes(req[16..20].try_into().expect("4")))
 }
+
+/// The sum of the accept queues of the TCP listeners (IPv4 and IPv6) of the network namespace
+/// of process `pid`, from one `sock_diag` (inet_diag) dump per family limited to listeners: the
+/// kernel walks only its listening hash, however many connections there are (reading
+/// `/proc/net/tcp` walks every connection, from the start again for each page read).
+pub fn tcp_listeners_waiting(pid: i32) -> io::Result<u64> {
+    in_netns(pid, || Ok(inet_listen_dump(libc::AF_INET)? + inet_listen_dump(libc::AF_INET6)?))
+}
+
+fn inet_listen_dump(family: i32) -> io::Result<u64> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const TCPF_LISTEN: u32 = 1 << 10;
+    // SAFETY: socket takes integers.
+    let raw = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
+    // SAFETY: the kernel just returned this fd; we own it.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // nlmsghdr, then struct inet_diag_req_v2: family, protocol, ext, pad, states, and a zeroed
+    // inet_diag_sockid (48 bytes).
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    req.extend_from_slice(&TCPF_LISTEN.to_ne_bytes());
+    req.extend_from_slice(&[0u8; 48]);
+    // SAFETY: req is valid for its length.
+    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut waiting = 0u64;
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut msgs = &buf[..n as usize];
+        while msgs.len() >= 16 {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4")) as usize;
+            let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2"));
+            if len < 16 || len > msgs.len() {
+                return Err(io::Error::other("inet_diag: malformed message"));
+            }
+            match kind {
+                3 => return Ok(waiting), // NLMSG_DONE
+                2 => {
+                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4"));
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                _ => {
+                    // struct inet_diag_msg: family, state, timer, retrans, id (48), expires,
+                    // rqueue (a listener's accept queue), wqueue, uid, inode.
+                    let body = &msgs[16..len];
+                    if body.len() >= 60 && body[1] == 10 {
+                        waiting += u64::from(u32::from_ne_bytes(body[56..60].try_into().expect("4")));
+                    }
+                }
+            }
+            let step = (len + 3) & !3;
+            msgs = &msgs[step.min(msgs.len())..];
+        }
+    }
+}
