@@ -322,10 +322,10 @@ pub fn describe(local: &[u8], peer: &[u8]) -> String {
     format!("{} -> {}", ip_port(local), ip_port(peer))
 }
 
-/// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`) in TCP state `st`. The
-/// caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
+/// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`) in TCP state `st`, with its
+/// socket and TCP-level options as the caller read them. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
 /// repair mode cannot restore.
-pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &OwnedFd, opts: SockOpts) -> Result<TcpConn> {
+pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &OwnedFd, opts: SockOpts, tcp: TcpOpts) -> Result<TcpConn> {
     let local = sock::sockaddr(dup, false).map_err(|source| EngineError::Sys { step: "getsockname", pid, source })?;
     let peer = sock::sockaddr(dup, true).ok().or_else(|| peer_from_proc(pid, ino, family)).unwrap_or_default();
     let what = || format!("fd {fd}: TCP connection {} in state {}", describe(&local, &peer), state_name(st));
@@ -340,7 +340,6 @@ pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &
     }
     let reuse = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
     let info = sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(|e| fail(format!("TCP_INFO: {e}")))?;
-    let tcp = tcp_opts_of(dup, st);
     let buffers = (
         sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
         sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
