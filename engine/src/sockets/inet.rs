@@ -52,7 +52,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
                     tcp::state_name(st)
                 )))
             }
-            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, family, st, dup, *opts, tcp)?))),
+            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, family, st, dup, (*opts, tcp))?))),
         }
     } else if sock_type == libc::SOCK_DGRAM {
         let peer = sock::sockaddr(dup, true).ok();

@@ -325,7 +325,7 @@ pub fn describe(local: &[u8], peer: &[u8]) -> String {
 /// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`) in TCP state `st`, with its
 /// socket and TCP-level options as the caller read them. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
 /// repair mode cannot restore.
-pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &OwnedFd, opts: SockOpts, tcp: TcpOpts) -> Result<TcpConn> {
+pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &OwnedFd, (opts, tcp): (SockOpts, TcpOpts)) -> Result<TcpConn> {
     let local = sock::sockaddr(dup, false).map_err(|source| EngineError::Sys { step: "getsockname", pid, source })?;
     let peer = sock::sockaddr(dup, true).ok().or_else(|| peer_from_proc(pid, ino, family)).unwrap_or_default();
     let what = || format!("fd {fd}: TCP connection {} in state {}", describe(&local, &peer), state_name(st));
