@@ -20,7 +20,8 @@
 //! saved sequence numbers are those of the first queued byte, the FIN left out.
 //!
 //! ## Restoring ([`restore_conn`])
-//! Injected into the process: `socket`, the socket options ([`super::opts`]), repair on, the two
+//! On a fresh socket the process made (an injected `socket()`, [`super::conns`]), by Zap on its
+//! duplicate of it: the socket options ([`super::opts`]), repair on, the two
 //! queue sequence numbers, `bind` and
 //! `connect` (in repair mode `connect` only sets the connection up, nothing is sent), the
 //! handshake options (`TCP_REPAIR_OPTIONS`) and the timestamp (so the peer sees the same clock
