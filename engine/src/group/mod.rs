@@ -160,13 +160,7 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     let t0 = std::time::Instant::now();
     let mut writer = store.writer()?;
     // A tree that runs on has its memory copied while it runs first.
-    let mut pre = None;
-    if opts.leave_running && !opts.no_precopy {
-        match crate::precopy::tree(root, &mut writer, &opts.chunker) {
-            Ok(p) => pre = Some(p),
-            Err(e) => tracing::warn!(root, error = %e, "pre-copy failed; the memory is read while the tree is stopped"),
-        }
-    }
+    let pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(root, true, &mut writer, &opts.chunker) } else { None };
     let tf = std::time::Instant::now();
     let (pids, frozen) = freeze_tree(root)?;
     let live: Vec<i32> = pids.iter().copied().filter(|&p| !is_zombie_pid(p)).collect();
