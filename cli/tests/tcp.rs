@@ -826,3 +826,123 @@ fn single_process_accepts_its_backlog_before_the_save() {
     }
     assert!(failures.is_empty(), "checkpoints while clients connect: {failures:?}");
 }
+
+/// The pod's side of [`many_connections_keep_every_byte_both_ways`]: accepts N connections, sends
+/// each a payload of its own and leaves what the host sent unread; some are non-blocking, some
+/// have TCP_NODELAY, and files opened and closed between accepts leave holes in the fd table. On
+/// `go` it reads every host payload (the part sent before the checkpoint and the part sent while
+/// the pod was stopped), checks each byte and its flags, and answers on each connection.
+const MANY_SERVER: &str = r#"
+import fcntl, os, socket, sys
+n, out, go = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def payload(tag, i):
+    size = 700 + (i * 37) % 2500
+    head = ('%s%05d|' % (tag, i)).encode()
+    return head + bytes((i * 7 + k) % 251 for k in range(size - len(head)))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7500))
+s.listen(1024)
+conns, holes = [], []
+for j in range(n):
+    c, _ = s.accept()
+    c.sendall(payload('P', j))
+    if j % 3 == 0:
+        c.setblocking(False)
+    if j % 4 == 0:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if j % 40 == 5:
+        holes.append(os.open('/dev/null', os.O_RDONLY))
+    conns.append(c)
+for h in holes:
+    os.close(h)
+open(out, 'w').write('ready\n')
+import time
+while not os.path.exists(go):
+    time.sleep(0.02)
+bad = []
+for j, c in enumerate(conns):
+    if bool(fcntl.fcntl(c.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK) != (j % 3 == 0):
+        bad.append('%d: O_NONBLOCK changed' % j)
+    if c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != (1 if j % 4 == 0 else 0):
+        bad.append('%d: TCP_NODELAY changed' % j)
+    c.setblocking(True)
+    c.settimeout(20)
+    got = b''
+    head = b''
+    while len(head) < 7:
+        head += c.recv(7 - len(head))
+    i = int(head[1:6])
+    want = payload('H', i) + b'after%05d' % i
+    got = head
+    while len(got) < len(want):
+        d = c.recv(len(want) - len(got))
+        if not d:
+            break
+        got += d
+    if got != want:
+        bad.append('%d: host payload %d differs (%d bytes, want %d)' % (j, i, len(got), len(want)))
+    c.sendall(b'R%05d%05d\n' % (j, i))
+open(out, 'a').write(('FAIL ' + '; '.join(bad[:10]) if bad else 'ok') + '\n')
+time.sleep(3600)
+"#;
+
+fn many_payload(tag: u8, i: usize) -> Vec<u8> {
+    let size = 700 + (i * 37) % 2500;
+    let mut v = format!("{}{i:05}|", tag as char).into_bytes();
+    v.extend((0..size - v.len()).map(|k| ((i * 7 + k) % 251) as u8));
+    v
+}
+
+/// A pod holding 300 connections from the host, each with bytes unread in both directions (the
+/// host's payload in the pod's receive queue, the pod's payload in the host's), some
+/// non-blocking, some with TCP_NODELAY, in an fd table with holes: checkpointed (ended) and
+/// restored, while the host sends more on every connection. Afterwards every byte arrives on
+/// both sides, on the same connections, and the fd flags and options are as they were.
+#[test]
+fn many_connections_keep_every_byte_both_ways() {
+    if !tools() {
+        return;
+    }
+    const N: usize = 300;
+    let e = env();
+    let net = subnet(92);
+    let pod = name("many");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    let n = N.to_string();
+    ok(&e, &["run", "--name", &pod, "--ip", &format!("{net}.2/24"), "--", "python3", "-c", MANY_SERVER, &n, out.to_str().unwrap(), go.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    let addr = format!("{net}.2:7500");
+    let mut conns = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = if i == 0 { connect_retry(&addr) } else { TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(10)).unwrap() };
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(&many_payload(b'H', i)).unwrap();
+        conns.push(c);
+    }
+    assert!(wait_for(Duration::from_secs(30), || text(&out).contains("ready")), "server not ready: {}", text(&out));
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    // Sent while the pod is gone: retransmitted until it is back.
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(format!("after{i:05}").as_bytes()).unwrap();
+    }
+    ok(&e, &["restore", &id]);
+    std::fs::write(&go, b"go").unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut head = [0u8; 7];
+        c.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], b'P', "connection {i}: {head:?}");
+        let j: usize = std::str::from_utf8(&head[1..6]).unwrap().parse().unwrap();
+        assert!(seen.insert(j), "connection {i}: the pod's payload {j} came twice");
+        let want = many_payload(b'P', j);
+        let mut rest = vec![0u8; want.len() - 7];
+        c.read_exact(&mut rest).unwrap();
+        assert!(head[..] == want[..7] && rest[..] == want[7..], "connection {i}: the pod's payload {j} differs");
+        let mut reply = [0u8; 12];
+        c.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[..], format!("R{j:05}{i:05}\n").as_bytes(), "connection {i}: the pod's answer");
+    }
+    assert!(wait_for(Duration::from_secs(20), || text(&out).lines().count() >= 2), "{}", text(&out));
+    assert!(text(&out).contains("ok"), "{}", text(&out));
+}

@@ -716,9 +716,27 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
 /// table is empty). Pipe and FIFO keepers stay open; close them with [`RestoreContext::keepers`]
 /// once every process of the group has its fds.
 pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut RestoreContext) -> Result<()> {
+    // Established TCP connections are made together once the other fds are in place (their
+    // listeners among them, which must be bound before the connections that share their port),
+    // then the fds that share them (crate::sockets::conns); their status flags are set and
+    // checked there.
+    let is_conn = |f: &FdState| matches!(&f.kind, FdKind::Socket(crate::sockets::SocketState::TcpConn(_)));
+    let conn_fds: HashSet<i32> = fds.iter().filter(|f| is_conn(f)).map(|f| f.fd).collect();
+    let shares_conn = |f: &FdState| matches!(f.kind, FdKind::Dup { vpid: owner, fd } if owner == vpid && conn_fds.contains(&fd));
     for st in fds {
+        if is_conn(st) || shares_conn(st) {
+            continue;
+        }
         let tmp = open_one(inj, vpid, st, ctx)?;
         place(inj, tmp, st)?;
+    }
+    let mut conns_done = HashSet::new();
+    if !conn_fds.is_empty() {
+        restore_conns(inj, vpid, fds, ctx, &mut conns_done)?;
+        for st in fds.iter().filter(|f| shares_conn(f)) {
+            let tmp = open_one(inj, vpid, st, ctx)?;
+            place(inj, tmp, st)?;
+        }
     }
     anon::add_epoll_watches(inj, vpid, fds, ctx)?;
     ctx.done.insert(vpid);
@@ -726,7 +744,9 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
     // Last, since closing any fd of a file drops the process's POSIX locks on it: status flags,
     // locks, then the signal owner (a lease sets the owner to its taker).
     for st in fds {
-        set_status(inj, vpid, st)?;
+        if !conns_done.contains(&st.fd) {
+            set_status(inj, vpid, st)?;
+        }
         if !st.locks.is_empty() {
             let path = match &st.kind {
                 FdKind::Path { path, .. } | FdKind::Deleted { path, .. } | FdKind::CharDev { path } | FdKind::DeletedDir { path } => path.clone(),
@@ -744,6 +764,34 @@ pub fn restore(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut Restore
                 .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {fd}: set its signal owner to {:?}: {e}", o) })?;
             inj.call("fcntl(F_SETSIG)", libc::SYS_fcntl, [fd, F_SETSIG, o.sig as u64, 0, 0, 0])?;
         }
+    }
+    Ok(())
+}
+
+/// Recreates every established TCP connection of `fds` at its number ([`crate::sockets::conns`]),
+/// checks their status flags, and notes their numbers in `done`.
+fn restore_conns(inj: &mut Injector, vpid: i32, fds: &[FdState], ctx: &mut RestoreContext, done: &mut HashSet<i32>) -> Result<()> {
+    let mut conns: Vec<crate::sockets::ConnFd> = fds
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FdKind::Socket(crate::sockets::SocketState::TcpConn(c)) => Some(crate::sockets::ConnFd {
+                fd: f.fd,
+                cloexec: f.flags & libc::O_CLOEXEC as u32 != 0,
+                status: (f.flags & SETFL_MASK) as i32,
+                conn: c,
+            }),
+            _ => None,
+        })
+        .collect();
+    for (fd, got) in crate::sockets::conns::restore_all(inj, &mut conns, &ctx.sockets)? {
+        let want = fds.iter().find(|f| f.fd == fd).map_or(0, |f| f.flags);
+        if got as u32 & CHECKED != want & CHECKED {
+            return Err(EngineError::Proc {
+                pid: vpid,
+                detail: format!("fd {fd}: came back with flags {:#o}, not {:#o} as saved (TCP connection)", got as u32 & CHECKED, want & CHECKED),
+            });
+        }
+        done.insert(fd);
     }
     Ok(())
 }

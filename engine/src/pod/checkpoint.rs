@@ -551,17 +551,28 @@ pub(crate) const DRAIN_ROUNDS: u32 = 4;
 /// True when the network namespace of process `pid` has a TCP socket of any state (listening,
 /// connected, closing, in TIME_WAIT), or when that cannot be read.
 fn has_tcp_sockets(pid: i32) -> bool {
-    ["tcp", "tcp6"].iter().any(|f| std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).map_or(true, |t| t.lines().count() > 1))
+    // The header line and the first socket's come in the first page: no need to read on (each
+    // further page walks the connections again).
+    ["tcp", "tcp6"].iter().any(|f| {
+        let Ok(mut file) = std::fs::File::open(format!("/proc/{pid}/net/{f}")) else { return true };
+        let mut page = vec![0u8; 4096];
+        std::io::Read::read(&mut file, &mut page).map_or(true, |n| page[..n].iter().filter(|&&b| b == b'\n').count() > 1)
+    })
 }
 
 /// Connections waiting to be accepted on the TCP listeners of the network namespace of process
-/// `pid` (`/proc/PID/net/tcp{,6}`: a listener's `rx_queue` is its accept queue's length).
+/// `pid` (a `sock_diag` dump of its listeners: a listener's receive queue is its accept queue's
+/// length). When the dump fails, read from `/proc/PID/net/tcp{,6}` instead.
 fn listeners_waiting(pid: i32) -> u64 {
+    if let Ok(n) = crate::sys::sock::tcp_listeners_waiting(pid) {
+        return n;
+    }
     listeners_waiting_in(pid, None)
 }
 
-/// Like [`listeners_waiting`], counting only the listeners whose socket inode is in `only` (the
-/// sockets of one process, whose namespace may hold other processes' listeners).
+/// Like [`listeners_waiting`] from `/proc/PID/net/tcp{,6}`, counting only the listeners whose
+/// socket inode is in `only` when given (the sockets of one process, whose namespace may hold
+/// other processes' listeners).
 pub(crate) fn listeners_waiting_in(pid: i32, only: Option<&std::collections::HashSet<u64>>) -> u64 {
     let mut n = 0;
     for file in ["tcp", "tcp6"] {

@@ -6,7 +6,7 @@
 use std::os::fd::OwnedFd;
 
 use super::opts::set_opts;
-use super::tcp::{self, Mode};
+use super::tcp;
 use super::{bind, port_of, put, rewrite, SocketContext, SocketRestore, SocketState, SOMAXCONN, TCP_CLOSE, TCP_LISTEN};
 use crate::inject::Injector;
 use crate::sys::sock;
@@ -52,7 +52,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
                     tcp::state_name(st)
                 )))
             }
-            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, family, st, dup, *opts)?))),
+            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, family, st, dup, (*opts, tcp))?))),
         }
     } else if sock_type == libc::SOCK_DGRAM {
         let peer = sock::sockaddr(dup, true).ok();
@@ -114,13 +114,7 @@ pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &SocketState, ctx: &mut
             }
             fd
         }
-        SocketState::TcpConn(c) => {
-            let (local, peer) = (rewrite(&c.local, ctx), rewrite(&c.peer, ctx));
-            // A connection whose address moved (a copy elsewhere) cannot go on; one with both
-            // ends in the pod moves with it.
-            let mode = if local != c.local && peer == c.peer { Mode::Aborted } else { Mode::Live };
-            tcp::restore_conn(inj, c, &local, &peer, mode)?
-        }
+        SocketState::TcpConn(c) => super::conns::restore_one(inj, c, ctx)?,
         SocketState::Udp { family, addr, peer, opts, queued } => {
             let fd = inj.call("socket(udp)", libc::SYS_socket, [*family as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0])?;
             set_opts(inj, fd, *family, false, opts)?;

@@ -12,12 +12,16 @@
 //! names, socket files, backlogs, shutdown state).
 //!
 //! Restore injects `socket`/`socketpair`, `setsockopt`, `bind`, `listen`, `connect`, `accept`
-//! into the processes; unix sockets are finished in a second pass, [`finish`], once every process
+//! into the processes, except for established TCP connections: only their `socket()` is injected,
+//! and Zap rebuilds them on its duplicate of the socket, over threads ([`conns`]; options set
+//! through either way by [`calls`]); unix sockets are finished in a second pass, [`finish`], once every process
 //! of the group has its fds (their queued messages may carry any of them). A TCP connection is
 //! saved only while the network is locked ([`SocketContext::network_locked`]); with
 //! [`SocketContext::tcp_close`] connections are given up instead (they come back as fresh,
 //! unconnected sockets). A TCP listener with connections waiting to be accepted fails the
 //! checkpoint: nothing can queue them on it again.
+mod calls;
+pub mod conns;
 mod inet;
 mod netlink;
 mod opts;
@@ -34,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::inject::Injector;
 use crate::sys::sock;
 use crate::{EngineError, Result};
+pub use conns::ConnFd;
 pub use opts::SockOpts;
 pub use tcp::{TcpConn, TcpOpts};
 

@@ -21,16 +21,16 @@
 //! seen (the kernel shows them nowhere): reuseport BPF programs, and an IPv4 multicast interface
 //! chosen by index alone (`IP_MULTICAST_IF` with an `ip_mreqn` whose address is 0).
 //!
-//! Restore sets everything by injecting `setsockopt` into the process, before the socket is bound
-//! or connected; interface names are turned into the new namespace's indexes with an injected
+//! Restore sets everything before the socket is bound or connected, by injecting `setsockopt` into
+//! the process or, for TCP connections, on Zap's duplicate of the process's socket
+//! ([`super::calls`]); interface names are turned into the new namespace's indexes with
 //! `SIOCGIFINDEX`.
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
 
-use super::put;
-use crate::inject::Injector;
+use super::calls::SockCalls;
 use crate::sys::sock;
 use crate::{EngineError, Result};
 
@@ -47,7 +47,6 @@ const SO_LINGER: i32 = 13;
 const SO_RCVTIMEO: i32 = 20;
 const SO_SNDTIMEO: i32 = 21;
 const SO_BINDTODEVICE: i32 = 25;
-const SO_ATTACH_FILTER: i32 = 26;
 const SO_TIMESTAMP_OLD: i32 = 29;
 const SO_SNDBUFFORCE: i32 = 32;
 const SO_RCVBUFFORCE: i32 = 33;
@@ -70,7 +69,6 @@ const IPV6_UNICAST_IF: i32 = 76;
 const MCAST_JOIN_GROUP: i32 = 42;
 const MCAST_MSFILTER: i32 = 48;
 const MCAST_EXCLUDE: u32 = 0;
-const SIOCGIFINDEX: u64 = 0x8933;
 const SIOCGIFNAME: libc::c_ulong = 0x8910;
 
 /// Integer options saved when they differ from a fresh socket's: (level, option, name).
@@ -427,12 +425,11 @@ pub(super) fn opts_of(pid: i32, fd: i32, dup: &OwnedFd, family: i32, tcp: bool, 
     Ok(o)
 }
 
-fn setsockopt(inj: &mut Injector, fd: u64, level: i32, name: i32, val: &[u8]) -> Result<()> {
-    let p = put(inj, val)?;
-    let rc = inj.syscall(libc::SYS_setsockopt, [fd, level as u64, name as u64, p, val.len() as u64, 0])?;
+fn setsockopt<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, level: i32, name: i32, val: &[u8]) -> Result<()> {
+    let rc = inj.setsockopt(fd, level, name, val)?;
     if rc < 0 {
         return Err(EngineError::Proc {
-            pid: inj.tid(),
+            pid: inj.pid(),
             detail: format!("restore socket option {} on fd {fd}: {}", opt_name(level, name), std::io::Error::from_raw_os_error(-rc as i32)),
         });
     }
@@ -441,25 +438,20 @@ fn setsockopt(inj: &mut Injector, fd: u64, level: i32, name: i32, val: &[u8]) ->
 
 /// The index of interface `name` in the network namespace of the socket `fd` of the process
 /// `inj` drives.
-pub(super) fn ifindex(inj: &mut Injector, fd: u64, name: &str) -> Result<i32> {
-    let mut req = [0u8; 40];
-    let n = name.len().min(15);
-    req[..n].copy_from_slice(&name.as_bytes()[..n]);
-    let p = put(inj, &req)?;
-    let rc = inj.syscall(libc::SYS_ioctl, [fd, SIOCGIFINDEX, p, 0, 0, 0])?;
+pub(super) fn ifindex<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, name: &str) -> Result<i32> {
+    let rc = inj.ifindex(fd, name)?;
     if rc < 0 {
         return Err(EngineError::Proc {
-            pid: inj.tid(),
+            pid: inj.pid(),
             detail: format!("interface {name} (used by socket fd {fd}) is not in the restored network namespace: {}", std::io::Error::from_raw_os_error(-rc as i32)),
         });
     }
-    let out = inj.read_mem(p + 16, 4)?;
-    Ok(i32::from_ne_bytes(out[..4].try_into().expect("4")))
+    Ok(rc as i32)
 }
 
 /// Sets the saved options `o` on the socket `fd` of the process `inj` drives (before it is bound
 /// or connected).
-pub(super) fn set_opts(inj: &mut Injector, fd: u64, _family: i32, tcp: bool, o: &SockOpts) -> Result<()> {
+pub(super) fn set_opts<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, _family: i32, tcp: bool, o: &SockOpts) -> Result<()> {
     let int = |v: i32| v.to_ne_bytes();
     for &(level, name, v) in &o.ints {
         setsockopt(inj, fd, level, name, &int(v))?;
@@ -508,17 +500,10 @@ pub(super) fn set_opts(inj: &mut Injector, fd: u64, _family: i32, tcp: bool, o: 
         setsockopt(inj, fd, SOL_SOCKET, SO_BINDTODEVICE, dev.as_bytes())?;
     }
     if let Some(filter) = &o.filter {
-        // struct sock_fprog: len (u16, padded to 8), then a pointer to the instructions.
-        let scratch = inj.scratch(filter.len() as u64 + 4096)?;
-        inj.write_mem(scratch + 16, filter)?;
-        let mut prog = ((filter.len() / 8) as u16).to_ne_bytes().to_vec();
-        prog.extend_from_slice(&[0; 6]);
-        prog.extend_from_slice(&(scratch + 16).to_ne_bytes());
-        inj.write_mem(scratch, &prog)?;
-        let rc = inj.syscall(libc::SYS_setsockopt, [fd, SOL_SOCKET as u64, SO_ATTACH_FILTER as u64, scratch, 16, 0])?;
+        let rc = inj.attach_filter(fd, filter)?;
         if rc < 0 {
             return Err(EngineError::Proc {
-                pid: inj.tid(),
+                pid: inj.pid(),
                 detail: format!("restore the BPF filter of socket fd {fd}: {}", std::io::Error::from_raw_os_error(-rc as i32)),
             });
         }

@@ -20,7 +20,8 @@
 //! saved sequence numbers are those of the first queued byte, the FIN left out.
 //!
 //! ## Restoring ([`restore_conn`])
-//! Injected into the process: `socket`, the socket options ([`super::opts`]), repair on, the two
+//! On a fresh socket the process made (an injected `socket()`, [`super::conns`]), by Zap on its
+//! duplicate of it: the socket options ([`super::opts`]), repair on, the two
 //! queue sequence numbers, `bind` and
 //! `connect` (in repair mode `connect` only sets the connection up, nothing is sent), the
 //! handshake options (`TCP_REPAIR_OPTIONS`) and the timestamp (so the peer sees the same clock
@@ -42,9 +43,8 @@ use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
 
+use super::calls::{Local, SockCalls};
 use super::opts::{set_opts, SockOpts};
-use super::put;
-use crate::inject::Injector;
 use crate::sys::sock;
 use crate::{EngineError, Result};
 
@@ -192,19 +192,22 @@ pub(super) fn tcp_opts_of(fd: &OwnedFd, st: u8) -> TcpOpts {
     }
 }
 
-fn setopt(inj: &mut Injector, fd: u64, level: i32, name: i32, val: &[u8], what: &'static str) -> Result<()> {
-    let p = put(inj, val)?;
-    inj.call(what, libc::SYS_setsockopt, [fd, level as u64, name as u64, p, val.len() as u64, 0])?;
+fn setopt<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, level: i32, name: i32, val: &[u8], what: &'static str) -> Result<()> {
+    let rc = inj.setsockopt(fd, level, name, val)?;
+    if rc < 0 {
+        return Err(EngineError::Sys { step: what, pid: inj.pid(), source: std::io::Error::from_raw_os_error(-rc as i32) });
+    }
     Ok(())
 }
 
-fn setopt_int(inj: &mut Injector, fd: u64, level: i32, name: i32, v: i32, what: &'static str) -> Result<()> {
+fn setopt_int<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, level: i32, name: i32, v: i32, what: &'static str) -> Result<()> {
     setopt(inj, fd, level, name, &v.to_ne_bytes(), what)
 }
 
-/// Sets the saved TCP options `o` on socket `fd` of the process `inj` drives. Options left at
-/// the kernel's value are not set (so they keep following its settings).
-pub(super) fn set_tcp_opts(inj: &mut Injector, fd: u64, o: &TcpOpts) -> Result<()> {
+/// Sets the saved TCP options `o` on socket `fd` of the process `inj` drives (or on Zap's
+/// duplicate). Options left at the kernel's value are not set (so they keep following its
+/// settings).
+pub(super) fn set_tcp_opts<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, o: &TcpOpts) -> Result<()> {
     let t = libc::IPPROTO_TCP;
     if !o.congestion.is_empty() {
         // A congestion control the host lacks is reported, not ignored.
@@ -320,10 +323,10 @@ pub fn describe(local: &[u8], peer: &[u8]) -> String {
     format!("{} -> {}", ip_port(local), ip_port(peer))
 }
 
-/// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`) in TCP state `st`. The
-/// caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
+/// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`) in TCP state `st`, with its
+/// socket and TCP-level options as the caller read them. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
 /// repair mode cannot restore.
-pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &OwnedFd, opts: SockOpts) -> Result<TcpConn> {
+pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &OwnedFd, (opts, tcp): (SockOpts, TcpOpts)) -> Result<TcpConn> {
     let local = sock::sockaddr(dup, false).map_err(|source| EngineError::Sys { step: "getsockname", pid, source })?;
     let peer = sock::sockaddr(dup, true).ok().or_else(|| peer_from_proc(pid, ino, family)).unwrap_or_default();
     let what = || format!("fd {fd}: TCP connection {} in state {}", describe(&local, &peer), state_name(st));
@@ -338,7 +341,6 @@ pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &
     }
     let reuse = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
     let info = sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(|e| fail(format!("TCP_INFO: {e}")))?;
-    let tcp = tcp_opts_of(dup, st);
     let buffers = (
         sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
         sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
@@ -425,16 +427,17 @@ pub fn probe(dup: &OwnedFd) -> std::io::Result<()> {
     off
 }
 
-fn sendall(inj: &mut Injector, fd: u64, data: &[u8], flags: i32, what: &'static str) -> Result<()> {
+/// Writes all of `data` on `fd` with `flags`, in chunks (the receive queue of a socket in repair
+/// mode takes one buffer per call, which must stay small enough to allocate).
+fn sendall(fd: &OwnedFd, data: &[u8], flags: i32) -> std::io::Result<()> {
     for chunk in data.chunks(CHUNK) {
-        let p = put(inj, chunk)?;
         let mut done = 0;
         while done < chunk.len() {
-            let n = inj.call(what, libc::SYS_sendto, [fd, p + done as u64, (chunk.len() - done) as u64, flags as u64, 0, 0])?;
+            let n = sock::send(fd, &chunk[done..], flags)?;
             if n == 0 {
-                return Err(EngineError::Proc { pid: inj.tid(), detail: format!("{what}: the queue takes no more bytes") });
+                return Err(std::io::Error::other("the queue takes no more bytes"));
             }
-            done += n as usize;
+            done += n;
         }
     }
     Ok(())
@@ -449,35 +452,34 @@ pub(super) enum Mode {
     Aborted,
 }
 
-/// Recreates connection `c` in the process `inj` drives, with local address `local` and peer
-/// `peer` (rewritten for a copy); returns its fd there.
-pub(super) fn restore_conn(inj: &mut Injector, c: &TcpConn, local: &[u8], peer: &[u8], mode: Mode) -> Result<u64> {
-    let pid = inj.tid();
+/// Recreates connection `c` on `fd`, a fresh TCP socket of the process `pid` (host pid) that Zap
+/// holds a duplicate of, with local address `local` and peer `peer` (rewritten for a copy). Every
+/// call is made by Zap on its duplicate: what is set is set on the process's socket.
+pub(super) fn restore_conn(pid: i32, fd: &OwnedFd, c: &TcpConn, local: &[u8], peer: &[u8], mode: Mode) -> Result<()> {
     let what = describe(local, peer);
     let ctx = |e: EngineError| EngineError::Proc { pid, detail: format!("restore TCP connection {what}: {e}") };
+    let io = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
     let t = libc::IPPROTO_TCP;
-    let fd = inj.call("socket(tcp)", libc::SYS_socket, [c.family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
+    let int = |level: i32, name: i32, v: i32, step: &'static str| sock::setsockopt_int(fd, level, name, v).map_err(io(step));
     // Socket options go before the socket is bound (IPV6_V6ONLY must); SO_REUSEADDR, which
     // repair mode clears, is set again when it ends.
     let reuse = c.opts.ints.iter().find(|&&(l, n, _)| l == libc::SOL_SOCKET && n == libc::SO_REUSEADDR).map(|&(_, _, v)| v);
+    let mut local_calls = Local { fd, pid };
     (|| -> Result<()> {
-        set_opts(inj, fd, c.family, true, &c.opts)?;
-        setopt_int(inj, fd, t, TCP_REPAIR, TCP_REPAIR_ON, "setsockopt(TCP_REPAIR)")?;
-        setopt_int(inj, fd, t, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
-        setopt_int(inj, fd, t, TCP_QUEUE_SEQ, c.snd_seq as i32, "setsockopt(TCP_QUEUE_SEQ send)")?;
-        setopt_int(inj, fd, t, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
-        setopt_int(inj, fd, t, TCP_QUEUE_SEQ, c.rcv_seq as i32, "setsockopt(TCP_QUEUE_SEQ receive)")?;
-        let p = put(inj, local)?;
-        inj.call("bind", libc::SYS_bind, [fd, p, local.len() as u64, 0, 0, 0])?;
-        let p = put(inj, peer)?;
-        inj.call("connect (repair)", libc::SYS_connect, [fd, p, peer.len() as u64, 0, 0, 0])?;
+        set_opts(&mut local_calls, 0, c.family, true, &c.opts)?;
+        int(t, TCP_REPAIR, TCP_REPAIR_ON, "setsockopt(TCP_REPAIR)")?;
+        int(t, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
+        int(t, TCP_QUEUE_SEQ, c.snd_seq as i32, "setsockopt(TCP_QUEUE_SEQ send)")?;
+        int(t, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
+        int(t, TCP_QUEUE_SEQ, c.rcv_seq as i32, "setsockopt(TCP_QUEUE_SEQ receive)")?;
+        sock::bind(fd, local).map_err(io("bind"))?;
+        sock::connect(fd, peer).map_err(io("connect (repair)"))?;
         if mode == Mode::Aborted {
             // connect(AF_UNSPEC) in repair mode: closed at once, ECONNABORTED pending, nothing sent.
-            let p = put(inj, &(libc::AF_UNSPEC as u16).to_ne_bytes())?;
-            inj.call("connect(AF_UNSPEC)", libc::SYS_connect, [fd, p, 2, 0, 0, 0])?;
-            setopt_int(inj, fd, t, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP, "setsockopt(TCP_REPAIR off)")?;
+            sock::connect(fd, &(libc::AF_UNSPEC as u16).to_ne_bytes()).map_err(io("connect(AF_UNSPEC)"))?;
+            int(t, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP, "setsockopt(TCP_REPAIR off)")?;
             if let Some(v) = reuse {
-                setopt_int(inj, fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, v, "setsockopt(SO_REUSEADDR)")?;
+                int(libc::SOL_SOCKET, libc::SO_REUSEADDR, v, "setsockopt(SO_REUSEADDR)")?;
             }
             return Ok(());
         }
@@ -496,58 +498,57 @@ pub(super) fn restore_conn(inj: &mut Injector, c: &TcpConn, local: &[u8], peer: 
         if c.options & TCPI_OPT_TIMESTAMPS != 0 {
             opt(TCPOPT_TIMESTAMP, 0);
         }
-        setopt(inj, fd, t, TCP_REPAIR_OPTIONS, &ropts, "setsockopt(TCP_REPAIR_OPTIONS)")?;
+        sock::setsockopt_bytes(fd, t, TCP_REPAIR_OPTIONS, &ropts).map_err(io("setsockopt(TCP_REPAIR_OPTIONS)"))?;
         if c.options & TCPI_OPT_TIMESTAMPS != 0 {
-            setopt_int(inj, fd, t, TCP_TIMESTAMP, c.timestamp as i32, "setsockopt(TCP_TIMESTAMP)")?;
+            int(t, TCP_TIMESTAMP, c.timestamp as i32, "setsockopt(TCP_TIMESTAMP)")?;
         }
         // Room for the queues while they are refilled; the saved sizes are set at the end.
         let need = |n: usize| ((n + (256 << 10)).min(i32::MAX as usize / 4)) as i32;
-        setopt_int(inj, fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, need(c.recv.len()), "setsockopt(SO_RCVBUFFORCE)")?;
-        setopt_int(inj, fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, need(c.sent.len() + c.unsent.len()), "setsockopt(SO_SNDBUFFORCE)")?;
+        int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, need(c.recv.len()), "setsockopt(SO_RCVBUFFORCE)")?;
+        int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, need(c.sent.len() + c.unsent.len()), "setsockopt(SO_SNDBUFFORCE)")?;
         if !c.recv.is_empty() {
-            setopt_int(inj, fd, t, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
-            sendall(inj, fd, &c.recv, 0, "refill receive queue")?;
+            int(t, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
+            sendall(fd, &c.recv, 0).map_err(io("refill receive queue"))?;
         }
         if !c.sent.is_empty() {
-            setopt_int(inj, fd, t, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
-            sendall(inj, fd, &c.sent, 0, "refill send queue")?;
+            int(t, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
+            sendall(fd, &c.sent, 0).map_err(io("refill send queue"))?;
         }
         // The peer's FIN first: the saved windows count it.
         if fin_received(c.state) {
             let seq = c.rcv_seq.wrapping_add(c.recv.len() as u32);
             let ack = c.snd_seq;
-            super::packet::send_fin(inj.tid(), peer, local, seq, ack, c.options & TCPI_OPT_TIMESTAMPS != 0)
+            super::packet::send_fin(pid, peer, local, seq, ack, c.options & TCPI_OPT_TIMESTAMPS != 0)
                 .map_err(|e| EngineError::Proc { pid, detail: format!("send the peer's FIN: {e}") })?;
         }
         if let Some(w) = c.window {
             let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_ne_bytes()).collect();
-            setopt(inj, fd, t, TCP_REPAIR_WINDOW, &bytes, "setsockopt(TCP_REPAIR_WINDOW)")?;
+            sock::setsockopt_bytes(fd, t, TCP_REPAIR_WINDOW, &bytes).map_err(io("setsockopt(TCP_REPAIR_WINDOW)"))?;
         }
         if fin_sent(c.state) && c.unsent.is_empty() {
-            inj.call("shutdown(SHUT_WR) (repair)", libc::SYS_shutdown, [fd, libc::SHUT_WR as u64, 0, 0, 0, 0])?;
+            sock::shutdown(fd, libc::SHUT_WR).map_err(io("shutdown(SHUT_WR) (repair)"))?;
         }
-        setopt_int(inj, fd, t, TCP_REPAIR, TCP_REPAIR_OFF, "setsockopt(TCP_REPAIR off)")?;
+        int(t, TCP_REPAIR, TCP_REPAIR_OFF, "setsockopt(TCP_REPAIR off)")?;
         if let Some(v) = reuse {
-            setopt_int(inj, fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, v, "setsockopt(SO_REUSEADDR)")?;
+            int(libc::SOL_SOCKET, libc::SO_REUSEADDR, v, "setsockopt(SO_REUSEADDR)")?;
         }
-        set_tcp_opts(inj, fd, &c.tcp)?;
+        set_tcp_opts(&mut local_calls, 0, &c.tcp)?;
         if !c.unsent.is_empty() {
-            sendall(inj, fd, &c.unsent, libc::MSG_DONTWAIT, "send unsent bytes")?;
+            sendall(fd, &c.unsent, libc::MSG_DONTWAIT).map_err(io("send unsent bytes"))?;
             if fin_sent(c.state) {
-                inj.call("shutdown(SHUT_WR)", libc::SYS_shutdown, [fd, libc::SHUT_WR as u64, 0, 0, 0, 0])?;
+                sock::shutdown(fd, libc::SHUT_WR).map_err(io("shutdown(SHUT_WR)"))?;
             }
         }
         let (snd, rcv, lock) = c.buffers;
         if snd > 0 {
-            setopt_int(inj, fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, snd / 2, "setsockopt(SO_SNDBUFFORCE)")?;
+            int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, snd / 2, "setsockopt(SO_SNDBUFFORCE)")?;
         }
         if rcv > 0 {
-            setopt_int(inj, fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv / 2, "setsockopt(SO_RCVBUFFORCE)")?;
+            int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv / 2, "setsockopt(SO_RCVBUFFORCE)")?;
         }
         // Buffers the kernel sized by itself stay auto-tuned.
-        setopt_int(inj, fd, libc::SOL_SOCKET, SO_BUF_LOCK, lock, "setsockopt(SO_BUF_LOCK)")?;
+        int(libc::SOL_SOCKET, SO_BUF_LOCK, lock, "setsockopt(SO_BUF_LOCK)")?;
         Ok(())
     })()
-    .map_err(ctx)?;
-    Ok(fd)
+    .map_err(ctx)
 }

@@ -536,3 +536,141 @@ pub fn send_to(fd: &OwnedFd, data: &[u8], to: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+
+/// Sets a socket option to the bytes `val`.
+pub fn setsockopt_bytes(fd: &OwnedFd, level: i32, name: i32, val: &[u8]) -> io::Result<()> {
+    // SAFETY: val is valid for its length.
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, val.as_ptr().cast(), val.len() as libc::socklen_t) })?;
+    Ok(())
+}
+
+/// Attaches the classic BPF program `filter` (its instructions, 8 bytes each) to `fd`.
+pub fn attach_filter(fd: &OwnedFd, filter: &[u8]) -> io::Result<()> {
+    let mut insns: Vec<libc::sock_filter> = filter
+        .chunks_exact(8)
+        .map(|b| libc::sock_filter { code: u16::from_ne_bytes([b[0], b[1]]), jt: b[2], jf: b[3], k: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]) })
+        .collect();
+    let prog = libc::sock_fprog { len: insns.len() as u16, filter: insns.as_mut_ptr() };
+    // SAFETY: prog points to insns, alive for the call; the kernel copies them.
+    check(unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&prog as *const libc::sock_fprog).cast(), std::mem::size_of::<libc::sock_fprog>() as u32)
+    })?;
+    Ok(())
+}
+
+/// Binds `fd` to the raw address `addr`.
+pub fn bind(fd: &OwnedFd, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is valid for its length.
+    check(unsafe { libc::bind(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) })?;
+    Ok(())
+}
+
+/// Connects `fd` to the raw address `addr`.
+pub fn connect(fd: &OwnedFd, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is valid for its length.
+    check(unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) })?;
+    Ok(())
+}
+
+/// Sends `data` on `fd` with `flags`; returns how many bytes went.
+pub fn send(fd: &OwnedFd, data: &[u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: data is valid for its length.
+    let n = unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `shutdown(fd, how)`.
+pub fn shutdown(fd: &OwnedFd, how: i32) -> io::Result<()> {
+    // SAFETY: shutdown takes integers.
+    check(unsafe { libc::shutdown(fd.as_raw_fd(), how) })?;
+    Ok(())
+}
+
+/// Sets the status flags of the open file description of `fd` (`F_SETFL`) and returns them as
+/// the kernel then reports them (`F_GETFL`).
+pub fn set_status_flags(fd: &OwnedFd, flags: i32) -> io::Result<i32> {
+    // SAFETY: fcntl on a valid fd with integer arguments.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// The index of interface `name` in the network namespace of socket `fd` (`SIOCGIFINDEX`).
+pub fn ifindex(fd: &OwnedFd, name: &str) -> io::Result<i32> {
+    let mut req = [0u8; 40];
+    let n = name.len().min(15);
+    req[..n].copy_from_slice(&name.as_bytes()[..n]);
+    ioctl_bytes(fd, libc::SIOCGIFINDEX, &mut req)?;
+    Ok(i32::from_ne_bytes(req[16..20].try_into().expect("4")))
+}
+
+/// The sum of the accept queues of the TCP listeners (IPv4 and IPv6) of the network namespace
+/// of process `pid`, from one `sock_diag` (inet_diag) dump per family limited to listeners: the
+/// kernel walks only its listening hash, however many connections there are (reading
+/// `/proc/net/tcp` walks every connection, from the start again for each page read).
+pub fn tcp_listeners_waiting(pid: i32) -> io::Result<u64> {
+    in_netns(pid, || Ok(inet_listen_dump(libc::AF_INET)? + inet_listen_dump(libc::AF_INET6)?))
+}
+
+fn inet_listen_dump(family: i32) -> io::Result<u64> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const TCPF_LISTEN: u32 = 1 << 10;
+    // SAFETY: socket takes integers.
+    let raw = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
+    // SAFETY: the kernel just returned this fd; we own it.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // nlmsghdr, then struct inet_diag_req_v2: family, protocol, ext, pad, states, and a zeroed
+    // inet_diag_sockid (48 bytes).
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    req.extend_from_slice(&TCPF_LISTEN.to_ne_bytes());
+    req.extend_from_slice(&[0u8; 48]);
+    // SAFETY: req is valid for its length.
+    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut waiting = 0u64;
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut msgs = &buf[..n as usize];
+        while msgs.len() >= 16 {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4")) as usize;
+            let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2"));
+            if len < 16 || len > msgs.len() {
+                return Err(io::Error::other("inet_diag: malformed message"));
+            }
+            match kind {
+                3 => return Ok(waiting), // NLMSG_DONE
+                2 => {
+                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4"));
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                _ => {
+                    // struct inet_diag_msg: family, state, timer, retrans, id (48), expires,
+                    // rqueue (a listener's accept queue), wqueue, uid, inode.
+                    let body = &msgs[16..len];
+                    if body.len() >= 60 && body[1] == 10 {
+                        waiting += u64::from(u32::from_ne_bytes(body[56..60].try_into().expect("4")));
+                    }
+                }
+            }
+            let step = (len + 3) & !3;
+            msgs = &msgs[step.min(msgs.len())..];
+        }
+    }
+}
