@@ -469,6 +469,7 @@ impl Session {
     /// The final round's restore into the prepared pod; the pod stays frozen and off the LAN.
     fn restore(&mut self, f: FinalState) -> Result<Ready> {
         let t = Instant::now();
+        let step = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "final round restore: {what}");
         let image = PodImage::decode(&f.pod_image)?;
         let mut files = crate::files::RestoreContext::new(std::process::id());
         if group::has_ctty(&image.group) {
@@ -494,6 +495,7 @@ impl Session {
         self.journal.placed = true;
         journal::write(&self.jpath, &self.journal)?;
         self.dirs.place()?;
+        step("console log and directories");
         // System V objects, then the segments attached to them.
         image.ipc.restore(&self.spool, &f.images, init_pid)?;
         let read = Self::reader(&self.cache, &self.spool);
@@ -516,16 +518,20 @@ impl Session {
             return Err(mig_err("final round", "pod image", format!("it has {what}, which a migration does not carry yet")));
         }
         image.inside.restore_names(&name, init_pid)?;
+        step("IPC and names");
         let built = group::complete(&mut sk.tree, &image.group, files, |r| r.memory_in_place(&self.spool, &f.images));
         let built = built.and_then(|b| image.ipc.finish(init_pid).map(|()| b));
         let built = built?;
+        step("processes completed");
         // Frozen through the cgroup before the processes are let go: they stay stopped until
         // Commit, whatever happens to this process.
         let cg = pod::cgroup_of(&sk.state);
         cg.freeze(Duration::from_secs(10)).or_else(|_| std::fs::write(sk.state.cgroup.join("cgroup.freeze"), "1").map_err(|e| crate::EngineError::io("freeze cgroup", &sk.state.cgroup, e)))?;
         let sk = self.skeleton.take().expect("checked above");
         let Skeleton { state, tree, .. } = sk;
+        step("frozen");
         let restored = tree.finish(&image.group, Ok(built), t)?;
+        step("released");
         let mut state = state;
         state.main_pid = restored.host_pid(image.main_vpid);
         state.main_vpid = image.main_vpid;
@@ -534,6 +540,7 @@ impl Session {
         self.prepared = Some(state);
         self.journal.state = DestState::Prepared;
         journal::write(&self.jpath, &self.journal)?;
+        step("prepared");
         let memory = match self.rebuilt_last.take() {
             Some(why) => format!("rebuilt in the final round ({why})"),
             None => "prepared during pre-copy".to_string(),
@@ -549,7 +556,9 @@ impl Session {
         self.journal.state = DestState::Committed;
         journal::write(&self.jpath, &self.journal)?;
         journal::record_outcome(&self.offer.session, "committed")?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "commit: journal written");
         go_live(&state.name, &state, false)?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "commit: live");
         // Each TCP connection sends a window probe: its peer learns at once where it went.
         let pids: Vec<i32> = crate::group::tree_of(state.init_pid).into_iter().filter(|&p| p != state.init_pid).collect();
         if let Err(e) = crate::sockets::probe_tcp(&pids) {

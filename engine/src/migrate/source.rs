@@ -450,6 +450,7 @@ fn rounds(
             return Err(mig_err(format!("round {n}"), "test hook", "link cut on purpose (ZAP_MIGRATE_FAULT)"));
         }
         let data = reader.read(n == 0)?;
+        let read_ms = tr.elapsed().as_secs_f64() * 1e3;
         let since = prev_collect.elapsed().as_secs_f64();
         prev_collect = Instant::now();
         let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
@@ -463,8 +464,10 @@ fn rounds(
             dirty += m.dirty_pages;
         }
         bytes += dirs.send(remote, &opts.chunker)?;
+        let sent_ms = tr.elapsed().as_secs_f64() * 1e3;
         let ack = remote.round_end(n, false)?.unwrap_or_default();
         let secs = tr.elapsed().as_secs_f64().max(1e-6);
+        tracing::debug!(round = n, read_ms, sent_ms, ms = secs * 1e3, apply_ms = ack.apply_ms, "round done");
         let mut fig = std::mem::take(&mut remote.fig);
         fig.pages = bytes / 4096;
         fig.dirty_pages = dirty;
@@ -548,6 +551,8 @@ fn final_round(
     let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
     let stopped = StoppedPod::stop_locked(root, name, lock)?;
     report.final_stop_ms = tf.elapsed().as_secs_f64() * 1e3;
+    let step = |what: &str| tracing::debug!(ms = tf.elapsed().as_secs_f64() * 1e3, "final round: {what}");
+    step("pod stopped");
     let pids = stopped.pids().to_vec();
     let mut tracking = crate::group::Tracking { armed: std::mem::take(&mut reader.armed), holds_all: true, ..Default::default() };
     // Namespaces no restore can make (nested PID or user) are refused before anything is saved.
@@ -556,6 +561,7 @@ fn final_round(
     // The trackers stay ours to close, whatever happened.
     reader.armed = tracking.armed.drain().chain(tracking.dropped.drain(..).map(|a| (a.pid, a))).collect();
     let mut saved = saved?;
+    step("processes saved");
     podck::refuse_external_streams(name, &saved.image)?;
     // What the processes made inside the pod: only its names migrate yet.
     let (inside, _, _) = pod::inside::save(root, state, &saved.image, stopped.frozen_subcgroups(), &mut OfferSink::default(), &opts.chunker)?;
@@ -577,6 +583,7 @@ fn final_round(
         images.push(zap_store::Image { name: podck::CONSOLE_IMAGE.into(), kind: zap_store::ImageKind::File, extents });
     }
     report.final_save_ms = tf.elapsed().as_secs_f64() * 1e3 - report.final_stop_ms;
+    step("pod saved");
     let ts = Instant::now();
     remote.round_start(&RoundStart { n, last: true, shape, main_vpid: state.main_vpid, layouts })?;
     for (vpid, copy) in &saved.copies {
@@ -607,11 +614,13 @@ fn final_round(
     remote.send(&Msg::Final(wire::FinalState { pod_image: image.encode(), images }))?;
     wire::flush(remote.ch)?;
     report.final_send_ms = ts.elapsed().as_secs_f64() * 1e3;
+    step("sent");
     let ready = match wire::recv(remote.ch, "final round: wait for the destination's restore")? {
         Msg::Ready(r) => r,
         other => return Err(wire::unexpected("final round", &other)),
     };
     report.final_restore_ms = ready.restore_ms;
+    step("destination ready");
     report.memory = ready.memory.clone();
     let mut fig = std::mem::take(&mut remote.fig);
     fig.pages = bytes / 4096;
@@ -649,6 +658,7 @@ fn final_round(
         let _ = journal::write(jpath, j);
         return Err(e.into());
     }
+    step("parked (frozen, off the LAN)");
     if cut_here("after-commit") {
         // The link drops right after Commit is on its way: the outcome is unknown here.
         let _ = remote.send(&Msg::Commit).and_then(|()| wire::flush(remote.ch));
@@ -668,6 +678,7 @@ fn final_round(
         }
     };
     report.downtime_ms = tf.elapsed().as_secs_f64() * 1e3;
+    step("destination running");
     report.commit_ms = running.commit_ms;
     // The destination runs the pod: end ours, silently, and leave nothing of it.
     stopped.end()?;
