@@ -120,6 +120,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
         prepared: None,
         cache_store: super::cache::open(false, Duration::from_millis(300)).map_err(|e| tracing::debug!(error = %e, "migration cache not consulted")).ok(),
         dirs: Default::default(),
+        cache_closing: None,
     };
     journal::write(&s.jpath, &s.journal)?;
     let r = s.run(&mut ch);
@@ -128,6 +129,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
         Err(e) => {
             if s.journal.state == DestState::Committed {
                 // The pod is ours now; only the end of the exchange failed.
+                s.cache_closed();
                 s.cleanup_dir();
                 return Err(e);
             }
@@ -251,6 +253,8 @@ struct Session {
     cache_store: Option<LocalStore>,
     /// Directories carried with the pod.
     dirs: super::copydir::DestDirs,
+    /// The migration cache being closed (off the final round's pause).
+    cache_closing: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Session {
@@ -294,7 +298,10 @@ impl Session {
                     }
                 }
                 Msg::Final(f) => {
-                    self.cache_store = None;
+                    // Closing the cache's database takes a while: not during the pause.
+                    if let Some(store) = self.cache_store.take() {
+                        self.cache_closing = Some(std::thread::spawn(move || drop(store)));
+                    }
                     let ready = self.restore(f)?;
                     die_here("ready");
                     wire::send(ch, &Msg::Ready(ready))?;
@@ -316,6 +323,7 @@ impl Session {
                     }
                 }
                 Msg::Ended => {
+                    self.cache_closed();
                     let checkpoint = if self.offer.keep_checkpoint { Some(self.keep_checkpoint()?) } else { None };
                     if let Err(e) = super::cache::keep(&self.spool, &self.offer.name, &self.offer.session) {
                         tracing::warn!(pod = self.offer.name, error = %e, "could not keep the pod's chunks in the migration cache");
@@ -611,12 +619,22 @@ impl Session {
         Ok(summary.id.to_string())
     }
 
+    /// Waits until the migration cache is closed (it is opened again to keep the pod's chunks).
+    fn cache_closed(&mut self) {
+        if let Some(t) = self.cache_closing.take() {
+            if t.join().is_err() {
+                tracing::warn!("closing the migration cache panicked");
+            }
+        }
+    }
+
     fn cleanup_dir(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     /// Removes everything the session made (not committed).
     fn discard(&mut self) {
+        self.cache_closed();
         if let Some(sk) = self.skeleton.take() {
             if let Err(e) = sk.destroy() {
                 tracing::warn!(error = %e, "could not remove the prepared pod");

@@ -6,11 +6,15 @@
 //! pod runs, and decides after each round whether the final round fits `max_downtime`:
 //!
 //! ```text
-//!   expected final round = dirty rate × last round's time ÷ memory rate + fixed cost (stop, save, restore)
+//!   expected final round = stop + scan + dirty rate × last round's time ÷ memory rate + handover
 //! ```
-//! where the dirty rate is what the tracker reported per second since the round before and the
-//! memory rate what the last round moved per second end to end (read, chunked, sent, written at
-//! the destination). Pre-copy also stops when the dirty set stops shrinking (three rounds within
+//! where *stop* is what stopping the pod took when the trackers were armed (its network lock
+//! included), *scan* what reading the processes' layouts and dirty pages took in the last round
+//! (the final save walks the same: it grows with the pod's mappings and memory, not with what
+//! was written), the dirty rate what the tracker reported per second since the round before,
+//! the memory rate what the largest round moved per second end to end (read, chunked, sent,
+//! written at the destination), and *handover* the destination's restore of the rest and the
+//! commit ([`HANDOVER_MS`]). Pre-copy also stops when the dirty set stops shrinking (three rounds within
 //! 5%) or at `max_rounds`; then, with `auto_converge`, the pod's CPU is cut (halved each round,
 //! down to 1/32) until it converges, else the migration goes ahead with the downtime it must
 //! (the report says so) or, with `strict_downtime`, gives up and leaves the pod running.
@@ -36,6 +40,11 @@ use super::wire::{self, Answer, FileCheck, Msg, Offer, RoundAck, RoundStart, IDS
 use super::{mig_err, MigrateError, Report, Result, RoundReport};
 use crate::pod::checkpoint::{self as podck, PodImage, StoppedPod};
 use crate::pod::{self, net, PodState, PodStatus};
+
+/// What the final round costs besides the stop, the scan and the pages: the destination's restore
+/// of the non-memory state into the prepared processes, the commit and the answers (measured:
+/// 15-25 ms for a one-process pod).
+pub const HANDOVER_MS: f64 = 25.0;
 
 /// How to migrate.
 #[derive(Clone, Debug)]
@@ -401,12 +410,13 @@ fn run(
     let stopped = StoppedPod::stop_locked(root, name, lock)?;
     let arm_stop = Instant::now();
     reader.arm(&stopped)?;
-    let arm_ms = stopped.stop_ms() + arm_stop.elapsed().as_secs_f64() * 1e3;
+    let stop_ms = stopped.stop_ms();
+    tracing::debug!(stop_ms, arm_ms = arm_stop.elapsed().as_secs_f64() * 1e3, "trackers armed");
     let lock = stopped.into_lock()?;
     let out_dir = crate::host::migrate_dir().join(format!("out-{}", j.session));
     let spool = std::fs::create_dir_all(&out_dir).ok().and_then(|()| super::spool::Spool::create(&out_dir.join("chunks.spool")).ok());
     let mut remote = Remote { ch, spool, known: HashSet::new(), fig: RoundReport::default() };
-    let r = rounds(root, name, state, lock, &mut remote, reader, dirs, opts, report, progress, j, jpath, arm_ms);
+    let r = rounds(root, name, state, lock, &mut remote, reader, dirs, opts, report, progress, j, jpath, stop_ms);
     if r.is_ok() {
         if let Some(s) = &remote.spool {
             // The pod has left: its chunks stay in the cache for a migration back.
@@ -434,14 +444,14 @@ fn rounds(
     progress: &mut dyn FnMut(&RoundReport),
     j: &mut SourceJournal,
     jpath: &Path,
-    arm_ms: f64,
+    stop_ms: f64,
 ) -> Result<()> {
     let mut throttle = Throttle::new();
     let mut prev_collect = Instant::now();
     let mut history: Vec<u64> = Vec::new();
     let mut extra_rounds = 0;
-    // The final round's own costs: the stop, saving the rest of the pod, restoring it there.
-    let fixed_ms = 40.0 + arm_ms;
+    // The final round's own costs besides its pages and the scan (see the module doc).
+    let fixed_ms = stop_ms + HANDOVER_MS;
     let mut best = (0u64, 1.0f64);
     let mut n = 0u32;
     loop {
@@ -491,7 +501,7 @@ fn rounds(
         }
         // Converged? (Round 0 tells nothing about the dirty rate.)
         if n > 0 {
-            let expected = fig.dirty_rate * secs / best.1 * 1e3 + fixed_ms;
+            let expected = fig.dirty_rate * secs / best.1 * 1e3 + read_ms + fixed_ms;
             let shrinking = history.len() < 4 || history.windows(2).rev().take(3).any(|w| (w[1] as f64) < w[0] as f64 * 0.95);
             if expected <= opts.max_downtime_ms {
                 report.converged = format!("expected final round {expected:.0} ms fits --max-downtime {} ms", opts.max_downtime_ms);
