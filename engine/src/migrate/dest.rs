@@ -21,12 +21,13 @@ use zap_store::{ImageStore, LocalStore, StoreOptions};
 use super::channel::{Channel, Stream};
 use super::journal::{self, DestJournal, DestState};
 use super::keys::KeyFiles;
-use super::skeleton::{clip_to, normalize, unpatchable, MemberMem, PodPlan, Skeleton};
+use super::skeleton::{clip_to, normalize, unpatchable, Hooks, MemberMem, NoHooks, PodPlan, Skeleton};
 use super::spool::Spool;
 use super::wire::{self, Accept, Answer, FinalState, Msg, Offer, Ready, RoundAck, RoundStart};
 use super::{mig_err, MigrateError, Result};
 use crate::group::{self, TreeShape};
 use crate::pod::checkpoint::{PodImage, CONSOLE_IMAGE};
+use crate::pod::inside::InsideRestore;
 use crate::pod::{self, net};
 
 /// How to receive.
@@ -104,7 +105,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
             copy_dirs: offer.copy_dirs.clone(),
             placed: false,
         },
-        spool: Spool::create(&dir.join("chunks.spool"))?,
+        spool: Arc::new(Spool::create(&dir.join("chunks.spool"))?),
         dir,
         offer,
         mems: HashMap::new(),
@@ -233,7 +234,7 @@ struct Session {
     dir: PathBuf,
     jpath: PathBuf,
     journal: DestJournal,
-    spool: Spool,
+    spool: Arc<Spool>,
     offer: Offer,
     mems: HashMap<i32, MemberMem>,
     skeleton: Option<Skeleton>,
@@ -404,7 +405,7 @@ impl Session {
                 main_vpid: r.main_vpid,
                 init_exe: &self.init_exe,
             };
-            self.skeleton = Some(Skeleton::create(&self.root, &plan, &r.shape, tramp, &mut |_, _| Ok(()))?);
+            self.skeleton = Some(Skeleton::create(&self.root, &plan, &r.shape, tramp, &mut NoHooks)?);
             if self.skeleton.is_some() && why != "first round" {
                 tracing::info!(round = r.n, why, "prepared pod rebuilt");
             }
@@ -440,10 +441,11 @@ impl Session {
         sk.end_member(vpid, mem, &cur.whole, &normalize(cur.covered))
     }
 
-    /// Rebuilds the prepared pod for `image` (a session leader must take its controlling terminal
-    /// before its children exist, which a tree built without the image could not do), its
+    /// Rebuilds the prepared pod for `image` (`why`: a session leader must take its controlling
+    /// terminal before its children exist, and what the processes made inside the pod is made
+    /// as they are built (`inside`), which a tree built without the image could not do), its
     /// memory written again from the extents received.
-    fn rebuild_for(&mut self, image: &PodImage, files: &mut crate::files::RestoreContext) -> Result<()> {
+    fn rebuild_for(&mut self, image: &PodImage, files: &mut crate::files::RestoreContext, inside: Option<&mut InsideRestore<'_, Spool>>, why: String) -> Result<()> {
         if let Some(old) = self.skeleton.take() {
             old.destroy()?;
         }
@@ -460,7 +462,8 @@ impl Session {
             main_vpid: image.main_vpid,
             init_exe: &self.init_exe,
         };
-        let mut sk = Skeleton::create(&self.root, &plan, &shape, tramp, &mut |inj, vpid| group::take_ctty(&image.group, inj, vpid, files))?;
+        let mut hooks = Rebuild { group: &image.group, files, inside };
+        let mut sk = Skeleton::create(&self.root, &plan, &shape, tramp, &mut hooks)?;
         let read = Self::reader(&self.cache, &self.spool);
         for m in &image.group.members {
             if let Some(img) = m.image() {
@@ -470,7 +473,7 @@ impl Session {
         }
         drop(read);
         self.skeleton = Some(sk);
-        self.rebuilt_last = Some("a session leader has a controlling terminal".into());
+        self.rebuilt_last = Some(why);
         Ok(())
     }
 
@@ -480,14 +483,23 @@ impl Session {
         let step = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "final round restore: {what}");
         let image = PodImage::decode(&f.pod_image)?;
         let mut files = crate::files::RestoreContext::new(std::process::id());
-        if group::has_ctty(&image.group) {
-            self.rebuild_for(&image, &mut files)?;
+        let name = self.offer.name.clone();
+        // What the processes made inside the pod is made as a restore makes it, with the same
+        // hooks, in a prepared pod rebuilt for it.
+        let spool = self.spool.clone();
+        let made = image.inside.beyond_names();
+        let mut inside = made.as_ref().map(|_| InsideRestore::new(&name, &image.inside, &*spool, &f.images));
+        let why: Vec<String> = [group::has_ctty(&image.group).then(|| "a session leader has a controlling terminal".to_string()), made.map(|m| format!("the pod has {m}"))]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !why.is_empty() {
+            self.rebuild_for(&image, &mut files, inside.as_mut(), why.join("; "))?;
         }
         let sk = self.skeleton.as_mut().ok_or_else(|| mig_err("final round", "restore", "no prepared pod"))?;
         if TreeShape::of(&image.group) != sk.shape {
             return Err(mig_err("final round", "restore", "the pod image's process tree is not the final round's"));
         }
-        let name = self.offer.name.clone();
         let init_pid = sk.state.init_pid;
         let dir = pod::pod_dir(&self.root, &name);
         // The console log as it was, so the processes' appends continue it.
@@ -496,7 +508,7 @@ impl Session {
         if let Some(img) = f.images.iter().find(|i| i.name == CONSOLE_IMAGE) {
             let len = img.extents.iter().map(|e| e.end()).max().unwrap_or(0);
             console = vec![0u8; len as usize];
-            zap_store::materialize(&self.spool, &img.extents, 0, &mut console)?;
+            zap_store::materialize(&*self.spool, &img.extents, 0, &mut console)?;
         }
         std::fs::write(&log, &console).map_err(|e| mig_err("final round: console log", log.display(), e))?;
         // The carried directories go in place before any file of the pod is reopened.
@@ -505,7 +517,7 @@ impl Session {
         self.dirs.place()?;
         step("console log and directories");
         // System V objects, then the segments attached to them.
-        image.ipc.restore(&self.spool, &f.images, init_pid)?;
+        image.ipc.restore(&*self.spool, &f.images, init_pid)?;
         let read = Self::reader(&self.cache, &self.spool);
         for m in &image.group.members {
             if let Some(img) = m.image() {
@@ -522,13 +534,18 @@ impl Session {
                 files.sockets.rebind.push((old, new));
             }
         }
-        if let Some(what) = image.inside.beyond_migration() {
-            return Err(mig_err("final round", "pod image", format!("it has {what}, which a migration does not carry yet")));
+        if inside.is_none() {
+            image.inside.restore_names(&name, init_pid)?;
         }
-        image.inside.restore_names(&name, init_pid)?;
         step("IPC and names");
-        let built = group::complete(&mut sk.tree, &image.group, files, |r| r.memory_in_place(&self.spool, &f.images));
+        let built = group::complete(&mut sk.tree, &image.group, files, |r| r.memory_in_place(&*self.spool, &f.images));
         let built = built.and_then(|b| image.ipc.finish(init_pid).map(|()| b));
+        // Cgroup placement, controllers and settings, mount propagation: before anything runs.
+        let built = match inside.as_mut() {
+            Some(i) => built.and_then(|b| i.before_release(&b.0).map(|()| b)),
+            None => built,
+        };
+        drop(inside);
         let built = built?;
         step("processes completed");
         // Frozen through the cgroup before the processes are let go: they stay stopped until
@@ -647,6 +664,33 @@ impl Session {
         self.dirs.discard();
         let _ = journal::record_outcome(&self.offer.session, "discarded");
         self.cleanup_dir();
+    }
+}
+
+/// The hooks of a prepared pod rebuilt in the final round: a session leader takes its
+/// controlling terminal, and what the processes made inside the pod is made as they are built.
+struct Rebuild<'x, 'a> {
+    group: &'x group::GroupImage,
+    files: &'x mut crate::files::RestoreContext,
+    inside: Option<&'x mut InsideRestore<'a, Spool>>,
+}
+
+impl Hooks for Rebuild<'_, '_> {
+    fn pod_created(&mut self, state: &pod::PodState) -> crate::Result<()> {
+        match self.inside.as_deref_mut() {
+            Some(i) => i.pod_created(state),
+            None => Ok(()),
+        }
+    }
+
+    fn member_taken(&mut self, inj: &mut crate::inject::Injector, t: group::Taken) -> crate::Result<()> {
+        if t.leads_session {
+            group::take_ctty(self.group, inj, t.vpid, self.files)?;
+        }
+        match self.inside.as_deref_mut() {
+            Some(i) => i.member_taken(t.vpid, t.pid, t.ppid, inj),
+            None => Ok(()),
+        }
     }
 }
 

@@ -13,7 +13,11 @@
 //!
 //! What cannot be patched makes the destination rebuild the prepared pod from the extents it
 //! holds (its spool): a process tree of another shape (a process started or ended, a session
-//! changed), the vDSO moved, or a mapping over the trampoline page. A rebuild in the final round
+//! changed), the vDSO moved, or a mapping over the trampoline page; and in the final round, a
+//! session leader's controlling terminal, or what the processes made inside the pod (mounts,
+//! sub-cgroups, namespaces of their own: made again through [`Hooks`] as a restore makes them,
+//! [`crate::pod::inside::InsideRestore`]), which a tree built before the pod image was known
+//! does not hold. A rebuild in the final round
 //! costs what a full restore costs; the round's acknowledgement and the report say why it
 //! happened.
 //!
@@ -180,6 +184,24 @@ pub struct Skeleton {
     root: std::path::PathBuf,
 }
 
+/// What the creation of the prepared pod calls back.
+pub trait Hooks {
+    /// The pod (`state`) exists, its init waits; no process is built yet.
+    fn pod_created(&mut self, _state: &PodState) -> crate::Result<()> {
+        Ok(())
+    }
+
+    /// A process was taken over (see [`BareTree::build`]), before its children exist.
+    fn member_taken(&mut self, _inj: &mut Injector, _taken: crate::group::Taken) -> crate::Result<()> {
+        Ok(())
+    }
+}
+
+/// No hooks: a bare prepared pod (pre-copy).
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
+
 /// How to create the prepared pod.
 pub struct PodPlan<'a> {
     /// Its name.
@@ -202,14 +224,8 @@ pub struct PodPlan<'a> {
 
 impl Skeleton {
     /// Creates the pod (network detached) and its process tree of `shape`, with trampoline
-    /// `tramp`; `on_leader` runs in each session leader before its children exist.
-    pub fn create(
-        root: &Path,
-        plan: &PodPlan<'_>,
-        shape: &TreeShape,
-        tramp: u64,
-        on_leader: &mut dyn FnMut(&mut Injector, i32) -> crate::Result<()>,
-    ) -> Result<Skeleton> {
+    /// `tramp`, calling `hooks` on the way.
+    pub fn create(root: &Path, plan: &PodPlan<'_>, shape: &TreeShape, tramp: u64, hooks: &mut dyn Hooks) -> Result<Skeleton> {
         let top = shape.top();
         let main_vpid = if top.contains(&plan.main_vpid) { plan.main_vpid } else { top.first().copied().unwrap_or(plan.main_vpid) };
         let spec = pod::PodSpec {
@@ -231,8 +247,9 @@ impl Skeleton {
                 state.mac = plan.mac.map(str::to_string);
                 pod::save(root, &state)?;
             }
+            hooks.pod_created(&state)?;
             let mut tree = BareTree::new(state.init_pid, tramp);
-            if let Err(e) = tree.build(shape, on_leader) {
+            if let Err(e) = tree.build(shape, &mut |inj, taken| hooks.member_taken(inj, taken)) {
                 tree.abandon();
                 return Err(e.into());
             }

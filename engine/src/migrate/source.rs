@@ -573,10 +573,13 @@ fn final_round(
     let mut saved = saved?;
     step("processes saved");
     podck::refuse_external_streams(name, &saved.image)?;
-    // What the processes made inside the pod: only its names migrate yet.
-    let (inside, _, _) = pod::inside::save(root, state, &saved.image, stopped.frozen_subcgroups(), &mut OfferSink::default(), &opts.chunker)?;
-    if let Some(what) = inside.beyond_migration() {
-        return Err(mig_err("final round", format!("pod {name}"), format!("it has {what}; a live migration does not carry these yet (checkpoint and restore do)")));
+    // IPC objects, what the processes made inside the pod (the files of its in-memory file
+    // systems, the objects of nested IPC namespaces) and the console log ride along as images
+    // whose chunks are offered first.
+    let mut other = OfferSink::default();
+    let (inside, mut inside_images, file_data) = pod::inside::save(root, state, &saved.image, stopped.frozen_subcgroups(), &mut other, &opts.chunker)?;
+    if let Some(what) = inside.beyond_names() {
+        tracing::debug!(pod = name, what, "made inside the pod: carried to be made again at the destination");
     }
     remote.fig = RoundReport { n, last: true, ..Default::default() };
     let shape = crate::group::TreeShape::of(&saved.image);
@@ -584,9 +587,9 @@ fn final_round(
         saved.image.members.iter().filter_map(|m| m.image().map(|i| (m.vpid, i.vmas.clone()))).collect();
     let mut dirty = 0u64;
     let mut bytes = 0u64;
-    // IPC objects and the console log ride along as images whose chunks are offered first.
-    let mut other = OfferSink::default();
     let (ipc_state, mut images) = crate::ipc::save(state.init_pid, &mut other, &opts.chunker)?;
+    images.append(&mut inside_images);
+    images.append(&mut file_data.store(&mut other, &opts.chunker)?);
     let console = podck_console(root, name);
     if !console.is_empty() {
         let (extents, _) = zap_store::store_run(&mut other, &opts.chunker, 0, &console)?;
