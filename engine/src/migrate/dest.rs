@@ -3,7 +3,9 @@
 //! [`receive`] authenticates the source (its key must be accepted here: [`super::keys`]), checks
 //! the offer and answers with the list of problems or accepts; then it applies the rounds to
 //! the prepared pod ([`super::skeleton`]), keeps every chunk it received in the session's spool
-//! ([`super::spool`]), restores the rest at the final round, and hands over. Until `Commit`
+//! ([`super::spool`]), restores the rest at the final round (rebuilding the prepared pod through
+//! the restore's hooks when the pod's processes made mounts, sub-cgroups or namespaces, or a
+//! session leader has a controlling terminal), and hands over. Until `Commit`
 //! arrives everything it made is its own to discard: a broken link, a damaged message, a failed
 //! step, all end with the prepared pod removed and the session directory deleted. A receiving
 //! process that is killed cannot clean up after itself; its session is swept by the process
