@@ -51,6 +51,11 @@ pub struct CheckpointArgs {
     /// (by default such a checkpoint is incremental).
     #[arg(long)]
     full: bool,
+    /// With --leave-running, a full checkpoint of a pod copies its memory while the pod runs
+    /// (dirty pages tracked) and stops it only for the pages written meanwhile and the rest of
+    /// its state; this stops the pod while all of its memory is read instead.
+    #[arg(long)]
+    no_pre_copy: bool,
     /// Checkpoint the pod on a schedule, e.g. 500ms, 30s, 5m, 1h (at least 100ms), by a
     /// background process that outlives zap (log: <pod dir>/checkpoints.log); replaces any
     /// earlier schedule of the pod. Prints the scheduler's pid.
@@ -97,6 +102,7 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
                 tcp_close: args.tcp_close,
                 name: args.name.clone(),
                 full: args.full,
+                no_precopy: args.no_pre_copy,
                 ..Default::default()
             };
             let r = podck::checkpoint(&store, &zap_engine::pod::run_dir(), pod, &opts).map_err(engine_err)?;
