@@ -51,9 +51,9 @@ pub struct CheckpointArgs {
     /// (by default such a checkpoint is incremental).
     #[arg(long)]
     full: bool,
-    /// With --leave-running, a full checkpoint of a pod copies its memory while the pod runs
-    /// (dirty pages tracked) and stops it only for the pages written meanwhile and the rest of
-    /// its state; this stops the pod while all of its memory is read instead.
+    /// With --leave-running, a full checkpoint of a pod (or of a process with --pid) copies its
+    /// memory while it runs (dirty pages tracked) and stops it only for the pages written
+    /// meanwhile and the rest of its state; this stops it while all of its memory is read instead.
     #[arg(long)]
     no_pre_copy: bool,
     /// Checkpoint the pod on a schedule, e.g. 500ms, 30s, 5m, 1h (at least 100ms), by a
@@ -110,7 +110,7 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
         }
         (None, Some(pid)) => {
             let opts =
-                CheckpointOptions { leave_running: args.leave_running, name: args.name.clone(), tcp_close: args.tcp_close, ..Default::default() };
+                CheckpointOptions { leave_running: args.leave_running, name: args.name.clone(), tcp_close: args.tcp_close, no_precopy: args.no_pre_copy, ..Default::default() };
             let r = if args.tree {
                 zap_engine::group::checkpoint_tree(&store, pid, &opts)
             } else {
