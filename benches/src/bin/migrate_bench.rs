@@ -9,7 +9,7 @@
 //! make-up, and accepts TCP connections on port 7000; its random pages are seeded per run, so no
 //! run finds its content in the migration cache of an earlier one), migrates it a → b (`--via`, the pipe of
 //! `hosts.sh exec`) and back b → a. Per migration it prints the total time, rounds, bytes on the
-//! wire against the pod's memory, downtime (from `zap migrate --json`), and the longest time the
+//! wire against the pod's memory, downtime (from `zap migrate --json`) with the final round's parts (source stop, save, send; destination restore; commit), and the longest time the
 //! pod's address did not answer: four threads in the client namespace each try a TCP connect
 //! (20 ms timeout) every 20 ms, staggered by 5 ms, from the start of the migration until 1 s
 //! after it returned; the longest gap between two answered connects is the figure. The move
@@ -221,6 +221,8 @@ struct Fig {
     downtime_ms: f64,
     gap_ms: f64,
     converged: String,
+    /// The final round's parts (source stop, save, send, destination restore, commit), ms.
+    parts: [f64; 5],
 }
 
 fn worker(args: &[String]) {
@@ -264,8 +266,8 @@ fn worker(args: &[String]) {
         cases.push((1024, 10, true));
     }
     println!();
-    println!("| pod | writes | move | transport | total | rounds | on the wire | of memory | downtime (report) | address silent (longest gap) | result |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| pod | writes | move | transport | total | rounds | on the wire | of memory | downtime (report) | final round: stop/save/send/restore/commit ms | address silent (longest gap) | result |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, (size, permille, limited)) in cases.into_iter().enumerate() {
         run_case(&topo, &prog, &work, size, permille, limited, 50 + i);
     }
@@ -335,17 +337,22 @@ fn print_fig(label: &str, writes: &str, mv: &str, limited: bool, f: &Fig, first_
         Ok(()) => {
             let vs_first = first_wire.map(|w| format!("; {:.2}% of the first move's", 100.0 * f.wire as f64 / w.max(1) as f64)).unwrap_or_default();
             println!(
-                "| {label} | {writes} | {mv} | {transport} | {:.2} s | {} | {:.1} MiB | {:.1}%{vs_first} | {:.0} ms | {:.0} ms | ok ({}) |",
+                "| {label} | {writes} | {mv} | {transport} | {:.2} s | {} | {:.1} MiB | {:.1}%{vs_first} | {:.0} ms | {:.0}/{:.0}/{:.0}/{:.0}/{:.0} | {:.0} ms | ok ({}) |",
                 f.total_ms / 1e3,
                 f.rounds,
                 f.wire as f64 / 1048576.0,
                 100.0 * f.wire as f64 / f.memory.max(1) as f64,
                 f.downtime_ms,
+                f.parts[0],
+                f.parts[1],
+                f.parts[2],
+                f.parts[3],
+                f.parts[4],
                 f.gap_ms,
                 f.converged
             );
         }
-        Err(e) => println!("| {label} | {writes} | {mv} | {transport} | — | — | — | — | — | {:.0} ms | failed: {e} |", f.gap_ms),
+        Err(e) => println!("| {label} | {writes} | {mv} | {transport} | — | — | — | — | — | — | {:.0} ms | failed: {e} |", f.gap_ms),
     }
     let _ = std::io::stdout().flush();
 }
@@ -379,7 +386,7 @@ fn pinger(topo: &Topo, addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<std::thre
 
 #[allow(clippy::too_many_arguments)]
 fn migrate(topo: &Topo, src: &str, dst: &str, pod: &str, ip: &str, tcp: bool, timeout: Duration, work: &Path) -> Fig {
-    let mut fig = Fig { ok: Ok(()), total_ms: 0.0, rounds: 0, wire: 0, memory: 0, downtime_ms: 0.0, gap_ms: 0.0, converged: String::new() };
+    let mut fig = Fig { ok: Ok(()), total_ms: 0.0, rounds: 0, wire: 0, memory: 0, downtime_ms: 0.0, gap_ms: 0.0, converged: String::new(), parts: [0.0; 5] };
     let key = match topo.zap(dst, &["key", "show"]) {
         Ok(k) => k.trim().to_string(),
         Err(e) => {
@@ -487,6 +494,9 @@ fn migrate(topo: &Topo, src: &str, dst: &str, pod: &str, ip: &str, tcp: bool, ti
                     fig.memory = r["memory_bytes"].as_u64().unwrap_or(0);
                     fig.downtime_ms = r["downtime_ms"].as_f64().unwrap_or(0.0);
                     fig.converged = r["converged"].as_str().unwrap_or("").to_string();
+                    for (i, k) in ["final_stop_ms", "final_save_ms", "final_send_ms", "final_restore_ms", "commit_ms"].iter().enumerate() {
+                        fig.parts[i] = r[*k].as_f64().unwrap_or(0.0);
+                    }
                 }
                 Err(e) => fig.ok = Err(format!("report of zap migrate {pod} {src} -> {dst}: {e}: {text}")),
             }

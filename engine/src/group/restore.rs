@@ -205,6 +205,19 @@ impl TreeShape {
     }
 }
 
+/// A member of a bare tree just taken over ([`BareTree::build`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Taken {
+    /// Its pid in the pod.
+    pub vpid: i32,
+    /// Its host pid.
+    pub pid: i32,
+    /// Its parent's pid in the pod (0: the namespace init).
+    pub ppid: i32,
+    /// It leads its session.
+    pub leads_session: bool,
+}
+
 /// A group's processes created with their pids, stopped under ptrace: by [`BareTree::build`]
 /// bare (live members taken over and cleared down to the trampoline, zombies-to-be waiting), or
 /// by a whole restore ([`restore_in`]) with their memory.
@@ -227,15 +240,17 @@ impl BareTree {
         BareTree { init, tramp, host: HashMap::new(), frozen: Vec::new(), injectors: HashMap::new() }
     }
 
-    /// Builds the tree bare: each member is taken over, takes its session (and, through
-    /// `on_leader`, whatever a session leader must hold before its children exist: its
-    /// controlling terminal), then creates its own children (`clone3` + `set_tid`). No child
-    /// inherits memory from its parent here (a migration writes every process's pages).
-    pub fn build(&mut self, shape: &TreeShape, on_leader: &mut dyn FnMut(&mut Injector, i32) -> Result<()>) -> Result<()> {
+    /// Builds the tree bare: each member is taken over, takes its session, is handed to
+    /// `on_taken` (with its vpid, host pid, parent's vpid and whether it leads its session: a
+    /// session leader takes its controlling terminal there, and any member enters the
+    /// namespaces it had, before its children exist), then creates its own children (`clone3` +
+    /// `set_tid`). No child inherits memory from its parent here (a migration writes every
+    /// process's pages).
+    pub fn build(&mut self, shape: &TreeShape, on_taken: &mut dyn FnMut(&mut Injector, Taken) -> Result<()>) -> Result<()> {
         for v in shape.top() {
             self.host.insert(v, wait_child(self.init, v, self.tramp)?);
         }
-        for &(vpid, _, leads_session, live) in &shape.members {
+        for &(vpid, ppid, leads_session, live) in &shape.members {
             let pid = *self.host.get(&vpid).ok_or_else(|| EngineError::Proc { pid: vpid, detail: "was not created".into() })?;
             self.frozen.push(Frozen::freeze(pid)?);
             let kids: Vec<i32> = shape.members.iter().filter(|c| c.1 == vpid).map(|c| c.0).collect();
@@ -243,8 +258,8 @@ impl BareTree {
                 let mut inj = ProcRestore::take_over(pid, self.tramp, &[])?;
                 if leads_session {
                     inj.call("setsid", libc::SYS_setsid, [0; 6])?;
-                    on_leader(&mut inj, vpid)?;
                 }
+                on_taken(&mut inj, Taken { vpid, pid, ppid, leads_session })?;
                 for &k in &kids {
                     clone_child(&mut inj, k)?;
                     self.host.insert(k, wait_child(pid, k, self.tramp)?);

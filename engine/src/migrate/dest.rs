@@ -3,7 +3,9 @@
 //! [`receive`] authenticates the source (its key must be accepted here: [`super::keys`]), checks
 //! the offer and answers with the list of problems or accepts; then it applies the rounds to
 //! the prepared pod ([`super::skeleton`]), keeps every chunk it received in the session's spool
-//! ([`super::spool`]), restores the rest at the final round, and hands over. Until `Commit`
+//! ([`super::spool`]), restores the rest at the final round (rebuilding the prepared pod through
+//! the restore's hooks when the pod's processes made mounts, sub-cgroups or namespaces, or a
+//! session leader has a controlling terminal), and hands over. Until `Commit`
 //! arrives everything it made is its own to discard: a broken link, a damaged message, a failed
 //! step, all end with the prepared pod removed and the session directory deleted. A receiving
 //! process that is killed cannot clean up after itself; its session is swept by the process
@@ -21,12 +23,13 @@ use zap_store::{ImageStore, LocalStore, StoreOptions};
 use super::channel::{Channel, Stream};
 use super::journal::{self, DestJournal, DestState};
 use super::keys::KeyFiles;
-use super::skeleton::{clip_to, normalize, unpatchable, MemberMem, PodPlan, Skeleton};
+use super::skeleton::{clip_to, normalize, unpatchable, Hooks, MemberMem, NoHooks, PodPlan, Skeleton};
 use super::spool::Spool;
 use super::wire::{self, Accept, Answer, FinalState, Msg, Offer, Ready, RoundAck, RoundStart};
 use super::{mig_err, MigrateError, Result};
 use crate::group::{self, TreeShape};
 use crate::pod::checkpoint::{PodImage, CONSOLE_IMAGE};
+use crate::pod::inside::InsideRestore;
 use crate::pod::{self, net};
 
 /// How to receive.
@@ -104,7 +107,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
             copy_dirs: offer.copy_dirs.clone(),
             placed: false,
         },
-        spool: Spool::create(&dir.join("chunks.spool"))?,
+        spool: Arc::new(Spool::create(&dir.join("chunks.spool"))?),
         dir,
         offer,
         mems: HashMap::new(),
@@ -120,6 +123,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
         prepared: None,
         cache_store: super::cache::open(false, Duration::from_millis(300)).map_err(|e| tracing::debug!(error = %e, "migration cache not consulted")).ok(),
         dirs: Default::default(),
+        cache_closing: None,
     };
     journal::write(&s.jpath, &s.journal)?;
     let r = s.run(&mut ch);
@@ -128,6 +132,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
         Err(e) => {
             if s.journal.state == DestState::Committed {
                 // The pod is ours now; only the end of the exchange failed.
+                s.cache_closed();
                 s.cleanup_dir();
                 return Err(e);
             }
@@ -231,7 +236,7 @@ struct Session {
     dir: PathBuf,
     jpath: PathBuf,
     journal: DestJournal,
-    spool: Spool,
+    spool: Arc<Spool>,
     offer: Offer,
     mems: HashMap<i32, MemberMem>,
     skeleton: Option<Skeleton>,
@@ -251,6 +256,8 @@ struct Session {
     cache_store: Option<LocalStore>,
     /// Directories carried with the pod.
     dirs: super::copydir::DestDirs,
+    /// The migration cache being closed (off the final round's pause).
+    cache_closing: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Session {
@@ -294,7 +301,10 @@ impl Session {
                     }
                 }
                 Msg::Final(f) => {
-                    self.cache_store = None;
+                    // Closing the cache's database takes a while: not during the pause.
+                    if let Some(store) = self.cache_store.take() {
+                        self.cache_closing = Some(std::thread::spawn(move || drop(store)));
+                    }
                     let ready = self.restore(f)?;
                     die_here("ready");
                     wire::send(ch, &Msg::Ready(ready))?;
@@ -316,6 +326,7 @@ impl Session {
                     }
                 }
                 Msg::Ended => {
+                    self.cache_closed();
                     let checkpoint = if self.offer.keep_checkpoint { Some(self.keep_checkpoint()?) } else { None };
                     if let Err(e) = super::cache::keep(&self.spool, &self.offer.name, &self.offer.session) {
                         tracing::warn!(pod = self.offer.name, error = %e, "could not keep the pod's chunks in the migration cache");
@@ -396,7 +407,7 @@ impl Session {
                 main_vpid: r.main_vpid,
                 init_exe: &self.init_exe,
             };
-            self.skeleton = Some(Skeleton::create(&self.root, &plan, &r.shape, tramp, &mut |_, _| Ok(()))?);
+            self.skeleton = Some(Skeleton::create(&self.root, &plan, &r.shape, tramp, &mut NoHooks)?);
             if self.skeleton.is_some() && why != "first round" {
                 tracing::info!(round = r.n, why, "prepared pod rebuilt");
             }
@@ -432,10 +443,11 @@ impl Session {
         sk.end_member(vpid, mem, &cur.whole, &normalize(cur.covered))
     }
 
-    /// Rebuilds the prepared pod for `image` (a session leader must take its controlling terminal
-    /// before its children exist, which a tree built without the image could not do), its
+    /// Rebuilds the prepared pod for `image` (`why`: a session leader must take its controlling
+    /// terminal before its children exist, and what the processes made inside the pod is made
+    /// as they are built (`inside`), which a tree built without the image could not do), its
     /// memory written again from the extents received.
-    fn rebuild_for(&mut self, image: &PodImage, files: &mut crate::files::RestoreContext) -> Result<()> {
+    fn rebuild_for(&mut self, image: &PodImage, files: &mut crate::files::RestoreContext, inside: Option<&mut InsideRestore<'_, Spool>>, why: String) -> Result<()> {
         if let Some(old) = self.skeleton.take() {
             old.destroy()?;
         }
@@ -452,7 +464,8 @@ impl Session {
             main_vpid: image.main_vpid,
             init_exe: &self.init_exe,
         };
-        let mut sk = Skeleton::create(&self.root, &plan, &shape, tramp, &mut |inj, vpid| group::take_ctty(&image.group, inj, vpid, files))?;
+        let mut hooks = Rebuild { group: &image.group, files, inside };
+        let mut sk = Skeleton::create(&self.root, &plan, &shape, tramp, &mut hooks)?;
         let read = Self::reader(&self.cache, &self.spool);
         for m in &image.group.members {
             if let Some(img) = m.image() {
@@ -462,23 +475,33 @@ impl Session {
         }
         drop(read);
         self.skeleton = Some(sk);
-        self.rebuilt_last = Some("a session leader has a controlling terminal".into());
+        self.rebuilt_last = Some(why);
         Ok(())
     }
 
     /// The final round's restore into the prepared pod; the pod stays frozen and off the LAN.
     fn restore(&mut self, f: FinalState) -> Result<Ready> {
         let t = Instant::now();
+        let step = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "final round restore: {what}");
         let image = PodImage::decode(&f.pod_image)?;
         let mut files = crate::files::RestoreContext::new(std::process::id());
-        if group::has_ctty(&image.group) {
-            self.rebuild_for(&image, &mut files)?;
+        let name = self.offer.name.clone();
+        // What the processes made inside the pod is made as a restore makes it, with the same
+        // hooks, in a prepared pod rebuilt for it.
+        let spool = self.spool.clone();
+        let made = image.inside.beyond_names();
+        let mut inside = made.as_ref().map(|_| InsideRestore::new(&name, &image.inside, &*spool, &f.images));
+        let why: Vec<String> = [group::has_ctty(&image.group).then(|| "a session leader has a controlling terminal".to_string()), made.map(|m| format!("the pod has {m}"))]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !why.is_empty() {
+            self.rebuild_for(&image, &mut files, inside.as_mut(), why.join("; "))?;
         }
         let sk = self.skeleton.as_mut().ok_or_else(|| mig_err("final round", "restore", "no prepared pod"))?;
         if TreeShape::of(&image.group) != sk.shape {
             return Err(mig_err("final round", "restore", "the pod image's process tree is not the final round's"));
         }
-        let name = self.offer.name.clone();
         let init_pid = sk.state.init_pid;
         let dir = pod::pod_dir(&self.root, &name);
         // The console log as it was, so the processes' appends continue it.
@@ -487,15 +510,16 @@ impl Session {
         if let Some(img) = f.images.iter().find(|i| i.name == CONSOLE_IMAGE) {
             let len = img.extents.iter().map(|e| e.end()).max().unwrap_or(0);
             console = vec![0u8; len as usize];
-            zap_store::materialize(&self.spool, &img.extents, 0, &mut console)?;
+            zap_store::materialize(&*self.spool, &img.extents, 0, &mut console)?;
         }
         std::fs::write(&log, &console).map_err(|e| mig_err("final round: console log", log.display(), e))?;
         // The carried directories go in place before any file of the pod is reopened.
         self.journal.placed = true;
         journal::write(&self.jpath, &self.journal)?;
         self.dirs.place()?;
+        step("console log and directories");
         // System V objects, then the segments attached to them.
-        image.ipc.restore(&self.spool, &f.images, init_pid)?;
+        image.ipc.restore(&*self.spool, &f.images, init_pid)?;
         let read = Self::reader(&self.cache, &self.spool);
         for m in &image.group.members {
             if let Some(img) = m.image() {
@@ -512,20 +536,29 @@ impl Session {
                 files.sockets.rebind.push((old, new));
             }
         }
-        if let Some(what) = image.inside.beyond_migration() {
-            return Err(mig_err("final round", "pod image", format!("it has {what}, which a migration does not carry yet")));
+        if inside.is_none() {
+            image.inside.restore_names(&name, init_pid)?;
         }
-        image.inside.restore_names(&name, init_pid)?;
-        let built = group::complete(&mut sk.tree, &image.group, files, |r| r.memory_in_place(&self.spool, &f.images));
+        step("IPC and names");
+        let built = group::complete(&mut sk.tree, &image.group, files, |r| r.memory_in_place(&*self.spool, &f.images));
         let built = built.and_then(|b| image.ipc.finish(init_pid).map(|()| b));
+        // Cgroup placement, controllers and settings, mount propagation: before anything runs.
+        let built = match inside.as_mut() {
+            Some(i) => built.and_then(|b| i.before_release(&b.0).map(|()| b)),
+            None => built,
+        };
+        drop(inside);
         let built = built?;
+        step("processes completed");
         // Frozen through the cgroup before the processes are let go: they stay stopped until
         // Commit, whatever happens to this process.
         let cg = pod::cgroup_of(&sk.state);
         cg.freeze(Duration::from_secs(10)).or_else(|_| std::fs::write(sk.state.cgroup.join("cgroup.freeze"), "1").map_err(|e| crate::EngineError::io("freeze cgroup", &sk.state.cgroup, e)))?;
         let sk = self.skeleton.take().expect("checked above");
         let Skeleton { state, tree, .. } = sk;
+        step("frozen");
         let restored = tree.finish(&image.group, Ok(built), t)?;
+        step("released");
         let mut state = state;
         state.main_pid = restored.host_pid(image.main_vpid);
         state.main_vpid = image.main_vpid;
@@ -534,6 +567,7 @@ impl Session {
         self.prepared = Some(state);
         self.journal.state = DestState::Prepared;
         journal::write(&self.jpath, &self.journal)?;
+        step("prepared");
         let memory = match self.rebuilt_last.take() {
             Some(why) => format!("rebuilt in the final round ({why})"),
             None => "prepared during pre-copy".to_string(),
@@ -549,7 +583,9 @@ impl Session {
         self.journal.state = DestState::Committed;
         journal::write(&self.jpath, &self.journal)?;
         journal::record_outcome(&self.offer.session, "committed")?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "commit: journal written");
         go_live(&state.name, &state, false)?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "commit: live");
         // Each TCP connection sends a window probe: its peer learns at once where it went.
         let pids: Vec<i32> = crate::group::tree_of(state.init_pid).into_iter().filter(|&p| p != state.init_pid).collect();
         if let Err(e) = crate::sockets::probe_tcp(&pids) {
@@ -602,12 +638,22 @@ impl Session {
         Ok(summary.id.to_string())
     }
 
+    /// Waits until the migration cache is closed (it is opened again to keep the pod's chunks).
+    fn cache_closed(&mut self) {
+        if let Some(t) = self.cache_closing.take() {
+            if t.join().is_err() {
+                tracing::warn!("closing the migration cache panicked");
+            }
+        }
+    }
+
     fn cleanup_dir(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     /// Removes everything the session made (not committed).
     fn discard(&mut self) {
+        self.cache_closed();
         if let Some(sk) = self.skeleton.take() {
             if let Err(e) = sk.destroy() {
                 tracing::warn!(error = %e, "could not remove the prepared pod");
@@ -620,6 +666,33 @@ impl Session {
         self.dirs.discard();
         let _ = journal::record_outcome(&self.offer.session, "discarded");
         self.cleanup_dir();
+    }
+}
+
+/// The hooks of a prepared pod rebuilt in the final round: a session leader takes its
+/// controlling terminal, and what the processes made inside the pod is made as they are built.
+struct Rebuild<'x, 'a> {
+    group: &'x group::GroupImage,
+    files: &'x mut crate::files::RestoreContext,
+    inside: Option<&'x mut InsideRestore<'a, Spool>>,
+}
+
+impl Hooks for Rebuild<'_, '_> {
+    fn pod_created(&mut self, state: &pod::PodState) -> crate::Result<()> {
+        match self.inside.as_deref_mut() {
+            Some(i) => i.pod_created(state),
+            None => Ok(()),
+        }
+    }
+
+    fn member_taken(&mut self, inj: &mut crate::inject::Injector, t: group::Taken) -> crate::Result<()> {
+        if t.leads_session {
+            group::take_ctty(self.group, inj, t.vpid, self.files)?;
+        }
+        match self.inside.as_deref_mut() {
+            Some(i) => i.member_taken(t.vpid, t.pid, t.ppid, inj),
+            None => Ok(()),
+        }
     }
 }
 

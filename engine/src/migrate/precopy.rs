@@ -147,7 +147,9 @@ impl PodReader {
                 continue; // a zombie: no memory
             }
             let read = (|| {
+                let t = std::time::Instant::now();
                 let mut vmas = crate::mem::save_layout(host)?;
+                let layout_ms = t.elapsed().as_secs_f64() * 1e3;
                 let whole = self.whole_next.remove(&host) || all;
                 let dirty = match self.armed.get_mut(&host) {
                     Some(a) => match dirty::collect(a, &vmas) {
@@ -161,12 +163,14 @@ impl PodReader {
                     },
                     None => None,
                 };
+                let collect_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms;
                 let dirty_pages = dirty.as_ref().map_or(0, |d| d.written_bytes() / 4096);
                 // The destination holds every page of earlier rounds: a tracked mapping sends
                 // only what was written since (no parent process: no page is left to it).
                 const ALL: &[(u64, u64)] = &[(0, u64::MAX)];
                 let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: Some(ALL), parent: None };
                 let copy = crate::mem::copy_pages_since(host, &mut vmas, &plan)?;
+                tracing::debug!(pid = host, layout_ms, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, dirty_pages, bytes = copy.bytes, "round: pages read");
                 Ok::<_, crate::EngineError>(MemberData { vpid, host, vmas, copy, dirty_pages })
             })();
             match read {

@@ -13,7 +13,11 @@
 //!
 //! What cannot be patched makes the destination rebuild the prepared pod from the extents it
 //! holds (its spool): a process tree of another shape (a process started or ended, a session
-//! changed), the vDSO moved, or a mapping over the trampoline page. A rebuild in the final round
+//! changed), the vDSO moved, or a mapping over the trampoline page; and in the final round, a
+//! session leader's controlling terminal, or what the processes made inside the pod (mounts,
+//! sub-cgroups, namespaces of their own: made again through [`Hooks`] as a restore makes them,
+//! [`crate::pod::inside::InsideRestore`]), which a tree built before the pod image was known
+//! does not hold. A rebuild in the final round
 //! costs what a full restore costs; the round's acknowledgement and the report say why it
 //! happened.
 //!
@@ -84,16 +88,40 @@ pub fn normalize(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
+/// The index range of the sorted, disjoint `extents` that overlap `[a, b)`, found by binary
+/// search: a large process has hundreds of thousands of extents, and a round touches a few.
+fn span(extents: &[Extent], a: u64, b: u64) -> std::ops::Range<usize> {
+    let i = extents.partition_point(|e| e.end() <= a);
+    i..i + extents[i..].partition_point(|e| e.start < b)
+}
+
+/// The sorted, disjoint `extents` cut to `[a, b)` ([`zap_store::clip`] without the scan).
+pub fn window(extents: &[Extent], a: u64, b: u64) -> Vec<Extent> {
+    zap_store::clip(&extents[span(extents, a, b)], a, b)
+}
+
+/// Lays `changed` (sorted, disjoint) over the sorted, disjoint `extents` in place
+/// ([`zap_store::overlay`] on the part they cover only).
+pub fn overlay_in(extents: &mut Vec<Extent>, changed: &[Extent]) {
+    let (Some(lo), Some(hi)) = (changed.iter().map(|e| e.start).min(), changed.iter().map(Extent::end).max()) else { return };
+    let r = span(extents, lo, hi);
+    let mid = zap_store::overlay(&extents[r.clone()], changed);
+    extents.splice(r, mid);
+}
+
 /// The extents with the bytes `[a, b)` cut out.
 pub fn cut_out(extents: &[Extent], a: u64, b: u64) -> Vec<Extent> {
-    let mut out = zap_store::clip(extents, 0, a);
-    out.extend(zap_store::clip(extents, b, u64::MAX));
+    let r = span(extents, a, b);
+    let mut out = extents[..r.start].to_vec();
+    out.extend(zap_store::clip(&extents[r.clone()], 0, a));
+    out.extend(zap_store::clip(&extents[r.clone()], b, u64::MAX));
+    out.extend_from_slice(&extents[r.end..]);
     out
 }
 
 /// Ranges of `extents` that hold chunk data, inside `[a, b)`.
 fn chunk_ranges(extents: &[Extent], a: u64, b: u64) -> Vec<(u64, u64)> {
-    zap_store::clip(extents, a, b).iter().filter(|e| e.data != ExtentData::Zero).map(|e| (e.start, e.end())).collect()
+    window(extents, a, b).iter().filter(|e| e.data != ExtentData::Zero).map(|e| (e.start, e.end())).collect()
 }
 
 /// Whether an old mapping keeps its contents where a new one overlaps it: same kind of memory
@@ -156,6 +184,24 @@ pub struct Skeleton {
     root: std::path::PathBuf,
 }
 
+/// What the creation of the prepared pod calls back.
+pub trait Hooks {
+    /// The pod (`state`) exists, its init waits; no process is built yet.
+    fn pod_created(&mut self, _state: &PodState) -> crate::Result<()> {
+        Ok(())
+    }
+
+    /// A process was taken over (see [`BareTree::build`]), before its children exist.
+    fn member_taken(&mut self, _inj: &mut Injector, _taken: crate::group::Taken) -> crate::Result<()> {
+        Ok(())
+    }
+}
+
+/// No hooks: a bare prepared pod (pre-copy).
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
+
 /// How to create the prepared pod.
 pub struct PodPlan<'a> {
     /// Its name.
@@ -178,14 +224,8 @@ pub struct PodPlan<'a> {
 
 impl Skeleton {
     /// Creates the pod (network detached) and its process tree of `shape`, with trampoline
-    /// `tramp`; `on_leader` runs in each session leader before its children exist.
-    pub fn create(
-        root: &Path,
-        plan: &PodPlan<'_>,
-        shape: &TreeShape,
-        tramp: u64,
-        on_leader: &mut dyn FnMut(&mut Injector, i32) -> crate::Result<()>,
-    ) -> Result<Skeleton> {
+    /// `tramp`, calling `hooks` on the way.
+    pub fn create(root: &Path, plan: &PodPlan<'_>, shape: &TreeShape, tramp: u64, hooks: &mut dyn Hooks) -> Result<Skeleton> {
         let top = shape.top();
         let main_vpid = if top.contains(&plan.main_vpid) { plan.main_vpid } else { top.first().copied().unwrap_or(plan.main_vpid) };
         let spec = pod::PodSpec {
@@ -207,8 +247,9 @@ impl Skeleton {
                 state.mac = plan.mac.map(str::to_string);
                 pod::save(root, &state)?;
             }
+            hooks.pod_created(&state)?;
             let mut tree = BareTree::new(state.init_pid, tramp);
-            if let Err(e) = tree.build(shape, on_leader) {
+            if let Err(e) = tree.build(shape, &mut |inj, taken| hooks.member_taken(inj, taken)) {
                 tree.abandon();
                 return Err(e.into());
             }
@@ -288,7 +329,7 @@ impl Skeleton {
                 continue;
             }
             let anon = matches!(v.backing, Backing::Anon | Backing::Shmem { .. });
-            let exts: Vec<Extent> = zap_store::clip(&mem.extents, v.start, v.end).into_iter().filter(|e| !(anon && e.data == ExtentData::Zero)).collect();
+            let exts: Vec<Extent> = window(&mem.extents, v.start, v.end).into_iter().filter(|e| !(anon && e.data == ExtentData::Zero)).collect();
             bytes += self.write(vpid, &exts, read)?;
         }
         Ok(bytes)
@@ -378,7 +419,7 @@ impl Skeleton {
         let mut data: Vec<Extent> = extents.iter().filter(|e| e.data != ExtentData::Zero).copied().collect();
         data.extend(zeros);
         let n = self.write(vpid, &data, read)?;
-        mem.extents = zap_store::overlay(&mem.extents, extents);
+        overlay_in(&mut mem.extents, extents);
         Ok(n)
     }
 
@@ -400,7 +441,7 @@ pub fn clip_to(mem: &mut MemberMem, vmas: &[VmaState]) {
     let ranges = normalize(vmas.iter().map(|v| (v.start, v.end)).collect());
     let mut out = Vec::new();
     for (a, b) in ranges {
-        out.extend(zap_store::clip(&mem.extents, a, b));
+        out.extend(window(&mem.extents, a, b));
     }
     mem.extents = out;
     mem.vmas = vmas.to_vec();
@@ -419,6 +460,28 @@ mod tests {
         let ext = vec![Extent { start: 0, len: 8192, data: ExtentData::Zero }, Extent { start: 8192, len: 4096, data: ExtentData::Zero }];
         let c = cut_out(&ext, 4096, 8192);
         assert_eq!(c.iter().map(|e| (e.start, e.len)).collect::<Vec<_>>(), vec![(0, 4096), (8192, 4096)]);
+    }
+
+    #[test]
+    fn windowed_extent_operations_match_the_scans() {
+        let id = zap_chunker::ChunkId::of(b"x");
+        let ext: Vec<Extent> = (0..64u64)
+            .map(|i| Extent { start: i * 8192, len: 4096 * (1 + i % 2), data: if i % 3 == 0 { ExtentData::Zero } else { ExtentData::Chunk { id, offset: 0 } } })
+            .collect();
+        for (a, b) in [(0, 1), (5000, 70000), (4096, 8192), (0, u64::MAX), (600_000, 700_000), (123, 456_789)] {
+            assert_eq!(window(&ext, a, b), zap_store::clip(&ext, a, b), "window {a}..{b}");
+            let mut scan = zap_store::clip(&ext, 0, a);
+            scan.extend(zap_store::clip(&ext, b, u64::MAX));
+            assert_eq!(cut_out(&ext, a, b), scan, "cut_out {a}..{b}");
+        }
+        let changed = vec![Extent { start: 12288, len: 8192, data: ExtentData::Chunk { id, offset: 0 } }, Extent { start: 40960, len: 4096, data: ExtentData::Zero }];
+        let mut inplace = ext.clone();
+        overlay_in(&mut inplace, &changed);
+        let full = zap_store::overlay(&ext, &changed);
+        // The same extents, once adjacent zero extents are merged (the windowed one may leave
+        // them apart at its edges).
+        let merged = |v: &[Extent]| zap_store::overlay(&[], v);
+        assert_eq!(merged(&inplace), merged(&full));
     }
 
     fn vma(start: u64, end: u64, backing: Backing, prot: u32) -> VmaState {

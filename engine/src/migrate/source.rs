@@ -6,11 +6,15 @@
 //! pod runs, and decides after each round whether the final round fits `max_downtime`:
 //!
 //! ```text
-//!   expected final round = dirty rate × last round's time ÷ memory rate + fixed cost (stop, save, restore)
+//!   expected final round = stop + scan + dirty rate × last round's time ÷ memory rate + handover
 //! ```
-//! where the dirty rate is what the tracker reported per second since the round before and the
-//! memory rate what the last round moved per second end to end (read, chunked, sent, written at
-//! the destination). Pre-copy also stops when the dirty set stops shrinking (three rounds within
+//! where *stop* is what stopping the pod took when the trackers were armed (its network lock
+//! included), *scan* what reading the processes' layouts and dirty pages took in the last round
+//! (the final save walks the same: it grows with the pod's mappings and memory, not with what
+//! was written), the dirty rate what the tracker reported per second since the round before,
+//! the memory rate what the largest round moved per second end to end (read, chunked, sent,
+//! written at the destination), and *handover* the destination's restore of the rest and the
+//! commit ([`HANDOVER_MS`]). Pre-copy also stops when the dirty set stops shrinking (three rounds within
 //! 5%) or at `max_rounds`; then, with `auto_converge`, the pod's CPU is cut (halved each round,
 //! down to 1/32) until it converges, else the migration goes ahead with the downtime it must
 //! (the report says so) or, with `strict_downtime`, gives up and leaves the pod running.
@@ -36,6 +40,11 @@ use super::wire::{self, Answer, FileCheck, Msg, Offer, RoundAck, RoundStart, IDS
 use super::{mig_err, MigrateError, Report, Result, RoundReport};
 use crate::pod::checkpoint::{self as podck, PodImage, StoppedPod};
 use crate::pod::{self, net, PodState, PodStatus};
+
+/// What the final round costs besides the stop, the scan and the pages: the destination's restore
+/// of the non-memory state into the prepared processes, the commit and the answers (measured:
+/// 15-25 ms for a one-process pod).
+pub const HANDOVER_MS: f64 = 25.0;
 
 /// How to migrate.
 #[derive(Clone, Debug)]
@@ -401,12 +410,13 @@ fn run(
     let stopped = StoppedPod::stop_locked(root, name, lock)?;
     let arm_stop = Instant::now();
     reader.arm(&stopped)?;
-    let arm_ms = stopped.stop_ms() + arm_stop.elapsed().as_secs_f64() * 1e3;
+    let stop_ms = stopped.stop_ms();
+    tracing::debug!(stop_ms, arm_ms = arm_stop.elapsed().as_secs_f64() * 1e3, "trackers armed");
     let lock = stopped.into_lock()?;
     let out_dir = crate::host::migrate_dir().join(format!("out-{}", j.session));
     let spool = std::fs::create_dir_all(&out_dir).ok().and_then(|()| super::spool::Spool::create(&out_dir.join("chunks.spool")).ok());
     let mut remote = Remote { ch, spool, known: HashSet::new(), fig: RoundReport::default() };
-    let r = rounds(root, name, state, lock, &mut remote, reader, dirs, opts, report, progress, j, jpath, arm_ms);
+    let r = rounds(root, name, state, lock, &mut remote, reader, dirs, opts, report, progress, j, jpath, stop_ms);
     if r.is_ok() {
         if let Some(s) = &remote.spool {
             // The pod has left: its chunks stay in the cache for a migration back.
@@ -434,14 +444,14 @@ fn rounds(
     progress: &mut dyn FnMut(&RoundReport),
     j: &mut SourceJournal,
     jpath: &Path,
-    arm_ms: f64,
+    stop_ms: f64,
 ) -> Result<()> {
     let mut throttle = Throttle::new();
     let mut prev_collect = Instant::now();
     let mut history: Vec<u64> = Vec::new();
     let mut extra_rounds = 0;
-    // The final round's own costs: the stop, saving the rest of the pod, restoring it there.
-    let fixed_ms = 40.0 + arm_ms;
+    // The final round's own costs besides its pages and the scan (see the module doc).
+    let fixed_ms = stop_ms + HANDOVER_MS;
     let mut best = (0u64, 1.0f64);
     let mut n = 0u32;
     loop {
@@ -450,6 +460,7 @@ fn rounds(
             return Err(mig_err(format!("round {n}"), "test hook", "link cut on purpose (ZAP_MIGRATE_FAULT)"));
         }
         let data = reader.read(n == 0)?;
+        let read_ms = tr.elapsed().as_secs_f64() * 1e3;
         let since = prev_collect.elapsed().as_secs_f64();
         prev_collect = Instant::now();
         let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
@@ -463,8 +474,10 @@ fn rounds(
             dirty += m.dirty_pages;
         }
         bytes += dirs.send(remote, &opts.chunker)?;
+        let sent_ms = tr.elapsed().as_secs_f64() * 1e3;
         let ack = remote.round_end(n, false)?.unwrap_or_default();
         let secs = tr.elapsed().as_secs_f64().max(1e-6);
+        tracing::debug!(round = n, read_ms, sent_ms, ms = secs * 1e3, apply_ms = ack.apply_ms, "round done");
         let mut fig = std::mem::take(&mut remote.fig);
         fig.pages = bytes / 4096;
         fig.dirty_pages = dirty;
@@ -488,7 +501,7 @@ fn rounds(
         }
         // Converged? (Round 0 tells nothing about the dirty rate.)
         if n > 0 {
-            let expected = fig.dirty_rate * secs / best.1 * 1e3 + fixed_ms;
+            let expected = fig.dirty_rate * secs / best.1 * 1e3 + read_ms + fixed_ms;
             let shrinking = history.len() < 4 || history.windows(2).rev().take(3).any(|w| (w[1] as f64) < w[0] as f64 * 0.95);
             if expected <= opts.max_downtime_ms {
                 report.converged = format!("expected final round {expected:.0} ms fits --max-downtime {} ms", opts.max_downtime_ms);
@@ -548,6 +561,8 @@ fn final_round(
     let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
     let stopped = StoppedPod::stop_locked(root, name, lock)?;
     report.final_stop_ms = tf.elapsed().as_secs_f64() * 1e3;
+    let step = |what: &str| tracing::debug!(ms = tf.elapsed().as_secs_f64() * 1e3, "final round: {what}");
+    step("pod stopped");
     let pids = stopped.pids().to_vec();
     let mut tracking = crate::group::Tracking { armed: std::mem::take(&mut reader.armed), holds_all: true, ..Default::default() };
     // Namespaces no restore can make (nested PID or user) are refused before anything is saved.
@@ -556,11 +571,15 @@ fn final_round(
     // The trackers stay ours to close, whatever happened.
     reader.armed = tracking.armed.drain().chain(tracking.dropped.drain(..).map(|a| (a.pid, a))).collect();
     let mut saved = saved?;
+    step("processes saved");
     podck::refuse_external_streams(name, &saved.image)?;
-    // What the processes made inside the pod: only its names migrate yet.
-    let (inside, _, _) = pod::inside::save(root, state, &saved.image, stopped.frozen_subcgroups(), &mut OfferSink::default(), &opts.chunker)?;
-    if let Some(what) = inside.beyond_migration() {
-        return Err(mig_err("final round", format!("pod {name}"), format!("it has {what}; a live migration does not carry these yet (checkpoint and restore do)")));
+    // IPC objects, what the processes made inside the pod (the files of its in-memory file
+    // systems, the objects of nested IPC namespaces) and the console log ride along as images
+    // whose chunks are offered first.
+    let mut other = OfferSink::default();
+    let (inside, mut inside_images, file_data) = pod::inside::save(root, state, &saved.image, stopped.frozen_subcgroups(), &mut other, &opts.chunker)?;
+    if let Some(what) = inside.beyond_names() {
+        tracing::debug!(pod = name, what, "made inside the pod: carried to be made again at the destination");
     }
     remote.fig = RoundReport { n, last: true, ..Default::default() };
     let shape = crate::group::TreeShape::of(&saved.image);
@@ -568,15 +587,16 @@ fn final_round(
         saved.image.members.iter().filter_map(|m| m.image().map(|i| (m.vpid, i.vmas.clone()))).collect();
     let mut dirty = 0u64;
     let mut bytes = 0u64;
-    // IPC objects and the console log ride along as images whose chunks are offered first.
-    let mut other = OfferSink::default();
     let (ipc_state, mut images) = crate::ipc::save(state.init_pid, &mut other, &opts.chunker)?;
+    images.append(&mut inside_images);
+    images.append(&mut file_data.store(&mut other, &opts.chunker)?);
     let console = podck_console(root, name);
     if !console.is_empty() {
         let (extents, _) = zap_store::store_run(&mut other, &opts.chunker, 0, &console)?;
         images.push(zap_store::Image { name: podck::CONSOLE_IMAGE.into(), kind: zap_store::ImageKind::File, extents });
     }
     report.final_save_ms = tf.elapsed().as_secs_f64() * 1e3 - report.final_stop_ms;
+    step("pod saved");
     let ts = Instant::now();
     remote.round_start(&RoundStart { n, last: true, shape, main_vpid: state.main_vpid, layouts })?;
     for (vpid, copy) in &saved.copies {
@@ -607,11 +627,13 @@ fn final_round(
     remote.send(&Msg::Final(wire::FinalState { pod_image: image.encode(), images }))?;
     wire::flush(remote.ch)?;
     report.final_send_ms = ts.elapsed().as_secs_f64() * 1e3;
+    step("sent");
     let ready = match wire::recv(remote.ch, "final round: wait for the destination's restore")? {
         Msg::Ready(r) => r,
         other => return Err(wire::unexpected("final round", &other)),
     };
     report.final_restore_ms = ready.restore_ms;
+    step("destination ready");
     report.memory = ready.memory.clone();
     let mut fig = std::mem::take(&mut remote.fig);
     fig.pages = bytes / 4096;
@@ -649,6 +671,7 @@ fn final_round(
         let _ = journal::write(jpath, j);
         return Err(e.into());
     }
+    step("parked (frozen, off the LAN)");
     if cut_here("after-commit") {
         // The link drops right after Commit is on its way: the outcome is unknown here.
         let _ = remote.send(&Msg::Commit).and_then(|()| wire::flush(remote.ch));
@@ -668,6 +691,7 @@ fn final_round(
         }
     };
     report.downtime_ms = tf.elapsed().as_secs_f64() * 1e3;
+    step("destination running");
     report.commit_ms = running.commit_ms;
     // The destination runs the pod: end ours, silently, and leave nothing of it.
     stopped.end()?;

@@ -71,9 +71,10 @@ pub fn save<W: ChunkSink>(
 }
 
 impl InsideImage {
-    /// What of this a live migration does not carry yet (a checkpoint and restore does), named
-    /// for the refusal; `None` when the pod made nothing but its names (which migrate).
-    pub fn beyond_migration(&self) -> Option<String> {
+    /// What of this goes beyond the pod's names (mounts, sub-cgroups, namespaces of its
+    /// processes), named; `None` when the pod made nothing but its names. A migration's
+    /// destination makes these again as a restore does, in a prepared pod rebuilt for them.
+    pub fn beyond_names(&self) -> Option<String> {
         let mut what = Vec::new();
         let m = &self.mounts;
         let mounts: Vec<String> = m
