@@ -70,6 +70,10 @@ enum Command {
     /// Checkpoint a pod, or a process with --pid (prints the checkpoint id).
     Checkpoint(process_cmd::CheckpointArgs),
     /// Restore a pod checkpoint (prints the pod name) or a process checkpoint (prints its host pid).
+    ///
+    /// A restored process whose standard streams led outside it (a terminal, a pipe) gets
+    /// `zap restore`'s own: a caller capturing this command's output waits as long as the process
+    /// holds them.
     Restore(process_cmd::RestoreArgs),
     /// List checkpoints (same as `zap store ls`).
     Ls,

@@ -51,6 +51,11 @@ pub struct CheckpointArgs {
     /// (by default such a checkpoint is incremental).
     #[arg(long)]
     full: bool,
+    /// With --leave-running, a full checkpoint of a pod (or of a process with --pid) copies its
+    /// memory while it runs (dirty pages tracked) and stops it only for the pages written
+    /// meanwhile and the rest of its state; this stops it while all of its memory is read instead.
+    #[arg(long)]
+    no_pre_copy: bool,
     /// Checkpoint the pod on a schedule, e.g. 500ms, 30s, 5m, 1h (at least 100ms), by a
     /// background process that outlives zap (log: <pod dir>/checkpoints.log); replaces any
     /// earlier schedule of the pod. Prints the scheduler's pid.
@@ -97,6 +102,7 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
                 tcp_close: args.tcp_close,
                 name: args.name.clone(),
                 full: args.full,
+                no_precopy: args.no_pre_copy,
                 ..Default::default()
             };
             let r = podck::checkpoint(&store, &zap_engine::pod::run_dir(), pod, &opts).map_err(engine_err)?;
@@ -104,7 +110,7 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
         }
         (None, Some(pid)) => {
             let opts =
-                CheckpointOptions { leave_running: args.leave_running, name: args.name.clone(), tcp_close: args.tcp_close, ..Default::default() };
+                CheckpointOptions { leave_running: args.leave_running, name: args.name.clone(), tcp_close: args.tcp_close, no_precopy: args.no_pre_copy, ..Default::default() };
             let r = if args.tree {
                 zap_engine::group::checkpoint_tree(&store, pid, &opts)
             } else {

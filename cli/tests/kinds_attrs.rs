@@ -10,27 +10,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn name(tag: &str) -> String {
-    format!("at{}-{tag}", std::process::id())
-}
-
-fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{name}.c"));
-    let out = out_dir.join(name);
-    match Command::new("gcc").args(["-O1", "-o"]).arg(&out).arg(&src).status() {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            None
-        }
-    }
+    pod_name("at", tag)
 }
 
 /// Lets processes of other users (nobody, www-data) reach the test's work directory.
@@ -38,10 +25,6 @@ fn open_work_dir(e: &Env) {
     for dir in [e.work.parent().unwrap(), e.work.as_path()] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-}
-
-fn text(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
 }
 
 /// Prints the program's notes (parts the kernel refused before the checkpoint) as skips.
@@ -90,7 +73,7 @@ fn cycle(e: &Env, tag: &str, prog: &Path, args: &[&str], ready: &[&str], verdict
 fn other_user_with_caps_limits_securebits_and_seccomp() {
     let e = env();
     open_work_dir(&e);
-    let Some(prog) = build_prog("attrs_user", &e.work) else { return };
+    let Some(prog) = build_prog("attrs_user", &e.work, &[]) else { return };
     let (_, warnings) = cycle(&e, "user", &prog, &["81"], &["ready"], &["ok"]);
     assert!(warnings.is_empty(), "restored without warnings: {warnings:?}");
 }
@@ -109,7 +92,7 @@ fn other_user_process_outside_a_pod() {
     use std::os::unix::process::CommandExt;
     let e = env();
     open_work_dir(&e);
-    let Some(prog) = build_prog("attrs_user", &e.work) else { return };
+    let Some(prog) = build_prog("attrs_user", &e.work, &[]) else { return };
     let (out, go) = (e.work.join("out"), e.work.join("go"));
     let port = (900 + std::process::id() % 100).to_string();
     let mut cmd = Command::new(&prog);
@@ -139,7 +122,7 @@ fn other_user_process_outside_a_pod() {
 #[test]
 fn setuid_program_and_root_without_capabilities() {
     let e = env();
-    let Some(prog) = build_prog("attrs_setuid", &e.work) else { return };
+    let Some(prog) = build_prog("attrs_setuid", &e.work, &[]) else { return };
     let file = e.work.join("owned");
     std::fs::write(&file, b"x").unwrap();
     let (_, warnings) = cycle(&e, "setuid", &prog, &[file.to_str().unwrap()], &["ready", "child ready"], &["ok", "child ok"]);
@@ -149,7 +132,7 @@ fn setuid_program_and_root_without_capabilities() {
 #[test]
 fn scheduling_and_per_thread_attributes() {
     let e = env();
-    let Some(prog) = build_prog("attrs_sched", &e.work) else { return };
+    let Some(prog) = build_prog("attrs_sched", &e.work, &[]) else { return };
     let (_, warnings) = cycle(&e, "sched", &prog, &[], &["ready"], &["ok"]);
     // Setting a loginuid starts a new audit session: the only warning allowed.
     assert!(warnings.iter().all(|w| w.contains("audit sessionid")), "{warnings:?}");
@@ -158,7 +141,7 @@ fn scheduling_and_per_thread_attributes() {
 #[test]
 fn seccomp_filters_in_order_and_strict_mode() {
     let e = env();
-    let Some(prog) = build_prog("attrs_seccomp", &e.work) else { return };
+    let Some(prog) = build_prog("attrs_seccomp", &e.work, &[]) else { return };
     let (_, warnings) = cycle(&e, "seccomp", &prog, &[], &["ready", "child ready"], &["ok", "child ok"]);
     assert!(warnings.is_empty(), "{warnings:?}");
 }
@@ -166,7 +149,7 @@ fn seccomp_filters_in_order_and_strict_mode() {
 #[test]
 fn stopped_processes_stay_stopped_with_their_signal() {
     let e = env();
-    let Some(prog) = build_prog("attrs_stop", &e.work) else { return };
+    let Some(prog) = build_prog("attrs_stop", &e.work, &[]) else { return };
     cycle(&e, "stop", &prog, &[], &["ready"], &["ok"]);
 }
 
@@ -217,14 +200,14 @@ fn job_stopped_from_a_shell_comes_back_stopped() {
 #[test]
 fn posix_timers_signal_the_same_thread() {
     let e = env();
-    let Some(prog) = build_prog("attrs_timer", &e.work) else { return };
+    let Some(prog) = build_prog("attrs_timer", &e.work, &[]) else { return };
     cycle(&e, "timer", &prog, &[], &["ready"], &["ok"]);
 }
 
 #[test]
 fn process_traced_by_another_tracer_is_refused_and_keeps_running() {
     let e = env();
-    let Some(prog) = build_prog("attrs_traced", &e.work) else { return };
+    let Some(prog) = build_prog("attrs_traced", &e.work, &[]) else { return };
     let pod = name("traced");
     let (out, go) = (e.work.join("out"), e.work.join("go"));
     ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()]);

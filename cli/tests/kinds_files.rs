@@ -6,34 +6,21 @@
 //! are refused, with the pod left running.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 fn name(tag: &str) -> String {
-    format!("kf{}-{tag}", std::process::id())
-}
-
-fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{name}.c"));
-    let out = out_dir.join(name);
-    match Command::new("gcc").args(["-O1", "-o"]).arg(&out).arg(&src).status() {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            None
-        }
-    }
+    pod_name("kf", tag)
 }
 
 /// Runs program `prog` in a new pod with (out, go, a directory of its own, `extra`...), waits for
 /// "ready", checkpoints the pod (it ends), restores it, runs `after_restore` on the directory
 /// (checks from outside), then lets the program check itself. Returns the program's output.
 fn run_kind(e: &Env, prog: &str, extra: &[&str], after_restore: impl FnOnce(&Path)) -> Option<String> {
-    let bin = build_prog(prog, &e.work)?;
+    let bin = build_prog(prog, &e.work, &[])?;
     let pod = name(prog);
     let (out, go, dir) = (e.work.join("out"), e.work.join("go"), e.work.join("dir"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -86,10 +73,6 @@ fn file_locks_of_every_kind_are_held_after_restore() {
             assert_eq!(st.code(), Some(7), "the POSIX write lock must refuse another process");
         }
     });
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 #[test]
@@ -148,7 +131,7 @@ fn sqlite3_write_lock_held_across_restore_then_commits() {
 /// program must run on.
 fn refused(kind: &str, want: &str, setup: impl FnOnce(&Path) -> Option<std::fs::File>) {
     let e = env();
-    let Some(bin) = build_prog("refused", &e.work) else { return };
+    let Some(bin) = build_prog("refused", &e.work, &[]) else { return };
     let pod = name(&format!("no-{kind}"));
     let (out, go, dir) = (e.work.join("out"), e.work.join("go"), e.work.join("dir"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -14,24 +14,7 @@ use std::time::Duration;
 use common::*;
 
 fn name(tag: &str) -> String {
-    format!("km{}-{tag}", std::process::id())
-}
-
-fn build(prog: &str, out_dir: &Path, extra: &[&str]) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{prog}.c"));
-    let out = out_dir.join(prog);
-    match Command::new("gcc").args(["-O1", "-o"]).arg(&out).arg(&src).args(extra).status() {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            None
-        }
-    }
-}
-
-fn text(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
+    pod_name("km", tag)
 }
 
 /// Waits for `what` in the output file, failing on FAIL.
@@ -113,7 +96,7 @@ fn region_of(out: &Path) -> u64 {
 #[test]
 fn memory_shared_copy_on_write_stays_shared_over_three_generations() {
     let e = env();
-    let Some(prog) = build("cowtree", &e.work, &[]) else { return };
+    let Some(prog) = build_prog("cowtree", &e.work, &[]) else { return };
     let pod = name("cow");
     let (out, go) = (e.work.join("out"), e.work.join("go"));
     ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()]);
@@ -139,7 +122,7 @@ fn memory_shared_copy_on_write_stays_shared_over_three_generations() {
 #[test]
 fn copy_on_write_sharing_survives_an_incremental_checkpoint() {
     let e = env();
-    let Some(prog) = build("cowtree", &e.work, &[]) else { return };
+    let Some(prog) = build_prog("cowtree", &e.work, &[]) else { return };
     let pod = name("cowinc");
     let (out, go, go1) = (e.work.join("out"), e.work.join("go"), e.work.join("go1"));
     let args = [prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), go1.to_str().unwrap()];
@@ -176,7 +159,7 @@ fn copy_on_write_sharing_survives_an_incremental_checkpoint() {
 /// ends), restores it, creates the go file and waits for "ok"; returns the program's output.
 fn checkpoint_and_check(tag: &str, prog: &str, gcc_args: &[&str], args: &[&str]) -> Option<String> {
     let e = env();
-    let bin = build(prog, &e.work, gcc_args)?;
+    let bin = build_prog(prog, &e.work, gcc_args)?;
     let pod = name(tag);
     let (out, go) = (e.work.join("out"), e.work.join("go"));
     let mut run = vec!["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()];
@@ -211,7 +194,7 @@ fn aio_contexts_keep_their_ids_and_completed_events() {
 #[test]
 fn io_uring_is_refused_and_the_pod_runs_on() {
     let e = env();
-    let Some(bin) = build("uring", &e.work, &[]) else { return };
+    let Some(bin) = build_prog("uring", &e.work, &[]) else { return };
     let pod = name("uring");
     let (out, go) = (e.work.join("out"), e.work.join("go"));
     ok(&e, &["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()]);
@@ -261,7 +244,7 @@ impl Drop for HugeMount {
 #[test]
 fn hugetlb_mappings_restored_when_huge_pages_are_free_refused_clearly_when_not() {
     let e = env();
-    let Some(bin) = build("memhuge", &e.work, &[]) else { return };
+    let Some(bin) = build_prog("memhuge", &e.work, &[]) else { return };
     let orig = HugePages::read();
     let _pages = HugePages(orig);
     HugePages::set(orig + 6);

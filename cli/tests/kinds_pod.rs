@@ -5,27 +5,14 @@
 //! (the pod keeps running) and `zap rm` of pods whatever they made.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 fn name(tag: &str) -> String {
-    format!("kp{}-{tag}", std::process::id())
-}
-
-fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{name}.c"));
-    let out = out_dir.join(name);
-    match Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&out).arg(&src).status() {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            None
-        }
-    }
+    pod_name("kp", tag)
 }
 
 /// Runs `prog` (built from engine/tests/progs) in a new pod with `opts`, waits for "ready",
@@ -33,7 +20,7 @@ fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
 /// checkpoints it again (incremental; the pod ends), restores it, creates the go file and waits
 /// for the program's verdict. Returns the program's output.
 fn round_trip(e: &Env, tag: &str, prog: &str, opts: &[&str], extra: &[&str], between: &dyn Fn(&str)) -> Option<String> {
-    let bin = build_prog(prog, &e.work)?;
+    let bin = build_prog(prog, &e.work, &["-pthread"])?;
     let pod = name(tag);
     let (out, go) = (e.work.join(format!("{tag}.out")), e.work.join(format!("{tag}.go")));
     let text = || std::fs::read_to_string(&out).unwrap_or_default();

@@ -6,27 +6,13 @@
 //! Zap refuses must fail the checkpoint with a clear error and leave the pod running.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 
 fn name(tag: &str) -> String {
-    format!("ks{}-{tag}", std::process::id())
-}
-
-fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{name}.c"));
-    let out = out_dir.join(name);
-    match Command::new("gcc").args(["-O1", "-o"]).arg(&out).arg(&src).status() {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            None
-        }
-    }
+    pod_name("ks", tag)
 }
 
 /// A test program running in a pod of its own.
@@ -51,7 +37,7 @@ impl Kind<'_> {
 /// Starts `prog` (with `args` after the output and go files) in a new pod and waits for "ready";
 /// None when the program cannot be built.
 fn start<'a>(e: &'a Env, prog: &str, tag: &str, args: &[&str]) -> Option<Kind<'a>> {
-    let bin = build_prog(prog, &e.work)?;
+    let bin = build_prog(prog, &e.work, &[])?;
     let k = Kind { e, pod: name(tag), out: e.work.join(format!("{tag}.out")), go: e.work.join(format!("{tag}.go")) };
     let mut a = vec!["run", "--name", &k.pod, "--", bin.to_str().unwrap(), k.out.to_str().unwrap(), k.go.to_str().unwrap()];
     a.extend_from_slice(args);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn name(tag: &str) -> String {
-    format!("pc{}-{tag}", std::process::id())
+    pod_name("pc", tag)
 }
 
 fn read_num(p: &Path) -> Option<u64> {

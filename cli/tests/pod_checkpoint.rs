@@ -7,14 +7,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn name(tag: &str) -> String {
-    format!("ck{}-{tag}", std::process::id())
+    pod_name("ck", tag)
 }
 
 fn read_num(p: &Path) -> u64 {
@@ -54,23 +54,10 @@ fn shell_pipeline_continues_after_restore() {
     assert!(wait_for(Duration::from_secs(10), || last_line(&text()) > at_checkpoint), "console log continues after the restore");
 }
 
-fn build_prog(name: &str, out_dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{name}.c"));
-    let out = out_dir.join(name);
-    match Command::new("gcc").args(["-O1", "-o"]).arg(&out).arg(&src).status() {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            None
-        }
-    }
-}
-
 #[test]
 fn process_tree_in_a_pod() {
     let e = env();
-    let Some(prog) = build_prog("tree", &e.work) else { return };
+    let Some(prog) = build_prog("tree", &e.work, &[]) else { return };
     let pod = name("tree");
     let (out, go, shared) = (e.work.join("out"), e.work.join("go"), e.work.join("shared"));
     std::fs::write(&shared, b"ab").unwrap();
@@ -217,10 +204,6 @@ fn assert_no_residue(e: &Env, pod: &str, pids: &[i32], mounts_before: &str) {
     assert_eq!(mounts.lines().count(), mounts_before.lines().count(), "mounts changed");
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false)
-}
-
 fn redis(host: &str, args: &[&str]) -> String {
     let out = Command::new("redis-cli").args(["-h", host, "-p", "6379"]).args(args).output().expect("run redis-cli");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -315,7 +298,7 @@ fn python_thread_pool_continues() {
 #[test]
 fn system_v_shared_memory_and_semaphores() {
     let e = env();
-    let Some(prog) = build_prog("sysv", &e.work) else { return };
+    let Some(prog) = build_prog("sysv", &e.work, &[]) else { return };
     let pod = name("sysv");
     let (out, go) = (e.work.join("out"), e.work.join("go"));
     let text = || std::fs::read_to_string(&out).unwrap_or_default();

@@ -168,3 +168,64 @@ fn stdout_to_another_process_follows_zap_restore() {
         assert_eq!(w[1], w[0] + 1);
     }
 }
+
+/// `--leave-running` copies the memory while the process runs (pre-copy) and stops it only for
+/// the pages written meanwhile: a program rewriting random pages of 64 MiB nonstop (and throwing
+/// pages away, and remapping a scratch area) is checkpointed so, the original is killed, and the
+/// restored copy checks every page against its own record of what it wrote.
+#[test]
+fn leave_running_checkpoint_is_pre_copied_and_restores_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/churn.c");
+    let prog = dir.path().join("churn");
+    match Command::new("gcc").args(["-O1", "-o"]).arg(&prog).arg(&src).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("gcc: {s}"),
+        Err(err) => {
+            eprintln!("SKIP: gcc not available ({err})");
+            return;
+        }
+    }
+    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    let mut cmd = Command::new(&prog);
+    cmd.arg(&out).arg(&go).arg("64").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: close_range only touches the child's fd table before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let _orig = KillOnDrop(child.id() as i32);
+    assert!(wait_for(Duration::from_secs(10), || lines(&out).last().copied().unwrap_or(0) >= 300), "churn did not start: {}", text());
+    let ck = zap(&store, &["--json", "checkpoint", "--pid", &child.id().to_string(), "--leave-running"]);
+    assert!(ck.status.success(), "{}", String::from_utf8_lossy(&ck.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&ck.stdout).unwrap();
+    let mode = v["mode"].as_str().unwrap();
+    assert!(mode.starts_with("full; pre-copied while running"), "{v}");
+    eprintln!("{mode}; stopped {} ms", v["frozen_ms"]);
+    assert!(child.try_wait().unwrap().is_none(), "--leave-running must not end the process");
+    let at = lines(&out).last().copied().unwrap_or(0);
+    assert!(wait_for(Duration::from_secs(10), || lines(&out).last().copied().unwrap_or(0) > at), "the process runs on");
+    // --no-pre-copy: the same checkpoint read while stopped.
+    let plain = zap(&store, &["--json", "checkpoint", "--pid", &child.id().to_string(), "--leave-running", "--no-pre-copy"]);
+    let p: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(p["mode"], "full", "{p}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for (id, what) in [(v["id"].as_str().unwrap(), "pre-copied"), (p["id"].as_str().unwrap(), "read while stopped")] {
+        let _ = std::fs::remove_file(&go);
+        let r = zap(&store, &["--json", "restore", id]);
+        assert!(r.status.success(), "{what}: {}", String::from_utf8_lossy(&r.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        let _restored = KillOnDrop(r["pid"].as_i64().unwrap() as i32);
+        let before = text().len();
+        std::fs::write(&go, b"go").unwrap();
+        let after = || text()[before..].to_string();
+        assert!(wait_for(Duration::from_secs(20), || after().contains("ok") || after().contains("FAIL")), "{what}: {}", after());
+        assert!(!after().contains("FAIL"), "{what}: restored memory differs from what the program wrote: {}", after());
+    }
+}

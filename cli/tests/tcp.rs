@@ -560,7 +560,9 @@ fn single_process_keeps_its_connection() {
     let script = format!(
         "import os, socket, sys\nos.closerange(3, 65536)\nc = socket.create_connection(('127.0.0.1', {port}))\nn = 0\nwhile True:\n    d = c.recv(10)\n    if not d: break\n    n += 1\n    c.sendall(b'%03d' % n)\n"
     );
-    let child = Proc(Command::new("python3").arg("-c").arg(&script).stdin(Stdio::null()).spawn().unwrap());
+    // No stream that leads to this test: a restored process whose stdout was a pipe from outside
+    // gets `zap restore`'s own, and `ok()` would then wait for its end as long as the process lives.
+    let child = Proc(Command::new("python3").arg("-c").arg(&script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     let pid = child.0.id().to_string();
     let (mut s, _) = l.accept().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();

@@ -35,6 +35,7 @@ pub mod memdump;
 pub mod migrate;
 pub mod pipeline;
 pub mod pod;
+pub mod precopy;
 pub mod process;
 pub mod signals;
 pub mod sockets;

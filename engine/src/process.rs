@@ -114,6 +114,9 @@ pub struct CheckpointOptions {
     pub chunker: ChunkerConfig,
     /// Save established TCP connections as closed sockets instead of with their state.
     pub tcp_close: bool,
+    /// With `leave_running`, the memory is copied while the process runs and it stops only for
+    /// the pages written meanwhile ([`crate::precopy`]); this turns that off.
+    pub no_precopy: bool,
 }
 
 /// Locks the TCP connections of the stopped processes `pids` (their namespace may be the
@@ -365,6 +368,16 @@ pub fn save_process_pages(
 /// Checkpoints process `pid` into `store`.
 pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) -> Result<CheckpointReport> {
     let t0 = Instant::now();
+    let mut writer = store.writer()?;
+    // A process that runs on has its memory copied while it runs first.
+    let mut pre = None;
+    if opts.leave_running && !opts.no_precopy {
+        match crate::precopy::process(pid, &mut writer, &opts.chunker) {
+            Ok(p) => pre = Some(p),
+            Err(e) => tracing::warn!(pid, error = %e, "pre-copy failed; the memory is read while the process is stopped"),
+        }
+    }
+    let tf = Instant::now();
     let frozen = Frozen::freeze(pid)?;
     let netlock = lock_connections(&[pid], opts.tcp_close)?;
     let mut ctx = files::SaveContext::default();
@@ -372,9 +385,27 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     ctx.sockets.network_locked = true;
     // A process that stays stopped until the commit has its pages read while they are stored.
     let stream = !opts.leave_running;
-    let (mut image, copy) = save_process_pages(pid, &frozen, &mut ctx, &mem::CopyPlan::default(), None, stream)?;
+    // Pre-copied: only the pages written since the last round are read now.
+    let (written, layout) = match pre.as_mut() {
+        Some(p) => {
+            let vmas = mem::save_layout(pid)?;
+            match crate::dirty::collect(&mut p.armed, &vmas) {
+                Ok(d) => (Some(d), Some(vmas)),
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "pre-copy tracking lost; the memory is read whole");
+                    pre = None;
+                    (None, Some(vmas))
+                }
+            }
+        }
+        None => (None, None),
+    };
+    let base = pre.as_ref().map(|p| mem::base_runs(&p.images, ""));
+    let plan = mem::CopyPlan { dirty: written.as_ref(), base: base.as_deref(), parent: None };
+    let (mut image, copy) = save_process_pages(pid, &frozen, &mut ctx, &plan, layout, stream)?;
     mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
-    let bytes_read = copy.bytes;
+    let stopped_bytes = copy.bytes;
+    let bytes_read = copy.bytes + pre.as_ref().map_or(0, |p| p.bytes_read);
     // With leave_running the process goes on now. Otherwise it stays stopped until the
     // checkpoint is committed, so that a failure to store leaves it running rather than lost.
     let (frozen, netlock) = if opts.leave_running {
@@ -386,9 +417,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     } else {
         (Some(frozen), netlock)
     };
-    let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut writer = store.writer()?;
-    let (mut images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", None)?;
+    let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
+    let (mut images, _) = mem::store_pages(copy, &mut image.vmas, &mut writer, &opts.chunker, "", pre.as_ref().map(|p| p.images.as_slice()))?;
     images.extend(files::store_contents(&mut image.fds, &mut image.vmas, &mut writer, &opts.chunker, "")?);
     let stored_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| image.attrs.comm.clone()), KIND);
@@ -409,7 +439,11 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
         }
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
-    Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode: "full".into() })
+    let mode = match &pre {
+        Some(p) => format!("full; {}", p.describe(stopped_bytes)),
+        None => "full".into(),
+    };
+    Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode })
 }
 
 /// A restored process.

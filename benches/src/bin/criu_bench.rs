@@ -15,7 +15,8 @@
 //! alone. Zap is the `zap` built next to this binary (or `ZAP`).
 //!
 //! With `--incremental` it measures instead incremental pod checkpoints of the same program: a
-//! pod running it is checkpointed with `--leave-running` (full, arms the dirty-page tracker),
+//! pod running it is checkpointed with `--leave-running` (full: its memory copied while it runs,
+//! arms the dirty-page tracker),
 //! then `--rounds` times the program writes to 1% of its pages (SIGUSR2) and the pod is
 //! checkpointed again; last, a `--full` checkpoint after the same 1% for comparison. It prints
 //! each checkpoint's freeze, total time (engine and command line) and manifest bytes written.
@@ -158,11 +159,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 fn json_field(out: &[u8], key: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(out);
-    let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = text[at..].trim_start();
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim().trim_matches('"').to_string())
+    // The first JSON value the command printed (anything after it is ignored).
+    let v: serde_json::Value = serde_json::Deserializer::from_slice(out).into_iter().next()?.ok()?;
+    match v.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
 }
 
 fn find_criu() -> Option<PathBuf> {

@@ -97,3 +97,33 @@ pub fn stable_procs(e: &Env, pod: &str) -> Vec<(i32, String)> {
     }
     keep
 }
+
+/// A pod name unique to this test process: `<prefix><pid>-<tag>` (each test file has its prefix).
+pub fn pod_name(prefix: &str, tag: &str) -> String {
+    format!("{prefix}{}-{tag}", std::process::id())
+}
+
+/// Whether command `cmd` is on the PATH.
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// The text of file `p`, empty if it cannot be read (yet).
+pub fn text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Compiles `engine/tests/progs/<name>.c` into `out_dir` with gcc (`-O1`, then `extra`); None
+/// (after printing SKIP) when gcc is missing; a compile error fails the test.
+pub fn build_prog(name: &str, out_dir: &Path, extra: &[&str]) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs").join(format!("{name}.c"));
+    let out = out_dir.join(name);
+    match Command::new("gcc").args(["-O1", "-o"]).arg(&out).arg(&src).args(extra).status() {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
+        Err(err) => {
+            eprintln!("SKIP: gcc not available ({err})");
+            None
+        }
+    }
+}

@@ -116,6 +116,10 @@ pub struct PodCheckpointOptions {
     /// Extra manifest labels (the labels the pod checkpoint sets itself, `pod`, `processes` and
     /// `ip`, take precedence).
     pub labels: BTreeMap<String, String>,
+    /// A full checkpoint with `leave_running` copies the memory while the pod runs and stops it
+    /// only for what was written meanwhile ([`super::precopy`]); this turns that off (the pod
+    /// stops while all its memory is read).
+    pub no_precopy: bool,
 }
 
 fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -> EngineError {
@@ -594,6 +598,15 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         return Err(pod_err(name, "checkpoint", format!("the pod is {}", status(root, &state))));
     }
     let base = incremental_base(store, root, name, state.last_checkpoint.as_deref(), opts.full);
+    let mut writer = store.writer()?;
+    // A full checkpoint of a pod that runs on: its memory is copied while it runs first.
+    let (lock, pre) = if base.is_err() && opts.leave_running && !opts.no_precopy {
+        let (lock, pre) = super::precopy::run(root, name, lock, &mut writer, &opts.chunker)?;
+        (lock, Some(pre))
+    } else {
+        (lock, None)
+    };
+    let mut pre_guard = DisarmOnFailure(pre.as_ref().map(|p| p.armed.values().cloned().collect()).unwrap_or_default());
     // The pod's stop is timed from here: what came before (reading the parent) ran beside it.
     let tf = Instant::now();
     let mut stopped = StoppedPod::stop_locked(root, name, lock)?;
@@ -609,21 +622,40 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         // --full: the trackers are re-armed (kept), the memory saved whole.
         Ok((_, t)) if opts.full => (None, t, "full: --full".to_string()),
         Ok((m, t)) => (Some(m), t, String::new()),
-        Err(why) => (None, group::Tracking::default(), format!("full: {why}")),
+        Err(why) => match &pre {
+            Some(p) => {
+                let t = group::Tracking { armed: p.armed.clone(), parent_images: p.images.clone(), ..Default::default() };
+                (None, t, format!("full: {why}"))
+            }
+            None => (None, group::Tracking::default(), format!("full: {why}")),
+        },
     };
+    // The images the saved deltas lie on: the parent's, or what the pre-copy rounds copied.
+    let base_images = parent.as_ref().map(|m| m.images.clone()).or_else(|| pre.as_ref().map(|p| p.images.clone()));
     // Namespaces the processes cannot be restored in (nested PID or user) are refused first.
     super::inside::refuse_early(name, state.init_pid, &pids)?;
     let mut saved = group::save(&pids, stopped.frozen(), group::SaveOptions { tcp_close: opts.tcp_close, network_locked: stopped.network_locked(), no_cow: false }, Some(&mut tracking))?;
     refuse_external_streams(name, &saved.image)?;
+    let live = saved.image.members.iter().filter(|m| m.image().is_some()).count();
     if parent.is_some() {
-        let live = saved.image.members.iter().filter(|m| m.image().is_some()).count();
         mode = format!("incremental: {} of {live} processes from their dirty pages", tracking.incremental.len());
+    } else if let Some(p) = &pre {
+        mode.push_str(&format!(
+            "; pre-copied while running ({} rounds, {} MiB in {:.0} ms, arming stop {:.0} ms): {} of {live} processes stopped only for the pages written since ({} KiB)",
+            p.rounds,
+            p.bytes_read >> 20,
+            p.rounds_ms,
+            p.arm_stop_ms,
+            tracking.incremental.len(),
+            saved.bytes_read >> 10
+        ));
+    }
+    if parent.is_some() || pre.is_some() {
         for (vpid, why) in &tracking.lost {
             mode.push_str(&format!("; pid {vpid} whole ({why})"));
         }
     }
     let saved_ms = tf.elapsed().as_secs_f64() * 1e3;
-    let mut writer = store.writer()?;
     let (ipc_state, mut ipc_images) = ipc::save(state.init_pid, &mut writer, &opts.chunker)?;
     // Mounts, sub-cgroups and nested namespaces, read while the pod is stopped.
     let (inside, mut inside_images, file_data) =
@@ -633,12 +665,15 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     // appends continue after a restore); only its last CONSOLE_KEEP bytes are kept.
     let console = read_console(&pod_dir(root, name).join("console.log"));
     let ipc_ms = tf.elapsed().as_secs_f64() * 1e3;
-    let bytes_read = saved.bytes_read;
+    // What the pre-copy rounds read counts too (the mode says how much was read while stopped).
+    let bytes_read = saved.bytes_read + pre.as_ref().map_or(0, |p| p.bytes_read);
     let backend =
         if opts.leave_running { Some(arm_members(&pids, stopped.frozen(), state.init_pid, &mut tracking, &saved.image)?) } else { None };
     // Should anything fail from here on, no tracker state is kept: the descriptors parked for
     // it are closed rather than left in the init.
     let mut disarm_guard = DisarmOnFailure(tracking.armed.values().chain(&tracking.dropped).cloned().collect());
+    // The pre-copy's trackers are in `tracking` now (or dropped by the save): one guard.
+    pre_guard.0.clear();
     if let Some(b) = backend {
         if parent.is_some() {
             mode.push_str(&format!(" (tracker {b})"));
@@ -652,7 +687,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
     tracing::info!(pod = name, processes = pids.len(), stopped_ms, saved_ms, ipc_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
     let ts = Instant::now();
-    let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, parent.as_ref().map(|m| m.images.as_slice()))?;
+    let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, base_images.as_deref())?;
     images.append(&mut ipc_images);
     // Files of the pod's in-memory file systems, copied while it was stopped.
     images.append(&mut file_data.store(&mut writer, &opts.chunker)?);

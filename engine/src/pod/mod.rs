@@ -53,6 +53,7 @@ pub mod mounts;
 pub mod nested;
 pub mod net;
 pub mod netlock;
+pub mod precopy;
 pub mod restore;
 
 use std::ffi::CString;
@@ -336,6 +337,19 @@ pub fn host_pid_of(cgroup: &Cgroup, vpid: i32) -> Option<i32> {
 /// Creates and starts a pod; returns once its command runs (or its restore targets exist).
 /// On failure nothing of the pod is left.
 pub fn create(root: &Path, spec: &PodSpec) -> Result<PodState> {
+    create_with(root, spec, false).map(|(state, _)| state)
+}
+
+/// Like [`create`], with the pod's network namespace locked ([`netlock::NetLock::namespace`])
+/// from the moment it exists, before its interface has an address or is up: a restore's peers
+/// must never find the address answering without the connections (the kernel would reset them).
+pub fn create_locked(root: &Path, spec: &PodSpec) -> Result<(PodState, netlock::NetLock)> {
+    let (state, lock) = create_with(root, spec, true)?;
+    let lock = lock.ok_or_else(|| pod_err(&spec.name, "lock network", "no lock was taken"))?;
+    Ok((state, lock))
+}
+
+fn create_with(root: &Path, spec: &PodSpec, lock_network: bool) -> Result<(PodState, Option<netlock::NetLock>)> {
     let name = spec.name.as_str();
     validate_name(name)?;
     let cidr = spec.ip.as_deref().map(Cidr::parse).transpose()?;
@@ -408,9 +422,14 @@ pub fn create(root: &Path, spec: &PodSpec) -> Result<PodState> {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
-    match start(root, spec, &mut state, &cg, &limits, cidr.as_ref(), &hostname) {
-        Ok(()) => Ok(state),
+    let mut lock = None;
+    match start(root, spec, &mut state, &cg, &limits, cidr.as_ref(), &hostname, lock_network.then_some(&mut lock)) {
+        Ok(()) => Ok((state, lock)),
         Err(e) => {
+            // The namespace goes with the pod.
+            if let Some(l) = lock {
+                l.keep();
+            }
             if let Err(e2) = destroy(root, &state) {
                 tracing::warn!(pod = name, error = %e2, "cleanup after failed create");
             }
@@ -472,6 +491,7 @@ fn start(
     limits: &Limits,
     cidr: Option<&Cidr>,
     hostname: &str,
+    lock: Option<&mut Option<netlock::NetLock>>,
 ) -> Result<()> {
     let name = spec.name.as_str();
     cg.create(limits)?;
@@ -498,6 +518,10 @@ fn start(
     state.init_pid = pid;
     state.init_start = proc_stat(pid).map_or(0, |(_, t)| t);
     save(root, state)?;
+    if let Some(lock) = lock {
+        // The namespace exists (the init was cloned into it); nothing of it is configured yet.
+        *lock = Some(netlock::NetLock::namespace(&format!("pod {name}"), pid)?);
+    }
 
     let cfg = init::InitConfig {
         version: init::PROTOCOL_VERSION,

@@ -29,7 +29,9 @@
 //! [`NetLock`] is a value: dropping it unlocks (errors are logged). A checkpoint's
 //! [`crate::pod::checkpoint::StoppedPod`] holds the pod's lock from the stop on; `resume`
 //! unlocks, `end` keeps it until the namespace goes. A pod restore locks the new pod's namespace
-//! before any socket is made and unlocks when every process is rebuilt, just before they are
+//! as soon as it exists ([`crate::pod::create_locked`]), before its interface has the address or
+//! any socket is made (else a peer's retransmission could meet the address without its connection
+//! and be answered with a reset), and unlocks when every process is rebuilt, just before they are
 //! released, unless
 //! [`crate::pod::restore::PodRestoreOptions::keep_network_locked`] asks to keep it (migration:
 //! the destination opens only once the source is gone), in which case [`unlock`] opens it by

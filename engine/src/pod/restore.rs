@@ -12,7 +12,8 @@
 //!
 //! ## Connections
 //! The new pod's network is locked ([`super::netlock`]) as soon as its namespace exists, before
-//! any socket is made, and opened once every process is rebuilt, just before they are released,
+//! its interface has the address (a peer's retransmission reaching the address before the
+//! connection exists would be answered with a reset) and before any socket is made, and opened once every process is rebuilt, just before they are released,
 //! so the peers of its TCP connections see nothing until the pod is whole; each connection then
 //! sends a window probe (a peer that no longer knows it answers with a reset, which the
 //! application sees at once: a rolled-back pod); [`PodRestoreOptions::keep_network_locked`] leaves it locked
@@ -87,11 +88,11 @@ impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32> {
         let main_vpid = if top.contains(&self.main_vpid) { self.main_vpid } else { top[0] };
         self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid };
-        let state = super::create(self.root, &self.spec)?;
+        // Locked before its interface has the address and before any socket of the pod exists.
+        let (state, lock) = super::create_locked(self.root, &self.spec)?;
         self.created = true;
         self.init_pid = state.init_pid;
-        // Before any socket of the pod exists.
-        self.netlock = Some(NetLock::namespace(&format!("pod {}", self.spec.name), state.init_pid)?);
+        self.netlock = Some(lock);
         // The console log as it was, so the processes' appends continue it.
         if let Some(img) = self.manifest.images.iter().find(|i| i.name == CONSOLE_IMAGE) {
             let len = img.extents.iter().map(|e| e.end()).max().unwrap_or(0);
