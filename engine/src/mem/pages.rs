@@ -45,6 +45,12 @@ fn has_page(e: u64) -> bool {
     e & PM_PRESENT != 0 || (e & PM_SWAPPED != 0 && e & PM_GUARD == 0 && e & PM_SWAP_TYPE != SWP_PTE_MARKER)
 }
 
+/// A dirty tracker's write-protection marker: the page reads zero (never written since the
+/// tracker protected it, or emptied since by `MADV_DONTNEED`).
+fn is_wp_marker(e: u64) -> bool {
+    e & PM_PRESENT == 0 && e & PM_SWAPPED != 0 && e & PM_GUARD == 0 && e & PM_SWAP_TYPE == SWP_PTE_MARKER
+}
+
 /// Runs of the pages of `vma` (pagemap `entries` from its start) for which `pick` holds.
 fn runs_where(vma: &VmaState, entries: &[u64], pick: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -241,7 +247,12 @@ pub fn plan_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
                 wanted.push((pos, vma.end));
             }
             runs = intersect(&runs, &merge(wanted));
-            copy.delta.insert(idx, runs_where(vma, &entries, |e| !has_page(e)));
+            // A marker's page reads zero: a zero extent where the parent holds something (it may
+            // have been emptied since), none over the parent's holes (never written: the image
+            // stays the same as a dump's).
+            let mut absent = runs_where(vma, &entries, |e| !has_page(e) && !is_wp_marker(e));
+            absent.extend(intersect(&runs_where(vma, &entries, is_wp_marker), plan.base.unwrap_or(&[(0, u64::MAX)])));
+            copy.delta.insert(idx, merge(absent));
         }
         copy.bytes += runs.iter().map(|(a, b)| b - a).sum::<u64>();
         copy.planned.extend(runs.into_iter().map(|(a, b)| (idx, a, b)));
