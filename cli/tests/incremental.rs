@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -32,16 +31,7 @@ fn restore_and_verify(e: &Env, id: &str, pod: &str, what: &str) {
 fn run(tracker: &'static str) {
     let mut e = env();
     e.tracker = Some(tracker);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/churn.c");
-    let prog = e.work.join("churn");
-    match Command::new("gcc").args(["-O1", "-o"]).arg(&prog).arg(&src).status() {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("gcc: {s}"),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            return;
-        }
-    }
+    let Some(prog) = build_prog("churn", &e.work, &[]) else { return };
     let pod = format!("inc{}-{}", std::process::id(), &tracker[..4]);
     let (out, go) = (e.work.join("out"), e.work.join("go"));
     ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), "64"]);

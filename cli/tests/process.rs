@@ -177,28 +177,10 @@ fn stdout_to_another_process_follows_zap_restore() {
 fn leave_running_checkpoint_is_pre_copied_and_restores_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/churn.c");
-    let prog = dir.path().join("churn");
-    match Command::new("gcc").args(["-O1", "-o"]).arg(&prog).arg(&src).status() {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("gcc: {s}"),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            return;
-        }
-    }
+    let Some(prog) = common::build_prog("churn", dir.path(), &[]) else { return };
     let (out, go) = (dir.path().join("out"), dir.path().join("go"));
     let text = || std::fs::read_to_string(&out).unwrap_or_default();
-    let mut cmd = Command::new(&prog);
-    cmd.arg(&out).arg(&go).arg("64").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: close_range only touches the child's fd table before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        })
-    };
-    let mut child = cmd.spawn().unwrap();
+    let mut child = common::spawn_alone(Command::new(&prog).arg(&out).arg(&go).arg("64"));
     let _orig = KillOnDrop(child.id() as i32);
     assert!(wait_for(Duration::from_secs(10), || lines(&out).last().copied().unwrap_or(0) >= 300), "churn did not start: {}", text());
     let ck = zap(&store, &["--json", "checkpoint", "--pid", &child.id().to_string(), "--leave-running"]);

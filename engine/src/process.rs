@@ -370,13 +370,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let t0 = Instant::now();
     let mut writer = store.writer()?;
     // A process that runs on has its memory copied while it runs first.
-    let mut pre = None;
-    if opts.leave_running && !opts.no_precopy {
-        match crate::precopy::process(pid, &mut writer, &opts.chunker) {
-            Ok(p) => pre = Some(p),
-            Err(e) => tracing::warn!(pid, error = %e, "pre-copy failed; the memory is read while the process is stopped"),
-        }
-    }
+    let mut pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(pid, false, &mut writer, &opts.chunker) } else { None };
     let tf = Instant::now();
     let frozen = Frozen::freeze(pid)?;
     let netlock = lock_connections(&[pid], opts.tcp_close)?;
@@ -386,10 +380,10 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     // A process that stays stopped until the commit has its pages read while they are stored.
     let stream = !opts.leave_running;
     // Pre-copied: only the pages written since the last round are read now.
-    let (written, layout) = match pre.as_mut() {
-        Some(p) => {
+    let (written, layout) = match pre.as_mut().and_then(|p| p.armed.get_mut(&pid)) {
+        Some(armed) => {
             let vmas = mem::save_layout(pid)?;
-            match crate::dirty::collect(&mut p.armed, &vmas) {
+            match crate::dirty::collect(armed, &vmas) {
                 Ok(d) => (Some(d), Some(vmas)),
                 Err(e) => {
                     tracing::warn!(pid, error = %e, "pre-copy tracking lost; the memory is read whole");
@@ -398,7 +392,10 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
                 }
             }
         }
-        None => (None, None),
+        None => {
+            pre = None;
+            (None, None)
+        }
     };
     let base = pre.as_ref().map(|p| mem::base_runs(&p.images, ""));
     let plan = mem::CopyPlan { dirty: written.as_ref(), base: base.as_deref(), parent: None };

@@ -36,6 +36,17 @@ impl Drop for GroupGuard {
 
 #[test]
 fn process_tree_with_sessions_groups_zombie_pipe_and_shared_memory() {
+    tree_cycle(false);
+}
+
+/// The same tree checkpointed with `leave_running`: its memory is copied while it runs
+/// (pre-copy) and it stops only for what was written since; the restore holds it all.
+#[test]
+fn process_tree_pre_copied_while_running() {
+    tree_cycle(true);
+}
+
+fn tree_cycle(leave_running: bool) {
     let dir = tempfile::tempdir().unwrap();
     let Some(prog) = build("tree", dir.path(), &[]) else { return };
     let (out, go, shared) = (dir.path().join("out"), dir.path().join("go"), dir.path().join("shared"));
@@ -47,7 +58,16 @@ fn process_tree_with_sessions_groups_zombie_pipe_and_shared_memory() {
     let _tree = TreeGuard(pids.clone());
     assert_eq!(pids.len(), 4, "root, counter, grouped child and zombie: {pids:?}");
     let store = LocalStore::open(dir.path().join("store"), StoreOptions { create: true, ..Default::default() }).unwrap();
-    let report = group::checkpoint_tree(&store, root, &CheckpointOptions::default()).expect("checkpoint");
+    let report = group::checkpoint_tree(&store, root, &CheckpointOptions { leave_running, ..Default::default() }).expect("checkpoint");
+    eprintln!("mode: {}; stopped {:.1} ms", report.mode, report.frozen_ms);
+    if leave_running {
+        assert!(report.mode.starts_with("full; pre-copied while running"), "{}", report.mode);
+        assert!(tree_of(root).len() == 4, "the tree runs on");
+        for &p in &pids {
+            // SAFETY: kill takes integers; these are processes this test started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
     drop(orig);
     for &p in &pids {
         wait_gone(p);

@@ -127,3 +127,19 @@ pub fn build_prog(name: &str, out_dir: &Path, extra: &[&str]) -> Option<PathBuf>
         }
     }
 }
+
+/// Starts `cmd` with its standard streams on /dev/null and no other fd (shells here may leak
+/// some; and a restored process would get `zap restore`'s streams for any that led to the test).
+pub fn spawn_alone(cmd: &mut Command) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: close_range only touches the child's fd table before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    cmd.spawn().expect("spawn")
+}

@@ -158,16 +158,23 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     opts: &crate::process::CheckpointOptions,
 ) -> Result<crate::process::CheckpointReport> {
     let t0 = std::time::Instant::now();
+    let mut writer = store.writer()?;
+    // A tree that runs on has its memory copied while it runs first.
+    let pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(root, true, &mut writer, &opts.chunker) } else { None };
+    let tf = std::time::Instant::now();
     let (pids, frozen) = freeze_tree(root)?;
     let live: Vec<i32> = pids.iter().copied().filter(|&p| !is_zombie_pid(p)).collect();
     let netlock = crate::process::lock_connections(&live, opts.tcp_close)?;
-    let mut saved = save(&pids, &frozen, SaveOptions { tcp_close: opts.tcp_close, network_locked: true, no_cow: false }, None)?;
+    // Pre-copied: each tracked process's save is a delta on what the rounds copied.
+    let mut tracking = pre.as_ref().map(|p| Tracking { armed: p.armed.clone(), parent_images: p.images.clone(), ..Default::default() });
+    let mut saved = save(&pids, &frozen, SaveOptions { tcp_close: opts.tcp_close, network_locked: true, no_cow: false }, tracking.as_mut())?;
     for m in &saved.image.members {
         if let Some(img) = m.image() {
             crate::mem::refuse_sysv_outside_pod(m.vpid, &img.vmas)?;
         }
     }
-    let bytes_read = saved.bytes_read;
+    let stopped_bytes = saved.bytes_read;
+    let bytes_read = saved.bytes_read + pre.as_ref().map_or(0, |p| p.bytes_read);
     let (frozen, netlock) = if opts.leave_running {
         drop(frozen);
         if let Some(l) = netlock {
@@ -177,9 +184,8 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     } else {
         (Some(frozen), netlock)
     };
-    let copied_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut writer = store.writer()?;
-    let (images, _) = store_memory(&mut saved, &mut writer, &opts.chunker, None)?;
+    let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
+    let (images, _) = store_memory(&mut saved, &mut writer, &opts.chunker, pre.as_ref().map(|p| p.images.as_slice()))?;
     let name = opts.name.clone().unwrap_or_else(|| {
         saved.image.members.first().and_then(|m| m.image()).map(|i| i.attrs.comm.clone()).unwrap_or_else(|| "group".into())
     });
@@ -205,5 +211,18 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
         }
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { total_ms };
-    Ok(crate::process::CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode: "full".into() })
+    let mut mode = match &pre {
+        Some(p) => format!("full; {}", p.describe(stopped_bytes)),
+        None => "full".into(),
+    };
+    if let Some(t) = &tracking {
+        for (vpid, why) in &t.lost {
+            mode.push_str(&format!("; pid {vpid} whole ({why})"));
+        }
+        // Trackers of processes gone meanwhile (those of the others close with `pre`).
+        for a in &t.dropped {
+            let _ = crate::dirty::disarm(a);
+        }
+    }
+    Ok(crate::process::CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode })
 }

@@ -291,14 +291,7 @@ fn arm_members(
         let Some(vpid) = image.members.iter().find(|m| m.image().is_some_and(|i| i.host_pid == pid)).map(|m| m.vpid) else {
             continue;
         };
-        let armed = (|| {
-            let vmas = crate::mem::save_layout(pid)?;
-            let mut inj = crate::inject::Injector::new(pid, pid, crate::inject::find_syscall_insn(pid)?)?;
-            let r = dirty::arm(pid, &mut inj, backend, dirty::Keeper::Process { pid: init_pid, target_vpid: vpid }, &vmas);
-            inj.finish()?;
-            r
-        })();
-        match armed {
+        match crate::precopy::arm_stopped(pid, backend, dirty::Keeper::Process { pid: init_pid, target_vpid: vpid }) {
             Ok(a) => {
                 tracking.armed.insert(pid, a);
             }
@@ -600,13 +593,12 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let base = incremental_base(store, root, name, state.last_checkpoint.as_deref(), opts.full);
     let mut writer = store.writer()?;
     // A full checkpoint of a pod that runs on: its memory is copied while it runs first.
-    let (lock, pre) = if base.is_err() && opts.leave_running && !opts.no_precopy {
+    let (lock, mut pre) = if base.is_err() && opts.leave_running && !opts.no_precopy {
         let (lock, pre) = super::precopy::run(root, name, lock, &mut writer, &opts.chunker)?;
         (lock, Some(pre))
     } else {
         (lock, None)
     };
-    let mut pre_guard = DisarmOnFailure(pre.as_ref().map(|p| p.armed.values().cloned().collect()).unwrap_or_default());
     // The pod's stop is timed from here: what came before (reading the parent) ran beside it.
     let tf = Instant::now();
     let mut stopped = StoppedPod::stop_locked(root, name, lock)?;
@@ -640,15 +632,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     if parent.is_some() {
         mode = format!("incremental: {} of {live} processes from their dirty pages", tracking.incremental.len());
     } else if let Some(p) = &pre {
-        mode.push_str(&format!(
-            "; pre-copied while running ({} rounds, {} MiB in {:.0} ms, arming stop {:.0} ms): {} of {live} processes stopped only for the pages written since ({} KiB)",
-            p.rounds,
-            p.bytes_read >> 20,
-            p.rounds_ms,
-            p.arm_stop_ms,
-            tracking.incremental.len(),
-            saved.bytes_read >> 10
-        ));
+        mode.push_str(&format!("; {}: {} of {live} processes as deltas", p.describe(saved.bytes_read), tracking.incremental.len()));
     }
     if parent.is_some() || pre.is_some() {
         for (vpid, why) in &tracking.lost {
@@ -673,7 +657,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     // it are closed rather than left in the init.
     let mut disarm_guard = DisarmOnFailure(tracking.armed.values().chain(&tracking.dropped).cloned().collect());
     // The pre-copy's trackers are in `tracking` now (or dropped by the save): one guard.
-    pre_guard.0.clear();
+    if let Some(p) = pre.as_mut() {
+        p.release();
+    }
     if let Some(b) = backend {
         if parent.is_some() {
             mode.push_str(&format!(" (tracker {b})"));

@@ -24,90 +24,56 @@ use std::path::Path;
 use std::time::Instant;
 
 use zap_chunker::ChunkerConfig;
-use zap_store::{ChunkSink, Image};
+use zap_store::ChunkSink;
 
 use super::checkpoint::{PodLock, StoppedPod};
 use super::PodState;
-use crate::dirty::{self, Armed, Keeper};
+use crate::dirty::{self, Keeper};
 use crate::group::GroupImage;
 use crate::migrate::precopy::{send_member, PodReader, RoundSink, StoreSink};
 use crate::migrate::wire::RoundStart;
+use crate::precopy::{arm_stopped, PreCopied, MAX_EXTRA_ROUNDS, SMALL_ROUND_BYTES};
 use crate::{EngineError, Result};
-
-/// At most this many rounds after round 0: each reads what the previous one left written.
-const MAX_EXTRA_ROUNDS: u32 = 3;
-/// A round that found fewer written bytes than this is the last one: the final stop reads
-/// the rest faster than another round would.
-const SMALL_ROUND_BYTES: u64 = 8 << 20;
-
-/// What the rounds copied.
-pub struct PreCopied {
-    /// The trackers, armed before round 0 (by host pid), parked in the pod's init.
-    pub armed: HashMap<i32, Armed>,
-    /// Every process's memory as of the last round (images named as a checkpoint's).
-    pub images: Vec<Image>,
-    /// Rounds run (round 0 included).
-    pub rounds: u32,
-    /// Bytes read while the pod ran.
-    pub bytes_read: u64,
-    /// How long the arming stop took, ms.
-    pub arm_stop_ms: f64,
-    /// How long the rounds took, ms.
-    pub rounds_ms: f64,
-}
 
 fn pod_err(pod: &str, step: impl Into<String>, detail: impl std::fmt::Display) -> EngineError {
     EngineError::Pod { pod: pod.to_string(), step: step.into(), detail: detail.to_string() }
 }
 
-/// Arms a tracker in every stopped process of `stopped` (parked in the pod's init); a process
-/// that cannot be armed is left out (the final stop saves it whole).
-fn arm_all(stopped: &StoppedPod) -> Result<HashMap<i32, Armed>> {
+/// Arms a tracker in every stopped process of `stopped` (parked in the pod's init) into `pre`; a
+/// process that cannot be armed is left out (the final stop saves it whole).
+fn arm_all(stopped: &StoppedPod, pre: &mut PreCopied) -> Result<()> {
     let backend = dirty::default_backend()?;
     let init = stopped.state().init_pid;
-    let mut armed = HashMap::new();
     for f in stopped.frozen() {
         let pid = f.pid();
-        let r = (|| {
-            let vpid = crate::process::vpid_of(pid)?;
-            let vmas = crate::mem::save_layout(pid)?;
-            let mut inj = crate::inject::Injector::new(pid, pid, crate::inject::find_syscall_insn(pid)?)?;
-            let r = dirty::arm(pid, &mut inj, backend, Keeper::Process { pid: init, target_vpid: vpid }, &vmas);
-            inj.finish()?;
-            r
-        })();
-        match r {
+        match crate::process::vpid_of(pid).and_then(|vpid| arm_stopped(pid, backend, Keeper::Process { pid: init, target_vpid: vpid })) {
             Ok(a) => {
-                armed.insert(pid, a);
+                pre.armed.insert(pid, a);
             }
             Err(e) => tracing::warn!(pid, error = %e, "dirty tracking not armed for the pre-copy; the process is saved whole while stopped"),
         }
     }
-    Ok(armed)
-}
-
-fn disarm_all(armed: &mut HashMap<i32, Armed>) {
-    for (_, a) in armed.drain() {
-        if let Err(e) = dirty::disarm(&a) {
-            tracing::warn!(pid = a.pid, error = %e, "could not close a parked userfaultfd");
-        }
-    }
+    Ok(())
 }
 
 /// Copies the memory of running pod `name` (whose checkpoint lock `lock` the caller holds) into
-/// `writer` in rounds; returns the lock and what was copied. On failure every tracker armed here
-/// is closed again and the pod runs on (the caller still holds nothing: the lock is dropped).
+/// `writer` in rounds; returns the lock and what was copied (its trackers are parked in the
+/// pod's init: [`PreCopied::release`] them once a tracker file or checkpoint holds them). On
+/// failure every tracker armed here is closed again and the pod runs on (the lock is dropped).
 pub fn run<W: ChunkSink>(root: &Path, name: &str, lock: PodLock, writer: &mut W, cfg: &ChunkerConfig) -> Result<(PodLock, PreCopied)> {
     let t0 = Instant::now();
+    let mut pre = PreCopied { armed: HashMap::new(), images: Vec::new(), rounds: 0, bytes_read: 0, arm_stop_ms: 0.0, rounds_ms: 0.0 };
     let stopped = StoppedPod::stop_locked(root, name, lock)?;
     let state: PodState = stopped.state().clone();
-    let armed = arm_all(&stopped);
-    let arm_stop_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let lock = stopped.into_lock()?;
-    let mut armed = armed?;
+    let armed = arm_all(&stopped, &mut pre);
+    let lock = stopped.into_lock();
+    pre.arm_stop_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let lock = lock?;
+    armed?;
     let tr = Instant::now();
     let mut reader = PodReader::new(state.clone());
-    reader.armed = std::mem::take(&mut armed);
+    // The reader holds the trackers during the rounds (and would close them if dropped early).
+    reader.armed = std::mem::take(&mut pre.armed);
     let rounds = (|| {
         let mut sink = StoreSink::new(writer);
         let (mut n, mut bytes_read) = (0u32, 0u64);
@@ -137,18 +103,17 @@ pub fn run<W: ChunkSink>(root: &Path, name: &str, lock: PodLock, writer: &mut W,
         let read: Vec<i32> = last.members.iter().map(|m| m.host).collect();
         Ok::<_, EngineError>((images, read, n, bytes_read))
     })();
-    let mut armed = std::mem::take(&mut reader.armed);
+    pre.armed = std::mem::take(&mut reader.armed);
     drop(reader);
-    match rounds {
-        Ok((images, read, rounds, bytes_read)) => {
-            let mut unread: HashMap<i32, Armed> = armed.extract_if(|pid, _| !read.contains(pid)).collect();
-            disarm_all(&mut unread);
-            let rounds_ms = tr.elapsed().as_secs_f64() * 1e3;
-            Ok((lock, PreCopied { armed, images, rounds, bytes_read, arm_stop_ms, rounds_ms }))
-        }
-        Err(e) => {
-            disarm_all(&mut armed);
-            Err(e)
+    let (images, read, rounds, bytes_read) = rounds?;
+    for (_, a) in pre.armed.extract_if(|pid, _| !read.contains(pid)) {
+        if let Err(e) = dirty::disarm(&a) {
+            tracing::warn!(pid = a.pid, error = %e, "could not close a parked userfaultfd");
         }
     }
+    pre.images = images;
+    pre.rounds = rounds;
+    pre.bytes_read = bytes_read;
+    pre.rounds_ms = tr.elapsed().as_secs_f64() * 1e3;
+    Ok((lock, pre))
 }
