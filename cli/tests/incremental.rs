@@ -117,16 +117,7 @@ fn incremental_chain_with_soft_dirty() {
 fn new_mappings(tracker: &'static str) {
     let mut e = env();
     e.tracker = Some(tracker);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/newmaps.c");
-    let prog = e.work.join("newmaps");
-    match Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&prog).arg(&src).status() {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("gcc: {s}"),
-        Err(err) => {
-            eprintln!("SKIP: gcc not available ({err})");
-            return;
-        }
-    }
+    let Some(prog) = build_prog("newmaps", &e.work, &["-pthread"]) else { return };
     let pod = format!("nm{}-{}", std::process::id(), &tracker[..4]);
     let (out, go, more) = (e.work.join("out"), e.work.join("go"), e.work.join("more"));
     let text = || std::fs::read_to_string(&out).unwrap_or_default();
