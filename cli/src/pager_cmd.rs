@@ -1,10 +1,11 @@
 //! `zap restore ID --lazy` for process checkpoints, and the hidden `zap __pager` it starts.
 //!
-//! The pager must outlive the command, so the command does not restore itself: it starts
-//! `zap __pager ID` (same store; its own session; stderr to `$ZAP_PAGER_LOG` or /dev/null),
-//! which restores the process lazily ([`zap_engine::process::restore_lazy`]), closes the store
-//! once it has opened the packs it needs (so other commands can use the store while pages
-//! stream in), writes one JSON line with the restored pid to its stdout, and serves and
+//! The pager must outlive the command, so the command does not restore itself, nor open the
+//! store: it starts `zap __pager ID` (same store; its own session; stderr to `$ZAP_PAGER_LOG` or
+//! /dev/null), which opens the store, resolves the id (a prefix is fine), restores the process
+//! lazily ([`zap_engine::process::restore_lazy`], which refuses a checkpoint that is not a
+//! process's), closes the store once it has opened the packs it needs (so other commands can use
+//! the store while pages stream in), writes one JSON line with the restored pid to its stdout, and serves and
 //! streams pages until all are in, then exits. The command passes that line on and exits. The
 //! restored process's namespace init is the pager's child, created with a death signal: if the
 //! pager dies before every page is in, the process is killed, never left waiting for a page.
@@ -21,19 +22,19 @@ use crate::Ctx;
 /// `zap __pager` arguments.
 #[derive(Args)]
 pub struct PagerArgs {
-    /// The checkpoint (full id).
+    /// The checkpoint (id or unique prefix).
     id: String,
 }
 
 /// `zap restore ID --lazy` of a process checkpoint: starts the pager and reports what it says.
-pub fn restore_lazy(ctx: &Ctx, id: &zap_store::CheckpointId) -> Result<Output> {
+pub fn restore_lazy(ctx: &Ctx, id: &str) -> Result<Output> {
     let exe = std::env::current_exe().map_err(|e| CliError::Invalid(format!("find the zap executable: {e}")))?;
     let log = match std::env::var_os("ZAP_PAGER_LOG") {
         Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(&p).map(Stdio::from).unwrap_or_else(|_| Stdio::null()),
         None => Stdio::null(),
     };
     let mut cmd = Command::new(exe);
-    cmd.arg("--store").arg(&ctx.store).arg("__pager").arg(id.to_hex()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    cmd.arg("--store").arg(&ctx.store).arg("__pager").arg(id).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
     {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
@@ -74,13 +75,14 @@ pub fn run(ctx: &Ctx, args: &PagerArgs) -> Result<Output> {
         let _ = writeln!(out, "{v}");
         let _ = out.flush();
     };
-    let id = zap_store::CheckpointId::from_hex(&args.id).ok_or_else(|| CliError::Invalid(format!("{:?} is not a full checkpoint id", args.id)))?;
     let restored = (|| {
         // The pager thread lets go of the store once it has opened the packs it needs.
         let store = std::sync::Arc::new(ctx.open()?);
-        zap_engine::process::restore_lazy(store, &id).map_err(|e| CliError::Invalid(e.to_string()))
+        let id = zap_store::ImageStore::resolve(&*store, &args.id)?;
+        let r = zap_engine::process::restore_lazy(store, &id).map_err(|e| CliError::Invalid(e.to_string()))?;
+        Ok::<_, CliError>((id, r))
     })();
-    let (r, pager) = match restored {
+    let (id, (r, pager)) = match restored {
         Ok(x) => x,
         Err(e) => {
             say(json!({ "error": e.to_string() }));

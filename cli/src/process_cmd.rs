@@ -158,21 +158,22 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
 
 /// Runs `zap restore`.
 pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
+    if args.lazy {
+        // The pager opens the store, resolves the id and refuses what is not a process
+        // checkpoint: the process waits for one store open and one manifest read, not two.
+        if args.name.is_some() || args.ip.is_some() {
+            return Err(CliError::Invalid("--name and --ip apply to pod checkpoints; --lazy restores process checkpoints".into()));
+        }
+        return crate::pager_cmd::restore_lazy(ctx, &args.id);
+    }
     let store = ctx.open()?;
     let id = store.resolve(&args.id)?;
     let kind = store.manifest(&id)?.kind;
-    if args.lazy && kind != process::KIND {
-        return Err(CliError::Invalid(format!("--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {kind} checkpoint")));
-    }
     if kind == podck::KIND {
         return restore_pod(ctx, &store, &id, args);
     }
     if args.name.is_some() || args.ip.is_some() {
         return Err(CliError::Invalid(format!("--name and --ip apply to pod checkpoints; {id} is a {kind} checkpoint")));
-    }
-    if args.lazy {
-        drop(store); // the pager opens it
-        return crate::pager_cmd::restore_lazy(ctx, &id);
     }
     if kind == zap_engine::group::KIND {
         let r = zap_engine::group::restore(&store, &id).map_err(engine_err)?;

@@ -7,8 +7,10 @@
 //!  userfaultfd in the target (injected),         each checked against its id), UFFDIO_COPY of
 //!  take it (pidfd_getfd), register those         its non-zero pages, the zero page elsewhere;
 //!  mappings in missing mode; start the pager;    between faults, streams the other blocks in
-//!  the rest of the restore; detach: it runs      address order; when all are in: releases the
-//!                                                init's guard and closes the userfaultfd
+//!  the rest of the restore; detach: it runs      address order (once the process runs: until
+//!  (PagerHandle::running)                        then only faults, so the restore keeps the
+//!                                                CPU); when all are in: releases the init's
+//!                                                guard and closes the userfaultfd
 //! ```
 //!
 //! **The pager is never a weak point.** The namespace's init is created by the restoring thread
@@ -24,6 +26,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,7 +117,15 @@ pub struct Pager {
     report: PagerReport,
     /// Faults to answer again: the process's layout was changing (a fork event not read yet).
     retry: Vec<(usize, u64)>,
+    /// Set once the process runs ([`PagerHandle::running`]): until then only faults are served,
+    /// so that streaming does not take the CPU the rest of the restore needs.
+    go: Arc<AtomicBool>,
+    /// When streaming starts anyway (a restorer that never says the process runs).
+    go_anyway: Instant,
 }
+
+/// How long the pager serves only faults at most, waiting for the process to run.
+const HOLD_STREAMING: Duration = Duration::from_secs(2);
 
 impl Pager {
     /// A pager for the process whose userfaultfd is `uffd`, restored under the guarded init
@@ -140,6 +151,8 @@ impl Pager {
             init_pid,
             report: PagerReport { processes: 1, ..Default::default() },
             retry: Vec::new(),
+            go: Arc::new(AtomicBool::new(false)),
+            go_anyway: Instant::now() + HOLD_STREAMING,
         }
     }
 
@@ -170,11 +183,17 @@ impl Pager {
             self.source = ChunkSource::open(&store, &self.ranges)?;
         }
         while !self.targets.is_empty() {
-            // Faults first, then a few blocks of streaming per process.
+            // Faults first, then a few blocks of streaming per process (once it runs).
+            let stream = self.go.load(Ordering::Acquire) || Instant::now() >= self.go_anyway;
             let mut t = 0;
             while t < self.targets.len() {
                 let busy = self.targets[t].cursor < self.blocks.len();
-                match uffd::events(&self.targets[t].uffd, if busy { 0 } else { 100 }) {
+                let wait_ms = match (busy, stream) {
+                    (true, true) => 0,
+                    (true, false) => 2,
+                    (false, _) => 100,
+                };
+                match uffd::events(&self.targets[t].uffd, wait_ms) {
                     Ok(events) => {
                         for ev in events {
                             self.on_event(t, ev)?;
@@ -191,7 +210,7 @@ impl Pager {
                     }
                     Err(source) => return Err(EngineError::Sys { step: "read userfaultfd events", pid: self.init_pid, source }),
                 }
-                for _ in 0..8 {
+                for _ in 0..if stream { 8 } else { 0 } {
                     let target = &mut self.targets[t];
                     while target.cursor < self.blocks.len() && target.served[target.cursor] {
                         target.cursor += 1;
@@ -290,12 +309,21 @@ impl Pager {
 /// A pager running in a thread of the restorer.
 pub struct PagerHandle {
     thread: std::thread::JoinHandle<Result<PagerReport>>,
+    go: Arc<AtomicBool>,
 }
 
 impl PagerHandle {
-    /// Starts `pager` in a thread.
+    /// Starts `pager` in a thread. It serves faults at once, and streams the other blocks once
+    /// told the process runs ([`PagerHandle::running`]; after 2 s anyway).
     pub fn start(pager: Pager) -> Self {
-        PagerHandle { thread: std::thread::Builder::new().name("zap-pager".into()).spawn(move || pager.run()).expect("spawn the pager thread") }
+        let go = pager.go.clone();
+        let thread = std::thread::Builder::new().name("zap-pager".into()).spawn(move || pager.run()).expect("spawn the pager thread");
+        PagerHandle { thread, go }
+    }
+
+    /// The process runs: stream the blocks it has not asked for.
+    pub fn running(&self) {
+        self.go.store(true, Ordering::Release);
     }
 
     /// True once every page is in (or the pager stopped).

@@ -628,7 +628,11 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
     let manifest = store.manifest(id)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read");
     if manifest.kind != KIND {
-        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process", manifest.kind) });
+        return Err(zap_store::StoreError::Invalid(format!(
+            "--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {} checkpoint",
+            manifest.kind
+        ))
+        .into());
     }
     let image = ProcessImage::decode(&manifest.state)?;
     if image.vpid == 1 {
@@ -691,7 +695,11 @@ pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &Checkpoin
     let manifest = store.manifest(id)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read");
     if manifest.kind != KIND {
-        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process", manifest.kind) });
+        return Err(zap_store::StoreError::Invalid(format!(
+            "--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {} checkpoint",
+            manifest.kind
+        ))
+        .into());
     }
     let image = ProcessImage::decode(&manifest.state)?;
     if image.vpid == 1 {
@@ -740,8 +748,10 @@ pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &Checkpoin
         if let Some(l) = netlock {
             l.unlock()?;
         }
+        let pager = pager.expect("started with the memory");
+        pager.running();
         let restored = Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
-        Ok((restored, pager.expect("started with the memory")))
+        Ok((restored, pager))
     })();
     if result.is_err() {
         sysclone::kill_and_reap(init);

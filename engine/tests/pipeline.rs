@@ -89,7 +89,17 @@ fn serial_parallel_streamed_and_copied_dumps_are_identical_and_restore() {
         assert!(ids == base_ids, "{what}: {} chunks, serial {}; not the same", ids.len(), base_ids.len());
         for img in base_images {
             let other = imgs.iter().find(|i| i.name == img.name).unwrap_or_else(|| panic!("{what}: no image {}", img.name));
-            assert!(other.extents == img.extents, "{what}: image {} differs", img.name);
+            if other.extents != img.extents {
+                let at = other.extents.iter().zip(&img.extents).position(|(a, b)| a != b).unwrap_or(other.extents.len().min(img.extents.len()));
+                panic!(
+                    "{what}: image {} differs ({} extents, serial {}): first at index {at}: {:?} vs serial {:?}",
+                    img.name,
+                    other.extents.len(),
+                    img.extents.len(),
+                    other.extents.get(at..at + 2),
+                    img.extents.get(at..at + 2)
+                );
+            }
         }
     }
 }

@@ -131,6 +131,10 @@ impl Index {
         // file, and the open below refuses the store instead of losing anything silently.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_max_open_files(256);
+        // Opening preloads table files with up to this many threads per column family (16 by
+        // default: about a hundred short-lived threads per open, which cost a command more
+        // than the few files an index has).
+        opts.set_max_file_opening_threads(1);
         opts.set_keep_log_file_num(4);
         let cfs = CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| StoreError::index("open", e))?;

@@ -11,7 +11,10 @@
 //! - AIO rings: every page, with the kernel's position in them ([`aio`]);
 //! - `[vdso]`, `[vvar]`: nothing; restore maps this kernel's vDSO at the saved address
 //!   (`arch_prctl(ARCH_MAP_VDSO_64)`), so clock calls keep working;
-//! - guard pages (`MADV_GUARD_INSTALL`): no page, recorded as runs and installed again.
+//! - guard pages (`MADV_GUARD_INSTALL`): no page, recorded as runs and installed again;
+//! - PTE markers (swap type 31: the dirty tracker's write-protection of pages never written,
+//!   which pagemap shows as swapped): no page, read as a hole, so a mapping that is new since the
+//!   last checkpoint costs what it holds, not its size.
 //!
 //! Each mapping also keeps its flags (smaps `VmFlags`: madvise advice, locks, `MAP_NORESERVE`,
 //! seals), its protection key and, for hugetlb, its page size ([`flags`]). Refused up front,

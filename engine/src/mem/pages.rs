@@ -29,9 +29,26 @@ const PM_FILE: u64 = 1 << 61;
 /// A guard page (`MADV_GUARD_INSTALL`, Linux 6.15+ reports it): a marker, no page.
 const PM_GUARD: u64 = 1 << 58;
 
-/// A page that holds data: present, or swapped out (a guard marker also shows as swapped).
+/// Bits 0-4 of a swapped entry: its swap type (shown to a reader with CAP_SYS_ADMIN; zero
+/// otherwise).
+const PM_SWAP_TYPE: u64 = 0x1f;
+/// The swap type of a PTE marker (`SWP_PTE_MARKER`: the last of the 5-bit types). A dirty
+/// tracker's write-protection of unpopulated memory (`UFFD_FEATURE_WP_UNPOPULATED`) leaves such
+/// a marker in every page it covers that was never written; pagemap shows it as swapped, but no
+/// page is behind it: it reads zero.
+const SWP_PTE_MARKER: u64 = 31;
+
+/// A page that holds data: present, or swapped out. A guard marker and a PTE marker also show as
+/// swapped and hold nothing (without CAP_SYS_ADMIN the swap type reads 0: such entries count as
+/// pages, which is safe, only slower).
 fn has_page(e: u64) -> bool {
-    e & PM_PRESENT != 0 || (e & PM_SWAPPED != 0 && e & PM_GUARD == 0)
+    e & PM_PRESENT != 0 || (e & PM_SWAPPED != 0 && e & PM_GUARD == 0 && e & PM_SWAP_TYPE != SWP_PTE_MARKER)
+}
+
+/// A dirty tracker's write-protection marker: the page reads zero (never written since the
+/// tracker protected it, or emptied since by `MADV_DONTNEED`).
+fn is_wp_marker(e: u64) -> bool {
+    e & PM_PRESENT == 0 && e & PM_SWAPPED != 0 && e & PM_GUARD == 0 && e & PM_SWAP_TYPE == SWP_PTE_MARKER
 }
 
 /// Runs of the pages of `vma` (pagemap `entries` from its start) for which `pick` holds.
@@ -230,7 +247,12 @@ pub fn plan_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
                 wanted.push((pos, vma.end));
             }
             runs = intersect(&runs, &merge(wanted));
-            copy.delta.insert(idx, runs_where(vma, &entries, |e| !has_page(e)));
+            // A marker's page reads zero: a zero extent where the parent holds something (it may
+            // have been emptied since), none over the parent's holes (never written: the image
+            // stays the same as a dump's).
+            let mut absent = runs_where(vma, &entries, |e| !has_page(e) && !is_wp_marker(e));
+            absent.extend(intersect(&runs_where(vma, &entries, is_wp_marker), plan.base.unwrap_or(&[(0, u64::MAX)])));
+            copy.delta.insert(idx, merge(absent));
         }
         copy.bytes += runs.iter().map(|(a, b)| b - a).sum::<u64>();
         copy.planned.extend(runs.into_iter().map(|(a, b)| (idx, a, b)));
