@@ -1,9 +1,9 @@
 //! The dump and restore pipelines on a real process (`progs/mixed.c`: zero, text-like and
-//! random pages, a PROT_NONE region, a read-only region, untouched holes). Three identical
+//! random pages, a PROT_NONE region, a read-only region, untouched holes). Four identical
 //! processes (same memory at the same addresses: ADDR_NO_RANDOMIZE) are checkpointed with the
-//! serial and the parallel pipeline, streamed (the process stays stopped) and copied
-//! (`--leave-running`): every way gives the same images and the same chunks. Each restored copy
-//! then checks its memory itself.
+//! serial and the parallel pipeline, streamed (the process stays stopped), copied
+//! (`--leave-running --no-pre-copy`) and pre-copied while running (`--leave-running`): every way
+//! gives the same images and the same chunks. Each restored copy then checks its memory itself.
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -58,18 +58,23 @@ fn serial_parallel_streamed_and_copied_dumps_are_identical_and_restore() {
     let Some(prog) = build("mixed", dir.path(), &["-static"]) else { return };
     let serial = ChunkerConfig { parallelism: Parallelism::Serial, ..Default::default() };
     let parallel = ChunkerConfig { parallelism: Parallelism::Rayon, ..Default::default() };
-    let cases = [("serial, streamed", serial, false), ("parallel, streamed", parallel, false), ("parallel, copied", parallel, true)];
+    // (what, chunker, leave running, pre-copied while running)
+    let cases = [
+        ("serial, streamed", serial, false, false),
+        ("parallel, streamed", parallel, false, false),
+        ("parallel, copied", parallel, true, false),
+        ("parallel, pre-copied", parallel, true, true),
+    ];
     let mut results = Vec::new();
-    for (k, (what, cfg, leave_running)) in cases.iter().enumerate() {
+    for (k, (what, cfg, leave_running, precopy)) in cases.iter().enumerate() {
         let out = dir.path().join(format!("out{k}"));
         let go = dir.path().join(format!("go{k}"));
         let orig = start_fixed(&prog, &out, &go);
         assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ready")), "{what}: no ready");
         let store = LocalStore::open(dir.path().join(format!("store{k}")), StoreOptions { create: true, ..Default::default() }).unwrap();
-        // The copied case reads all memory while stopped, as the streamed ones do (a pre-copied
-        // checkpoint, tested in cli/tests/process.rs, lays its last pages over its rounds' images:
-        // the same memory, other extents).
-        let opts = CheckpointOptions { leave_running: *leave_running, chunker: *cfg, no_precopy: true, ..Default::default() };
+        // Copied: all memory read while stopped; pre-copied: read while it runs, then what was
+        // written since laid over it (the program is idle by then: the same images).
+        let opts = CheckpointOptions { leave_running: *leave_running, chunker: *cfg, no_precopy: !precopy, ..Default::default() };
         let report = checkpoint(&store, orig.0.id() as i32, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
         drop(orig);
         results.push((what, images(&store, &report.summary.id), report.summary.new_stored_bytes));
