@@ -720,6 +720,49 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
+/// Two clients connecting to `addr` every 5 ms (each keeps its last 20 connections open), for at
+/// most 30 s.
+struct Burst {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Burst {
+    /// Starts them and waits until they made 50 connections.
+    fn start(addr: &str) -> Burst {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let made = Arc::new(AtomicU64::new(0));
+        let threads = (0..2)
+            .map(|_| {
+                let (stop, made, addr) = (stop.clone(), made.clone(), addr.to_string());
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    let t0 = Instant::now();
+                    while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
+                        if let Ok(c) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)) {
+                            made.fetch_add(1, Ordering::Relaxed);
+                            held.push(c);
+                            if held.len() > 20 {
+                                held.remove(0);
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        assert!(wait_for(Duration::from_secs(10), || made.load(Ordering::Relaxed) > 50), "clients connect");
+        Burst { stop, threads }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
+}
+
 /// A server that accepts at once, checkpointed while clients keep connecting: connections the
 /// kernel completed just before the network lock sit in the backlog when the pod stops; the
 /// checkpoint lets the pod accept them (network still locked) and goes through without a flag.
@@ -735,38 +778,14 @@ fn connections_arriving_during_the_stop_are_accepted_first() {
     let _g = PodGuard(&e, pod.clone());
     let addr = format!("{net}.2:7474");
     drop(connect_retry(&addr));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let made = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, made, addr) = (stop.clone(), made.clone(), addr.clone());
-            std::thread::spawn(move || {
-                let mut held = Vec::new();
-                let t0 = Instant::now();
-                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
-                    if let Ok(c) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)) {
-                        made.fetch_add(1, Ordering::Relaxed);
-                        held.push(c);
-                        if held.len() > 20 {
-                            held.remove(0);
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        })
-        .collect();
-    assert!(wait_for(Duration::from_secs(10), || made.load(Ordering::Relaxed) > 50), "clients connect");
+    let clients = Burst::start(&addr);
     let mut ids = Vec::new();
     for _ in 0..3 {
         let out = zap(&e, &["checkpoint", "--leave-running", &pod]);
         assert!(out.status.success(), "checkpoint while clients connect: {}", String::from_utf8_lossy(&out.stderr));
         ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
+    clients.stop();
     assert_eq!(ids.len(), 3);
 }
 
@@ -790,28 +809,7 @@ fn single_process_accepts_its_backlog_before_the_save() {
     let child = Proc(spawn_alone(Command::new("python3").arg("-c").arg(&script)));
     assert!(wait_for(Duration::from_secs(10), || !text(&port_file).is_empty()), "server did not start");
     let addr = format!("127.0.0.1:{}", text(&port_file).trim());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let made = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, made, addr) = (stop.clone(), made.clone(), addr.clone());
-            std::thread::spawn(move || {
-                let mut held = Vec::new();
-                let t0 = Instant::now();
-                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
-                    if let Ok(c) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)) {
-                        made.fetch_add(1, Ordering::Relaxed);
-                        held.push(c);
-                        if held.len() > 20 {
-                            held.remove(0);
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        })
-        .collect();
-    assert!(wait_for(Duration::from_secs(10), || made.load(Ordering::Relaxed) > 50), "clients connect");
+    let clients = Burst::start(&addr);
     let pid = child.0.id().to_string();
     let mut failures = Vec::new();
     for _ in 0..3 {
@@ -820,10 +818,7 @@ fn single_process_accepts_its_backlog_before_the_save() {
             failures.push(String::from_utf8_lossy(&out.stderr).to_string());
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
+    clients.stop();
     assert!(failures.is_empty(), "checkpoints while clients connect: {failures:?}");
 }
 

@@ -357,25 +357,14 @@ pub fn unix_sockets(pid: i32) -> io::Result<HashMap<u32, UnixDiag>> {
 }
 
 fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_DUMP: u16 = 0x300;
     const UDIAG_SHOW_NAME: u32 = 1;
     const UDIAG_SHOW_VFS: u32 = 2;
     const UDIAG_SHOW_PEER: u32 = 4;
     const UDIAG_SHOW_ICONS: u32 = 8;
     const UDIAG_SHOW_RQLEN: u32 = 0x10;
     const UDIAG_SHOW_SHUTDOWN: u32 = 0x40;
-    // SAFETY: socket takes integers.
-    let raw = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
-    // SAFETY: the kernel just returned this fd; we own it.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
+    // struct unix_diag_req: family, protocol, pad, states, ino, show, cookie.
+    let mut req = Vec::with_capacity(24);
     req.push(libc::AF_UNIX as u8);
     req.push(0);
     req.extend_from_slice(&0u16.to_ne_bytes());
@@ -383,11 +372,64 @@ fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
     req.extend_from_slice(&0u32.to_ne_bytes()); // ino
     req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN).to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]); // no cookie
-    // SAFETY: req is valid for its length.
-    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+    let mut out = HashMap::new();
+    sock_diag_dump("sock_diag", &req, |body| {
+        if body.len() < 16 {
+            return;
+        }
+        let mut d = UnixDiag { sock_type: body[1], state: body[2], ..Default::default() };
+        let ino = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
+        let mut attrs = &body[16..];
+        while attrs.len() >= 4 {
+            let alen = u16::from_ne_bytes(attrs[0..2].try_into().expect("2")) as usize;
+            let atype = u16::from_ne_bytes(attrs[2..4].try_into().expect("2"));
+            if alen < 4 || alen > attrs.len() {
+                break;
+            }
+            let data = &attrs[4..alen];
+            let word = |i: usize| u32::from_ne_bytes(data[4 * i..4 * i + 4].try_into().expect("4"));
+            match atype {
+                0 => d.name = Some(data.to_vec()),
+                1 if data.len() >= 8 => d.vfs = Some((word(0), word(1))),
+                2 if data.len() >= 4 => {
+                    d.peer = word(0);
+                    d.has_peer = true;
+                }
+                3 => d.icons = (0..data.len() / 4).map(word).collect(),
+                4 if data.len() >= 8 => d.rqlen = (word(0), word(1)),
+                6 if !data.is_empty() => d.shutdown = data[0],
+                _ => {}
+            }
+            let step = (alen + 3) & !3;
+            attrs = &attrs[step.min(attrs.len())..];
+        }
+        out.insert(ino, d);
+    })?;
+    Ok(out)
+}
+
+/// Sends sock_diag request `req` (the body after the netlink header) as a dump and calls `each`
+/// with the body of every answer until the dump is done. `what` names the dump in errors.
+fn sock_diag_dump(what: &str, req: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_DUMP: u16 = 0x300;
+    // SAFETY: socket takes integers.
+    let raw = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
+    // SAFETY: the kernel just returned this fd; we own it.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // struct nlmsghdr: length, type, flags, sequence, port.
+    let mut msg = Vec::with_capacity(16 + req.len());
+    msg.extend_from_slice(&((16 + req.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(req);
+    // SAFETY: msg is valid for its length.
+    if unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut out = HashMap::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         // SAFETY: buf is valid for its length.
@@ -400,46 +442,15 @@ fn unix_dump() -> io::Result<HashMap<u32, UnixDiag>> {
             let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4")) as usize;
             let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2"));
             if len < 16 || len > msgs.len() {
-                return Err(io::Error::other("sock_diag: malformed message"));
+                return Err(io::Error::other(format!("{what}: malformed message")));
             }
             match kind {
-                3 => return Ok(out), // NLMSG_DONE
+                3 => return Ok(()), // NLMSG_DONE
                 2 => {
                     let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4"));
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
-                _ => {
-                    let body = &msgs[16..len];
-                    if body.len() >= 16 {
-                        let mut d = UnixDiag { sock_type: body[1], state: body[2], ..Default::default() };
-                        let ino = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
-                        let mut attrs = &body[16..];
-                        while attrs.len() >= 4 {
-                            let alen = u16::from_ne_bytes(attrs[0..2].try_into().expect("2")) as usize;
-                            let atype = u16::from_ne_bytes(attrs[2..4].try_into().expect("2"));
-                            if alen < 4 || alen > attrs.len() {
-                                break;
-                            }
-                            let data = &attrs[4..alen];
-                            let word = |i: usize| u32::from_ne_bytes(data[4 * i..4 * i + 4].try_into().expect("4"));
-                            match atype {
-                                0 => d.name = Some(data.to_vec()),
-                                1 if data.len() >= 8 => d.vfs = Some((word(0), word(1))),
-                                2 if data.len() >= 4 => {
-                                    d.peer = word(0);
-                                    d.has_peer = true;
-                                }
-                                3 => d.icons = (0..data.len() / 4).map(word).collect(),
-                                4 if data.len() >= 8 => d.rqlen = (word(0), word(1)),
-                                6 if !data.is_empty() => d.shutdown = data[0],
-                                _ => {}
-                            }
-                            let step = (alen + 3) & !3;
-                            attrs = &attrs[step.min(attrs.len())..];
-                        }
-                        out.insert(ino, d);
-                    }
-                }
+                _ => each(&msgs[16..len]),
             }
             let step = (len + 3) & !3;
             msgs = &msgs[step.min(msgs.len())..];
@@ -616,61 +627,20 @@ pub fn tcp_listeners_waiting(pid: i32) -> io::Result<u64> {
 }
 
 fn inet_listen_dump(family: i32) -> io::Result<u64> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_DUMP: u16 = 0x300;
     const TCPF_LISTEN: u32 = 1 << 10;
-    // SAFETY: socket takes integers.
-    let raw = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
-    // SAFETY: the kernel just returned this fd; we own it.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // nlmsghdr, then struct inet_diag_req_v2: family, protocol, ext, pad, states, and a zeroed
-    // inet_diag_sockid (48 bytes).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
+    // struct inet_diag_req_v2: family, protocol, ext, pad, states, and a zeroed inet_diag_sockid
+    // (48 bytes).
+    let mut req = Vec::with_capacity(56);
     req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
     req.extend_from_slice(&TCPF_LISTEN.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
-    // SAFETY: req is valid for its length.
-    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
     let mut waiting = 0u64;
-    let mut buf = vec![0u8; 32 << 10];
-    loop {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    sock_diag_dump("inet_diag", &req, |body| {
+        // struct inet_diag_msg: family, state, timer, retrans, id (48), expires, rqueue (a
+        // listener's accept queue), wqueue, uid, inode.
+        if body.len() >= 60 && body[1] == 10 {
+            waiting += u64::from(u32::from_ne_bytes(body[56..60].try_into().expect("4")));
         }
-        let mut msgs = &buf[..n as usize];
-        while msgs.len() >= 16 {
-            let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4")) as usize;
-            let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2"));
-            if len < 16 || len > msgs.len() {
-                return Err(io::Error::other("inet_diag: malformed message"));
-            }
-            match kind {
-                3 => return Ok(waiting), // NLMSG_DONE
-                2 => {
-                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4"));
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                _ => {
-                    // struct inet_diag_msg: family, state, timer, retrans, id (48), expires,
-                    // rqueue (a listener's accept queue), wqueue, uid, inode.
-                    let body = &msgs[16..len];
-                    if body.len() >= 60 && body[1] == 10 {
-                        waiting += u64::from(u32::from_ne_bytes(body[56..60].try_into().expect("4")));
-                    }
-                }
-            }
-            let step = (len + 3) & !3;
-            msgs = &msgs[step.min(msgs.len())..];
-        }
-    }
+    })?;
+    Ok(waiting)
 }
