@@ -794,6 +794,16 @@ fn connections_arriving_during_the_stop_are_accepted_first() {
 /// waiting in its backlog when it stops are accepted in a short run before the save.
 #[test]
 fn single_process_accepts_its_backlog_before_the_save() {
+    accepts_backlog_before_the_save(&[]);
+}
+
+/// The same with `--tree` (the group checkpoint).
+#[test]
+fn process_tree_accepts_its_backlog_before_the_save() {
+    accepts_backlog_before_the_save(&["--tree"]);
+}
+
+fn accepts_backlog_before_the_save(extra: &[&str]) {
     if !tools() {
         return;
     }
@@ -813,7 +823,7 @@ fn single_process_accepts_its_backlog_before_the_save() {
     let pid = child.0.id().to_string();
     let mut failures = Vec::new();
     for _ in 0..3 {
-        let out = zap(&e, &["checkpoint", "--pid", &pid, "--leave-running"]);
+        let out = zap(&e, &[&["checkpoint", "--pid", &pid, "--leave-running"], extra].concat());
         if !out.status.success() {
             failures.push(String::from_utf8_lossy(&out.stderr).to_string());
         }

@@ -119,20 +119,6 @@ pub struct CheckpointOptions {
     pub no_precopy: bool,
 }
 
-/// Locks the TCP connections of the stopped processes `pids` (their namespace may be the
-/// host's, so only their own segments are dropped: [`crate::pod::netlock::NetLock::connections`]).
-/// `None` when they hold none, or when `tcp_close` gives them up.
-pub(crate) fn lock_connections(pids: &[i32], tcp_close: bool) -> Result<Option<crate::pod::netlock::NetLock>> {
-    if tcp_close {
-        return Ok(None);
-    }
-    let conns = crate::sockets::tcp_connections(pids)?;
-    if conns.is_empty() {
-        return Ok(None);
-    }
-    crate::pod::netlock::NetLock::connections(pids[0], pids[0], &conns).map(Some)
-}
-
 /// The TCP connections (local, peer) of a saved process, to lock while it is restored.
 pub(crate) fn saved_connections(image: &ProcessImage) -> Vec<(Vec<u8>, Vec<u8>)> {
     image
@@ -401,45 +387,63 @@ fn listeners_of(pid: i32) -> Vec<(std::net::IpAddr, u16)> {
     out
 }
 
-/// Stops process `pid` and locks its connections (and, for its listeners, new connection
-/// requests: [`crate::pod::netlock::NetLock::connections_and_listeners`]). If its listeners
-/// hold connections it has not accepted yet (they cannot be put back in a backlog), lets it run
-/// a moment to accept them, up to twice [`crate::pod::checkpoint::DRAIN_ROUNDS`] times, and locks the
-/// connections it accepted too (a checkpoint that still finds some refuses them, naming the
-/// listener).
-fn freeze_locked(pid: i32, tcp_close: bool) -> Result<(Frozen, Option<crate::pod::netlock::NetLock>)> {
-    let lock = || -> Result<Option<crate::pod::netlock::NetLock>> {
-        if tcp_close {
+/// Stops processes with `freeze` (which returns the stopped value and the live pids) and locks
+/// their connections (and, for their listeners, new connection requests:
+/// [`crate::pod::netlock::NetLock::connections_and_listeners`]; the table is named after `tag`).
+/// If their listeners hold connections not accepted yet (they cannot be put back in a backlog),
+/// lets them run a moment to accept them, up to twice [`crate::pod::checkpoint::DRAIN_ROUNDS`]
+/// times, and locks the connections accepted too (a checkpoint that still finds some refuses
+/// them, naming the listener).
+pub(crate) fn freeze_locked<F>(tag: i32, tcp_close: bool, mut freeze: impl FnMut() -> Result<(F, Vec<i32>)>) -> Result<(F, Option<crate::pod::netlock::NetLock>)> {
+    let lock = |live: &[i32]| -> Result<Option<crate::pod::netlock::NetLock>> {
+        if tcp_close || live.is_empty() {
             return Ok(None);
         }
-        let conns = crate::sockets::tcp_connections(&[pid])?;
-        let listeners = listeners_of(pid);
+        let conns = crate::sockets::tcp_connections(live)?;
+        let listeners: Vec<_> = live.iter().flat_map(|&p| listeners_of(p)).collect();
         if conns.is_empty() && listeners.is_empty() {
             return Ok(None);
         }
-        crate::pod::netlock::NetLock::connections_and_listeners(pid, pid, &conns, &listeners).map(Some)
+        crate::pod::netlock::NetLock::connections_and_listeners(live[0], tag, &conns, &listeners).map(Some)
     };
-    let mut frozen = Frozen::freeze(pid)?;
-    let mut netlock = lock()?;
-    // A process shares its namespace with others, and connections half-open when the lock came
+    let (mut frozen, mut live) = freeze()?;
+    let mut netlock = lock(&live)?;
+    // Processes share their namespace with others, and connections half-open when the lock came
     // still complete: more rounds than a pod's, still bounded (at most 180 ms of running).
     for round in 1..=2 * crate::pod::checkpoint::DRAIN_ROUNDS {
-        let waiting = if netlock.is_some() { crate::pod::checkpoint::listeners_waiting_in(pid, Some(&socket_inodes(pid))) } else { 0 };
+        let waiting: u64 =
+            if netlock.is_some() { live.iter().map(|&p| crate::pod::checkpoint::listeners_waiting_in(p, Some(&socket_inodes(p)))).sum() } else { 0 };
         if waiting == 0 {
             break;
         }
-        tracing::debug!(pid, waiting, round, "connections waiting in listen backlogs: letting the process accept them");
+        tracing::debug!(tag, waiting, round, "connections waiting in listen backlogs: letting the processes accept them");
         drop(frozen);
         std::thread::sleep(Duration::from_millis(5 * u64::from(round)));
-        frozen = Frozen::freeze(pid)?;
+        (frozen, live) = freeze()?;
         // The same table, now with the connections just accepted (replaced in one transaction).
-        let relocked = lock()?;
+        let relocked = lock(&live)?;
         if let Some(old) = netlock.take() {
             old.keep();
         }
         netlock = relocked;
     }
     Ok((frozen, netlock))
+}
+
+/// Before stopped processes `live` are ended: their connections stay locked until restored
+/// (the restore replaces the table `lock` holds, named after `tag`), but not their listeners: a
+/// peer trying to connect while they are gone is refused, as by any closed port. Returns the lock
+/// to keep.
+pub(crate) fn keep_connections_locked(lock: Option<crate::pod::netlock::NetLock>, live: &[i32], tag: i32) -> Result<Option<crate::pod::netlock::NetLock>> {
+    let Some(l) = lock else { return Ok(None) };
+    let conns = crate::sockets::tcp_connections(live)?;
+    if conns.is_empty() {
+        l.unlock()?;
+        return Ok(None);
+    }
+    let only_conns = crate::pod::netlock::NetLock::connections(live[0], tag, &conns)?;
+    l.keep();
+    Ok(Some(only_conns))
 }
 
 /// Checkpoints process `pid` into `store`.
@@ -449,7 +453,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     // A process that runs on has its memory copied while it runs first.
     let mut pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(pid, false, &mut writer, &opts.chunker) } else { None };
     let tf = Instant::now();
-    let (frozen, netlock) = freeze_locked(pid, opts.tcp_close)?;
+    let (frozen, netlock) = freeze_locked(pid, opts.tcp_close, || Ok((Frozen::freeze(pid)?, vec![pid])))?;
     let mut ctx = files::SaveContext::default();
     ctx.sockets.tcp_close = opts.tcp_close;
     ctx.sockets.network_locked = true;
@@ -504,24 +508,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(pid, copied_ms, stored_ms, total_ms, bytes_read, "process checkpoint committed");
     if let Some(frozen) = frozen {
-        // Closing the connections must send nothing; they stay locked until restored (the
-        // restore replaces this table), but not its listeners: a peer trying to connect while
-        // the process is gone is refused, as by any closed port.
+        // Closing the connections must send nothing; they stay locked until restored.
         crate::sockets::silence_tcp(&[pid])?;
-        let netlock = match netlock {
-            Some(l) => {
-                let conns = crate::sockets::tcp_connections(&[pid])?;
-                if conns.is_empty() {
-                    l.unlock()?;
-                    None
-                } else {
-                    let only_conns = crate::pod::netlock::NetLock::connections(pid, pid, &conns)?;
-                    l.keep();
-                    Some(only_conns)
-                }
-            }
-            None => None,
-        };
+        let netlock = keep_connections_locked(netlock, &[pid], pid)?;
         frozen.kill()?;
         if let Some(l) = netlock {
             l.keep();

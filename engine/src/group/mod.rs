@@ -162,9 +162,12 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     // A tree that runs on has its memory copied while it runs first.
     let pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(root, true, &mut writer, &opts.chunker) } else { None };
     let tf = std::time::Instant::now();
-    let (pids, frozen) = freeze_tree(root)?;
+    let ((pids, frozen), netlock) = crate::process::freeze_locked(root, opts.tcp_close, || {
+        let (pids, frozen) = freeze_tree(root)?;
+        let live: Vec<i32> = pids.iter().copied().filter(|&p| !is_zombie_pid(p)).collect();
+        Ok(((pids, frozen), live))
+    })?;
     let live: Vec<i32> = pids.iter().copied().filter(|&p| !is_zombie_pid(p)).collect();
-    let netlock = crate::process::lock_connections(&live, opts.tcp_close)?;
     // Pre-copied: each tracked process's save is a delta on what the rounds copied.
     let mut tracking = pre.as_ref().map(|p| Tracking { armed: p.armed.clone(), parent_images: p.images.clone(), ..Default::default() });
     let mut saved = save(&pids, &frozen, SaveOptions { tcp_close: opts.tcp_close, network_locked: true, no_cow: false }, tracking.as_mut())?;
@@ -200,6 +203,7 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     if let Some(frozen) = frozen {
         // Closing the connections must send nothing; they stay locked until restored.
         crate::sockets::silence_tcp(&live)?;
+        let netlock = crate::process::keep_connections_locked(netlock, &live, root)?;
         if let Some(l) = netlock {
             l.keep();
         }
