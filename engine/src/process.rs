@@ -614,37 +614,64 @@ pub(crate) fn wait_ready(pid: i32, tramp: u64, timeout: Duration) -> Result<()> 
 /// Restores checkpoint `id` as a new process in a new PID namespace, with its saved pid.
 pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> {
     let t0 = Instant::now();
+    let (manifest, image) = read_image(store, id, &|kind| format!("checkpoint {id} is a {kind:?} checkpoint, not a process"))?;
+    let tramp = trampoline_addr(&image.vmas);
+    let netlock = lock_saved_connections(&image)?;
+    let init = sysclone::spawn_pidns_target(image.vpid, tramp)
+        .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
+    let (restored, ()) = restore_target(&image, tramp, init, netlock, t0, |pid, frozen| {
+        let mut r = ProcRestore::begin(&image, pid, tramp)?;
+        r.memory(store, &manifest.images, &mut mem::ShmContext::default(), None)?;
+        Ok((r.finish_alone(frozen)?, ()))
+    })?;
+    Ok(restored)
+}
+
+/// Reads checkpoint `id` of `store` and its process image; `wrong_kind` words the error for a
+/// checkpoint of another kind.
+fn read_image<S: ImageStore>(store: &S, id: &CheckpointId, wrong_kind: &dyn Fn(&str) -> String) -> Result<(Manifest, ProcessImage)> {
+    let t0 = Instant::now();
     let manifest = store.manifest(id)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read");
     if manifest.kind != KIND {
-        return Err(zap_store::StoreError::Invalid(format!(
-            "--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {} checkpoint",
-            manifest.kind
-        ))
-        .into());
+        return Err(zap_store::StoreError::Invalid(wrong_kind(&manifest.kind)).into());
     }
     let image = ProcessImage::decode(&manifest.state)?;
     if image.vpid == 1 {
         return Err(EngineError::Proc { pid: image.vpid, detail: "restoring a namespace init (pid 1) is not supported yet".into() });
     }
-    let tramp = trampoline_addr(&image.vmas);
-    // The process shares Zap's network namespace: its connections are locked one by one.
-    let conns = saved_connections(&image);
-    let me = std::process::id() as i32;
-    let netlock = if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(me, image.host_pid, &conns)?) };
-    let init = sysclone::spawn_pidns_target(image.vpid, tramp)
-        .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
+    Ok((manifest, image))
+}
+
+/// Locks the saved connections of `image`: the process shares Zap's network namespace, so they
+/// are locked one by one, under the table its checkpoint left (named after its pid).
+fn lock_saved_connections(image: &ProcessImage) -> Result<Option<crate::pod::netlock::NetLock>> {
+    let conns = saved_connections(image);
+    if conns.is_empty() {
+        return Ok(None);
+    }
+    crate::pod::netlock::NetLock::connections(std::process::id() as i32, image.host_pid, &conns).map(Some)
+}
+
+/// Restores `image` into the process that namespace init `init` creates: `steps` fills it while
+/// it is stopped (memory, then the rest; returns the warnings and a value of its own). On
+/// failure the half-restored process is killed while still traced and the namespace goes with
+/// its init; on success the process runs (or goes back into the job-control stop it was saved
+/// in) and its connections are unlocked.
+fn restore_target<T>(
+    image: &ProcessImage,
+    tramp: u64,
+    init: i32,
+    netlock: Option<crate::pod::netlock::NetLock>,
+    t0: Instant,
+    steps: impl FnOnce(i32, &mut Frozen) -> Result<(Vec<String>, T)>,
+) -> Result<(Restored, T)> {
     let result = (|| {
         let pid = find_child(init, Duration::from_secs(5))?;
         wait_ready(pid, tramp, Duration::from_secs(5))?;
         let mut frozen = Frozen::freeze(pid)?;
-        let steps = (|| {
-            let mut r = ProcRestore::begin(&image, pid, tramp)?;
-            r.memory(store, &manifest.images, &mut mem::ShmContext::default(), None)?;
-            r.finish_alone(&mut frozen)
-        })();
-        let warnings = match steps {
-            Ok(warnings) => warnings,
+        let (warnings, value) = match steps(pid, &mut frozen) {
+            Ok(done) => done,
             Err(e) => {
                 // Killed while still traced: a thread detached half-restored would run whatever
                 // its registers held and could take the others down while we detach them,
@@ -655,7 +682,6 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
                 return Err(e);
             }
         };
-        // Detach: the process runs, or goes back into the job-control stop it was saved in.
         match image.attrs.stop {
             Some(stop) => frozen.detach_stopped(stop.signal)?,
             None => drop(frozen),
@@ -663,7 +689,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
         if let Some(l) = netlock {
             l.unlock()?;
         }
-        Ok(Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 })
+        Ok((Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 }, value))
     })();
     if result.is_err() {
         // Nothing half-restored stays behind: the init's death takes the target with it.
@@ -678,74 +704,28 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<Restored> 
 /// returned handle's [`crate::lazy::PagerHandle::wait`] returns: the restored namespace dies
 /// with it before. The pager keeps `store` only until it has opened the packs it needs.
 pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &CheckpointId) -> Result<(Restored, crate::lazy::PagerHandle)> {
-    let store_ref = store.clone();
-    let store = &*store_ref;
     let t0 = Instant::now();
-    let manifest = store.manifest(id)?;
-    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read");
-    if manifest.kind != KIND {
-        return Err(zap_store::StoreError::Invalid(format!(
-            "--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {} checkpoint",
-            manifest.kind
-        ))
-        .into());
-    }
-    let image = ProcessImage::decode(&manifest.state)?;
-    if image.vpid == 1 {
-        return Err(EngineError::Proc { pid: image.vpid, detail: "restoring a namespace init (pid 1) is not supported yet".into() });
-    }
+    let (manifest, image) = read_image(&*store, id, &|kind| {
+        format!("--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {kind} checkpoint")
+    })?;
     // Refused before anything is made.
     lazy_unsupported(&image)?;
     let tramp = trampoline_addr(&image.vmas);
-    // The process shares Zap's network namespace: its connections are locked one by one.
-    let conns = saved_connections(&image);
-    let me = std::process::id() as i32;
-    let netlock = if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(me, image.host_pid, &conns)?) };
+    let netlock = lock_saved_connections(&image)?;
     let (guard_read, guard_write) = sysclone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: image.vpid, source })?;
     use std::os::fd::AsRawFd;
     let init = sysclone::spawn_pidns_target_guarded(image.vpid, tramp, guard_read.as_raw_fd())
         .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
     drop(guard_read);
-    let mut guard_write = Some(guard_write);
-    let result = (|| {
-        let pid = find_child(init, Duration::from_secs(5))?;
-        wait_ready(pid, tramp, Duration::from_secs(5))?;
-        let mut frozen = Frozen::freeze(pid)?;
-        let mut pager = None;
-        let steps = (|| {
-            let mut r = ProcRestore::begin(&image, pid, tramp)?;
-            let (uffd, ranges) = r.memory_lazy(store, &manifest.images, &mut mem::ShmContext::default())?;
-            tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
-            let guard = guard_write.take().expect("taken once");
-            pager = Some(crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store_ref.clone(), init, guard)));
-            r.finish_alone(&mut frozen)
-        })();
-        let warnings = match steps {
-            Ok(warnings) => warnings,
-            Err(e) => {
-                if let Err(kill) = frozen.kill() {
-                    tracing::warn!(pid, error = %kill, "could not kill the half-restored process");
-                }
-                return Err(e);
-            }
-        };
-        // Detach: the process runs, or goes back into the job-control stop it was saved in.
-        match image.attrs.stop {
-            Some(stop) => frozen.detach_stopped(stop.signal)?,
-            None => drop(frozen),
-        }
-        if let Some(l) = netlock {
-            l.unlock()?;
-        }
-        let pager = pager.expect("started with the memory");
-        pager.running();
-        let restored = Restored { pid, vpid: image.vpid, init_pid: init, warnings, restore_ms: t0.elapsed().as_secs_f64() * 1e3 };
-        Ok((restored, pager))
-    })();
-    if result.is_err() {
-        sysclone::kill_and_reap(init);
-    }
-    result
+    let (restored, pager) = restore_target(&image, tramp, init, netlock, t0, |pid, frozen| {
+        let mut r = ProcRestore::begin(&image, pid, tramp)?;
+        let (uffd, ranges) = r.memory_lazy(&*store, &manifest.images, &mut mem::ShmContext::default())?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
+        let pager = crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store.clone(), init, guard_write));
+        Ok((r.finish_alone(frozen)?, pager))
+    })?;
+    pager.running();
+    Ok((restored, pager))
 }
 
 /// Fails, naming the mapping and why, when `image` holds memory a lazy restore cannot serve: a
