@@ -360,41 +360,24 @@ fn socket_inodes(pid: i32) -> std::collections::HashSet<u64> {
         .collect()
 }
 
-/// The TCP listeners of process `pid` (address, port), from `/proc/PID/net/tcp{,6}`.
+/// The TCP listeners of process `pid` (address, port).
 fn listeners_of(pid: i32) -> Vec<(std::net::IpAddr, u16)> {
-    let mine = socket_inodes(pid);
-    let mut out = Vec::new();
-    for file in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.get(3) != Some(&"0A") || !f.get(9).and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| mine.contains(&i)) {
-                continue;
-            }
-            let Some((addr, port)) = f.get(1).and_then(|a| a.split_once(':')) else { continue };
-            let Ok(port) = u16::from_str_radix(port, 16) else { continue };
-            // The address is printed as 32-bit words in host (little-endian) order.
-            let words: Vec<u32> = (0..addr.len() / 8).filter_map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok()).collect();
-            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let ip = match bytes.len() {
-                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).expect("4 bytes")),
-                16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes.as_slice()).expect("16 bytes")),
-                _ => continue,
-            };
-            out.push((ip, port));
-        }
-    }
-    out
+    crate::pod::checkpoint::proc_tcp_listeners(pid, Some(&socket_inodes(pid))).into_iter().map(|l| (l.addr, l.port)).collect()
 }
 
-/// Stops processes with `freeze` (which returns the stopped value and the live pids) and locks
+/// Stops processes with `freeze` (which returns the stopped value and the live pids; both are
+/// returned, with the lock) and locks
 /// their connections (and, for their listeners, new connection requests:
 /// [`crate::pod::netlock::NetLock::connections_and_listeners`]; the table is named after `tag`).
 /// If their listeners hold connections not accepted yet (they cannot be put back in a backlog),
 /// lets them run a moment to accept them, up to twice [`crate::pod::checkpoint::DRAIN_ROUNDS`]
 /// times, and locks the connections accepted too (a checkpoint that still finds some refuses
 /// them, naming the listener).
-pub(crate) fn freeze_locked<F>(tag: i32, tcp_close: bool, mut freeze: impl FnMut() -> Result<(F, Vec<i32>)>) -> Result<(F, Option<crate::pod::netlock::NetLock>)> {
+pub(crate) fn freeze_locked<F>(
+    tag: i32,
+    tcp_close: bool,
+    mut freeze: impl FnMut() -> Result<(F, Vec<i32>)>,
+) -> Result<(F, Vec<i32>, Option<crate::pod::netlock::NetLock>)> {
     let lock = |live: &[i32]| -> Result<Option<crate::pod::netlock::NetLock>> {
         if tcp_close || live.is_empty() {
             return Ok(None);
@@ -427,7 +410,7 @@ pub(crate) fn freeze_locked<F>(tag: i32, tcp_close: bool, mut freeze: impl FnMut
         }
         netlock = relocked;
     }
-    Ok((frozen, netlock))
+    Ok((frozen, live, netlock))
 }
 
 /// Before stopped processes `live` are ended: their connections stay locked until restored
@@ -453,7 +436,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
     // A process that runs on has its memory copied while it runs first.
     let mut pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(pid, false, &mut writer, &opts.chunker) } else { None };
     let tf = Instant::now();
-    let (frozen, netlock) = freeze_locked(pid, opts.tcp_close, || Ok((Frozen::freeze(pid)?, vec![pid])))?;
+    let (frozen, _, netlock) = freeze_locked(pid, opts.tcp_close, || Ok((Frozen::freeze(pid)?, vec![pid])))?;
     let mut ctx = files::SaveContext::default();
     ctx.sockets.tcp_close = opts.tcp_close;
     ctx.sockets.network_locked = true;

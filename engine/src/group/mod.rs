@@ -160,16 +160,17 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
     let t0 = std::time::Instant::now();
     let mut writer = store.writer()?;
     // A tree that runs on has its memory copied while it runs first.
-    let pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(root, true, &mut writer, &opts.chunker) } else { None };
+    let mut pre = if opts.leave_running && !opts.no_precopy { crate::precopy::run(root, true, &mut writer, &opts.chunker) } else { None };
     let tf = std::time::Instant::now();
-    let ((pids, frozen), netlock) = crate::process::freeze_locked(root, opts.tcp_close, || {
+    let ((pids, frozen), live, netlock) = crate::process::freeze_locked(root, opts.tcp_close, || {
         let (pids, frozen) = freeze_tree(root)?;
         let live: Vec<i32> = pids.iter().copied().filter(|&p| !is_zombie_pid(p)).collect();
         Ok(((pids, frozen), live))
     })?;
-    let live: Vec<i32> = pids.iter().copied().filter(|&p| !is_zombie_pid(p)).collect();
-    // Pre-copied: each tracked process's save is a delta on what the rounds copied.
-    let mut tracking = pre.as_ref().map(|p| Tracking { armed: p.armed.clone(), parent_images: p.images.clone(), ..Default::default() });
+    // Pre-copied: each tracked process's save is a delta on what the rounds copied (the images
+    // move into the tracking; the trackers stay in `pre` too, which closes them at the end).
+    let mut tracking =
+        pre.as_mut().map(|p| Tracking { armed: p.armed.clone(), parent_images: std::mem::take(&mut p.images), ..Default::default() });
     let mut saved = save(&pids, &frozen, SaveOptions { tcp_close: opts.tcp_close, network_locked: true, no_cow: false }, tracking.as_mut())?;
     for m in &saved.image.members {
         if let Some(img) = m.image() {
@@ -188,7 +189,7 @@ pub fn checkpoint_tree<S: zap_store::ImageStore>(
         (Some(frozen), netlock)
     };
     let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
-    let (images, _) = store_memory(&mut saved, &mut writer, &opts.chunker, pre.as_ref().map(|p| p.images.as_slice()))?;
+    let (images, _) = store_memory(&mut saved, &mut writer, &opts.chunker, tracking.as_ref().map(|t| t.parent_images.as_slice()))?;
     let name = opts.name.clone().unwrap_or_else(|| {
         saved.image.members.first().and_then(|m| m.image()).map(|i| i.attrs.comm.clone()).unwrap_or_else(|| "group".into())
     });

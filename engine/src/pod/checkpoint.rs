@@ -574,19 +574,46 @@ fn listeners_waiting(pid: i32) -> u64 {
 /// socket inode is in `only` when given (the sockets of one process, whose namespace may hold
 /// other processes' listeners).
 pub(crate) fn listeners_waiting_in(pid: i32, only: Option<&std::collections::HashSet<u64>>) -> u64 {
-    let mut n = 0;
+    proc_tcp_listeners(pid, only).iter().map(|l| l.waiting).sum()
+}
+
+/// A TCP listener as `/proc/PID/net/tcp{,6}` shows it.
+pub(crate) struct ProcListener {
+    /// Its address.
+    pub addr: std::net::IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// Connections in its accept queue (`rx_queue`).
+    pub waiting: u64,
+}
+
+/// The TCP listeners of the network namespace of process `pid` (only those whose socket inode is
+/// in `only`, when given), from `/proc/PID/net/tcp{,6}`.
+pub(crate) fn proc_tcp_listeners(pid: i32, only: Option<&std::collections::HashSet<u64>>) -> Vec<ProcListener> {
+    let mut out = Vec::new();
     for file in ["tcp", "tcp6"] {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             let mine = only.is_none_or(|set| f.get(9).and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| set.contains(&i)));
-            if f.get(3) == Some(&"0A") && mine {
-                let rx = f.get(4).and_then(|q| q.split_once(':')).and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
-                n += rx.unwrap_or(0);
+            if f.get(3) != Some(&"0A") || !mine {
+                continue;
             }
+            let Some((addr, port)) = f.get(1).and_then(|a| a.split_once(':')) else { continue };
+            let Ok(port) = u16::from_str_radix(port, 16) else { continue };
+            // The address is printed as 32-bit words in host (little-endian) order.
+            let bytes: Vec<u8> =
+                (0..addr.len() / 8).filter_map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok()).flat_map(u32::to_le_bytes).collect();
+            let addr = match bytes.len() {
+                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).expect("4 bytes")),
+                16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes.as_slice()).expect("16 bytes")),
+                _ => continue,
+            };
+            let waiting = f.get(4).and_then(|q| q.split_once(':')).and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok()).unwrap_or(0);
+            out.push(ProcListener { addr, port, waiting });
         }
     }
-    n
+    out
 }
 
 /// A failure injected for tests: `ZAP_FAIL_AT=<point>` makes the checkpoint fail at `point`
@@ -632,16 +659,16 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         // --full: the trackers are re-armed (kept), the memory saved whole.
         Ok((_, t)) if opts.full => (None, t, "full: --full".to_string()),
         Ok((m, t)) => (Some(m), t, String::new()),
-        Err(why) => match &pre {
+        Err(why) => match pre.as_mut() {
+            // The rounds' images move into the tracking (the trackers stay in `pre` too until
+            // the guard below holds them).
             Some(p) => {
-                let t = group::Tracking { armed: p.armed.clone(), parent_images: p.images.clone(), ..Default::default() };
+                let t = group::Tracking { armed: p.armed.clone(), parent_images: std::mem::take(&mut p.images), ..Default::default() };
                 (None, t, format!("full: {why}"))
             }
             None => (None, group::Tracking::default(), format!("full: {why}")),
         },
     };
-    // The images the saved deltas lie on: the parent's, or what the pre-copy rounds copied.
-    let base_images = parent.as_ref().map(|m| m.images.clone()).or_else(|| pre.as_ref().map(|p| p.images.clone()));
     // Namespaces the processes cannot be restored in (nested PID or user) are refused first.
     super::inside::refuse_early(name, state.init_pid, &pids)?;
     let mut saved = group::save(&pids, stopped.frozen(), group::SaveOptions { tcp_close: opts.tcp_close, network_locked: stopped.network_locked(), no_cow: false }, Some(&mut tracking))?;
@@ -691,7 +718,13 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
     tracing::info!(pod = name, processes = pids.len(), stopped_ms, saved_ms, ipc_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
     let ts = Instant::now();
-    let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, base_images.as_deref())?;
+    // The images the saved deltas lie on: the parent's, or what the pre-copy rounds copied.
+    let base_images = match (&parent, &pre) {
+        (Some(m), _) => Some(m.images.as_slice()),
+        (None, Some(_)) => Some(tracking.parent_images.as_slice()),
+        (None, None) => None,
+    };
+    let (mut images, _) = group::store_memory(&mut saved, &mut writer, &opts.chunker, base_images)?;
     images.append(&mut ipc_images);
     // Files of the pod's in-memory file systems, copied while it was stopped.
     images.append(&mut file_data.store(&mut writer, &opts.chunker)?);
