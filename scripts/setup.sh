@@ -2,7 +2,7 @@
 # Installs the system packages Zap needs to build and test on Debian 12, as root.
 # Idempotent: packages already present are left alone.
 set -euo pipefail
-pkgs=(clang libclang-dev gcc make pkg-config python3 iproute2 procps redis-server redis-tools sqlite3 nftables nginx)
+pkgs=(clang libclang-dev gcc make pkg-config python3 iproute2 procps redis-server redis-tools sqlite3 nftables libnftables1 nginx)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -10,3 +10,4 @@ pub mod sock;
 pub mod ipc;
 pub mod uffd;
 pub mod mount;
+pub mod nft;
