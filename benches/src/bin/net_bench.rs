@@ -46,17 +46,25 @@ while True:
 
 fn main() {
     let args = Args::parse();
+    // RUST_LOG=zap_engine=debug shows the steps of each checkpoint and restore.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    }
     println!("{}", machine());
     let tmp = tempfile::tempdir_in(&args.dir).expect("temp dir");
     let run = tmp.path().join("run");
     let init = std::env::current_exe().expect("exe").with_file_name("zap-init");
     assert!(init.exists(), "build zap-init first: cargo build --release --workspace");
+    // Pod names carry the whole pid (their cgroups and veths are host-wide); each N gets an
+    // address of its own, so the host's neighbour cache, still holding the MAC of the previous
+    // pod (restored just before), cannot send the new pod's segments to the old MAC.
     let tag = std::process::id() % 100 + 100;
     println!("| connections | lock + unlock (nft) | stopped, --leave-running | stopped until committed (pod ended) | restore: network locked | restore: until the pod runs | connections back |");
     println!("|---|---|---|---|---|---|---|");
-    for n in [0usize, 1, 100, 1000] {
-        let name = format!("nb{tag}-{n}");
-        let ip = format!("10.93.{tag}.2/24");
+    for (i, n) in [0usize, 1, 100, 1000].into_iter().enumerate() {
+        let name = format!("nb{}-{n}", std::process::id());
+        let host = 2 + i;
+        let ip = format!("10.93.{tag}.{host}/24");
         let ready = tmp.path().join(format!("ready-{n}"));
         let spec = PodSpec {
             name: name.clone(),
@@ -73,7 +81,9 @@ fn main() {
             init_exe: init.clone(),
         };
         let state = pod::create(&run, &spec).expect("create pod");
-        let addr = format!("10.93.{tag}.2:7400");
+        // Removes the pod on every way out of this round, a panic included.
+        let _pod = Cleanup { run: &run, name: &name };
+        let addr = format!("10.93.{tag}.{host}:7400");
         let mut conns = Vec::new();
         let t = Instant::now();
         while conns.len() < n {
@@ -111,7 +121,20 @@ fn main() {
             r1.frozen_ms, r2.frozen_ms, restored.network_locked_ms, restored.group.restore_ms,
         );
         drop(conns);
-        pod::rm(&run, &name, true).expect("rm");
+    }
+}
+
+/// Removes pod `name` of run directory `run` when dropped.
+struct Cleanup<'a> {
+    run: &'a std::path::Path,
+    name: &'a str,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = pod::rm(self.run, self.name, true) {
+            eprintln!("net-bench: could not remove pod {}: {e}", self.name);
+        }
     }
 }
 
