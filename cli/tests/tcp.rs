@@ -581,6 +581,87 @@ fn single_process_keeps_its_connection() {
     let _ = Command::new("kill").args(["-9", &rpid.to_string(), &init.to_string()]).status();
 }
 
+/// The owner uid of each inet socket process `pid` holds: (inode, file of /proc/PID/net, uid).
+fn socket_owners(pid: i32) -> Vec<(u64, String, u32)> {
+    let inodes: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|t| t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for file in ["tcp", "udp", "tcp6", "udp6"] {
+        for line in text(Path::new(&format!("/proc/{pid}/net/{file}"))).lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(uid), Some(ino)) = (f.get(7).and_then(|v| v.parse().ok()), f.get(9).and_then(|v| v.parse::<u64>().ok())) else { continue };
+            if inodes.contains(&ino) {
+                out.push((ino, file.to_string(), uid));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A process running as nobody keeps the owner of its sockets: after a restore its TCP connection
+/// and UDP socket show uid 65534 in /proc/net/tcp and udp (what netfilter's `meta skuid`
+/// matches), not root, and the connection carries bytes.
+#[test]
+fn sockets_of_another_user_keep_their_owner() {
+    if !tools() {
+        return;
+    }
+    let e = env();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let script = format!(
+        "import os, socket, encodings.idna\nos.closerange(3, 65536)\nos.setgroups([])\nos.setgid(65534)\nos.setuid(65534)\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nu.bind(('127.0.0.1', 0))\n\
+         c = socket.create_connection(('127.0.0.1', {port}))\nn = 0\nwhile True:\n    d = c.recv(10)\n    if not d: break\n    n += 1\n    c.sendall(b'%03d' % n)\n"
+    );
+    let child = Proc(Command::new("python3").arg("-c").arg(&script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
+    // Within a bound: a python that cannot start as nobody would leave accept() waiting.
+    l.set_nonblocking(true).unwrap();
+    let t = Instant::now();
+    let mut s = loop {
+        match l.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && t.elapsed() < Duration::from_secs(15) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the process running as nobody did not connect: {e}"),
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    assert_eq!(roundtrip(&mut s, b"a", 3), b"001");
+    let before = socket_owners(pid);
+    let kinds: Vec<&str> = before.iter().map(|(_, f, _)| f.as_str()).collect();
+    assert_eq!(kinds, ["tcp", "udp"], "one TCP connection and one UDP socket: {before:?}");
+    assert!(before.iter().all(|(_, _, uid)| *uid == 65534), "owned by nobody before: {before:?}");
+    let id = ok(&e, &["checkpoint", "--pid", &pid.to_string()]).trim().to_string();
+    drop(child);
+    let out = ok(&e, &["--json", "restore", &id]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (rpid, init) = (v["pid"].as_i64().unwrap() as i32, v["init_pid"].as_i64().unwrap() as i32);
+    let after = socket_owners(rpid);
+    let _kill = KillOnDrop(vec![rpid, init]);
+    assert_eq!(after.iter().map(|(_, f, uid)| (f.as_str(), *uid)).collect::<Vec<_>>(), [("tcp", 65534), ("udp", 65534)], "owners after the restore: {after:?}");
+    assert_eq!(roundtrip(&mut s, b"b", 3), b"002", "the restored connection carries bytes");
+}
+
+/// Kills (by pid) the processes a test restored, on every way out of it.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+}
+
 /// A connection that cannot be saved (SYN_SENT) fails the checkpoint naming pid, fd, addresses
 /// and state; the pod runs on with its network open, and nothing is stored.
 #[test]

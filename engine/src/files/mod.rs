@@ -240,6 +240,8 @@ pub struct SaveContext {
     pub(crate) pipe_ends: HashMap<u64, (bool, bool)>,
     /// Fds saved so far: (host pid, vpid, fd, link target).
     saved: Vec<(i32, i32, i32, String)>,
+    /// Where in `saved` each link target is.
+    saved_by_target: HashMap<String, Vec<usize>>,
     /// Pipes and FIFOs whose buffered bytes were recorded already.
     pub(crate) data_taken: HashSet<u64>,
     /// Pipes with a packet-mode (O_DIRECT) write end.
@@ -331,8 +333,9 @@ impl SaveContext {
 
     /// An earlier saved fd that is the same open file description as `fd` of `pid`.
     fn earlier(&self, pid: i32, fd: i32, target: &str) -> Result<Option<(i32, i32)>> {
-        for (p, vpid, f, t) in &self.saved {
-            if t == target {
+        for &i in self.saved_by_target.get(target).into_iter().flatten() {
+            let (p, vpid, f, _) = &self.saved[i];
+            {
                 let same = sysproc::same_file(*p, *f, pid, fd).map_err(|source| EngineError::Sys { step: "kcmp", pid, source })?;
                 if same {
                     return Ok(Some((*vpid, *f)));
@@ -372,6 +375,9 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
         infos.insert(*fd, (info, text));
     }
     let pidfd = sysproc::pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
+    // Many sockets (a server's connections) are read ahead over threads.
+    let socks: Vec<(i32, u64)> = fds.iter().filter_map(|(fd, t)| socket_ino(t).map(|ino| (*fd, ino))).collect();
+    crate::sockets::prefetch(pid, &pidfd, &socks, ctx);
     let mut out = Vec::new();
     for (fd, target) in fds {
         let (info, text) = &infos[&fd];
@@ -389,6 +395,7 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
         }
         let owner = if matches!(kind, FdKind::Dup { .. }) || flags & libc::O_PATH as u32 != 0 { None } else { owner_of(pid, fd, &pidfd, ctx)? };
         out.push(FdState { fd, flags, kind, locks, owner });
+        ctx.saved_by_target.entry(target.clone()).or_default().push(ctx.saved.len());
         ctx.saved.push((pid, vpid, fd, target));
     }
     Ok(out)
@@ -402,8 +409,13 @@ const F_SETOWN_EX: u64 = 15;
 /// must be a process or group of the checkpoint; an owner that has exited since is dropped,
 /// since signals to it reach nobody.
 fn owner_of(pid: i32, fd: i32, pidfd: &std::os::fd::OwnedFd, ctx: &SaveContext) -> Result<Option<FdOwner>> {
-    let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd (signal owner)", pid, source })?;
-    let (kind, host, sig) = sysproc::fd_owner(&dup).map_err(|source| EngineError::Sys { step: "F_GETOWN_EX", pid, source })?;
+    let (kind, host, sig) = match ctx.sockets.owners.get(&(pid, fd)) {
+        Some(&read_ahead) => read_ahead,
+        None => {
+            let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd (signal owner)", pid, source })?;
+            sysproc::fd_owner(&dup).map_err(|source| EngineError::Sys { step: "F_GETOWN_EX", pid, source })?
+        }
+    };
     if host == 0 {
         return Ok((sig != 0).then_some(FdOwner { kind, pid: 0, sig }));
     }
@@ -471,8 +483,14 @@ fn classify(
         return pipes::save_pipe(pid, fd, ino, write_end, pidfd, ctx);
     }
     if let Some(ino) = socket_ino(target) {
-        let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
-        return match crate::sockets::save(pid, fd, ino, &dup, ctx) {
+        let saved = match crate::sockets::take_prefetched(ino, ctx) {
+            Some(read_ahead) => read_ahead,
+            None => {
+                let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
+                crate::sockets::save(pid, fd, ino, &dup, ctx)
+            }
+        };
+        return match saved {
             Ok(st) => Ok(FdKind::Socket(st)),
             Err(_) if fd <= 2 => Ok(FdKind::External { what: target.to_string() }),
             Err(e) => Err(e),

@@ -2,10 +2,11 @@
 //! injected into the process; everything else is done by Zap on its duplicate of the socket.
 //!
 //! For each connection, in the order of its fd number: an injected `socket()` (with
-//! `SOCK_CLOEXEC`/`SOCK_NONBLOCK` as the fd had them), made by the process itself, so the
-//! socket's owner (the uid `/proc/net/tcp` shows), its cgroup (for cgroup BPF programs and
-//! nftables `socket cgroupv2` rules) and the memory cgroup its buffers are charged to are the
-//! process's own, as with a fully injected restore; then, only when the kernel did not give the
+//! `SOCK_CLOEXEC`/`SOCK_NONBLOCK` as the fd had them), made by the process itself (under the fsuid
+//! of the saved owner: [`super::create_as`]), so the socket's owner (the uid `/proc/net/tcp`
+//! shows) is the saved one and its cgroup (for cgroup BPF programs and nftables `socket cgroupv2`
+//! rules) and the memory cgroup its buffers are charged to are the process's own, as with a fully
+//! injected restore; then, only when the kernel did not give the
 //! saved number, an injected `dup3` to it. Zap takes the socket with `pidfd_getfd` and restores
 //! the connection on its duplicate ([`super::tcp::restore_conn`]: options, repair mode, sequence
 //! numbers, `bind`, `connect`, queues, windows; all ordinary syscalls in Zap, spread over
@@ -46,7 +47,7 @@ pub(super) fn addrs(c: &TcpConn, ctx: &SocketRestore) -> (Vec<u8>, Vec<u8>, Mode
     (local, peer, mode)
 }
 
-fn new_socket(inj: &mut Injector, family: i32, cloexec: bool, nonblock: bool) -> Result<u64> {
+fn new_socket(inj: &mut Injector, family: i32, uid: u32, cloexec: bool, nonblock: bool) -> Result<u64> {
     let mut ty = libc::SOCK_STREAM;
     if cloexec {
         ty |= libc::SOCK_CLOEXEC;
@@ -54,7 +55,7 @@ fn new_socket(inj: &mut Injector, family: i32, cloexec: bool, nonblock: bool) ->
     if nonblock {
         ty |= libc::SOCK_NONBLOCK;
     }
-    inj.call("socket(tcp)", libc::SYS_socket, [family as u64, ty as u64, 0, 0, 0, 0])
+    super::create_as(inj, uid, "socket(tcp)", libc::SYS_socket, [family as u64, ty as u64, 0, 0, 0, 0])
 }
 
 fn take(pidfd: &OwnedFd, pid: i32, fd: u64) -> Result<OwnedFd> {
@@ -65,7 +66,7 @@ fn take(pidfd: &OwnedFd, pid: i32, fd: u64) -> Result<OwnedFd> {
 pub(super) fn restore_one(inj: &mut Injector, c: &TcpConn, ctx: &SocketRestore) -> Result<u64> {
     let pid = inj.tid();
     let (local, peer, mode) = addrs(c, ctx);
-    let fd = new_socket(inj, c.family, false, false)?;
+    let fd = new_socket(inj, c.family, c.opts.uid, false, false)?;
     let pidfd = pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
     let dup = take(&pidfd, pid, fd)?;
     tcp::restore_conn(pid, &dup, c, &local, &peer, mode)?;
@@ -86,7 +87,7 @@ pub fn restore_all(inj: &mut Injector, conns: &mut [ConnFd], ctx: &SocketRestore
     let mut spare = Vec::new();
     for c in conns.iter() {
         let want = c.fd as u64;
-        let got = new_socket(inj, c.conn.family, c.cloexec, c.status & libc::O_NONBLOCK != 0)?;
+        let got = new_socket(inj, c.conn.family, c.conn.opts.uid, c.cloexec, c.status & libc::O_NONBLOCK != 0)?;
         if got != want {
             let flags = if c.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
             inj.call("dup3", libc::SYS_dup3, [got, want, flags, 0, 0, 0])

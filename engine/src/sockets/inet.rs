@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 
 use super::opts::set_opts;
 use super::tcp;
-use super::{bind, port_of, put, rewrite, SocketContext, SocketRestore, SocketState, SOMAXCONN, TCP_CLOSE, TCP_LISTEN};
+use super::{bind, create_as, port_of, put, rewrite, SocketContext, SocketRestore, SocketState, SOMAXCONN, TCP_CLOSE, TCP_LISTEN};
 use crate::inject::Injector;
 use crate::sys::sock;
 use crate::{EngineError, Result};
@@ -17,50 +17,64 @@ use crate::{EngineError, Result};
 pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup: &OwnedFd, ctx: &mut SocketContext) -> Result<SocketState> {
     let sys = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
     let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
-    let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
-    let bound = (port_of(&addr) != 0).then(|| addr.clone());
     if sock_type == libc::SOCK_STREAM {
-        let opts = Box::new(stream_opts(super::options(pid, fd, dup, family, sock_type, true, ctx)?));
-        let st = sock::tcp_state(dup).map_err(sys("TCP_INFO"))?;
-        let tcp = tcp::tcp_opts_of(dup, st);
-        match st {
-            TCP_LISTEN => {
-                // Connections the kernel accepted and the application has not: no interface
-                // queues a connection on a listener again, so they cannot come back. Refused
-                // rather than dropped (unless the caller gives connections up).
-                let info = sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(sys("TCP_INFO"))?;
-                // For a listener, tcpi_unacked is its accept queue's length and tcpi_sacked
-                // the backlog it was given.
-                let word = |at: usize| info.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4")));
-                let (waiting, backlog) = (word(24), word(28));
-                if waiting > 0 && !ctx.tcp_close {
-                    return Err(unsupported(format!(
-                        "listening TCP socket {} has {waiting} connection(s) waiting to be accepted; they cannot be put back in \
-                         its backlog on restore (let the application accept them and try again, or give them up with --tcp-close)",
-                        tcp::ip_port(&addr)
-                    )));
-                }
-                Ok(SocketState::TcpListen { family, addr, opts, tcp, backlog })
-            }
-            TCP_CLOSE => Ok(SocketState::TcpFresh { family, addr: bound, opts, tcp }),
-            _ if ctx.tcp_close => Ok(SocketState::TcpFresh { family, addr: None, opts, tcp }),
-            st if !ctx.network_locked && tcp::repairable(st) => {
-                let peer = sock::sockaddr(dup, true).unwrap_or_default();
-                Err(unsupported(format!(
-                    "TCP connection {} in state {}: the network is not locked, so it cannot be saved here (or close it with --tcp-close)",
-                    tcp::describe(&addr, &peer),
-                    tcp::state_name(st)
-                )))
-            }
-            st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, family, st, dup, (*opts, tcp))?))),
-        }
+        let protocol = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+        ctx.ensure_defaults(pid, family, sock_type, protocol);
+        save_tcp(pid, fd, ino, (family, protocol), dup, ctx)
     } else if sock_type == libc::SOCK_DGRAM {
+        let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
+        let bound = (port_of(&addr) != 0).then(|| addr.clone());
         let peer = sock::sockaddr(dup, true).ok();
         let queued = sock::peek_datagrams(dup).map_err(sys("peek queued datagrams"))?;
         let opts = Box::new(super::options(pid, fd, dup, family, sock_type, false, ctx)?);
         Ok(SocketState::Udp { family, addr: bound, peer, opts, queued })
     } else {
         Err(unsupported(format!("inet socket of type {sock_type}")))
+    }
+}
+
+/// Saves TCP socket `ino` (duplicated into Zap as `dup`, of `family` and `protocol`) held by
+/// `pid` at `fd`, in whatever state it is. `ctx` holds the defaults of its kind already (this runs on several
+/// threads at once: [`super::prefetch`]).
+pub(super) fn save_tcp(pid: i32, fd: i32, ino: u64, (family, protocol): (i32, i32), dup: &OwnedFd, ctx: &SocketContext) -> Result<SocketState> {
+    let sys = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
+    let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
+    let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
+    let bound = (port_of(&addr) != 0).then(|| addr.clone());
+    let opts = Box::new(stream_opts(super::options_known(pid, fd, dup, family, (libc::SOCK_STREAM, protocol), true, ctx)?));
+    // One TCP_INFO for the state, a listener's queue and a connection's negotiated options.
+    let info = sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(sys("TCP_INFO"))?;
+    let st = *info.first().ok_or_else(|| unsupported("TCP_INFO answered nothing".into()))?;
+    let tcp = tcp::tcp_opts_of(dup, st);
+    match st {
+        TCP_LISTEN => {
+            // Connections the kernel accepted and the application has not: no interface
+            // queues a connection on a listener again, so they cannot come back. Refused
+            // rather than dropped (unless the caller gives connections up).
+            // For a listener, tcpi_unacked is its accept queue's length and tcpi_sacked
+            // the backlog it was given.
+            let word = |at: usize| info.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4")));
+            let (waiting, backlog) = (word(24), word(28));
+            if waiting > 0 && !ctx.tcp_close {
+                return Err(unsupported(format!(
+                    "listening TCP socket {} has {waiting} connection(s) waiting to be accepted; they cannot be put back in \
+                     its backlog on restore (let the application accept them and try again, or give them up with --tcp-close)",
+                    tcp::ip_port(&addr)
+                )));
+            }
+            Ok(SocketState::TcpListen { family, addr, opts, tcp, backlog })
+        }
+        TCP_CLOSE => Ok(SocketState::TcpFresh { family, addr: bound, opts, tcp }),
+        _ if ctx.tcp_close => Ok(SocketState::TcpFresh { family, addr: None, opts, tcp }),
+        st if !ctx.network_locked && tcp::repairable(st) => {
+            let peer = sock::sockaddr(dup, true).unwrap_or_default();
+            Err(unsupported(format!(
+                "TCP connection {} in state {}: the network is not locked, so it cannot be saved here (or close it with --tcp-close)",
+                tcp::describe(&addr, &peer),
+                tcp::state_name(st)
+            )))
+        }
+        st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, (family, &addr), (st, &info), dup, (*opts, tcp))?))),
     }
 }
 
@@ -97,7 +111,7 @@ fn delivery_addr(addr: &[u8]) -> Vec<u8> {
 pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &SocketState, ctx: &mut SocketRestore) -> Result<Option<u64>> {
     let fd = match st {
         SocketState::TcpListen { family, addr, opts, tcp, backlog } => {
-            let fd = inj.call("socket(tcp)", libc::SYS_socket, [*family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
+            let fd = create_as(inj, opts.uid, "socket(tcp)", libc::SYS_socket, [*family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
             set_opts(inj, fd, *family, true, opts)?;
             tcp::set_tcp_opts(inj, fd, tcp)?;
             bind(inj, fd, addr, ctx).map_err(|e| EngineError::Proc { pid: vpid, detail: format!("rebind listening TCP socket: {e}") })?;
@@ -106,7 +120,7 @@ pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &SocketState, ctx: &mut
             fd
         }
         SocketState::TcpFresh { family, addr, opts, tcp } => {
-            let fd = inj.call("socket(tcp)", libc::SYS_socket, [*family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
+            let fd = create_as(inj, opts.uid, "socket(tcp)", libc::SYS_socket, [*family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
             set_opts(inj, fd, *family, true, opts)?;
             tcp::set_tcp_opts(inj, fd, tcp)?;
             if let Some(a) = addr {
@@ -116,7 +130,7 @@ pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &SocketState, ctx: &mut
         }
         SocketState::TcpConn(c) => super::conns::restore_one(inj, c, ctx)?,
         SocketState::Udp { family, addr, peer, opts, queued } => {
-            let fd = inj.call("socket(udp)", libc::SYS_socket, [*family as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0])?;
+            let fd = create_as(inj, opts.uid, "socket(udp)", libc::SYS_socket, [*family as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0])?;
             set_opts(inj, fd, *family, false, opts)?;
             if let Some(a) = addr {
                 bind(inj, fd, a, ctx)?;

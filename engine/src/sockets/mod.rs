@@ -11,6 +11,12 @@
 //! and, for unix sockets, from a `sock_diag` dump of the process's network namespace (peers,
 //! names, socket files, backlogs, shutdown state).
 //!
+//! Every socket's owner (its inode's uid, the `sk_uid` that `/proc/net/*` shows and netfilter's
+//! `meta skuid` matches) is saved with its options; restore makes the socket under that fsuid
+//! ([`create_as`]), since the process still has Zap's credentials while its fds come back.
+//!
+//! Saving a process with many sockets reads its TCP sockets ahead over threads ([`prefetch`]).
+//!
 //! Restore injects `socket`/`socketpair`, `setsockopt`, `bind`, `listen`, `connect`, `accept`
 //! into the processes, except for established TCP connections: only their `socket()` is injected,
 //! and Zap rebuilds them on its duplicate of the socket, over threads ([`conns`]; options set
@@ -116,14 +122,103 @@ pub struct SocketContext {
     pub network_locked: bool,
     /// Integer options of fresh sockets by (family, type, protocol), read on first need.
     pub(crate) defaults: HashMap<(i32, i32, i32), Option<opts::Defaults>>,
+    /// Multicast groups of the network namespace of a process, by (host pid, family), read on
+    /// first need (every inet socket is asked about each).
+    pub(crate) groups: std::sync::Mutex<HashMap<(i32, i32), std::sync::Arc<Vec<opts::Group>>>>,
+    /// Sockets saved ahead, over threads ([`prefetch`]), by inode: what [`save`] would answer.
+    pub(crate) prefetched: HashMap<u64, Result<SocketState>>,
+    /// Signal owners read ahead with them ([`crate::sys::proc::fd_owner`]), by (host pid, fd).
+    pub(crate) owners: HashMap<(i32, i32), (i32, i32, i32)>,
+}
+
+impl SocketContext {
+    /// The defaults of a fresh socket of (`family`, `sock_type`, `protocol`), made in the network
+    /// namespace of `pid` on first need.
+    fn ensure_defaults(&mut self, pid: i32, family: i32, sock_type: i32, protocol: i32) {
+        self.defaults.entry((family, sock_type, protocol)).or_insert_with(|| opts::fresh_defaults(pid, family, sock_type, protocol));
+    }
+
+    /// The multicast groups of the network namespace of `pid` for `family`.
+    fn groups(&self, pid: i32, family: i32) -> std::sync::Arc<Vec<opts::Group>> {
+        let mut cache = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        cache.entry((pid, family)).or_insert_with(|| std::sync::Arc::new(opts::namespace_groups(pid, family))).clone()
+    }
 }
 
 /// Reads the options of socket `fd` of `pid` (duplicated into Zap as `dup`), comparing them with
 /// a fresh socket of the same kind; TCP-level ones when `tcp`.
 pub(crate) fn options(pid: i32, fd: i32, dup: &OwnedFd, family: i32, sock_type: i32, tcp: bool, ctx: &mut SocketContext) -> Result<SockOpts> {
     let protocol = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
-    let defaults = ctx.defaults.entry((family, sock_type, protocol)).or_insert_with(|| opts::fresh_defaults(pid, family, sock_type, protocol));
-    opts::opts_of(pid, fd, dup, family, tcp, defaults.as_ref())
+    ctx.ensure_defaults(pid, family, sock_type, protocol);
+    options_known(pid, fd, dup, family, (sock_type, protocol), tcp, ctx)
+}
+
+/// [`options`] for a socket whose kind's defaults `ctx` holds already (see
+/// [`SocketContext::ensure_defaults`]).
+fn options_known(pid: i32, fd: i32, dup: &OwnedFd, family: i32, (sock_type, protocol): (i32, i32), tcp: bool, ctx: &SocketContext) -> Result<SockOpts> {
+    let defaults = ctx.defaults.get(&(family, sock_type, protocol)).and_then(Option::as_ref);
+    opts::opts_of(pid, fd, dup, family, tcp, defaults, &ctx.groups(pid, family))
+}
+
+/// The socket `ino` as [`prefetch`] saved it, if it did (once: it is taken).
+pub(crate) fn take_prefetched(ino: u64, fctx: &mut crate::files::SaveContext) -> Option<Result<SocketState>> {
+    fctx.sockets.prefetched.remove(&ino)
+}
+
+/// Below this many sockets in a process, [`prefetch`] leaves them to [`save`], one by one.
+const PREFETCH_MIN: usize = 16;
+
+/// Saves ahead, over threads (one per core, at most 4), the TCP sockets among `socks` ((fd,
+/// inode) of the stopped process `pid`, whose pidfd is `pidfd`), with the signal owner of each:
+/// [`save`] and the fd dump then take the results from `ctx` instead of reading the sockets one
+/// by one. A process with few sockets is left alone. Other sockets (unix, UDP, raw...) are
+/// saved by [`save`] as before: they may need the group's context.
+pub(crate) fn prefetch(pid: i32, pidfd: &OwnedFd, socks: &[(i32, u64)], fctx: &mut crate::files::SaveContext) {
+    let ctx = &mut fctx.sockets;
+    // A socket another process holds too may have been saved with it already.
+    let socks: Vec<(i32, u64)> = socks.iter().copied().filter(|(_, ino)| ctx.holders.get(ino).is_none_or(|h| h.0 == pid)).collect();
+    if socks.len() < PREFETCH_MIN {
+        return;
+    }
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        ctx.ensure_defaults(pid, family, libc::SOCK_STREAM, libc::IPPROTO_TCP);
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let per = socks.len().div_ceil(threads);
+    let shared: &SocketContext = ctx;
+    type Found = Vec<(u64, i32, Result<SocketState>, Option<(i32, i32, i32)>)>;
+    let found: Vec<Found> = std::thread::scope(|s| {
+        let handles: Vec<_> = socks
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for &(fd, ino) in chunk {
+                        // Anything unexpected is left to the one-by-one path, which reports it.
+                        let Ok(dup) = crate::sys::proc::pidfd_getfd(pidfd, fd) else { continue };
+                        let int = |name| sock::getsockopt_int(&dup, libc::SOL_SOCKET, name).ok();
+                        let (Some(family), Some(sock_type), Some(protocol)) = (int(libc::SO_DOMAIN), int(libc::SO_TYPE), int(libc::SO_PROTOCOL))
+                        else {
+                            continue;
+                        };
+                        if !matches!(family, libc::AF_INET | libc::AF_INET6) || sock_type != libc::SOCK_STREAM || protocol != libc::IPPROTO_TCP {
+                            continue;
+                        }
+                        let st = inet::save_tcp(pid, fd, ino, (family, protocol), &dup, shared);
+                        out.push((ino, fd, st, crate::sys::proc::fd_owner(&dup).ok()));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    for (ino, fd, st, owner) in found.into_iter().flatten() {
+        ctx.prefetched.insert(ino, st);
+        if let Some(o) = owner {
+            ctx.owners.insert((pid, fd), o);
+        }
+    }
 }
 
 fn port_of(addr: &[u8]) -> u16 {
@@ -185,6 +280,26 @@ fn rewrite(addr: &[u8], ctx: &SocketRestore) -> Vec<u8> {
         }
     }
     addr
+}
+
+/// Makes a socket in the process `inj` drives (the injected syscall `nr` with `args`, named
+/// `what`) owned by `uid`: a socket belongs to the fsuid of the thread that makes it, and the
+/// process still has Zap's credentials while its fds are restored, so for another uid the call is
+/// made under that fsuid (`setfsuid` before, and back after).
+fn create_as(inj: &mut Injector, uid: u32, what: &'static str, nr: i64, args: [u64; 6]) -> Result<u64> {
+    if uid == 0 {
+        return inj.call(what, nr, args);
+    }
+    // setfsuid answers the previous fsuid, whether it changed it or not: check it took.
+    let before = inj.call("setfsuid (socket owner)", libc::SYS_setfsuid, [u64::from(uid), 0, 0, 0, 0, 0])?;
+    let now = inj.call("setfsuid (socket owner)", libc::SYS_setfsuid, [u64::from(uid), 0, 0, 0, 0, 0])?;
+    let made = if now == u64::from(uid) {
+        inj.call(what, nr, args)
+    } else {
+        Err(EngineError::Proc { pid: calls::SockCalls::pid(inj), detail: format!("{what}: cannot take fsuid {uid} to make the socket owned by it") })
+    };
+    inj.call("setfsuid (back)", libc::SYS_setfsuid, [before, 0, 0, 0, 0, 0])?;
+    made
 }
 
 fn bind(inj: &mut Injector, fd: u64, addr: &[u8], ctx: &SocketRestore) -> Result<()> {

@@ -82,7 +82,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, c
 
 /// Recreates netlink socket `s` in the process `inj` drives.
 pub(super) fn restore(inj: &mut Injector, s: &NetlinkSocket) -> Result<u64> {
-    let fd = inj.call("socket(AF_NETLINK)", libc::SYS_socket, [libc::AF_NETLINK as u64, s.sock_type as u64, s.protocol as u64, 0, 0, 0])?;
+    let fd = super::create_as(inj, s.opts.uid, "socket(AF_NETLINK)", libc::SYS_socket, [libc::AF_NETLINK as u64, s.sock_type as u64, s.protocol as u64, 0, 0, 0])?;
     set_opts(inj, fd, libc::AF_NETLINK, false, &s.opts)?;
     let nl = |pid: u32, groups: u32| {
         let mut a = vec![0u8; 12];

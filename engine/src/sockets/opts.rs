@@ -17,6 +17,9 @@
 //! `/proc/net/igmp` and `/proc/net/igmp6` is asked of the socket with `MCAST_MSFILTER`, which
 //! answers the socket's own membership with its source filter.
 //!
+//! The socket's owner (its inode's uid, from `fstat`) is saved with the options
+//! ([`SockOpts::uid`]); restore makes the socket under that fsuid ([`super::create_as`]).
+//!
 //! Refused: an eBPF socket filter (`SO_ATTACH_BPF`: the kernel cannot give it back). Not
 //! seen (the kernel shows them nowhere): reuseport BPF programs, and an IPv4 multicast interface
 //! chosen by index alone (`IP_MULTICAST_IF` with an `ip_mreqn` whose address is 0).
@@ -225,9 +228,12 @@ pub struct Membership {
     pub sources: Vec<Vec<u8>>,
 }
 
-/// Socket options: those the program changed from the kernel's defaults.
+/// Socket options: those the program changed from the kernel's defaults; and the socket's owner.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SockOpts {
+    /// The uid owning the socket (its inode's, the `sk_uid` `/proc/net/*` shows and netfilter's
+    /// `meta skuid` matches); restore makes the socket under that fsuid ([`super::create_as`]).
+    pub uid: u32,
     /// TCP_NODELAY.
     pub nodelay: bool,
     /// Integer options that differ from a fresh socket's: (level, option, value).
@@ -291,9 +297,11 @@ fn ifname_of(index: i32, dup: &OwnedFd) -> Option<String> {
     Some(String::from_utf8_lossy(&req[..end]).into_owned())
 }
 
-/// Multicast groups of the namespace (from /proc/PID/net/igmp and igmp6): (level, ifindex,
-/// ifname, raw group sockaddr).
-fn namespace_groups(pid: i32, family: i32) -> Vec<(i32, u32, String, Vec<u8>)> {
+/// A multicast group of a network namespace: (level, ifindex, ifname, raw group sockaddr).
+pub(super) type Group = (i32, u32, String, Vec<u8>);
+
+/// Multicast groups of the namespace of `pid` (from /proc/PID/net/igmp and igmp6).
+pub(super) fn namespace_groups(pid: i32, family: i32) -> Vec<Group> {
     let mut out = Vec::new();
     if family == libc::AF_INET {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/igmp")).unwrap_or_default();
@@ -333,12 +341,14 @@ fn namespace_groups(pid: i32, family: i32) -> Vec<(i32, u32, String, Vec<u8>)> {
 
 /// Reads the options of socket `fd` of `pid` (duplicated into Zap as `dup`) of `family`;
 /// TCP-level ones when `tcp`. `defaults` are a fresh socket's of the same kind (None: record
-/// every readable integer option).
-pub(super) fn opts_of(pid: i32, fd: i32, dup: &OwnedFd, family: i32, tcp: bool, defaults: Option<&Defaults>) -> Result<SockOpts> {
+/// every readable integer option); `groups` the multicast groups of its namespace
+/// ([`namespace_groups`]), each asked of the socket.
+pub(super) fn opts_of(pid: i32, fd: i32, dup: &OwnedFd, family: i32, tcp: bool, defaults: Option<&Defaults>, groups: &[Group]) -> Result<SockOpts> {
     let refuse = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
     let sys = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
     let int = |level, name| sock::getsockopt_int(dup, level, name).ok();
-    let mut o = SockOpts { nodelay: tcp && int(libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap_or(0) != 0, ..Default::default() };
+    let uid = sock::owner_uid(dup).map_err(sys("fstat (socket owner)"))?;
+    let mut o = SockOpts { uid, nodelay: tcp && int(libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap_or(0) != 0, ..Default::default() };
     for &(level, name, _) in int_table(family) {
         if let Some(v) = int(level, name) {
             if defaults.and_then(|d| d.get(&(level, name))) != Some(&v) {
@@ -415,11 +425,11 @@ pub(super) fn opts_of(pid: i32, fd: i32, dup: &OwnedFd, family: i32, tcp: bool, 
             o.ifindex_opts.push((level, name, ifname));
         }
     }
-    for (level, ifindex, ifname, group) in namespace_groups(pid, family) {
-        if let Some((mode, sources)) = sock::multicast_filter(dup, level, ifindex, &group).map_err(sys("MCAST_MSFILTER"))? {
+    for &(level, ifindex, ref ifname, ref group) in groups {
+        if let Some((mode, sources)) = sock::multicast_filter(dup, level, ifindex, group).map_err(sys("MCAST_MSFILTER"))? {
             let keep = if level == SOL_IP { 16 } else { 28 };
             let sources = sources.into_iter().map(|s| s[..keep].to_vec()).collect();
-            o.memberships.push(Membership { level, ifname, group, mode, sources });
+            o.memberships.push(Membership { level, ifname: ifname.clone(), group: group.clone(), mode, sources });
         }
     }
     Ok(o)

@@ -147,11 +147,11 @@ pub(super) fn restore(inj: &mut Injector, s: &RawSocket, ctx: &mut SocketRestore
             // The restorer is root (gid 0) until the process's credentials are set: let group 0
             // make the socket, then leave the saved range.
             set_ping_range(tid, (0, range.1.max(1)))?;
-            let fd = inj.call("socket(ICMP)", libc::SYS_socket, [s.family as u64, s.sock_type as u64, s.protocol as u64, 0, 0, 0]);
+            let fd = super::create_as(inj, s.opts.uid, "socket(ICMP)", libc::SYS_socket, [s.family as u64, s.sock_type as u64, s.protocol as u64, 0, 0, 0]);
             set_ping_range(tid, range)?;
             fd?
         }
-        None => inj.call("socket(SOCK_RAW)", libc::SYS_socket, [s.family as u64, s.sock_type as u64, s.protocol as u64, 0, 0, 0])?,
+        None => super::create_as(inj, s.opts.uid, "socket(SOCK_RAW)", libc::SYS_socket, [s.family as u64, s.sock_type as u64, s.protocol as u64, 0, 0, 0])?,
     };
     set_opts(inj, fd, s.family, false, &s.opts)?;
     if let Some(a) = &s.addr {
@@ -165,7 +165,7 @@ pub(super) fn restore(inj: &mut Injector, s: &RawSocket, ctx: &mut SocketRestore
 
 /// Recreates packet socket `s` in the process `inj` drives.
 pub(super) fn restore_packet(inj: &mut Injector, s: &PacketSocket) -> Result<u64> {
-    let fd = inj.call("socket(AF_PACKET)", libc::SYS_socket, [libc::AF_PACKET as u64, s.sock_type as u64, u64::from(s.protocol), 0, 0, 0])?;
+    let fd = super::create_as(inj, s.opts.uid, "socket(AF_PACKET)", libc::SYS_socket, [libc::AF_PACKET as u64, s.sock_type as u64, u64::from(s.protocol), 0, 0, 0])?;
     set_opts(inj, fd, libc::AF_PACKET, false, &s.opts)?;
     if let Some(name) = &s.ifname {
         let idx = super::opts::ifindex(inj, fd, name)?;

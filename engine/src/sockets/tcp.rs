@@ -323,13 +323,21 @@ pub fn describe(local: &[u8], peer: &[u8]) -> String {
     format!("{} -> {}", ip_port(local), ip_port(peer))
 }
 
-/// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`) in TCP state `st`, with its
-/// socket and TCP-level options as the caller read them. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
+/// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`, of `family`, bound to `local`)
+/// in TCP state `st` (`info`: its TCP_INFO), with its socket and TCP-level options as the caller
+/// read them. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
 /// repair mode cannot restore.
-pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &OwnedFd, (opts, tcp): (SockOpts, TcpOpts)) -> Result<TcpConn> {
-    let local = sock::sockaddr(dup, false).map_err(|source| EngineError::Sys { step: "getsockname", pid, source })?;
+pub(super) fn save_conn(
+    pid: i32,
+    fd: i32,
+    ino: u64,
+    (family, local): (i32, &[u8]),
+    (st, info): (u8, &[u8]),
+    dup: &OwnedFd,
+    (opts, tcp): (SockOpts, TcpOpts),
+) -> Result<TcpConn> {
     let peer = sock::sockaddr(dup, true).ok().or_else(|| peer_from_proc(pid, ino, family)).unwrap_or_default();
-    let what = || format!("fd {fd}: TCP connection {} in state {}", describe(&local, &peer), state_name(st));
+    let what = || format!("fd {fd}: TCP connection {} in state {}", describe(local, &peer), state_name(st));
     let fail = |why: String| EngineError::Proc { pid, detail: format!("{}: {why}", what()) };
     if !repairable(st) {
         let why = match st {
@@ -340,7 +348,9 @@ pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &
         return Err(fail(why));
     }
     let reuse = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
-    let info = sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(|e| fail(format!("TCP_INFO: {e}")))?;
+    if info.len() < 8 {
+        return Err(fail(format!("TCP_INFO of {} bytes", info.len())));
+    }
     let buffers = (
         sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
         sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
@@ -378,7 +388,7 @@ pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &
         let sent_len = sendq.len() - unsent_len;
         Ok(TcpConn {
             family,
-            local: local.clone(),
+            local: local.to_vec(),
             peer: peer.clone(),
             state: st,
             snd_seq: write_seq.wrapping_sub(fin_out).wrapping_sub(sendq.len() as u32),
@@ -392,8 +402,8 @@ pub(super) fn save_conn(pid: i32, fd: i32, ino: u64, family: i32, st: u8, dup: &
             timestamp,
             window,
             buffers,
-            tcp: tcp.clone(),
-            opts: opts.clone(),
+            tcp,
+            opts,
         })
     })();
     // Leave repair mode without a window probe; repair mode cleared SO_REUSEADDR.

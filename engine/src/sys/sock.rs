@@ -169,6 +169,17 @@ pub fn sockaddr(fd: &OwnedFd, peer: bool) -> io::Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
+/// The owner of a socket: its inode's uid (`fstat`), which is the socket's `sk_uid` (the uid
+/// `/proc/net/*` and sock_diag show, and netfilter's `meta skuid` matches): the fsuid of whoever
+/// made it.
+pub fn owner_uid(fd: &OwnedFd) -> io::Result<u32> {
+    // SAFETY: stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is a valid descriptor and st a buffer of the right type.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.st_uid)
+}
+
 /// TCP state (`tcpi_state` of TCP_INFO).
 pub fn tcp_state(fd: &OwnedFd) -> io::Result<u8> {
     let mut info = [0u8; 256];

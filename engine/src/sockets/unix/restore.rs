@@ -111,13 +111,15 @@ fn close(inj: &mut Injector, fd: u64) -> Result<()> {
     inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]).map(|_| ())
 }
 
-fn new_socket(inj: &mut Injector, sock_type: i32) -> Result<u64> {
-    inj.call("socket(AF_UNIX)", libc::SYS_socket, [libc::AF_UNIX as u64, sock_type as u64, 0, 0, 0, 0])
+/// A unix socket owned by `uid` (see [`crate::sockets::create_as`]).
+fn new_socket(inj: &mut Injector, sock_type: i32, uid: u32) -> Result<u64> {
+    crate::sockets::create_as(inj, uid, "socket(AF_UNIX)", libc::SYS_socket, [libc::AF_UNIX as u64, sock_type as u64, 0, 0, 0, 0])
 }
 
-fn pair(inj: &mut Injector, sock_type: i32) -> Result<(u64, u64)> {
+/// A pair of unix sockets, both owned by `uid`.
+fn pair(inj: &mut Injector, sock_type: i32, uid: u32) -> Result<(u64, u64)> {
     let p = put(inj, &[0u8; 8])?;
-    inj.call("socketpair(AF_UNIX)", libc::SYS_socketpair, [libc::AF_UNIX as u64, sock_type as u64, 0, p, 0, 0])?;
+    crate::sockets::create_as(inj, uid, "socketpair(AF_UNIX)", libc::SYS_socketpair, [libc::AF_UNIX as u64, sock_type as u64, 0, p, 0, 0])?;
     let b = inj.read_mem(p, 8)?;
     Ok((u64::from(u32::from_ne_bytes(b[0..4].try_into().expect("4"))), u64::from(u32::from_ne_bytes(b[4..8].try_into().expect("4")))))
 }
@@ -272,7 +274,7 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
     let u = &mut ctx.unix;
     let fd = match &s.conn {
         UnixConn::Unconnected | UnixConn::Listen { .. } => {
-            let fd = new_socket(inj, s.sock_type)?;
+            let fd = new_socket(inj, s.sock_type, s.opts.uid)?;
             apply_own(inj, vpid, fd, s, u)?;
             if let UnixConn::Listen { backlog } = s.conn {
                 inj.call("listen", libc::SYS_listen, [fd, u64::from(backlog), 0, 0, 0, 0])?;
@@ -286,7 +288,7 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
             let u = &mut ctx.unix;
             let accepted_is_us = s.name.as_ref().map(|n| &n.raw) == l.name.as_ref().map(|n| &n.raw);
             let (client_ino, client_name) = if accepted_is_us { (*peer, peer_name) } else { (s.ino, &s.name) };
-            let c = new_socket(inj, s.sock_type)?;
+            let c = new_socket(inj, s.sock_type, s.opts.uid)?;
             if !accepted_is_us {
                 set_opts(inj, c, libc::AF_UNIX, false, &s.opts)?;
             }
@@ -306,7 +308,7 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
             mine
         }
         UnixConn::Pair { peer, .. } => {
-            let (mine, theirs) = pair(inj, s.sock_type)?;
+            let (mine, theirs) = pair(inj, s.sock_type, s.opts.uid)?;
             let parked = files::park(inj, theirs)?;
             u.regs.insert(*peer, Reg { vpid, keeper: parked, opts_set: false, named: false });
             register(inj, u, s.ino, vpid, mine, false, false)?;
@@ -314,7 +316,7 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
             mine
         }
         UnixConn::To { peer: target } | UnixConn::Pending { listener: target } => {
-            let fd = new_socket(inj, s.sock_type)?;
+            let fd = new_socket(inj, s.sock_type, s.opts.uid)?;
             apply_own(inj, vpid, fd, s, u)?;
             let tfd = obtain(inj, vpid, target, ctx, take)?;
             close(inj, tfd)?;
@@ -324,7 +326,7 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
         }
         UnixConn::PeerGone { .. } => {
             // A pair whose other end is closed once the queue is back.
-            let (mine, other) = pair(inj, s.sock_type)?;
+            let (mine, other) = pair(inj, s.sock_type, s.opts.uid)?;
             apply_own(inj, vpid, mine, s, u)?;
             let parked = files::park(inj, other)?;
             u.gone_peers.insert(s.ino, (vpid, parked));
@@ -435,7 +437,7 @@ fn requeue(inj: &mut Injector, vpid: i32, s: &UnixSocket, fctx: &mut RestoreCont
                         None => {
                             // The sender is gone: a stand-in bound to its name (its file, if any, in a
                             // temporary directory).
-                            let fd = new_socket(inj, s.sock_type)?;
+                            let fd = new_socket(inj, s.sock_type, s.opts.uid)?;
                             fctx.sockets.unix.seq += 1;
                             let ino = u64::MAX - u64::from(fctx.sockets.unix.seq);
                             let file = if from.first() == Some(&0) { NameFile::Abstract } else { NameFile::Gone };
@@ -443,7 +445,7 @@ fn requeue(inj: &mut Injector, vpid: i32, s: &UnixSocket, fctx: &mut RestoreCont
                             fd
                         }
                     },
-                    (None, None) => new_socket(inj, s.sock_type)?,
+                    (None, None) => new_socket(inj, s.sock_type, s.opts.uid)?,
                 };
                 let old = grow_sndbuf(inj, fd, total)?;
                 made.push((fd, old));
