@@ -210,8 +210,7 @@ fn postgres_keeps_its_rows_and_an_open_session_across_checkpoints() {
 /// 64 MiB buffer is intact.
 #[test]
 fn node_http_server_keeps_its_state_and_keep_alive_client() {
-    if !have("node") {
-        eprintln!("SKIP: node (Node.js) not installed");
+    if !installed(&["node"], "node (Node.js)") {
         return;
     }
     let e = env();
