@@ -601,7 +601,7 @@ fn socket_owners(pid: i32) -> Vec<(u64, String, u32)> {
             }
         }
     }
-    out.sort();
+    out.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
     out
 }
 
