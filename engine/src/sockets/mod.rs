@@ -106,6 +106,9 @@ pub enum SocketState {
     },
 }
 
+/// The multicast groups of a network namespace, shared by the threads that read its sockets.
+type Groups = std::sync::Arc<Vec<opts::Group>>;
+
 /// What saving sockets needs to know about the group.
 #[derive(Default)]
 pub struct SocketContext {
@@ -124,7 +127,7 @@ pub struct SocketContext {
     pub(crate) defaults: HashMap<(i32, i32, i32), Option<opts::Defaults>>,
     /// Multicast groups of the network namespace of a process, by (host pid, family), read on
     /// first need (every inet socket is asked about each).
-    pub(crate) groups: std::sync::Mutex<HashMap<(i32, i32), std::sync::Arc<Vec<opts::Group>>>>,
+    pub(crate) groups: std::sync::Mutex<HashMap<(i32, i32), Groups>>,
     /// Sockets saved ahead, over threads ([`prefetch`]), by inode: what [`save`] would answer.
     pub(crate) prefetched: HashMap<u64, Result<SocketState>>,
     /// Signal owners read ahead with them ([`crate::sys::proc::fd_owner`]), by (host pid, fd).
@@ -139,7 +142,7 @@ impl SocketContext {
     }
 
     /// The multicast groups of the network namespace of `pid` for `family`.
-    fn groups(&self, pid: i32, family: i32) -> std::sync::Arc<Vec<opts::Group>> {
+    fn groups(&self, pid: i32, family: i32) -> Groups {
         let mut cache = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         cache.entry((pid, family)).or_insert_with(|| std::sync::Arc::new(opts::namespace_groups(pid, family))).clone()
     }
