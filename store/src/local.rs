@@ -83,6 +83,8 @@ pub struct LocalStore {
     /// Writers hold it shared, GC exclusive.
     pub(crate) gc_lock: RwLock<()>,
     open_packs: Mutex<HashMap<PackId, Arc<File>>>,
+    /// Packs mapped for reading in place (see [`sys::Mapping`]).
+    mapped_packs: Mutex<HashMap<PackId, Arc<sys::Mapping>>>,
     /// Trees read or written in this process (see [`tree::Known`]); cleared by GC.
     pub(crate) known: Mutex<Known>,
     _lock: File,
@@ -185,6 +187,7 @@ impl LocalStore {
             opts,
             gc_lock: RwLock::new(()),
             open_packs: Mutex::new(HashMap::new()),
+            mapped_packs: Mutex::new(HashMap::new()),
             known: Mutex::new(Known::default()),
             _lock: lock,
         };
@@ -291,13 +294,43 @@ impl LocalStore {
 
     pub(crate) fn forget_pack(&self, id: PackId) {
         self.open_packs.lock().expect("pack cache lock").remove(&id);
+        self.mapped_packs.lock().expect("pack map cache lock").remove(&id);
     }
 
-    /// Reads and checks a chunk at a known location.
+    /// Pack `id` mapped whole for reading in place (kept for the next reads).
+    fn pack_map(&self, id: PackId) -> Result<Arc<sys::Mapping>> {
+        if let Some(m) = self.mapped_packs.lock().expect("pack map cache lock").get(&id) {
+            return Ok(m.clone());
+        }
+        let file = self.pack_file(id)?;
+        let path = self.pack_path(id);
+        let size = file.metadata().map_err(|e| StoreError::io("stat pack", &path, e))?.len();
+        let map = Arc::new(sys::Mapping::of(&file, size as usize).map_err(|e| StoreError::io("map pack", &path, e))?);
+        let mut maps = self.mapped_packs.lock().expect("pack map cache lock");
+        if maps.len() > 512 {
+            maps.clear();
+        }
+        Ok(maps.entry(id).or_insert(map).clone())
+    }
+
+    /// The stored bytes of the chunk at `loc`, in its mapped pack.
+    fn mapped_stored(&self, loc: &ChunkLoc) -> Result<crate::MappedBytes> {
+        let map = self.pack_map(loc.pack)?;
+        let from = loc.offset as usize;
+        let to = from + loc.stored_len as usize;
+        if to > map.bytes().len() {
+            return Err(StoreError::Corrupt {
+                what: format!("pack {}", self.pack_path(loc.pack).display()),
+                detail: format!("truncated: chunk at offset {} length {} lies past the end", loc.offset, loc.stored_len),
+            });
+        }
+        Ok(crate::MappedBytes::new(map, from..to))
+    }
+
+    /// Reads and checks a chunk at a known location (read in place from its mapped pack).
     pub(crate) fn read_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
-        let file = self.pack_file(loc.pack)?;
-        let stored = pack::read_stored(&file, &self.pack_path(loc.pack), loc)?;
-        decode_chunk(id, loc.compression, loc.raw_len as usize, &stored).map_err(|e| StoreError::Corrupt {
+        let stored = self.mapped_stored(loc)?;
+        decode_chunk(id, loc.compression, loc.raw_len as usize, stored.as_slice()).map_err(|e| StoreError::Corrupt {
             what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
             detail: e.to_string(),
         })
@@ -453,15 +486,16 @@ impl ImageStore for LocalStore {
         if loc.compression != zap_chunker::Compression::Sparse {
             return self.read_at(id, &loc).map(crate::ChunkBytes::Raw);
         }
-        let stored = pack::read_stored(&*self.pack_file(loc.pack)?, &self.pack_path(loc.pack), &loc)?;
-        let actual = ChunkId::of_sparse(loc.raw_len as usize, &stored);
-        if actual != *id || zap_chunker::sparse_pages(&stored, loc.raw_len as usize).is_none() {
+        // Checked in place, and handed out in place: the pages are written from the mapping.
+        let stored = self.mapped_stored(&loc)?;
+        let actual = ChunkId::of_sparse(loc.raw_len as usize, stored.as_slice());
+        if actual != *id || zap_chunker::sparse_pages(stored.as_slice(), loc.raw_len as usize).is_none() {
             return Err(StoreError::Corrupt {
                 what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
                 detail: format!("sparse content does not match its id (hash {actual}) or is malformed"),
             });
         }
-        Ok(crate::ChunkBytes::Sparse { raw_len: loc.raw_len as usize, stored })
+        Ok(crate::ChunkBytes::SparseMapped { raw_len: loc.raw_len as usize, stored })
     }
 
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {
@@ -576,6 +610,22 @@ impl ChunkSink for LocalWriter<'_> {
         }
         let loc = self.pack.as_mut().expect("opened above").append(chunk)?;
         self.new.insert(chunk.id, loc);
+        Ok(true)
+    }
+
+    fn put_owned(&mut self, chunk: Chunk) -> Result<bool> {
+        if self.contains(&chunk.id)? {
+            return Ok(false);
+        }
+        if self.pack.as_ref().is_some_and(|p| p.len() >= self.store.opts.pack_target) {
+            self.close_pack()?;
+        }
+        if self.pack.is_none() {
+            self.pack = Some(self.store.new_pack()?);
+        }
+        let id = chunk.id;
+        let loc = self.pack.as_mut().expect("opened above").append_owned(chunk)?;
+        self.new.insert(id, loc);
         Ok(true)
     }
 

@@ -108,13 +108,15 @@ fn put_all<S: ChunkSink>(sink: &mut S, per_vma: &mut [Vec<Extent>], chunked: Vec
     let mut new = 0u64;
     for (idx, exts) in chunked {
         for ce in exts {
-            let data = match &ce.chunk {
+            let data = match ce.chunk {
                 None => ExtentData::Zero,
                 Some(c) => {
-                    if sink.put(c)? {
-                        new += c.data.len() as u64;
+                    let (id, len) = (c.id, c.data.len() as u64);
+                    // By value: the store writes the chunk's bytes from its own buffer.
+                    if sink.put_owned(c)? {
+                        new += len;
                     }
-                    ExtentData::Chunk { id: c.id, offset: 0 }
+                    ExtentData::Chunk { id, offset: 0 }
                 }
             };
             let list = &mut per_vma[idx];
