@@ -185,6 +185,11 @@ pub trait ImageStore: Sync {
     fn read_chunk_bytes(&self, id: &ChunkId) -> Result<ChunkBytes> {
         self.read_chunk(id).map(ChunkBytes::Raw)
     }
+    /// [`ImageStore::read_chunk_bytes`] of several chunks, in order; a store may look them all up
+    /// at once. By default, one after the other.
+    fn read_chunks_bytes(&self, ids: &[ChunkId]) -> Result<Vec<ChunkBytes>> {
+        ids.iter().map(|id| self.read_chunk_bytes(id)).collect()
+    }
     /// Loads a checkpoint's manifest.
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest>;
     /// Lists checkpoints, oldest first.

@@ -16,6 +16,10 @@
 //!
 //! Recovery on open: temporary packs and packs the index does not record are what a killed writer
 //! or GC left; they are deleted. Visible checkpoints are exactly those whose commit batch landed.
+//!
+//! Reads ([`ImageStore::read_chunk`], [`ImageStore::read_chunk_bytes`]) map each pack once and
+//! take chunks in place (no copy into buffers); every chunk is still checked against its id, and
+//! a sparse chunk is handed out as a view of the mapping ([`crate::ChunkBytes::SparseMapped`]).
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::fs::{File, OpenOptions};
@@ -336,6 +340,24 @@ impl LocalStore {
         })
     }
 
+    /// Reads and checks the chunk `id` at `loc` in the form cheapest to get (see
+    /// [`ImageStore::read_chunk_bytes`]).
+    fn bytes_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<crate::ChunkBytes> {
+        if loc.compression != zap_chunker::Compression::Sparse {
+            return self.read_at(id, loc).map(crate::ChunkBytes::Raw);
+        }
+        // Checked in place, and handed out in place: the pages are written from the mapping.
+        let stored = self.mapped_stored(loc)?;
+        let actual = ChunkId::of_sparse(loc.raw_len as usize, stored.as_slice());
+        if actual != *id || zap_chunker::sparse_pages(stored.as_slice(), loc.raw_len as usize).is_none() {
+            return Err(StoreError::Corrupt {
+                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
+                detail: format!("sparse content does not match its id (hash {actual}) or is malformed"),
+            });
+        }
+        Ok(crate::ChunkBytes::SparseMapped { raw_len: loc.raw_len as usize, stored })
+    }
+
     /// An open handle on the pack that holds a chunk, and the chunk's location: what a reader
     /// that must outlive the store's lock (a lazy restore's pager) keeps. The file stays
     /// readable even if GC later removes it. Read it with [`read_located`].
@@ -483,19 +505,18 @@ impl ImageStore for LocalStore {
             id: id.to_hex(),
             context: "not in the index".into(),
         })?;
-        if loc.compression != zap_chunker::Compression::Sparse {
-            return self.read_at(id, &loc).map(crate::ChunkBytes::Raw);
-        }
-        // Checked in place, and handed out in place: the pages are written from the mapping.
-        let stored = self.mapped_stored(&loc)?;
-        let actual = ChunkId::of_sparse(loc.raw_len as usize, stored.as_slice());
-        if actual != *id || zap_chunker::sparse_pages(stored.as_slice(), loc.raw_len as usize).is_none() {
-            return Err(StoreError::Corrupt {
-                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
-                detail: format!("sparse content does not match its id (hash {actual}) or is malformed"),
-            });
-        }
-        Ok(crate::ChunkBytes::SparseMapped { raw_len: loc.raw_len as usize, stored })
+        self.bytes_at(id, &loc)
+    }
+
+    fn read_chunks_bytes(&self, ids: &[ChunkId]) -> Result<Vec<crate::ChunkBytes>> {
+        // One batched index read for all of them.
+        ids.iter()
+            .zip(self.index.chunks_of(ids)?)
+            .map(|(id, loc)| {
+                let loc = loc.ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "not in the index".into() })?;
+                self.bytes_at(id, &loc)
+            })
+            .collect()
     }
 
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {

@@ -60,7 +60,10 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()
 /// A read-only, private mapping of the first `len` bytes of a file: a pack, read in place on
 /// restore instead of copied into buffers. Packs are immutable once written (they are written
 /// under a temporary name, renamed when complete, and only ever deleted whole; the store's lock
-/// keeps any other Zap process out), so the bytes do not change under the mapping.
+/// keeps any other Zap process out), so the bytes do not change under the mapping. A pack file
+/// damaged before it is mapped is caught as usual (reads past its end are refused as truncated,
+/// every chunk is checked against its id); one truncated by hand *while* a restore reads it
+/// would make that read fault (SIGBUS) and end the restoring command.
 pub struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
@@ -73,10 +76,11 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps the first `len` bytes of `file` (its size, read by the caller), `len` > 0.
+    /// Maps the first `len` bytes of `file` (its size, read by the caller); an empty file gives
+    /// an empty mapping (no bytes; every read from it finds the pack truncated).
     pub fn of(file: &File, len: usize) -> std::io::Result<Mapping> {
         if len == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "cannot map an empty file"));
+            return Ok(Mapping { ptr: std::ptr::null_mut(), len: 0 });
         }
         // SAFETY: a new private read-only mapping chosen by the kernel (no address given), of a
         // valid fd owned by `file`; it aliases no Rust object.
@@ -89,6 +93,9 @@ impl Mapping {
 
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
         // SAFETY: `ptr` is a live readable mapping of `len` bytes until drop; the file's bytes do
         // not change while mapped (see the type's doc), so the slice is stable for its lifetime.
         unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
@@ -97,6 +104,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
         // SAFETY: unmaps exactly the mapping this value owns; no slice of it outlives `self`.
         unsafe { libc::munmap(self.ptr, self.len) };
     }

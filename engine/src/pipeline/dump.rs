@@ -13,7 +13,9 @@
 //! chunks, are the same whatever the window size. A batch that `process_vm_readv` cannot read
 //! whole (a page the process itself cannot read) is read through `/proc/PID/mem` instead. Pages
 //! already copied out ([`crate::mem::copy_pages_since`], for a process that runs on) go straight
-//! to the chunker. Packs are written by the sink; the store fsyncs them once, at commit.
+//! to the chunker. Chunks are handed to the sink by value ([`ChunkSink::put_owned`]): the store
+//! writes packs with `writev` from the chunks' own buffers (no copy in user space), starts their
+//! writeback as it goes and fsyncs them once, at commit.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, sync_channel};
