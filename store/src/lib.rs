@@ -35,6 +35,7 @@ pub mod tree;
 pub use error::{Result, StoreError};
 pub use image::{clip, materialize, overlay, store_run};
 pub use local::{read_located, LocalStore, LocalWriter, StoreOptions};
+
 pub use maint::{GcReport, StoreStats, VerifyProblem, VerifyReport};
 pub use manifest::{CheckpointId, CheckpointSummary, Extent, ExtentData, Image, ImageKind, Manifest};
 pub use zap_chunker::{Chunk, ChunkId};
@@ -46,9 +47,46 @@ pub trait ChunkSink {
     fn contains(&mut self, id: &ChunkId) -> Result<bool>;
     /// Stores `chunk` unless it is already there. Returns true when it was new.
     fn put(&mut self, chunk: &Chunk) -> Result<bool>;
+    /// [`ChunkSink::put`] of a chunk handed over by value, which a writer may store without
+    /// copying its bytes. Returns true when it was new.
+    fn put_owned(&mut self, chunk: Chunk) -> Result<bool> {
+        self.put(&chunk)
+    }
     /// Makes the chunks durable and the manifest visible, atomically. Consumes the writer.
     fn commit(self, manifest: Manifest) -> Result<CheckpointSummary>;
 }
+
+/// Stored bytes of a chunk read in place from a mapped pack (no copy).
+#[derive(Clone)]
+pub struct MappedBytes {
+    map: std::sync::Arc<sys::Mapping>,
+    range: std::ops::Range<usize>,
+}
+
+impl MappedBytes {
+    fn new(map: std::sync::Arc<sys::Mapping>, range: std::ops::Range<usize>) -> Self {
+        MappedBytes { map, range }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.map.bytes()[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for MappedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedBytes({} bytes at {})", self.range.len(), self.range.start)
+    }
+}
+
+impl PartialEq for MappedBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for MappedBytes {}
 
 /// A chunk's bytes as read: whole, or sparse (zero pages left out).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +100,13 @@ pub enum ChunkBytes {
         /// Page bitmap, then the non-zero pages.
         stored: Vec<u8>,
     },
+    /// The same, read in place from a mapped pack, already checked.
+    SparseMapped {
+        /// Uncompressed length.
+        raw_len: usize,
+        /// Page bitmap, then the non-zero pages.
+        stored: MappedBytes,
+    },
 }
 
 impl ChunkBytes {
@@ -69,7 +114,7 @@ impl ChunkBytes {
     pub fn len(&self) -> usize {
         match self {
             ChunkBytes::Raw(v) => v.len(),
-            ChunkBytes::Sparse { raw_len, .. } => *raw_len,
+            ChunkBytes::Sparse { raw_len, .. } | ChunkBytes::SparseMapped { raw_len, .. } => *raw_len,
         }
     }
 
@@ -85,7 +130,7 @@ impl ChunkBytes {
         use std::borrow::Cow;
         let page = zap_chunker::PAGE_SIZE;
         let mut out: Vec<(usize, Cow<'_, [u8]>)> = Vec::new();
-        match self {
+        let (raw_len, stored) = match self {
             ChunkBytes::Raw(v) => {
                 let mut pos = from;
                 while pos < to {
@@ -99,25 +144,26 @@ impl ChunkBytes {
                     }
                     pos = end;
                 }
+                return out;
             }
-            ChunkBytes::Sparse { raw_len, stored } => {
-                let pages = zap_chunker::sparse_pages(stored, *raw_len).unwrap_or_default();
-                let mut pos = from;
-                for (off, bytes) in pages {
-                    let (a, b) = (off.max(from), (off + bytes.len()).min(to));
-                    if a >= b {
-                        continue;
-                    }
-                    if !skip_zero && a > pos {
-                        out.push((pos, Cow::Owned(vec![0; a - pos])));
-                    }
-                    out.push((a, Cow::Borrowed(&bytes[a - off..b - off])));
-                    pos = b;
-                }
-                if !skip_zero && pos < to {
-                    out.push((pos, Cow::Owned(vec![0; to - pos])));
-                }
+            ChunkBytes::Sparse { raw_len, stored } => (*raw_len, stored.as_slice()),
+            ChunkBytes::SparseMapped { raw_len, stored } => (*raw_len, stored.as_slice()),
+        };
+        let pages = zap_chunker::sparse_pages(stored, raw_len).unwrap_or_default();
+        let mut pos = from;
+        for (off, bytes) in pages {
+            let (a, b) = (off.max(from), (off + bytes.len()).min(to));
+            if a >= b {
+                continue;
             }
+            if !skip_zero && a > pos {
+                out.push((pos, Cow::Owned(vec![0; a - pos])));
+            }
+            out.push((a, Cow::Borrowed(&bytes[a - off..b - off])));
+            pos = b;
+        }
+        if !skip_zero && pos < to {
+            out.push((pos, Cow::Owned(vec![0; to - pos])));
         }
         out
     }
@@ -138,6 +184,11 @@ pub trait ImageStore: Sync {
     /// written anywhere). By default, the uncompressed bytes.
     fn read_chunk_bytes(&self, id: &ChunkId) -> Result<ChunkBytes> {
         self.read_chunk(id).map(ChunkBytes::Raw)
+    }
+    /// [`ImageStore::read_chunk_bytes`] of several chunks, in order; a store may look them all up
+    /// at once. By default, one after the other.
+    fn read_chunks_bytes(&self, ids: &[ChunkId]) -> Result<Vec<ChunkBytes>> {
+        ids.iter().map(|id| self.read_chunk_bytes(id)).collect()
     }
     /// Loads a checkpoint's manifest.
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest>;

@@ -16,6 +16,10 @@
 //!
 //! Recovery on open: temporary packs and packs the index does not record are what a killed writer
 //! or GC left; they are deleted. Visible checkpoints are exactly those whose commit batch landed.
+//!
+//! Reads ([`ImageStore::read_chunk`], [`ImageStore::read_chunk_bytes`]) map each pack once and
+//! take chunks in place (no copy into buffers); every chunk is still checked against its id, and
+//! a sparse chunk is handed out as a view of the mapping ([`crate::ChunkBytes::SparseMapped`]).
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::fs::{File, OpenOptions};
@@ -83,6 +87,8 @@ pub struct LocalStore {
     /// Writers hold it shared, GC exclusive.
     pub(crate) gc_lock: RwLock<()>,
     open_packs: Mutex<HashMap<PackId, Arc<File>>>,
+    /// Packs mapped for reading in place (see [`sys::Mapping`]).
+    mapped_packs: Mutex<HashMap<PackId, Arc<sys::Mapping>>>,
     /// Trees read or written in this process (see [`tree::Known`]); cleared by GC.
     pub(crate) known: Mutex<Known>,
     _lock: File,
@@ -185,6 +191,7 @@ impl LocalStore {
             opts,
             gc_lock: RwLock::new(()),
             open_packs: Mutex::new(HashMap::new()),
+            mapped_packs: Mutex::new(HashMap::new()),
             known: Mutex::new(Known::default()),
             _lock: lock,
         };
@@ -291,16 +298,64 @@ impl LocalStore {
 
     pub(crate) fn forget_pack(&self, id: PackId) {
         self.open_packs.lock().expect("pack cache lock").remove(&id);
+        self.mapped_packs.lock().expect("pack map cache lock").remove(&id);
     }
 
-    /// Reads and checks a chunk at a known location.
+    /// Pack `id` mapped whole for reading in place (kept for the next reads).
+    fn pack_map(&self, id: PackId) -> Result<Arc<sys::Mapping>> {
+        if let Some(m) = self.mapped_packs.lock().expect("pack map cache lock").get(&id) {
+            return Ok(m.clone());
+        }
+        let file = self.pack_file(id)?;
+        let path = self.pack_path(id);
+        let size = file.metadata().map_err(|e| StoreError::io("stat pack", &path, e))?.len();
+        let map = Arc::new(sys::Mapping::of(&file, size as usize).map_err(|e| StoreError::io("map pack", &path, e))?);
+        let mut maps = self.mapped_packs.lock().expect("pack map cache lock");
+        if maps.len() > 512 {
+            maps.clear();
+        }
+        Ok(maps.entry(id).or_insert(map).clone())
+    }
+
+    /// The stored bytes of the chunk at `loc`, in its mapped pack.
+    fn mapped_stored(&self, loc: &ChunkLoc) -> Result<crate::MappedBytes> {
+        let map = self.pack_map(loc.pack)?;
+        let from = loc.offset as usize;
+        let to = from + loc.stored_len as usize;
+        if to > map.bytes().len() {
+            return Err(StoreError::Corrupt {
+                what: format!("pack {}", self.pack_path(loc.pack).display()),
+                detail: format!("truncated: chunk at offset {} length {} lies past the end", loc.offset, loc.stored_len),
+            });
+        }
+        Ok(crate::MappedBytes::new(map, from..to))
+    }
+
+    /// Reads and checks a chunk at a known location (read in place from its mapped pack).
     pub(crate) fn read_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
-        let file = self.pack_file(loc.pack)?;
-        let stored = pack::read_stored(&file, &self.pack_path(loc.pack), loc)?;
-        decode_chunk(id, loc.compression, loc.raw_len as usize, &stored).map_err(|e| StoreError::Corrupt {
+        let stored = self.mapped_stored(loc)?;
+        decode_chunk(id, loc.compression, loc.raw_len as usize, stored.as_slice()).map_err(|e| StoreError::Corrupt {
             what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
             detail: e.to_string(),
         })
+    }
+
+    /// Reads and checks the chunk `id` at `loc` in the form cheapest to get (see
+    /// [`ImageStore::read_chunk_bytes`]).
+    fn bytes_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<crate::ChunkBytes> {
+        if loc.compression != zap_chunker::Compression::Sparse {
+            return self.read_at(id, loc).map(crate::ChunkBytes::Raw);
+        }
+        // Checked in place, and handed out in place: the pages are written from the mapping.
+        let stored = self.mapped_stored(loc)?;
+        let actual = ChunkId::of_sparse(loc.raw_len as usize, stored.as_slice());
+        if actual != *id || zap_chunker::sparse_pages(stored.as_slice(), loc.raw_len as usize).is_none() {
+            return Err(StoreError::Corrupt {
+                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
+                detail: format!("sparse content does not match its id (hash {actual}) or is malformed"),
+            });
+        }
+        Ok(crate::ChunkBytes::SparseMapped { raw_len: loc.raw_len as usize, stored })
     }
 
     /// An open handle on the pack that holds a chunk, and the chunk's location: what a reader
@@ -450,18 +505,18 @@ impl ImageStore for LocalStore {
             id: id.to_hex(),
             context: "not in the index".into(),
         })?;
-        if loc.compression != zap_chunker::Compression::Sparse {
-            return self.read_at(id, &loc).map(crate::ChunkBytes::Raw);
-        }
-        let stored = pack::read_stored(&*self.pack_file(loc.pack)?, &self.pack_path(loc.pack), &loc)?;
-        let actual = ChunkId::of_sparse(loc.raw_len as usize, &stored);
-        if actual != *id || zap_chunker::sparse_pages(&stored, loc.raw_len as usize).is_none() {
-            return Err(StoreError::Corrupt {
-                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
-                detail: format!("sparse content does not match its id (hash {actual}) or is malformed"),
-            });
-        }
-        Ok(crate::ChunkBytes::Sparse { raw_len: loc.raw_len as usize, stored })
+        self.bytes_at(id, &loc)
+    }
+
+    fn read_chunks_bytes(&self, ids: &[ChunkId]) -> Result<Vec<crate::ChunkBytes>> {
+        // One batched index read for all of them.
+        ids.iter()
+            .zip(self.index.chunks_of(ids)?)
+            .map(|(id, loc)| {
+                let loc = loc.ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "not in the index".into() })?;
+                self.bytes_at(id, &loc)
+            })
+            .collect()
     }
 
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {
@@ -576,6 +631,22 @@ impl ChunkSink for LocalWriter<'_> {
         }
         let loc = self.pack.as_mut().expect("opened above").append(chunk)?;
         self.new.insert(chunk.id, loc);
+        Ok(true)
+    }
+
+    fn put_owned(&mut self, chunk: Chunk) -> Result<bool> {
+        if self.contains(&chunk.id)? {
+            return Ok(false);
+        }
+        if self.pack.as_ref().is_some_and(|p| p.len() >= self.store.opts.pack_target) {
+            self.close_pack()?;
+        }
+        if self.pack.is_none() {
+            self.pack = Some(self.store.new_pack()?);
+        }
+        let id = chunk.id;
+        let loc = self.pack.as_mut().expect("opened above").append_owned(chunk)?;
+        self.new.insert(id, loc);
         Ok(true)
     }
 

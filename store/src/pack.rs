@@ -17,7 +17,7 @@
 //! under a temporary name, fsynced, then renamed into `packs/`; a pack counts only once the index
 //! records it (see [`crate::local`]).
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,15 @@ pub const HEADER_LEN: u64 = 16;
 const FOOTER_LEN: u64 = 8 + 4 + 32 + 8;
 /// Writeback of a pack being written is started every this many bytes.
 pub const WRITEBACK_STEP: u64 = 16 << 20;
+/// Bytes queued before they are written out with one `writev`.
+const QUEUE_BYTES: usize = 4 << 20;
+/// Pieces queued before they are written out (well under `IOV_MAX`, 1024).
+const QUEUE_PIECES: usize = 512;
+/// Stored chunks at least this long are queued as they are (owned chunks) instead of copied
+/// into a staging buffer.
+const OWN_MIN: usize = 4096;
+/// Capacity of a staging buffer for small or borrowed chunks.
+const STAGING: usize = 256 << 10;
 
 /// Identifier of a pack file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -89,17 +98,25 @@ pub struct PackEntry {
 }
 
 /// Appends chunks to a new pack file.
+///
+/// Bytes are queued and written with one `writev` per [`QUEUE_BYTES`]: a chunk handed over by
+/// value ([`PackWriter::append_owned`]) is written from its own buffer, never copied in user
+/// space; small and borrowed chunks are copied into a staging buffer, as a buffered writer would.
 pub struct PackWriter {
     id: PackId,
     tmp_path: PathBuf,
     final_path: PathBuf,
-    out: BufWriter<File>,
+    file: File,
+    /// Buffers to write, in order; `staging` says whether the last one may take more bytes.
+    queue: Vec<Vec<u8>>,
+    queued: usize,
+    staging: bool,
+    /// Bytes appended (written or queued).
     pos: u64,
     /// Bytes whose writeback was started.
     flushed: u64,
     entries: Vec<PackEntry>,
 }
-
 /// A complete pack under its temporary name, not yet durable: [`FinishedPack::sync_and_rename`]
 /// makes it so. Dropped before that, its file is removed.
 pub struct FinishedPack {
@@ -144,13 +161,24 @@ impl PackWriter {
             .mode(0o600)
             .open(&tmp_path)
             .map_err(|e| StoreError::io("create pack", &tmp_path, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut w = PackWriter {
+            id,
+            tmp_path,
+            final_path,
+            file,
+            queue: Vec::new(),
+            queued: 0,
+            staging: false,
+            pos: 0,
+            flushed: 0,
+            entries: Vec::new(),
+        };
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
-        out.write_all(&header).map_err(|e| StoreError::io("write pack header", &tmp_path, e))?;
-        Ok(PackWriter { id, tmp_path, final_path, out, pos: HEADER_LEN, flushed: 0, entries: Vec::new() })
+        w.push_copy(&header);
+        Ok(w)
     }
 
     /// The pack being written.
@@ -168,18 +196,70 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// Appends a chunk and returns where it is.
-    pub fn append(&mut self, chunk: &Chunk) -> Result<ChunkLoc> {
-        self.out
-            .write_all(&chunk.data)
-            .map_err(|e| StoreError::io("write chunk to pack", &self.tmp_path, e))?;
-        let loc = ChunkLoc {
-            pack: self.id,
-            offset: self.pos,
-            stored_len: chunk.data.len() as u32,
-            raw_len: chunk.raw_len,
-            compression: chunk.compression,
-        };
+    /// Queues a copy of `bytes` (into the last staging buffer while it has room).
+    fn push_copy(&mut self, bytes: &[u8]) {
+        match self.queue.last_mut() {
+            Some(last) if self.staging && last.capacity() - last.len() >= bytes.len() => last.extend_from_slice(bytes),
+            _ => {
+                let mut buf = Vec::with_capacity(STAGING.max(bytes.len()));
+                buf.extend_from_slice(bytes);
+                self.queue.push(buf);
+                self.staging = true;
+            }
+        }
+        self.queued += bytes.len();
+        self.pos += bytes.len() as u64;
+    }
+
+    /// Queues `bytes` as they are.
+    fn push_owned(&mut self, bytes: Vec<u8>) {
+        if bytes.len() < OWN_MIN {
+            return self.push_copy(&bytes);
+        }
+        self.queued += bytes.len();
+        self.pos += bytes.len() as u64;
+        self.queue.push(bytes);
+        self.staging = false;
+    }
+
+    /// Writes the queue out, all of it, with `writev`.
+    fn write_queue(&mut self) -> Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = self.queue.iter().map(|b| IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => {
+                    let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "writev wrote nothing");
+                    return Err(StoreError::io("write chunk to pack", &self.tmp_path, e));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io("write chunk to pack", &self.tmp_path, e)),
+            }
+        }
+        self.queue.clear();
+        self.queued = 0;
+        self.staging = false;
+        Ok(())
+    }
+
+    /// After a chunk was queued: writes the queue when it is full, and starts the writeback of
+    /// every [`WRITEBACK_STEP`] written.
+    fn after_append(&mut self) -> Result<()> {
+        if self.queued >= QUEUE_BYTES || self.queue.len() >= QUEUE_PIECES {
+            self.write_queue()?;
+            if self.pos - self.flushed >= WRITEBACK_STEP {
+                // Only a head start for the final fsync: a failure here changes nothing.
+                let _ = crate::sys::start_writeback(&self.file, self.flushed, self.pos - self.flushed);
+                self.flushed = self.pos;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `chunk` (its stored bytes `len` long) as appended at the current end.
+    fn record(&mut self, chunk: &Chunk, len: usize) -> ChunkLoc {
+        let loc = ChunkLoc { pack: self.id, offset: self.pos, stored_len: len as u32, raw_len: chunk.raw_len, compression: chunk.compression };
         self.entries.push(PackEntry {
             id: chunk.id,
             offset: self.pos,
@@ -187,13 +267,23 @@ impl PackWriter {
             raw_len: chunk.raw_len,
             compression: chunk.compression.code(),
         });
-        self.pos += chunk.data.len() as u64;
-        if self.pos - self.flushed >= WRITEBACK_STEP {
-            self.out.flush().map_err(|e| StoreError::io("write chunk to pack", &self.tmp_path, e))?;
-            // Only a head start for the final fsync: a failure here changes nothing.
-            let _ = crate::sys::start_writeback(self.out.get_ref(), self.flushed, self.pos - self.flushed);
-            self.flushed = self.pos;
-        }
+        loc
+    }
+
+    /// Appends a chunk and returns where it is (its bytes are copied).
+    pub fn append(&mut self, chunk: &Chunk) -> Result<ChunkLoc> {
+        let loc = self.record(chunk, chunk.data.len());
+        self.push_copy(&chunk.data);
+        self.after_append()?;
+        Ok(loc)
+    }
+
+    /// Appends a chunk handed over by value and returns where it is: its bytes are written from
+    /// its own buffer.
+    pub fn append_owned(&mut self, mut chunk: Chunk) -> Result<ChunkLoc> {
+        let loc = self.record(&chunk, chunk.data.len());
+        self.push_owned(std::mem::take(&mut chunk.data));
+        self.after_append()?;
         Ok(loc)
     }
 
@@ -213,13 +303,13 @@ impl PackWriter {
         footer.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
         footer.extend_from_slice(blake3::hash(&trailer).as_bytes());
         footer.extend_from_slice(END_MAGIC);
-        let path = self.tmp_path.clone();
-        self.out.write_all(&trailer).map_err(|e| StoreError::io("write pack trailer", &path, e))?;
-        self.out.write_all(&footer).map_err(|e| StoreError::io("write pack footer", &path, e))?;
-        self.out.flush().map_err(|e| StoreError::io("flush pack", &path, e))?;
         let size = self.pos + trailer.len() as u64 + FOOTER_LEN;
-        let _ = crate::sys::start_writeback(self.out.get_ref(), self.flushed, size - self.flushed);
-        let file = self.out.get_ref().try_clone().map_err(|e| StoreError::io("flush pack", &path, e))?;
+        self.push_owned(trailer);
+        self.push_copy(&footer);
+        self.write_queue()?;
+        let _ = crate::sys::start_writeback(&self.file, self.flushed, size - self.flushed);
+        let path = self.tmp_path.clone();
+        let file = self.file.try_clone().map_err(|e| StoreError::io("flush pack", &path, e))?;
         let done = FinishedPack {
             id: self.id,
             size,

@@ -56,3 +56,58 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// A read-only, private mapping of the first `len` bytes of a file: a pack, read in place on
+/// restore instead of copied into buffers. Packs are immutable once written (they are written
+/// under a temporary name, renamed when complete, and only ever deleted whole; the store's lock
+/// keeps any other Zap process out), so the bytes do not change under the mapping. A pack file
+/// damaged before it is mapped is caught as usual (reads past its end are refused as truncated,
+/// every chunk is checked against its id); one truncated by hand *while* a restore reads it
+/// would make that read fault (SIGBUS) and end the restoring command.
+pub struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only memory owned by this value alone; reading it from several
+// threads at once is as safe as reading a shared slice.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: only `&[u8]` views of it are handed out.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `file` (its size, read by the caller); an empty file gives
+    /// an empty mapping (no bytes; every read from it finds the pack truncated).
+    pub fn of(file: &File, len: usize) -> std::io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping { ptr: std::ptr::null_mut(), len: 0 });
+        }
+        // SAFETY: a new private read-only mapping chosen by the kernel (no address given), of a
+        // valid fd owned by `file`; it aliases no Rust object.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` is a live readable mapping of `len` bytes until drop; the file's bytes do
+        // not change while mapped (see the type's doc), so the slice is stable for its lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: unmaps exactly the mapping this value owns; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}

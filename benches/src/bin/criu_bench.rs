@@ -107,13 +107,40 @@ impl Drop for Prog {
     }
 }
 
-/// Runs a command, returns its output and the wall time in ms; panics with its stderr on failure.
-fn timed(cmd: &mut Command, what: &str) -> (Output, f64) {
+/// CPU time (user + system, ms) of the children this bench has waited for so far.
+fn children_cpu_ms() -> f64 {
+    // SAFETY: getrusage(2) fills the zeroed struct it is given, which lives on this frame.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(ru.ru_utime) + ms(ru.ru_stime)
+}
+
+/// Runs a command, returns its output, the wall time and the CPU time it used (its own and that
+/// of the children it waited for), in ms; panics with its stderr on failure.
+fn timed(cmd: &mut Command, what: &str) -> (Output, f64, f64) {
+    let cpu0 = children_cpu_ms();
     let t = Instant::now();
     let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
     let ms = t.elapsed().as_secs_f64() * 1e3;
+    let cpu = children_cpu_ms() - cpu0;
     assert!(out.status.success(), "{what} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-    (out, ms)
+    (out, ms, cpu)
+}
+
+/// The time zap's store spent waiting for the disk in a commit, in ms, from its debug log (the
+/// `commit` steps): fsync of the packs and of their directory, and the synced index batch.
+/// What the dump would take without durability is the dump less this; no option of zap skips it.
+fn sync_wait_ms(stderr: &[u8]) -> Option<f64> {
+    let text = String::from_utf8_lossy(stderr);
+    let step = |name: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.contains("commit") && l.contains(&format!("step=\"{name}\"")))?;
+        line.split("ms=").nth(1)?.split_whitespace().next()?.parse().ok()
+    };
+    Some(step("packs closed")? - step("chunks checked")? + step("batch committed")? - step("batch built")?)
 }
 
 /// Has the process `pid` check its memory (SIGUSR1) and waits for its verdict next to `ready`.
@@ -183,15 +210,26 @@ struct Figures {
     /// Zap's own figures (engine), for the table of stages.
     inner_dump: Vec<f64>,
     inner_restore: Vec<f64>,
+    /// CPU time of the commands (user + system).
+    dump_cpu: Vec<f64>,
+    restore_cpu: Vec<f64>,
+    /// The dump less the time spent waiting for the disk to make it durable.
+    dump_unsynced: Vec<f64>,
 }
 
 fn zap_round(zap: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &mut Figures) {
     let store = tmp.join(format!("zap-store-{round}"));
     let p = Prog::start(prog, o.size_mib, tmp.join(format!("zap-ready-{round}")));
-    let (out, ms) = timed(
-        Command::new(zap).arg("--store").arg(&store).args(["--json", "checkpoint", "--pid"]).arg(p.pid().to_string()),
+    let (out, ms, cpu) = timed(
+        Command::new(zap)
+            .env("RUST_LOG", "zap_store::local=debug")
+            .arg("--store")
+            .arg(&store)
+            .args(["--json", "checkpoint", "--pid"])
+            .arg(p.pid().to_string()),
         "zap checkpoint",
     );
+    let sync = sync_wait_ms(&out.stderr).unwrap_or(f64::NAN);
     let id = json_field(&out.stdout, "id").expect("checkpoint id");
     let inner: f64 = json_field(&out.stdout, "total_ms").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     let ready = p.ready.clone();
@@ -201,7 +239,7 @@ fn zap_round(zap: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &mu
     if o.lazy {
         args.push("--lazy");
     }
-    let (out, rms) = timed(Command::new(zap).arg("--store").arg(&store).args(&args), "zap restore");
+    let (out, rms, rcpu) = timed(Command::new(zap).arg("--store").arg(&store).args(&args), "zap restore");
     let pid: i32 = json_field(&out.stdout, "pid").and_then(|v| v.parse().ok()).expect("restored pid");
     let init: i32 = json_field(&out.stdout, "init_pid").and_then(|v| v.parse().ok()).unwrap_or(0);
     let inner_r: f64 = json_field(&out.stdout, "restore_ms").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
@@ -212,11 +250,14 @@ fn zap_round(zap: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &mu
     }
     let _ = std::fs::remove_dir_all(&store);
     println!(
-        "  zap  round {round}: dump {ms:7.0} ms (engine {inner:.0}), restore {rms:6.0} ms (engine {inner_r:.0}), stored {:.3} GiB, memory checked",
+        "  zap  round {round}: dump {ms:7.0} ms (engine {inner:.0}, CPU {cpu:.0}, disk sync wait {sync:.0}), restore {rms:6.0} ms (engine {inner_r:.0}, CPU {rcpu:.0}), stored {:.3} GiB, memory checked",
         stored / (1u64 << 30) as f64
     );
     f.dump.push(ms);
     f.restore.push(rms);
+    f.dump_cpu.push(cpu);
+    f.restore_cpu.push(rcpu);
+    f.dump_unsynced.push(ms - sync);
     f.stored.push(stored);
     f.inner_dump.push(inner);
     f.inner_restore.push(inner_r);
@@ -227,14 +268,14 @@ fn criu_round(criu: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &
     std::fs::create_dir_all(&dir).expect("image dir");
     let mut p = Prog::start(prog, o.size_mib, tmp.join(format!("criu-ready-{round}")));
     let pid = p.pid();
-    let (_, ms) = timed(
+    let (_, ms, cpu) = timed(
         Command::new(criu).args(["dump", "-t", &pid.to_string(), "-D"]).arg(&dir).args(["-o", "dump.log", "-v2"]),
         "criu dump",
     );
     let _ = p.child.wait(); // CRIU killed it; its pid must be free for the restore
     let stored = (dir_bytes(&dir) - std::fs::metadata(dir.join("dump.log")).map(|m| m.len()).unwrap_or(0)) as f64;
     let pidfile = dir.join("restored.pid");
-    let (_, rms) = timed(
+    let (_, rms, rcpu) = timed(
         Command::new(criu).args(["restore", "-d", "-D"]).arg(&dir).args(["-o", "restore.log", "-v2", "--pidfile"]).arg(&pidfile),
         "criu restore",
     );
@@ -242,9 +283,15 @@ fn criu_round(criu: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &
     check_restored(rpid, &p.ready, "criu");
     kill_pid(rpid);
     let _ = std::fs::remove_dir_all(&dir);
-    println!("  criu round {round}: dump {ms:7.0} ms, restore {rms:6.0} ms, stored {:.3} GiB, memory checked", stored / (1u64 << 30) as f64);
+    println!(
+        "  criu round {round}: dump {ms:7.0} ms (CPU {cpu:.0}), restore {rms:6.0} ms (CPU {rcpu:.0}), stored {:.3} GiB, memory checked",
+        stored / (1u64 << 30) as f64
+    );
     f.dump.push(ms);
     f.restore.push(rms);
+    f.dump_cpu.push(cpu);
+    f.restore_cpu.push(rcpu);
+    f.dump_unsynced.push(ms); // CRIU does not sync its images
     f.stored.push(stored);
 }
 
@@ -293,7 +340,7 @@ fn incremental(zap: &Path, prog: &Path, o: &Opts, tmp: &Path) {
     wait_path(&ready, "pod program");
     let pid = pid_with_arg(&ready.display().to_string());
     let ck = |extra: &[&str]| {
-        let (out, wall) = timed(
+        let (out, wall, _) = timed(
             Command::new(zap).env("ZAP_RUN_DIR", &run).arg("--store").arg(&store).args(["--json", "checkpoint", &name, "--leave-running"]).args(extra),
             "zap checkpoint",
         );
@@ -377,6 +424,11 @@ fn main() {
     row("dump (stopped until durable, then killed)", median(&z.dump), cm(&c.dump), "s", 1e3);
     row(if o.lazy { "restore --lazy (until it runs)" } else { "restore (until it runs, all memory in place)" }, median(&z.restore), cm(&c.restore), "s", 1e3);
     row("stored size", median(&z.stored), cm(&c.stored), "GiB", gib);
+    row("dump, less the wait for the disk sync (CRIU does not sync)", median(&z.dump_unsynced), cm(&c.dump_unsynced), "s", 1e3);
+    row("dump CPU time (user + system)", median(&z.dump_cpu), cm(&c.dump_cpu), "s", 1e3);
+    // `criu restore -d` does most of its work in the restored process itself (its restorer
+    // blob), which this bench does not wait for: CRIU's restore CPU time is not seen here.
+    println!("| restore CPU time (user + system) | {:.2} s | not seen (CRIU's restorer runs in the restored process) | - |", median(&z.restore_cpu) / 1e3);
     println!(
         "zap engine alone (without process start and store open): dump {:.0} ms, restore {:.0} ms",
         median(&z.inner_dump),

@@ -13,7 +13,9 @@
 //! chunks, are the same whatever the window size. A batch that `process_vm_readv` cannot read
 //! whole (a page the process itself cannot read) is read through `/proc/PID/mem` instead. Pages
 //! already copied out ([`crate::mem::copy_pages_since`], for a process that runs on) go straight
-//! to the chunker. Packs are written by the sink; the store fsyncs them once, at commit.
+//! to the chunker. Chunks are handed to the sink by value ([`ChunkSink::put_owned`]): the store
+//! writes packs with `writev` from the chunks' own buffers (no copy in user space), starts their
+//! writeback as it goes and fsyncs them once, at commit.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, sync_channel};
@@ -108,13 +110,15 @@ fn put_all<S: ChunkSink>(sink: &mut S, per_vma: &mut [Vec<Extent>], chunked: Vec
     let mut new = 0u64;
     for (idx, exts) in chunked {
         for ce in exts {
-            let data = match &ce.chunk {
+            let data = match ce.chunk {
                 None => ExtentData::Zero,
                 Some(c) => {
-                    if sink.put(c)? {
-                        new += c.data.len() as u64;
+                    let (id, len) = (c.id, c.data.len() as u64);
+                    // By value: the store writes the chunk's bytes from its own buffer.
+                    if sink.put_owned(c)? {
+                        new += len;
                     }
-                    ExtentData::Chunk { id: c.id, offset: 0 }
+                    ExtentData::Chunk { id, offset: 0 }
                 }
             };
             let list = &mut per_vma[idx];

@@ -1,9 +1,10 @@
 //! The restore pipeline: saved pages into a process being restored.
 //!
 //! Windows of contiguous extents (at most 8 MiB each, built by [`crate::mem::restore_pages`])
-//! are spread over rayon's threads; each reads its chunks (pread from the pack, zstd decode,
-//! BLAKE3 check: a sparse chunk is checked on its stored form and never expanded) and writes
-//! them with one `process_vm_writev` of up to 1024 pieces, leaving out zero pages where the
+//! are spread over rayon's threads; each reads its chunks (in place from the mapped pack, zstd
+//! decode, BLAKE3 check: a sparse chunk is checked on its stored form and its pages are written
+//! from the mapping itself, never copied or expanded) and writes them with one
+//! `process_vm_writev` of up to 1024 pieces, leaving out zero pages where the
 //! memory is fresh anonymous memory (already zero). Pieces `process_vm_writev` cannot write (a
 //! read-only mapping) go through `/proc/PID/mem`, which writes any mapping.
 use rayon::prelude::*;
@@ -28,15 +29,18 @@ pub fn write_windows<S: ImageStore>(store: &S, inj: &Injector, windows: &[Window
 
 fn write_window<S: ImageStore>(store: &S, inj: &Injector, w: &Window) -> Result<u64> {
     let zeros = vec![0u8; zap_chunker::PAGE_SIZE];
-    // Chunks first (each read once per window), then the pieces that borrow them.
-    let mut chunks: Vec<(zap_store::ChunkId, ChunkBytes)> = Vec::new();
+    // Chunks first (each read once per window, looked up in the index together), then the
+    // pieces that borrow them.
+    let mut ids: Vec<zap_store::ChunkId> = Vec::new();
     for e in &w.extents {
         if let ExtentData::Chunk { id, .. } = e.data {
-            if chunks.last().map(|(c, _)| *c) != Some(id) {
-                chunks.push((id, store.read_chunk_bytes(&id)?));
+            if ids.last() != Some(&id) {
+                ids.push(id);
             }
         }
     }
+    let read = store.read_chunks_bytes(&ids)?;
+    let chunks: Vec<(zap_store::ChunkId, ChunkBytes)> = ids.into_iter().zip(read).collect();
     let mut pieces: Vec<(u64, std::borrow::Cow<'_, [u8]>)> = Vec::new();
     let mut k = 0usize;
     for e in &w.extents {
