@@ -129,9 +129,11 @@ const HOLD_STREAMING: Duration = Duration::from_secs(2);
 
 impl Pager {
     /// A pager for the process whose userfaultfd is `uffd`, restored under the guarded init
-    /// `init_pid` (whose guard pipe's write end is `guard`). It opens the packs it needs from
-    /// `store` first (faults wait meanwhile), then lets go of the store.
-    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, store: Arc<LocalStore>, init_pid: i32, guard: OwnedFd) -> Self {
+    /// `init_pid` (whose guard pipe's write end is `guard`, released when every page is in; a
+    /// process of a group has none: its [`Pagers`] releases the group's guard once every
+    /// pager is done). It opens the packs it needs from `store` first (faults wait meanwhile),
+    /// then lets go of the store.
+    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, store: Arc<LocalStore>, init_pid: i32, guard: Option<OwnedFd>) -> Self {
         let mut blocks = Vec::new();
         for (i, r) in ranges.iter().enumerate() {
             let mut b = r.start - r.start % BLOCK;
@@ -147,7 +149,7 @@ impl Pager {
             blocks,
             store: Some(store),
             source: ChunkSource { chunks: HashMap::new() },
-            guard: Some(guard),
+            guard,
             init_pid,
             report: PagerReport { processes: 1, ..Default::default() },
             retry: Vec::new(),
@@ -335,5 +337,98 @@ impl PagerHandle {
     /// namespace's init dies with it before (see the module doc).
     pub fn wait(self) -> Result<PagerReport> {
         self.thread.join().map_err(|_| EngineError::Proc { pid: 0, detail: "lazy restore: the pager thread panicked".into() })?
+    }
+}
+
+/// The pagers of a lazily restored group or pod: one thread per process (each serves its own
+/// userfaultfd and the children it forks; see the module doc), and the guard of the group's
+/// namespace init, released once every one of them is done. One thread per process rather than
+/// one for all: a process's pager is the single-process pager unchanged, and a fault of one
+/// process never waits behind another's streaming; they share the CPU like any threads.
+pub struct Pagers {
+    /// Until the group runs (then the pagers hold it only until their packs are open).
+    store: Option<Arc<LocalStore>>,
+    handles: Vec<(i32, PagerHandle)>,
+    guard: Option<OwnedFd>,
+    init_pid: i32,
+    /// Lazily served bytes, all processes.
+    pub lazy_bytes: u64,
+}
+
+impl Pagers {
+    /// No pagers yet, for a group restored from `store` whose init's guard pipe write end is
+    /// `guard` (the init is named later, [`Pagers::set_init`]).
+    pub fn new(store: Arc<LocalStore>, guard: OwnedFd) -> Self {
+        Pagers { store: Some(store), handles: Vec::new(), guard: Some(guard), init_pid: 0, lazy_bytes: 0 }
+    }
+
+    /// The host pid of the group's namespace init, which a failing pager kills.
+    pub fn set_init(&mut self, init_pid: i32) {
+        self.init_pid = init_pid;
+    }
+
+    /// Starts the pager of process `vpid` (its userfaultfd and lazy mappings); until
+    /// [`Pagers::running`] it serves only faults.
+    pub fn start(&mut self, vpid: i32, uffd: OwnedFd, ranges: Vec<LazyRange>) -> Result<()> {
+        let store = self.store.clone().ok_or_else(|| EngineError::Proc { pid: vpid, detail: "lazy restore: a pager started after the group runs".into() })?;
+        self.lazy_bytes += ranges.iter().map(|r| r.end - r.start).sum::<u64>();
+        let pager = Pager::new(uffd, ranges, store, self.init_pid, None);
+        self.handles.push((vpid, PagerHandle::start(pager)));
+        Ok(())
+    }
+
+    /// How many processes have a pager.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// True when no process has a pager (nothing was lazy).
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The group runs: every pager streams the blocks not asked for; the store is let go of
+    /// (each pager keeps it only until its packs are open).
+    pub fn running(&mut self) {
+        self.store = None;
+        for (_, h) in &self.handles {
+            h.running();
+        }
+    }
+
+    /// Waits until every pager is done, then releases the init's guard: from then on nothing
+    /// depends on this process. On a pager's failure the group's init was killed (by that
+    /// pager); the guard is then dropped unreleased (the init, if still there, kills the group).
+    /// Returns the pagers' reports summed, or the first failure, naming the process.
+    pub fn wait(mut self) -> Result<PagerReport> {
+        let mut total = PagerReport::default();
+        let mut failed = None;
+        for (vpid, h) in std::mem::take(&mut self.handles) {
+            match h.wait() {
+                Ok(r) => {
+                    total.faults += r.faults;
+                    total.blocks += r.blocks;
+                    total.bytes += r.bytes;
+                    total.processes += r.processes;
+                    total.load_ms = total.load_ms.max(r.load_ms);
+                }
+                Err(e) => {
+                    if failed.is_none() {
+                        failed = Some(EngineError::Proc { pid: vpid, detail: format!("lazy restore of this process failed: {e}") });
+                    }
+                }
+            }
+        }
+        if let Some(e) = failed {
+            if self.init_pid > 0 {
+                let _ = sysclone::kill(self.init_pid, libc::SIGKILL);
+            }
+            return Err(e);
+        }
+        if let Some(g) = self.guard.take() {
+            sysclone::release_guard(&g, Duration::from_secs(5))
+                .map_err(|source| EngineError::Sys { step: "release the lazy restore's guard", pid: self.init_pid, source })?;
+        }
+        Ok(total)
     }
 }
