@@ -8,9 +8,11 @@
 //!  take it (pidfd_getfd), register those         its non-zero pages, the zero page elsewhere;
 //!  mappings in missing mode; start the pager;    between faults, streams the other blocks in
 //!  the rest of the restore; detach: it runs      address order (once the process runs: until
-//!  (PagerHandle::running)                        then only faults, so the restore keeps the
-//!                                                CPU); when all are in: releases the init's
-//!                                                guard and closes the userfaultfd
+//!  (PagerHandle::running)                        then only faults, each opening the chunks it
+//!                                                needs, so the restore keeps the CPU and waits
+//!                                                for no bulk lookup; then every pack is opened
+//!                                                and the store let go of); when all are in:
+//!                                                releases the init's guard, closes the uffd
 //! ```
 //!
 //! **The pager is never a weak point.** The namespace's init is created by the restoring thread
@@ -53,15 +55,19 @@ pub struct LazyRange {
 }
 
 /// The chunks a pager may need, with pack handles opened while the store was open: the pager
-/// does not hold the store (other commands can use it while pages stream in), and a pack GC
-/// removes meanwhile stays readable through its handle.
+/// does not hold the store once the process runs (other commands can use it while pages stream
+/// in), and a pack GC removes meanwhile stays readable through its handle. Until then, a chunk
+/// not opened yet is opened from the store when a fault needs it, so the restore does not wait
+/// for every chunk's lookup ([`ChunkSource::open_all`], done once the process runs).
 pub struct ChunkSource {
     chunks: HashMap<ChunkId, (Arc<File>, PathBuf, ChunkLoc)>,
+    store: Option<Arc<LocalStore>>,
 }
 
 impl ChunkSource {
-    /// Opens the packs of every chunk `ranges` reference.
-    pub fn open(store: &LocalStore, ranges: &[LazyRange]) -> Result<Self> {
+    /// Opens the packs of every chunk `ranges` reference not opened yet, then lets go of the store.
+    fn open_all(&mut self, ranges: &[LazyRange]) -> Result<()> {
+        let Some(store) = self.store.take() else { return Ok(()) };
         let mut ids: Vec<ChunkId> = ranges
             .iter()
             .flat_map(|r| &r.extents)
@@ -72,11 +78,19 @@ impl ChunkSource {
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        ids.retain(|id| !self.chunks.contains_key(id));
         let opened = store.open_chunks(&ids)?;
-        Ok(ChunkSource { chunks: ids.into_iter().zip(opened).collect() })
+        self.chunks.extend(ids.into_iter().zip(opened));
+        Ok(())
     }
 
-    fn read(&self, id: &ChunkId) -> Result<ChunkBytes> {
+    fn read(&mut self, id: &ChunkId) -> Result<ChunkBytes> {
+        if !self.chunks.contains_key(id) {
+            if let Some(store) = &self.store {
+                let opened = store.open_chunk(id)?;
+                self.chunks.insert(*id, opened);
+            }
+        }
         let (file, path, loc) = self.chunks.get(id).ok_or_else(|| EngineError::Proc { pid: 0, detail: format!("lazy restore: chunk {id} was not opened") })?;
         Ok(zap_store::read_located(id, file, path, loc)?)
     }
@@ -109,8 +123,8 @@ pub struct Pager {
     ranges: Vec<LazyRange>,
     /// Blocks in address order: (range index, start, end).
     blocks: Vec<(usize, u64, u64)>,
-    /// The store, until the packs are open (then dropped: the pager does not keep it).
-    store: Option<Arc<LocalStore>>,
+    /// Chunks, and the store until the process runs and every pack is open (then dropped: the
+    /// pager does not keep it).
     source: ChunkSource,
     guard: Option<OwnedFd>,
     init_pid: i32,
@@ -147,8 +161,7 @@ impl Pager {
             targets: vec![Target { uffd, served: vec![false; n], cursor: 0 }],
             ranges,
             blocks,
-            store: Some(store),
-            source: ChunkSource { chunks: HashMap::new() },
+            source: ChunkSource { chunks: HashMap::new(), store: Some(store) },
             guard,
             init_pid,
             report: PagerReport { processes: 1, ..Default::default() },
@@ -181,12 +194,15 @@ impl Pager {
     }
 
     fn serve_all(&mut self) -> Result<()> {
-        if let Some(store) = self.store.take() {
-            self.source = ChunkSource::open(&store, &self.ranges)?;
-        }
         while !self.targets.is_empty() {
             // Faults first, then a few blocks of streaming per process (once it runs).
             let stream = self.go.load(Ordering::Acquire) || Instant::now() >= self.go_anyway;
+            if stream && self.source.store.is_some() {
+                // Until the process ran, faults opened their own chunks; now all, then the store goes.
+                let t = Instant::now();
+                self.source.open_all(&self.ranges)?;
+                tracing::debug!(init = self.init_pid, chunks = self.source.chunks.len(), ms = t.elapsed().as_secs_f64() * 1e3, "pager: packs open");
+            }
             let mut t = 0;
             while t < self.targets.len() {
                 let busy = self.targets[t].cursor < self.blocks.len();

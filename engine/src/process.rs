@@ -705,7 +705,9 @@ pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &Checkpoin
         let (uffd, ranges) = r.memory_lazy(&*store, &manifest.images, &mut mem::ShmContext::default())?;
         tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
         let pager = crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store.clone(), init, Some(guard_write)));
-        Ok((r.finish_alone(frozen)?, pager))
+        let warnings = r.finish_alone(frozen)?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "threads, fds and registers restored");
+        Ok((warnings, pager))
     })?;
     pager.running();
     Ok((restored, pager))
