@@ -24,6 +24,18 @@
 //! the child's mappings get a userfaultfd of their own (`UFFD_FEATURE_EVENT_FORK`) and are
 //! served from the same image. Faults outside the saved extents (a heap or stack that grew
 //! since) get the zero page, as fresh memory would.
+//!
+//! **Groups and pods** ([`Pagers`]): one pager thread per process, each with its own
+//! userfaultfd, started as soon as that process's mappings are registered (parents first, see
+//! [`crate::group::restore_in_lazy`]); the group's init has one guard, released once every pager
+//! is done. A pod's init is `zap-init`, not our child: it watches the guard pipe itself
+//! ([`crate::pod::init`]) and ends the pod on its EOF.
+//!
+//! **A known window**: when the pager process dies, the kernel releases its userfaultfds before
+//! the init sees the guard's EOF (or the death signal), and a released userfaultfd lets a
+//! waiting fault go on with a zero page; the processes are killed a moment later (their init
+//! polls the guard), but may run that moment on zero memory. Closing it would need a process
+//! that dies with the restored ones to hold a copy of each userfaultfd; not done.
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;

@@ -689,7 +689,7 @@ fn restore_target<T>(
 pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &CheckpointId) -> Result<(Restored, crate::lazy::PagerHandle)> {
     let t0 = Instant::now();
     let (manifest, image) = read_image(&*store, id, &|kind| {
-        format!("--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {kind} checkpoint")
+        format!("checkpoint {id} is a {kind} checkpoint, not a process (a tree or a pod is restored lazily by group::restore_lazy or pod::checkpoint::restore_lazy)")
     })?;
     // Refused before anything is made.
     lazy_unsupported(&image)?;
