@@ -28,7 +28,7 @@ use zap_engine::pod::checkpoint as podck;
 /// `zap __pager` arguments.
 #[derive(Args)]
 pub struct PagerArgs {
-    /// The checkpoint (id or unique prefix).
+    /// The checkpoint (id or unique prefix, or a pod's name: its latest checkpoint).
     id: String,
     /// Pod checkpoints: name of the restored pod.
     #[arg(long)]
@@ -109,7 +109,8 @@ pub fn run(ctx: &Ctx, args: &PagerArgs) -> Result<Output> {
     let restored = (|| {
         // The pagers let go of the store once they have opened the packs they need.
         let store = std::sync::Arc::new(ctx.open()?);
-        let id = zap_store::ImageStore::resolve(&*store, &args.id)?;
+        // An id (or prefix), or a pod's name: its latest checkpoint.
+        let id = crate::process_cmd::resolve_or_pod(&store, &args.id)?;
         let kind = store.summary(&id)?.kind;
         let engine = |e: zap_engine::EngineError| CliError::Invalid(e.to_string());
         if kind != podck::KIND && (args.name.is_some() || args.ip.is_some()) {
