@@ -141,7 +141,7 @@ fn mapping_flags_and_guard_pages_come_back_with_a_lazy_restore() {
     assert!(wait_for(Duration::from_secs(20), || gone(pager)), "the pager did not finish loading");
 }
 
-/// Host pids of a pod's processes, parents first, from its init.
+/// Host pids of the processes under `init` (a pod's init, or a tree's root), parents first.
 fn pod_host_pids(init: i32) -> Vec<i32> {
     let mut pids = vec![init];
     let mut i = 0;
@@ -265,3 +265,45 @@ fn a_lazily_restored_pod_whose_pager_dies_leaves_nothing_behind() {
     // The store is usable again.
     common::ok(&e, &["ls"]);
 }
+
+#[test]
+fn a_lazily_restored_tree_whose_pager_dies_leaves_no_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let Some(prog) = common::build_prog("lazypod", dir.path(), &[]) else { return };
+    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+    let mut cmd = Command::new(&prog);
+    cmd.arg(&out).arg(&go).arg("64");
+    let mut child = common::spawn_alone(&mut cmd);
+    let root = child.id() as i32;
+    let _orig = KillOnDrop(vec![root]);
+    assert!(wait_for(Duration::from_secs(30), || common::text(&out).contains("ready") || common::text(&out).contains("FAIL")), "{}", common::text(&out));
+    let kids = pod_host_pids(root);
+    let _kids = KillOnDrop(kids.clone());
+    let ck = zap(&store, &["--json", "checkpoint", "--tree", "--pid", &root.to_string()]);
+    assert!(ck.status.success(), "{}", String::from_utf8_lossy(&ck.stderr));
+    let _ = child.wait();
+    let id = serde_json::from_slice::<serde_json::Value>(&ck.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    assert!(wait_for(Duration::from_secs(5), || kids.iter().all(|&k| gone(k))), "the original children ended");
+    let r = zap(&store, &["--json", "restore", "--lazy", &id]);
+    if !r.status.success() && String::from_utf8_lossy(&r.stderr).contains("userfaultfd") {
+        eprintln!("SKIP: userfaultfd ({})", String::from_utf8_lossy(&r.stderr));
+        return;
+    }
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let (init, pager) = (v["init_pid"].as_i64().unwrap() as i32, v["pager_pid"].as_i64().unwrap() as i32);
+    let pids: Vec<i32> = v["pids"].as_array().unwrap().iter().map(|p| p[1].as_i64().unwrap() as i32).collect();
+    let mut all = pids.clone();
+    all.extend([init, pager]);
+    let _restored = KillOnDrop(all);
+    assert_eq!(pids.len(), 4, "{v}");
+    assert!(v["lazy_bytes"].as_u64().unwrap() >= 4 * (64 << 20), "{v}");
+    assert!(!gone(pager), "the pager ended before it could be killed mid-way");
+    std::fs::write(&go, b"go").unwrap();
+    // SAFETY: kill takes integers; the pager is the process this test's zap started.
+    unsafe { libc::kill(pager, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(10), || pids.iter().all(|&p| gone(p)) && gone(init)), "processes of the tree outlived their pager");
+    assert!(!common::text(&out).contains("ok all"), "a tree that lost its pager cannot have checked every page: {}", common::text(&out));
+}
+
