@@ -14,6 +14,7 @@ use zap_engine::pod::{self, cgroup::parse_size, Launch, PodSpec, PodStatus};
 use crate::error::{CliError, Result};
 use crate::output::{bytes, outln, utc, Align, Output, Table};
 use crate::{schedule_cmd, Ctx};
+use zap_engine::pod::checkpoint::Loading;
 
 /// `zap run` arguments.
 #[derive(Args)]
@@ -146,15 +147,18 @@ pub fn ps(ctx: &Ctx) -> Result<Output> {
             let cg = pod::cgroup_of(p);
             let procs = cg.procs().len();
             let sched = schedule_cmd::running(&root, &p.name);
-            (p, pod::status(&root, p), procs, if procs > 0 { cg.memory_bytes() } else { 0 }, sched)
+            let loading = zap_engine::pod::checkpoint::loading(&root, &p.name);
+            (p, pod::status(&root, p), procs, if procs > 0 { cg.memory_bytes() } else { 0 }, sched, loading)
         })
         .collect();
     if ctx.json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(p, s, procs, mem, sched)| {
+            .map(|(p, s, procs, mem, sched, loading)| {
                 json!({
                     "name": p.name,
+                    "loading": matches!(loading, Some(Loading::Loading(_))),
+                    "failed": match loading { Some(Loading::Failed(why)) => Some(why), _ => None },
                     "state": match s { PodStatus::Running => "running", PodStatus::Exited(_) => "exited", PodStatus::Dead => "dead" },
                     "exit_code": match s { PodStatus::Exited(e) => Some(e.code), _ => None },
                     "processes": procs,
@@ -184,10 +188,14 @@ pub fn ps(ctx: &Ctx) -> Result<Output> {
         ("LAST CHECKPOINT", Align::Left),
         ("CHECKPOINTS", Align::Left),
     ]);
-    for (p, s, procs, mem, sched) in &rows {
+    for (p, s, procs, mem, sched, loading) in &rows {
         t.row(vec![
             p.name.clone(),
-            s.to_string(),
+            match loading {
+                Some(Loading::Loading(_)) => format!("{s}, loading"),
+                Some(Loading::Failed(_)) => format!("{s}, failed (lazy restore)"),
+                None => s.to_string(),
+            },
             procs.to_string(),
             bytes(*mem),
             p.ip.clone().unwrap_or_else(|| "-".into()),

@@ -79,8 +79,8 @@ pub struct RestoreArgs {
     /// Pod checkpoints: address of the restored pod, ADDR/PREFIX (default: the saved one).
     #[arg(long)]
     ip: Option<String>,
-    /// Process checkpoints: run at once and load the memory while running (a pager process
-    /// serves the pages from the store; if it dies before all are in, the process is killed).
+    /// Run at once and load the memory while running (a pager process serves the pages from
+    /// the store; if it dies before all are in, every restored process is killed).
     #[arg(long)]
     lazy: bool,
 }
@@ -160,7 +160,7 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
 /// Runs `zap restore`.
 /// The checkpoint `what` names: an id or unique id prefix, else the latest checkpoint of the pod
 /// of that name. When neither matches, the id's error (with a word on the pod).
-fn resolve_or_pod(store: &LocalStore, what: &str) -> Result<zap_store::CheckpointId> {
+pub(crate) fn resolve_or_pod(store: &LocalStore, what: &str) -> Result<zap_store::CheckpointId> {
     match store.resolve(what) {
         Ok(id) => Ok(id),
         Err(e @ (zap_store::StoreError::Invalid(_) | zap_store::StoreError::NotFound(_))) => {
@@ -176,12 +176,9 @@ fn resolve_or_pod(store: &LocalStore, what: &str) -> Result<zap_store::Checkpoin
 
 pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
     if args.lazy {
-        // The pager opens the store, resolves the id and refuses what is not a process
-        // checkpoint: the process waits for one store open and one manifest read, not two.
-        if args.name.is_some() || args.ip.is_some() {
-            return Err(CliError::Invalid("--name and --ip apply to pod checkpoints; --lazy restores process checkpoints".into()));
-        }
-        return crate::pager_cmd::restore_lazy(ctx, &args.id);
+        // The pager opens the store, resolves the id and reads the kind: the processes wait for
+        // one store open and one manifest read, not two.
+        return crate::pager_cmd::restore_lazy(ctx, &args.id, args.name.as_deref(), args.ip.as_deref());
     }
     let store = ctx.open()?;
     let id = resolve_or_pod(&store, &args.id)?;

@@ -1,6 +1,9 @@
 //! `zap restore --lazy`: the process runs while a pager process loads its memory; a pager
-//! killed mid-way takes the restored process down with it (never left waiting for a page), and
-//! `--lazy` on a pod checkpoint is refused by name.
+//! killed mid-way takes the restored process down with it (never left waiting for a page). A pod
+//! of a parent and three forked children (sharing part of their memory copy-on-write, each with
+//! memory of its own) restored lazily: every page checked, sharing kept, `zap ps` says loading
+//! until all is in; and its pager killed mid-way: no process of the pod is left, the pod shows
+//! as failed and `zap rm` removes it with its cgroup and network.
 mod common;
 
 use std::os::unix::process::CommandExt;
@@ -137,3 +140,170 @@ fn mapping_flags_and_guard_pages_come_back_with_a_lazy_restore() {
     }
     assert!(wait_for(Duration::from_secs(20), || gone(pager)), "the pager did not finish loading");
 }
+
+/// Host pids of the processes under `init` (a pod's init, or a tree's root), parents first.
+fn pod_host_pids(init: i32) -> Vec<i32> {
+    let mut pids = vec![init];
+    let mut i = 0;
+    while i < pids.len() {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
+        pids.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        i += 1;
+    }
+    pids.remove(0);
+    pids
+}
+
+/// Page frames of `[addr, addr + pages * 4096)` of `pid` (0 where no anonymous page is present).
+fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut raw = vec![0u8; pages * 8];
+    f.read_exact_at(&mut raw, addr / 4096 * 8).unwrap();
+    raw.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .map(|e| if e >> 63 == 1 && e & (1 << 61) == 0 { e & ((1 << 55) - 1) } else { 0 })
+        .collect()
+}
+
+/// Pages of lazypod's shared region each child shares with the parent (pids: parent first).
+fn shared_with_parent(pids: &[i32], region: u64) -> Vec<usize> {
+    let parent = frames(pids[0], region, 2048);
+    pids[1..].iter().map(|&k| frames(k, region, 2048).iter().zip(&parent).filter(|(a, b)| **a != 0 && a == b).count()).collect()
+}
+
+fn ps_entry(e: &common::Env, pod: &str) -> serde_json::Value {
+    let ps = common::json(e, &["ps"]);
+    ps.as_array().unwrap().iter().find(|p| p["name"] == pod).cloned().unwrap_or(serde_json::Value::Null)
+}
+
+/// Runs lazypod (each process's own region `own_mib`) in pod `pod`, checkpoints it (the pod
+/// ends) and restores it lazily; returns the restore's JSON, the S region's address and the
+/// pages shared before.
+fn lazy_pod(e: &common::Env, pod: &str, own_mib: &str) -> Option<(serde_json::Value, u64, Vec<usize>)> {
+    let prog = common::build_prog("lazypod", &e.work, &[])?;
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    common::ok(e, &["run", "--name", pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), own_mib]);
+    assert!(wait_for(Duration::from_secs(30), || common::text(&out).contains("ready") || common::text(&out).contains("FAIL")), "{}", common::text(&out));
+    let region = u64::from_str_radix(common::text(&out).lines().find_map(|l| l.strip_prefix("ready ")).unwrap().trim(), 16).unwrap();
+    let init = ps_entry(e, pod)["init_pid"].as_i64().unwrap() as i32;
+    let pids = pod_host_pids(init);
+    assert_eq!(pids.len(), 4, "a parent and three children: {pids:?}");
+    let before = shared_with_parent(&pids, region);
+    let id = common::ok(e, &["checkpoint", pod]).trim().to_string();
+    let r = common::zap(e, &["--json", "restore", "--lazy", &id]);
+    if !r.status.success() && String::from_utf8_lossy(&r.stderr).contains("userfaultfd") {
+        eprintln!("SKIP: userfaultfd ({})", String::from_utf8_lossy(&r.stderr));
+        return None;
+    }
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    Some((serde_json::from_slice(&r.stdout).unwrap(), region, before))
+}
+
+#[test]
+fn a_pod_of_forked_processes_restored_lazily_checks_every_page() {
+    let e = common::env();
+    let pod = common::pod_name("lz", "fam");
+    let _g = common::PodGuard(&e, pod.clone());
+    let Some((v, region, before)) = lazy_pod(&e, &pod, "4") else { return };
+    let pager = v["pager_pid"].as_i64().unwrap() as i32;
+    let _pager = KillOnDrop(vec![pager]);
+    assert_eq!(v["pod"], pod.as_str());
+    assert_eq!(v["pids"].as_array().unwrap().len(), 4, "{v}");
+    assert!(v["lazy_bytes"].as_u64().unwrap() >= 4 * (4 << 20), "each process's own region is lazy: {v}");
+    assert_eq!(before, vec![1920; 3], "pages shared before the checkpoint");
+    let init = v["init_pid"].as_i64().unwrap() as i32;
+    assert_eq!(shared_with_parent(&pod_host_pids(init), region), before, "the same pages are shared after the lazy restore");
+    let out = e.work.join("out");
+    std::fs::write(e.work.join("go"), b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(60), || common::text(&out).contains("ok all") || common::text(&out).contains("FAIL")), "{}", common::text(&out));
+    let t = common::text(&out);
+    assert!(!t.contains("FAIL"), "{t}");
+    for w in ["ok P", "ok 1", "ok 2", "ok 3", "count 1 ", "count 2 ", "count 3 "] {
+        assert!(t.contains(w), "{w}: {t}");
+    }
+    assert!(wait_for(Duration::from_secs(30), || gone(pager)), "the pager did not finish loading");
+    let p = ps_entry(&e, &pod);
+    assert_eq!(p["loading"], false, "{p}");
+    assert!(p["failed"].is_null(), "{p}");
+}
+
+#[test]
+fn a_lazily_restored_pod_whose_pager_dies_leaves_nothing_behind() {
+    let e = common::env();
+    let pod = common::pod_name("lz", "die");
+    let _g = common::PodGuard(&e, pod.clone());
+    // 4 x 64 MiB of memory of their own to load: the pager is still at it when killed.
+    let Some((v, _, _)) = lazy_pod(&e, &pod, "64") else { return };
+    let pager = v["pager_pid"].as_i64().unwrap() as i32;
+    let init = v["init_pid"].as_i64().unwrap() as i32;
+    let pids = pod_host_pids(init);
+    let _kill = KillOnDrop(vec![pager]);
+    assert_eq!(pids.len(), 4, "{pids:?}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.run.join(&pod).join("pod.json")).unwrap()).unwrap();
+    let cgroup = std::path::PathBuf::from(state["cgroup"].as_str().unwrap());
+    let veth = state["veth_host"].as_str().map(str::to_string);
+    assert!(cgroup.exists(), "{}", cgroup.display());
+    assert!(!gone(pager), "the pager ended before it could be killed mid-way");
+    assert_eq!(ps_entry(&e, &pod)["loading"], true, "zap ps says the pod is loading");
+    // The processes run and touch their memory while the pager is killed.
+    std::fs::write(e.work.join("go"), b"go").unwrap();
+    // SAFETY: kill takes integers; the pager is the process this test's zap started.
+    unsafe { libc::kill(pager, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(10), || pids.iter().all(|&p| gone(p)) && gone(init)), "processes of the pod outlived its pager");
+    let out = common::text(&e.work.join("out"));
+    assert!(!out.contains("ok all"), "a pod that lost its pager cannot have checked every page: {out}");
+    let p = ps_entry(&e, &pod);
+    assert_eq!(p["state"], "exited", "{p}");
+    assert!(p["failed"].as_str().is_some_and(|w| w.contains("pager")), "zap ps says why: {p}");
+    common::ok(&e, &["rm", &pod]);
+    assert!(ps_entry(&e, &pod).is_null(), "removed");
+    assert!(!cgroup.exists(), "the pod's cgroup {} is gone", cgroup.display());
+    if let Some(v) = veth {
+        assert!(!Path::new("/sys/class/net").join(&v).exists(), "the pod's veth {v} is gone");
+    }
+    // The store is usable again.
+    common::ok(&e, &["ls"]);
+}
+
+#[test]
+fn a_lazily_restored_tree_whose_pager_dies_leaves_no_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let Some(prog) = common::build_prog("lazypod", dir.path(), &[]) else { return };
+    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+    let mut cmd = Command::new(&prog);
+    cmd.arg(&out).arg(&go).arg("64");
+    let mut child = common::spawn_alone(&mut cmd);
+    let root = child.id() as i32;
+    let _orig = KillOnDrop(vec![root]);
+    assert!(wait_for(Duration::from_secs(30), || common::text(&out).contains("ready") || common::text(&out).contains("FAIL")), "{}", common::text(&out));
+    let kids = pod_host_pids(root);
+    let _kids = KillOnDrop(kids.clone());
+    let ck = zap(&store, &["--json", "checkpoint", "--tree", "--pid", &root.to_string()]);
+    assert!(ck.status.success(), "{}", String::from_utf8_lossy(&ck.stderr));
+    let _ = child.wait();
+    let id = serde_json::from_slice::<serde_json::Value>(&ck.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    assert!(wait_for(Duration::from_secs(5), || kids.iter().all(|&k| gone(k))), "the original children ended");
+    let r = zap(&store, &["--json", "restore", "--lazy", &id]);
+    if !r.status.success() && String::from_utf8_lossy(&r.stderr).contains("userfaultfd") {
+        eprintln!("SKIP: userfaultfd ({})", String::from_utf8_lossy(&r.stderr));
+        return;
+    }
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let (init, pager) = (v["init_pid"].as_i64().unwrap() as i32, v["pager_pid"].as_i64().unwrap() as i32);
+    let pids: Vec<i32> = v["pids"].as_array().unwrap().iter().map(|p| p[1].as_i64().unwrap() as i32).collect();
+    let mut all = pids.clone();
+    all.extend([init, pager]);
+    let _restored = KillOnDrop(all);
+    assert_eq!(pids.len(), 4, "{v}");
+    assert!(v["lazy_bytes"].as_u64().unwrap() >= 4 * (64 << 20), "{v}");
+    assert!(!gone(pager), "the pager ended before it could be killed mid-way");
+    std::fs::write(&go, b"go").unwrap();
+    // SAFETY: kill takes integers; the pager is the process this test's zap started.
+    unsafe { libc::kill(pager, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(10), || pids.iter().all(|&p| gone(p)) && gone(init)), "processes of the tree outlived their pager");
+    assert!(!common::text(&out).contains("ok all"), "a tree that lost its pager cannot have checked every page: {}", common::text(&out));
+}
+

@@ -8,9 +8,11 @@
 //!  take it (pidfd_getfd), register those         its non-zero pages, the zero page elsewhere;
 //!  mappings in missing mode; start the pager;    between faults, streams the other blocks in
 //!  the rest of the restore; detach: it runs      address order (once the process runs: until
-//!  (PagerHandle::running)                        then only faults, so the restore keeps the
-//!                                                CPU); when all are in: releases the init's
-//!                                                guard and closes the userfaultfd
+//!  (PagerHandle::running)                        then only faults, each opening the chunks it
+//!                                                needs, so the restore keeps the CPU and waits
+//!                                                for no bulk lookup; then every pack is opened
+//!                                                and the store let go of); when all are in:
+//!                                                releases the init's guard, closes the uffd
 //! ```
 //!
 //! **The pager is never a weak point.** The namespace's init is created by the restoring thread
@@ -22,6 +24,18 @@
 //! the child's mappings get a userfaultfd of their own (`UFFD_FEATURE_EVENT_FORK`) and are
 //! served from the same image. Faults outside the saved extents (a heap or stack that grew
 //! since) get the zero page, as fresh memory would.
+//!
+//! **Groups and pods** ([`Pagers`]): one pager thread per process, each with its own
+//! userfaultfd, started as soon as that process's mappings are registered (parents first, see
+//! [`crate::group::restore_in_lazy`]); the group's init has one guard, released once every pager
+//! is done. A pod's init is `zap-init`, not our child: it watches the guard pipe itself
+//! ([`crate::pod::init`]) and ends the pod on its EOF.
+//!
+//! **A known window**: when the pager process dies, the kernel releases its userfaultfds before
+//! the init sees the guard's EOF (or the death signal), and a released userfaultfd lets a
+//! waiting fault go on with a zero page; the processes are killed a moment later (their init
+//! polls the guard), but may run that moment on zero memory. Closing it would need a process
+//! that dies with the restored ones to hold a copy of each userfaultfd; not done.
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -53,15 +67,19 @@ pub struct LazyRange {
 }
 
 /// The chunks a pager may need, with pack handles opened while the store was open: the pager
-/// does not hold the store (other commands can use it while pages stream in), and a pack GC
-/// removes meanwhile stays readable through its handle.
+/// does not hold the store once the process runs (other commands can use it while pages stream
+/// in), and a pack GC removes meanwhile stays readable through its handle. Until then, a chunk
+/// not opened yet is opened from the store when a fault needs it, so the restore does not wait
+/// for every chunk's lookup ([`ChunkSource::open_all`], done once the process runs).
 pub struct ChunkSource {
     chunks: HashMap<ChunkId, (Arc<File>, PathBuf, ChunkLoc)>,
+    store: Option<Arc<LocalStore>>,
 }
 
 impl ChunkSource {
-    /// Opens the packs of every chunk `ranges` reference.
-    pub fn open(store: &LocalStore, ranges: &[LazyRange]) -> Result<Self> {
+    /// Opens the packs of every chunk `ranges` reference not opened yet, then lets go of the store.
+    fn open_all(&mut self, ranges: &[LazyRange]) -> Result<()> {
+        let Some(store) = self.store.take() else { return Ok(()) };
         let mut ids: Vec<ChunkId> = ranges
             .iter()
             .flat_map(|r| &r.extents)
@@ -72,11 +90,19 @@ impl ChunkSource {
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        ids.retain(|id| !self.chunks.contains_key(id));
         let opened = store.open_chunks(&ids)?;
-        Ok(ChunkSource { chunks: ids.into_iter().zip(opened).collect() })
+        self.chunks.extend(ids.into_iter().zip(opened));
+        Ok(())
     }
 
-    fn read(&self, id: &ChunkId) -> Result<ChunkBytes> {
+    fn read(&mut self, id: &ChunkId) -> Result<ChunkBytes> {
+        if !self.chunks.contains_key(id) {
+            if let Some(store) = &self.store {
+                let opened = store.open_chunk(id)?;
+                self.chunks.insert(*id, opened);
+            }
+        }
         let (file, path, loc) = self.chunks.get(id).ok_or_else(|| EngineError::Proc { pid: 0, detail: format!("lazy restore: chunk {id} was not opened") })?;
         Ok(zap_store::read_located(id, file, path, loc)?)
     }
@@ -109,8 +135,8 @@ pub struct Pager {
     ranges: Vec<LazyRange>,
     /// Blocks in address order: (range index, start, end).
     blocks: Vec<(usize, u64, u64)>,
-    /// The store, until the packs are open (then dropped: the pager does not keep it).
-    store: Option<Arc<LocalStore>>,
+    /// Chunks, and the store until the process runs and every pack is open (then dropped: the
+    /// pager does not keep it).
     source: ChunkSource,
     guard: Option<OwnedFd>,
     init_pid: i32,
@@ -129,9 +155,11 @@ const HOLD_STREAMING: Duration = Duration::from_secs(2);
 
 impl Pager {
     /// A pager for the process whose userfaultfd is `uffd`, restored under the guarded init
-    /// `init_pid` (whose guard pipe's write end is `guard`). It opens the packs it needs from
-    /// `store` first (faults wait meanwhile), then lets go of the store.
-    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, store: Arc<LocalStore>, init_pid: i32, guard: OwnedFd) -> Self {
+    /// `init_pid` (whose guard pipe's write end is `guard`, released when every page is in; a
+    /// process of a group has none: its [`Pagers`] releases the group's guard once every
+    /// pager is done). It opens the packs it needs from `store` first (faults wait meanwhile),
+    /// then lets go of the store.
+    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, store: Arc<LocalStore>, init_pid: i32, guard: Option<OwnedFd>) -> Self {
         let mut blocks = Vec::new();
         for (i, r) in ranges.iter().enumerate() {
             let mut b = r.start - r.start % BLOCK;
@@ -145,9 +173,8 @@ impl Pager {
             targets: vec![Target { uffd, served: vec![false; n], cursor: 0 }],
             ranges,
             blocks,
-            store: Some(store),
-            source: ChunkSource { chunks: HashMap::new() },
-            guard: Some(guard),
+            source: ChunkSource { chunks: HashMap::new(), store: Some(store) },
+            guard,
             init_pid,
             report: PagerReport { processes: 1, ..Default::default() },
             retry: Vec::new(),
@@ -179,12 +206,15 @@ impl Pager {
     }
 
     fn serve_all(&mut self) -> Result<()> {
-        if let Some(store) = self.store.take() {
-            self.source = ChunkSource::open(&store, &self.ranges)?;
-        }
         while !self.targets.is_empty() {
             // Faults first, then a few blocks of streaming per process (once it runs).
             let stream = self.go.load(Ordering::Acquire) || Instant::now() >= self.go_anyway;
+            if stream && self.source.store.is_some() {
+                // Until the process ran, faults opened their own chunks; now all, then the store goes.
+                let t = Instant::now();
+                self.source.open_all(&self.ranges)?;
+                tracing::debug!(init = self.init_pid, chunks = self.source.chunks.len(), ms = t.elapsed().as_secs_f64() * 1e3, "pager: packs open");
+            }
             let mut t = 0;
             while t < self.targets.len() {
                 let busy = self.targets[t].cursor < self.blocks.len();
@@ -335,5 +365,98 @@ impl PagerHandle {
     /// namespace's init dies with it before (see the module doc).
     pub fn wait(self) -> Result<PagerReport> {
         self.thread.join().map_err(|_| EngineError::Proc { pid: 0, detail: "lazy restore: the pager thread panicked".into() })?
+    }
+}
+
+/// The pagers of a lazily restored group or pod: one thread per process (each serves its own
+/// userfaultfd and the children it forks; see the module doc), and the guard of the group's
+/// namespace init, released once every one of them is done. One thread per process rather than
+/// one for all: a process's pager is the single-process pager unchanged, and a fault of one
+/// process never waits behind another's streaming; they share the CPU like any threads.
+pub struct Pagers {
+    /// Until the group runs (then the pagers hold it only until their packs are open).
+    store: Option<Arc<LocalStore>>,
+    handles: Vec<(i32, PagerHandle)>,
+    guard: Option<OwnedFd>,
+    init_pid: i32,
+    /// Lazily served bytes, all processes.
+    pub lazy_bytes: u64,
+}
+
+impl Pagers {
+    /// No pagers yet, for a group restored from `store` whose init's guard pipe write end is
+    /// `guard` (the init is named later, [`Pagers::set_init`]).
+    pub fn new(store: Arc<LocalStore>, guard: OwnedFd) -> Self {
+        Pagers { store: Some(store), handles: Vec::new(), guard: Some(guard), init_pid: 0, lazy_bytes: 0 }
+    }
+
+    /// The host pid of the group's namespace init, which a failing pager kills.
+    pub fn set_init(&mut self, init_pid: i32) {
+        self.init_pid = init_pid;
+    }
+
+    /// Starts the pager of process `vpid` (its userfaultfd and lazy mappings); until
+    /// [`Pagers::running`] it serves only faults.
+    pub fn start(&mut self, vpid: i32, uffd: OwnedFd, ranges: Vec<LazyRange>) -> Result<()> {
+        let store = self.store.clone().ok_or_else(|| EngineError::Proc { pid: vpid, detail: "lazy restore: a pager started after the group runs".into() })?;
+        self.lazy_bytes += ranges.iter().map(|r| r.end - r.start).sum::<u64>();
+        let pager = Pager::new(uffd, ranges, store, self.init_pid, None);
+        self.handles.push((vpid, PagerHandle::start(pager)));
+        Ok(())
+    }
+
+    /// How many processes have a pager.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// True when no process has a pager (nothing was lazy).
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The group runs: every pager streams the blocks not asked for; the store is let go of
+    /// (each pager keeps it only until its packs are open).
+    pub fn running(&mut self) {
+        self.store = None;
+        for (_, h) in &self.handles {
+            h.running();
+        }
+    }
+
+    /// Waits until every pager is done, then releases the init's guard: from then on nothing
+    /// depends on this process. On a pager's failure the group's init was killed (by that
+    /// pager); the guard is then dropped unreleased (the init, if still there, kills the group).
+    /// Returns the pagers' reports summed, or the first failure, naming the process.
+    pub fn wait(mut self) -> Result<PagerReport> {
+        let mut total = PagerReport::default();
+        let mut failed = None;
+        for (vpid, h) in std::mem::take(&mut self.handles) {
+            match h.wait() {
+                Ok(r) => {
+                    total.faults += r.faults;
+                    total.blocks += r.blocks;
+                    total.bytes += r.bytes;
+                    total.processes += r.processes;
+                    total.load_ms = total.load_ms.max(r.load_ms);
+                }
+                Err(e) => {
+                    if failed.is_none() {
+                        failed = Some(EngineError::Proc { pid: vpid, detail: format!("lazy restore of this process failed: {e}") });
+                    }
+                }
+            }
+        }
+        if let Some(e) = failed {
+            if self.init_pid > 0 {
+                let _ = sysclone::kill(self.init_pid, libc::SIGKILL);
+            }
+            return Err(e);
+        }
+        if let Some(g) = self.guard.take() {
+            sysclone::release_guard(&g, Duration::from_secs(5))
+                .map_err(|source| EngineError::Sys { step: "release the lazy restore's guard", pid: self.init_pid, source })?;
+        }
+        Ok(total)
     }
 }

@@ -689,7 +689,7 @@ fn restore_target<T>(
 pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &CheckpointId) -> Result<(Restored, crate::lazy::PagerHandle)> {
     let t0 = Instant::now();
     let (manifest, image) = read_image(&*store, id, &|kind| {
-        format!("--lazy restores process checkpoints (pods and process trees: not yet); {id} is a {kind} checkpoint")
+        format!("checkpoint {id} is a {kind} checkpoint, not a process (a tree or a pod is restored lazily by group::restore_lazy or pod::checkpoint::restore_lazy)")
     })?;
     // Refused before anything is made.
     lazy_unsupported(&image)?;
@@ -704,8 +704,10 @@ pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &Checkpoin
         let mut r = ProcRestore::begin(&image, pid, tramp)?;
         let (uffd, ranges) = r.memory_lazy(&*store, &manifest.images, &mut mem::ShmContext::default())?;
         tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
-        let pager = crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store.clone(), init, guard_write));
-        Ok((r.finish_alone(frozen)?, pager))
+        let pager = crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store.clone(), init, Some(guard_write)));
+        let warnings = r.finish_alone(frozen)?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "threads, fds and registers restored");
+        Ok((warnings, pager))
     })?;
     pager.running();
     Ok((restored, pager))
@@ -727,13 +729,30 @@ pub fn lazy_unsupported(image: &ProcessImage) -> Result<()> {
     }
 }
 
+/// The parts of `extents` (sorted) inside `[a, b)`, cut at its bounds.
+fn clip_extents(extents: &[zap_store::Extent], a: u64, b: u64) -> Vec<zap_store::Extent> {
+    let first = extents.partition_point(|e| e.end() <= a);
+    extents[first..]
+        .iter()
+        .take_while(|e| e.start < b)
+        .map(|e| {
+            let (s, t) = (e.start.max(a), e.end().min(b));
+            let data = match e.data {
+                zap_store::ExtentData::Chunk { id, offset } => zap_store::ExtentData::Chunk { id, offset: offset + (s - e.start) as u32 },
+                zap_store::ExtentData::Zero => zap_store::ExtentData::Zero,
+            };
+            zap_store::Extent { start: s, len: t - s, data }
+        })
+        .collect()
+}
+
 /// True when the pager may fill mapping `v` (see [`ProcRestore::memory_lazy`]): private
-/// anonymous memory of normal pages, with no guard pages, not locked, not sealed.
+/// anonymous memory of normal pages, with no guard pages, not locked, not sealed (the runs it
+/// inherited from its parent excepted: they are there already).
 fn lazy_servable(v: &VmaState) -> bool {
     v.backing == mem::Backing::Anon
         && !v.shared
         && v.huge == 0
-        && v.inherited.is_empty()
         && v.guards.is_empty()
         && !v.flags.has(mem::VmFlags::LOCKED)
         && !v.flags.has(mem::VmFlags::SEALED)
@@ -919,17 +938,41 @@ impl<'a> ProcRestore<'a> {
         images: &[zap_store::Image],
         shm: &mut mem::ShmContext,
     ) -> Result<(std::os::fd::OwnedFd, Vec<crate::lazy::LazyRange>)> {
-        use crate::sys::{proc as sysproc, uffd};
-        let pid = self.pid;
         lazy_unsupported(self.image)?;
+        let ranges = self.memory_lazy_layout(store, images, shm, None, &[])?;
+        Ok((self.register_lazy(&ranges)?, ranges))
+    }
+
+    /// The first half of a lazy memory restore, for a process alone or in a group: the mappings,
+    /// and the pages of every mapping but the lazy ones ([`ProcRestore::memory_lazy`] says which
+    /// can be lazy), written now as [`ProcRestore::memory`] does, with what comes after the pages
+    /// (rings, guard pages, locks: all on mappings written now). `parent` is the restored parent
+    /// this process was copied from, when it inherits pages from it (those mappings are written
+    /// now: their pages are the parent's); mappings that overlap `eager` (sorted or not) are
+    /// written now too (a group writes the mappings its children will inherit pages of before
+    /// it makes them, so that they share those pages as they did). Returns the lazy mappings,
+    /// for [`ProcRestore::register_lazy`] once the children that inherit pages exist.
+    pub fn memory_lazy_layout<S: ImageStore>(
+        &mut self,
+        store: &S,
+        images: &[zap_store::Image],
+        shm: &mut mem::ShmContext,
+        parent: Option<&ProcessImage>,
+        eager: &[(u64, u64)],
+    ) -> Result<Vec<crate::lazy::LazyRange>> {
+        let pid = self.pid;
         self.load_contents(store, images)?;
         let image = self.loaded.as_deref().unwrap_or(self.image);
         let (vpid, vmas) = (image.vpid, &image.vmas);
         let t = Instant::now();
         self.inj.scratch_at(mem::scratch_place(vmas, self.tramp, SCRATCH), SCRATCH)?;
-        image.mm.restore_merge(&mut self.inj, vpid, None)?;
-        let mut write = mem::restore_layout(&mut self.inj, vpid, vmas, shm, None)?;
+        image.mm.restore_merge(&mut self.inj, vpid, parent.map(|p| &p.mm))?;
+        let parent_vmas = parent.map(|p| p.vmas.as_slice());
+        let mut write = mem::restore_layout(&mut self.inj, vpid, vmas, shm, parent_vmas)?;
+        mem::cow::clear_kept(&mut self.inj, vpid, vmas, parent_vmas)?;
         let mut ranges = Vec::new();
+        // Mappings partly lazy: their images cut down to the part written now.
+        let mut cut: Vec<zap_store::Image> = Vec::new();
         for (i, v) in vmas.iter().enumerate() {
             if !write[i] || !lazy_servable(v) {
                 continue;
@@ -939,10 +982,45 @@ impl<'a> ProcRestore<'a> {
                 pid,
                 detail: format!("checkpoint lacks image {name} for mapping {:#x}", v.start),
             })?;
-            write[i] = false;
-            ranges.push(crate::lazy::LazyRange { start: v.start, end: v.end, extents: img.extents.clone() });
+            // Lazy: all of it but what a child will inherit and what this process inherited
+            // (present already, shared with its parent).
+            let mut not_lazy: Vec<(u64, u64)> = eager.iter().chain(&v.inherited).copied().filter(|&(a, b)| a < v.end && v.start < b).collect();
+            not_lazy.sort_unstable();
+            let lazy_parts = mem::cow::outside(&not_lazy, v.start, v.end);
+            if lazy_parts.is_empty() {
+                continue;
+            }
+            for &(a, b) in &lazy_parts {
+                ranges.push(crate::lazy::LazyRange { start: a, end: b, extents: clip_extents(&img.extents, a, b) });
+            }
+            if lazy_parts == [(v.start, v.end)] {
+                write[i] = false;
+            } else {
+                let now = mem::cow::outside(&lazy_parts, v.start, v.end);
+                let extents = now.iter().flat_map(|&(a, b)| clip_extents(&img.extents, a, b)).collect();
+                cut.push(zap_store::Image { name: img.name.clone(), kind: img.kind, extents });
+            }
         }
+        let images: std::borrow::Cow<'_, [zap_store::Image]> = if cut.is_empty() {
+            std::borrow::Cow::Borrowed(images)
+        } else {
+            std::borrow::Cow::Owned(images.iter().map(|im| cut.iter().find(|c| c.name == im.name).unwrap_or(im).clone()).collect())
+        };
+        let images = &*images;
         let bytes = mem::restore_pages(store, &self.inj, vmas, &write, images)?;
+        // Rings, guards and locks are on mappings written above: nothing here touches a lazy page.
+        mem::restore_after_pages(store, &mut self.inj, vpid, vmas, images, &image.mm)?;
+        let lazy: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        tracing::debug!(vpid, mappings = vmas.len(), lazy_mappings = ranges.len(), lazy, bytes, ms = t.elapsed().as_secs_f64() * 1e3, "memory laid out for a lazy restore");
+        Ok(ranges)
+    }
+
+    /// The second half of a lazy memory restore: creates a userfaultfd in the process (injected),
+    /// takes it (`pidfd_getfd`) and registers `ranges` with it in missing mode, with fork and
+    /// remap events. Start the pager at once: from here a touch of those ranges waits for it.
+    pub fn register_lazy(&mut self, ranges: &[crate::lazy::LazyRange]) -> Result<std::os::fd::OwnedFd> {
+        use crate::sys::{proc as sysproc, uffd};
+        let pid = self.pid;
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
         let tfd = self.inj.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
         let taken = (|| {
@@ -950,7 +1028,7 @@ impl<'a> ProcRestore<'a> {
             let fd = sysproc::pidfd_getfd(&pidfd, tfd as i32).map_err(|source| EngineError::Sys { step: "pidfd_getfd userfaultfd", pid, source })?;
             uffd::api(&fd, uffd::UFFD_FEATURE_EVENT_FORK | uffd::UFFD_FEATURE_EVENT_REMAP)
                 .map_err(|source| EngineError::Sys { step: "userfaultfd API (missing mode, fork and remap events)", pid, source })?;
-            for r in &ranges {
+            for r in ranges {
                 uffd::register_missing(&fd, r.start, r.end - r.start).map_err(|source| EngineError::Proc {
                     pid,
                     detail: format!("register mapping {:#x}-{:#x} with userfaultfd: {source}", r.start, r.end),
@@ -959,13 +1037,7 @@ impl<'a> ProcRestore<'a> {
             Ok::<_, EngineError>(fd)
         })();
         self.inj.call("close userfaultfd", libc::SYS_close, [tfd, 0, 0, 0, 0, 0])?;
-        let uffd = taken?;
-        // Nothing after this touches the lazy mappings' pages: rings, guards and locks are on
-        // mappings written above.
-        mem::restore_after_pages(store, &mut self.inj, vpid, vmas, images, &image.mm)?;
-        let lazy: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-        tracing::debug!(vpid, mappings = vmas.len(), lazy_mappings = ranges.len(), lazy, bytes, ms = t.elapsed().as_secs_f64() * 1e3, "memory registered lazily");
-        Ok((uffd, ranges))
+        taken
     }
 
     /// Sets what the threads inherit from the main thread (loginuid, the seccomp filters they

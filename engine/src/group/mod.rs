@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessImage;
 use crate::Result;
 
-pub use restore::{clone_child, complete, group_trampoline, has_ctty, restore, restore_in, take_ctty, wait_child, BareTree, Built, GroupRestored, Taken, TargetSpawner, TreeShape};
+pub use restore::{clone_child, complete, group_trampoline, has_ctty, restore, restore_in, restore_in_lazy, restore_lazy, take_ctty, wait_child, BareTree, Built, GroupRestored, Taken, TargetSpawner, TreeShape};
 pub use save::{freeze_tree, is_zombie_pid, save, shape_of, tree_of, SaveOptions, SavedGroup, Tracking};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob).

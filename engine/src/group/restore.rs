@@ -98,6 +98,42 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<GroupResto
     Ok(r)
 }
 
+/// Restores group checkpoint `id` like [`restore`], lazily: every process runs as soon as all
+/// but the pages of its private anonymous memory is in place, each process's served by a pager
+/// thread of the returned [`crate::lazy::Pagers`] (see [`build`] for the pages children inherit
+/// from their parent: those are written before the children are made, so they stay shared).
+/// The init is guarded: it dies with the calling thread until every pager is done, so that
+/// thread must live until [`crate::lazy::Pagers::wait`] returns.
+pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &CheckpointId) -> Result<(GroupRestored, crate::lazy::Pagers)> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    struct GuardedSpawner(OwnedFd);
+    impl TargetSpawner for GuardedSpawner {
+        fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32> {
+            sysclone::spawn_pidns_group_guarded(top, tramp, self.0.as_raw_fd())
+                .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: top.first().copied().unwrap_or(0), source })
+        }
+    }
+    let manifest = store.manifest(id)?;
+    if manifest.kind != super::KIND {
+        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process group", manifest.kind) });
+    }
+    let image = GroupImage::decode(&manifest.state)?;
+    let conns: Vec<_> = image.members.iter().filter_map(|m| m.image()).flat_map(crate::process::saved_connections).collect();
+    let tag = image.members.iter().find_map(|m| m.image()).map_or(0, |i| i.host_pid);
+    let netlock =
+        if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(std::process::id() as i32, tag, &conns)?) };
+    let (guard_read, guard_write) = sysclone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: 0, source })?;
+    let mut pagers = crate::lazy::Pagers::new(store.clone(), guard_write);
+    let mut spawner = GuardedSpawner(guard_read);
+    let r = restore_in_lazy(&*store, &manifest, &image, &mut spawner, RestoreContext::new(std::process::id()), Some(&mut pagers))?;
+    drop(spawner);
+    if let Some(l) = netlock {
+        l.unlock()?;
+    }
+    pagers.running();
+    Ok((r, pagers))
+}
+
 /// Host pids of `parent`'s children, by their vpid.
 fn children_by_vpid(parent: i32) -> HashMap<i32, i32> {
     let mut out = HashMap::new();
@@ -154,14 +190,32 @@ pub fn restore_in<S: ImageStore>(
     spawner: &mut dyn TargetSpawner,
     files: RestoreContext,
 ) -> Result<GroupRestored> {
+    restore_in_lazy(store, manifest, image, spawner, files, None)
+}
+
+/// [`restore_in`], lazily when `lazy` is given: the private anonymous memory of each process is
+/// left to a pager of `lazy`, started as soon as the process's mappings are registered ([`build`]).
+/// The init `spawner` starts must be guarded by the pipe whose write end `lazy` holds. The
+/// pagers serve only faults until the caller says the group runs ([`crate::lazy::Pagers::running`]).
+pub fn restore_in_lazy<S: ImageStore>(
+    store: &S,
+    manifest: &Manifest,
+    image: &GroupImage,
+    spawner: &mut dyn TargetSpawner,
+    files: RestoreContext,
+    mut lazy: Option<&mut crate::lazy::Pagers>,
+) -> Result<GroupRestored> {
     let t0 = Instant::now();
     let tramp = group_trampoline(image);
     if image.members.iter().any(|m| m.vpid == 1) {
         return Err(EngineError::Proc { pid: 1, detail: "the group's namespace init (pid 1) cannot be a member".into() });
     }
     let init = spawner.spawn(&image.top(), tramp)?;
+    if let Some(l) = lazy.as_deref_mut() {
+        l.set_init(init);
+    }
     let mut tree = BareTree::new(init, tramp);
-    let result = build(store, manifest, image, &mut tree, files, spawner)
+    let result = build(store, manifest, image, &mut tree, files, spawner, lazy)
         .and_then(|(pids, warnings)| spawner.before_release(&pids).map(|()| (pids, warnings)));
     tree.finish(image, result, t0)
 }
@@ -314,6 +368,13 @@ pub type Built = (Vec<(i32, i32)>, Vec<String>);
 /// that inherit none of its memory, gets its own memory (shared anonymous memory comes from the
 /// first member that maps it), makes the children that inherit pages from it (copy-on-write, see
 /// [`crate::mem::cow`]), and only then sets what changes what fork copies. Then [`fill`].
+///
+/// Lazily (`lazy` given): the mappings of a member that its children inherit pages of are
+/// written before it makes those children, as in an eager restore, so the pages stay shared
+/// copy-on-write as they were; its other lazy-servable mappings ([`ProcRestore::memory_lazy`])
+/// are registered with a userfaultfd once those children exist (so their making raises no fork
+/// event), and its pager starts at once. A child's mappings that inherit pages are written
+/// (its own pages on top of its parent's); the rest of its memory is lazy too.
 fn build<S: ImageStore>(
     store: &S,
     manifest: &Manifest,
@@ -321,6 +382,7 @@ fn build<S: ImageStore>(
     tree: &mut BareTree,
     mut fctx: RestoreContext,
     spawner: &mut dyn TargetSpawner,
+    mut lazy: Option<&mut crate::lazy::Pagers>,
 ) -> Result<Built> {
     let tramp = tree.tramp;
     for v in image.top() {
@@ -348,10 +410,24 @@ fn build<S: ImageStore>(
                     tree.host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);
                 }
                 let parent = image.members.iter().find(|p| p.vpid == m.ppid).and_then(Member::image).filter(|_| inherits(m));
-                r.memory(store, &manifest.images, &mut shm, parent)?;
+                let ranges = match lazy.as_deref_mut() {
+                    None => {
+                        r.memory(store, &manifest.images, &mut shm, parent)?;
+                        Vec::new()
+                    }
+                    Some(_) => {
+                        let eager: Vec<(u64, u64)> =
+                            kids.iter().filter(|c| inherits(c)).filter_map(|c| c.image()).flat_map(|i| crate::mem::cow::keep_ranges(&i.vmas)).collect();
+                        r.memory_lazy_layout(store, &manifest.images, &mut shm, parent, &eager)?
+                    }
+                };
                 for k in kids.iter().filter(|c| inherits(c)) {
                     clone_child(r.injector(), k.vpid)?;
                     tree.host.insert(k.vpid, wait_child(pid, k.vpid, tramp)?);
+                }
+                if let Some(pagers) = lazy.as_deref_mut().filter(|_| !ranges.is_empty()) {
+                    let uffd = r.register_lazy(&ranges)?;
+                    pagers.start(m.vpid, uffd, ranges)?;
                 }
                 r.memory_late()?;
                 live.push(r);

@@ -235,7 +235,7 @@ impl Skeleton {
             mac: None,
             memory_limit: plan.memory_limit,
             cpus: plan.cpus,
-            launch: pod::Launch::Restore { top: top.clone(), tramp, main_vpid },
+            launch: pod::Launch::Restore { top: top.clone(), tramp, main_vpid, guarded: false },
             init_exe: plan.init_exe.to_path_buf(),
         };
         let mut state = pod::create(root, &spec)?;

@@ -41,7 +41,7 @@ use zap_store::{CheckpointId, ImageStore, Manifest};
 use super::net::{self, NetConfig};
 use super::netlock::NetLock;
 use super::{cgroup_of, load, pod_dir, status, PodState, PodStatus};
-pub use super::restore::{restore, PodRestoreOptions, PodRestored};
+pub use super::restore::{finish_loading, loading, restore, restore_lazy, Loading, PodRestoreOptions, PodRestored};
 use crate::freeze::Frozen;
 use crate::group::{self, GroupImage};
 use crate::ipc::{self, IpcState};

@@ -14,6 +14,12 @@
 //! A failure at any step is sent as `err <step>: <error>` and init exits with status 1. An EOF on
 //! the control pipe before `go` (the creator died) makes init exit too.
 //!
+//! A lazily restored pod's init is guarded ([`Launch::Restore`] `guarded`): the creator passes
+//! the read end of a guard pipe as fd 5, whose write end the pager of the restore holds. Until
+//! the init reads `D` from it (every page is in), an EOF there (the pager died) makes the init
+//! kill every process of the pod, write `<pod dir>/failed` (why) and an exit status of 137, and
+//! exit: no process is left waiting for a page that will not come.
+//!
 //! ## Running
 //! Signals are blocked and read from a signalfd: SIGCHLD reaps every exited child; SIGTERM,
 //! SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to every other process of the pod
@@ -35,6 +41,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const CONTROL_FD: i32 = 3;
 /// fd of the status pipe in the init.
 pub const STATUS_FD: i32 = 4;
+/// fd of the guard pipe of a lazily restored pod's init.
+pub const GUARD_FD: i32 = 5;
+/// The file a guarded init writes in the pod directory when its pager died.
+pub const FAILED_FILE: &str = "failed";
 /// Signals the init forwards to the processes of the pod.
 pub const FORWARDED: [i32; 6] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 /// PATH used to find the command when its environment has none.
@@ -63,6 +73,9 @@ pub enum Launch {
         tramp: u64,
         /// The process whose exit ends the pod.
         main_vpid: i32,
+        /// A lazy restore: the init watches the guard pipe on [`GUARD_FD`] (see the module doc).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        guarded: bool,
     },
 }
 
@@ -150,7 +163,7 @@ fn launch(cfg: &InitConfig) -> Result<i32, String> {
                 _ => format!("{step}: {e}"),
             })
         }
-        Launch::Restore { top, tramp, main_vpid } => {
+        Launch::Restore { top, tramp, main_vpid, .. } => {
             for &vpid in top {
                 let pid = sysclone::spawn_target(vpid, *tramp).map_err(|e| format!("create restore target {vpid}: {e}"))?;
                 if pid != vpid {
@@ -173,8 +186,9 @@ fn setup(cfg: &InitConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Reaps children and forwards signals until `main_vpid` ends; writes the exit file then.
-fn supervise(sigfd: &OwnedFd, pod_dir: &Path, main_vpid: i32) -> i32 {
+/// Reaps children and forwards signals until `main_vpid` ends; writes the exit file then. With a
+/// `guard` (a lazy restore's), ends the pod if it reaches EOF before saying `D` (module doc).
+fn supervise(sigfd: &OwnedFd, pod_dir: &Path, main_vpid: i32, mut guard: Option<std::fs::File>) -> i32 {
     loop {
         // A child may have ended before we got here: reap first, then wait for signals.
         while let Some((pid, status)) = ns::reap_any() {
@@ -182,6 +196,30 @@ fn supervise(sigfd: &OwnedFd, pod_dir: &Path, main_vpid: i32) -> i32 {
                 let info = ExitInfo::from_wait_status(status);
                 let _ = write_exit(pod_dir, &info);
                 return info.code;
+            }
+        }
+        if let Some(g) = &mut guard {
+            let (signal, guarded) = ns::poll_either(sigfd.as_fd(), g.as_fd(), -1).unwrap_or((true, false));
+            if guarded {
+                use std::io::Read;
+                let mut b = [0u8; 1];
+                match g.read(&mut b) {
+                    Ok(1) if b[0] == b'D' => guard = None,
+                    Ok(1) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => {
+                        // The pager is gone before every page was in: end the pod now.
+                        let _ = sysclone::kill(-1, libc::SIGKILL);
+                        let why = "lazy restore: the pager died before every page was in; the pod's processes were killed\n";
+                        let _ = std::fs::write(pod_dir.join(FAILED_FILE), why);
+                        let info = ExitInfo { code: 128 + libc::SIGKILL, signal: Some(libc::SIGKILL), wait_status: -1 };
+                        let _ = write_exit(pod_dir, &info);
+                        return info.code;
+                    }
+                }
+            }
+            if !signal {
+                continue;
             }
         }
         match ns::read_signal(sigfd) {
@@ -198,7 +236,9 @@ fn supervise(sigfd: &OwnedFd, pod_dir: &Path, main_vpid: i32) -> i32 {
 pub fn main() -> i32 {
     // Drop leaked fds, then block our signals (children unblock them before exec). Our stdio is
     // /dev/null already (see `ns::InitLaunch::stdio`).
-    let _ = ns::close_fds_from(STATUS_FD as u32 + 1);
+    let _ = ns::close_fds_from(GUARD_FD as u32 + 1);
+    // A lazy restore's guard, or nothing (or a leaked fd, dropped below).
+    let guard_fd = ns::take_inherited_fd(GUARD_FD).ok();
     let mut signals = FORWARDED.to_vec();
     signals.push(libc::SIGCHLD);
     let sigfd = ns::signalfd(&signals);
@@ -241,6 +281,15 @@ pub fn main() -> i32 {
         return 1; // the creator gave up; it cleans up
     }
     drop(control);
+    // The guard of a lazy restore; fd 5 is anything else (leaked) otherwise.
+    let guard = match (&cfg.launch, guard_fd) {
+        (Launch::Restore { guarded: true, .. }, Some(fd)) => Some(std::fs::File::from(fd)),
+        (Launch::Restore { guarded: true, .. }, None) => {
+            report(&format!("err take the lazy restore's guard: fd {GUARD_FD} is not open"));
+            return 1;
+        }
+        _ => None,
+    };
     let main_vpid = match launch(&cfg) {
         Ok(v) => v,
         Err(e) => {
@@ -250,5 +299,5 @@ pub fn main() -> i32 {
     };
     report(&format!("ok {main_vpid}"));
     drop(report);
-    supervise(&sigfd, &cfg.pod_dir, main_vpid)
+    supervise(&sigfd, &cfg.pod_dir, main_vpid, guard)
 }

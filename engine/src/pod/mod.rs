@@ -58,7 +58,7 @@ pub mod restore;
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -337,19 +337,25 @@ pub fn host_pid_of(cgroup: &Cgroup, vpid: i32) -> Option<i32> {
 /// Creates and starts a pod; returns once its command runs (or its restore targets exist).
 /// On failure nothing of the pod is left.
 pub fn create(root: &Path, spec: &PodSpec) -> Result<PodState> {
-    create_with(root, spec, false).map(|(state, _)| state)
+    create_with(root, spec, false, None).map(|(state, _)| state)
 }
 
 /// Like [`create`], with the pod's network namespace locked ([`netlock::NetLock::namespace`])
 /// from the moment it exists, before its interface has an address or is up: a restore's peers
 /// must never find the address answering without the connections (the kernel would reset them).
 pub fn create_locked(root: &Path, spec: &PodSpec) -> Result<(PodState, netlock::NetLock)> {
-    let (state, lock) = create_with(root, spec, true)?;
+    create_locked_guarded(root, spec, None)
+}
+
+/// Like [`create_locked`]; with `guard` (the read end of a lazy restore's guard pipe) the pod's
+/// init is guarded by it ([`init`]: it ends the pod if the pipe reaches EOF before `D`).
+pub fn create_locked_guarded(root: &Path, spec: &PodSpec, guard: Option<BorrowedFd<'_>>) -> Result<(PodState, netlock::NetLock)> {
+    let (state, lock) = create_with(root, spec, true, guard)?;
     let lock = lock.ok_or_else(|| pod_err(&spec.name, "lock network", "no lock was taken"))?;
     Ok((state, lock))
 }
 
-fn create_with(root: &Path, spec: &PodSpec, lock_network: bool) -> Result<(PodState, Option<netlock::NetLock>)> {
+fn create_with(root: &Path, spec: &PodSpec, lock_network: bool, guard: Option<BorrowedFd<'_>>) -> Result<(PodState, Option<netlock::NetLock>)> {
     let name = spec.name.as_str();
     validate_name(name)?;
     let cidr = spec.ip.as_deref().map(Cidr::parse).transpose()?;
@@ -423,7 +429,7 @@ fn create_with(root: &Path, spec: &PodSpec, lock_network: bool) -> Result<(PodSt
         return Err(e);
     }
     let mut lock = None;
-    match start(root, spec, &mut state, &cg, &limits, cidr.as_ref(), &hostname, lock_network.then_some(&mut lock)) {
+    match start(root, spec, &mut state, &cg, &limits, cidr.as_ref(), &hostname, lock_network.then_some(&mut lock), guard) {
         Ok(()) => Ok((state, lock)),
         Err(e) => {
             // The namespace goes with the pod.
@@ -492,6 +498,7 @@ fn start(
     cidr: Option<&Cidr>,
     hostname: &str,
     lock: Option<&mut Option<netlock::NetLock>>,
+    guard: Option<BorrowedFd<'_>>,
 ) -> Result<()> {
     let name = spec.name.as_str();
     cg.create(limits)?;
@@ -503,7 +510,8 @@ fn start(
     let argv = [CString::new("zap-init").expect("no NUL")];
     let envp = [CString::new(format!("ZAP_POD={name}")).map_err(|_| pod_err(name, "start init", "bad name"))?];
     let null = std::fs::File::open("/dev/null").map_err(|e| EngineError::io("open", Path::new("/dev/null"), e))?;
-    let fds = [ctl_r.as_fd(), st_w.as_fd()];
+    let mut fds = vec![ctl_r.as_fd(), st_w.as_fd()];
+    fds.extend(guard); // init::GUARD_FD
     let launch = ns::InitLaunch {
         ns_flags: POD_NS as u64,
         cgroup: cg_dir.as_fd(),
@@ -527,7 +535,10 @@ fn start(
         version: init::PROTOCOL_VERSION,
         pod_dir: pod_dir(root, name),
         hostname: hostname.to_string(),
-        launch: spec.launch.clone(),
+        launch: match &spec.launch {
+            Launch::Restore { top, tramp, main_vpid, .. } => Launch::Restore { top: top.clone(), tramp: *tramp, main_vpid: *main_vpid, guarded: guard.is_some() },
+            other => other.clone(),
+        },
     };
     let mut ctl = std::fs::File::from(ctl_w);
     let mut line = serde_json::to_string(&cfg).map_err(|e| pod_err(name, "encode init configuration", e))?;

@@ -82,14 +82,16 @@ struct PodSpawner<'a, S> {
     init_pid: i32,
     netlock: Option<NetLock>,
     inside: InsideRestore<'a, S>,
+    /// A lazy restore's guard pipe (read end), for the pod's init.
+    guard: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32> {
         let main_vpid = if top.contains(&self.main_vpid) { self.main_vpid } else { top[0] };
-        self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid };
+        self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid, guarded: self.guard.is_some() };
         // Locked before its interface has the address and before any socket of the pod exists.
-        let (state, lock) = super::create_locked(self.root, &self.spec)?;
+        let (state, lock) = super::create_locked_guarded(self.root, &self.spec, self.guard)?;
         self.created = true;
         self.init_pid = state.init_pid;
         self.netlock = Some(lock);
@@ -139,6 +141,74 @@ fn ipv4_of(cidr: &str) -> Option<[u8; 4]> {
 
 /// Restores pod checkpoint `id` as a new pod in run directory `root`.
 pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &PodRestoreOptions) -> Result<PodRestored> {
+    restore_with(store, root, id, opts, None)
+}
+
+/// Restores pod checkpoint `id` like [`restore`], lazily: every process runs as soon as all but
+/// the pages of its private anonymous memory is in place, served by the pagers returned
+/// ([`crate::group::restore_in_lazy`]; children share the pages they inherit, as in an eager
+/// restore). The pod's init is guarded ([`super::init`]): if this process dies before
+/// [`crate::lazy::Pagers::wait`] has returned, the init kills every process of the pod, writes
+/// why in `<pod dir>/failed` and exits (137); `zap rm` removes the pod. While pages load, the
+/// pod directory holds `loading` (this process's pid), removed by [`finish_loading`].
+pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, root: &Path, id: &CheckpointId, opts: &PodRestoreOptions) -> Result<(PodRestored, crate::lazy::Pagers)> {
+    use std::os::fd::AsFd;
+    let (guard_read, guard_write) = crate::sys::clone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: 0, source })?;
+    let mut pagers = crate::lazy::Pagers::new(store.clone(), guard_write);
+    let restored = restore_with(&*store, root, id, opts, Some((&mut pagers, guard_read.as_fd())))?;
+    drop(guard_read);
+    let loading = pod_dir(root, &restored.name).join(LOADING_FILE);
+    std::fs::write(&loading, format!("{}\n", std::process::id())).map_err(|e| EngineError::io("write", &loading, e))?;
+    pagers.running();
+    Ok((restored, pagers))
+}
+
+/// The file of a pod directory that says its memory is still loading (the pager's pid).
+pub const LOADING_FILE: &str = "loading";
+
+/// Ends the loading of pod `name` (its pagers are done): removes `loading`; on a failure (the
+/// pod was killed) writes why in `failed`.
+pub fn finish_loading(root: &Path, name: &str, failure: Option<&str>) {
+    let dir = pod_dir(root, name);
+    if let Some(why) = failure {
+        let _ = std::fs::write(dir.join(super::init::FAILED_FILE), format!("lazy restore: {why}\n"));
+    }
+    let _ = std::fs::remove_file(dir.join(LOADING_FILE));
+}
+
+/// Where the lazy restore of a pod stands, when it was restored lazily and is not all in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Loading {
+    /// Its memory is loading; the pager's pid.
+    Loading(i32),
+    /// The restore failed while loading, and the pod's processes were killed: why.
+    Failed(String),
+}
+
+/// Where the lazy restore of pod `name` stands (`None`: not restored lazily, or all in).
+pub fn loading(root: &Path, name: &str) -> Option<Loading> {
+    let dir = pod_dir(root, name);
+    if let Ok(why) = std::fs::read_to_string(dir.join(super::init::FAILED_FILE)) {
+        return Some(Loading::Failed(why.trim().to_string()));
+    }
+    let pid: i32 = std::fs::read_to_string(dir.join(LOADING_FILE)).ok()?.trim().parse().ok()?;
+    match super::proc_stat(pid) {
+        Some((state, _)) if state != 'Z' && state != 'X' => Some(Loading::Loading(pid)),
+        _ => Some(Loading::Failed(format!("the pager (pid {pid}) ended before every page was in"))),
+    }
+}
+
+fn restore_with<S: ImageStore>(
+    store: &S,
+    root: &Path,
+    id: &CheckpointId,
+    opts: &PodRestoreOptions,
+    lazy: Option<(&mut crate::lazy::Pagers, std::os::fd::BorrowedFd<'_>)>,
+) -> Result<PodRestored> {
+    let (pagers, guard) = match lazy {
+        Some((p, g)) => (Some(p), Some(g)),
+        None => (None, None),
+    };
     let manifest = store.manifest(id)?;
     if manifest.kind != KIND {
         return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a pod", manifest.kind) });
@@ -159,7 +229,7 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
         mac,
         memory_limit: image.memory_limit,
         cpus: image.cpus,
-        launch: super::Launch::Restore { top: Vec::new(), tramp: 0, main_vpid: image.main_vpid },
+        launch: super::Launch::Restore { top: Vec::new(), tramp: 0, main_vpid: image.main_vpid, guarded: false },
         init_exe: opts.init_exe.clone(),
     };
     let mut files = RestoreContext::new(std::process::id());
@@ -183,8 +253,9 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
         keep_locked: opts.keep_network_locked,
         locked_ms: 0.0,
         inside,
+        guard,
     };
-    let result = group::restore_in(store, &manifest, &image.group, &mut spawner, files)
+    let result = group::restore_in_lazy(store, &manifest, &image.group, &mut spawner, files, pagers)
         .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group))
         .and_then(|group| {
             super::set_last_checkpoint(root, &name, &id.to_string())?;

@@ -77,7 +77,8 @@ fn target_child(tramp: u64) -> ! {
 }
 
 /// The start of every init of ours: a session of its own, stdio on /dev/null, no other fd.
-fn init_setup() {
+/// Session, stdio on /dev/null, and every fd from `keep_below` up closed.
+fn init_setup(keep_below: i32) {
     // SAFETY: plain syscalls on integers and on a string literal.
     unsafe {
         libc::setsid();
@@ -87,7 +88,7 @@ fn init_setup() {
             libc::dup2(null, 1);
             libc::dup2(null, 2);
         }
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        libc::syscall(libc::SYS_close_range, keep_below as u32, u32::MAX, 0u32);
     }
 }
 
@@ -107,7 +108,7 @@ fn reap_until_empty() -> ! {
 /// Body of the namespace's init: start the target with PID `vpid`, then reap until no child is
 /// left. Raw syscalls only.
 fn init_child(vpid: i32, tramp: u64) -> ! {
-    init_setup();
+    init_setup(3);
     if spawn_target(vpid, tramp).is_err() {
         // SAFETY: _exit takes an integer.
         unsafe { libc::_exit(INIT_EXIT_CLONE_FAILED) };
@@ -141,6 +142,17 @@ pub fn spawn_target(vpid: i32, tramp: u64) -> io::Result<i32> {
 /// creates one restore target per pid of `top` (in order, see [`spawn_target`]) and then reaps
 /// until no child is left. Returns the init's host pid.
 pub fn spawn_pidns_group(top: &[i32], tramp: u64) -> io::Result<i32> {
+    spawn_group_init(top, tramp, None)
+}
+
+/// Like [`spawn_pidns_group`], for a lazy restore: the init is guarded by the pipe `guard` (its
+/// read end) as [`spawn_pidns_target_guarded`]'s is: it dies with the calling thread, and kills
+/// its namespace on the pipe's EOF, until it reads `b'D'` ([`release_guard`]).
+pub fn spawn_pidns_group_guarded(top: &[i32], tramp: u64, guard: i32) -> io::Result<i32> {
+    spawn_group_init(top, tramp, Some(guard))
+}
+
+fn spawn_group_init(top: &[i32], tramp: u64, guard: Option<i32>) -> io::Result<i32> {
     let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
     let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
     let rc = clone3(&args);
@@ -148,28 +160,39 @@ pub fn spawn_pidns_group(top: &[i32], tramp: u64) -> io::Result<i32> {
         return Err(io::Error::last_os_error());
     }
     if rc == 0 {
-        group_init(top, tramp);
+        group_init(top, tramp, guard);
     }
     Ok(rc as i32)
 }
 
-fn group_init(top: &[i32], tramp: u64) -> ! {
-    // SAFETY: mount takes pointers to string literals or null; _exit takes an integer.
+fn group_init(top: &[i32], tramp: u64, guard: Option<i32>) -> ! {
+    // SAFETY: mount takes pointers to string literals or null; prctl, dup2 and _exit take integers.
     unsafe {
+        if let Some(g) = guard {
+            // As in spawn_pidns_target_guarded: an EOF seen below covers a parent that died first.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::dup2(g, GUARD_FD);
+        }
         let rc = libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null());
         if rc != 0 || libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), 0, std::ptr::null()) != 0 {
             libc::_exit(INIT_EXIT_MOUNT_FAILED);
         }
     }
-    init_setup();
+    init_setup(if guard.is_some() { GUARD_FD + 1 } else { 3 });
     for &vpid in top {
         if spawn_target(vpid, tramp).is_err() {
             // SAFETY: _exit takes an integer.
             unsafe { libc::_exit(INIT_EXIT_CLONE_FAILED) };
         }
     }
-    reap_until_empty()
+    match guard {
+        Some(_) => guarded_reap(GUARD_FD),
+        None => reap_until_empty(),
+    }
 }
+
+/// Where a guarded group init keeps its guard pipe.
+const GUARD_FD: i32 = 3;
 
 /// Starts an init in a new PID namespace that creates the target with `vpid` and a trampoline
 /// page at `tramp`. Returns the init's host pid.

@@ -263,6 +263,24 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
     }
 }
 
+/// Waits up to `timeout_ms` (-1: no limit) until `a` or `b` is readable (or at EOF); says which.
+pub fn poll_either(a: BorrowedFd<'_>, b: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<(bool, bool)> {
+    let mut p = [
+        libc::pollfd { fd: a.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: p is an array of two valid pollfds.
+        let n = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
+        if n >= 0 {
+            return Ok((p[0].revents != 0, p[1].revents != 0));
+        }
+        if errno() != libc::EINTR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+}
+
 /// Which step of the child failed before its program ran, as reported through the error pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChildStep {
