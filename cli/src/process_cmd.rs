@@ -157,7 +157,6 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
     Ok(Output::text(out))
 }
 
-/// Runs `zap restore`.
 /// The checkpoint `what` names: an id or unique id prefix, else the latest checkpoint of the pod
 /// of that name. When neither matches, the id's error (with a word on the pod).
 pub(crate) fn resolve_or_pod(store: &LocalStore, what: &str) -> Result<zap_store::CheckpointId> {
@@ -174,6 +173,7 @@ pub(crate) fn resolve_or_pod(store: &LocalStore, what: &str) -> Result<zap_store
     }
 }
 
+/// Runs `zap restore`.
 pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
     if args.lazy {
         // The pager opens the store, resolves the id and reads the kind: the processes wait for
