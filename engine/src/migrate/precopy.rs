@@ -350,9 +350,7 @@ impl<W: ChunkSink> RoundSink for StoreSink<'_, W> {
     fn member_end(&mut self, vpid: i32) -> Result<()> {
         let entry = self.members.entry(vpid).or_default();
         let gone = super::skeleton::subtract(&super::skeleton::normalize(self.whole.clone()), &super::skeleton::normalize(self.covered.clone()));
-        for (a, b) in gone {
-            entry.1 = super::skeleton::cut_out(&entry.1, a, b);
-        }
+        entry.1 = super::skeleton::cut_out_all(&entry.1, &gone);
         Ok(())
     }
 }
