@@ -70,7 +70,8 @@ pub struct CheckpointArgs {
 /// `zap restore` arguments.
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// Checkpoint id or unique prefix (at least 4 hex digits).
+    /// Checkpoint id or unique prefix (at least 4 hex digits), or the name of a pod: its latest
+    /// checkpoint (an id prefix that matches goes first).
     id: String,
     /// Pod checkpoints: name of the restored pod (default: the saved name).
     #[arg(long)]
@@ -157,6 +158,22 @@ pub fn checkpoint(ctx: &Ctx, args: &CheckpointArgs) -> Result<Output> {
 }
 
 /// Runs `zap restore`.
+/// The checkpoint `what` names: an id or unique id prefix, else the latest checkpoint of the pod
+/// of that name. When neither matches, the id's error (with a word on the pod).
+fn resolve_or_pod(store: &LocalStore, what: &str) -> Result<zap_store::CheckpointId> {
+    match store.resolve(what) {
+        Ok(id) => Ok(id),
+        Err(e @ (zap_store::StoreError::Invalid(_) | zap_store::StoreError::NotFound(_))) => {
+            let list = store.list()?;
+            match crate::schedule_cmd::pod_checkpoints(&list, what, false).last() {
+                Some(latest) => Ok(latest.id),
+                None => Err(CliError::Invalid(format!("{e}; no pod named {what:?} has a checkpoint in this store either"))),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
     if args.lazy {
         // The pager opens the store, resolves the id and refuses what is not a process
@@ -167,7 +184,7 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
         return crate::pager_cmd::restore_lazy(ctx, &args.id);
     }
     let store = ctx.open()?;
-    let id = store.resolve(&args.id)?;
+    let id = resolve_or_pod(&store, &args.id)?;
     let kind = store.manifest(&id)?.kind;
     if kind == podck::KIND {
         return restore_pod(ctx, &store, &id, args);

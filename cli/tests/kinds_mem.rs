@@ -155,6 +155,51 @@ fn copy_on_write_sharing_survives_an_incremental_checkpoint() {
     expect(&out, "ok all");
 }
 
+/// Starts `shmfork` (engine/tests/progs/shmfork.c) in a pod: (pod, out, go, go1, guard).
+fn shmfork<'a>(e: &'a Env, tag: &str) -> Option<(String, PathBuf, PathBuf, PathBuf, PodGuard<'a>)> {
+    let prog = build_prog("shmfork", &e.work, &[])?;
+    let pod = name(tag);
+    let (out, go, go1) = (e.work.join("out"), e.work.join("go"), e.work.join("go1"));
+    ok(e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), go1.to_str().unwrap()]);
+    let g = PodGuard(e, pod.clone());
+    expect(&out, "ready");
+    Some((pod, out, go, go1, g))
+}
+
+/// Shared anonymous memory holds what every process wrote into it, also the pages its holder
+/// never touched (written by a child that exited, or by one that still runs): a database's
+/// shared buffers. Checkpoint (the pod ends), restore, then the processes write more and check.
+#[test]
+fn shared_anonymous_memory_written_by_children_comes_back_whole() {
+    let e = env();
+    let Some((pod, out, go, go1, _g)) = shmfork(&e, "shm") else { return };
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    std::fs::write(&go1, b"go").unwrap();
+    expect(&out, "ready2");
+    std::fs::write(&go, b"go").unwrap();
+    expect(&out, "ok all");
+    assert!(text(&out).contains("ok B"), "{}", text(&out));
+}
+
+/// The same across an incremental checkpoint: pages of shared memory written since the first
+/// checkpoint by a child that exited before the second, or by a living one, are in it (a
+/// write-protect tracker sees only the page tables of the processes it tracks).
+#[test]
+fn shared_anonymous_memory_written_between_checkpoints_is_in_the_incremental_one() {
+    let e = env();
+    let Some((pod, out, go, go1, _g)) = shmfork(&e, "shminc") else { return };
+    ok(&e, &["checkpoint", "--leave-running", &pod]);
+    std::fs::write(&go1, b"go").unwrap();
+    expect(&out, "ready2");
+    let report = json(&e, &["checkpoint", &pod]);
+    assert!(report["mode"].as_str().unwrap_or("").starts_with("incremental"), "{report}");
+    ok(&e, &["restore", report["id"].as_str().unwrap()]);
+    std::fs::write(&go, b"go").unwrap();
+    expect(&out, "ok all");
+    assert!(text(&out).contains("ok B"), "{}", text(&out));
+}
+
 /// Runs `prog` (built with `gcc_args`) in a pod, waits for "ready", checkpoints the pod (it
 /// ends), restores it, creates the go file and waits for "ok"; returns the program's output.
 fn checkpoint_and_check(tag: &str, prog: &str, gcc_args: &[&str], args: &[&str]) -> Option<String> {

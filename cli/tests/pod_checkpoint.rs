@@ -40,7 +40,12 @@ fn shell_pipeline_continues_after_restore() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(read_num(&count), at_checkpoint, "the pod stopped with the checkpoint");
     assert!(!String::from_utf8_lossy(&zap(&e, &["ps"]).stdout).contains(&pod), "checkpointed pod was removed");
-    ok(&e, &["restore", &id]);
+    // A pod's name stands for its latest checkpoint; a name with none is refused, naming both.
+    let none = zap(&e, &["restore", "no-such-pod"]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success() && err.contains("no pod named \"no-such-pod\""), "{err}");
+    let restored = ok(&e, &["--json", "restore", &pod]);
+    assert!(restored.contains(&id), "restored by name from the latest checkpoint {id}: {restored}");
     assert!(wait_for(Duration::from_secs(10), || read_num(&count) >= at_checkpoint + 5), "pipeline did not continue");
     let after = read_num(&count);
     assert!(after > at_checkpoint && after < at_checkpoint + 10_000, "counter continues from {at_checkpoint}: {after}");

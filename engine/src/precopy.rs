@@ -108,7 +108,7 @@ fn round<W: ChunkSink>(pid: i32, n: u32, armed: &mut Armed, images: &mut Vec<Ima
     // Collected in every round, round 0 too: what is written from here on is reported next.
     let written = dirty::collect(armed, &vmas)?;
     let base = mem::base_runs(images, prefix);
-    let plan = if n == 0 { CopyPlan::default() } else { CopyPlan { dirty: Some(&written), base: Some(&base), parent: None } };
+    let plan = if n == 0 { CopyPlan::default() } else { CopyPlan { dirty: Some(&written), base: Some(&base), ..Default::default() } };
     let copy = mem::copy_pages_since(pid, &mut vmas, &plan)?;
     let bytes = copy.bytes;
     let parent = (n > 0).then_some(images.as_slice());

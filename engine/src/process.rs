@@ -461,7 +461,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, pid: i32, opts: &CheckpointOptions) 
         }
     };
     let base = pre.as_ref().map(|p| mem::base_runs(&p.images, ""));
-    let plan = mem::CopyPlan { dirty: written.as_ref(), base: base.as_deref(), parent: None };
+    let plan = mem::CopyPlan { dirty: written.as_ref(), base: base.as_deref(), ..Default::default() };
     let (mut image, copy) = save_process_pages(pid, &frozen, &mut ctx, &plan, layout, stream)?;
     mem::refuse_sysv_outside_pod(pid, &image.vmas)?;
     let stopped_bytes = copy.bytes;

@@ -6,7 +6,12 @@
 //!   shared copy-on-write with the parent process when it is saved too ([`cow`]);
 //! - private file mappings (the binary, libraries): only pages that were written (present and no
 //!   longer file pages), so unchanged code and data are read back from the file on restore;
-//! - shared anonymous mappings: every present or swapped page;
+//! - shared anonymous mappings: every page their shmem object holds (`SEEK_DATA` on it through
+//!   `/proc/PID/map_files`), also those only other processes touched, or that were written by
+//!   a process that has exited since; in a group checkpoint the first process saved that maps
+//!   a page of the object holds it, and a restore writes each process's part into the one object
+//!   its first restored process made. Never tracked by the dirty tracker (it sees page tables,
+//!   not the object): saved whole at each checkpoint;
 //! - shared file mappings: nothing (the file holds the data);
 //! - AIO rings: every page, with the kernel's position in them ([`aio`]);
 //! - `[vdso]`, `[vvar]`: nothing; restore maps this kernel's vDSO at the saved address
@@ -46,7 +51,7 @@ mod pages;
 use serde::{Deserialize, Serialize};
 
 pub use flags::{MmModes, VmFlags};
-pub use pages::{base_runs, copy_pages, copy_pages_since, full_scan, plan_pages_since, store_pages, CopyPlan, MemDumpFigures, PageCopy};
+pub use pages::{base_runs, copy_pages, copy_pages_since, full_scan, plan_pages_since, store_pages, CopyPlan, MemDumpFigures, PageCopy, ShmSaved};
 use zap_store::{clip, Extent, ExtentData, Image, ImageStore};
 
 use crate::inject::Injector;
@@ -425,7 +430,7 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                     let r = inj.call("mmap shared memory", libc::SYS_mmap, [v.start, len, prot, flags, fd, *offset]);
                     inj.call("close shared memory", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
                     r.map_err(|e| EngineError::Proc { pid: vpid, detail: format!("map {path} at {:#x}: {e}", v.start) })?;
-                    write[i] = false;
+                    // Its saved pages (those no process saved before it) go into the same object.
                 }
                 _ => {
                     let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED | grows) as u64;

@@ -145,6 +145,46 @@ pub struct CopyPlan<'a> {
     /// The process's parent, saved in the same checkpoint and stopped: its host pid and mapping
     /// table. Pages still shared with it since a fork are not copied ([`super::cow`]).
     pub parent: Option<(i32, &'a [VmaState])>,
+    /// Shared anonymous memory saved by the processes of the same checkpoint saved before this
+    /// one: shmem inode -> runs of offsets in the object. Those pages are left out here (a
+    /// restore writes every process's part into the one object). Without it every process's
+    /// image holds all the pages of the object its mappings cover.
+    pub shm_saved: Option<&'a std::cell::RefCell<ShmSaved>>,
+}
+
+/// Offsets of shared anonymous memory objects saved so far: shmem inode -> sorted runs.
+pub type ShmSaved = std::collections::HashMap<u64, Vec<(u64, u64)>>;
+
+/// The pages of the shmem object behind the shared anonymous mapping `vma` (`offset`: where the
+/// mapping starts in it) that hold data, as address runs of the mapping: every page the object
+/// holds, in memory or swapped out, found with `SEEK_DATA`/`SEEK_HOLE` on the object opened
+/// through `/proc/PID/map_files`. A process's page table shows only the pages it touched itself:
+/// a page another process wrote (one that has exited since, say) is in the object, not there.
+fn shmem_data(pid: i32, vma: &VmaState, offset: u64) -> Result<Vec<(u64, u64)>> {
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end);
+    let err = |what: &str, e: std::io::Error| EngineError::Proc {
+        pid,
+        detail: format!("{what} of shared anonymous memory {:#x}-{:#x} ({path}): {e}", vma.start, vma.end),
+    };
+    let obj = File::open(&path).map_err(|e| err("open the object", e))?;
+    let page = PAGE_SIZE as u64;
+    let end = offset + (vma.end - vma.start);
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let Some(data) = sysproc::seek_data(&obj, pos).map_err(|e| err("find the data", e))? else { break };
+        if data >= end {
+            break;
+        }
+        let hole = sysproc::seek_hole(&obj, data).map_err(|e| err("find the holes", e))?.min(end);
+        let (a, b) = (data / page * page, hole.div_ceil(page) * page);
+        if b <= a {
+            break;
+        }
+        runs.push((a.max(offset) - offset + vma.start, b.min(end) - offset + vma.start));
+        pos = b;
+    }
+    Ok(runs)
 }
 
 /// Figures of a memory dump.
@@ -310,6 +350,20 @@ pub fn plan_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
         let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;
         vma.guards = runs_where(vma, &entries, |e| e & PM_GUARD != 0);
         let mut runs = runs_to_save(vma, &entries);
+        if let Backing::Shmem { ino, offset } = vma.backing {
+            runs.extend(shmem_data(pid, vma, offset)?);
+            runs = merge(runs);
+            if let Some(saved) = plan.shm_saved {
+                // Only what no process saved before this one, in offsets of the object.
+                let mut saved = saved.borrow_mut();
+                let done = saved.entry(ino).or_default();
+                let ours: Vec<(u64, u64)> = runs.iter().map(|&(a, b)| (a - vma.start + offset, b - vma.start + offset)).collect();
+                let fresh = intersect(&ours, &super::cow::outside(done, offset, offset + (vma.end - vma.start)));
+                done.extend(fresh.iter().copied());
+                *done = merge(std::mem::take(done));
+                runs = fresh.into_iter().map(|(a, b)| (a - offset + vma.start, b - offset + vma.start)).collect();
+            }
+        }
         if let (Some((_, pvmas)), Some((ppm, ppath))) = (plan.parent, &parent_pm) {
             if super::cow::inheritable(vma, pvmas) {
                 let pentries = pagemap(ppm, ppath.as_ref(), vma.start, vma.end)?;

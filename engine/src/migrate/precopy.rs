@@ -180,7 +180,7 @@ impl PodReader {
                 // The destination holds every page of earlier rounds: a tracked mapping sends
                 // only what was written since (no parent process: no page is left to it).
                 const ALL: &[(u64, u64)] = &[(0, u64::MAX)];
-                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: Some(ALL), parent: None };
+                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: Some(ALL), ..Default::default() };
                 let copy = crate::mem::copy_pages_since(host, &mut vmas, &plan)?;
                 tracing::debug!(pid = host, layout_ms, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, dirty_pages, bytes = copy.bytes, "round: pages read");
                 Ok::<_, crate::EngineError>(MemberData { vpid, host, vmas, copy, dirty_pages })
