@@ -526,7 +526,7 @@ mod tests {
         let mut buf = vec![0u8; 257 * PAGE_SIZE];
         let skip = (page - buf.as_ptr() as u64 % page) % page;
         let base = buf.as_ptr() as u64 + skip;
-        let written = |i: u64| i % 3 == 0 || (100..140).contains(&i);
+        let written = |i: u64| i.is_multiple_of(3) || (100..140).contains(&i);
         for i in (0..256).filter(|&i| written(i)) {
             buf[(skip + i * page) as usize] = 1;
         }

@@ -171,10 +171,8 @@ impl PodReader {
                 let collect_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms;
                 // Mappings registered by this collection show `uw` only from now on: a layout
                 // read before is kept only if it had none to register.
-                if self.armed.contains_key(&host) {
-                    if vmas.iter().all(|v| v.backing != Backing::Anon || v.shared || v.uffd_wp) {
-                        self.layouts.insert(host, vmas.clone());
-                    }
+                if self.armed.contains_key(&host) && vmas.iter().all(|v| v.backing != Backing::Anon || v.shared || v.uffd_wp) {
+                    self.layouts.insert(host, vmas.clone());
                 }
                 let dirty_pages = dirty.as_ref().map_or(0, |d| d.written_bytes() / 4096);
                 // The destination holds every page of earlier rounds: a tracked mapping sends
