@@ -210,8 +210,7 @@ fn postgres_keeps_its_rows_and_an_open_session_across_checkpoints() {
 /// 64 MiB buffer is intact.
 #[test]
 fn node_http_server_keeps_its_state_and_keep_alive_client() {
-    if !have("node") {
-        eprintln!("SKIP: node (Node.js) not installed");
+    if !installed(&["node"], "node (Node.js)") {
         return;
     }
     let e = env();
@@ -276,4 +275,57 @@ http.createServer((req, res) => {
     std::thread::sleep(Duration::from_millis(300));
     let (t3, _) = ask(&mut conn);
     assert!(t3 > t2, "timer ticks go on after the restore: {t3} after {t2}");
+}
+
+/// Python's multiprocessing: three worker processes share a counter, a lock (a POSIX semaphore)
+/// and an array in memory mapped from a file made with `mkstemp` in /dev/shm and deleted
+/// (opened `O_NOFOLLOW`); checkpointed with `--leave-running`, ended by an incremental
+/// checkpoint and restored: the workers go on counting under the lock, and the array's sum
+/// still equals the counter.
+#[test]
+fn python_multiprocessing_workers_share_memory_and_a_lock_after_restore() {
+    let e = env();
+    let script = e.work.join("mp.py");
+    let state = e.work.join("state");
+    std::fs::write(
+        &script,
+        r#"import multiprocessing as mp, os, sys, time
+def worker(v, lock, arr):
+    while True:
+        with lock:
+            v.value += 1
+            arr[v.value % len(arr)] += 1
+        time.sleep(0.002)
+if __name__ == "__main__":
+    v, lock, arr = mp.Value('l', 0), mp.Lock(), mp.Array('l', 4096)
+    for _ in range(3):
+        mp.Process(target=worker, args=(v, lock, arr), daemon=True).start()
+    out = sys.argv[1]
+    while True:
+        with lock:
+            n, s = v.value, sum(arr)
+        with open(out + ".tmp", "w") as f:
+            f.write(f"{n} {s}\n")
+        os.rename(out + ".tmp", out)
+        time.sleep(0.02)
+"#,
+    )
+    .unwrap();
+    let read = || -> (u64, u64) {
+        let t = text(&state);
+        let mut f = t.split_whitespace().filter_map(|x| x.parse::<u64>().ok());
+        (f.next().unwrap_or(0), f.next().unwrap_or(u64::MAX))
+    };
+    let pod = name("mp");
+    ok(&e, &["run", "--name", &pod, "--", "python3", script.to_str().unwrap(), state.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(20), || read().0 > 100), "workers do not count: {:?}", text(&state));
+    ok(&e, &["checkpoint", "--leave-running", &pod]);
+    let second = json(&e, &["checkpoint", &pod]);
+    assert!(second["mode"].as_str().unwrap_or("").starts_with("incremental"), "{second}");
+    let (at, _) = read();
+    ok(&e, &["restore", second["id"].as_str().unwrap()]);
+    assert!(wait_for(Duration::from_secs(20), || read().0 > at + 100), "workers do not go on after the restore: {:?} (was {at})", text(&state));
+    let (n, s) = read();
+    assert_eq!(n, s, "the shared array's sum equals the shared counter");
 }

@@ -89,8 +89,7 @@ fn epoll_corner_cases_timerfd_ticks_eventfd_semaphore_signalfd_flags() {
 
 #[test]
 fn sqlite3_write_lock_held_across_restore_then_commits() {
-    if !have("sqlite3") {
-        eprintln!("SKIP: sqlite3 not installed");
+    if !installed(&["sqlite3"], "sqlite3") {
         return;
     }
     let e = env();
@@ -217,8 +216,7 @@ fn pidfd_of_a_process_outside_is_refused() {
 
 #[test]
 fn script_shell_session_in_a_pty_keeps_its_terminal() {
-    if !have("script") {
-        eprintln!("SKIP: script (util-linux) not installed");
+    if !installed(&["script"], "script (util-linux)") {
         return;
     }
     let e = env();

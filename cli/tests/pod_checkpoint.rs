@@ -216,8 +216,7 @@ fn redis(host: &str, args: &[&str]) -> String {
 
 #[test]
 fn redis_data_set_survives_and_answers_a_new_client() {
-    if !have("redis-server") || !have("redis-cli") {
-        eprintln!("SKIP: redis-server/redis-cli not installed (scripts/setup.sh installs them)");
+    if !installed(&["redis-server", "redis-cli"], "redis-server/redis-cli (scripts/setup.sh installs them)") {
         return;
     }
     let e = env();
@@ -268,8 +267,7 @@ fn redis_data_set_survives_and_answers_a_new_client() {
 
 #[test]
 fn python_thread_pool_continues() {
-    if !have("python3") {
-        eprintln!("SKIP: python3 not installed");
+    if !installed(&["python3"], "python3") {
         return;
     }
     let e = env();
@@ -320,8 +318,7 @@ fn system_v_shared_memory_and_semaphores() {
 
 #[test]
 fn connection_inside_the_pod_is_saved_and_tcp_close_gives_it_up() {
-    if !have("python3") {
-        eprintln!("SKIP: python3 not installed");
+    if !installed(&["python3"], "python3") {
         return;
     }
     let e = env();

@@ -108,6 +108,16 @@ pub fn have(cmd: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// Whether every command of `cmds` is on the PATH; if not, prints `SKIP: <what> not installed`
+/// (the test then returns).
+pub fn installed(cmds: &[&str], what: &str) -> bool {
+    let all = cmds.iter().all(|c| have(c));
+    if !all {
+        eprintln!("SKIP: {what} not installed");
+    }
+    all
+}
+
 /// The text of file `p`, empty if it cannot be read (yet).
 pub fn text(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()

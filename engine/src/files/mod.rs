@@ -660,10 +660,15 @@ pub(crate) fn park(inj: &mut Injector, fd: u64) -> Result<u64> {
 }
 
 /// Opens `path` in the process `inj` drives with the saved open flags (those that create or
-/// truncate left out), for reopening a saved fd.
+/// truncate left out), for reopening a saved fd. A path under /proc (a copy reopened through
+/// `/proc/PID/fd` or `map_files`) is a link to follow: `O_NOFOLLOW` (which `mkstemp` uses, and
+/// so Python's multiprocessing for its shared memory) is left out there.
 pub fn open_path(inj: &mut Injector, path: &str, flags: u32) -> Result<u64> {
     let scratch = inj.put_cstr(path.as_bytes())?;
-    let flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC) as u32);
+    let mut flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC) as u32);
+    if path.starts_with("/proc/") {
+        flags &= !(libc::O_NOFOLLOW as u32);
+    }
     inj.call("open", libc::SYS_open, [scratch, u64::from(flags), 0, 0, 0, 0])
         .map_err(|e| EngineError::Proc { pid: 0, detail: format!("reopen {path}: {e}") })
 }
