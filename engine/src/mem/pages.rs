@@ -80,17 +80,28 @@ fn delta_of(start: u64, entries: &[u64], runs: Vec<(u64, u64)>, wanted: &[(u64, 
     Delta { runs: intersect(&runs, wanted), absent: merge(absent), guards: runs_from(start, entries, |e| e & PM_GUARD != 0) }
 }
 
+/// A mapping with more holes than one per this many pages is read whole by a delta copy (see
+/// [`sparse_delta`]).
+const SPARSE_PAGES_PER_HOLE: u64 = 64;
+
 /// [`delta_of`] without reading the pagemap of clean resident memory (8 bytes a page): one
 /// `PAGEMAP_SCAN` (a walk of the page tables in the kernel that copies out only what matches)
 /// finds the pages of `vma` that are not present, whose entries are read with those of the
 /// `wanted` pages; every other page is present, which is all the delta asks of it. None where
-/// the kernel lacks `PAGEMAP_SCAN` (the caller reads all entries).
+/// the kernel lacks `PAGEMAP_SCAN`, or where the mapping has so many holes (more than one per
+/// [`SPARSE_PAGES_PER_HOLE`] pages: memory filled in part, say by a restore that left zero pages
+/// out) that one read of all entries costs less than a read per hole (the caller reads them all).
 fn sparse_delta(pm: &File, path: &Path, vma: &VmaState, wanted: &[(u64, u64)], base: Option<&[(u64, u64)]>) -> Result<Option<Delta>> {
     let Ok(not_present) = crate::sys::uffd::scan_not_present(pm, vma.start, vma.end) else { return Ok(None) };
+    if not_present.len() as u64 * SPARSE_PAGES_PER_HOLE > (vma.end - vma.start) / PAGE_SIZE as u64 {
+        return Ok(None);
+    }
     let mut d = Delta { runs: intersect(wanted, &super::cow::outside(&not_present, vma.start, vma.end)), absent: Vec::new(), guards: Vec::new() };
     for (a, b) in merge(not_present) {
         let entries = pagemap(pm, path, a, b)?;
-        let part = delta_of(a, &entries, runs_from(a, &entries, has_page), wanted, base);
+        // The wanted runs near this hole only (found by binary search).
+        let near = &wanted[wanted.partition_point(|r| r.1 <= a)..wanted.partition_point(|r| r.0 < b)];
+        let part = delta_of(a, &entries, runs_from(a, &entries, has_page), near, base);
         d.runs.extend(part.runs);
         d.absent.extend(part.absent);
         d.guards.extend(part.guards);
@@ -522,23 +533,24 @@ mod tests {
         }
         // A fresh large allocation is mapped on its own; its pages are absent until written.
         // (Only its pages are compared: other tests' threads may use the rest of the mapping.)
+        const N: u64 = 8192;
         let page = PAGE_SIZE as u64;
-        let mut buf = vec![0u8; 257 * PAGE_SIZE];
+        let mut buf = vec![0u8; (N as usize + 1) * PAGE_SIZE];
         let skip = (page - buf.as_ptr() as u64 % page) % page;
         let base = buf.as_ptr() as u64 + skip;
-        let written = |i: u64| i.is_multiple_of(3) || (100..140).contains(&i);
-        for i in (0..256).filter(|&i| written(i)) {
+        let written = |i: u64| !((50..60).contains(&i) || (300..302).contains(&i) || i % 1000 == 999);
+        for i in (0..N).filter(|&i| written(i)) {
             buf[(skip + i * page) as usize] = 1;
         }
-        let ours = [(base, base + 256 * page)];
+        let ours = [(base, base + N * page)];
         let pid = std::process::id() as i32;
         let vma = crate::mem::save_layout(pid).unwrap().into_iter().find(|v| v.start <= base && base < v.end).expect("the buffer's mapping");
         let path = format!("/proc/{pid}/pagemap");
         let pm = File::open(&path).unwrap();
-        let wanted = merge(vec![(base + 10 * page, base + 20 * page), (base + 120 * page, base + 200 * page)]);
+        let wanted = merge(vec![(base + 10 * page, base + 20 * page), (base + 40 * page, base + 70 * page), (base + 990 * page, base + 1200 * page)]);
         let parent = [(base, base + 64 * page)];
         for holds in [None, Some(&parent[..])] {
-            let sparse = sparse_delta(&pm, path.as_ref(), &vma, &wanted, holds).unwrap().expect("PAGEMAP_SCAN");
+            let sparse = sparse_delta(&pm, path.as_ref(), &vma, &wanted, holds).unwrap().expect("PAGEMAP_SCAN, few holes");
             let entries = pagemap(&pm, path.as_ref(), vma.start, vma.end).unwrap();
             let whole = delta_of(vma.start, &entries, runs_to_save(&vma, &entries), &wanted, holds);
             let mine = |r: &[(u64, u64)]| intersect(r, &ours);
@@ -546,10 +558,20 @@ mod tests {
             assert_eq!(mine(&sparse.absent), mine(&whole.absent), "absent runs");
             assert_eq!(mine(&sparse.guards), mine(&whole.guards), "guard runs");
             let copied: u64 = mine(&sparse.runs).iter().map(|(a, b)| (b - a) / page).sum();
-            assert!(copied == (10..20).chain(120..200).filter(|&i| written(i)).count() as u64 || thp_always(), "the wanted pages that hold data");
+            assert!(copied == (10..20).chain(40..70).chain(990..1200).filter(|&i| written(i)).count() as u64 || thp_always(), "the wanted pages that hold data");
             let absent: u64 = mine(&sparse.absent).iter().map(|(a, b)| (b - a) / page).sum();
-            assert!(absent == (0..256).filter(|&i| !written(i)).count() as u64 || thp_always(), "the pages never written read zero");
+            assert!(absent == (0..N).filter(|&i| !written(i)).count() as u64 || thp_always(), "the pages never written read zero");
         }
+        // Holes every few pages: the sparse read gives way to one read of all entries.
+        let mut holed = vec![0u8; (N as usize + 1) * PAGE_SIZE];
+        let hskip = (page - holed.as_ptr() as u64 % page) % page;
+        for i in (0..N).filter(|i| i % 3 == 0) {
+            holed[(hskip + i * page) as usize] = 1;
+        }
+        let hbase = holed.as_ptr() as u64 + hskip;
+        let hvma = crate::mem::save_layout(pid).unwrap().into_iter().find(|v| v.start <= hbase && hbase < v.end).expect("the second buffer's mapping");
+        assert!(sparse_delta(&pm, path.as_ref(), &hvma, &wanted, None).unwrap().is_none() || thp_always(), "a mapping full of holes is read whole");
+        drop(holed);
         drop(buf);
     }
 }
