@@ -565,7 +565,7 @@ mod tests {
         // Holes every few pages: the sparse read gives way to one read of all entries.
         let mut holed = vec![0u8; (N as usize + 1) * PAGE_SIZE];
         let hskip = (page - holed.as_ptr() as u64 % page) % page;
-        for i in (0..N).filter(|i| i % 3 == 0) {
+        for i in (0..N).filter(|i| i.is_multiple_of(3)) {
             holed[(hskip + i * page) as usize] = 1;
         }
         let hbase = holed.as_ptr() as u64 + hskip;
