@@ -541,3 +541,49 @@ fn mounts_cgroups_and_namespaces_made_in_the_pod_move() {
     h.ok("b", &["rm", "-f", "made"]);
     h.assert_clean("b", "made", None);
 }
+
+/// Shared anonymous memory whose holder never touched most of it (children wrote it: one that
+/// exited, one that runs, as a database's backends write its shared buffers) moves whole, a → b
+/// and back after more writes there; each process's pages of it are sent once per round, not
+/// once per process (`engine/tests/progs/shmfork.c` checks every page itself).
+#[test]
+fn shared_memory_written_by_children_moves_whole() {
+    let Some(h) = Hosts::up() else { return };
+    h.keys();
+    let w = h.scratch().join("shm");
+    std::fs::create_dir_all(&w).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/shmfork.c");
+    let prog = w.join("shmfork");
+    let cc = std::process::Command::new("gcc").args(["-O1", "-o"]).arg(&prog).arg(&src).status();
+    if !cc.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("SKIP: gcc could not build shmfork ({cc:?})");
+        return;
+    }
+    let (out, go, go1) = (w.join("out"), w.join("go"), w.join("go1"));
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    let wait = |what: &str| {
+        let t = Instant::now();
+        while !text().contains(what) && !text().contains("FAIL") && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(text().contains(what) && !text().contains("FAIL"), "waiting for {what:?}: {}", text());
+    };
+    let ip = format!("{}.57", h.net);
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    h.ok("a", &["run", "--name", "shm", "--ip", &format!("{ip}/24"), "--", &arg(&prog), &arg(&out), &arg(&go), &arg(&go1)]);
+    wait("ready");
+    let init = h.init_pid("a", "shm");
+    let moved = h.migrate("a", "b", "shm", &[]);
+    assert!(moved.status.success(), "a -> b: {}", stderr(&moved));
+    h.assert_clean("a", "shm", Some(init));
+    std::fs::write(&go1, b"go").unwrap();
+    wait("ready2");
+    let init = h.init_pid("b", "shm");
+    let back = h.migrate("b", "a", "shm", &[]);
+    assert!(back.status.success(), "b -> a: {}", stderr(&back));
+    h.assert_clean("b", "shm", Some(init));
+    std::fs::write(&go, b"go").unwrap();
+    wait("ok all");
+    assert!(text().contains("ok B"), "{}", text());
+    h.ok("a", &["rm", "-f", "shm"]);
+}

@@ -182,9 +182,7 @@ pub struct SaveOptions {
     pub network_locked: bool,
     /// Every member's pages are saved whole, even those it still shares copy-on-write with its
     /// parent (a migration's destination builds the tree before it knows the memory, so no child
-    /// can inherit pages there), and each member's image of shared anonymous memory holds every
-    /// page of the object its mappings cover (otherwise the first member saved that maps a page
-    /// of the object holds it, and a restore writes each member's part).
+    /// can inherit pages there).
     pub no_cow: bool,
 }
 
@@ -278,7 +276,7 @@ pub fn save(pids: &[i32], frozen: &[Frozen], opts: SaveOptions, mut tracking: Op
                     .find(|m: &&Member| m.vpid == ppid && !opts.no_cow)
                     .and_then(Member::image)
                     .map(|i| (i.host_pid, i.vmas.as_slice()));
-                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: base.as_deref(), parent, shm_saved: (!opts.no_cow).then_some(&shm_saved) };
+                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: base.as_deref(), parent, shm_saved: Some(&shm_saved) };
                 let (image, copy) = save_process(p.host, f, &mut ctx, &plan, layout)?;
                 tracing::debug!(pid = p.host, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, bytes = copy.bytes, "process saved");
                 bytes_read += copy.bytes;

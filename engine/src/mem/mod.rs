@@ -8,10 +8,11 @@
 //!   longer file pages), so unchanged code and data are read back from the file on restore;
 //! - shared anonymous mappings: every page their shmem object holds (`SEEK_DATA` on it through
 //!   `/proc/PID/map_files`), also those only other processes touched, or that were written by
-//!   a process that has exited since; in a group checkpoint the first process saved that maps
-//!   a page of the object holds it, and a restore writes each process's part into the one object
-//!   its first restored process made. Never tracked by the dirty tracker (it sees page tables,
-//!   not the object): saved whole at each checkpoint;
+//!   a process that has exited since; in a group checkpoint (and a migration's round) a mapping
+//!   wholly inside what processes saved before it map of the object is left to them, and a
+//!   restore writes each process's part into the one object its first restored process made.
+//!   Never tracked by the dirty tracker (it sees page tables, not the object): saved whole at
+//!   each checkpoint;
 //! - shared file mappings: nothing (the file holds the data);
 //! - AIO rings: every page, with the kernel's position in them ([`aio`]);
 //! - `[vdso]`, `[vvar]`: nothing; restore maps this kernel's vDSO at the saved address

@@ -156,14 +156,17 @@ pub struct CopyPlan<'a> {
     /// The process's parent, saved in the same checkpoint and stopped: its host pid and mapping
     /// table. Pages still shared with it since a fork are not copied ([`super::cow`]).
     pub parent: Option<(i32, &'a [VmaState])>,
-    /// Shared anonymous memory saved by the processes of the same checkpoint saved before this
-    /// one: shmem inode -> runs of offsets in the object. Those pages are left out here (a
-    /// restore writes every process's part into the one object). Without it every process's
-    /// image holds all the pages of the object its mappings cover.
+    /// Shared anonymous memory saved by the processes of the same checkpoint (or round) read
+    /// before this one: shmem inode -> the runs of the object their mappings covered. A mapping
+    /// wholly inside those is left to them ([`PageCopy::elsewhere`]: a restore writes their
+    /// pages into the one object this process maps too); any other is saved whole and claims
+    /// its range. Without it every process's image holds all the pages of the object its
+    /// mappings cover.
     pub shm_saved: Option<&'a std::cell::RefCell<ShmSaved>>,
 }
 
-/// Offsets of shared anonymous memory objects saved so far: shmem inode -> sorted runs.
+/// Ranges of shared anonymous memory objects saved so far: shmem inode -> sorted runs of
+/// offsets in the object.
 pub type ShmSaved = std::collections::HashMap<u64, Vec<(u64, u64)>>;
 
 /// The pages of the shmem object behind the shared anonymous mapping `vma` (`offset`: where the
@@ -221,6 +224,9 @@ pub struct PageCopy {
     /// Mappings saved as a delta on the parent checkpoint (by index), with their runs of pages
     /// that are not present now (saved as zero).
     pub delta: std::collections::BTreeMap<usize, Vec<(u64, u64)>>,
+    /// Shared anonymous mappings (by index) whose pages another process of the same save holds
+    /// ([`CopyPlan::shm_saved`]): nothing of them is saved here, and they are not whole.
+    pub elsewhere: Vec<usize>,
 }
 
 /// `runs` sorted, with overlapping and touching runs joined.
@@ -306,7 +312,7 @@ pub fn plan_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
         }
         None => None,
     };
-    let mut copy = PageCopy { runs: Vec::new(), planned: Vec::new(), pid, bytes: 0, delta: Default::default() };
+    let mut copy = PageCopy { runs: Vec::new(), planned: Vec::new(), pid, bytes: 0, delta: Default::default(), elsewhere: Vec::new() };
     for (idx, vma) in vmas.iter_mut().enumerate() {
         vma.inherited.clear();
         vma.guards.clear();
@@ -362,18 +368,24 @@ pub fn plan_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
         vma.guards = runs_where(vma, &entries, |e| e & PM_GUARD != 0);
         let mut runs = runs_to_save(vma, &entries);
         if let Backing::Shmem { ino, offset } = vma.backing {
-            runs.extend(shmem_data(pid, vma, offset)?);
-            runs = merge(runs);
-            if let Some(saved) = plan.shm_saved {
-                // Only what no process saved before this one, in offsets of the object.
+            let range = (offset, offset + (vma.end - vma.start));
+            let claimed = plan.shm_saved.map(|saved| {
                 let mut saved = saved.borrow_mut();
                 let done = saved.entry(ino).or_default();
-                let ours: Vec<(u64, u64)> = runs.iter().map(|&(a, b)| (a - vma.start + offset, b - vma.start + offset)).collect();
-                let fresh = intersect(&ours, &super::cow::outside(done, offset, offset + (vma.end - vma.start)));
-                done.extend(fresh.iter().copied());
-                *done = merge(std::mem::take(done));
-                runs = fresh.into_iter().map(|(a, b)| (a - offset + vma.start, b - offset + vma.start)).collect();
+                let inside = super::cow::outside(done, range.0, range.1).is_empty();
+                if !inside {
+                    done.push(range);
+                    *done = merge(std::mem::take(done));
+                }
+                inside
+            });
+            if claimed == Some(true) {
+                // Another process of this save holds every page this mapping shows.
+                copy.elsewhere.push(idx);
+                continue;
             }
+            runs.extend(shmem_data(pid, vma, offset)?);
+            runs = merge(runs);
         }
         if let (Some((_, pvmas)), Some((ppm, ppath))) = (plan.parent, &parent_pm) {
             if super::cow::inheritable(vma, pvmas) {

@@ -56,9 +56,14 @@ pub fn saved(v: &VmaState) -> bool {
     }
 }
 
-/// The ranges of `vmas` a copy holds whole (every saved mapping not copied as a delta).
+/// The ranges of `vmas` a copy holds whole (every saved mapping not copied as a delta, nor left
+/// to another process: shared memory saved once).
 pub fn whole_ranges(vmas: &[VmaState], copy: &PageCopy) -> Vec<(u64, u64)> {
-    vmas.iter().enumerate().filter(|(i, v)| saved(v) && !copy.delta.contains_key(i)).map(|(_, v)| (v.start, v.end)).collect()
+    vmas.iter()
+        .enumerate()
+        .filter(|(i, v)| saved(v) && !copy.delta.contains_key(i) && !copy.elsewhere.contains(i))
+        .map(|(_, v)| (v.start, v.end))
+        .collect()
 }
 
 /// One process's part of a round.
@@ -147,6 +152,7 @@ impl PodReader {
         let (shape, order) = crate::group::shape_of(&pids)?;
         let mut members = Vec::new();
         self.layouts.clear();
+        let shm_saved = std::cell::RefCell::new(crate::mem::ShmSaved::new());
         for &(vpid, host) in &order {
             if !shape.members.iter().any(|m| m.0 == vpid && m.3) {
                 continue; // a zombie: no memory
@@ -178,7 +184,7 @@ impl PodReader {
                 // The destination holds every page of earlier rounds: a tracked mapping sends
                 // only what was written since (no parent process: no page is left to it).
                 const ALL: &[(u64, u64)] = &[(0, u64::MAX)];
-                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: Some(ALL), ..Default::default() };
+                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: Some(ALL), shm_saved: Some(&shm_saved), ..Default::default() };
                 let copy = crate::mem::copy_pages_since(host, &mut vmas, &plan)?;
                 tracing::debug!(pid = host, layout_ms, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, dirty_pages, bytes = copy.bytes, "round: pages read");
                 Ok::<_, crate::EngineError>(MemberData { vpid, host, vmas, copy, dirty_pages })
