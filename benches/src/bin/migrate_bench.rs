@@ -26,6 +26,8 @@
 //! child's process group, which holds only processes the bench started), and removes its files.
 //!
 //! Run: `cargo run --release -p zap-benches --bin migrate-bench [-- --big] [--no-tc] [--sizes MIB,...]`
+//! (`MIGBENCH_LOGS=DIR` keeps each migration's log there; with `RUST_LOG=zap_engine=debug` it shows
+//! the final round's steps with their times on both ends)
 //! (`--sizes` replaces the default sizes; the 1 Gbit/s run stays at 1 GiB unless `--no-tc`)
 //! (as root; needs `zap` built next to this binary: `cargo build --release --workspace`, and gcc).
 use std::io::Write;
@@ -457,6 +459,11 @@ fn migrate(topo: &Topo, src: &str, dst: &str, pod: &str, ip: &str, tcp: bool, ti
         Err(e) => Err(format!("zap migrate: {e}")),
     };
     let t_end = Instant::now();
+    // `MIGBENCH_LOGS=DIR` keeps each migration's log (both ends' stderr; with `RUST_LOG=zap_engine=debug`
+    // the final round's steps and their times).
+    if let Some(dir) = std::env::var_os("MIGBENCH_LOGS") {
+        let _ = std::fs::copy(&err_path, Path::new(&dir).join(format!("{pod}-{src}{dst}-{}.log", std::process::id())));
+    }
     // Keep pinging for a second after: the address must answer from its new host.
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::SeqCst);

@@ -27,6 +27,13 @@ pub struct Tracking {
     /// Whoever gets this copy holds every page of the earlier ones (a migration's destination,
     /// filled by the pre-copy rounds): a tracked mapping's copy is only its written pages.
     pub holds_all: bool,
+    /// Layouts read with smaps since the trackers were armed (a migration's last pre-copy
+    /// round), by host pid: a tracked member whose mappings `/proc/PID/maps` still shows the
+    /// same takes their flags from here instead of reading smaps ([`crate::mem::layout_reusing`]).
+    pub known_layouts: std::collections::HashMap<i32, Vec<crate::mem::VmaState>>,
+    /// Host pids of the members whose layout was taken so: their flags are still to be checked
+    /// ([`crate::mem::check_details`]) before the image is used.
+    pub reused_layouts: Vec<i32>,
 }
 
 /// A saved group: the image and, per live member (by vpid), its copied pages.
@@ -231,7 +238,17 @@ pub fn save(pids: &[i32], frozen: &[Frozen], opts: SaveOptions, mut tracking: Op
                 let mut layout = None;
                 if let Some(tr) = tracking.as_deref_mut() {
                     if let Some(armed) = tr.armed.get_mut(&p.host) {
-                        let vmas = crate::mem::save_layout(p.host)?;
+                        let reused = match tr.known_layouts.get(&p.host) {
+                            Some(known) => crate::mem::layout_reusing(p.host, known)?,
+                            None => None,
+                        };
+                        if reused.is_some() {
+                            tr.reused_layouts.push(p.host);
+                        }
+                        let vmas = match reused {
+                            Some(v) => v,
+                            None => crate::mem::save_layout(p.host)?,
+                        };
                         match crate::dirty::collect(armed, &vmas) {
                             Ok(d) if !tr.whole => {
                                 tr.incremental.push(p.vpid);

@@ -22,6 +22,14 @@
 //!   which pagemap shows as swapped): no page, read as a hole, so a mapping that is new since the
 //!   last checkpoint costs what it holds, not its size.
 //!
+//! A private anonymous mapping copied as a delta (a dirty tracker's report) reads the pagemap
+//! only where it matters: one `PAGEMAP_SCAN` finds its pages that are not present, and only their
+//! entries and those of the pages to copy are read (the rest is resident and unchanged), so its
+//! cost follows what was written, not its size (the kernel's walk of the page tables aside).
+//! Likewise [`layout_reusing`] takes a layout read earlier over when `/proc/PID/maps` shows it
+//! unchanged, without reading `/proc/PID/smaps` (whose read walks every page table); such a
+//! layout is checked with [`check_details`] before it is relied on.
+//!
 //! Each mapping also keeps its flags (smaps `VmFlags`: madvise advice, locks, `MAP_NORESERVE`,
 //! seals), its protection key and, for hugetlb, its page size ([`flags`]). Refused up front,
 //! naming the pid and the mapping: io_uring rings and other kernel objects mapped from an
@@ -44,7 +52,7 @@ mod pages;
 use serde::{Deserialize, Serialize};
 
 pub use flags::{MmModes, VmFlags};
-pub use pages::{base_runs, copy_pages, copy_pages_since, plan_pages_since, store_pages, CopyPlan, MemDumpFigures, PageCopy, ShmSaved};
+pub use pages::{base_runs, copy_pages, copy_pages_since, full_scan, plan_pages_since, store_pages, CopyPlan, MemDumpFigures, PageCopy, ShmSaved};
 use zap_store::{clip, Extent, ExtentData, Image, ImageStore};
 
 use crate::inject::Injector;
@@ -214,8 +222,14 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
 /// contents on its first mapping only.
 pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
     let mut vmas = layout_of(pid)?;
+    read_deleted(pid, &mut vmas)?;
+    Ok(vmas)
+}
+
+/// Reads the contents of the deleted files `vmas` map (once per file).
+fn read_deleted(pid: i32, vmas: &mut [VmaState]) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
-    for v in &mut vmas {
+    for v in vmas {
         if let Backing::Deleted { file, contents, path, .. } = &mut v.backing {
             if seen.insert(*file) {
                 let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
@@ -225,49 +239,114 @@ pub fn save_layout(pid: i32) -> Result<Vec<VmaState>> {
             }
         }
     }
-    Ok(vmas)
+    Ok(())
+}
+
+/// Like [`save_layout`], but without reading `/proc/PID/smaps` (whose read walks the page tables
+/// of every mapping: about 12 ms per GiB resident) when `/proc/PID/maps` shows every mapping as
+/// it is in `known`, a layout of the same process read earlier with [`save_layout`]: what smaps
+/// adds (flags, protection key, huge page size, `growsdown`, the tracker's registration) is then
+/// taken from `known`. None when a mapping is new or differs in bounds, protection, sharing,
+/// backing or name (the caller reads the layout whole). A flag changed on a whole mapping
+/// without changing its bounds is not seen here: whoever sends such a layout checks it with
+/// [`check_details`] before anything depends on it.
+pub fn layout_reusing(pid: i32, known: &[VmaState]) -> Result<Option<Vec<VmaState>>> {
+    let maps = read_maps(pid)?;
+    let none = flags::SmapsEntry::default();
+    let mut vmas = Vec::with_capacity(maps.len());
+    for m in &maps {
+        let mut v = vma_of(pid, m, &none)?;
+        let Some(k) = known.iter().find(|k| k.start == v.start) else { return Ok(None) };
+        if (k.end, k.prot, k.shared, &k.name) != (v.end, v.prot, v.shared, &v.name) || !same_backing(&k.backing, &v.backing) {
+            return Ok(None);
+        }
+        (v.growsdown, v.huge, v.flags, v.pkey, v.uffd_wp) = (k.growsdown, k.huge, k.flags, k.pkey, k.uffd_wp);
+        vmas.push(v);
+    }
+    read_deleted(pid, &mut vmas)?;
+    Ok(Some(vmas))
+}
+
+/// The same backing, a deleted file's contents aside.
+fn same_backing(a: &Backing, b: &Backing) -> bool {
+    match (a, b) {
+        (Backing::Deleted { path, file, offset, .. }, Backing::Deleted { path: p2, file: f2, offset: o2, .. }) => (path, file, offset) == (p2, f2, o2),
+        _ => a == b,
+    }
+}
+
+/// Checks that what `/proc/PID/smaps` shows now of the mappings `vmas` of the stopped process
+/// `pid` (flags, protection key, huge page size, `growsdown`, the tracker's registration) is
+/// what they say: the check of a layout made by [`layout_reusing`]. The error names the pid
+/// and the first mapping that differs.
+pub fn check_details(pid: i32, vmas: &[VmaState]) -> Result<()> {
+    let smaps = flags::read_smaps(pid)?;
+    for v in vmas {
+        let Some(sm) = smaps.get(&v.start) else {
+            return Err(EngineError::Proc { pid, detail: format!("mapping {:#x}-{:#x} {}: gone from /proc/{pid}/smaps", v.start, v.end, v.name) });
+        };
+        let now = details(sm, matches!(v.backing, Backing::Vdso | Backing::Vsyscall));
+        let was = (v.growsdown, v.uffd_wp, v.huge, v.flags, v.pkey);
+        if now != was {
+            return Err(EngineError::Proc {
+                pid,
+                detail: format!(
+                    "mapping {:#x}-{:#x} {}: its flags changed after its layout was read (growsdown, tracked, huge page, flags, key: {was:?} then, {now:?} now)",
+                    v.start, v.end, v.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What smaps adds to a mapping: (`growsdown`, registered with a write-protect userfaultfd,
+/// hugetlb page size or 0, flags, protection key).
+fn details(sm: &flags::SmapsEntry, special: bool) -> (bool, bool, u64, VmFlags, u32) {
+    let vm = &sm.names;
+    let growsdown = vm.iter().any(|x| x == "gd");
+    let uffd_wp = vm.iter().any(|x| x == "uw");
+    let huge = if vm.iter().any(|x| x == "ht") { sm.kernel_page } else { 0 };
+    let flags = if special { VmFlags::default() } else { VmFlags::from_mnemonics(vm.iter().map(String::as_str)) };
+    (growsdown, uffd_wp, huge, flags, sm.pkey)
 }
 
 fn layout_of(pid: i32) -> Result<Vec<VmaState>> {
     let maps = read_maps(pid)?;
     let smaps = flags::read_smaps(pid)?;
     let none = flags::SmapsEntry::default();
-    maps.iter()
-        .map(|m| {
-            let sm = smaps.get(&m.start).unwrap_or(&none);
-            let vm = &sm.names;
-            let growsdown = vm.iter().any(|x| x == "gd");
-            let uffd_wp = vm.iter().any(|x| x == "uw");
-            let huge = if vm.iter().any(|x| x == "ht") { sm.kernel_page } else { 0 };
-            let backing = classify(pid, m)?;
-            if let (Backing::SysvShm { shmid }, true) = (&backing, huge != 0) {
-                return Err(EngineError::Proc {
-                    pid,
-                    detail: format!(
-                        "mapping {:#x}-{:#x} attaches System V segment {shmid} of huge pages (SHM_HUGETLB): not supported (it would come back with normal pages)",
-                        m.start, m.end
-                    ),
-                });
-            }
-            let special = matches!(backing, Backing::Vdso | Backing::Vsyscall);
-            Ok(VmaState {
-                start: m.start,
-                end: m.end,
-                prot: prot_of(&m.perms),
-                shared: m.shared(),
-                growsdown,
-                backing,
-                name: m.path.clone(),
-                image: None,
-                flags: if special { VmFlags::default() } else { VmFlags::from_mnemonics(vm.iter().map(String::as_str)) },
-                pkey: sm.pkey,
-                huge,
-                inherited: Vec::new(),
-                guards: Vec::new(),
-                uffd_wp,
-            })
-        })
-        .collect()
+    maps.iter().map(|m| vma_of(pid, m, smaps.get(&m.start).unwrap_or(&none))).collect()
+}
+
+fn vma_of(pid: i32, m: &Mapping, sm: &flags::SmapsEntry) -> Result<VmaState> {
+    let backing = classify(pid, m)?;
+    let special = matches!(backing, Backing::Vdso | Backing::Vsyscall);
+    let (growsdown, uffd_wp, huge, flags, pkey) = details(sm, special);
+    if let (Backing::SysvShm { shmid }, true) = (&backing, huge != 0) {
+        return Err(EngineError::Proc {
+            pid,
+            detail: format!(
+                "mapping {:#x}-{:#x} attaches System V segment {shmid} of huge pages (SHM_HUGETLB): not supported (it would come back with normal pages)",
+                m.start, m.end
+            ),
+        });
+    }
+    Ok(VmaState {
+        start: m.start,
+        end: m.end,
+        prot: prot_of(&m.perms),
+        shared: m.shared(),
+        growsdown,
+        backing,
+        name: m.path.clone(),
+        image: None,
+        flags,
+        pkey,
+        huge,
+        inherited: Vec::new(),
+        guards: Vec::new(),
+        uffd_wp,
+    })
 }
 
 /// Shared anonymous memory already recreated by processes restored together: shmem inode ->
@@ -542,5 +621,40 @@ pub fn refuse_sysv_outside_pod(pid: i32, vmas: &[VmaState]) -> Result<()> {
             ),
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layout taken over from an earlier read is the same as a fresh one while nothing
+    /// changed; a flag that differs from what smaps shows is caught by the check, naming the
+    /// mapping; a mapping that moved makes the layout be read whole.
+    #[test]
+    fn reused_layout_is_checked_against_smaps() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = child.id() as i32;
+        // Wait for the exec to be done (the layout is the exec'd program's from then on).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| !p.to_string_lossy().contains("sleep")).unwrap_or(true) {
+            assert!(std::time::Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let fresh = save_layout(pid).unwrap();
+        let reused = layout_reusing(pid, &fresh).unwrap().expect("nothing changed");
+        assert_eq!(reused, fresh);
+        check_details(pid, &reused).unwrap();
+        let mut wrong = fresh.clone();
+        let i = wrong.iter().position(|v| v.backing == Backing::Anon).expect("an anonymous mapping");
+        wrong[i].flags = VmFlags(wrong[i].flags.0 ^ VmFlags::DONTDUMP);
+        let taken = layout_reusing(pid, &wrong).unwrap().expect("maps unchanged");
+        let err = check_details(pid, &taken).unwrap_err().to_string();
+        assert!(err.contains(&format!("{:#x}", wrong[i].start)) && err.contains("flags changed"), "{err}");
+        let mut moved = fresh.clone();
+        moved[i].end += 4096;
+        assert!(layout_reusing(pid, &moved).unwrap().is_none(), "a changed mapping is not taken over");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -51,12 +51,78 @@ fn is_wp_marker(e: u64) -> bool {
     e & PM_PRESENT == 0 && e & PM_SWAPPED != 0 && e & PM_GUARD == 0 && e & PM_SWAP_TYPE == SWP_PTE_MARKER
 }
 
+/// `$ZAP_FULL_SCAN=1`: deltas read the whole pagemap and a migration's final round reads smaps,
+/// as before they learnt not to (for comparisons).
+pub fn full_scan() -> bool {
+    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F.get_or_init(|| std::env::var("ZAP_FULL_SCAN").is_ok_and(|v| v == "1"))
+}
+
+/// What a delta copy of one private anonymous mapping takes.
+#[derive(Debug, PartialEq, Eq)]
+struct Delta {
+    /// Runs of pages to copy.
+    runs: Vec<(u64, u64)>,
+    /// Runs of pages that read zero now and are saved so (see [`copy_pages_since`]).
+    absent: Vec<(u64, u64)>,
+    /// Guard pages.
+    guards: Vec<(u64, u64)>,
+}
+
+/// The delta of a mapping from its pagemap `entries` (from `start`): of the pages holding data
+/// (`runs`, from [`runs_to_save`]) those `wanted`; pages not present now are zero wherever they
+/// are (laid over the parent, they hide what it held), but a tracker marker's page is zero only
+/// where the parent checkpoint (`base`) holds something (it may have been emptied since): over
+/// the parent's holes it was never written, and the image stays the same as a dump's.
+fn delta_of(start: u64, entries: &[u64], runs: Vec<(u64, u64)>, wanted: &[(u64, u64)], base: Option<&[(u64, u64)]>) -> Delta {
+    let mut absent = runs_from(start, entries, |e| !has_page(e) && !is_wp_marker(e));
+    absent.extend(intersect(&runs_from(start, entries, is_wp_marker), base.unwrap_or(&[(0, u64::MAX)])));
+    Delta { runs: intersect(&runs, wanted), absent: merge(absent), guards: runs_from(start, entries, |e| e & PM_GUARD != 0) }
+}
+
+/// A mapping with more holes than one per this many pages is read whole by a delta copy (see
+/// [`sparse_delta`]).
+const SPARSE_PAGES_PER_HOLE: u64 = 64;
+
+/// [`delta_of`] without reading the pagemap of clean resident memory (8 bytes a page): one
+/// `PAGEMAP_SCAN` (a walk of the page tables in the kernel that copies out only what matches)
+/// finds the pages of `vma` that are not present, whose entries are read with those of the
+/// `wanted` pages; every other page is present, which is all the delta asks of it. None where
+/// the kernel lacks `PAGEMAP_SCAN`, or where the mapping has so many holes (more than one per
+/// [`SPARSE_PAGES_PER_HOLE`] pages: memory filled in part, say by a restore that left zero pages
+/// out) that one read of all entries costs less than a read per hole (the caller reads them all).
+fn sparse_delta(pm: &File, path: &Path, vma: &VmaState, wanted: &[(u64, u64)], base: Option<&[(u64, u64)]>) -> Result<Option<Delta>> {
+    let Ok(not_present) = crate::sys::uffd::scan_not_present(pm, vma.start, vma.end) else { return Ok(None) };
+    if not_present.len() as u64 * SPARSE_PAGES_PER_HOLE > (vma.end - vma.start) / PAGE_SIZE as u64 {
+        return Ok(None);
+    }
+    let mut d = Delta { runs: intersect(wanted, &super::cow::outside(&not_present, vma.start, vma.end)), absent: Vec::new(), guards: Vec::new() };
+    for (a, b) in merge(not_present) {
+        let entries = pagemap(pm, path, a, b)?;
+        // The wanted runs near this hole only (found by binary search).
+        let near = &wanted[wanted.partition_point(|r| r.1 <= a)..wanted.partition_point(|r| r.0 < b)];
+        let part = delta_of(a, &entries, runs_from(a, &entries, has_page), near, base);
+        d.runs.extend(part.runs);
+        d.absent.extend(part.absent);
+        d.guards.extend(part.guards);
+    }
+    d.runs = merge(d.runs);
+    d.absent = merge(d.absent);
+    d.guards = merge(d.guards);
+    Ok(Some(d))
+}
+
 /// Runs of the pages of `vma` (pagemap `entries` from its start) for which `pick` holds.
 fn runs_where(vma: &VmaState, entries: &[u64], pick: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
+    runs_from(vma.start, entries, pick)
+}
+
+/// Runs of the pages from `start` (pagemap `entries`) for which `pick` holds.
+fn runs_from(start: u64, entries: &[u64], pick: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (i, &e) in entries.iter().enumerate() {
         if pick(e) {
-            let a = vma.start + (i * PAGE_SIZE) as u64;
+            let a = start + (i * PAGE_SIZE) as u64;
             match runs.last_mut() {
                 Some(r) if r.1 == a => r.1 = a + PAGE_SIZE as u64,
                 _ => runs.push((a, a + PAGE_SIZE as u64)),
@@ -259,6 +325,45 @@ pub fn plan_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
             vma.inherited = vec![(vma.start, vma.end)];
             continue;
         }
+        let tracked: Vec<(u64, u64)> = match plan.dirty {
+            Some(d) if vma.backing == Backing::Anon && !vma.shared => intersect(&[(vma.start, vma.end)], &d.tracked),
+            _ => Vec::new(),
+        };
+        // A delta's pages: of its tracked parts only written pages and what the parent
+        // checkpoint lacks; of its untracked parts every page.
+        let wanted = match (plan.dirty, tracked.is_empty()) {
+            (Some(d), false) => {
+                let mut wanted = intersect(&tracked, &d.written);
+                let base = plan.base.unwrap_or(&[]);
+                for r in &tracked {
+                    wanted.extend(super::cow::outside(base, r.0, r.1));
+                }
+                let mut pos = vma.start;
+                for &(a, b) in &tracked {
+                    if a > pos {
+                        wanted.push((pos, a));
+                    }
+                    pos = b;
+                }
+                if pos < vma.end {
+                    wanted.push((pos, vma.end));
+                }
+                Some(merge(wanted))
+            }
+            _ => None,
+        };
+        let inheritable = matches!((plan.parent, &parent_pm), (Some((_, pvmas)), Some(_)) if super::cow::inheritable(vma, pvmas));
+        if let (Some(wanted), false) = (&wanted, inheritable || full_scan()) {
+            // A delta with no page shared with a parent process: the page tables are walked by
+            // the kernel, and only the entries that matter are read.
+            if let Some(d) = sparse_delta(&pm, pm_path.as_ref(), vma, wanted, plan.base)? {
+                vma.guards = d.guards;
+                copy.delta.insert(idx, d.absent);
+                copy.bytes += d.runs.iter().map(|(a, b)| b - a).sum::<u64>();
+                copy.planned.extend(d.runs.into_iter().map(|(a, b)| (idx, a, b)));
+                continue;
+            }
+        }
         let entries = pagemap(&pm, pm_path.as_ref(), vma.start, vma.end)?;
         vma.guards = runs_where(vma, &entries, |e| e & PM_GUARD != 0);
         let mut runs = runs_to_save(vma, &entries);
@@ -289,36 +394,10 @@ pub fn plan_pages_since(pid: i32, vmas: &mut [VmaState], plan: &CopyPlan<'_>) ->
                 runs = intersect(&runs, &super::cow::outside(&vma.inherited, vma.start, vma.end));
             }
         }
-        let tracked: Vec<(u64, u64)> = match plan.dirty {
-            Some(d) if vma.backing == Backing::Anon && !vma.shared => intersect(&[(vma.start, vma.end)], &d.tracked),
-            _ => Vec::new(),
-        };
-        if let (Some(d), false) = (plan.dirty, tracked.is_empty()) {
-            // Tracked parts: only written pages and what the parent checkpoint lacks; untracked
-            // parts: every page. Pages not present now are zero, wherever they are (laid over the
-            // parent, they hide what it held).
-            let mut wanted = intersect(&tracked, &d.written);
-            let base = plan.base.unwrap_or(&[]);
-            for r in &tracked {
-                wanted.extend(super::cow::outside(base, r.0, r.1));
-            }
-            let mut pos = vma.start;
-            for &(a, b) in &tracked {
-                if a > pos {
-                    wanted.push((pos, a));
-                }
-                pos = b;
-            }
-            if pos < vma.end {
-                wanted.push((pos, vma.end));
-            }
-            runs = intersect(&runs, &merge(wanted));
-            // A marker's page reads zero: a zero extent where the parent holds something (it may
-            // have been emptied since), none over the parent's holes (never written: the image
-            // stays the same as a dump's).
-            let mut absent = runs_where(vma, &entries, |e| !has_page(e) && !is_wp_marker(e));
-            absent.extend(intersect(&runs_where(vma, &entries, is_wp_marker), plan.base.unwrap_or(&[(0, u64::MAX)])));
-            copy.delta.insert(idx, merge(absent));
+        if let Some(wanted) = wanted {
+            let d = delta_of(vma.start, &entries, runs, &wanted, plan.base);
+            runs = d.runs;
+            copy.delta.insert(idx, d.absent);
         }
         copy.bytes += runs.iter().map(|(a, b)| b - a).sum::<u64>();
         copy.planned.extend(runs.into_iter().map(|(a, b)| (idx, a, b)));
@@ -445,4 +524,66 @@ pub(crate) fn within(extents: &[Extent], runs: &[(u64, u64)]) -> Vec<Extent> {
 pub fn base_runs(images: &[Image], prefix: &str) -> Vec<(u64, u64)> {
     let mine = format!("{prefix}mem/");
     merge(images.iter().filter(|i| i.name.starts_with(&mine)).flat_map(|i| i.extents.iter().map(|e| (e.start, e.end()))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Transparent huge pages always on may fill a buffer's unwritten pages.
+    fn thp_always() -> bool {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").is_ok_and(|t| t.contains("[always]"))
+    }
+
+    /// The delta of a mapping found with PAGEMAP_SCAN (entries read only where pages are absent
+    /// or wanted) is the one found from the whole pagemap.
+    #[test]
+    fn sparse_delta_agrees_with_the_whole_pagemap() {
+        if crate::sys::uffd::probe_uffd_wp().is_err() {
+            println!("SKIP: PAGEMAP_SCAN");
+            return;
+        }
+        // A fresh large allocation is mapped on its own; its pages are absent until written.
+        // (Only its pages are compared: other tests' threads may use the rest of the mapping.)
+        const N: u64 = 8192;
+        let page = PAGE_SIZE as u64;
+        let mut buf = vec![0u8; (N as usize + 1) * PAGE_SIZE];
+        let skip = (page - buf.as_ptr() as u64 % page) % page;
+        let base = buf.as_ptr() as u64 + skip;
+        let written = |i: u64| !((50..60).contains(&i) || (300..302).contains(&i) || i % 1000 == 999);
+        for i in (0..N).filter(|&i| written(i)) {
+            buf[(skip + i * page) as usize] = 1;
+        }
+        let ours = [(base, base + N * page)];
+        let pid = std::process::id() as i32;
+        let vma = crate::mem::save_layout(pid).unwrap().into_iter().find(|v| v.start <= base && base < v.end).expect("the buffer's mapping");
+        let path = format!("/proc/{pid}/pagemap");
+        let pm = File::open(&path).unwrap();
+        let wanted = merge(vec![(base + 10 * page, base + 20 * page), (base + 40 * page, base + 70 * page), (base + 990 * page, base + 1200 * page)]);
+        let parent = [(base, base + 64 * page)];
+        for holds in [None, Some(&parent[..])] {
+            let sparse = sparse_delta(&pm, path.as_ref(), &vma, &wanted, holds).unwrap().expect("PAGEMAP_SCAN, few holes");
+            let entries = pagemap(&pm, path.as_ref(), vma.start, vma.end).unwrap();
+            let whole = delta_of(vma.start, &entries, runs_to_save(&vma, &entries), &wanted, holds);
+            let mine = |r: &[(u64, u64)]| intersect(r, &ours);
+            assert_eq!(mine(&sparse.runs), mine(&whole.runs), "runs to copy");
+            assert_eq!(mine(&sparse.absent), mine(&whole.absent), "absent runs");
+            assert_eq!(mine(&sparse.guards), mine(&whole.guards), "guard runs");
+            let copied: u64 = mine(&sparse.runs).iter().map(|(a, b)| (b - a) / page).sum();
+            assert!(copied == (10..20).chain(40..70).chain(990..1200).filter(|&i| written(i)).count() as u64 || thp_always(), "the wanted pages that hold data");
+            let absent: u64 = mine(&sparse.absent).iter().map(|(a, b)| (b - a) / page).sum();
+            assert!(absent == (0..N).filter(|&i| !written(i)).count() as u64 || thp_always(), "the pages never written read zero");
+        }
+        // Holes every few pages: the sparse read gives way to one read of all entries.
+        let mut holed = vec![0u8; (N as usize + 1) * PAGE_SIZE];
+        let hskip = (page - holed.as_ptr() as u64 % page) % page;
+        for i in (0..N).filter(|i| i.is_multiple_of(3)) {
+            holed[(hskip + i * page) as usize] = 1;
+        }
+        let hbase = holed.as_ptr() as u64 + hskip;
+        let hvma = crate::mem::save_layout(pid).unwrap().into_iter().find(|v| v.start <= hbase && hbase < v.end).expect("the second buffer's mapping");
+        assert!(sparse_delta(&pm, path.as_ref(), &hvma, &wanted, None).unwrap().is_none() || thp_always(), "a mapping full of holes is read whole");
+        drop(holed);
+        drop(buf);
+    }
 }

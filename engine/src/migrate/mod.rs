@@ -60,11 +60,16 @@
 //! The destination builds the pod's processes bare during round 0 and writes every round's pages
 //! straight into them ([`skeleton`]; a round's cost is what it carries: extents are found by
 //! binary search); the final round writes only the last dirty pages and restores the non-memory
-//! state, so its cost does not grow with the pod's memory, except for the source's scan of the
-//! processes' layouts and page tables (`/proc/PID/smaps`, pagemap: about 25 ms per GiB), which
-//! [`source`]'s estimate counts. A pod whose processes made mounts, sub-cgroups or namespaces is
-//! rebuilt in the final round (a restore's cost). Both sides log each step of the final round
-//! with its time since the stop (`RUST_LOG=zap_engine=debug`).
+//! state, so its cost does not grow with the pod's memory. At the source the stop does not read
+//! what grows with memory either: each process's layout is the last round's where
+//! `/proc/PID/maps` shows it unchanged ([`crate::mem::layout_reusing`]: no `/proc/PID/smaps`,
+//! whose read walks every page table), its flags checked against smaps in a thread beside the
+//! rest of the final round, before `Commit` (a flag changed meanwhile fails the migration, and
+//! the pod runs on); the last dirty pages come from `PAGEMAP_SCAN` (written pages, and pages no
+//! longer present), without reading the pagemap of clean memory. What is left that grows with
+//! memory is the kernel's own walk of the page tables in those scans. A pod whose processes made
+//! mounts, sub-cgroups or namespaces is rebuilt in the final round (a restore's cost). Both sides
+//! log each step of the final round with its time since the stop (`RUST_LOG=zap_engine=debug`).
 pub mod cache;
 pub mod channel;
 pub mod copydir;

@@ -96,12 +96,16 @@ pub struct PodReader {
     /// Processes to read whole next round.
     whole_next: HashSet<i32>,
     backend: Option<Backend>,
+    /// The layouts read by the last round, by host pid, of the processes whose every private
+    /// anonymous mapping was tracked by then: the final round takes their flags from here when
+    /// `/proc/PID/maps` shows them unchanged (see [`crate::group::Tracking::known_layouts`]).
+    pub layouts: HashMap<i32, Vec<VmaState>>,
 }
 
 impl PodReader {
     /// A reader of the pod `state`.
     pub fn new(state: PodState) -> Self {
-        PodReader { state, armed: HashMap::new(), whole_next: HashSet::new(), backend: None }
+        PodReader { state, armed: HashMap::new(), whole_next: HashSet::new(), backend: None, layouts: HashMap::new() }
     }
 
     /// Arms the tracker in every process of the stopped pod (round 0). A process that cannot be
@@ -147,6 +151,7 @@ impl PodReader {
         let pids = self.pids();
         let (shape, order) = crate::group::shape_of(&pids)?;
         let mut members = Vec::new();
+        self.layouts.clear();
         let shm_saved = std::cell::RefCell::new(crate::mem::ShmSaved::new());
         for &(vpid, host) in &order {
             if !shape.members.iter().any(|m| m.0 == vpid && m.3) {
@@ -170,6 +175,11 @@ impl PodReader {
                     None => None,
                 };
                 let collect_ms = t.elapsed().as_secs_f64() * 1e3 - layout_ms;
+                // Mappings registered by this collection show `uw` only from now on: a layout
+                // read before is kept only if it had none to register.
+                if self.armed.contains_key(&host) && vmas.iter().all(|v| v.backing != Backing::Anon || v.shared || v.uffd_wp) {
+                    self.layouts.insert(host, vmas.clone());
+                }
                 let dirty_pages = dirty.as_ref().map_or(0, |d| d.written_bytes() / 4096);
                 // The destination holds every page of earlier rounds: a tracked mapping sends
                 // only what was written since (no parent process: no page is left to it).
@@ -344,9 +354,7 @@ impl<W: ChunkSink> RoundSink for StoreSink<'_, W> {
     fn member_end(&mut self, vpid: i32) -> Result<()> {
         let entry = self.members.entry(vpid).or_default();
         let gone = super::skeleton::subtract(&super::skeleton::normalize(self.whole.clone()), &super::skeleton::normalize(self.covered.clone()));
-        for (a, b) in gone {
-            entry.1 = super::skeleton::cut_out(&entry.1, a, b);
-        }
+        entry.1 = super::skeleton::cut_out_all(&entry.1, &gone);
         Ok(())
     }
 }

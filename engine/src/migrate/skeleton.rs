@@ -102,10 +102,23 @@ pub fn window(extents: &[Extent], a: u64, b: u64) -> Vec<Extent> {
 
 /// Lays `changed` (sorted, disjoint) over the sorted, disjoint `extents` in place
 /// ([`zap_store::overlay`] on the part they cover only).
+///
+/// Changes that keep the extents as they are laid out are made where they fall, found by binary
+/// search: a page's chunk over a page's chunk, zeros over zeros. (A round's scattered pages would
+/// otherwise rebuild every extent between the first and the last: the whole memory, each round.)
 pub fn overlay_in(extents: &mut Vec<Extent>, changed: &[Extent]) {
-    let (Some(lo), Some(hi)) = (changed.iter().map(|e| e.start).min(), changed.iter().map(Extent::end).max()) else { return };
+    let mut rest: Vec<Extent> = Vec::new();
+    for c in changed {
+        let i = extents.partition_point(|e| e.end() <= c.start);
+        match extents.get_mut(i) {
+            Some(e) if (e.start, e.len) == (c.start, c.len) && matches!(e.data, ExtentData::Chunk { .. }) && matches!(c.data, ExtentData::Chunk { .. }) => *e = *c,
+            Some(e) if e.data == ExtentData::Zero && c.data == ExtentData::Zero && e.start <= c.start && c.end() <= e.end() => {}
+            _ => rest.push(*c),
+        }
+    }
+    let (Some(lo), Some(hi)) = (rest.iter().map(|e| e.start).min(), rest.iter().map(Extent::end).max()) else { return };
     let r = span(extents, lo, hi);
-    let mid = zap_store::overlay(&extents[r.clone()], changed);
+    let mid = zap_store::overlay(&extents[r.clone()], &rest);
     extents.splice(r, mid);
 }
 
@@ -116,6 +129,24 @@ pub fn cut_out(extents: &[Extent], a: u64, b: u64) -> Vec<Extent> {
     out.extend(zap_store::clip(&extents[r.clone()], 0, a));
     out.extend(zap_store::clip(&extents[r.clone()], b, u64::MAX));
     out.extend_from_slice(&extents[r.end..]);
+    out
+}
+
+/// The extents with every range of the sorted, disjoint `gaps` cut out, in one pass (cutting
+/// them one by one copies all extents per gap: a round 0 of a large process has thousands).
+pub fn cut_out_all(extents: &[Extent], gaps: &[(u64, u64)]) -> Vec<Extent> {
+    let (Some(first), Some(last)) = (extents.first(), extents.last()) else { return Vec::new() };
+    if gaps.is_empty() {
+        return extents.to_vec();
+    }
+    let mut out = Vec::with_capacity(extents.len());
+    let mut pos = first.start;
+    for &(a, b) in gaps.iter().chain(std::iter::once(&(last.end(), u64::MAX))) {
+        if a > pos {
+            out.extend(window(extents, pos, a));
+        }
+        pos = pos.max(b);
+    }
     out
 }
 
@@ -426,11 +457,14 @@ impl Skeleton {
     /// Ends a round of process `vpid`: in the ranges sent whole, what the round did not cover
     /// holds nothing saved any more.
     pub fn end_member(&mut self, vpid: i32, mem: &mut MemberMem, whole: &[(u64, u64)], covered: &[(u64, u64)]) -> Result<()> {
-        for (a, b) in subtract(&normalize(whole.to_vec()), &normalize(covered.to_vec())) {
+        let gone = subtract(&normalize(whole.to_vec()), &normalize(covered.to_vec()));
+        for &(a, b) in &gone {
             for (x, y) in chunk_ranges(&mem.extents, a, b) {
                 self.clear(vpid, x, y, false)?;
             }
-            mem.extents = cut_out(&mem.extents, a, b);
+        }
+        if !gone.is_empty() {
+            mem.extents = cut_out_all(&mem.extents, &gone);
         }
         Ok(())
     }
@@ -439,6 +473,12 @@ impl Skeleton {
 /// Drops the extents of `mem` outside its mappings `vmas`.
 pub fn clip_to(mem: &mut MemberMem, vmas: &[VmaState]) {
     let ranges = normalize(vmas.iter().map(|v| (v.start, v.end)).collect());
+    if ranges == normalize(mem.vmas.iter().map(|v| (v.start, v.end)).collect()) {
+        // The same ranges as when the extents were last clipped: none is outside (a copy of
+        // every extent, each round, otherwise).
+        mem.vmas = vmas.to_vec();
+        return;
+    }
     let mut out = Vec::new();
     for (a, b) in ranges {
         out.extend(window(&mem.extents, a, b));
@@ -473,7 +513,14 @@ mod tests {
             let mut scan = zap_store::clip(&ext, 0, a);
             scan.extend(zap_store::clip(&ext, b, u64::MAX));
             assert_eq!(cut_out(&ext, a, b), scan, "cut_out {a}..{b}");
+            assert_eq!(cut_out_all(&ext, &[(a, b)]), scan, "cut_out_all {a}..{b}");
         }
+        let gaps = [(5000, 9000), (20_000, 30_000), (100_000, 100_001), (500_000, 520_000)];
+        let mut one_by_one = ext.clone();
+        for &(a, b) in &gaps {
+            one_by_one = cut_out(&one_by_one, a, b);
+        }
+        assert_eq!(cut_out_all(&ext, &gaps), one_by_one, "cut_out_all of several gaps");
         let changed = vec![Extent { start: 12288, len: 8192, data: ExtentData::Chunk { id, offset: 0 } }, Extent { start: 40960, len: 4096, data: ExtentData::Zero }];
         let mut inplace = ext.clone();
         overlay_in(&mut inplace, &changed);
@@ -482,6 +529,20 @@ mod tests {
         // them apart at its edges).
         let merged = |v: &[Extent]| zap_store::overlay(&[], v);
         assert_eq!(merged(&inplace), merged(&full));
+        // Scattered changes made in place (a chunk over a chunk of the same bounds, zeros inside
+        // zeros) mixed with one that is not: the same as the whole overlay.
+        let other = zap_chunker::ChunkId::of(b"y");
+        let scattered = vec![
+            Extent { start: 8192, len: 8192, data: ExtentData::Chunk { id: other, offset: 0 } },
+            Extent { start: 24576, len: 4096, data: ExtentData::Zero },
+            Extent { start: 100_000, len: 4096, data: ExtentData::Chunk { id: other, offset: 0 } },
+            Extent { start: 49152, len: 4096, data: ExtentData::Zero },
+        ];
+        let mut scattered = scattered;
+        scattered.sort_by_key(|e| e.start);
+        let mut inplace = ext.clone();
+        overlay_in(&mut inplace, &scattered);
+        assert_eq!(merged(&inplace), merged(&zap_store::overlay(&ext, &scattered)), "scattered changes");
     }
 
     fn vma(start: u64, end: u64, backing: Backing, prot: u32) -> VmaState {

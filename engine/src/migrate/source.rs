@@ -10,8 +10,8 @@
 //! ```
 //! where *stop* is what stopping the pod took when the trackers were armed (its network lock
 //! included), *scan* what reading the processes' layouts and dirty pages took in the last round
-//! (the final save walks the same: it grows with the pod's mappings and memory, not with what
-//! was written), the dirty rate what the tracker reported per second since the round before,
+//! (an upper bound: the final save reads unchanged layouts without smaps and no pagemap of clean
+//! memory; see [`super`]'s *Downtime*), the dirty rate what the tracker reported per second since the round before,
 //! the memory rate what the largest round moved per second end to end (read, chunked, sent,
 //! written at the destination), and *handover* the destination's restore of the rest and the
 //! commit ([`HANDOVER_MS`]). Pre-copy also stops when the dirty set stops shrinking (three rounds within
@@ -564,7 +564,12 @@ fn final_round(
     let step = |what: &str| tracing::debug!(ms = tf.elapsed().as_secs_f64() * 1e3, "final round: {what}");
     step("pod stopped");
     let pids = stopped.pids().to_vec();
-    let mut tracking = crate::group::Tracking { armed: std::mem::take(&mut reader.armed), holds_all: true, ..Default::default() };
+    let mut tracking = crate::group::Tracking {
+        armed: std::mem::take(&mut reader.armed),
+        holds_all: true,
+        known_layouts: if crate::mem::full_scan() { Default::default() } else { std::mem::take(&mut reader.layouts) },
+        ..Default::default()
+    };
     // Namespaces no restore can make (nested PID or user) are refused before anything is saved.
     pod::inside::refuse_early(name, state.init_pid, &pids)?;
     let saved = crate::group::save(&pids, stopped.frozen(), crate::group::SaveOptions { tcp_close: false, network_locked: stopped.network_locked(), no_cow: true }, Some(&mut tracking));
@@ -572,6 +577,22 @@ fn final_round(
     reader.armed = tracking.armed.drain().chain(tracking.dropped.drain(..).map(|a| (a.pid, a))).collect();
     let mut saved = saved?;
     step("processes saved");
+    // Layouts whose flags were taken from the last round (smaps unread: its walk of the page
+    // tables grows with memory) are checked against smaps beside the rest of the final round,
+    // while the pod stays stopped; a difference fails the migration before Commit.
+    let to_check: Vec<(i32, Vec<crate::mem::VmaState>)> = tracking
+        .reused_layouts
+        .iter()
+        .filter_map(|&host| saved.image.members.iter().filter_map(|m| m.image()).find(|i| i.host_pid == host).map(|i| (host, i.vmas.clone())))
+        .collect();
+    let check = std::thread::spawn(move || -> crate::Result<()> {
+        let t = Instant::now();
+        for (host, vmas) in &to_check {
+            crate::mem::check_details(*host, vmas)?;
+        }
+        tracing::debug!(processes = to_check.len(), ms = t.elapsed().as_secs_f64() * 1e3, "final round: reused layouts checked against smaps");
+        Ok(())
+    });
     podck::refuse_external_streams(name, &saved.image)?;
     // IPC objects, what the processes made inside the pod (the files of its in-memory file
     // systems, the objects of nested IPC namespaces) and the console log ride along as images
@@ -650,6 +671,8 @@ fn final_round(
     if cut_here("before-commit") {
         return Err(mig_err("handover", "test hook", "link cut on purpose before Commit (ZAP_MIGRATE_FAULT)"));
     }
+    check.join().map_err(|_| mig_err("final round", format!("pod {name}"), "the check of the mappings' flags panicked"))??;
+    step("flags checked");
     // Past this point the pod may run at the destination: keep it frozen here whatever happens to
     // this process, and off the LAN, until the destination answers.
     j.state = SourceState::Committing;

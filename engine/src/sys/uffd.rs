@@ -29,6 +29,8 @@ const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 /// Page category: written since it was last write-protected.
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+/// Page category: present in memory.
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 
 #[repr(C)]
 #[derive(Default)]
@@ -127,6 +129,40 @@ pub fn scan_written(pagemap: &std::fs::File, start: u64, end: u64) -> io::Result
             vec_len: regions.len() as u64,
             category_mask: PAGE_IS_WRITTEN,
             return_mask: PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        let n = ioctl(pagemap, PAGEMAP_SCAN, &mut arg)? as usize;
+        for r in &regions[..n.min(regions.len())] {
+            match out.last_mut() {
+                Some(last) if last.1 == r.start => last.1 = r.end,
+                _ => out.push((r.start, r.end)),
+            }
+        }
+        if arg.walk_end <= pos {
+            return Err(io::Error::other(format!("PAGEMAP_SCAN made no progress at {pos:#x}")));
+        }
+        pos = arg.walk_end;
+    }
+    Ok(out)
+}
+
+/// The ranges of `[start, end)` whose pages are not present (never populated, emptied, swapped
+/// out, or markers: write-protection or guard) in the process whose pagemap is `pagemap`, in one
+/// walk of its page tables that copies out only those ranges; nothing is changed.
+pub fn scan_not_present(pagemap: &std::fs::File, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut regions = vec![PageRegion::default(); 512];
+    let mut pos = start;
+    while pos < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: pos,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            category_inverted: PAGE_IS_PRESENT,
+            category_mask: PAGE_IS_PRESENT,
+            return_mask: PAGE_IS_PRESENT,
             ..Default::default()
         };
         let n = ioctl(pagemap, PAGEMAP_SCAN, &mut arg)? as usize;
