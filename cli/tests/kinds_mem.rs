@@ -27,15 +27,7 @@ fn expect(out: &Path, what: &str) {
 fn host_pids(e: &Env, pod: &str) -> Vec<i32> {
     let ps: serde_json::Value = serde_json::from_str(&ok(e, &["--json", "ps"])).unwrap();
     let init = ps.as_array().unwrap().iter().find(|p| p["name"] == pod).expect("pod listed")["init_pid"].as_i64().unwrap() as i32;
-    let mut pids = vec![init];
-    let mut i = 0;
-    while i < pids.len() {
-        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
-        pids.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
-        i += 1;
-    }
-    pids.remove(0);
-    pids
+    descendants(init)
 }
 
 fn parent_of(pid: i32) -> i32 {
@@ -47,18 +39,6 @@ fn parent_of(pid: i32) -> i32 {
 fn pss_kib(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     s.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
-}
-
-/// Page frames of `[addr, addr + pages * 4096)` of `pid` (0 where no anonymous page is present).
-fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
-    let mut raw = vec![0u8; pages * 8];
-    f.read_exact_at(&mut raw, addr / 4096 * 8).unwrap();
-    raw.chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .map(|e| if e >> 63 == 1 && e & (1 << 61) == 0 { e & ((1 << 55) - 1) } else { 0 })
-        .collect()
 }
 
 fn same_frames(a: &[u64], b: &[u64]) -> usize {

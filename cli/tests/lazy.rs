@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::wait_for;
+use common::{descendants, frames, wait_for};
 
 fn zap(store: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_zap")).arg("--store").arg(store).args(args).stdin(Stdio::null()).output().expect("run zap")
@@ -141,31 +141,6 @@ fn mapping_flags_and_guard_pages_come_back_with_a_lazy_restore() {
     assert!(wait_for(Duration::from_secs(20), || gone(pager)), "the pager did not finish loading");
 }
 
-/// Host pids of the processes under `init` (a pod's init, or a tree's root), parents first.
-fn pod_host_pids(init: i32) -> Vec<i32> {
-    let mut pids = vec![init];
-    let mut i = 0;
-    while i < pids.len() {
-        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
-        pids.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
-        i += 1;
-    }
-    pids.remove(0);
-    pids
-}
-
-/// Page frames of `[addr, addr + pages * 4096)` of `pid` (0 where no anonymous page is present).
-fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
-    let mut raw = vec![0u8; pages * 8];
-    f.read_exact_at(&mut raw, addr / 4096 * 8).unwrap();
-    raw.chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .map(|e| if e >> 63 == 1 && e & (1 << 61) == 0 { e & ((1 << 55) - 1) } else { 0 })
-        .collect()
-}
-
 /// Pages of lazypod's shared region each child shares with the parent (pids: parent first).
 fn shared_with_parent(pids: &[i32], region: u64) -> Vec<usize> {
     let parent = frames(pids[0], region, 2048);
@@ -187,7 +162,7 @@ fn lazy_pod(e: &common::Env, pod: &str, own_mib: &str) -> Option<(serde_json::Va
     assert!(wait_for(Duration::from_secs(30), || common::text(&out).contains("ready") || common::text(&out).contains("FAIL")), "{}", common::text(&out));
     let region = u64::from_str_radix(common::text(&out).lines().find_map(|l| l.strip_prefix("ready ")).unwrap().trim(), 16).unwrap();
     let init = ps_entry(e, pod)["init_pid"].as_i64().unwrap() as i32;
-    let pids = pod_host_pids(init);
+    let pids = descendants(init);
     assert_eq!(pids.len(), 4, "a parent and three children: {pids:?}");
     let before = shared_with_parent(&pids, region);
     let id = common::ok(e, &["checkpoint", pod]).trim().to_string();
@@ -213,7 +188,7 @@ fn a_pod_of_forked_processes_restored_lazily_checks_every_page() {
     assert!(v["lazy_bytes"].as_u64().unwrap() >= 4 * (4 << 20), "each process's own region is lazy: {v}");
     assert_eq!(before, vec![1920; 3], "pages shared before the checkpoint");
     let init = v["init_pid"].as_i64().unwrap() as i32;
-    assert_eq!(shared_with_parent(&pod_host_pids(init), region), before, "the same pages are shared after the lazy restore");
+    assert_eq!(shared_with_parent(&descendants(init), region), before, "the same pages are shared after the lazy restore");
     let out = e.work.join("out");
     std::fs::write(e.work.join("go"), b"go").unwrap();
     assert!(wait_for(Duration::from_secs(60), || common::text(&out).contains("ok all") || common::text(&out).contains("FAIL")), "{}", common::text(&out));
@@ -237,7 +212,7 @@ fn a_lazily_restored_pod_whose_pager_dies_leaves_nothing_behind() {
     let Some((v, _, _)) = lazy_pod(&e, &pod, "64") else { return };
     let pager = v["pager_pid"].as_i64().unwrap() as i32;
     let init = v["init_pid"].as_i64().unwrap() as i32;
-    let pids = pod_host_pids(init);
+    let pids = descendants(init);
     let _kill = KillOnDrop(vec![pager]);
     assert_eq!(pids.len(), 4, "{pids:?}");
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.run.join(&pod).join("pod.json")).unwrap()).unwrap();
@@ -278,7 +253,7 @@ fn a_lazily_restored_tree_whose_pager_dies_leaves_no_process() {
     let root = child.id() as i32;
     let _orig = KillOnDrop(vec![root]);
     assert!(wait_for(Duration::from_secs(30), || common::text(&out).contains("ready") || common::text(&out).contains("FAIL")), "{}", common::text(&out));
-    let kids = pod_host_pids(root);
+    let kids = descendants(root);
     let _kids = KillOnDrop(kids.clone());
     let ck = zap(&store, &["--json", "checkpoint", "--tree", "--pid", &root.to_string()]);
     assert!(ck.status.success(), "{}", String::from_utf8_lossy(&ck.stderr));

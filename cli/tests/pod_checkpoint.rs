@@ -181,12 +181,7 @@ fn host_pids_of(e: &Env, pod: &str) -> Vec<i32> {
     let ps: serde_json::Value = serde_json::from_str(&ok(e, &["--json", "ps"])).unwrap();
     let init = ps.as_array().unwrap().iter().find(|p| p["name"] == pod).expect("pod listed")["init_pid"].as_i64().unwrap() as i32;
     let mut pids = vec![init];
-    let mut i = 0;
-    while i < pids.len() {
-        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
-        pids.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
-        i += 1;
-    }
+    pids.extend(descendants(init));
     pids
 }
 

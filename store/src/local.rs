@@ -614,38 +614,39 @@ impl LocalWriter<'_> {
     }
 }
 
+impl LocalWriter<'_> {
+    /// The open pack a new chunk `id` goes to (a new one when the current is full), or None when
+    /// the store or this writer holds the chunk already.
+    fn pack_for(&mut self, id: &ChunkId) -> Result<Option<&mut PackWriter>> {
+        if self.contains(id)? {
+            return Ok(None);
+        }
+        if self.pack.as_ref().is_some_and(|p| p.len() >= self.store.opts.pack_target) {
+            self.close_pack()?;
+        }
+        if self.pack.is_none() {
+            self.pack = Some(self.store.new_pack()?);
+        }
+        Ok(self.pack.as_mut())
+    }
+}
+
 impl ChunkSink for LocalWriter<'_> {
     fn contains(&mut self, id: &ChunkId) -> Result<bool> {
         Ok(self.new.contains_key(id) || self.store.index.has_chunk(id)?)
     }
 
     fn put(&mut self, chunk: &Chunk) -> Result<bool> {
-        if self.contains(&chunk.id)? {
-            return Ok(false);
-        }
-        if self.pack.as_ref().is_some_and(|p| p.len() >= self.store.opts.pack_target) {
-            self.close_pack()?;
-        }
-        if self.pack.is_none() {
-            self.pack = Some(self.store.new_pack()?);
-        }
-        let loc = self.pack.as_mut().expect("opened above").append(chunk)?;
+        let Some(pack) = self.pack_for(&chunk.id)? else { return Ok(false) };
+        let loc = pack.append(chunk)?;
         self.new.insert(chunk.id, loc);
         Ok(true)
     }
 
     fn put_owned(&mut self, chunk: Chunk) -> Result<bool> {
-        if self.contains(&chunk.id)? {
-            return Ok(false);
-        }
-        if self.pack.as_ref().is_some_and(|p| p.len() >= self.store.opts.pack_target) {
-            self.close_pack()?;
-        }
-        if self.pack.is_none() {
-            self.pack = Some(self.store.new_pack()?);
-        }
         let id = chunk.id;
-        let loc = self.pack.as_mut().expect("opened above").append_owned(chunk)?;
+        let Some(pack) = self.pack_for(&id)? else { return Ok(false) };
+        let loc = pack.append_owned(chunk)?;
         self.new.insert(id, loc);
         Ok(true)
     }

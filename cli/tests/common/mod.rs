@@ -153,3 +153,28 @@ pub fn spawn_alone(cmd: &mut Command) -> std::process::Child {
     };
     cmd.spawn().expect("spawn")
 }
+
+/// Host pids of the processes under `init` (a pod's init, or a tree's root), parents first.
+pub fn descendants(init: i32) -> Vec<i32> {
+    let mut pids = vec![init];
+    let mut i = 0;
+    while i < pids.len() {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
+        pids.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        i += 1;
+    }
+    pids.remove(0);
+    pids
+}
+
+/// Page frames of `[addr, addr + pages * 4096)` of `pid` (0 where no anonymous page is present).
+pub fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut raw = vec![0u8; pages * 8];
+    f.read_exact_at(&mut raw, addr / 4096 * 8).unwrap();
+    raw.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .map(|e| if e >> 63 == 1 && e & (1 << 61) == 0 { e & ((1 << 55) - 1) } else { 0 })
+        .collect()
+}

@@ -71,6 +71,22 @@ pub fn group_trampoline(image: &GroupImage) -> u64 {
     trampoline_addr(&vmas)
 }
 
+/// Reads group checkpoint `id` (refusing another kind) and locks its saved connections: the group
+/// shares Zap's network namespace, so they are locked one by one, under the table its checkpoint
+/// left (named after the first member).
+fn read_and_lock<S: ImageStore + ?Sized>(store: &S, id: &CheckpointId) -> Result<(zap_store::Manifest, GroupImage, Option<crate::pod::netlock::NetLock>)> {
+    let manifest = store.manifest(id)?;
+    if manifest.kind != super::KIND {
+        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process group", manifest.kind) });
+    }
+    let image = GroupImage::decode(&manifest.state)?;
+    let conns: Vec<_> = image.members.iter().filter_map(|m| m.image()).flat_map(crate::process::saved_connections).collect();
+    let tag = image.members.iter().find_map(|m| m.image()).map_or(0, |i| i.host_pid);
+    let netlock =
+        if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(std::process::id() as i32, tag, &conns)?) };
+    Ok((manifest, image, netlock))
+}
+
 /// Restores group checkpoint `id` in new PID and mount namespaces whose init is ours.
 pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<GroupRestored> {
     struct PidnsSpawner;
@@ -80,17 +96,7 @@ pub fn restore<S: ImageStore>(store: &S, id: &CheckpointId) -> Result<GroupResto
                 .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: top.first().copied().unwrap_or(0), source })
         }
     }
-    let manifest = store.manifest(id)?;
-    if manifest.kind != super::KIND {
-        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process group", manifest.kind) });
-    }
-    let image = GroupImage::decode(&manifest.state)?;
-    // The group shares Zap's network namespace: its connections are locked one by one, under the
-    // table its checkpoint left (named after the first member).
-    let conns: Vec<_> = image.members.iter().filter_map(|m| m.image()).flat_map(crate::process::saved_connections).collect();
-    let tag = image.members.iter().find_map(|m| m.image()).map_or(0, |i| i.host_pid);
-    let netlock =
-        if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(std::process::id() as i32, tag, &conns)?) };
+    let (manifest, image, netlock) = read_and_lock(store, id)?;
     let r = restore_in(store, &manifest, &image, &mut PidnsSpawner, RestoreContext::new(std::process::id()))?;
     if let Some(l) = netlock {
         l.unlock()?;
@@ -113,15 +119,7 @@ pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &Checkpoin
                 .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: top.first().copied().unwrap_or(0), source })
         }
     }
-    let manifest = store.manifest(id)?;
-    if manifest.kind != super::KIND {
-        return Err(EngineError::Proc { pid: 0, detail: format!("checkpoint {id} is a {:?} checkpoint, not a process group", manifest.kind) });
-    }
-    let image = GroupImage::decode(&manifest.state)?;
-    let conns: Vec<_> = image.members.iter().filter_map(|m| m.image()).flat_map(crate::process::saved_connections).collect();
-    let tag = image.members.iter().find_map(|m| m.image()).map_or(0, |i| i.host_pid);
-    let netlock =
-        if conns.is_empty() { None } else { Some(crate::pod::netlock::NetLock::connections(std::process::id() as i32, tag, &conns)?) };
+    let (manifest, image, netlock) = read_and_lock(&*store, id)?;
     let (guard_read, guard_write) = sysclone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: 0, source })?;
     let mut pagers = crate::lazy::Pagers::new(store.clone(), guard_write);
     let mut spawner = GuardedSpawner(guard_read);

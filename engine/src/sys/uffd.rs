@@ -116,66 +116,53 @@ pub fn write_protect(uffd: &OwnedFd, start: u64, len: u64) -> io::Result<()> {
 /// The written ranges of `[start, end)` in the process whose pagemap is `pagemap`, write-
 /// protecting them again in the same walk.
 pub fn scan_written(pagemap: &std::fs::File, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut regions = vec![PageRegion::default(); 512];
-    let mut pos = start;
-    while pos < end {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-            start: pos,
-            end,
-            vec: regions.as_mut_ptr() as u64,
-            vec_len: regions.len() as u64,
-            category_mask: PAGE_IS_WRITTEN,
-            return_mask: PAGE_IS_WRITTEN,
-            ..Default::default()
-        };
-        let n = ioctl(pagemap, PAGEMAP_SCAN, &mut arg)? as usize;
-        for r in &regions[..n.min(regions.len())] {
-            match out.last_mut() {
-                Some(last) if last.1 == r.start => last.1 = r.end,
-                _ => out.push((r.start, r.end)),
-            }
-        }
-        if arg.walk_end <= pos {
-            return Err(io::Error::other(format!("PAGEMAP_SCAN made no progress at {pos:#x}")));
-        }
-        pos = arg.walk_end;
-    }
-    Ok(out)
+    scan(pagemap, start, end, |pos, end| PmScanArg {
+        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        start: pos,
+        end,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+        ..Default::default()
+    })
 }
 
 /// The ranges of `[start, end)` whose pages are not present (never populated, emptied, swapped
 /// out, or markers: write-protection or guard) in the process whose pagemap is `pagemap`, in one
 /// walk of its page tables that copies out only those ranges; nothing is changed.
 pub fn scan_not_present(pagemap: &std::fs::File, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    scan(pagemap, start, end, |pos, end| PmScanArg {
+        start: pos,
+        end,
+        category_inverted: PAGE_IS_PRESENT,
+        category_mask: PAGE_IS_PRESENT,
+        return_mask: PAGE_IS_PRESENT,
+        ..Default::default()
+    })
+}
+
+/// One `PAGEMAP_SCAN` walk of `[start, end)`, in as many calls as it takes, with the request
+/// `arg(pos, end)` makes (its size and output vector are filled in here); the matching ranges,
+/// joined where they touch.
+fn scan(pagemap: &std::fs::File, start: u64, end: u64, arg: impl Fn(u64, u64) -> PmScanArg) -> io::Result<Vec<(u64, u64)>> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut regions = vec![PageRegion::default(); 512];
     let mut pos = start;
     while pos < end {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            start: pos,
-            end,
-            vec: regions.as_mut_ptr() as u64,
-            vec_len: regions.len() as u64,
-            category_inverted: PAGE_IS_PRESENT,
-            category_mask: PAGE_IS_PRESENT,
-            return_mask: PAGE_IS_PRESENT,
-            ..Default::default()
-        };
-        let n = ioctl(pagemap, PAGEMAP_SCAN, &mut arg)? as usize;
+        let mut a = arg(pos, end);
+        a.size = std::mem::size_of::<PmScanArg>() as u64;
+        a.vec = regions.as_mut_ptr() as u64;
+        a.vec_len = regions.len() as u64;
+        let n = ioctl(pagemap, PAGEMAP_SCAN, &mut a)? as usize;
         for r in &regions[..n.min(regions.len())] {
             match out.last_mut() {
                 Some(last) if last.1 == r.start => last.1 = r.end,
                 _ => out.push((r.start, r.end)),
             }
         }
-        if arg.walk_end <= pos {
+        if a.walk_end <= pos {
             return Err(io::Error::other(format!("PAGEMAP_SCAN made no progress at {pos:#x}")));
         }
-        pos = arg.walk_end;
+        pos = a.walk_end;
     }
     Ok(out)
 }
