@@ -660,10 +660,19 @@ fn destroy(root: &Path, state: &PodState) -> Result<()> {
     }
     cg.remove().map_err(|e| pod_err(name, "remove cgroup", e))?;
     let dir = pod_dir(root, name);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(EngineError::io("remove pod directory", &dir, e)),
+    // A checkpoint scheduler that is being stopped may still write its last log line there: a
+    // file that appears while the tree is removed makes it "not empty"; try again a few times.
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 10 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(EngineError::io("remove pod directory", &dir, e)),
+        }
     }
 }
 
