@@ -555,15 +555,7 @@ fn start(
     mounts::record_base(&pod_dir(root, name), pid)?;
     cg.enter_v1(pid)?;
     match cidr {
-        Some(c) => {
-            state.veth_host = Some(net::setup(name, pid, c, spec.mac.as_deref())?);
-            // Neighbours may still hold the MAC of an earlier pod with this address (removed, or
-            // this pod before its checkpoint): until their entry expires (a minute) they would
-            // send its packets nowhere. One gratuitous ARP updates them.
-            if let Err(e) = net::announce(name, pid, 1) {
-                tracing::warn!(pod = name, error = %e, "could not announce the pod's address");
-            }
-        }
+        Some(c) => state.veth_host = Some(net::setup(name, pid, c, spec.mac.as_deref())?),
         None => net::setup_loopback(name, pid)?,
     }
     save(root, state)?;

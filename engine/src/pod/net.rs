@@ -178,7 +178,8 @@ fn link_exists(name: &str) -> bool {
 }
 
 /// Connects pod `pod` (whose init is `init_pid`) to the bridge with address `cidr` and
-/// optionally MAC `mac`. Returns the host veth's name. On failure, removes the veth again (the
+/// optionally MAC `mac`, and announces the address (one gratuitous ARP). Returns the host veth's
+/// name. On failure, removes the veth again (the
 /// bridge and gateway address stay for [`teardown`]).
 pub fn setup(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>) -> Result<String> {
     setup_with(pod, init_pid, cidr, mac, true)
@@ -252,6 +253,12 @@ fn setup_with(pod: &str, init_pid: i32, cidr: &Cidr, mac: Option<&str>, attached
         let gw = gateway.to_string();
         if attached {
             run("add default route", &["route", "add", "default", "via", &gw])?;
+            // Neighbours may still hold the MAC of an earlier pod with this address (removed, or
+            // this pod before its checkpoint): until their entry expires (a minute) they would
+            // send its packets nowhere. One gratuitous ARP updates them.
+            if let Err(e) = crate::sys::arp::gratuitous(&netns, POD_IF, None, cidr.addr.octets(), 1) {
+                tracing::warn!(pod, error = %e, "could not announce the pod's address");
+            }
         } else {
             // onlink: while detached the interface has no carrier, and the route must still be made.
             run("add default route", &["route", "add", "default", "via", &gw, "dev", POD_IF, "onlink"])?;
@@ -289,7 +296,7 @@ pub fn announce(pod: &str, init_pid: i32, count: u32) -> Result<()> {
     let netns = open_netns(pod, init_pid)?;
     for a in &cfg.addrs {
         let Ok(c) = Cidr::parse(a) else { continue };
-        crate::sys::arp::gratuitous(&netns, POD_IF, mac, c.addr.octets(), count)
+        crate::sys::arp::gratuitous(&netns, POD_IF, Some(mac), c.addr.octets(), count)
             .map_err(|e| EngineError::Pod { pod: pod.into(), step: format!("send gratuitous ARP for {}", c.addr), detail: e.to_string() })?;
     }
     Ok(())

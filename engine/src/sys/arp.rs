@@ -30,7 +30,30 @@ fn frame(mac: [u8; 6], ip: [u8; 4]) -> [u8; 42] {
     f
 }
 
-fn send_here(ifname: &str, mac: [u8; 6], ip: [u8; 4], count: u32) -> io::Result<()> {
+/// The hardware address of interface `name` of this thread's network namespace, asked on socket
+/// `sock` (`SIOCGIFHWADDR`).
+fn hwaddr(sock: &OwnedFd, name: &std::ffi::CStr) -> io::Result<[u8; 6]> {
+    // SAFETY: ifreq is plain old data; zero is a valid value for every field.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.to_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills the ifreq it is given, which lives across the call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req as *mut libc::ifreq) })?;
+    // SAFETY: the kernel answered SIOCGIFHWADDR, which sets the hwaddr member of the union.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(data) {
+        *d = s as u8;
+    }
+    Ok(mac)
+}
+
+fn send_here(ifname: &str, mac: Option<[u8; 6]>, ip: [u8; 4], count: u32) -> io::Result<()> {
     let name = std::ffi::CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: if_nametoindex reads a NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -49,6 +72,10 @@ fn send_here(ifname: &str, mac: [u8; 6], ip: [u8; 4], count: u32) -> io::Result<
     addr.sll_ifindex = ifindex as i32;
     addr.sll_halen = 6;
     addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let mac = match mac {
+        Some(m) => m,
+        None => hwaddr(&sock, &name)?,
+    };
     let f = frame(mac, ip);
     for i in 0..count {
         if i > 0 {
@@ -72,9 +99,9 @@ fn send_here(ifname: &str, mac: [u8; 6], ip: [u8; 4], count: u32) -> io::Result<
     Ok(())
 }
 
-/// Sends `count` gratuitous ARP requests for `ip` from interface `ifname` (MAC `mac`) of the
-/// network namespace `netns` (an fd of `/proc/PID/ns/net`).
-pub fn gratuitous(netns: &OwnedFd, ifname: &str, mac: [u8; 6], ip: [u8; 4], count: u32) -> io::Result<()> {
+/// Sends `count` gratuitous ARP requests for `ip` from interface `ifname` (MAC `mac`, or the
+/// interface's own when None) of the network namespace `netns` (an fd of `/proc/PID/ns/net`).
+pub fn gratuitous(netns: &OwnedFd, ifname: &str, mac: Option<[u8; 6]>, ip: [u8; 4], count: u32) -> io::Result<()> {
     let ns = netns.as_raw_fd();
     let ifname = ifname.to_string();
     std::thread::scope(|s| {
