@@ -102,17 +102,8 @@ fn send_here(ifname: &str, mac: Option<[u8; 6]>, ip: [u8; 4], count: u32) -> io:
 /// Sends `count` gratuitous ARP requests for `ip` from interface `ifname` (MAC `mac`, or the
 /// interface's own when None) of the network namespace `netns` (an fd of `/proc/PID/ns/net`).
 pub fn gratuitous(netns: &OwnedFd, ifname: &str, mac: Option<[u8; 6]>, ip: [u8; 4], count: u32) -> io::Result<()> {
-    let ns = netns.as_raw_fd();
-    let ifname = ifname.to_string();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns takes integers; it moves only this thread, which ends right after.
-            check(unsafe { libc::setns(ns, libc::CLONE_NEWNET) })?;
-            send_here(&ifname, mac, ip, count)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("gratuitous ARP thread panicked")))
-    })
+    use std::os::fd::AsFd;
+    super::ns::in_namespaces(&[(netns.as_fd(), libc::CLONE_NEWNET)], false, || send_here(ifname, mac, ip, count))
 }
 
 #[cfg(test)]

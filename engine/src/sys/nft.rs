@@ -9,7 +9,7 @@
 //! here is serialized; each script gets a context of its own, freed after it.
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, OnceLock};
 
 type NewFn = unsafe extern "C" fn(u32) -> *mut c_void;
@@ -71,17 +71,7 @@ pub struct Nft {
 unsafe impl Send for Nft {}
 
 fn in_netns<T: Send>(netns: &OwnedFd, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this scoped, short-lived thread only; the fd is a valid namespace fd.
-            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| io::Error::other("nftables thread panicked"))?
-    })
+    super::ns::in_namespaces(&[(netns.as_fd(), libc::CLONE_NEWNET)], false, f)
 }
 
 impl Nft {
