@@ -99,15 +99,6 @@ fn psql(host: &str, sql: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Removes a directory tree this test made, whatever happens.
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Starts PostgreSQL on data directory `data` in pod `pod` at `ip` (as user postgres, with
 /// `setpriv`, which execs it: the postmaster is the pod's main process) and waits until it
 /// answers.
@@ -148,10 +139,11 @@ fn postgres_keeps_its_rows_and_an_open_session_across_checkpoints() {
         return;
     };
     let e = env();
-    let dir = tempfile::Builder::new().prefix("zap-apps-pg-").tempdir_in("/var/tmp").unwrap().keep();
-    let _dir = DirGuard(dir.clone());
+    // Not under /tmp's private 0700 directories: the postgres user must reach it.
+    let tmp = tempfile::Builder::new().prefix("zap-apps-pg-").tempdir_in("/var/tmp").unwrap();
+    let dir = tmp.path();
     let data = dir.join("data");
-    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
     let init = Command::new("setpriv")
         .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
         .arg(bin.join("initdb"))
