@@ -635,10 +635,17 @@ mod tests {
     fn reused_layout_is_checked_against_smaps() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
         let pid = child.id() as i32;
-        // Wait for the exec to be done (the layout is the exec'd program's from then on).
+        // Wait until the program sleeps: its exec is done and the dynamic loader has mapped its
+        // libraries (the layout changes until then). `/proc/PID/syscall` names the system call
+        // it is blocked in: clock_nanosleep (230) or nanosleep (35).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| !p.to_string_lossy().contains("sleep")).unwrap_or(true) {
-            assert!(std::time::Instant::now() < deadline, "sleep did not start");
+        let sleeping = || {
+            std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                .map(|s| matches!(s.split_whitespace().next(), Some("230") | Some("35")))
+                .unwrap_or(false)
+        };
+        while !sleeping() {
+            assert!(std::time::Instant::now() < deadline, "sleep did not start sleeping");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let fresh = save_layout(pid).unwrap();
