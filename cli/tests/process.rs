@@ -2,6 +2,7 @@
 //! restored process outliving `zap`, and clear failures for a gone pid and an unknown checkpoint.
 mod common;
 
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -209,5 +210,113 @@ fn leave_running_checkpoint_is_pre_copied_and_restores_exactly() {
         let after = || text()[before..].to_string();
         assert!(wait_for(Duration::from_secs(20), || after().contains("ok") || after().contains("FAIL")), "{what}: {}", after());
         assert!(!after().contains("FAIL"), "{what}: restored memory differs from what the program wrote: {}", after());
+    }
+}
+
+/// A process holding pipes whose other ends stay outside it (here the test's; often a
+/// descriptor a shell leaked into it) is checkpointed anyway, as CRIU does: each such pipe comes
+/// back half-open, with the bytes that were queued in it, and the process goes on.
+#[test]
+fn pipes_shared_with_an_outside_process_come_back_half_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let log = dir.path().join("count.log");
+    let go = dir.path().join("go");
+    // fd 5: the write end of a pipe the test reads; fd 6: the read end of a pipe the test
+    // writes into (7 bytes queued). After the restore, on `go`, the program reads fd 6.
+    let script = format!(
+        "import os, time\nf = open({log:?}, 'a', buffering=1)\nn = 0\ndone = False\nwhile True:\n    n += 1\n    f.write('%d\\n' % n)\n    if not done and os.path.exists({go:?}):\n        f.write('got:' + os.read(6, 100).decode() + '\\n')\n        done = True\n    time.sleep(0.01)\n",
+        log = log.to_str().unwrap(),
+        go = go.to_str().unwrap()
+    );
+    let mut out_pipe = [0i32; 2];
+    let mut in_pipe = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into each array.
+    unsafe {
+        assert_eq!(libc::pipe2(out_pipe.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        assert_eq!(libc::pipe2(in_pipe.as_mut_ptr(), libc::O_CLOEXEC), 0);
+    }
+    // SAFETY: the fds were just made by pipe2 and are owned here only.
+    let (out_r, out_w, in_r, in_w) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(out_pipe[0]),
+            std::os::fd::OwnedFd::from_raw_fd(out_pipe[1]),
+            std::os::fd::OwnedFd::from_raw_fd(in_pipe[0]),
+            std::os::fd::OwnedFd::from_raw_fd(in_pipe[1]),
+        )
+    };
+    std::fs::File::from(in_w.try_clone().unwrap()).write_all(b"queued!").unwrap();
+    // Above 6, so that the child's dup2 onto 5 cannot overwrite the fd it then moves to 6.
+    let (out_w, in_r) = (out_w.try_clone_to_high(), in_r.try_clone_to_high());
+    let (w5, r6) = {
+        use std::os::fd::AsRawFd;
+        (out_w.as_raw_fd(), in_r.as_raw_fd())
+    };
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: dup2 and close_range only touch the child's fd table before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(w5, 5) < 0 || libc::dup2(r6, 6) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::syscall(libc::SYS_close_range, 7u32, u32::MAX, 0u32);
+            libc::syscall(libc::SYS_close_range, 3u32, 4u32, 0u32);
+            Ok(())
+        })
+    };
+    let Ok(mut child) = cmd.spawn() else {
+        eprintln!("SKIP: python3 not installed");
+        return;
+    };
+    let pid = child.id() as i32;
+    drop((out_w, in_r));
+    assert!(wait_for(Duration::from_secs(20), || lines(&log).len() >= 5));
+    let ck = zap(&store, &["checkpoint", "--pid", &pid.to_string(), "--json"]);
+    assert!(ck.status.success(), "{}", String::from_utf8_lossy(&ck.stderr));
+    let warned = String::from_utf8_lossy(&ck.stderr).to_string();
+    assert!(warned.contains("outside the checkpoint") && warned.contains("other end is closed"), "no warning: {warned}");
+    let id = serde_json::from_slice::<serde_json::Value>(&ck.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    child.wait().unwrap();
+    let before = lines(&log).len();
+    let r = zap(&store, &["restore", &id, "--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let new_pid = r["pid"].as_i64().unwrap() as i32;
+    let _guard = KillOnDrop(new_pid);
+    for fd in [5, 6] {
+        let link = std::fs::read_link(format!("/proc/{new_pid}/fd/{fd}")).unwrap();
+        assert!(link.to_string_lossy().starts_with("pipe:["), "fd {fd}: {link:?}");
+    }
+    std::fs::write(&go, b"").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).unwrap_or_default().contains("got:queued!")),
+        "the queued bytes did not come back: {} lines, {:?} {:?}",
+        lines(&log).len(),
+        std::fs::read_to_string(format!("/proc/{new_pid}/status")).unwrap_or_default().lines().nth(2),
+        std::fs::read_to_string(format!("/proc/{new_pid}/syscall"))
+    );
+    assert!(wait_for(Duration::from_secs(10), || lines(&log).len() >= before + 5), "the count does not go on");
+    let all = lines(&log);
+    for w in all.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "count broken around {w:?}");
+    }
+    // The original pipes are the test's alone now: the restored process is not on them.
+    drop((out_r, in_w));
+}
+
+trait HighFd {
+    /// A duplicate numbered 100 or above (close-on-exec).
+    fn try_clone_to_high(self) -> std::os::fd::OwnedFd;
+}
+impl HighFd for std::os::fd::OwnedFd {
+    fn try_clone_to_high(self) -> std::os::fd::OwnedFd {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: F_DUPFD_CLOEXEC makes a new fd owned by the returned OwnedFd; `self` is dropped after.
+        let fd = unsafe { libc::fcntl(self.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+        assert!(fd >= 100, "F_DUPFD_CLOEXEC: {}", std::io::Error::last_os_error());
+        // SAFETY: fd was just made and is owned by no one else.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
     }
 }

@@ -472,11 +472,18 @@ fn classify(
     if let Some(ino) = pipes::pipe_ino(target) {
         if ctx.pipe_ends[&ino] != (true, true) {
             if let Some(other) = ctx.outside_holder(holders::Key::Pipe(ino)) {
-                return if fd <= 2 {
-                    Ok(FdKind::External { what: target.to_string() })
-                } else {
-                    Err(unsupported(pid, fd, &format!("pipe that process {other} outside the checkpoint holds too"), target))
-                };
+                if fd <= 2 {
+                    return Ok(FdKind::External { what: target.to_string() });
+                }
+                // The other end lives on outside (often a descriptor a shell or a test harness
+                // leaked into the program, which never uses it): the pipe is saved with its
+                // bytes and restored half-open, its other end closed, as CRIU does too.
+                tracing::warn!(
+                    pid,
+                    fd,
+                    outside = other,
+                    "{target} is shared with process {other} outside the checkpoint: it is restored as a pipe whose other end is closed"
+                );
             }
         }
         let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
