@@ -409,14 +409,28 @@ impl StoppedPod {
             None
         };
         // Connections a listener's backlog holds cannot be put back in one (no interface does
-        // that): the processes run on a moment to accept them. The network is locked, so no new
-        // connection completes meanwhile; a checkpoint still finds some after that refuses them.
+        // that), nor can inotify events or bytes queued on a pseudo-terminal be read without
+        // consuming them: the processes run on a moment to accept and read them. The network
+        // is locked, so no new connection completes meanwhile; a checkpoint still finds some
+        // after that refuses them, naming them.
         for round in 1..=DRAIN_ROUNDS {
             let waiting = if netlock.is_some() { listeners_waiting(state.init_pid) } else { 0 };
-            if waiting == 0 {
+            let readers: Vec<i32> = pids.iter().copied().filter(|&p| crate::files::queued_unread(p) > 0).collect();
+            if waiting == 0 && readers.is_empty() {
                 break;
             }
-            tracing::debug!(pod = name, waiting, round, "connections waiting in listen backlogs: letting the pod accept them");
+            tracing::debug!(
+                pod = name,
+                waiting,
+                ?readers,
+                round,
+                "connections waiting in listen backlogs or bytes queued on inotify/pty: letting the pod take them"
+            );
+            // Only queued bytes: their readers alone run on, the rest stays stopped (a writer
+            // that never pauses would queue more for them in every round otherwise).
+            if waiting == 0 && run_alone(&mut frozen, &readers, Duration::from_millis(5 * u64::from(round))) && cg.procs().iter().all(|p| *p == state.init_pid || pids.contains(p)) {
+                continue;
+            }
             if let Err(e) = cg.refreeze(&thawed) {
                 tracing::warn!(pod = name, error = %e, "could not freeze again a cgroup the pod had frozen");
             }
@@ -544,8 +558,34 @@ impl Drop for StoppedPod {
     }
 }
 
+/// Lets the stopped processes `pids` (of `frozen`) run on alone for `time`, then stops them again;
+/// the other processes stay stopped. False when one of them could not be stopped again (it
+/// exited, say) or was stopped by a signal of its own (it cannot run on): the caller stops the
+/// whole pod again.
+fn run_alone(frozen: &mut Vec<Frozen>, pids: &[i32], time: Duration) -> bool {
+    if frozen.iter().any(|f| pids.contains(&f.pid()) && f.stop_signal().is_some()) {
+        return false;
+    }
+    let released: Vec<i32> = frozen.iter().map(Frozen::pid).filter(|p| pids.contains(p)).collect();
+    // Dropping a guard detaches its threads: the process runs.
+    frozen.retain(|f| !released.contains(&f.pid()));
+    std::thread::sleep(time);
+    let mut all = true;
+    for pid in released {
+        match Frozen::freeze(pid) {
+            Ok(f) => frozen.push(f),
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "a process let run alone could not be stopped again");
+                all = false;
+            }
+        }
+    }
+    all
+}
+
 /// How many times a stop lets the pod run on to accept the connections waiting in its
-/// listeners' backlogs ([`StoppedPod::stop_locked`]).
+/// listeners' backlogs and read what is queued on its inotify instances and pseudo-terminals
+/// ([`StoppedPod::stop_locked`]).
 pub(crate) const DRAIN_ROUNDS: u32 = 4;
 
 /// True when the network namespace of process `pid` has a TCP socket of any state (listening,
