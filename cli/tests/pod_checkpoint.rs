@@ -406,3 +406,79 @@ fn tail_follows_a_busy_file_through_checkpoints() {
     let nums: Vec<u64> = text.lines().filter_map(|l| l.parse().ok()).collect();
     assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "tail's output skips or repeats lines");
 }
+
+/// Each pod has a devpts instance of its own: its pseudo-terminals are numbered from 0 whatever
+/// the host and other pods hold, so a pod with a terminal session can be restored as a copy
+/// beside the original (both hold pty 0; before, the copy failed: "pseudo-terminal 0 is in use").
+#[test]
+fn pods_number_their_terminals_apart_and_a_copy_gets_its_pty_back() {
+    let e = env();
+    if !have("script") {
+        eprintln!("SKIP: script (util-linux) not installed");
+        return;
+    }
+    let pod = name("ptyc");
+    let copy = name("ptyd");
+    let out = e.work.join("tty");
+    let script = format!("while :; do tty > {o}.$$; mv {o}.$$ {o}; sleep 0.05; done", o = out.display());
+    ok(&e, &["run", "--name", &pod, "--", "script", "-qfc", &format!("sh -c '{script}'"), "/dev/null"]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).trim() == "/dev/pts/0"), "the session's terminal: {:?}", text(&out));
+    let id = ok(&e, &["checkpoint", &pod, "--leave-running"]).trim().to_string();
+    ok(&e, &["restore", &id, "--name", &copy]);
+    let _c = PodGuard(&e, copy.clone());
+    for p in [&pod, &copy] {
+        let pts = ok(&e, &["exec", p, "--", "ls", "/dev/pts"]);
+        assert!(pts.lines().any(|l| l == "0"), "pod {p}: /dev/pts holds {pts:?}");
+    }
+    // The copy's session goes on on its terminal (both write the same file: wait for a new write).
+    let _ = std::fs::remove_file(&out);
+    assert!(wait_for(Duration::from_secs(10), || text(&out).trim() == "/dev/pts/0"), "sessions go on: {:?}", text(&out));
+    ok(&e, &["rm", "-f", &pod]);
+    let _ = std::fs::remove_file(&out);
+    assert!(wait_for(Duration::from_secs(10), || text(&out).trim() == "/dev/pts/0"), "the copy's session goes on alone: {:?}", text(&out));
+}
+
+/// Waits that the kernel restarts through its restart block when a tracer stops a thread (poll
+/// with a timeout, nanosleep, relative clock_nanosleep, a futex wait with a timeout) go on after
+/// a restore as waits, never failing with EINTR, also when an earlier stop of ours (the pre-copy's
+/// arming stop, a `--leave-running` checkpoint) left them restarting (`restart_syscall`). The
+/// program (`waits.c`) exits on the first EINTR; util-linux's `script` did the same on its poll.
+#[test]
+fn interrupted_waits_go_on_after_a_restore_without_eintr() {
+    let e = env();
+    let Some(prog) = build_prog("waits", &e.work, &["-lpthread"]) else { return };
+    let pod = name("waits");
+    let copy = name("waitc");
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    let console = |p: &str| std::fs::read_to_string(e.run.join(p).join("console.log")).unwrap_or_default();
+    let last = |text: &str, what: &str| {
+        text.lines().filter_map(|l| l.strip_prefix(what)?.strip_prefix(' ')?.parse::<i64>().ok()).next_back().unwrap_or(0)
+    };
+    const WAITS: [&str; 4] = ["poll", "nanosleep", "clock_nanosleep", "futex"];
+    let all_past = |p: &str, at: &[i64]| {
+        let t = console(p);
+        WAITS.iter().zip(at).all(|(w, &n)| last(&t, w) > n)
+    };
+    assert!(wait_for(Duration::from_secs(10), || all_past(&pod, &[1, 1, 1, 1])), "the waits did not start: {}", console(&pod));
+    let pre = ok(&e, &["checkpoint", &pod, "--leave-running"]).trim().to_string();
+    ok(&e, &["checkpoint", &pod, "--leave-running"]);
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    for (ck, p) in [(&id, &pod), (&pre, &copy)] {
+        let text = console(&pod);
+        assert!(!text.contains("EINTR"), "before the restore: {text}");
+        let at: Vec<i64> = WAITS.iter().map(|w| last(&text, w)).collect();
+        if p == &copy {
+            ok(&e, &["restore", ck, "--name", &copy]);
+        } else {
+            ok(&e, &["restore", ck]);
+        }
+        let _c = PodGuard(&e, copy.clone());
+        assert!(wait_for(Duration::from_secs(10), || all_past(p, &at) || console(p).contains("EINTR")), "pod {p} does not go on");
+        assert!(!console(p).contains("EINTR"), "a wait of pod {p} failed with EINTR after the restore: {}", console(p));
+        if p == &pod {
+            ok(&e, &["rm", "-f", &pod]);
+        }
+    }
+}

@@ -10,8 +10,10 @@
 //! A thread stopped inside an interruptible syscall shows `rax = -ERESTART*`. [`rewind`] turns
 //! that into the registers of a thread about to make the same syscall again, as the kernel itself
 //! does when a signal without handler interrupts it; a syscall that would restart through the
-//! kernel's restart block (nanosleep, poll with a timeout) returns EINTR instead after a restore,
-//! since that block does not survive; a poll without a timeout is simply made again.
+//! kernel's restart block (nanosleep, poll with a timeout, futex waits), whose block does not
+//! survive a restore, is made again from its registers (a sleep for the time it had left, which
+//! the kernel wrote to its `rem` argument; see [`remake_restartable`]); only a thread caught in
+//! `restart_syscall` itself gets EINTR.
 use serde::{Deserialize, Serialize};
 
 use crate::attrs::ThreadAttrs;
@@ -43,12 +45,14 @@ pub fn rewind(mut r: Regs, mode: Rewind) -> Regs {
             }
             ERESTART_RESTARTBLOCK => match mode {
                 Rewind::SameProcess => {
+                    note_restart(&r);
                     r.rax = libc::SYS_restart_syscall as u64;
                     r.rip -= 2;
                 }
-                // poll without a timeout keeps nothing in the restart block that its registers
-                // do not hold: it is made again, as the kernel would.
-                Rewind::Restored if r.orig_rax == libc::SYS_poll as u64 && (r.rdx as i32) < 0 => {
+                // The restart block does not survive, but the syscall can be made again from
+                // its registers: what the program sees is a wait that went on, never an EINTR
+                // it may not expect (util-linux's `script` ends its session on one).
+                Rewind::Restored if remake_restartable(&mut r) => {
                     r.rax = r.orig_rax;
                     r.rip -= 2;
                 }
@@ -59,6 +63,71 @@ pub fn rewind(mut r: Regs, mode: Rewind) -> Regs {
     }
     r.orig_rax = u64::MAX;
     r
+}
+
+/// Syscalls this process let restart through `restart_syscall` after one of its stops, by the
+/// (instruction after the `syscall`, stack pointer) of the thread that made them: a later save
+/// of that thread, still waiting there, names the syscall from here.
+static RESTARTED: std::sync::Mutex<Option<std::collections::HashMap<(u64, u64), u64>>> = std::sync::Mutex::new(None);
+
+/// Notes that the thread whose registers are `r` (stopped in syscall `r.orig_rax`, which
+/// returned `-ERESTART_RESTARTBLOCK`) goes on through `restart_syscall`.
+pub(crate) fn note_restart(r: &Regs) {
+    if (r.orig_rax as i64) < 0 || r.orig_rax == libc::SYS_restart_syscall as u64 || -(r.rax as i64) != ERESTART_RESTARTBLOCK {
+        return;
+    }
+    if let Ok(mut m) = RESTARTED.lock() {
+        let m = m.get_or_insert_with(Default::default);
+        // Bounded: a long-lived scheduler notes a few per checkpoint.
+        if m.len() > 65_536 {
+            m.clear();
+        }
+        m.insert((r.rip, r.rsp), r.orig_rax);
+    }
+}
+
+/// The syscall a thread caught in `restart_syscall` at registers `r` restarts, when one of this
+/// process's stops let it restart there ([`note_restart`]).
+fn restarted_from(r: &Regs) -> Option<u64> {
+    RESTARTED.lock().ok()?.as_ref()?.get(&(r.rip, r.rsp)).copied()
+}
+
+/// The syscall number a `mov $NR, %eax` (`b8` + imm32) right before a `syscall` (`0f 05`) loads,
+/// from the 7 bytes that end at the instruction after the `syscall`; only the waits
+/// [`remake_restartable`] knows are taken.
+fn syscall_loaded_before(code: &[u8]) -> Option<u64> {
+    let [0xb8, a, b, c, d, 0x0f, 0x05] = *code else { return None };
+    let nr = i64::from(u32::from_le_bytes([a, b, c, d]));
+    [libc::SYS_poll, libc::SYS_futex, libc::SYS_nanosleep, libc::SYS_clock_nanosleep].contains(&nr).then_some(nr as u64)
+}
+
+/// For a restored thread stopped in a syscall that would have restarted through the kernel's
+/// restart block: sets its arguments so that making it again waits as it still had to, and says
+/// whether it can be made again.
+/// - `nanosleep`, `clock_nanosleep` (relative): the kernel wrote the time left into the `rem`
+///   argument when it stopped; the sleep is made again for that (the full request without one).
+/// - `poll` with a timeout, `futex` waits: made again with their arguments (a poll's or a relative
+///   futex wait's full timeout again: a wait that may last longer, which both allow).
+/// - anything else (`restart_syscall`, a syscall already restarted once through its block after
+///   an earlier `--leave-running` checkpoint) cannot be named again: EINTR.
+fn remake_restartable(r: &mut Regs) -> bool {
+    const TIMER_ABSTIME: u64 = 1;
+    match r.orig_rax as i64 {
+        libc::SYS_poll | libc::SYS_futex => true,
+        libc::SYS_nanosleep => {
+            if r.rsi != 0 {
+                r.rdi = r.rsi;
+            }
+            true
+        }
+        libc::SYS_clock_nanosleep => {
+            if r.rsi & TIMER_ABSTIME == 0 && r.r10 != 0 {
+                r.rdx = r.r10;
+            }
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Saved state of one thread.
@@ -116,7 +185,20 @@ impl ThreadState {
         }
         let vtid = vtid_of(pid, tid)?;
         let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
-        let regs = regs::regs_to_words(&rewind(*inj.saved_regs(), Rewind::Restored));
+        let mut saved = *inj.saved_regs();
+        // A thread caught in `restart_syscall` (a wait an earlier stop of ours, such as a
+        // pre-copy's arming stop, restarted through its block): name the syscall it restarts
+        // from the instruction that loaded its number before the `syscall` (glibc's wrappers:
+        // `mov $NR, %eax; syscall`), so that it too is made again rather than failing.
+        if saved.orig_rax == libc::SYS_restart_syscall as u64 && -(saved.rax as i64) == ERESTART_RESTARTBLOCK {
+            let known = restarted_from(&saved);
+            if let Some(nr) = known.or_else(|| {
+                saved.rip.checked_sub(7).and_then(|at| inj.read_mem(at, 7).ok()).and_then(|code| syscall_loaded_before(&code))
+            }) {
+                saved.orig_rax = nr;
+            }
+        }
+        let regs = regs::regs_to_words(&rewind(saved, Rewind::Restored));
         let xstate = regs::get_xstate(tid).map_err(sys_err("read xstate", tid))?;
         let sigmask = regs::get_sigmask(tid).map_err(sys_err("read signal mask", tid))?;
         let pending =

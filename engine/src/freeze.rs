@@ -332,6 +332,11 @@ impl Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         for &tid in &self.threads {
+            // A thread stopped in a wait the kernel restarts through its restart block goes on
+            // in `restart_syscall`: note which syscall that is, for a later save of it.
+            if let Ok(r) = crate::sys::regs::get_regs(tid) {
+                crate::cpu::note_restart(&r);
+            }
             if let Err(e) = sys::ptrace_detach(tid) {
                 tracing::warn!(tid, error = %e, "detach failed");
             }

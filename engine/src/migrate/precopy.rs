@@ -102,6 +102,9 @@ pub struct PodReader {
     pub layouts: HashMap<i32, Vec<VmaState>>,
 }
 
+/// How often a round lists a running pod's processes again when one ended while listed.
+const SHAPE_RETRIES: u32 = 50;
+
 impl PodReader {
     /// A reader of the pod `state`.
     pub fn new(state: PodState) -> Self {
@@ -148,8 +151,20 @@ impl PodReader {
     /// what is not tracked), or with `all` (round 0) every page (the trackers are collected
     /// first all the same, so that what is written from here on is reported next round).
     pub fn read(&mut self, all: bool) -> Result<RoundData> {
-        let pids = self.pids();
-        let (shape, order) = crate::group::shape_of(&pids)?;
+        // The pod runs: a process may end between the listing and the reading of its status (a
+        // shell loop's `sleep`), which fails the shape; list again then.
+        let mut attempt = 0;
+        let (shape, order) = loop {
+            match crate::group::shape_of(&self.pids()) {
+                Ok(s) => break s,
+                Err(e) if attempt >= SHAPE_RETRIES => return Err(e.into()),
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "the pod's processes changed while listed; listing again");
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        };
         let mut members = Vec::new();
         self.layouts.clear();
         let shm_saved = std::cell::RefCell::new(crate::mem::ShmSaved::new());

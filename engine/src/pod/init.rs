@@ -182,6 +182,7 @@ fn setup(cfg: &InitConfig) -> Result<(), String> {
     ns::make_mounts_private().map_err(|e| format!("make mounts private: {e}"))?;
     ns::mount_proc().map_err(|e| format!("mount /proc: {e}"))?;
     ns::mount_sys().map_err(|e| format!("mount /sys: {e}"))?;
+    ns::mount_devpts().map_err(|e| format!("mount a devpts of the pod's own on /dev/pts: {e}"))?;
     ns::sethostname(&cfg.hostname).map_err(|e| format!("set hostname {:?}: {e}", cfg.hostname))?;
     Ok(())
 }

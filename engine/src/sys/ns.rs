@@ -157,6 +157,19 @@ pub fn mount_sys() -> io::Result<()> {
     Ok(())
 }
 
+/// Mounts a devpts instance of the pod's own on /dev/pts: the pseudo-terminals its processes
+/// open through `/dev/ptmx` (which the kernel resolves to the devpts at `pts` beside it) are
+/// numbered from 0 in the pod, never collide with the host's or another pod's, and a restored
+/// pod gets back the indexes it had.
+pub fn mount_devpts() -> io::Result<()> {
+    let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    // SAFETY: all pointers are valid NUL-terminated strings.
+    cvt(unsafe {
+        libc::mount(c"devpts".as_ptr(), c"/dev/pts".as_ptr(), c"devpts".as_ptr(), flags, c"newinstance,ptmxmode=0666,mode=0620,gid=5".as_ptr().cast())
+    })?;
+    Ok(())
+}
+
 /// Sets the hostname of the caller's UTS namespace.
 pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe `name`'s bytes.
