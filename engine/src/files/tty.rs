@@ -20,9 +20,10 @@
 //! keeper fd; slave fds are opened from it (`TIOCGPTPEER`). Once the process groups exist,
 //! [`set_foreground`] gives the terminal its foreground group back (`TIOCSPGRP`, from the leader).
 //!
-//! The pod shares the host's devpts instance: an index is free on restore when the pty was the
-//! checkpointed pod's and the pod has ended. A private devpts per pod would make indexes the
-//! pod's own; that mount belongs to the pod setup.
+//! Each pod has a devpts instance of its own (`zap-init` mounts one on `/dev/pts`), so its
+//! indexes are its own and free in a new pod: a copy restored beside the original, or a pod
+//! migrated to a host whose sessions hold the same indexes, gets its ptys back. A `--pid` or
+//! `--tree` restore uses the host's devpts: an index another terminal holds there fails it.
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
