@@ -1028,4 +1028,48 @@ mod tests {
         let err = store.manifest(&summary.id).unwrap_err().to_string();
         assert!(err.contains(&format!("format version {} not supported", MANIFEST_VERSION + 1)), "{err}");
     }
+
+    /// A child written as a patch over its parent reads back exactly; a damaged patch node is
+    /// named when the child is read and by verify, and the parent stays readable.
+    #[test]
+    fn damaged_patches_are_named_and_leave_the_parent_readable() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let store = LocalStore::open(tmp.path().join("s"), StoreOptions { create: true, ..Default::default() }).unwrap();
+        let cfg = zap_chunker::ChunkerConfig::default();
+        let mut w = store.writer().unwrap();
+        let data: Vec<u8> = (0..64 * 65536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let (extents, _) = crate::store_run(&mut w, &cfg, 0x100_0000, &data).unwrap();
+        let mut m = Manifest::new("parent", "memory");
+        m.images.push(Image { name: "mem".into(), kind: ImageKind::Memory, extents: extents.clone() });
+        let parent = w.commit(m).unwrap();
+        // Read first, as an incremental checkpoint reads its parent; then one page changes.
+        assert_eq!(store.manifest(&parent.id).unwrap().images[0].extents, extents);
+        let mut w = store.writer().unwrap();
+        let page: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 1) as u8).collect();
+        let (changed, _) = crate::store_run(&mut w, &cfg, 0x100_0000 + 5 * 65536 + 4096, &page).unwrap();
+        let child_extents = crate::overlay(&extents, &changed);
+        let mut m = Manifest::new("child", "memory");
+        m.parent = Some(parent.id);
+        m.images.push(Image { name: "mem".into(), kind: ImageKind::Memory, extents: child_extents.clone() });
+        let child = w.commit(m).unwrap();
+        assert!(child.manifest_bytes * 4 < parent.manifest_bytes, "{} vs {}", child.manifest_bytes, parent.manifest_bytes);
+        let (stored, _): (StoredManifest, u16) =
+            envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, &store.index.get(CF_MANIFESTS, &child.id.0).unwrap().unwrap()).unwrap();
+        let patch = stored.images[0].patches.first().copied().expect("the child's image is a patch over the parent's");
+        assert_eq!(stored.images[0].root, Some(*store.known.lock().unwrap().images_of(&parent.id).unwrap()["mem"].root.as_ref().unwrap()));
+        *store.known.lock().unwrap() = Known::default();
+        assert_eq!(store.manifest(&child.id).unwrap().images[0].extents, child_extents);
+        // The patch node's bytes damaged in the index.
+        let mut bytes = store.index.nodes_of(&[patch.id]).unwrap().pop().unwrap().unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let mut batch = store.index.batch();
+        batch.put_node(&patch.id, &bytes);
+        batch.commit("test: damage a patch").unwrap();
+        let err = store.manifest(&child.id).unwrap_err().to_string();
+        assert!(err.contains(&format!("manifest patch {} of checkpoint {}", patch.id, child.id)), "{err}");
+        let report = store.verify(&|_, _| {}).unwrap();
+        assert!(report.problems.iter().any(|p| p.object == format!("checkpoint {}", child.id)), "{:?}", report.problems);
+        assert_eq!(store.manifest(&parent.id).unwrap().images[0].extents, extents);
+    }
 }
