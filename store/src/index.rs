@@ -218,8 +218,13 @@ impl Index {
             .collect()
     }
 
-    pub fn has_node(&self, id: &crate::tree::NodeId) -> Result<bool> {
-        Ok(self.db.get_pinned_cf(self.cf(CF_NODES), id.0).map_err(|e| StoreError::index("read manifest node", e))?.is_some())
+    /// Whether each of `ids` is stored, looked up at once.
+    pub fn has_nodes(&self, ids: &[crate::tree::NodeId]) -> Result<Vec<bool>> {
+        self.db
+            .batched_multi_get_cf(self.cf(CF_NODES), ids.iter().map(|id| &id.0[..]), false)
+            .into_iter()
+            .map(|r| r.map(|v| v.is_some()).map_err(|e| StoreError::index("read manifest node", e)))
+            .collect()
     }
 
     /// The stored bytes of many nodes at once, in the order of `ids`.

@@ -34,27 +34,11 @@ use zap_chunker::{decode_chunk, Chunk, ChunkId};
 use crate::envelope;
 use crate::index::{Index, PackRecord, CF_MANIFESTS, CF_SUMMARIES};
 use crate::manifest::{
-    CheckpointId, CheckpointSummary, Extent, ExtentData, Image, Manifest, StoredImage, StoredManifest, MANIFEST_MAGIC,
+    CheckpointId, CheckpointSummary, Extent, ExtentData, Image, Manifest, StoredImage, StoredManifest, StoredManifestV2, MANIFEST_MAGIC,
     MANIFEST_VERSION, SUMMARY_MAGIC, SUMMARY_VERSION,
 };
-use crate::tree::{self, Built, ChunkSize, Known, Leaf, Node, NodeId, NodeRef};
+use crate::tree::{self, BuildIdHasher, Built, ChunkSize, Known, Leaf, Node, NodeId, NodeRef};
 
-/// Hashes a chunk id by its first 8 bytes: ids are BLAKE3 output, already uniform.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for (i, b) in bytes.iter().take(8).enumerate() {
-            self.0 ^= u64::from(*b) << (8 * i);
-        }
-    }
-}
-
-type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
 use crate::pack::{self, ChunkLoc, FinishedPack, PackId, PackWriter};
 use crate::{sys, ChunkSink, ImageStore, Result, StoreError};
 
@@ -402,14 +386,24 @@ impl LocalStore {
         if envelope::version_of(bytes) == Some(1) {
             return envelope::open(MANIFEST_MAGIC, 1, bytes).map(|(m, _)| m).map_err(|e| corrupt(e.to_string()));
         }
-        let (stored, _): (StoredManifest, u16) = envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, bytes).map_err(|e| corrupt(e.to_string()))?;
+        let stored: StoredManifest = if envelope::version_of(bytes) == Some(2) {
+            envelope::open::<StoredManifestV2>(MANIFEST_MAGIC, 2, bytes).map(|(m, _)| m.into()).map_err(|e| corrupt(e.to_string()))?
+        } else {
+            envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, bytes).map(|(m, _)| m).map_err(|e| corrupt(e.to_string()))?
+        };
         let roots: Vec<NodeRef> = stored.images.iter().filter_map(|i| i.root).collect();
         let mut trees = self.load_trees(id_hex, &roots, visit)?.into_iter();
-        let images = stored
+        let mut extents: Vec<Vec<Extent>> =
+            stored.images.iter().map(|i| if i.root.is_some() { trees.next().unwrap_or_default() } else { Vec::new() }).collect();
+        self.apply_patches(id_hex, &stored.images, &mut extents, visit)?;
+        let known = stored
             .images
-            .into_iter()
-            .map(|i| Image { extents: if i.root.is_some() { trees.next().unwrap_or_default() } else { Vec::new() }, name: i.name, kind: i.kind })
+            .iter()
+            .zip(&extents)
+            .map(|(i, e)| (i.name.clone(), tree::KnownImage { root: i.root, patches: i.patches.clone(), extents: e.clone() }))
             .collect();
+        self.known.lock().expect("known trees lock").learn_images(stored.id, known);
+        let images = stored.images.into_iter().zip(extents).map(|(i, extents)| Image { extents, name: i.name, kind: i.kind }).collect();
         Ok(Manifest {
             id: stored.id,
             parent: stored.parent,
@@ -420,6 +414,36 @@ impl LocalStore {
             images,
             state: stored.state,
         })
+    }
+
+    /// Applies the patches of version-3 `images` (read in one batch, each checked against its id
+    /// and its reference) over their trees' `extents`. `visit` sees every patch id read.
+    fn apply_patches(&self, id_hex: &str, images: &[StoredImage], extents: &mut [Vec<Extent>], visit: &mut dyn FnMut(&NodeId)) -> Result<()> {
+        let bad = |id: &NodeId, detail: String| StoreError::Corrupt { what: format!("manifest patch {id} of checkpoint {id_hex}"), detail };
+        let refs: Vec<(usize, NodeRef)> = images.iter().enumerate().flat_map(|(i, img)| img.patches.iter().map(move |p| (i, *p))).collect();
+        if refs.is_empty() {
+            return Ok(());
+        }
+        if let Some(img) = images.iter().find(|i| i.patches.len() > tree::MAX_PATCHES) {
+            return Err(StoreError::Corrupt {
+                what: format!("manifest of checkpoint {id_hex}"),
+                detail: format!("image {:?} has {} patches (at most {})", img.name, img.patches.len(), tree::MAX_PATCHES),
+            });
+        }
+        let ids: Vec<NodeId> = refs.iter().map(|(_, r)| r.id).collect();
+        for ((img, r), b) in refs.into_iter().zip(self.index.nodes_of(&ids)?) {
+            visit(&r.id);
+            let b = b.ok_or_else(|| bad(&r.id, "missing from the index".into()))?;
+            let node = tree::decode(&r.id, &b).map_err(|e| bad(&r.id, e))?;
+            let Node::Patch(p) = &node else { return Err(bad(&r.id, "not a patch".into())) };
+            let (start, end) = p.range();
+            if (start, end, p.entries(), r.height) != (r.start, r.end, r.extents, 0) {
+                return Err(bad(&r.id, "its range or entry count differs from the manifest's record".into()));
+            }
+            extents[img] = tree::apply_patch(&extents[img], p);
+            self.known.lock().expect("known trees lock").learn(r.id, &node);
+        }
+        Ok(())
     }
 
     /// Reads the trees under `roots`, level by level with batched reads, checking every node
@@ -455,6 +479,7 @@ impl LocalStore {
                 match node {
                     Node::Leaf(l) => out[tree].extend(l.extents),
                     Node::Inner(c) => next.extend(c.into_iter().map(|c| (tree, c))),
+                    Node::Patch(_) => {} // refused above: not a node of a tree
                 }
             }
             level = next;
@@ -582,7 +607,7 @@ pub struct LocalWriter<'a> {
     new: HashMap<ChunkId, ChunkLoc>,
 }
 
-impl LocalWriter<'_> {
+impl<'a> LocalWriter<'a> {
     /// Completes the pack being written (its writeback starts; it is made durable at commit).
     fn close_pack(&mut self) -> Result<()> {
         if let Some(p) = self.pack.take() {
@@ -594,23 +619,75 @@ impl LocalWriter<'_> {
         Ok(())
     }
 
-    /// Makes every complete pack durable (one fsync each, in parallel) and renames it into place.
-    fn sync_packs(&mut self) -> Result<()> {
-        let mut done = std::mem::take(&mut self.complete);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = done.iter_mut().map(|p| s.spawn(move || p.sync_and_rename())).collect();
-            handles.into_iter().try_for_each(|h| h.join().expect("pack sync thread"))
-        })?;
-        for p in done.iter_mut() {
+    /// Starts making every complete pack durable on another thread ([`PackSync`]).
+    fn start_sync(&mut self) -> PackSync<'a> {
+        let done = std::mem::take(&mut self.complete);
+        let dir = self.store.packs_dir.clone();
+        let handle = (!done.is_empty()).then(|| std::thread::spawn(move || sync_packs(done, &dir)));
+        PackSync { store: self.store, handle }
+    }
+
+    /// Records the packs a [`PackSync`] made durable (the commit's batch will name them).
+    fn record_synced(&mut self, done: Vec<FinishedPack>) {
+        for p in done {
             let data_bytes = p.entries.iter().map(|e| u64::from(e.stored_len)).sum();
             self.finished.push((p.id, PackRecord { size: p.size, chunks: p.entries.len() as u32, data_bytes }));
         }
-        Ok(())
     }
 
     /// Bytes of new chunk data written so far.
     pub fn new_bytes(&self) -> u64 {
         self.new.values().map(|l| u64::from(l.stored_len)).sum()
+    }
+}
+
+/// Makes `done` durable (one fsync each, in parallel), renames each into place and syncs their
+/// directory `dir`. Returns the packs, renamed or not, and how it went.
+fn sync_packs(mut done: Vec<FinishedPack>, dir: &Path) -> (Vec<FinishedPack>, Result<()>) {
+    let r = std::thread::scope(|s| {
+        let handles: Vec<_> = done.iter_mut().map(|p| s.spawn(move || p.sync_and_rename())).collect();
+        handles.into_iter().try_for_each(|h| h.join().expect("pack sync thread"))
+    });
+    let r = r.and_then(|()| sync_dir(dir));
+    (done, r)
+}
+
+/// Complete packs being made durable on another thread while a commit prepares its manifest.
+/// [`PackSync::finish`] waits for them; dropped unfinished (the commit failed meanwhile), it
+/// waits too and removes the packs it renamed into place (the index never named them).
+struct PackSync<'a> {
+    store: &'a LocalStore,
+    handle: Option<std::thread::JoinHandle<(Vec<FinishedPack>, Result<()>)>>,
+}
+
+impl PackSync<'_> {
+    /// Waits for the packs: all durable and in place, or the first error.
+    fn finish(mut self) -> Result<Vec<FinishedPack>> {
+        let Some(h) = self.handle.take() else { return Ok(Vec::new()) };
+        let (done, r) = h.join().expect("pack sync thread");
+        match r {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                self.remove(&done);
+                Err(e)
+            }
+        }
+    }
+
+    fn remove(&self, done: &[FinishedPack]) {
+        for p in done {
+            let _ = std::fs::remove_file(self.store.pack_path(p.id));
+        }
+    }
+}
+
+impl Drop for PackSync<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            if let Ok((done, _)) = h.join() {
+                self.remove(&done);
+            }
+        }
     }
 }
 
@@ -655,32 +732,48 @@ impl ChunkSink for LocalWriter<'_> {
         let t0 = Instant::now();
         let lap = |what: &str| tracing::debug!(step = what, ms = t0.elapsed().as_secs_f64() * 1e3, "commit");
         manifest.validate().map_err(|e| StoreError::Invalid(format!("manifest {:?}: {e}", manifest.name)))?;
+        // The packs are made durable on another thread while the manifest is prepared.
+        self.close_pack()?;
+        let syncing = self.start_sync();
         lap("validated");
-        // The images as trees. A leaf the store read or wrote in this process with the same
-        // extents (the parent's, typically) is reused as is; the others are encoded with the
-        // sizes of their chunks, which also proves that those chunks exist.
+        // An image whose parent's image this process read (the parent checkpoint was read
+        // first, as an incremental checkpoint does) is written as a patch over it when the chain
+        // allows; the others as trees. A leaf the store read or wrote in this process with the
+        // same extents (the parent's, typically) is reused as is; new leaves and patches are
+        // encoded with the sizes of their chunks, which also proves that those chunks exist.
         let mut known = self.store.known.lock().expect("known trees lock");
         let mut built = Built::default();
-        let mut sizes: HashMap<ChunkId, ChunkSize> =
+        let mut sizes: HashMap<ChunkId, ChunkSize, BuildIdHasher> =
             self.new.iter().map(|(id, l)| (*id, ChunkSize { raw: l.raw_len, stored: l.stored_len })).collect();
-        let mut per_image: Vec<Vec<(Range<usize>, Option<NodeId>)>> = Vec::with_capacity(manifest.images.len());
+        let mut per_image: Vec<Plan> = Vec::with_capacity(manifest.images.len());
         let mut unsized_ids: Vec<ChunkId> = Vec::new();
+        let parent_images = manifest.parent.and_then(|p| known.images_of(&p));
+        let want_size = |extents: &[Extent], unsized_ids: &mut Vec<ChunkId>| {
+            for e in extents {
+                if let ExtentData::Chunk { id, .. } = e.data {
+                    if !sizes.contains_key(&id) && !known.sizes.contains_key(&id) {
+                        unsized_ids.push(id);
+                    }
+                }
+            }
+        };
         for img in &manifest.images {
+            if let Some(plan) = parent_images.and_then(|p| p.get(&img.name)).and_then(|old| patch_plan(old, &img.extents)) {
+                if let Plan::Patched { patch, .. } = &plan {
+                    want_size(&patch.extents, &mut unsized_ids);
+                }
+                per_image.push(plan);
+                continue;
+            }
             let mut leaves = Vec::new();
             for g in tree::leaf_groups(&img.extents) {
                 let reused = known.leaf(&img.extents[g.clone()]);
                 if reused.is_none() {
-                    for e in &img.extents[g.clone()] {
-                        if let ExtentData::Chunk { id, .. } = e.data {
-                            if !sizes.contains_key(&id) && !known.sizes.contains_key(&id) {
-                                unsized_ids.push(id);
-                            }
-                        }
-                    }
+                    want_size(&img.extents[g.clone()], &mut unsized_ids);
                 }
                 leaves.push((g, reused));
             }
-            per_image.push(leaves);
+            per_image.push(Plan::Tree(leaves));
         }
         lap("leaves matched");
         unsized_ids.sort_unstable();
@@ -691,40 +784,66 @@ impl ChunkSink for LocalWriter<'_> {
             }
         }
         let size_of = |id: &ChunkId| sizes.get(id).or_else(|| known.sizes.get(id)).copied();
-        lap("chunks located");
-        let mut roots: Vec<Option<NodeRef>> = Vec::with_capacity(manifest.images.len());
-        for (img, leaves) in manifest.images.iter().zip(per_image) {
-            let mut refs = Vec::with_capacity(leaves.len());
-            for (g, reused) in leaves {
-                let extents = &img.extents[g];
-                if let Some(id) = reused {
-                    refs.push(tree::leaf_ref(id, extents));
-                    continue;
+        // Every chunk a new leaf or patch references must exist, and every extent fit inside it;
+        // reused leaves were checked when they were written (the tree module's invariant).
+        let sizes_of = |img: &Image, extents: &[Extent]| -> Result<Vec<ChunkSize>> {
+            let mut out = Vec::new();
+            for ext in extents {
+                let ExtentData::Chunk { id, offset } = ext.data else { continue };
+                let size = size_of(&id).ok_or_else(|| StoreError::MissingChunk {
+                    id: id.to_hex(),
+                    context: format!("referenced by image {:?} at {:#x}", img.name, ext.start),
+                })?;
+                if u64::from(offset) + ext.len > u64::from(size.raw) {
+                    return Err(StoreError::Invalid(format!(
+                        "image {:?}: extent at {:#x} wants {} bytes from offset {offset} of chunk {id} ({} bytes)",
+                        img.name, ext.start, ext.len, size.raw
+                    )));
                 }
-                // Every chunk a new leaf references must exist, and every extent fit inside it;
-                // reused leaves were checked when they were written (the tree module's invariant).
-                let mut leaf_sizes = Vec::new();
-                for ext in extents {
-                    let ExtentData::Chunk { id, offset } = ext.data else { continue };
-                    let size = size_of(&id).ok_or_else(|| StoreError::MissingChunk {
-                        id: id.to_hex(),
-                        context: format!("referenced by image {:?} at {:#x}", img.name, ext.start),
-                    })?;
-                    if u64::from(offset) + ext.len > u64::from(size.raw) {
-                        return Err(StoreError::Invalid(format!(
-                            "image {:?}: extent at {:#x} wants {} bytes from offset {offset} of chunk {id} ({} bytes)",
-                            img.name, ext.start, ext.len, size.raw
-                        )));
-                    }
-                    leaf_sizes.push(size);
-                }
-                refs.push(tree::add_leaf(Leaf { extents: extents.to_vec(), sizes: leaf_sizes }, &mut built));
+                out.push(size);
             }
-            roots.push(tree::build_inner(refs, &mut built));
+            Ok(out)
+        };
+        lap("chunks located");
+        let mut roots: Vec<(Option<NodeRef>, Vec<NodeRef>)> = Vec::with_capacity(manifest.images.len());
+        let mut new_roots: Vec<NodeId> = Vec::new();
+        let (mut patched, mut unchanged) = (0usize, 0usize);
+        for (img, plan) in manifest.images.iter().zip(per_image) {
+            match plan {
+                Plan::Same { root, patches } => {
+                    unchanged += 1;
+                    roots.push((root, patches));
+                }
+                Plan::Patched { root, mut patches, mut patch } => {
+                    patched += 1;
+                    patch.sizes = sizes_of(img, &patch.extents)?;
+                    let r = tree::add_patch(patch, &mut built);
+                    new_roots.push(r.id);
+                    patches.push(r);
+                    roots.push((root, patches));
+                }
+                Plan::Tree(leaves) => {
+                    let mut refs = Vec::with_capacity(leaves.len());
+                    for (g, reused) in leaves {
+                        let extents = &img.extents[g];
+                        match reused {
+                            Some(id) => refs.push(tree::leaf_ref(id, extents)),
+                            None => refs.push(tree::add_leaf(Leaf { extents: extents.to_vec(), sizes: sizes_of(img, extents)? }, &mut built)),
+                        }
+                    }
+                    let root = tree::build_inner(refs, &mut built);
+                    new_roots.extend(root.map(|r| r.id));
+                    roots.push((root, Vec::new()));
+                }
+            }
         }
+        tracing::debug!(images = manifest.images.len(), patched, unchanged, trees = manifest.images.len() - patched - unchanged, "images planned");
         lap("trees built");
-        let root_ids: Vec<NodeId> = roots.iter().flatten().map(|r| r.id).collect();
-        let new_nodes = tree::missing(&built, &root_ids, |id| Ok(known.nodes.contains(id) || self.store.index.has_node(id)?))?;
+        let new_nodes = tree::missing(&built, &new_roots, |ids| {
+            let unknown: Vec<NodeId> = ids.iter().filter(|id| !known.nodes.contains(id)).copied().collect();
+            let mut stored = self.store.index.has_nodes(&unknown)?.into_iter();
+            Ok(ids.iter().map(|id| known.nodes.contains(id) || stored.next().unwrap_or(false)).collect())
+        })?;
         lap("new nodes found");
         // Distinct chunks referenced, with their sizes (all known by now: the new leaves' were
         // looked up above, the reused leaves' came with them).
@@ -748,11 +867,8 @@ impl ChunkSink for LocalWriter<'_> {
             distinct.insert(*id, ChunkSize { raw: l.raw_len, stored: l.stored_len });
         }
         lap("chunks checked");
-        self.close_pack()?;
-        self.sync_packs()?;
-        if !self.finished.is_empty() {
-            sync_dir(&self.store.packs_dir)?;
-        }
+        let synced = syncing.finish()?;
+        self.record_synced(synced);
         lap("packs closed");
         manifest.id = CheckpointId(sys::random_u64().to_le_bytes());
         manifest.created_ms = now_ms();
@@ -767,7 +883,7 @@ impl ChunkSink for LocalWriter<'_> {
                 .images
                 .iter()
                 .zip(&roots)
-                .map(|(i, r)| StoredImage { name: i.name.clone(), kind: i.kind, root: *r })
+                .map(|(i, (root, patches))| StoredImage { name: i.name.clone(), kind: i.kind, root: *root, patches: patches.clone() })
                 .collect(),
             state: std::mem::take(&mut manifest.state),
         };
@@ -824,6 +940,33 @@ impl ChunkSink for LocalWriter<'_> {
     }
 }
 
+/// How a commit writes an image.
+enum Plan {
+    /// As its parent's: the same tree and patches.
+    Same { root: Option<NodeRef>, patches: Vec<NodeRef> },
+    /// As its parent's tree and patches, and a new patch (sizes filled in at commit).
+    Patched { root: Option<NodeRef>, patches: Vec<NodeRef>, patch: tree::Patch },
+    /// As a tree: its leaves' extents, each with the stored leaf that holds them if known.
+    Tree(Vec<(Range<usize>, Option<NodeId>)>),
+}
+
+/// How image `extents` is written over its parent's image `old`: the same, one more patch, or
+/// (`None`) a tree, when the chain is full ([`tree::MAX_PATCHES`]), when the patches would hold
+/// more than twice as many entries as the parent's tree has extents, or when no patch gives
+/// exactly `extents`.
+fn patch_plan(old: &tree::KnownImage, extents: &[Extent]) -> Option<Plan> {
+    let root = old.root?;
+    let patch = tree::diff(&old.extents, extents)?;
+    if patch.cuts.is_empty() && patch.extents.is_empty() {
+        return Some(Plan::Same { root: Some(root), patches: old.patches.clone() });
+    }
+    let entries: u64 = old.patches.iter().map(|p| p.extents).sum::<u64>() + patch.entries();
+    if old.patches.len() >= tree::MAX_PATCHES || entries > 2 * root.extents {
+        return None;
+    }
+    Some(Plan::Patched { root: Some(root), patches: old.patches.clone(), patch })
+}
+
 impl Drop for LocalWriter<'_> {
     fn drop(&mut self) {
         // An uncommitted writer's finished packs are not in the index: remove them now rather than
@@ -839,8 +982,9 @@ mod tests {
     use super::*;
     use crate::manifest::{Image, ImageKind};
 
-    /// A store written before manifest trees (version 1 manifests, whole extent lists) stays
-    /// readable; a manifest of a newer version is refused by version, not misread.
+    /// A store written before manifest trees (version 1 manifests, whole extent lists) or before
+    /// patches (version 2, trees only) stays readable; a manifest of a newer version is refused
+    /// by version, not misread.
     #[test]
     fn version_1_manifests_are_read_and_newer_ones_refused() {
         let tmp = tempfile::TempDir::new().unwrap();
@@ -851,6 +995,8 @@ mod tests {
         let mut m = Manifest::new("old", "memory");
         m.images.push(Image { name: "mem".into(), kind: ImageKind::Memory, extents: extents.clone() });
         let summary = w.commit(m.clone()).unwrap();
+        let (v3, _): (StoredManifest, u16) =
+            envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, &store.index.get(CF_MANIFESTS, &summary.id.0).unwrap().unwrap()).unwrap();
         // Rewrite it as a version-1 manifest, as an older Zap wrote it.
         m.id = summary.id;
         m.created_ms = summary.created_ms;
@@ -860,10 +1006,70 @@ mod tests {
         assert_eq!(store.manifest(&summary.id).unwrap(), m);
         let report = store.verify(&|_, _| {}).unwrap();
         assert!(report.ok(), "{:?}", report.problems);
+        // And as a version-2 manifest (trees, no patches).
+        let v2 = crate::manifest::StoredManifestV2 {
+            id: summary.id,
+            parent: v3.parent,
+            created_ms: summary.created_ms,
+            name: v3.name,
+            kind: v3.kind,
+            labels: v3.labels,
+            images: v3.images.into_iter().map(|i| crate::manifest::StoredImageV2 { name: i.name, kind: i.kind, root: i.root }).collect(),
+            state: v3.state,
+        };
+        let mut batch = store.index.batch();
+        batch.put(CF_MANIFESTS, &summary.id.0, &envelope::seal(MANIFEST_MAGIC, 2, &v2));
+        batch.commit("test: version 2 manifest").unwrap();
+        assert_eq!(store.manifest(&summary.id).unwrap(), m);
+        assert!(store.verify(&|_, _| {}).unwrap().ok());
         let mut batch = store.index.batch();
         batch.put(CF_MANIFESTS, &summary.id.0, &envelope::seal(MANIFEST_MAGIC, MANIFEST_VERSION + 1, &m));
         batch.commit("test: future manifest").unwrap();
         let err = store.manifest(&summary.id).unwrap_err().to_string();
-        assert!(err.contains("format version 3 not supported"), "{err}");
+        assert!(err.contains(&format!("format version {} not supported", MANIFEST_VERSION + 1)), "{err}");
+    }
+
+    /// A child written as a patch over its parent reads back exactly; a damaged patch node is
+    /// named when the child is read and by verify, and the parent stays readable.
+    #[test]
+    fn damaged_patches_are_named_and_leave_the_parent_readable() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let store = LocalStore::open(tmp.path().join("s"), StoreOptions { create: true, ..Default::default() }).unwrap();
+        let cfg = zap_chunker::ChunkerConfig::default();
+        let mut w = store.writer().unwrap();
+        let data: Vec<u8> = (0..64 * 65536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let (extents, _) = crate::store_run(&mut w, &cfg, 0x100_0000, &data).unwrap();
+        let mut m = Manifest::new("parent", "memory");
+        m.images.push(Image { name: "mem".into(), kind: ImageKind::Memory, extents: extents.clone() });
+        let parent = w.commit(m).unwrap();
+        // Read first, as an incremental checkpoint reads its parent; then one page changes.
+        assert_eq!(store.manifest(&parent.id).unwrap().images[0].extents, extents);
+        let mut w = store.writer().unwrap();
+        let page: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 1) as u8).collect();
+        let (changed, _) = crate::store_run(&mut w, &cfg, 0x100_0000 + 5 * 65536 + 4096, &page).unwrap();
+        let child_extents = crate::overlay(&extents, &changed);
+        let mut m = Manifest::new("child", "memory");
+        m.parent = Some(parent.id);
+        m.images.push(Image { name: "mem".into(), kind: ImageKind::Memory, extents: child_extents.clone() });
+        let child = w.commit(m).unwrap();
+        assert!(child.manifest_bytes * 4 < parent.manifest_bytes, "{} vs {}", child.manifest_bytes, parent.manifest_bytes);
+        let (stored, _): (StoredManifest, u16) =
+            envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, &store.index.get(CF_MANIFESTS, &child.id.0).unwrap().unwrap()).unwrap();
+        let patch = stored.images[0].patches.first().copied().expect("the child's image is a patch over the parent's");
+        assert_eq!(stored.images[0].root, Some(*store.known.lock().unwrap().images_of(&parent.id).unwrap()["mem"].root.as_ref().unwrap()));
+        *store.known.lock().unwrap() = Known::default();
+        assert_eq!(store.manifest(&child.id).unwrap().images[0].extents, child_extents);
+        // The patch node's bytes damaged in the index.
+        let mut bytes = store.index.nodes_of(&[patch.id]).unwrap().pop().unwrap().unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let mut batch = store.index.batch();
+        batch.put_node(&patch.id, &bytes);
+        batch.commit("test: damage a patch").unwrap();
+        let err = store.manifest(&child.id).unwrap_err().to_string();
+        assert!(err.contains(&format!("manifest patch {} of checkpoint {}", patch.id, child.id)), "{err}");
+        let report = store.verify(&|_, _| {}).unwrap();
+        assert!(report.problems.iter().any(|p| p.object == format!("checkpoint {}", child.id)), "{:?}", report.problems);
+        assert_eq!(store.manifest(&parent.id).unwrap().images[0].extents, extents);
     }
 }

@@ -10,8 +10,10 @@
 //! Manifests are stored sealed in the [`crate::envelope`] with magic `ZAPM`. Version 1 holds the
 //! images with all their extents; version 2 ([`StoredManifest`], written since) holds each image
 //! as the root of a tree of content-addressed nodes ([`crate::tree`]), so that a checkpoint
-//! writes only the nodes that differ from its parent's. Both are read; the in-memory
-//! [`Manifest`] is the same for both.
+//! writes only the nodes that differ from its parent's. Version 3 (written since) adds to each
+//! image a short chain of *patch* nodes over its tree ([`StoredImage::patches`], see
+//! [`crate::tree`]), so that an image changed in a few places costs one small node. All three
+//! are read; the in-memory [`Manifest`] is the same for all.
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -21,7 +23,7 @@ use zap_chunker::ChunkId;
 /// Magic of a sealed manifest.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"ZAPM";
 /// Current manifest format version.
-pub const MANIFEST_VERSION: u16 = 2;
+pub const MANIFEST_VERSION: u16 = 3;
 /// Magic of a sealed checkpoint summary.
 pub const SUMMARY_MAGIC: [u8; 4] = *b"ZAPS";
 /// Current summary format version.
@@ -184,7 +186,8 @@ impl Manifest {
     }
 }
 
-/// A manifest as version 2 stores it: every field of [`Manifest`], images as tree roots.
+/// A manifest as version 3 stores it: every field of [`Manifest`], images as tree roots and
+/// patches. (Version 2 is the same with [`StoredImageV2`] images.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredManifest {
     /// See [`Manifest::id`].
@@ -205,7 +208,7 @@ pub struct StoredManifest {
     pub state: Vec<u8>,
 }
 
-/// An image as version 2 stores it.
+/// An image as version 3 stores it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredImage {
     /// See [`Image::name`].
@@ -214,6 +217,56 @@ pub struct StoredImage {
     pub kind: ImageKind,
     /// Root of the extent tree; `None` for an image without extents.
     pub root: Option<crate::tree::NodeRef>,
+    /// Patch nodes applied in order over the tree's extents (at most
+    /// [`crate::tree::MAX_PATCHES`]); empty for an image stored as a tree only.
+    pub patches: Vec<crate::tree::NodeRef>,
+}
+
+/// A manifest as version 2 stored it (images without patches).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredManifestV2 {
+    /// See [`Manifest::id`].
+    pub id: CheckpointId,
+    /// See [`Manifest::parent`].
+    pub parent: Option<CheckpointId>,
+    /// See [`Manifest::created_ms`].
+    pub created_ms: u64,
+    /// See [`Manifest::name`].
+    pub name: String,
+    /// See [`Manifest::kind`].
+    pub kind: String,
+    /// See [`Manifest::labels`].
+    pub labels: BTreeMap<String, String>,
+    /// Images, each with the root of its extent tree.
+    pub images: Vec<StoredImageV2>,
+    /// See [`Manifest::state`].
+    pub state: Vec<u8>,
+}
+
+/// An image as version 2 stored it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredImageV2 {
+    /// See [`Image::name`].
+    pub name: String,
+    /// See [`Image::kind`].
+    pub kind: ImageKind,
+    /// Root of the extent tree; `None` for an image without extents.
+    pub root: Option<crate::tree::NodeRef>,
+}
+
+impl From<StoredManifestV2> for StoredManifest {
+    fn from(m: StoredManifestV2) -> Self {
+        StoredManifest {
+            id: m.id,
+            parent: m.parent,
+            created_ms: m.created_ms,
+            name: m.name,
+            kind: m.kind,
+            labels: m.labels,
+            images: m.images.into_iter().map(|i| StoredImage { name: i.name, kind: i.kind, root: i.root, patches: Vec::new() }).collect(),
+            state: m.state,
+        }
+    }
 }
 
 /// The small record kept beside each manifest so that listing needs no manifest decoding.

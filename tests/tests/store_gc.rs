@@ -371,3 +371,109 @@ fn manifest_trees_share_unchanged_subtrees_and_gc_frees_unreachable_nodes() {
     assert_eq!(store.stats().unwrap().chunks, 0);
     assert_eq!(store.verify(&|_, _| {}).unwrap().unreachable_nodes, 0);
 }
+
+/// Manifest version 3: a checkpoint whose parent was read first writes each changed image as a
+/// patch over the parent's (metadata growing with the changed extents, not with the image), up
+/// to `MAX_PATCHES` in a chain, then as a tree again; every checkpoint of the chain reads back
+/// exactly, also after its ancestors were deleted and collected, and from a reopened store.
+#[test]
+fn manifest_patches_hold_what_changed_and_chains_are_compacted() {
+    use zap_store::tree::MAX_PATCHES;
+    use zap_store::{Extent, ExtentData};
+    let tmp = tempfile::TempDir::new().unwrap();
+    let store = open(&tmp.path().join("s"));
+    let page_data = |seed: u64| -> Vec<u8> { (0..PAGE).map(|n| (zap_tests::mix(seed * 4096 + n as u64 / 8) >> (8 * (n % 8))) as u8).collect() };
+    let chunk_of = |ext: &[Extent]| match ext[0].data {
+        ExtentData::Chunk { id, .. } => id,
+        ExtentData::Zero => panic!("random page stored as zero"),
+    };
+    let mut w = store.writer().unwrap();
+    let base: Vec<ChunkId> = (0..8u64).map(|k| chunk_of(&put_image(&mut w, 0x1000_0000 + k * PAGE as u64, &page_data(k)))).collect();
+    let at = |i: u64| 0x7f00_0000_0000 + i * 2 * PAGE as u64;
+    let mut expected: Vec<Extent> = (0..4000u64)
+        .map(|i| Extent {
+            start: at(i),
+            len: 2 * PAGE as u64,
+            data: if i % 3 == 0 { ExtentData::Zero } else { ExtentData::Chunk { id: base[(i % 8) as usize], offset: 0 } },
+        })
+        .collect();
+    // The second page of each chunk extent reads past the 1-page chunks: give them 2-page chunks.
+    let two: Vec<ChunkId> =
+        (0..8u64).map(|k| chunk_of(&put_image(&mut w, 0x2000_0000 + k * 2 * PAGE as u64, &[page_data(k), page_data(k + 100)].concat()))).collect();
+    for e in &mut expected {
+        if let ExtentData::Chunk { id, offset } = e.data {
+            e.data = ExtentData::Chunk { id: two[base.iter().position(|b| *b == id).unwrap()], offset };
+        }
+    }
+    let mut m = Manifest::new("c0", "memory");
+    m.images.push(Image { name: "big".into(), kind: zap_store::ImageKind::Memory, extents: expected.clone() });
+    m.images.push(Image { name: "small".into(), kind: zap_store::ImageKind::Memory, extents: expected[..10].to_vec() });
+    let first = w.commit(m).unwrap();
+    let mut chain = vec![(first.clone(), expected.clone())];
+    let rounds = MAX_PATCHES as u64 + 4;
+    for r in 1..=rounds {
+        let (parent, parent_extents) = chain.last().unwrap().clone();
+        // Read first, as an incremental checkpoint reads its parent.
+        assert_eq!(store.manifest(&parent.id).unwrap().images[0].extents, parent_extents);
+        let mut w = store.writer().unwrap();
+        // 20 pages written (one in every 200 extents' pages), new data each round.
+        let mut changed: Vec<Extent> = (0..20u64)
+            .map(|k| {
+                let i = (k * 197 + r * 13) % 3900;
+                let id = chunk_of(&put_image(&mut w, 0x3000_0000 + (r * 20 + k) * PAGE as u64, &page_data(1000 + r * 20 + k)));
+                Extent { start: at(i) + (r % 2) * PAGE as u64, len: PAGE as u64, data: ExtentData::Chunk { id, offset: 0 } }
+            })
+            .collect();
+        changed.sort_by_key(|e| e.start);
+        changed.dedup_by_key(|e| e.start);
+        let mut next = overlay(&parent_extents, &changed);
+        if r == 3 {
+            // The end of the image unmapped, and a page in its middle.
+            let end = at(3950);
+            let hole = at(2000) + PAGE as u64;
+            next = [zap_store::clip(&next, 0, hole), zap_store::clip(&next, hole + PAGE as u64, end)].concat();
+        }
+        let mut m = Manifest::new(format!("c{r}"), "memory");
+        m.parent = Some(parent.id);
+        m.images.push(Image { name: "big".into(), kind: zap_store::ImageKind::Memory, extents: next.clone() });
+        m.images.push(Image { name: "small".into(), kind: zap_store::ImageKind::Memory, extents: expected[..10].to_vec() });
+        let s = w.commit(m).unwrap();
+        chain.push((s, next));
+    }
+    let bytes: Vec<u64> = chain.iter().map(|(s, _)| s.manifest_bytes).collect();
+    let full = bytes[0];
+    let compacted = MAX_PATCHES + 1;
+    for (r, b) in bytes.iter().enumerate().skip(1) {
+        if r == compacted {
+            // The chain was full: a tree again (its unchanged leaves the old tree's).
+            assert!(*b > 10 * bytes[1] && *b < full, "round {r} (compaction) wrote {b} bytes, a patch {}, the first {full}: {bytes:?}", bytes[1]);
+        } else {
+            assert!(b * 20 < full, "round {r} wrote {b} bytes of metadata, the full one {full}: {bytes:?}");
+        }
+    }
+    for (s, extents) in &chain {
+        let m = store.manifest(&s.id).unwrap();
+        assert_eq!(&m.images[0].extents, extents, "checkpoint {}", m.name);
+        assert_eq!(m.images[1].extents, expected[..10].to_vec());
+    }
+    assert_clean(&store);
+    // Every checkpoint but the last deleted: the patches and trees it uses stay, the rest goes.
+    let (last, last_extents) = chain.last().unwrap().clone();
+    for (s, _) in &chain[..chain.len() - 1] {
+        store.delete(&s.id).unwrap();
+    }
+    let r = store.gc(0.0).unwrap();
+    assert!(r.freed_nodes > 0, "{r:?}");
+    assert_eq!(store.manifest(&last.id).unwrap().images[0].extents, last_extents);
+    assert_clean(&store);
+    assert_eq!(store.verify(&|_, _| {}).unwrap().unreachable_nodes, 0);
+    let live: BTreeSet<ChunkId> = chunks_of(&store, &last.id);
+    assert_eq!(store.stats().unwrap().chunks as usize, live.len());
+    let root = store.root().to_path_buf();
+    drop(store);
+    let store = open(&root);
+    let m = store.manifest(&last.id).unwrap();
+    assert_eq!(m.images[0].extents, last_extents);
+    let summary = store.list().unwrap().pop().unwrap();
+    assert_eq!(summary.chunks as usize, live.len());
+}
