@@ -184,7 +184,17 @@ fn killed_writers_and_collectors_leave_a_consistent_store() {
             if round % 2 == 0 {
                 child.wait_for_line("committed", &mut seen);
             }
-            std::thread::sleep(Duration::from_millis(delay));
+            if round % 3 == 1 {
+                // Some writers are killed the moment a pack is being written (a `.tmp` file is
+                // there), however short that window is on this machine.
+                let t = Instant::now();
+                let tmp_there = || zap_tests::walk(&root.join("packs")).iter().any(|p| p.to_string_lossy().ends_with(".tmp"));
+                while !tmp_there() && t.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(delay));
+            }
         } else if delay == u64::MAX {
             child.wait_for_line("deleted", &mut seen);
         } else {
