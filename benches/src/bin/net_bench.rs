@@ -10,8 +10,10 @@
 //!   until the restored pod is released (checkpoint stopped time + restore until the network
 //!   opens); the connections are then checked (one round trip on each).
 //!
-//! Run: `cargo run --release -p zap-benches --bin net-bench [-- --dir DIR]` (as root; needs
-//! `zap-init` built next to this binary, python3 and nft).
+//! Run: `cargo run --release -p zap-benches --bin net-bench [-- --dir DIR] [--counts 0,1000]
+//! [--rounds R]` (as root; needs `zap-init` built next to this binary and python3). `--counts`
+//! chooses the numbers of connections (default 0,1,100,1000), `--rounds` repeats each that many
+//! times (default 1), one table row per round.
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -45,7 +47,7 @@ while True:
 "#;
 
 fn main() {
-    let args = Args::parse();
+    let (args, counts, rounds) = parse_args();
     // RUST_LOG=zap_engine=debug shows the steps of each checkpoint and restore.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
@@ -61,9 +63,10 @@ fn main() {
     let tag = std::process::id() % 100 + 100;
     println!("| connections | lock + unlock (nft) | stopped, --leave-running | stopped until committed (pod ended) | restore: network locked | restore: until the pod runs | connections back |");
     println!("|---|---|---|---|---|---|---|");
-    for (i, n) in [0usize, 1, 100, 1000].into_iter().enumerate() {
-        let name = format!("nb{}-{n}", std::process::id());
-        let host = 2 + i;
+    let runs = counts.iter().flat_map(|&n| std::iter::repeat_n(n, rounds));
+    for (i, n) in runs.enumerate() {
+        let name = format!("nb{}-{n}-{i}", std::process::id());
+        let host = 2 + i % 250;
         let ip = format!("10.93.{tag}.{host}/24");
         let ready = tmp.path().join(format!("ready-{n}"));
         let spec = PodSpec {
@@ -122,6 +125,29 @@ fn main() {
         );
         drop(conns);
     }
+}
+
+/// The common arguments (`--dir`), and this bench's own: `--counts N,N,...` and `--rounds R`.
+fn parse_args() -> (Args, Vec<usize>, usize) {
+    let mut args = Args { size_mib: 0, dir: "/var/tmp".into() };
+    let (mut counts, mut rounds) = (vec![0usize, 1, 100, 1000], 1usize);
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--dir" => args.dir = it.next().expect("--dir DIR"),
+            "--counts" => {
+                counts = it.next().expect("--counts N,N,...").split(',').map(|v| v.trim().parse().expect("--counts: numbers")).collect()
+            }
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).filter(|&r| r > 0).expect("--rounds R (R >= 1)"),
+            "--bench" => {}
+            "--help" | "-h" => {
+                println!("net-bench [--dir DIR] [--counts 0,1,100,1000] [--rounds 1]");
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other:?} (use --dir DIR, --counts N,N,..., --rounds R)"),
+        }
+    }
+    (args, counts, rounds)
 }
 
 /// Removes pod `name` of run directory `run` when dropped.
