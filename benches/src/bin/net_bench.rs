@@ -10,6 +10,9 @@
 //!   until the restored pod is released (checkpoint stopped time + restore until the network
 //!   opens); the connections are then checked (one round trip on each).
 //!
+//! Each row also gives the CPU time Zap used (all its threads) for each checkpoint and the
+//! restore: on a loaded machine it varies much less than the times.
+//!
 //! Run: `cargo run --release -p zap-benches --bin net-bench [-- --dir DIR] [--counts 0,1000]
 //! [--rounds R]` (as root; needs `zap-init` built next to this binary and python3). `--counts`
 //! chooses the numbers of connections (default 0,1,100,1000), `--rounds` repeats each that many
@@ -61,8 +64,10 @@ fn main() {
     // address of its own, so the host's neighbour cache, still holding the MAC of the previous
     // pod (restored just before), cannot send the new pod's segments to the old MAC.
     let tag = std::process::id() % 100 + 100;
-    println!("| connections | lock + unlock (nft) | stopped, --leave-running | stopped until committed (pod ended) | restore: network locked | restore: until the pod runs | connections back |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| connections | lock + unlock (nft) | stopped, --leave-running | stopped until committed (pod ended) | restore: network locked | restore: until the pod runs | connections back | Zap's CPU: checkpoint --leave-running / checkpoint / restore |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     let runs = counts.iter().flat_map(|&n| std::iter::repeat_n(n, rounds));
     for (i, n) in runs.enumerate() {
         let name = format!("nb{}-{n}-{i}", std::process::id());
@@ -112,19 +117,40 @@ fn main() {
         let store_dir = tmp.path().join(format!("store-{n}"));
         let store = LocalStore::open(&store_dir, StoreOptions { create: true, ..StoreOptions::default() }).expect("store");
         let opts = PodCheckpointOptions { leave_running: true, ..Default::default() };
+        let c0 = cpu_ms();
         let r1 = podck::checkpoint(&store, &run, &name, &opts).expect("checkpoint --leave-running");
+        let c1 = cpu_ms();
         let opts = PodCheckpointOptions { leave_running: false, ..Default::default() };
         let r2 = podck::checkpoint(&store, &run, &name, &opts).expect("checkpoint");
+        let c2 = cpu_ms();
         let ropts = PodRestoreOptions { init_exe: init.clone(), ..Default::default() };
         let restored = podck::restore(&store, &run, &r2.summary.id, &ropts).expect("restore");
+        let c3 = cpu_ms();
         let back = established(restored.group.init_pid);
         assert_eq!(back, n, "every connection is back");
         println!(
-            "| {n} | {lock_ms:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {back} |",
-            r1.frozen_ms, r2.frozen_ms, restored.network_locked_ms, restored.group.restore_ms,
+            "| {n} | {lock_ms:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {back} | {:.0} / {:.0} / {:.0} ms |",
+            r1.frozen_ms,
+            r2.frozen_ms,
+            restored.network_locked_ms,
+            restored.group.restore_ms,
+            c1 - c0,
+            c2 - c1,
+            c3 - c2,
         );
         drop(conns);
     }
+}
+
+/// CPU time this process (every thread of Zap's, living or ended) has used so far, in ms: what
+/// a checkpoint or restore costs, which the load of a shared machine stretches less than the
+/// time it takes.
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) writes one timespec into `ts`, which lives on this frame.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
 /// The common arguments (`--dir`), and this bench's own: `--counts N,N,...` and `--rounds R`.

@@ -383,7 +383,9 @@ pub(super) fn save_conn(
         };
         return Err(fail(why));
     }
-    let reuse = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
+    // SO_REUSEADDR (repair mode clears it) is among the options read already: recorded when it
+    // differs from a fresh socket's 0.
+    let reuse = opts.ints.iter().find(|&&(l, n, _)| l == libc::SOL_SOCKET && n == libc::SO_REUSEADDR).map_or(0, |&(_, _, v)| v);
     if info.len() < 8 {
         return Err(fail(format!("TCP_INFO of {} bytes", info.len())));
     }
