@@ -1171,3 +1171,49 @@ fn connection_options_come_back() {
     assert!(wait_for(Duration::from_secs(20), || text(&out).lines().count() >= 2), "{}", text(&out));
     assert!(text(&out).lines().nth(1) == Some("ok"), "options after the restore: {}", text(&out));
 }
+
+/// A process (`--pid`) listening on a loopback port, checkpointed (it ends) while another socket
+/// of the host then takes the port: the restore fails naming the step and the address, leaves no
+/// restored process behind, and the checkpoint is intact: once the port is free again the same
+/// checkpoint restores and its listener serves.
+#[test]
+fn restore_whose_port_is_taken_fails_cleanly() {
+    if !tools() {
+        return;
+    }
+    let e = env();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let marker = format!("zap-port-taken-{}", std::process::id());
+    let script = format!(
+        "import os, socket, sys\nos.closerange(3, 65536)\nmarker = '{marker}'\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', {port}))\ns.listen(5)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'served')\n    c.close()\n"
+    );
+    let child = Proc(Command::new("python3").arg("-c").arg(&script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id().to_string();
+    let mut first = connect_retry(&format!("127.0.0.1:{port}"));
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"served");
+    let id = ok(&e, &["checkpoint", "--pid", &pid]).trim().to_string();
+    drop(child); // ended by the checkpoint; reaped here
+    let running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|d| std::fs::read(d.path().join("cmdline")).is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes())))
+    };
+    assert!(wait_for(Duration::from_secs(5), || !running()), "the checkpointed process is still there");
+    // Another socket of the host takes the port.
+    let taker = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let out = zap(&e, &["restore", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restore succeeded with its port taken");
+    assert!(err.contains("rebind listening TCP socket") && err.contains(&format!("127.0.0.1:{port}")) && err.contains("in use"), "error: {err}");
+    assert!(wait_for(Duration::from_secs(5), || !running()), "a failed restore left its process behind");
+    drop(taker);
+    // The checkpoint is intact.
+    let v: serde_json::Value = serde_json::from_str(&ok(&e, &["--json", "restore", &id])).unwrap();
+    let (rpid, init) = (v["pid"].as_i64().unwrap() as i32, v["init_pid"].as_i64().unwrap() as i32);
+    let mut again = connect_retry(&format!("127.0.0.1:{port}"));
+    again.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut got = Vec::new();
+    again.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"served", "the restored listener serves");
+    let _ = Command::new("kill").args(["-9", &rpid.to_string(), &init.to_string()]).status();
+}

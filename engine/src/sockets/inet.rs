@@ -135,7 +135,7 @@ pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &SocketState, ctx: &mut
             let fd = create_as(inj, opts.uid, "socket(tcp)", libc::SYS_socket, [*family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
             set_opts(inj, fd, *family, true, opts)?;
             tcp::set_tcp_opts(inj, fd, tcp)?;
-            bind(inj, fd, addr, ctx).map_err(|e| EngineError::Proc { pid: vpid, detail: format!("rebind listening TCP socket: {e}") })?;
+            bind(inj, fd, addr, ctx).map_err(|e| EngineError::Proc { pid: vpid, detail: format!("rebind listening TCP socket {}: {e}", tcp::ip_port(&rewrite(addr, ctx))) })?;
             let backlog = if *backlog == 0 { SOMAXCONN } else { u64::from(*backlog) };
             inj.call("listen", libc::SYS_listen, [fd, backlog, 0, 0, 0, 0])?;
             fd

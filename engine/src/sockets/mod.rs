@@ -15,7 +15,12 @@
 //! `meta skuid` matches) is saved with its options; restore makes the socket under that fsuid
 //! ([`create_as`]), since the process still has Zap's credentials while its fds come back.
 //!
-//! Saving a process with many sockets reads its TCP sockets ahead over threads ([`prefetch`]).
+//! Saving a process with many sockets reads its TCP sockets ahead over threads ([`prefetch`]),
+//! with one `inet_diag` dump of the namespace ([`crate::sys::sock::tcp_sockets`], read once per
+//! namespace) answering what it can for all of them: which sockets are TCP sockets, their state,
+//! owner, IPv4 addresses, `TCP_INFO`, buffer sizes, congestion control, TOS, traffic class, mark
+//! and IP flags; each socket is asked only the rest. Silencing and probing a pod's connections
+//! ([`silence_tcp`], [`probe_tcp`]) take the sockets' kind and state from the same dump.
 //!
 //! Restore injects `socket`/`socketpair`, `setsockopt`, `bind`, `listen`, `connect`, `accept`
 //! into the processes, except for established TCP connections: only their `socket()` is injected,
@@ -135,6 +140,8 @@ pub struct SocketContext {
     /// The TCP sockets of each network namespace (by the namespace's inode) from one
     /// `inet_diag` dump ([`sock::tcp_sockets`]), by socket inode, for [`prefetch`].
     pub(crate) tcp_diag: HashMap<u64, std::sync::Arc<HashMap<u64, sock::TcpDiag>>>,
+    /// [`tcp_diag`] needs only the sockets' kinds and states (not a save).
+    pub(crate) states_only: bool,
 }
 
 impl SocketContext {
@@ -176,15 +183,17 @@ fn options_known(
     opts::opts_of(pid, fd, dup, (family, tcp), defaults, known, &ctx.groups(pid, family))
 }
 
-/// The TCP sockets of the network namespace of `pid` from one `inet_diag` dump, read once per
-/// namespace. None when the dump fails (the sockets are then read one call at a time).
+/// The TCP sockets of the network namespace of `pid` from one `inet_diag` dump (with every
+/// extension when `ctx` is a save's; only kinds and states when it is not, see
+/// [`for_each_tcp`]), read once per namespace. None when the dump fails (the sockets are then
+/// read one call at a time).
 fn tcp_diag(pid: i32, ctx: &mut SocketContext) -> Option<std::sync::Arc<HashMap<u64, sock::TcpDiag>>> {
     use std::os::unix::fs::MetadataExt;
     let netns = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino();
     if let Some(d) = ctx.tcp_diag.get(&netns) {
         return Some(d.clone());
     }
-    match sock::tcp_sockets(pid) {
+    match sock::tcp_sockets(pid, !ctx.states_only) {
         Ok(d) => Some(ctx.tcp_diag.entry(netns).or_insert(std::sync::Arc::new(d)).clone()),
         Err(e) => {
             tracing::debug!(pid, error = %e, "inet_diag dump of the TCP sockets failed: reading them one by one");
@@ -453,7 +462,7 @@ pub fn probe_tcp(pids: &[i32]) -> Result<usize> {
 /// instead of three calls per socket).
 fn for_each_tcp(pids: &[i32], mut f: impl FnMut(i32, i32, &OwnedFd, Option<u8>) -> std::io::Result<()>) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
-    let mut dumps = SocketContext::default();
+    let mut dumps = SocketContext { states_only: true, ..Default::default() };
     for &pid in pids {
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         let Ok(pidfd) = crate::sys::proc::pidfd_open(pid) else { continue };

@@ -17,14 +17,21 @@
 //! `/proc/net/igmp` and `/proc/net/igmp6` is asked of the socket with `MCAST_MSFILTER`, which
 //! answers the socket's own membership with its source filter.
 //!
-//! The socket's owner (its inode's uid, from `fstat`) is saved with the options
-//! ([`SockOpts::uid`]); restore makes the socket under that fsuid ([`super::create_as`]).
+//! A TCP socket is not asked the integer options it cannot hold (the kernel refuses to set them
+//! on one: `SO_PASSCRED`, `IP_HDRINCL`, `IP_ROUTER_ALERT`, the multicast TTL, hops and loop...),
+//! and what an `inet_diag` dump of its namespace gave (its owner, buffer sizes, `IP_TOS`,
+//! `IPV6_TCLASS`, `SO_MARK` and the IP flags of `inet_diag_sockopt`) is taken from there.
+//!
+//! The socket's owner (its inode's uid, from `fstat`, or the dump's `sk_uid`, which follows it) is
+//! saved with the options ([`SockOpts::uid`]); restore makes the socket under that fsuid
+//! ([`super::create_as`]).
 //!
 //! Refused: an eBPF socket filter (`SO_ATTACH_BPF`: the kernel cannot give it back). Not
 //! seen (the kernel shows them nowhere): reuseport BPF programs, and an IPv4 multicast interface
 //! chosen by index alone (`IP_MULTICAST_IF` with an `ip_mreqn` whose address is 0).
 //!
-//! Restore sets everything before the socket is bound or connected, by injecting `setsockopt` into
+//! Restore sets everything before the socket is bound or connected (`SO_PRIORITY` after `IP_TOS`,
+//! which sets the priority from the TOS bits), by injecting `setsockopt` into
 //! the process or, for TCP connections, on Zap's duplicate of the process's socket
 //! ([`super::calls`]); interface names are turned into the new namespace's indexes with
 //! `SIOCGIFINDEX`.

@@ -1,5 +1,7 @@
 //! TCP: established and half-closed connections saved and restored with the kernel's repair mode,
-//! and the TCP-level options of every TCP socket (listening, unconnected or connected).
+//! and the TCP-level options of every TCP socket (listening, unconnected or connected); those
+//! equal to a fresh socket's of the namespace (the kernel's values, which getsockopt answers for
+//! options never set) are saved as unset ([`TcpOpts::beyond`]) and not set on restore.
 //!
 //! ## Saving a connection ([`save_conn`])
 //! The pod is stopped and its network locked ([`crate::pod::netlock`]): no segment reaches or

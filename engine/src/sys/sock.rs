@@ -714,19 +714,20 @@ impl TcpDiag {
 const IP_RECVERR_RFC4884: i32 = 26;
 
 /// Every TCP socket (IPv4 and IPv6, any state) of the network namespace of process `pid`, by
-/// inode, from one `inet_diag` dump per family with the extensions that answer most of what
-/// saving a socket reads ([`TcpDiag`]). Sockets without an inode (time-wait and request
-/// sockets) are left out.
-pub fn tcp_sockets(pid: i32) -> io::Result<HashMap<u64, TcpDiag>> {
+/// inode, from one `inet_diag` dump per family; with `full`, with the extensions that answer
+/// most of what saving a socket reads ([`TcpDiag`]), otherwise only the kind, state, owner and
+/// addresses (a cheaper dump: the kernel fills no `tcp_info`). Sockets without an inode
+/// (time-wait and request sockets) are left out.
+pub fn tcp_sockets(pid: i32, full: bool) -> io::Result<HashMap<u64, TcpDiag>> {
     in_netns(pid, || {
         let mut out = HashMap::new();
-        inet_dump(libc::AF_INET, &mut out)?;
-        inet_dump(libc::AF_INET6, &mut out)?;
+        inet_dump(libc::AF_INET, full, &mut out)?;
+        inet_dump(libc::AF_INET6, full, &mut out)?;
         Ok(out)
     })
 }
 
-fn inet_dump(family: i32, out: &mut HashMap<u64, TcpDiag>) -> io::Result<()> {
+fn inet_dump(family: i32, full: bool, out: &mut HashMap<u64, TcpDiag>) -> io::Result<()> {
     const INFO: u16 = 2;
     const CONG: u16 = 4;
     const TOS: u16 = 5;
@@ -734,7 +735,7 @@ fn inet_dump(family: i32, out: &mut HashMap<u64, TcpDiag>) -> io::Result<()> {
     const SKMEMINFO: u16 = 7;
     const MARK: u16 = 15;
     const SOCKOPT: u16 = 22;
-    let ext = [INFO, CONG, TOS, TCLASS, SKMEMINFO].iter().fold(0u8, |m, &e| m | 1 << (e - 1));
+    let ext = if full { [INFO, CONG, TOS, TCLASS, SKMEMINFO].iter().fold(0u8, |m, &e| m | 1 << (e - 1)) } else { 0 };
     // struct inet_diag_req_v2: family, protocol, ext, pad, states (all), a zeroed inet_diag_sockid.
     let mut req = Vec::with_capacity(56);
     req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, ext, 0]);
