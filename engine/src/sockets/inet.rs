@@ -54,7 +54,7 @@ pub(super) fn save_tcp(
         None => sock::sockaddr(dup, false).map_err(sys("getsockname"))?,
     };
     let bound = (port_of(&addr) != 0).then(|| addr.clone());
-    let opts = Box::new(stream_opts(super::options_known(pid, fd, dup, family, (libc::SOCK_STREAM, protocol), true, known, ctx)?));
+    let opts = Box::new(stream_opts(super::options_known(pid, fd, dup, (family, true), (libc::SOCK_STREAM, protocol), known, ctx)?));
     // One TCP_INFO for the state, a listener's queue and a connection's negotiated options.
     let info = match known.filter(|k| k.info.len() >= 104) {
         Some(k) => k.info[..104].to_vec(),
@@ -95,7 +95,7 @@ pub(super) fn save_tcp(
                 tcp::state_name(st)
             )))
         }
-        st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, (family, &addr), (st, &info), dup, (*opts, tcp), known)?))),
+        st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, (family, &addr), (st, &info), dup, (*opts, tcp, known))?))),
     }
 }
 

@@ -163,7 +163,7 @@ impl SocketContext {
 pub(crate) fn options(pid: i32, fd: i32, dup: &OwnedFd, family: i32, sock_type: i32, tcp: bool, ctx: &mut SocketContext) -> Result<SockOpts> {
     let protocol = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
     ctx.ensure_defaults(pid, family, sock_type, protocol);
-    options_known(pid, fd, dup, family, (sock_type, protocol), tcp, None, ctx)
+    options_known(pid, fd, dup, (family, tcp), (sock_type, protocol), None, ctx)
 }
 
 /// [`options`] for a socket whose kind's defaults `ctx` holds already (see
@@ -173,9 +173,8 @@ fn options_known(
     pid: i32,
     fd: i32,
     dup: &OwnedFd,
-    family: i32,
+    (family, tcp): (i32, bool),
     (sock_type, protocol): (i32, i32),
-    tcp: bool,
     known: Option<&sock::TcpDiag>,
     ctx: &SocketContext,
 ) -> Result<SockOpts> {

@@ -359,7 +359,8 @@ pub fn describe(local: &[u8], peer: &[u8]) -> String {
 
 /// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`, of `family`, bound to `local`)
 /// in TCP state `st` (`info`: its TCP_INFO), with its socket and TCP-level options as the caller
-/// read them. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
+/// read them and what an `inet_diag` dump said of it (peer address, buffer sizes), if the caller
+/// had one. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
 /// repair mode cannot restore.
 pub(super) fn save_conn(
     pid: i32,
@@ -368,8 +369,7 @@ pub(super) fn save_conn(
     (family, local): (i32, &[u8]),
     (st, info): (u8, &[u8]),
     dup: &OwnedFd,
-    (opts, tcp): (SockOpts, TcpOpts),
-    known: Option<&sock::TcpDiag>,
+    (opts, tcp, known): (SockOpts, TcpOpts, Option<&sock::TcpDiag>),
 ) -> Result<TcpConn> {
     let peer = match known.and_then(|k| k.addrs.as_ref()) {
         Some((_, peer)) => peer.clone(),
