@@ -1032,3 +1032,188 @@ fn many_connections_keep_every_byte_both_ways() {
     assert!(wait_for(Duration::from_secs(20), || text(&out).lines().count() >= 2), "{}", text(&out));
     assert!(text(&out).contains("ok"), "{}", text(&out));
 }
+
+/// The pod's side of [`connection_options_come_back`]: accepts N connections and sets options on
+/// them by their index (TCP_NODELAY; keepalive with its timers; SO_LINGER; IP_TOS, SO_MARK and
+/// SO_PRIORITY; locked buffer sizes, another congestion control and TCP_USER_TIMEOUT;
+/// IP_RECVERR, IP_FREEBIND, TCP_NOTSENT_LOWAT, TCP_LINGER2, TCP_SYNCNT), makes an IPv6 pair over
+/// its loopback with a traffic class, and notes what the kernel answers for every option of
+/// every socket. On `go` it reads them all again (before any traffic), compares, and answers
+/// each connection with the bytes the host left unread in it.
+const OPTS_SERVER: &str = r#"
+import json, os, socket, struct, sys, time
+n, out, go = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+T, S, IP, IP6 = socket.IPPROTO_TCP, socket.SOL_SOCKET, socket.IPPROTO_IP, socket.IPPROTO_IPV6
+SO_BUF_LOCK, SO_MARK, SO_PRIORITY = 72, 36, 12
+TCP_USER_TIMEOUT, TCP_NOTSENT_LOWAT, TCP_CONGESTION, TCP_LINGER2, TCP_SYNCNT = 18, 25, 13, 8, 7
+IP_RECVERR, IP_FREEBIND, IPV6_TCLASS = 11, 15, 67
+avail = open('/proc/sys/net/ipv4/tcp_available_congestion_control').read().split()
+default = open('/proc/sys/net/ipv4/tcp_congestion_control').read().strip()
+other = next((c for c in avail if c != default), None)
+def seti(c, level, name, v):
+    c.setsockopt(level, name, v)
+def opts(c, v6=False):
+    g = lambda level, name: c.getsockopt(level, name)
+    o = {
+        'nodelay': g(T, socket.TCP_NODELAY), 'keepalive': g(S, socket.SO_KEEPALIVE),
+        'keepidle': g(T, socket.TCP_KEEPIDLE), 'keepintvl': g(T, socket.TCP_KEEPINTVL), 'keepcnt': g(T, socket.TCP_KEEPCNT),
+        'linger': list(struct.unpack('ii', c.getsockopt(S, socket.SO_LINGER, 8))), 'mark': g(S, SO_MARK), 'priority': g(S, SO_PRIORITY),
+        'buf_lock': g(S, SO_BUF_LOCK), 'user_timeout': g(T, TCP_USER_TIMEOUT), 'notsent_lowat': g(T, TCP_NOTSENT_LOWAT),
+        'congestion': c.getsockopt(T, TCP_CONGESTION, 16).split(b'\0')[0].decode(), 'linger2': g(T, TCP_LINGER2),
+        'syncnt': g(T, TCP_SYNCNT), 'reuseaddr': g(S, socket.SO_REUSEADDR),
+    }
+    if o['buf_lock']:
+        o['sndbuf'], o['rcvbuf'] = g(S, socket.SO_SNDBUF), g(S, socket.SO_RCVBUF)
+    if v6:
+        o['tclass'] = g(IP6, IPV6_TCLASS)
+    else:
+        o.update(tos=g(IP, socket.IP_TOS), recverr=g(IP, IP_RECVERR), freebind=g(IP, IP_FREEBIND))
+    return o
+s = socket.socket()
+s.setsockopt(S, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7600))
+s.listen(64)
+conns = []
+for j in range(n):
+    c, _ = s.accept()
+    k = j % 6
+    if k == 0:
+        seti(c, T, socket.TCP_NODELAY, 1)
+    elif k == 1:
+        seti(c, S, socket.SO_KEEPALIVE, 1); seti(c, T, socket.TCP_KEEPIDLE, 33); seti(c, T, socket.TCP_KEEPINTVL, 7); seti(c, T, socket.TCP_KEEPCNT, 4)
+    elif k == 2:
+        c.setsockopt(S, socket.SO_LINGER, struct.pack('ii', 1, 9))
+    elif k == 3:
+        seti(c, IP, socket.IP_TOS, 0x28); seti(c, S, SO_MARK, 77); seti(c, S, SO_PRIORITY, 3)
+    elif k == 4:
+        seti(c, S, socket.SO_SNDBUF, 200000); seti(c, S, socket.SO_RCVBUF, 150000); seti(c, T, TCP_USER_TIMEOUT, 12000)
+        if other:
+            c.setsockopt(T, TCP_CONGESTION, other.encode())
+    else:
+        seti(c, IP, IP_RECVERR, 1); seti(c, IP, IP_FREEBIND, 1); seti(c, T, TCP_NOTSENT_LOWAT, 16384); seti(c, T, TCP_LINGER2, 17); seti(c, T, TCP_SYNCNT, 3)
+    conns.append(c)
+l6 = socket.socket(socket.AF_INET6)
+l6.bind(('::1', 0))
+l6.listen(1)
+a6 = socket.create_connection(('::1', l6.getsockname()[1]))
+b6, _ = l6.accept()
+seti(a6, IP6, IPV6_TCLASS, 0x40)
+seti(b6, T, socket.TCP_NODELAY, 1)
+a6.sendall(b'six')
+socks = [(c, False) for c in conns] + [(a6, True), (b6, True)]
+before = [opts(c, v6) for c, v6 in socks]
+open(out, 'w').write('ready %s\n' % (other or '-'))
+while not os.path.exists(go):
+    time.sleep(0.02)
+after = [opts(c, v6) for c, v6 in socks]
+bad = ['%d: %s was %r, now %r' % (i, k, b[k], a.get(k)) for i, (b, a) in enumerate(zip(before, after)) for k in b if a.get(k) != b[k]]
+want = [(3, 'tos', 0x28), (3, 'mark', 77), (4, 'buf_lock', 3), (1, 'keepidle', 33), (2, 'linger', [1, 9]), (5, 'linger2', 17), (n, 'tclass', 0x40)]
+bad += ['%d: %s is %r, set %r' % (i, k, after[i][k], v) for i, k, v in want if after[i][k] != v]
+if other and after[4]['congestion'] != other:
+    bad.append('4: congestion %s, set %s' % (after[4]['congestion'], other))
+b6.settimeout(10)
+if b6.recv(3) != b'six':
+    bad.append('IPv6 pair lost its bytes')
+for j, c in enumerate(conns):
+    c.settimeout(20)
+    got = b''
+    while len(got) < 6:
+        d = c.recv(6 - len(got))
+        if not d:
+            break
+        got += d
+    c.sendall(b'R' + got[1:6] + b'%05d\n' % j)
+open(out, 'a').write(('FAIL ' + '; '.join(bad[:12]) if bad else 'ok') + '\n')
+time.sleep(3600)
+"#;
+
+/// A pod whose server holds 24 connections from the host (enough for them to be read ahead with
+/// one `inet_diag` dump of the namespace) with options set by the application (TCP_NODELAY,
+/// keepalive timers, SO_LINGER, IP_TOS, SO_MARK, SO_PRIORITY, locked buffer sizes, another
+/// congestion control, TCP_USER_TIMEOUT, IP_RECVERR, IP_FREEBIND, TCP_NOTSENT_LOWAT,
+/// TCP_LINGER2, TCP_SYNCNT) and an IPv6 pair with a traffic class: checkpointed (ended) and
+/// restored, every option of every socket reads back as before (those left at the kernel's
+/// values too), and every connection still carries its bytes.
+#[test]
+fn connection_options_come_back() {
+    if !tools() {
+        return;
+    }
+    const N: usize = 24;
+    let e = env();
+    let net = subnet(95);
+    let pod = name("opts");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    let n = N.to_string();
+    ok(&e, &["run", "--name", &pod, "--ip", &format!("{net}.2/24"), "--", "python3", "-c", OPTS_SERVER, &n, out.to_str().unwrap(), go.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    let addr = format!("{net}.2:7600");
+    let mut conns = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = if i == 0 { connect_retry(&addr) } else { TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(10)).unwrap() };
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(format!("H{i:05}").as_bytes()).unwrap();
+        conns.push(c);
+    }
+    assert!(wait_for(Duration::from_secs(30), || text(&out).contains("ready")), "server not ready: {}", text(&out));
+    if text(&out).contains("ready -") {
+        eprintln!("NOTE: one congestion control only (net.ipv4.tcp_available_congestion_control): TCP_CONGESTION not changed");
+    }
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    std::fs::write(&go, b"go").unwrap();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut reply = [0u8; 12];
+        c.read_exact(&mut reply).unwrap();
+        // The host's bytes, read by the pod only after the restore, come back on their connection.
+        assert_eq!(&reply[..6], format!("R{i:05}").as_bytes(), "connection {i}: the pod's answer {:?}", String::from_utf8_lossy(&reply));
+    }
+    assert!(wait_for(Duration::from_secs(20), || text(&out).lines().count() >= 2), "{}", text(&out));
+    assert!(text(&out).lines().nth(1) == Some("ok"), "options after the restore: {}", text(&out));
+}
+
+/// A process (`--pid`) listening on a loopback port, checkpointed (it ends) while another socket
+/// of the host then takes the port: the restore fails naming the step and the address, leaves no
+/// restored process behind, and the checkpoint is intact: once the port is free again the same
+/// checkpoint restores and its listener serves.
+#[test]
+fn restore_whose_port_is_taken_fails_cleanly() {
+    if !tools() {
+        return;
+    }
+    let e = env();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let marker = format!("zap-port-taken-{}", std::process::id());
+    let script = format!(
+        "import os, socket, sys\nos.closerange(3, 65536)\nmarker = '{marker}'\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', {port}))\ns.listen(5)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'served')\n    c.close()\n"
+    );
+    let child = Proc(Command::new("python3").arg("-c").arg(&script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id().to_string();
+    let mut first = connect_retry(&format!("127.0.0.1:{port}"));
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"served");
+    let id = ok(&e, &["checkpoint", "--pid", &pid]).trim().to_string();
+    drop(child); // ended by the checkpoint; reaped here
+    let running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|d| std::fs::read(d.path().join("cmdline")).is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes())))
+    };
+    assert!(wait_for(Duration::from_secs(5), || !running()), "the checkpointed process is still there");
+    // Another socket of the host takes the port.
+    let taker = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let out = zap(&e, &["restore", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restore succeeded with its port taken");
+    assert!(err.contains("rebind listening TCP socket") && err.contains(&format!("127.0.0.1:{port}")) && err.contains("in use"), "error: {err}");
+    assert!(wait_for(Duration::from_secs(5), || !running()), "a failed restore left its process behind");
+    drop(taker);
+    // The checkpoint is intact.
+    let v: serde_json::Value = serde_json::from_str(&ok(&e, &["--json", "restore", &id])).unwrap();
+    let (rpid, init) = (v["pid"].as_i64().unwrap() as i32, v["init_pid"].as_i64().unwrap() as i32);
+    let mut again = connect_retry(&format!("127.0.0.1:{port}"));
+    again.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut got = Vec::new();
+    again.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"served", "the restored listener serves");
+    let _ = Command::new("kill").args(["-9", &rpid.to_string(), &init.to_string()]).status();
+}

@@ -10,8 +10,13 @@
 //!   until the restored pod is released (checkpoint stopped time + restore until the network
 //!   opens); the connections are then checked (one round trip on each).
 //!
-//! Run: `cargo run --release -p zap-benches --bin net-bench [-- --dir DIR]` (as root; needs
-//! `zap-init` built next to this binary, python3 and nft).
+//! Each row also gives the CPU time Zap used (all its threads) for each checkpoint and the
+//! restore: on a loaded machine it varies much less than the times.
+//!
+//! Run: `cargo run --release -p zap-benches --bin net-bench [-- --dir DIR] [--counts 0,1000]
+//! [--rounds R]` (as root; needs `zap-init` built next to this binary and python3). `--counts`
+//! chooses the numbers of connections (default 0,1,100,1000), `--rounds` repeats each that many
+//! times (default 1), one table row per round.
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -45,7 +50,7 @@ while True:
 "#;
 
 fn main() {
-    let args = Args::parse();
+    let (args, counts, rounds) = parse_args();
     // RUST_LOG=zap_engine=debug shows the steps of each checkpoint and restore.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
@@ -59,11 +64,14 @@ fn main() {
     // address of its own, so the host's neighbour cache, still holding the MAC of the previous
     // pod (restored just before), cannot send the new pod's segments to the old MAC.
     let tag = std::process::id() % 100 + 100;
-    println!("| connections | lock + unlock (nft) | stopped, --leave-running | stopped until committed (pod ended) | restore: network locked | restore: until the pod runs | connections back |");
-    println!("|---|---|---|---|---|---|---|");
-    for (i, n) in [0usize, 1, 100, 1000].into_iter().enumerate() {
-        let name = format!("nb{}-{n}", std::process::id());
-        let host = 2 + i;
+    println!(
+        "| connections | lock + unlock (nft) | stopped, --leave-running | stopped until committed (pod ended) | restore: network locked | restore: until the pod runs | connections back | Zap's CPU: checkpoint --leave-running / checkpoint / restore |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let runs = counts.iter().flat_map(|&n| std::iter::repeat_n(n, rounds));
+    for (i, n) in runs.enumerate() {
+        let name = format!("nb{}-{n}-{i}", std::process::id());
+        let host = 2 + i % 250;
         let ip = format!("10.93.{tag}.{host}/24");
         let ready = tmp.path().join(format!("ready-{n}"));
         let spec = PodSpec {
@@ -89,7 +97,7 @@ fn main() {
         while conns.len() < n {
             match TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)) {
                 Ok(c) => {
-                    let mut c = c;
+                    let mut c = above_select_limit(c);
                     c.write_all(&[b'y'; 1024]).expect("send");
                     conns.push(c);
                 }
@@ -109,19 +117,79 @@ fn main() {
         let store_dir = tmp.path().join(format!("store-{n}"));
         let store = LocalStore::open(&store_dir, StoreOptions { create: true, ..StoreOptions::default() }).expect("store");
         let opts = PodCheckpointOptions { leave_running: true, ..Default::default() };
+        let c0 = cpu_ms();
         let r1 = podck::checkpoint(&store, &run, &name, &opts).expect("checkpoint --leave-running");
+        let c1 = cpu_ms();
         let opts = PodCheckpointOptions { leave_running: false, ..Default::default() };
         let r2 = podck::checkpoint(&store, &run, &name, &opts).expect("checkpoint");
+        let c2 = cpu_ms();
         let ropts = PodRestoreOptions { init_exe: init.clone(), ..Default::default() };
         let restored = podck::restore(&store, &run, &r2.summary.id, &ropts).expect("restore");
+        let c3 = cpu_ms();
         let back = established(restored.group.init_pid);
         assert_eq!(back, n, "every connection is back");
         println!(
-            "| {n} | {lock_ms:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {back} |",
-            r1.frozen_ms, r2.frozen_ms, restored.network_locked_ms, restored.group.restore_ms,
+            "| {n} | {lock_ms:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {back} | {:.0} / {:.0} / {:.0} ms |",
+            r1.frozen_ms,
+            r2.frozen_ms,
+            restored.network_locked_ms,
+            restored.group.restore_ms,
+            c1 - c0,
+            c2 - c1,
+            c3 - c2,
         );
         drop(conns);
     }
+}
+
+/// `c` moved to an fd number of 4096 or more (its lower number freed), when the fd limit allows:
+/// libnftables, which locks the pods' network in this process, waits on its netlink socket with
+/// `select`, which aborts the process for an fd of 1024 or more, and this bench's own 1,000
+/// connections (every round's) must not push the lock's socket there.
+fn above_select_limit(c: TcpStream) -> TcpStream {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a valid fd returns a new fd (or -1).
+    let fd = unsafe { libc::fcntl(c.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4096) };
+    if fd < 0 {
+        return c;
+    }
+    drop(c);
+    // SAFETY: fd was just returned by fcntl and nothing else owns it.
+    unsafe { TcpStream::from_raw_fd(fd) }
+}
+
+/// CPU time this process (every thread of Zap's, living or ended) has used so far, in ms: what
+/// a checkpoint or restore costs, which the load of a shared machine stretches less than the
+/// time it takes.
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) writes one timespec into `ts`, which lives on this frame.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// The common arguments (`--dir`), and this bench's own: `--counts N,N,...` and `--rounds R`.
+fn parse_args() -> (Args, Vec<usize>, usize) {
+    let mut args = Args { size_mib: 0, dir: "/var/tmp".into() };
+    let (mut counts, mut rounds) = (vec![0usize, 1, 100, 1000], 1usize);
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--dir" => args.dir = it.next().expect("--dir DIR"),
+            "--counts" => {
+                counts = it.next().expect("--counts N,N,...").split(',').map(|v| v.trim().parse().expect("--counts: numbers")).collect()
+            }
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).filter(|&r| r > 0).expect("--rounds R (R >= 1)"),
+            "--bench" => {}
+            "--help" | "-h" => {
+                println!("net-bench [--dir DIR] [--counts 0,1,100,1000] [--rounds 1]");
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other:?} (use --dir DIR, --counts N,N,..., --rounds R)"),
+        }
+    }
+    (args, counts, rounds)
 }
 
 /// Removes pod `name` of run directory `run` when dropped.

@@ -301,11 +301,19 @@ impl SaveContext {
         for &pid in pids {
             let vpid = ns_pid(pid).unwrap_or(pid);
             ctx.sockets.members.insert(pid, vpid);
-            for (fd, target) in list_fds(pid)? {
+            let fds = list_fds(pid)?;
+            // Many sockets (a server's connections): the TCP ones, which queue no fds, are known
+            // from one dump of the namespace instead of one fdinfo read each.
+            let tcp = crate::sockets::tcp_inodes_if_many(pid, &fds, &mut ctx.sockets);
+            for (fd, target) in fds {
                 if let Some(ino) = socket_ino(&target) {
                     ctx.sockets.holders.entry(ino).or_insert((pid, fd));
+                    let is_tcp = tcp.as_ref().is_some_and(|t| t.contains_key(&ino));
                     // Unix sockets show how many fds wait in their queues.
-                    if !queued.iter().any(|q: &(i32, i32, u64)| q.2 == ino) && fdinfo(pid, fd)?.get("scm_fds").is_some_and(|n| n != "0") {
+                    if !is_tcp
+                        && !queued.iter().any(|q: &(i32, i32, u64)| q.2 == ino)
+                        && fdinfo(pid, fd)?.get("scm_fds").is_some_and(|n| n != "0")
+                    {
                         queued.push((pid, fd, ino));
                     }
                 }

@@ -20,7 +20,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
     if sock_type == libc::SOCK_STREAM {
         let protocol = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
         ctx.ensure_defaults(pid, family, sock_type, protocol);
-        save_tcp(pid, fd, ino, (family, protocol), dup, ctx)
+        save_tcp(pid, fd, ino, (family, protocol), dup, None, ctx)
     } else if sock_type == libc::SOCK_DGRAM {
         let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
         let bound = (port_of(&addr) != 0).then(|| addr.clone());
@@ -34,18 +34,39 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, family: i32, sock_type: i32, dup
 }
 
 /// Saves TCP socket `ino` (duplicated into Zap as `dup`, of `family` and `protocol`) held by
-/// `pid` at `fd`, in whatever state it is. `ctx` holds the defaults of its kind already (this runs on several
+/// `pid` at `fd`, in whatever state it is; `known`: what an `inet_diag` dump of its namespace
+/// says of it (addresses, owner, TCP_INFO, buffers, some options), asked of the socket only
+/// where the dump is silent. `ctx` holds the defaults of its kind already (this runs on several
 /// threads at once: [`super::prefetch`]).
-pub(super) fn save_tcp(pid: i32, fd: i32, ino: u64, (family, protocol): (i32, i32), dup: &OwnedFd, ctx: &SocketContext) -> Result<SocketState> {
+pub(super) fn save_tcp(
+    pid: i32,
+    fd: i32,
+    ino: u64,
+    (family, protocol): (i32, i32),
+    dup: &OwnedFd,
+    known: Option<&sock::TcpDiag>,
+    ctx: &SocketContext,
+) -> Result<SocketState> {
     let sys = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
     let unsupported = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
-    let addr = sock::sockaddr(dup, false).map_err(sys("getsockname"))?;
+    let addr = match known.and_then(|k| k.addrs.as_ref()) {
+        Some((local, _)) => local.clone(),
+        None => sock::sockaddr(dup, false).map_err(sys("getsockname"))?,
+    };
     let bound = (port_of(&addr) != 0).then(|| addr.clone());
-    let opts = Box::new(stream_opts(super::options_known(pid, fd, dup, family, (libc::SOCK_STREAM, protocol), true, ctx)?));
+    let opts = Box::new(stream_opts(super::options_known(pid, fd, dup, (family, true), (libc::SOCK_STREAM, protocol), known, ctx)?));
     // One TCP_INFO for the state, a listener's queue and a connection's negotiated options.
-    let info = sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(sys("TCP_INFO"))?;
+    let info = match known.filter(|k| k.info.len() >= 104) {
+        Some(k) => k.info[..104].to_vec(),
+        None => sock::getsockopt_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO, 104).map_err(sys("TCP_INFO"))?,
+    };
     let st = *info.first().ok_or_else(|| unsupported("TCP_INFO answered nothing".into()))?;
-    let tcp = tcp::tcp_opts_of(dup, st);
+    let fresh = ctx.defaults.get(&(family, libc::SOCK_STREAM, protocol)).and_then(|d| d.as_ref()).and_then(|d| d.tcp.as_ref());
+    let tcp = tcp::tcp_opts_of(dup, st, Some(opts.nodelay), known.and_then(|k| k.congestion.as_deref()));
+    let tcp = match fresh {
+        Some(f) => tcp.beyond(f),
+        None => tcp,
+    };
     match st {
         TCP_LISTEN => {
             // Connections the kernel accepted and the application has not: no interface
@@ -74,7 +95,7 @@ pub(super) fn save_tcp(pid: i32, fd: i32, ino: u64, (family, protocol): (i32, i3
                 tcp::state_name(st)
             )))
         }
-        st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, (family, &addr), (st, &info), dup, (*opts, tcp))?))),
+        st => Ok(SocketState::TcpConn(Box::new(tcp::save_conn(pid, fd, ino, (family, &addr), (st, &info), dup, (*opts, tcp, known))?))),
     }
 }
 
@@ -114,7 +135,7 @@ pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &SocketState, ctx: &mut
             let fd = create_as(inj, opts.uid, "socket(tcp)", libc::SYS_socket, [*family as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])?;
             set_opts(inj, fd, *family, true, opts)?;
             tcp::set_tcp_opts(inj, fd, tcp)?;
-            bind(inj, fd, addr, ctx).map_err(|e| EngineError::Proc { pid: vpid, detail: format!("rebind listening TCP socket: {e}") })?;
+            bind(inj, fd, addr, ctx).map_err(|e| EngineError::Proc { pid: vpid, detail: format!("rebind listening TCP socket {}: {e}", tcp::ip_port(&rewrite(addr, ctx))) })?;
             let backlog = if *backlog == 0 { SOMAXCONN } else { u64::from(*backlog) };
             inj.call("listen", libc::SYS_listen, [fd, backlog, 0, 0, 0, 0])?;
             fd

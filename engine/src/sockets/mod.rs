@@ -15,7 +15,12 @@
 //! `meta skuid` matches) is saved with its options; restore makes the socket under that fsuid
 //! ([`create_as`]), since the process still has Zap's credentials while its fds come back.
 //!
-//! Saving a process with many sockets reads its TCP sockets ahead over threads ([`prefetch`]).
+//! Saving a process with many sockets reads its TCP sockets ahead over threads ([`prefetch`]),
+//! with one `inet_diag` dump of the namespace ([`crate::sys::sock::tcp_sockets`], read once per
+//! namespace) answering what it can for all of them: which sockets are TCP sockets, their state,
+//! owner, IPv4 addresses, `TCP_INFO`, buffer sizes, congestion control, TOS, traffic class, mark
+//! and IP flags; each socket is asked only the rest. Silencing and probing a pod's connections
+//! ([`silence_tcp`], [`probe_tcp`]) take the sockets' kind and state from the same dump.
 //!
 //! Restore injects `socket`/`socketpair`, `setsockopt`, `bind`, `listen`, `connect`, `accept`
 //! into the processes, except for established TCP connections: only their `socket()` is injected,
@@ -132,6 +137,11 @@ pub struct SocketContext {
     pub(crate) prefetched: HashMap<u64, Result<SocketState>>,
     /// Signal owners read ahead with them ([`crate::sys::proc::fd_owner`]), by (host pid, fd).
     pub(crate) owners: HashMap<(i32, i32), (i32, i32, i32)>,
+    /// The TCP sockets of each network namespace (by the namespace's inode) from one
+    /// `inet_diag` dump ([`sock::tcp_sockets`]), by socket inode, for [`prefetch`].
+    pub(crate) tcp_diag: HashMap<u64, std::sync::Arc<HashMap<u64, sock::TcpDiag>>>,
+    /// [`tcp_diag`] needs only the sockets' kinds and states (not a save).
+    pub(crate) states_only: bool,
 }
 
 impl SocketContext {
@@ -153,19 +163,55 @@ impl SocketContext {
 pub(crate) fn options(pid: i32, fd: i32, dup: &OwnedFd, family: i32, sock_type: i32, tcp: bool, ctx: &mut SocketContext) -> Result<SockOpts> {
     let protocol = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
     ctx.ensure_defaults(pid, family, sock_type, protocol);
-    options_known(pid, fd, dup, family, (sock_type, protocol), tcp, ctx)
+    options_known(pid, fd, dup, (family, tcp), (sock_type, protocol), None, ctx)
 }
 
 /// [`options`] for a socket whose kind's defaults `ctx` holds already (see
-/// [`SocketContext::ensure_defaults`]).
-fn options_known(pid: i32, fd: i32, dup: &OwnedFd, family: i32, (sock_type, protocol): (i32, i32), tcp: bool, ctx: &SocketContext) -> Result<SockOpts> {
+/// [`SocketContext::ensure_defaults`]); `known`: what an `inet_diag` dump says of it (a TCP
+/// socket), asked of the socket only where it is silent.
+fn options_known(
+    pid: i32,
+    fd: i32,
+    dup: &OwnedFd,
+    (family, tcp): (i32, bool),
+    (sock_type, protocol): (i32, i32),
+    known: Option<&sock::TcpDiag>,
+    ctx: &SocketContext,
+) -> Result<SockOpts> {
     let defaults = ctx.defaults.get(&(family, sock_type, protocol)).and_then(Option::as_ref);
-    opts::opts_of(pid, fd, dup, family, tcp, defaults, &ctx.groups(pid, family))
+    opts::opts_of(pid, fd, dup, (family, tcp), defaults, known, &ctx.groups(pid, family))
+}
+
+/// The TCP sockets of the network namespace of `pid` from one `inet_diag` dump (with every
+/// extension when `ctx` is a save's; only kinds and states when it is not, see
+/// [`for_each_tcp`]), read once per namespace. None when the dump fails (the sockets are then
+/// read one call at a time).
+fn tcp_diag(pid: i32, ctx: &mut SocketContext) -> Option<std::sync::Arc<HashMap<u64, sock::TcpDiag>>> {
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino();
+    if let Some(d) = ctx.tcp_diag.get(&netns) {
+        return Some(d.clone());
+    }
+    match sock::tcp_sockets(pid, !ctx.states_only) {
+        Ok(d) => Some(ctx.tcp_diag.entry(netns).or_insert(std::sync::Arc::new(d)).clone()),
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "inet_diag dump of the TCP sockets failed: reading them one by one");
+            None
+        }
+    }
 }
 
 /// The socket `ino` as [`prefetch`] saved it, if it did (once: it is taken).
 pub(crate) fn take_prefetched(ino: u64, fctx: &mut crate::files::SaveContext) -> Option<Result<SocketState>> {
     fctx.sockets.prefetched.remove(&ino)
+}
+
+/// The TCP sockets of the namespace of `pid` ([`tcp_diag`]) when `fds` (its fds and their
+/// targets) hold [`PREFETCH_MIN`] sockets or more: a process with few sockets is not worth a
+/// dump of the whole namespace.
+pub(crate) fn tcp_inodes_if_many(pid: i32, fds: &[(i32, String)], ctx: &mut SocketContext) -> Option<std::sync::Arc<HashMap<u64, sock::TcpDiag>>> {
+    let sockets = fds.iter().filter(|(_, t)| t.starts_with("socket:[")).count();
+    (sockets >= PREFETCH_MIN).then(|| tcp_diag(pid, ctx)).flatten()
 }
 
 /// Below this many sockets in a process, [`prefetch`] leaves them to [`save`], one by one.
@@ -186,6 +232,9 @@ pub(crate) fn prefetch(pid: i32, pidfd: &OwnedFd, socks: &[(i32, u64)], fctx: &m
     for family in [libc::AF_INET, libc::AF_INET6] {
         ctx.ensure_defaults(pid, family, libc::SOCK_STREAM, libc::IPPROTO_TCP);
     }
+    // One dump of the namespace's TCP sockets answers most of what each would be asked.
+    let diag = tcp_diag(pid, ctx);
+    let diag = diag.as_deref();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let per = socks.len().div_ceil(threads);
     let shared: &SocketContext = ctx;
@@ -198,16 +247,29 @@ pub(crate) fn prefetch(pid: i32, pidfd: &OwnedFd, socks: &[(i32, u64)], fctx: &m
                     let mut out = Vec::new();
                     for &(fd, ino) in chunk {
                         // Anything unexpected is left to the one-by-one path, which reports it.
-                        let Ok(dup) = crate::sys::proc::pidfd_getfd(pidfd, fd) else { continue };
-                        let int = |name| sock::getsockopt_int(&dup, libc::SOL_SOCKET, name).ok();
-                        let (Some(family), Some(sock_type), Some(protocol)) = (int(libc::SO_DOMAIN), int(libc::SO_TYPE), int(libc::SO_PROTOCOL))
-                        else {
-                            continue;
-                        };
-                        if !matches!(family, libc::AF_INET | libc::AF_INET6) || sock_type != libc::SOCK_STREAM || protocol != libc::IPPROTO_TCP {
+                        // With the dump, a socket it does not list is no TCP socket.
+                        let known = diag.map(|d| d.get(&ino));
+                        if matches!(known, Some(None)) {
                             continue;
                         }
-                        let st = inet::save_tcp(pid, fd, ino, (family, protocol), &dup, shared);
+                        let known = known.flatten();
+                        let Ok(dup) = crate::sys::proc::pidfd_getfd(pidfd, fd) else { continue };
+                        let family = match known {
+                            Some(k) => k.family,
+                            None => {
+                                let int = |name| sock::getsockopt_int(&dup, libc::SOL_SOCKET, name).ok();
+                                let (Some(family), Some(sock_type), Some(protocol)) =
+                                    (int(libc::SO_DOMAIN), int(libc::SO_TYPE), int(libc::SO_PROTOCOL))
+                                else {
+                                    continue;
+                                };
+                                if !matches!(family, libc::AF_INET | libc::AF_INET6) || sock_type != libc::SOCK_STREAM || protocol != libc::IPPROTO_TCP {
+                                    continue;
+                                }
+                                family
+                            }
+                        };
+                        let st = inet::save_tcp(pid, fd, ino, (family, libc::IPPROTO_TCP), &dup, known, shared);
                         out.push((ino, fd, st, crate::sys::proc::fd_owner(&dup).ok()));
                     }
                     out
@@ -354,8 +416,8 @@ pub fn finish(procs: &mut [(i32, &mut Injector)], ctx: &mut crate::files::Restor
 /// raw addresses, for locking them one by one.
 pub fn tcp_connections(pids: &[i32]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
-    for_each_tcp(pids, |_, _, dup| {
-        let st = sock::tcp_state(dup)?;
+    for_each_tcp(pids, |_, _, dup, st| {
+        let st = st.map_or_else(|| sock::tcp_state(dup), Ok)?;
         if st != TCP_LISTEN && st != TCP_CLOSE {
             out.push((sock::sockaddr(dup, false)?, sock::sockaddr(dup, true).unwrap_or_default()));
         }
@@ -368,8 +430,8 @@ pub fn tcp_connections(pids: &[i32]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 /// end sends no FIN or RST. Returns how many connections were silenced.
 pub fn silence_tcp(pids: &[i32]) -> Result<usize> {
     let mut n = 0;
-    for_each_tcp(pids, |pid, fd, dup| {
-        tcp::silence(dup).map_err(|e| std::io::Error::other(format!("pid {pid} fd {fd}: {e}")))?;
+    for_each_tcp(pids, |pid, fd, dup, st| {
+        tcp::silence(dup, st).map_err(|e| std::io::Error::other(format!("pid {pid} fd {fd}: {e}")))?;
         n += 1;
         Ok(())
     })?;
@@ -383,8 +445,8 @@ pub fn silence_tcp(pids: &[i32]) -> Result<usize> {
 /// once. Returns how many were probed.
 pub fn probe_tcp(pids: &[i32]) -> Result<usize> {
     let mut n = 0;
-    for_each_tcp(pids, |_, _, dup| {
-        if tcp::repairable(sock::tcp_state(dup)?) {
+    for_each_tcp(pids, |_, _, dup, st| {
+        if tcp::repairable(st.map_or_else(|| sock::tcp_state(dup), Ok)?) {
             tcp::probe(dup)?;
             n += 1;
         }
@@ -393,12 +455,17 @@ pub fn probe_tcp(pids: &[i32]) -> Result<usize> {
     Ok(n)
 }
 
-/// Calls `f(pid, fd, duplicate)` for every TCP socket held by `pids` (each socket once).
-fn for_each_tcp(pids: &[i32], mut f: impl FnMut(i32, i32, &OwnedFd) -> std::io::Result<()>) -> Result<()> {
+/// Calls `f(pid, fd, duplicate, state)` for every TCP socket held by `pids` (each socket once),
+/// with its TCP state when an `inet_diag` dump of its namespace gave it (the processes are
+/// stopped: the dump, one per namespace, tells which sockets are TCP sockets and their state,
+/// instead of three calls per socket).
+fn for_each_tcp(pids: &[i32], mut f: impl FnMut(i32, i32, &OwnedFd, Option<u8>) -> std::io::Result<()>) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
+    let mut dumps = SocketContext { states_only: true, ..Default::default() };
     for &pid in pids {
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         let Ok(pidfd) = crate::sys::proc::pidfd_open(pid) else { continue };
+        let diag = tcp_diag(pid, &mut dumps);
         for e in dir.flatten() {
             let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             let Ok(target) = std::fs::read_link(e.path()) else { continue };
@@ -409,12 +476,23 @@ fn for_each_tcp(pids: &[i32], mut f: impl FnMut(i32, i32, &OwnedFd) -> std::io::
             if !seen.insert(ino) {
                 continue;
             }
-            let dup = crate::sys::proc::pidfd_getfd(&pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
-            let family = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
-            let proto = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
-            if (family == libc::AF_INET || family == libc::AF_INET6) && proto == libc::IPPROTO_TCP {
-                f(pid, fd, &dup).map_err(|source| EngineError::Sys { step: "TCP socket", pid, source })?;
+            let known = diag.as_deref().map(|d| d.get(&ino).map(|k| k.state));
+            if matches!(known, Some(None)) {
+                continue;
             }
+            let dup = crate::sys::proc::pidfd_getfd(&pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd socket", pid, source })?;
+            let state = match known {
+                Some(state) => state,
+                None => {
+                    let family = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
+                    let proto = sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+                    if !matches!(family, libc::AF_INET | libc::AF_INET6) || proto != libc::IPPROTO_TCP {
+                        continue;
+                    }
+                    None
+                }
+            };
+            f(pid, fd, &dup, state).map_err(|source| EngineError::Sys { step: "TCP socket", pid, source })?;
         }
     }
     Ok(())

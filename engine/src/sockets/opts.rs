@@ -17,14 +17,21 @@
 //! `/proc/net/igmp` and `/proc/net/igmp6` is asked of the socket with `MCAST_MSFILTER`, which
 //! answers the socket's own membership with its source filter.
 //!
-//! The socket's owner (its inode's uid, from `fstat`) is saved with the options
-//! ([`SockOpts::uid`]); restore makes the socket under that fsuid ([`super::create_as`]).
+//! A TCP socket is not asked the integer options it cannot hold (the kernel refuses to set them
+//! on one: `SO_PASSCRED`, `IP_HDRINCL`, `IP_ROUTER_ALERT`, the multicast TTL, hops and loop...),
+//! and what an `inet_diag` dump of its namespace gave (its owner, buffer sizes, `IP_TOS`,
+//! `IPV6_TCLASS`, `SO_MARK` and the IP flags of `inet_diag_sockopt`) is taken from there.
+//!
+//! The socket's owner (its inode's uid, from `fstat`, or the dump's `sk_uid`, which follows it) is
+//! saved with the options ([`SockOpts::uid`]); restore makes the socket under that fsuid
+//! ([`super::create_as`]).
 //!
 //! Refused: an eBPF socket filter (`SO_ATTACH_BPF`: the kernel cannot give it back). Not
 //! seen (the kernel shows them nowhere): reuseport BPF programs, and an IPv4 multicast interface
 //! chosen by index alone (`IP_MULTICAST_IF` with an `ip_mreqn` whose address is 0).
 //!
-//! Restore sets everything before the socket is bound or connected, by injecting `setsockopt` into
+//! Restore sets everything before the socket is bound or connected (`SO_PRIORITY` after `IP_TOS`,
+//! which sets the priority from the TOS bits), by injecting `setsockopt` into
 //! the process or, for TCP connections, on Zap's duplicate of the process's socket
 //! ([`super::calls`]); interface names are turned into the new namespace's indexes with
 //! `SIOCGIFINDEX`.
@@ -46,6 +53,7 @@ const SOL_NETLINK: i32 = 270;
 // SOL_SOCKET option numbers (x86-64).
 const SO_SNDBUF: i32 = 7;
 const SO_RCVBUF: i32 = 8;
+const SO_PRIORITY: i32 = 12;
 const SO_LINGER: i32 = 13;
 const SO_RCVTIMEO: i32 = 20;
 const SO_SNDTIMEO: i32 = 21;
@@ -274,8 +282,14 @@ pub struct SockOpts {
     pub memberships: Vec<Membership>,
 }
 
-/// The integer options of a fresh socket of one kind, for comparison.
-pub(super) type Defaults = HashMap<(i32, i32), i32>;
+/// What a fresh socket of one kind has, for comparison.
+#[derive(Debug, Default)]
+pub(crate) struct Defaults {
+    /// Its integer options.
+    pub(crate) ints: HashMap<(i32, i32), i32>,
+    /// A TCP socket's TCP-level options ([`super::tcp::tcp_opts_of`]).
+    pub(crate) tcp: Option<super::tcp::TcpOpts>,
+}
 
 /// The defaults of a fresh socket of (`family`, `sock_type`, `protocol`) in the network namespace
 /// of `pid`; None when such a socket cannot be made (a ping socket outside `ping_group_range`
@@ -285,7 +299,29 @@ pub(super) fn fresh_defaults(pid: i32, family: i32, sock_type: i32, protocol: i3
     let fresh = make(protocol)
         .or_else(|e| if protocol == libc::IPPROTO_ICMP || protocol == libc::IPPROTO_ICMPV6 { make(libc::IPPROTO_UDP) } else { Err(e) })
         .ok()?;
-    Some(int_table(family).filter_map(|&(l, n, _)| sock::getsockopt_int(&fresh, l, n).ok().map(|v| ((l, n), v))).collect())
+    let ints = int_table(family).filter_map(|&(l, n, _)| sock::getsockopt_int(&fresh, l, n).ok().map(|v| ((l, n), v))).collect();
+    let tcp = (sock_type == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP).then(|| super::tcp::tcp_opts_of(&fresh, super::tcp::state::CLOSE, None, None));
+    Some(Defaults { ints, tcp })
+}
+
+/// Integer options a TCP socket cannot hold (the kernel refuses to set them on one, or answers
+/// nothing), or that saving a stream socket drops anyway (multicast: [`super::inet`]): never
+/// asked of a TCP socket.
+fn tcp_cannot_hold(level: i32, name: i32) -> bool {
+    match level {
+        // SO_PASSCRED, SO_PASSSEC, SO_BUSY_POLL_BUDGET (set only), SO_PASSPIDFD, SO_PASSRIGHTS,
+        // SO_INQ: unix and datagram sockets.
+        SOL_SOCKET => matches!(name, 16 | 34 | 70 | 76 | 83 | 84),
+        // IP_HDRINCL, IP_ROUTER_ALERT, IP_NODEFRAG, IP_RECVFRAGSIZE (raw and datagram),
+        // IP_MULTICAST_TTL, IP_MULTICAST_LOOP.
+        SOL_IP => matches!(name, 3 | 5 | 22 | 25 | 33 | 34),
+        // ICMP_FILTER.
+        255 => true,
+        // IPV6_CHECKSUM, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_ROUTER_ALERT,
+        // IPV6_HDRINCL.
+        SOL_IPV6 => matches!(name, 7 | 18 | 19 | 22 | 36),
+        _ => false,
+    }
 }
 
 fn ifname_of(index: i32, dup: &OwnedFd) -> Option<String> {
@@ -339,29 +375,46 @@ pub(super) fn namespace_groups(pid: i32, family: i32) -> Vec<Group> {
     out
 }
 
-/// Reads the options of socket `fd` of `pid` (duplicated into Zap as `dup`) of `family`;
-/// TCP-level ones when `tcp`. `defaults` are a fresh socket's of the same kind (None: record
-/// every readable integer option); `groups` the multicast groups of its namespace
-/// ([`namespace_groups`]), each asked of the socket.
-pub(super) fn opts_of(pid: i32, fd: i32, dup: &OwnedFd, family: i32, tcp: bool, defaults: Option<&Defaults>, groups: &[Group]) -> Result<SockOpts> {
+/// Reads the options of socket `fd` of `pid` (duplicated into Zap as `dup`) of `family`; a TCP
+/// socket's when `tcp` (its TCP_NODELAY too; options it cannot hold are not asked). `defaults`
+/// are a fresh socket's of the same kind (None: record every readable integer option); `known`
+/// what an `inet_diag` dump says of the socket (owner, buffer sizes, TOS, traffic class, mark and
+/// the IP flags of `struct inet_diag_sockopt`), asked of the socket only where it is silent;
+/// `groups` the multicast groups of its namespace ([`namespace_groups`]), each asked of the socket.
+pub(super) fn opts_of(
+    pid: i32,
+    fd: i32,
+    dup: &OwnedFd,
+    (family, tcp): (i32, bool),
+    defaults: Option<&Defaults>,
+    known: Option<&sock::TcpDiag>,
+    groups: &[Group],
+) -> Result<SockOpts> {
     let refuse = |what: String| EngineError::Proc { pid, detail: format!("fd {fd}: {what}") };
     let sys = |step: &'static str| move |source| EngineError::Sys { step, pid, source };
     let int = |level, name| sock::getsockopt_int(dup, level, name).ok();
-    let uid = sock::owner_uid(dup).map_err(sys("fstat (socket owner)"))?;
+    let uid = match known {
+        Some(k) => k.uid,
+        None => sock::owner_uid(dup).map_err(sys("fstat (socket owner)"))?,
+    };
     let mut o = SockOpts { uid, nodelay: tcp && int(libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap_or(0) != 0, ..Default::default() };
     for &(level, name, _) in int_table(family) {
-        if let Some(v) = int(level, name) {
-            if defaults.and_then(|d| d.get(&(level, name))) != Some(&v) {
+        if tcp && tcp_cannot_hold(level, name) {
+            continue;
+        }
+        if let Some(v) = known.and_then(|k| k.int_opt(level, name)).or_else(|| int(level, name)) {
+            if defaults.and_then(|d| d.ints.get(&(level, name))) != Some(&v) {
                 o.ints.push((level, name, v));
             }
         }
     }
     // Buffers: saved when the program set them; SO_BUF_LOCK tells (Linux 5.14+).
+    let buffers = known.and_then(|k| k.buffers);
     match int(SOL_SOCKET, SO_BUF_LOCK) {
         Some(lock) => {
             o.buf_lock = lock;
-            o.sndbuf = if lock & 1 != 0 { int(SOL_SOCKET, SO_SNDBUF) } else { None };
-            o.rcvbuf = if lock & 2 != 0 { int(SOL_SOCKET, SO_RCVBUF) } else { None };
+            o.sndbuf = if lock & 1 != 0 { buffers.map(|b| b.0).or_else(|| int(SOL_SOCKET, SO_SNDBUF)) } else { None };
+            o.rcvbuf = if lock & 2 != 0 { buffers.map(|b| b.1).or_else(|| int(SOL_SOCKET, SO_RCVBUF)) } else { None };
         }
         None => return Err(refuse("cannot tell whether its buffer sizes were set (no SO_BUF_LOCK: kernel older than 5.14)".into())),
     }
@@ -409,13 +462,18 @@ pub(super) fn opts_of(pid: i32, fd: i32, dup: &OwnedFd, family: i32, tcp: bool, 
     o.txtime = bytes(SOL_SOCKET, SO_TXTIME, 8).filter(|b| b.len() == 8 && b.iter().any(|&c| c != 0));
     if family == libc::AF_INET {
         o.ip_options = bytes(SOL_IP, IP_OPTIONS, 40).filter(|b| !b.is_empty());
-        o.multicast_if = bytes(SOL_IP, IP_MULTICAST_IF, 4).filter(|b| b.len() == 4 && b != &[0; 4]).map(|b| b[..4].try_into().expect("4"));
+        // A stream socket's multicast interface is dropped (see `tcp_cannot_hold`).
+        if !tcp {
+            o.multicast_if = bytes(SOL_IP, IP_MULTICAST_IF, 4).filter(|b| b.len() == 4 && b != &[0; 4]).map(|b| b[..4].try_into().expect("4"));
+        }
     }
-    if family == libc::AF_INET6 {
+    // ICMPv6 filters are raw ICMPv6 sockets' only.
+    if family == libc::AF_INET6 && !tcp {
         o.icmp6_filter = bytes(SOL_ICMPV6, ICMP6_FILTER, 32).filter(|b| b.len() == 32 && b.iter().any(|&c| c != 0));
     }
     let index_opts: &[(i32, i32)] = match family {
         libc::AF_INET => &[(SOL_IP, IP_UNICAST_IF)],
+        libc::AF_INET6 if tcp => &[(SOL_IPV6, IPV6_UNICAST_IF)],
         libc::AF_INET6 => &[(SOL_IPV6, IPV6_UNICAST_IF), (SOL_IPV6, IPV6_MULTICAST_IF)],
         _ => &[],
     };
@@ -463,7 +521,9 @@ pub(super) fn ifindex<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, name: &str) -
 /// or connected).
 pub(super) fn set_opts<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, _family: i32, tcp: bool, o: &SockOpts) -> Result<()> {
     let int = |v: i32| v.to_ne_bytes();
-    for &(level, name, v) in &o.ints {
+    // IP_TOS sets the socket's priority too (from the TOS bits): SO_PRIORITY goes after it.
+    let priority = |&&(level, name, _): &&(i32, i32, i32)| level == SOL_SOCKET && name == SO_PRIORITY;
+    for &(level, name, v) in o.ints.iter().filter(|i| !priority(i)).chain(o.ints.iter().filter(priority)) {
         setsockopt(inj, fd, level, name, &int(v))?;
     }
     if tcp && o.nodelay {
@@ -560,4 +620,102 @@ pub(super) fn set_opts<C: SockCalls + ?Sized>(inj: &mut C, fd: u64, _family: i32
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap().ino()
+    }
+
+    /// A connected pair on `addr` (loopback of one family).
+    fn pair(addr: &str) -> Option<(OwnedFd, OwnedFd)> {
+        let l = TcpListener::bind(addr).ok()?;
+        let c = TcpStream::connect(l.local_addr().ok()?).ok()?;
+        let (a, _) = l.accept().ok()?;
+        Some((c.into(), a.into()))
+    }
+
+    /// What one `inet_diag` dump says of a socket is what getsockopt answers: for every integer
+    /// option the dump answers, the owner, buffer sizes, congestion control, state, negotiated
+    /// options and IPv4 addresses, on sockets with those options changed from their defaults
+    /// and on sockets left as they were. Saving a TCP socket relies on it (`opts_of`, `save_tcp`).
+    #[test]
+    fn inet_diag_answers_what_getsockopt_does() {
+        let (c, a) = pair("127.0.0.1:0").expect("IPv4 loopback pair");
+        let set = |fd: &OwnedFd, level, name, v| sock::setsockopt_int(fd, level, name, v).unwrap();
+        set(&c, SOL_IP, libc::IP_TOS, 0x28);
+        set(&c, SOL_SOCKET, libc::SO_MARK, 77);
+        set(&c, SOL_IP, libc::IP_RECVERR, 1);
+        set(&c, SOL_IP, libc::IP_FREEBIND, 1);
+        set(&c, SOL_IP, libc::IP_TRANSPARENT, 1);
+        set(&c, SOL_IP, libc::IP_MULTICAST_ALL, 0);
+        set(&c, SOL_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+        set(&c, SOL_IP, 26, 1); // IP_RECVERR_RFC4884
+        set(&c, SOL_SOCKET, libc::SO_SNDBUF, 100_000);
+        set(&c, SOL_SOCKET, libc::SO_RCVBUF, 70_000);
+        let other = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+            .unwrap_or_default()
+            .split_whitespace()
+            .find(|&x| x != std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default().trim())
+            .map(str::to_string);
+        if let Some(cc) = &other {
+            sock::setsockopt_bytes(&c, libc::IPPROTO_TCP, libc::TCP_CONGESTION, cc.as_bytes()).unwrap();
+        }
+        let mut socks = vec![(c, libc::AF_INET), (a, libc::AF_INET)];
+        match pair("[::1]:0") {
+            Some((c6, a6)) => {
+                set(&c6, SOL_IPV6, libc::IPV6_TCLASS, 0x40);
+                set(&c6, SOL_IP, libc::IP_TOS, 0x10);
+                socks.push((c6, libc::AF_INET6));
+                socks.push((a6, libc::AF_INET6));
+            }
+            None => eprintln!("NOTE: no IPv6 loopback here: the IPv6 traffic class is not compared"),
+        }
+        let diag = sock::tcp_sockets(std::process::id() as i32, true).expect("inet_diag dump");
+        for (fd, family) in &socks {
+            let k = diag.get(&inode(fd)).expect("the socket is in the dump");
+            let what = format!("socket {} (family {family})", fd.as_raw_fd());
+            assert_eq!(k.family, *family, "{what}");
+            let mut answered = 0;
+            for &(level, name, label) in int_table(*family).chain(IP_INTS) {
+                if let Some(v) = k.int_opt(level, name) {
+                    assert_eq!(Ok(v), sock::getsockopt_int(fd, level, name).map_err(|e| e.to_string()), "{what}: {label}");
+                    answered += 1;
+                }
+            }
+            assert!(answered >= 10, "{what}: the dump answered {answered} options");
+            assert_eq!(k.uid, sock::owner_uid(fd).unwrap(), "{what}: owner");
+            let int = |level, name| sock::getsockopt_int(fd, level, name).unwrap();
+            assert_eq!(k.buffers, Some((int(SOL_SOCKET, libc::SO_SNDBUF), int(SOL_SOCKET, libc::SO_RCVBUF))), "{what}: buffers");
+            let cc = sock::getsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, 16).unwrap();
+            assert_eq!(k.congestion.as_deref().map(str::as_bytes), cc.split(|&b| b == 0).next(), "{what}: congestion control");
+            let info = sock::getsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 104).unwrap();
+            assert!(k.info.len() >= 104, "{what}: tcp_info of {} bytes", k.info.len());
+            // State, retransmits, probes, backoff, options, window scales.
+            assert_eq!(k.info[..1], info[..1], "{what}: state");
+            assert_eq!(k.info[5..7], info[5..7], "{what}: negotiated options and window scales");
+            assert_eq!(k.state, info[0], "{what}: state");
+            if *family == libc::AF_INET {
+                let addrs = (sock::sockaddr(fd, false).unwrap(), sock::sockaddr(fd, true).unwrap());
+                assert_eq!(k.addrs.as_ref(), Some(&addrs), "{what}: addresses");
+            }
+        }
+        // The options set above are the ones the dump gave.
+        let k = &diag[&inode(&socks[0].0)];
+        assert_eq!((k.tos, k.mark), (Some(0x28), Some(77)));
+        assert_eq!(k.int_opt(SOL_IP, libc::IP_TRANSPARENT), Some(1));
+        if let Some(cc) = &other {
+            assert_eq!(k.congestion.as_ref(), Some(cc));
+        }
+        if let Some((c6, _)) = socks.get(2) {
+            assert_eq!(diag[&inode(c6)].tclass, Some(0x40));
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! TCP: established and half-closed connections saved and restored with the kernel's repair mode,
-//! and the TCP-level options of every TCP socket (listening, unconnected or connected).
+//! and the TCP-level options of every TCP socket (listening, unconnected or connected); those
+//! equal to a fresh socket's of the namespace (the kernel's values, which getsockopt answers for
+//! options never set) are saved as unset ([`TcpOpts::beyond`]) and not set on restore.
 //!
 //! ## Saving a connection ([`save_conn`])
 //! The pod is stopped and its network locked ([`crate::pod::netlock`]): no segment reaches or
@@ -167,15 +169,20 @@ pub struct TcpOpts {
 /// The MSS an unconnected socket reports when the application set none.
 const DEFAULT_MSS: i32 = 536;
 
-/// Reads the TCP-level options of `fd` (a duplicate in Zap) in TCP state `st`.
-pub(super) fn tcp_opts_of(fd: &OwnedFd, st: u8) -> TcpOpts {
+/// Reads the TCP-level options of `fd` (a duplicate in Zap) in TCP state `st`; `nodelay` and
+/// `congestion` when the caller knows them already (from [`super::opts::opts_of`] and an
+/// `inet_diag` dump).
+pub(super) fn tcp_opts_of(fd: &OwnedFd, st: u8, nodelay: Option<bool>, congestion: Option<&str>) -> TcpOpts {
     let get = |name| sock::getsockopt_int(fd, libc::IPPROTO_TCP, name).unwrap_or(0);
-    let congestion = sock::getsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, 16)
-        .map(|b| String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or_default()).into_owned())
-        .unwrap_or_default();
+    let congestion = match congestion {
+        Some(c) => c.to_string(),
+        None => sock::getsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, 16)
+            .map(|b| String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or_default()).into_owned())
+            .unwrap_or_default(),
+    };
     let unconnected = matches!(st, state::CLOSE | state::LISTEN);
     TcpOpts {
-        nodelay: get(libc::TCP_NODELAY) != 0,
+        nodelay: nodelay.unwrap_or_else(|| get(libc::TCP_NODELAY) != 0),
         cork: get(libc::TCP_CORK) != 0,
         keepidle: get(libc::TCP_KEEPIDLE),
         keepintvl: get(libc::TCP_KEEPINTVL),
@@ -189,6 +196,33 @@ pub(super) fn tcp_opts_of(fd: &OwnedFd, st: u8) -> TcpOpts {
         linger2: get(libc::TCP_LINGER2),
         defer_accept: if st == state::LISTEN { get(libc::TCP_DEFER_ACCEPT) } else { 0 },
         fastopen: if st == state::LISTEN { get(libc::TCP_FASTOPEN) } else { 0 },
+    }
+}
+
+impl TcpOpts {
+    /// These options with those that equal `fresh`'s (a fresh TCP socket's of the same
+    /// namespace: the kernel's values, which getsockopt answers for options never set, such as
+    /// the keepalive timers, the SYN retries and the congestion control) left unset, so that a
+    /// restore does not set them (one call less each per connection) and they keep following
+    /// the kernel's settings, as the socket's other options do ([`super::opts`]).
+    pub(super) fn beyond(mut self, fresh: &TcpOpts) -> TcpOpts {
+        if self.congestion == fresh.congestion {
+            self.congestion.clear();
+        }
+        for (v, d) in [
+            (&mut self.keepidle, fresh.keepidle),
+            (&mut self.keepintvl, fresh.keepintvl),
+            (&mut self.keepcnt, fresh.keepcnt),
+            (&mut self.user_timeout, fresh.user_timeout),
+            (&mut self.notsent_lowat, fresh.notsent_lowat),
+            (&mut self.syncnt, fresh.syncnt),
+            (&mut self.linger2, fresh.linger2),
+        ] {
+            if *v == d {
+                *v = 0;
+            }
+        }
+        self
     }
 }
 
@@ -325,7 +359,8 @@ pub fn describe(local: &[u8], peer: &[u8]) -> String {
 
 /// Saves the connection `dup` (Zap's duplicate of fd `fd` of `pid`, of `family`, bound to `local`)
 /// in TCP state `st` (`info`: its TCP_INFO), with its socket and TCP-level options as the caller
-/// read them. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
+/// read them and what an `inet_diag` dump said of it (peer address, buffer sizes), if the caller
+/// had one. The caller has locked the network. Fails, naming pid, fd, addresses and state, for a state
 /// repair mode cannot restore.
 pub(super) fn save_conn(
     pid: i32,
@@ -334,9 +369,12 @@ pub(super) fn save_conn(
     (family, local): (i32, &[u8]),
     (st, info): (u8, &[u8]),
     dup: &OwnedFd,
-    (opts, tcp): (SockOpts, TcpOpts),
+    (opts, tcp, known): (SockOpts, TcpOpts, Option<&sock::TcpDiag>),
 ) -> Result<TcpConn> {
-    let peer = sock::sockaddr(dup, true).ok().or_else(|| peer_from_proc(pid, ino, family)).unwrap_or_default();
+    let peer = match known.and_then(|k| k.addrs.as_ref()) {
+        Some((_, peer)) => peer.clone(),
+        None => sock::sockaddr(dup, true).ok().or_else(|| peer_from_proc(pid, ino, family)).unwrap_or_default(),
+    };
     let what = || format!("fd {fd}: TCP connection {} in state {}", describe(local, &peer), state_name(st));
     let fail = |why: String| EngineError::Proc { pid, detail: format!("{}: {why}", what()) };
     if !repairable(st) {
@@ -347,15 +385,20 @@ pub(super) fn save_conn(
         };
         return Err(fail(why));
     }
-    let reuse = sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
+    // SO_REUSEADDR (repair mode clears it) is among the options read already: recorded when it
+    // differs from a fresh socket's 0.
+    let reuse = opts.ints.iter().find(|&&(l, n, _)| l == libc::SOL_SOCKET && n == libc::SO_REUSEADDR).map_or(0, |&(_, _, v)| v);
     if info.len() < 8 {
         return Err(fail(format!("TCP_INFO of {} bytes", info.len())));
     }
-    let buffers = (
-        sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
-        sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
-        sock::getsockopt_int(dup, libc::SOL_SOCKET, SO_BUF_LOCK).unwrap_or(0),
-    );
+    let buffers = match known.and_then(|k| k.buffers) {
+        Some((snd, rcv)) => (snd, rcv, opts.buf_lock),
+        None => (
+            sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
+            sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
+            sock::getsockopt_int(dup, libc::SOL_SOCKET, SO_BUF_LOCK).unwrap_or(0),
+        ),
+    };
     sock::setsockopt_int(dup, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
         .map_err(|e| fail(format!("the kernel refuses repair mode (TCP_REPAIR needs CAP_NET_ADMIN): {e}")))?;
     let read = (|| -> std::io::Result<TcpConn> {
@@ -416,10 +459,10 @@ pub(super) fn save_conn(
     Ok(conn)
 }
 
-/// Puts the socket `dup` (TCP, any state) into repair mode, so that closing it sends nothing
-/// (no FIN, no RST). For a pod whose checkpoint ends it.
-pub fn silence(dup: &OwnedFd) -> std::io::Result<()> {
-    match sock::tcp_state(dup)? {
+/// Puts the socket `dup` (TCP, in state `st` when the caller knows it) into repair mode, so that
+/// closing it sends nothing (no FIN, no RST). For a pod whose checkpoint ends it.
+pub fn silence(dup: &OwnedFd, st: Option<u8>) -> std::io::Result<()> {
+    match st.map_or_else(|| sock::tcp_state(dup), Ok)? {
         state::LISTEN | state::CLOSE => Ok(()),
         _ => sock::setsockopt_int(dup, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON),
     }
@@ -512,12 +555,18 @@ pub(super) fn restore_conn(pid: i32, fd: &OwnedFd, c: &TcpConn, local: &[u8], pe
         if c.options & TCPI_OPT_TIMESTAMPS != 0 {
             int(t, TCP_TIMESTAMP, c.timestamp as i32, "setsockopt(TCP_TIMESTAMP)")?;
         }
-        // Room for the queues while they are refilled; the saved sizes are set at the end.
+        // Room for the queues while they are refilled (an empty one needs none); the saved
+        // sizes are set at the end.
         let need = |n: usize| ((n + (256 << 10)).min(i32::MAX as usize / 4)) as i32;
-        int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, need(c.recv.len()), "setsockopt(SO_RCVBUFFORCE)")?;
-        int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, need(c.sent.len() + c.unsent.len()), "setsockopt(SO_SNDBUFFORCE)")?;
         if !c.recv.is_empty() {
-            int(t, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
+            int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, need(c.recv.len()), "setsockopt(SO_RCVBUFFORCE)")?;
+        }
+        if !c.sent.is_empty() || !c.unsent.is_empty() {
+            int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, need(c.sent.len() + c.unsent.len()), "setsockopt(SO_SNDBUFFORCE)")?;
+        }
+        // The receive queue is still the one repair mode writes to (chosen last, for its
+        // sequence number).
+        if !c.recv.is_empty() {
             sendall(fd, &c.recv, 0).map_err(io("refill receive queue"))?;
         }
         if !c.sent.is_empty() {
