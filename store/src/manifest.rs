@@ -186,10 +186,10 @@ impl Manifest {
     }
 }
 
-/// A manifest as version 3 stores it: every field of [`Manifest`], images as tree roots and
-/// patches. (Version 2 is the same with [`StoredImageV2`] images.)
+/// A manifest as a stored version keeps it: every field of [`Manifest`], with images of the
+/// version's kind (`I`): [`StoredImage`] in version 3, [`StoredImageV2`] in version 2.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredManifest {
+pub struct StoredManifestOf<I> {
     /// See [`Manifest::id`].
     pub id: CheckpointId,
     /// See [`Manifest::parent`].
@@ -203,10 +203,16 @@ pub struct StoredManifest {
     /// See [`Manifest::labels`].
     pub labels: BTreeMap<String, String>,
     /// Images, each with the root of its extent tree.
-    pub images: Vec<StoredImage>,
+    pub images: Vec<I>,
     /// See [`Manifest::state`].
     pub state: Vec<u8>,
 }
+
+/// A manifest as version 3 stores it: images as tree roots and patches.
+pub type StoredManifest = StoredManifestOf<StoredImage>;
+
+/// A manifest as version 2 stored it (images without patches).
+pub type StoredManifestV2 = StoredManifestOf<StoredImageV2>;
 
 /// An image as version 3 stores it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,27 +226,6 @@ pub struct StoredImage {
     /// Patch nodes applied in order over the tree's extents (at most
     /// [`crate::tree::MAX_PATCHES`]); empty for an image stored as a tree only.
     pub patches: Vec<crate::tree::NodeRef>,
-}
-
-/// A manifest as version 2 stored it (images without patches).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredManifestV2 {
-    /// See [`Manifest::id`].
-    pub id: CheckpointId,
-    /// See [`Manifest::parent`].
-    pub parent: Option<CheckpointId>,
-    /// See [`Manifest::created_ms`].
-    pub created_ms: u64,
-    /// See [`Manifest::name`].
-    pub name: String,
-    /// See [`Manifest::kind`].
-    pub kind: String,
-    /// See [`Manifest::labels`].
-    pub labels: BTreeMap<String, String>,
-    /// Images, each with the root of its extent tree.
-    pub images: Vec<StoredImageV2>,
-    /// See [`Manifest::state`].
-    pub state: Vec<u8>,
 }
 
 /// An image as version 2 stored it.
