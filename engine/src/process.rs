@@ -652,6 +652,7 @@ fn restore_target<T>(
     let result = (|| {
         let pid = find_child(init, Duration::from_secs(5))?;
         wait_ready(pid, tramp, Duration::from_secs(5))?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "target ready");
         let mut frozen = Frozen::freeze(pid)?;
         let (warnings, value) = match steps(pid, &mut frozen) {
             Ok(done) => done,
@@ -700,8 +701,10 @@ pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &Checkpoin
     let init = sysclone::spawn_pidns_target_guarded(image.vpid, tramp, guard_read.as_raw_fd())
         .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
     drop(guard_read);
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "namespace init created");
     let (restored, pager) = restore_target(&image, tramp, init, netlock, t0, |pid, frozen| {
         let mut r = ProcRestore::begin(&image, pid, tramp)?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "target taken over");
         let (uffd, ranges) = r.memory_lazy(&*store, &manifest.images, &mut mem::ShmContext::default())?;
         tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
         let pager = crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store.clone(), init, Some(guard_write)));

@@ -70,11 +70,16 @@ pub struct StoreOptions {
     pub lock_timeout: Duration,
     /// A pack is closed and a new one started past this size.
     pub pack_target: u64,
+    /// Open for reading only (a restore): the index is opened read-only (see
+    /// [`crate::index::Index::open`]: nothing written, its log not flushed), and the recovery of
+    /// interrupted writes is left to the next open for writing (a reader reads only what
+    /// committed checkpoints reference). Writers, GC and deletes are refused. Not with `create`.
+    pub read_only: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { create: false, lock_timeout: Duration::from_secs(120), pack_target: 128 << 20 }
+        StoreOptions { create: false, lock_timeout: Duration::from_secs(120), pack_target: 128 << 20, read_only: false }
     }
 }
 
@@ -153,6 +158,9 @@ impl LocalStore {
     pub fn open(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         sys::tighten_umask();
         let root = root.as_ref().to_path_buf();
+        if opts.create && opts.read_only {
+            return Err(StoreError::Invalid(format!("open store {}: a read-only open cannot create it", root.display())));
+        }
         let marker = root.join(MARKER);
         match std::fs::read_to_string(&marker) {
             Ok(text) if text == MARKER_TEXT => {}
@@ -175,8 +183,10 @@ impl LocalStore {
         }
         let lock = take_lock(&root, opts.lock_timeout)?;
         let packs_dir = root.join("packs");
-        mkdir_private(&packs_dir)?;
-        let index = Index::open(&root.join("index"), &root.join("index.seq"), !marker.exists())?;
+        if !opts.read_only {
+            mkdir_private(&packs_dir)?;
+        }
+        let index = Index::open(&root.join("index"), &root.join("index.seq"), !marker.exists(), opts.read_only)?;
         if !marker.exists() {
             // Written last, so a directory without it never looks like a finished store.
             let tmp = root.join("STORE.tmp");
@@ -195,7 +205,9 @@ impl LocalStore {
             known: Mutex::new(Known::default()),
             _lock: lock,
         };
-        store.recover()?;
+        if !store.opts.read_only {
+            store.recover()?;
+        }
         Ok(store)
     }
 
@@ -482,6 +494,9 @@ impl ImageStore for LocalStore {
     type Writer<'a> = LocalWriter<'a>;
 
     fn writer(&self) -> Result<LocalWriter<'_>> {
+        if self.opts.read_only {
+            return Err(StoreError::Invalid(format!("write a checkpoint into {}: the store was opened read-only", self.root.display())));
+        }
         Ok(LocalWriter {
             store: self,
             _guard: self.gc_lock.read().expect("gc lock"),
@@ -865,5 +880,61 @@ mod tests {
         batch.commit("test: future manifest").unwrap();
         let err = store.manifest(&summary.id).unwrap_err().to_string();
         assert!(err.contains("format version 3 not supported"), "{err}");
+    }
+
+    /// A read-only open (a restore's) reads what a writer committed, whether the writer's log
+    /// was flushed into table files on close or is still to be replayed, refuses every write
+    /// with a message naming the read-only open, and leaves the store as it found it.
+    #[test]
+    fn read_only_open_reads_committed_checkpoints_and_refuses_writes() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let root = tmp.path().join("s");
+        let ro = StoreOptions { read_only: true, ..Default::default() };
+        assert!(matches!(LocalStore::open(&root, ro.clone()), Err(StoreError::NotAStore(_))));
+        let data: Vec<u8> = (0..262144u32).map(|i| (i * 13 % 251) as u8).collect();
+        let mut written = Vec::new();
+        for round in 0..2 {
+            let store = LocalStore::open(&root, StoreOptions { create: true, ..Default::default() }).unwrap();
+            let mut w = store.writer().unwrap();
+            let (extents, _) = crate::store_run(&mut w, &zap_chunker::ChunkerConfig::default(), 0x10000, &data[round * 4096..]).unwrap();
+            let mut m = Manifest::new(format!("ro-{round}"), "memory");
+            m.images.push(Image { name: "mem".into(), kind: ImageKind::Memory, extents });
+            written.push(w.commit(m).unwrap().id);
+            if round == 1 {
+                // The second writer's log is left unflushed (as by a writer killed after its
+                // commit): the reader replays it.
+                store.index.forget_writes();
+            }
+        }
+        let logged: u64 = std::fs::read_dir(root.join("index"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert!(logged > 0, "the second checkpoint is only in the index's log");
+        let store = LocalStore::open(&root, ro).unwrap();
+        for (round, id) in written.iter().enumerate() {
+            let m = store.manifest(id).unwrap();
+            assert_eq!(m.name, format!("ro-{round}"));
+            let mut back = Vec::new();
+            for e in &m.images[0].extents {
+                if let ExtentData::Chunk { id, offset } = e.data {
+                    let bytes = store.read_chunk(&id).unwrap();
+                    back.extend_from_slice(&bytes[offset as usize..offset as usize + e.len as usize]);
+                }
+            }
+            assert_eq!(&back[..], &data[round * 4096..round * 4096 + back.len()], "checkpoint {round} reads back");
+        }
+        let err = store.writer().err().expect("a writer is refused").to_string();
+        assert!(err.contains("read-only"), "{err}");
+        let err = store.delete(&written[0]).unwrap_err().to_string();
+        assert!(err.contains("read-only"), "{err}");
+        assert_eq!(store.list().unwrap().len(), 2);
+        drop(store);
+        assert!(LocalStore::open(&root, StoreOptions { create: true, read_only: true, ..Default::default() }).is_err());
+        // A writer opens it afterwards as usual.
+        let store = LocalStore::open(&root, StoreOptions::default()).unwrap();
+        assert_eq!(store.list().unwrap().len(), 2);
     }
 }
