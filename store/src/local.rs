@@ -16,6 +16,9 @@
 //!
 //! Recovery on open: temporary packs and packs the index does not record are what a killed writer
 //! or GC left; they are deleted. Visible checkpoints are exactly those whose commit batch landed.
+//! A restore opens the store read-only ([`StoreOptions::read_only`]: RocksDB's read-only open,
+//! no recovery, every write refused); a process that wrote flushes the index's log into table
+//! files when it closes the store, so the next open does not replay it.
 //!
 //! Reads ([`ImageStore::read_chunk`], [`ImageStore::read_chunk_bytes`]) map each pack once and
 //! take chunks in place (no copy into buffers); every chunk is still checked against its id, and
@@ -80,6 +83,21 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions { create: false, lock_timeout: Duration::from_secs(120), pack_target: 128 << 20, read_only: false }
+    }
+}
+
+/// The images of a manifest whose extent trees were not read yet ([`LocalStore::manifest_deferred`]).
+#[derive(Clone, Debug)]
+pub struct DeferredImages {
+    id_hex: String,
+    /// (index of the image in the manifest, its name, the root of its tree).
+    roots: Vec<(usize, String, NodeRef)>,
+}
+
+impl DeferredImages {
+    /// True when every tree was read.
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
     }
 }
 
@@ -434,6 +452,52 @@ impl LocalStore {
         })
     }
 
+    /// A checkpoint's manifest with no extent tree read yet: images stored as trees come back
+    /// without extents, their roots in the returned [`DeferredImages`], to be read with
+    /// [`LocalStore::read_deferred`] when and where they are needed (a lazy restore reads the
+    /// trees of the memory its pager fills in another thread while the restore goes on).
+    /// A version-1 manifest holds its extents inline: nothing is deferred.
+    pub fn manifest_deferred(&self, id: &CheckpointId) -> Result<(Manifest, DeferredImages)> {
+        let id_hex = id.to_hex();
+        let bytes = self.index.get(CF_MANIFESTS, &id.0)?.ok_or_else(|| StoreError::NotFound(id_hex.clone()))?;
+        let corrupt = |detail: String| StoreError::Corrupt { what: format!("manifest of checkpoint {id_hex}"), detail };
+        let mut deferred = DeferredImages { id_hex: id_hex.clone(), roots: Vec::new() };
+        if envelope::version_of(&bytes) == Some(1) {
+            let m = envelope::open(MANIFEST_MAGIC, 1, &bytes).map(|(m, _)| m).map_err(|e| corrupt(e.to_string()))?;
+            return Ok((m, deferred));
+        }
+        let (stored, _): (StoredManifest, u16) = envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, &bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut images = Vec::with_capacity(stored.images.len());
+        for (i, im) in stored.images.into_iter().enumerate() {
+            if let Some(root) = im.root {
+                deferred.roots.push((i, im.name.clone(), root));
+            }
+            images.push(Image { extents: Vec::new(), name: im.name, kind: im.kind });
+        }
+        let m = Manifest {
+            id: stored.id,
+            parent: stored.parent,
+            created_ms: stored.created_ms,
+            name: stored.name,
+            kind: stored.kind,
+            labels: stored.labels,
+            images,
+            state: stored.state,
+        };
+        Ok((m, deferred))
+    }
+
+    /// Reads the trees of the deferred images whose names `pick` selects (each node checked as
+    /// for [`ImageStore::manifest`]) and takes them out of `deferred`; returns (index of the
+    /// image in the manifest, its extents).
+    pub fn read_deferred(&self, deferred: &mut DeferredImages, pick: &dyn Fn(&str) -> bool) -> Result<Vec<(usize, Vec<Extent>)>> {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut deferred.roots).into_iter().partition(|(_, name, _)| pick(name));
+        deferred.roots = later;
+        let roots: Vec<NodeRef> = now.iter().map(|(_, _, r)| *r).collect();
+        let trees = self.load_trees(&deferred.id_hex, &roots, &mut |_| {})?;
+        Ok(now.into_iter().map(|(i, _, _)| i).zip(trees).collect())
+    }
+
     /// Reads the trees under `roots`, level by level with batched reads, checking every node
     /// against its id and its place (height, range, extent count); returns each tree's extents.
     /// `visit` sees every node id read.
@@ -463,7 +527,10 @@ impl LocalStore {
                 if (start, end, count) != (r.start, r.end, r.extents) {
                     return Err(bad(&r.id, "its range or extent count differs from its parent's record".into()));
                 }
-                self.known.lock().expect("known trees lock").learn(r.id, &node);
+                // What a writer reuses; a read-only store writes nothing.
+                if !self.opts.read_only {
+                    self.known.lock().expect("known trees lock").learn(r.id, &node);
+                }
                 match node {
                     Node::Leaf(l) => out[tree].extend(l.extents),
                     Node::Inner(c) => next.extend(c.into_iter().map(|c| (tree, c))),
