@@ -10,8 +10,8 @@
 //! opened the packs they need (so other commands can use the store while pages stream in),
 //! writes one JSON line with what it restored to its stdout, and serves and streams pages until
 //! all are in, then exits. The command passes that line on and exits. The namespace init of a
-//! restored process or tree is the pager's child, created with a death signal and a guard pipe; a
-//! pod's init (`zap-init`) watches a guard pipe: if the pager dies before every page is in, every
+//! restored process or tree is the pager's child, created with a death signal and a guard (a pair of unix sockets); a
+//! pod's init (`zap-init`) watches the guard; both hold the userfaultfds meanwhile: if the pager dies before every page is in, every
 //! restored process is killed, never left waiting for a page (a pod then shows as failed in
 //! `zap ps` until `zap rm`).
 use std::io::{BufRead, BufReader, Write};

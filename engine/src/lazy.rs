@@ -15,8 +15,13 @@
 //!                                                releases the init's guard, closes the uffd
 //! ```
 //!
+//! A process restored alone has the manifest read without the extent trees of the memory the
+//! pager fills ([`zap_store::LocalStore::manifest_deferred`]): a thread reads those while the
+//! process is laid out, and the pager takes them before it serves a page
+//! ([`Pager::extents_later`]).
+//!
 //! **The pager is never a weak point.** The namespace's init is created by the restoring thread
-//! with `PR_SET_PDEATHSIG` SIGKILL and a guard pipe ([`crate::sys::clone::spawn_pidns_target_guarded`]):
+//! with `PR_SET_PDEATHSIG` SIGKILL and a guard ([`crate::sys::clone::spawn_pidns_target_guarded`]):
 //! if the restorer dies before every page is in, the kernel kills the init, and with it the
 //! whole PID namespace; the pager releases the guard only when it is done. A pager that cannot
 //! serve a page (a damaged chunk, a mapping moved with `mremap` while loading) kills the
@@ -28,7 +33,7 @@
 //! **Groups and pods** ([`Pagers`]): one pager thread per process, each with its own
 //! userfaultfd, started as soon as that process's mappings are registered (parents first, see
 //! [`crate::group::restore_in_lazy`]); the group's init has one guard, released once every pager
-//! is done. A pod's init is `zap-init`, not our child: it watches the guard pipe itself
+//! is done. A pod's init is `zap-init`, not our child: it watches the guard itself
 //! ([`crate::pod::init`]) and ends the pod on its EOF.
 //!
 //! **No zero page after a pager's death.** When the pager process dies, the kernel would release
@@ -171,7 +176,7 @@ const HOLD_STREAMING: Duration = Duration::from_secs(2);
 
 impl Pager {
     /// A pager for the process whose userfaultfd is `uffd`, restored under the guarded init
-    /// `init_pid` (whose guard pipe's write end is `guard`, released when every page is in; a
+    /// `init_pid` (whose guard, the pager's end of a [`sysclone::guard_pair`], is `guard`, released when every page is in; a
     /// process of a group has none: its [`Pagers`] releases the group's guard once every
     /// pager is done). It opens the packs it needs from `store` first (faults wait meanwhile),
     /// then lets go of the store.
@@ -349,8 +354,12 @@ impl Pager {
             uffd::Event::Fork(fd) => {
                 if let Some(h) = &self.holder {
                     use std::os::fd::AsFd;
-                    sysclone::hold_fd(h, fd.as_fd())
-                        .map_err(|source| EngineError::Sys { step: "hand a forked child's userfaultfd to the namespace init", pid: self.init_pid, source })?;
+                    match sysclone::hold_fd(h, fd.as_fd()) {
+                        // The init is gone (its namespace with it): the child is dead too.
+                        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(()),
+                        Err(source) => return Err(EngineError::Sys { step: "hand a forked child's userfaultfd to the namespace init", pid: self.init_pid, source }),
+                        Ok(()) => {}
+                    }
                 }
                 self.report.processes += 1;
                 self.targets.push(Target { uffd: fd, served: vec![false; self.blocks.len()], cursor: 0 });

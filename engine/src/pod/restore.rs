@@ -82,7 +82,7 @@ struct PodSpawner<'a, S> {
     init_pid: i32,
     netlock: Option<NetLock>,
     inside: InsideRestore<'a, S>,
-    /// A lazy restore's guard pipe (read end), for the pod's init.
+    /// A lazy restore's guard (the init's end of the guard sockets), for the pod's init.
     guard: Option<std::os::fd::BorrowedFd<'a>>,
 }
 

@@ -145,8 +145,8 @@ pub fn spawn_pidns_group(top: &[i32], tramp: u64) -> io::Result<i32> {
     spawn_group_init(top, tramp, None)
 }
 
-/// Like [`spawn_pidns_group`], for a lazy restore: the init is guarded by the pipe `guard` (its
-/// read end) as [`spawn_pidns_target_guarded`]'s is: it dies with the calling thread, and kills
+/// Like [`spawn_pidns_group`], for a lazy restore: the init is guarded by `guard` (its end of a
+/// [`guard_pair`]) as [`spawn_pidns_target_guarded`]'s is: it dies with the calling thread, and kills
 /// its namespace on the pipe's EOF, until it reads `b'D'` ([`release_guard`]).
 pub fn spawn_pidns_group_guarded(top: &[i32], tramp: u64, guard: i32) -> io::Result<i32> {
     spawn_group_init(top, tramp, Some(guard))
@@ -191,7 +191,7 @@ fn group_init(top: &[i32], tramp: u64, guard: Option<i32>) -> ! {
     }
 }
 
-/// Where a guarded group init keeps its guard pipe.
+/// Where a guarded group init keeps its guard.
 const GUARD_FD: i32 = 3;
 
 /// Starts an init in a new PID namespace that creates the target with `vpid` and a trampoline
@@ -210,10 +210,11 @@ pub fn spawn_pidns_target(vpid: i32, tramp: u64) -> io::Result<i32> {
 
 /// Like [`spawn_pidns_target`], for a lazy restore: the init dies with the thread that calls
 /// this (`PR_SET_PDEATHSIG` SIGKILL), taking its whole PID namespace with it, until it reads
-/// `b'D'` from the pipe `guard` (its read end; the caller keeps the write end). It then clears
-/// that and closes the pipe, which the writer sees as POLLERR (see [`release_guard`]). EOF
-/// without `b'D'` kills the namespace too. So a pager that dies before every page is in never
-/// leaves a process waiting for a page that cannot come.
+/// `b'D'` from `guard` (its end of a [`guard_pair`]; the caller keeps the other). It then clears
+/// that, closes the userfaultfds it was handed meanwhile ([`hold_fd`]) and its end, which the
+/// writer sees as POLLHUP (see [`release_guard`]). EOF without `b'D'` kills the namespace too.
+/// So a pager that dies before every page is in never leaves a process waiting for a page that
+/// cannot come, nor lets one read a page it did not fill.
 pub fn spawn_pidns_target_guarded(vpid: i32, tramp: u64, guard: i32) -> io::Result<i32> {
     let args = CloneArgs { flags: libc::CLONE_NEWPID as u64, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
     let rc = clone3(&args);
@@ -403,9 +404,15 @@ pub fn guard_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> 
 /// or of a [`guard_pair`]).
 pub fn release_guard(write_end: &std::os::fd::OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: writing one byte from our stack to a pipe fd we own.
+    // SAFETY: writing one byte from our stack to a pipe or socket fd we own.
     if unsafe { libc::write(write_end.as_raw_fd(), b"D".as_ptr().cast(), 1) } != 1 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // The init is gone already: every process of its namespace ended (it exits when it has
+        // no child left), so nothing depends on us any more.
+        if e.raw_os_error() == Some(libc::EPIPE) {
+            return Ok(());
+        }
+        return Err(e);
     }
     let start = std::time::Instant::now();
     while start.elapsed() < timeout {
