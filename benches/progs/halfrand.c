@@ -4,18 +4,39 @@
  * argv[2].ok or argv[2].bad, so a restored copy can be
  * checked page by page by the program itself, whatever restored it. Each SIGUSR2 changes 1% of
  * its pages, spread at random (the first word of each is XORed with a new value, recorded in a
- * table of its own so that the check still holds), then creates argv[2].N for round N. */
+ * table of its own so that the check still holds), then creates argv[2].N for round N. On
+ * SIGWINCH it reads one word of every page, in a scattered order (a stride coprime with the page
+ * count), and writes how long that took, in microseconds, to argv[2].touch (through a temporary
+ * file and a rename): the bench's measure of the program's speed while its pages stream in
+ * after a lazy restore (each first touch a fault the pager serves) and once they are all in. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t checks, dirties;
+static volatile sig_atomic_t checks, dirties, touches;
 static void on_usr1(int s) { (void)s; checks++; }
 static void on_usr2(int s) { (void)s; dirties++; }
+static void on_winch(int s) { (void)s; touches++; }
+
+static size_t gcd(size_t a, size_t b) { while (b) { size_t t = a % b; a = b; b = t; } return a; }
+
+/* Reads one word of every page in a scattered order; returns the microseconds it took. */
+static long touch_all(const uint8_t *p, size_t pages) {
+    size_t stride = 1000003;
+    while (gcd(stride, pages) != 1) stride += 2;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    volatile uint64_t sum = 0;
+    for (size_t k = 0, i = 0; k < pages; k++, i = (i + stride) % pages) sum += *(const volatile uint64_t *)(p + i * 4096);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    (void)sum;
+    return (long)((b.tv_sec - a.tv_sec) * 1000000L + (b.tv_nsec - a.tv_nsec) / 1000);
+}
 
 static uint64_t *delta; /* per page: what its first word was XORed with */
 
@@ -55,15 +76,29 @@ int main(int argc, char **argv) {
     walk(p, pages, 0);
     signal(SIGUSR1, on_usr1);
     signal(SIGUSR2, on_usr2);
+    signal(SIGWINCH, on_winch);
     FILE *f = fopen(argv[2], "w");
     if (!f) return 3;
     fclose(f);
-    int checked = 0, dirtied = 0;
+    int checked = 0, dirtied = 0, touched = 0;
     uint64_t r = 0x2545f4914f6cdd1dull;
     char what[32];
     for (;;) {
         /* Polling rather than pause(): no wake-up is lost, whatever restored the process. */
-        while (checked == checks && dirtied == dirties) usleep(1000);
+        while (checked == checks && dirtied == dirties && touched == touches) usleep(1000);
+        if (touched != touches) {
+            touched++;
+            long us = touch_all(p, pages);
+            char tmp[4096], dst[4096];
+            snprintf(tmp, sizeof tmp, "%s.touch.tmp", argv[2]);
+            snprintf(dst, sizeof dst, "%s.touch", argv[2]);
+            FILE *t = fopen(tmp, "w");
+            if (t) {
+                fprintf(t, "%ld\n", us);
+                fclose(t);
+                rename(tmp, dst);
+            }
+        }
         if (checked != checks) {
             checked++;
             mark(argv[2], walk(p, pages, 1) < 0 ? "ok" : "bad");

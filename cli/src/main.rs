@@ -131,6 +131,12 @@ impl Ctx {
     pub fn open(&self) -> Result<LocalStore> {
         Ok(LocalStore::open(&self.store, StoreOptions::default())?)
     }
+
+    /// Opens the existing store for reading only (restores): no start-up write, no recovery of
+    /// interrupted writes (see [`StoreOptions::read_only`]).
+    pub fn open_read_only(&self) -> Result<LocalStore> {
+        Ok(LocalStore::open(&self.store, StoreOptions { read_only: true, ..StoreOptions::default() })?)
+    }
 }
 
 fn init_logging(verbose: u8) {

@@ -3,15 +3,15 @@
 //!
 //! The pager must outlive the command, so the command does not restore itself, nor open the
 //! store: it starts `zap __pager ID [--name N] [--ip A]` (same store; its own session; stderr to
-//! `$ZAP_PAGER_LOG` or /dev/null), which opens the store, resolves the id (a prefix is fine),
+//! `$ZAP_PAGER_LOG` or /dev/null), which opens the store for reading only, resolves the id (a prefix is fine),
 //! reads the checkpoint's kind from its summary and restores it lazily
 //! ([`zap_engine::process::restore_lazy`], [`zap_engine::group::restore_lazy`],
 //! [`zap_engine::pod::checkpoint::restore_lazy`]), lets go of the store once its pagers have
 //! opened the packs they need (so other commands can use the store while pages stream in),
 //! writes one JSON line with what it restored to its stdout, and serves and streams pages until
 //! all are in, then exits. The command passes that line on and exits. The namespace init of a
-//! restored process or tree is the pager's child, created with a death signal and a guard pipe; a
-//! pod's init (`zap-init`) watches a guard pipe: if the pager dies before every page is in, every
+//! restored process or tree is the pager's child, created with a death signal and a guard (a pair of unix sockets); a
+//! pod's init (`zap-init`) watches the guard; both hold the userfaultfds meanwhile: if the pager dies before every page is in, every
 //! restored process is killed, never left waiting for a page (a pod then shows as failed in
 //! `zap ps` until `zap rm`).
 use std::io::{BufRead, BufReader, Write};
@@ -40,6 +40,7 @@ pub struct PagerArgs {
 
 /// `zap restore ID --lazy`: starts the pager and reports what it says.
 pub fn restore_lazy(ctx: &Ctx, id: &str, name: Option<&str>, ip: Option<&str>) -> Result<Output> {
+    tracing::debug!("lazy restore: starting the pager");
     let exe = std::env::current_exe().map_err(|e| CliError::Invalid(format!("find the zap executable: {e}")))?;
     let log = match std::env::var_os("ZAP_PAGER_LOG") {
         Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(&p).map(Stdio::from).unwrap_or_else(|_| Stdio::null()),
@@ -61,6 +62,7 @@ pub fn restore_lazy(ctx: &Ctx, id: &str, name: Option<&str>, ip: Option<&str>) -
     let mut line = String::new();
     let stdout = child.stdout.take().expect("piped");
     BufReader::new(stdout).read_line(&mut line).map_err(|e| CliError::Invalid(format!("read the pager's report: {e}")))?;
+    tracing::debug!("lazy restore: the pager reported");
     let report: serde_json::Value = match serde_json::from_str(line.trim()) {
         Ok(v) => v,
         Err(_) => {
@@ -108,10 +110,13 @@ pub fn run(ctx: &Ctx, args: &PagerArgs) -> Result<Output> {
     };
     let restored = (|| {
         // The pagers let go of the store once they have opened the packs they need.
-        let store = std::sync::Arc::new(ctx.open()?);
+        let t = std::time::Instant::now();
+        let store = std::sync::Arc::new(ctx.open_read_only()?);
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "pager: store open");
         // An id (or prefix), or a pod's name: its latest checkpoint.
         let id = crate::process_cmd::resolve_or_pod(&store, &args.id)?;
         let kind = store.summary(&id)?.kind;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "pager: checkpoint found");
         let engine = |e: zap_engine::EngineError| CliError::Invalid(e.to_string());
         if kind != podck::KIND && (args.name.is_some() || args.ip.is_some()) {
             return Err(CliError::Invalid(format!("--name and --ip apply to pod checkpoints; {id} is a {kind} checkpoint")));

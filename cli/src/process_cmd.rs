@@ -180,9 +180,10 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> Result<Output> {
         // one store open and one manifest read, not two.
         return crate::pager_cmd::restore_lazy(ctx, &args.id, args.name.as_deref(), args.ip.as_deref());
     }
-    let store = ctx.open()?;
+    // A restore only reads the store.
+    let store = ctx.open_read_only()?;
     let id = resolve_or_pod(&store, &args.id)?;
-    let kind = store.manifest(&id)?.kind;
+    let kind = store.summary(&id)?.kind;
     if kind == podck::KIND {
         return restore_pod(ctx, &store, &id, args);
     }

@@ -1,5 +1,7 @@
 //! `zap restore --lazy`: the process runs while a pager process loads its memory; a pager
-//! killed mid-way takes the restored process down with it (never left waiting for a page). A pod
+//! killed mid-way takes the restored process down with it (never left waiting for a page, never
+//! reading a page the pager did not fill); a pack truncated while loading does the same, the
+//! pager's log naming the pack. A pod
 //! of a parent and three forked children (sharing part of their memory copy-on-write, each with
 //! memory of its own) restored lazily: every page checked, sharing kept, `zap ps` says loading
 //! until all is in; and its pager killed mid-way: no process of the pod is left, the pod shows
@@ -80,10 +82,82 @@ fn a_pager_killed_mid_way_leaves_no_hung_process() {
     // SAFETY: kill takes integers; the pager is the process this test's zap started.
     unsafe { libc::kill(pager, libc::SIGKILL) };
     assert!(wait_for(Duration::from_secs(10), || gone(pid) && gone(init)), "the restored process (pid {pid}, init {init}) outlived its pager");
-    assert!(!std::fs::read_to_string(&out).unwrap_or_default().contains("ok"), "a process that lost its pager cannot have checked every page");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(!text.contains("ok"), "a process that lost its pager cannot have checked every page");
+    // Its init held the userfaultfd: the pager's death let no waiting fault go on with a zero page.
+    assert!(!text.contains("FAIL"), "the process read a page its pager never filled: {text}");
     // The store is usable again: the pager held it only while opening packs.
     let ls = zap(&store, &["ls"]);
     assert!(ls.status.success(), "{}", String::from_utf8_lossy(&ls.stderr));
+}
+
+/// A pack truncated under a pager that is still loading (the pager reads chunks with `pread`
+/// from the handles it opened, never from a mapping, so a shortened file cannot SIGBUS it): the
+/// pager fails on the first chunk past the new end, kills the restored process and its
+/// namespace, and its log names the pack; nothing is left waiting for a page.
+#[test]
+fn a_pack_truncated_while_loading_kills_the_process_and_names_the_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/lazybig.c");
+    let prog = dir.path().join("lazybig");
+    match Command::new("gcc").args(["-O1", "-static", "-o"]).arg(&prog).arg(&src).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("SKIP: gcc ({other:?})");
+            return;
+        }
+    }
+    let (out, go, log) = (dir.path().join("out"), dir.path().join("go"), dir.path().join("pager.log"));
+    let mut cmd = Command::new(&prog);
+    cmd.arg(&out).arg(&go).arg("1024").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: close_range only touches the child's fd table before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().expect("spawn");
+    let _orig = KillOnDrop(vec![child.id() as i32]);
+    assert!(wait_for(Duration::from_secs(60), || std::fs::read_to_string(&out).unwrap_or_default().contains("ready")));
+    let ck = zap(&store, &["--json", "checkpoint", "--pid", &child.id().to_string()]);
+    assert!(ck.status.success(), "{}", String::from_utf8_lossy(&ck.stderr));
+    let _ = child.wait();
+    let id: serde_json::Value = serde_json::from_slice(&ck.stdout).unwrap();
+    let id = id["id"].as_str().unwrap().to_string();
+    let r = Command::new(env!("CARGO_BIN_EXE_zap"))
+        .env("ZAP_PAGER_LOG", &log)
+        .arg("--store")
+        .arg(&store)
+        .args(["--json", "restore", "--lazy", &id])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run zap");
+    if !r.status.success() && String::from_utf8_lossy(&r.stderr).contains("userfaultfd") {
+        eprintln!("SKIP: userfaultfd ({})", String::from_utf8_lossy(&r.stderr));
+        return;
+    }
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let (pid, init, pager) = (v["pid"].as_i64().unwrap() as i32, v["init_pid"].as_i64().unwrap() as i32, v["pager_pid"].as_i64().unwrap() as i32);
+    let _restored = KillOnDrop(vec![pid, init, pager]);
+    assert!(!gone(pager), "the pager ended before the packs could be truncated: 1 GiB loaded at once?");
+    let mut truncated = Vec::new();
+    for e in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".pack") {
+            std::fs::OpenOptions::new().write(true).open(e.path()).unwrap().set_len(4096).unwrap();
+            truncated.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    assert!(!truncated.is_empty(), "no pack to truncate");
+    // The process touches every page: its faults need chunks past the new ends.
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || gone(pid) && gone(init) && gone(pager)), "pid {pid}, init {init} or pager {pager} outlived the failure");
+    assert!(!std::fs::read_to_string(&out).unwrap_or_default().contains("ok"), "a process whose pages could not be read cannot have checked them all");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("truncated") && truncated.iter().any(|t| text.contains(t.as_str())), "the pager's log names the truncated pack: {text}");
+    assert!(!text.contains("SIGBUS"), "{text}");
 }
 
 /// Mapping kinds a pager must not fill, or fills with care, in a lazily restored process: locked

@@ -15,8 +15,13 @@
 //!                                                releases the init's guard, closes the uffd
 //! ```
 //!
+//! A process restored alone has the manifest read without the extent trees of the memory the
+//! pager fills ([`zap_store::LocalStore::manifest_deferred`]): a thread reads those while the
+//! process is laid out, and the pager takes them before it serves a page
+//! ([`Pager::extents_later`]).
+//!
 //! **The pager is never a weak point.** The namespace's init is created by the restoring thread
-//! with `PR_SET_PDEATHSIG` SIGKILL and a guard pipe ([`crate::sys::clone::spawn_pidns_target_guarded`]):
+//! with `PR_SET_PDEATHSIG` SIGKILL and a guard ([`crate::sys::clone::spawn_pidns_target_guarded`]):
 //! if the restorer dies before every page is in, the kernel kills the init, and with it the
 //! whole PID namespace; the pager releases the guard only when it is done. A pager that cannot
 //! serve a page (a damaged chunk, a mapping moved with `mremap` while loading) kills the
@@ -28,14 +33,18 @@
 //! **Groups and pods** ([`Pagers`]): one pager thread per process, each with its own
 //! userfaultfd, started as soon as that process's mappings are registered (parents first, see
 //! [`crate::group::restore_in_lazy`]); the group's init has one guard, released once every pager
-//! is done. A pod's init is `zap-init`, not our child: it watches the guard pipe itself
+//! is done. A pod's init is `zap-init`, not our child: it watches the guard itself
 //! ([`crate::pod::init`]) and ends the pod on its EOF.
 //!
-//! **A known window**: when the pager process dies, the kernel releases its userfaultfds before
-//! the init sees the guard's EOF (or the death signal), and a released userfaultfd lets a
-//! waiting fault go on with a zero page; the processes are killed a moment later (their init
-//! polls the guard), but may run that moment on zero memory. Closing it would need a process
-//! that dies with the restored ones to hold a copy of each userfaultfd; not done.
+//! **No zero page after a pager's death.** When the pager process dies, the kernel would release
+//! its userfaultfds before the init sees the guard's end of file, and a released userfaultfd lets
+//! a waiting fault go on with a zero page. So the guard is a pair of unix sockets
+//! ([`sysclone::guard_pair`]) and each userfaultfd (the process's, and each forked child's as
+//! its fork event comes) is handed to the init ([`sysclone::hold_fd`]), which keeps it open until
+//! the pager says done: a pager's death leaves the faults waiting until the init has killed the
+//! processes. The cost: in a group, a process whose own pager is done but whose group is still
+//! loading waits, should it drop and touch again a lazily restored page, until the last pager
+//! is done (the userfaultfd is still open, with nobody to answer).
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -62,9 +71,16 @@ pub struct LazyRange {
     pub start: u64,
     /// One past the last.
     pub end: u64,
-    /// Its saved extents, in address order.
+    /// Its saved extents, in address order (empty until the pager has them, when the image's
+    /// tree is read later: [`Pager::extents_later`]).
     pub extents: Vec<Extent>,
+    /// The manifest image they come from.
+    pub image: String,
 }
+
+/// The extents of the images whose trees a thread is still reading, by image name (see
+/// [`Pager::extents_later`]).
+pub type LaterExtents = std::thread::JoinHandle<Result<HashMap<String, Vec<Extent>>>>;
 
 /// The chunks a pager may need, with pack handles opened while the store was open: the pager
 /// does not hold the store once the process runs (other commands can use it while pages stream
@@ -138,7 +154,10 @@ pub struct Pager {
     /// Chunks, and the store until the process runs and every pack is open (then dropped: the
     /// pager does not keep it).
     source: ChunkSource,
-    guard: Option<OwnedFd>,
+    /// The guard this pager releases when done (a process alone; a group's [`Pagers`] holds its own).
+    guard: Option<Arc<OwnedFd>>,
+    /// The guard the userfaultfds are handed to the init through ([`sysclone::hold_fd`]).
+    holder: Option<Arc<OwnedFd>>,
     init_pid: i32,
     report: PagerReport,
     /// Faults to answer again: the process's layout was changing (a fork event not read yet).
@@ -148,6 +167,8 @@ pub struct Pager {
     go: Arc<AtomicBool>,
     /// When streaming starts anyway (a restorer that never says the process runs).
     go_anyway: Instant,
+    /// The extents still being read: taken before the first page is served.
+    later: Option<LaterExtents>,
 }
 
 /// How long the pager serves only faults at most, waiting for the process to run.
@@ -155,11 +176,30 @@ const HOLD_STREAMING: Duration = Duration::from_secs(2);
 
 impl Pager {
     /// A pager for the process whose userfaultfd is `uffd`, restored under the guarded init
-    /// `init_pid` (whose guard pipe's write end is `guard`, released when every page is in; a
+    /// `init_pid` (whose guard, the pager's end of a [`sysclone::guard_pair`], is `guard`, released when every page is in; a
     /// process of a group has none: its [`Pagers`] releases the group's guard once every
     /// pager is done). It opens the packs it needs from `store` first (faults wait meanwhile),
     /// then lets go of the store.
-    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, store: Arc<LocalStore>, init_pid: i32, guard: Option<OwnedFd>) -> Self {
+    ///
+    /// `holder` is the guard (the pager's end of a [`sysclone::guard_pair`]) the init holds the
+    /// userfaultfds through: `uffd` is handed over here, those of forked children when they come.
+    pub fn new(uffd: OwnedFd, ranges: Vec<LazyRange>, store: Arc<LocalStore>, init_pid: i32, guard: Option<OwnedFd>) -> Result<Self> {
+        let guard = guard.map(Arc::new);
+        Self::with_holder(uffd, ranges, store, init_pid, guard.clone(), guard)
+    }
+
+    fn with_holder(
+        uffd: OwnedFd,
+        ranges: Vec<LazyRange>,
+        store: Arc<LocalStore>,
+        init_pid: i32,
+        guard: Option<Arc<OwnedFd>>,
+        holder: Option<Arc<OwnedFd>>,
+    ) -> Result<Self> {
+        use std::os::fd::AsFd;
+        if let Some(h) = &holder {
+            sysclone::hold_fd(h, uffd.as_fd()).map_err(|source| EngineError::Sys { step: "hand the userfaultfd to the namespace init", pid: init_pid, source })?;
+        }
         let mut blocks = Vec::new();
         for (i, r) in ranges.iter().enumerate() {
             let mut b = r.start - r.start % BLOCK;
@@ -169,18 +209,44 @@ impl Pager {
             }
         }
         let n = blocks.len();
-        Pager {
+        Ok(Pager {
             targets: vec![Target { uffd, served: vec![false; n], cursor: 0 }],
             ranges,
             blocks,
             source: ChunkSource { chunks: HashMap::new(), store: Some(store) },
             guard,
+            holder,
             init_pid,
             report: PagerReport { processes: 1, ..Default::default() },
             retry: Vec::new(),
             go: Arc::new(AtomicBool::new(false)),
             go_anyway: Instant::now() + HOLD_STREAMING,
+            later: None,
+        })
+    }
+
+    /// The extents of some ranges' images are still being read by `thread` (a lazy restore
+    /// reads the trees of the memory the pager fills while it lays out the process): before it
+    /// serves anything, the pager waits for them and gives each range whose image they hold
+    /// its extents (a fault meanwhile waits for that). A failure to read them is the pager's:
+    /// the restored processes are killed.
+    pub fn extents_later(&mut self, thread: LaterExtents) {
+        self.later = Some(thread);
+    }
+
+    /// Takes the extents read later ([`Pager::extents_later`]) into the ranges.
+    fn take_later(&mut self) -> Result<()> {
+        let Some(thread) = self.later.take() else { return Ok(()) };
+        let t = Instant::now();
+        let mut images = thread.join().map_err(|_| EngineError::Proc { pid: self.init_pid, detail: "lazy restore: the thread reading the manifest's trees panicked".into() })??;
+        for r in &mut self.ranges {
+            if let Some(extents) = images.get(&r.image) {
+                r.extents = clip(extents, r.start, r.end);
+            }
         }
+        images.clear();
+        tracing::debug!(init = self.init_pid, waited_ms = t.elapsed().as_secs_f64() * 1e3, "pager: extents read later are in");
+        Ok(())
     }
 
     /// Serves faults and streams every block in; returns when all are in (the guard released)
@@ -206,6 +272,7 @@ impl Pager {
     }
 
     fn serve_all(&mut self) -> Result<()> {
+        self.take_later()?;
         while !self.targets.is_empty() {
             // Faults first, then a few blocks of streaming per process (once it runs).
             let stream = self.go.load(Ordering::Acquire) || Instant::now() >= self.go_anyway;
@@ -285,6 +352,15 @@ impl Pager {
                 Ok(())
             }
             uffd::Event::Fork(fd) => {
+                if let Some(h) = &self.holder {
+                    use std::os::fd::AsFd;
+                    match sysclone::hold_fd(h, fd.as_fd()) {
+                        // The init is gone (its namespace with it): the child is dead too.
+                        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(()),
+                        Err(source) => return Err(EngineError::Sys { step: "hand a forked child's userfaultfd to the namespace init", pid: self.init_pid, source }),
+                        Ok(()) => {}
+                    }
+                }
                 self.report.processes += 1;
                 self.targets.push(Target { uffd: fd, served: vec![false; self.blocks.len()], cursor: 0 });
                 Ok(())
@@ -336,6 +412,23 @@ impl Pager {
     }
 }
 
+/// The parts of `extents` (sorted) inside `[a, b)`, cut at its bounds.
+pub fn clip(extents: &[Extent], a: u64, b: u64) -> Vec<Extent> {
+    let first = extents.partition_point(|e| e.end() <= a);
+    extents[first..]
+        .iter()
+        .take_while(|e| e.start < b)
+        .map(|e| {
+            let (s, t) = (e.start.max(a), e.end().min(b));
+            let data = match e.data {
+                ExtentData::Chunk { id, offset } => ExtentData::Chunk { id, offset: offset + (s - e.start) as u32 },
+                ExtentData::Zero => ExtentData::Zero,
+            };
+            Extent { start: s, len: t - s, data }
+        })
+        .collect()
+}
+
 /// A pager running in a thread of the restorer.
 pub struct PagerHandle {
     thread: std::thread::JoinHandle<Result<PagerReport>>,
@@ -377,17 +470,17 @@ pub struct Pagers {
     /// Until the group runs (then the pagers hold it only until their packs are open).
     store: Option<Arc<LocalStore>>,
     handles: Vec<(i32, PagerHandle)>,
-    guard: Option<OwnedFd>,
+    guard: Option<Arc<OwnedFd>>,
     init_pid: i32,
     /// Lazily served bytes, all processes.
     pub lazy_bytes: u64,
 }
 
 impl Pagers {
-    /// No pagers yet, for a group restored from `store` whose init's guard pipe write end is
-    /// `guard` (the init is named later, [`Pagers::set_init`]).
+    /// No pagers yet, for a group restored from `store` whose init's guard is `guard` (the
+    /// pager's end of a [`sysclone::guard_pair`]; the init is named later, [`Pagers::set_init`]).
     pub fn new(store: Arc<LocalStore>, guard: OwnedFd) -> Self {
-        Pagers { store: Some(store), handles: Vec::new(), guard: Some(guard), init_pid: 0, lazy_bytes: 0 }
+        Pagers { store: Some(store), handles: Vec::new(), guard: Some(Arc::new(guard)), init_pid: 0, lazy_bytes: 0 }
     }
 
     /// The host pid of the group's namespace init, which a failing pager kills.
@@ -400,7 +493,7 @@ impl Pagers {
     pub fn start(&mut self, vpid: i32, uffd: OwnedFd, ranges: Vec<LazyRange>) -> Result<()> {
         let store = self.store.clone().ok_or_else(|| EngineError::Proc { pid: vpid, detail: "lazy restore: a pager started after the group runs".into() })?;
         self.lazy_bytes += ranges.iter().map(|r| r.end - r.start).sum::<u64>();
-        let pager = Pager::new(uffd, ranges, store, self.init_pid, None);
+        let pager = Pager::with_holder(uffd, ranges, store, self.init_pid, None, self.guard.clone())?;
         self.handles.push((vpid, PagerHandle::start(pager)));
         Ok(())
     }

@@ -652,6 +652,7 @@ fn restore_target<T>(
     let result = (|| {
         let pid = find_child(init, Duration::from_secs(5))?;
         wait_ready(pid, tramp, Duration::from_secs(5))?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "target ready");
         let mut frozen = Frozen::freeze(pid)?;
         let (warnings, value) = match steps(pid, &mut frozen) {
             Ok(done) => done,
@@ -688,23 +689,61 @@ fn restore_target<T>(
 /// with it before. The pager keeps `store` only until it has opened the packs it needs.
 pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &CheckpointId) -> Result<(Restored, crate::lazy::PagerHandle)> {
     let t0 = Instant::now();
-    let (manifest, image) = read_image(&*store, id, &|kind| {
-        format!("checkpoint {id} is a {kind} checkpoint, not a process (a tree or a pod is restored lazily by group::restore_lazy or pod::checkpoint::restore_lazy)")
-    })?;
+    // The manifest without its extent trees; those of the memory the pager fills are read by a
+    // thread of their own while the process is laid out (the pager waits for them before it
+    // serves a page), the others now.
+    let (mut manifest, mut deferred) = store.manifest_deferred(id)?;
+    if manifest.kind != KIND {
+        return Err(zap_store::StoreError::Invalid(format!(
+            "checkpoint {id} is a {} checkpoint, not a process (a tree or a pod is restored lazily by group::restore_lazy or pod::checkpoint::restore_lazy)",
+            manifest.kind
+        ))
+        .into());
+    }
+    let image = ProcessImage::decode(&manifest.state)?;
+    if image.vpid == 1 {
+        return Err(EngineError::Proc { pid: image.vpid, detail: "restoring a namespace init (pid 1) is not supported yet".into() });
+    }
     // Refused before anything is made.
     lazy_unsupported(&image)?;
+    // Every mapping the pager may fill is wholly lazy here (no parent to inherit from, no child
+    // to share with: see memory_lazy), so its image's extents are the pager's alone.
+    let paged: std::collections::HashSet<String> = image.vmas.iter().filter(|v| lazy_servable(v)).filter_map(|v| v.image.clone()).collect();
+    for (i, extents) in store.read_deferred(&mut deferred, &|name| !paged.contains(name))? {
+        manifest.images[i].extents = extents;
+    }
+    let later = (!deferred.is_empty()).then(|| {
+        let (store, names) = (store.clone(), manifest.images.iter().map(|i| i.name.clone()).collect::<Vec<_>>());
+        std::thread::Builder::new()
+            .name("zap-manifest".into())
+            .spawn(move || {
+                let t = Instant::now();
+                let read = store.read_deferred(&mut deferred, &|_| true)?;
+                tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "lazy restore: the pager's extents read");
+                Ok(read.into_iter().map(|(i, extents)| (names[i].clone(), extents)).collect())
+            })
+            .map_err(|e| EngineError::Proc { pid: image.vpid, detail: format!("lazy restore: start the thread reading the manifest's trees: {e}") })
+    });
+    let later = later.transpose()?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "manifest read (the pager's extents still being read)");
     let tramp = trampoline_addr(&image.vmas);
     let netlock = lock_saved_connections(&image)?;
-    let (guard_read, guard_write) = sysclone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: image.vpid, source })?;
+    let (guard_read, guard_write) = sysclone::guard_pair().map_err(|source| EngineError::Sys { step: "create the guard sockets", pid: image.vpid, source })?;
     use std::os::fd::AsRawFd;
     let init = sysclone::spawn_pidns_target_guarded(image.vpid, tramp, guard_read.as_raw_fd())
         .map_err(|source| EngineError::Sys { step: "create pid namespace", pid: image.vpid, source })?;
     drop(guard_read);
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "namespace init created");
     let (restored, pager) = restore_target(&image, tramp, init, netlock, t0, |pid, frozen| {
         let mut r = ProcRestore::begin(&image, pid, tramp)?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "target taken over");
         let (uffd, ranges) = r.memory_lazy(&*store, &manifest.images, &mut mem::ShmContext::default())?;
         tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "lazy memory registered");
-        let pager = crate::lazy::PagerHandle::start(crate::lazy::Pager::new(uffd, ranges, store.clone(), init, Some(guard_write)));
+        let mut pager = crate::lazy::Pager::new(uffd, ranges, store.clone(), init, Some(guard_write))?;
+        if let Some(thread) = later {
+            pager.extents_later(thread);
+        }
+        let pager = crate::lazy::PagerHandle::start(pager);
         let warnings = r.finish_alone(frozen)?;
         tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "threads, fds and registers restored");
         Ok((warnings, pager))
@@ -731,19 +770,7 @@ pub fn lazy_unsupported(image: &ProcessImage) -> Result<()> {
 
 /// The parts of `extents` (sorted) inside `[a, b)`, cut at its bounds.
 fn clip_extents(extents: &[zap_store::Extent], a: u64, b: u64) -> Vec<zap_store::Extent> {
-    let first = extents.partition_point(|e| e.end() <= a);
-    extents[first..]
-        .iter()
-        .take_while(|e| e.start < b)
-        .map(|e| {
-            let (s, t) = (e.start.max(a), e.end().min(b));
-            let data = match e.data {
-                zap_store::ExtentData::Chunk { id, offset } => zap_store::ExtentData::Chunk { id, offset: offset + (s - e.start) as u32 },
-                zap_store::ExtentData::Zero => zap_store::ExtentData::Zero,
-            };
-            zap_store::Extent { start: s, len: t - s, data }
-        })
-        .collect()
+    crate::lazy::clip(extents, a, b)
 }
 
 /// True when the pager may fill mapping `v` (see [`ProcRestore::memory_lazy`]): private
@@ -991,7 +1018,7 @@ impl<'a> ProcRestore<'a> {
                 continue;
             }
             for &(a, b) in &lazy_parts {
-                ranges.push(crate::lazy::LazyRange { start: a, end: b, extents: clip_extents(&img.extents, a, b) });
+                ranges.push(crate::lazy::LazyRange { start: a, end: b, extents: clip_extents(&img.extents, a, b), image: name.clone() });
             }
             if lazy_parts == [(v.start, v.end)] {
                 write[i] = false;

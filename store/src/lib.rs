@@ -34,7 +34,7 @@ pub mod tree;
 
 pub use error::{Result, StoreError};
 pub use image::{clip, materialize, overlay, store_run};
-pub use local::{read_located, LocalStore, LocalWriter, StoreOptions};
+pub use local::{read_located, DeferredImages, LocalStore, LocalWriter, StoreOptions};
 
 pub use maint::{GcReport, StoreStats, VerifyProblem, VerifyReport};
 pub use manifest::{CheckpointId, CheckpointSummary, Extent, ExtentData, Image, ImageKind, Manifest};

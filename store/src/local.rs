@@ -16,6 +16,9 @@
 //!
 //! Recovery on open: temporary packs and packs the index does not record are what a killed writer
 //! or GC left; they are deleted. Visible checkpoints are exactly those whose commit batch landed.
+//! A restore opens the store read-only ([`StoreOptions::read_only`]: RocksDB's read-only open,
+//! no recovery, every write refused); a process that wrote flushes the index's log into table
+//! files when it closes the store, so the next open does not replay it.
 //!
 //! Reads ([`ImageStore::read_chunk`], [`ImageStore::read_chunk_bytes`]) map each pack once and
 //! take chunks in place (no copy into buffers); every chunk is still checked against its id, and
@@ -54,11 +57,31 @@ pub struct StoreOptions {
     pub lock_timeout: Duration,
     /// A pack is closed and a new one started past this size.
     pub pack_target: u64,
+    /// Open for reading only (a restore): the index is opened read-only (see
+    /// [`crate::index::Index::open`]: nothing written, its log not flushed), and the recovery of
+    /// interrupted writes is left to the next open for writing (a reader reads only what
+    /// committed checkpoints reference). Writers, GC and deletes are refused. Not with `create`.
+    pub read_only: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { create: false, lock_timeout: Duration::from_secs(120), pack_target: 128 << 20 }
+        StoreOptions { create: false, lock_timeout: Duration::from_secs(120), pack_target: 128 << 20, read_only: false }
+    }
+}
+
+/// The images of a manifest whose extent trees were not read yet ([`LocalStore::manifest_deferred`]).
+#[derive(Clone, Debug)]
+pub struct DeferredImages {
+    id_hex: String,
+    /// (index of the image in the manifest, the image as stored: name, tree root, patches).
+    images: Vec<(usize, StoredImage)>,
+}
+
+impl DeferredImages {
+    /// True when every tree was read.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
     }
 }
 
@@ -137,6 +160,9 @@ impl LocalStore {
     pub fn open(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         sys::tighten_umask();
         let root = root.as_ref().to_path_buf();
+        if opts.create && opts.read_only {
+            return Err(StoreError::Invalid(format!("open store {}: a read-only open cannot create it", root.display())));
+        }
         let marker = root.join(MARKER);
         match std::fs::read_to_string(&marker) {
             Ok(text) if text == MARKER_TEXT => {}
@@ -159,8 +185,10 @@ impl LocalStore {
         }
         let lock = take_lock(&root, opts.lock_timeout)?;
         let packs_dir = root.join("packs");
-        mkdir_private(&packs_dir)?;
-        let index = Index::open(&root.join("index"), &root.join("index.seq"), !marker.exists())?;
+        if !opts.read_only {
+            mkdir_private(&packs_dir)?;
+        }
+        let index = Index::open(&root.join("index"), &root.join("index.seq"), !marker.exists(), opts.read_only)?;
         if !marker.exists() {
             // Written last, so a directory without it never looks like a finished store.
             let tmp = root.join("STORE.tmp");
@@ -179,7 +207,9 @@ impl LocalStore {
             known: Mutex::new(Known::default()),
             _lock: lock,
         };
-        store.recover()?;
+        if !store.opts.read_only {
+            store.recover()?;
+        }
         Ok(store)
     }
 
@@ -446,6 +476,58 @@ impl LocalStore {
         Ok(())
     }
 
+    /// A checkpoint's manifest with no extent tree read yet: images stored as trees come back
+    /// without extents, their roots in the returned [`DeferredImages`], to be read with
+    /// [`LocalStore::read_deferred`] when and where they are needed (a lazy restore reads the
+    /// trees of the memory its pager fills in another thread while the restore goes on).
+    /// A version-1 manifest holds its extents inline: nothing is deferred.
+    pub fn manifest_deferred(&self, id: &CheckpointId) -> Result<(Manifest, DeferredImages)> {
+        let id_hex = id.to_hex();
+        let bytes = self.index.get(CF_MANIFESTS, &id.0)?.ok_or_else(|| StoreError::NotFound(id_hex.clone()))?;
+        let corrupt = |detail: String| StoreError::Corrupt { what: format!("manifest of checkpoint {id_hex}"), detail };
+        let mut deferred = DeferredImages { id_hex: id_hex.clone(), images: Vec::new() };
+        let stored: StoredManifest = match envelope::version_of(&bytes) {
+            Some(1) => {
+                let m = envelope::open(MANIFEST_MAGIC, 1, &bytes).map(|(m, _)| m).map_err(|e| corrupt(e.to_string()))?;
+                return Ok((m, deferred));
+            }
+            Some(2) => envelope::open::<StoredManifestV2>(MANIFEST_MAGIC, 2, &bytes).map(|(m, _)| m.into()).map_err(|e| corrupt(e.to_string()))?,
+            _ => envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, &bytes).map(|(m, _)| m).map_err(|e| corrupt(e.to_string()))?,
+        };
+        let mut images = Vec::with_capacity(stored.images.len());
+        for (i, im) in stored.images.into_iter().enumerate() {
+            images.push(Image { extents: Vec::new(), name: im.name.clone(), kind: im.kind });
+            if im.root.is_some() || !im.patches.is_empty() {
+                deferred.images.push((i, im));
+            }
+        }
+        let m = Manifest {
+            id: stored.id,
+            parent: stored.parent,
+            created_ms: stored.created_ms,
+            name: stored.name,
+            kind: stored.kind,
+            labels: stored.labels,
+            images,
+            state: stored.state,
+        };
+        Ok((m, deferred))
+    }
+
+    /// Reads the trees (and patches) of the deferred images whose names `pick` selects (each
+    /// node checked as for [`ImageStore::manifest`]) and takes them out of `deferred`; returns
+    /// (index of the image in the manifest, its extents).
+    pub fn read_deferred(&self, deferred: &mut DeferredImages, pick: &dyn Fn(&str) -> bool) -> Result<Vec<(usize, Vec<Extent>)>> {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut deferred.images).into_iter().partition(|(_, im)| pick(&im.name));
+        deferred.images = later;
+        let roots: Vec<NodeRef> = now.iter().filter_map(|(_, im)| im.root).collect();
+        let mut trees = self.load_trees(&deferred.id_hex, &roots, &mut |_| {})?.into_iter();
+        let mut extents: Vec<Vec<Extent>> = now.iter().map(|(_, im)| if im.root.is_some() { trees.next().unwrap_or_default() } else { Vec::new() }).collect();
+        let stored: Vec<StoredImage> = now.iter().map(|(_, im)| im.clone()).collect();
+        self.apply_patches(&deferred.id_hex, &stored, &mut extents, &mut |_| {})?;
+        Ok(now.into_iter().map(|(i, _)| i).zip(extents).collect())
+    }
+
     /// Reads the trees under `roots`, level by level with batched reads, checking every node
     /// against its id and its place (height, range, extent count); returns each tree's extents.
     /// `visit` sees every node id read.
@@ -475,7 +557,10 @@ impl LocalStore {
                 if (start, end, count) != (r.start, r.end, r.extents) {
                     return Err(bad(&r.id, "its range or extent count differs from its parent's record".into()));
                 }
-                self.known.lock().expect("known trees lock").learn(r.id, &node);
+                // What a writer reuses; a read-only store writes nothing.
+                if !self.opts.read_only {
+                    self.known.lock().expect("known trees lock").learn(r.id, &node);
+                }
                 match node {
                     Node::Leaf(l) => out[tree].extend(l.extents),
                     Node::Inner(c) => next.extend(c.into_iter().map(|c| (tree, c))),
@@ -507,6 +592,9 @@ impl ImageStore for LocalStore {
     type Writer<'a> = LocalWriter<'a>;
 
     fn writer(&self) -> Result<LocalWriter<'_>> {
+        if self.opts.read_only {
+            return Err(StoreError::Invalid(format!("write a checkpoint into {}: the store was opened read-only", self.root.display())));
+        }
         Ok(LocalWriter {
             store: self,
             _guard: self.gc_lock.read().expect("gc lock"),
@@ -1071,5 +1159,61 @@ mod tests {
         let report = store.verify(&|_, _| {}).unwrap();
         assert!(report.problems.iter().any(|p| p.object == format!("checkpoint {}", child.id)), "{:?}", report.problems);
         assert_eq!(store.manifest(&parent.id).unwrap().images[0].extents, extents);
+    }
+
+    /// A read-only open (a restore's) reads what a writer committed, whether the writer's log
+    /// was flushed into table files on close or is still to be replayed, refuses every write
+    /// with a message naming the read-only open, and leaves the store as it found it.
+    #[test]
+    fn read_only_open_reads_committed_checkpoints_and_refuses_writes() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let root = tmp.path().join("s");
+        let ro = StoreOptions { read_only: true, ..Default::default() };
+        assert!(matches!(LocalStore::open(&root, ro.clone()), Err(StoreError::NotAStore(_))));
+        let data: Vec<u8> = (0..262144u32).map(|i| (i * 13 % 251) as u8).collect();
+        let mut written = Vec::new();
+        for round in 0..2 {
+            let store = LocalStore::open(&root, StoreOptions { create: true, ..Default::default() }).unwrap();
+            let mut w = store.writer().unwrap();
+            let (extents, _) = crate::store_run(&mut w, &zap_chunker::ChunkerConfig::default(), 0x10000, &data[round * 4096..]).unwrap();
+            let mut m = Manifest::new(format!("ro-{round}"), "memory");
+            m.images.push(Image { name: "mem".into(), kind: ImageKind::Memory, extents });
+            written.push(w.commit(m).unwrap().id);
+            if round == 1 {
+                // The second writer's log is left unflushed (as by a writer killed after its
+                // commit): the reader replays it.
+                store.index.forget_writes();
+            }
+        }
+        let logged: u64 = std::fs::read_dir(root.join("index"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert!(logged > 0, "the second checkpoint is only in the index's log");
+        let store = LocalStore::open(&root, ro).unwrap();
+        for (round, id) in written.iter().enumerate() {
+            let m = store.manifest(id).unwrap();
+            assert_eq!(m.name, format!("ro-{round}"));
+            let mut back = Vec::new();
+            for e in &m.images[0].extents {
+                if let ExtentData::Chunk { id, offset } = e.data {
+                    let bytes = store.read_chunk(&id).unwrap();
+                    back.extend_from_slice(&bytes[offset as usize..offset as usize + e.len as usize]);
+                }
+            }
+            assert_eq!(&back[..], &data[round * 4096..round * 4096 + back.len()], "checkpoint {round} reads back");
+        }
+        let err = store.writer().err().expect("a writer is refused").to_string();
+        assert!(err.contains("read-only"), "{err}");
+        let err = store.delete(&written[0]).unwrap_err().to_string();
+        assert!(err.contains("read-only"), "{err}");
+        assert_eq!(store.list().unwrap().len(), 2);
+        drop(store);
+        assert!(LocalStore::open(&root, StoreOptions { create: true, read_only: true, ..Default::default() }).is_err());
+        // A writer opens it afterwards as usual.
+        let store = LocalStore::open(&root, StoreOptions::default()).unwrap();
+        assert_eq!(store.list().unwrap().len(), 2);
     }
 }

@@ -9,6 +9,12 @@
 //!   memory in place;
 //! - **stored size**: the store's pack files and CRIU's image directory;
 //!
+//! - **touch all pages**: the restored copy reads one word of every page in a scattered order
+//!   (SIGWINCH; it reports the time itself). With `--lazy` it does so at once, while its pages
+//!   stream in (every first touch of a page not in yet waits for the pager), and again once the
+//!   pager has loaded everything: the program's slowdown while loading. The bench also reports
+//!   how long after the restore command every page was in.
+//!
 //! and then has the restored copy check every page itself (SIGUSR1; it writes `.ok` or `.bad`).
 //! Prints each round, the medians and the ratios Zap/CRIU. CRIU is the binary named by `CRIU`
 //! (default: `criu` on the `PATH`); without one the bench says "CRIU not found" and measures Zap
@@ -215,6 +221,40 @@ struct Figures {
     restore_cpu: Vec<f64>,
     /// The dump less the time spent waiting for the disk to make it durable.
     dump_unsynced: Vec<f64>,
+    /// Reading every page in a scattered order right after a lazy restore, while the pages
+    /// stream in (ms).
+    touch_loading: Vec<f64>,
+    /// The same with every page in place (after an eager restore, or once the pager is done).
+    touch_after: Vec<f64>,
+    /// From the lazy restore command's return until its pager had loaded every page (ms).
+    loaded: Vec<f64>,
+}
+
+/// Has the process `pid` read every page of its memory in a scattered order (SIGWINCH) and
+/// returns how long that took it (ms), as it reports next to `ready`.
+fn touch_all(pid: i32, ready: &Path, tool: &str) -> f64 {
+    let out = PathBuf::from(format!("{}.touch", ready.display()));
+    let _ = std::fs::remove_file(&out);
+    // SAFETY: kill(2) with a pid we were given by the restoring tool.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGWINCH) }, 0, "{tool}: restored pid {pid} is gone");
+    let t = Instant::now();
+    loop {
+        if let Some(us) = std::fs::read_to_string(&out).ok().and_then(|s| s.trim().parse::<f64>().ok()) {
+            return us / 1e3;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "{tool}: restored process did not touch its memory");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits (at most 120 s) until process `pid` (not our child: a lazy restore's pager) is gone.
+fn wait_gone(pid: i32, what: &str) {
+    let t = Instant::now();
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(t.elapsed() < Duration::from_secs(120), "{what} (pid {pid}) did not finish");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn zap_round(zap: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &mut Figures) {
@@ -243,6 +283,22 @@ fn zap_round(zap: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &mu
     let pid: i32 = json_field(&out.stdout, "pid").and_then(|v| v.parse().ok()).expect("restored pid");
     let init: i32 = json_field(&out.stdout, "init_pid").and_then(|v| v.parse().ok()).unwrap_or(0);
     let inner_r: f64 = json_field(&out.stdout, "restore_ms").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let returned = Instant::now();
+    let touch = if o.lazy {
+        let loading = touch_all(pid, &ready, "zap");
+        let pager: i32 = json_field(&out.stdout, "pager_pid").and_then(|v| v.parse().ok()).expect("pager pid");
+        wait_gone(pager, "the lazy restore's pager");
+        let loaded = returned.elapsed().as_secs_f64() * 1e3;
+        let after = touch_all(pid, &ready, "zap");
+        f.touch_loading.push(loading);
+        f.loaded.push(loaded);
+        f.touch_after.push(after);
+        format!(", touch all pages {loading:.0} ms while loading (all in {loaded:.0} ms after the restore), {after:.0} ms after")
+    } else {
+        let after = touch_all(pid, &ready, "zap");
+        f.touch_after.push(after);
+        format!(", touch all pages {after:.0} ms")
+    };
     check_restored(pid, &ready, "zap");
     kill_pid(pid);
     if init > 0 {
@@ -250,7 +306,7 @@ fn zap_round(zap: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &mu
     }
     let _ = std::fs::remove_dir_all(&store);
     println!(
-        "  zap  round {round}: dump {ms:7.0} ms (engine {inner:.0}, CPU {cpu:.0}, disk sync wait {sync:.0}), restore {rms:6.0} ms (engine {inner_r:.0}, CPU {rcpu:.0}), stored {:.3} GiB, memory checked",
+        "  zap  round {round}: dump {ms:7.0} ms (engine {inner:.0}, CPU {cpu:.0}, disk sync wait {sync:.0}), restore {rms:6.0} ms (engine {inner_r:.0}, CPU {rcpu:.0}){touch}, stored {:.3} GiB, memory checked",
         stored / (1u64 << 30) as f64
     );
     f.dump.push(ms);
@@ -280,11 +336,13 @@ fn criu_round(criu: &Path, prog: &Path, o: &Opts, tmp: &Path, round: usize, f: &
         "criu restore",
     );
     let rpid: i32 = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(pid);
+    let touch = touch_all(rpid, &p.ready, "criu");
+    f.touch_after.push(touch);
     check_restored(rpid, &p.ready, "criu");
     kill_pid(rpid);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "  criu round {round}: dump {ms:7.0} ms (CPU {cpu:.0}), restore {rms:6.0} ms (CPU {rcpu:.0}), stored {:.3} GiB, memory checked",
+        "  criu round {round}: dump {ms:7.0} ms (CPU {cpu:.0}), restore {rms:6.0} ms (CPU {rcpu:.0}), touch all pages {touch:.0} ms, stored {:.3} GiB, memory checked",
         stored / (1u64 << 30) as f64
     );
     f.dump.push(ms);
@@ -424,6 +482,16 @@ fn main() {
     row("dump (stopped until durable, then killed)", median(&z.dump), cm(&c.dump), "s", 1e3);
     row(if o.lazy { "restore --lazy (until it runs)" } else { "restore (until it runs, all memory in place)" }, median(&z.restore), cm(&c.restore), "s", 1e3);
     row("stored size", median(&z.stored), cm(&c.stored), "GiB", gib);
+    if o.lazy {
+        let (loading, after) = (median(&z.touch_loading), median(&z.touch_after));
+        println!(
+            "| read every page, scattered, right after the restore (while loading) | {:.2} s ({:.1}x its time once all is in) | - | - |",
+            loading / 1e3,
+            loading / after
+        );
+        println!("| every page in, after the restore command returned | {:.2} s | - | - |", median(&z.loaded) / 1e3);
+    }
+    row("read every page, scattered, all of it in place", median(&z.touch_after), cm(&c.touch_after), "s", 1e3);
     row("dump, less the wait for the disk sync (CRIU does not sync)", median(&z.dump_unsynced), cm(&c.dump_unsynced), "s", 1e3);
     row("dump CPU time (user + system)", median(&z.dump_cpu), cm(&c.dump_cpu), "s", 1e3);
     // `criu restore -d` does most of its work in the restored process itself (its restorer

@@ -120,7 +120,7 @@ pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, id: &Checkpoin
         }
     }
     let (manifest, image, netlock) = read_and_lock(&*store, id)?;
-    let (guard_read, guard_write) = sysclone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: 0, source })?;
+    let (guard_read, guard_write) = sysclone::guard_pair().map_err(|source| EngineError::Sys { step: "create the guard sockets", pid: 0, source })?;
     let mut pagers = crate::lazy::Pagers::new(store.clone(), guard_write);
     let mut spawner = GuardedSpawner(guard_read);
     let r = restore_in_lazy(&*store, &manifest, &image, &mut spawner, RestoreContext::new(std::process::id()), Some(&mut pagers))?;

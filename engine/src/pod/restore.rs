@@ -82,7 +82,7 @@ struct PodSpawner<'a, S> {
     init_pid: i32,
     netlock: Option<NetLock>,
     inside: InsideRestore<'a, S>,
-    /// A lazy restore's guard pipe (read end), for the pod's init.
+    /// A lazy restore's guard (the init's end of the guard sockets), for the pod's init.
     guard: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
@@ -153,7 +153,7 @@ pub fn restore<S: ImageStore>(store: &S, root: &Path, id: &CheckpointId, opts: &
 /// pod directory holds `loading` (this process's pid), removed by [`finish_loading`].
 pub fn restore_lazy(store: std::sync::Arc<zap_store::LocalStore>, root: &Path, id: &CheckpointId, opts: &PodRestoreOptions) -> Result<(PodRestored, crate::lazy::Pagers)> {
     use std::os::fd::AsFd;
-    let (guard_read, guard_write) = crate::sys::clone::pipe().map_err(|source| EngineError::Sys { step: "create the guard pipe", pid: 0, source })?;
+    let (guard_read, guard_write) = crate::sys::clone::guard_pair().map_err(|source| EngineError::Sys { step: "create the guard sockets", pid: 0, source })?;
     let mut pagers = crate::lazy::Pagers::new(store.clone(), guard_write);
     let restored = restore_with(&*store, root, id, opts, Some((&mut pagers, guard_read.as_fd())))?;
     drop(guard_read);

@@ -145,8 +145,8 @@ pub fn spawn_pidns_group(top: &[i32], tramp: u64) -> io::Result<i32> {
     spawn_group_init(top, tramp, None)
 }
 
-/// Like [`spawn_pidns_group`], for a lazy restore: the init is guarded by the pipe `guard` (its
-/// read end) as [`spawn_pidns_target_guarded`]'s is: it dies with the calling thread, and kills
+/// Like [`spawn_pidns_group`], for a lazy restore: the init is guarded by `guard` (its end of a
+/// [`guard_pair`]) as [`spawn_pidns_target_guarded`]'s is: it dies with the calling thread, and kills
 /// its namespace on the pipe's EOF, until it reads `b'D'` ([`release_guard`]).
 pub fn spawn_pidns_group_guarded(top: &[i32], tramp: u64, guard: i32) -> io::Result<i32> {
     spawn_group_init(top, tramp, Some(guard))
@@ -191,7 +191,7 @@ fn group_init(top: &[i32], tramp: u64, guard: Option<i32>) -> ! {
     }
 }
 
-/// Where a guarded group init keeps its guard pipe.
+/// Where a guarded group init keeps its guard.
 const GUARD_FD: i32 = 3;
 
 /// Starts an init in a new PID namespace that creates the target with `vpid` and a trampoline
@@ -210,10 +210,11 @@ pub fn spawn_pidns_target(vpid: i32, tramp: u64) -> io::Result<i32> {
 
 /// Like [`spawn_pidns_target`], for a lazy restore: the init dies with the thread that calls
 /// this (`PR_SET_PDEATHSIG` SIGKILL), taking its whole PID namespace with it, until it reads
-/// `b'D'` from the pipe `guard` (its read end; the caller keeps the write end). It then clears
-/// that and closes the pipe, which the writer sees as POLLERR (see [`release_guard`]). EOF
-/// without `b'D'` kills the namespace too. So a pager that dies before every page is in never
-/// leaves a process waiting for a page that cannot come.
+/// `b'D'` from `guard` (its end of a [`guard_pair`]; the caller keeps the other). It then clears
+/// that, closes the userfaultfds it was handed meanwhile ([`hold_fd`]) and its end, which the
+/// writer sees as POLLHUP (see [`release_guard`]). EOF without `b'D'` kills the namespace too.
+/// So a pager that dies before every page is in never leaves a process waiting for a page that
+/// cannot come, nor lets one read a page it did not fill.
 pub fn spawn_pidns_target_guarded(vpid: i32, tramp: u64, guard: i32) -> io::Result<i32> {
     let args = CloneArgs { flags: libc::CLONE_NEWPID as u64, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
     let rc = clone3(&args);
@@ -244,13 +245,22 @@ pub fn spawn_pidns_target_guarded(vpid: i32, tramp: u64, guard: i32) -> io::Resu
     Ok(rc as i32)
 }
 
-/// The guarded init's loop: reap, and watch the guard pipe until it says done.
+/// How many userfaultfds a guarded init holds at most (those past it are not held: for them a
+/// pager's death leaves the window the holding closes, see [`hold_fd`]).
+const HELD_MAX: usize = 1024;
+
+/// The guarded init's loop: reap, and watch the guard until it says done. The userfaultfds the
+/// pager hands it ([`hold_fd`]) are kept open until then, so that a pager's death never
+/// releases them before the processes are killed; on done they are closed.
 fn guarded_reap(guard: i32) -> ! {
     let mut watching = true;
+    // No allocation here: this runs in a child of a multi-threaded process.
+    let mut held = [-1i32; HELD_MAX];
+    let mut nheld = 0usize;
     loop {
         let mut status = 0;
-        // SAFETY: status is a valid i32; waitpid, poll, read, prctl, kill and _exit take
-        // integers or pointers to our stack.
+        // SAFETY: status is a valid i32; waitpid, poll, recvmsg, close, prctl, kill and _exit
+        // take integers or pointers to our stack.
         unsafe {
             loop {
                 let r = libc::waitpid(-1, &mut status, libc::WNOHANG);
@@ -267,51 +277,152 @@ fn guarded_reap(guard: i32) -> ! {
             }
             let mut pfd = libc::pollfd { fd: guard, events: libc::POLLIN, revents: 0 };
             if libc::poll(&mut pfd, 1, 50) > 0 {
-                let mut b = 0u8;
-                let n = libc::read(guard, (&mut b as *mut u8).cast(), 1);
-                if n == 1 && b == b'D' {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
-                    libc::close(guard);
-                    watching = false;
-                } else if n == 0 {
-                    // The pager let go without saying done: its pages will never come.
-                    libc::kill(-1, libc::SIGKILL);
-                    libc::_exit(INIT_EXIT_CLONE_FAILED);
+                match guard_recv(guard, &mut |fd| {
+                    if nheld < HELD_MAX {
+                        held[nheld] = fd;
+                        nheld += 1;
+                    } else {
+                        libc::close(fd);
+                    }
+                }) {
+                    GuardMsg::Done => {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
+                        for &fd in &held[..nheld] {
+                            libc::close(fd);
+                        }
+                        nheld = 0;
+                        libc::close(guard);
+                        watching = false;
+                    }
+                    GuardMsg::Eof => {
+                        // The pager let go without saying done: its pages will never come. The
+                        // userfaultfds stay open until every process is dead (at our exit).
+                        libc::kill(-1, libc::SIGKILL);
+                        libc::_exit(INIT_EXIT_CLONE_FAILED);
+                    }
+                    GuardMsg::Other => {}
                 }
             }
         }
     }
 }
 
+/// What a guarded init read from its guard.
+pub enum GuardMsg {
+    /// `D`: every page is in; the init no longer depends on the pager.
+    Done,
+    /// End of file: the pager is gone.
+    Eof,
+    /// Anything else (`H`: a userfaultfd to hold, given to the callback; an interrupted read).
+    Other,
+}
+
+/// Reads one message of a guard (a guarded init's end of [`guard_pair`]) without allocating;
+/// file descriptors sent with it are given to `keep`.
+pub fn guard_recv(guard: i32, keep: &mut dyn FnMut(i32)) -> GuardMsg {
+    let mut b = 0u8;
+    let mut iov = libc::iovec { iov_base: (&mut b as *mut u8).cast(), iov_len: 1 };
+    // Room for a few fds (one is sent at a time).
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: recvmsg fills the buffers msg points to, all on our stack and of the sizes given.
+    let n = unsafe { libc::recvmsg(guard, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const i32;
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<i32>();
+                for i in 0..count {
+                    keep(std::ptr::read_unaligned(data.add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    match n {
+        0 => GuardMsg::Eof,
+        1 if b == b'D' => GuardMsg::Done,
+        n if n < 0 && errno() != libc::EINTR && errno() != libc::EAGAIN => GuardMsg::Eof,
+        _ => GuardMsg::Other,
+    }
+}
+
+/// Hands `fd` (a userfaultfd of a lazily restored process) to the guarded init at the other end
+/// of `guard` (the pager's end of [`guard_pair`]), which keeps it open until the pager says done.
+/// A pager's death then never releases the userfaultfd (the kernel lets a waiting fault go on
+/// with a zero page once it is released) before the init has killed the processes.
+pub fn hold_fd(guard: &std::os::fd::OwnedFd, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let b = b'H';
+    let mut iov = libc::iovec { iov_base: (&b as *const u8).cast_mut().cast(), iov_len: 1 };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE/CMSG_LEN compute sizes; the header written lies in cbuf (32 bytes,
+    // more than CMSG_SPACE of one int).
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, fd.as_raw_fd());
+    }
+    // SAFETY: sendmsg reads the buffers msg points to, all alive on our stack.
+    if unsafe { libc::sendmsg(guard.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The guard of a lazy restore: a connected pair of unix sockets (close-on-exec), (the init's
+/// end, the pager's end). The pager says `D` when every page is in, and hands the init the
+/// userfaultfds to hold meanwhile ([`hold_fd`]); its death is the init's end of file.
+pub fn guard_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: socketpair fills two ints in our array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// Tells a guarded init ([`spawn_pidns_target_guarded`]) that it no longer depends on us, and
-/// waits (up to `timeout`) until it has cleared its death signal and closed the pipe.
+/// waits (up to `timeout`) until it has cleared its death signal and closed its end (of a pipe,
+/// or of a [`guard_pair`]).
 pub fn release_guard(write_end: &std::os::fd::OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: writing one byte from our stack to a pipe fd we own.
+    // SAFETY: writing one byte from our stack to a pipe or socket fd we own.
     if unsafe { libc::write(write_end.as_raw_fd(), b"D".as_ptr().cast(), 1) } != 1 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // The init is gone already: every process of its namespace ended (it exits when it has
+        // no child left), so nothing depends on us any more.
+        if e.raw_os_error() == Some(libc::EPIPE) {
+            return Ok(());
+        }
+        return Err(e);
     }
     let start = std::time::Instant::now();
     while start.elapsed() < timeout {
         let mut pfd = libc::pollfd { fd: write_end.as_raw_fd(), events: 0, revents: 0 };
         // SAFETY: one valid pollfd on our stack.
-        if unsafe { libc::poll(&mut pfd, 1, 20) } > 0 && pfd.revents & libc::POLLERR != 0 {
+        if unsafe { libc::poll(&mut pfd, 1, 20) } > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
             return Ok(());
         }
     }
     Err(io::Error::new(io::ErrorKind::TimedOut, "the namespace init did not take the release"))
-}
-
-/// A pipe with close-on-exec ends: (read, write).
-pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two ints in our array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Kills `pid` and reaps it if it is our child, waiting up to 5 s (a process that is not our
