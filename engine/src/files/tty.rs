@@ -191,8 +191,10 @@ fn ctty_index(pid: i32) -> Option<u32> {
 /// Opens `/dev/ptmx` in the process `inj` drives until the kernel hands out pty `index`; the
 /// other ptys opened on the way are closed again. Fails when `index` is taken.
 fn open_index(inj: &mut Injector, vpid: i32, index: u32) -> Result<u64> {
+    // The path stays at the start of the scratch area for every open (put_cstr makes it at
+    // least 8 KiB); TIOCGPTN writes the index 4 KiB further on, never over the path.
     let path = inj.put_cstr(b"/dev/ptmx")?;
-    let scratch = inj.scratch(4096)?;
+    let scratch = path + 4096;
     let mut extra = Vec::new();
     let got = loop {
         let fd = inj.call("open /dev/ptmx", libc::SYS_open, [path, (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) as u64, 0, 0, 0, 0])?;
