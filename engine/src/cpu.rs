@@ -9,9 +9,15 @@
 //!
 //! A thread stopped inside an interruptible syscall shows `rax = -ERESTART*`. [`rewind`] turns
 //! that into the registers of a thread about to make the same syscall again, as the kernel itself
-//! does when a signal without handler interrupts it; a syscall that would restart through the
-//! kernel's restart block (nanosleep, poll with a timeout) returns EINTR instead after a restore,
-//! since that block does not survive; a poll without a timeout is simply made again.
+//! does when a signal without handler interrupts it. A syscall that would restart through the
+//! kernel's restart block (`nanosleep`, `clock_nanosleep`, `poll`, a `futex` wait with a timeout)
+//! is made again from its own registers after a restore, since that block does not survive: an
+//! absolute deadline stays the same, a relative timeout starts again from its full length (the
+//! thread waits longer than it would have, as on a busy machine). It never returns EINTR the
+//! program could not have seen otherwise: `script` (util-linux), which takes its signals through
+//! a signalfd, ends its session on an EINTR from `poll`. Only a thread caught in
+//! `restart_syscall` itself (a syscall already restarted once after a `--leave-running`
+//! checkpoint) gets EINTR, since what it restarts is not in its registers.
 use serde::{Deserialize, Serialize};
 
 use crate::attrs::ThreadAttrs;
@@ -29,7 +35,8 @@ const ERESTART_RESTARTBLOCK: i64 = 516;
 pub enum Rewind {
     /// The same process goes on: restart-block syscalls restart through `restart_syscall`.
     SameProcess,
-    /// A restored process: restart-block syscalls return EINTR.
+    /// A restored process: restart-block syscalls are made again from their registers
+    /// (`restart_syscall` itself returns EINTR).
     Restored,
 }
 
@@ -46,9 +53,9 @@ pub fn rewind(mut r: Regs, mode: Rewind) -> Regs {
                     r.rax = libc::SYS_restart_syscall as u64;
                     r.rip -= 2;
                 }
-                // poll without a timeout keeps nothing in the restart block that its registers
-                // do not hold: it is made again, as the kernel would.
-                Rewind::Restored if r.orig_rax == libc::SYS_poll as u64 && (r.rdx as i32) < 0 => {
+                // The syscall's arguments are still in its registers: it is made again (the
+                // restart block, with the time left, is the old kernel thread's).
+                Rewind::Restored if r.orig_rax != libc::SYS_restart_syscall as u64 => {
                     r.rax = r.orig_rax;
                     r.rip -= 2;
                 }
