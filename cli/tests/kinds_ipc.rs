@@ -5,7 +5,8 @@
 //! and filled again while the pod is stopped: the program must find them as they were), then a
 //! checkpoint that ends the pod and a restore. The POSIX queues that are refused (an `mq_notify`
 //! registration, a full queue, an unlinked queue) fail the checkpoint with a clear error, and the
-//! pod runs on with the queue as it was.
+//! pod runs on with the queue as it was. A queue made through an mqueue mount of the pod's own
+//! comes back too.
 mod common;
 
 use std::time::Duration;
@@ -86,4 +87,24 @@ fn full_posix_queue_is_refused_and_keeps_its_messages() {
 #[test]
 fn unlinked_posix_queue_is_refused() {
     refused("unlinked", "mq_unlink");
+}
+
+/// A POSIX queue made through an mqueue file system the pod mounted itself (`touch` on it: the
+/// default attributes) comes back, seen through the same mount after the restore.
+#[test]
+fn queue_made_through_a_mount_in_the_pod_comes_back() {
+    let e = env();
+    let pod = name("mqmount");
+    let w = e.work.join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    let ready = w.join("ready");
+    let script = format!("cd {w} && mkdir mq && mount -t mqueue none mq && touch mq/zapq && touch {ready} && exec sleep 1000", w = w.display(), ready = ready.display());
+    ok(&e, &["run", "--name", &pod, "--", "sh", "-c", &script]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || ready.exists()), "setup did not finish");
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    let q = w.join("mq/zapq");
+    let seen = ok(&e, &["exec", &pod, "--", "cat", q.to_str().unwrap()]);
+    assert!(seen.starts_with("QSIZE:0"), "the queue through the pod's mount after the restore: {seen:?}");
 }

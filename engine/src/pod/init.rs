@@ -6,7 +6,8 @@
 //! creator → init) and fd 4 (status, init → creator). On start, init closes every other fd
 //! (shells leak some) and blocks the signals it handles. Both pipes carry text lines:
 //! 1. creator → init: one line of JSON, an [`InitConfig`] (its `version` must match);
-//! 2. init: makes all mounts private, mounts a fresh `/proc`, sets the hostname, then
+//! 2. init: makes all mounts private, mounts a fresh `/proc`, `/sys` (with the cgroup2
+//!    hierarchy) and a devpts of the pod's own on `/dev/pts`, sets the hostname, then
 //!    init → creator: `ready`;
 //! 3. creator configures the pod from outside (v1 cgroups, network), then creator → init: `go`;
 //! 4. init launches ([`Launch`]) and init → creator: `ok <main vpid>` or `err <message>`.
@@ -182,6 +183,8 @@ fn setup(cfg: &InitConfig) -> Result<(), String> {
     ns::make_mounts_private().map_err(|e| format!("make mounts private: {e}"))?;
     ns::mount_proc().map_err(|e| format!("mount /proc: {e}"))?;
     ns::mount_sys().map_err(|e| format!("mount /sys: {e}"))?;
+    let options = ns::devpts_options(&std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("read /proc/self/mountinfo: {e}"))?);
+    ns::mount_devpts(&options).map_err(|e| format!("mount a devpts of the pod's own on /dev/pts ({options}): {e}"))?;
     ns::sethostname(&cfg.hostname).map_err(|e| format!("set hostname {:?}: {e}", cfg.hostname))?;
     Ok(())
 }
