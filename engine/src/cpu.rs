@@ -15,9 +15,14 @@
 //! absolute deadline stays the same, a relative timeout starts again from its full length (the
 //! thread waits longer than it would have, as on a busy machine). It never returns EINTR the
 //! program could not have seen otherwise: `script` (util-linux), which takes its signals through
-//! a signalfd, ends its session on an EINTR from `poll`. Only a thread caught in
-//! `restart_syscall` itself (a syscall already restarted once after a `--leave-running`
-//! checkpoint) gets EINTR, since what it restarts is not in its registers.
+//! a signalfd, ends its session on an EINTR from `poll`. A thread found set to make
+//! `restart_syscall` (by the kernel on its way out, or by an earlier injection into the same
+//! stopped thread, which keeps the interrupted syscall's number in `orig_rax` for this) makes the
+//! interrupted syscall again too ([`restart_prepared`]). A thread caught inside
+//! `restart_syscall` itself (the freeze can let it restart once before it stops) no longer has
+//! the syscall's number in its registers: it is read from the `mov $NR, %eax` before its
+//! `syscall` instruction when that is how the code makes it ([`restarted_syscall`]; C libraries'
+//! wrappers do), else the thread gets EINTR.
 use serde::{Deserialize, Serialize};
 
 use crate::attrs::ThreadAttrs;
@@ -64,7 +69,43 @@ pub fn rewind(mut r: Regs, mode: Rewind) -> Regs {
             _ => {}
         }
     }
-    r.orig_rax = u64::MAX;
+    // A thread set to make restart_syscall keeps the number of the syscall it restarts in
+    // orig_rax (the kernel ignores it there: rax is no error code), so that a later save of the
+    // same stopped thread ([`restart_prepared`]) can still make that syscall again.
+    if !(mode == Rewind::SameProcess && r.rax == libc::SYS_restart_syscall as u64) {
+        r.orig_rax = u64::MAX;
+    }
+    r
+}
+
+/// Syscalls whose restart goes through the kernel's restart block.
+const RESTART_BLOCK_SYSCALLS: [i64; 4] = [libc::SYS_poll, libc::SYS_nanosleep, libc::SYS_clock_nanosleep, libc::SYS_futex];
+
+/// For a thread caught inside `restart_syscall` (the freeze let it restart once before it
+/// stopped), whose registers no longer name the syscall it restarts: that syscall, when the code
+/// before `rip` (`code`: the 7 bytes ending at `rip`) is `mov $NR, %eax; syscall` (as C
+/// libraries' wrappers are) and NR is a restart-block syscall. Its arguments are still in the
+/// registers, so it can be made again; otherwise the thread gets EINTR.
+pub fn restarted_syscall(mut r: Regs, code: &[u8]) -> Regs {
+    if r.orig_rax == libc::SYS_restart_syscall as u64 && -(r.rax as i64) == ERESTART_RESTARTBLOCK && code.len() == 7 && code[0] == 0xb8 && code[5..] == [0x0f, 0x05] {
+        let nr = i64::from(u32::from_le_bytes(code[1..5].try_into().expect("4 bytes")));
+        if RESTART_BLOCK_SYSCALLS.contains(&nr) {
+            r.orig_rax = nr as u64;
+        }
+    }
+    r
+}
+
+/// For a thread whose registers say it is about to make `restart_syscall` for the syscall in
+/// `orig_rax` (the kernel set that up on its way out, or an earlier injection in the same stop
+/// rewound it so), with the `syscall` instruction at `rip` (`insn`: the two bytes there): the
+/// registers that make the interrupted syscall itself again, for a restore.
+pub fn restart_prepared(mut r: Regs, insn: &[u8]) -> Regs {
+    let restart = libc::SYS_restart_syscall as u64;
+    if r.rax == restart && (r.orig_rax as i64) >= 0 && r.orig_rax != restart && insn == [0x0f, 0x05] {
+        r.rax = r.orig_rax;
+        r.orig_rax = u64::MAX;
+    }
     r
 }
 
@@ -123,7 +164,10 @@ impl ThreadState {
         }
         let vtid = vtid_of(pid, tid)?;
         let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
-        let regs = regs::regs_to_words(&rewind(*inj.saved_regs(), Rewind::Restored));
+        let raw = *inj.saved_regs();
+        let insn = if raw.rax == libc::SYS_restart_syscall as u64 { inj.read_mem(raw.rip, 2).unwrap_or_default() } else { Vec::new() };
+        let code = if raw.orig_rax == libc::SYS_restart_syscall as u64 { inj.read_mem(raw.rip.wrapping_sub(7), 7).unwrap_or_default() } else { Vec::new() };
+        let regs = regs::regs_to_words(&rewind(restarted_syscall(restart_prepared(raw, &insn), &code), Rewind::Restored));
         let xstate = regs::get_xstate(tid).map_err(sys_err("read xstate", tid))?;
         let sigmask = regs::get_sigmask(tid).map_err(sys_err("read signal mask", tid))?;
         let pending =
@@ -193,5 +237,44 @@ impl ThreadState {
     pub fn regs(&self) -> Result<Regs> {
         regs::regs_from_words(&self.regs)
             .ok_or_else(|| EngineError::Proc { pid: self.tid, detail: format!("saved registers have {} words", self.regs.len()) })
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    fn in_syscall(nr: i64, rax: i64) -> Regs {
+        // SAFETY: user_regs_struct is plain data.
+        let mut r: Regs = unsafe { std::mem::zeroed() };
+        r.orig_rax = nr as u64;
+        r.rax = rax as u64;
+        r.rip = 0x1002;
+        r
+    }
+
+    #[test]
+    fn restart_block_syscalls_are_made_again_after_a_restore() {
+        let poll = in_syscall(libc::SYS_poll, -ERESTART_RESTARTBLOCK);
+        let r = rewind(poll, Rewind::Restored);
+        assert_eq!((r.rax, r.rip, r.orig_rax), (libc::SYS_poll as u64, 0x1000, u64::MAX));
+        // The same process goes on through restart_syscall, keeping the syscall's number...
+        let same = rewind(poll, Rewind::SameProcess);
+        assert_eq!((same.rax, same.rip, same.orig_rax), (libc::SYS_restart_syscall as u64, 0x1000, libc::SYS_poll as u64));
+        // ... so that a later save of the same stop still makes poll itself again.
+        let again = rewind(restart_prepared(same, &[0x0f, 0x05]), Rewind::Restored);
+        assert_eq!((again.rax, again.rip, again.orig_rax), (libc::SYS_poll as u64, 0x1000, u64::MAX));
+        // A syscall that returned 219 (no `syscall` at rip) is left alone.
+        let done = in_syscall(libc::SYS_read, libc::SYS_restart_syscall);
+        assert_eq!(rewind(restart_prepared(done, &[0x48, 0x3d]), Rewind::Restored).rax, libc::SYS_restart_syscall as u64);
+        // Inside restart_syscall itself: the syscall named by `mov $7, %eax; syscall` before rip
+        // is made again; without such code, EINTR.
+        let inside = in_syscall(libc::SYS_restart_syscall, -ERESTART_RESTARTBLOCK);
+        let code = [0xb8, 7, 0, 0, 0, 0x0f, 0x05];
+        let r = rewind(restarted_syscall(inside, &code), Rewind::Restored);
+        assert_eq!((r.rax, r.rip), (libc::SYS_poll as u64, 0x1000));
+        assert_eq!(rewind(restarted_syscall(inside, &[0x90; 7]), Rewind::Restored).rax as i64, -(libc::EINTR as i64));
+        let read = [0xb8, 0, 0, 0, 0, 0x0f, 0x05];
+        assert_eq!(rewind(restarted_syscall(inside, &read), Rewind::Restored).rax as i64, -(libc::EINTR as i64));
     }
 }
