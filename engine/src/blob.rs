@@ -21,3 +21,16 @@ pub fn decode<T: DeserializeOwned>(version: u8, what: &str, blob: &[u8]) -> Resu
         None => Err(err(format!("empty {what}"))),
     }
 }
+
+/// Decodes a blob of `version` or of one of the `older` versions whose encoding reads as this
+/// one's (a version that only appended enum variants); `what` names it in errors.
+pub fn decode_compatible<T: DeserializeOwned>(version: u8, older: &[u8], what: &str, blob: &[u8]) -> Result<T> {
+    match blob.first() {
+        Some(&v) if older.contains(&v) => {
+            let mut b = blob.to_vec();
+            b[0] = version;
+            decode(version, what, &b)
+        }
+        _ => decode(version, what, blob),
+    }
+}

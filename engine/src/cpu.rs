@@ -9,11 +9,23 @@
 //!
 //! A thread stopped inside an interruptible syscall shows `rax = -ERESTART*`. [`rewind`] turns
 //! that into the registers of a thread about to make the same syscall again, as the kernel itself
-//! does when a signal without handler interrupts it; a syscall that would restart through the
-//! kernel's restart block (nanosleep, poll with a timeout, futex waits), whose block does not
-//! survive a restore, is made again from its registers (a sleep for the time it had left, which
-//! the kernel wrote to its `rem` argument; see [`remake_restartable`]); only a thread caught in
-//! `restart_syscall` itself gets EINTR.
+//! does when a signal without handler interrupts it. A syscall that would restart through the
+//! kernel's restart block (`nanosleep`, `clock_nanosleep`, `poll`, a `futex` wait with a timeout)
+//! is made again from its own registers after a restore, since that block does not survive: an
+//! absolute deadline stays the same, a relative sleep with a `rem` argument sleeps for the time
+//! it had left (the kernel wrote it there as it stopped), other relative timeouts start again from
+//! their full length (the thread waits longer than it would have, as on a busy machine). It never returns EINTR the
+//! program could not have seen otherwise: `script` (util-linux), which takes its signals through
+//! a signalfd, ends its session on an EINTR from `poll`. A thread found set to make
+//! `restart_syscall` (by the kernel on its way out, or by an earlier injection into the same
+//! stopped thread, which keeps the interrupted syscall's number in `orig_rax` for this) makes the
+//! interrupted syscall again too ([`restart_prepared`]). A thread caught inside
+//! `restart_syscall` itself (the freeze can let it restart once before it stops, and so does
+//! every stop of ours that lets it run on, such as a pre-copy's arming stop) no longer has the
+//! syscall's number in its registers: it comes from what that stop of ours noted
+//! ([`note_restart`], same `zap` process), else from the `mov $NR, %eax` before its `syscall`
+//! instruction when that is how the code makes it ([`restarted_syscall`]; C libraries' wrappers
+//! do), else the thread gets EINTR.
 use serde::{Deserialize, Serialize};
 
 use crate::attrs::ThreadAttrs;
@@ -31,7 +43,8 @@ const ERESTART_RESTARTBLOCK: i64 = 516;
 pub enum Rewind {
     /// The same process goes on: restart-block syscalls restart through `restart_syscall`.
     SameProcess,
-    /// A restored process: restart-block syscalls return EINTR.
+    /// A restored process: restart-block syscalls are made again from their registers
+    /// (`restart_syscall` itself returns EINTR).
     Restored,
 }
 
@@ -49,10 +62,11 @@ pub fn rewind(mut r: Regs, mode: Rewind) -> Regs {
                     r.rax = libc::SYS_restart_syscall as u64;
                     r.rip -= 2;
                 }
-                // The restart block does not survive, but the syscall can be made again from
-                // its registers: what the program sees is a wait that went on, never an EINTR
-                // it may not expect (util-linux's `script` ends its session on one).
-                Rewind::Restored if remake_restartable(&mut r) => {
+                // The syscall's arguments are still in its registers: it is made again (the
+                // restart block, with the time left, is the old kernel thread's; a relative
+                // sleep's time left is in its `rem` argument, when it has one).
+                Rewind::Restored if r.orig_rax != libc::SYS_restart_syscall as u64 => {
+                    sleep_for_what_is_left(&mut r);
                     r.rax = r.orig_rax;
                     r.rip -= 2;
                 }
@@ -61,13 +75,31 @@ pub fn rewind(mut r: Regs, mode: Rewind) -> Regs {
             _ => {}
         }
     }
-    r.orig_rax = u64::MAX;
+    // A thread set to make restart_syscall keeps the number of the syscall it restarts in
+    // orig_rax (the kernel ignores it there: rax is no error code), so that a later save of the
+    // same stopped thread ([`restart_prepared`]) can still make that syscall again.
+    if !(mode == Rewind::SameProcess && r.rax == libc::SYS_restart_syscall as u64) {
+        r.orig_rax = u64::MAX;
+    }
     r
+}
+
+/// A relative `nanosleep` or `clock_nanosleep` interrupted by a stop: the kernel wrote the time
+/// left into its `rem` argument (when there is one) as it stopped; the sleep made again after a
+/// restore waits for that rather than the whole request.
+fn sleep_for_what_is_left(r: &mut Regs) {
+    const TIMER_ABSTIME: u64 = 1;
+    match r.orig_rax as i64 {
+        libc::SYS_nanosleep if r.rsi != 0 => r.rdi = r.rsi,
+        libc::SYS_clock_nanosleep if r.rsi & TIMER_ABSTIME == 0 && r.r10 != 0 => r.rdx = r.r10,
+        _ => {}
+    }
 }
 
 /// Syscalls this process let restart through `restart_syscall` after one of its stops, by the
 /// (instruction after the `syscall`, stack pointer) of the thread that made them: a later save
-/// of that thread, still waiting there, names the syscall from here.
+/// of that thread, still waiting there (the pre-copy's arming stop, then its final stop), names
+/// the syscall from here, whatever code made it.
 static RESTARTED: std::sync::Mutex<Option<std::collections::HashMap<(u64, u64), u64>>> = std::sync::Mutex::new(None);
 
 /// Notes that the thread whose registers are `r` (stopped in syscall `r.orig_rax`, which
@@ -86,48 +118,46 @@ pub(crate) fn note_restart(r: &Regs) {
     }
 }
 
-/// The syscall a thread caught in `restart_syscall` at registers `r` restarts, when one of this
-/// process's stops let it restart there ([`note_restart`]).
-fn restarted_from(r: &Regs) -> Option<u64> {
-    RESTARTED.lock().ok()?.as_ref()?.get(&(r.rip, r.rsp)).copied()
-}
-
-/// The syscall number a `mov $NR, %eax` (`b8` + imm32) right before a `syscall` (`0f 05`) loads,
-/// from the 7 bytes that end at the instruction after the `syscall`; only the waits
-/// [`remake_restartable`] knows are taken.
-fn syscall_loaded_before(code: &[u8]) -> Option<u64> {
-    let [0xb8, a, b, c, d, 0x0f, 0x05] = *code else { return None };
-    let nr = i64::from(u32::from_le_bytes([a, b, c, d]));
-    [libc::SYS_poll, libc::SYS_futex, libc::SYS_nanosleep, libc::SYS_clock_nanosleep].contains(&nr).then_some(nr as u64)
-}
-
-/// For a restored thread stopped in a syscall that would have restarted through the kernel's
-/// restart block: sets its arguments so that making it again waits as it still had to, and says
-/// whether it can be made again.
-/// - `nanosleep`, `clock_nanosleep` (relative): the kernel wrote the time left into the `rem`
-///   argument when it stopped; the sleep is made again for that (the full request without one).
-/// - `poll` with a timeout, `futex` waits: made again with their arguments (a poll's or a relative
-///   futex wait's full timeout again: a wait that may last longer, which both allow).
-/// - anything else (`restart_syscall`, a syscall already restarted once through its block after
-///   an earlier `--leave-running` checkpoint) cannot be named again: EINTR.
-fn remake_restartable(r: &mut Regs) -> bool {
-    const TIMER_ABSTIME: u64 = 1;
-    match r.orig_rax as i64 {
-        libc::SYS_poll | libc::SYS_futex => true,
-        libc::SYS_nanosleep => {
-            if r.rsi != 0 {
-                r.rdi = r.rsi;
-            }
-            true
+/// For a thread caught inside `restart_syscall` whose stop one of ours let it restart
+/// ([`note_restart`]): the syscall it restarts, in `orig_rax`.
+fn noted_restart(mut r: Regs) -> Regs {
+    if r.orig_rax == libc::SYS_restart_syscall as u64 && -(r.rax as i64) == ERESTART_RESTARTBLOCK {
+        if let Some(nr) = RESTARTED.lock().ok().and_then(|m| m.as_ref()?.get(&(r.rip, r.rsp)).copied()) {
+            r.orig_rax = nr;
         }
-        libc::SYS_clock_nanosleep => {
-            if r.rsi & TIMER_ABSTIME == 0 && r.r10 != 0 {
-                r.rdx = r.r10;
-            }
-            true
-        }
-        _ => false,
     }
+    r
+}
+
+/// Syscalls whose restart goes through the kernel's restart block.
+const RESTART_BLOCK_SYSCALLS: [i64; 4] = [libc::SYS_poll, libc::SYS_nanosleep, libc::SYS_clock_nanosleep, libc::SYS_futex];
+
+/// For a thread caught inside `restart_syscall` (the freeze let it restart once before it
+/// stopped), whose registers no longer name the syscall it restarts: that syscall, when the code
+/// before `rip` (`code`: the 7 bytes ending at `rip`) is `mov $NR, %eax; syscall` (as C
+/// libraries' wrappers are) and NR is a restart-block syscall. Its arguments are still in the
+/// registers, so it can be made again; otherwise the thread gets EINTR.
+pub fn restarted_syscall(mut r: Regs, code: &[u8]) -> Regs {
+    if r.orig_rax == libc::SYS_restart_syscall as u64 && -(r.rax as i64) == ERESTART_RESTARTBLOCK && code.len() == 7 && code[0] == 0xb8 && code[5..] == [0x0f, 0x05] {
+        let nr = i64::from(u32::from_le_bytes(code[1..5].try_into().expect("4 bytes")));
+        if RESTART_BLOCK_SYSCALLS.contains(&nr) {
+            r.orig_rax = nr as u64;
+        }
+    }
+    r
+}
+
+/// For a thread whose registers say it is about to make `restart_syscall` for the syscall in
+/// `orig_rax` (the kernel set that up on its way out, or an earlier injection in the same stop
+/// rewound it so), with the `syscall` instruction at `rip` (`insn`: the two bytes there): the
+/// registers that make the interrupted syscall itself again, for a restore.
+pub fn restart_prepared(mut r: Regs, insn: &[u8]) -> Regs {
+    let restart = libc::SYS_restart_syscall as u64;
+    if r.rax == restart && (r.orig_rax as i64) >= 0 && r.orig_rax != restart && insn == [0x0f, 0x05] {
+        r.rax = r.orig_rax;
+        r.orig_rax = u64::MAX;
+    }
+    r
 }
 
 /// Saved state of one thread.
@@ -185,20 +215,10 @@ impl ThreadState {
         }
         let vtid = vtid_of(pid, tid)?;
         let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
-        let mut saved = *inj.saved_regs();
-        // A thread caught in `restart_syscall` (a wait an earlier stop of ours, such as a
-        // pre-copy's arming stop, restarted through its block): name the syscall it restarts
-        // from the instruction that loaded its number before the `syscall` (glibc's wrappers:
-        // `mov $NR, %eax; syscall`), so that it too is made again rather than failing.
-        if saved.orig_rax == libc::SYS_restart_syscall as u64 && -(saved.rax as i64) == ERESTART_RESTARTBLOCK {
-            let known = restarted_from(&saved);
-            if let Some(nr) = known.or_else(|| {
-                saved.rip.checked_sub(7).and_then(|at| inj.read_mem(at, 7).ok()).and_then(|code| syscall_loaded_before(&code))
-            }) {
-                saved.orig_rax = nr;
-            }
-        }
-        let regs = regs::regs_to_words(&rewind(saved, Rewind::Restored));
+        let raw = *inj.saved_regs();
+        let insn = if raw.rax == libc::SYS_restart_syscall as u64 { inj.read_mem(raw.rip, 2).unwrap_or_default() } else { Vec::new() };
+        let code = if raw.orig_rax == libc::SYS_restart_syscall as u64 { inj.read_mem(raw.rip.wrapping_sub(7), 7).unwrap_or_default() } else { Vec::new() };
+        let regs = regs::regs_to_words(&rewind(restarted_syscall(noted_restart(restart_prepared(raw, &insn)), &code), Rewind::Restored));
         let xstate = regs::get_xstate(tid).map_err(sys_err("read xstate", tid))?;
         let sigmask = regs::get_sigmask(tid).map_err(sys_err("read signal mask", tid))?;
         let pending =
@@ -268,5 +288,44 @@ impl ThreadState {
     pub fn regs(&self) -> Result<Regs> {
         regs::regs_from_words(&self.regs)
             .ok_or_else(|| EngineError::Proc { pid: self.tid, detail: format!("saved registers have {} words", self.regs.len()) })
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    fn in_syscall(nr: i64, rax: i64) -> Regs {
+        // SAFETY: user_regs_struct is plain data.
+        let mut r: Regs = unsafe { std::mem::zeroed() };
+        r.orig_rax = nr as u64;
+        r.rax = rax as u64;
+        r.rip = 0x1002;
+        r
+    }
+
+    #[test]
+    fn restart_block_syscalls_are_made_again_after_a_restore() {
+        let poll = in_syscall(libc::SYS_poll, -ERESTART_RESTARTBLOCK);
+        let r = rewind(poll, Rewind::Restored);
+        assert_eq!((r.rax, r.rip, r.orig_rax), (libc::SYS_poll as u64, 0x1000, u64::MAX));
+        // The same process goes on through restart_syscall, keeping the syscall's number...
+        let same = rewind(poll, Rewind::SameProcess);
+        assert_eq!((same.rax, same.rip, same.orig_rax), (libc::SYS_restart_syscall as u64, 0x1000, libc::SYS_poll as u64));
+        // ... so that a later save of the same stop still makes poll itself again.
+        let again = rewind(restart_prepared(same, &[0x0f, 0x05]), Rewind::Restored);
+        assert_eq!((again.rax, again.rip, again.orig_rax), (libc::SYS_poll as u64, 0x1000, u64::MAX));
+        // A syscall that returned 219 (no `syscall` at rip) is left alone.
+        let done = in_syscall(libc::SYS_read, libc::SYS_restart_syscall);
+        assert_eq!(rewind(restart_prepared(done, &[0x48, 0x3d]), Rewind::Restored).rax, libc::SYS_restart_syscall as u64);
+        // Inside restart_syscall itself: the syscall named by `mov $7, %eax; syscall` before rip
+        // is made again; without such code, EINTR.
+        let inside = in_syscall(libc::SYS_restart_syscall, -ERESTART_RESTARTBLOCK);
+        let code = [0xb8, 7, 0, 0, 0, 0x0f, 0x05];
+        let r = rewind(restarted_syscall(inside, &code), Rewind::Restored);
+        assert_eq!((r.rax, r.rip), (libc::SYS_poll as u64, 0x1000));
+        assert_eq!(rewind(restarted_syscall(inside, &[0x90; 7]), Rewind::Restored).rax as i64, -(libc::EINTR as i64));
+        let read = [0xb8, 0, 0, 0, 0, 0x0f, 0x05];
+        assert_eq!(rewind(restarted_syscall(inside, &read), Rewind::Restored).rax as i64, -(libc::EINTR as i64));
     }
 }

@@ -2,7 +2,8 @@
 //! `O_PATH` descriptors and deleted files, directories and memfds ([`regular`]), pipes and FIFOs
 //! with the bytes buffered in them ([`pipes`]), eventfds, timerfds, signalfds, inotify and epoll
 //! instances ([`anon`]), pseudo-terminals and controlling terminals ([`tty`]), pidfds, sockets
-//! ([`crate::sockets`]), and standard streams connected outside the process.
+//! ([`crate::sockets`]), POSIX message queues (reopened by name; the queues are saved with the
+//! IPC namespace, [`crate::ipc`]), and standard streams connected outside the process.
 //!
 //! A pipe is restored as one new pipe with its buffered data, its size and both ends where the
 //! group held them; an end no process holds any more (a reader that exited, a write end closed
@@ -187,6 +188,13 @@ pub enum FdKind {
     External {
         /// What it was (`pipe:[123]`, `/dev/pts/0`, `socket:[9]`).
         what: String,
+    },
+    /// A POSIX message queue (`mq_open`), reopened by name in the process's IPC namespace (the
+    /// queue and its messages are saved with the namespace, [`crate::ipc`]); `O_NONBLOCK` is
+    /// one of the saved status flags.
+    Mqueue {
+        /// Its name, without the leading '/'.
+        name: String,
     },
 }
 
@@ -742,6 +750,12 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
             fd
         }
         FdKind::External { .. } => open_path(inj, &format!("/proc/{}/fd/{}", ctx.zap_pid, st.fd), st.flags)?,
+        FdKind::Mqueue { name } => {
+            let scratch = inj.put_cstr(name.as_bytes())?;
+            let flags = u64::from(st.flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32);
+            inj.call("mq_open", libc::SYS_mq_open, [scratch, flags, 0, 0, 0, 0])
+                .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: reopen POSIX message queue /{name}: {e}", st.fd) })?
+        }
         FdKind::Pipe { ino, write_end, size, data, packets } => pipes::restore_pipe(inj, vpid, (*ino, *write_end, *size, data, packets), ctx)?,
         FdKind::Epoll { .. } | FdKind::Timerfd { .. } | FdKind::Inotify { .. } | FdKind::Signalfd { .. } | FdKind::Eventfd { .. } => {
             unreachable!("restored by files::anon")
@@ -879,6 +893,7 @@ impl FdState {
             FdKind::PtyMaster { .. } => "pty master",
             FdKind::PtySlave { .. } => "pty slave",
             FdKind::DevTty => "/dev/tty",
+            FdKind::Mqueue { .. } => "POSIX message queue",
         }
     }
 }

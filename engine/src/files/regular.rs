@@ -40,6 +40,9 @@ pub(super) fn save_path(
 ) -> Result<FdKind> {
     use std::os::unix::fs::FileTypeExt;
     let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd file", pid, source })?;
+    if crate::sys::ipc::is_mqueue(&dup).map_err(|source| EngineError::Sys { step: "fstatfs", pid, source })? {
+        return mqueue(target);
+    }
     let open = std::fs::File::from(dup).metadata().map_err(|e| EngineError::io("stat open file", target.as_ref(), e))?;
     let seen = format!("/proc/{pid}/root{target}");
     let at_path = std::fs::metadata(&seen).map_err(|e| EngineError::io("stat fd target", target.as_ref(), e))?;
@@ -66,6 +69,15 @@ pub(super) fn save_path(
     }
 }
 
+/// A descriptor of a POSIX message queue (a file of an mqueue file system, opened with
+/// `mq_open` or through a mount of it): reopened by its name in the process's IPC namespace,
+/// where the queue itself is saved with its messages ([`crate::ipc`]; a `--pid` or `--tree`
+/// checkpoint saves only the descriptor, as for a file).
+fn mqueue(target: &str) -> Result<FdKind> {
+    let name = target.rsplit('/').next().unwrap_or_default().to_string();
+    Ok(FdKind::Mqueue { name })
+}
+
 /// Saves fd `fd` of `pid`, a file deleted while open (or a memfd) once at `path`: its contents
 /// (data ranges only), or, for a directory or FIFO, what it takes to make another.
 pub(super) fn save_deleted(
@@ -82,6 +94,9 @@ pub(super) fn save_deleted(
         return Err(super::unsupported(pid, fd, "memfd_secret memory (the kernel lets nobody else read it)", &target));
     }
     let dup = sysproc::pidfd_getfd(pidfd, fd).map_err(|source| EngineError::Sys { step: "pidfd_getfd deleted file", pid, source })?;
+    if crate::sys::ipc::is_mqueue(&dup).map_err(|source| EngineError::Sys { step: "fstatfs", pid, source })? {
+        return Err(super::unsupported(pid, fd, "POSIX message queue removed with mq_unlink while open", &target));
+    }
     let file = std::fs::File::from(dup);
     let meta = file.metadata().map_err(|e| EngineError::io("stat deleted file", path.as_ref(), e))?;
     if meta.is_dir() {

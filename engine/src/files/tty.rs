@@ -20,10 +20,14 @@
 //! keeper fd; slave fds are opened from it (`TIOCGPTPEER`). Once the process groups exist,
 //! [`set_foreground`] gives the terminal its foreground group back (`TIOCSPGRP`, from the leader).
 //!
-//! Each pod has a devpts instance of its own (`zap-init` mounts one on `/dev/pts`), so its
-//! indexes are its own and free in a new pod: a copy restored beside the original, or a pod
-//! migrated to a host whose sessions hold the same indexes, gets its ptys back. A `--pid` or
-//! `--tree` restore uses the host's devpts: an index another terminal holds there fails it.
+//! A pod has a devpts instance of its own on /dev/pts (mounted by `zap-init`,
+//! [`crate::sys::ns::mount_devpts`]), so its indexes are its own: a restored pod's new instance
+//! has every index free, whatever ptys the host or other pods hold (with the host's instance
+//! shared, another pty opened between the checkpoint and the restore took the index). A slave
+//! whose instance is not the one its master's holder sees on /dev/pts (a host terminal on a
+//! process's fds 0-2 with the same index as a pod's pty) is not taken for the pod's. Processes
+//! restored outside a pod (`--pid`, `--tree`) use the host's instance: there the index must be
+//! free on the host.
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
@@ -166,7 +170,17 @@ pub(super) fn save(pid: i32, fd: i32, target: &str, info: &HashMap<String, Strin
         }
     };
     let Some(&(mpid, mfd)) = masters(ctx)?.get(&index) else { return Ok(None) };
-    let queued = sysproc::fionread(&dup()?).map_err(|source| EngineError::Sys { step: "FIONREAD pty slave", pid, source })?;
+    let slave = dup()?;
+    // The same index in another devpts instance (a terminal of the host, when the pod has its
+    // own instance) is another pty: compare the slave's instance with the one the master's
+    // holder sees on /dev/pts, where its /dev/ptmx opens come from.
+    let instance = |m: std::io::Result<std::fs::Metadata>| m.map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok();
+    let slave_dev = instance(std::fs::File::from(slave.try_clone().map_err(|source| EngineError::Sys { step: "dup pty slave", pid, source })?).metadata());
+    let master_dev = instance(std::fs::metadata(format!("/proc/{mpid}/root/dev/pts")));
+    if slave_dev.is_some() && master_dev.is_some() && slave_dev != master_dev {
+        return Ok(None);
+    }
+    let queued = sysproc::fionread(&slave).map_err(|source| EngineError::Sys { step: "FIONREAD pty slave", pid, source })?;
     if queued > 0 {
         let what = format!("pseudo-terminal {index} with {queued} bytes of input not yet read (they cannot be read without consuming them; try again)");
         return Err(super::unsupported(pid, fd, &what, target));
@@ -192,8 +206,10 @@ fn ctty_index(pid: i32) -> Option<u32> {
 /// Opens `/dev/ptmx` in the process `inj` drives until the kernel hands out pty `index`; the
 /// other ptys opened on the way are closed again. Fails when `index` is taken.
 fn open_index(inj: &mut Injector, vpid: i32, index: u32) -> Result<u64> {
+    // The path stays at the start of the scratch area for every open (put_cstr makes it at
+    // least 8 KiB); TIOCGPTN writes the index 4 KiB further on, never over the path.
     let path = inj.put_cstr(b"/dev/ptmx")?;
-    let scratch = inj.scratch(4096)?;
+    let scratch = path + 4096;
     let mut extra = Vec::new();
     let got = loop {
         let fd = inj.call("open /dev/ptmx", libc::SYS_open, [path, (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) as u64, 0, 0, 0, 0])?;

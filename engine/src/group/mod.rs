@@ -53,8 +53,9 @@ use crate::Result;
 pub use restore::{clone_child, complete, group_trampoline, has_ctty, restore, restore_in, restore_in_lazy, restore_lazy, take_ctty, wait_child, BareTree, Built, GroupRestored, Taken, TargetSpawner, TreeShape};
 pub use save::{freeze_tree, is_zombie_pid, save, shape_of, tree_of, SaveOptions, SavedGroup, Tracking};
 
-/// Version of the [`GroupImage`] encoding (first byte of the state blob).
-pub const GROUP_IMAGE_VERSION: u8 = 2;
+/// Version of the [`GroupImage`] encoding (first byte of the state blob). 3: POSIX message queue
+/// fds (`FdKind::Mqueue`, appended: version 2 blobs still read).
+pub const GROUP_IMAGE_VERSION: u8 = 3;
 /// Manifest kind of a process-group checkpoint.
 pub const KIND: &str = "group";
 
@@ -113,7 +114,7 @@ impl GroupImage {
 
     /// Decodes a manifest state blob.
     pub fn decode(blob: &[u8]) -> Result<Self> {
-        crate::blob::decode(GROUP_IMAGE_VERSION, "group image", blob)
+        crate::blob::decode_compatible(GROUP_IMAGE_VERSION, &[2], "group image", blob)
     }
 
     /// Members whose parent is not in the group, in order.

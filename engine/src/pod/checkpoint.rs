@@ -52,8 +52,9 @@ use crate::{EngineError, Result};
 /// Manifest kind of a pod checkpoint.
 pub const KIND: &str = "pod";
 /// Version of the [`PodImage`] encoding (first byte of the state blob). 2: TCP connections and
-/// the network lock; 3: what the processes made inside the pod ([`PodImage::inside`]).
-pub const POD_IMAGE_VERSION: u8 = 3;
+/// the network lock; 3: what the processes made inside the pod ([`PodImage::inside`]); 4: System V and
+/// POSIX message queues ([`IpcState::msg`], [`IpcState::mq`]) and POSIX queue fds.
+pub const POD_IMAGE_VERSION: u8 = 4;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything about a pod except page contents.

@@ -6,7 +6,8 @@
 //! creator → init) and fd 4 (status, init → creator). On start, init closes every other fd
 //! (shells leak some) and blocks the signals it handles. Both pipes carry text lines:
 //! 1. creator → init: one line of JSON, an [`InitConfig`] (its `version` must match);
-//! 2. init: makes all mounts private, mounts a fresh `/proc`, sets the hostname, then
+//! 2. init: makes all mounts private, mounts a fresh `/proc`, `/sys` (with the cgroup2
+//!    hierarchy) and a devpts of the pod's own on `/dev/pts`, sets the hostname, then
 //!    init → creator: `ready`;
 //! 3. creator configures the pod from outside (v1 cgroups, network), then creator → init: `go`;
 //! 4. init launches ([`Launch`]) and init → creator: `ok <main vpid>` or `err <message>`.
@@ -15,13 +16,10 @@
 //! the control pipe before `go` (the creator died) makes init exit too.
 //!
 //! A lazily restored pod's init is guarded ([`Launch::Restore`] `guarded`): the creator passes
-//! its end of the guard sockets ([`crate::sys::clone::guard_pair`]) as fd 5, whose other end the
-//! pager of the restore holds. Until the init reads `D` from it (every page is in), it holds the
-//! userfaultfds the pager hands it (so that the pager's death never releases them: a released
-//! userfaultfd lets a waiting fault go on with a zero page), and an EOF there (the pager died)
-//! makes the init kill every process of the pod, write `<pod dir>/failed` (why) and an exit
-//! status of 137, and exit: no process is left waiting for a page that will not come, and none
-//! reads a page the pager did not fill.
+//! the read end of a guard pipe as fd 5, whose write end the pager of the restore holds. Until
+//! the init reads `D` from it (every page is in), an EOF there (the pager died) makes the init
+//! kill every process of the pod, write `<pod dir>/failed` (why) and an exit status of 137, and
+//! exit: no process is left waiting for a page that will not come.
 //!
 //! ## Running
 //! Signals are blocked and read from a signalfd: SIGCHLD reaps every exited child; SIGTERM,
@@ -185,7 +183,8 @@ fn setup(cfg: &InitConfig) -> Result<(), String> {
     ns::make_mounts_private().map_err(|e| format!("make mounts private: {e}"))?;
     ns::mount_proc().map_err(|e| format!("mount /proc: {e}"))?;
     ns::mount_sys().map_err(|e| format!("mount /sys: {e}"))?;
-    ns::mount_devpts().map_err(|e| format!("mount a devpts of the pod's own on /dev/pts: {e}"))?;
+    let options = ns::devpts_options(&std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("read /proc/self/mountinfo: {e}"))?);
+    ns::mount_devpts(&options).map_err(|e| format!("mount a devpts of the pod's own on /dev/pts ({options}): {e}"))?;
     ns::sethostname(&cfg.hostname).map_err(|e| format!("set hostname {:?}: {e}", cfg.hostname))?;
     Ok(())
 }
@@ -193,7 +192,6 @@ fn setup(cfg: &InitConfig) -> Result<(), String> {
 /// Reaps children and forwards signals until `main_vpid` ends; writes the exit file then. With a
 /// `guard` (a lazy restore's), ends the pod if it reaches EOF before saying `D` (module doc).
 fn supervise(sigfd: &OwnedFd, pod_dir: &Path, main_vpid: i32, mut guard: Option<std::fs::File>) -> i32 {
-    let mut held: Vec<OwnedFd> = Vec::new();
     loop {
         // A child may have ended before we got here: reap first, then wait for signals.
         while let Some((pid, status)) = ns::reap_any() {
@@ -206,20 +204,13 @@ fn supervise(sigfd: &OwnedFd, pod_dir: &Path, main_vpid: i32, mut guard: Option<
         if let Some(g) = &mut guard {
             let (signal, guarded) = ns::poll_either(sigfd.as_fd(), g.as_fd(), -1).unwrap_or((true, false));
             if guarded {
-                use std::os::fd::{AsRawFd, FromRawFd};
-                // The userfaultfds the pager hands us stay open until it says done (dropped
-                // then), so that its death never lets a waiting fault go on with a zero page.
-                let mut got = Vec::new();
-                let msg = sysclone::guard_recv(g.as_raw_fd(), &mut |fd| got.push(fd));
-                // SAFETY: each fd was just received with SCM_RIGHTS and is owned by nobody else.
-                held.extend(got.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                match msg {
-                    sysclone::GuardMsg::Done => {
-                        held.clear();
-                        guard = None;
-                    }
-                    sysclone::GuardMsg::Other => {}
-                    sysclone::GuardMsg::Eof => {
+                use std::io::Read;
+                let mut b = [0u8; 1];
+                match g.read(&mut b) {
+                    Ok(1) if b[0] == b'D' => guard = None,
+                    Ok(1) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => {
                         // The pager is gone before every page was in: end the pod now.
                         let _ = sysclone::kill(-1, libc::SIGKILL);
                         let why = "lazy restore: the pager died before every page was in; the pod's processes were killed\n";

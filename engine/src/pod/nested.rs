@@ -8,8 +8,8 @@
 //! (processes come parents first), and every process records, per kind, the index of its
 //! namespace or none for the pod's. Per namespace:
 //! - UTS: hostname and domain name;
-//! - IPC: its System V objects ([`crate::ipc`], images named `ipc{n}/...`); POSIX message
-//!   queues are refused (here and in the pod's own namespace);
+//! - IPC: its System V objects and POSIX message queues ([`crate::ipc`], images named
+//!   `ipc{n}/...`);
 //! - network: whether `lo` is up and its addresses; any other interface (a veth pair between
 //!   namespaces), and routes other than the kernel's own, are refused; a socket of a process
 //!   that belongs to another network namespace than the process's is refused;
@@ -40,7 +40,7 @@ use zap_store::{ChunkSink, Image};
 
 use crate::inject::Injector;
 use crate::ipc::IpcState;
-use crate::sys::{mount as sysmount, ns, proc as sysproc};
+use crate::sys::{ns, proc as sysproc};
 use crate::{EngineError, Result};
 
 /// The kinds of namespace a process may make inside the pod, as they are joined on restore
@@ -151,20 +151,6 @@ pub fn write_uts(pid: i32, uts: &Uts) -> std::io::Result<()> {
         std::fs::write("/proc/sys/kernel/hostname", &uts.hostname)?;
         std::fs::write("/proc/sys/kernel/domainname", &uts.domainname)
     })
-}
-
-/// Fails if the IPC namespace of `pid` holds POSIX message queues (not saved).
-fn refuse_posix_queues(pod: &str, pid: i32, which: &str) -> Result<()> {
-    let step = format!("check POSIX message queues of {which}");
-    let pidfd = sysproc::pidfd_open(pid).map_err(|e| pod_err(pod, &step, e))?;
-    let fd = sysmount::make_fs(Some(pidfd.as_fd()), libc::CLONE_NEWIPC, "mqueue", "mqueue", &[]).map_err(|e| pod_err(pod, &step, e))?;
-    let dir = sysmount::open_at(std::os::fd::AsRawFd::as_raw_fd(&fd), std::ffi::OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
-        .map_err(|e| pod_err(pod, &step, e))?;
-    let names = sysmount::list_dir(dir.as_fd()).map_err(|e| pod_err(pod, &step, e))?;
-    if let Some(n) = names.first() {
-        return Err(pod_err(pod, "checkpoint", format!("{which} has POSIX message queue /{}: not supported", n.to_string_lossy())));
-    }
-    Ok(())
 }
 
 /// Output of `ip` in the network namespace of `pid`.
@@ -353,9 +339,7 @@ pub fn save<W: ChunkSink>(
         let u = read_uts(pid).map_err(|e| pod_err(pod, format!("read UTS namespace {n}"), e))?;
         image.uts.push(u);
     }
-    refuse_posix_queues(pod, init_pid, "the pod's IPC namespace")?;
     for (n, &(_, pid)) in seen[IPC].iter().enumerate() {
-        refuse_posix_queues(pod, pid, &format!("the IPC namespace of pid {}", vpid_of(pid)))?;
         let (st, mut imgs) = crate::ipc::save_prefixed(pid, sink, cfg, &format!("ipc{n}/"))?;
         images.append(&mut imgs);
         image.ipc.push(st);

@@ -157,17 +157,30 @@ pub fn mount_sys() -> io::Result<()> {
     Ok(())
 }
 
-/// Mounts a devpts instance of the pod's own on /dev/pts: the pseudo-terminals its processes
-/// open through `/dev/ptmx` (which the kernel resolves to the devpts at `pts` beside it) are
-/// numbered from 0 in the pod, never collide with the host's or another pod's, and a restored
-/// pod gets back the indexes it had.
-pub fn mount_devpts() -> io::Result<()> {
+/// Mounts a devpts instance of the pod's own on /dev/pts, with the slave mode and group of the
+/// devpts mounted there now (`options`: e.g. "mode=620,gid=5"), so that the pod's pseudo-terminals
+/// are numbered apart from the host's: opening /dev/ptmx finds the instance mounted on the `pts`
+/// next to it (Linux 4.7+). A host without /dev/pts is left as it is.
+pub fn mount_devpts(options: &str) -> io::Result<()> {
+    if !std::path::Path::new("/dev/pts").is_dir() {
+        return Ok(());
+    }
+    let data = std::ffi::CString::new(format!("newinstance,ptmxmode=0666{}{options}", if options.is_empty() { "" } else { "," }))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "devpts options with a NUL byte"))?;
     let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
     // SAFETY: all pointers are valid NUL-terminated strings.
-    cvt(unsafe {
-        libc::mount(c"devpts".as_ptr(), c"/dev/pts".as_ptr(), c"devpts".as_ptr(), flags, c"newinstance,ptmxmode=0666,mode=0620,gid=5".as_ptr().cast())
-    })?;
+    cvt(unsafe { libc::mount(c"devpts".as_ptr(), c"/dev/pts".as_ptr(), c"devpts".as_ptr(), flags, data.as_ptr().cast()) })?;
     Ok(())
+}
+
+/// The `mode=` and `gid=` options of the devpts mounted last on /dev/pts in `mountinfo` (the
+/// text of /proc/self/mountinfo), joined with commas; empty when there is none.
+pub fn devpts_options(mountinfo: &str) -> String {
+    let Some(line) = mountinfo.lines().filter(|l| l.split_whitespace().nth(4) == Some("/dev/pts") && l.contains(" - devpts ")).last() else {
+        return String::new();
+    };
+    let sup = line.split(" - ").nth(1).and_then(|r| r.split_whitespace().nth(2)).unwrap_or("");
+    sup.split(',').filter(|o| o.starts_with("mode=") || o.starts_with("gid=")).collect::<Vec<_>>().join(",")
 }
 
 /// Sets the hostname of the caller's UTS namespace.
@@ -558,4 +571,19 @@ pub fn socket_netns(sock: BorrowedFd<'_>) -> io::Result<u64> {
     let ns = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     use std::os::unix::fs::MetadataExt;
     Ok(ns.metadata()?.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::devpts_options;
+
+    #[test]
+    fn devpts_options_come_from_the_last_devpts_on_dev_pts() {
+        let info = "24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw,size=1k,mode=755\n\
+                    26 24 0:24 / /dev/pts rw,relatime - devpts devpts rw,gid=5,mode=620,ptmxmode=000\n\
+                    29 26 0:26 / /dev/pts rw,relatime - devpts devpts rw,mode=600,ptmxmode=000\n";
+        assert_eq!(devpts_options(info), "mode=600");
+        assert_eq!(devpts_options(&info.lines().take(2).collect::<Vec<_>>().join("\n")), "gid=5,mode=620");
+        assert_eq!(devpts_options("24 27 0:6 / /dev rw - devtmpfs devtmpfs rw\n"), "");
+    }
 }

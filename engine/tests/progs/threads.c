@@ -106,7 +106,7 @@ static void *worker(void *arg) {
             while (turn != i && !stop) {
                 if (i == N - 1) {
                     /* One worker waits with a timeout (a futex wait that restarts through the
-                     * kernel's restart block, so it returns EINTR after a restore). */
+                     * kernel's restart block, made again after a restore). */
                     struct timespec ts;
                     clock_gettime(CLOCK_REALTIME, &ts);
                     ts.tv_nsec += 20 * 1000 * 1000;
