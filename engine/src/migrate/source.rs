@@ -97,6 +97,25 @@ fn cut_here(step: &str) -> bool {
     std::env::var("ZAP_MIGRATE_FAULT").is_ok_and(|f| f == format!("source-cut@{step}"))
 }
 
+/// Test hooks at a named step (`round0`, `round1`, `final`, `before-commit`): besides
+/// `source-cut@STEP` ([`cut_here`]), `source-die@STEP` kills this process as a crash or `kill -9`
+/// would, and `source-hang@STEP` makes it fall silent (no record, no keepalive) as behind a cut
+/// link for `$ZAP_MIGRATE_HANG_MS` (default 30 s), then drop the link. True: drop the link now.
+fn fault_here(ch: &Channel, step: &str) -> bool {
+    let Ok(f) = std::env::var("ZAP_MIGRATE_FAULT") else { return false };
+    if f == format!("source-die@{step}") {
+        crate::sys::clone::kill(std::process::id() as i32, libc::SIGKILL).ok();
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    if f == format!("source-hang@{step}") {
+        ch.stop_keepalive();
+        let ms = std::env::var("ZAP_MIGRATE_HANG_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+        std::thread::sleep(Duration::from_millis(ms));
+        return true;
+    }
+    cut_here(step)
+}
+
 /// The remote destination as a [`RoundSink`], with the round's figures.
 struct Remote<'c> {
     ch: &'c mut Channel,
@@ -456,7 +475,7 @@ fn rounds(
     let mut n = 0u32;
     loop {
         let tr = Instant::now();
-        if cut_here(&format!("round{n}")) {
+        if fault_here(remote.ch, &format!("round{n}")) {
             return Err(mig_err(format!("round {n}"), "test hook", "link cut on purpose (ZAP_MIGRATE_FAULT)"));
         }
         let data = reader.read(n == 0)?;
@@ -549,7 +568,7 @@ fn final_round(
     j: &mut SourceJournal,
     jpath: &Path,
 ) -> Result<()> {
-    if cut_here("final") {
+    if fault_here(remote.ch, "final") {
         return Err(mig_err("final round", "test hook", "link cut on purpose (ZAP_MIGRATE_FAULT)"));
     }
     // The interface's configuration does not change while the pod runs: read before the stop.
@@ -668,7 +687,7 @@ fn final_round(
     report.sent_chunks += fig.chunks - fig.had_chunks;
     progress(&fig);
     report.rounds.push(fig);
-    if cut_here("before-commit") {
+    if fault_here(remote.ch, "before-commit") {
         return Err(mig_err("handover", "test hook", "link cut on purpose before Commit (ZAP_MIGRATE_FAULT)"));
     }
     check.join().map_err(|_| mig_err("final round", format!("pod {name}"), "the check of the mappings' flags panicked"))??;
