@@ -512,6 +512,7 @@ impl Session {
             console = vec![0u8; len as usize];
             zap_store::materialize(&*self.spool, &img.extents, 0, &mut console)?;
         }
+        step("console log read");
         std::fs::write(&log, &console).map_err(|e| mig_err("final round: console log", log.display(), e))?;
         // The carried directories go in place before any file of the pod is reopened.
         self.journal.placed = true;
@@ -563,6 +564,7 @@ impl Session {
         state.main_pid = restored.host_pid(image.main_vpid);
         state.main_vpid = image.main_vpid;
         pod::save(&self.root, &state)?;
+        step("pod state saved");
         drop(read);
         self.prepared = Some(state);
         self.journal.state = DestState::Prepared;

@@ -613,6 +613,7 @@ fn final_round(
         Ok(())
     });
     podck::refuse_external_streams(name, &saved.image)?;
+    step("streams checked");
     // IPC objects, what the processes made inside the pod (the files of its in-memory file
     // systems, the objects of nested IPC namespaces) and the console log ride along as images
     // whose chunks are offered first.
@@ -621,6 +622,7 @@ fn final_round(
     if let Some(what) = inside.beyond_names() {
         tracing::debug!(pod = name, what, "made inside the pod: carried to be made again at the destination");
     }
+    step("inside saved");
     remote.fig = RoundReport { n, last: true, ..Default::default() };
     let shape = crate::group::TreeShape::of(&saved.image);
     let layouts: Vec<(i32, Vec<crate::mem::VmaState>)> =
@@ -628,8 +630,10 @@ fn final_round(
     let mut dirty = 0u64;
     let mut bytes = 0u64;
     let (ipc_state, mut images) = crate::ipc::save(state.init_pid, &mut other, &opts.chunker)?;
+    step("IPC saved");
     images.append(&mut inside_images);
     images.append(&mut file_data.store(&mut other, &opts.chunker)?);
+    step("files stored");
     let console = podck_console(root, name);
     if !console.is_empty() {
         let (extents, _) = zap_store::store_run(&mut other, &opts.chunker, 0, &console)?;
