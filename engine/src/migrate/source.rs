@@ -595,6 +595,11 @@ fn final_round(
     // The trackers stay ours to close, whatever happened.
     reader.armed = tracking.armed.drain().chain(tracking.dropped.drain(..).map(|a| (a.pid, a))).collect();
     let mut saved = saved?;
+    // Pages absent at the last round and still absent are zero at the destination already.
+    for (vpid, copy) in saved.copies.iter_mut() {
+        let host = saved.image.members.iter().find(|m| m.vpid == *vpid).and_then(|m| m.image()).map(|i| i.host_pid);
+        super::precopy::drop_known_absent(host.and_then(|h| reader.zero.get(&h)).map(Vec::as_slice), copy);
+    }
     step("processes saved");
     // Layouts whose flags were taken from the last round (smaps unread: its walk of the page
     // tables grows with memory) are checked against smaps beside the rest of the final round,
