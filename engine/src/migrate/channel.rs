@@ -524,6 +524,41 @@ mod tests {
         let _ = t.join();
     }
 
+    /// An idle peer's keepalives keep the link alive (its silence is a hang only after the
+    /// record timeout); a peer that stops sending anything is found out after `silence`.
+    #[test]
+    fn keepalives_and_silence() {
+        let (src, dst, _d) = pair();
+        let (x, y) = UnixStream::pair().unwrap();
+        let src_pub = src.public;
+        let dst_pub = dst.public;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let c = Channel::accept(stream(y), &dst, &[src_pub]).unwrap();
+            // Alive but writing nothing: only keepalives go out, until told to fall silent.
+            rx.recv().unwrap();
+            c.stop_keepalive();
+            rx.recv().unwrap();
+            drop(c);
+        });
+        let mut c = Channel::initiate(stream(x), &src, dst_pub).unwrap();
+        c.silence = Duration::from_millis(2500);
+        c.timeout = Duration::from_millis(4000);
+        let start = Instant::now();
+        let e = c.read_exact(&mut [0u8; 1], "t").unwrap_err();
+        assert!(e.to_string().contains("only keepalives"), "{e}");
+        assert!(start.elapsed() >= Duration::from_millis(3900), "{:?}", start.elapsed());
+        tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        c.timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let e = c.read_exact(&mut [0u8; 1], "t").unwrap_err();
+        assert!(e.to_string().contains("not even a keepalive"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+
     #[test]
     fn other_version_is_named() {
         let (a, b) = UnixStream::pair().unwrap();
