@@ -2,7 +2,8 @@
 //! pods: a threaded python server keeps a counter and answers clients on the LAN. After every
 //! move the pod answers from its new host with its counter gone on (its memory came along), the
 //! same pids, hostname, address and MAC, and the old host has nothing of it. Faults at every
-//! step (the link cut, the destination killed), refusals (name, address, file, space, keys,
+//! step (the link cut, the destination killed, the source killed or fallen silent: the
+//! destination's worker must then be gone within seconds), refusals (name, address, file, space, keys,
 //! protocol version, damaged data) each leave the pod running where it was and nothing on the
 //! destination; an unknown handover outcome is resolved by `--recover`. redis-server with
 //! 20,000 keys moves a → b → c → a while a client on the LAN holds one connection and writes a
