@@ -78,6 +78,9 @@ pub struct MemberData {
     pub copy: PageCopy,
     /// Pages the tracker reported written.
     pub dirty_pages: u64,
+    /// What reading its layout (`/proc/PID/smaps`) took, ms: the final round does not when
+    /// [`PodReader::layouts`] holds it.
+    pub layout_ms: f64,
 }
 
 /// A round read from the running pod.
@@ -195,7 +198,7 @@ impl PodReader {
                 drop_known_absent(self.zero.get(&host).map(Vec::as_slice), &mut copy);
                 self.zero.insert(host, zero);
                 tracing::debug!(pid = host, layout_ms, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, dirty_pages, bytes = copy.bytes, "round: pages read");
-                Ok::<_, crate::EngineError>(MemberData { vpid, host, vmas, copy, dirty_pages })
+                Ok::<_, crate::EngineError>(MemberData { vpid, host, vmas, copy, dirty_pages, layout_ms })
             })();
             match read {
                 Ok(m) => members.push(m),

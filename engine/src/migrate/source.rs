@@ -9,9 +9,11 @@
 //!   expected final round = stop + scan + dirty rate × last round's time ÷ memory rate + handover
 //! ```
 //! where *stop* is what stopping the pod took when the trackers were armed (its network lock
-//! included), *scan* what reading the processes' layouts and dirty pages took in the last round
-//! (an upper bound: the final save reads unchanged layouts without smaps and no pagemap of clean
-//! memory; see [`super`]'s *Downtime*), the dirty rate what the tracker reported per second since the round before,
+//! included), *scan* what reading the processes' layouts and dirty pages took in the last round,
+//! less its reading of `/proc/PID/smaps` for the processes whose layouts the final save reuses
+//! (it reads none of theirs: see [`super`]'s *Downtime*; smaps grows with memory and alone
+//! took most of the allowance for 4 GiB under load: counted, it kept such a pod from converging by
+//! the estimate), the dirty rate what the tracker reported per second since the round before,
 //! the memory rate what the largest round moved per second end to end (read, chunked, sent,
 //! written at the destination), and *handover* the destination's restore of the rest and the
 //! commit ([`HANDOVER_MS`]). Pre-copy also stops when the dirty set stops shrinking (three rounds within
@@ -480,6 +482,10 @@ fn rounds(
         }
         let data = reader.read(n == 0)?;
         let read_ms = tr.elapsed().as_secs_f64() * 1e3;
+        // The final round reads no smaps of a process whose layout this round kept (it grows
+        // with memory: 60-100 ms for 4 GiB under load, more than the whole allowance).
+        let smaps_ms: f64 = data.members.iter().filter(|m| reader.layouts.contains_key(&m.host)).map(|m| m.layout_ms).sum();
+        let scan_ms = if crate::mem::full_scan() { read_ms } else { (read_ms - smaps_ms).max(0.0) };
         let since = prev_collect.elapsed().as_secs_f64();
         prev_collect = Instant::now();
         let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
@@ -496,7 +502,7 @@ fn rounds(
         let sent_ms = tr.elapsed().as_secs_f64() * 1e3;
         let ack = remote.round_end(n, false)?.unwrap_or_default();
         let secs = tr.elapsed().as_secs_f64().max(1e-6);
-        tracing::debug!(round = n, read_ms, sent_ms, ms = secs * 1e3, apply_ms = ack.apply_ms, "round done");
+        tracing::debug!(round = n, read_ms, scan_ms, sent_ms, ms = secs * 1e3, apply_ms = ack.apply_ms, "round done");
         let mut fig = std::mem::take(&mut remote.fig);
         fig.pages = bytes / 4096;
         fig.dirty_pages = dirty;
@@ -520,7 +526,7 @@ fn rounds(
         }
         // Converged? (Round 0 tells nothing about the dirty rate.)
         if n > 0 {
-            let expected = fig.dirty_rate * secs / best.1 * 1e3 + read_ms + fixed_ms;
+            let expected = fig.dirty_rate * secs / best.1 * 1e3 + scan_ms + fixed_ms;
             let shrinking = history.len() < 4 || history.windows(2).rev().take(3).any(|w| (w[1] as f64) < w[0] as f64 * 0.95);
             if expected <= opts.max_downtime_ms {
                 report.converged = format!("expected final round {expected:.0} ms fits --max-downtime {} ms", opts.max_downtime_ms);
