@@ -273,6 +273,7 @@ pub fn receive(_ctx: &Ctx, args: &ReceiveArgs) -> Result<Output> {
             }
         };
         let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        transport::tune_tcp(&conn);
         let fd: OwnedFd = conn.into();
         let fd2 = fd.try_clone().map_err(|e| CliError::Invalid(format!("receive: {e}")))?;
         let once = args.once;

@@ -2,7 +2,8 @@
 //! pods: a threaded python server keeps a counter and answers clients on the LAN. After every
 //! move the pod answers from its new host with its counter gone on (its memory came along), the
 //! same pids, hostname, address and MAC, and the old host has nothing of it. Faults at every
-//! step (the link cut, the destination killed), refusals (name, address, file, space, keys,
+//! step (the link cut, the destination killed, the source killed or fallen silent: the
+//! destination's worker must then be gone within seconds), refusals (name, address, file, space, keys,
 //! protocol version, damaged data) each leave the pod running where it was and nothing on the
 //! destination; an unknown handover outcome is resolved by `--recover`. redis-server with
 //! 20,000 keys moves a → b → c → a while a client on the LAN holds one connection and writes a
@@ -129,6 +130,79 @@ fn faults_at_every_step_leave_the_pod_running() {
     assert!(out.status.success(), "{}", stderr(&out));
     wait_answer(&h, &ip);
     h.assert_clean("a", "web", None);
+    h.ok("b", &["rm", "-f", "web"]);
+}
+
+/// The source killed (as by `kill -9`) or fallen silent as behind a cut link (no record, no
+/// keepalive) at each step before the commit: the destination's worker finds out by itself (here
+/// after 3 s without a byte), removes everything it made and exits within seconds, long before a
+/// silent source gives up; the pod runs on at the source (a killed source's, once `zap migrate
+/// --recover` resumed it).
+#[test]
+fn destination_ends_promptly_when_the_source_dies_or_falls_silent() {
+    let Some(h) = Hosts::up() else { return };
+    h.keys();
+    let ip = format!("{}.58", h.net);
+    start_server(&h, "a", "web", &ip);
+    let dest_env = "ZAP_MIGRATE_SILENCE_MS=3000";
+    for step in ["round0", "round1", "final", "before-commit"] {
+        for how in ["hang", "die"] {
+            let what = format!("source-{how}@{step}");
+            let before = wait_answer(&h, &ip);
+            let procs = h.procs("a", "web");
+            let t = Instant::now();
+            let mut child = h.spawn_migrate("a", "b", "web", &[("ZAP_MIGRATE_FAULT", &what), ("ZAP_MIGRATE_HANG_MS", "30000")], dest_env);
+            let (mut seen, mut gone, mut source_done) = (false, None, None);
+            while t.elapsed() < Duration::from_secs(60) {
+                let w = h.workers("b");
+                seen |= !w.is_empty();
+                if source_done.is_none() && child.try_wait().unwrap().is_some() {
+                    source_done = Some(t.elapsed());
+                }
+                if seen && w.is_empty() {
+                    gone = Some(t.elapsed());
+                    break;
+                }
+                if source_done.is_some_and(|d| t.elapsed() > d + Duration::from_secs(15)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(seen, "{what}: no worker seen on b");
+            let gone = gone.unwrap_or_else(|| panic!("{what}: the worker on b still runs after {:?} (source ended at {source_done:?})", t.elapsed()));
+            match how {
+                "hang" => {
+                    // The source stays silent for 30 s: the worker must not have waited for it.
+                    assert!(source_done.is_none() && child.try_wait().unwrap().is_none(), "{what}: the source ended before the worker (at {source_done:?})");
+                    h.assert_clean("b", "web", None);
+                }
+                _ => {
+                    // Killed: the worker sees the link close; gone within seconds of it.
+                    let done = source_done.unwrap_or(gone);
+                    assert!(gone <= done + Duration::from_secs(10), "{what}: the worker outlived the source by {:?}", gone - done);
+                    h.assert_clean("b", "web", None);
+                }
+            }
+            let out = child.wait_with_output().unwrap();
+            assert!(!out.status.success(), "{what}: the migration succeeded");
+            if how == "die" {
+                let out = h.zap("a", &["migrate", "--recover", "web"]);
+                assert!(out.status.success(), "{what}: recover: {}", stderr(&out));
+            } else {
+                assert!(stderr(&out).contains("link cut on purpose"), "{what}: {}", stderr(&out));
+            }
+            eprintln!("{what}: worker gone after {gone:?}, source ended after {source_done:?}");
+            let after = wait_answer(&h, &ip);
+            assert!(after > before, "{what}: the pod runs on at the source ({before} -> {after})");
+            assert_eq!(h.procs("a", "web"), procs, "{what}: same processes");
+            assert!(!h.root("a").join("pods/web/migration.json").exists(), "{what}: journal left");
+            h.assert_clean("b", "web", None);
+        }
+    }
+    // After all that, a clean migration still works.
+    let out = h.migrate("a", "b", "web", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_answer(&h, &ip);
     h.ok("b", &["rm", "-f", "web"]);
 }
 

@@ -138,6 +138,37 @@ impl Hosts {
         self.zap_env(src, env, &args)
     }
 
+    /// Starts `zap migrate POD` from `src` to `dst` like [`Hosts::migrate_env`], without waiting
+    /// (stdout and stderr piped); the child is `zap migrate` itself (the script execs it).
+    pub fn spawn_migrate(&self, src: &str, dst: &str, pod: &str, env: &[(&str, &str)], dest_env: &str) -> std::process::Child {
+        let key = self.key_of(dst);
+        let via = self.via(dst, dest_env);
+        let bin = zap_bin();
+        let mut c = self.script_cmd(&["exec", src, "--", bin.to_str().unwrap(), "migrate", pod, "--via", &via, "--peer-key", &key]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    }
+
+    /// The receiving workers (`zap __receive-worker`) of host `h`: their pids.
+    pub fn workers(&self, h: &str) -> Vec<i32> {
+        let want = format!("ZAP_ROOT={}", std::fs::canonicalize(self.root(h)).unwrap_or_else(|_| self.root(h)).display());
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !cmdline.split(|&b| b == 0).any(|a| a == b"__receive-worker") {
+                continue;
+            }
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
     /// The veth interfaces Zap made on host `h`.
     pub fn veths(&self, h: &str) -> Vec<String> {
         let out = self.exec(h, &["ip", "-o", "link"]);

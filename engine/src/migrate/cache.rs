@@ -42,18 +42,21 @@ pub fn open(create: bool, wait: Duration) -> zap_store::Result<LocalStore> {
 }
 
 /// Keeps the chunks of `spool` as pod `pod`'s entry (replacing its older one); drops the oldest
-/// entries beyond [`MAX_ENTRIES`] and collects their chunks.
+/// entries beyond [`MAX_ENTRIES`] and collects their chunks. The spool is read in order in large
+/// pieces; the calling thread should be of low priority (this runs after the handover, beside
+/// the pod: [`crate::sys::proc::lower_own_priority`]).
 pub fn keep(spool: &Spool, pod: &str, session: &str) -> Result<()> {
     let store = open(true, Duration::from_secs(30))?;
     let mut w = store.writer()?;
     let mut extents = Vec::new();
     let mut pos = 0u64;
-    for id in spool.ids() {
-        let c = spool.stored(&id)?;
-        w.put(&c)?;
-        extents.push(Extent { start: pos, len: u64::from(c.raw_len.max(1)), data: ExtentData::Chunk { id, offset: 0 } });
-        pos += u64::from(c.raw_len.max(1));
-    }
+    // The spool read in order, in large pieces, each chunk moved into the pack (no copy).
+    spool.for_each_in_order(|c| {
+        let len = u64::from(c.raw_len.max(1));
+        extents.push(Extent { start: pos, len, data: ExtentData::Chunk { id: c.id, offset: 0 } });
+        pos += len;
+        w.put_owned(c).map(|_| ())
+    })?;
     let mut m = Manifest::new(pod.to_string(), KIND);
     m.labels.insert("pod".into(), pod.to_string());
     m.labels.insert("session".into(), session.to_string());

@@ -6,6 +6,7 @@
 //!  source → destination:   u16-BE len | Noise IK message 1           (e, es, s, ss)
 //!  destination → source:   u16-BE len | Noise IK message 2           (e, ee, se)
 //!  then, both ways:        u16-BE len | AES-256-GCM record           (≤ 65535 bytes, 16-byte tag)
+//!                          u16-BE 0                                  (keepalive, no record; v2)
 //! ```
 //! Noise pattern `IK` with X25519, AES-GCM and BLAKE2s (`Noise_IK_25519_AESGCM_BLAKE2s`,
 //! implemented by the `snow` crate): the source (initiator) knows the destination's static key
@@ -17,18 +18,29 @@
 //! Records after the handshake are a byte stream for [`super::wire`]; a flipped, dropped or
 //! reordered byte fails the record's tag, and the channel is dead from then on.
 //!
-//! Every read waits at most [`Channel::timeout`] (120 s unless `$ZAP_MIGRATE_TIMEOUT_MS`): a peer
-//! that hangs is treated as gone.
+//! Liveness: once the channel is up, a thread of each side sends a keepalive (an empty frame,
+//! outside the record layer) whenever it wrote nothing for [`KEEPALIVE`], however long the side's
+//! own work takes (reading a large process, applying a round). A read that sees no byte at all,
+//! not even a keepalive, for [`Channel::silence`] (10 s unless `$ZAP_MIGRATE_SILENCE_MS`) fails:
+//! the link is cut or the peer is gone, and the side gives up and cleans up within seconds instead
+//! of waiting for TCP or a pipe to say so (a cut link says nothing). A peer that sends keepalives
+//! but no record for [`Channel::timeout`] (120 s unless `$ZAP_MIGRATE_TIMEOUT_MS`) is treated as
+//! hung. A keepalive carries nothing: forging one can only delay the detection of a dead link,
+//! never change what the records say.
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::keys::{KeyPair, PublicKey};
 use super::{mig_err, MigrateError, Result};
 
 /// The migration protocol version, sent in the preamble. Bumped by any change of the handshake,
-/// the record layer or the messages ([`super::wire`]).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// the record layer or the messages ([`super::wire`]). 2: keepalive frames.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// A side that wrote nothing for this long sends a keepalive.
+pub const KEEPALIVE: Duration = Duration::from_millis(1000);
 const MAGIC: &[u8; 6] = b"ZAPMIG";
 const NOISE: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
 /// Largest Noise message.
@@ -52,17 +64,40 @@ pub struct Stream {
     pub writer: Box<dyn Write + Send>,
 }
 
+/// The writing half of an established channel, shared with its keepalive thread.
+type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// What the keepalive thread of a channel shares with it.
+struct Beat {
+    /// The channel is gone (or keepalives were stopped): the thread ends.
+    stop: AtomicBool,
+    /// When the channel last wrote, ms since `started`.
+    last_write_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Beat {
+    fn wrote(&self) {
+        self.last_write_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
 /// An established channel.
 pub struct Channel {
-    stream: Stream,
+    reader: Box<dyn Read + Send>,
+    read_fd: OwnedFd,
+    writer: SharedWriter,
+    beat: Arc<Beat>,
     noise: snow::TransportState,
     /// Decrypted bytes not consumed yet.
     rbuf: Vec<u8>,
     rpos: usize,
     /// Plaintext waiting for a record.
     wbuf: Vec<u8>,
-    /// How long a read may wait.
+    /// How long a read may wait for a record (keepalives do not count).
     pub timeout: Duration,
+    /// How long a read may see no byte at all (keepalives count).
+    pub silence: Duration,
     /// The peer's static key.
     pub peer: PublicKey,
     /// Bytes written to the stream (records and headers).
@@ -80,19 +115,48 @@ fn default_timeout() -> Duration {
     Duration::from_millis(ms)
 }
 
-fn wait_readable(fd: &OwnedFd, timeout: Duration, step: &str) -> Result<()> {
-    match crate::sys::ns::poll_readable(fd.as_fd(), timeout.as_millis().min(i32::MAX as u128) as i32) {
+fn default_silence() -> Duration {
+    let ms = std::env::var("ZAP_MIGRATE_SILENCE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    Duration::from_millis(ms)
+}
+
+/// How long a read may wait: until something arrives (`silence`), within the record's deadline.
+#[derive(Clone, Copy)]
+struct Wait {
+    silence: Duration,
+    deadline: Instant,
+    /// The deadline's length, for the error.
+    timeout: Duration,
+}
+
+impl Wait {
+    fn plain(timeout: Duration) -> Wait {
+        Wait { silence: timeout, deadline: Instant::now() + timeout, timeout }
+    }
+}
+
+fn wait_readable(fd: &OwnedFd, w: Wait, step: &str) -> Result<()> {
+    let left = w.deadline.saturating_duration_since(Instant::now());
+    let (limit, hung) = if left < w.silence { (left, true) } else { (w.silence, false) };
+    match crate::sys::ns::poll_readable(fd.as_fd(), limit.as_millis().min(i32::MAX as u128) as i32) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(MigrateError::Link { step: step.to_string(), detail: format!("the peer sent nothing for {} s", timeout.as_secs()) }),
+        Ok(false) if hung && w.silence < w.timeout => {
+            Err(MigrateError::Link { step: step.to_string(), detail: format!("the peer sent only keepalives for {} s (it is hung)", w.timeout.as_secs()) })
+        }
+        Ok(false) if w.silence < w.timeout => Err(MigrateError::Link {
+            step: step.to_string(),
+            detail: format!("nothing arrived for {:.1} s, not even a keepalive (the link is cut or the peer is gone)", limit.as_secs_f64()),
+        }),
+        Ok(false) => Err(MigrateError::Link { step: step.to_string(), detail: format!("the peer sent nothing for {} s", limit.as_secs()) }),
         Err(e) => Err(MigrateError::Link { step: step.to_string(), detail: e.to_string() }),
     }
 }
 
-fn read_full(stream: &mut Stream, buf: &mut [u8], timeout: Duration, step: &str) -> Result<()> {
+fn read_full(reader: &mut dyn Read, fd: &OwnedFd, buf: &mut [u8], w: Wait, step: &str) -> Result<()> {
     let mut got = 0;
     while got < buf.len() {
-        wait_readable(&stream.read_fd, timeout, step)?;
-        match stream.reader.read(&mut buf[got..]) {
+        wait_readable(fd, w, step)?;
+        match reader.read(&mut buf[got..]) {
             Ok(0) => {
                 return Err(MigrateError::Link {
                     step: step.to_string(),
@@ -107,12 +171,12 @@ fn read_full(stream: &mut Stream, buf: &mut [u8], timeout: Duration, step: &str)
     Ok(())
 }
 
-fn write_all(stream: &mut Stream, data: &[u8], step: &str) -> Result<()> {
-    stream.writer.write_all(data).map_err(|e| MigrateError::Link { step: step.to_string(), detail: e.to_string() })
+fn write_all(writer: &mut dyn Write, data: &[u8], step: &str) -> Result<()> {
+    writer.write_all(data).map_err(|e| MigrateError::Link { step: step.to_string(), detail: e.to_string() })
 }
 
-fn flush(stream: &mut Stream, step: &str) -> Result<()> {
-    stream.writer.flush().map_err(|e| MigrateError::Link { step: step.to_string(), detail: e.to_string() })
+fn flush(writer: &mut dyn Write, step: &str) -> Result<()> {
+    writer.flush().map_err(|e| MigrateError::Link { step: step.to_string(), detail: e.to_string() })
 }
 
 fn preamble() -> [u8; 8] {
@@ -125,10 +189,10 @@ fn preamble() -> [u8; 8] {
 /// Sends our preamble and checks the peer's.
 fn exchange_preamble(stream: &mut Stream, timeout: Duration) -> Result<()> {
     let step = "handshake: protocol version";
-    write_all(stream, &preamble(), step)?;
-    flush(stream, step)?;
+    write_all(&mut stream.writer, &preamble(), step)?;
+    flush(&mut stream.writer, step)?;
     let mut theirs = [0u8; 8];
-    read_full(stream, &mut theirs, timeout, step)?;
+    read_full(&mut stream.reader, &stream.read_fd, &mut theirs, Wait::plain(timeout), step)?;
     if &theirs[..6] != MAGIC {
         return Err(mig_err(step, "peer", format!("not a zap migration peer (it sent {:?})", String::from_utf8_lossy(&theirs))));
     }
@@ -139,11 +203,25 @@ fn exchange_preamble(stream: &mut Stream, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-fn read_frame(stream: &mut Stream, timeout: Duration, step: &str) -> Result<Vec<u8>> {
+/// Reads the next frame, skipping keepalives (empty frames). Returns it and the bytes read.
+fn read_frame(reader: &mut dyn Read, fd: &OwnedFd, w: Wait, step: &str) -> Result<(Vec<u8>, u64)> {
     let mut len = [0u8; 2];
-    read_full(stream, &mut len, timeout, step)?;
-    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-    read_full(stream, &mut msg, timeout, step)?;
+    let mut total = 0;
+    loop {
+        read_full(reader, fd, &mut len, w, step)?;
+        total += 2;
+        let n = u16::from_be_bytes(len) as usize;
+        if n == 0 {
+            continue;
+        }
+        let mut msg = vec![0u8; n];
+        read_full(reader, fd, &mut msg, w, step)?;
+        return Ok((msg, total + n as u64));
+    }
+}
+
+fn handshake_frame(stream: &mut Stream, timeout: Duration, step: &str) -> Result<Vec<u8>> {
+    let (msg, _) = read_frame(&mut stream.reader, &stream.read_fd, Wait::plain(timeout), step)?;
     Ok(msg)
 }
 
@@ -151,8 +229,34 @@ fn write_frame(stream: &mut Stream, msg: &[u8], step: &str) -> Result<()> {
     let mut out = Vec::with_capacity(msg.len() + 2);
     out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
     out.extend_from_slice(msg);
-    write_all(stream, &out, step)?;
-    flush(stream, step)
+    write_all(&mut stream.writer, &out, step)?;
+    flush(&mut stream.writer, step)
+}
+
+/// Sends a keepalive on `writer` whenever the channel wrote nothing for [`KEEPALIVE`], until
+/// `beat.stop`. It never waits for the channel's own writes (a writer busy is a writer alive)
+/// and is not joined: a write stuck on a dead link must not hold up the side's cleanup. It holds
+/// the writer only while it writes, so dropping the channel closes the stream at once.
+fn spawn_keepalive(writer: std::sync::Weak<Mutex<Box<dyn Write + Send>>>, beat: Arc<Beat>) {
+    let tick = KEEPALIVE / 4;
+    let r = std::thread::Builder::new().name("zap-keepalive".into()).spawn(move || {
+        while !beat.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(tick);
+            let idle = beat.started.elapsed().as_millis() as u64 - beat.last_write_ms.load(Ordering::Relaxed);
+            if idle < KEEPALIVE.as_millis() as u64 || beat.stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Some(writer) = writer.upgrade() else { return };
+            let Ok(mut w) = writer.try_lock() else { continue };
+            if w.write_all(&[0, 0]).and_then(|()| w.flush()).is_err() {
+                return; // the link is gone: the channel's own reads and writes say so
+            }
+            beat.wrote();
+        }
+    });
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "no keepalive thread: a cut link is noticed only after the channel's timeout");
+    }
 }
 
 fn noise_err(step: &str, e: snow::Error) -> MigrateError {
@@ -174,7 +278,7 @@ impl Channel {
         let mut buf = vec![0u8; MAX_RECORD];
         let n = hs.write_message(&[], &mut buf).map_err(|e| noise_err("handshake: message 1", e))?;
         write_frame(&mut stream, &buf[..n], "handshake: send message 1")?;
-        let reply = read_frame(&mut stream, timeout, "handshake: wait for the destination's answer").map_err(|e| match e {
+        let reply = handshake_frame(&mut stream, timeout, "handshake: wait for the destination's answer").map_err(|e| match e {
             MigrateError::Link { step, detail } => MigrateError::Auth {
                 step,
                 detail: format!(
@@ -204,7 +308,7 @@ impl Channel {
             .and_then(|b| b.prologue(&prologue))
             .and_then(|b| b.build_responder())
             .map_err(|e| noise_err("handshake: set up", e))?;
-        let first = read_frame(&mut stream, timeout, "handshake: wait for message 1")?;
+        let first = handshake_frame(&mut stream, timeout, "handshake: wait for message 1")?;
         let mut buf = vec![0u8; MAX_RECORD];
         hs.read_message(&first, &mut buf).map_err(|_| MigrateError::Auth {
             step: "handshake: message 1".into(),
@@ -228,13 +332,21 @@ impl Channel {
     }
 
     fn new(stream: Stream, noise: snow::TransportState, peer: PublicKey, timeout: Duration) -> Self {
+        let Stream { reader, read_fd, writer } = stream;
+        let writer: SharedWriter = Arc::new(Mutex::new(writer));
+        let beat = Arc::new(Beat { stop: AtomicBool::new(false), last_write_ms: AtomicU64::new(0), started: Instant::now() });
+        spawn_keepalive(Arc::downgrade(&writer), beat.clone());
         Channel {
-            stream,
+            reader,
+            read_fd,
+            writer,
+            beat,
             noise,
             rbuf: Vec::new(),
             rpos: 0,
             wbuf: Vec::with_capacity(MAX_PLAIN),
             timeout,
+            silence: default_silence(),
             peer,
             sent_bytes: 0,
             recv_bytes: 0,
@@ -253,8 +365,7 @@ impl Channel {
             .write_message(&self.wbuf, &mut self.scratch[2..])
             .map_err(|e| mig_err(step, "record", format!("encrypt: {e}")))?;
         self.scratch[..2].copy_from_slice(&(n as u16).to_be_bytes());
-        let (stream, scratch) = (&mut self.stream, &self.scratch);
-        write_all(stream, &scratch[..n + 2], step)?;
+        self.write_out(n + 2, step)?;
         self.sent_bytes += n as u64 + 2;
         self.wbuf.clear();
         if let Some(rate) = self.rate_limit.filter(|&r| r > 0) {
@@ -265,6 +376,20 @@ impl Channel {
             }
         }
         Ok(())
+    }
+
+    /// Writes the first `len` bytes of the scratch buffer (one whole frame: a keepalive never
+    /// lands inside it).
+    fn write_out(&mut self, len: usize, step: &str) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let r = write_all(&mut **w, &self.scratch[..len], step);
+        self.beat.wrote();
+        r
+    }
+
+    /// Stops the keepalives (test hook: the side falls silent as behind a cut link).
+    pub fn stop_keepalive(&self) {
+        self.beat.stop.store(true, Ordering::Relaxed);
     }
 
     /// Queues `data` (records go out as they fill; [`Channel::flush`] sends the rest).
@@ -283,7 +408,8 @@ impl Channel {
     /// Sends everything queued.
     pub fn flush(&mut self, step: &str) -> Result<()> {
         self.seal_record(step)?;
-        flush(&mut self.stream, step)
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        flush(&mut **w, step)
     }
 
     /// Reads exactly `out.len()` bytes.
@@ -291,8 +417,9 @@ impl Channel {
         let mut got = 0;
         while got < out.len() {
             if self.rpos == self.rbuf.len() {
-                let rec = read_frame(&mut self.stream, self.timeout, step)?;
-                self.recv_bytes += rec.len() as u64 + 2;
+                let w = Wait { silence: self.silence.min(self.timeout), deadline: Instant::now() + self.timeout, timeout: self.timeout };
+                let (rec, read) = read_frame(&mut self.reader, &self.read_fd, w, step)?;
+                self.recv_bytes += read;
                 let mut plain = vec![0u8; rec.len()];
                 let n = self.noise.read_message(&rec, &mut plain).map_err(|_| MigrateError::Corrupt {
                     step: step.to_string(),
@@ -313,8 +440,15 @@ impl Channel {
     /// Test hook: writes `bytes` raw onto the stream, outside any record (a peer then sees a
     /// damaged record).
     pub fn write_raw_for_test(&mut self, bytes: &[u8]) -> Result<()> {
-        write_all(&mut self.stream, bytes, "test: raw bytes")?;
-        flush(&mut self.stream, "test: raw bytes")
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        write_all(&mut **w, bytes, "test: raw bytes")?;
+        flush(&mut **w, "test: raw bytes")
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.beat.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -388,6 +522,41 @@ mod tests {
         let r = Channel::initiate(stream(x), &src, PublicKey([9; 32]));
         assert!(r.is_err());
         let _ = t.join();
+    }
+
+    /// An idle peer's keepalives keep the link alive (its silence is a hang only after the
+    /// record timeout); a peer that stops sending anything is found out after `silence`.
+    #[test]
+    fn keepalives_and_silence() {
+        let (src, dst, _d) = pair();
+        let (x, y) = UnixStream::pair().unwrap();
+        let src_pub = src.public;
+        let dst_pub = dst.public;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let c = Channel::accept(stream(y), &dst, &[src_pub]).unwrap();
+            // Alive but writing nothing: only keepalives go out, until told to fall silent.
+            rx.recv().unwrap();
+            c.stop_keepalive();
+            rx.recv().unwrap();
+            drop(c);
+        });
+        let mut c = Channel::initiate(stream(x), &src, dst_pub).unwrap();
+        c.silence = Duration::from_millis(2500);
+        c.timeout = Duration::from_millis(4000);
+        let start = Instant::now();
+        let e = c.read_exact(&mut [0u8; 1], "t").unwrap_err();
+        assert!(e.to_string().contains("only keepalives"), "{e}");
+        assert!(start.elapsed() >= Duration::from_millis(3900), "{:?}", start.elapsed());
+        tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        c.timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let e = c.read_exact(&mut [0u8; 1], "t").unwrap_err();
+        assert!(e.to_string().contains("not even a keepalive"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        tx.send(()).unwrap();
+        t.join().unwrap();
     }
 
     #[test]

@@ -326,11 +326,18 @@ impl Session {
                     }
                 }
                 Msg::Ended => {
+                    // What is left (the checkpoint asked for, the migration cache) runs beside
+                    // the pod, which runs already: at the lowest priority, so it never slows it.
+                    if let Err(e) = crate::sys::proc::lower_own_priority() {
+                        tracing::debug!(error = %e, "could not lower the priority of the work after the handover");
+                    }
+                    let t = Instant::now();
                     self.cache_closed();
                     let checkpoint = if self.offer.keep_checkpoint { Some(self.keep_checkpoint()?) } else { None };
                     if let Err(e) = super::cache::keep(&self.spool, &self.offer.name, &self.offer.session) {
                         tracing::warn!(pod = self.offer.name, error = %e, "could not keep the pod's chunks in the migration cache");
                     }
+                    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, chunks = self.spool.len(), "after the handover: migration cache kept");
                     let _ = wire::send(ch, &Msg::Done(wire::Done { checkpoint }));
                     let _ = wire::flush(ch);
                     self.cleanup_dir();
@@ -512,6 +519,7 @@ impl Session {
             console = vec![0u8; len as usize];
             zap_store::materialize(&*self.spool, &img.extents, 0, &mut console)?;
         }
+        step("console log read");
         std::fs::write(&log, &console).map_err(|e| mig_err("final round: console log", log.display(), e))?;
         // The carried directories go in place before any file of the pod is reopened.
         self.journal.placed = true;
@@ -563,6 +571,7 @@ impl Session {
         state.main_pid = restored.host_pid(image.main_vpid);
         state.main_vpid = image.main_vpid;
         pod::save(&self.root, &state)?;
+        step("pod state saved");
         drop(read);
         self.prepared = Some(state);
         self.journal.state = DestState::Prepared;

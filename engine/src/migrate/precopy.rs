@@ -78,6 +78,9 @@ pub struct MemberData {
     pub copy: PageCopy,
     /// Pages the tracker reported written.
     pub dirty_pages: u64,
+    /// What reading its layout (`/proc/PID/smaps`) took, ms: the final round does not when
+    /// [`PodReader::layouts`] holds it.
+    pub layout_ms: f64,
 }
 
 /// A round read from the running pod.
@@ -100,6 +103,11 @@ pub struct PodReader {
     /// anonymous mapping was tracked by then: the final round takes their flags from here when
     /// `/proc/PID/maps` shows them unchanged (see [`crate::group::Tracking::known_layouts`]).
     pub layouts: HashMap<i32, Vec<VmaState>>,
+    /// Per host pid, the pages the destination holds as zero after the last round
+    /// ([`zero_after`]): a page absent then and now is not sent as zero again
+    /// ([`drop_known_absent`]). A pod that arrived by migration has its zero pages absent (the
+    /// destination writes none); without this every round re-sent them all.
+    pub zero: HashMap<i32, Vec<(u64, u64)>>,
 }
 
 /// How often a round lists a running pod's processes again when one ended while listed.
@@ -108,7 +116,7 @@ const SHAPE_RETRIES: u32 = 50;
 impl PodReader {
     /// A reader of the pod `state`.
     pub fn new(state: PodState) -> Self {
-        PodReader { state, armed: HashMap::new(), whole_next: HashSet::new(), backend: None, layouts: HashMap::new() }
+        PodReader { state, armed: HashMap::new(), whole_next: HashSet::new(), backend: None, layouts: HashMap::new(), zero: HashMap::new() }
     }
 
     /// Arms the tracker in every process of the stopped pod (round 0). A process that cannot be
@@ -200,9 +208,12 @@ impl PodReader {
                 // only what was written since (no parent process: no page is left to it).
                 const ALL: &[(u64, u64)] = &[(0, u64::MAX)];
                 let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: Some(ALL), shm_saved: Some(&shm_saved), ..Default::default() };
-                let copy = crate::mem::copy_pages_since(host, &mut vmas, &plan)?;
+                let mut copy = crate::mem::copy_pages_since(host, &mut vmas, &plan)?;
+                let zero = zero_after(&vmas, &copy);
+                drop_known_absent(self.zero.get(&host).map(Vec::as_slice), &mut copy);
+                self.zero.insert(host, zero);
                 tracing::debug!(pid = host, layout_ms, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, dirty_pages, bytes = copy.bytes, "round: pages read");
-                Ok::<_, crate::EngineError>(MemberData { vpid, host, vmas, copy, dirty_pages })
+                Ok::<_, crate::EngineError>(MemberData { vpid, host, vmas, copy, dirty_pages, layout_ms })
             })();
             match read {
                 Ok(m) => members.push(m),
@@ -229,6 +240,51 @@ impl PodReader {
 impl Drop for PodReader {
     fn drop(&mut self) {
         self.disarm();
+    }
+}
+
+/// `a` minus `b` (both sorted and disjoint), in one pass over both.
+fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &(start, end) in a {
+        let mut s = start;
+        while j < b.len() && b[j].1 <= s {
+            j += 1;
+        }
+        let mut k = j;
+        while k < b.len() && b[k].0 < end && s < end {
+            if b[k].0 > s {
+                out.push((s, b[k].0));
+            }
+            s = s.max(b[k].1);
+            k += 1;
+        }
+        if s < end {
+            out.push((s, end));
+        }
+    }
+    out
+}
+
+/// The pages the destination holds as zero once it applied `copy` of a process with mappings
+/// `vmas`: every page absent from a delta mapping (sent as zero now or in an earlier round), and
+/// in the ranges sent whole the pages not copied (the destination drops what a whole range does
+/// not cover).
+pub fn zero_after(vmas: &[VmaState], copy: &PageCopy) -> Vec<(u64, u64)> {
+    let mut zero: Vec<(u64, u64)> = copy.delta.values().flatten().copied().collect();
+    let whole = super::skeleton::normalize(whole_ranges(vmas, copy));
+    let copied = super::skeleton::normalize(copy.runs().map(|(_, a, b)| (a, a + b.len() as u64)).collect());
+    zero.extend(minus(&whole, &copied));
+    super::skeleton::normalize(zero)
+}
+
+/// Leaves out of `copy`'s absent pages (sent as zero) those the destination holds as zero
+/// already (`known`, [`zero_after`] of the round before): only pages emptied since are sent.
+pub fn drop_known_absent(known: Option<&[(u64, u64)]>, copy: &mut PageCopy) {
+    let Some(known) = known.filter(|k| !k.is_empty()) else { return };
+    for absent in copy.delta.values_mut() {
+        *absent = minus(absent, known);
     }
 }
 
@@ -380,6 +436,18 @@ mod tests {
 
     fn vma(start: u64, end: u64) -> VmaState {
         VmaState { start, end, prot: 3, shared: false, growsdown: false, backing: Backing::Anon, name: String::new(), image: None, flags: Default::default(), pkey: 0, huge: 0, inherited: Vec::new(), guards: Vec::new(), uffd_wp: false }
+    }
+
+    #[test]
+    fn minus_and_known_absent() {
+        assert_eq!(minus(&[(0, 100), (200, 300)], &[(10, 20), (50, 250), (290, 400)]), vec![(0, 10), (20, 50), (250, 290)]);
+        assert_eq!(minus(&[(0, 10)], &[]), vec![(0, 10)]);
+        assert_eq!(minus(&[(0, 10), (20, 30)], &[(0, 10), (20, 30)]), vec![]);
+        // Absent pages known to be zero at the destination are not sent again; newly emptied ones are.
+        let mut copy = PageCopy { runs: Vec::new(), planned: Vec::new(), pid: 0, bytes: 0, delta: Default::default(), elsewhere: Vec::new() };
+        copy.delta.insert(0, vec![(0x1000, 0x3000), (0x8000, 0x9000)]);
+        drop_known_absent(Some(&[(0x0, 0x2000), (0x8000, 0x9000)]), &mut copy);
+        assert_eq!(copy.delta[&0], vec![(0x2000, 0x3000)]);
     }
 
     /// Rounds into a store sink: the last state wins, pages dropped in a whole range vanish.

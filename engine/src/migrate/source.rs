@@ -9,9 +9,11 @@
 //!   expected final round = stop + scan + dirty rate × last round's time ÷ memory rate + handover
 //! ```
 //! where *stop* is what stopping the pod took when the trackers were armed (its network lock
-//! included), *scan* what reading the processes' layouts and dirty pages took in the last round
-//! (an upper bound: the final save reads unchanged layouts without smaps and no pagemap of clean
-//! memory; see [`super`]'s *Downtime*), the dirty rate what the tracker reported per second since the round before,
+//! included), *scan* what reading the processes' layouts and dirty pages took in the last round,
+//! less its reading of `/proc/PID/smaps` for the processes whose layouts the final save reuses
+//! (it reads none of theirs: see [`super`]'s *Downtime*; smaps grows with memory and alone
+//! took most of the allowance for 4 GiB under load: counted, it kept such a pod from converging by
+//! the estimate), the dirty rate what the tracker reported per second since the round before,
 //! the memory rate what the largest round moved per second end to end (read, chunked, sent,
 //! written at the destination), and *handover* the destination's restore of the rest and the
 //! commit ([`HANDOVER_MS`]). Pre-copy also stops when the dirty set stops shrinking (three rounds within
@@ -95,6 +97,25 @@ impl Default for MigrateOptions {
 /// (`round0`, `round1`, `final`, `before-commit`, `after-commit`).
 fn cut_here(step: &str) -> bool {
     std::env::var("ZAP_MIGRATE_FAULT").is_ok_and(|f| f == format!("source-cut@{step}"))
+}
+
+/// Test hooks at a named step (`round0`, `round1`, `final`, `before-commit`): besides
+/// `source-cut@STEP` ([`cut_here`]), `source-die@STEP` kills this process as a crash or `kill -9`
+/// would, and `source-hang@STEP` makes it fall silent (no record, no keepalive) as behind a cut
+/// link for `$ZAP_MIGRATE_HANG_MS` (default 30 s), then drop the link. True: drop the link now.
+fn fault_here(ch: &Channel, step: &str) -> bool {
+    let Ok(f) = std::env::var("ZAP_MIGRATE_FAULT") else { return false };
+    if f == format!("source-die@{step}") {
+        crate::sys::clone::kill(std::process::id() as i32, libc::SIGKILL).ok();
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    if f == format!("source-hang@{step}") {
+        ch.stop_keepalive();
+        let ms = std::env::var("ZAP_MIGRATE_HANG_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+        std::thread::sleep(Duration::from_millis(ms));
+        return true;
+    }
+    cut_here(step)
 }
 
 /// The remote destination as a [`RoundSink`], with the round's figures.
@@ -456,11 +477,15 @@ fn rounds(
     let mut n = 0u32;
     loop {
         let tr = Instant::now();
-        if cut_here(&format!("round{n}")) {
+        if fault_here(remote.ch, &format!("round{n}")) {
             return Err(mig_err(format!("round {n}"), "test hook", "link cut on purpose (ZAP_MIGRATE_FAULT)"));
         }
         let data = reader.read(n == 0)?;
         let read_ms = tr.elapsed().as_secs_f64() * 1e3;
+        // The final round reads no smaps of a process whose layout this round kept (it grows
+        // with memory: 60-100 ms for 4 GiB under load, more than the whole allowance).
+        let smaps_ms: f64 = data.members.iter().filter(|m| reader.layouts.contains_key(&m.host)).map(|m| m.layout_ms).sum();
+        let scan_ms = if crate::mem::full_scan() { read_ms } else { (read_ms - smaps_ms).max(0.0) };
         let since = prev_collect.elapsed().as_secs_f64();
         prev_collect = Instant::now();
         let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
@@ -477,7 +502,7 @@ fn rounds(
         let sent_ms = tr.elapsed().as_secs_f64() * 1e3;
         let ack = remote.round_end(n, false)?.unwrap_or_default();
         let secs = tr.elapsed().as_secs_f64().max(1e-6);
-        tracing::debug!(round = n, read_ms, sent_ms, ms = secs * 1e3, apply_ms = ack.apply_ms, "round done");
+        tracing::debug!(round = n, read_ms, scan_ms, sent_ms, ms = secs * 1e3, apply_ms = ack.apply_ms, "round done");
         let mut fig = std::mem::take(&mut remote.fig);
         fig.pages = bytes / 4096;
         fig.dirty_pages = dirty;
@@ -501,7 +526,7 @@ fn rounds(
         }
         // Converged? (Round 0 tells nothing about the dirty rate.)
         if n > 0 {
-            let expected = fig.dirty_rate * secs / best.1 * 1e3 + read_ms + fixed_ms;
+            let expected = fig.dirty_rate * secs / best.1 * 1e3 + scan_ms + fixed_ms;
             let shrinking = history.len() < 4 || history.windows(2).rev().take(3).any(|w| (w[1] as f64) < w[0] as f64 * 0.95);
             if expected <= opts.max_downtime_ms {
                 report.converged = format!("expected final round {expected:.0} ms fits --max-downtime {} ms", opts.max_downtime_ms);
@@ -549,7 +574,7 @@ fn final_round(
     j: &mut SourceJournal,
     jpath: &Path,
 ) -> Result<()> {
-    if cut_here("final") {
+    if fault_here(remote.ch, "final") {
         return Err(mig_err("final round", "test hook", "link cut on purpose (ZAP_MIGRATE_FAULT)"));
     }
     // The interface's configuration does not change while the pod runs: read before the stop.
@@ -576,6 +601,11 @@ fn final_round(
     // The trackers stay ours to close, whatever happened.
     reader.armed = tracking.armed.drain().chain(tracking.dropped.drain(..).map(|a| (a.pid, a))).collect();
     let mut saved = saved?;
+    // Pages absent at the last round and still absent are zero at the destination already.
+    for (vpid, copy) in saved.copies.iter_mut() {
+        let host = saved.image.members.iter().find(|m| m.vpid == *vpid).and_then(|m| m.image()).map(|i| i.host_pid);
+        super::precopy::drop_known_absent(host.and_then(|h| reader.zero.get(&h)).map(Vec::as_slice), copy);
+    }
     step("processes saved");
     // Layouts whose flags were taken from the last round (smaps unread: its walk of the page
     // tables grows with memory) are checked against smaps beside the rest of the final round,
@@ -594,6 +624,7 @@ fn final_round(
         Ok(())
     });
     podck::refuse_external_streams(name, &saved.image)?;
+    step("streams checked");
     // IPC objects, what the processes made inside the pod (the files of its in-memory file
     // systems, the objects of nested IPC namespaces) and the console log ride along as images
     // whose chunks are offered first.
@@ -602,6 +633,7 @@ fn final_round(
     if let Some(what) = inside.beyond_names() {
         tracing::debug!(pod = name, what, "made inside the pod: carried to be made again at the destination");
     }
+    step("inside saved");
     remote.fig = RoundReport { n, last: true, ..Default::default() };
     let shape = crate::group::TreeShape::of(&saved.image);
     let layouts: Vec<(i32, Vec<crate::mem::VmaState>)> =
@@ -609,8 +641,10 @@ fn final_round(
     let mut dirty = 0u64;
     let mut bytes = 0u64;
     let (ipc_state, mut images) = crate::ipc::save(state.init_pid, &mut other, &opts.chunker)?;
+    step("IPC saved");
     images.append(&mut inside_images);
     images.append(&mut file_data.store(&mut other, &opts.chunker)?);
+    step("files stored");
     let console = podck_console(root, name);
     if !console.is_empty() {
         let (extents, _) = zap_store::store_run(&mut other, &opts.chunker, 0, &console)?;
@@ -668,7 +702,7 @@ fn final_round(
     report.sent_chunks += fig.chunks - fig.had_chunks;
     progress(&fig);
     report.rounds.push(fig);
-    if cut_here("before-commit") {
+    if fault_here(remote.ch, "before-commit") {
         return Err(mig_err("handover", "test hook", "link cut on purpose before Commit (ZAP_MIGRATE_FAULT)"));
     }
     check.join().map_err(|_| mig_err("final round", format!("pod {name}"), "the check of the mappings' flags panicked"))??;

@@ -132,7 +132,7 @@ pub fn connect(dest: &Dest, remote_zap: &str) -> Result<Connection> {
         }
         Dest::Tcp(addr) => {
             let s = std::net::TcpStream::connect(addr).map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
-            s.set_nodelay(true).ok();
+            tune_tcp(&s);
             let w = s.try_clone().map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
             let read_fd = s.as_fd().try_clone_to_owned().map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
             Ok(Connection { stream: Some(Stream { reader: Box::new(s), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, w)) }), child: None })
@@ -147,9 +147,33 @@ pub fn stdio() -> Result<Stream> {
     Ok(Stream { reader: Box::new(std::fs::File::from(read_fd.try_clone().map_err(|e| mig_err("open stdin", "fd 0", e))?)), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, std::io::stdout())) })
 }
 
+/// Most time data written to a migration's TCP connection may stay unacknowledged (ms): a write
+/// stuck on a cut link fails then instead of after TCP's own retries (~15 minutes). A receiver
+/// that is slow but answers (a zero window) does not count.
+pub const TCP_USER_TIMEOUT_MS: i32 = 30_000;
+
+/// Sets up a migration's TCP connection: no Nagle delay, keepalive probes and
+/// [`TCP_USER_TIMEOUT_MS`]. (Reads are bounded by the channel's own keepalives.)
+pub fn tune_tcp(s: &std::net::TcpStream) {
+    s.set_nodelay(true).ok();
+    let Ok(fd) = s.as_fd().try_clone_to_owned() else { return };
+    let opts = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1, "SO_KEEPALIVE"),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 5, "TCP_KEEPIDLE"),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 2, "TCP_KEEPINTVL"),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3, "TCP_KEEPCNT"),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS, "TCP_USER_TIMEOUT"),
+    ];
+    for (level, name, v, what) in opts {
+        if let Err(e) = crate::sys::sock::setsockopt_int(&fd, level, name, v) {
+            tracing::debug!(option = what, error = %e, "migration connection: socket option not set");
+        }
+    }
+}
+
 /// A stream over an accepted TCP connection.
 pub fn tcp(s: std::net::TcpStream) -> Result<Stream> {
-    s.set_nodelay(true).ok();
+    tune_tcp(&s);
     let w = s.try_clone().map_err(|e| mig_err("accept", "tcp", e))?;
     let read_fd = s.as_fd().try_clone_to_owned().map_err(|e| mig_err("accept", "tcp", e))?;
     Ok(Stream { reader: Box::new(s), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, w)) })

@@ -50,10 +50,14 @@ pub fn save<W: ChunkSink>(
 ) -> Result<(InsideImage, Vec<Image>, mounts::FileData)> {
     let name = state.name.as_str();
     let members: Vec<(i32, i32)> = group.members.iter().filter_map(|m| m.image().map(|i| (m.vpid, i.host_pid))).collect();
+    let t = std::time::Instant::now();
+    let step = |what: &str| tracing::debug!(pod = name, ms = t.elapsed().as_secs_f64() * 1e3, "inside save: {what}");
     let cg = cgroup_of(state);
     let tree = cgroups::save(name, &cg, state.init_pid, &members, frozen)?;
+    step("sub-cgroups");
     let pod_cgroup = cgroups::hierarchy_path(&cg)?;
     let saved = nested::save(name, state.init_pid, &members, &pod_cgroup, sink, cfg)?;
+    step("namespaces");
     let images = saved.images;
     let mut saver = mounts::Saver::new(name);
     let pod_err = |step: &str, e: std::io::Error| EngineError::Pod { pod: name.to_string(), step: step.to_string(), detail: e.to_string() };
@@ -65,7 +69,9 @@ pub fn save<W: ChunkSink>(
         let now = mounts::read_table(pid).map_err(|e| pod_err(&format!("read the mounts of pid {pid}"), e))?;
         nested_mnt.push(saver.save_ns(pid, &pod_table, &now, true)?);
     }
+    step("mount tables");
     let (superblocks, data) = saver.finish()?;
+    step("mounts");
     let mounts = MountsImage { superblocks, pod: pod_ns, nested: nested_mnt };
     Ok((InsideImage { mounts, cgroups: tree, nested: saved.image }, images, data))
 }

@@ -284,6 +284,8 @@ pub fn save<W: ChunkSink>(
     sink: &mut W,
     cfg: &ChunkerConfig,
 ) -> Result<SavedNested> {
+    let t = std::time::Instant::now();
+    let took = |what: &str| tracing::debug!(pod, ms = t.elapsed().as_secs_f64() * 1e3, "save namespaces: {what}");
     let step = "save namespaces";
     let ino = |pid: i32, name: &str| ns_ino(pid, name).map_err(|e| pod_err(pod, step, format!("pid {pid}: {name} namespace: {e}")));
     let pod_ns: Vec<u64> = KINDS.iter().map(|(n, _)| ino(init_pid, n)).collect::<Result<_>>()?;
@@ -333,6 +335,7 @@ pub fn save<W: ChunkSink>(
             image.members.push(m);
         }
     }
+    took("members' namespaces");
     let mut images = Vec::new();
     let vpid_of = |host: i32| members.iter().find(|m| m.1 == host).map_or(host, |m| m.0);
     for (n, &(_, pid)) in seen[UTS].iter().enumerate() {

@@ -539,6 +539,24 @@ const STEP_FSOPEN: i32 = -3;
 const STEP_CREATE: i32 = -4;
 const STEP_FSMOUNT: i32 = -5;
 
+/// Makes a detached mount of a new `fstype` file system with no option but its source, in the
+/// namespaces of the calling thread (join them first, e.g. with
+/// [`super::ns::in_namespaces`]): no helper process, so nothing is copied of this process's
+/// address space (a file system that needs a PID namespace's children, or options, takes
+/// [`make_fs`]).
+pub fn make_plain_fs_here(fstype: &str, source: &str) -> io::Result<OwnedFd> {
+    let c_type = CString::new(fstype).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file system type contains a NUL byte"))?;
+    let c_source = CString::new(source).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "source contains a NUL byte"))?;
+    // SAFETY: c_type is a C string.
+    let fs = owned(cvt(unsafe { libc::syscall(libc::SYS_fsopen, c_type.as_ptr(), FSOPEN_CLOEXEC) })?);
+    // SAFETY: key and value are C strings; fs is an fs context.
+    cvt(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, c"source".as_ptr(), c_source.as_ptr(), 0) })?;
+    // SAFETY: a command takes no key or value.
+    cvt(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0) })?;
+    // SAFETY: integers only.
+    Ok(owned(cvt(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?))
+}
+
 /// Creates a detached mount of a new instance of file system `fstype` with `params` (`key` or
 /// `key=value` options) and `source`, in a grandchild that joined, through the pidfd `ns_of`,
 /// the namespaces `ns_flags` of that process (the PID namespace applies to the grandchild, which

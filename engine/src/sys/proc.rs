@@ -345,6 +345,22 @@ pub fn ioprio_get(tid: i32) -> io::Result<u32> {
     Ok(rc as u32)
 }
 
+/// Gives the calling thread the lowest CPU priority (nice 19) and the lowest best-effort I/O
+/// priority, for background work that must not slow the processes it runs beside.
+pub fn lower_own_priority() -> io::Result<()> {
+    const IOPRIO_WHO_PROCESS: i32 = 1;
+    const IOPRIO_CLASS_BE: i32 = 2;
+    // SAFETY: setpriority takes integers; `who` 0 is the calling thread on Linux.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ioprio_set takes integers; `who` 0 is the calling thread.
+    if unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, (IOPRIO_CLASS_BE << 13) | 7) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The nice value of thread `tid`, whatever its policy (the raw `getpriority` returns 20 - nice).
 pub fn nice_of(tid: i32) -> io::Result<i32> {
     // SAFETY: getpriority takes integers.
