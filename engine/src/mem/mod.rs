@@ -28,7 +28,9 @@
 //! cost follows what was written, not its size (the kernel's walk of the page tables aside).
 //! Likewise [`layout_reusing`] takes a layout read earlier over when `/proc/PID/maps` shows it
 //! unchanged, without reading `/proc/PID/smaps` (whose read walks every page table); such a
-//! layout is checked with [`check_details`] before it is relied on.
+//! layout is checked with [`check_details`] while the process is still stopped (a migration), or
+//! with [`check_taken`] against a read made after it went on ([`read_details`]: an incremental
+//! pod checkpoint, which takes the layout read after the last checkpoint over).
 //!
 //! Each mapping also keeps its flags (smaps `VmFlags`: madvise advice, locks, `MAP_NORESERVE`,
 //! seals), its protection key and, for hugetlb, its page size ([`flags`]). Refused up front,
