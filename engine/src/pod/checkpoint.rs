@@ -352,7 +352,7 @@ fn arm_members(
 /// Waits for the layouts read after the stop and checks against them those the save took over
 /// from the last checkpoint (`reused`, host pids; [`crate::mem::check_taken`]): a difference
 /// fails the checkpoint before it is committed. Returns the layouts to keep for the next one (a
-/// process whose read failed, having ended meanwhile, has none: its next save reads smaps).
+/// process whose read failed, having ended meanwhile, has none and is not checked).
 fn check_layouts(
     pod: &str,
     read: std::thread::JoinHandle<Vec<(i32, Result<Vec<crate::mem::VmaState>>)>>,
@@ -373,9 +373,8 @@ fn check_layouts(
                 }
                 keep.push(KnownLayout::new(pid, vmas));
             }
-            Err(e) if reused.contains(&pid) => {
-                return Err(pod_err(pod, "check the memory layout taken over from the last checkpoint", e));
-            }
+            // Ended since the stop (its layout cannot be checked: passed over, as a mapping
+            // unmapped since is), or unreadable: the next checkpoint reads its smaps.
             Err(e) => tracing::debug!(pid, error = %e, "layout not read after the checkpoint; the next one reads smaps"),
         }
     }
@@ -842,7 +841,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     // or still stopped without leave_running): kept for the next checkpoint, and the check of
     // the layouts this one took over from the last.
     let layouts_read = {
-        let pids: Vec<i32> = tracking.armed.keys().copied().collect();
+        // Without leave_running no tracker state is kept: only the check needs a read.
+        let pids: Vec<i32> =
+            tracking.armed.keys().copied().filter(|p| opts.leave_running || tracking.reused_layouts.contains(p)).collect();
         std::thread::spawn(move || pids.into_iter().map(|pid| (pid, crate::mem::read_details(pid))).collect::<Vec<_>>())
     };
     tracing::info!(pod = name, processes = pids.len(), stopped_ms, saved_ms, ipc_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
