@@ -152,6 +152,50 @@ fn new_mappings_read_only_what_they_hold_with_content_hash() {
     new_mappings("content-hash");
 }
 
+/// An incremental checkpoint takes the layout over from the last one when `/proc/PID/maps`
+/// shows it unchanged (no smaps read while the pod is stopped), and checks it against smaps once
+/// the pod runs on. A program that sets `MADV_DONTFORK` on a whole mapping between two
+/// checkpoints (maps unchanged) makes the second fail before anything is committed, naming the
+/// mapping; the pod runs on, and its next checkpoint is full and holds the flag. An `mprotect`
+/// of half the mapping (maps changed) is read with smaps: that incremental checkpoint succeeds,
+/// and the restored program finds its bytes, its flag and its protections.
+#[test]
+fn changed_flags_are_caught_or_read() {
+    let e = env();
+    let Some(prog) = build_prog("flagflip", &e.work, &[]) else { return };
+    let pod = format!("ff{}", std::process::id());
+    let (out, go, more, more2) = (e.work.join("out"), e.work.join("go"), e.work.join("more"), e.work.join("more2"));
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    let args = [out.to_str().unwrap(), go.to_str().unwrap(), more.to_str().unwrap(), more2.to_str().unwrap()];
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), args[0], args[1], args[2], args[3]]);
+    let guard = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text().contains("started")), "flagflip did not start: {}", text());
+    let addr = text().lines().find_map(|l| l.strip_prefix("started ")).unwrap().trim().to_string();
+    let full = json(&e, &["checkpoint", "--leave-running", &pod]);
+    assert!(full["mode"].as_str().unwrap().starts_with("full"), "{full}");
+    let inc1 = json(&e, &["checkpoint", "--leave-running", &pod]);
+    assert!(inc1["mode"].as_str().unwrap().starts_with("incremental"), "{inc1}");
+    std::fs::write(&more, b"more").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || text().contains("flipped")), "flagflip did not flip: {}", text());
+    let failed = zap(&e, &["checkpoint", "--leave-running", &pod]);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "a checkpoint over a flag changed without a change in maps succeeded");
+    assert!(err.contains("flags changed") && err.contains(&format!("mapping {addr}-")), "{err}");
+    let ps = json(&e, &["ps"]);
+    let row = ps.as_array().unwrap().iter().find(|p| p["name"] == pod.as_str()).cloned().unwrap();
+    assert_eq!(row["state"], "running", "{row}");
+    let list = ok(&e, &["store", "ls"]);
+    assert!(list.contains(&inc1["id"].as_str().unwrap()[..8]), "the last checkpoint is still stored: {list}");
+    let full2 = json(&e, &["checkpoint", "--leave-running", &pod]);
+    assert!(full2["mode"].as_str().unwrap().starts_with("full"), "{full2}");
+    std::fs::write(&more2, b"more").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || text().contains("protected")), "flagflip did not protect: {}", text());
+    let inc2 = json(&e, &["checkpoint", &pod]);
+    assert!(inc2["mode"].as_str().unwrap().starts_with("incremental"), "{inc2}");
+    drop(guard);
+    restore_and_verify(&e, inc2["id"].as_str().unwrap(), &pod, "flags changed between checkpoints");
+}
+
 /// Whether the kernel has what a tracker needs (asks the engine's probe).
 fn zap_engine_support(tracker: &str) -> Result<(), String> {
     let b: zap_engine::dirty::Backend = tracker.parse()?;

@@ -335,13 +335,24 @@ pub fn collect(armed: &mut Armed, vmas: &[VmaState]) -> Result<Dirty> {
             let pm = File::open(&pm_path).map_err(|e| EngineError::io("open", pm_path.as_ref(), e))?;
             // Only eligible mappings count: `uw` alone could come from the program's own
             // userfaultfd on another kind of mapping.
+            // A mapping said to be tracked that the kernel finds unregistered (EPERM from the
+            // scan's PM_SCAN_CHECK_WPASYNC: unmapped and mapped again at the same place, which a
+            // layout taken over from an earlier read cannot tell) is untracked: saved whole and
+            // registered now.
+            let mut unregistered = Vec::new();
             for v in vmas.iter().filter(|v| eligible(v) && v.uffd_wp) {
                 let (a, b) = (v.start, v.end);
-                let w = uffd::scan_written(&pm, a, b).map_err(|source| EngineError::Sys { step: "PAGEMAP_SCAN", pid, source })?;
-                d.tracked.push((a, b));
-                d.written.extend(w);
+                match uffd::scan_written(&pm, a, b) {
+                    Ok(w) => {
+                        d.tracked.push((a, b));
+                        d.written.extend(w);
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => unregistered.push(VmaState { uffd_wp: false, ..v.clone() }),
+                    Err(source) => return Err(EngineError::Sys { step: "PAGEMAP_SCAN", pid, source }),
+                }
             }
             register_new(pid, &fd, vmas)?;
+            register_new(pid, &fd, &unregistered)?;
         }
         Backend::SoftDirty => {
             let pm_path = format!("/proc/{pid}/pagemap");

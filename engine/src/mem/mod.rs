@@ -28,7 +28,9 @@
 //! cost follows what was written, not its size (the kernel's walk of the page tables aside).
 //! Likewise [`layout_reusing`] takes a layout read earlier over when `/proc/PID/maps` shows it
 //! unchanged, without reading `/proc/PID/smaps` (whose read walks every page table); such a
-//! layout is checked with [`check_details`] before it is relied on.
+//! layout is checked with [`check_details`] while the process is still stopped (a migration), or
+//! with [`check_taken`] against a read made after it went on ([`read_details`]: an incremental
+//! pod checkpoint, which takes the layout read after the last checkpoint over).
 //!
 //! Each mapping also keeps its flags (smaps `VmFlags`: madvise advice, locks, `MAP_NORESERVE`,
 //! seals), its protection key and, for hugetlb, its page size ([`flags`]). Refused up front,
@@ -293,6 +295,38 @@ pub fn check_details(pid: i32, vmas: &[VmaState]) -> Result<()> {
                 detail: format!(
                     "mapping {:#x}-{:#x} {}: its flags changed after its layout was read (growsdown, tracked, huge page, flags, key: {was:?} then, {now:?} now)",
                     v.start, v.end, v.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The mapping table of process `pid` with what `/proc/PID/smaps` shows of each mapping (its
+/// `uffd_wp` registration too), without the contents of deleted files: the layout a later
+/// checkpoint of the same process, run as a separate command, takes over with
+/// [`layout_reusing`] (a pod's tracker state keeps it between checkpoints).
+pub fn read_details(pid: i32) -> Result<Vec<VmaState>> {
+    layout_of(pid)
+}
+
+/// Checks a layout taken over with [`layout_reusing`] and used at a stop (`used`) against one
+/// read with smaps afterwards (`now`, [`read_details`]), for a process that may have run in
+/// between: every mapping of `used` still at its address must show the same flags, protection
+/// key, huge page size and `growsdown`, and be registered with the tracker if `used` said so
+/// (one registered since, by that stop's collection, is fine: it was saved whole). A mapping
+/// gone since cannot be checked and is passed over. The error names the pid and the mapping.
+pub fn check_taken(pid: i32, used: &[VmaState], now: &[VmaState]) -> Result<()> {
+    for v in used {
+        let Some(n) = now.iter().find(|n| n.start == v.start) else { continue };
+        let was = (v.growsdown, v.huge, v.flags, v.pkey);
+        let is = (n.growsdown, n.huge, n.flags, n.pkey);
+        if was != is || (v.uffd_wp && !n.uffd_wp) {
+            return Err(EngineError::Proc {
+                pid,
+                detail: format!(
+                    "mapping {:#x}-{:#x} {}: its flags changed without a change in /proc/{pid}/maps (growsdown, huge page, flags, key: {was:?} taken over from the last checkpoint, {is:?} now; tracked {} then, {} now)",
+                    v.start, v.end, v.name, v.uffd_wp, n.uffd_wp
                 ),
             });
         }

@@ -212,14 +212,56 @@ impl Drop for DisarmOnFailure {
 }
 
 /// Dirty-page tracking of a pod between checkpoints, kept in `<pod dir>/tracker.bin`: the
-/// checkpoint it is relative to and the tracker state of each process.
+/// checkpoint it is relative to, the tracker state of each process and, since version 2, each
+/// tracked process's layout as smaps showed it once the pod went on after that checkpoint
+/// ([`KnownLayout`]).
 #[derive(Serialize, Deserialize)]
 struct TrackerFile {
     parent: String,
     members: Vec<dirty::Armed>,
+    layouts: Vec<KnownLayout>,
 }
 
-const TRACKER_VERSION: u8 = 1;
+/// Version 1 of the tracker state: no layouts (the next checkpoint reads smaps).
+#[derive(Deserialize)]
+struct TrackerFileV1 {
+    parent: String,
+    members: Vec<dirty::Armed>,
+}
+
+/// The layout of a tracked process (host `pid`) read with smaps after a checkpoint
+/// ([`crate::mem::read_details`]; deleted files' contents left out), which the next incremental
+/// checkpoint takes over instead of reading smaps while the pod is stopped when
+/// `/proc/PID/maps` shows it unchanged ([`crate::mem::layout_reusing`]). `tracked` lists the
+/// starts of the mappings registered with the tracker (`VmaState::uffd_wp`, not serialized).
+#[derive(Clone, Serialize, Deserialize)]
+struct KnownLayout {
+    pid: i32,
+    vmas: Vec<crate::mem::VmaState>,
+    tracked: Vec<u64>,
+}
+
+impl KnownLayout {
+    fn new(pid: i32, mut vmas: Vec<crate::mem::VmaState>) -> Self {
+        let tracked = vmas.iter().filter(|v| v.uffd_wp).map(|v| v.start).collect();
+        for v in &mut vmas {
+            if let crate::mem::Backing::Deleted { contents, .. } = &mut v.backing {
+                *contents = None;
+            }
+        }
+        KnownLayout { pid, vmas, tracked }
+    }
+
+    fn into_vmas(self) -> Vec<crate::mem::VmaState> {
+        let mut vmas = self.vmas;
+        for v in &mut vmas {
+            v.uffd_wp = self.tracked.contains(&v.start);
+        }
+        vmas
+    }
+}
+
+const TRACKER_VERSION: u8 = 2;
 
 /// Drops the pod's dirty-page tracking between checkpoints (its parked userfaultfds are closed
 /// and its tracker state deleted): another tracker (a migration's) is about to take the pod's
@@ -241,6 +283,10 @@ fn tracker_path(root: &Path, name: &str) -> std::path::PathBuf {
 
 fn read_tracker(root: &Path, name: &str) -> Option<TrackerFile> {
     let bytes = std::fs::read(tracker_path(root, name)).ok()?;
+    if bytes.first() == Some(&1) {
+        let old: TrackerFileV1 = crate::blob::decode(1, "tracker state", &bytes).ok()?;
+        return Some(TrackerFile { parent: old.parent, members: old.members, layouts: Vec::new() });
+    }
     crate::blob::decode(TRACKER_VERSION, "tracker state", &bytes).ok()
 }
 
@@ -271,7 +317,9 @@ fn incremental_base<S: ImageStore>(
     let parent = store.manifest(&id).map_err(|e| format!("parent checkpoint {id} is unreadable: {e}"))?;
     let armed = t.members.into_iter().map(|a| (a.pid, a)).collect();
     let parent_images = parent.images.clone();
-    Ok((parent, group::Tracking { armed, whole: full, parent_images, ..Default::default() }))
+    let known_layouts =
+        if crate::mem::full_scan() { Default::default() } else { t.layouts.into_iter().map(|k| (k.pid, k.into_vmas())).collect() };
+    Ok((parent, group::Tracking { armed, whole: full, parent_images, known_layouts, ..Default::default() }))
 }
 
 /// Arms tracking on every live member of the stopped pod that is not tracked yet (their pages
@@ -300,6 +348,39 @@ fn arm_members(
         }
     }
     Ok(backend)
+}
+
+/// Waits for the layouts read after the stop and checks against them those the save took over
+/// from the last checkpoint (`reused`, host pids; [`crate::mem::check_taken`]): a difference
+/// fails the checkpoint before it is committed. Returns the layouts to keep for the next one (a
+/// process whose read failed, having ended meanwhile, has none and is not checked).
+fn check_layouts(
+    pod: &str,
+    read: std::thread::JoinHandle<Vec<(i32, Result<Vec<crate::mem::VmaState>>)>>,
+    reused: &[i32],
+    image: &GroupImage,
+) -> Result<Vec<KnownLayout>> {
+    let t = Instant::now();
+    let read = read.join().map_err(|_| pod_err(pod, "read the layouts after the stop", "the reading thread panicked"))?;
+    let mut keep = Vec::with_capacity(read.len());
+    for (pid, vmas) in read {
+        match vmas {
+            Ok(vmas) => {
+                if reused.contains(&pid) {
+                    if let Some(used) = image.members.iter().filter_map(|m| m.image()).find(|i| i.host_pid == pid) {
+                        crate::mem::check_taken(pid, &used.vmas, &vmas)
+                            .map_err(|e| pod_err(pod, "check the memory layout taken over from the last checkpoint", e))?;
+                    }
+                }
+                keep.push(KnownLayout::new(pid, vmas));
+            }
+            // Ended since the stop (its layout cannot be checked: passed over, as a mapping
+            // unmapped since is), or unreadable: the next checkpoint reads its smaps.
+            Err(e) => tracing::debug!(pid, error = %e, "layout not read after the checkpoint; the next one reads smaps"),
+        }
+    }
+    tracing::debug!(pod, reused = reused.len(), kept = keep.len(), wait_ms = t.elapsed().as_secs_f64() * 1e3, "layouts checked");
+    Ok(keep)
 }
 
 /// Name of the image holding the pod's console log.
@@ -757,6 +838,15 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         stopped.resume()?;
     }
     let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
+    // The tracked processes' layouts with smaps, read beside the storing (once the pod goes on,
+    // or still stopped without leave_running): kept for the next checkpoint, and the check of
+    // the layouts this one took over from the last.
+    let layouts_read = {
+        // Without leave_running no tracker state is kept: only the check needs a read.
+        let pids: Vec<i32> =
+            tracking.armed.keys().copied().filter(|p| opts.leave_running || tracking.reused_layouts.contains(p)).collect();
+        std::thread::spawn(move || pids.into_iter().map(|pid| (pid, crate::mem::read_details(pid))).collect::<Vec<_>>())
+    };
     tracing::info!(pod = name, processes = pids.len(), stopped_ms, saved_ms, ipc_ms, copied_ms, bytes_read, mode, "pod stopped and saved");
     let ts = Instant::now();
     // The images the saved deltas lie on: the parent's, or what the pre-copy rounds copied.
@@ -800,6 +890,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     }
     manifest.images = images;
     manifest.state = image.encode();
+    let layouts = check_layouts(name, layouts_read, &tracking.reused_layouts, &image.group)?;
     let summary = zap_store::ChunkSink::commit(writer, manifest)?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(pod = name, stored_ms, commit_ms = ts.elapsed().as_secs_f64() * 1e3 - stored_ms, total_ms, "checkpoint committed");
@@ -807,7 +898,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     if opts.leave_running {
         super::set_last_checkpoint(root, name, &summary.id.to_string())?;
         let members = tracking.armed.into_values().collect();
-        write_tracker(root, name, &TrackerFile { parent: summary.id.to_string(), members })?;
+        write_tracker(root, name, &TrackerFile { parent: summary.id.to_string(), members, layouts })?;
         disarm_guard.0.clear();
         // Descriptors parked for processes that are gone or lost their tracking.
         for a in &tracking.dropped {
