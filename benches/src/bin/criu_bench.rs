@@ -56,7 +56,14 @@ fn parse() -> Opts {
             "--lazy" => o.lazy = true,
             "--incremental" => o.incremental = true,
             "--bench" => {}
-            other => panic!("unknown argument {other:?} (use --size-mib N, --rounds N, --dir DIR, --lazy, --incremental)"),
+            "-h" | "--help" => {
+                println!("usage: criu-bench [--size-mib N] [--rounds N] [--dir DIR] [--lazy | --incremental]  (CRIU=/path/to/criu to compare)");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("criu-bench: unknown argument {other:?} (use --size-mib N, --rounds N, --dir DIR, --lazy, --incremental)");
+                std::process::exit(2);
+            }
         }
     }
     o
