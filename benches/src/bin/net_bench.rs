@@ -186,10 +186,6 @@ fn parse_args() -> (Args, Vec<usize>, usize) {
                 println!("net-bench [--dir DIR] [--counts 0,1,100,1000] [--rounds 1]");
                 std::process::exit(0);
             }
-            "-h" | "--help" => {
-                println!("usage: net-bench [--dir DIR] [--counts N,N,...] [--rounds R]");
-                std::process::exit(0);
-            }
             other => {
                 eprintln!("net-bench: unknown argument {other:?} (use --dir DIR, --counts N,N,..., --rounds R)");
                 std::process::exit(2);

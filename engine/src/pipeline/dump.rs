@@ -146,7 +146,21 @@ pub fn store_copy<S: ChunkSink>(copy: &mut PageCopy, names: &[&str], sink: &mut 
         let path = format!("/proc/{pid}/mem");
         Some(File::open(&path).map_err(|e| EngineError::io("open", path.as_ref(), e))?)
     };
-    let copied: Vec<Window> = copied.into_iter().map(|(idx, addr, buf)| Window { pieces: vec![(idx, addr, 0, buf.len())], buf }).collect();
+    // Runs copied already (a delta's scattered pages, one run each) go to the chunkers in windows
+    // of up to READ_WINDOW bytes, not one by one: each hand-over between the stages costs a
+    // wake-up, which for thousands of single pages cost more than chunking them. Pieces are
+    // chunked one by one whatever window holds them, so the chunks are the same.
+    let mut grouped: Vec<Window> = Vec::new();
+    for (idx, addr, buf) in copied {
+        match grouped.last_mut() {
+            Some(w) if w.buf.len() + buf.len() <= READ_WINDOW => {
+                w.pieces.push((idx, addr, w.buf.len(), buf.len()));
+                w.buf.extend_from_slice(&buf);
+            }
+            _ => grouped.push(Window { pieces: vec![(idx, addr, 0, buf.len())], buf }),
+        }
+    }
+    let copied = grouped;
     let mut new = 0u64;
     if cfg.parallelism == Parallelism::Serial || plan.len() + copied.len() <= 1 {
         // The same stages, one after the other, on this thread.
