@@ -13,7 +13,8 @@
 //! chunks, are the same whatever the window size. A batch that `process_vm_readv` cannot read
 //! whole (a page the process itself cannot read) is read through `/proc/PID/mem` instead. Pages
 //! already copied out ([`crate::mem::copy_pages_since`], for a process that runs on) go straight
-//! to the chunker. Chunks are handed to the sink by value ([`ChunkSink::put_owned`]): the store
+//! to the chunker, gathered into windows of up to 4 MiB (a delta's thousands of scattered pages
+//! would otherwise cost a hand-over between the threads each). Chunks are handed to the sink by value ([`ChunkSink::put_owned`]): the store
 //! writes packs with `writev` from the chunks' own buffers (no copy in user space), starts their
 //! writeback as it goes and fsyncs them once, at commit.
 use std::fs::File;
