@@ -36,20 +36,19 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
-fn a_pager_killed_mid_way_leaves_no_hung_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+/// Builds `lazybig.c` in `dir`, runs it with 1 GiB (reporting to `out`, waiting for `go`), and
+/// checkpoints it into `store` (the checkpoint ends it); returns the checkpoint id and a guard of
+/// the original's pid. None when gcc is missing (the test skips, saying so).
+fn checkpointed_lazybig(dir: &Path, store: &Path, out: &Path, go: &Path) -> Option<(String, KillOnDrop)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/lazybig.c");
-    let prog = dir.path().join("lazybig");
+    let prog = dir.join("lazybig");
     match Command::new("gcc").args(["-O1", "-static", "-o"]).arg(&prog).arg(&src).status() {
         Ok(s) if s.success() => {}
         other => {
             eprintln!("SKIP: gcc ({other:?})");
-            return;
+            return None;
         }
     }
-    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
     let mut cmd = Command::new(&prog);
     cmd.arg(&out).arg(&go).arg("1024").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: close_range only touches the child's fd table before exec.
@@ -60,13 +59,22 @@ fn a_pager_killed_mid_way_leaves_no_hung_process() {
         })
     };
     let mut child = cmd.spawn().expect("spawn");
-    let _orig = KillOnDrop(vec![child.id() as i32]);
+    let orig = KillOnDrop(vec![child.id() as i32]);
     assert!(wait_for(Duration::from_secs(60), || std::fs::read_to_string(&out).unwrap_or_default().contains("ready")));
-    let ck = zap(&store, &["--json", "checkpoint", "--pid", &child.id().to_string()]);
+    let ck = zap(store, &["--json", "checkpoint", "--pid", &child.id().to_string()]);
     assert!(ck.status.success(), "{}", String::from_utf8_lossy(&ck.stderr));
     let _ = child.wait();
     let id: serde_json::Value = serde_json::from_slice(&ck.stdout).unwrap();
     let id = id["id"].as_str().unwrap().to_string();
+    Some((id, orig))
+}
+
+#[test]
+fn a_pager_killed_mid_way_leaves_no_hung_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+    let Some((id, _orig)) = checkpointed_lazybig(dir.path(), &store, &out, &go) else { return };
     let r = zap(&store, &["--json", "restore", "--lazy", &id]);
     if !r.status.success() && String::from_utf8_lossy(&r.stderr).contains("userfaultfd") {
         eprintln!("SKIP: userfaultfd ({})", String::from_utf8_lossy(&r.stderr));
@@ -99,33 +107,8 @@ fn a_pager_killed_mid_way_leaves_no_hung_process() {
 fn a_pack_truncated_while_loading_kills_the_process_and_names_the_pack() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/progs/lazybig.c");
-    let prog = dir.path().join("lazybig");
-    match Command::new("gcc").args(["-O1", "-static", "-o"]).arg(&prog).arg(&src).status() {
-        Ok(s) if s.success() => {}
-        other => {
-            eprintln!("SKIP: gcc ({other:?})");
-            return;
-        }
-    }
     let (out, go, log) = (dir.path().join("out"), dir.path().join("go"), dir.path().join("pager.log"));
-    let mut cmd = Command::new(&prog);
-    cmd.arg(&out).arg(&go).arg("1024").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: close_range only touches the child's fd table before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        })
-    };
-    let mut child = cmd.spawn().expect("spawn");
-    let _orig = KillOnDrop(vec![child.id() as i32]);
-    assert!(wait_for(Duration::from_secs(60), || std::fs::read_to_string(&out).unwrap_or_default().contains("ready")));
-    let ck = zap(&store, &["--json", "checkpoint", "--pid", &child.id().to_string()]);
-    assert!(ck.status.success(), "{}", String::from_utf8_lossy(&ck.stderr));
-    let _ = child.wait();
-    let id: serde_json::Value = serde_json::from_slice(&ck.stdout).unwrap();
-    let id = id["id"].as_str().unwrap().to_string();
+    let Some((id, _orig)) = checkpointed_lazybig(dir.path(), &store, &out, &go) else { return };
     let r = Command::new(env!("CARGO_BIN_EXE_zap"))
         .env("ZAP_PAGER_LOG", &log)
         .arg("--store")

@@ -433,17 +433,9 @@ impl LocalStore {
             .map(|(i, e)| (i.name.clone(), tree::KnownImage { root: i.root, patches: i.patches.clone(), extents: e.clone() }))
             .collect();
         self.known.lock().expect("known trees lock").learn_images(stored.id, known);
-        let images = stored.images.into_iter().zip(extents).map(|(i, extents)| Image { extents, name: i.name, kind: i.kind }).collect();
-        Ok(Manifest {
-            id: stored.id,
-            parent: stored.parent,
-            created_ms: stored.created_ms,
-            name: stored.name,
-            kind: stored.kind,
-            labels: stored.labels,
-            images,
-            state: stored.state,
-        })
+        let mut stored = stored;
+        let images = std::mem::take(&mut stored.images).into_iter().zip(extents).map(|(i, extents)| Image { extents, name: i.name, kind: i.kind }).collect();
+        Ok(stored.into_manifest(images))
     }
 
     /// Applies the patches of version-3 `images` (read in one batch, each checked against its id
@@ -494,24 +486,15 @@ impl LocalStore {
             Some(2) => envelope::open::<StoredManifestV2>(MANIFEST_MAGIC, 2, &bytes).map(|(m, _)| m.into()).map_err(|e| corrupt(e.to_string()))?,
             _ => envelope::open(MANIFEST_MAGIC, MANIFEST_VERSION, &bytes).map(|(m, _)| m).map_err(|e| corrupt(e.to_string()))?,
         };
+        let mut stored = stored;
         let mut images = Vec::with_capacity(stored.images.len());
-        for (i, im) in stored.images.into_iter().enumerate() {
+        for (i, im) in std::mem::take(&mut stored.images).into_iter().enumerate() {
             images.push(Image { extents: Vec::new(), name: im.name.clone(), kind: im.kind });
             if im.root.is_some() || !im.patches.is_empty() {
                 deferred.images.push((i, im));
             }
         }
-        let m = Manifest {
-            id: stored.id,
-            parent: stored.parent,
-            created_ms: stored.created_ms,
-            name: stored.name,
-            kind: stored.kind,
-            labels: stored.labels,
-            images,
-            state: stored.state,
-        };
-        Ok((m, deferred))
+        Ok((stored.into_manifest(images), deferred))
     }
 
     /// Reads the trees (and patches) of the deferred images whose names `pick` selects (each

@@ -208,6 +208,23 @@ pub struct StoredManifestOf<I> {
     pub state: Vec<u8>,
 }
 
+impl<I> StoredManifestOf<I> {
+    /// The manifest these fields describe, with `images` (read from the stored ones, which are
+    /// dropped).
+    pub fn into_manifest(self, images: Vec<Image>) -> Manifest {
+        Manifest {
+            id: self.id,
+            parent: self.parent,
+            created_ms: self.created_ms,
+            name: self.name,
+            kind: self.kind,
+            labels: self.labels,
+            images,
+            state: self.state,
+        }
+    }
+}
+
 /// A manifest as version 3 stores it: images as tree roots and patches.
 pub type StoredManifest = StoredManifestOf<StoredImage>;
 
