@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use common::wait_for;
+use common::{host_mounts, wait_for};
 
 use serde_json::Value;
 
@@ -173,12 +173,12 @@ fn assert_removed(pod: &Pod, pids: &[i64], veth: Option<&str>, mounts_before: &s
     if let Some(v) = veth {
         assert!(!links().contains(&format!(" {v}@")) && !links().contains(&format!(" {v}:")), "veth {v} left: {}", links());
     }
-    assert_eq!(std::fs::read_to_string("/proc/mounts").unwrap(), mounts_before, "host mounts changed");
+    assert_eq!(host_mounts(), mounts_before, "host mounts changed");
 }
 
 #[test]
 fn run_exec_and_remove() {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let mounts = host_mounts();
     let n = name("basic");
     let pod = Pod::run(&n, &["--hostname", "box1", "--memory", "256M", "--cpus", "0.5"], &["sleep", "300"]);
     // `zap run` has exited; the pod runs on.
@@ -257,7 +257,7 @@ mod pod {
 
 #[test]
 fn network_host_to_pod_and_back() {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let mounts = host_mounts();
     let x = subnet(0);
     let n = name("net");
     let ip = format!("10.77.{x}.2");
@@ -343,7 +343,7 @@ time.sleep(120)\n";
 
 #[test]
 fn stop_forwards_sigterm_then_kills() {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let mounts = host_mounts();
     // A program that traps SIGTERM and exits 42.
     let n = name("stop");
     let pod = Pod::run(&n, &[], &["sh", "-c", "trap 'echo got-term; exit 42' TERM; while :; do sleep 0.1; done"]);
@@ -450,7 +450,7 @@ fn rm_removes_what_the_pod_made() {
         eprintln!("SKIP: unshare (util-linux) not installed");
         return;
     }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let mounts = host_mounts();
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path();
     let n = name("made");
@@ -487,7 +487,7 @@ fn rm_removes_what_the_pod_made() {
 /// removed without -f and leave nothing.
 #[test]
 fn rm_removes_dead_and_half_created_pods() {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let mounts = host_mounts();
     let n = name("dead");
     let script = "mkdir -p /sys/fs/cgroup/s/t && sleep 1000 & echo $! > /sys/fs/cgroup/s/t/cgroup.procs; exec sleep 1000";
     let pod = Pod::run(&n, &[], &["sh", "-c", script]);

@@ -165,7 +165,7 @@ fn listening_tcp_server_accepts_after_restore_and_in_a_copy() {
     // Removing the restored pod leaves nothing behind.
     let host_pids = host_pids_of(&e, &pod);
     assert!(!host_pids.is_empty());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let mounts = host_mounts();
     ok(&e, &["rm", "-f", &pod]);
     assert_no_residue(&e, &pod, &host_pids, &mounts);
 }
@@ -200,7 +200,7 @@ fn assert_no_residue(e: &Env, pod: &str, pids: &[i32], mounts_before: &str) {
     assert!(!e.run.join(pod).exists(), "pod directory left behind");
     let links = String::from_utf8_lossy(&Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).into_owned();
     assert!(!links.contains(&zap_engine::pod::net::veth_name(pod)), "veth left behind: {links}");
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let mounts = host_mounts();
     assert_eq!(mounts.lines().count(), mounts_before.lines().count(), "mounts changed");
 }
 
@@ -357,7 +357,7 @@ fn corrupted_checkpoint_fails_restore_cleanly() {
         }
         std::fs::write(p.path(), data).unwrap();
     }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let mounts = host_mounts();
     let out = zap(&e, &["restore", &id]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a restore from damaged chunks must fail");

@@ -178,3 +178,11 @@ pub fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
         .map(|e| if e >> 63 == 1 && e & (1 << 61) == 0 { e & ((1 << 55) - 1) } else { 0 })
         .collect()
 }
+
+/// The host's mount table (`/proc/mounts`) without the network namespaces other programs pin
+/// under `/run/netns` meanwhile (`ip netns add`: other tests' hosts, say), which are never a
+/// pod's: what a test compares before and after to see that a pod left no mount behind.
+pub fn host_mounts() -> String {
+    let text = std::fs::read_to_string("/proc/mounts").unwrap();
+    text.lines().filter(|l| !l.split_whitespace().nth(1).is_some_and(|mp| mp.starts_with("/run/netns"))).map(|l| format!("{l}\n")).collect()
+}
