@@ -84,7 +84,7 @@ fn open_netns(what: &str, pid: i32) -> Result<OwnedFd> {
 
 /// Runs the nft script `script` in namespace `netns`: in process with libnftables
 /// ([`crate::sys::nft`]; on `ctx` when given, else on a context of its own), or with the `nft`
-/// command when the library cannot be loaded.
+/// command when the library cannot be loaded or fails to run it.
 fn nft(what: &str, step: &str, netns: &OwnedFd, ctx: Option<&Nft>, script: &str) -> Result<()> {
     let answer = match ctx {
         Some(ctx) => Some(ctx.run(netns, script)),
@@ -93,7 +93,9 @@ fn nft(what: &str, step: &str, netns: &OwnedFd, ctx: Option<&Nft>, script: &str)
     match answer {
         Some(Ok(Ok(()))) => return Ok(()),
         Some(Ok(Err(message))) => return Err(nft_err(what, step, format!("nftables: {message}"))),
-        Some(Err(e)) => return Err(nft_err(what, step, format!("libnftables: {e}"))),
+        // The library could not run it (its socket would pass select()'s limit, say): the
+        // command can, from a process of its own.
+        Some(Err(e)) => tracing::debug!(what, step, error = %e, "libnftables failed; running the nft command"),
         None => {}
     }
     let mut cmd = Command::new("nft");

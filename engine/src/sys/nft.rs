@@ -74,11 +74,42 @@ fn in_netns<T: Send>(netns: &OwnedFd, f: impl FnOnce() -> io::Result<T> + Send) 
     super::ns::in_namespaces(&[(netns.as_fd(), libc::CLONE_NEWNET)], false, f)
 }
 
+/// The lowest fd number free in this process (the one the library's next socket gets).
+fn lowest_free_fd() -> io::Result<i32> {
+    // SAFETY: F_DUPFD_CLOEXEC on fd 0... duplicates nothing we keep: the new fd is closed at once.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        // No fd 0 to duplicate: it is itself the lowest free one.
+        return Ok(0);
+    }
+    // SAFETY: fd was just made by fcntl and is owned by no one else.
+    unsafe { libc::close(fd) };
+    Ok(fd)
+}
+
+/// libnftables waits on its netlink socket with `select()`, whose fd sets end at 1024 (a higher
+/// fd aborts the whole process): fails when the library's socket would get such a number.
+fn select_can_take_next_fd() -> io::Result<()> {
+    // A margin for the few descriptors the library opens besides.
+    const LIMIT: i32 = 1024 - 16;
+    match lowest_free_fd()? {
+        n if n >= LIMIT => Err(io::Error::other(format!(
+            "libnftables waits with select(), which cannot take fd {n} (this process holds over {LIMIT} descriptors)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Nft {
     /// A context for the network namespace `netns` (an open `/proc/PID/ns/net`). `None` when
-    /// libnftables cannot be loaded.
+    /// libnftables cannot be loaded, or cannot be used by this process (its fds reach
+    /// `select()`'s limit): the caller runs the `nft` command instead.
     pub fn new(netns: &OwnedFd) -> Option<io::Result<Nft>> {
         let lib = LIB.get_or_init(load).as_ref()?;
+        if let Err(e) = select_can_take_next_fd() {
+            tracing::debug!(error = %e, "libnftables not used in this process");
+            return None;
+        }
         Some(in_netns(netns, || {
             let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: NFT_CTX_DEFAULT (0) is a valid flag set; the context is checked for null and
@@ -103,6 +134,7 @@ impl Nft {
         let script = CString::new(script).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nft script with a NUL byte"))?;
         let this = SendPtr(self.ctx);
         let lib = self.lib;
+        select_can_take_next_fd()?;
         in_netns(netns, move || {
             let ctx = this;
             let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
