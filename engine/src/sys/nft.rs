@@ -177,3 +177,22 @@ impl Drop for Nft {
 pub fn run_in_netns(netns: &OwnedFd, script: &str) -> Option<io::Result<Result<(), String>>> {
     Some(Nft::new(netns)?.and_then(|nft| nft.run(netns, script)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process whose next fd would pass select()'s limit does not hand it to the library (which
+    /// would abort it): the check says so, naming the fd.
+    #[test]
+    fn a_process_near_selects_limit_is_told_not_to_use_the_library() {
+        let mut held = Vec::new();
+        while lowest_free_fd().unwrap() < 1024 {
+            held.push(std::fs::File::open("/dev/null").unwrap());
+        }
+        let err = select_can_take_next_fd().unwrap_err().to_string();
+        assert!(err.contains("select()") && err.contains("cannot take fd"), "{err}");
+        drop(held);
+        select_can_take_next_fd().unwrap();
+    }
+}
