@@ -441,9 +441,10 @@ fn pods_number_their_terminals_apart_and_a_copy_gets_its_pty_back() {
 
 /// Waits that the kernel restarts through its restart block when a tracer stops a thread (poll
 /// with a timeout, nanosleep, relative clock_nanosleep, a futex wait with a timeout) go on after
-/// a restore as waits, never failing with EINTR, also when an earlier stop of the same command
-/// (the pre-copy's arming stop) left them restarting (`restart_syscall`) in code that does not
-/// name the syscall (glibc's `syscall()`, which `waits.c` uses for two of them). The
+/// a restore as waits, never failing with EINTR, also when an earlier stop (the pre-copy's arming
+/// stop, or an earlier `--leave-running` checkpoint, whose notes the pod's directory keeps) left
+/// them restarting (`restart_syscall`) in code that does not name the syscall (glibc's
+/// `syscall()`, which `waits.c` uses for two of them). The
 /// program (`waits.c`) exits on the first EINTR; util-linux's `script` did the same on its poll.
 #[test]
 fn interrupted_waits_go_on_after_a_restore_without_eintr() {
@@ -464,9 +465,9 @@ fn interrupted_waits_go_on_after_a_restore_without_eintr() {
     };
     assert!(wait_for(Duration::from_secs(10), || all_past(&pod, &[1, 1, 1, 1])), "the waits did not start: {}", console(&pod));
     let pre = ok(&e, &["checkpoint", &pod, "--leave-running"]).trim().to_string();
-    // Every wait the pre-copy's stops restarted is over before the next `zap` command stops the
-    // pod: that command cannot name a restart another process let happen (README, partial).
-    std::thread::sleep(Duration::from_millis(400));
+    // The next commands stop the pod while waits the last one restarted still go on: they are
+    // named from the notes the pod's directory keeps.
+    ok(&e, &["checkpoint", &pod, "--leave-running"]);
     let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
     for (ck, p) in [(&id, &pod), (&pre, &copy)] {
         let text = console(&pod);

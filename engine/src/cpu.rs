@@ -118,6 +118,28 @@ pub(crate) fn note_restart(r: &Regs) {
     }
 }
 
+/// The notes of [`note_restart`] as text, a line "rip rsp nr" (hex) each: a pod keeps them in its
+/// directory after a checkpoint it runs on from, so that its next `zap` command can name the
+/// syscalls its threads restart ([`learn_restart_notes`]).
+pub(crate) fn restart_notes() -> String {
+    let Ok(m) = RESTARTED.lock() else { return String::new() };
+    m.iter().flatten().map(|((rip, rsp), nr)| format!("{rip:x} {rsp:x} {nr:x}\n")).collect()
+}
+
+/// Takes in notes written by [`restart_notes`] (lines that do not parse are skipped).
+pub(crate) fn learn_restart_notes(text: &str) {
+    let Ok(mut m) = RESTARTED.lock() else { return };
+    let m = m.get_or_insert_with(Default::default);
+    for line in text.lines() {
+        let mut f = line.split_whitespace().map(|w| u64::from_str_radix(w, 16).ok());
+        if let (Some(Some(rip)), Some(Some(rsp)), Some(Some(nr))) = (f.next(), f.next(), f.next()) {
+            if RESTART_BLOCK_SYSCALLS.contains(&(nr as i64)) {
+                m.insert((rip, rsp), nr);
+            }
+        }
+    }
+}
+
 /// For a thread caught inside `restart_syscall` whose stop one of ours let it restart
 /// ([`note_restart`]): the syscall it restarts, in `orig_rax`.
 fn noted_restart(mut r: Regs) -> Regs {

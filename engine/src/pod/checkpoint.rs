@@ -665,6 +665,10 @@ fn run_alone(frozen: &mut Vec<Frozen>, pids: &[i32], time: Duration) -> bool {
     all
 }
 
+/// The file in a pod's directory with the syscalls its threads restart after a checkpoint it ran
+/// on from ([`crate::cpu::restart_notes`]).
+const RESTARTS_FILE: &str = "restarts";
+
 /// How many times a stop lets the pod run on to accept the connections waiting in its
 /// listeners' backlogs and read what is queued on its inotify instances and pseudo-terminals
 /// ([`StoppedPod::stop_locked`]).
@@ -757,6 +761,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     if status(root, &state) != PodStatus::Running {
         return Err(pod_err(name, "checkpoint", format!("the pod is {}", status(root, &state))));
     }
+    // Which syscalls the pod's threads restart since the last checkpoint let it run on (a thread
+    // caught in `restart_syscall` is made to wait again after a restore, not to fail: `cpu`).
+    crate::cpu::learn_restart_notes(&std::fs::read_to_string(pod_dir(root, name).join(RESTARTS_FILE)).unwrap_or_default());
     let base = incremental_base(store, root, name, state.last_checkpoint.as_deref(), opts.full);
     let mut writer = store.writer()?;
     // A full checkpoint of a pod that runs on: its memory is copied while it runs first.
@@ -836,6 +843,9 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     // is committed, so that a failure to store leaves it running rather than lost.
     if opts.leave_running {
         stopped.resume()?;
+        // Best effort: without them, a thread still restarting at the next checkpoint is named
+        // from its code, or gets EINTR after a restore.
+        let _ = std::fs::write(pod_dir(root, name).join(RESTARTS_FILE), crate::cpu::restart_notes());
     }
     let copied_ms = tf.elapsed().as_secs_f64() * 1e3;
     // The tracked processes' layouts with smaps, read beside the storing (once the pod goes on,
