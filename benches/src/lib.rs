@@ -30,6 +30,17 @@ impl Args {
     }
 }
 
+/// Ends a bench whose argument `arg` none of its options took: `-h`/`--help` prints `usage: BIN
+/// USAGE` (exit 0); anything else is a usage error naming it (exit 2).
+pub fn help_or_bad_argument(bin: &str, arg: &str, usage: &str) -> ! {
+    if arg == "-h" || arg == "--help" {
+        println!("usage: {bin} {usage}");
+        std::process::exit(0);
+    }
+    eprintln!("{bin}: unknown argument {arg:?} (usage: {bin} {usage})");
+    std::process::exit(2)
+}
+
 /// `size` bytes of memory-like data: runs of 1 to 32 pages, half of them zero pages, a quarter
 /// text-like (compressible), a quarter random. Deterministic for a seed.
 pub fn synthetic_memory(size: usize, seed: u64) -> Vec<u8> {

@@ -376,8 +376,7 @@ fn corrupted_checkpoint_fails_restore_cleanly() {
 #[test]
 fn tail_follows_a_busy_file_through_checkpoints() {
     let e = env();
-    if !have("tail") {
-        eprintln!("SKIP: tail not installed");
+    if !installed(&["tail"], "tail") {
         return;
     }
     let pod = name("tail");
@@ -413,8 +412,7 @@ fn tail_follows_a_busy_file_through_checkpoints() {
 #[test]
 fn pods_number_their_terminals_apart_and_a_copy_gets_its_pty_back() {
     let e = env();
-    if !have("script") {
-        eprintln!("SKIP: script (util-linux) not installed");
+    if !installed(&["script"], "script (util-linux)") {
         return;
     }
     let pod = name("ptyc");

@@ -56,14 +56,11 @@ fn parse() -> Opts {
             "--lazy" => o.lazy = true,
             "--incremental" => o.incremental = true,
             "--bench" => {}
-            "-h" | "--help" => {
-                println!("usage: criu-bench [--size-mib N] [--rounds N] [--dir DIR] [--lazy | --incremental]  (CRIU=/path/to/criu to compare)");
-                std::process::exit(0);
-            }
-            other => {
-                eprintln!("criu-bench: unknown argument {other:?} (use --size-mib N, --rounds N, --dir DIR, --lazy, --incremental)");
-                std::process::exit(2);
-            }
+            other => zap_benches::help_or_bad_argument(
+                "criu-bench",
+                other,
+                "[--size-mib N] [--rounds N] [--dir DIR] [--lazy | --incremental]  (CRIU=/path/to/criu to compare)",
+            ),
         }
     }
     o

@@ -165,14 +165,7 @@ fn main() {
         match a.as_str() {
             "--big" | "--no-tc" | "--bench" => {}
             "--sizes" => assert!(it.next().is_some_and(|v| v.split(',').all(|n| n.parse::<usize>().is_ok_and(|n| n > 0))), "--sizes MIB[,MIB...]"),
-            "-h" | "--help" => {
-                println!("usage: migrate-bench [--big] [--no-tc] [--sizes MIB[,MIB...]]");
-                std::process::exit(0);
-            }
-            _ => {
-                eprintln!("migrate-bench: unknown argument {a:?} (use --big, --no-tc, --sizes MIB[,MIB...])");
-                std::process::exit(2);
-            }
+            other => zap_benches::help_or_bad_argument("migrate-bench", other, "[--big] [--no-tc] [--sizes MIB[,MIB...]]"),
         }
     }
     assert!(nix::unistd::geteuid().is_root(), "migrate-bench needs root (namespaces, pods)");

@@ -182,14 +182,7 @@ fn parse_args() -> (Args, Vec<usize>, usize) {
             }
             "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).filter(|&r| r > 0).expect("--rounds R (R >= 1)"),
             "--bench" => {}
-            "--help" | "-h" => {
-                println!("net-bench [--dir DIR] [--counts 0,1,100,1000] [--rounds 1]");
-                std::process::exit(0);
-            }
-            other => {
-                eprintln!("net-bench: unknown argument {other:?} (use --dir DIR, --counts N,N,..., --rounds R)");
-                std::process::exit(2);
-            }
+            other => zap_benches::help_or_bad_argument("net-bench", other, "[--dir DIR] [--counts 0,1,100,1000] [--rounds 1]"),
         }
     }
     (args, counts, rounds)

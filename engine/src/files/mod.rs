@@ -911,26 +911,16 @@ pub fn close_all(inj: &mut Injector, fds: &[u64]) -> Result<()> {
 /// runs on a moment to read them ([`crate::pod::checkpoint`]'s stop). Best effort: an fd that
 /// cannot be looked at counts nothing (the save that follows reports it).
 pub(crate) fn queued_unread(pid: i32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
-    let mut pidfd = None;
-    let mut total = 0u64;
-    for entry in dir.flatten() {
-        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
-        let t = target.to_string_lossy();
-        if t != "anon_inode:inotify" && !t.starts_with("/dev/pts/") && t != "/dev/ptmx" {
-            continue;
-        }
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if pidfd.is_none() {
-            match sysproc::pidfd_open(pid) {
-                Ok(p) => pidfd = Some(p),
-                Err(_) => return total,
-            }
-        }
-        let Some(p) = pidfd.as_ref() else { return total };
-        if let Ok(dup) = sysproc::pidfd_getfd(p, fd) {
-            total += sysproc::fionread(&dup).map_or(0, |n| n.max(0) as u64);
-        }
+    let Ok(fds) = list_fds(pid) else { return 0 };
+    let queues: Vec<i32> =
+        fds.into_iter().filter(|(_, t)| t == "anon_inode:inotify" || t == "/dev/ptmx" || t.starts_with("/dev/pts/")).map(|(fd, _)| fd).collect();
+    if queues.is_empty() {
+        return 0;
     }
-    total
+    let Ok(pidfd) = sysproc::pidfd_open(pid) else { return 0 };
+    queues
+        .into_iter()
+        .filter_map(|fd| sysproc::pidfd_getfd(&pidfd, fd).ok())
+        .map(|dup| sysproc::fionread(&dup).map_or(0, |n| n.max(0) as u64))
+        .sum()
 }

@@ -76,7 +76,8 @@ fn in_netns<T: Send>(netns: &OwnedFd, f: impl FnOnce() -> io::Result<T> + Send) 
 
 /// The lowest fd number free in this process (the one the library's next socket gets).
 fn lowest_free_fd() -> io::Result<i32> {
-    // SAFETY: F_DUPFD_CLOEXEC on fd 0... duplicates nothing we keep: the new fd is closed at once.
+    // SAFETY: fcntl takes integers; the duplicate of fd 0 it makes (numbered at the lowest free
+    // fd) is closed at once.
     let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
         // No fd 0 to duplicate: it is itself the lowest free one.
