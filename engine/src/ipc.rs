@@ -372,12 +372,13 @@ impl IpcState {
 
     /// Marks again for removal the segments that were (once their processes are attached).
     pub fn finish(&self, pid: i32) -> Result<()> {
-        if !self.shm.iter().any(|s| s.mode & SHM_DEST != 0) {
+        let doomed: Vec<i32> = self.shm.iter().filter(|s| s.mode & SHM_DEST != 0).map(|s| s.id).collect();
+        if doomed.is_empty() {
             return Ok(());
         }
         sys::in_ipc_ns(pid, || {
-            for seg in self.shm.iter().filter(|s| s.mode & SHM_DEST != 0) {
-                sys::shm_remove(seg.id)?;
+            for &id in &doomed {
+                sys::shm_remove(id)?;
             }
             Ok(())
         })
