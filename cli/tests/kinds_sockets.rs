@@ -1,7 +1,8 @@
 //! Socket kinds in pods, each a small C program of `engine/tests/progs/` that sets its sockets up,
 //! says "ready", and after the restore checks them itself and says "ok" or "FAIL <why>": socket
 //! options on every kind, messages in flight on unix sockets (fds, credentials, sender
-//! addresses), unix socket corner cases (names, backlogs, half-closed pairs), and ICMP, raw,
+//! addresses), unix socket corner cases (names, backlogs, half-closed pairs), the credentials
+//! unix sockets show their peers (`SO_PEERCRED`), and ICMP, raw,
 //! packet and netlink sockets. Each pod is checkpointed (it ends), restored and checked; kinds
 //! Zap refuses must fail the checkpoint with a clear error and leave the pod running.
 mod common;
@@ -129,4 +130,11 @@ fn unix_socket_connected_outside_the_pod_is_refused() {
 #[test]
 fn unsupported_fd_in_flight_is_refused() {
     refused_kind("unixmsg", "uffd", &["uffd"], "passed in message 0 queued on the unix socket");
+}
+
+#[test]
+fn unix_peer_credentials_come_back() {
+    // SO_PEERCRED on both ends of a pair made by a process of another user that then forked, on
+    // a connection from another user's process to a listener, and on the listener.
+    run_kind("peercred", "cred", &[]);
 }

@@ -1,5 +1,11 @@
 //! The versioned encoding of the engine's state blobs (process, group and pod images, tracker
 //! state): one version byte, then postcard. A blob of another version is refused by name.
+//!
+//! A version may append enum variants (older blobs read as they are) or add a field that older
+//! blobs lack: such a field is read with [`absent_in_older`], which gives its default without
+//! reading anything while an older blob is decoded ([`decode_compatible`]).
+use std::cell::Cell;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -22,15 +28,39 @@ pub fn decode<T: DeserializeOwned>(version: u8, what: &str, blob: &[u8]) -> Resu
     }
 }
 
+thread_local! {
+    /// An older blob is being decoded on this thread ([`decode_compatible`]).
+    static OLDER: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Decodes a blob of `version` or of one of the `older` versions whose encoding reads as this
-/// one's (a version that only appended enum variants); `what` names it in errors.
+/// one's (a version that only appended enum variants, or added fields read with
+/// [`absent_in_older`]); `what` names it in errors.
 pub fn decode_compatible<T: DeserializeOwned>(version: u8, older: &[u8], what: &str, blob: &[u8]) -> Result<T> {
     match blob.first() {
         Some(&v) if older.contains(&v) => {
             let mut b = blob.to_vec();
             b[0] = version;
-            decode(version, what, &b)
+            let was = OLDER.with(|o| o.replace(true));
+            let out = decode(version, what, &b);
+            OLDER.with(|o| o.set(was));
+            out
         }
-        _ => decode(version, what, blob),
+        _ => {
+            let was = OLDER.with(|o| o.replace(false));
+            let out = decode(version, what, blob);
+            OLDER.with(|o| o.set(was));
+            out
+        }
     }
+}
+
+/// `deserialize_with` of a field added by the current version of a blob: while an older blob is
+/// decoded ([`decode_compatible`]) the field is not in the bytes, and reads as its default;
+/// otherwise it is read.
+pub fn absent_in_older<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de> + Default>(d: D) -> std::result::Result<T, D::Error> {
+    if OLDER.with(Cell::get) {
+        return Ok(T::default());
+    }
+    T::deserialize(d)
 }

@@ -493,7 +493,10 @@ fn fill(tree: &mut BareTree, image: &GroupImage, mut fctx: RestoreContext, mut l
         let f = tree.frozen.iter_mut().find(|f| f.pid() == r.pid()).expect("every member is stopped");
         r.threads(f)?;
     }
-    // 3. Fds in save order, then the pipe keepers go.
+    // 3. Fds in save order, then the pipe keepers go. A unix socket may be made by another
+    // member than the one restoring it (the process its SO_PEERCRED names).
+    fctx.sockets.members = live.iter().map(|r| (r.image().vpid, r.pid())).collect();
+    fctx.sockets.tramp = tramp;
     for r in &mut live {
         r.files(&mut fctx)?;
     }

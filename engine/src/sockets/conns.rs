@@ -1,22 +1,27 @@
-//! Restoring a process's established TCP connections fast: only the socket's creation is
-//! injected into the process; everything else is done by Zap on its duplicate of the socket.
+//! Restoring a process's established TCP connections fast: the sockets are made outside the
+//! process, rebuilt by Zap, and passed into it in batches; a few injected syscalls in all
+//! instead of one or more per connection.
 //!
-//! For each connection, in the order of its fd number: an injected `socket()` (with
-//! `SOCK_CLOEXEC`/`SOCK_NONBLOCK` as the fd had them), made by the process itself (under the fsuid
-//! of the saved owner: [`super::create_as`]), so the socket's owner (the uid `/proc/net/tcp`
-//! shows) is the saved one and its cgroup (for cgroup BPF programs and nftables `socket cgroupv2`
-//! rules) and the memory cgroup its buffers are charged to are the process's own, as with a fully
-//! injected restore; then, only when the kernel did not give the
-//! saved number, an injected `dup3` to it. Zap takes the socket with `pidfd_getfd` and restores
-//! the connection on its duplicate ([`super::tcp::restore_conn`]: options, repair mode, sequence
-//! numbers, `bind`, `connect`, queues, windows; all ordinary syscalls in Zap, spread over
-//! threads). The numbers the kernel gave and that were not the saved ones are closed at the end
-//! with one `close_range` per run. Per connection that is one or two injected syscalls instead
-//! of some 25.
+//! 1. A short-lived child of Zap's, created straight into the process's cgroup and joined to its
+//!    network namespace, makes one unconnected socket per connection under the fsuid of the
+//!    saved owner ([`crate::sys::sock::make_tcp_sockets`]) and passes them to Zap. So each
+//!    socket's owner (the uid `/proc/net/tcp` shows), cgroup (for cgroup BPF programs and
+//!    nftables `socket cgroupv2` rules) and memory cgroup (its buffers are charged there for its
+//!    whole life) are what the process's own `socket()` would have given.
+//! 2. Zap rebuilds each connection on its socket ([`super::tcp::restore_conn`]: options, repair
+//!    mode, sequence numbers, `bind`, `connect`, queues, windows, status flags), over threads.
+//! 3. The sockets go into the process: an injected `socketpair` is the channel, then one
+//!    `SCM_RIGHTS` message of up to 253 sockets and one injected `recvmsg` per batch; the kernel
+//!    installs them at the lowest free numbers, which are the saved ones when those are the
+//!    lowest free (the usual case: the other fds are in place), so nothing moves; a socket that
+//!    landed elsewhere is moved with `dup3`, and what is left over is closed with one
+//!    `close_range` per run ([`pass`], [`place`]). For 1,000 connections: some 8 injected
+//!    syscalls instead of 1,000.
 //!
-//! Creating the sockets in Zap and passing them with `SCM_RIGHTS` would save the injected
-//! `socket()` too, but sockets made by Zap belong to Zap's cgroup and memory cgroup, not the
-//! pod's.
+//! Where no process can be made in the cgroup (no cgroup v2, a frozen cgroup, one that takes no
+//! process), each socket is made by an injected `socket()` in the process (then `dup3` when the
+//! kernel did not give the saved number) and Zap rebuilds it on a `pidfd_getfd` duplicate:
+//! [`restore_injected`].
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 
@@ -76,29 +81,61 @@ pub(super) fn restore_one(inj: &mut Injector, c: &TcpConn, ctx: &SocketRestore) 
 /// Recreates the connections `conns` at their fd numbers in the process `inj` drives (whose fds
 /// with lower numbers are in place; none of the numbers of `conns` is taken). Returns, for each,
 /// its fd and the status flags it then has.
+///
+/// The sockets are made by a short-lived child of Zap's in the process's cgroup and network
+/// namespace ([`crate::sys::sock::make_tcp_sockets`]), rebuilt by Zap over threads, and passed
+/// into the process in batches ([`pass`]). When no such child can be made there (no cgroup v2, a
+/// frozen cgroup, one that refuses processes), each socket is made by an injected `socket()`
+/// instead ([`restore_injected`]).
 pub fn restore_all(inj: &mut Injector, conns: &mut [ConnFd], ctx: &SocketRestore) -> Result<Vec<(i32, i32)>> {
     let pid = inj.tid();
     conns.sort_by_key(|c| c.fd);
-    let pidfd = pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
-    // Sockets at their numbers. The kernel gives the lowest free number, which is at most the
-    // saved one (free) and below every later one, so a number it gives instead is never a
-    // saved number still to be placed.
-    let mut dups = Vec::with_capacity(conns.len());
-    let mut spare = Vec::new();
-    for c in conns.iter() {
-        let want = c.fd as u64;
-        let got = new_socket(inj, c.conn.family, c.conn.opts.uid, c.cloexec, c.status & libc::O_NONBLOCK != 0)?;
-        if got != want {
-            let flags = if c.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-            inj.call("dup3", libc::SYS_dup3, [got, want, flags, 0, 0, 0])
-                .map_err(|e| EngineError::Proc { pid, detail: format!("fd {want}: place restored TCP socket: {e}") })?;
-            spare.push(got);
+    let made = match make_in_cgroup(pid, conns) {
+        Ok(made) => made,
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "TCP sockets cannot be made in the process's cgroup: made by injection, one by one");
+            return restore_injected(inj, conns, ctx);
         }
-        dups.push(take(&pidfd, pid, want)?);
+    };
+    let work: Vec<(&ConnFd, &OwnedFd)> = conns.iter().zip(&made).collect();
+    let out = rebuild(pid, &work, ctx)?;
+    pass(inj, conns, made)?;
+    Ok(out)
+}
+
+/// The cgroup v2 directory process `pid` is in, open.
+fn cgroup_of(pid: i32) -> std::io::Result<std::fs::File> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup v2 line in /proc/PID/cgroup"))?;
+    let root = crate::pod::cgroup::v2_root().map_err(std::io::Error::other)?;
+    let dir = root.join(rel.trim_start_matches('/'));
+    // A process made into a frozen cgroup would not run until it thaws.
+    let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+    let freeze = std::fs::read_to_string(dir.join("cgroup.freeze")).unwrap_or_default();
+    if events.lines().any(|l| l == "frozen 1") || freeze.trim() == "1" {
+        return Err(std::io::Error::other(format!("cgroup {} is frozen", dir.display())));
     }
-    close_runs(inj, &spare)?;
-    // The connections, on Zap's duplicates, over threads.
-    let work: Vec<(&ConnFd, &OwnedFd)> = conns.iter().zip(&dups).collect();
+    std::fs::File::open(&dir)
+}
+
+/// The sockets of `conns` (unconnected), made in the cgroup and network namespace of `pid` under
+/// their saved owners, in the order of `conns`.
+fn make_in_cgroup(pid: i32, conns: &[ConnFd]) -> std::io::Result<Vec<OwnedFd>> {
+    let cgroup = cgroup_of(pid)?;
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let specs: Vec<(i32, u32)> = conns.iter().map(|c| (c.conn.family, c.conn.opts.uid)).collect();
+    crate::sys::sock::make_tcp_sockets(&cgroup, &netns, &specs, MAKER_TIMEOUT_MS)
+}
+
+/// How long the socket maker may take for each batch before its cgroup is taken for frozen.
+const MAKER_TIMEOUT_MS: i32 = 5000;
+
+/// Rebuilds each connection of `work` on its socket (Zap's), over threads, and sets its status
+/// flags; returns each one's fd number and the flags it then has.
+fn rebuild(pid: i32, work: &[(&ConnFd, &OwnedFd)], ctx: &SocketRestore) -> Result<Vec<(i32, i32)>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(work.len().div_ceil(16).max(1));
     let per = work.len().div_ceil(threads).max(1);
     let results: Vec<Result<Vec<(i32, i32)>>> = std::thread::scope(|s| {
@@ -121,11 +158,180 @@ pub fn restore_all(inj: &mut Injector, conns: &mut [ConnFd], ctx: &SocketRestore
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Proc { pid, detail: "TCP restore thread panicked".into() }))).collect()
     });
-    let mut out = Vec::with_capacity(conns.len());
+    let mut out = Vec::with_capacity(work.len());
     for r in results {
         out.extend(r?);
     }
     Ok(out)
+}
+
+/// Offsets in the scratch area of the injected `recvmsg`: its `msghdr`, `iovec`, data byte and
+/// control buffer (room for [`SCM_MAX_FD`] fds).
+const MSG_AT: u64 = 0;
+const IOV_AT: u64 = 64;
+const BYTE_AT: u64 = 96;
+const CONTROL_AT: u64 = 128;
+const CONTROL_LEN: u64 = 16 + 4 * SCM_MAX_FD as u64;
+
+use crate::sys::sock::SCM_MAX_FD;
+
+/// Passes Zap's sockets `made` (one per connection of `conns`) into the process `inj` drives and
+/// puts each at its fd number with its close-on-exec flag: an injected `socketpair` is the
+/// channel (Zap takes one end), then one `SCM_RIGHTS` message and one injected `recvmsg` per
+/// batch of up to [`SCM_MAX_FD`] sockets. The kernel installs passed fds at the lowest free
+/// numbers, which are the saved ones when they are the lowest free (the connections whose
+/// numbers the channel took go last); any other lands where it can and is moved with `dup3`, and
+/// the numbers left over (the channel's among them) are closed with one `close_range` per run.
+fn pass(inj: &mut Injector, conns: &[ConnFd], made: Vec<OwnedFd>) -> Result<()> {
+    let pid = inj.tid();
+    let fail = |step: &str, e: &dyn std::fmt::Display| EngineError::Proc { pid, detail: format!("pass restored TCP sockets: {step}: {e}") };
+    let scratch = inj.scratch(CONTROL_AT + CONTROL_LEN + 64)?;
+    let pair = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
+    inj.call("socketpair (channel for restored TCP sockets)", libc::SYS_socketpair, [libc::AF_UNIX as u64, pair, 0, scratch, 0, 0])?;
+    let ends = inj.read_mem(scratch, 8)?;
+    let a = u64::from(u32::from_ne_bytes(ends[..4].try_into().expect("4")));
+    let b = u64::from(u32::from_ne_bytes(ends[4..].try_into().expect("4")));
+    let pidfd = pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
+    let sender = take(&pidfd, pid, b)?;
+    // Sent in the order of their numbers, those the channel holds last.
+    let mut order: Vec<usize> = (0..conns.len()).collect();
+    order.sort_by_key(|&i| (conns[i].fd as u64 == a || conns[i].fd as u64 == b, conns[i].fd));
+    let mut landed = vec![0u64; conns.len()];
+    let mut k = 0;
+    while k < order.len() {
+        let cloexec = conns[order[k]].cloexec;
+        let mut end = k + 1;
+        while end < order.len() && end - k < SCM_MAX_FD && conns[order[end]].cloexec == cloexec {
+            end += 1;
+        }
+        let batch = &order[k..end];
+        let fds: Vec<std::os::fd::BorrowedFd> = batch.iter().map(|&i| std::os::fd::AsFd::as_fd(&made[i])).collect();
+        crate::sys::sock::send_fds(&sender, b'T', &fds).map_err(|e| fail("send a batch", &e))?;
+        let got = recv_in(inj, scratch, a, cloexec)?;
+        if got.len() != batch.len() {
+            return Err(fail("receive a batch", &format!("{} fds of {} arrived (RLIMIT_NOFILE?)", got.len(), batch.len())));
+        }
+        for (&i, fd) in batch.iter().zip(got) {
+            landed[i] = fd;
+        }
+        k = end;
+    }
+    drop(sender);
+    drop(made);
+    place(inj, conns, &mut landed, (a, b))
+}
+
+/// Injects one `recvmsg` on the channel end `chan` (a message Zap has queued) and returns the fd
+/// numbers it installed.
+fn recv_in(inj: &mut Injector, scratch: u64, chan: u64, cloexec: bool) -> Result<Vec<u64>> {
+    let pid = inj.tid();
+    // struct msghdr: name, namelen (+pad), iov, iovlen, control, controllen, flags (+pad).
+    let mut msg = Vec::with_capacity(IOV_AT as usize + 16);
+    for v in [0u64, 0, scratch + IOV_AT, 1, scratch + CONTROL_AT, CONTROL_LEN, 0, 0] {
+        msg.extend_from_slice(&v.to_ne_bytes());
+    }
+    msg.extend_from_slice(&(scratch + BYTE_AT).to_ne_bytes());
+    msg.extend_from_slice(&1u64.to_ne_bytes());
+    inj.write_mem(scratch + MSG_AT, &msg)?;
+    let flags = libc::MSG_DONTWAIT | if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
+    let n = inj.call("recvmsg (restored TCP sockets)", libc::SYS_recvmsg, [chan, scratch + MSG_AT, flags as u64, 0, 0, 0])?;
+    let head = inj.read_mem(scratch + MSG_AT, 56)?;
+    let controllen = u64::from_ne_bytes(head[40..48].try_into().expect("8"));
+    let msg_flags = i32::from_ne_bytes(head[48..52].try_into().expect("4"));
+    if n != 1 || msg_flags & libc::MSG_CTRUNC != 0 || controllen < 16 {
+        return Err(EngineError::Proc { pid, detail: format!("pass restored TCP sockets: recvmsg got {n} bytes, flags {msg_flags:#x}, {controllen} control bytes") });
+    }
+    let control = inj.read_mem(scratch + CONTROL_AT, controllen.min(CONTROL_LEN) as usize)?;
+    let len = u64::from_ne_bytes(control[..8].try_into().expect("8")) as usize;
+    let level = i32::from_ne_bytes(control[8..12].try_into().expect("4"));
+    let kind = i32::from_ne_bytes(control[12..16].try_into().expect("4"));
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS || len < 16 || len > control.len() {
+        return Err(EngineError::Proc { pid, detail: format!("pass restored TCP sockets: unexpected control message (level {level}, type {kind}, {len} bytes)") });
+    }
+    Ok(control[16..len].chunks_exact(4).map(|c| u64::from(u32::from_ne_bytes(c.try_into().expect("4")))).collect())
+}
+
+/// What holds an fd number of the process while [`place`] moves the passed sockets.
+#[derive(Clone, Copy, PartialEq)]
+enum Holder {
+    /// Connection `i`, not yet at its number.
+    Waiting(usize),
+    /// Something that goes (a channel end, a copy of a connection that was moved).
+    Spare,
+    /// Connection `i` at its number.
+    Placed(usize),
+}
+
+/// Moves each connection from where it landed (`landed`) to its number, with `dup3` (and its
+/// close-on-exec flag), in an order that never overwrites a connection still to be moved (a
+/// cycle is broken through a free number above all), then closes every number that is not a
+/// connection's (the channel's `ends` among them).
+fn place(inj: &mut Injector, conns: &[ConnFd], landed: &mut [u64], ends: (u64, u64)) -> Result<()> {
+    let pid = inj.tid();
+    let mut holders: std::collections::HashMap<u64, Holder> = std::collections::HashMap::new();
+    holders.insert(ends.0, Holder::Spare);
+    holders.insert(ends.1, Holder::Spare);
+    let mut waiting = Vec::new();
+    for (i, c) in conns.iter().enumerate() {
+        if landed[i] == c.fd as u64 {
+            holders.insert(landed[i], Holder::Placed(i));
+        } else {
+            holders.insert(landed[i], Holder::Waiting(i));
+            waiting.push(i);
+        }
+    }
+    while !waiting.is_empty() {
+        let free = waiting.iter().position(|&i| !matches!(holders.get(&(conns[i].fd as u64)), Some(Holder::Waiting(j)) if *j != i));
+        match free {
+            Some(p) => {
+                let i = waiting.swap_remove(p);
+                let (from, to) = (landed[i], conns[i].fd as u64);
+                let flags = if conns[i].cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                inj.call("dup3", libc::SYS_dup3, [from, to, flags, 0, 0, 0])
+                    .map_err(|e| EngineError::Proc { pid, detail: format!("fd {to}: place restored TCP socket: {e}") })?;
+                holders.insert(from, Holder::Spare);
+                holders.insert(to, Holder::Placed(i));
+            }
+            None => {
+                // Every connection still to move points at another's number: a cycle.
+                let i = waiting[0];
+                let above = holders.keys().copied().chain(conns.iter().map(|c| c.fd as u64)).max().unwrap_or(0) + 1;
+                let moved = inj.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, [landed[i], libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0])?;
+                holders.insert(landed[i], Holder::Spare);
+                holders.insert(moved, Holder::Waiting(i));
+                landed[i] = moved;
+            }
+        }
+    }
+    let spare: Vec<u64> = holders.iter().filter(|(_, h)| **h == Holder::Spare).map(|(n, _)| *n).collect();
+    close_runs(inj, &spare)
+}
+
+/// Recreates the connections `conns` (sorted by number) like [`restore_all`], each socket made by
+/// an injected `socket()` in the process (under the fsuid of the saved owner) and placed with
+/// `dup3` when the kernel did not give its number; Zap takes it with `pidfd_getfd` to rebuild it.
+fn restore_injected(inj: &mut Injector, conns: &mut [ConnFd], ctx: &SocketRestore) -> Result<Vec<(i32, i32)>> {
+    let pid = inj.tid();
+    let pidfd = pidfd_open(pid).map_err(|source| EngineError::Sys { step: "pidfd_open", pid, source })?;
+    // Sockets at their numbers. The kernel gives the lowest free number, which is at most the
+    // saved one (free) and below every later one, so a number it gives instead is never a
+    // saved number still to be placed.
+    let mut dups = Vec::with_capacity(conns.len());
+    let mut spare = Vec::new();
+    for c in conns.iter() {
+        let want = c.fd as u64;
+        let got = new_socket(inj, c.conn.family, c.conn.opts.uid, c.cloexec, c.status & libc::O_NONBLOCK != 0)?;
+        if got != want {
+            let flags = if c.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            inj.call("dup3", libc::SYS_dup3, [got, want, flags, 0, 0, 0])
+                .map_err(|e| EngineError::Proc { pid, detail: format!("fd {want}: place restored TCP socket: {e}") })?;
+            spare.push(got);
+        }
+        dups.push(take(&pidfd, pid, want)?);
+    }
+    close_runs(inj, &spare)?;
+    let work: Vec<(&ConnFd, &OwnedFd)> = conns.iter().zip(&dups).collect();
+    rebuild(pid, &work, ctx)
 }
 
 /// Closes the fds `fds` of the process `inj` drives, one `close_range` per run of consecutive

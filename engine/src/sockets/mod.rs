@@ -328,6 +328,12 @@ pub struct SocketRestore {
     pub(crate) unix: unix::UnixRestore,
     /// IPv4 addresses to rewrite when binding (a copy restored under another address).
     pub rebind: Vec<([u8; 4], [u8; 4])>,
+    /// The processes restored together, stopped, with their memory and threads in place: pid in
+    /// the group -> host pid; with [`SocketRestore::tramp`], a unix socket whose `SO_PEERCRED`
+    /// must name another of them is made by that one. Empty for a lone process.
+    pub members: HashMap<i32, i32>,
+    /// The syscall trampoline the processes of [`SocketRestore::members`] share (0: none).
+    pub tramp: u64,
 }
 
 fn put(inj: &mut Injector, bytes: &[u8]) -> Result<u64> {

@@ -207,7 +207,6 @@ pub struct Peeked {
 }
 
 const SO_PEEK_OFF: i32 = 42;
-const SCM_MAX_FD: usize = 253;
 
 /// One `recvmsg(MSG_PEEK)` of up to `cap` bytes at peek offset `off`; None when nothing more is
 /// queued. With `trunc`, the length returned is the whole message's (datagrams).
@@ -549,6 +548,15 @@ pub fn socket_in_netns(netns: &std::fs::File, family: i32, ty: i32, proto: i32) 
     })
 }
 
+/// What `SO_PEERCRED` shows on `fd`: (pid as this process sees it, uid, gid).
+pub fn peercred(fd: &OwnedFd) -> io::Result<(i32, u32, u32)> {
+    let mut u = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: u and len describe a ucred of the size given.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut u as *mut libc::ucred).cast(), &mut len) })?;
+    Ok((u.pid, u.uid, u.gid))
+}
+
 /// Sends `data` to the raw address `to` on socket `fd`.
 pub fn send_to(fd: &OwnedFd, data: &[u8], to: &[u8]) -> io::Result<usize> {
     // SAFETY: data and `to` are valid for their lengths.
@@ -790,4 +798,238 @@ fn inet_dump(family: i32, full: bool, out: &mut HashMap<u64, TcpDiag>) -> io::Re
         }
         out.insert(ino, d);
     })
+}
+
+/// The most fds one `SCM_RIGHTS` message carries (the kernel's `SCM_MAX_FD`).
+pub const SCM_MAX_FD: usize = 253;
+
+/// Room for the control message of [`SCM_MAX_FD`] fds, as 8-byte words (`CMSG_SPACE(253 * 4)`
+/// is 1032 bytes).
+const RIGHTS_WORDS: usize = 129;
+
+/// Fills `msg` (whose control buffer is `cbuf`) with one `SCM_RIGHTS` message carrying `fds` (at
+/// most [`SCM_MAX_FD`]). No allocation, so a child of a multi-threaded process may use it.
+fn put_rights(msg: &mut libc::msghdr, cbuf: &mut [u64; RIGHTS_WORDS], fds: &[i32]) {
+    let n = fds.len().min(SCM_MAX_FD);
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE/CMSG_LEN compute sizes; CMSG_SPACE(253 * 4) is 1032 bytes, which cbuf
+    // holds, so the header and the fds written lie in cbuf.
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE((n * 4) as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN((n * 4) as u32) as usize;
+        let data = libc::CMSG_DATA(c).cast::<i32>();
+        for (i, fd) in fds[..n].iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), *fd);
+        }
+    }
+}
+
+/// Sends the fds `fds` (at most [`SCM_MAX_FD`]) over the unix socket `sock` in one message whose
+/// data is the byte `tag`. The receiver gets its own fds of the same open files.
+pub fn send_fds(sock: &OwnedFd, tag: u8, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > SCM_MAX_FD {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} fds in one message (at most {SCM_MAX_FD})", fds.len())));
+    }
+    let mut raw = [0i32; SCM_MAX_FD];
+    for (r, fd) in raw.iter_mut().zip(fds) {
+        *r = fd.as_raw_fd();
+    }
+    let mut iov = libc::iovec { iov_base: (&tag as *const u8).cast_mut().cast(), iov_len: 1 };
+    let mut cbuf = [0u64; RIGHTS_WORDS];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    put_rights(&mut msg, &mut cbuf, &raw[..fds.len()]);
+    // SAFETY: sendmsg reads the buffers msg points to, all alive on our stack.
+    if unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one message of up to 8 data bytes with the fds it carries (close-on-exec in Zap);
+/// waits at most `timeout_ms` for it. Empty data means the sender closed its end.
+pub fn recv_fds(sock: &OwnedFd, timeout_ms: i32) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd on our stack.
+    let ready = check(unsafe { libc::poll(&mut pfd, 1, timeout_ms) })?;
+    if ready == 0 {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no message within {timeout_ms} ms")));
+    }
+    let mut data = [0u8; 8];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    let mut cbuf = [0u64; RIGHTS_WORDS];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: recvmsg fills the buffers msg points to, all on our stack and of the sizes given.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within msg_controllen;
+    // each fd read is one the kernel just installed for us, owned by nobody else.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let p = libc::CMSG_DATA(c) as *const i32;
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(p.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other(format!("fds passed were cut short ({} received)", fds.len())));
+    }
+    Ok((data[..n as usize].to_vec(), fds))
+}
+
+/// A connected pair of unix `SOCK_SEQPACKET` sockets (close-on-exec) of Zap's.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: socketpair fills two ints in our array.
+    check(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Message tags of [`make_tcp_sockets`]'s maker: sockets follow; the maker failed (then the
+/// errno and the index of the socket it was making, 4 bytes each).
+const MADE: u8 = b'S';
+const MAKER_FAILED: u8 = b'E';
+
+/// Makes TCP sockets in a short-lived child process created straight into the cgroup
+/// `cgroup` (a directory of the cgroup v2 hierarchy, `CLONE_INTO_CGROUP`) and joined to the
+/// network namespace `netns`: for each (family, owner uid) of `specs`, one unconnected
+/// `SOCK_STREAM` socket made under that fsuid, so that each belongs to the namespace, the owner,
+/// the cgroup (for cgroup BPF programs and nftables `socket cgroupv2`) and the memory cgroup (its
+/// buffers are charged there for its whole life) that a socket the process of that cgroup made
+/// itself would. The child passes them to Zap in batches of [`SCM_MAX_FD`]; returned in the
+/// order of `specs`. Fails (killing the child) when it does not answer within `timeout_ms` per
+/// batch, e.g. in a frozen cgroup.
+pub fn make_tcp_sockets(cgroup: &std::fs::File, netns: &std::fs::File, specs: &[(i32, u32)], timeout_ms: i32) -> io::Result<Vec<OwnedFd>> {
+    use super::clone::{clone3, CloneArgs};
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let (mine, theirs) = seqpacket_pair()?;
+    let args = CloneArgs { flags: CLONE_INTO_CGROUP, exit_signal: libc::SIGCHLD as u64, cgroup: cgroup.as_raw_fd() as u64, ..Default::default() };
+    let pid = clone3(&args);
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        maker_child(theirs.as_raw_fd(), netns.as_raw_fd(), specs);
+    }
+    let pid = pid as i32;
+    drop(theirs);
+    let mut out = Vec::with_capacity(specs.len());
+    let result = (|| {
+        while out.len() < specs.len() {
+            let (data, fds) = recv_fds(&mine, timeout_ms)?;
+            match data.first() {
+                Some(&MADE) if !fds.is_empty() => out.extend(fds),
+                Some(&MAKER_FAILED) if data.len() >= 5 => {
+                    let errno = i32::from_ne_bytes(data[1..5].try_into().expect("4"));
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                Some(_) => return Err(io::Error::other("unexpected message from the socket maker")),
+                None => return Err(io::Error::other(format!("the socket maker ended after {} of {} sockets", out.len(), specs.len()))),
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        super::clone::kill_and_reap(pid);
+    } else {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    result.map(|()| out)
+}
+
+/// Body of [`make_tcp_sockets`]'s child: raw syscalls only, no allocation (it is a fork of a
+/// multi-threaded process).
+fn maker_child(chan: i32, netns: i32, specs: &[(i32, u32)]) -> ! {
+    let fail = |errno: i32, index: usize| {
+        let mut m = [0u8; 9];
+        m[0] = MAKER_FAILED;
+        m[1..5].copy_from_slice(&errno.to_ne_bytes());
+        m[5..9].copy_from_slice(&(index as u32).to_ne_bytes());
+        // SAFETY: send from our stack buffer on our fd, then _exit takes an integer.
+        unsafe {
+            libc::send(chan, m.as_ptr().cast(), m.len(), libc::MSG_NOSIGNAL);
+            libc::_exit(1);
+        }
+    };
+    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+    // Nothing of Zap's but the channel and the namespace stays open here.
+    let (lo, hi) = (chan.min(netns) as u32, chan.max(netns) as u32);
+    // SAFETY: close_range and setns take integers; closing our copies of Zap's fds touches
+    // nothing of the parent's.
+    unsafe {
+        if lo > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, lo - 1, 0u32);
+        }
+        if hi > lo + 1 {
+            libc::syscall(libc::SYS_close_range, lo + 1, hi - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, hi + 1, u32::MAX, 0u32);
+        if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+            fail(errno(), 0);
+        }
+    }
+    let mut made = [0i32; SCM_MAX_FD];
+    let mut start = 0;
+    while start < specs.len() {
+        let n = (specs.len() - start).min(SCM_MAX_FD);
+        for k in 0..n {
+            let (family, uid) = specs[start + k];
+            // SAFETY: setfsuid and socket take integers. setfsuid answers the previous fsuid, so
+            // the second call tells whether the first took.
+            unsafe {
+                libc::syscall(libc::SYS_setfsuid, uid);
+                if libc::syscall(libc::SYS_setfsuid, uid) as u32 != uid {
+                    fail(libc::EPERM, start + k);
+                }
+                let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+                if fd < 0 {
+                    fail(errno(), start + k);
+                }
+                made[k] = fd;
+            }
+        }
+        let tag = MADE;
+        let mut iov = libc::iovec { iov_base: (&tag as *const u8).cast_mut().cast(), iov_len: 1 };
+        let mut cbuf = [0u64; RIGHTS_WORDS];
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        put_rights(&mut msg, &mut cbuf, &made[..n]);
+        // SAFETY: sendmsg reads the buffers msg points to, on our stack; the fds closed after
+        // are ours (the parent has its own copies once the message is queued).
+        unsafe {
+            if libc::sendmsg(chan, &msg, libc::MSG_NOSIGNAL) != 1 {
+                libc::_exit(1);
+            }
+            for fd in &made[..n] {
+                libc::close(*fd);
+            }
+        }
+        start += n;
+    }
+    // SAFETY: _exit takes an integer.
+    unsafe { libc::_exit(0) }
 }

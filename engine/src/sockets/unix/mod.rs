@@ -59,9 +59,38 @@ pub struct UnixSocket {
     pub queue: Vec<UnixMsg>,
     /// Options.
     pub opts: SockOpts,
+    /// What `SO_PEERCRED` showed on it (a pair's maker, the process that connected to this
+    /// accepted end, a listener's or its clients' listener's process as it called `listen`);
+    /// None when it showed no process (unconnected). Absent from images before version 12.
+    #[serde(deserialize_with = "crate::blob::absent_in_older")]
+    pub peercred: Option<PeerCred>,
+    /// For a connected pair: what `SO_PEERCRED` showed on its peer.
+    #[serde(deserialize_with = "crate::blob::absent_in_older")]
+    pub peer_peercred: Option<PeerCred>,
 }
 
-/// A bound name and where its socket file is.
+/// Credentials a unix socket's `SO_PEERCRED` shows: those of the process that made the pair,
+/// connected, or listened, as they were then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCred {
+    /// That process's pid in the group's PID namespace; 0 when it is not in the checkpoint (it
+    /// exited, or is outside).
+    pub pid: i32,
+    /// Its effective uid then.
+    pub uid: u32,
+    /// Its effective gid then.
+    pub gid: u32,
+}
+
+/// What `SO_PEERCRED` shows on `dup`, with the pid mapped into the group's namespace.
+fn peercred_of(dup: &OwnedFd, ctx: &SocketContext) -> Option<PeerCred> {
+    let (pid, uid, gid) = sock::peercred(dup).ok()?;
+    // No process: an unconnected socket (the kernel answers pid 0 and the overflow ids).
+    if pid == 0 {
+        return None;
+    }
+    Some(PeerCred { pid: member_vpid(pid, ctx).unwrap_or(0), uid, gid })
+}
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnixName {
     /// The name as bound: an abstract name starts with NUL; a path has no trailing NUL.
@@ -254,7 +283,8 @@ fn target(ino: u64, ctx: &mut SocketContext, what: &str, pid: i32, fd: i32) -> R
     let name = d.name.as_deref().map(|raw| name_of(hpid, Some(&dup), raw, d.vfs));
     let conn = if d.state == TCP_LISTEN { UnixConn::Listen { backlog: d.rqlen.1 } } else { UnixConn::Unconnected };
     let opts = super::options(hpid, hfd, &dup, libc::AF_UNIX, sock_type, false, ctx)?;
-    let s = UnixSocket { ino, sock_type, name, conn, shutdown: d.shutdown, queue: Vec::new(), opts };
+    let peercred = peercred_of(&dup, ctx);
+    let s = UnixSocket { ino, sock_type, name, conn, shutdown: d.shutdown, queue: Vec::new(), opts, peercred, peer_peercred: None };
     ctx.unix.copies.insert(ino, s.clone());
     Ok(s)
 }
@@ -278,6 +308,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
             (l.state == TCP_LISTEN && i32::from(l.sock_type) == sock_type && same && ctx.holders.contains_key(&u64::from(*i))).then_some(u64::from(*i))
         })
     };
+    let mut peer_peercred = None;
     let conn = if d.state == TCP_LISTEN {
         for &client in &d.icons {
             if !ctx.holders.contains_key(&u64::from(client)) {
@@ -297,6 +328,7 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
             let &(ppid, pfd) = ctx.holders.get(&peer).expect("checked");
             let pdup = crate::sys::proc::pidfd_open(ppid).and_then(|p| crate::sys::proc::pidfd_getfd(&p, pfd)).ok();
             let peer_name = pd.name.as_deref().map(|raw| name_of(ppid, pdup.as_ref(), raw, pd.vfs));
+            peer_peercred = pdup.as_ref().and_then(|p| peercred_of(p, ctx));
             let via = [&name, &peer_name].into_iter().flatten().find_map(|n| listener_named(ctx, &n.raw));
             let listener = match via {
                 Some(l) if sock_type != libc::SOCK_DGRAM => Some(Box::new(target(l, ctx, "listener", pid, fd)?)),
@@ -337,7 +369,8 @@ pub(super) fn save(pid: i32, fd: i32, ino: u64, sock_type: i32, dup: &OwnedFd, f
     let has_queue = sock_type == libc::SOCK_DGRAM || d.state == TCP_ESTABLISHED;
     let queue = if has_queue { save_queue(pid, fd, ino, sock_type, dup, fctx)? } else { Vec::new() };
     let opts = super::options(pid, fd, dup, libc::AF_UNIX, sock_type, false, &mut fctx.sockets)?;
-    Ok(super::SocketState::Unix(Box::new(UnixSocket { ino, sock_type, name, conn, shutdown: d.shutdown, queue, opts })))
+    let peercred = peercred_of(dup, &fctx.sockets);
+    Ok(super::SocketState::Unix(Box::new(UnixSocket { ino, sock_type, name, conn, shutdown: d.shutdown, queue, opts, peercred, peer_peercred })))
 }
 
 /// The messages queued on `dup` (fd `fd` of `pid`), with their fds described.

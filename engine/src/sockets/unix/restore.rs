@@ -13,7 +13,7 @@
 //! bind names whose files were gone. The keepers are closed with the group's other keepers.
 use std::collections::HashMap;
 
-use super::{FlightFd, NameFile, UnixConn, UnixMsg, UnixName, UnixSocket};
+use super::{FlightFd, NameFile, PeerCred, UnixConn, UnixMsg, UnixName, UnixSocket};
 use crate::files::{self, RestoreContext};
 use crate::inject::Injector;
 use crate::sockets::{opts::set_opts, put, SocketRestore};
@@ -226,18 +226,74 @@ fn bind_name(inj: &mut Injector, vpid: i32, fd: u64, ino: u64, sock_type: i32, n
     Ok(())
 }
 
-/// Connects `fd` to the bound socket `target` (already created).
-fn connect_to(inj: &mut Injector, fd: u64, target: u64, ctx: &UnixRestore) -> Result<()> {
+/// Connects `fd` to the bound socket `target` (already created), under the effective ids of
+/// `cred` (what the accepted end is to show in `SO_PEERCRED`: [`as_cred`]).
+fn connect_to(inj: &mut Injector, fd: u64, target: u64, ctx: &UnixRestore, cred: Option<&PeerCred>) -> Result<()> {
     let (raw, reach) = ctx.reach.get(&target).cloned().ok_or_else(|| err(inj, format!("unix socket {target} to connect to has no name")))?;
     let addr = sockaddr(&raw);
     with_reach(inj, &reach, |inj| {
         let p = put(inj, &addr)?;
-        let rc = inj.syscall(libc::SYS_connect, [fd, p, addr.len() as u64, 0, 0, 0])?;
+        let rc = as_cred(inj, cred, |inj| {
+            let rc = inj.syscall(libc::SYS_connect, [fd, p, addr.len() as u64, 0, 0, 0])?;
+            if rc < 0 {
+                return Err(err(inj, format!("connect: {}", std::io::Error::from_raw_os_error(-rc as i32))));
+            }
+            Ok(rc)
+        })
+        .or_else(|_| inj.syscall(libc::SYS_connect, [fd, p, addr.len() as u64, 0, 0, 0]))?;
         if rc < 0 {
             return Err(err(inj, format!("connect unix socket to {}: {}", show(&raw), std::io::Error::from_raw_os_error(-rc as i32))));
         }
         Ok(())
     })
+}
+
+/// Runs `f`, an injected call that makes a pair, connects or listens, with the calling thread's
+/// effective uid and gid set to `cred`'s, so that `SO_PEERCRED` shows them (the kernel records
+/// the effective ids of the thread that makes the call; the process still has Zap's while its
+/// fds come back). Raw `setresgid`/`setresuid` change the one thread, effective ids only, and
+/// are undone after. When `f` fails under those ids (a path that user may not reach, an owner it
+/// may not take), the error is returned and the caller makes the call again as it would
+/// without them.
+fn as_cred<T>(inj: &mut Injector, cred: Option<&PeerCred>, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
+    let Some(c) = cred else { return f(inj) };
+    let euid = inj.call("geteuid", libc::SYS_geteuid, [0; 6])?;
+    let egid = inj.call("getegid", libc::SYS_getegid, [0; 6])?;
+    if u64::from(c.uid) == euid && u64::from(c.gid) == egid {
+        return f(inj);
+    }
+    let keep = u64::from(u32::MAX);
+    inj.call("setresgid (peer credentials)", libc::SYS_setresgid, [keep, u64::from(c.gid), keep, 0, 0, 0])?;
+    let out = match inj.call("setresuid (peer credentials)", libc::SYS_setresuid, [keep, u64::from(c.uid), keep, 0, 0, 0]) {
+        Ok(_) => {
+            let out = f(inj);
+            inj.call("setresuid (back)", libc::SYS_setresuid, [keep, euid, keep, 0, 0, 0])?;
+            out
+        }
+        Err(e) => Err(e),
+    };
+    inj.call("setresgid (back)", libc::SYS_setresgid, [keep, egid, keep, 0, 0, 0])?;
+    out
+}
+
+/// Runs `f` in another process of the group (host pid `host`), stopped like the one being
+/// restored, through an injector of its own on the group's trampoline `tramp`: a socket whose
+/// peers must see that process's pid in `SO_PEERCRED` is made or connected there.
+fn in_member<T>(host: i32, tramp: u64, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
+    let mut other = Injector::new(host, host, tramp)?;
+    let out = f(&mut other);
+    other.finish()?;
+    out
+}
+
+/// The host pid of `cred`'s process when it is another member of the group than `vpid` that can
+/// make a socket for it ([`in_member`]).
+fn maker_elsewhere(cred: Option<&PeerCred>, vpid: i32, ctx: &SocketRestore) -> Option<(i32, i32)> {
+    let pid = cred?.pid;
+    if pid == 0 || pid == vpid || ctx.tramp == 0 {
+        return None;
+    }
+    ctx.members.get(&pid).map(|&host| (pid, host))
 }
 
 fn register(inj: &mut Injector, ctx: &mut UnixRestore, ino: u64, vpid: i32, fd: u64, opts_set: bool, named: bool) -> Result<()> {
@@ -277,7 +333,8 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
             let fd = new_socket(inj, s.sock_type, s.opts.uid)?;
             apply_own(inj, vpid, fd, s, u)?;
             if let UnixConn::Listen { backlog } = s.conn {
-                inj.call("listen", libc::SYS_listen, [fd, u64::from(backlog), 0, 0, 0, 0])?;
+                let listen = |inj: &mut Injector| inj.call("listen", libc::SYS_listen, [fd, u64::from(backlog), 0, 0, 0, 0]);
+                as_cred(inj, s.peercred.as_ref(), listen).or_else(|_| listen(inj))?;
             }
             register(inj, u, s.ino, vpid, fd, true, true)?;
             fd
@@ -285,9 +342,30 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
         UnixConn::Pair { peer, peer_name, listener: Some(l) } => {
             // Through the listener one end was accepted from: connect and accept.
             let lfd = obtain(inj, vpid, l, ctx, take)?;
-            let u = &mut ctx.unix;
             let accepted_is_us = s.name.as_ref().map(|n| &n.raw) == l.name.as_ref().map(|n| &n.raw);
             let (client_ino, client_name) = if accepted_is_us { (*peer, peer_name) } else { (s.ino, &s.name) };
+            // The accepted end shows the process that connected: connect from it when it is
+            // another process of the group.
+            let accepted_cred = if accepted_is_us { s.peercred } else { s.peer_peercred };
+            let connector = if accepted_is_us { maker_elsewhere(accepted_cred.as_ref(), vpid, ctx) } else { None };
+            let tramp = ctx.tramp;
+            let u = &mut ctx.unix;
+            if let Some((xv, xh)) = connector {
+                let parked = in_member(xh, tramp, |x| {
+                    let c = new_socket(x, s.sock_type, s.opts.uid)?;
+                    if let Some(n) = client_name {
+                        bind_name(x, xv, c, client_ino, s.sock_type, n, u)?;
+                    }
+                    connect_to(x, c, l.ino, u, accepted_cred.as_ref())?;
+                    files::park(x, c)
+                })?;
+                let a = inj.call("accept4", libc::SYS_accept4, [lfd, 0, 0, 0, 0, 0])?;
+                close(inj, lfd)?;
+                set_opts(inj, a, libc::AF_UNIX, false, &s.opts)?;
+                u.regs.insert(*peer, Reg { vpid: xv, keeper: parked, opts_set: false, named: true });
+                register(inj, u, s.ino, vpid, a, true, true)?;
+                return Ok(a);
+            }
             let c = new_socket(inj, s.sock_type, s.opts.uid)?;
             if !accepted_is_us {
                 set_opts(inj, c, libc::AF_UNIX, false, &s.opts)?;
@@ -295,7 +373,7 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
             if let Some(n) = client_name {
                 bind_name(inj, vpid, c, client_ino, s.sock_type, n, u)?;
             }
-            connect_to(inj, c, l.ino, u)?;
+            connect_to(inj, c, l.ino, u, accepted_cred.as_ref())?;
             let a = inj.call("accept4", libc::SYS_accept4, [lfd, 0, 0, 0, 0, 0])?;
             close(inj, lfd)?;
             let (mine, theirs) = if accepted_is_us { (a, c) } else { (c, a) };
@@ -308,7 +386,22 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
             mine
         }
         UnixConn::Pair { peer, .. } => {
-            let (mine, theirs) = pair(inj, s.sock_type, s.opts.uid)?;
+            // Both ends show the process that made the pair: make it there when that is another
+            // process of the group, and take this end from it.
+            if let Some((xv, xh)) = maker_elsewhere(s.peercred.as_ref(), vpid, ctx) {
+                let (km, kt) = in_member(xh, ctx.tramp, |x| {
+                    let (m, t) = as_cred(x, s.peercred.as_ref(), |x| pair(x, s.sock_type, s.opts.uid)).or_else(|_| pair(x, s.sock_type, s.opts.uid))?;
+                    Ok((files::park(x, m)?, files::park(x, t)?))
+                })?;
+                let u = &mut ctx.unix;
+                u.regs.insert(*peer, Reg { vpid: xv, keeper: kt, opts_set: false, named: false });
+                u.regs.insert(s.ino, Reg { vpid: xv, keeper: km, opts_set: false, named: false });
+                let fd = take(inj, xv, km)?;
+                apply_own(inj, vpid, fd, s, &mut ctx.unix)?;
+                return Ok(fd);
+            }
+            let u = &mut ctx.unix;
+            let (mine, theirs) = as_cred(inj, s.peercred.as_ref(), |inj| pair(inj, s.sock_type, s.opts.uid)).or_else(|_| pair(inj, s.sock_type, s.opts.uid))?;
             let parked = files::park(inj, theirs)?;
             u.regs.insert(*peer, Reg { vpid, keeper: parked, opts_set: false, named: false });
             register(inj, u, s.ino, vpid, mine, false, false)?;
@@ -320,13 +413,13 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
             apply_own(inj, vpid, fd, s, u)?;
             let tfd = obtain(inj, vpid, target, ctx, take)?;
             close(inj, tfd)?;
-            connect_to(inj, fd, target.ino, &ctx.unix)?;
+            connect_to(inj, fd, target.ino, &ctx.unix, None)?;
             register(inj, &mut ctx.unix, s.ino, vpid, fd, true, true)?;
             fd
         }
         UnixConn::PeerGone { .. } => {
             // A pair whose other end is closed once the queue is back.
-            let (mine, other) = pair(inj, s.sock_type, s.opts.uid)?;
+            let (mine, other) = as_cred(inj, s.peercred.as_ref(), |inj| pair(inj, s.sock_type, s.opts.uid)).or_else(|_| pair(inj, s.sock_type, s.opts.uid))?;
             apply_own(inj, vpid, mine, s, u)?;
             let parked = files::park(inj, other)?;
             u.gone_peers.insert(s.ino, (vpid, parked));
