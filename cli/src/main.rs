@@ -68,6 +68,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Checkpoint a pod, or a process with --pid (prints the checkpoint id).
+    ///
+    /// Connections waiting in a TCP listener's backlog (the kernel completed their handshake,
+    /// the application has not accept()ed them yet) cannot be put back in a backlog: the kernel
+    /// has no interface for it (repair mode refuses listening sockets; only a handshake fills an
+    /// accept queue). So the stop lets the processes run on a moment with the network locked to
+    /// accept them (a pod: up to 4 rounds of 5-20 ms; --pid/--tree: up to 8, with new connection
+    /// requests to its listeners dropped meanwhile, which their clients retry as for a lost
+    /// SYN). What the application accepts then is saved as an established connection and comes
+    /// back connected: its peer sees a pause, then every byte. If some are still waiting after
+    /// that, the checkpoint fails naming the listener and how many wait; nothing is stored and
+    /// the pod or process runs on, its connections untouched. With --tcp-close they are given
+    /// up: the listener is saved without them; a pod left running keeps them, but in a restore
+    /// they do not exist, so their peers' next segment to it is answered with a reset
+    /// (ECONNRESET) and their clients must connect again.
     Checkpoint(process_cmd::CheckpointArgs),
     /// Restore a pod checkpoint (prints the pod name) or a process checkpoint (prints its host pid).
     ///

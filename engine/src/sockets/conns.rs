@@ -90,6 +90,7 @@ pub(super) fn restore_one(inj: &mut Injector, c: &TcpConn, ctx: &SocketRestore) 
 pub fn restore_all(inj: &mut Injector, conns: &mut [ConnFd], ctx: &SocketRestore) -> Result<Vec<(i32, i32)>> {
     let pid = inj.tid();
     conns.sort_by_key(|c| c.fd);
+    let t = std::time::Instant::now();
     let made = match make_in_cgroup(pid, conns) {
         Ok(made) => made,
         Err(e) => {
@@ -97,9 +98,13 @@ pub fn restore_all(inj: &mut Injector, conns: &mut [ConnFd], ctx: &SocketRestore
             return restore_injected(inj, conns, ctx);
         }
     };
+    let made_ms = t.elapsed().as_secs_f64() * 1e3;
     let work: Vec<(&ConnFd, &OwnedFd)> = conns.iter().zip(&made).collect();
     let out = rebuild(pid, &work, ctx)?;
+    let rebuilt_ms = t.elapsed().as_secs_f64() * 1e3;
     pass(inj, conns, made)?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(pid, connections = conns.len(), made_ms, rebuilt_ms, ms, "TCP connections restored");
     Ok(out)
 }
 

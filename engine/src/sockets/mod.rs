@@ -23,9 +23,11 @@
 //! ([`silence_tcp`], [`probe_tcp`]) take the sockets' kind and state from the same dump.
 //!
 //! Restore injects `socket`/`socketpair`, `setsockopt`, `bind`, `listen`, `connect`, `accept`
-//! into the processes, except for established TCP connections: only their `socket()` is injected,
-//! and Zap rebuilds them on its duplicate of the socket, over threads ([`conns`]; options set
-//! through either way by [`calls`]); unix sockets are finished in a second pass, [`finish`], once every process
+//! into the processes, except for established TCP connections: a child of Zap's in the process's
+//! cgroup makes their sockets, Zap rebuilds them over threads and passes them into the process in
+//! batches ([`conns`]; options set through either way by [`calls`]); unix pairs, connections and
+//! listens are made under the credentials their `SO_PEERCRED` showed, by the process it named
+//! when that is another of the group ([`unix`]); unix sockets are finished in a second pass, [`finish`], once every process
 //! of the group has its fds (their queued messages may carry any of them). A TCP connection is
 //! saved only while the network is locked ([`SocketContext::network_locked`]); with
 //! [`SocketContext::tcp_close`] connections are given up instead (they come back as fresh,

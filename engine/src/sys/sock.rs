@@ -992,6 +992,9 @@ fn maker_child(chan: i32, netns: i32, specs: &[(i32, u32)]) -> ! {
     }
     let mut made = [0i32; SCM_MAX_FD];
     let mut start = 0;
+    // The fsuid this child has (Zap's, root's), changed only for a socket of another owner.
+    // SAFETY: setfsuid(-1) changes nothing and answers the current fsuid.
+    let mut fsuid = unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) } as u32;
     while start < specs.len() {
         let n = (specs.len() - start).min(SCM_MAX_FD);
         for k in 0..n {
@@ -999,9 +1002,12 @@ fn maker_child(chan: i32, netns: i32, specs: &[(i32, u32)]) -> ! {
             // SAFETY: setfsuid and socket take integers. setfsuid answers the previous fsuid, so
             // the second call tells whether the first took.
             unsafe {
-                libc::syscall(libc::SYS_setfsuid, uid);
-                if libc::syscall(libc::SYS_setfsuid, uid) as u32 != uid {
-                    fail(libc::EPERM, start + k);
+                if uid != fsuid {
+                    libc::syscall(libc::SYS_setfsuid, uid);
+                    if libc::syscall(libc::SYS_setfsuid, uid) as u32 != uid {
+                        fail(libc::EPERM, start + k);
+                    }
+                    fsuid = uid;
                 }
                 let fd = libc::socket(family, libc::SOCK_STREAM, 0);
                 if fd < 0 {

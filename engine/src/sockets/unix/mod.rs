@@ -22,6 +22,11 @@
 //! there is none), with `SCM_CREDENTIALS` naming the original sender and `SCM_RIGHTS` carrying
 //! the recreated fds.
 //!
+//! **Credentials.** What `SO_PEERCRED` showed on each socket (and, for a pair, on its peer) is
+//! saved with the pid mapped into the group ([`PeerCred`]); restore makes the pair, the connect
+//! and the listen under those effective ids, in the process that pid names when it is another
+//! process of the group (the kernel records the calling thread's ids and process).
+//!
 //! Refused, naming the pid, fd and why: a peer outside the checkpoint; a connection waiting in a
 //! backlog that was written to before it was accepted, or whose client is not in the
 //! checkpoint; a message sent by a process that is no longer there or is outside the pod;
