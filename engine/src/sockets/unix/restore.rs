@@ -278,12 +278,20 @@ fn as_cred<T>(inj: &mut Injector, cred: Option<&PeerCred>, f: impl FnOnce(&mut I
 
 /// Runs `f` in another process of the group (host pid `host`), stopped like the one being
 /// restored, through an injector of its own on the group's trampoline `tramp`: a socket whose
-/// peers must see that process's pid in `SO_PEERCRED` is made or connected there.
-fn in_member<T>(host: i32, tramp: u64, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
-    let mut other = Injector::new(host, host, tramp)?;
+/// peers must see that process's pid in `SO_PEERCRED` is made or connected there. None, with
+/// nothing done, when that process cannot be driven (its main thread is gone): the caller makes
+/// the socket itself, with its own pid.
+fn in_member<T>(host: i32, tramp: u64, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<Option<T>> {
+    let mut other = match Injector::new(host, host, tramp) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::debug!(pid = host, error = %e, "cannot drive this process to make a unix socket with its pid: made by the restoring one");
+            return Ok(None);
+        }
+    };
     let out = f(&mut other);
     other.finish()?;
-    out
+    out.map(Some)
 }
 
 /// The host pid of `cred`'s process when it is another member of the group than `vpid` that can
@@ -350,15 +358,19 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
             let connector = if accepted_is_us { maker_elsewhere(accepted_cred.as_ref(), vpid, ctx) } else { None };
             let tramp = ctx.tramp;
             let u = &mut ctx.unix;
-            if let Some((xv, xh)) = connector {
-                let parked = in_member(xh, tramp, |x| {
+            let made = match connector {
+                Some((xv, xh)) => in_member(xh, tramp, |x| {
                     let c = new_socket(x, s.sock_type, s.opts.uid)?;
                     if let Some(n) = client_name {
                         bind_name(x, xv, c, client_ino, s.sock_type, n, u)?;
                     }
                     connect_to(x, c, l.ino, u, accepted_cred.as_ref())?;
                     files::park(x, c)
-                })?;
+                })?
+                .map(|parked| (xv, parked)),
+                None => None,
+            };
+            if let Some((xv, parked)) = made {
                 let a = inj.call("accept4", libc::SYS_accept4, [lfd, 0, 0, 0, 0, 0])?;
                 close(inj, lfd)?;
                 set_opts(inj, a, libc::AF_UNIX, false, &s.opts)?;
@@ -388,11 +400,15 @@ fn obtain(inj: &mut Injector, vpid: i32, s: &UnixSocket, ctx: &mut SocketRestore
         UnixConn::Pair { peer, .. } => {
             // Both ends show the process that made the pair: make it there when that is another
             // process of the group, and take this end from it.
-            if let Some((xv, xh)) = maker_elsewhere(s.peercred.as_ref(), vpid, ctx) {
-                let (km, kt) = in_member(xh, ctx.tramp, |x| {
+            let made = match maker_elsewhere(s.peercred.as_ref(), vpid, ctx) {
+                Some((xv, xh)) => in_member(xh, ctx.tramp, |x| {
                     let (m, t) = as_cred(x, s.peercred.as_ref(), |x| pair(x, s.sock_type, s.opts.uid)).or_else(|_| pair(x, s.sock_type, s.opts.uid))?;
                     Ok((files::park(x, m)?, files::park(x, t)?))
-                })?;
+                })?
+                .map(|k| (xv, k)),
+                None => None,
+            };
+            if let Some((xv, (km, kt))) = made {
                 let u = &mut ctx.unix;
                 u.regs.insert(*peer, Reg { vpid: xv, keeper: kt, opts_set: false, named: false });
                 u.regs.insert(s.ino, Reg { vpid: xv, keeper: km, opts_set: false, named: false });
