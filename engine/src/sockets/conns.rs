@@ -272,13 +272,47 @@ enum Holder {
 /// cycle is broken through a free number above all), then closes every number that is not a
 /// connection's (the channel's `ends` among them).
 fn place(inj: &mut Injector, conns: &[ConnFd], landed: &mut [u64], ends: (u64, u64)) -> Result<()> {
-    let pid = inj.tid();
+    let wanted: Vec<(u64, bool)> = conns.iter().map(|c| (c.fd as u64, c.cloexec)).collect();
+    let spare = plan_places(&mut Injected(inj), &wanted, landed, ends)?;
+    close_runs(inj, &spare)
+}
+
+/// The fd moves [`plan_places`] makes.
+trait FdMoves {
+    /// `dup3(from, to, O_CLOEXEC if cloexec)`.
+    fn dup3(&mut self, from: u64, to: u64, cloexec: bool) -> Result<()>;
+    /// `fcntl(from, F_DUPFD_CLOEXEC, min)`: a copy at the lowest free number from `min` up.
+    fn dup_above(&mut self, from: u64, min: u64) -> Result<u64>;
+}
+
+/// [`FdMoves`] in the process an injector drives.
+struct Injected<'a>(&'a mut Injector);
+
+impl FdMoves for Injected<'_> {
+    fn dup3(&mut self, from: u64, to: u64, cloexec: bool) -> Result<()> {
+        let pid = self.0.tid();
+        let flags = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+        self.0
+            .call("dup3", libc::SYS_dup3, [from, to, flags, 0, 0, 0])
+            .map(|_| ())
+            .map_err(|e| EngineError::Proc { pid, detail: format!("fd {to}: place restored TCP socket: {e}") })
+    }
+
+    fn dup_above(&mut self, from: u64, min: u64) -> Result<u64> {
+        self.0.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, [from, libc::F_DUPFD_CLOEXEC as u64, min, 0, 0, 0])
+    }
+}
+
+/// Puts the socket that landed at `landed[i]` at `wanted[i]` (number, close-on-exec) for every
+/// `i`; `ends` are numbers of ours that go too. Returns the numbers to close afterwards (where
+/// sockets landed and were moved from, and the `ends` no socket was moved onto).
+fn plan_places(ops: &mut impl FdMoves, wanted: &[(u64, bool)], landed: &mut [u64], ends: (u64, u64)) -> Result<Vec<u64>> {
     let mut holders: std::collections::HashMap<u64, Holder> = std::collections::HashMap::new();
     holders.insert(ends.0, Holder::Spare);
     holders.insert(ends.1, Holder::Spare);
     let mut waiting = Vec::new();
-    for (i, c) in conns.iter().enumerate() {
-        if landed[i] == c.fd as u64 {
+    for (i, &(fd, _)) in wanted.iter().enumerate() {
+        if landed[i] == fd {
             holders.insert(landed[i], Holder::Placed(i));
         } else {
             holders.insert(landed[i], Holder::Waiting(i));
@@ -286,30 +320,27 @@ fn place(inj: &mut Injector, conns: &[ConnFd], landed: &mut [u64], ends: (u64, u
         }
     }
     while !waiting.is_empty() {
-        let free = waiting.iter().position(|&i| !matches!(holders.get(&(conns[i].fd as u64)), Some(Holder::Waiting(j)) if *j != i));
+        let free = waiting.iter().position(|&i| !matches!(holders.get(&wanted[i].0), Some(Holder::Waiting(j)) if *j != i));
         match free {
             Some(p) => {
                 let i = waiting.swap_remove(p);
-                let (from, to) = (landed[i], conns[i].fd as u64);
-                let flags = if conns[i].cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-                inj.call("dup3", libc::SYS_dup3, [from, to, flags, 0, 0, 0])
-                    .map_err(|e| EngineError::Proc { pid, detail: format!("fd {to}: place restored TCP socket: {e}") })?;
+                let (from, (to, cloexec)) = (landed[i], wanted[i]);
+                ops.dup3(from, to, cloexec)?;
                 holders.insert(from, Holder::Spare);
                 holders.insert(to, Holder::Placed(i));
             }
             None => {
                 // Every connection still to move points at another's number: a cycle.
                 let i = waiting[0];
-                let above = holders.keys().copied().chain(conns.iter().map(|c| c.fd as u64)).max().unwrap_or(0) + 1;
-                let moved = inj.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, [landed[i], libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0])?;
+                let above = holders.keys().copied().chain(wanted.iter().map(|w| w.0)).max().unwrap_or(0) + 1;
+                let moved = ops.dup_above(landed[i], above)?;
                 holders.insert(landed[i], Holder::Spare);
                 holders.insert(moved, Holder::Waiting(i));
                 landed[i] = moved;
             }
         }
     }
-    let spare: Vec<u64> = holders.iter().filter(|(_, h)| **h == Holder::Spare).map(|(n, _)| *n).collect();
-    close_runs(inj, &spare)
+    Ok(holders.iter().filter(|(_, h)| **h == Holder::Spare).map(|(n, _)| *n).collect())
 }
 
 /// Recreates the connections `conns` (sorted by number) like [`restore_all`], each socket made by
@@ -355,4 +386,83 @@ fn close_runs(inj: &mut Injector, fds: &[u64]) -> Result<()> {
         i = j + 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A process's fd table: number -> (file, close-on-exec).
+    #[derive(Default)]
+    struct Table(HashMap<u64, (u32, bool)>);
+
+    impl FdMoves for Table {
+        fn dup3(&mut self, from: u64, to: u64, cloexec: bool) -> Result<()> {
+            assert_ne!(from, to, "dup3 onto itself");
+            let file = self.0.get(&from).expect("dup3 from an open fd").0;
+            self.0.insert(to, (file, cloexec));
+            Ok(())
+        }
+
+        fn dup_above(&mut self, from: u64, min: u64) -> Result<u64> {
+            let file = self.0.get(&from).expect("dup from an open fd").0;
+            let n = (min..).find(|n| !self.0.contains_key(n)).expect("a free number");
+            self.0.insert(n, (file, true));
+            Ok(n)
+        }
+    }
+
+    /// Passes sockets 100, 101... for `wanted` into a table holding `others` (file 1 each) and
+    /// the channel at `ends` (files 7 and 8), in the order `order`, as the kernel does (lowest free
+    /// numbers), places them, and checks the result: every wanted number holds its socket with its
+    /// flag, the others are untouched, nothing else is left open.
+    fn check(others: &[u64], wanted: &[(u64, bool)], ends: (u64, u64), order: &[usize]) -> usize {
+        let mut t = Table::default();
+        for &o in others {
+            t.0.insert(o, (1, false));
+        }
+        t.0.insert(ends.0, (7, true));
+        t.0.insert(ends.1, (8, true));
+        let mut landed = vec![0; wanted.len()];
+        for &i in order {
+            let n = (0..).find(|n| !t.0.contains_key(n)).unwrap();
+            t.0.insert(n, (100 + i as u32, wanted[i].1));
+            landed[i] = n;
+        }
+        let in_place = landed.iter().zip(wanted).filter(|(l, w)| **l == w.0).count();
+        let spare = plan_places(&mut t, wanted, &mut landed, ends).unwrap();
+        for n in spare {
+            t.0.remove(&n).expect("a spare number is open");
+        }
+        for (i, &(fd, cloexec)) in wanted.iter().enumerate() {
+            assert_eq!(t.0.get(&fd), Some(&(100 + i as u32, cloexec)), "fd {fd}");
+        }
+        for o in others {
+            assert_eq!(t.0.get(o), Some(&(1, false)), "other fd {o} untouched");
+        }
+        assert_eq!(t.0.len(), others.len() + wanted.len(), "nothing else open: {:?}", t.0);
+        in_place
+    }
+
+    #[test]
+    fn sockets_land_at_their_numbers_when_those_are_the_lowest_free() {
+        // fds 0-4 in place, the channel at 5 and 6, connections 5..=12: those at the channel's
+        // numbers go last, the rest land where they belong.
+        let wanted: Vec<(u64, bool)> = (5..=12).map(|n| (n, n % 2 == 0)).collect();
+        let order: Vec<usize> = (2..wanted.len()).chain([0, 1]).collect();
+        assert_eq!(check(&[0, 1, 2, 3, 4], &wanted, (5, 6), &order), 6);
+    }
+
+    #[test]
+    fn gaps_chains_and_cycles_are_placed() {
+        // Gaps (numbers placed later by others), a chain (a socket landed on another's number),
+        // and plain sort orders that make cycles.
+        let wanted = [(3, false), (7, true), (8, false), (20, true)];
+        check(&[0, 1, 2, 5], &wanted, (4, 6), &[0, 1, 2, 3]);
+        check(&[0, 1, 2, 5], &wanted, (4, 6), &[3, 2, 1, 0]);
+        check(&[0], &[(2, false), (1, false)], (5, 6), &[0, 1]);
+        check(&[], &[(1, false), (2, false), (0, true)], (3, 4), &[0, 1, 2]);
+    }
 }
