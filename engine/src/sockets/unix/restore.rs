@@ -256,7 +256,8 @@ fn connect_to(inj: &mut Injector, fd: u64, target: u64, ctx: &UnixRestore, cred:
 /// may not take), the error is returned and the caller makes the call again as it would
 /// without them.
 fn as_cred<T>(inj: &mut Injector, cred: Option<&PeerCred>, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
-    let Some(c) = cred else { return f(inj) };
+    // The thread has Zap's credentials, root's: root's ids need no change (nor a question).
+    let Some(c) = cred.filter(|c| c.uid != 0 || c.gid != 0) else { return f(inj) };
     let euid = inj.call("geteuid", libc::SYS_geteuid, [0; 6])?;
     let egid = inj.call("getegid", libc::SYS_getegid, [0; 6])?;
     if u64::from(c.uid) == euid && u64::from(c.gid) == egid {
