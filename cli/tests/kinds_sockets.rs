@@ -135,6 +135,18 @@ fn unsupported_fd_in_flight_is_refused() {
 #[test]
 fn unix_peer_credentials_come_back() {
     // SO_PEERCRED on both ends of a pair made by a process of another user that then forked, on
-    // a connection from another user's process to a listener, and on the listener.
-    run_kind("peercred", "cred", &[]);
+    // a connection from another user's process to a listener, and on the listener; checkpointed
+    // and restored twice, so the second checkpoint saves what the first restore made.
+    let e = env();
+    let Some(k) = start(&e, "peercred", "cred", &[]) else { return };
+    let _g = PodGuard(&e, k.pod.clone());
+    let before = pod_procs(&e, &k.pod);
+    for _ in 0..2 {
+        let id = ok(&e, &["checkpoint", &k.pod]).trim().to_string();
+        ok(&e, &["restore", &id]);
+        assert_eq!(pod_procs(&e, &k.pod), before, "same processes with the same pids");
+    }
+    std::fs::write(&k.go, b"go").unwrap();
+    let text = k.wait_verdict();
+    assert!(!text.contains("FAIL") && text.contains("ok"), "peercred: {text}");
 }
