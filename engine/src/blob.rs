@@ -64,3 +64,64 @@ pub fn absent_in_older<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'
     }
     T::deserialize(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Serialize)]
+    struct InnerV1 {
+        id: u64,
+        name: String,
+    }
+
+    #[derive(Serialize)]
+    enum KindV1 {
+        Plain(u32),
+        Boxed(Box<InnerV1>),
+    }
+
+    #[derive(Serialize)]
+    struct OuterV1 {
+        items: Vec<KindV1>,
+        tail: u32,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Inner {
+        id: u64,
+        name: String,
+        #[serde(deserialize_with = "absent_in_older")]
+        added: Option<(i32, u32)>,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Kind {
+        Plain(u32),
+        Boxed(Box<Inner>),
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Outer {
+        items: Vec<Kind>,
+        tail: u32,
+    }
+
+    #[test]
+    fn a_field_added_by_a_version_reads_as_absent_from_older_blobs() {
+        // An older blob, nested in a vector and an enum, lacks the field: it reads as None and
+        // what follows it still decodes.
+        let old = encode(1, &OuterV1 { items: vec![KindV1::Boxed(Box::new(InnerV1 { id: 7, name: "a".into() })), KindV1::Plain(3)], tail: 9 });
+        let got: Outer = decode_compatible(2, &[1], "test image", &old).unwrap();
+        assert_eq!(got, Outer { items: vec![Kind::Boxed(Box::new(Inner { id: 7, name: "a".into(), added: None })), Kind::Plain(3)], tail: 9 });
+        // A current blob carries it.
+        let new = Outer { items: vec![Kind::Boxed(Box::new(Inner { id: 8, name: "b".into(), added: Some((-1, 2)) }))], tail: 4 };
+        let got: Outer = decode_compatible(2, &[1], "test image", &encode(2, &new)).unwrap();
+        assert_eq!(got, new);
+        // Another version is refused by name.
+        let err = decode_compatible::<Outer>(2, &[1], "test image", &encode(3, &new)).unwrap_err().to_string();
+        assert!(err.contains("test image version 3 not supported"), "{err}");
+    }
+}
