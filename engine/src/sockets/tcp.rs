@@ -518,8 +518,19 @@ pub(super) fn restore_conn(pid: i32, fd: &OwnedFd, c: &TcpConn, local: &[u8], pe
     // repair mode clears, is set again when it ends.
     let reuse = c.opts.ints.iter().find(|&&(l, n, _)| l == libc::SOL_SOCKET && n == libc::SO_REUSEADDR).map(|&(_, _, v)| v);
     let mut local_calls = Local { fd, pid };
+    // Repair mode overrides SO_REUSEADDR as soon as it is on (and clears it when it goes off):
+    // setting it before is a call for nothing.
+    let without_reuse;
+    let opts = if reuse.is_some() {
+        let mut o = c.opts.clone();
+        o.ints.retain(|&(l, n, _)| !(l == libc::SOL_SOCKET && n == libc::SO_REUSEADDR));
+        without_reuse = o;
+        &without_reuse
+    } else {
+        &c.opts
+    };
     (|| -> Result<()> {
-        set_opts(&mut local_calls, 0, c.family, true, &c.opts)?;
+        set_opts(&mut local_calls, 0, c.family, true, opts)?;
         int(t, TCP_REPAIR, TCP_REPAIR_ON, "setsockopt(TCP_REPAIR)")?;
         int(t, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE)")?;
         int(t, TCP_QUEUE_SEQ, c.snd_seq as i32, "setsockopt(TCP_QUEUE_SEQ send)")?;
