@@ -92,6 +92,11 @@ impl DeferredImages {
     }
 }
 
+thread_local! {
+    /// Each thread's buffer for the stored bytes of the chunk [`LocalStore::read_at`] reads.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A store on the local disk.
 pub struct LocalStore {
     root: PathBuf,
@@ -318,12 +323,21 @@ impl LocalStore {
         self.open_packs.lock().expect("pack cache lock").remove(&id);
     }
 
-    /// Reads and checks a chunk at a known location.
+    /// Reads and checks a chunk at a known location (its stored bytes read into a buffer of this
+    /// thread's, reused: only the decoded bytes are a new allocation).
     pub(crate) fn read_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
-        let stored = pack::read_stored(&*self.pack_file(loc.pack)?, &self.pack_path(loc.pack), loc)?;
-        decode_chunk(id, loc.compression, loc.raw_len as usize, &stored).map_err(|e| StoreError::Corrupt {
-            what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
-            detail: e.to_string(),
+        let file = self.pack_file(loc.pack)?;
+        READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let n = loc.stored_len as usize;
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            pack::read_run(&file, &self.pack_path(loc.pack), loc.offset, &mut buf[..n])?;
+            decode_chunk(id, loc.compression, loc.raw_len as usize, &buf[..n]).map_err(|e| StoreError::Corrupt {
+                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
+                detail: e.to_string(),
+            })
         })
     }
 
