@@ -191,6 +191,10 @@ fn main() -> ExitCode {
         // as the checkpoint scheduler); nothing else runs yet in this process.
         std::env::set_var("ZAP_ROOT", root);
     }
+    if matches!(cli.command, Command::Checkpoint(_) | Command::Restore(_)) {
+        // Short-lived commands that move all of a process's memory through buffers.
+        zap_engine::keep_freed_memory();
+    }
     let ctx = Ctx { store: cli.store.unwrap_or_else(zap_engine::host::store_dir), json: cli.json };
     // The pod commands name themselves in errors (`zap run: ...`); the others say `zap: error:`.
     let (pod_command, result) = match cli.command {

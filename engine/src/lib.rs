@@ -43,3 +43,4 @@ pub mod threads;
 mod sys;
 
 pub use error::{EngineError, Result};
+pub use sys::keep_freed_memory;

@@ -57,6 +57,30 @@ pub struct Index {
     wrote: std::sync::atomic::AtomicBool,
 }
 
+impl Index {
+    /// The column families the log may hold writes for.
+    fn all_cfs(&self) -> Vec<&ColumnFamily> {
+        let mut cfs: Vec<&ColumnFamily> = CFS.iter().map(|n| self.cf(n)).collect();
+        cfs.extend(self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME));
+        cfs
+    }
+
+    /// Starts flushing what the log holds into table files in RocksDB's background threads,
+    /// without waiting: the flush on close ([`Drop`]) then has little or nothing left to do
+    /// and waits for this one. Nothing depends on it (the log holds every committed batch,
+    /// synced), so a failure is only logged.
+    pub fn start_flush(&self) {
+        if self.read_only {
+            return;
+        }
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(false);
+        if let Err(e) = self.db.flush_cfs_opt(&self.all_cfs(), &opts) {
+            tracing::warn!(error = %e, "could not start flushing the index log (closing the store flushes it)");
+        }
+    }
+}
+
 impl Drop for Index {
     /// Flushes what this process wrote from the log into table files, so that the next open
     /// (a restore right after a checkpoint, above all) does not replay it: a read-only open
@@ -69,10 +93,7 @@ impl Drop for Index {
             return;
         }
         let t = std::time::Instant::now();
-        let mut cfs: Vec<&ColumnFamily> = CFS.iter().map(|n| self.cf(n)).collect();
-        let default = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
-        cfs.extend(default);
-        match self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default()) {
+        match self.db.flush_cfs_opt(&self.all_cfs(), &rocksdb::FlushOptions::default()) {
             Ok(()) => tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "index log flushed into table files"),
             Err(e) => tracing::warn!(error = %e, "could not flush the index log on close (the next open replays it)"),
         }

@@ -56,38 +56,6 @@ pub trait ChunkSink {
     fn commit(self, manifest: Manifest) -> Result<CheckpointSummary>;
 }
 
-/// Stored bytes of a chunk read in place from a mapped pack (no copy).
-#[derive(Clone)]
-pub struct MappedBytes {
-    map: std::sync::Arc<sys::Mapping>,
-    range: std::ops::Range<usize>,
-}
-
-impl MappedBytes {
-    fn new(map: std::sync::Arc<sys::Mapping>, range: std::ops::Range<usize>) -> Self {
-        MappedBytes { map, range }
-    }
-
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.map.bytes()[self.range.clone()]
-    }
-}
-
-impl std::fmt::Debug for MappedBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MappedBytes({} bytes at {})", self.range.len(), self.range.start)
-    }
-}
-
-impl PartialEq for MappedBytes {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for MappedBytes {}
-
 /// A chunk's bytes as read: whole, or sparse (zero pages left out).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChunkBytes {
@@ -100,13 +68,68 @@ pub enum ChunkBytes {
         /// Page bitmap, then the non-zero pages.
         stored: Vec<u8>,
     },
-    /// The same, read in place from a mapped pack, already checked.
-    SparseMapped {
+}
+
+/// A chunk read by [`ImageStore::read_chunks_into`], checked against its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadChunk {
+    /// Its bytes, owned (whole, or sparse).
+    Owned(ChunkBytes),
+    /// Its [`zap_chunker::Compression::Sparse`] form, `raw_len` bytes in all, at `at` in the
+    /// caller's buffer (read there without a copy of its own).
+    SparseAt {
         /// Uncompressed length.
         raw_len: usize,
-        /// Page bitmap, then the non-zero pages.
-        stored: MappedBytes,
+        /// Where its stored form lies in the buffer.
+        at: std::ops::Range<usize>,
     },
+}
+
+impl ReadChunk {
+    /// Uncompressed length.
+    pub fn len(&self) -> usize {
+        match self {
+            ReadChunk::Owned(b) => b.len(),
+            ReadChunk::SparseAt { raw_len, .. } => *raw_len,
+        }
+    }
+
+    /// True for a chunk of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// [`ChunkBytes::pieces`] of this chunk, whose buffer (if any) is `buf`.
+    pub fn pieces<'a>(&'a self, buf: &'a [u8], from: usize, to: usize, skip_zero: bool) -> Vec<(usize, std::borrow::Cow<'a, [u8]>)> {
+        match self {
+            ReadChunk::Owned(b) => b.pieces(from, to, skip_zero),
+            ReadChunk::SparseAt { raw_len, at } => sparse_pieces(*raw_len, &buf[at.clone()], from, to, skip_zero),
+        }
+    }
+}
+
+/// The pieces of bytes `[from, to)` of the chunk of `raw_len` bytes whose sparse form is
+/// `stored` (see [`ChunkBytes::pieces`]).
+fn sparse_pieces(raw_len: usize, stored: &[u8], from: usize, to: usize, skip_zero: bool) -> Vec<(usize, std::borrow::Cow<'_, [u8]>)> {
+    use std::borrow::Cow;
+    let mut out: Vec<(usize, Cow<'_, [u8]>)> = Vec::new();
+    let pages = zap_chunker::sparse_pages(stored, raw_len).unwrap_or_default();
+    let mut pos = from;
+    for (off, bytes) in pages {
+        let (a, b) = (off.max(from), (off + bytes.len()).min(to));
+        if a >= b {
+            continue;
+        }
+        if !skip_zero && a > pos {
+            out.push((pos, Cow::Owned(vec![0; a - pos])));
+        }
+        out.push((a, Cow::Borrowed(&bytes[a - off..b - off])));
+        pos = b;
+    }
+    if !skip_zero && pos < to {
+        out.push((pos, Cow::Owned(vec![0; to - pos])));
+    }
+    out
 }
 
 impl ChunkBytes {
@@ -114,7 +137,7 @@ impl ChunkBytes {
     pub fn len(&self) -> usize {
         match self {
             ChunkBytes::Raw(v) => v.len(),
-            ChunkBytes::Sparse { raw_len, .. } | ChunkBytes::SparseMapped { raw_len, .. } => *raw_len,
+            ChunkBytes::Sparse { raw_len, .. } => *raw_len,
         }
     }
 
@@ -130,7 +153,7 @@ impl ChunkBytes {
         use std::borrow::Cow;
         let page = zap_chunker::PAGE_SIZE;
         let mut out: Vec<(usize, Cow<'_, [u8]>)> = Vec::new();
-        let (raw_len, stored) = match self {
+        match self {
             ChunkBytes::Raw(v) => {
                 let mut pos = from;
                 while pos < to {
@@ -144,28 +167,10 @@ impl ChunkBytes {
                     }
                     pos = end;
                 }
-                return out;
+                out
             }
-            ChunkBytes::Sparse { raw_len, stored } => (*raw_len, stored.as_slice()),
-            ChunkBytes::SparseMapped { raw_len, stored } => (*raw_len, stored.as_slice()),
-        };
-        let pages = zap_chunker::sparse_pages(stored, raw_len).unwrap_or_default();
-        let mut pos = from;
-        for (off, bytes) in pages {
-            let (a, b) = (off.max(from), (off + bytes.len()).min(to));
-            if a >= b {
-                continue;
-            }
-            if !skip_zero && a > pos {
-                out.push((pos, Cow::Owned(vec![0; a - pos])));
-            }
-            out.push((a, Cow::Borrowed(&bytes[a - off..b - off])));
-            pos = b;
+            ChunkBytes::Sparse { raw_len, stored } => sparse_pieces(*raw_len, stored, from, to, skip_zero),
         }
-        if !skip_zero && pos < to {
-            out.push((pos, Cow::Owned(vec![0; to - pos])));
-        }
-        out
     }
 }
 
@@ -189,6 +194,15 @@ pub trait ImageStore: Sync {
     /// at once. By default, one after the other.
     fn read_chunks_bytes(&self, ids: &[ChunkId]) -> Result<Vec<ChunkBytes>> {
         ids.iter().map(|id| self.read_chunk_bytes(id)).collect()
+    }
+    /// [`ImageStore::read_chunks_bytes`] into the caller's buffer `buf`, which is reused from
+    /// call to call (its length only grows; what it held is overwritten): a store may read the
+    /// chunks' stored bytes there with as few reads as they allow and hand sparse chunks out as
+    /// ranges of it ([`ReadChunk::SparseAt`]), so that a restore reads, checks and writes them
+    /// while they are in the CPU's cache. By default, [`ImageStore::read_chunks_bytes`].
+    fn read_chunks_into(&self, ids: &[ChunkId], buf: &mut Vec<u8>) -> Result<Vec<ReadChunk>> {
+        let _ = buf;
+        Ok(self.read_chunks_bytes(ids)?.into_iter().map(ReadChunk::Owned).collect())
     }
     /// Loads a checkpoint's manifest.
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest>;

@@ -20,9 +20,11 @@
 //! no recovery, every write refused); a process that wrote flushes the index's log into table
 //! files when it closes the store, so the next open does not replay it.
 //!
-//! Reads ([`ImageStore::read_chunk`], [`ImageStore::read_chunk_bytes`]) map each pack once and
-//! take chunks in place (no copy into buffers); every chunk is still checked against its id, and
-//! a sparse chunk is handed out as a view of the mapping ([`crate::ChunkBytes::SparseMapped`]).
+//! Reads take chunks from the packs with `pread` (never from a mapping: a pack truncated under a
+//! reader is a short read, an error naming the pack, not a SIGBUS that ends the reading
+//! command); every chunk is checked against its id. [`ImageStore::read_chunks_into`] reads a
+//! batch into the caller's reused buffer, with one `pread` for each run of chunks that lie back
+//! to back in a pack (a restore's window, usually), and hands sparse chunks out as ranges of it.
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::fs::{File, OpenOptions};
@@ -62,11 +64,16 @@ pub struct StoreOptions {
     /// interrupted writes is left to the next open for writing (a reader reads only what
     /// committed checkpoints reference). Writers, GC and deletes are refused. Not with `create`.
     pub read_only: bool,
+    /// Start flushing the index's log into table files as soon as a checkpoint commits, in
+    /// RocksDB's background threads, while the command goes on; closing the store waits for it
+    /// (it flushes on close in any case). Off: only on close (tests that keep a commit in the
+    /// log alone, as a writer killed right after its commit leaves it).
+    pub flush_after_commit: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { create: false, lock_timeout: Duration::from_secs(120), pack_target: 128 << 20, read_only: false }
+        StoreOptions { create: false, lock_timeout: Duration::from_secs(120), pack_target: 128 << 20, read_only: false, flush_after_commit: true }
     }
 }
 
@@ -85,6 +92,11 @@ impl DeferredImages {
     }
 }
 
+thread_local! {
+    /// Each thread's buffer for the stored bytes of the chunk [`LocalStore::read_at`] reads.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A store on the local disk.
 pub struct LocalStore {
     root: PathBuf,
@@ -94,8 +106,6 @@ pub struct LocalStore {
     /// Writers hold it shared, GC exclusive.
     pub(crate) gc_lock: RwLock<()>,
     open_packs: Mutex<HashMap<PackId, Arc<File>>>,
-    /// Packs mapped for reading in place (see [`sys::Mapping`]).
-    mapped_packs: Mutex<HashMap<PackId, Arc<sys::Mapping>>>,
     /// Trees read or written in this process (see [`tree::Known`]); cleared by GC.
     pub(crate) known: Mutex<Known>,
     _lock: File,
@@ -203,7 +213,6 @@ impl LocalStore {
             opts,
             gc_lock: RwLock::new(()),
             open_packs: Mutex::new(HashMap::new()),
-            mapped_packs: Mutex::new(HashMap::new()),
             known: Mutex::new(Known::default()),
             _lock: lock,
         };
@@ -312,64 +321,30 @@ impl LocalStore {
 
     pub(crate) fn forget_pack(&self, id: PackId) {
         self.open_packs.lock().expect("pack cache lock").remove(&id);
-        self.mapped_packs.lock().expect("pack map cache lock").remove(&id);
     }
 
-    /// Pack `id` mapped whole for reading in place (kept for the next reads).
-    fn pack_map(&self, id: PackId) -> Result<Arc<sys::Mapping>> {
-        if let Some(m) = self.mapped_packs.lock().expect("pack map cache lock").get(&id) {
-            return Ok(m.clone());
-        }
-        let file = self.pack_file(id)?;
-        let path = self.pack_path(id);
-        let size = file.metadata().map_err(|e| StoreError::io("stat pack", &path, e))?.len();
-        let map = Arc::new(sys::Mapping::of(&file, size as usize).map_err(|e| StoreError::io("map pack", &path, e))?);
-        let mut maps = self.mapped_packs.lock().expect("pack map cache lock");
-        if maps.len() > 512 {
-            maps.clear();
-        }
-        Ok(maps.entry(id).or_insert(map).clone())
-    }
-
-    /// The stored bytes of the chunk at `loc`, in its mapped pack.
-    fn mapped_stored(&self, loc: &ChunkLoc) -> Result<crate::MappedBytes> {
-        let map = self.pack_map(loc.pack)?;
-        let from = loc.offset as usize;
-        let to = from + loc.stored_len as usize;
-        if to > map.bytes().len() {
-            return Err(StoreError::Corrupt {
-                what: format!("pack {}", self.pack_path(loc.pack).display()),
-                detail: format!("truncated: chunk at offset {} length {} lies past the end", loc.offset, loc.stored_len),
-            });
-        }
-        Ok(crate::MappedBytes::new(map, from..to))
-    }
-
-    /// Reads and checks a chunk at a known location (read in place from its mapped pack).
+    /// Reads and checks a chunk at a known location (its stored bytes read into a buffer of this
+    /// thread's, reused: only the decoded bytes are a new allocation).
     pub(crate) fn read_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
-        let stored = self.mapped_stored(loc)?;
-        decode_chunk(id, loc.compression, loc.raw_len as usize, stored.as_slice()).map_err(|e| StoreError::Corrupt {
-            what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
-            detail: e.to_string(),
+        let file = self.pack_file(loc.pack)?;
+        READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let n = loc.stored_len as usize;
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            pack::read_run(&file, &self.pack_path(loc.pack), loc.offset, &mut buf[..n])?;
+            decode_chunk(id, loc.compression, loc.raw_len as usize, &buf[..n]).map_err(|e| StoreError::Corrupt {
+                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
+                detail: e.to_string(),
+            })
         })
     }
 
     /// Reads and checks the chunk `id` at `loc` in the form cheapest to get (see
     /// [`ImageStore::read_chunk_bytes`]).
     fn bytes_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<crate::ChunkBytes> {
-        if loc.compression != zap_chunker::Compression::Sparse {
-            return self.read_at(id, loc).map(crate::ChunkBytes::Raw);
-        }
-        // Checked in place, and handed out in place: the pages are written from the mapping.
-        let stored = self.mapped_stored(loc)?;
-        let actual = ChunkId::of_sparse(loc.raw_len as usize, stored.as_slice());
-        if actual != *id || zap_chunker::sparse_pages(stored.as_slice(), loc.raw_len as usize).is_none() {
-            return Err(StoreError::Corrupt {
-                what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset),
-                detail: format!("sparse content does not match its id (hash {actual}) or is malformed"),
-            });
-        }
-        Ok(crate::ChunkBytes::SparseMapped { raw_len: loc.raw_len as usize, stored })
+        read_located(id, &*self.pack_file(loc.pack)?, &self.pack_path(loc.pack), loc)
     }
 
     /// An open handle on the pack that holds a chunk, and the chunk's location: what a reader
@@ -613,6 +588,56 @@ impl ImageStore for LocalStore {
                 self.bytes_at(id, &loc)
             })
             .collect()
+    }
+
+    fn read_chunks_into(&self, ids: &[ChunkId], buf: &mut Vec<u8>) -> Result<Vec<crate::ReadChunk>> {
+        let locs = ids
+            .iter()
+            .zip(self.index.chunks_of(ids)?)
+            .map(|(id, loc)| loc.ok_or_else(|| StoreError::MissingChunk { id: id.to_hex(), context: "not in the index".into() }))
+            .collect::<Result<Vec<ChunkLoc>>>()?;
+        // One read per run of chunks that lie back to back in one pack, into the buffer behind
+        // 8 bytes of room: a sparse chunk is checked in place, with the 8 bytes before it (the
+        // room, or the end of the chunk before it, put back after) holding its length
+        // (`ChunkId::of_sparse_in_place`, which hashes it as one input, the fastest way).
+        let mut at: Vec<Range<usize>> = Vec::with_capacity(locs.len());
+        let mut runs: Vec<(PackId, u64, Range<usize>)> = Vec::new();
+        let mut total = 0usize;
+        for (k, loc) in locs.iter().enumerate() {
+            let follows = k > 0 && loc.pack == locs[k - 1].pack && loc.offset == locs[k - 1].offset + u64::from(locs[k - 1].stored_len);
+            if !follows {
+                total += 8;
+                runs.push((loc.pack, loc.offset, total..total));
+            }
+            at.push(total..total + loc.stored_len as usize);
+            total += loc.stored_len as usize;
+            runs.last_mut().expect("a run was started").2.end = total;
+        }
+        if buf.len() < total {
+            buf.resize(total, 0);
+        }
+        for (pack, offset, range) in runs {
+            pack::read_run(&*self.pack_file(pack)?, &self.pack_path(pack), offset, &mut buf[range])?;
+        }
+        let mut out = Vec::with_capacity(locs.len());
+        for ((id, loc), at) in ids.iter().zip(locs).zip(at) {
+            let corrupt = |detail: String| StoreError::Corrupt { what: format!("chunk {id} in pack {} at offset {}", loc.pack, loc.offset), detail };
+            if loc.compression != zap_chunker::Compression::Sparse {
+                let raw = decode_chunk(id, loc.compression, loc.raw_len as usize, &buf[at]).map_err(|e| corrupt(e.to_string()))?;
+                out.push(crate::ReadChunk::Owned(crate::ChunkBytes::Raw(raw)));
+                continue;
+            }
+            // Checked where it was read: the pages are written from the buffer.
+            let room = at.start - 8..at.start;
+            let kept: [u8; 8] = buf[room.clone()].try_into().expect("8 bytes");
+            let actual = ChunkId::of_sparse_in_place(loc.raw_len as usize, &mut buf[room.start..at.end]);
+            buf[room].copy_from_slice(&kept);
+            if actual != *id || zap_chunker::sparse_pages(&buf[at.clone()], loc.raw_len as usize).is_none() {
+                return Err(corrupt(format!("sparse content does not match its id (hash {actual}) or is malformed")));
+            }
+            out.push(crate::ReadChunk::SparseAt { raw_len: loc.raw_len as usize, at });
+        }
+        Ok(out)
     }
 
     fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {
@@ -1001,6 +1026,12 @@ impl ChunkSink for LocalWriter<'_> {
         lap("batch built");
         batch.commit("commit checkpoint")?;
         lap("batch committed");
+        // What the batch wrote to the index's log goes into table files in RocksDB's background
+        // while the command goes on (a process checkpoint then kills and reaps the original,
+        // whose memory takes the kernel a while to free); closing the store waits for it.
+        if self.store.opts.flush_after_commit {
+            self.store.index.start_flush();
+        }
         self.finished.clear();
         for id in &new_nodes {
             if let Ok(node) = tree::decode(id, &built.nodes[id].0) {
@@ -1156,7 +1187,8 @@ mod tests {
         let data: Vec<u8> = (0..262144u32).map(|i| (i * 13 % 251) as u8).collect();
         let mut written = Vec::new();
         for round in 0..2 {
-            let store = LocalStore::open(&root, StoreOptions { create: true, ..Default::default() }).unwrap();
+            // The second commit stays in the log alone: no flush started at commit.
+            let store = LocalStore::open(&root, StoreOptions { create: true, flush_after_commit: round == 0, ..Default::default() }).unwrap();
             let mut w = store.writer().unwrap();
             let (extents, _) = crate::store_run(&mut w, &zap_chunker::ChunkerConfig::default(), 0x10000, &data[round * 4096..]).unwrap();
             let mut m = Manifest::new(format!("ro-{round}"), "memory");

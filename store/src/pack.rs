@@ -339,20 +339,25 @@ impl Drop for PackWriter {
 /// Reads the stored bytes of one chunk from an open pack.
 pub fn read_stored(file: &File, path: &Path, loc: &ChunkLoc) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.stored_len as usize];
-    file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+    read_run(file, path, loc.offset, &mut buf)?;
+    Ok(buf)
+}
+
+/// Reads `buf.len()` bytes of an open pack from `offset` (the stored bytes of one chunk or of
+/// several back to back). A pack shorter than that (truncated, even while a restore reads it)
+/// is an error naming it.
+pub fn read_run(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
+    file.read_exact_at(buf, offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            let size = file.metadata().map(|m| format!("{} bytes", m.len())).unwrap_or_else(|_| "unknown size".into());
             StoreError::Corrupt {
                 what: format!("pack {}", path.display()),
-                detail: format!(
-                    "truncated: chunk at offset {} length {} lies past the end",
-                    loc.offset, loc.stored_len
-                ),
+                detail: format!("truncated: chunk bytes at offset {offset} length {} lie past the end (the file has {size})", buf.len()),
             }
         } else {
             StoreError::io("read chunk from pack", path, e)
         }
-    })?;
-    Ok(buf)
+    })
 }
 
 /// Reads and checks a pack's header and trailer.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use zap_chunker::{decode_chunk, Compression};
 use zap_store::pack::{read_trailer, PackEntry, HEADER_LEN};
-use zap_store::{CheckpointId, ChunkId, ImageStore, LocalStore, Manifest, StoreError, VerifyReport};
+use zap_store::{CheckpointId, ChunkId, ImageStore, LocalStore, Manifest, ReadChunk, StoreError, VerifyReport};
 use zap_tests::{check_image, image_chunks, image_content, image_specs, options, write_checkpoint, ImageSpec, Readback};
 
 const FOOTER_LEN: u64 = 52;
@@ -65,8 +65,8 @@ impl Fixture {
                 ids.push((i, write_checkpoint(&store, i).unwrap().id));
             }
         }
-        // Reopening replays the log into SST files.
-        let store = open(&root).unwrap();
+        // Reopening replays the log into SST files. The last commit starts no flush of its own.
+        let store = LocalStore::open(&root, zap_store::StoreOptions { flush_after_commit: false, ..options(false, Duration::from_secs(10)) }).unwrap();
         ids.push((3, write_checkpoint(&store, 3).unwrap().id));
         let ckpts = ids
             .into_iter()
@@ -369,6 +369,63 @@ fn a_truncated_pack_is_reported_and_never_misread() {
         };
         check().map_err(|e| format!("{label}: {e}"))
     });
+}
+
+/// The bytes of a chunk read by `read_chunks_into`, whole.
+fn expand(c: &ReadChunk, buf: &[u8]) -> Vec<u8> {
+    c.pieces(buf, 0, c.len(), false).into_iter().flat_map(|(_, b)| b.into_owned()).collect()
+}
+
+/// A pack truncated while a reader has it open, as under a restore that has begun reading: the
+/// next reads of its cut chunks are errors naming the pack, through `read_chunk` and through a
+/// restore's batched `read_chunks_into` alike, never a SIGBUS (packs are read with `pread`, not
+/// mapped) nor wrong data; every other chunk still reads back exactly.
+#[test]
+fn a_pack_truncated_under_an_open_reader_is_an_error_naming_it() {
+    let fx = Fixture::build();
+    let (_tmp, root) = fx.copy("live", |_| {});
+    let store = open(&root).unwrap();
+    let images: Vec<(Vec<ChunkId>, BTreeSet<ChunkId>)> = fx
+        .ckpts
+        .iter()
+        .flat_map(|c| c.manifest.images.iter().map(|img| (image_chunks(img).into_iter().collect(), image_chunks(img))))
+        .collect();
+    // Everything read once, so that every pack is open, in both ways.
+    for r in fx.read_all(&store).unwrap().values() {
+        assert!(matches!(r, Readback::Correct), "{r:?}");
+    }
+    let mut buf = Vec::new();
+    for (ids, _) in &images {
+        let read = store.read_chunks_into(ids, &mut buf).unwrap();
+        for (id, c) in ids.iter().zip(&read) {
+            assert_eq!(expand(c, &buf), store.read_chunk(id).unwrap(), "chunk {id}");
+        }
+    }
+    // The biggest pack cut in the middle, under the open store.
+    let p = fx.packs.iter().max_by_key(|p| p.entries.len()).unwrap();
+    let len = p.entries[p.entries.len() / 2].offset + 1;
+    std::fs::OpenOptions::new().write(true).open(root.join("packs").join(&p.file)).unwrap().set_len(len).unwrap();
+    let cut: BTreeSet<ChunkId> = p.entries.iter().filter(|e| e.offset + u64::from(e.stored_len) > len).map(|e| e.id).collect();
+    assert!(!cut.is_empty());
+    fx.expect_reads(&store, &cut, "truncated").unwrap();
+    let mut failed = 0;
+    for (ids, set) in &images {
+        match store.read_chunks_into(ids, &mut buf) {
+            Ok(read) => {
+                assert!(set.is_disjoint(&cut), "an image with a cut chunk was read");
+                for (id, c) in ids.iter().zip(&read) {
+                    assert_eq!(expand(c, &buf), store.read_chunk(id).unwrap(), "chunk {id}");
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!set.is_disjoint(&cut), "an image without a cut chunk failed: {msg}");
+                assert!(msg.contains("truncated") && msg.contains(&p.file), "the error names the truncated pack: {msg}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0);
 }
 
 #[test]

@@ -1,14 +1,18 @@
 //! The restore pipeline: saved pages into a process being restored.
 //!
 //! Windows of contiguous extents (at most 8 MiB each, built by [`crate::mem::restore_pages`])
-//! are spread over rayon's threads; each reads its chunks (in place from the mapped pack, zstd
-//! decode, BLAKE3 check: a sparse chunk is checked on its stored form and its pages are written
-//! from the mapping itself, never copied or expanded) and writes them with one
-//! `process_vm_writev` of up to 1024 pieces, leaving out zero pages where the
-//! memory is fresh anonymous memory (already zero). Pieces `process_vm_writev` cannot write (a
-//! read-only mapping) go through `/proc/PID/mem`, which writes any mapping.
+//! are spread over rayon's threads; each goes in batches of about 1 MiB of memory: the batch's
+//! chunks are looked up together and their stored bytes read into the thread's own buffer
+//! (reused, never zeroed again) with one `pread` per run of chunks that lie back to back in a
+//! pack ([`ImageStore::read_chunks_into`]), checked (zstd decode, BLAKE3: a sparse chunk is
+//! checked on its stored form and its pages are written from the buffer, never expanded), and
+//! written with one `process_vm_writev` of up to 1024 pieces while they are still in the core's
+//! cache, leaving out zero pages where the memory is fresh anonymous memory (already zero).
+//! Packs are never mapped: one truncated while a restore reads it is a short read, an error
+//! naming the pack, not a SIGBUS. Pieces `process_vm_writev` cannot write (a read-only mapping)
+//! go through `/proc/PID/mem`, which writes any mapping.
 use rayon::prelude::*;
-use zap_store::{ChunkBytes, Extent, ExtentData, ImageStore};
+use zap_store::{Extent, ExtentData, ImageStore, ReadChunk};
 
 use crate::inject::Injector;
 use crate::sys::proc as sysproc;
@@ -27,25 +31,51 @@ pub fn write_windows<S: ImageStore>(store: &S, inj: &Injector, windows: &[Window
     windows.par_iter().map(|w| write_window(store, inj, w)).sum()
 }
 
+/// Bytes of memory (uncompressed) whose chunks are read, checked and written together: small
+/// enough that their stored bytes stay in a core's cache from the read to the write.
+const BATCH: u64 = 1 << 20;
+
+thread_local! {
+    /// Each thread's buffer for the stored bytes of a batch, reused (never zeroed again).
+    static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn write_window<S: ImageStore>(store: &S, inj: &Injector, w: &Window) -> Result<u64> {
+    // Batches of extents of about BATCH bytes, each read into this thread's buffer with as few
+    // `pread`s as the packs allow, checked, and written at once while still in the cache.
+    let mut i = 0;
+    while i < w.extents.len() {
+        let (mut j, mut len) = (i, 0u64);
+        while j < w.extents.len() && (j == i || len + w.extents[j].len <= BATCH) {
+            len += w.extents[j].len;
+            j += 1;
+        }
+        STORED.with(|buf| write_batch(store, inj, &w.extents[i..j], w.skip_zero, &mut buf.borrow_mut()))?;
+        i = j;
+    }
+    Ok(w.extents.last().map(|l| l.end()).unwrap_or(0) - w.extents.first().map(|f| f.start).unwrap_or(0))
+}
+
+fn write_batch<S: ImageStore>(store: &S, inj: &Injector, extents: &[Extent], skip_zero: bool, buf: &mut Vec<u8>) -> Result<()> {
     let zeros = vec![0u8; zap_chunker::PAGE_SIZE];
-    // Chunks first (each read once per window, looked up in the index together), then the
+    // Chunks first (each read once per batch, looked up in the index together), then the
     // pieces that borrow them.
     let mut ids: Vec<zap_store::ChunkId> = Vec::new();
-    for e in &w.extents {
+    for e in extents {
         if let ExtentData::Chunk { id, .. } = e.data {
             if ids.last() != Some(&id) {
                 ids.push(id);
             }
         }
     }
-    let read = store.read_chunks_bytes(&ids)?;
-    let chunks: Vec<(zap_store::ChunkId, ChunkBytes)> = ids.into_iter().zip(read).collect();
+    let read = if ids.is_empty() { Vec::new() } else { store.read_chunks_into(&ids, buf)? };
+    let buf: &[u8] = buf;
+    let chunks: Vec<(zap_store::ChunkId, ReadChunk)> = ids.into_iter().zip(read).collect();
     let mut pieces: Vec<(u64, std::borrow::Cow<'_, [u8]>)> = Vec::new();
     let mut k = 0usize;
-    for e in &w.extents {
+    for e in extents {
         match e.data {
-            ExtentData::Zero if w.skip_zero => {}
+            ExtentData::Zero if skip_zero => {}
             ExtentData::Zero => {
                 let mut pos = e.start;
                 while pos < e.end() {
@@ -66,7 +96,7 @@ fn write_window<S: ImageStore>(store: &S, inj: &Injector, w: &Window) -> Result<
                         detail: format!("wants bytes {from}..{to} of chunk {id}, which has {}", bytes.len()),
                     }));
                 }
-                for (off, b) in bytes.pieces(from, to, w.skip_zero) {
+                for (off, b) in bytes.pieces(buf, from, to, skip_zero) {
                     pieces.push((e.start + (off - from) as u64, b));
                 }
             }
@@ -86,5 +116,5 @@ fn write_window<S: ImageStore>(store: &S, inj: &Injector, w: &Window) -> Result<
             done = 0;
         }
     }
-    Ok(w.extents.last().map(|l| l.end()).unwrap_or(0) - w.extents.first().map(|f| f.start).unwrap_or(0))
+    Ok(())
 }
