@@ -251,6 +251,8 @@ pub struct PodPlan<'a> {
     pub main_vpid: i32,
     /// `zap-init`.
     pub init_exe: &'a Path,
+    /// The clocks the pod goes on from ([`pod::clock`]); none: no time namespace.
+    pub clocks: Option<pod::clock::ClockTarget>,
 }
 
 impl Skeleton {
@@ -266,7 +268,7 @@ impl Skeleton {
             mac: None,
             memory_limit: plan.memory_limit,
             cpus: plan.cpus,
-            launch: pod::Launch::Restore { top: top.clone(), tramp, main_vpid, guarded: false },
+            launch: pod::Launch::Restore { top: top.clone(), tramp, main_vpid, guarded: false, clocks: plan.clocks },
             init_exe: plan.init_exe.to_path_buf(),
         };
         let mut state = pod::create(root, &spec)?;

@@ -361,6 +361,7 @@ pub fn migrate(
         kernel: kernel_release(),
         keep_checkpoint: opts.keep_checkpoint,
         dry_run: opts.dry_run,
+        clocks: None,
     };
     let mut report = Report {
         session: session.clone(),
@@ -371,6 +372,8 @@ pub fn migrate(
         dry_run: opts.dry_run,
         ..Default::default()
     };
+    // Read last: the destination takes the time it receives the offer for this moment.
+    let offer = Offer { clocks: Some(pod::clock::save(state.init_pid).map_err(|e| mig_err("offer", "read the pod's clocks", e))?.at_stop), ..offer };
     wire::send(&mut ch, &Msg::Offer(offer))?;
     wire::flush(&mut ch)?;
     match wire::recv(&mut ch, "handshake: wait for the destination's checks")? {
@@ -678,6 +681,7 @@ fn final_round(
         group: saved.image,
         ipc: ipc_state,
         inside,
+        clocks: Some(stopped.clocks()),
     };
     remote.send(&Msg::Final(wire::FinalState { pod_image: image.encode(), images }))?;
     wire::flush(remote.ch)?;

@@ -53,8 +53,9 @@ use crate::{EngineError, Result};
 pub const KIND: &str = "pod";
 /// Version of the [`PodImage`] encoding (first byte of the state blob). 2: TCP connections and
 /// the network lock; 3: what the processes made inside the pod ([`PodImage::inside`]); 4: System V and
-/// POSIX message queues ([`IpcState::msg`], [`IpcState::mq`]) and POSIX queue fds.
-pub const POD_IMAGE_VERSION: u8 = 4;
+/// POSIX message queues ([`IpcState::msg`], [`IpcState::mq`]) and POSIX queue fds; 5: the pod's
+/// clocks ([`PodImage::clocks`]; version 4 images read as without them).
+pub const POD_IMAGE_VERSION: u8 = 5;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything about a pod except page contents.
@@ -84,6 +85,8 @@ pub struct PodImage {
     pub ipc: IpcState,
     /// What the processes made inside the pod: mounts, sub-cgroups, namespaces of their own.
     pub inside: super::inside::InsideImage,
+    /// The pod's clocks when it stopped ([`super::clock`]); none in images of version 4.
+    pub clocks: Option<super::clock::ClockImage>,
 }
 
 impl PodImage {
@@ -94,6 +97,13 @@ impl PodImage {
 
     /// Decodes a manifest state blob.
     pub fn decode(blob: &[u8]) -> Result<Self> {
+        if blob.first() == Some(&4) {
+            // Version 4 is version 5 without its last field, an Option: read it as None (0).
+            let mut b = blob.to_vec();
+            b[0] = POD_IMAGE_VERSION;
+            b.push(0);
+            return crate::blob::decode(POD_IMAGE_VERSION, "pod image (version 4)", &b);
+        }
         crate::blob::decode(POD_IMAGE_VERSION, "pod image", blob)
     }
 }
@@ -434,6 +444,8 @@ pub struct StoppedPod {
     thawed: Vec<String>,
     /// The checkpoint lock (taken back by [`StoppedPod::into_lock`]).
     lock: Option<PodLock>,
+    /// The pod's clocks when it stopped.
+    clocks: super::clock::ClockImage,
 }
 
 /// A pod's checkpoint lock (`<pod dir>/checkpoint.lock`, `flock`): one checkpoint or migration of
@@ -521,7 +533,7 @@ impl StoppedPod {
             (pids, frozen, thawed) = stop_pod(name, &cg, state.init_pid)?;
         }
         let stop_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok(StoppedPod {
+        let mut stopped = StoppedPod {
             root: root.to_path_buf(),
             name: name.to_string(),
             state,
@@ -531,7 +543,16 @@ impl StoppedPod {
             netlock,
             thawed,
             lock: Some(lock),
-        })
+            clocks: Default::default(),
+        };
+        // The pod's clocks as it stopped for good (a failure resumes it: the drop).
+        stopped.clocks = super::clock::save(stopped.state.init_pid).map_err(|e| pod_err(name, "read the pod's clocks", e))?;
+        Ok(stopped)
+    }
+
+    /// The pod's clocks when it stopped ([`super::clock`]).
+    pub fn clocks(&self) -> super::clock::ClockImage {
+        self.clocks
     }
 
     /// Whether the pod's network is locked (it is when the pod had a TCP socket when it stopped).
@@ -888,6 +909,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         group: saved.image,
         ipc: ipc_state,
         inside,
+        clocks: Some(stopped.clocks()),
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
     manifest.parent = parent.as_ref().map(|m| m.id).or(opts.parent);
@@ -923,4 +945,45 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { stopped_until_commit_ms };
     Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(clocks: Option<super::super::clock::ClockImage>) -> PodImage {
+        PodImage {
+            name: "p".into(),
+            hostname: "h".into(),
+            ip: Some("10.77.0.9/24".into()),
+            net: None,
+            memory_limit: Some(1 << 20),
+            cpus: None,
+            argv: vec!["sleep".into(), "9".into()],
+            main_vpid: 2,
+            pod_dir: "/run/zap/pods/p/".into(),
+            group: GroupImage { members: Vec::new() },
+            ipc: IpcState::default(),
+            inside: Default::default(),
+            clocks,
+        }
+    }
+
+    #[test]
+    fn version_4_images_read_as_without_clocks() {
+        let old = image(None);
+        // A version 4 blob is a version 5 one without the last field.
+        let mut v4 = old.encode();
+        assert_eq!(v4.pop(), Some(0));
+        v4[0] = 4;
+        assert_eq!(PodImage::decode(&v4).unwrap(), old);
+        let new = image(Some(super::super::clock::ClockImage {
+            at_stop: super::super::clock::Clocks { monotonic: 5_000_000_123, boottime: 6_000_000_456 },
+            offsets: super::super::clock::Clocks { monotonic: -7, boottime: 8 },
+        }));
+        assert_eq!(PodImage::decode(&new.encode()).unwrap(), new);
+        let mut v3 = new.encode();
+        v3[0] = 3;
+        assert!(PodImage::decode(&v3).unwrap_err().to_string().contains("version 3 not supported"));
+    }
 }

@@ -1,0 +1,224 @@
+//! The pod's time namespace: a pod's `CLOCK_MONOTONIC`, `CLOCK_BOOTTIME` and `/proc/uptime` go on
+//! across a restore (3 s after the checkpoint), across copies restored from `--leave-running`
+//! checkpoints and across a live migration between hosts, never going back, with a gap seen
+//! inside no longer than the restore (or the migration's downtime) took; a timerfd armed with an
+//! absolute monotonic time fires at that time of the pod's clock after a restore. The program
+//! (`engine/tests/progs/clocks.c`) prints both clocks every 10 ms. On a kernel without time
+//! namespaces every test says so and skips.
+mod common;
+mod hosts;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn name(tag: &str) -> String {
+    pod_name("tm", tag)
+}
+
+fn supported() -> bool {
+    if !Path::new("/proc/self/ns/time").exists() {
+        eprintln!("SKIP: time namespaces (CONFIG_TIME_NS): pods run without one");
+        return false;
+    }
+    true
+}
+
+/// One line of `clocks print`: monotonic ns, boottime ns, /proc/uptime in centiseconds.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    mono: i64,
+    boot: i64,
+    uptime_cs: i64,
+}
+
+fn samples(log: &Path) -> Vec<Sample> {
+    text(log)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("c ")?.split_whitespace();
+            Some(Sample { mono: f.next()?.parse().ok()?, boot: f.next()?.parse().ok()?, uptime_cs: f.next()?.parse().ok()? })
+        })
+        .collect()
+}
+
+/// Checks that the clocks never go back over `s` and returns the largest step between two
+/// samples (ms) with the index of the sample after it.
+fn largest_step(what: &str, s: &[Sample]) -> (f64, usize) {
+    let mut big = (0.0, 0);
+    for (i, w) in s.windows(2).enumerate() {
+        assert!(w[1].mono > w[0].mono, "{what}: CLOCK_MONOTONIC went back at sample {}: {:?} -> {:?}", i + 1, w[0], w[1]);
+        assert!(w[1].boot > w[0].boot, "{what}: CLOCK_BOOTTIME went back at sample {}: {:?} -> {:?}", i + 1, w[0], w[1]);
+        assert!(w[1].uptime_cs >= w[0].uptime_cs, "{what}: /proc/uptime went back at sample {}: {:?} -> {:?}", i + 1, w[0], w[1]);
+        let step = (w[1].mono - w[0].mono) as f64 / 1e6;
+        if step > big.0 {
+            big = (step, i + 1);
+        }
+    }
+    big
+}
+
+/// Checks the step into sample `i` of `s`: boottime moved as monotonic did (no suspend in
+/// between), and /proc/uptime with them.
+fn same_step_on_all_clocks(what: &str, s: &[Sample], i: usize) {
+    let (a, b) = (s[i - 1], s[i]);
+    let drift = ((b.boot - b.mono) - (a.boot - a.mono)).abs();
+    assert!(drift < 5_000_000, "{what}: boottime and monotonic moved apart by {drift} ns: {a:?} -> {b:?}");
+    let up = (b.uptime_cs - a.uptime_cs) * 10;
+    let mono_ms = (b.mono - a.mono) / 1_000_000;
+    assert!((up - mono_ms).abs() <= 30, "{what}: /proc/uptime moved {up} ms where monotonic moved {mono_ms} ms");
+}
+
+fn init_pid(e: &Env, pod: &str) -> i32 {
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(e.run.join(pod).join("pod.json")).unwrap()).unwrap();
+    st["init_pid"].as_i64().unwrap() as i32
+}
+
+fn console(e: &Env, pod: &str) -> std::path::PathBuf {
+    e.run.join(pod).join("console.log")
+}
+
+fn more_samples(log: &Path, n: usize) -> bool {
+    let have = samples(log).len();
+    wait_for(Duration::from_secs(15), || samples(log).len() >= have + n)
+}
+
+#[test]
+fn clocks_go_on_across_a_restore() {
+    if !supported() {
+        return;
+    }
+    let e = env();
+    let Some(prog) = build_prog("clocks", &e.work, &[]) else { return };
+    let pod = name("restore");
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), "print"]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || samples(&console(&e, &pod)).len() >= 20), "the program does not print");
+    // The pod has a time namespace of its own, which its init and `zap exec` are in too.
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/time")).unwrap().to_string_lossy().into_owned();
+    let pod_ns = ns(&init_pid(&e, &pod).to_string());
+    assert_ne!(pod_ns, ns("self"), "the pod has its own time namespace");
+    assert_eq!(ok(&e, &["exec", &pod, "--", "readlink", "/proc/self/ns/time"]).trim(), pod_ns, "zap exec enters it");
+    ok(&e, &["checkpoint", &pod]);
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    ok(&e, &["restore", &pod]);
+    let restore_ms = t.elapsed().as_secs_f64() * 1e3;
+    // The console log came back with the checkpoint: the samples before and after.
+    let log = console(&e, &pod);
+    assert!(more_samples(&log, 30), "the program does not go on");
+    let s = samples(&log);
+    let (gap, i) = largest_step("restored pod", &s);
+    same_step_on_all_clocks("restored pod", &s, i);
+    eprintln!("restore: the pod's clocks moved {gap:.1} ms between the samples around it (restore command {restore_ms:.0} ms, 3 s after the checkpoint)");
+    assert!(gap < 3000.0, "the pod saw the 3 s between checkpoint and restore: {gap:.1} ms");
+    assert!(gap <= restore_ms + 300.0, "the gap seen inside ({gap:.1} ms) is the restore's time ({restore_ms:.0} ms) at most");
+}
+
+#[test]
+fn copies_restored_from_leave_running_checkpoints_go_on_from_theirs() {
+    if !supported() {
+        return;
+    }
+    let e = env();
+    let Some(prog) = build_prog("clocks", &e.work, &[]) else { return };
+    let pod = name("orig");
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), "print"]);
+    let _g = PodGuard(&e, pod.clone());
+    let log = console(&e, &pod);
+    assert!(wait_for(Duration::from_secs(10), || samples(&log).len() >= 20), "the program does not print");
+    let first = ok(&e, &["checkpoint", "--leave-running", "--name", &format!("{pod}-1"), &pod]).trim().to_string();
+    let at_first = samples(&log).last().copied().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let second = ok(&e, &["checkpoint", "--leave-running", "--name", &format!("{pod}-2"), &pod]).trim().to_string();
+    let at_second = samples(&log).last().copied().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut guards = Vec::new();
+    for (n, (id, at)) in [(&first, at_first), (&second, at_second)].into_iter().enumerate() {
+        let copy = name(&format!("copy{}", n + 1));
+        let t = Instant::now();
+        ok(&e, &["restore", "--name", &copy, id]);
+        let restore_ms = t.elapsed().as_secs_f64() * 1e3;
+        guards.push(PodGuard(&e, copy.clone()));
+        let clog = console(&e, &copy);
+        assert!(more_samples(&clog, 30), "{copy} does not go on");
+        let s = samples(&clog);
+        let (gap, i) = largest_step(&copy, &s);
+        same_step_on_all_clocks(&copy, &s, i);
+        eprintln!("{copy}: the clocks moved {gap:.1} ms across its restore (command {restore_ms:.0} ms)");
+        assert!(gap <= restore_ms + 300.0, "{copy}: gap {gap:.1} ms, restore {restore_ms:.0} ms");
+        // It goes on from its checkpoint's clocks: the last sample before the restore is one of
+        // the original's, printed before that checkpoint returned.
+        let before = s[i - 1];
+        assert!(samples(&log).iter().any(|o| o.mono == before.mono) && before.mono <= at.mono, "{copy}: went on from {before:?}, not from the original's samples (at the checkpoint: {at:?})");
+    }
+    // The original ran on all along; the copies are behind it by about the time between their
+    // checkpoint and their restore.
+    let last = |p: &str| samples(&console(&e, p)).last().copied().unwrap();
+    let (orig, c1, c2) = (last(&pod), last(&name("copy1")), last(&name("copy2")));
+    let (s1, s2) = ((orig.mono - c1.mono) as f64 / 1e9, (orig.mono - c2.mono) as f64 / 1e9);
+    eprintln!("the original's monotonic clock is ahead of copy 1 by {s1:.2} s, of copy 2 by {s2:.2} s");
+    assert!(s1 > 2.5 && s1 < 60.0, "copy 1 is {s1:.2} s behind the original");
+    assert!(s2 > 1.5 && s2 < s1, "copy 2 is {s2:.2} s behind the original (copy 1: {s1:.2} s)");
+    let (gap, _) = largest_step("original", &samples(&log));
+    assert!(gap < 2000.0, "the original's clocks moved {gap:.1} ms between two samples");
+}
+
+#[test]
+fn absolute_timerfd_fires_at_its_time_after_a_restore() {
+    if !supported() {
+        return;
+    }
+    let e = env();
+    let Some(prog) = build_prog("clocks", &e.work, &[]) else { return };
+    let pod = name("timer");
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), "timer", "6000"]);
+    let _g = PodGuard(&e, pod.clone());
+    let field = |word: &str, log: &Path| -> Option<i64> { text(log).lines().find_map(|l| l.strip_prefix(word)?.split_whitespace().next()?.parse().ok()) };
+    assert!(wait_for(Duration::from_secs(10), || field("armed ", &console(&e, &pod)).is_some()), "the timer was not armed");
+    std::thread::sleep(Duration::from_secs(1));
+    ok(&e, &["checkpoint", &pod]);
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    ok(&e, &["restore", &pod]);
+    let restore_ms = t.elapsed().as_secs_f64() * 1e3;
+    let log = console(&e, &pod);
+    assert!(wait_for(Duration::from_secs(20), || field("fired ", &log).is_some()), "the timer did not fire: {}", text(&log));
+    let deadline = field("armed ", &log).unwrap();
+    let fired = field("fired ", &log).unwrap();
+    let late = (fired - deadline) as f64 / 1e6;
+    eprintln!("timerfd (absolute CLOCK_MONOTONIC) fired {late:.1} ms after its time by the pod's clock (restore command {restore_ms:.0} ms)");
+    assert!(fired >= deadline, "fired before its time: {fired} < {deadline}");
+    assert!(late < 3000.0 && late <= restore_ms + 300.0, "fired {late:.1} ms late (restore {restore_ms:.0} ms)");
+}
+
+#[test]
+fn monotonic_goes_on_across_a_migration() {
+    if !supported() {
+        return;
+    }
+    let Some(h) = hosts::Hosts::up() else { return };
+    h.keys();
+    let work = tempfile::Builder::new().prefix("zap-clocks-").tempdir_in("/var/tmp").unwrap();
+    let Some(prog) = build_prog("clocks", work.path(), &[]) else { return };
+    let ip = format!("{}.60/24", h.net);
+    h.ok("a", &["run", "--name", "tm", "--ip", &ip, "--", prog.to_str().unwrap(), "print"]);
+    let log = |host: &str| h.root(host).join("pods/tm/console.log");
+    assert!(wait_for(Duration::from_secs(10), || samples(&log("a")).len() >= 20), "the program does not print");
+    let mut host = "a";
+    for next in ["b", "a"] {
+        let out = h.migrate(host, next, "tm", &["--json"]);
+        assert!(out.status.success(), "{host} -> {next}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let downtime = report["downtime_ms"].as_f64().unwrap();
+        assert!(more_samples(&log(next), 30), "{host} -> {next}: the program does not go on");
+        let s = samples(&log(next));
+        let (gap, i) = largest_step(&format!("{host} -> {next}"), &s);
+        same_step_on_all_clocks(&format!("{host} -> {next}"), &s, i);
+        eprintln!("{host} -> {next}: the pod's clocks moved {gap:.1} ms across the move (downtime {downtime:.0} ms)");
+        assert!(gap <= downtime + 300.0, "{host} -> {next}: the pod saw {gap:.1} ms for a downtime of {downtime:.0} ms");
+        host = next;
+    }
+    h.ok(host, &["rm", "-f", "tm"]);
+}
