@@ -1,8 +1,9 @@
 //! The pod's time namespace: a pod's `CLOCK_MONOTONIC`, `CLOCK_BOOTTIME` and `/proc/uptime` go on
 //! across a restore (3 s after the checkpoint), across copies restored from `--leave-running`
 //! checkpoints and across a live migration between hosts, never going back, with a gap seen
-//! inside no longer than the restore (or the migration's downtime) took; a timerfd armed with an
-//! absolute monotonic time fires at that time of the pod's clock after a restore. The program
+//! inside no longer than the restore (or the migration's downtime) took; a timerfd and a
+//! `clock_nanosleep` with an absolute monotonic time end at that time of the pod's clock after a
+//! restore; a time namespace made inside the pod keeps its offsets to the pod's. The program
 //! (`engine/tests/progs/clocks.c`) prints both clocks every 10 ms. On a kernel without time
 //! namespaces every test says so and skips.
 mod common;
@@ -166,17 +167,21 @@ fn copies_restored_from_leave_running_checkpoints_go_on_from_theirs() {
 }
 
 #[test]
-fn absolute_timerfd_fires_at_its_time_after_a_restore() {
+fn absolute_timers_fire_at_their_time_after_a_restore() {
     if !supported() {
         return;
     }
     let e = env();
     let Some(prog) = build_prog("clocks", &e.work, &[]) else { return };
     let pod = name("timer");
-    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), "timer", "6000"]);
+    // A timerfd armed with TFD_TIMER_ABSTIME, and a clock_nanosleep with TIMER_ABSTIME (which the
+    // restore makes again with its deadline unchanged), both 6 s ahead on CLOCK_MONOTONIC.
+    let p = prog.to_str().unwrap();
+    ok(&e, &["run", "--name", &pod, "--", "sh", "-c", &format!("{p} timer 6000 & exec {p} sleep 6000")]);
     let _g = PodGuard(&e, pod.clone());
     let field = |word: &str, log: &Path| -> Option<i64> { text(log).lines().find_map(|l| l.strip_prefix(word)?.split_whitespace().next()?.parse().ok()) };
-    assert!(wait_for(Duration::from_secs(10), || field("armed ", &console(&e, &pod)).is_some()), "the timer was not armed");
+    let armed = || field("armed ", &console(&e, &pod)).is_some() && field("asleep ", &console(&e, &pod)).is_some();
+    assert!(wait_for(Duration::from_secs(10), armed), "the timers were not armed");
     std::thread::sleep(Duration::from_secs(1));
     ok(&e, &["checkpoint", &pod]);
     std::thread::sleep(Duration::from_secs(3));
@@ -184,13 +189,47 @@ fn absolute_timerfd_fires_at_its_time_after_a_restore() {
     ok(&e, &["restore", &pod]);
     let restore_ms = t.elapsed().as_secs_f64() * 1e3;
     let log = console(&e, &pod);
-    assert!(wait_for(Duration::from_secs(20), || field("fired ", &log).is_some()), "the timer did not fire: {}", text(&log));
-    let deadline = field("armed ", &log).unwrap();
-    let fired = field("fired ", &log).unwrap();
-    let late = (fired - deadline) as f64 / 1e6;
-    eprintln!("timerfd (absolute CLOCK_MONOTONIC) fired {late:.1} ms after its time by the pod's clock (restore command {restore_ms:.0} ms)");
-    assert!(fired >= deadline, "fired before its time: {fired} < {deadline}");
-    assert!(late < 3000.0 && late <= restore_ms + 300.0, "fired {late:.1} ms late (restore {restore_ms:.0} ms)");
+    let fired = || field("fired ", &log).is_some() && field("woke ", &log).is_some();
+    assert!(wait_for(Duration::from_secs(20), fired), "the timers did not fire: {}", text(&log));
+    for (what, armed, fired) in [("timerfd", "armed ", "fired "), ("clock_nanosleep", "asleep ", "woke ")] {
+        let (deadline, at) = (field(armed, &log).unwrap(), field(fired, &log).unwrap());
+        let late = (at - deadline) as f64 / 1e6;
+        eprintln!("{what} (absolute CLOCK_MONOTONIC) ended {late:.1} ms after its time by the pod's clock (restore command {restore_ms:.0} ms)");
+        assert!(at >= deadline, "{what} ended before its time: {at} < {deadline}");
+        assert!(late < 3000.0 && late <= restore_ms + 300.0, "{what} ended {late:.1} ms late (restore {restore_ms:.0} ms)");
+    }
+}
+
+#[test]
+fn time_namespaces_made_in_the_pod_keep_their_offsets_to_the_pod() {
+    if !supported() || !installed(&["unshare"], "unshare (util-linux)") {
+        return;
+    }
+    let e = env();
+    let Some(prog) = build_prog("clocks", &e.work, &[]) else { return };
+    let pod = name("nested");
+    let nested = e.work.join("nested.log");
+    let p = prog.to_str().unwrap();
+    let script = format!("unshare -T --monotonic 86400 --boottime 172800 {p} print > {} & exec {p} print", nested.display());
+    ok(&e, &["run", "--name", &pod, "--", "sh", "-c", &script]);
+    let _g = PodGuard(&e, pod.clone());
+    // The nested clocks ahead of the pod's, from the last samples of both (10 ms apart at most).
+    let ahead = |pod_log: &Path| {
+        let (a, b) = (samples(pod_log).last().copied().unwrap(), samples(&nested).last().copied().unwrap());
+        ((b.mono - a.mono) as f64 / 1e9, (b.boot - a.boot) as f64 / 1e9)
+    };
+    assert!(wait_for(Duration::from_secs(10), || samples(&console(&e, &pod)).len() >= 20 && samples(&nested).len() >= 20), "the programs do not print");
+    let before = ahead(&console(&e, &pod));
+    assert!((before.0 - 86400.0).abs() < 0.5 && (before.1 - 172800.0).abs() < 0.5, "nested offsets before: {before:?}");
+    ok(&e, &["checkpoint", &pod]);
+    std::thread::sleep(Duration::from_secs(3));
+    ok(&e, &["restore", &pod]);
+    let log = console(&e, &pod);
+    assert!(more_samples(&log, 30) && more_samples(&nested, 30), "the programs do not go on");
+    let after = ahead(&log);
+    eprintln!("nested time namespace ahead of the pod's by {before:?} s before, {after:?} s after the restore");
+    assert!((after.0 - 86400.0).abs() < 0.5 && (after.1 - 172800.0).abs() < 0.5, "nested offsets after the restore: {after:?}");
+    largest_step("nested namespace", &samples(&nested));
 }
 
 #[test]

@@ -6,6 +6,9 @@
  *   clocks timer DELAY_MS arms a timerfd on CLOCK_MONOTONIC with an absolute time DELAY_MS from
  *                         now (TFD_TIMER_ABSTIME), writes "armed DEADLINE_NS", waits for it and
  *                         writes "fired MONOTONIC_NS EXPIRATIONS", then goes on as `print`.
+ *   clocks sleep DELAY_MS sleeps with clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) until
+ *                         DELAY_MS from now, writing "asleep DEADLINE_NS" before and
+ *                         "woke MONOTONIC_NS" after, then goes on as `print`.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -98,6 +101,24 @@ int main(int argc, char **argv) {
         print_loop();
         return 0;
     }
-    fprintf(stderr, "usage: clocks print | clocks timer DELAY_MS\n");
+    if (argc >= 3 && strcmp(argv[1], "sleep") == 0) {
+        int64_t deadline = now_ns(CLOCK_MONOTONIC) + (int64_t)atol(argv[2]) * 1000000;
+        struct timespec until = {deadline / 1000000000, deadline % 1000000000};
+        char line[128];
+        snprintf(line, sizeof line, "asleep %lld\n", (long long)deadline);
+        say(line);
+        int r;
+        while ((r = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL)) == EINTR) {
+        }
+        if (r != 0) {
+            fprintf(stderr, "clock_nanosleep: %s\n", strerror(r));
+            return 1;
+        }
+        snprintf(line, sizeof line, "woke %lld\n", (long long)now_ns(CLOCK_MONOTONIC));
+        say(line);
+        print_loop();
+        return 0;
+    }
+    fprintf(stderr, "usage: clocks print | clocks timer DELAY_MS | clocks sleep DELAY_MS\n");
     return 2;
 }
