@@ -1,10 +1,13 @@
-//! Pods: groups of processes in their own PID, mount, UTS, IPC, network and cgroup namespaces,
-//! with their own cgroup, hostname, `/proc`, `/sys` and optionally a veth interface with an address.
+//! Pods: groups of processes in their own PID, mount, UTS, IPC, network, cgroup and time
+//! namespaces, with their own cgroup, hostname, `/proc`, `/sys` and optionally a veth interface
+//! with an address.
 //!
 //! ## Design
 //! [`create`] makes the pod's cgroup ([`cgroup`]), then starts our init, `zap-init`
 //! ([`init`]), with one `clone3` (all `CLONE_NEW*` flags above plus `CLONE_INTO_CGROUP`)
-//! followed at once by `execve`. The init is PID 1 of the pod: it mounts a private `/proc`, a
+//! followed at once by `execve`. The init is PID 1 of the pod: it makes the pod's time namespace
+//! and enters it ([`clock`]: the offsets of a restore are computed by the creator just before it
+//! sends the init its configuration), mounts a private `/proc`, a
 //! `/sys` of the pod's network namespace (with cgroup2 on `/sys/fs/cgroup`), sets the hostname,
 //! waits while the creator adds it to the v1 cgroups and wires the network ([`net`]), then
 //! starts the command (or, for restores, bare processes with chosen pids) and reports the
