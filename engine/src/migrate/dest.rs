@@ -79,7 +79,12 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
     };
     // The pod's clocks at the source were the offer's when the host's were these (off by the
     // offer's transit time, which the pod sees as clocks a little behind the source's).
-    let received = pod::clock::host_clocks().map_err(|e| mig_err("handshake", "read the host's clocks", e))?;
+    let mut received = pod::clock::host_clocks().map_err(|e| mig_err("handshake", "read the host's clocks", e))?;
+    // Test hook (`$ZAP_MIGRATE_FAULT=dest-offer-late@MS`): the offer is taken to have arrived MS
+    // later than it did (a slow link), so the prepared pod's clocks lag the source's by that much.
+    if let Some(ms) = std::env::var("ZAP_MIGRATE_FAULT").ok().and_then(|f| f.strip_prefix("dest-offer-late@")?.parse::<i64>().ok()) {
+        received = received.plus(pod::clock::Clocks { monotonic: ms * 1_000_000, boottime: ms * 1_000_000 });
+    }
     let clocks = offer.clocks.map(|c| pod::clock::ClockTarget { pod: c, host: Some(received) });
     if !journal::valid_session(&offer.session) {
         return Err(mig_err("handshake", "offer", format!("bad session id {:?}", offer.session)));

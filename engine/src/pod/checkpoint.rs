@@ -550,9 +550,18 @@ impl StoppedPod {
         Ok(stopped)
     }
 
-    /// The pod's clocks when it stopped ([`super::clock`]).
+    /// The pod's clocks when it stopped, or when [`StoppedPod::read_clocks`] read them last
+    /// ([`super::clock`]).
     pub fn clocks(&self) -> super::clock::ClockImage {
         self.clocks
+    }
+
+    /// Reads the pod's clocks again (still stopped), once its timers were read: a restore
+    /// makes the pod's clocks go on from these, and re-arms each timer with the time it had left
+    /// when read, so none ends before its time by the pod's clock.
+    pub fn read_clocks(&mut self) -> Result<super::clock::ClockImage> {
+        self.clocks = super::clock::save(self.state.init_pid).map_err(|e| pod_err(&self.name, "read the pod's clocks", e))?;
+        Ok(self.clocks)
     }
 
     /// Whether the pod's network is locked (it is when the pod had a TCP socket when it stopped).
@@ -843,6 +852,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     // The pod's console log, read while the pod is stopped (its end is where the processes'
     // appends continue after a restore); only its last CONSOLE_KEEP bytes are kept.
     let console = read_console(&pod_dir(root, name).join("console.log"));
+    // The clocks the restore goes on from: read after the timers' time left (group::save).
+    let clocks = stopped.read_clocks()?;
     let ipc_ms = tf.elapsed().as_secs_f64() * 1e3;
     // What the pre-copy rounds read counts too (the mode says how much was read while stopped).
     let bytes_read = saved.bytes_read + pre.as_ref().map_or(0, |p| p.bytes_read);
@@ -909,7 +920,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         group: saved.image,
         ipc: ipc_state,
         inside,
-        clocks: Some(stopped.clocks()),
+        clocks: Some(clocks),
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
     manifest.parent = parent.as_ref().map(|m| m.id).or(opts.parent);

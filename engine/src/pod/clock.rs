@@ -12,17 +12,19 @@
 //! missing, no `CONFIG_TIME_NS`) runs pods without one.
 //!
 //! ## Saved ([`save`])
-//! When the pod stops for a checkpoint (its last stop, after the drain rounds), the pod's clocks
-//! as its processes see them are read: the host's clocks plus the offsets of the init's time
-//! namespace ([`ClockImage`]), with those offsets themselves (namespaces the processes made
-//! inside the pod have offsets relative to the host's clocks, which a restore moves with the
-//! pod's).
+//! While the pod is stopped for a checkpoint, once its state (its timers' time left among it) is
+//! read, the pod's clocks as its processes see them are read: the host's clocks plus the offsets
+//! of the init's time namespace ([`ClockImage`]), with those offsets themselves (namespaces the
+//! processes made inside the pod have offsets relative to the host's clocks, which a restore
+//! moves with the pod's). Read after the timers, so that a timer re-armed with the time it had
+//! left never ends before its time by the pod's clock; the pod sees the time its state took to
+//! read as part of the stop.
 //!
 //! ## Restored ([`ClockTarget::offsets`])
 //! A restore makes the pod's namespace with offsets such that its clocks read the saved values
 //! at the moment the offsets are computed (just before the init starts), as CRIU does: the pod
-//! then sees the time its restore took (from that moment until its processes run), never the
-//! time between the checkpoint and the restore, and its clocks never go back. A restore long
+//! then sees the time its state took to read and its restore took (from that moment until its
+//! processes run), never the time between the checkpoint and the restore, and its clocks never go back. A restore long
 //! after the checkpoint (or after the host rebooted) shows the same: the clocks go on from the
 //! checkpoint's values (`CLOCK_REALTIME` is not namespaced and shows the real date). A
 //! migration's destination makes the namespace when it builds the pod, at the first round, from
@@ -66,8 +68,8 @@ impl Clocks {
 pub struct ClockImage {
     /// The pod's clocks when it stopped.
     pub at_stop: Clocks,
-    /// The offsets of its time namespace then (relative to the host's clocks; zero for a pod
-    /// without a namespace of its own).
+    /// The offsets of its time namespace then (relative to the host's clocks; for a pod without
+    /// a namespace of its own, those of the namespace it is in: zero on a host).
     pub offsets: Clocks,
 }
 
@@ -94,9 +96,8 @@ impl ClockTarget {
             Some(h) => h,
             None => host_clocks()?,
         };
-        let off = self.pod.minus(host);
-        // The kernel refuses offsets that put a clock before 0; the pod's clocks never are.
-        Ok(off)
+        // The kernel refuses offsets that would put a clock before 0: saved clocks never are.
+        Ok(self.pod.minus(host))
     }
 }
 
