@@ -68,7 +68,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
     let accepted = keys.accepted()?;
     let mut ch = Channel::accept(stream, &me, &accepted)?;
     let offer = match wire::recv(&mut ch, "handshake: wait for the offer")? {
-        Msg::Offer(o) => o,
+        Msg::Offer(o) => *o,
         Msg::Query(session) => {
             let a = answer(root, &session);
             wire::send(&mut ch, &Msg::Answer(a))?;

@@ -374,7 +374,7 @@ pub fn migrate(
     };
     // Read last: the destination takes the time it receives the offer for this moment.
     let offer = Offer { clocks: Some(pod::clock::save(state.init_pid).map_err(|e| mig_err("offer", "read the pod's clocks", e))?.at_stop), ..offer };
-    wire::send(&mut ch, &Msg::Offer(offer))?;
+    wire::send(&mut ch, &Msg::Offer(Box::new(offer)))?;
     wire::flush(&mut ch)?;
     match wire::recv(&mut ch, "handshake: wait for the destination's checks")? {
         Msg::Accept(_) => {}

@@ -334,7 +334,7 @@ pub enum Answer {
 #[derive(Debug)]
 pub enum Msg {
     /// See [`Kind`].
-    Offer(Offer),
+    Offer(Box<Offer>),
     /// See [`Kind`].
     Accept(Accept),
     /// See [`Kind`].
