@@ -1,6 +1,7 @@
 /* A fixed amount of work, timed by the program itself: argv[1] = "cpu" (xorshift and multiply
- * loop, no syscalls) or "sys" (getppid and a 1-byte write to /dev/null, in a loop). Writes the
- * elapsed nanoseconds to the file argv[2]. */
+ * loop, no syscalls), "sys" (getppid and a 1-byte write to /dev/null, in a loop) or "clock"
+ * (20 M reads of CLOCK_MONOTONIC through the vDSO, which in a time namespace adds the
+ * namespace's offset). Writes the elapsed nanoseconds to the file argv[2]. */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,6 +24,9 @@ int main(int argc, char **argv) {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
             acc += x * 2654435761u;
         }
+    } else if (strcmp(argv[1], "clock") == 0) {
+        for (int i = 0; i < 20000000; i++)
+            acc += now();
     } else {
         int fd = open("/dev/null", O_WRONLY);
         for (int i = 0; i < 1500000; i++) {

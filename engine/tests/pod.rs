@@ -86,7 +86,7 @@ fn restore_launch_creates_processes_with_the_given_pids() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let name = format!("e{}-restore", std::process::id());
-    let launch = Launch::Restore { top: vec![300, 301], tramp: 0x1000_0000, main_vpid: 301, guarded: false };
+    let launch = Launch::Restore { top: vec![300, 301], tramp: 0x1000_0000, main_vpid: 301, guarded: false, clocks: None };
     let _guard = Guard(root, name.clone());
     let st = pod::create(root, &spec(&name, launch)).unwrap();
     assert_eq!(st.main_vpid, 301);

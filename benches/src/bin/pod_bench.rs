@@ -1,8 +1,9 @@
 //! Pods: what a pod costs a running program, and how long a pod of several processes holding
 //! 1 GiB in total is stopped by a checkpoint and takes to restore.
 //!
-//! 1. Overhead: a CPU-bound and a syscall-heavy workload (`progs/work.c`, each timing itself)
-//!    run alternately outside and inside a pod, 5 times each; medians and their ratio.
+//! 1. Overhead: a CPU-bound, a syscall-heavy and a clock-reading workload (`progs/work.c`, each
+//!    timing itself) run alternately outside and inside a pod (which has a time namespace of its
+//!    own, whose offsets every vDSO clock read adds), 5 times each; medians and their ratio.
 //! 2. Checkpoint/restore: a pod running `sh` with 4 `bigmem` children of `--size-mib / 4` MiB
 //!    each (half zero pages, a quarter text, a quarter random). Checkpoint with
 //!    `--leave-running` (stop time, bytes), checkpoint that ends the pod (into a fresh store),
@@ -95,7 +96,7 @@ fn main() {
     println!("# pod-bench, machine: {}", machine());
 
     // 1. Overhead.
-    for mode in ["cpu", "sys"] {
+    for mode in ["cpu", "sys", "clock"] {
         let (mut outside, mut inside) = (Vec::new(), Vec::new());
         for i in 0..5 {
             let f = tmp.path().join(format!("out-{mode}-{i}"));

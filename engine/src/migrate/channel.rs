@@ -38,7 +38,7 @@ use super::{mig_err, MigrateError, Result};
 
 /// The migration protocol version, sent in the preamble. Bumped by any change of the handshake,
 /// the record layer or the messages ([`super::wire`]). 2: keepalive frames.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// A side that wrote nothing for this long sends a keepalive.
 pub const KEEPALIVE: Duration = Duration::from_millis(1000);
 const MAGIC: &[u8; 6] = b"ZAPMIG";

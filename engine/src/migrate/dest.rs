@@ -68,7 +68,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
     let accepted = keys.accepted()?;
     let mut ch = Channel::accept(stream, &me, &accepted)?;
     let offer = match wire::recv(&mut ch, "handshake: wait for the offer")? {
-        Msg::Offer(o) => o,
+        Msg::Offer(o) => *o,
         Msg::Query(session) => {
             let a = answer(root, &session);
             wire::send(&mut ch, &Msg::Answer(a))?;
@@ -77,6 +77,15 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
         }
         other => return Err(wire::unexpected("handshake", &other)),
     };
+    // The pod's clocks at the source were the offer's when the host's were these (off by the
+    // offer's transit time, which the pod sees as clocks a little behind the source's).
+    let mut received = pod::clock::host_clocks().map_err(|e| mig_err("handshake", "read the host's clocks", e))?;
+    // Test hook (`$ZAP_MIGRATE_FAULT=dest-offer-late@MS`): the offer is taken to have arrived MS
+    // later than it did (a slow link), so the prepared pod's clocks lag the source's by that much.
+    if let Some(ms) = std::env::var("ZAP_MIGRATE_FAULT").ok().and_then(|f| f.strip_prefix("dest-offer-late@")?.parse::<i64>().ok()) {
+        received = received.plus(pod::clock::Clocks { monotonic: ms * 1_000_000, boottime: ms * 1_000_000 });
+    }
+    let clocks = offer.clocks.map(|c| pod::clock::ClockTarget { pod: c, host: Some(received) });
     if !journal::valid_session(&offer.session) {
         return Err(mig_err("handshake", "offer", format!("bad session id {:?}", offer.session)));
     }
@@ -110,6 +119,7 @@ pub fn receive(root: &Path, stream: Stream, opts: &ReceiveOptions) -> Result<Rec
         spool: Arc::new(Spool::create(&dir.join("chunks.spool"))?),
         dir,
         offer,
+        clocks,
         mems: HashMap::new(),
         skeleton: None,
         cache: HashMap::new(),
@@ -238,6 +248,8 @@ struct Session {
     journal: DestJournal,
     spool: Arc<Spool>,
     offer: Offer,
+    /// The clocks the prepared pod goes on from ([`pod::clock`]).
+    clocks: Option<pod::clock::ClockTarget>,
     mems: HashMap<i32, MemberMem>,
     skeleton: Option<Skeleton>,
     /// Raw bytes of the chunks of the current batch (the extents that follow use them).
@@ -413,6 +425,7 @@ impl Session {
                 cpus: o.cpus,
                 main_vpid: r.main_vpid,
                 init_exe: &self.init_exe,
+                clocks: self.clocks,
             };
             self.skeleton = Some(Skeleton::create(&self.root, &plan, &r.shape, tramp, &mut NoHooks)?);
             if self.skeleton.is_some() && why != "first round" {
@@ -470,6 +483,7 @@ impl Session {
             cpus: o.cpus,
             main_vpid: image.main_vpid,
             init_exe: &self.init_exe,
+            clocks: self.clocks,
         };
         let mut hooks = Rebuild { group: &image.group, files, inside };
         let mut sk = Skeleton::create(&self.root, &plan, &shape, tramp, &mut hooks)?;
@@ -498,10 +512,24 @@ impl Session {
         let spool = self.spool.clone();
         let made = image.inside.beyond_names();
         let mut inside = made.as_ref().map(|_| InsideRestore::new(&name, &image.inside, &*spool, &f.images));
-        let why: Vec<String> = [group::has_ctty(&image.group).then(|| "a session leader has a controlling terminal".to_string()), made.map(|m| format!("the pod has {m}"))]
+        if let Some(i) = inside.as_mut() {
+            i.saved_time_offsets(image.clocks.map(|c| c.offsets));
+        }
+        let mut why: Vec<String> = [group::has_ctty(&image.group).then(|| "a session leader has a controlling terminal".to_string()), made.map(|m| format!("the pod has {m}"))]
             .into_iter()
             .flatten()
             .collect();
+        // The prepared pod's clocks follow the source's from the offer on; should they be behind
+        // where the source's stopped (the offer took longer to arrive than the pod was
+        // stopped), it is made again with its clocks going on from the image's.
+        if let (Some(saved), Some(sk)) = (image.clocks, self.skeleton.as_ref()) {
+            let here = pod::clock::save(sk.state.init_pid).map_err(|e| mig_err("final round", "read the prepared pod's clocks", e))?.at_stop;
+            if pod::clock::supported() && here.behind(saved.at_stop) {
+                self.clocks = Some(pod::clock::ClockTarget::resume(saved.at_stop));
+                let d = saved.at_stop.minus(here);
+                why.push(format!("the pod's clocks would go back by {} us", d.monotonic.max(d.boottime) / 1000));
+            }
+        }
         if !why.is_empty() {
             self.rebuild_for(&image, &mut files, inside.as_mut(), why.join("; "))?;
         }

@@ -2,7 +2,8 @@
 //! built while the source still runs, so that the final round only has to patch what changed.
 //!
 //! At round 0 the destination creates the pod (its init and namespaces, no network on the LAN:
-//! the interface is set up *detached*), builds the process tree bare with the saved pids
+//! the interface is set up *detached*; its time namespace continues the source pod's clocks
+//! from the offer, [`crate::pod::clock`]), builds the process tree bare with the saved pids
 //! ([`crate::group::BareTree`]) and maps every process's memory layout; each round's pages are
 //! written straight into the processes (`/proc/PID/mem`) as they arrive. Each round the layout
 //! is patched: ranges still mapped the same way keep their contents (`mprotect` where only the
@@ -251,6 +252,8 @@ pub struct PodPlan<'a> {
     pub main_vpid: i32,
     /// `zap-init`.
     pub init_exe: &'a Path,
+    /// The clocks the pod goes on from ([`pod::clock`]); none: no time namespace.
+    pub clocks: Option<pod::clock::ClockTarget>,
 }
 
 impl Skeleton {
@@ -266,7 +269,7 @@ impl Skeleton {
             mac: None,
             memory_limit: plan.memory_limit,
             cpus: plan.cpus,
-            launch: pod::Launch::Restore { top: top.clone(), tramp, main_vpid, guarded: false },
+            launch: pod::Launch::Restore { top: top.clone(), tramp, main_vpid, guarded: false, clocks: plan.clocks },
             init_exe: plan.init_exe.to_path_buf(),
         };
         let mut state = pod::create(root, &spec)?;

@@ -361,6 +361,7 @@ pub fn migrate(
         kernel: kernel_release(),
         keep_checkpoint: opts.keep_checkpoint,
         dry_run: opts.dry_run,
+        clocks: None,
     };
     let mut report = Report {
         session: session.clone(),
@@ -371,7 +372,9 @@ pub fn migrate(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    wire::send(&mut ch, &Msg::Offer(offer))?;
+    // Read last: the destination takes the time it receives the offer for this moment.
+    let offer = Offer { clocks: Some(pod::clock::save(state.init_pid).map_err(|e| mig_err("offer", "read the pod's clocks", e))?.at_stop), ..offer };
+    wire::send(&mut ch, &Msg::Offer(Box::new(offer)))?;
     wire::flush(&mut ch)?;
     match wire::recv(&mut ch, "handshake: wait for the destination's checks")? {
         Msg::Accept(_) => {}
@@ -584,7 +587,7 @@ fn final_round(
     };
     let tf = Instant::now();
     let wire0 = remote.ch.sent_bytes + remote.ch.recv_bytes;
-    let stopped = StoppedPod::stop_locked(root, name, lock)?;
+    let mut stopped = StoppedPod::stop_locked(root, name, lock)?;
     report.final_stop_ms = tf.elapsed().as_secs_f64() * 1e3;
     let step = |what: &str| tracing::debug!(ms = tf.elapsed().as_secs_f64() * 1e3, "final round: {what}");
     step("pod stopped");
@@ -646,6 +649,8 @@ fn final_round(
     images.append(&mut file_data.store(&mut other, &opts.chunker)?);
     step("files stored");
     let console = podck_console(root, name);
+    // The clocks the destination checks its pod's against: read after the timers' time left.
+    let clocks = stopped.read_clocks()?;
     if !console.is_empty() {
         let (extents, _) = zap_store::store_run(&mut other, &opts.chunker, 0, &console)?;
         images.push(zap_store::Image { name: podck::CONSOLE_IMAGE.into(), kind: zap_store::ImageKind::File, extents });
@@ -678,6 +683,7 @@ fn final_round(
         group: saved.image,
         ipc: ipc_state,
         inside,
+        clocks: Some(clocks),
     };
     remote.send(&Msg::Final(wire::FinalState { pod_image: image.encode(), images }))?;
     wire::flush(remote.ch)?;

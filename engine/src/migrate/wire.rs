@@ -165,6 +165,9 @@ pub struct Offer {
     pub keep_checkpoint: bool,
     /// Only check.
     pub dry_run: bool,
+    /// The pod's clocks as its processes saw them when the offer was sent
+    /// ([`crate::pod::clock`]): the destination's pod goes on from them.
+    pub clocks: Option<crate::pod::clock::Clocks>,
 }
 
 /// The destination takes the pod.
@@ -331,7 +334,7 @@ pub enum Answer {
 #[derive(Debug)]
 pub enum Msg {
     /// See [`Kind`].
-    Offer(Offer),
+    Offer(Box<Offer>),
     /// See [`Kind`].
     Accept(Accept),
     /// See [`Kind`].

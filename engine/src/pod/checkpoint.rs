@@ -54,7 +54,8 @@ pub const KIND: &str = "pod";
 /// Version of the [`PodImage`] encoding (first byte of the state blob). 2: TCP connections and
 /// the network lock; 3: what the processes made inside the pod ([`PodImage::inside`]); 4: System V and
 /// POSIX message queues ([`IpcState::msg`], [`IpcState::mq`]) and POSIX queue fds; 5: what
-/// `SO_PEERCRED` showed on each unix socket (version 4 reads without it).
+/// `SO_PEERCRED` showed on each unix socket and the pod's clocks ([`PodImage::clocks`]; version 4
+/// images read without either).
 pub const POD_IMAGE_VERSION: u8 = 5;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,6 +86,9 @@ pub struct PodImage {
     pub ipc: IpcState,
     /// What the processes made inside the pod: mounts, sub-cgroups, namespaces of their own.
     pub inside: super::inside::InsideImage,
+    /// The pod's clocks when it stopped ([`super::clock`]); none in images of version 4.
+    #[serde(deserialize_with = "crate::blob::absent_in_older")]
+    pub clocks: Option<super::clock::ClockImage>,
 }
 
 impl PodImage {
@@ -435,6 +439,8 @@ pub struct StoppedPod {
     thawed: Vec<String>,
     /// The checkpoint lock (taken back by [`StoppedPod::into_lock`]).
     lock: Option<PodLock>,
+    /// The pod's clocks when it stopped.
+    clocks: super::clock::ClockImage,
 }
 
 /// A pod's checkpoint lock (`<pod dir>/checkpoint.lock`, `flock`): one checkpoint or migration of
@@ -522,7 +528,7 @@ impl StoppedPod {
             (pids, frozen, thawed) = stop_pod(name, &cg, state.init_pid)?;
         }
         let stop_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok(StoppedPod {
+        let mut stopped = StoppedPod {
             root: root.to_path_buf(),
             name: name.to_string(),
             state,
@@ -532,7 +538,25 @@ impl StoppedPod {
             netlock,
             thawed,
             lock: Some(lock),
-        })
+            clocks: Default::default(),
+        };
+        // The pod's clocks as it stopped for good (a failure resumes it: the drop).
+        stopped.clocks = super::clock::save(stopped.state.init_pid).map_err(|e| pod_err(name, "read the pod's clocks", e))?;
+        Ok(stopped)
+    }
+
+    /// The pod's clocks when it stopped, or when [`StoppedPod::read_clocks`] read them last
+    /// ([`super::clock`]).
+    pub fn clocks(&self) -> super::clock::ClockImage {
+        self.clocks
+    }
+
+    /// Reads the pod's clocks again (still stopped), once its timers were read: a restore
+    /// makes the pod's clocks go on from these, and re-arms each timer with the time it had left
+    /// when read, so none ends before its time by the pod's clock.
+    pub fn read_clocks(&mut self) -> Result<super::clock::ClockImage> {
+        self.clocks = super::clock::save(self.state.init_pid).map_err(|e| pod_err(&self.name, "read the pod's clocks", e))?;
+        Ok(self.clocks)
     }
 
     /// Whether the pod's network is locked (it is when the pod had a TCP socket when it stopped).
@@ -823,6 +847,8 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     // The pod's console log, read while the pod is stopped (its end is where the processes'
     // appends continue after a restore); only its last CONSOLE_KEEP bytes are kept.
     let console = read_console(&pod_dir(root, name).join("console.log"));
+    // The clocks the restore goes on from: read after the timers' time left (group::save).
+    let clocks = stopped.read_clocks()?;
     let ipc_ms = tf.elapsed().as_secs_f64() * 1e3;
     // What the pre-copy rounds read counts too (the mode says how much was read while stopped).
     let bytes_read = saved.bytes_read + pre.as_ref().map_or(0, |p| p.bytes_read);
@@ -889,6 +915,7 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
         group: saved.image,
         ipc: ipc_state,
         inside,
+        clocks: Some(clocks),
     };
     let mut manifest = Manifest::new(opts.name.clone().unwrap_or_else(|| name.to_string()), KIND);
     manifest.parent = parent.as_ref().map(|m| m.id).or(opts.parent);
@@ -924,4 +951,45 @@ pub fn checkpoint<S: ImageStore>(store: &S, root: &Path, name: &str, opts: &PodC
     }
     let frozen_ms = if opts.leave_running { copied_ms } else { stopped_until_commit_ms };
     Ok(CheckpointReport { summary, frozen_ms, total_ms, bytes_read, mode })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(clocks: Option<super::super::clock::ClockImage>) -> PodImage {
+        PodImage {
+            name: "p".into(),
+            hostname: "h".into(),
+            ip: Some("10.77.0.9/24".into()),
+            net: None,
+            memory_limit: Some(1 << 20),
+            cpus: None,
+            argv: vec!["sleep".into(), "9".into()],
+            main_vpid: 2,
+            pod_dir: "/run/zap/pods/p/".into(),
+            group: GroupImage { members: Vec::new() },
+            ipc: IpcState::default(),
+            inside: Default::default(),
+            clocks,
+        }
+    }
+
+    #[test]
+    fn version_4_images_read_as_without_clocks() {
+        let old = image(None);
+        // A version 4 blob is a version 5 one without the last field.
+        let mut v4 = old.encode();
+        assert_eq!(v4.pop(), Some(0));
+        v4[0] = 4;
+        assert_eq!(PodImage::decode(&v4).unwrap(), old);
+        let new = image(Some(super::super::clock::ClockImage {
+            at_stop: super::super::clock::Clocks { monotonic: 5_000_000_123, boottime: 6_000_000_456 },
+            offsets: super::super::clock::Clocks { monotonic: -7, boottime: 8 },
+        }));
+        assert_eq!(PodImage::decode(&new.encode()).unwrap(), new);
+        let mut v3 = new.encode();
+        v3[0] = 3;
+        assert!(PodImage::decode(&v3).unwrap_err().to_string().contains("version 3 not supported"));
+    }
 }

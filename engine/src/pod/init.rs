@@ -6,7 +6,7 @@
 //! creator → init) and fd 4 (status, init → creator). On start, init closes every other fd
 //! (shells leak some) and blocks the signals it handles. Both pipes carry text lines:
 //! 1. creator → init: one line of JSON, an [`InitConfig`] (its `version` must match);
-//! 2. init: makes all mounts private, mounts a fresh `/proc`, `/sys` (with the cgroup2
+//! 2. init: makes the pod's time namespace and enters it ([`super::clock`]), makes all mounts private, mounts a fresh `/proc`, `/sys` (with the cgroup2
 //!    hierarchy) and a devpts of the pod's own on `/dev/pts`, sets the hostname, then
 //!    init → creator: `ready`;
 //! 3. creator configures the pod from outside (v1 cgroups, network), then creator → init: `go`;
@@ -34,10 +34,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::clock::{Clocks, ClockTarget};
 use crate::sys::{clone as sysclone, ns};
 
 /// Version of the creator ↔ init protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// fd of the control pipe in the init.
 pub const CONTROL_FD: i32 = 3;
 /// fd of the status pipe in the init.
@@ -77,6 +78,10 @@ pub enum Launch {
         /// A lazy restore: the init watches the guard pipe on [`GUARD_FD`] (see the module doc).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         guarded: bool,
+        /// The clocks the pod goes on from ([`super::clock`]); none for an image made before
+        /// pods had a time namespace (the pod gets none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clocks: Option<ClockTarget>,
     },
 }
 
@@ -91,6 +96,17 @@ pub struct InitConfig {
     pub hostname: String,
     /// What to start.
     pub launch: Launch,
+    /// The pod's time namespace ([`super::clock`]): none for a pod without one (a restored
+    /// image made before pods had one, or a kernel without time namespaces).
+    #[serde(default)]
+    pub time: Option<TimeNs>,
+}
+
+/// The pod's time namespace, made by the init before anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeNs {
+    /// Its offsets (relative to the host's clocks); none: those of the creator's namespace.
+    pub offsets: Option<Clocks>,
 }
 
 /// How the pod's main process ended (`<pod dir>/exit`).
@@ -179,6 +195,10 @@ fn launch(cfg: &InitConfig) -> Result<i32, String> {
 fn setup(cfg: &InitConfig) -> Result<(), String> {
     if cfg.version != PROTOCOL_VERSION {
         return Err(format!("protocol version {} (this zap-init speaks {PROTOCOL_VERSION})", cfg.version));
+    }
+    // Before any process of the pod exists, and while the init has one thread (setns).
+    if let Some(t) = cfg.time {
+        super::clock::make_namespace(t.offsets)?;
     }
     ns::make_mounts_private().map_err(|e| format!("make mounts private: {e}"))?;
     ns::mount_proc().map_err(|e| format!("mount /proc: {e}"))?;

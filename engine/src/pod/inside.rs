@@ -139,6 +139,8 @@ pub struct InsideRestore<'a, S> {
     init_pid: i32,
     /// Host pid of the first process of each nested IPC namespace.
     ipc_pids: Vec<(usize, i32)>,
+    /// The pod's time namespace offsets at the checkpoint (none: an image without clocks).
+    saved_time: Option<super::clock::Clocks>,
 }
 
 impl<'a, S: ImageStore> InsideRestore<'a, S> {
@@ -154,13 +156,26 @@ impl<'a, S: ImageStore> InsideRestore<'a, S> {
             cgroup: None,
             init_pid: 0,
             ipc_pids: Vec::new(),
+            saved_time: None,
         }
+    }
+
+    /// The offsets the pod's time namespace had at the checkpoint: the namespaces the
+    /// processes made get theirs moved by what the restored pod's differ by (time namespace
+    /// offsets are relative to the host's clocks).
+    pub fn saved_time_offsets(&mut self, offsets: Option<super::clock::Clocks>) {
+        self.saved_time = offsets;
     }
 
     /// The new pod `state` exists, its init's restore targets wait: set its names, make its
     /// cgroup tree and its mounts.
     pub fn pod_created(&mut self, state: &PodState) -> Result<()> {
         self.init_pid = state.init_pid;
+        if let Some(saved) = self.saved_time {
+            let now = super::clock::offsets_of(&state.init_pid.to_string())
+                .map_err(|e| EngineError::Pod { pod: self.pod.clone(), step: "read the restored pod's clock offsets".into(), detail: e.to_string() })?;
+            self.ns.shift_time(now.minus(saved));
+        }
         let cg = cgroup_of(state);
         let names = &self.image.nested.pod_uts;
         if !names.hostname.is_empty() {

@@ -1,10 +1,13 @@
-//! Pods: groups of processes in their own PID, mount, UTS, IPC, network and cgroup namespaces,
-//! with their own cgroup, hostname, `/proc`, `/sys` and optionally a veth interface with an address.
+//! Pods: groups of processes in their own PID, mount, UTS, IPC, network, cgroup and time
+//! namespaces, with their own cgroup, hostname, `/proc`, `/sys` and optionally a veth interface
+//! with an address.
 //!
 //! ## Design
 //! [`create`] makes the pod's cgroup ([`cgroup`]), then starts our init, `zap-init`
 //! ([`init`]), with one `clone3` (all `CLONE_NEW*` flags above plus `CLONE_INTO_CGROUP`)
-//! followed at once by `execve`. The init is PID 1 of the pod: it mounts a private `/proc`, a
+//! followed at once by `execve`. The init is PID 1 of the pod: it makes the pod's time namespace
+//! and enters it ([`clock`]: the offsets of a restore are computed by the creator just before it
+//! sends the init its configuration), mounts a private `/proc`, a
 //! `/sys` of the pod's network namespace (with cgroup2 on `/sys/fs/cgroup`), sets the hostname,
 //! waits while the creator adds it to the v1 cgroups and wires the network ([`net`]), then
 //! starts the command (or, for restores, bare processes with chosen pids) and reports the
@@ -47,6 +50,7 @@
 pub mod cgroup;
 pub mod cgroups;
 pub mod checkpoint;
+pub mod clock;
 pub mod init;
 pub mod inside;
 pub mod mounts;
@@ -536,9 +540,12 @@ fn start(
         pod_dir: pod_dir(root, name),
         hostname: hostname.to_string(),
         launch: match &spec.launch {
-            Launch::Restore { top, tramp, main_vpid, .. } => Launch::Restore { top: top.clone(), tramp: *tramp, main_vpid: *main_vpid, guarded: guard.is_some() },
+            Launch::Restore { top, tramp, main_vpid, clocks, .. } => {
+                Launch::Restore { top: top.clone(), tramp: *tramp, main_vpid: *main_vpid, guarded: guard.is_some(), clocks: *clocks }
+            }
             other => other.clone(),
         },
+        time: time_ns(name, &spec.launch)?,
     };
     let mut ctl = std::fs::File::from(ctl_w);
     let mut line = serde_json::to_string(&cfg).map_err(|e| pod_err(name, "encode init configuration", e))?;
@@ -568,6 +575,24 @@ fn start(
     state.main_vpid = vpid;
     state.main_pid = host_pid_of(cg, vpid);
     save(root, state)
+}
+
+/// The pod's time namespace ([`clock`]): with the creator's offsets for a new pod, with
+/// offsets that continue the saved clocks for a restore (computed now, just before the init
+/// starts anything); none for an image without clocks or on a kernel without time namespaces.
+fn time_ns(name: &str, launch: &Launch) -> Result<Option<init::TimeNs>> {
+    if !clock::supported() {
+        tracing::debug!(pod = name, "no time namespaces in this kernel (CONFIG_TIME_NS): the pod sees the host's clocks");
+        return Ok(None);
+    }
+    Ok(match launch {
+        Launch::Command { .. } => Some(init::TimeNs { offsets: None }),
+        Launch::Restore { clocks: None, .. } => None,
+        Launch::Restore { clocks: Some(target), .. } => {
+            let offsets = target.offsets().map_err(|e| pod_err(name, "compute the pod's clock offsets", e))?;
+            Some(init::TimeNs { offsets: Some(offsets) })
+        }
+    })
 }
 
 /// Kills every process of the pod and records an exit status when none was recorded.
@@ -703,7 +728,9 @@ pub fn exec(root: &Path, name: &str, argv: &[String], env: &[(String, String)]) 
     }
     let v1_fds: Vec<_> = v1.iter().map(|f| f.as_fd()).collect();
     let prog = ns::Program { path: &c_path, argv: &c_argv, envp: &c_env };
-    ns::run_in_namespaces(pidfd.as_fd(), POD_NS, cg_dir.as_fd(), &v1_fds, &prog).map_err(|(s, e)| {
+    // The pod's time namespace is its init's (see `clock`).
+    let flags = if clock::supported() { POD_NS | libc::CLONE_NEWTIME } else { POD_NS };
+    ns::run_in_namespaces(pidfd.as_fd(), flags, cg_dir.as_fd(), &v1_fds, &prog).map_err(|(s, e)| {
         let what = match s {
             ns::ChildStep::Setns => "join namespaces",
             ns::ChildStep::Clone => "create process in cgroup",

@@ -13,7 +13,9 @@
 //! - network: whether `lo` is up and its addresses; any other interface (a veth pair between
 //!   namespaces), and routes other than the kernel's own, are refused; a socket of a process
 //!   that belongs to another network namespace than the process's is refused;
-//! - time: the monotonic and boot-time offsets (read from a process whose children go there);
+//! - time: the monotonic and boot-time offsets (read from a process whose children go there;
+//!   relative to the host's clocks, so a restore moves them by what the restored pod's own
+//!   offsets differ from the saved pod's by: [`super::clock`]);
 //!   the namespace a process's children will be in (`time_for_children`) is saved too;
 //! - mount: its mounts ([`super::mounts`], relative to the pod's);
 //! - cgroup: its root (a cgroup under the pod's).
@@ -410,12 +412,21 @@ pub struct NsRestore<'a> {
     made: [HashMap<usize, (i32, &'static str)>; 6],
     /// What each restored process is in (kids inherit it).
     now: HashMap<i32, Member>,
+    /// What the restored pod's time namespace offsets differ from the saved pod's by, ns
+    /// (added to the saved offsets of the namespaces made inside it).
+    time_shift: super::clock::Clocks,
 }
 
 impl<'a> NsRestore<'a> {
     /// A restore of `image` for pod `pod`.
     pub fn new(pod: &str, image: &'a NestedImage) -> Self {
-        NsRestore { pod: pod.to_string(), image, made: Default::default(), now: HashMap::new() }
+        NsRestore { pod: pod.to_string(), image, made: Default::default(), now: HashMap::new(), time_shift: Default::default() }
+    }
+
+    /// Moves the offsets of the time namespaces made inside the pod by `shift` (what the
+    /// restored pod's own offsets differ from the saved pod's by).
+    pub fn shift_time(&mut self, shift: super::clock::Clocks) {
+        self.time_shift = shift;
     }
 
     /// Puts process `vpid` (host pid `pid`, driven by `inj`, just taken over; its parent is
@@ -475,7 +486,9 @@ impl<'a> NsRestore<'a> {
         let step = |e: &dyn std::fmt::Display| pod_err(&self.pod, format!("restore time namespace {n} of pid {vpid}"), e);
         inj.call("unshare(CLONE_NEWTIME)", libc::SYS_unshare, [libc::CLONE_NEWTIME as u64, 0, 0, 0, 0, 0]).map_err(|e| step(&e))?;
         let t = self.image.time.get(n).ok_or_else(|| step(&"not in the image"))?;
-        let text = format!("monotonic {} {}\nboottime {} {}\n", t.monotonic.0, t.monotonic.1, t.boottime.0, t.boottime.1);
+        let ns = |(s, n): (i64, i64)| s * 1_000_000_000 + n;
+        let saved = super::clock::Clocks { monotonic: ns(t.monotonic), boottime: ns(t.boottime) };
+        let text = super::clock::offsets_text(saved.plus(self.time_shift));
         std::fs::write(format!("/proc/{pid}/timens_offsets"), text).map_err(|e| step(&e))
     }
 

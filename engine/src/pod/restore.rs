@@ -8,7 +8,8 @@
 //! last 16 MiB) and is put back before the processes resume. What the processes had made inside
 //! the pod is made again ([`super::inside`]): names, cgroup tree and mounts before any process is
 //! restored, namespaces of their own as each process is rebuilt, cgroup placement before they
-//! run. On failure the half-made pod is removed.
+//! run. The pod's clocks go on from the values saved at the checkpoint ([`super::clock`]). On
+//! failure the half-made pod is removed.
 //!
 //! ## Connections
 //! The new pod's network is locked ([`super::netlock`]) as soon as its namespace exists, before
@@ -84,12 +85,14 @@ struct PodSpawner<'a, S> {
     inside: InsideRestore<'a, S>,
     /// A lazy restore's guard (the init's end of the guard sockets), for the pod's init.
     guard: Option<std::os::fd::BorrowedFd<'a>>,
+    /// The clocks the pod goes on from (none: an image without them).
+    clocks: Option<super::clock::ClockTarget>,
 }
 
 impl<S: ImageStore> TargetSpawner for PodSpawner<'_, S> {
     fn spawn(&mut self, top: &[i32], tramp: u64) -> Result<i32> {
         let main_vpid = if top.contains(&self.main_vpid) { self.main_vpid } else { top[0] };
-        self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid, guarded: self.guard.is_some() };
+        self.spec.launch = super::Launch::Restore { top: top.to_vec(), tramp, main_vpid, guarded: self.guard.is_some(), clocks: self.clocks };
         // Locked before its interface has the address and before any socket of the pod exists.
         let (state, lock) = super::create_locked_guarded(self.root, &self.spec, self.guard)?;
         self.created = true;
@@ -229,7 +232,7 @@ fn restore_with<S: ImageStore>(
         mac,
         memory_limit: image.memory_limit,
         cpus: image.cpus,
-        launch: super::Launch::Restore { top: Vec::new(), tramp: 0, main_vpid: image.main_vpid, guarded: false },
+        launch: super::Launch::Restore { top: Vec::new(), tramp: 0, main_vpid: image.main_vpid, guarded: false, clocks: None },
         init_exe: opts.init_exe.clone(),
     };
     let mut files = RestoreContext::new(std::process::id());
@@ -239,7 +242,8 @@ fn restore_with<S: ImageStore>(
             files.sockets.rebind.push((old, new));
         }
     }
-    let inside = InsideRestore::new(&name, &image.inside, store, &manifest.images);
+    let mut inside = InsideRestore::new(&name, &image.inside, store, &manifest.images);
+    inside.saved_time_offsets(image.clocks.map(|c| c.offsets));
     let mut spawner = PodSpawner {
         store,
         manifest: &manifest,
@@ -254,6 +258,7 @@ fn restore_with<S: ImageStore>(
         locked_ms: 0.0,
         inside,
         guard,
+        clocks: image.clocks.map(|c| super::clock::ClockTarget::resume(c.at_stop)),
     };
     let result = group::restore_in_lazy(store, &manifest, &image.group, &mut spawner, files, pagers)
         .and_then(|group| image.ipc.finish(spawner.init_pid).map(|()| group))

@@ -562,6 +562,34 @@ pub fn in_namespaces<T: Send>(ns: &[(BorrowedFd<'_>, i32)], copy_mounts: bool, f
     })
 }
 
+/// The time of clock `clock` (`CLOCK_MONOTONIC`, `CLOCK_BOOTTIME`...) as the caller sees it
+/// (in its time namespace), ns.
+pub fn clock_ns(clock: libc::clockid_t) -> io::Result<i64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec for clock_gettime to fill.
+    cvt(unsafe { libc::clock_gettime(clock, &mut ts) })?;
+    Ok(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
+}
+
+/// Makes a new time namespace for the caller's children to come (`unshare(CLONE_NEWTIME)`):
+/// its offsets are the caller's namespace's until written to `/proc/self/timens_offsets`,
+/// which the kernel allows only before any process is in it.
+pub fn unshare_time() -> io::Result<()> {
+    // SAFETY: unshare takes an integer; it changes only this process's namespaces.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWTIME) })?;
+    Ok(())
+}
+
+/// Moves the caller into the time namespace its children go to (`setns` on
+/// `/proc/self/ns/time_for_children`), so that it and every process it starts see the same
+/// clocks. The caller must have a single thread.
+pub fn enter_time_for_children() -> io::Result<()> {
+    let ns = std::fs::File::open("/proc/self/ns/time_for_children")?;
+    // SAFETY: setns on a valid namespace descriptor, for this (single-threaded) process.
+    cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWTIME) })?;
+    Ok(())
+}
+
 /// The inode of the network namespace socket `sock` belongs to (`SIOCGSKNS`).
 pub fn socket_netns(sock: BorrowedFd<'_>) -> io::Result<u64> {
     const SIOCGSKNS: libc::c_ulong = 0x894C;
