@@ -388,10 +388,14 @@ pub fn migrate(
     let mut j = SourceJournal { session: session.clone(), dest: dest.to_string(), peer_key: peer.to_string(), state: SourceState::Precopy, pid, start };
     journal::write(&jpath, &j)?;
     let mut r = run(root, name, &mut state, lock, &mut ch, &mut reader, &mut dirs, opts, &mut report, progress, &mut j, &jpath);
-    if let Err(MigrateError::Link { .. }) = &r {
-        // The destination may have said why it closed while we were still sending.
+    if let Err(MigrateError::Link { step: ours, detail: why }) = &r {
+        // The destination may have said why it closed while we were still sending: its reason
+        // comes first, ours stays in the message.
         if let Some(reason) = wire::peer_reason(&mut ch) {
-            r = Err(reason);
+            r = Err(match reason {
+                MigrateError::Peer { step, detail } => MigrateError::Peer { step, detail: format!("{detail} (here, {ours}: link lost: {why})") },
+                other => other,
+            });
         }
     }
     reader.disarm();

@@ -11,3 +11,4 @@ pub mod ipc;
 pub mod uffd;
 pub mod mount;
 pub mod nft;
+pub mod fdio;
