@@ -565,26 +565,31 @@ fn rounds(
     final_round(root, name, state, lock, remote, reader, dirs, opts, report, progress, n, j, jpath, net_config)
 }
 
-/// Reads the pod's interface configuration (address, MAC, routes) in a thread beside each
-/// pre-copy round: it takes three runs of `ip` in the pod's namespace, each a fork and exec of
-/// this process, 0.1-1 s under load, and read right before the final stop that time added to the
-/// pages the pod wrote before it (a 4 GiB pod at 1%/s: 14,590 pages in its final round where its
-/// rounds had 3,150-4,200). The configuration of the last round is the one carried: the pod's own
-/// processes rarely change their interface, and a change after it is not carried, as one after
-/// the stop was not before.
+/// Reads the pod's interface configuration (address, MAC, routes) in a thread beside the
+/// pre-copy rounds (at the first, then at most every [`NET_CONFIG_EVERY`]): it takes three runs of
+/// `ip` in the pod's namespace, each a fork and exec of this process, 0.1-1 s under load, and
+/// read right before the final stop that time added to the pages the pod wrote before it (a 4 GiB
+/// pod at 1%/s: 14,590 pages in its final round where its rounds had 3,150-4,200). The last read
+/// is the one carried: the pod's own processes rarely change their interface, and a change after
+/// it is not carried, as one after the stop was not before.
 #[derive(Default)]
 struct NetConfigReader {
     pending: Option<std::thread::JoinHandle<crate::Result<net::NetConfig>>>,
+    started: Option<Instant>,
 }
 
+/// How old the configuration read beside the rounds may get before it is read again.
+const NET_CONFIG_EVERY: Duration = Duration::from_secs(5);
+
 impl NetConfigReader {
-    /// Starts a read unless one is under way (nothing for a pod without an address).
+    /// Starts a read unless one is under way or recent (nothing for a pod without an address).
     fn start(&mut self, state: &PodState) {
-        if state.ip.is_none() || self.pending.as_ref().is_some_and(|h| !h.is_finished()) {
+        if state.ip.is_none() || self.pending.as_ref().is_some_and(|h| !h.is_finished()) || self.started.is_some_and(|t| t.elapsed() < NET_CONFIG_EVERY) {
             return;
         }
         let init = state.init_pid;
         self.pending = std::thread::Builder::new().name("zap-net-config".into()).spawn(move || net::read_config(init)).ok();
+        self.started = Some(Instant::now());
     }
 
     /// The last read's result (read now if none could be started).
