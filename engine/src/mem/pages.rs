@@ -80,6 +80,9 @@ fn delta_of(start: u64, entries: &[u64], runs: Vec<(u64, u64)>, wanted: &[(u64, 
     Delta { runs: intersect(&runs, wanted), absent: merge(absent), guards: runs_from(start, entries, |e| e & PM_GUARD != 0) }
 }
 
+/// Pages that held nothing at the last copy, and the pages written since (see `sparse_delta`).
+type KnownAbsent<'a> = (&'a [(u64, u64)], &'a [(u64, u64)]);
+
 /// A mapping with more holes than one per this many pages is read whole by a delta copy (see
 /// [`sparse_delta`]).
 const SPARSE_PAGES_PER_HOLE: u64 = 64;
@@ -99,7 +102,7 @@ const SPARSE_PAGES_PER_HOLE: u64 = 64;
 /// the kernel cannot say, every hole is read). A pod that arrived by migration has a hole per
 /// zero run (32,768 in a 4 GiB test pod): each round read their entries one by one, or (past
 /// [`SPARSE_PAGES_PER_HOLE`]) the whole pagemap, 0.1-0.3 s a round for 4 GiB under load.
-fn sparse_delta(pm: &File, path: &Path, vma: &VmaState, wanted: &[(u64, u64)], base: Option<&[(u64, u64)]>, still_absent: Option<(&[(u64, u64)], &[(u64, u64)])>) -> Result<Option<Delta>> {
+fn sparse_delta(pm: &File, path: &Path, vma: &VmaState, wanted: &[(u64, u64)], base: Option<&[(u64, u64)]>, still_absent: Option<KnownAbsent<'_>>) -> Result<Option<Delta>> {
     let Ok(not_present) = crate::sys::uffd::scan_not_present(pm, vma.start, vma.end) else { return Ok(None) };
     // Markers count as absent only where the base covers them (see `delta_of`): known holes
     // are skipped only where it covers the whole mapping.
