@@ -206,6 +206,88 @@ fn destination_ends_promptly_when_the_source_dies_or_falls_silent() {
     h.ok("b", &["rm", "-f", "web"]);
 }
 
+/// A relay between the source and `zap receive`: forwards the first LIMIT bytes of its stdin,
+/// then reads nothing more yet keeps its stdin open (a `--via` command or an ssh whose reader got
+/// stuck), while it still passes the destination's answers back. It ends when its stdin is
+/// closed (the source gave up) or after 120 s, and closes the destination's stdin.
+const RELAY: &str = r#"
+import os, select, subprocess, sys, threading
+limit, cmd = int(sys.argv[1]), sys.argv[2]
+p = subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def back():
+    while True:
+        b = os.read(p.stdout.fileno(), 65536)
+        if not b:
+            break
+        os.write(1, b)
+    os.close(1)
+threading.Thread(target=back, daemon=True).start()
+n = 0
+while n < limit:
+    b = os.read(0, min(65536, limit - n))
+    if not b:
+        break
+    os.write(p.stdin.fileno(), b)
+    n += len(b)
+sys.stderr.write("relay: forwarded %d bytes, reading no more\n" % n)
+w = select.poll()
+w.register(0, 0)
+w.poll(120000)
+p.stdin.close()
+try:
+    p.wait(timeout=20)
+except subprocess.TimeoutExpired:
+    p.kill()
+    p.wait()
+"#;
+
+/// A peer that stops reading (the relay above, after 1 or 1.5 MiB: the handshake and a part of
+/// round 0's chunks, of about 2.4 MiB in all) no longer blocks the source without bound: its
+/// write fails once the stream took no byte for the silence allowed (3 s here; the destination
+/// allows 6 s), with an error naming the step; the pod runs on at the source, unchanged, and the
+/// destination's worker is gone and nothing of the pod is left there. (Before: the source stayed
+/// blocked in its write for as long as the relay kept its stdin open, 120 s here.)
+#[test]
+fn a_peer_that_stops_reading_ends_the_migration() {
+    let Some(h) = Hosts::up() else { return };
+    h.keys();
+    let ip = format!("{}.59", h.net);
+    start_server(&h, "a", "web", &ip);
+    let relay = h.scratch().join("relay.py");
+    std::fs::write(&relay, RELAY).unwrap();
+    let key = h.key_of("b");
+    for limit in [1 << 20, 3 << 19] {
+        let before = wait_answer(&h, &ip);
+        let procs = h.procs("a", "web");
+        let via = format!("exec python3 {} {limit} '{}'", relay.display(), h.via("b", "ZAP_MIGRATE_SILENCE_MS=6000"));
+        let t = Instant::now();
+        let out = h.zap_env("a", &[("ZAP_MIGRATE_SILENCE_MS", "3000")], &["migrate", "web", "--via", &via, "--peer-key", &key]);
+        let took = t.elapsed();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{limit}: the migration succeeded: {err}");
+        assert!(err.contains("reading no more"), "{limit}: the relay did not stop: {err}");
+        assert!(err.contains("took no byte for 3.0 s"), "{limit}: the error does not name the stuck write: {err}");
+        assert!(took < Duration::from_secs(40), "{limit}: the source took {took:?} to give up");
+        eprintln!("{limit}: the source gave up after {took:?}: {}", err.lines().find(|l| l.contains("took no byte")).unwrap_or(""));
+        let after = wait_answer(&h, &ip);
+        assert!(after > before, "{limit}: the pod runs on at the source ({before} -> {after})");
+        assert_eq!(h.procs("a", "web"), procs, "{limit}: same processes");
+        assert!(!h.root("a").join("pods/web/migration.json").exists(), "{limit}: journal left");
+        let t = Instant::now();
+        while (!h.workers("b").is_empty() || h.root("b").join("pods/web").exists()) && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(h.workers("b").is_empty(), "{limit}: the worker on b still runs");
+        h.assert_clean("b", "web", None);
+    }
+    // After that, a clean migration still works.
+    let out = h.migrate("a", "b", "web", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_answer(&h, &ip);
+    h.assert_clean("a", "web", None);
+    h.ok("b", &["rm", "-f", "web"]);
+}
+
 #[test]
 fn unknown_handover_outcome_is_recovered() {
     let Some(h) = Hosts::up() else { return };

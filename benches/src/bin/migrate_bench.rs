@@ -28,7 +28,9 @@
 //! Run: `cargo run --release -p zap-benches --bin migrate-bench [-- --big] [--no-tc] [--sizes MIB,...]`
 //! (`MIGBENCH_LOGS=DIR` keeps each migration's log there; with `RUST_LOG=zap_engine=debug` it shows
 //! the final round's steps with their times on both ends)
-//! (`--sizes` replaces the default sizes; the 1 Gbit/s run stays at 1 GiB unless `--no-tc`)
+//! (`--sizes` replaces the default sizes; `--rates PERMILLE,...` the write rates, in 1/1000 of
+//! the pages a second: `--rates 10` runs only the 1%/s cases; the 1 Gbit/s run stays at 1 GiB
+//! unless `--no-tc`)
 //! (as root; needs `zap` built next to this binary: `cargo build --release --workspace`, and gcc).
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -165,7 +167,8 @@ fn main() {
         match a.as_str() {
             "--big" | "--no-tc" | "--bench" => {}
             "--sizes" => assert!(it.next().is_some_and(|v| v.split(',').all(|n| n.parse::<usize>().is_ok_and(|n| n > 0))), "--sizes MIB[,MIB...]"),
-            other => zap_benches::help_or_bad_argument("migrate-bench", other, "[--big] [--no-tc] [--sizes MIB[,MIB...]]"),
+            "--rates" => assert!(it.next().is_some_and(|v| v.split(',').all(|n| n.parse::<u32>().is_ok_and(|n| n <= 1000))), "--rates PERMILLE[,PERMILLE...]"),
+            other => zap_benches::help_or_bad_argument("migrate-bench", other, "[--big] [--no-tc] [--sizes MIB[,MIB...]] [--rates PERMILLE[,PERMILLE...]]"),
         }
     }
     assert!(nix::unistd::geteuid().is_root(), "migrate-bench needs root (namespaces, pods)");
@@ -258,9 +261,13 @@ fn worker(args: &[String]) {
     if let Some(list) = args.iter().position(|a| a == "--sizes").and_then(|i| args.get(i + 1)) {
         sizes = list.split(',').filter_map(|n| n.parse().ok()).collect();
     }
+    let mut rates = vec![0, 10];
+    if let Some(list) = args.iter().position(|a| a == "--rates").and_then(|i| args.get(i + 1)) {
+        rates = list.split(',').filter_map(|n| n.parse().ok()).collect();
+    }
     let mut cases: Vec<(usize, u32, bool)> = Vec::new();
     for &s in &sizes {
-        for permille in [0, 10] {
+        for &permille in &rates {
             cases.push((s, permille, false));
         }
     }

@@ -34,6 +34,10 @@ pub struct Tracking {
     /// Host pids of the members whose layout was taken so: their flags are still to be checked
     /// ([`crate::mem::check_details`]) before the image is used.
     pub reused_layouts: Vec<i32>,
+    /// By host pid: the pages that held nothing at the trackers' last collection (a
+    /// migration's last pre-copy round): not written since, they are not looked at again
+    /// ([`crate::mem::CopyPlan::absent`]).
+    pub known_absent: std::collections::HashMap<i32, Vec<(u64, u64)>>,
 }
 
 /// A saved group: the image and, per live member (by vpid), its copied pages.
@@ -276,7 +280,8 @@ pub fn save(pids: &[i32], frozen: &[Frozen], opts: SaveOptions, mut tracking: Op
                     .find(|m: &&Member| m.vpid == ppid && !opts.no_cow)
                     .and_then(Member::image)
                     .map(|i| (i.host_pid, i.vmas.as_slice()));
-                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: base.as_deref(), parent, shm_saved: Some(&shm_saved) };
+                let absent = tracking.as_deref().and_then(|tr| tr.known_absent.get(&p.host)).map(Vec::as_slice);
+                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: base.as_deref(), parent, shm_saved: Some(&shm_saved), absent };
                 let (image, copy) = save_process(p.host, f, &mut ctx, &plan, layout)?;
                 tracing::debug!(pid = p.host, collect_ms, ms = t.elapsed().as_secs_f64() * 1e3, bytes = copy.bytes, "process saved");
                 bytes_read += copy.bytes;

@@ -27,8 +27,17 @@
 //! but no record for [`Channel::timeout`] (120 s unless `$ZAP_MIGRATE_TIMEOUT_MS`) is treated as
 //! hung. A keepalive carries nothing: forging one can only delay the detection of a dead link,
 //! never change what the records say.
+//!
+//! Writes are bounded the same way: the writing half of every stream ([`Out`]) is non-blocking
+//! and a write waits with `poll` for the stream to take more. A stream that takes no byte for
+//! [`Channel::silence`] (a `--via` command or an ssh whose reader stopped reading, a peer stuck
+//! in a step, a link whose buffers stay full) fails the write with an error naming the step,
+//! instead of blocking the side for as long as the peer stays stuck (before: without bound, a
+//! source frozen in its final round included). The keepalive thread never waits: it writes only
+//! what the stream takes at once and leaves the rest of its frame for the next write.
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,11 +70,106 @@ pub struct Stream {
     /// A duplicate of its fd, polled before each read (for the timeout).
     pub read_fd: OwnedFd,
     /// Where we write to.
-    pub writer: Box<dyn Write + Send>,
+    pub writer: Out,
+}
+
+/// The writing half of a stream: its descriptor in non-blocking mode, written with `poll` and
+/// a bound on how long the stream may take nothing (module doc). Unbuffered: the channel writes
+/// whole records (up to 64 KiB), one `write` each.
+pub struct Out {
+    file: std::fs::File,
+    /// The rest of a keepalive frame the stream did not take at once: it goes out before
+    /// anything else, so frames never interleave.
+    pending: Vec<u8>,
+    /// What the descriptor is, for errors.
+    what: &'static str,
+}
+
+impl Out {
+    /// Takes `fd` (a pipe, a socket) for writing and makes it non-blocking.
+    pub fn new(fd: OwnedFd) -> std::io::Result<Out> {
+        crate::sys::fdio::set_nonblocking(fd.as_fd())?;
+        let file = std::fs::File::from(fd);
+        let what = match file.metadata().map(|m| m.file_type()) {
+            Ok(t) if t.is_fifo() => "pipe",
+            Ok(t) if t.is_socket() => "socket",
+            _ => "stream",
+        };
+        Ok(Out { file, pending: Vec::new(), what })
+    }
+
+    /// Writes all of `data` (after a pending keepalive's rest), waiting while the stream is
+    /// full; fails when it took no byte for `stall`.
+    pub fn write_all(&mut self, data: &[u8], stall: Duration, step: &str) -> Result<()> {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.push(&pending, stall, step)?;
+        }
+        self.push(data, stall, step)
+    }
+
+    /// Sends a pending keepalive's rest, waiting as [`Out::write_all`] does.
+    pub fn flush(&mut self, stall: Duration, step: &str) -> Result<()> {
+        self.write_all(&[], stall, step)
+    }
+
+    fn push(&mut self, mut data: &[u8], stall: Duration, step: &str) -> Result<()> {
+        let mut progress = Instant::now();
+        while !data.is_empty() {
+            match (&self.file).write(data) {
+                Ok(0) => return Err(MigrateError::Link { step: step.to_string(), detail: format!("the {} takes no more bytes", self.what) }),
+                Ok(n) => {
+                    data = &data[n..];
+                    progress = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let left = stall.saturating_sub(progress.elapsed());
+                    let ready = !left.is_zero()
+                        && crate::sys::fdio::poll_writable(self.file.as_fd(), left.as_millis().clamp(1, i32::MAX as u128) as i32)
+                            .map_err(|e| MigrateError::Link { step: step.to_string(), detail: format!("wait for the {}: {e}", self.what) })?;
+                    if !ready && progress.elapsed() >= stall {
+                        return Err(MigrateError::Link {
+                            step: step.to_string(),
+                            detail: format!(
+                                "the peer took no byte for {:.1} s with {} bytes left to write (its reader stopped reading: the peer or the {} is stuck)",
+                                stall.as_secs_f64(),
+                                data.len(),
+                                self.what
+                            ),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Err(MigrateError::Link { step: step.to_string(), detail: format!("the peer closed the connection ({})", self.what) })
+                }
+                Err(e) => return Err(MigrateError::Link { step: step.to_string(), detail: e.to_string() }),
+            }
+        }
+        Ok(())
+    }
+
+    /// A keepalive frame, written only as far as the stream takes it now (never waits); the
+    /// rest stays pending. Err: the stream is broken.
+    fn try_keepalive(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            self.pending.extend_from_slice(&[0, 0]);
+        }
+        while !self.pending.is_empty() {
+            match (&self.file).write(&self.pending) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => drop(self.pending.drain(..n)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The writing half of an established channel, shared with its keepalive thread.
-type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+type SharedWriter = Arc<Mutex<Out>>;
 
 /// What the keepalive thread of a channel shares with it.
 struct Beat {
@@ -164,20 +268,14 @@ fn read_full(reader: &mut dyn Read, fd: &OwnedFd, buf: &mut [u8], w: Wait, step:
                 })
             }
             Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A socket shares its non-blocking mode with its writing half ([`Out`]).
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => {}
             Err(e) => return Err(MigrateError::Link { step: step.to_string(), detail: e.to_string() }),
         }
     }
     Ok(())
 }
 
-fn write_all(writer: &mut dyn Write, data: &[u8], step: &str) -> Result<()> {
-    writer.write_all(data).map_err(|e| MigrateError::Link { step: step.to_string(), detail: e.to_string() })
-}
-
-fn flush(writer: &mut dyn Write, step: &str) -> Result<()> {
-    writer.flush().map_err(|e| MigrateError::Link { step: step.to_string(), detail: e.to_string() })
-}
 
 fn preamble() -> [u8; 8] {
     let mut p = [0u8; 8];
@@ -189,8 +287,7 @@ fn preamble() -> [u8; 8] {
 /// Sends our preamble and checks the peer's.
 fn exchange_preamble(stream: &mut Stream, timeout: Duration) -> Result<()> {
     let step = "handshake: protocol version";
-    write_all(&mut stream.writer, &preamble(), step)?;
-    flush(&mut stream.writer, step)?;
+    stream.writer.write_all(&preamble(), default_silence().min(timeout), step)?;
     let mut theirs = [0u8; 8];
     read_full(&mut stream.reader, &stream.read_fd, &mut theirs, Wait::plain(timeout), step)?;
     if &theirs[..6] != MAGIC {
@@ -229,15 +326,15 @@ fn write_frame(stream: &mut Stream, msg: &[u8], step: &str) -> Result<()> {
     let mut out = Vec::with_capacity(msg.len() + 2);
     out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
     out.extend_from_slice(msg);
-    write_all(&mut stream.writer, &out, step)?;
-    flush(&mut stream.writer, step)
+    stream.writer.write_all(&out, default_silence().min(default_timeout()), step)
 }
 
 /// Sends a keepalive on `writer` whenever the channel wrote nothing for [`KEEPALIVE`], until
-/// `beat.stop`. It never waits for the channel's own writes (a writer busy is a writer alive)
-/// and is not joined: a write stuck on a dead link must not hold up the side's cleanup. It holds
-/// the writer only while it writes, so dropping the channel closes the stream at once.
-fn spawn_keepalive(writer: std::sync::Weak<Mutex<Box<dyn Write + Send>>>, beat: Arc<Beat>) {
+/// `beat.stop`. It never waits, neither for the channel's own writes (a writer busy is a writer
+/// alive) nor for a full stream ([`Out`]: what the stream does not take now goes out later), and
+/// is not joined. It holds the writer only while it writes, so dropping the channel closes the
+/// stream at once.
+fn spawn_keepalive(writer: std::sync::Weak<Mutex<Out>>, beat: Arc<Beat>) {
     let tick = KEEPALIVE / 4;
     let r = std::thread::Builder::new().name("zap-keepalive".into()).spawn(move || {
         while !beat.stop.load(Ordering::Relaxed) {
@@ -248,7 +345,7 @@ fn spawn_keepalive(writer: std::sync::Weak<Mutex<Box<dyn Write + Send>>>, beat: 
             }
             let Some(writer) = writer.upgrade() else { return };
             let Ok(mut w) = writer.try_lock() else { continue };
-            if w.write_all(&[0, 0]).and_then(|()| w.flush()).is_err() {
+            if w.try_keepalive().is_err() {
                 return; // the link is gone: the channel's own reads and writes say so
             }
             beat.wrote();
@@ -381,10 +478,16 @@ impl Channel {
     /// Writes the first `len` bytes of the scratch buffer (one whole frame: a keepalive never
     /// lands inside it).
     fn write_out(&mut self, len: usize, step: &str) -> Result<()> {
+        let stall = self.stall();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let r = write_all(&mut **w, &self.scratch[..len], step);
+        let r = w.write_all(&self.scratch[..len], stall, step);
         self.beat.wrote();
         r
+    }
+
+    /// How long a write may wait for the stream to take a byte: the read side's silence.
+    fn stall(&self) -> Duration {
+        self.silence.min(self.timeout)
     }
 
     /// Stops the keepalives (test hook: the side falls silent as behind a cut link).
@@ -408,8 +511,9 @@ impl Channel {
     /// Sends everything queued.
     pub fn flush(&mut self, step: &str) -> Result<()> {
         self.seal_record(step)?;
+        let stall = self.stall();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        flush(&mut **w, step)
+        w.flush(stall, step)
     }
 
     /// Reads exactly `out.len()` bytes.
@@ -440,9 +544,9 @@ impl Channel {
     /// Test hook: writes `bytes` raw onto the stream, outside any record (a peer then sees a
     /// damaged record).
     pub fn write_raw_for_test(&mut self, bytes: &[u8]) -> Result<()> {
+        let stall = self.stall();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_all(&mut **w, bytes, "test: raw bytes")?;
-        flush(&mut **w, "test: raw bytes")
+        w.write_all(bytes, stall, "test: raw bytes")
     }
 }
 
@@ -461,7 +565,7 @@ mod tests {
     fn stream(s: UnixStream) -> Stream {
         let fd = s.as_fd().try_clone_to_owned().unwrap();
         let w = s.try_clone().unwrap();
-        Stream { reader: Box::new(s), read_fd: fd, writer: Box::new(w) }
+        Stream { reader: Box::new(s), read_fd: fd, writer: Out::new(OwnedFd::from(w)).unwrap() }
     }
 
     fn pair() -> (KeyPair, KeyPair, tempfile::TempDir) {
@@ -557,6 +661,46 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
         tx.send(()).unwrap();
         t.join().unwrap();
+    }
+
+    /// A stream whose reader takes nothing fails a write after the stall allowed, and a
+    /// keepalive never waits (its frame stays pending and goes out first); a reader that is slow
+    /// but keeps reading is waited for.
+    #[test]
+    fn writes_are_bounded_by_the_reader() {
+        let (x, y) = UnixStream::pair().unwrap();
+        let mut out = Out::new(OwnedFd::from(x)).unwrap();
+        let t = Instant::now();
+        let e = out.write_all(&vec![7u8; 8 << 20], Duration::from_millis(500), "t").unwrap_err();
+        assert!(e.to_string().contains("took no byte for 0.5 s"), "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(500) && t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let t = Instant::now();
+        out.try_keepalive().unwrap();
+        assert!(t.elapsed() < Duration::from_millis(100) && !out.pending.is_empty());
+        // Drain what the failed write left in the socket, then read on slowly.
+        let reader = std::thread::spawn(move || {
+            let mut y = y;
+            y.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                match y.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            got
+        });
+        out.write_all(&[1, 2, 3], Duration::from_millis(500), "t").unwrap();
+        out.write_all(&vec![9u8; 2 << 20], Duration::from_millis(500), "t").unwrap();
+        drop(out);
+        let got = reader.join().unwrap();
+        // What the failed write got in, the keepalive, then the data in order.
+        let tail = &got[got.len() - (2 << 20) - 5..];
+        assert_eq!(&tail[..5], &[0, 0, 1, 2, 3]);
+        assert!(tail[5..].iter().all(|&b| b == 9));
+        assert!(got[..got.len() - (2 << 20) - 5].iter().all(|&b| b == 7));
     }
 
     #[test]

@@ -66,8 +66,15 @@
 //! whose read walks every page table), its flags checked against smaps in a thread beside the
 //! rest of the final round, before `Commit` (a flag changed meanwhile fails the migration, and
 //! the pod runs on); the last dirty pages come from `PAGEMAP_SCAN` (written pages, and pages no
-//! longer present), without reading the pagemap of clean memory. What is left that grows with
-//! memory is the kernel's own walk of the page tables in those scans. A pod whose processes made
+//! longer present), without reading the pagemap of clean memory; pages that held nothing at the
+//! last round and were not written since are taken as still absent without reading their
+//! pagemap entries ([`crate::mem::CopyPlan::absent`]: a pod that arrived by migration has a hole
+//! per zero run, and the final save of a 4 GiB one read 32,768 of them). What is left that grows
+//! with memory is the kernel's own walk of the page tables in those scans. The pre-copy rounds
+//! keep a process's layout the same way (its flags checked against smaps by a thread beside the
+//! round, [`precopy::PodReader::settle`]), and the pod's interface configuration is read beside
+//! the rounds, not before the stop (its three runs of `ip` took up to a second under load, which
+//! the pod spent writing pages the final round then carried). A pod whose processes made
 //! mounts, sub-cgroups or namespaces is rebuilt in the final round (a restore's cost). Both sides
 //! log each step of the final round with its time since the stop (`RUST_LOG=zap_engine=debug`).
 pub mod cache;

@@ -108,6 +108,9 @@ pub struct PodReader {
     /// ([`drop_known_absent`]). A pod that arrived by migration has its zero pages absent (the
     /// destination writes none); without this every round re-sent them all.
     pub zero: HashMap<i32, Vec<(u64, u64)>>,
+    /// The check of the layouts this round took from the last one ([`PodReader::read`]),
+    /// running beside the round: it returns the host pids whose flags changed.
+    check: Option<std::thread::JoinHandle<HashSet<i32>>>,
 }
 
 /// How often a round lists a running pod's processes again when one ended while listed.
@@ -116,7 +119,7 @@ const SHAPE_RETRIES: u32 = 50;
 impl PodReader {
     /// A reader of the pod `state`.
     pub fn new(state: PodState) -> Self {
-        PodReader { state, armed: HashMap::new(), whole_next: HashSet::new(), backend: None, layouts: HashMap::new(), zero: HashMap::new() }
+        PodReader { state, armed: HashMap::new(), whole_next: HashSet::new(), backend: None, layouts: HashMap::new(), zero: HashMap::new(), check: None }
     }
 
     /// Arms the tracker in every process of the stopped pod (round 0). A process that cannot be
@@ -155,10 +158,29 @@ impl PodReader {
         pids
     }
 
+    /// Waits for the check of the layouts the last round reused, and forgets those whose flags
+    /// changed: the next round (or the final one) reads them from smaps. Returns their pids.
+    pub fn settle(&mut self) -> HashSet<i32> {
+        let stale = self.check.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        for host in &stale {
+            tracing::debug!(pid = host, "a mapping's flags changed since its layout was read: read again");
+            self.layouts.remove(host);
+        }
+        stale
+    }
+
     /// Reads a round from the running pod: the pages written since the last round (all pages of
     /// what is not tracked), or with `all` (round 0) every page (the trackers are collected
     /// first all the same, so that what is written from here on is reported next round).
+    ///
+    /// A process whose `/proc/PID/maps` shows the same mappings as at the last round keeps that
+    /// round's layout (its flags: [`crate::mem::layout_reusing`]) instead of reading smaps, whose
+    /// walk of every page table grows with memory (50-200 ms a round for 4 GiB under load); a
+    /// thread checks those flags against smaps beside the rest of the round, and a process whose
+    /// flags changed is read from smaps next round ([`PodReader::settle`], which the final round
+    /// calls too, so its own check finds the last round's layouts right).
     pub fn read(&mut self, all: bool) -> Result<RoundData> {
+        let stale = self.settle();
         // The pod runs: a process may end between the listing and the reading of its status (a
         // shell loop's `sleep`), which fails the shape; list again then.
         let mut attempt = 0;
@@ -174,7 +196,8 @@ impl PodReader {
             }
         };
         let mut members = Vec::new();
-        self.layouts.clear();
+        let last = std::mem::take(&mut self.layouts);
+        let mut reused: Vec<(i32, Vec<VmaState>)> = Vec::new();
         let shm_saved = std::cell::RefCell::new(crate::mem::ShmSaved::new());
         for &(vpid, host) in &order {
             if !shape.members.iter().any(|m| m.0 == vpid && m.3) {
@@ -182,7 +205,14 @@ impl PodReader {
             }
             let read = (|| {
                 let t = std::time::Instant::now();
-                let mut vmas = crate::mem::save_layout(host)?;
+                let known = last.get(&host).filter(|_| !all && !crate::mem::full_scan() && !stale.contains(&host));
+                let mut vmas = match known.map(|k| crate::mem::layout_reusing(host, k)).transpose()?.flatten() {
+                    Some(v) => {
+                        reused.push((host, v.clone()));
+                        v
+                    }
+                    None => crate::mem::save_layout(host)?,
+                };
                 let layout_ms = t.elapsed().as_secs_f64() * 1e3;
                 let whole = self.whole_next.remove(&host) || all;
                 let dirty = match self.armed.get_mut(&host) {
@@ -207,7 +237,9 @@ impl PodReader {
                 // The destination holds every page of earlier rounds: a tracked mapping sends
                 // only what was written since (no parent process: no page is left to it).
                 const ALL: &[(u64, u64)] = &[(0, u64::MAX)];
-                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: Some(ALL), shm_saved: Some(&shm_saved), ..Default::default() };
+                // Pages absent at the last round and not written since are not looked at again.
+                let absent = self.zero.get(&host).map(Vec::as_slice);
+                let plan = crate::mem::CopyPlan { dirty: dirty.as_ref(), base: Some(ALL), shm_saved: Some(&shm_saved), absent, ..Default::default() };
                 let mut copy = crate::mem::copy_pages_since(host, &mut vmas, &plan)?;
                 let zero = zero_after(&vmas, &copy);
                 drop_known_absent(self.zero.get(&host).map(Vec::as_slice), &mut copy);
@@ -222,6 +254,16 @@ impl PodReader {
                     tracing::debug!(pid = host, error = %e, "pages not read this round");
                     self.whole_next.insert(host);
                 }
+            }
+        }
+        if !reused.is_empty() {
+            let check = std::thread::Builder::new().name("zap-layout-check".into()).spawn(move || {
+                reused.into_iter().filter(|(host, vmas)| crate::mem::check_details(*host, vmas).is_err()).map(|(host, _)| host).collect()
+            });
+            match check {
+                Ok(h) => self.check = Some(h),
+                // Unchecked: read from smaps next round.
+                Err(_) => self.layouts.clear(),
             }
         }
         Ok(RoundData { shape, members })

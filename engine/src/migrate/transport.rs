@@ -7,10 +7,12 @@
 //!   (the tests use `ip netns exec NS zap receive --stdio`).
 //!
 //! The command's stderr is ours, so the receiving side's messages show where `zap migrate` runs.
-use std::os::fd::AsFd;
+//! Every stream's writing half is non-blocking ([`Out`]): a peer that stops reading fails the
+//! write after the channel's silence, whatever carries the bytes.
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 
-use super::channel::Stream;
+use super::channel::{Out, Stream};
 use super::{mig_err, Result};
 
 /// Where the destination is.
@@ -110,7 +112,8 @@ fn spawn(mut cmd: Command, what: &str) -> Result<Connection> {
     let stdout = child.stdout.take().expect("piped");
     let stdin = child.stdin.take().expect("piped");
     let read_fd = stdout.as_fd().try_clone_to_owned().map_err(|e| mig_err("connect", what, e))?;
-    Ok(Connection { stream: Some(Stream { reader: Box::new(stdout), read_fd, writer: Box::new(stdin) }), child: Some(child) })
+    let writer = Out::new(OwnedFd::from(stdin)).map_err(|e| mig_err("connect", what, format!("the command's stdin: {e}")))?;
+    Ok(Connection { stream: Some(Stream { reader: Box::new(stdout), read_fd, writer }), child: Some(child) })
 }
 
 /// Opens a stream to `dest`; `remote_zap` is the `zap` to run on an ssh host.
@@ -135,16 +138,20 @@ pub fn connect(dest: &Dest, remote_zap: &str) -> Result<Connection> {
             tune_tcp(&s);
             let w = s.try_clone().map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
             let read_fd = s.as_fd().try_clone_to_owned().map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
-            Ok(Connection { stream: Some(Stream { reader: Box::new(s), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, w)) }), child: None })
+            let writer = Out::new(OwnedFd::from(w)).map_err(|e| mig_err("connect", format!("tcp://{addr}"), e))?;
+            Ok(Connection { stream: Some(Stream { reader: Box::new(s), read_fd, writer }), child: None })
         }
     }
 }
 
-/// A stream over this process's stdin and stdout (`zap receive --stdio`).
+/// A stream over this process's stdin and stdout (`zap receive --stdio`). Its stdout is made
+/// non-blocking: nothing else of this process may write there (it is the stream).
 pub fn stdio() -> Result<Stream> {
     let stdin = std::io::stdin();
     let read_fd = stdin.as_fd().try_clone_to_owned().map_err(|e| mig_err("open stdin", "fd 0", e))?;
-    Ok(Stream { reader: Box::new(std::fs::File::from(read_fd.try_clone().map_err(|e| mig_err("open stdin", "fd 0", e))?)), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, std::io::stdout())) })
+    let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| mig_err("open stdout", "fd 1", e))?;
+    let writer = Out::new(out).map_err(|e| mig_err("open stdout", "fd 1", e))?;
+    Ok(Stream { reader: Box::new(std::fs::File::from(read_fd.try_clone().map_err(|e| mig_err("open stdin", "fd 0", e))?)), read_fd, writer })
 }
 
 /// Most time data written to a migration's TCP connection may stay unacknowledged (ms): a write
@@ -176,7 +183,8 @@ pub fn tcp(s: std::net::TcpStream) -> Result<Stream> {
     tune_tcp(&s);
     let w = s.try_clone().map_err(|e| mig_err("accept", "tcp", e))?;
     let read_fd = s.as_fd().try_clone_to_owned().map_err(|e| mig_err("accept", "tcp", e))?;
-    Ok(Stream { reader: Box::new(s), read_fd, writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, w)) })
+    let writer = Out::new(OwnedFd::from(w)).map_err(|e| mig_err("accept", "tcp", e))?;
+    Ok(Stream { reader: Box::new(s), read_fd, writer })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod ipc;
 pub mod uffd;
 pub mod mount;
 pub mod nft;
+pub mod fdio;
 
 /// Makes this process's allocator keep the memory it frees for its next allocations instead of
 /// handing it back to the kernel: blocks up to 32 MiB come from the heap (not a fresh `mmap`

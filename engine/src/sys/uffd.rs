@@ -31,6 +31,8 @@ const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 /// Page category: present in memory.
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+/// Page category: a guard page (`MADV_GUARD_INSTALL`; Linux 6.15+, older kernels refuse it).
+pub const PAGE_IS_GUARD: u64 = 1 << 8;
 
 #[repr(C)]
 #[derive(Default)]
@@ -138,6 +140,12 @@ pub fn scan_not_present(pagemap: &std::fs::File, start: u64, end: u64) -> io::Re
         return_mask: PAGE_IS_PRESENT,
         ..Default::default()
     })
+}
+
+/// The guard pages of `[start, end)` (see [`scan_not_present`]); an error where the kernel's
+/// `PAGEMAP_SCAN` does not know the category.
+pub fn scan_guards(pagemap: &std::fs::File, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    scan(pagemap, start, end, |pos, end| PmScanArg { start: pos, end, category_mask: PAGE_IS_GUARD, return_mask: PAGE_IS_GUARD, ..Default::default() })
 }
 
 /// One `PAGEMAP_SCAN` walk of `[start, end)`, in as many calls as it takes, with the request
