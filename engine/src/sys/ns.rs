@@ -176,7 +176,7 @@ pub fn mount_devpts(options: &str) -> io::Result<()> {
 /// The `mode=` and `gid=` options of the devpts mounted last on /dev/pts in `mountinfo` (the
 /// text of /proc/self/mountinfo), joined with commas; empty when there is none.
 pub fn devpts_options(mountinfo: &str) -> String {
-    let Some(line) = mountinfo.lines().filter(|l| l.split_whitespace().nth(4) == Some("/dev/pts") && l.contains(" - devpts ")).last() else {
+    let Some(line) = mountinfo.lines().rev().find(|l| l.split_whitespace().nth(4) == Some("/dev/pts") && l.contains(" - devpts ")) else {
         return String::new();
     };
     let sup = line.split(" - ").nth(1).and_then(|r| r.split_whitespace().nth(2)).unwrap_or("");
