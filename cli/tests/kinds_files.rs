@@ -210,6 +210,28 @@ fn file_whose_path_now_leads_elsewhere_is_refused() {
 }
 
 #[test]
+fn tun_device_attached_to_an_interface_is_refused() {
+    if !Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIP: no /dev/net/tun (CONFIG_TUN)");
+        return;
+    }
+    refused("tun", "tun/tap device attached to interface zt0", |_| None);
+}
+
+#[test]
+fn kernel_log_reader_is_refused() {
+    refused("kmsg", "kernel log opened for reading", |_| None);
+}
+
+/// Devices that keep no state per open file come back reopened: /dev/null, zero, full, urandom,
+/// /dev/kmsg write-only, and /dev/net/tun not yet attached (it attaches after the restore).
+#[test]
+fn stateless_character_devices_are_reopened() {
+    let e = env();
+    run_kind(&e, "devices", &[], |_| {});
+}
+
+#[test]
 fn pidfd_of_a_process_outside_is_refused() {
     refused("pidfd-out", "pidfd of process", |_| None);
 }

@@ -1,6 +1,7 @@
 //! File descriptors: regular files (path, flags, offset), directories, character devices,
 //! `O_PATH` descriptors and deleted files, directories and memfds ([`regular`]), pipes and FIFOs
-//! with the bytes buffered in them ([`pipes`]), eventfds, timerfds, signalfds, inotify and epoll
+//! with the bytes buffered in them ([`pipes`]), character devices that keep no state per open file
+//! ([`devices`]; the others are refused), eventfds, timerfds, signalfds, inotify and epoll
 //! instances ([`anon`]), pseudo-terminals and controlling terminals ([`tty`]), pidfds, sockets
 //! ([`crate::sockets`]), POSIX message queues (reopened by name; the queues are saved with the
 //! IPC namespace, [`crate::ipc`]), and standard streams connected outside the process.
@@ -32,6 +33,7 @@
 //! by the first of them; its other end is parked at a high fd (a *keeper*) until every process of
 //! the group has taken what it needs, then closed ([`RestoreContext::keepers`]).
 mod anon;
+mod devices;
 mod holders;
 pub mod locks;
 mod pipes;

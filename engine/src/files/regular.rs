@@ -1,5 +1,6 @@
 //! Descriptors that name a file: regular files and directories (reopened by path and seeked),
-//! character devices (reopened by path), `O_PATH` descriptors of any file (reopened by path),
+//! character devices (reopened by path, when [`super::devices`] finds they keep no state per
+//! open file), `O_PATH` descriptors of any file (reopened by path),
 //! directories deleted while open (recreated and removed again), and files deleted while open,
 //! `O_TMPFILE` files and memfds, whose contents are saved (at most [`DELETED_FILE_LIMIT`] bytes
 //! of data; holes, found with `SEEK_DATA`/`SEEK_HOLE`, stay holes) and restored into an unnamed
@@ -43,7 +44,8 @@ pub(super) fn save_path(
     if crate::sys::ipc::is_mqueue(&dup).map_err(|source| EngineError::Sys { step: "fstatfs", pid, source })? {
         return mqueue(target);
     }
-    let open = std::fs::File::from(dup).metadata().map_err(|e| EngineError::io("stat open file", target.as_ref(), e))?;
+    let file = std::fs::File::from(dup);
+    let open = file.metadata().map_err(|e| EngineError::io("stat open file", target.as_ref(), e))?;
     let seen = format!("/proc/{pid}/root{target}");
     let at_path = std::fs::metadata(&seen).map_err(|e| EngineError::io("stat fd target", target.as_ref(), e))?;
     if (open.dev(), open.ino()) != (at_path.dev(), at_path.ino()) {
@@ -60,6 +62,7 @@ pub(super) fn save_path(
     if ft.is_file() || ft.is_dir() {
         Ok(FdKind::Path { path: target.to_string(), pos: pos_of(info) })
     } else if ft.is_char_device() {
+        super::devices::check(pid, fd, target, open.rdev(), super::fd_flags(info), &OwnedFd::from(file))?;
         Ok(FdKind::CharDev { path: target.to_string() })
     } else if ft.is_fifo() {
         let write_only = super::fd_flags(info) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
