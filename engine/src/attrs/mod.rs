@@ -1,7 +1,8 @@
 //! Process and thread attributes: what a process is besides its memory, registers, signals and
 //! fds.
 //!
-//! - Process-wide ([`ProcAttrs`]): name, working and root directories, umask, personality,
+//! - Process-wide ([`ProcAttrs`]): name, working (also one removed since: made again, entered
+//!   and removed) and root directories, umask, personality,
 //!   resource limits, mm boundaries and executable (`PR_SET_MM_MAP`, [`mm`]), the mm's flags
 //!   (THP disable, memory-deny-write-execute, membarrier registrations, KSM merge-any, the
 //!   dumpable flag), oom_score_adj, child-subreaper, and a job-control stop.
@@ -177,6 +178,56 @@ fn link(pid: i32, what: &str) -> Result<String> {
         .map_err(|e| EngineError::io("readlink", path.as_ref(), e))
 }
 
+/// The working directory of `pid` as its link shows it. A directory removed since shows as
+/// "PATH (deleted)" and is kept so ([`ProcAttrs::restore`] makes one again); one whose path now
+/// leads to another directory (something was mounted over it) is refused, since the restored
+/// process would work in the other one. (A renamed one shows its new path.)
+fn cwd_link(pid: i32) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let text = link(pid, "cwd")?;
+    let open = std::fs::metadata(format!("/proc/{pid}/cwd")).map_err(|e| EngineError::io("stat", format!("/proc/{pid}/cwd").as_ref(), e))?;
+    if open.nlink() == 0 {
+        return Ok(text);
+    }
+    if link(pid, "root")? != "/" {
+        // The link is the path from our root; the process's is elsewhere (not checked).
+        return Ok(text);
+    }
+    let at_path = std::fs::metadata(format!("/proc/{pid}/root{text}"));
+    match at_path {
+        Ok(m) if (m.dev(), m.ino()) == (open.dev(), open.ino()) => Ok(text),
+        _ => Err(EngineError::Proc {
+            pid,
+            detail: format!(
+                "working directory {text}: its path now leads to another directory or to none (device {:#x} inode {} is open); not supported",
+                open.dev(),
+                open.ino()
+            ),
+        }),
+    }
+}
+
+/// Makes the process `inj` drives work in a directory like one removed while it worked in it
+/// (`gone`: its former path): a new directory beside where it was (or in /tmp when that is gone
+/// too), entered and removed again, so that, as before, relative paths resolve in an empty
+/// directory where nothing can be created and `getcwd` fails.
+fn enter_removed_dir(inj: &mut Injector, host_pid: i32, gone: &str) -> Result<()> {
+    let parent = std::path::Path::new(gone).parent().and_then(|d| d.to_str()).unwrap_or("/tmp").to_string();
+    for d in [parent.as_str(), "/tmp"] {
+        let name = format!("{}/.zap-cwd-{host_pid}", d.trim_end_matches('/'));
+        let p = inj.put_cstr(name.as_bytes())?;
+        if inj.syscall(libc::SYS_mkdir, [p, 0o700, 0, 0, 0, 0])? < 0 {
+            continue;
+        }
+        let rc = inj.syscall(libc::SYS_chdir, [p, 0, 0, 0, 0, 0])?;
+        inj.call("rmdir (removed working directory)", libc::SYS_rmdir, [p, 0, 0, 0, 0, 0])?;
+        if rc == 0 {
+            return Ok(());
+        }
+    }
+    Err(EngineError::Proc { pid: host_pid, detail: format!("could not make again the removed working directory {gone} (in {parent} or /tmp)") })
+}
+
 pub(crate) fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
 }
@@ -221,7 +272,7 @@ impl ProcAttrs {
         let child_subreaper = inj.read_mem(scratch, 4)?.iter().any(|&b| b != 0);
         Ok(ProcAttrs {
             comm: read(pid, "comm")?.trim_end().to_string(),
-            cwd: link(pid, "cwd")?,
+            cwd: cwd_link(pid)?,
             root: link(pid, "root")?,
             umask,
             personality,
@@ -246,7 +297,14 @@ impl ProcAttrs {
             inj.call("chroot", libc::SYS_chroot, [root, 0, 0, 0, 0, 0])?;
         }
         let cwd = inj.put_cstr(self.cwd.as_bytes())?;
-        inj.call("chdir", libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+        let rc = inj.syscall(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+        match self.cwd.strip_suffix(" (deleted)") {
+            _ if rc == 0 => {}
+            Some(gone) if rc == -i64::from(libc::ENOENT) => enter_removed_dir(inj, host_pid, gone)?,
+            _ => {
+                return Err(EngineError::Proc { pid: host_pid, detail: format!("chdir to working directory {}: {}", self.cwd, errno_text(rc)) });
+            }
+        }
         inj.call("umask", libc::SYS_umask, [u64::from(self.umask), 0, 0, 0, 0, 0])?;
         inj.call("personality", libc::SYS_personality, [u64::from(self.personality), 0, 0, 0, 0, 0])?;
         let scratch = inj.scratch(8192)?;
