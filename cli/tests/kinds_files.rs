@@ -209,6 +209,14 @@ fn file_whose_path_now_leads_elsewhere_is_refused() {
     refused("replaced", "now leads to another file", |_| None);
 }
 
+/// 3,000 descriptions of one file at their own offsets, 300 of them dup'ed, all shared with a
+/// child: each comes back one description (dups and the child's copies share its offset).
+#[test]
+fn thousands_of_descriptions_of_one_file_stay_apart_and_shared() {
+    let e = env();
+    run_kind(&e, "manyfds", &[], |_| {});
+}
+
 #[test]
 fn tun_device_attached_to_an_interface_is_refused() {
     if !Path::new("/dev/net/tun").exists() {

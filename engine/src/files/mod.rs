@@ -250,7 +250,9 @@ pub struct SaveContext {
     pub(crate) pipe_ends: HashMap<u64, (bool, bool)>,
     /// Fds saved so far: (host pid, vpid, fd, link target).
     saved: Vec<(i32, i32, i32, String)>,
-    /// Where in `saved` each link target is.
+    /// Per link target, where in `saved` the first fd of each open file description with that
+    /// target is, in kcmp's order of descriptions (so a fd is matched with O(log n) kcmp calls:
+    /// a process with thousands of descriptions of one file is not compared pairwise).
     saved_by_target: HashMap<String, Vec<usize>>,
     /// Pipes and FIFOs whose buffered bytes were recorded already.
     pub(crate) data_taken: HashSet<u64>,
@@ -349,18 +351,26 @@ impl SaveContext {
         Ok(ctx)
     }
 
-    /// An earlier saved fd that is the same open file description as `fd` of `pid`.
-    fn earlier(&self, pid: i32, fd: i32, target: &str) -> Result<Option<(i32, i32)>> {
-        for &i in self.saved_by_target.get(target).into_iter().flatten() {
-            let (p, vpid, f, _) = &self.saved[i];
-            {
-                let same = sysproc::same_file(*p, *f, pid, fd).map_err(|source| EngineError::Sys { step: "kcmp", pid, source })?;
-                if same {
-                    return Ok(Some((*vpid, *f)));
-                }
+    /// The earlier saved fd (vpid, fd) that is the same open file description as `fd` of `pid`,
+    /// or where a new description goes in `saved_by_target[target]`.
+    fn find_description(&self, pid: i32, fd: i32, target: &str) -> Result<std::result::Result<(i32, i32), usize>> {
+        let Some(list) = self.saved_by_target.get(target) else { return Ok(Err(0)) };
+        let (mut lo, mut hi) = (0, list.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (p, vpid, f, _) = &self.saved[list[mid]];
+            match sysproc::file_order(*p, *f, pid, fd).map_err(|source| EngineError::Sys { step: "kcmp", pid, source })? {
+                std::cmp::Ordering::Equal => return Ok(Ok((*vpid, *f))),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
             }
         }
-        Ok(None)
+        Ok(Err(lo))
+    }
+
+    /// An earlier saved fd that is the same open file description as `fd` of `pid`.
+    fn earlier(&self, pid: i32, fd: i32, target: &str) -> Result<Option<(i32, i32)>> {
+        Ok(self.find_description(pid, fd, target)?.ok())
     }
 }
 
@@ -413,7 +423,10 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
         }
         let owner = if matches!(kind, FdKind::Dup { .. }) || flags & libc::O_PATH as u32 != 0 { None } else { owner_of(pid, fd, &pidfd, ctx)? };
         out.push(FdState { fd, flags, kind, locks, owner });
-        ctx.saved_by_target.entry(target.clone()).or_default().push(ctx.saved.len());
+        if let Err(at) = ctx.find_description(pid, fd, &target)? {
+            let index = ctx.saved.len();
+            ctx.saved_by_target.entry(target.clone()).or_default().insert(at, index);
+        }
         ctx.saved.push((pid, vpid, fd, target));
     }
     Ok(out)
