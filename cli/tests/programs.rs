@@ -4,9 +4,11 @@
 //! parent-death signal, limits), Python's threaded HTTP server with keep-alive clients, sqlite3
 //! writing a WAL database, a shell pipeline, bash with job control and vim on ptys in tmux, nginx
 //! with several workers and keep-alive clients, a Java server, redis in the middle of a
-//! background save, and pthread mutexes (a robust one whose owner dies after the restore).
+//! background save, and pthread mutexes (a robust one whose owner dies after the restore); and
+//! the tmux session live-migrated between two hosts.
 //! Each test says SKIP and returns when its program is not installed.
 mod common;
+mod hosts;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -407,6 +409,65 @@ fn shell_pipeline_streams_on_with_its_buffered_bytes() {
     assert!(n > 100_000, "{n} lines");
 }
 
+/// Sets up tmux's session in pod `pod` (already running `tmux -S SOCK -D`, the pod's commands
+/// run by `exec`): bash under job control with a background loop writing `cnt` and a `cat`
+/// stopped with ^Z in window 0, vim editing `file` with "hello before" typed in window 1.
+struct TmuxSession {
+    sock: std::path::PathBuf,
+    cnt: std::path::PathBuf,
+    file: std::path::PathBuf,
+}
+
+impl TmuxSession {
+    fn tmux(&self, args: &[&str]) -> String {
+        let o = Command::new("tmux").arg("-S").arg(&self.sock).args(args).output().unwrap();
+        assert!(o.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn pane(&self, w: &str) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", w])
+    }
+
+    /// `exec` runs a command in the pod (`zap exec POD -- ARGS`).
+    fn set_up(&self, exec: impl Fn(&[&str])) {
+        assert!(wait_for(Duration::from_secs(10), || self.sock.exists()), "no tmux server");
+        let s = self.sock.to_str().unwrap();
+        exec(&["tmux", "-S", s, "new-session", "-d", "-s", "w", "-x", "120", "-y", "40", "bash", "--norc", "--noprofile", "-i"]);
+        exec(&["tmux", "-S", s, "new-window", "-t", "w", &format!("vim -u NONE -N {}", self.file.display())]);
+        let loop_cmd = format!("n=0; while :; do n=$((n+1)); echo $n > {}; sleep 0.02; done &", self.cnt.display());
+        self.tmux(&["send-keys", "-t", "w:0", &loop_cmd, "Enter"]);
+        self.tmux(&["send-keys", "-t", "w:0", "cat", "Enter"]);
+        std::thread::sleep(Duration::from_millis(300));
+        self.tmux(&["send-keys", "-t", "w:0", "C-z"]);
+        assert!(wait_for(Duration::from_secs(10), || self.pane("w:0").contains("Stopped")), "cat stopped: {}", self.pane("w:0"));
+        self.tmux(&["send-keys", "-t", "w:1", "ihello before", "Escape"]);
+        assert!(wait_for(Duration::from_secs(10), || self.pane("w:1").contains("hello before")), "vim: {}", self.pane("w:1"));
+    }
+
+    /// After the restore or move: the loop counts on, `jobs` lists both jobs, `fg` brings `cat`
+    /// back and it echoes and ends with 0, and vim saves what was typed before and after.
+    fn check(&self) {
+        let count = || text(&self.cnt).trim().parse::<u64>().unwrap_or(0);
+        let at = count();
+        assert!(wait_for(Duration::from_secs(10), || count() > at + 5), "the background loop counts on");
+        self.tmux(&["send-keys", "-t", "w:0", "jobs; echo mark$((6*7))", "Enter"]);
+        assert!(wait_for(Duration::from_secs(10), || self.pane("w:0").contains("mark42")), "bash answers: {}", self.pane("w:0"));
+        let p = self.pane("w:0");
+        let after_mark = &p[p.rfind("jobs; echo").unwrap()..];
+        assert!(after_mark.contains("Running") && after_mark.contains("Stopped"), "both jobs listed: {after_mark}");
+        self.tmux(&["send-keys", "-t", "w:0", "fg %2", "Enter"]);
+        std::thread::sleep(Duration::from_millis(300));
+        self.tmux(&["send-keys", "-t", "w:0", "echo-from-cat", "Enter"]);
+        assert!(wait_for(Duration::from_secs(10), || self.pane("w:0").matches("echo-from-cat").count() == 2), "cat in the foreground echoes: {}", self.pane("w:0"));
+        self.tmux(&["send-keys", "-t", "w:0", "C-d"]);
+        self.tmux(&["send-keys", "-t", "w:0", "echo status$?", "Enter"]);
+        assert!(wait_for(Duration::from_secs(10), || self.pane("w:0").contains("status0")), "cat ended with 0: {}", self.pane("w:0"));
+        self.tmux(&["send-keys", "-t", "w:1", "o", "and after", "Escape", ":wq", "Enter"]);
+        assert!(wait_for(Duration::from_secs(10), || text(&self.file) == "hello before\nand after\n"), "vim saved: {:?}", text(&self.file));
+    }
+}
+
 /// tmux (its server in the pod, clients from the host through its socket) with bash under job
 /// control in one window (a background loop writing a counter, a `cat` stopped with ^Z) and vim
 /// editing a file in another: after the checkpoint and restore, `jobs` lists both jobs, `fg`
@@ -418,48 +479,42 @@ fn bash_job_control_and_vim_on_ptys_in_tmux() {
         return;
     }
     let e = env();
-    let sock = e.work.join("tmux.sock");
-    let (cnt, file) = (e.work.join("cnt"), e.work.join("edited"));
-    let tmux = |args: &[&str]| {
-        let o = Command::new("tmux").arg("-S").arg(&sock).args(args).output().unwrap();
-        assert!(o.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let pane = |w: &str| tmux(&["capture-pane", "-p", "-t", w]);
+    let t = TmuxSession { sock: e.work.join("tmux.sock"), cnt: e.work.join("cnt"), file: e.work.join("edited") };
     let pod = name("tmux");
-    ok(&e, &["run", "--name", &pod, "--", "tmux", "-S", sock.to_str().unwrap(), "-D", "-f", "/dev/null"]);
+    ok(&e, &["run", "--name", &pod, "--", "tmux", "-S", t.sock.to_str().unwrap(), "-D", "-f", "/dev/null"]);
     let _g = PodGuard(&e, pod.clone());
-    assert!(wait_for(Duration::from_secs(10), || sock.exists()), "no tmux server");
-    let s = sock.to_str().unwrap();
-    ok(&e, &["exec", &pod, "--", "tmux", "-S", s, "new-session", "-d", "-s", "w", "-x", "120", "-y", "40", "bash", "--norc", "--noprofile", "-i"]);
-    ok(&e, &["exec", &pod, "--", "tmux", "-S", s, "new-window", "-t", "w", &format!("vim -u NONE -N {}", file.display())]);
-    let loop_cmd = format!("n=0; while :; do n=$((n+1)); echo $n > {}; sleep 0.02; done &", cnt.display());
-    tmux(&["send-keys", "-t", "w:0", &loop_cmd, "Enter"]);
-    tmux(&["send-keys", "-t", "w:0", "cat", "Enter"]);
-    std::thread::sleep(Duration::from_millis(300));
-    tmux(&["send-keys", "-t", "w:0", "C-z"]);
-    assert!(wait_for(Duration::from_secs(10), || pane("w:0").contains("Stopped")), "cat stopped: {}", pane("w:0"));
-    tmux(&["send-keys", "-t", "w:1", "ihello before", "Escape"]);
-    assert!(wait_for(Duration::from_secs(10), || pane("w:1").contains("hello before")), "vim: {}", pane("w:1"));
+    t.set_up(|args| {
+        let mut a = vec!["exec", pod.as_str(), "--"];
+        a.extend_from_slice(args);
+        ok(&e, &a);
+    });
     let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
     ok(&e, &["restore", &id]);
-    let count = || text(&cnt).trim().parse::<u64>().unwrap_or(0);
-    let at = count();
-    assert!(wait_for(Duration::from_secs(10), || count() > at + 5), "the background loop counts on");
-    tmux(&["send-keys", "-t", "w:0", "jobs; echo mark$((6*7))", "Enter"]);
-    assert!(wait_for(Duration::from_secs(10), || pane("w:0").contains("mark42")), "bash answers: {}", pane("w:0"));
-    let p = pane("w:0");
-    let after_mark = &p[p.rfind("jobs; echo").unwrap()..];
-    assert!(after_mark.contains("Running") && after_mark.contains("Stopped"), "both jobs listed: {after_mark}");
-    tmux(&["send-keys", "-t", "w:0", "fg %2", "Enter"]);
-    std::thread::sleep(Duration::from_millis(300));
-    tmux(&["send-keys", "-t", "w:0", "echo-from-cat", "Enter"]);
-    assert!(wait_for(Duration::from_secs(10), || pane("w:0").matches("echo-from-cat").count() == 2), "cat in the foreground echoes: {}", pane("w:0"));
-    tmux(&["send-keys", "-t", "w:0", "C-d"]);
-    tmux(&["send-keys", "-t", "w:0", "echo status$?", "Enter"]);
-    assert!(wait_for(Duration::from_secs(10), || pane("w:0").contains("status0")), "cat ended with 0: {}", pane("w:0"));
-    tmux(&["send-keys", "-t", "w:1", "o", "and after", "Escape", ":wq", "Enter"]);
-    assert!(wait_for(Duration::from_secs(10), || text(&file) == "hello before\nand after\n"), "vim saved: {:?}", text(&file));
+    t.check();
+}
+
+/// The same tmux session live-migrated from host a to host b (`scripts/hosts.sh`): the ptys,
+/// sessions, job-control stop and vim come along.
+#[test]
+fn tmux_session_with_jobs_and_vim_migrates_between_hosts() {
+    if !installed(&["tmux", "bash", "vim"], "tmux, bash or vim") {
+        return;
+    }
+    let Some(h) = hosts::Hosts::up() else { return };
+    h.keys();
+    let dir = tempfile::Builder::new().prefix("zap-tmux-").tempdir_in("/var/tmp").unwrap();
+    let t = TmuxSession { sock: dir.path().join("tmux.sock"), cnt: dir.path().join("cnt"), file: dir.path().join("edited") };
+    h.ok("a", &["run", "--name", "tm", "--", "tmux", "-S", t.sock.to_str().unwrap(), "-D", "-f", "/dev/null"]);
+    t.set_up(|args| {
+        let mut a = vec!["exec", "tm", "--"];
+        a.extend_from_slice(args);
+        h.ok("a", &a);
+    });
+    let out = h.migrate("a", "b", "tm", &[]);
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(h.ok("b", &["ps"]).contains("tm "), "the pod runs on b");
+    t.check();
+    h.ok("b", &["rm", "-f", "tm"]);
 }
 
 /// nginx, master as root and three workers as `www-data`, keep-alive on: six client connections
