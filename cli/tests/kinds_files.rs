@@ -217,6 +217,26 @@ fn thousands_of_descriptions_of_one_file_stay_apart_and_shared() {
     run_kind(&e, "manyfds", &[], |_| {});
 }
 
+/// Timerfds armed with `TFD_TIMER_ABSTIME` and `TFD_TIMER_CANCEL_ON_SET` keep their flags, and
+/// absolute wall-clock ones their time of day although the restore comes seconds after the
+/// checkpoint (`timerabs.c`). Before, every timerfd came back relative, without its flags.
+#[test]
+fn timerfds_keep_their_settime_flags_and_wall_clock_deadlines() {
+    let e = env();
+    let Some(bin) = build_prog("timerabs", &e.work, &[]) else { return };
+    let pod = name("timerabs");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    ok(&e, &["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") || text(&out).contains("FAIL")), "{}", text(&out));
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    ok(&e, &["restore", &id]);
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ok") || text(&out).contains("FAIL")), "no verdict: {}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+}
+
 #[test]
 fn tun_device_attached_to_an_interface_is_refused() {
     if !Path::new("/dev/net/tun").exists() {

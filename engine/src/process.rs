@@ -56,8 +56,9 @@ use crate::{EngineError, Result};
 /// Manifest kind of a process checkpoint.
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob). 11: POSIX message
-/// queue fds (`FdKind::Mqueue`, appended: version 10 blobs still read).
-pub const IMAGE_VERSION: u8 = 11;
+/// queue fds (`FdKind::Mqueue`, appended: version 10 blobs still read). 12: timerfds armed with
+/// settime flags (`FdKind::TimerfdAt`, appended: versions 10 and 11 still read).
+pub const IMAGE_VERSION: u8 = 12;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x10000;
@@ -98,7 +99,7 @@ impl ProcessImage {
 
     /// Decodes a manifest state blob.
     pub fn decode(blob: &[u8]) -> Result<Self> {
-        crate::blob::decode_compatible(IMAGE_VERSION, &[10], "process image", blob)
+        crate::blob::decode_compatible(IMAGE_VERSION, &[10, 11], "process image", blob)
     }
 }
 

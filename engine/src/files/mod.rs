@@ -198,6 +198,27 @@ pub enum FdKind {
         /// Its name, without the leading '/'.
         name: String,
     },
+    /// A timerfd armed with `timerfd_settime` flags (`TFD_TIMER_ABSTIME`,
+    /// `TFD_TIMER_CANCEL_ON_SET`): as [`FdKind::Timerfd`], armed again with the same flags, so
+    /// an absolute timer stays absolute (it follows changes of its clock) and a cancel-on-set
+    /// one still reports `ECANCELED` when the wall clock is set. (Appended: process image 12.)
+    TimerfdAt {
+        /// CLOCK_* id.
+        clockid: i32,
+        /// Time to the next expiration (s, ns), as fdinfo shows it; zero when disarmed.
+        value: (i64, i64),
+        /// Interval (s, ns).
+        interval: (i64, i64),
+        /// Expirations not yet read.
+        ticks: u64,
+        /// The `timerfd_settime` flags it was armed with.
+        settime_flags: u32,
+        /// An absolute timer of the wall clock (`CLOCK_REALTIME`, `CLOCK_REALTIME_ALARM`): its
+        /// deadline on that clock, set again as it was (the wall clock is not a pod's own, and
+        /// a deadline is a time of day). Other absolute timers are set again at the time they
+        /// had left, from the restored process's view of their clock.
+        wall_deadline: Option<(i64, i64)>,
+    },
 }
 
 /// One saved fd.
@@ -772,7 +793,7 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
                 .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: reopen POSIX message queue /{name}: {e}", st.fd) })?
         }
         FdKind::Pipe { ino, write_end, size, data, packets } => pipes::restore_pipe(inj, vpid, (*ino, *write_end, *size, data, packets), ctx)?,
-        FdKind::Epoll { .. } | FdKind::Timerfd { .. } | FdKind::Inotify { .. } | FdKind::Signalfd { .. } | FdKind::Eventfd { .. } => {
+        FdKind::Epoll { .. } | FdKind::Timerfd { .. } | FdKind::TimerfdAt { .. } | FdKind::Inotify { .. } | FdKind::Signalfd { .. } | FdKind::Eventfd { .. } => {
             unreachable!("restored by files::anon")
         }
         FdKind::PtyMaster { .. } | FdKind::PtySlave { .. } | FdKind::DevTty => unreachable!("restored by files::tty"),
@@ -900,7 +921,7 @@ impl FdState {
             FdKind::Dup { .. } => "shared description",
             FdKind::Deleted { .. } => "deleted file",
             FdKind::Socket(_) => "socket",
-            FdKind::Timerfd { .. } => "timerfd",
+            FdKind::Timerfd { .. } | FdKind::TimerfdAt { .. } => "timerfd",
             FdKind::Inotify { .. } => "inotify",
             FdKind::Signalfd { .. } => "signalfd",
             FdKind::Epoll { .. } => "epoll",

@@ -54,8 +54,9 @@ pub use restore::{clone_child, complete, group_trampoline, has_ctty, restore, re
 pub use save::{freeze_tree, is_zombie_pid, save, shape_of, tree_of, SaveOptions, SavedGroup, Tracking};
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob). 3: POSIX message queue
-/// fds (`FdKind::Mqueue`, appended: version 2 blobs still read).
-pub const GROUP_IMAGE_VERSION: u8 = 3;
+/// fds (`FdKind::Mqueue`, appended: version 2 blobs still read). 4: timerfds armed with settime
+/// flags (`FdKind::TimerfdAt`, appended: versions 2 and 3 still read).
+pub const GROUP_IMAGE_VERSION: u8 = 4;
 /// Manifest kind of a process-group checkpoint.
 pub const KIND: &str = "group";
 
@@ -114,7 +115,7 @@ impl GroupImage {
 
     /// Decodes a manifest state blob.
     pub fn decode(blob: &[u8]) -> Result<Self> {
-        crate::blob::decode_compatible(GROUP_IMAGE_VERSION, &[2], "group image", blob)
+        crate::blob::decode_compatible(GROUP_IMAGE_VERSION, &[2, 3], "group image", blob)
     }
 
     /// Members whose parent is not in the group, in order.

@@ -53,8 +53,9 @@ use crate::{EngineError, Result};
 pub const KIND: &str = "pod";
 /// Version of the [`PodImage`] encoding (first byte of the state blob). 2: TCP connections and
 /// the network lock; 3: what the processes made inside the pod ([`PodImage::inside`]); 4: System V and
-/// POSIX message queues ([`IpcState::msg`], [`IpcState::mq`]) and POSIX queue fds.
-pub const POD_IMAGE_VERSION: u8 = 4;
+/// POSIX message queues ([`IpcState::msg`], [`IpcState::mq`]) and POSIX queue fds; 5: timerfds
+/// armed with settime flags (`FdKind::TimerfdAt`, appended: version 4 still read).
+pub const POD_IMAGE_VERSION: u8 = 5;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything about a pod except page contents.
@@ -94,7 +95,7 @@ impl PodImage {
 
     /// Decodes a manifest state blob.
     pub fn decode(blob: &[u8]) -> Result<Self> {
-        crate::blob::decode(POD_IMAGE_VERSION, "pod image", blob)
+        crate::blob::decode_compatible(POD_IMAGE_VERSION, &[4], "pod image", blob)
     }
 }
 
