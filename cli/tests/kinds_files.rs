@@ -237,6 +237,31 @@ fn timerfds_keep_their_settime_flags_and_wall_clock_deadlines() {
     assert!(!text(&out).contains("FAIL"), "{}", text(&out));
 }
 
+/// A program whose executable is deleted while it runs (as an upgrade does), holding a deleted
+/// data file too: checkpointed (the pod ends) and restored, its `/proc/self/exe` and the data fd
+/// name the deleted files as before, and a child can execute `/proc/self/exe` (`exegone.c`).
+/// Before, the restore failed opening the executable.
+#[test]
+fn program_whose_executable_was_deleted_is_restored() {
+    let e = env();
+    let Some(bin) = build_prog("exegone", &e.work, &[]) else { return };
+    let pod = name("exegone");
+    let (out, go, dir) = (e.work.join("out"), e.work.join("go"), e.work.join("dir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    ok(&e, &["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), dir.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") || text(&out).contains("FAIL")), "{}", text(&out));
+    std::fs::remove_file(&bin).unwrap();
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    let restored = json(&e, &["restore", &id]);
+    assert!(restored["warnings"].as_array().is_none_or(|w| w.is_empty()), "no warning: {restored}");
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ok") || text(&out).contains("FAIL")), "no verdict: {}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+    assert!(!bin.exists(), "the copy was not left at the executable's path");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left beside the deleted data file");
+}
+
 #[test]
 fn tun_device_attached_to_an_interface_is_refused() {
     if !Path::new("/dev/net/tun").exists() {

@@ -318,7 +318,7 @@ impl ProcAttrs {
                 warnings.push(format!("rlimit {res} ({soft}/{hard}) not restored: {}", errno_text(rc)));
             }
         }
-        self.mm.restore(inj)?;
+        self.mm.restore(inj, host_pid, &mut warnings)?;
         inj.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, [pr::SET_CHILD_SUBREAPER, u64::from(self.child_subreaper), 0, 0, 0, 0])?;
         self.mm_flags.restore(inj, &mut warnings)?;
         let oom_path = format!("/proc/{host_pid}/oom_score_adj");

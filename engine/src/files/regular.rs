@@ -300,10 +300,44 @@ pub(super) fn restore_deleted_dir(inj: &mut Injector, vpid: i32, st: &FdState, p
     Err(EngineError::Proc { pid: vpid, detail: format!("fd {}: could not recreate the deleted directory {path}", st.fd) })
 }
 
+/// Gives the unnamed file `fd` (of the process `inj` drives) the name `path` of the deleted file
+/// it copies, as a deleted file: linked there, opened there, unlinked. Returns the fd to use (the
+/// new one, `fd` closed; or `fd` itself when `path` is taken or its directory is not the file's).
+fn name_as_deleted(inj: &mut Injector, vpid: i32, fd: u64, path: &str) -> Result<u64> {
+    let from = format!("/proc/self/fd/{fd}");
+    let mut both = from.as_bytes().to_vec();
+    both.push(0);
+    let to_off = both.len() as u64;
+    both.extend_from_slice(path.as_bytes());
+    both.push(0);
+    let scratch = inj.scratch(both.len() as u64 + 8192)?;
+    inj.write_mem(scratch, &both)?;
+    let (from_p, to_p) = (scratch, scratch + to_off);
+    let at_fdcwd = libc::AT_FDCWD as u64;
+    let rc = inj.syscall(libc::SYS_linkat, [at_fdcwd, from_p, at_fdcwd, to_p, libc::AT_SYMLINK_FOLLOW as u64, 0])?;
+    if rc < 0 {
+        // The path is taken (a new file there), or this is the /tmp fallback on another file system.
+        return Ok(fd);
+    }
+    let named = inj.syscall(libc::SYS_open, [to_p, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0, 0, 0, 0])?;
+    let unlinked = inj.syscall(libc::SYS_unlink, [to_p, 0, 0, 0, 0, 0])?;
+    if unlinked < 0 {
+        let err = std::io::Error::from_raw_os_error((-unlinked) as i32);
+        return Err(EngineError::Proc { pid: vpid, detail: format!("copy of deleted {path}: linked at its path for a moment, then unlink failed: {err}") });
+    }
+    if named < 0 {
+        return Ok(fd);
+    }
+    inj.call("close unnamed copy", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    Ok(named as u64)
+}
+
 /// Makes a copy of a deleted file (once at `path`) with `contents` in the process `inj` drives
 /// (which sees itself as `vpid`): a memfd of the same name for a memfd (sealing allowed), else an
-/// unnamed file (`O_TMPFILE`) in the same directory, or /tmp when that is gone. Returns its fd,
-/// open read-write.
+/// unnamed file (`O_TMPFILE`) in the same directory, or /tmp when that is gone. An unnamed file
+/// in the same directory is linked at `path` a moment (when nothing is there), opened there and
+/// unlinked again, so its fds and mappings name the deleted file as before ("PATH (deleted)":
+/// `/proc/PID/exe`, `/proc/PID/fd`, maps), not "#INODE". Returns its fd, open read-write.
 pub fn make_copy(inj: &mut Injector, vpid: i32, path: &str, contents: &FileContents) -> Result<u64> {
     let dir = std::path::Path::new(path).parent().and_then(|d| d.to_str()).unwrap_or("/tmp").to_string();
     let tmpfile = (libc::O_TMPFILE | libc::O_RDWR) as u64;
@@ -321,7 +355,10 @@ pub fn make_copy(inj: &mut Injector, vpid: i32, path: &str, contents: &FileConte
             break;
         }
     }
-    let fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("no unnamed file for a copy of deleted {path}") })?;
+    let mut fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("no unnamed file for a copy of deleted {path}") })?;
+    if !path.starts_with("/memfd:") {
+        fd = name_as_deleted(inj, vpid, fd, path)?;
+    }
     inj.call("ftruncate deleted file", libc::SYS_ftruncate, [fd, contents.size, 0, 0, 0, 0])?;
     let largest = contents.ranges.iter().map(|r| r.1).max().unwrap_or(0);
     let have: u64 = contents.ranges.iter().map(|r| r.1).sum();

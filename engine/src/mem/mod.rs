@@ -488,7 +488,17 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                             pid: vpid,
                             detail: format!("mapping {:#x} of deleted {path}: no saved contents", v.start),
                         })?;
-                        crate::files::make_copy(inj, vpid, path, c)?
+                        let copy = crate::files::make_copy(inj, vpid, path, c)?;
+                        if writable {
+                            copy
+                        } else {
+                            // Mapped through a read-only open: the mapping keeps its file open,
+                            // and a writable one would keep the copy from being an executable
+                            // (PR_SET_MM_MAP's exe link, for a deleted executable).
+                            let ro = crate::files::open_path(inj, &format!("/proc/self/fd/{copy}"), libc::O_RDONLY as u32)?;
+                            inj.call("close copy", libc::SYS_close, [copy, 0, 0, 0, 0, 0])?;
+                            ro
+                        }
                     }
                 };
                 let flags = (share | libc::MAP_FIXED | grows) as u64;
