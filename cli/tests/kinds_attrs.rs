@@ -220,6 +220,28 @@ fn working_directories_removed_since_come_back_removed() {
     assert_eq!(left.len(), 1, "nothing left beside the removed directories: {left:?}");
 }
 
+/// A chrooted process (`chrooted.c`) with files opened before and after its chroot is
+/// checkpointed and restored chrooted, in the same working directory, its files at their
+/// offsets. Before, its checkpoint failed (its fds' paths were looked for inside the jail).
+#[test]
+fn chrooted_process_comes_back_chrooted_with_its_files() {
+    let e = env();
+    let Some(prog) = build_prog("chrooted", &e.work, &[]) else { return };
+    let dir = e.work.join("dir");
+    std::fs::create_dir_all(dir.join("jail")).unwrap();
+    let pod = name("chroot");
+    let out = e.work.join("out");
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), "-", dir.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") || text(&out).contains("FAIL")), "{}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    std::fs::write(dir.join("jail/sub/go"), b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ok") || text(&out).contains("FAIL")), "no verdict: {}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+}
+
 /// A working directory whose path now leads to another directory (one mounted over it) is
 /// refused by name; the pod runs on. (A renamed one is not: its link shows the new path.)
 #[test]

@@ -34,8 +34,9 @@
 //!    oldest ones), so the threads share them again (a later `SECCOMP_FILTER_FLAG_TSYNC` needs
 //!    that). Children are cloned before, and inherit neither.
 //! 2. The other threads' loginuid where it differs, before a chroot can hide `/proc`.
-//! 3. Process-wide ([`ProcAttrs::restore`]): name, chroot, cwd, umask, personality, rlimits,
-//!    `PR_SET_MM_MAP`, child-subreaper, THP, membarrier registrations, KSM, oom_score_adj.
+//! 3. Process-wide ([`ProcAttrs::restore`]): name, cwd, umask, personality, rlimits,
+//!    `PR_SET_MM_MAP`, child-subreaper, THP, membarrier registrations, KSM, oom_score_adj, and last
+//!    chroot (paths are the mount namespace's; the working directory is entered first).
 //! 4. Per thread ([`ThreadAttrs::restore_flags`]): speculation controls, TSC, CPUID, MCE
 //!    policy, I/O flusher.
 //! 5. Signals, timers (not here).
@@ -189,11 +190,7 @@ fn cwd_link(pid: i32) -> Result<String> {
     if open.nlink() == 0 {
         return Ok(text);
     }
-    if link(pid, "root")? != "/" {
-        // The link is the path from our root; the process's is elsewhere (not checked).
-        return Ok(text);
-    }
-    let at_path = std::fs::metadata(format!("/proc/{pid}/root{text}"));
+    let at_path = std::fs::metadata(crate::files::seen_by(pid, &text));
     match at_path {
         Ok(m) if (m.dev(), m.ino()) == (open.dev(), open.ino()) => Ok(text),
         _ => Err(EngineError::Proc {
@@ -292,10 +289,9 @@ impl ProcAttrs {
         let mut warnings = Vec::new();
         let comm = inj.put_cstr(self.comm.as_bytes())?;
         inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [pr::SET_NAME, comm, 0, 0, 0, 0])?;
-        if self.root != "/" {
-            let root = inj.put_cstr(self.root.as_bytes())?;
-            inj.call("chroot", libc::SYS_chroot, [root, 0, 0, 0, 0, 0])?;
-        }
+        // The working directory and the root are paths from the mount namespace's root: the
+        // root is changed last (below; chroot leaves the working directory where it is), once
+        // nothing here needs a path (the executable, /proc).
         let cwd = inj.put_cstr(self.cwd.as_bytes())?;
         let rc = inj.syscall(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
         match self.cwd.strip_suffix(" (deleted)") {
@@ -331,6 +327,10 @@ impl ProcAttrs {
                     now.map_or("unknown".to_string(), |n| n.to_string())
                 ));
             }
+        }
+        if self.root != "/" {
+            let root = inj.put_cstr(self.root.as_bytes())?;
+            inj.call("chroot", libc::SYS_chroot, [root, 0, 0, 0, 0, 0])?;
         }
         Ok(warnings)
     }

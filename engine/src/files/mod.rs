@@ -498,6 +498,17 @@ fn owner_of(pid: i32, fd: i32, pidfd: &std::os::fd::OwnedFd, ctx: &SaveContext) 
     }
 }
 
+/// Where Zap finds `path` (a path as the links of `/proc/PID/fd`, `cwd` and `maps` show it, from
+/// the root of the process's mount namespace) as process `pid` sees its file system:
+/// `/proc/PID/root` and the path, climbing first out of a root the process chrooted into
+/// (`/proc/PID/root` leads to that directory, and `..` from it goes up in the process's mount
+/// namespace, up to its root).
+pub(crate) fn seen_by(pid: i32, path: &str) -> String {
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into());
+    let up = root.split('/').filter(|c| !c.is_empty()).count();
+    format!("/proc/{pid}/root{}{path}", "/..".repeat(up))
+}
+
 /// The error for an fd of a kind that cannot be saved.
 pub(crate) fn unsupported(pid: i32, fd: i32, kind: &str, target: &str) -> EngineError {
     EngineError::Proc { pid, detail: format!("fd {fd}: unsupported kind {kind} ({target})") }

@@ -46,7 +46,7 @@ pub(super) fn save_path(
     }
     let file = std::fs::File::from(dup);
     let open = file.metadata().map_err(|e| EngineError::io("stat open file", target.as_ref(), e))?;
-    let seen = format!("/proc/{pid}/root{target}");
+    let seen = super::seen_by(pid, target);
     let at_path = std::fs::metadata(&seen).map_err(|e| EngineError::io("stat fd target", target.as_ref(), e))?;
     if (open.dev(), open.ino()) != (at_path.dev(), at_path.ino()) {
         let what = format!(
