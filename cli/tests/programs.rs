@@ -295,6 +295,67 @@ S(("0.0.0.0", 8000), H).serve_forever()
     round(&mut conns, "after the restore");
 }
 
+/// Python's multiprocessing started the `spawn` and `forkserver` ways (Python 3.14's default):
+/// workers exec'd anew share a counter and a lock (named POSIX semaphores: glibc's sem_open maps
+/// each under a temporary name that it then renames, so its creator's mapping shows a deleted
+/// file still linked under the semaphore's name) and feed a queue, and a pool answers; after a
+/// `--leave-running` checkpoint, an incremental one that ends the pod and the restore, all goes
+/// on. Before, the creator's mappings came back as private copies: it waited forever on its
+/// own copy of a lock, and the pool's workers left.
+#[test]
+fn python_multiprocessing_spawn_and_forkserver_go_on_after_restore() {
+    if !installed(&["python3"], "python3") {
+        return;
+    }
+    let e = env();
+    let script = e.work.join("mpstart.py");
+    std::fs::write(
+        &script,
+        r#"import multiprocessing as mp, os, sys, time
+def worker(v, lock, q):
+    while True:
+        with lock:
+            v.value += 1
+        q.put(1)
+        time.sleep(0.005)
+if __name__ == "__main__":
+    mp.set_start_method(sys.argv[2])
+    v, lock, q = mp.Value('l', 0), mp.Lock(), mp.Queue()
+    for _ in range(3):
+        mp.Process(target=worker, args=(v, lock, q), daemon=True).start()
+    got = 0
+    with mp.Pool(2) as pool:
+        while True:
+            while not q.empty():
+                q.get()
+                got += 1
+            r = pool.apply_async(pow, (3, 4)).get(timeout=30)
+            with open(sys.argv[1] + ".tmp", "w") as f:
+                f.write(f"{v.value} {got} {r}\n")
+            os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+            time.sleep(0.05)
+"#,
+    )
+    .unwrap();
+    for method in ["spawn", "forkserver"] {
+        let state = e.work.join(format!("{method}.state"));
+        let read = || -> Vec<u64> { text(&state).split_whitespace().filter_map(|x| x.parse().ok()).collect() };
+        let pod = name(method);
+        ok(&e, &["run", "--name", &pod, "--", "python3", script.to_str().unwrap(), state.to_str().unwrap(), method]);
+        let _g = PodGuard(&e, pod.clone());
+        assert!(wait_for(Duration::from_secs(30), || read().first().is_some_and(|&n| n > 100)), "{method}: no progress: {} {}", text(&state), text(&e.run.join(&pod).join("console.log")));
+        assert_eq!(json(&e, &["checkpoint", "--leave-running", &pod])["left_running"], true);
+        let second = json(&e, &["checkpoint", &pod]);
+        assert!(mode_of(&second).starts_with("incremental"), "{second}");
+        let at = read();
+        ok(&e, &["restore", second["id"].as_str().unwrap()]);
+        let on = || read().len() == 3 && read()[0] > at[0] + 100 && read()[1] > at[1] + 100;
+        assert!(wait_for(Duration::from_secs(20), on), "{method}: workers, queue and pool do not go on: {:?} after {at:?}", read());
+        let now = read();
+        assert!(now[1] <= now[0] && now[2] == 81, "{method}: every item queued was counted, the pool answers: {now:?}");
+    }
+}
+
 /// sqlite3 in WAL mode written all the time (transactions of 10 rows; the `-wal` file, the
 /// `-shm` index mapped shared, fcntl locks): the database is read from outside while it runs,
 /// checkpointed with `--leave-running` and by an incremental checkpoint that ends the pod,
