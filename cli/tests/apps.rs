@@ -192,8 +192,12 @@ fn postgres_keeps_its_rows_and_an_open_session_across_checkpoints() {
     drop(guard);
     let again = name("pg2");
     start_postgres(&e, &bin, &again, &ip, &host, &data);
-    let _g2 = PodGuard(&e, again);
+    let g2 = PodGuard(&e, again);
     assert_eq!(psql(&host, "select count(*), sum(i) from t where v = md5(i::text)").unwrap(), "5000|12502500", "rows on disk");
+    // Shut down cleanly again: a postmaster killed with its pod leaves its dynamic shared
+    // memory segments in /dev/shm (PostgreSQL.N).
+    ok(&e, &["exec", &g2.1, "--", "sh", "-c", &format!("kill -INT $(head -n 1 {}/postmaster.pid)", data.display())]);
+    assert!(wait_for(Duration::from_secs(30), || !data.join("postmaster.pid").exists()), "postgres did not shut down");
 }
 
 /// A Node.js HTTP server counting timer ticks, with a keep-alive client: checkpointed with

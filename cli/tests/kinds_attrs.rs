@@ -204,6 +204,64 @@ fn posix_timers_signal_the_same_thread() {
     cycle(&e, "timer", &prog, &[], &["ready"], &["ok"]);
 }
 
+/// Processes working in directories removed since (a parent in one whose parent directory
+/// remains, its child in a tree removed whole) are checkpointed and restored still working in a
+/// removed directory (`engine/tests/progs/cwdgone.c` checks getcwd, "." and creating in it).
+/// Before, the checkpoint ended the pod and its restore failed at chdir.
+#[test]
+fn working_directories_removed_since_come_back_removed() {
+    let e = env();
+    let Some(prog) = build_prog("cwdgone", &e.work, &[]) else { return };
+    let dir = e.work.join("dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    cycle(&e, "cwdgone", &prog, &[dir.to_str().unwrap()], &["ready"], &["ok"]);
+    assert!(dir.join("made-after").exists());
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|d| d.file_name()).collect();
+    assert_eq!(left.len(), 1, "nothing left beside the removed directories: {left:?}");
+}
+
+/// A chrooted process (`chrooted.c`) with files opened before and after its chroot is
+/// checkpointed and restored chrooted, in the same working directory, its files at their
+/// offsets. Before, its checkpoint failed (its fds' paths were looked for inside the jail).
+#[test]
+fn chrooted_process_comes_back_chrooted_with_its_files() {
+    let e = env();
+    let Some(prog) = build_prog("chrooted", &e.work, &[]) else { return };
+    let dir = e.work.join("dir");
+    std::fs::create_dir_all(dir.join("jail")).unwrap();
+    let pod = name("chroot");
+    let out = e.work.join("out");
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), "-", dir.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") || text(&out).contains("FAIL")), "{}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    ok(&e, &["restore", &id]);
+    std::fs::write(dir.join("jail/sub/go"), b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ok") || text(&out).contains("FAIL")), "no verdict: {}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+}
+
+/// A working directory whose path now leads to another directory (one mounted over it) is
+/// refused by name; the pod runs on. (A renamed one is not: its link shows the new path.)
+#[test]
+fn working_directory_whose_path_leads_elsewhere_is_refused() {
+    let e = env();
+    let Some(prog) = build_prog("cwdgone", &e.work, &[]) else { return };
+    let dir = e.work.join("dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pod = name("cwdcovered");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    ok(&e, &["run", "--name", &pod, "--", prog.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), dir.to_str().unwrap(), "covered"]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") || text(&out).contains("FAIL")), "{}", text(&out));
+    let res = zap(&e, &["checkpoint", &pod]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && err.contains("working directory") && err.contains("leads to another directory"), "{err}");
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ok")), "the pod runs on: {}", text(&out));
+}
+
 #[test]
 fn process_traced_by_another_tracer_is_refused_and_keeps_running() {
     let e = env();

@@ -209,6 +209,81 @@ fn file_whose_path_now_leads_elsewhere_is_refused() {
     refused("replaced", "now leads to another file", |_| None);
 }
 
+/// 3,000 descriptions of one file at their own offsets, 300 of them dup'ed, all shared with a
+/// child: each comes back one description (dups and the child's copies share its offset).
+#[test]
+fn thousands_of_descriptions_of_one_file_stay_apart_and_shared() {
+    let e = env();
+    run_kind(&e, "manyfds", &[], |_| {});
+}
+
+/// Timerfds armed with `TFD_TIMER_ABSTIME` and `TFD_TIMER_CANCEL_ON_SET` keep their flags, and
+/// absolute wall-clock ones their time of day although the restore comes seconds after the
+/// checkpoint (`timerabs.c`). Before, every timerfd came back relative, without its flags.
+#[test]
+fn timerfds_keep_their_settime_flags_and_wall_clock_deadlines() {
+    let e = env();
+    let Some(bin) = build_prog("timerabs", &e.work, &[]) else { return };
+    let pod = name("timerabs");
+    let (out, go) = (e.work.join("out"), e.work.join("go"));
+    ok(&e, &["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") || text(&out).contains("FAIL")), "{}", text(&out));
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    ok(&e, &["restore", &id]);
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ok") || text(&out).contains("FAIL")), "no verdict: {}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+}
+
+/// A program whose executable is deleted while it runs (as an upgrade does), holding a deleted
+/// data file too: checkpointed (the pod ends) and restored, its `/proc/self/exe` and the data fd
+/// name the deleted files as before, and a child can execute `/proc/self/exe` (`exegone.c`).
+/// Before, the restore failed opening the executable.
+#[test]
+fn program_whose_executable_was_deleted_is_restored() {
+    let e = env();
+    let Some(bin) = build_prog("exegone", &e.work, &[]) else { return };
+    let pod = name("exegone");
+    let (out, go, dir) = (e.work.join("out"), e.work.join("go"), e.work.join("dir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    ok(&e, &["run", "--name", &pod, "--", bin.to_str().unwrap(), out.to_str().unwrap(), go.to_str().unwrap(), dir.to_str().unwrap()]);
+    let _g = PodGuard(&e, pod.clone());
+    assert!(wait_for(Duration::from_secs(10), || text(&out).contains("ready") || text(&out).contains("FAIL")), "{}", text(&out));
+    std::fs::remove_file(&bin).unwrap();
+    let id = ok(&e, &["checkpoint", &pod]).trim().to_string();
+    let restored = json(&e, &["restore", &id]);
+    assert!(restored["warnings"].as_array().is_none_or(|w| w.is_empty()), "no warning: {restored}");
+    std::fs::write(&go, b"go").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || text(&out).contains("ok") || text(&out).contains("FAIL")), "no verdict: {}", text(&out));
+    assert!(!text(&out).contains("FAIL"), "{}", text(&out));
+    assert!(!bin.exists(), "the copy was not left at the executable's path");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left beside the deleted data file");
+}
+
+#[test]
+fn tun_device_attached_to_an_interface_is_refused() {
+    if !Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIP: no /dev/net/tun (CONFIG_TUN)");
+        return;
+    }
+    refused("tun", "tun/tap device attached to interface zt0", |_| None);
+}
+
+#[test]
+fn kernel_log_reader_is_refused() {
+    refused("kmsg", "kernel log opened for reading", |_| None);
+}
+
+/// Devices that keep no state per open file come back reopened: /dev/null, zero, full, urandom,
+/// /dev/kmsg write-only, and /dev/net/tun not yet attached (it attaches after the restore).
+#[test]
+fn stateless_character_devices_are_reopened() {
+    let e = env();
+    run_kind(&e, "devices", &[], |_| {});
+}
+
 #[test]
 fn pidfd_of_a_process_outside_is_refused() {
     refused("pidfd-out", "pidfd of process", |_| None);

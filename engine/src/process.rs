@@ -57,7 +57,8 @@ use crate::{EngineError, Result};
 pub const KIND: &str = "process";
 /// Version of the [`ProcessImage`] encoding (first byte of the state blob). 11: POSIX message
 /// queue fds (`FdKind::Mqueue`, appended: version 10 blobs still read). 12: what `SO_PEERCRED`
-/// showed on each unix socket (`UnixSocket::peercred`; versions 10 and 11 read without it).
+/// showed on each unix socket (`UnixSocket::peercred`), and timerfds armed with settime flags
+/// (`FdKind::TimerfdAt`, appended); versions 10 and 11 read without either.
 pub const IMAGE_VERSION: u8 = 12;
 /// Highest user address on x86-64 with 4-level page tables.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;

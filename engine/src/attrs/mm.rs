@@ -45,11 +45,29 @@ impl MmBounds {
         Ok(MmBounds { fields, auxv, exe })
     }
 
-    /// Sets the boundaries, auxiliary vector and executable link with `PR_SET_MM_MAP`.
-    pub fn restore(&self, inj: &mut Injector) -> Result<()> {
+    /// Sets the boundaries, auxiliary vector and executable link with `PR_SET_MM_MAP` in the
+    /// process `inj` drives (host pid `host_pid`). An executable deleted since it was started (a
+    /// program upgraded while it runs) is linked to the copy of it that its mappings were
+    /// restored from; when that cannot be (its code is not mapped from it), the link is left
+    /// as it is and a warning says so.
+    pub fn restore(&self, inj: &mut Injector, host_pid: i32, warnings: &mut Vec<String>) -> Result<()> {
         let path = inj.put_cstr(self.exe.as_bytes())?;
         let scratch = inj.scratch(8192)?;
-        let exe_fd = inj.call("open executable", libc::SYS_open, [path, libc::O_RDONLY as u64 | libc::O_CLOEXEC as u64, 0, 0, 0, 0])?;
+        let rc = inj.syscall(libc::SYS_open, [path, libc::O_RDONLY as u64 | libc::O_CLOEXEC as u64, 0, 0, 0, 0])?;
+        let exe_fd = match self.exe.strip_suffix(" (deleted)") {
+            _ if rc >= 0 => Some(rc as u64),
+            Some(gone) if rc == -i64::from(libc::ENOENT) => match deleted_exe_fd(inj, host_pid, self.fields[0]) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warnings.push(format!("executable link of the deleted {gone} not restored: {e}"));
+                    None
+                }
+            },
+            _ => {
+                let err = std::io::Error::from_raw_os_error((-rc) as i32);
+                return Err(EngineError::Proc { pid: host_pid, detail: format!("open executable {}: {err}", self.exe) });
+            }
+        };
         let auxv_addr = scratch + 4096;
         let auxv: Vec<u8> = self.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
         inj.write_mem(auxv_addr, &auxv)?;
@@ -59,13 +77,46 @@ impl MmBounds {
         }
         map.extend_from_slice(&auxv_addr.to_le_bytes());
         map.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
-        map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+        // An exe_fd of -1 leaves the link alone.
+        map.extend_from_slice(&exe_fd.map_or(u32::MAX, |fd| fd as u32).to_le_bytes());
         inj.write_mem(scratch + 2048, &map)?;
         const PR_SET_MM_MAP: u64 = 14;
-        inj.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, [pr::SET_MM, PR_SET_MM_MAP, scratch + 2048, map.len() as u64, 0, 0])?;
-        inj.call("close executable", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+        let set = [pr::SET_MM, PR_SET_MM_MAP, scratch + 2048, map.len() as u64, 0, 0];
+        let rc = inj.syscall(libc::SYS_prctl, set)?;
+        if rc == -i64::from(libc::EACCES) && exe_fd.is_some() && self.exe.ends_with(" (deleted)") {
+            // The copy cannot be an executable here (a file system mounted noexec, or a shared
+            // writable mapping of it): keep the rest, without the link.
+            warnings.push(format!("executable link of the deleted {} not restored: its copy cannot be an executable here", self.exe));
+            let keep = map.len() - 4;
+            inj.write_mem(scratch + 2048 + keep as u64, &u32::MAX.to_le_bytes())?;
+            inj.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, set)?;
+        } else if rc < 0 {
+            return Err(EngineError::Sys { step: "prctl(PR_SET_MM_MAP)", pid: host_pid, source: std::io::Error::from_raw_os_error((-rc) as i32) });
+        }
+        if let Some(fd) = exe_fd {
+            inj.call("close executable", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
         Ok(())
     }
+}
+
+/// An fd, in the process `inj` drives (host pid `host_pid`), of the copy of its deleted
+/// executable: the file of the mapping that holds its code (`start_code`), restored from the
+/// deleted file's saved contents, opened through `/proc/self/map_files` (the process is still
+/// root with every capability here) and made executable (`PR_SET_MM_MAP` wants an executable
+/// file; the copy is made 0600).
+fn deleted_exe_fd(inj: &mut Injector, host_pid: i32, start_code: u64) -> Result<u64> {
+    let maps_path = format!("/proc/{host_pid}/maps");
+    let maps = std::fs::read_to_string(&maps_path).map_err(|e| EngineError::io("read", maps_path.as_ref(), e))?;
+    let range = maps.lines().find_map(|l| {
+        let (s, e) = l.split_whitespace().next()?.split_once('-')?;
+        let (s, e) = (u64::from_str_radix(s, 16).ok()?, u64::from_str_radix(e, 16).ok()?);
+        (s <= start_code && start_code < e && l.ends_with("(deleted)")).then_some((s, e))
+    });
+    let (s, e) = range.ok_or_else(|| EngineError::Proc { pid: host_pid, detail: format!("no mapping of a deleted file holds the code at {start_code:#x}") })?;
+    let fd = crate::files::open_path(inj, &format!("/proc/self/map_files/{s:x}-{e:x}"), libc::O_RDONLY as u32)?;
+    inj.call("fchmod (copy of the deleted executable)", libc::SYS_fchmod, [fd, 0o700, 0, 0, 0, 0])?;
+    Ok(fd)
 }
 
 /// `membarrier` commands.

@@ -1,7 +1,8 @@
 //! Process and thread attributes: what a process is besides its memory, registers, signals and
 //! fds.
 //!
-//! - Process-wide ([`ProcAttrs`]): name, working and root directories, umask, personality,
+//! - Process-wide ([`ProcAttrs`]): name, working (also one removed since: made again, entered
+//!   and removed) and root directories, umask, personality,
 //!   resource limits, mm boundaries and executable (`PR_SET_MM_MAP`, [`mm`]), the mm's flags
 //!   (THP disable, memory-deny-write-execute, membarrier registrations, KSM merge-any, the
 //!   dumpable flag), oom_score_adj, child-subreaper, and a job-control stop.
@@ -33,8 +34,9 @@
 //!    oldest ones), so the threads share them again (a later `SECCOMP_FILTER_FLAG_TSYNC` needs
 //!    that). Children are cloned before, and inherit neither.
 //! 2. The other threads' loginuid where it differs, before a chroot can hide `/proc`.
-//! 3. Process-wide ([`ProcAttrs::restore`]): name, chroot, cwd, umask, personality, rlimits,
-//!    `PR_SET_MM_MAP`, child-subreaper, THP, membarrier registrations, KSM, oom_score_adj.
+//! 3. Process-wide ([`ProcAttrs::restore`]): name, cwd, umask, personality, rlimits,
+//!    `PR_SET_MM_MAP`, child-subreaper, THP, membarrier registrations, KSM, oom_score_adj, and last
+//!    chroot (paths are the mount namespace's; the working directory is entered first).
 //! 4. Per thread ([`ThreadAttrs::restore_flags`]): speculation controls, TSC, CPUID, MCE
 //!    policy, I/O flusher.
 //! 5. Signals, timers (not here).
@@ -177,6 +179,52 @@ fn link(pid: i32, what: &str) -> Result<String> {
         .map_err(|e| EngineError::io("readlink", path.as_ref(), e))
 }
 
+/// The working directory of `pid` as its link shows it. A directory removed since shows as
+/// "PATH (deleted)" and is kept so ([`ProcAttrs::restore`] makes one again); one whose path now
+/// leads to another directory (something was mounted over it) is refused, since the restored
+/// process would work in the other one. (A renamed one shows its new path.)
+fn cwd_link(pid: i32) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let text = link(pid, "cwd")?;
+    let open = std::fs::metadata(format!("/proc/{pid}/cwd")).map_err(|e| EngineError::io("stat", format!("/proc/{pid}/cwd").as_ref(), e))?;
+    if open.nlink() == 0 {
+        return Ok(text);
+    }
+    let at_path = std::fs::metadata(crate::files::seen_by(pid, &text));
+    match at_path {
+        Ok(m) if (m.dev(), m.ino()) == (open.dev(), open.ino()) => Ok(text),
+        _ => Err(EngineError::Proc {
+            pid,
+            detail: format!(
+                "working directory {text}: its path now leads to another directory or to none (device {:#x} inode {} is open); not supported",
+                open.dev(),
+                open.ino()
+            ),
+        }),
+    }
+}
+
+/// Makes the process `inj` drives work in a directory like one removed while it worked in it
+/// (`gone`: its former path): a new directory beside where it was (or in /tmp when that is gone
+/// too), entered and removed again, so that, as before, relative paths resolve in an empty
+/// directory where nothing can be created and `getcwd` fails.
+fn enter_removed_dir(inj: &mut Injector, host_pid: i32, gone: &str) -> Result<()> {
+    let parent = std::path::Path::new(gone).parent().and_then(|d| d.to_str()).unwrap_or("/tmp").to_string();
+    for d in [parent.as_str(), "/tmp"] {
+        let name = format!("{}/.zap-cwd-{host_pid}", d.trim_end_matches('/'));
+        let p = inj.put_cstr(name.as_bytes())?;
+        if inj.syscall(libc::SYS_mkdir, [p, 0o700, 0, 0, 0, 0])? < 0 {
+            continue;
+        }
+        let rc = inj.syscall(libc::SYS_chdir, [p, 0, 0, 0, 0, 0])?;
+        inj.call("rmdir (removed working directory)", libc::SYS_rmdir, [p, 0, 0, 0, 0, 0])?;
+        if rc == 0 {
+            return Ok(());
+        }
+    }
+    Err(EngineError::Proc { pid: host_pid, detail: format!("could not make again the removed working directory {gone} (in {parent} or /tmp)") })
+}
+
 pub(crate) fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
 }
@@ -221,7 +269,7 @@ impl ProcAttrs {
         let child_subreaper = inj.read_mem(scratch, 4)?.iter().any(|&b| b != 0);
         Ok(ProcAttrs {
             comm: read(pid, "comm")?.trim_end().to_string(),
-            cwd: link(pid, "cwd")?,
+            cwd: cwd_link(pid)?,
             root: link(pid, "root")?,
             umask,
             personality,
@@ -241,12 +289,18 @@ impl ProcAttrs {
         let mut warnings = Vec::new();
         let comm = inj.put_cstr(self.comm.as_bytes())?;
         inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [pr::SET_NAME, comm, 0, 0, 0, 0])?;
-        if self.root != "/" {
-            let root = inj.put_cstr(self.root.as_bytes())?;
-            inj.call("chroot", libc::SYS_chroot, [root, 0, 0, 0, 0, 0])?;
-        }
+        // The working directory and the root are paths from the mount namespace's root: the
+        // root is changed last (below; chroot leaves the working directory where it is), once
+        // nothing here needs a path (the executable, /proc).
         let cwd = inj.put_cstr(self.cwd.as_bytes())?;
-        inj.call("chdir", libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+        let rc = inj.syscall(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+        match self.cwd.strip_suffix(" (deleted)") {
+            _ if rc == 0 => {}
+            Some(gone) if rc == -i64::from(libc::ENOENT) => enter_removed_dir(inj, host_pid, gone)?,
+            _ => {
+                return Err(EngineError::Proc { pid: host_pid, detail: format!("chdir to working directory {}: {}", self.cwd, errno_text(rc)) });
+            }
+        }
         inj.call("umask", libc::SYS_umask, [u64::from(self.umask), 0, 0, 0, 0, 0])?;
         inj.call("personality", libc::SYS_personality, [u64::from(self.personality), 0, 0, 0, 0, 0])?;
         let scratch = inj.scratch(8192)?;
@@ -260,7 +314,7 @@ impl ProcAttrs {
                 warnings.push(format!("rlimit {res} ({soft}/{hard}) not restored: {}", errno_text(rc)));
             }
         }
-        self.mm.restore(inj)?;
+        self.mm.restore(inj, host_pid, &mut warnings)?;
         inj.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, [pr::SET_CHILD_SUBREAPER, u64::from(self.child_subreaper), 0, 0, 0, 0])?;
         self.mm_flags.restore(inj, &mut warnings)?;
         let oom_path = format!("/proc/{host_pid}/oom_score_adj");
@@ -273,6 +327,10 @@ impl ProcAttrs {
                     now.map_or("unknown".to_string(), |n| n.to_string())
                 ));
             }
+        }
+        if self.root != "/" {
+            let root = inj.put_cstr(self.root.as_bytes())?;
+            inj.call("chroot", libc::SYS_chroot, [root, 0, 0, 0, 0, 0])?;
         }
         Ok(warnings)
     }

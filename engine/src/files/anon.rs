@@ -1,5 +1,7 @@
 //! Descriptors of anonymous inodes: eventfds (semaphore mode included), timerfds (unread
-//! expirations come back as the same count with `TFD_IOC_SET_TICKS`), signalfds, inotify
+//! expirations come back as the same count with `TFD_IOC_SET_TICKS`; one armed with
+//! `TFD_TIMER_ABSTIME` or `TFD_TIMER_CANCEL_ON_SET` is armed again with them, an absolute
+//! wall-clock timer at the same time of day), signalfds, inotify
 //! instances (watches found again from their file handles; an instance with events queued is
 //! refused, since they cannot be read without consuming them) and epoll instances (watches
 //! added once every fd of the process exists). Their state is read from `/proc/PID/fdinfo/FD`
@@ -83,11 +85,21 @@ pub(super) fn save(pid: i32, fd: i32, target: &str, info: &HashMap<String, Strin
                 Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
             };
             let bad = || EngineError::Proc { pid, detail: format!("fd {fd}: unreadable timerfd state") };
-            FdKind::Timerfd {
-                clockid: info.get("clockid").and_then(|v| v.parse().ok()).ok_or_else(bad)?,
-                value: pair("it_value").ok_or_else(bad)?,
-                interval: pair("it_interval").ok_or_else(bad)?,
-                ticks: info.get("ticks").and_then(|v| v.parse().ok()).unwrap_or(0),
+            let clockid: i32 = info.get("clockid").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+            let value = pair("it_value").ok_or_else(bad)?;
+            let interval = pair("it_interval").ok_or_else(bad)?;
+            let ticks = info.get("ticks").and_then(|v| v.parse().ok()).unwrap_or(0);
+            // "settime flags: 0%o".
+            let settime_flags = info.get("settime flags").and_then(|v| u32::from_str_radix(v.trim(), 8).ok()).unwrap_or(0);
+            if settime_flags == 0 {
+                FdKind::Timerfd { clockid, value, interval, ticks }
+            } else {
+                let wall = matches!(clockid, libc::CLOCK_REALTIME | libc::CLOCK_REALTIME_ALARM);
+                let wall_deadline = (settime_flags & TFD_TIMER_ABSTIME != 0 && wall && value != (0, 0)).then(|| {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    add_time((now.as_secs() as i64, i64::from(now.subsec_nanos())), value)
+                });
+                FdKind::TimerfdAt { clockid, value, interval, ticks, settime_flags, wall_deadline }
             }
         }
         "anon_inode:inotify" => {
@@ -179,39 +191,67 @@ fn epoll_target(pid: i32, epfd: i32, (tfd, toff): (i32, u32), ctx: &SaveContext)
     })
 }
 
+const TFD_TIMER_ABSTIME: u32 = 1;
+
+/// `a + b` for (s, ns) times.
+fn add_time(a: (i64, i64), b: (i64, i64)) -> (i64, i64) {
+    let ns = a.1 + b.1;
+    (a.0 + b.0 + ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
+/// Makes a timerfd again in the process `inj` drives: clock `clockid`, `value` left to run (zero:
+/// disarmed), `interval`, `ticks` unread expirations, armed with `settime_flags`. An absolute
+/// timer gets its deadline back: `wall_deadline` on the wall clock, or its time left from now on
+/// its clock as the process sees it (asked of the process, so a time namespace counts).
+fn restore_timerfd(inj: &mut Injector, vpid: i32, st: &FdState, timer: (i32, (i64, i64), (i64, i64), u64), settime_flags: u32, wall_deadline: Option<(i64, i64)>) -> Result<u64> {
+    let (clockid, value, interval, ticks) = timer;
+    let flags = u64::from(st.flags & libc::O_NONBLOCK as u32);
+    let fd = inj.call("timerfd_create", libc::SYS_timerfd_create, [clockid as u64, flags, 0, 0, 0, 0])?;
+    let scratch = inj.scratch(4096)?;
+    // A periodic timer that expired and was not read since shows no time left (the kernel moves
+    // it on at the next read): it runs on from one interval from now, with its unread
+    // expirations set below.
+    let left = match (value, ticks) {
+        ((0, 0), 0) if interval != (0, 0) => (0, 1),
+        ((0, 0), _) => interval,
+        (v, _) => v,
+    };
+    if left != (0, 0) {
+        let it_value = match wall_deadline {
+            Some(d) if settime_flags & TFD_TIMER_ABSTIME != 0 && value != (0, 0) => d,
+            _ if settime_flags & TFD_TIMER_ABSTIME != 0 => {
+                inj.call("clock_gettime (absolute timerfd)", libc::SYS_clock_gettime, [clockid as u64, scratch + 128, 0, 0, 0, 0])?;
+                let b = inj.read_mem(scratch + 128, 16)?;
+                let now = (i64::from_ne_bytes(b[..8].try_into().expect("8")), i64::from_ne_bytes(b[8..].try_into().expect("8")));
+                add_time(now, left)
+            }
+            _ => left,
+        };
+        let spec: Vec<u8> = [interval.0, interval.1, it_value.0, it_value.1].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        inj.write_mem(scratch, &spec)?;
+        inj.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, u64::from(settime_flags), scratch, 0, 0, 0])?;
+    }
+    if ticks > 0 {
+        // TFD_IOC_SET_TICKS = _IOW('T', 0, u64).
+        const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+        inj.write_mem(scratch + 64, &ticks.to_ne_bytes())?;
+        inj.call("ioctl(TFD_IOC_SET_TICKS)", libc::SYS_ioctl, [fd, TFD_IOC_SET_TICKS, scratch + 64, 0, 0, 0]).map_err(|e| {
+            let detail = format!("fd {}: set {ticks} unread timerfd expirations (needs CONFIG_CHECKPOINT_RESTORE): {e}", st.fd);
+            EngineError::Proc { pid: vpid, detail }
+        })?;
+    }
+    Ok(fd)
+}
+
 /// Recreates an fd of this module's kinds in the process `inj` drives (which sees itself as
 /// `vpid`); returns the new fd, or `None` when `st` is not of these kinds. An epoll instance is
 /// created empty: its watches are added by [`add_epoll_watches`].
 pub(super) fn restore(inj: &mut Injector, vpid: i32, st: &FdState) -> Result<Option<u64>> {
     Ok(Some(match &st.kind {
         FdKind::Epoll { .. } => inj.call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])?,
-        FdKind::Timerfd { clockid, value, interval, ticks } => {
-            let flags = u64::from(st.flags & libc::O_NONBLOCK as u32);
-            let fd = inj.call("timerfd_create", libc::SYS_timerfd_create, [*clockid as u64, flags, 0, 0, 0, 0])?;
-            let scratch = inj.scratch(4096)?;
-            // A periodic timer that expired and was not read since shows no time left (the
-            // kernel moves it on at the next read): it runs on from one interval from now, with
-            // its unread expirations set below.
-            let value = match (*value, *ticks) {
-                ((0, 0), 0) if *interval != (0, 0) => (0, 1),
-                ((0, 0), _) => *interval,
-                (v, _) => v,
-            };
-            if value != (0, 0) {
-                let spec: Vec<u8> = [interval.0, interval.1, value.0, value.1].iter().flat_map(|w| w.to_ne_bytes()).collect();
-                inj.write_mem(scratch, &spec)?;
-                inj.call("timerfd_settime", libc::SYS_timerfd_settime, [fd, 0, scratch, 0, 0, 0])?;
-            }
-            if *ticks > 0 {
-                // TFD_IOC_SET_TICKS = _IOW('T', 0, u64).
-                const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
-                inj.write_mem(scratch + 64, &ticks.to_ne_bytes())?;
-                inj.call("ioctl(TFD_IOC_SET_TICKS)", libc::SYS_ioctl, [fd, TFD_IOC_SET_TICKS, scratch + 64, 0, 0, 0]).map_err(|e| {
-                    let detail = format!("fd {}: set {ticks} unread timerfd expirations (needs CONFIG_CHECKPOINT_RESTORE): {e}", st.fd);
-                    EngineError::Proc { pid: vpid, detail }
-                })?;
-            }
-            fd
+        FdKind::Timerfd { clockid, value, interval, ticks } => restore_timerfd(inj, vpid, st, (*clockid, *value, *interval, *ticks), 0, None)?,
+        FdKind::TimerfdAt { clockid, value, interval, ticks, settime_flags, wall_deadline } => {
+            restore_timerfd(inj, vpid, st, (*clockid, *value, *interval, *ticks), *settime_flags, *wall_deadline)?
         }
         FdKind::Inotify { watches } => {
             // Watch descriptors are handed out in increasing order: throwaway watches on "/"

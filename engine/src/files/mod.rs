@@ -1,6 +1,7 @@
 //! File descriptors: regular files (path, flags, offset), directories, character devices,
 //! `O_PATH` descriptors and deleted files, directories and memfds ([`regular`]), pipes and FIFOs
-//! with the bytes buffered in them ([`pipes`]), eventfds, timerfds, signalfds, inotify and epoll
+//! with the bytes buffered in them ([`pipes`]), character devices that keep no state per open file
+//! ([`devices`]; the others are refused), eventfds, timerfds, signalfds, inotify and epoll
 //! instances ([`anon`]), pseudo-terminals and controlling terminals ([`tty`]), pidfds, sockets
 //! ([`crate::sockets`]), POSIX message queues (reopened by name; the queues are saved with the
 //! IPC namespace, [`crate::ipc`]), and standard streams connected outside the process.
@@ -32,6 +33,7 @@
 //! by the first of them; its other end is parked at a high fd (a *keeper*) until every process of
 //! the group has taken what it needs, then closed ([`RestoreContext::keepers`]).
 mod anon;
+mod devices;
 mod holders;
 pub mod locks;
 mod pipes;
@@ -196,6 +198,27 @@ pub enum FdKind {
         /// Its name, without the leading '/'.
         name: String,
     },
+    /// A timerfd armed with `timerfd_settime` flags (`TFD_TIMER_ABSTIME`,
+    /// `TFD_TIMER_CANCEL_ON_SET`): as [`FdKind::Timerfd`], armed again with the same flags, so
+    /// an absolute timer stays absolute (it follows changes of its clock) and a cancel-on-set
+    /// one still reports `ECANCELED` when the wall clock is set. (Appended: process image 12.)
+    TimerfdAt {
+        /// CLOCK_* id.
+        clockid: i32,
+        /// Time to the next expiration (s, ns), as fdinfo shows it; zero when disarmed.
+        value: (i64, i64),
+        /// Interval (s, ns).
+        interval: (i64, i64),
+        /// Expirations not yet read.
+        ticks: u64,
+        /// The `timerfd_settime` flags it was armed with.
+        settime_flags: u32,
+        /// An absolute timer of the wall clock (`CLOCK_REALTIME`, `CLOCK_REALTIME_ALARM`): its
+        /// deadline on that clock, set again as it was (the wall clock is not a pod's own, and
+        /// a deadline is a time of day). Other absolute timers are set again at the time they
+        /// had left, from the restored process's view of their clock.
+        wall_deadline: Option<(i64, i64)>,
+    },
 }
 
 /// One saved fd.
@@ -248,7 +271,9 @@ pub struct SaveContext {
     pub(crate) pipe_ends: HashMap<u64, (bool, bool)>,
     /// Fds saved so far: (host pid, vpid, fd, link target).
     saved: Vec<(i32, i32, i32, String)>,
-    /// Where in `saved` each link target is.
+    /// Per link target, where in `saved` the first fd of each open file description with that
+    /// target is, in kcmp's order of descriptions (so a fd is matched with O(log n) kcmp calls:
+    /// a process with thousands of descriptions of one file is not compared pairwise).
     saved_by_target: HashMap<String, Vec<usize>>,
     /// Pipes and FIFOs whose buffered bytes were recorded already.
     pub(crate) data_taken: HashSet<u64>,
@@ -347,18 +372,26 @@ impl SaveContext {
         Ok(ctx)
     }
 
-    /// An earlier saved fd that is the same open file description as `fd` of `pid`.
-    fn earlier(&self, pid: i32, fd: i32, target: &str) -> Result<Option<(i32, i32)>> {
-        for &i in self.saved_by_target.get(target).into_iter().flatten() {
-            let (p, vpid, f, _) = &self.saved[i];
-            {
-                let same = sysproc::same_file(*p, *f, pid, fd).map_err(|source| EngineError::Sys { step: "kcmp", pid, source })?;
-                if same {
-                    return Ok(Some((*vpid, *f)));
-                }
+    /// The earlier saved fd (vpid, fd) that is the same open file description as `fd` of `pid`,
+    /// or where a new description goes in `saved_by_target[target]`.
+    fn find_description(&self, pid: i32, fd: i32, target: &str) -> Result<std::result::Result<(i32, i32), usize>> {
+        let Some(list) = self.saved_by_target.get(target) else { return Ok(Err(0)) };
+        let (mut lo, mut hi) = (0, list.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (p, vpid, f, _) = &self.saved[list[mid]];
+            match sysproc::file_order(*p, *f, pid, fd).map_err(|source| EngineError::Sys { step: "kcmp", pid, source })? {
+                std::cmp::Ordering::Equal => return Ok(Ok((*vpid, *f))),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
             }
         }
-        Ok(None)
+        Ok(Err(lo))
+    }
+
+    /// An earlier saved fd that is the same open file description as `fd` of `pid`.
+    fn earlier(&self, pid: i32, fd: i32, target: &str) -> Result<Option<(i32, i32)>> {
+        Ok(self.find_description(pid, fd, target)?.ok())
     }
 }
 
@@ -411,7 +444,10 @@ pub fn save(pid: i32, vpid: i32, ctx: &mut SaveContext) -> Result<Vec<FdState>> 
         }
         let owner = if matches!(kind, FdKind::Dup { .. }) || flags & libc::O_PATH as u32 != 0 { None } else { owner_of(pid, fd, &pidfd, ctx)? };
         out.push(FdState { fd, flags, kind, locks, owner });
-        ctx.saved_by_target.entry(target.clone()).or_default().push(ctx.saved.len());
+        if let Err(at) = ctx.find_description(pid, fd, &target)? {
+            let index = ctx.saved.len();
+            ctx.saved_by_target.entry(target.clone()).or_default().insert(at, index);
+        }
         ctx.saved.push((pid, vpid, fd, target));
     }
     Ok(out)
@@ -460,6 +496,17 @@ fn owner_of(pid: i32, fd: i32, pidfd: &std::os::fd::OwnedFd, ctx: &SaveContext) 
         None if kind != group_pgrp && status(host).is_none() => Ok(None),
         None => Err(unsupported(pid, fd, &format!("descriptor whose signal owner ({host}) is outside the checkpoint"), "F_SETOWN")),
     }
+}
+
+/// Where Zap finds `path` (a path as the links of `/proc/PID/fd`, `cwd` and `maps` show it, from
+/// the root of the process's mount namespace) as process `pid` sees its file system:
+/// `/proc/PID/root` and the path, climbing first out of a root the process chrooted into
+/// (`/proc/PID/root` leads to that directory, and `..` from it goes up in the process's mount
+/// namespace, up to its root).
+pub(crate) fn seen_by(pid: i32, path: &str) -> String {
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into());
+    let up = root.split('/').filter(|c| !c.is_empty()).count();
+    format!("/proc/{pid}/root{}{path}", "/..".repeat(up))
 }
 
 /// The error for an fd of a kind that cannot be saved.
@@ -757,7 +804,7 @@ pub fn open_one(inj: &mut Injector, vpid: i32, st: &FdState, ctx: &mut RestoreCo
                 .map_err(|e| EngineError::Proc { pid: vpid, detail: format!("fd {}: reopen POSIX message queue /{name}: {e}", st.fd) })?
         }
         FdKind::Pipe { ino, write_end, size, data, packets } => pipes::restore_pipe(inj, vpid, (*ino, *write_end, *size, data, packets), ctx)?,
-        FdKind::Epoll { .. } | FdKind::Timerfd { .. } | FdKind::Inotify { .. } | FdKind::Signalfd { .. } | FdKind::Eventfd { .. } => {
+        FdKind::Epoll { .. } | FdKind::Timerfd { .. } | FdKind::TimerfdAt { .. } | FdKind::Inotify { .. } | FdKind::Signalfd { .. } | FdKind::Eventfd { .. } => {
             unreachable!("restored by files::anon")
         }
         FdKind::PtyMaster { .. } | FdKind::PtySlave { .. } | FdKind::DevTty => unreachable!("restored by files::tty"),
@@ -885,7 +932,7 @@ impl FdState {
             FdKind::Dup { .. } => "shared description",
             FdKind::Deleted { .. } => "deleted file",
             FdKind::Socket(_) => "socket",
-            FdKind::Timerfd { .. } => "timerfd",
+            FdKind::Timerfd { .. } | FdKind::TimerfdAt { .. } => "timerfd",
             FdKind::Inotify { .. } => "inotify",
             FdKind::Signalfd { .. } => "signalfd",
             FdKind::Epoll { .. } => "epoll",

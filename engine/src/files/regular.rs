@@ -1,5 +1,6 @@
 //! Descriptors that name a file: regular files and directories (reopened by path and seeked),
-//! character devices (reopened by path), `O_PATH` descriptors of any file (reopened by path),
+//! character devices (reopened by path, when [`super::devices`] finds they keep no state per
+//! open file), `O_PATH` descriptors of any file (reopened by path),
 //! directories deleted while open (recreated and removed again), and files deleted while open,
 //! `O_TMPFILE` files and memfds, whose contents are saved (at most [`DELETED_FILE_LIMIT`] bytes
 //! of data; holes, found with `SEEK_DATA`/`SEEK_HOLE`, stay holes) and restored into an unnamed
@@ -43,8 +44,9 @@ pub(super) fn save_path(
     if crate::sys::ipc::is_mqueue(&dup).map_err(|source| EngineError::Sys { step: "fstatfs", pid, source })? {
         return mqueue(target);
     }
-    let open = std::fs::File::from(dup).metadata().map_err(|e| EngineError::io("stat open file", target.as_ref(), e))?;
-    let seen = format!("/proc/{pid}/root{target}");
+    let file = std::fs::File::from(dup);
+    let open = file.metadata().map_err(|e| EngineError::io("stat open file", target.as_ref(), e))?;
+    let seen = super::seen_by(pid, target);
     let at_path = std::fs::metadata(&seen).map_err(|e| EngineError::io("stat fd target", target.as_ref(), e))?;
     if (open.dev(), open.ino()) != (at_path.dev(), at_path.ino()) {
         let what = format!(
@@ -60,6 +62,7 @@ pub(super) fn save_path(
     if ft.is_file() || ft.is_dir() {
         Ok(FdKind::Path { path: target.to_string(), pos: pos_of(info) })
     } else if ft.is_char_device() {
+        super::devices::check(pid, fd, target, open.rdev(), super::fd_flags(info), &OwnedFd::from(file))?;
         Ok(FdKind::CharDev { path: target.to_string() })
     } else if ft.is_fifo() {
         let write_only = super::fd_flags(info) & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
@@ -297,10 +300,44 @@ pub(super) fn restore_deleted_dir(inj: &mut Injector, vpid: i32, st: &FdState, p
     Err(EngineError::Proc { pid: vpid, detail: format!("fd {}: could not recreate the deleted directory {path}", st.fd) })
 }
 
+/// Gives the unnamed file `fd` (of the process `inj` drives) the name `path` of the deleted file
+/// it copies, as a deleted file: linked there, opened there, unlinked. Returns the fd to use (the
+/// new one, `fd` closed; or `fd` itself when `path` is taken or its directory is not the file's).
+fn name_as_deleted(inj: &mut Injector, vpid: i32, fd: u64, path: &str) -> Result<u64> {
+    let from = format!("/proc/self/fd/{fd}");
+    let mut both = from.as_bytes().to_vec();
+    both.push(0);
+    let to_off = both.len() as u64;
+    both.extend_from_slice(path.as_bytes());
+    both.push(0);
+    let scratch = inj.scratch(both.len() as u64 + 8192)?;
+    inj.write_mem(scratch, &both)?;
+    let (from_p, to_p) = (scratch, scratch + to_off);
+    let at_fdcwd = libc::AT_FDCWD as u64;
+    let rc = inj.syscall(libc::SYS_linkat, [at_fdcwd, from_p, at_fdcwd, to_p, libc::AT_SYMLINK_FOLLOW as u64, 0])?;
+    if rc < 0 {
+        // The path is taken (a new file there), or this is the /tmp fallback on another file system.
+        return Ok(fd);
+    }
+    let named = inj.syscall(libc::SYS_open, [to_p, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0, 0, 0, 0])?;
+    let unlinked = inj.syscall(libc::SYS_unlink, [to_p, 0, 0, 0, 0, 0])?;
+    if unlinked < 0 {
+        let err = std::io::Error::from_raw_os_error((-unlinked) as i32);
+        return Err(EngineError::Proc { pid: vpid, detail: format!("copy of deleted {path}: linked at its path for a moment, then unlink failed: {err}") });
+    }
+    if named < 0 {
+        return Ok(fd);
+    }
+    inj.call("close unnamed copy", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    Ok(named as u64)
+}
+
 /// Makes a copy of a deleted file (once at `path`) with `contents` in the process `inj` drives
 /// (which sees itself as `vpid`): a memfd of the same name for a memfd (sealing allowed), else an
-/// unnamed file (`O_TMPFILE`) in the same directory, or /tmp when that is gone. Returns its fd,
-/// open read-write.
+/// unnamed file (`O_TMPFILE`) in the same directory, or /tmp when that is gone. An unnamed file
+/// in the same directory is linked at `path` a moment (when nothing is there), opened there and
+/// unlinked again, so its fds and mappings name the deleted file as before ("PATH (deleted)":
+/// `/proc/PID/exe`, `/proc/PID/fd`, maps), not "#INODE". Returns its fd, open read-write.
 pub fn make_copy(inj: &mut Injector, vpid: i32, path: &str, contents: &FileContents) -> Result<u64> {
     let dir = std::path::Path::new(path).parent().and_then(|d| d.to_str()).unwrap_or("/tmp").to_string();
     let tmpfile = (libc::O_TMPFILE | libc::O_RDWR) as u64;
@@ -318,7 +355,10 @@ pub fn make_copy(inj: &mut Injector, vpid: i32, path: &str, contents: &FileConte
             break;
         }
     }
-    let fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("no unnamed file for a copy of deleted {path}") })?;
+    let mut fd = fd.ok_or_else(|| EngineError::Proc { pid: vpid, detail: format!("no unnamed file for a copy of deleted {path}") })?;
+    if !path.starts_with("/memfd:") {
+        fd = name_as_deleted(inj, vpid, fd, path)?;
+    }
     inj.call("ftruncate deleted file", libc::SYS_ftruncate, [fd, contents.size, 0, 0, 0, 0])?;
     let largest = contents.ranges.iter().map(|r| r.1).max().unwrap_or(0);
     let have: u64 = contents.ranges.iter().map(|r| r.1).sum();

@@ -55,7 +55,8 @@ pub use save::{freeze_tree, is_zombie_pid, save, shape_of, tree_of, SaveOptions,
 
 /// Version of the [`GroupImage`] encoding (first byte of the state blob). 3: POSIX message queue
 /// fds (`FdKind::Mqueue`, appended: version 2 blobs still read). 4: what `SO_PEERCRED` showed on
-/// each unix socket (versions 2 and 3 read without it).
+/// each unix socket, and timerfds armed with settime flags (`FdKind::TimerfdAt`, appended);
+/// versions 2 and 3 read without either.
 pub const GROUP_IMAGE_VERSION: u8 = 4;
 /// Manifest kind of a process-group checkpoint.
 pub const KIND: &str = "group";

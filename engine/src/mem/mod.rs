@@ -204,6 +204,26 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
             let file = std::fs::File::open(&map_file).map_err(|e| EngineError::io("open mapped deleted file", map_file.as_ref(), e))?;
             let meta = file.metadata().map_err(|e| EngineError::io("stat mapped deleted file", map_file.as_ref(), e))?;
             use std::os::unix::fs::MetadataExt;
+            if meta.nlink() > 0 && !p.starts_with("/memfd:") {
+                // Removed from this path but linked under another name: glibc's sem_open makes a
+                // named semaphore's file under a temporary name, maps it and links it to the
+                // semaphore's name, so its creator's mapping shows the temporary name deleted
+                // while other processes map it by its name. It is that file, found by its inode
+                // in the same directory; elsewhere it cannot be found, and is refused (a copy
+                // would no longer be shared with the processes that map it by name).
+                return match other_name(pid, &path, (meta.dev(), meta.ino())) {
+                    Some(live) => Ok(Backing::File { path: live, offset: m.offset }),
+                    None => Err(EngineError::Proc {
+                        pid,
+                        detail: format!(
+                            "mapping {:#x} {p}: file removed from this path but still linked elsewhere ({} links; inode {}): not supported",
+                            m.start,
+                            meta.nlink(),
+                            meta.ino()
+                        ),
+                    }),
+                };
+            }
             Backing::Deleted { path, file: (meta.dev(), meta.ino()), offset: m.offset, contents: None }
         }
         p if p.ends_with(" (deleted)") || p.starts_with("/memfd:") || p.starts_with("/SYSV") => {
@@ -217,6 +237,18 @@ fn classify(pid: i32, m: &Mapping) -> Result<Backing> {
         }
         "/dev/zero" => Backing::Anon,
         p => Backing::File { path: p.to_string(), offset: m.offset },
+    })
+}
+
+/// Another name of the file (device, inode) `file` in the directory of `path`, as process `pid`
+/// sees its file system.
+fn other_name(pid: i32, path: &str, file: (u64, u64)) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::path::Path::new(path).parent()?.to_str()?;
+    let entries = std::fs::read_dir(crate::files::seen_by(pid, dir)).ok()?;
+    entries.flatten().find_map(|e| {
+        let m = e.metadata().ok()?;
+        ((m.dev(), m.ino()) == file).then(|| format!("{}/{}", dir.trim_end_matches('/'), e.file_name().to_string_lossy()))
     })
 }
 
@@ -488,7 +520,17 @@ pub fn restore_layout(inj: &mut Injector, vpid: i32, vmas: &[VmaState], shm: &mu
                             pid: vpid,
                             detail: format!("mapping {:#x} of deleted {path}: no saved contents", v.start),
                         })?;
-                        crate::files::make_copy(inj, vpid, path, c)?
+                        let copy = crate::files::make_copy(inj, vpid, path, c)?;
+                        if writable {
+                            copy
+                        } else {
+                            // Mapped through a read-only open: the mapping keeps its file open,
+                            // and a writable one would keep the copy from being an executable
+                            // (PR_SET_MM_MAP's exe link, for a deleted executable).
+                            let ro = crate::files::open_path(inj, &format!("/proc/self/fd/{copy}"), libc::O_RDONLY as u32)?;
+                            inj.call("close copy", libc::SYS_close, [copy, 0, 0, 0, 0, 0])?;
+                            ro
+                        }
                     }
                 };
                 let flags = (share | libc::MAP_FIXED | grows) as u64;

@@ -54,8 +54,8 @@ pub const KIND: &str = "pod";
 /// Version of the [`PodImage`] encoding (first byte of the state blob). 2: TCP connections and
 /// the network lock; 3: what the processes made inside the pod ([`PodImage::inside`]); 4: System V and
 /// POSIX message queues ([`IpcState::msg`], [`IpcState::mq`]) and POSIX queue fds; 5: what
-/// `SO_PEERCRED` showed on each unix socket and the pod's clocks ([`PodImage::clocks`]; version 4
-/// images read without either).
+/// `SO_PEERCRED` showed on each unix socket, the pod's clocks ([`PodImage::clocks`]) and timerfds
+/// armed with settime flags (`FdKind::TimerfdAt`, appended); version 4 images read without them.
 pub const POD_IMAGE_VERSION: u8 = 5;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 

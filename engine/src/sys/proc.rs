@@ -86,6 +86,22 @@ pub fn share(pid1: i32, pid2: i32, kind: i32) -> io::Result<bool> {
     Ok(rc == 0)
 }
 
+/// How the open file description of fd `fd1` of `pid1` compares with that of fd `fd2` of `pid2`
+/// in the order `kcmp(KCMP_FILE)` gives descriptions (an arbitrary total order, stable while both
+/// are open): `Equal` when they are the same description.
+pub fn file_order(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> io::Result<std::cmp::Ordering> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp takes plain integers.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
+    match rc {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        r => Err(io::Error::other(format!("kcmp(KCMP_FILE) gave no order ({r})"))),
+    }
+}
+
 /// True when fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file description
 /// (`kcmp(KCMP_FILE)`).
 pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> io::Result<bool> {

@@ -6,10 +6,15 @@
  *   fifo-out  a FIFO (argv[3]/fifo) that a process outside the pod holds open too
  *   secret    memfd_secret memory (prints SKIP when the kernel has none)
  *   replaced  a file whose path another file was mounted over since it was opened
- *   pidfd-out a pidfd of a process outside the pod (its init) */
+ *   pidfd-out a pidfd of a process outside the pod (its init)
+ *   tun       /dev/net/tun attached to an interface (zt0, in the pod's network namespace)
+ *   kmsg      /dev/kmsg opened for reading, one record read */
 #include "zaptest.h"
 #include <errno.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
 
@@ -46,6 +51,17 @@ int main(int argc, char **argv) {
         CHECK(mount(q, p, NULL, MS_BIND, NULL) == 0, "bind mount over the open file: errno %d", errno);
     } else if (!strcmp(kind, "pidfd-out")) {
         fd = syscall(SYS_pidfd_open, getppid(), 0);
+    } else if (!strcmp(kind, "tun")) {
+        fd = open("/dev/net/tun", O_RDWR);
+        CHECK(fd >= 0, "open /dev/net/tun: errno %d", errno);
+        struct ifreq ifr = {0};
+        strcpy(ifr.ifr_name, "zt0");
+        ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+        CHECK(ioctl(fd, TUNSETIFF, &ifr) == 0, "TUNSETIFF: errno %d", errno);
+    } else if (!strcmp(kind, "kmsg")) {
+        fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+        char rec[8192];
+        CHECK(fd >= 0 && read(fd, rec, sizeof rec) > 0, "read a record of /dev/kmsg: errno %d", errno);
     } else if (!strcmp(kind, "secret")) {
         fd = syscall(447 /* memfd_secret */, 0);
         if (fd < 0) {
