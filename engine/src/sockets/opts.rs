@@ -15,7 +15,8 @@
 //! address, interface indexes (`IP_UNICAST_IF`, `IPV6_UNICAST_IF`, `IPV6_MULTICAST_IF`, saved by
 //! interface name), and multicast memberships: every group of the namespace's
 //! `/proc/net/igmp` and `/proc/net/igmp6` is asked of the socket with `MCAST_MSFILTER`, which
-//! answers the socket's own membership with its source filter.
+//! answers the socket's own membership with its source filter. A TCP socket cannot join a group
+//! (`EPROTO`) and is not asked.
 //!
 //! A TCP socket is not asked the integer options it cannot hold (the kernel refuses to set them
 //! on one: `SO_PASSCRED`, `IP_HDRINCL`, `IP_ROUTER_ALERT`, the multicast TTL, hops and loop...),
@@ -483,6 +484,9 @@ pub(super) fn opts_of(
             o.ifindex_opts.push((level, name, ifname));
         }
     }
+    // A TCP socket cannot join a multicast group (the kernel answers EPROTO, IPv4 and IPv6):
+    // it is not asked about each group of the namespace.
+    let groups = if tcp { &[][..] } else { groups };
     for &(level, ifindex, ref ifname, ref group) in groups {
         if let Some((mode, sources)) = sock::multicast_filter(dup, level, ifindex, group).map_err(sys("MCAST_MSFILTER"))? {
             let keep = if level == SOL_IP { 16 } else { 28 };

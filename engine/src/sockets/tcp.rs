@@ -9,7 +9,8 @@
 //! mode is turned on (`TCP_REPAIR`); then, per queue (`TCP_REPAIR_QUEUE`), the sequence number of
 //! its end (`TCP_QUEUE_SEQ`) and its bytes (a `MSG_PEEK` in repair mode reads the whole send or
 //! receive queue without consuming it); `SIOCOUTQNSD` tells the bytes of the send queue not yet
-//! sent from those sent and not acknowledged. Then the options negotiated at the handshake
+//! sent from those sent and not acknowledged. A send queue the `inet_diag` dump (or `SIOCOUTQ`)
+//! shows empty is neither counted nor peeked. Then the options negotiated at the handshake
 //! (`TCP_INFO`: MSS, window scaling, SACK, timestamps), the timestamp clock (`TCP_TIMESTAMP`,
 //! which includes the connection's offset), the windows (`TCP_REPAIR_WINDOW`), buffer sizes and
 //! the options the application set. Repair mode is left without a window probe
@@ -404,9 +405,15 @@ pub(super) fn save_conn(
     let read = (|| -> std::io::Result<TcpConn> {
         sock::setsockopt_int(dup, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
         let write_seq = sock::getsockopt_int(dup, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
-        let outq = sock::ioctl_int(dup, SIOCOUTQ)?.max(0) as usize;
-        let unsq = sock::ioctl_int(dup, SIOCOUTQNSD)?.max(0) as usize;
-        let sendq = sock::peek(dup, outq + 1)?;
+        // An empty send queue in the dump stays empty: the process is stopped (it cannot write)
+        // and an ACK can only shrink the queue. Then there is nothing to count or peek.
+        let (unsq, sendq) = if known.and_then(|k| k.send_queue) == Some(0) {
+            (0, Vec::new())
+        } else {
+            let outq = sock::ioctl_int(dup, SIOCOUTQ)?.max(0) as usize;
+            let unsq = if outq == 0 { 0 } else { sock::ioctl_int(dup, SIOCOUTQNSD)?.max(0) as usize };
+            (unsq, if outq == 0 { Vec::new() } else { sock::peek(dup, outq + 1)? })
+        };
         sock::setsockopt_int(dup, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
         let rcv_nxt = sock::getsockopt_int(dup, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
         let inq = sock::ioctl_int(dup, SIOCINQ)?.max(0) as usize;

@@ -694,6 +694,10 @@ pub struct TcpDiag {
     pub sockopt: Option<u16>,
     /// `TCP_CONGESTION` (INET_DIAG_CONG).
     pub congestion: Option<String>,
+    /// A connection's send queue in bytes, sent or not, its FIN included (`idiag_wqueue`:
+    /// `write_seq - snd_una`, what `SIOCOUTQ` answers); None for a listener (whose `wqueue` is
+    /// its backlog).
+    pub send_queue: Option<u32>,
 }
 
 impl TcpDiag {
@@ -763,6 +767,10 @@ fn inet_dump(family: i32, full: bool, out: &mut HashMap<u64, TcpDiag>) -> io::Re
         }
         let fam = i32::from(body[0]);
         let mut d = TcpDiag { family: fam, state: body[1], uid: word(64), ..Default::default() };
+        // TCP_LISTEN: rqueue and wqueue are the accept queue and the backlog.
+        if body[1] != 10 {
+            d.send_queue = Some(word(60));
+        }
         if fam == libc::AF_INET {
             let sa = |port: &[u8], addr: &[u8]| {
                 let mut v = (libc::AF_INET as u16).to_ne_bytes().to_vec();
