@@ -234,8 +234,10 @@ pub(crate) fn prefetch(pid: i32, pidfd: &OwnedFd, socks: &[(i32, u64)], fctx: &m
     for family in [libc::AF_INET, libc::AF_INET6] {
         ctx.ensure_defaults(pid, family, libc::SOCK_STREAM, libc::IPPROTO_TCP);
     }
+    let started = std::time::Instant::now();
     // One dump of the namespace's TCP sockets answers most of what each would be asked.
     let diag = tcp_diag(pid, ctx);
+    let dumped_ms = started.elapsed().as_secs_f64() * 1e3;
     let diag = diag.as_deref();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let per = socks.len().div_ceil(threads);
@@ -280,6 +282,7 @@ pub(crate) fn prefetch(pid: i32, pidfd: &OwnedFd, socks: &[(i32, u64)], fctx: &m
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
+    tracing::debug!(pid, sockets = socks.len(), threads, dumped_ms, ms = started.elapsed().as_secs_f64() * 1e3, "TCP sockets read ahead");
     for (ino, fd, st, owner) in found.into_iter().flatten() {
         ctx.prefetched.insert(ino, st);
         if let Some(o) = owner {
