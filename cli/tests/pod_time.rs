@@ -241,19 +241,28 @@ fn time_namespaces_made_in_the_pod_keep_their_offsets_to_the_pod() {
     largest_step("nested namespace", &samples(&nested));
 }
 
+/// Starts the clocks program printing in pod `name` on host a of `h`, at address `.octet` of the
+/// LAN, and waits for its first samples; `None` (the test skips) when the program cannot be
+/// built. The returned directory holds the program: keep it while the pod runs.
+fn clocks_pod_on_a(h: &hosts::Hosts, name: &str, octet: u8) -> Option<tempfile::TempDir> {
+    h.keys();
+    let work = tempfile::Builder::new().prefix("zap-clocks-").tempdir_in("/var/tmp").unwrap();
+    let prog = build_prog("clocks", work.path(), &[])?;
+    let ip = format!("{}.{octet}/24", h.net);
+    h.ok("a", &["run", "--name", name, "--ip", &ip, "--", prog.to_str().unwrap(), "print"]);
+    let log = h.root("a").join(format!("pods/{name}/console.log"));
+    assert!(wait_for(Duration::from_secs(10), || samples(&log).len() >= 20), "the program does not print");
+    Some(work)
+}
+
 #[test]
 fn monotonic_goes_on_across_a_migration() {
     if !supported() {
         return;
     }
     let Some(h) = hosts::Hosts::up() else { return };
-    h.keys();
-    let work = tempfile::Builder::new().prefix("zap-clocks-").tempdir_in("/var/tmp").unwrap();
-    let Some(prog) = build_prog("clocks", work.path(), &[]) else { return };
-    let ip = format!("{}.60/24", h.net);
-    h.ok("a", &["run", "--name", "tm", "--ip", &ip, "--", prog.to_str().unwrap(), "print"]);
+    let Some(_work) = clocks_pod_on_a(&h, "tm", 60) else { return };
     let log = |host: &str| h.root(host).join("pods/tm/console.log");
-    assert!(wait_for(Duration::from_secs(10), || samples(&log("a")).len() >= 20), "the program does not print");
     let mut host = "a";
     for next in ["b", "a"] {
         let out = h.migrate(host, next, "tm", &["--json"]);
@@ -281,13 +290,8 @@ fn a_late_offer_makes_the_destination_rebuild_rather_than_go_back() {
         return;
     }
     let Some(h) = hosts::Hosts::up() else { return };
-    h.keys();
-    let work = tempfile::Builder::new().prefix("zap-clocks-").tempdir_in("/var/tmp").unwrap();
-    let Some(prog) = build_prog("clocks", work.path(), &[]) else { return };
-    let ip = format!("{}.61/24", h.net);
-    h.ok("a", &["run", "--name", "tl", "--ip", &ip, "--", prog.to_str().unwrap(), "print"]);
+    let Some(_work) = clocks_pod_on_a(&h, "tl", 61) else { return };
     let log = |host: &str| h.root(host).join("pods/tl/console.log");
-    assert!(wait_for(Duration::from_secs(10), || samples(&log("a")).len() >= 20), "the program does not print");
     let out = h.migrate_env("a", "b", "tl", &["--json"], &[], "ZAP_MIGRATE_FAULT=dest-offer-late@2000");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
