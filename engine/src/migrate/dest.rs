@@ -313,6 +313,7 @@ impl Session {
                     }
                 }
                 Msg::Final(f) => {
+                    tracing::debug!("final round: state received");
                     // Closing the cache's database takes a while: not during the pause.
                     if let Some(store) = self.cache_store.take() {
                         self.cache_closing = Some(std::thread::spawn(move || drop(store)));
@@ -460,7 +461,11 @@ impl Session {
         let cur = self.cur.take().filter(|c| c.vpid == vpid).ok_or_else(|| mig_err("receive pages", format!("pid {vpid}"), "end of a process that was not started"))?;
         let sk = self.skeleton.as_mut().ok_or_else(|| mig_err("receive pages", format!("pid {vpid}"), "no round started"))?;
         let mem = self.mems.get_mut(&vpid).ok_or_else(|| mig_err("receive pages", format!("pid {vpid}"), "not a process of this round"))?;
-        sk.end_member(vpid, mem, &cur.whole, &normalize(cur.covered))
+        let t = Instant::now();
+        let (whole, covered) = (cur.whole.len(), cur.covered.len());
+        sk.end_member(vpid, mem, &cur.whole, &normalize(cur.covered))?;
+        tracing::debug!(vpid, whole, covered, ms = t.elapsed().as_secs_f64() * 1e3, "process's pages of the round ended");
+        Ok(())
     }
 
     /// Rebuilds the prepared pod for `image` (`why`: a session leader must take its controlling
