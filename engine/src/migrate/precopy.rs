@@ -467,7 +467,7 @@ impl<W: ChunkSink> RoundSink for StoreSink<'_, W> {
     fn member_end(&mut self, vpid: i32) -> Result<()> {
         let entry = self.members.entry(vpid).or_default();
         let gone = super::skeleton::subtract(&super::skeleton::normalize(self.whole.clone()), &super::skeleton::normalize(self.covered.clone()));
-        entry.1 = super::skeleton::cut_out_all(&entry.1, &gone);
+        super::skeleton::cut_out_in(&mut entry.1, &gone);
         Ok(())
     }
 }

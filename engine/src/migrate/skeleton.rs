@@ -151,6 +151,28 @@ pub fn cut_out_all(extents: &[Extent], gaps: &[(u64, u64)]) -> Vec<Extent> {
     out
 }
 
+/// [`cut_out_all`] in place: only the extents that meet a gap are touched (found by binary
+/// search), so a round that empties a few ranges of a large process does not copy its whole
+/// extent list (640,000 extents at 4 GiB: 34-70 ms each round).
+pub fn cut_out_in(extents: &mut Vec<Extent>, gaps: &[(u64, u64)]) {
+    // From the last gap back, so an extent split by a later gap is found again by an earlier one.
+    for &(a, b) in gaps.iter().rev() {
+        let r = span(extents, a, b);
+        if r.is_empty() {
+            continue;
+        }
+        let (first, last) = (extents[r.start], extents[r.end - 1]);
+        let mut keep = Vec::with_capacity(2);
+        if first.start < a {
+            keep.extend(zap_store::clip(&[first], first.start, a));
+        }
+        if last.end() > b {
+            keep.extend(zap_store::clip(&[last], b, last.end()));
+        }
+        extents.splice(r, keep);
+    }
+}
+
 /// Ranges of `extents` that hold chunk data, inside `[a, b)`.
 fn chunk_ranges(extents: &[Extent], a: u64, b: u64) -> Vec<(u64, u64)> {
     window(extents, a, b).iter().filter(|e| e.data != ExtentData::Zero).map(|e| (e.start, e.end())).collect()
@@ -460,15 +482,18 @@ impl Skeleton {
     /// Ends a round of process `vpid`: in the ranges sent whole, what the round did not cover
     /// holds nothing saved any more.
     pub fn end_member(&mut self, vpid: i32, mem: &mut MemberMem, whole: &[(u64, u64)], covered: &[(u64, u64)]) -> Result<()> {
+        let t = std::time::Instant::now();
         let gone = subtract(&normalize(whole.to_vec()), &normalize(covered.to_vec()));
+        let mut cleared = 0usize;
         for &(a, b) in &gone {
             for (x, y) in chunk_ranges(&mem.extents, a, b) {
                 self.clear(vpid, x, y, false)?;
+                cleared += 1;
             }
         }
-        if !gone.is_empty() {
-            mem.extents = cut_out_all(&mem.extents, &gone);
-        }
+        let cleared_ms = t.elapsed().as_secs_f64() * 1e3;
+        cut_out_in(&mut mem.extents, &gone);
+        tracing::debug!(vpid, gone = gone.len(), cleared, extents = mem.extents.len(), cleared_ms, ms = t.elapsed().as_secs_f64() * 1e3, "end of a process's pages: ranges gone");
         Ok(())
     }
 }
@@ -524,6 +549,14 @@ mod tests {
             one_by_one = cut_out(&one_by_one, a, b);
         }
         assert_eq!(cut_out_all(&ext, &gaps), one_by_one, "cut_out_all of several gaps");
+        // In place, the same; also with gaps that split one extent twice, meet nothing, or lie
+        // past the end.
+        let sets: [&[(u64, u64)]; 5] = [&gaps[..], &[(8192 + 100, 8192 + 200), (8192 + 1000, 8192 + 2000)], &[(4096, 8192)], &[(600_000, 700_000)], &[(0, 1), (123, 456_789)]];
+        for gaps in sets {
+            let mut inplace = ext.clone();
+            cut_out_in(&mut inplace, gaps);
+            assert_eq!(inplace, cut_out_all(&ext, gaps), "cut_out_in {gaps:?}");
+        }
         let changed = vec![Extent { start: 12288, len: 8192, data: ExtentData::Chunk { id, offset: 0 } }, Extent { start: 40960, len: 4096, data: ExtentData::Zero }];
         let mut inplace = ext.clone();
         overlay_in(&mut inplace, &changed);
