@@ -461,11 +461,7 @@ impl Session {
         let cur = self.cur.take().filter(|c| c.vpid == vpid).ok_or_else(|| mig_err("receive pages", format!("pid {vpid}"), "end of a process that was not started"))?;
         let sk = self.skeleton.as_mut().ok_or_else(|| mig_err("receive pages", format!("pid {vpid}"), "no round started"))?;
         let mem = self.mems.get_mut(&vpid).ok_or_else(|| mig_err("receive pages", format!("pid {vpid}"), "not a process of this round"))?;
-        let t = Instant::now();
-        let (whole, covered) = (cur.whole.len(), cur.covered.len());
-        sk.end_member(vpid, mem, &cur.whole, &normalize(cur.covered))?;
-        tracing::debug!(vpid, whole, covered, ms = t.elapsed().as_secs_f64() * 1e3, "process's pages of the round ended");
-        Ok(())
+        sk.end_member(vpid, mem, &cur.whole, &normalize(cur.covered))
     }
 
     /// Rebuilds the prepared pod for `image` (`why`: a session leader must take its controlling
